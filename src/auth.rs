@@ -1,0 +1,187 @@
+//! Who may call usage-gate: API keys from the configuration, each with a name (the actor in audit
+//! records) and scopes. Keys are kept only as SHA-256 digests and compared in constant time.
+
+use std::fmt;
+use std::future::{Ready, ready};
+use std::sync::Arc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, http::header};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+
+/// What a key may do. Health, metrics and docs need none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Check,
+    Events,
+    Admin,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::Check, Scope::Events, Scope::Admin];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|scope| scope.as_str() == s)
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Scope::Check => "check",
+            Scope::Events => "events",
+            Scope::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The SHA-256 digest of a key: what the configuration may hold instead of the key itself.
+pub type KeyDigest = [u8; 32];
+
+pub fn digest(key: &[u8]) -> KeyDigest {
+    Sha256::digest(key).into()
+}
+
+/// One accepted key. Rotation: list the old and the new key under the same name for a while.
+#[derive(Clone)]
+pub struct ApiKey {
+    pub name: Arc<str>,
+    pub digest: KeyDigest,
+    pub scopes: Vec<Scope>,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("name", &self.name)
+            .field("digest", &"[redacted]")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// The authenticated caller, put in the request's extensions by [`authorize`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: Arc<str>,
+    pub scopes: Vec<Scope>,
+}
+
+impl Caller {
+    pub fn has(&self, scope: Scope) -> bool {
+        self.scopes.contains(&scope)
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ApiKeys {
+    keys: Vec<ApiKey>,
+}
+
+impl ApiKeys {
+    pub fn new(keys: Vec<ApiKey>) -> Self {
+        Self { keys }
+    }
+
+    /// Looks a presented key up. Every configured digest is compared, without an early exit, so
+    /// the time taken does not tell which key (or how much of one) matched.
+    pub fn authenticate(&self, presented: &[u8]) -> Option<Caller> {
+        let presented = digest(presented);
+        let mut found: Option<&ApiKey> = None;
+        for key in &self.keys {
+            if bool::from(key.digest.ct_eq(&presented)) {
+                found = Some(key);
+            }
+        }
+        found.map(|key| Caller { name: key.name.clone(), scopes: key.scopes.clone() })
+    }
+}
+
+/// The key from `Authorization: Bearer <key>`.
+fn bearer_token(req: &ServiceRequest) -> Option<&[u8]> {
+    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
+    let (scheme, token) = value.split_at_checked(7)?;
+    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token)
+}
+
+/// Middleware: 401 without a known key, 403 without `scope` (when one is required).
+/// Wrap a route group with `from_fn(move |req, next| authorize(req, next, Some(Scope::Check)))`.
+pub async fn authorize<B: MessageBody + 'static>(
+    req: ServiceRequest,
+    next: Next<B>,
+    scope: Option<Scope>,
+) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
+    let keys = req
+        .app_data::<actix_web::web::Data<ApiKeys>>()
+        .expect("ApiKeys registered as app data");
+    let caller = match bearer_token(&req).and_then(|token| keys.authenticate(token)) {
+        Some(caller) => caller,
+        None => return Ok(req.error_response(ApiError::Unauthorized).map_into_right_body()),
+    };
+    if let Some(scope) = scope
+        && !caller.has(scope)
+    {
+        return Ok(req.error_response(ApiError::Forbidden(scope)).map_into_right_body());
+    }
+    req.extensions_mut().insert(caller);
+    next.call(req).await.map(ServiceResponse::map_into_left_body)
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Ready<Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        // Absent only on a route that forgot the middleware: fail closed.
+        ready(req.extensions().get::<Caller>().cloned().ok_or(ApiError::Unauthorized))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> ApiKeys {
+        ApiKeys::new(vec![
+            ApiKey { name: "ops".into(), digest: digest(b"ops-key-0123456789"), scopes: vec![Scope::Admin] },
+            ApiKey { name: "ops".into(), digest: digest(b"ops-key-rotated-999"), scopes: vec![Scope::Admin] },
+            ApiKey { name: "api".into(), digest: digest(b"api-key-0123456789"), scopes: vec![Scope::Check] },
+        ])
+    }
+
+    #[test]
+    fn authenticates_by_key_and_names_the_caller() {
+        let keys = keys();
+        let caller = keys.authenticate(b"api-key-0123456789").unwrap();
+        assert_eq!(&*caller.name, "api");
+        assert!(caller.has(Scope::Check));
+        assert!(!caller.has(Scope::Admin));
+        assert!(keys.authenticate(b"api-key-012345678").is_none());
+        assert!(keys.authenticate(b"").is_none());
+    }
+
+    #[test]
+    fn both_keys_of_a_rotation_work_under_one_name() {
+        let keys = keys();
+        assert_eq!(&*keys.authenticate(b"ops-key-0123456789").unwrap().name, "ops");
+        assert_eq!(&*keys.authenticate(b"ops-key-rotated-999").unwrap().name, "ops");
+    }
+
+    #[test]
+    fn debug_output_hides_the_digest() {
+        let shown = format!("{:?}", keys());
+        assert!(!shown.contains(&hex::encode(digest(b"ops-key-0123456789"))));
+        assert!(shown.contains("[redacted]"));
+    }
+}

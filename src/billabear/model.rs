@@ -1,0 +1,112 @@
+//! BillaBear's wire types, as its server sends them (API.md), parsed tolerantly where it is odd.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{CustomerId, CustomerStatus, EventId, LimitAction, LimitId, MetricCode, Money, SubscriptionId};
+
+/// A usage limit (`{"id","amount","action"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageLimit {
+    pub id: LimitId,
+    /// Minor units of the customer's estimate currency.
+    pub amount: i64,
+    pub action: LimitAction,
+}
+
+/// The body of `POST /customer/{id}/usage-limits`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NewUsageLimit {
+    pub amount: i64,
+    pub action: LimitAction,
+}
+
+/// `GET /customer/{id}/costs`. The server sends `total`; the published spec says `cost`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct CostEstimate {
+    #[serde(alias = "cost")]
+    pub total: Money,
+    #[serde(default)]
+    pub costs: Vec<MetricCost>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricCost {
+    /// The metric's name (not its code).
+    pub name: String,
+    pub amount: i64,
+    pub currency: String,
+    pub usage: f64,
+}
+
+/// The body of `POST /events`: BillaBear's own names (`subscription`, `code`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NewEvent {
+    pub event_id: EventId,
+    pub subscription: SubscriptionId,
+    pub code: MetricCode,
+    pub value: f64,
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub properties: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The parts of `GET /customer/{id}` usage-gate uses.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Customer {
+    pub id: CustomerId,
+    pub status: CustomerStatus,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// A subscription from `GET /customer/{id}/subscription/active`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Subscription {
+    pub id: SubscriptionId,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub price: Option<Price>,
+}
+
+impl Subscription {
+    /// The metric code this subscription bills usage for, if it is usage-priced.
+    pub fn usage_metric(&self) -> Option<&str> {
+        let price = self.price.as_ref()?;
+        if !price.usage {
+            return None;
+        }
+        price.metric.as_ref().map(|m| m.code.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Price {
+    #[serde(default)]
+    pub amount: Option<i64>,
+    #[serde(default)]
+    pub currency: Option<String>,
+    /// Usage-based price (not in the published spec; the server sends it).
+    #[serde(default)]
+    pub usage: bool,
+    #[serde(default)]
+    pub metric: Option<Metric>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Metric {
+    pub code: String,
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// `{"data":[…],"has_more":…,"last_key":…}`; `last_key` is often left out, `has_more` too.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ListResponse<T> {
+    pub data: Vec<T>,
+    #[serde(default, rename = "has_more")]
+    pub _has_more: Option<bool>,
+    #[serde(default, rename = "last_key")]
+    pub _last_key: Option<String>,
+}

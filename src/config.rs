@@ -1,0 +1,616 @@
+//! Configuration: layered sources (embedded `config/default.toml`, an optional file, environment
+//! variables, `DATABASE_URL`) deserialized into [`RawSettings`], then validated once into typed
+//! [`Settings`]. Every problem names its key, and all problems are reported together.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
+use url::Url;
+
+use crate::auth::{ApiKey, ApiKeys, KeyDigest, Scope, digest};
+
+/// The defaults, embedded so the binary runs from any directory.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+pub const ENV_PREFIX: &str = "USAGE_GATE";
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("invalid configuration:\n{}", list(.0))]
+    Invalid(Vec<Problem>),
+}
+
+fn list(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+}
+
+impl ConfigError {
+    /// The problems found by validation (empty for a load error).
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(problems) => problems,
+            ConfigError::Load(_) => &[],
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw, as written in the sources. Unknown keys are rejected so a typo does not pass silently.
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSettings {
+    pub server: RawServer,
+    pub database: RawDatabase,
+    pub billabear: RawBillaBear,
+    pub auth: RawAuth,
+    pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub address: String,
+    pub max_body_bytes: u64,
+    pub workers: u32,
+    pub shutdown_timeout_s: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDatabase {
+    #[serde(serialize_with = "redact_url")]
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBillaBear {
+    pub base_url: String,
+    #[serde(serialize_with = "redact")]
+    pub api_key: SecretString,
+    pub timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub keys: Vec<RawApiKey>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub name: String,
+    #[serde(default, serialize_with = "redact_opt", skip_serializing_if = "Option::is_none")]
+    pub key: Option<SecretString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    pub format: String,
+    pub level: String,
+}
+
+const REDACTED: &str = "[redacted]";
+
+fn redact<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if secret.expose_secret().is_empty() { "" } else { REDACTED })
+}
+
+fn redact_opt<S: Serializer>(secret: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match secret {
+        Some(secret) => redact(secret, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// A database URL with its password (if any) replaced, so the effective config can be shown.
+fn redact_url<S: Serializer>(secret: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redacted_url(secret.expose_secret()))
+}
+
+pub fn redacted_url(url: &str) -> String {
+    match Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some(REDACTED));
+            }
+            parsed.to_string()
+        }
+        Err(_) => REDACTED.to_owned(),
+    }
+}
+
+impl RawSettings {
+    /// The embedded defaults alone.
+    pub fn defaults() -> Self {
+        Self::from_layers(None, Some(Default::default()), None).expect("embedded defaults load")
+    }
+
+    /// Layers the sources: defaults, `file`, the process environment, `DATABASE_URL`.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_layers(file, None, std::env::var("DATABASE_URL").ok())
+    }
+
+    /// `env`: `None` reads the process environment; tests pass a map instead.
+    pub fn from_layers(
+        file: Option<&Path>,
+        env: Option<config::Map<String, String>>,
+        database_url: Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        if let Some(file) = file {
+            builder = builder.add_source(config::File::from(file).required(true));
+        }
+        let env = config::Environment::with_prefix(ENV_PREFIX).separator("__").source(env);
+        builder = builder
+            .add_source(env)
+            .set_override_option("database.url", database_url.filter(|url| !url.is_empty()))?;
+        Ok(builder.build()?.try_deserialize()?)
+    }
+
+    /// Checks every value; on failure lists every problem with its key.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let mut v = Validator::default();
+        let settings = Settings {
+            server: ServerSettings {
+                address: v.parse("server.address", &self.server.address, SocketAddr::from(([127, 0, 0, 1], 0)), |s| {
+                    s.parse::<SocketAddr>().map_err(|_| {
+                        format!("must be IP:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080), got {s:?}")
+                    })
+                }),
+                max_body_bytes: v.range("server.max_body_bytes", self.server.max_body_bytes, 1024, 64 << 20)
+                    as usize,
+                workers: v.range("server.workers", self.server.workers.into(), 0, 256) as usize,
+                shutdown_timeout: Duration::from_secs(v.range(
+                    "server.shutdown_timeout_s",
+                    self.server.shutdown_timeout_s,
+                    0,
+                    3600,
+                )),
+            },
+            database: DatabaseSettings {
+                url: {
+                    let url = self.database.url.expose_secret();
+                    // The value is not echoed: it may hold a password.
+                    v.check("database.url", url.starts_with("postgres://") || url.starts_with("postgresql://"), || {
+                        "must be a postgres:// or postgresql:// URL".into()
+                    });
+                    self.database.url.clone()
+                },
+                max_connections: v.range("database.max_connections", self.database.max_connections.into(), 1, 1000)
+                    as u32,
+                acquire_timeout: Duration::from_millis(v.range(
+                    "database.acquire_timeout_ms",
+                    self.database.acquire_timeout_ms,
+                    1,
+                    60_000,
+                )),
+            },
+            billabear: BillaBearSettings {
+                base_url: v.parse(
+                    "billabear.base_url",
+                    &self.billabear.base_url,
+                    Url::parse("http://invalid").expect("static URL"),
+                    parse_base_url,
+                ),
+                api_key: {
+                    v.check("billabear.api_key", !self.billabear.api_key.expose_secret().is_empty(), || {
+                        "must be set: the BillaBear API key, sent as X-API-Key".into()
+                    });
+                    self.billabear.api_key.clone()
+                },
+                timeout: Duration::from_millis(v.range("billabear.timeout_ms", self.billabear.timeout_ms, 1, 60_000)),
+                connect_timeout: Duration::from_millis(v.range(
+                    "billabear.connect_timeout_ms",
+                    self.billabear.connect_timeout_ms,
+                    1,
+                    60_000,
+                )),
+            },
+            auth: AuthSettings { keys: validate_keys(&mut v, &self.auth.keys) },
+            log: LogSettings {
+                format: v.parse("log.format", &self.log.format, LogFormat::Auto, |s| match s {
+                    "auto" => Ok(LogFormat::Auto),
+                    "json" => Ok(LogFormat::Json),
+                    "pretty" => Ok(LogFormat::Pretty),
+                    _ => Err(format!("must be auto, json or pretty, got {s:?}")),
+                }),
+                level: {
+                    v.check(
+                        "log.level",
+                        tracing_subscriber::EnvFilter::try_new(&self.log.level).is_ok(),
+                        || format!("is not a tracing filter directive (e.g. info or usage_gate=debug,info), got {:?}", self.log.level),
+                    );
+                    self.log.level.clone()
+                },
+            },
+        };
+        v.finish(settings)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string(self).expect("settings serialize")
+    }
+}
+
+fn parse_base_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("must be an http(s) URL such as https://HOST/api/v1 ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.cannot_be_a_base() {
+        return Err(format!("must be an http(s) URL such as https://HOST/api/v1, got {s:?}"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials; set billabear.api_key".into());
+    }
+    Ok(url)
+}
+
+fn validate_keys(v: &mut Validator, raw: &[RawApiKey]) -> ApiKeys {
+    if raw.is_empty() {
+        v.problem("auth.keys", "at least one key is required ([[auth.keys]] with name, key or sha256, scopes)");
+    }
+    let mut keys: Vec<ApiKey> = Vec::new();
+    let mut seen: Vec<(KeyDigest, usize)> = Vec::new();
+    for (i, k) in raw.iter().enumerate() {
+        let at = format!("auth.keys[{i}]");
+        let name = k.name.trim();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            v.problem(format!("{at}.name"), "must be 1 to 64 printable characters (the actor in audit records)");
+        }
+        let key_digest = match (&k.key, &k.sha256) {
+            (Some(_), Some(_)) => {
+                v.problem(&at, "set either key or sha256, not both");
+                None
+            }
+            (None, None) => {
+                v.problem(&at, "set key (the secret) or sha256 (its hex SHA-256 digest)");
+                None
+            }
+            (Some(key), None) => {
+                let key = key.expose_secret();
+                if key.chars().count() < 16 {
+                    v.problem(format!("{at}.key"), "must be at least 16 characters");
+                    None
+                } else {
+                    Some(digest(key.as_bytes()))
+                }
+            }
+            (None, Some(hex_digest)) => match hex::decode(hex_digest.trim()).ok().and_then(|b| b.try_into().ok()) {
+                Some(d) => Some(d),
+                None => {
+                    v.problem(format!("{at}.sha256"), "must be 64 hex characters (the SHA-256 of the key)");
+                    None
+                }
+            },
+        };
+        let mut scopes = Vec::new();
+        if k.scopes.is_empty() {
+            v.problem(format!("{at}.scopes"), "must list at least one of check, events, admin");
+        }
+        for s in &k.scopes {
+            match Scope::parse(s) {
+                Some(scope) if !scopes.contains(&scope) => scopes.push(scope),
+                Some(_) => {}
+                None => v.problem(
+                    format!("{at}.scopes"),
+                    format!("unknown scope {s:?} (expected check, events or admin)"),
+                ),
+            }
+        }
+        if let Some(d) = key_digest {
+            if let Some((_, first)) = seen.iter().find(|(other, _)| *other == d) {
+                v.problem(&at, format!("same key as auth.keys[{first}]"));
+            }
+            seen.push((d, i));
+            keys.push(ApiKey { name: name.into(), digest: d, scopes });
+        }
+    }
+    ApiKeys::new(keys)
+}
+
+/// Collects problems while building the typed settings, so all are reported at once.
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem { key: key.into(), message: message.into() });
+    }
+
+    fn check(&mut self, key: &str, ok: bool, message: impl FnOnce() -> String) {
+        if !ok {
+            self.problem(key, message());
+        }
+    }
+
+    fn range(&mut self, key: &str, value: u64, min: u64, max: u64) -> u64 {
+        self.check(key, (min..=max).contains(&value), || format!("must be between {min} and {max}, got {value}"));
+        value.clamp(min, max)
+    }
+
+    /// Parses `raw`; on failure records the problem and returns `fallback` (never used, since
+    /// `finish` then fails), so building can go on and find the other problems.
+    fn parse<T>(&mut self, key: &str, raw: &str, fallback: T, parse: impl FnOnce(&str) -> Result<T, String>) -> T {
+        parse(raw).unwrap_or_else(|message| {
+            self.problem(key, message);
+            fallback
+        })
+    }
+
+    fn finish(self, settings: Settings) -> Result<Settings, ConfigError> {
+        if self.problems.is_empty() { Ok(settings) } else { Err(ConfigError::Invalid(self.problems)) }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Typed, validated.
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub billabear: BillaBearSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub address: SocketAddr,
+    pub max_body_bytes: usize,
+    /// 0: one per core.
+    pub workers: usize,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BillaBearSettings {
+    pub base_url: Url,
+    pub api_key: SecretString,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub keys: ApiKeys,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEYS: &str = r#"
+        [[auth.keys]]
+        name = "ops"
+        key = "0123456789abcdef"
+        scopes = ["admin"]
+    "#;
+
+    fn write(toml: &str) -> tempfile_path::TempToml {
+        tempfile_path::TempToml::new(toml)
+    }
+
+    /// Loads defaults + `toml` + `env` and validates, returning the problems (empty if valid).
+    fn problems(toml: &str, env: &[(&str, &str)]) -> Vec<Problem> {
+        let file = write(toml);
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let raw = RawSettings::from_layers(Some(file.path()), Some(env), None).expect("loads");
+        match raw.validate() {
+            Ok(_) => vec![],
+            Err(e) => e.problems().to_vec(),
+        }
+    }
+
+    fn valid(extra: &str) -> String {
+        format!("[billabear]\napi_key = \"bb-key\"\n{extra}\n{KEYS}")
+    }
+
+    fn one(key: &str, contains: &str, toml: &str) {
+        let found = problems(toml, &[]);
+        assert!(
+            found.iter().any(|p| p.key == key && p.message.contains(contains)),
+            "expected {key}: ..{contains}.. in {found:?}"
+        );
+    }
+
+    #[test]
+    fn a_minimal_file_is_valid() {
+        assert_eq!(problems(&valid(""), &[]), vec![]);
+    }
+
+    #[test]
+    fn defaults_alone_name_the_two_missing_keys() {
+        let found = problems("", &[]);
+        let keys: Vec<_> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["billabear.api_key", "auth.keys"]);
+    }
+
+    #[test]
+    fn each_validation_error_names_its_key() {
+        let with = |section: &str, line: &str| format!("[{section}]\n{line}\n");
+        let cases: Vec<(&str, &str, String)> = vec![
+            ("server.address", "must be IP:PORT", format!("{}\n{}", with("server", "address = \"localhost\""), valid(""))),
+            ("server.max_body_bytes", "between 1024", format!("{}\n{}", with("server", "max_body_bytes = 10"), valid(""))),
+            ("server.workers", "between 0 and 256", format!("{}\n{}", with("server", "workers = 1000"), valid(""))),
+            ("database.url", "postgres://", format!("{}\n{}", with("database", "url = \"mysql://x\""), valid(""))),
+            ("database.max_connections", "between 1", format!("{}\n{}", with("database", "max_connections = 0"), valid(""))),
+            ("database.acquire_timeout_ms", "between 1", format!("{}\n{}", with("database", "acquire_timeout_ms = 0"), valid(""))),
+            ("billabear.base_url", "http(s) URL", format!("{KEYS}\n[billabear]\napi_key=\"k\"\nbase_url = \"ftp://x/api/v1\"")),
+            ("billabear.base_url", "query", format!("{KEYS}\n[billabear]\napi_key=\"k\"\nbase_url = \"http://x/api/v1?a=b\"")),
+            ("billabear.base_url", "credentials", format!("{KEYS}\n[billabear]\napi_key=\"k\"\nbase_url = \"http://u:p@x/api/v1\"")),
+            ("billabear.timeout_ms", "between 1 and 60000, got 0", format!("{KEYS}\n[billabear]\napi_key=\"k\"\ntimeout_ms = 0")),
+            ("billabear.connect_timeout_ms", "between 1", format!("{KEYS}\n[billabear]\napi_key=\"k\"\nconnect_timeout_ms = 0")),
+            ("log.format", "auto, json or pretty", format!("{}\n{}", with("log", "format = \"xml\""), valid(""))),
+            ("log.level", "filter directive", format!("{}\n{}", with("log", "level = \"=[\""), valid(""))),
+        ];
+        for (key, contains, toml) in cases {
+            one(key, contains, &toml);
+        }
+    }
+
+    #[test]
+    fn api_key_problems_name_the_entry() {
+        let base = "[billabear]\napi_key = \"bb\"\n";
+        let key = |body: &str| format!("{base}[[auth.keys]]\n{body}");
+        one("auth.keys[0].key", "at least 16", &key("name = \"a\"\nkey = \"short\"\nscopes = [\"check\"]"));
+        one("auth.keys[0].sha256", "64 hex", &key("name = \"a\"\nsha256 = \"abc\"\nscopes = [\"check\"]"));
+        one(
+            "auth.keys[0]",
+            "not both",
+            &key(&format!("name = \"a\"\nkey = \"0123456789abcdef\"\nsha256 = \"{}\"\nscopes = [\"check\"]", "a".repeat(64))),
+        );
+        one("auth.keys[0]", "set key", &key("name = \"a\"\nscopes = [\"check\"]"));
+        one("auth.keys[0].name", "printable", &key("name = \"\"\nkey = \"0123456789abcdef\"\nscopes = [\"check\"]"));
+        one("auth.keys[0].scopes", "unknown scope \"root\"", &key("name = \"a\"\nkey = \"0123456789abcdef\"\nscopes = [\"root\"]"));
+        one("auth.keys[0].scopes", "at least one", &key("name = \"a\"\nkey = \"0123456789abcdef\"\nscopes = []"));
+        let twice = format!(
+            "{}\n[[auth.keys]]\nname = \"b\"\nsha256 = \"{}\"\nscopes = [\"check\"]",
+            key("name = \"a\"\nkey = \"0123456789abcdef\"\nscopes = [\"check\"]"),
+            hex::encode(digest(b"0123456789abcdef"))
+        );
+        one("auth.keys[1]", "same key as auth.keys[0]", &twice);
+    }
+
+    #[test]
+    fn a_sha256_key_authenticates_the_plain_key() {
+        let file = write(&format!(
+            "[billabear]\napi_key = \"bb\"\n[[auth.keys]]\nname = \"ci\"\nsha256 = \"{}\"\nscopes = [\"events\"]",
+            hex::encode(digest(b"the-real-secret-key"))
+        ));
+        let settings = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None)
+            .unwrap()
+            .validate()
+            .unwrap();
+        let caller = settings.auth.keys.authenticate(b"the-real-secret-key").unwrap();
+        assert_eq!(&*caller.name, "ci");
+        assert_eq!(caller.scopes, vec![Scope::Events]);
+    }
+
+    #[test]
+    fn environment_overrides_file_and_database_url_overrides_both() {
+        let file = write(&valid("[server]\naddress = \"127.0.0.1:9000\""));
+        let env = [
+            ("USAGE_GATE__SERVER__ADDRESS".to_string(), "0.0.0.0:9100".to_string()),
+            ("USAGE_GATE__BILLABEAR__TIMEOUT_MS".to_string(), "400".to_string()),
+            ("USAGE_GATE__DATABASE__URL".to_string(), "postgres://env/db".to_string()),
+        ]
+        .into_iter()
+        .collect();
+        let raw =
+            RawSettings::from_layers(Some(file.path()), Some(env), Some("postgres://override/db".into())).unwrap();
+        let settings = raw.validate().unwrap();
+        assert_eq!(settings.server.address.to_string(), "0.0.0.0:9100");
+        assert_eq!(settings.billabear.timeout, Duration::from_millis(400));
+        assert_eq!(settings.database.url.expose_secret(), "postgres://override/db");
+    }
+
+    #[test]
+    fn an_environment_value_of_the_wrong_type_names_the_key() {
+        let file = write(&valid(""));
+        let env = [("USAGE_GATE__DATABASE__MAX_CONNECTIONS".to_string(), "many".to_string())].into_iter().collect();
+        let err = RawSettings::from_layers(Some(file.path()), Some(env), None).unwrap_err().to_string();
+        assert!(err.contains("database.max_connections"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_rejected() {
+        let file = write(&format!("[server]\nadress = \"x\"\n{}", valid("")));
+        let err = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap_err().to_string();
+        assert!(err.contains("adress"), "{err}");
+    }
+
+    #[test]
+    fn printed_configuration_redacts_secrets() {
+        let file = write(&format!(
+            "[database]\nurl = \"postgres://app:hunter2@db/ug\"\n[billabear]\napi_key = \"bb-secret-value\"\n{KEYS}"
+        ));
+        let raw = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
+        let shown = raw.to_redacted_toml();
+        for secret in ["hunter2", "bb-secret-value", "0123456789abcdef"] {
+            assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+        }
+        assert!(shown.contains("postgres://app:%5Bredacted%5D@db/ug") || shown.contains("[redacted]"));
+        let debug = format!("{:?}", raw.validate().unwrap());
+        for secret in ["hunter2", "bb-secret-value", "0123456789abcdef"] {
+            assert!(!debug.contains(secret), "{secret} leaked in Debug");
+        }
+    }
+
+    /// A TOML file in the temp dir, removed on drop.
+    mod tempfile_path {
+        use std::path::{Path, PathBuf};
+
+        pub struct TempToml(PathBuf);
+
+        impl TempToml {
+            pub fn new(contents: &str) -> Self {
+                let path = std::env::temp_dir().join(format!("usage-gate-test-{}.toml", uuid::Uuid::new_v4()));
+                std::fs::write(&path, contents).unwrap();
+                Self(path)
+            }
+            pub fn path(&self) -> &Path {
+                &self.0
+            }
+        }
+
+        impl Drop for TempToml {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+    }
+}

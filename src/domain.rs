@@ -1,0 +1,305 @@
+//! Domain values that can only be built by parsing, so anything inside the core is already valid.
+//!
+//! Ids are BillaBear's UUIDs; keeping them as `Uuid` (16 bytes) rather than `String` matters for
+//! a cache holding a million customers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Why a value could not be parsed; the message is shown to callers as the field's error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseError {
+    #[error("must be a UUID (e.g. 0b0f1f7e-2f3c-4a53-8b8e-8f8f3c7a1d22)")]
+    NotUuid,
+    #[error("must be between {min} and {max} characters")]
+    Length { min: usize, max: usize },
+    #[error("must match ^[a-z0-9_]+$ (BillaBear metric codes)")]
+    MetricCode,
+    #[error("must be WARNING or DISABLE")]
+    LimitAction,
+    #[error("must be a positive integer (minor units)")]
+    NotPositive,
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(Uuid);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, ParseError> {
+                // Only the canonical hyphenated form: BillaBear's ids look like that, and it keeps
+                // `{...}` or `urn:uuid:` spellings out of upstream URLs and cache keys.
+                if s.len() != 36 {
+                    return Err(ParseError::NotUuid);
+                }
+                Uuid::try_parse(s).map(Self).map_err(|_| ParseError::NotUuid)
+            }
+
+            pub fn new_v4() -> Self {
+                Self(Uuid::new_v4())
+            }
+
+            pub fn as_uuid(&self) -> Uuid {
+                self.0
+            }
+        }
+
+        impl From<Uuid> for $name {
+            fn from(u: Uuid) -> Self {
+                Self(u)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ParseError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.to_string()
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.hyphenated().fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A BillaBear customer id.
+    CustomerId
+);
+uuid_id!(
+    /// A BillaBear usage-limit id.
+    LimitId
+);
+uuid_id!(
+    /// A BillaBear subscription id (what `POST /events` carries).
+    SubscriptionId
+);
+
+/// A client-chosen event id: BillaBear accepts any non-empty string up to its VARCHAR(255).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct EventId(String);
+
+impl EventId {
+    pub const MAX_LEN: usize = 255;
+
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(ParseError::Length { min: 1, max: Self::MAX_LEN });
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EventId {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<EventId> for String {
+    fn from(id: EventId) -> String {
+        id.0
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A BillaBear metric code (`^[a-z0-9_]+$`, as its admin UI enforces).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MetricCode(String);
+
+impl MetricCode {
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if s.is_empty() || s.len() > 255 {
+            return Err(ParseError::Length { min: 1, max: 255 });
+        }
+        if !s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+            return Err(ParseError::MetricCode);
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MetricCode {
+    type Error = ParseError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
+impl From<MetricCode> for String {
+    fn from(c: MetricCode) -> String {
+        c.0
+    }
+}
+
+impl fmt::Display for MetricCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What a usage limit does when the estimate goes over it. BillaBear's API names are the wire form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LimitAction {
+    Warning,
+    Disable,
+}
+
+impl LimitAction {
+    /// Strict, as BillaBear is (`warning` is rejected upstream).
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        match s {
+            "WARNING" => Ok(Self::Warning),
+            "DISABLE" => Ok(Self::Disable),
+            _ => Err(ParseError::LimitAction),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Warning => "WARNING",
+            Self::Disable => "DISABLE",
+        }
+    }
+}
+
+impl fmt::Display for LimitAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An amount of money in integer minor units (cents), as BillaBear sends it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Money {
+    pub amount: i64,
+    /// ISO 4217 code; empty when BillaBear has no usage subscription to take it from.
+    pub currency: String,
+}
+
+impl Money {
+    pub fn zero() -> Self {
+        Self { amount: 0, currency: String::new() }
+    }
+}
+
+/// A customer's status as BillaBear reports it. Unknown strings are kept, not rejected, so a
+/// BillaBear upgrade that adds a status does not break checks.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CustomerStatus {
+    New,
+    Active,
+    Disabled,
+    Churned,
+    Reactivated,
+    TrialActive,
+    TrialEnded,
+    Unknown,
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl CustomerStatus {
+    pub fn is_disabled(&self) -> bool {
+        matches!(self, Self::Disabled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn customer_id_accepts_only_canonical_uuids() {
+        let cases = [
+            ("0b0f1f7e-2f3c-4a53-8b8e-8f8f3c7a1d22", true),
+            ("0B0F1F7E-2F3C-4A53-8B8E-8F8F3C7A1D22", true),
+            ("0b0f1f7e2f3c4a538b8e8f8f3c7a1d22", false),
+            ("{0b0f1f7e-2f3c-4a53-8b8e-8f8f3c7a1d22}", false),
+            ("urn:uuid:0b0f1f7e-2f3c-4a53-8b8e-8f8f3c7a1d22", false),
+            ("../../admin", false),
+            ("0b0f1f7e-2f3c-4a53-8b8e-8f8f3c7a1d2/", false),
+            ("", false),
+        ];
+        for (input, ok) in cases {
+            assert_eq!(CustomerId::parse(input).is_ok(), ok, "{input}");
+        }
+        let id = CustomerId::parse("0B0F1F7E-2F3C-4A53-8B8E-8F8F3C7A1D22").unwrap();
+        assert_eq!(id.to_string(), "0b0f1f7e-2f3c-4a53-8b8e-8f8f3c7a1d22");
+    }
+
+    #[test]
+    fn event_id_length_bounds() {
+        assert!(EventId::parse("").is_err());
+        assert!(EventId::parse(&"x".repeat(255)).is_ok());
+        assert_eq!(
+            EventId::parse(&"x".repeat(256)),
+            Err(ParseError::Length { min: 1, max: 255 })
+        );
+    }
+
+    #[test]
+    fn metric_code_charset() {
+        assert!(MetricCode::parse("api_calls_2").is_ok());
+        assert_eq!(MetricCode::parse("API"), Err(ParseError::MetricCode));
+        assert_eq!(MetricCode::parse("api-calls"), Err(ParseError::MetricCode));
+        assert!(MetricCode::parse("").is_err());
+    }
+
+    #[test]
+    fn limit_action_is_case_sensitive_like_billabear() {
+        assert_eq!(LimitAction::parse("WARNING"), Ok(LimitAction::Warning));
+        assert_eq!(LimitAction::parse("DISABLE"), Ok(LimitAction::Disable));
+        assert_eq!(LimitAction::parse("warning"), Err(ParseError::LimitAction));
+        assert_eq!(LimitAction::parse("WARN"), Err(ParseError::LimitAction));
+    }
+
+    #[test]
+    fn customer_status_keeps_unknown_values() {
+        let s: CustomerStatus = serde_json::from_str("\"disabled\"").unwrap();
+        assert!(s.is_disabled());
+        let s: CustomerStatus = serde_json::from_str("\"paused\"").unwrap();
+        assert_eq!(s, CustomerStatus::Other("paused".into()));
+        assert_eq!(serde_json::to_string(&CustomerStatus::TrialActive).unwrap(), "\"trial_active\"");
+    }
+}

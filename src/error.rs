@@ -1,0 +1,180 @@
+//! The one place where errors become HTTP responses: RFC 9457 problem+json for every status.
+//! 4xx bodies say what was wrong and name fields; 5xx bodies are generic and the cause chain goes
+//! to the log instead.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, error::JsonPayloadError, error::PathError, error::QueryPayloadError};
+use serde::Serialize;
+
+use crate::auth::Scope;
+
+/// A field that failed validation, with a message for a human.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("a valid API key is required (Authorization: Bearer KEY)")]
+    Unauthorized,
+    #[error("this API key lacks the `{0}` scope")]
+    Forbidden(Scope),
+    #[error("{detail}")]
+    BadRequest { detail: String, errors: Vec<FieldError> },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        let error = FieldError::new(field, message);
+        Self::BadRequest { detail: format!("{}: {}", error.field, error.message), errors: vec![error] }
+    }
+
+    /// A stable, machine-readable code (also the last part of the problem `type`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::BadRequest { .. } => "invalid_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::ServiceUnavailable(_) => "service_unavailable",
+            ApiError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+/// The problem+json body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// `urn:usage-gate:problem:<code>`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The same code as the end of `type`, for clients that switch on it.
+    pub code: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(nullable = false)]
+    pub errors: Vec<FieldError>,
+}
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+pub fn problem_response(status: StatusCode, code: &str, detail: String, errors: Vec<FieldError>) -> HttpResponse {
+    let body = Problem {
+        kind: format!("urn:usage-gate:problem:{code}"),
+        title: status.canonical_reason().unwrap_or("Error").to_owned(),
+        status: status.as_u16(),
+        detail,
+        code: code.to_owned(),
+        errors,
+    };
+    HttpResponse::build(status).content_type(PROBLEM_JSON).json(body)
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let (detail, errors) = match self {
+            ApiError::BadRequest { detail, errors } => (detail.clone(), errors.clone()),
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+                ("internal error; the log has the cause under this request's id".to_owned(), vec![])
+            }
+            other => (other.to_string(), vec![]),
+        };
+        let mut response = problem_response(status, self.code(), detail, errors);
+        if matches!(self, ApiError::Unauthorized) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// JSON bodies that fail to parse: 400 naming the field where serde can tell, 413, 415.
+pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let api = match &err {
+        JsonPayloadError::OverflowKnownLength { limit, .. } | JsonPayloadError::Overflow { limit } => {
+            ApiError::PayloadTooLarge { limit: *limit }
+        }
+        JsonPayloadError::ContentType => {
+            ApiError::UnsupportedMediaType("the body must be JSON (Content-Type: application/json)".into())
+        }
+        JsonPayloadError::Deserialize(e) => {
+            let field = serde_field(&e.to_string()).unwrap_or_else(|| "body".into());
+            ApiError::invalid_field(field, e.to_string())
+        }
+        other => ApiError::invalid_field("body", other.to_string()),
+    };
+    api.into()
+}
+
+/// Path segments that fail to parse (e.g. a customer id that is not a UUID).
+pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid_field("path", err.to_string()).into()
+}
+
+pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let message = err.to_string();
+    let field = serde_field(&message).unwrap_or_else(|| "query".into());
+    ApiError::invalid_field(field, message).into()
+}
+
+/// serde names the field in backticks in "missing field `amount`" and "unknown field `x`"
+/// (other messages quote values, not fields).
+fn serde_field(message: &str) -> Option<String> {
+    if !(message.starts_with("missing field") || message.starts_with("unknown field")) {
+        return None;
+    }
+    let start = message.find('`')? + 1;
+    let len = message[start..].find('`')?;
+    let field = &message[start..start + len];
+    (!field.is_empty() && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then(|| field.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serde_messages_yield_the_field() {
+        assert_eq!(serde_field("missing field `amount` at line 1 column 2"), Some("amount".into()));
+        assert_eq!(serde_field("unknown field `amonut`, expected one of"), Some("amonut".into()));
+        assert_eq!(serde_field("unknown variant `warn`, expected one of"), None);
+        assert_eq!(serde_field("expected value at line 1 column 1"), None);
+    }
+}

@@ -1,0 +1,14 @@
+//! usage-gate: enforces BillaBear usage limits. See README.md for what it does and how to run it.
+
+pub mod auth;
+pub mod billabear;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod domain;
+pub mod error;
+pub mod routes;
+pub mod sim;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,127 @@
+//! Wiring: builds the shared state and the HTTP server from settings and ready-made parts, so
+//! tests bind port 0 and hand in their own database pool and BillaBear URL.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpRequest, HttpServer, web};
+use metrics_exporter_prometheus::PrometheusHandle;
+use sqlx::PgPool;
+use tracing_actix_web::TracingLogger;
+
+use crate::billabear::BillaBearClient;
+use crate::config::Settings;
+use crate::error::{self, ApiError};
+use crate::{db, routes, telemetry};
+
+/// What every handler may reach.
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub pool: PgPool,
+    pub billabear: BillaBearClient,
+    pub metrics: PrometheusHandle,
+}
+
+pub struct Application {
+    addr: SocketAddr,
+    server: Server,
+}
+
+impl Application {
+    /// Connects to Postgres (creating the database if needed), migrates, binds `server.address`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = db::connect(&settings.database).await?;
+        db::migrate(&pool).await?;
+        let listener = TcpListener::bind(settings.server.address)
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.address): {e}", settings.server.address))?;
+        Self::build_with(settings, pool, listener)
+    }
+
+    pub fn build_with(settings: Settings, pool: PgPool, listener: TcpListener) -> anyhow::Result<Self> {
+        let addr = listener.local_addr()?;
+        let billabear = BillaBearClient::new(&settings.billabear)?;
+        let keys = web::Data::new(settings.auth.keys.clone());
+        let max_body = settings.server.max_body_bytes;
+        let workers = settings.server.workers;
+        let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
+        let state = web::Data::new(AppState {
+            settings: Arc::new(settings),
+            pool,
+            billabear,
+            metrics: telemetry::metrics_handle(),
+        });
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(keys.clone())
+                .app_data(web::JsonConfig::default().limit(max_body).error_handler(error::json_error))
+                .app_data(web::PathConfig::default().error_handler(error::path_error))
+                .app_data(web::QueryConfig::default().error_handler(error::query_error))
+                .configure(routes::configure)
+                .default_service(web::to(not_found))
+                .wrap(from_fn(telemetry::http_metrics))
+                .wrap(from_fn(telemetry::request_id_header))
+                .wrap(TracingLogger::default())
+        })
+        // Shutdown is driven by `run_until_stopped`, which also stops background work.
+        .disable_signals()
+        .shutdown_timeout(shutdown_timeout);
+        if workers > 0 {
+            server = server.workers(workers);
+        }
+        let server = server.listen(listener)?.run();
+        Ok(Self { addr, server })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn handle(&self) -> ServerHandle {
+        self.server.handle()
+    }
+
+    /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let server = tokio::spawn(self.server);
+        tokio::select! {
+            result = server => return Ok(result??),
+            () = shutdown_signal() => tracing::info!("shutting down: finishing in-flight requests"),
+        }
+        handle.stop(true).await;
+        Ok(())
+    }
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
