@@ -122,12 +122,12 @@ pub async fn authorize<B: MessageBody + 'static>(
     next: Next<B>,
     scope: Option<Scope>,
 ) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
-    let keys = req
-        .app_data::<actix_web::web::Data<ApiKeys>>()
-        .expect("ApiKeys registered as app data");
+    let keys = req.app_data::<actix_web::web::Data<ApiKeys>>().expect("ApiKeys registered as app data");
     let caller = match bearer_token(&req).and_then(|token| keys.authenticate(token)) {
         Some(caller) => caller,
-        None => return Ok(req.error_response(ApiError::Unauthorized).map_into_right_body()),
+        None => {
+            return Ok(req.error_response(ApiError::Unauthorized).map_into_right_body());
+        }
     };
     if let Some(scope) = scope
         && !caller.has(scope)

@@ -132,7 +132,13 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-async fn run_sim(address: SocketAddr, api_key: String, seed: Option<PathBuf>, tick_ms: u64, workers: usize) -> anyhow::Result<()> {
+async fn run_sim(
+    address: SocketAddr,
+    api_key: String,
+    seed: Option<PathBuf>,
+    tick_ms: u64,
+    workers: usize,
+) -> anyhow::Result<()> {
     telemetry::init_tracing(&LogSettings { format: LogFormat::Auto, level: "info".into() });
     if api_key.is_empty() {
         anyhow::bail!("--api-key must not be empty");
@@ -141,7 +147,8 @@ async fn run_sim(address: SocketAddr, api_key: String, seed: Option<PathBuf>, ti
         Some(path) => Seed::from_file(&path)?,
         None => Seed::built_in(),
     };
-    let listener = TcpListener::bind(address).map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
+    let listener =
+        TcpListener::bind(address).map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
     let config = SimConfig { api_key, tick: Duration::from_millis(tick_ms.max(1)), seed, workers };
     let sim = SimServer::start(listener, config)?;
     tracing::info!(base_url = %sim.base_url(), control = %sim.control_url(), "BillaBear simulator listening");

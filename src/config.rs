@@ -181,11 +181,16 @@ impl RawSettings {
         let mut v = Validator::default();
         let settings = Settings {
             server: ServerSettings {
-                address: v.parse("server.address", &self.server.address, SocketAddr::from(([127, 0, 0, 1], 0)), |s| {
-                    s.parse::<SocketAddr>().map_err(|_| {
-                        format!("must be IP:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080), got {s:?}")
-                    })
-                }),
+                address: v.parse(
+                    "server.address",
+                    &self.server.address,
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                    |s| {
+                        s.parse::<SocketAddr>().map_err(|_| {
+                            format!("must be IP:PORT (e.g. 127.0.0.1:8080 or 0.0.0.0:8080), got {s:?}")
+                        })
+                    },
+                ),
                 max_body_bytes: v.range("server.max_body_bytes", self.server.max_body_bytes, 1024, 64 << 20)
                     as usize,
                 workers: v.range("server.workers", self.server.workers.into(), 0, 256) as usize,
@@ -200,13 +205,19 @@ impl RawSettings {
                 url: {
                     let url = self.database.url.expose_secret();
                     // The value is not echoed: it may hold a password.
-                    v.check("database.url", url.starts_with("postgres://") || url.starts_with("postgresql://"), || {
-                        "must be a postgres:// or postgresql:// URL".into()
-                    });
+                    v.check(
+                        "database.url",
+                        url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                        || "must be a postgres:// or postgresql:// URL".into(),
+                    );
                     self.database.url.clone()
                 },
-                max_connections: v.range("database.max_connections", self.database.max_connections.into(), 1, 1000)
-                    as u32,
+                max_connections: v.range(
+                    "database.max_connections",
+                    self.database.max_connections.into(),
+                    1,
+                    1000,
+                ) as u32,
                 acquire_timeout: Duration::from_millis(v.range(
                     "database.acquire_timeout_ms",
                     self.database.acquire_timeout_ms,
@@ -227,7 +238,12 @@ impl RawSettings {
                     });
                     self.billabear.api_key.clone()
                 },
-                timeout: Duration::from_millis(v.range("billabear.timeout_ms", self.billabear.timeout_ms, 1, 60_000)),
+                timeout: Duration::from_millis(v.range(
+                    "billabear.timeout_ms",
+                    self.billabear.timeout_ms,
+                    1,
+                    60_000,
+                )),
                 connect_timeout: Duration::from_millis(v.range(
                     "billabear.connect_timeout_ms",
                     self.billabear.connect_timeout_ms,
@@ -263,7 +279,8 @@ impl RawSettings {
 }
 
 fn parse_base_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| format!("must be an http(s) URL such as https://HOST/api/v1 ({e})"))?;
+    let url =
+        Url::parse(s).map_err(|e| format!("must be an http(s) URL such as https://HOST/api/v1 ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || url.cannot_be_a_base() {
         return Err(format!("must be an http(s) URL such as https://HOST/api/v1, got {s:?}"));
     }
@@ -278,7 +295,10 @@ fn parse_base_url(s: &str) -> Result<Url, String> {
 
 fn validate_keys(v: &mut Validator, raw: &[RawApiKey]) -> ApiKeys {
     if raw.is_empty() {
-        v.problem("auth.keys", "at least one key is required ([[auth.keys]] with name, key or sha256, scopes)");
+        v.problem(
+            "auth.keys",
+            "at least one key is required ([[auth.keys]] with name, key or sha256, scopes)",
+        );
     }
     let mut keys: Vec<ApiKey> = Vec::new();
     let mut seen: Vec<(KeyDigest, usize)> = Vec::new();
@@ -286,7 +306,10 @@ fn validate_keys(v: &mut Validator, raw: &[RawApiKey]) -> ApiKeys {
         let at = format!("auth.keys[{i}]");
         let name = k.name.trim();
         if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
-            v.problem(format!("{at}.name"), "must be 1 to 64 printable characters (the actor in audit records)");
+            v.problem(
+                format!("{at}.name"),
+                "must be 1 to 64 printable characters (the actor in audit records)",
+            );
         }
         let key_digest = match (&k.key, &k.sha256) {
             (Some(_), Some(_)) => {
@@ -306,7 +329,10 @@ fn validate_keys(v: &mut Validator, raw: &[RawApiKey]) -> ApiKeys {
                     Some(digest(key.as_bytes()))
                 }
             }
-            (None, Some(hex_digest)) => match hex::decode(hex_digest.trim()).ok().and_then(|b| b.try_into().ok()) {
+            (None, Some(hex_digest)) => match hex::decode(hex_digest.trim())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+            {
                 Some(d) => Some(d),
                 None => {
                     v.problem(format!("{at}.sha256"), "must be 64 hex characters (the SHA-256 of the key)");
@@ -357,13 +383,21 @@ impl Validator {
     }
 
     fn range(&mut self, key: &str, value: u64, min: u64, max: u64) -> u64 {
-        self.check(key, (min..=max).contains(&value), || format!("must be between {min} and {max}, got {value}"));
+        self.check(key, (min..=max).contains(&value), || {
+            format!("must be between {min} and {max}, got {value}")
+        });
         value.clamp(min, max)
     }
 
     /// Parses `raw`; on failure records the problem and returns `fallback` (never used, since
     /// `finish` then fails), so building can go on and find the other problems.
-    fn parse<T>(&mut self, key: &str, raw: &str, fallback: T, parse: impl FnOnce(&str) -> Result<T, String>) -> T {
+    fn parse<T>(
+        &mut self,
+        key: &str,
+        raw: &str,
+        fallback: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
         parse(raw).unwrap_or_else(|message| {
             self.problem(key, message);
             fallback
@@ -483,18 +517,66 @@ mod tests {
     fn each_validation_error_names_its_key() {
         let with = |section: &str, line: &str| format!("[{section}]\n{line}\n");
         let cases: Vec<(&str, &str, String)> = vec![
-            ("server.address", "must be IP:PORT", format!("{}\n{}", with("server", "address = \"localhost\""), valid(""))),
-            ("server.max_body_bytes", "between 1024", format!("{}\n{}", with("server", "max_body_bytes = 10"), valid(""))),
-            ("server.workers", "between 0 and 256", format!("{}\n{}", with("server", "workers = 1000"), valid(""))),
-            ("database.url", "postgres://", format!("{}\n{}", with("database", "url = \"mysql://x\""), valid(""))),
-            ("database.max_connections", "between 1", format!("{}\n{}", with("database", "max_connections = 0"), valid(""))),
-            ("database.acquire_timeout_ms", "between 1", format!("{}\n{}", with("database", "acquire_timeout_ms = 0"), valid(""))),
-            ("billabear.base_url", "http(s) URL", format!("{KEYS}\n[billabear]\napi_key=\"k\"\nbase_url = \"ftp://x/api/v1\"")),
-            ("billabear.base_url", "query", format!("{KEYS}\n[billabear]\napi_key=\"k\"\nbase_url = \"http://x/api/v1?a=b\"")),
-            ("billabear.base_url", "credentials", format!("{KEYS}\n[billabear]\napi_key=\"k\"\nbase_url = \"http://u:p@x/api/v1\"")),
-            ("billabear.timeout_ms", "between 1 and 60000, got 0", format!("{KEYS}\n[billabear]\napi_key=\"k\"\ntimeout_ms = 0")),
-            ("billabear.connect_timeout_ms", "between 1", format!("{KEYS}\n[billabear]\napi_key=\"k\"\nconnect_timeout_ms = 0")),
-            ("log.format", "auto, json or pretty", format!("{}\n{}", with("log", "format = \"xml\""), valid(""))),
+            (
+                "server.address",
+                "must be IP:PORT",
+                format!("{}\n{}", with("server", "address = \"localhost\""), valid("")),
+            ),
+            (
+                "server.max_body_bytes",
+                "between 1024",
+                format!("{}\n{}", with("server", "max_body_bytes = 10"), valid("")),
+            ),
+            (
+                "server.workers",
+                "between 0 and 256",
+                format!("{}\n{}", with("server", "workers = 1000"), valid("")),
+            ),
+            (
+                "database.url",
+                "postgres://",
+                format!("{}\n{}", with("database", "url = \"mysql://x\""), valid("")),
+            ),
+            (
+                "database.max_connections",
+                "between 1",
+                format!("{}\n{}", with("database", "max_connections = 0"), valid("")),
+            ),
+            (
+                "database.acquire_timeout_ms",
+                "between 1",
+                format!("{}\n{}", with("database", "acquire_timeout_ms = 0"), valid("")),
+            ),
+            (
+                "billabear.base_url",
+                "http(s) URL",
+                format!("{KEYS}\n[billabear]\napi_key=\"k\"\nbase_url = \"ftp://x/api/v1\""),
+            ),
+            (
+                "billabear.base_url",
+                "query",
+                format!("{KEYS}\n[billabear]\napi_key=\"k\"\nbase_url = \"http://x/api/v1?a=b\""),
+            ),
+            (
+                "billabear.base_url",
+                "credentials",
+                format!("{KEYS}\n[billabear]\napi_key=\"k\"\nbase_url = \"http://u:p@x/api/v1\""),
+            ),
+            (
+                "billabear.timeout_ms",
+                "between 1 and 60000, got 0",
+                format!("{KEYS}\n[billabear]\napi_key=\"k\"\ntimeout_ms = 0"),
+            ),
+            (
+                "billabear.connect_timeout_ms",
+                "between 1",
+                format!("{KEYS}\n[billabear]\napi_key=\"k\"\nconnect_timeout_ms = 0"),
+            ),
+            (
+                "log.format",
+                "auto, json or pretty",
+                format!("{}\n{}", with("log", "format = \"xml\""), valid("")),
+            ),
             ("log.level", "filter directive", format!("{}\n{}", with("log", "level = \"=[\""), valid(""))),
         ];
         for (key, contains, toml) in cases {
@@ -511,12 +593,27 @@ mod tests {
         one(
             "auth.keys[0]",
             "not both",
-            &key(&format!("name = \"a\"\nkey = \"0123456789abcdef\"\nsha256 = \"{}\"\nscopes = [\"check\"]", "a".repeat(64))),
+            &key(&format!(
+                "name = \"a\"\nkey = \"0123456789abcdef\"\nsha256 = \"{}\"\nscopes = [\"check\"]",
+                "a".repeat(64)
+            )),
         );
         one("auth.keys[0]", "set key", &key("name = \"a\"\nscopes = [\"check\"]"));
-        one("auth.keys[0].name", "printable", &key("name = \"\"\nkey = \"0123456789abcdef\"\nscopes = [\"check\"]"));
-        one("auth.keys[0].scopes", "unknown scope \"root\"", &key("name = \"a\"\nkey = \"0123456789abcdef\"\nscopes = [\"root\"]"));
-        one("auth.keys[0].scopes", "at least one", &key("name = \"a\"\nkey = \"0123456789abcdef\"\nscopes = []"));
+        one(
+            "auth.keys[0].name",
+            "printable",
+            &key("name = \"\"\nkey = \"0123456789abcdef\"\nscopes = [\"check\"]"),
+        );
+        one(
+            "auth.keys[0].scopes",
+            "unknown scope \"root\"",
+            &key("name = \"a\"\nkey = \"0123456789abcdef\"\nscopes = [\"root\"]"),
+        );
+        one(
+            "auth.keys[0].scopes",
+            "at least one",
+            &key("name = \"a\"\nkey = \"0123456789abcdef\"\nscopes = []"),
+        );
         let twice = format!(
             "{}\n[[auth.keys]]\nname = \"b\"\nsha256 = \"{}\"\nscopes = [\"check\"]",
             key("name = \"a\"\nkey = \"0123456789abcdef\"\nscopes = [\"check\"]"),
@@ -551,7 +648,8 @@ mod tests {
         .into_iter()
         .collect();
         let raw =
-            RawSettings::from_layers(Some(file.path()), Some(env), Some("postgres://override/db".into())).unwrap();
+            RawSettings::from_layers(Some(file.path()), Some(env), Some("postgres://override/db".into()))
+                .unwrap();
         let settings = raw.validate().unwrap();
         assert_eq!(settings.server.address.to_string(), "0.0.0.0:9100");
         assert_eq!(settings.billabear.timeout, Duration::from_millis(400));
@@ -561,7 +659,8 @@ mod tests {
     #[test]
     fn an_environment_value_of_the_wrong_type_names_the_key() {
         let file = write(&valid(""));
-        let env = [("USAGE_GATE__DATABASE__MAX_CONNECTIONS".to_string(), "many".to_string())].into_iter().collect();
+        let env =
+            [("USAGE_GATE__DATABASE__MAX_CONNECTIONS".to_string(), "many".to_string())].into_iter().collect();
         let err = RawSettings::from_layers(Some(file.path()), Some(env), None).unwrap_err().to_string();
         assert!(err.contains("database.max_connections"), "{err}");
     }
@@ -569,7 +668,9 @@ mod tests {
     #[test]
     fn an_unknown_key_is_rejected() {
         let file = write(&format!("[server]\nadress = \"x\"\n{}", valid("")));
-        let err = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap_err().to_string();
+        let err = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("adress"), "{err}");
     }
 
@@ -598,7 +699,8 @@ mod tests {
 
         impl TempToml {
             pub fn new(contents: &str) -> Self {
-                let path = std::env::temp_dir().join(format!("usage-gate-test-{}.toml", uuid::Uuid::new_v4()));
+                let path =
+                    std::env::temp_dir().join(format!("usage-gate-test-{}.toml", uuid::Uuid::new_v4()));
                 std::fs::write(&path, contents).unwrap();
                 Self(path)
             }

@@ -22,7 +22,12 @@ pub async fn run(mut raw: RawSettings, sim_address: SocketAddr) -> anyhow::Resul
     // A 10 s counter tick instead of BillaBear's 60 s, so sent events show up sooner.
     let sim = SimServer::start(
         listener,
-        SimConfig { api_key: SIM_KEY.into(), tick: Duration::from_secs(10), seed: Seed::built_in(), workers: 1 },
+        SimConfig {
+            api_key: SIM_KEY.into(),
+            tick: Duration::from_secs(10),
+            seed: Seed::built_in(),
+            workers: 1,
+        },
     )?;
     raw.billabear.base_url = sim.base_url();
     raw.billabear.api_key = SecretString::from(SIM_KEY);

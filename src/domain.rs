@@ -272,10 +272,7 @@ mod tests {
     fn event_id_length_bounds() {
         assert!(EventId::parse("").is_err());
         assert!(EventId::parse(&"x".repeat(255)).is_ok());
-        assert_eq!(
-            EventId::parse(&"x".repeat(256)),
-            Err(ParseError::Length { min: 1, max: 255 })
-        );
+        assert_eq!(EventId::parse(&"x".repeat(256)), Err(ParseError::Length { min: 1, max: 255 }));
     }
 
     #[test]

@@ -4,7 +4,10 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, error::JsonPayloadError, error::PathError, error::QueryPayloadError};
+use actix_web::{
+    HttpRequest, HttpResponse, ResponseError, error::JsonPayloadError, error::PathError,
+    error::QueryPayloadError,
+};
 use serde::Serialize;
 
 use crate::auth::Scope;
@@ -81,7 +84,12 @@ pub struct Problem {
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
-pub fn problem_response(status: StatusCode, code: &str, detail: String, errors: Vec<FieldError>) -> HttpResponse {
+pub fn problem_response(
+    status: StatusCode,
+    code: &str,
+    detail: String,
+    errors: Vec<FieldError>,
+) -> HttpResponse {
     let body = Problem {
         kind: format!("urn:usage-gate:problem:{code}"),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
@@ -163,7 +171,8 @@ fn serde_field(message: &str) -> Option<String> {
     let start = message.find('`')? + 1;
     let len = message[start..].find('`')?;
     let field = &message[start..start + len];
-    (!field.is_empty() && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')).then(|| field.to_owned())
+    (!field.is_empty() && field.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        .then(|| field.to_owned())
 }
 
 #[cfg(test)]

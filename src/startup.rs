@@ -34,8 +34,9 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::connect(&settings.database).await?;
         db::migrate(&pool).await?;
-        let listener = TcpListener::bind(settings.server.address)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.address): {e}", settings.server.address))?;
+        let listener = TcpListener::bind(settings.server.address).map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} (server.address): {e}", settings.server.address)
+        })?;
         Self::build_with(settings, pool, listener)
     }
 

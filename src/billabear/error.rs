@@ -41,9 +41,9 @@ impl BillaBearError {
             Self::NotFound(_) => Some(404),
             Self::Validation(_) => Some(400),
             Self::Unauthorized => Some(401),
-            Self::Unavailable { status } | Self::InvalidBody { status, .. } | Self::UnexpectedStatus { status } => {
-                Some(*status)
-            }
+            Self::Unavailable { status }
+            | Self::InvalidBody { status, .. }
+            | Self::UnexpectedStatus { status } => Some(*status),
             Self::Timeout(_) | Self::Connect(_) | Self::InvalidRequest(_) => None,
         }
     }

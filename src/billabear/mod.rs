@@ -16,7 +16,9 @@ use serde::de::DeserializeOwned;
 use url::Url;
 
 pub use error::BillaBearError;
-pub use model::{CostEstimate, Customer, Metric, MetricCost, NewEvent, NewUsageLimit, Price, Subscription, UsageLimit};
+pub use model::{
+    CostEstimate, Customer, Metric, MetricCost, NewEvent, NewUsageLimit, Price, Subscription, UsageLimit,
+};
 
 use crate::config::BillaBearSettings;
 use crate::domain::{CustomerId, LimitId};
@@ -67,8 +69,9 @@ pub struct BillaBearClient {
 
 impl BillaBearClient {
     pub fn new(settings: &BillaBearSettings) -> Result<Self, BillaBearError> {
-        let mut key = HeaderValue::from_str(settings.api_key.expose_secret())
-            .map_err(|_| BillaBearError::InvalidRequest("billabear.api_key is not a valid header value".into()))?;
+        let mut key = HeaderValue::from_str(settings.api_key.expose_secret()).map_err(|_| {
+            BillaBearError::InvalidRequest("billabear.api_key is not a valid header value".into())
+        })?;
         // Keeps the key out of reqwest's Debug output and HTTP/2 header tables.
         key.set_sensitive(true);
         let mut headers = HeaderMap::new();
@@ -111,20 +114,27 @@ impl BillaBearClient {
         customer: CustomerId,
         limit: &NewUsageLimit,
     ) -> Result<UsageLimit, BillaBearError> {
-        if limit.amount <= 0 {
-            return Err(BillaBearError::InvalidRequest("amount must be a positive integer".into()));
-        }
         let id = customer.to_string();
-        self.call(Operation::CreateUsageLimit, Method::POST, &["customer", &id, "usage-limits"], Some(limit)).await
+        self.call(Operation::CreateUsageLimit, Method::POST, &["customer", &id, "usage-limits"], Some(limit))
+            .await
     }
 
     /// BillaBear does not check that the limit belongs to the customer; callers that care must.
     #[tracing::instrument(level = "debug", skip(self), fields(%customer, %limit))]
-    pub async fn delete_usage_limit(&self, customer: CustomerId, limit: LimitId) -> Result<(), BillaBearError> {
+    pub async fn delete_usage_limit(
+        &self,
+        customer: CustomerId,
+        limit: LimitId,
+    ) -> Result<(), BillaBearError> {
         let (id, limit) = (customer.to_string(), limit.to_string());
-        self.send(Operation::DeleteUsageLimit, Method::DELETE, &["customer", &id, "usage-limit", &limit], None::<&()>)
-            .await
-            .map(drop)
+        self.send(
+            Operation::DeleteUsageLimit,
+            Method::DELETE,
+            &["customer", &id, "usage-limit", &limit],
+            None::<&()>,
+        )
+        .await
+        .map(drop)
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%customer))]
@@ -150,7 +160,10 @@ impl BillaBearClient {
     }
 
     #[tracing::instrument(level = "debug", skip(self), fields(%customer))]
-    pub async fn list_active_subscriptions(&self, customer: CustomerId) -> Result<Vec<Subscription>, BillaBearError> {
+    pub async fn list_active_subscriptions(
+        &self,
+        customer: CustomerId,
+    ) -> Result<Vec<Subscription>, BillaBearError> {
         let id = customer.to_string();
         let list: ListResponse<Subscription> = self
             .call(
@@ -241,7 +254,11 @@ impl BillaBearClient {
     }
 }
 
-fn classify(op: Operation, status: StatusCode, bytes: bytes::Bytes) -> Result<(StatusCode, bytes::Bytes), BillaBearError> {
+fn classify(
+    op: Operation,
+    status: StatusCode,
+    bytes: bytes::Bytes,
+) -> Result<(StatusCode, bytes::Bytes), BillaBearError> {
     match status.as_u16() {
         200..=299 => Ok((status, bytes)),
         401 => Err(BillaBearError::Unauthorized),
@@ -282,7 +299,8 @@ fn describe(bytes: &[u8], e: &serde_json::Error) -> String {
 
 fn record(op: Operation, started: Instant, error: Option<&BillaBearError>) {
     let outcome = error.map_or("ok", BillaBearError::outcome);
-    metrics::counter!("billabear_requests_total", "operation" => op.name(), "outcome" => outcome).increment(1);
+    metrics::counter!("billabear_requests_total", "operation" => op.name(), "outcome" => outcome)
+        .increment(1);
     metrics::histogram!("billabear_request_duration_seconds", "operation" => op.name())
         .record(started.elapsed().as_secs_f64());
     if let Some(e) = error {
@@ -299,8 +317,14 @@ mod tests {
         let b = |s: &str| bytes::Bytes::from(s.to_owned());
         let op = Operation::GetCostEstimate;
         assert!(classify(op, StatusCode::OK, b("{}")).is_ok());
-        assert_eq!(classify(op, StatusCode::UNAUTHORIZED, b("[]")).unwrap_err(), BillaBearError::Unauthorized);
-        assert_eq!(classify(op, StatusCode::NOT_FOUND, b("")).unwrap_err(), BillaBearError::NotFound("customer"));
+        assert_eq!(
+            classify(op, StatusCode::UNAUTHORIZED, b("[]")).unwrap_err(),
+            BillaBearError::Unauthorized
+        );
+        assert_eq!(
+            classify(op, StatusCode::NOT_FOUND, b("")).unwrap_err(),
+            BillaBearError::NotFound("customer")
+        );
         assert_eq!(
             classify(op, StatusCode::SERVICE_UNAVAILABLE, b("<html>")).unwrap_err(),
             BillaBearError::Unavailable { status: 503 }
@@ -313,8 +337,14 @@ mod tests {
             classify(op, StatusCode::UNPROCESSABLE_ENTITY, b("")).unwrap_err(),
             BillaBearError::UnexpectedStatus { status: 422 }
         );
-        match classify(op, StatusCode::BAD_REQUEST, b(r#"{"errors":{"amount":"This value should be positive."}}"#)) {
-            Err(BillaBearError::Validation(map)) => assert_eq!(map["amount"], "This value should be positive."),
+        match classify(
+            op,
+            StatusCode::BAD_REQUEST,
+            b(r#"{"errors":{"amount":"This value should be positive."}}"#),
+        ) {
+            Err(BillaBearError::Validation(map)) => {
+                assert_eq!(map["amount"], "This value should be positive.")
+            }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
@@ -327,7 +357,8 @@ mod tests {
     fn cost_estimate_accepts_total_or_cost() {
         let total: CostEstimate =
             parse_body(StatusCode::OK, br#"{"total":{"amount":250,"currency":"USD"},"costs":[]}"#).unwrap();
-        let cost: CostEstimate = parse_body(StatusCode::OK, br#"{"cost":{"amount":250,"currency":"USD"}}"#).unwrap();
+        let cost: CostEstimate =
+            parse_body(StatusCode::OK, br#"{"cost":{"amount":250,"currency":"USD"}}"#).unwrap();
         assert_eq!(total.total.amount, 250);
         assert_eq!(cost.total, total.total);
     }

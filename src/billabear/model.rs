@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{CustomerId, CustomerStatus, EventId, LimitAction, LimitId, MetricCode, Money, SubscriptionId};
+use crate::domain::{
+    CustomerId, CustomerStatus, EventId, LimitAction, LimitId, MetricCode, Money, SubscriptionId,
+};
 
 /// A usage limit (`{"id","amount","action"}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -71,6 +71,9 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Err(e) => Check::new(false, false, e.to_string()),
     };
     let ready = postgres.ok && migrations.ok;
-    let body = Readiness { status: if ready { "ready" } else { "not_ready" }, checks: Checks { postgres, migrations, billabear } };
+    let body = Readiness {
+        status: if ready { "ready" } else { "not_ready" },
+        checks: Checks { postgres, migrations, billabear },
+    };
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }

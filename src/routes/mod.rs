@@ -19,7 +19,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// A resource behind the API-key check; `scope` is the scope its routes need (none: any key).
-fn keyed(path: &str, scope: Option<Scope>) -> actix_web::Resource<
+fn keyed(
+    path: &str,
+    scope: Option<Scope>,
+) -> actix_web::Resource<
     impl actix_web::dev::ServiceFactory<
         actix_web::dev::ServiceRequest,
         Config = (),

@@ -65,7 +65,9 @@ impl ResponseError for Reply {
             Reply::Unauthorized => HttpResponse::Unauthorized().json(json!([])),
             Reply::NotFound(NotFoundBody::Empty) => HttpResponse::NotFound().finish(),
             Reply::NotFound(NotFoundBody::EmptyArray) => HttpResponse::NotFound().json(json!([])),
-            Reply::NotFound(NotFoundBody::SuccessFalse) => HttpResponse::NotFound().json(json!({"success": false})),
+            Reply::NotFound(NotFoundBody::SuccessFalse) => {
+                HttpResponse::NotFound().json(json!({"success": false}))
+            }
             Reply::Invalid(errors) => HttpResponse::BadRequest().json(json!({ "errors": errors })),
             Reply::ServerError => symfony_error(StatusCode::INTERNAL_SERVER_ERROR),
         }
@@ -97,10 +99,7 @@ fn authenticate(req: &HttpRequest, sim: &SimShared) -> Result<(), Reply> {
 
 /// A known customer, or the route's 404 (a non-UUID id is "not found" too, as in BillaBear).
 fn customer(state: &SimState, id: &str, missing: NotFoundBody) -> Result<CustomerId, Reply> {
-    CustomerId::parse(id)
-        .ok()
-        .filter(|id| state.customers.contains_key(id))
-        .ok_or(Reply::NotFound(missing))
+    CustomerId::parse(id).ok().filter(|id| state.customers.contains_key(id)).ok_or(Reply::NotFound(missing))
 }
 
 /// The controllers deserialize whatever body arrives; what is not JSON throws (500).
@@ -154,9 +153,8 @@ async fn get_costs(req: HttpRequest, sim: web::Data<SimShared>, path: web::Path<
     let state = sim.state();
     let id = customer(&state, &path, NotFoundBody::Empty)?;
     match state.estimate(id) {
-        Estimate::Priced { total, currency, costs } => {
-            Ok(HttpResponse::Ok().json(json!({"total": {"amount": total, "currency": currency}, "costs": costs})))
-        }
+        Estimate::Priced { total, currency, costs } => Ok(HttpResponse::Ok()
+            .json(json!({"total": {"amount": total, "currency": currency}, "costs": costs}))),
         // brick/money's MoneyMismatchException is not caught: an empty 500.
         Estimate::MixedCurrencies => Ok(HttpResponse::InternalServerError().finish()),
     }
@@ -175,7 +173,12 @@ async fn list_limits(req: HttpRequest, sim: web::Data<SimShared>, path: web::Pat
     Ok(HttpResponse::Ok().json(json!({"data": data, "has_more": false})))
 }
 
-async fn create_limit(req: HttpRequest, sim: web::Data<SimShared>, path: web::Path<String>, body: web::Bytes) -> Answer {
+async fn create_limit(
+    req: HttpRequest,
+    sim: web::Data<SimShared>,
+    path: web::Path<String>,
+    body: web::Bytes,
+) -> Answer {
     authenticate(&req, &sim)?;
     // The customer is looked up before the body is read.
     let id = customer(&sim.state(), &path, NotFoundBody::Empty)?;
@@ -215,11 +218,16 @@ async fn create_limit(req: HttpRequest, sim: web::Data<SimShared>, path: web::Pa
     let (Some(amount), Some(action), true) = (amount, action, errors.is_empty()) else {
         return Err(Reply::Invalid(errors));
     };
-    let limit = sim.state().add_limit(id, LimitId::new_v4(), amount, action).map_err(|_| Reply::ServerError)?;
+    let limit =
+        sim.state().add_limit(id, LimitId::new_v4(), amount, action).map_err(|_| Reply::ServerError)?;
     Ok(HttpResponse::Created().json(json!({"id": limit.id, "amount": limit.amount, "action": limit.action})))
 }
 
-async fn delete_limit(req: HttpRequest, sim: web::Data<SimShared>, path: web::Path<(String, String)>) -> Answer {
+async fn delete_limit(
+    req: HttpRequest,
+    sim: web::Data<SimShared>,
+    path: web::Path<(String, String)>,
+) -> Answer {
     authenticate(&req, &sim)?;
     let (customer_id, limit_id) = path.into_inner();
     // Unlike the other routes, delete uses getById, whose UUID conversion error is not caught.
@@ -237,7 +245,11 @@ async fn delete_limit(req: HttpRequest, sim: web::Data<SimShared>, path: web::Pa
     Ok(HttpResponse::Ok().finish())
 }
 
-async fn active_subscriptions(req: HttpRequest, sim: web::Data<SimShared>, path: web::Path<String>) -> Answer {
+async fn active_subscriptions(
+    req: HttpRequest,
+    sim: web::Data<SimShared>,
+    path: web::Path<String>,
+) -> Answer {
     authenticate(&req, &sim)?;
     let state = sim.state();
     let id = customer(&state, &path, NotFoundBody::EmptyArray)?;
@@ -290,7 +302,13 @@ async fn enable(req: HttpRequest, sim: web::Data<SimShared>, path: web::Path<Str
     set_status(req, sim, path, "active", "customer_enabled")
 }
 
-fn set_status(req: HttpRequest, sim: web::Data<SimShared>, path: web::Path<String>, status: &str, webhook: &str) -> Answer {
+fn set_status(
+    req: HttpRequest,
+    sim: web::Data<SimShared>,
+    path: web::Path<String>,
+    status: &str,
+    webhook: &str,
+) -> Answer {
     authenticate(&req, &sim)?;
     let mut state = sim.state();
     let id = customer(&state, &path, NotFoundBody::SuccessFalse)?;
@@ -317,7 +335,10 @@ async fn create_event(req: HttpRequest, sim: web::Data<SimShared>, body: web::By
 }
 
 /// `CreateEvent`'s constraints, with Symfony's messages; one message per field.
-fn validate_event(body: &serde_json::Map<String, Value>, state: &SimState) -> Result<StoredEvent, BTreeMap<String, String>> {
+fn validate_event(
+    body: &serde_json::Map<String, Value>,
+    state: &SimState,
+) -> Result<StoredEvent, BTreeMap<String, String>> {
     let mut errors = BTreeMap::new();
     let mut string_field = |name: &str| -> Option<String> {
         match body.get(name) {
@@ -373,15 +394,17 @@ fn validate_event(body: &serde_json::Map<String, Value>, state: &SimState) -> Re
         }
     };
     match (event_id, subscription, code, value) {
-        (Some(event_id), Some(subscription), Some(code), Some(value)) if errors.is_empty() => Ok(StoredEvent {
-            id: Uuid::new_v4(),
-            event_id,
-            subscription,
-            code,
-            value,
-            properties,
-            received_at: Utc::now(),
-        }),
+        (Some(event_id), Some(subscription), Some(code), Some(value)) if errors.is_empty() => {
+            Ok(StoredEvent {
+                id: Uuid::new_v4(),
+                event_id,
+                subscription,
+                code,
+                value,
+                properties,
+                received_at: Utc::now(),
+            })
+        }
         _ => Err(errors),
     }
 }

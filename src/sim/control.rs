@@ -20,73 +20,104 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/customers/{id}/limits", web::post().to(add_limit))
         .service(
             web::resource("/faults")
-                .route(web::get().to(|sim: web::Data<SimShared>| async move {
-                    HttpResponse::Ok().json(&*sim.faults())
-                }))
+                .route(
+                    web::get().to(|sim: web::Data<SimShared>| async move {
+                        HttpResponse::Ok().json(&*sim.faults())
+                    }),
+                )
                 .route(web::put().to(set_faults))
                 .route(web::delete().to(|sim: web::Data<SimShared>| async move {
                     *sim.faults() = Faults::default();
                     HttpResponse::NoContent().finish()
                 })),
         )
-        .route("/tick", web::post().to(|sim: web::Data<SimShared>| async move {
-            HttpResponse::Ok().json(json!({"fired": sim.tick()}))
-        }))
-        .route("/period", web::post().to(|sim: web::Data<SimShared>| async move {
-            sim.state().new_period();
-            HttpResponse::NoContent().finish()
-        }))
+        .route(
+            "/tick",
+            web::post().to(|sim: web::Data<SimShared>| async move {
+                HttpResponse::Ok().json(json!({"fired": sim.tick()}))
+            }),
+        )
+        .route(
+            "/period",
+            web::post().to(|sim: web::Data<SimShared>| async move {
+                sim.state().new_period();
+                HttpResponse::NoContent().finish()
+            }),
+        )
         .route("/events", web::get().to(events))
         .route("/events/{event_id}", web::get().to(event))
         .service(
             web::resource("/requests")
-                .route(web::get().to(|sim: web::Data<SimShared>| async move {
-                    HttpResponse::Ok().json(&*sim.requests())
-                }))
+                .route(
+                    web::get().to(|sim: web::Data<SimShared>| async move {
+                        HttpResponse::Ok().json(&*sim.requests())
+                    }),
+                )
                 .route(web::delete().to(|sim: web::Data<SimShared>| async move {
                     *sim.requests() = Requests::default();
                     HttpResponse::NoContent().finish()
                 })),
         )
-        .route("/webhooks", web::get().to(|sim: web::Data<SimShared>| async move {
-            HttpResponse::Ok().json(&sim.state().webhooks)
-        }));
+        .route(
+            "/webhooks",
+            web::get().to(|sim: web::Data<SimShared>| async move {
+                HttpResponse::Ok().json(&sim.state().webhooks)
+            }),
+        );
 }
 
-fn bad_request(message: impl std::fmt::Display) -> HttpResponse {
-    HttpResponse::BadRequest().json(json!({"error": message.to_string()}))
+/// A control request that cannot be done: 400 or 404 with `{"error": "..."}`.
+#[derive(Debug, thiserror::Error)]
+enum ControlError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such customer")]
+    NoSuchCustomer,
 }
 
-fn customer_id(raw: &str) -> Result<CustomerId, HttpResponse> {
-    CustomerId::parse(raw).map_err(|e| bad_request(format!("customer id {e}")))
-}
+impl actix_web::ResponseError for ControlError {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        match self {
+            ControlError::BadRequest(_) => actix_web::http::StatusCode::BAD_REQUEST,
+            ControlError::NoSuchCustomer => actix_web::http::StatusCode::NOT_FOUND,
+        }
+    }
 
-async fn add_customer(sim: web::Data<SimShared>, body: web::Json<SeedCustomer>) -> HttpResponse {
-    let id = match sim.state().add_customer(&body) {
-        Ok(id) => id,
-        Err(e) => return bad_request(e),
-    };
-    customer_view(&sim, id, true)
-}
-
-async fn show_customer(sim: web::Data<SimShared>, path: web::Path<String>) -> HttpResponse {
-    match customer_id(&path) {
-        Ok(id) => customer_view(&sim, id, false),
-        Err(response) => response,
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(json!({"error": self.to_string()}))
     }
 }
 
-fn customer_view(sim: &SimShared, id: CustomerId, created: bool) -> HttpResponse {
+fn bad_request(message: impl std::fmt::Display) -> ControlError {
+    ControlError::BadRequest(message.to_string())
+}
+
+type Answer = Result<HttpResponse, ControlError>;
+
+fn customer_id(raw: &str) -> Result<CustomerId, ControlError> {
+    CustomerId::parse(raw).map_err(|e| bad_request(format!("customer id {e}")))
+}
+
+async fn add_customer(sim: web::Data<SimShared>, body: web::Json<SeedCustomer>) -> Answer {
+    let id = sim.state().add_customer(&body).map_err(bad_request)?;
+    customer_view(&sim, id, true)
+}
+
+async fn show_customer(sim: web::Data<SimShared>, path: web::Path<String>) -> Answer {
+    customer_view(&sim, customer_id(&path)?, false)
+}
+
+fn customer_view(sim: &SimShared, id: CustomerId, created: bool) -> Answer {
     let state = sim.state();
-    let Some(customer) = state.customers.get(&id) else {
-        return HttpResponse::NotFound().json(json!({"error": "no such customer"}));
-    };
+    let customer = state.customers.get(&id).ok_or(ControlError::NoSuchCustomer)?;
     let subscriptions: Vec<_> = customer
         .subscriptions
         .iter()
         .filter_map(|s| state.subscriptions.get(s))
-        .map(|s| json!({"id": s.id, "metric": s.metric, "unit_price": s.unit_price, "currency": s.currency,
-                        "active": s.active, "usage": state.usage(s.id)}))
+        .map(|s| {
+            json!({"id": s.id, "metric": s.metric, "unit_price": s.unit_price, "currency": s.currency,
+                        "active": s.active, "usage": state.usage(s.id)})
+        })
         .collect();
     let limits: Vec<_> = state
         .customer_limits(id)
@@ -99,7 +130,8 @@ fn customer_view(sim: &SimShared, id: CustomerId, created: bool) -> HttpResponse
     };
     let body = json!({"id": id, "name": customer.name, "email": customer.email, "status": customer.status,
                       "subscriptions": subscriptions, "limits": limits, "estimate": estimate});
-    if created { HttpResponse::Created().json(body) } else { HttpResponse::Ok().json(body) }
+    let mut response = if created { HttpResponse::Created() } else { HttpResponse::Ok() };
+    Ok(response.json(body))
 }
 
 #[derive(Deserialize)]
@@ -107,15 +139,13 @@ struct StatusBody {
     status: String,
 }
 
-async fn set_status(sim: web::Data<SimShared>, path: web::Path<String>, body: web::Json<StatusBody>) -> HttpResponse {
-    let id = match customer_id(&path) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    match sim.state().customers.get_mut(&id) {
-        Some(customer) => customer.status = body.into_inner().status,
-        None => return HttpResponse::NotFound().json(json!({"error": "no such customer"})),
-    }
+async fn set_status(
+    sim: web::Data<SimShared>,
+    path: web::Path<String>,
+    body: web::Json<StatusBody>,
+) -> Answer {
+    let id = customer_id(&path)?;
+    sim.state().customers.get_mut(&id).ok_or(ControlError::NoSuchCustomer)?.status = body.into_inner().status;
     customer_view(&sim, id, false)
 }
 
@@ -127,30 +157,30 @@ struct UsageBody {
     value: f64,
 }
 
-async fn set_usage(sim: web::Data<SimShared>, path: web::Path<String>, body: web::Json<UsageBody>) -> HttpResponse {
-    let id = match customer_id(&path) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
+async fn set_usage(sim: web::Data<SimShared>, path: web::Path<String>, body: web::Json<UsageBody>) -> Answer {
+    let id = customer_id(&path)?;
     {
         let mut state = sim.state();
-        let found = state.active_subscriptions(id).into_iter().find(|s| s.metric.as_deref() == Some(&body.metric)).map(|s| s.id);
-        match found {
-            Some(sub) => state.set_usage(sub, body.value),
-            None => return bad_request(format!("customer {id} has no active subscription for metric {:?}", body.metric)),
-        }
+        let subscription = state
+            .active_subscriptions(id)
+            .into_iter()
+            .find(|s| s.metric.as_deref() == Some(&body.metric))
+            .map(|s| s.id)
+            .ok_or_else(|| {
+                bad_request(format!("customer {id} has no active subscription for metric {:?}", body.metric))
+            })?;
+        state.set_usage(subscription, body.value);
     }
     customer_view(&sim, id, false)
 }
 
-async fn add_subscription(sim: web::Data<SimShared>, path: web::Path<String>, body: web::Json<SeedSubscription>) -> HttpResponse {
-    let id = match customer_id(&path) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    if let Err(e) = sim.state().add_subscription(id, &body) {
-        return bad_request(e);
-    }
+async fn add_subscription(
+    sim: web::Data<SimShared>,
+    path: web::Path<String>,
+    body: web::Json<SeedSubscription>,
+) -> Answer {
+    let id = customer_id(&path)?;
+    sim.state().add_subscription(id, &body).map_err(bad_request)?;
     customer_view(&sim, id, true)
 }
 
@@ -161,24 +191,20 @@ struct LimitBody {
     action: LimitAction,
 }
 
-async fn add_limit(sim: web::Data<SimShared>, path: web::Path<String>, body: web::Json<LimitBody>) -> HttpResponse {
-    let id = match customer_id(&path) {
-        Ok(id) => id,
-        Err(response) => return response,
-    };
-    match sim.state().add_limit(id, LimitId::new_v4(), body.amount, body.action) {
-        Ok(limit) => HttpResponse::Created().json(json!({"id": limit.id, "amount": limit.amount, "action": limit.action})),
-        Err(e) => bad_request(e),
-    }
+async fn add_limit(sim: web::Data<SimShared>, path: web::Path<String>, body: web::Json<LimitBody>) -> Answer {
+    let id = customer_id(&path)?;
+    let limit =
+        sim.state().add_limit(id, LimitId::new_v4(), body.amount, body.action).map_err(bad_request)?;
+    Ok(HttpResponse::Created().json(json!({"id": limit.id, "amount": limit.amount, "action": limit.action})))
 }
 
-async fn set_faults(sim: web::Data<SimShared>, body: web::Json<Faults>) -> HttpResponse {
+async fn set_faults(sim: web::Data<SimShared>, body: web::Json<Faults>) -> Answer {
     let faults = body.into_inner();
     if !(0.0..=1.0).contains(&faults.error_rate) {
-        return bad_request("error_rate must be between 0 and 1");
+        return Err(bad_request("error_rate must be between 0 and 1"));
     }
     *sim.faults() = faults.clone();
-    HttpResponse::Ok().json(faults)
+    Ok(HttpResponse::Ok().json(faults))
 }
 
 /// Every received event_id with how many times it arrived.

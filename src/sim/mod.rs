@@ -44,7 +44,13 @@ pub struct Faults {
 
 impl Default for Faults {
     fn default() -> Self {
-        Self { latency_ms: 0, error_rate: 0.0, error_status: default_error_status(), outage: None, only: None }
+        Self {
+            latency_ms: 0,
+            error_rate: 0.0,
+            error_status: default_error_status(),
+            outage: None,
+            only: None,
+        }
     }
 }
 
@@ -283,7 +289,10 @@ mod tests {
     #[test]
     fn route_keys_hide_ids_but_keep_the_route() {
         assert_eq!(
-            route_key("DELETE", "/api/v1/customer/11111111-1111-4111-8111-111111111111/usage-limit/b1111111-1111-4111-8111-111111111111"),
+            route_key(
+                "DELETE",
+                "/api/v1/customer/11111111-1111-4111-8111-111111111111/usage-limit/b1111111-1111-4111-8111-111111111111"
+            ),
             "DELETE /api/v1/customer/{id}/usage-limit/{id}"
         );
         assert_eq!(route_key("GET", "/api/v1/customer/x/uasge-limit"), "GET /api/v1/customer/x/uasge-limit");

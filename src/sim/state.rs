@@ -121,8 +121,14 @@ impl SimState {
         Ok(state)
     }
 
-    pub fn add_metric(&mut self, code: &str, name: Option<&str>, aggregation: Aggregation) -> Result<(), SeedError> {
-        if code.is_empty() || !code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+    pub fn add_metric(
+        &mut self,
+        code: &str,
+        name: Option<&str>,
+        aggregation: Aggregation,
+    ) -> Result<(), SeedError> {
+        if code.is_empty() || !code.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
             return Err(SeedError::BadMetricCode(code.to_owned()));
         }
         self.metrics.entry(code.to_owned()).or_insert_with(|| SimMetric {
@@ -158,7 +164,11 @@ impl SimState {
         Ok(id)
     }
 
-    pub fn add_subscription(&mut self, customer: CustomerId, seed: &SeedSubscription) -> Result<SubscriptionId, SeedError> {
+    pub fn add_subscription(
+        &mut self,
+        customer: CustomerId,
+        seed: &SeedSubscription,
+    ) -> Result<SubscriptionId, SeedError> {
         let id = seed.id.unwrap_or_else(SubscriptionId::new_v4);
         if self.subscriptions.contains_key(&id) {
             return Err(SeedError::DuplicateSubscription(id));
@@ -186,7 +196,13 @@ impl SimState {
         Ok(id)
     }
 
-    pub fn add_limit(&mut self, customer: CustomerId, id: LimitId, amount: i64, action: LimitAction) -> Result<SimLimit, SeedError> {
+    pub fn add_limit(
+        &mut self,
+        customer: CustomerId,
+        id: LimitId,
+        amount: i64,
+        action: LimitAction,
+    ) -> Result<SimLimit, SeedError> {
         if !self.customers.contains_key(&customer) {
             return Err(SeedError::NoSuchCustomer(customer));
         }
@@ -207,7 +223,13 @@ impl SimState {
     pub fn active_subscriptions(&self, customer: CustomerId) -> Vec<&SimSubscription> {
         self.customers
             .get(&customer)
-            .map(|c| c.subscriptions.iter().filter_map(|id| self.subscriptions.get(id)).filter(|s| s.active).collect())
+            .map(|c| {
+                c.subscriptions
+                    .iter()
+                    .filter_map(|id| self.subscriptions.get(id))
+                    .filter(|s| s.active)
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -257,7 +279,9 @@ impl SimState {
         let mut deltas: HashMap<SubscriptionId, f64> = HashMap::new();
         let mut touched: Vec<CustomerId> = Vec::new();
         for event in new {
-            let Some(sub) = self.subscriptions.get(&event.subscription) else { continue };
+            let Some(sub) = self.subscriptions.get(&event.subscription) else {
+                continue;
+            };
             if !touched.contains(&sub.customer) {
                 touched.push(sub.customer);
             }
@@ -286,7 +310,9 @@ impl SimState {
         if self.active_subscriptions(customer).is_empty() {
             return vec![];
         }
-        let Estimate::Priced { total, .. } = self.estimate(customer) else { return vec![] };
+        let Estimate::Priced { total, .. } = self.estimate(customer) else {
+            return vec![];
+        };
         let due: Vec<SimLimit> = self
             .customer_limits(customer)
             .into_iter()
@@ -333,7 +359,10 @@ mod tests {
     use super::*;
     use crate::sim::seed::SeedLimit;
 
-    fn customer_with(limits: &[(i64, LimitAction)], unit_price: f64) -> (SimState, CustomerId, SubscriptionId) {
+    fn customer_with(
+        limits: &[(i64, LimitAction)],
+        unit_price: f64,
+    ) -> (SimState, CustomerId, SubscriptionId) {
         let mut state = SimState::default();
         let sub_id = SubscriptionId::new_v4();
         let seed = SeedCustomer {

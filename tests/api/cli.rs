@@ -1,0 +1,95 @@
+//! The binary: configuration errors exit non-zero before anything binds; migrate creates and
+//! migrates the database.
+
+use std::process::Command;
+
+use crate::helpers::*;
+
+fn usage_gate() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_usage-gate"));
+    // Only what the test sets: no stray USAGE_GATE__* or DATABASE_URL from the environment.
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+fn write_config(contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("usage-gate-cli-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+const VALID: &str = r#"
+[billabear]
+api_key = "bb-secret-key"
+[[auth.keys]]
+name = "ops"
+key = "ops-secret-key-0123"
+scopes = ["admin"]
+"#;
+
+#[test]
+fn a_bad_value_names_the_key_and_exits_2_before_binding() {
+    // Hold a port: if serve got as far as binding, it would fail differently (exit 1).
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = write_config(VALID);
+    let output = usage_gate()
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env("USAGE_GATE__BILLABEAR__TIMEOUT_MS", "0")
+        .env("USAGE_GATE__SERVER__ADDRESS", held.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("billabear.timeout_ms: must be between 1 and 60000, got 0"), "{stderr}");
+}
+
+#[test]
+fn config_prints_effective_values_with_secrets_redacted() {
+    let config = write_config(VALID);
+    let output = usage_gate()
+        .args(["config"])
+        .env("USAGE_GATE_CONFIG", &config)
+        .env("DATABASE_URL", "postgres://app:db-password@db:5432/ug")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("timeout_ms = 250"), "{stdout}");
+    assert!(stdout.contains("db:5432/ug"), "{stdout}");
+    for secret in ["bb-secret-key", "ops-secret-key-0123", "db-password"] {
+        assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
+    }
+}
+
+#[test]
+fn config_without_keys_lists_every_missing_key() {
+    let output = usage_gate().args(["config"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr.contains("billabear.api_key: must be set"), "{stderr}");
+    assert!(stderr.contains("auth.keys: at least one key is required"), "{stderr}");
+}
+
+#[tokio::test]
+async fn migrate_creates_the_database_and_applies_migrations() {
+    let existing = fresh_database_url().await;
+    // A database that does not exist yet, on the same server.
+    let mut url = url::Url::parse(&existing).unwrap();
+    let name = format!("{}_new", url.path().trim_start_matches('/'));
+    url.set_path(&name);
+    let config = write_config(VALID);
+    let output = usage_gate()
+        .args(["--config", config.to_str().unwrap(), "migrate"])
+        .env("DATABASE_URL", url.as_str())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let pool = sqlx::PgPool::connect(url.as_str()).await.unwrap();
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 0, "audit_log exists");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied as usize, usage_gate::db::MIGRATOR.iter().count());
+}

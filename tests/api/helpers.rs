@@ -1,0 +1,282 @@
+//! Test harness: a fresh Postgres database per test, the BillaBear simulator on a random port,
+//! and the service itself on a random port, all over real connections.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use tokio::sync::OnceCell;
+
+use secrecy::SecretString;
+use serde_json::{Value, json};
+use sqlx::{Connection, Executor, PgConnection, PgPool};
+use usage_gate::billabear::BillaBearClient;
+use usage_gate::config::{RawApiKey, RawSettings, Settings};
+use usage_gate::sim::{Seed, SimConfig, SimServer};
+use usage_gate::startup::Application;
+
+pub const SIM_KEY: &str = "sim-test-key";
+
+/// API keys the test app accepts, one per scope plus one with all of them.
+pub const CHECK_KEY: &str = "check-key-0123456789";
+pub const EVENTS_KEY: &str = "events-key-0123456789";
+pub const ADMIN_KEY: &str = "admin-key-0123456789";
+pub const ALL_KEY: &str = "all-scopes-key-0123456789";
+
+/// Customers of the built-in seed (config/sim-seed.toml).
+pub const ACME: &str = "11111111-1111-4111-8111-111111111111";
+pub const ACME_SUBSCRIPTION: &str = "a1111111-1111-4111-8111-111111111111";
+pub const ACME_LIMIT: &str = "b1111111-1111-4111-8111-111111111111";
+pub const INITECH: &str = "33333333-3333-4333-8333-333333333333";
+pub const HOOLI_DISABLED: &str = "55555555-5555-4555-8555-555555555555";
+pub const STARK_FLAT: &str = "66666666-6666-4666-8666-666666666666";
+
+fn base_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Drops test databases left by earlier test processes that are gone.
+async fn drop_stale_databases() {
+    static ONCE: OnceCell<()> = OnceCell::const_new();
+    ONCE.get_or_init(|| async {
+        let Ok(mut conn) = PgConnection::connect(&base_database_url()).await else {
+            return;
+        };
+        let names: Vec<String> =
+            sqlx::query_scalar("SELECT datname FROM pg_database WHERE datname LIKE 'ugt\\_%'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+        for name in names {
+            let pid = name.split('_').nth(1).and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                let _ = conn
+                    .execute(sqlx::AssertSqlSafe(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#)))
+                    .await;
+            }
+        }
+    })
+    .await;
+}
+
+/// A new, empty database: `ugt_<pid>_<random>`; its URL is returned (not yet migrated).
+pub async fn fresh_database_url() -> String {
+    drop_stale_databases().await;
+    let name = format!("ugt_{}_{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let mut conn =
+        PgConnection::connect(&base_database_url()).await.expect("Postgres is running (see .ci/run)");
+    conn.execute(sqlx::AssertSqlSafe(format!(r#"CREATE DATABASE "{name}""#))).await.unwrap();
+    let mut url = url::Url::parse(&base_database_url()).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// A fresh database with migrations applied.
+pub async fn fresh_database() -> (String, PgPool) {
+    let url = fresh_database_url().await;
+    let pool = PgPool::connect(&url).await.unwrap();
+    usage_gate::db::migrate(&pool).await.unwrap();
+    (url, pool)
+}
+
+/// The simulator with `seed`, on a random port. Its counter tick is an hour: tests run it
+/// explicitly through the control API (`Sim::tick`), so nothing depends on timing.
+pub fn start_sim(seed: Seed) -> Sim {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = SimConfig { api_key: SIM_KEY.into(), tick: Duration::from_secs(3600), seed, workers: 1 };
+    Sim { server: SimServer::start(listener, config).unwrap(), http: reqwest::Client::new() }
+}
+
+/// A handle on a running simulator and its control API.
+pub struct Sim {
+    pub server: SimServer,
+    pub http: reqwest::Client,
+}
+
+impl Sim {
+    pub fn base_url(&self) -> String {
+        self.server.base_url()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url())
+    }
+
+    async fn control(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.http.request(method, format!("{}{path}", self.server.control_url()));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "control {path}: {status} {text}");
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() }
+    }
+
+    /// Adds a customer (seed shape); returns the control API's view with ids.
+    pub async fn add_customer(&self, customer: Value) -> Value {
+        self.control(reqwest::Method::POST, "/customers", Some(customer)).await
+    }
+
+    /// A customer with one usage subscription for `api_calls` at 1 cent per call.
+    pub async fn add_usage_customer(&self, usage: f64, limits: Value) -> (String, String) {
+        let view = self
+            .add_customer(json!({"subscriptions": [{"metric": "api_calls", "unit_price": 1.0, "usage": usage}], "limits": limits}))
+            .await;
+        (view["id"].as_str().unwrap().to_owned(), view["subscriptions"][0]["id"].as_str().unwrap().to_owned())
+    }
+
+    pub async fn customer(&self, id: &str) -> Value {
+        self.control(reqwest::Method::GET, &format!("/customers/{id}"), None).await
+    }
+
+    pub async fn set_faults(&self, faults: Value) {
+        self.control(reqwest::Method::PUT, "/faults", Some(faults)).await;
+    }
+
+    pub async fn clear_faults(&self) {
+        self.control(reqwest::Method::DELETE, "/faults", None).await;
+    }
+
+    pub async fn tick(&self) -> Value {
+        self.control(reqwest::Method::POST, "/tick", None).await
+    }
+
+    pub async fn requests(&self) -> Value {
+        self.control(reqwest::Method::GET, "/requests", None).await
+    }
+
+    /// How many times "BillaBear" received requests on `route` ("GET /api/v1/customer/{id}/costs").
+    pub async fn route_count(&self, route: &str) -> u64 {
+        self.requests().await["by_route"][route].as_u64().unwrap_or(0)
+    }
+
+    /// How many times an event with this id was stored.
+    pub async fn event_count(&self, event_id: &str) -> u64 {
+        self.control(reqwest::Method::GET, &format!("/events/{event_id}"), None).await["count"]
+            .as_u64()
+            .unwrap()
+    }
+
+    pub async fn event(&self, event_id: &str) -> Value {
+        self.control(reqwest::Method::GET, &format!("/events/{event_id}"), None).await
+    }
+
+    pub async fn webhooks(&self) -> Value {
+        self.control(reqwest::Method::GET, "/webhooks", None).await
+    }
+
+    /// A BillaBear client for this simulator (a 500 ms timeout).
+    pub fn client(&self) -> BillaBearClient {
+        self.client_with_key(SIM_KEY)
+    }
+
+    pub fn client_with_key(&self, key: &str) -> BillaBearClient {
+        let mut raw = test_settings(&self.base_url(), "postgres://unused/db");
+        raw.billabear.api_key = SecretString::from(key);
+        raw.billabear.timeout_ms = 500;
+        BillaBearClient::new(&raw.validate().unwrap().billabear).unwrap()
+    }
+}
+
+fn key(name: &str, key: &str, scopes: &[&str]) -> RawApiKey {
+    RawApiKey {
+        name: name.into(),
+        key: Some(SecretString::from(key)),
+        sha256: None,
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+/// Settings for a test app: random port, the given upstream and database, the test keys.
+pub fn test_settings(billabear_url: &str, database_url: &str) -> RawSettings {
+    let mut raw = RawSettings::defaults();
+    raw.server.address = "127.0.0.1:0".into();
+    raw.server.workers = 1;
+    raw.server.shutdown_timeout_s = 1;
+    raw.database.url = SecretString::from(database_url);
+    raw.database.max_connections = 5;
+    raw.billabear.base_url = billabear_url.into();
+    raw.billabear.api_key = SecretString::from(SIM_KEY);
+    raw.billabear.timeout_ms = 500;
+    raw.auth.keys = vec![
+        key("checker", CHECK_KEY, &["check"]),
+        key("ingester", EVENTS_KEY, &["events"]),
+        key("operator", ADMIN_KEY, &["admin"]),
+        key("everything", ALL_KEY, &["check", "events", "admin"]),
+    ];
+    raw
+}
+
+/// The service, running against a fresh database and its own simulator.
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub sim: Sim,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(|_| {}).await
+    }
+
+    /// Spawns with the built-in seed; `adjust` may change the settings first.
+    pub async fn spawn_with(adjust: impl FnOnce(&mut RawSettings)) -> Self {
+        let sim = start_sim(Seed::built_in());
+        let (url, pool) = fresh_database().await;
+        let mut raw = test_settings(&sim.base_url(), &url);
+        adjust(&mut raw);
+        let settings: Settings = raw.validate().expect("test settings are valid");
+        let pool = if raw.database.url.expose() == url {
+            pool
+        } else {
+            usage_gate::db::connect_lazy(&settings.database).unwrap()
+        };
+        Self::start(settings, pool, sim)
+    }
+
+    fn start(settings: Settings, pool: PgPool, sim: Sim) -> Self {
+        let listener = TcpListener::bind(settings.server.address).unwrap();
+        let app = Application::build_with(settings, pool.clone(), listener).unwrap();
+        let address = format!("http://{}", app.addr());
+        tokio::spawn(app.run_until_stopped());
+        Self { address, pool, sim, http: reqwest::Client::new() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str, key: Option<&str>) -> reqwest::Response {
+        let mut request = self.http.get(self.url(path));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+/// `SecretString` to `&str` in tests.
+trait Expose {
+    fn expose(&self) -> &str;
+}
+
+impl Expose for SecretString {
+    fn expose(&self) -> &str {
+        secrecy::ExposeSecret::expose_secret(self)
+    }
+}
+
+/// Asserts an RFC 9457 problem body with this status and code; returns the body.
+pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert_eq!(body["code"], code);
+    assert_eq!(body["type"], format!("urn:usage-gate:problem:{code}"));
+    body
+}

@@ -1,0 +1,9 @@
+//! One integration-test binary (links once): the service, the BillaBear client and the simulator
+//! over real HTTP, against a real Postgres.
+
+mod auth;
+mod billabear_client;
+mod cli;
+mod helpers;
+mod service;
+mod simulator;

@@ -1,0 +1,110 @@
+//! The service skeleton: health, readiness, docs, metrics, request ids, problem bodies.
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn healthz_answers_without_a_key() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/healthz", None).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap(), json!({"status": "ok"}));
+}
+
+#[tokio::test]
+async fn readyz_is_ready_with_postgres_migrated_and_reports_billabear() {
+    let app = TestApp::spawn().await;
+    let response = app.get("/readyz", None).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "ready");
+    assert_eq!(body["checks"]["postgres"]["ok"], true);
+    assert_eq!(body["checks"]["migrations"]["ok"], true);
+    assert_eq!(body["checks"]["billabear"]["ok"], true);
+}
+
+#[tokio::test]
+async fn readyz_stays_ready_while_billabear_is_down_and_says_so() {
+    let app = TestApp::spawn().await;
+    app.sim.set_faults(json!({"outage": "unavailable"})).await;
+    let response = app.get("/readyz", None).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["checks"]["billabear"]["ok"], false);
+    assert_eq!(body["checks"]["billabear"]["required"], false);
+    assert!(body["checks"]["billabear"]["detail"].as_str().unwrap().contains("503"), "{body}");
+}
+
+#[tokio::test]
+async fn readyz_is_503_and_names_postgres_when_it_is_unreachable() {
+    // Port 1 on loopback: nothing listens there.
+    let app = TestApp::spawn_with(|raw| {
+        raw.database.url = secrecy::SecretString::from("postgres://postgres@127.0.0.1:1/usage_gate");
+        raw.database.acquire_timeout_ms = 300;
+    })
+    .await;
+    let response = app.get("/readyz", None).await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["checks"]["postgres"]["ok"], false);
+    assert!(body["checks"]["postgres"]["detail"].as_str().unwrap().starts_with("unreachable"), "{body}");
+}
+
+#[tokio::test]
+async fn readyz_is_503_when_migrations_are_missing() {
+    let app = TestApp::spawn().await;
+    sqlx::query("DELETE FROM _sqlx_migrations").execute(&app.pool).await.unwrap();
+    let response = app.get("/readyz", None).await;
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["checks"]["postgres"]["ok"], true);
+    assert_eq!(body["checks"]["migrations"]["ok"], false);
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = TestApp::spawn().await;
+    for (path, key) in
+        [("/healthz", None), ("/v1/whoami", None), ("/v1/whoami", Some(ALL_KEY)), ("/nope", None)]
+    {
+        let response = app.get(path, key).await;
+        let id = response.headers().get("x-request-id").unwrap_or_else(|| panic!("{path}")).to_str().unwrap();
+        uuid::Uuid::parse_str(id).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_unknown_route_is_a_404_problem() {
+    let app = TestApp::spawn().await;
+    let body = assert_problem(app.get("/v1/nothing-here", None).await, 404, "not_found").await;
+    assert!(body["detail"].as_str().unwrap().contains("/v1/nothing-here"));
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_offline_docs_page_are_served() {
+    let app = TestApp::spawn().await;
+    let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    for path in ["/healthz", "/readyz", "/metrics", "/v1/whoami"] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    let page = app.get("/docs/", None).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("swagger-ui"), "docs page");
+    // Its script is served locally, not from a CDN.
+    assert!(!html.contains("cdn."), "docs page must work offline");
+    assert_eq!(app.get("/docs/swagger-ui-bundle.js", None).await.status(), 200);
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_upstream_calls_by_operation() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.get("/readyz", None).await.status(), 200);
+    let text = app.get("/metrics", None).await.text().await.unwrap();
+    assert!(text.contains(r#"http_requests_total{method="GET",route="/readyz",status="200"}"#), "{text}");
+    assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
+    assert!(text.contains(r#"billabear_requests_total{operation="get_customer",outcome="ok"}"#), "{text}");
+}
