@@ -139,7 +139,7 @@ pub fn redacted_url(url: &str) -> String {
     match Url::parse(url) {
         Ok(mut parsed) => {
             if parsed.password().is_some() {
-                let _ = parsed.set_password(Some(REDACTED));
+                let _ = parsed.set_password(Some("redacted"));
             }
             parsed.to_string()
         }
@@ -684,7 +684,7 @@ mod tests {
         for secret in ["hunter2", "bb-secret-value", "0123456789abcdef"] {
             assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
         }
-        assert!(shown.contains("postgres://app:%5Bredacted%5D@db/ug") || shown.contains("[redacted]"));
+        assert!(shown.contains("postgres://app:redacted@db/ug"), "{shown}");
         let debug = format!("{:?}", raw.validate().unwrap());
         for secret in ["hunter2", "bb-secret-value", "0123456789abcdef"] {
             assert!(!debug.contains(secret), "{secret} leaked in Debug");
