@@ -93,3 +93,102 @@ async fn migrate_creates_the_database_and_applies_migrations() {
         .unwrap();
     assert_eq!(applied as usize, usage_gate::db::MIGRATOR.iter().count());
 }
+
+/// A child process that is sent SIGTERM (and reaped) when dropped.
+struct Child(std::process::Child);
+
+impl Child {
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Reads `reader` line by line (on a thread) until `find` returns something, or 60 s pass.
+fn wait_for_line<T: Send + 'static>(
+    reader: impl std::io::Read + Send + 'static,
+    find: impl Fn(&str) -> Option<T> + Send + 'static,
+) -> T {
+    use std::io::BufRead;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(reader).lines().map_while(Result::ok) {
+            if let Some(found) = find(&line) {
+                let _ = tx.send(found);
+            }
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the expected line within 60 s")
+}
+
+#[tokio::test]
+async fn the_readme_demo_command_serves_the_service_against_the_simulator() {
+    let database = fresh_database_url().await;
+    let mut child = Child(
+        usage_gate()
+            .args(["demo", "--sim-address", "127.0.0.1:0"])
+            .env("DATABASE_URL", &database)
+            .env("USAGE_GATE__SERVER__ADDRESS", "127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The banner's "service  http://127.0.0.1:PORT" line says where it listens.
+    let base = wait_for_line(child.0.stdout.take().unwrap(), |line| {
+        let line = line.trim_start();
+        line.strip_prefix("service").and_then(|rest| rest.split_whitespace().next()).map(str::to_owned)
+    });
+    let http = reqwest::Client::new();
+    let ready: serde_json::Value =
+        http.get(format!("{base}/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["checks"]["billabear"]["ok"], true, "the simulator is its upstream");
+    let whoami =
+        http.get(format!("{base}/v1/whoami")).bearer_auth(usage_gate::demo::DEMO_KEY).send().await.unwrap();
+    assert_eq!(whoami.status(), 200);
+    assert!(child.terminate().success(), "SIGTERM shuts it down cleanly");
+}
+
+#[tokio::test]
+async fn sim_serves_a_json_seed_file() {
+    let seed = std::env::temp_dir().join(format!("usage-gate-seed-{}.json", uuid::Uuid::new_v4()));
+    let customer = uuid::Uuid::new_v4();
+    std::fs::write(
+        &seed,
+        serde_json::json!({"customers": [{"id": customer, "subscriptions": [
+            {"metric": "api_calls", "unit_price": 2.0, "usage": 21}
+        ]}]})
+        .to_string(),
+    )
+    .unwrap();
+    let mut child = Child(
+        usage_gate()
+            .args(["sim", "--address", "127.0.0.1:0", "--api-key", "k", "--seed", seed.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let base = wait_for_line(child.0.stdout.take().unwrap(), |line| {
+        let log: serde_json::Value = serde_json::from_str(line).ok()?;
+        log["base_url"].as_str().map(str::to_owned)
+    });
+    let costs: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/customer/{customer}/costs"))
+        .header("X-API-Key", "k")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(costs["total"], serde_json::json!({"amount": 42, "currency": "USD"}));
+    assert!(child.terminate().success());
+}
