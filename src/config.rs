@@ -11,7 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
+use actix_web::http::header::HeaderName;
+
 use crate::auth::{ApiKey, ApiKeys, KeyDigest, Scope, digest};
+use crate::policy::{FailMode, Mode, PolicySettings, UnknownCustomer};
 
 /// The defaults, embedded so the binary runs from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -61,8 +64,38 @@ pub struct RawSettings {
     pub server: RawServer,
     pub database: RawDatabase,
     pub billabear: RawBillaBear,
+    pub cache: RawCache,
+    pub policy: RawPolicy,
+    pub gate: RawGate,
     pub auth: RawAuth,
     pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    pub ttl_ms: u64,
+    pub max_stale_ms: u64,
+    pub min_refresh_interval_ms: u64,
+    pub negative_ttl_ms: u64,
+    pub max_customers: u64,
+    pub fetch_concurrency: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub mode: String,
+    pub fail_mode: String,
+    pub unknown_customer: String,
+    pub near_limit_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGate {
+    pub customer_header: String,
+    pub blocked_status: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -251,6 +284,26 @@ impl RawSettings {
                     60_000,
                 )),
             },
+            cache: validate_cache(&mut v, &self.cache),
+            policy: validate_policy(&mut v, &self.policy),
+            gate: GateSettings {
+                customer_header: v.parse(
+                    "gate.customer_header",
+                    &self.gate.customer_header,
+                    HeaderName::from_static("x-customer-id"),
+                    |s| {
+                        HeaderName::from_bytes(s.as_bytes())
+                            .map_err(|_| format!("must be an HTTP header name, got {s:?}"))
+                    },
+                ),
+                blocked_status: {
+                    let status = self.gate.blocked_status;
+                    v.check("gate.blocked_status", matches!(status, 402 | 403 | 429), || {
+                        format!("must be 402, 403 or 429, got {status}")
+                    });
+                    status
+                },
+            },
             auth: AuthSettings { keys: validate_keys(&mut v, &self.auth.keys) },
             log: LogSettings {
                 format: v.parse("log.format", &self.log.format, LogFormat::Auto, |s| match s {
@@ -291,6 +344,58 @@ fn parse_base_url(s: &str) -> Result<Url, String> {
         return Err("must not carry credentials; set billabear.api_key".into());
     }
     Ok(url)
+}
+
+fn validate_cache(v: &mut Validator, raw: &RawCache) -> CacheSettings {
+    const DAY_MS: u64 = 86_400_000;
+    let ttl = v.range("cache.ttl_ms", raw.ttl_ms, 1, DAY_MS);
+    let max_stale = v.range("cache.max_stale_ms", raw.max_stale_ms, 0, 7 * DAY_MS);
+    v.check("cache.max_stale_ms", max_stale >= ttl, || {
+        format!("must be at least cache.ttl_ms ({ttl}), got {max_stale}")
+    });
+    CacheSettings {
+        ttl: Duration::from_millis(ttl),
+        max_stale: Duration::from_millis(max_stale),
+        min_refresh_interval: Duration::from_millis(v.range(
+            "cache.min_refresh_interval_ms",
+            raw.min_refresh_interval_ms,
+            0,
+            DAY_MS,
+        )),
+        negative_ttl: Duration::from_millis(v.range("cache.negative_ttl_ms", raw.negative_ttl_ms, 0, DAY_MS)),
+        max_customers: v.range("cache.max_customers", raw.max_customers, 1, 100_000_000),
+        fetch_concurrency: v.range("cache.fetch_concurrency", raw.fetch_concurrency.into(), 1, 1000) as usize,
+    }
+}
+
+fn validate_policy(v: &mut Validator, raw: &RawPolicy) -> PolicySettings {
+    let ratio = raw.near_limit_ratio;
+    v.check("policy.near_limit_ratio", ratio.is_finite() && ratio > 0.0 && ratio <= 1.0, || {
+        format!("must be greater than 0 and at most 1, got {ratio}")
+    });
+    PolicySettings {
+        mode: v.parse("policy.mode", &raw.mode, Mode::Enforce, |s| match s {
+            "enforce" => Ok(Mode::Enforce),
+            "shadow" => Ok(Mode::Shadow),
+            _ => Err(format!("must be enforce or shadow, got {s:?}")),
+        }),
+        fail_mode: v.parse("policy.fail_mode", &raw.fail_mode, FailMode::Open, |s| match s {
+            "open" => Ok(FailMode::Open),
+            "closed" => Ok(FailMode::Closed),
+            _ => Err(format!("must be open or closed, got {s:?}")),
+        }),
+        unknown_customer: v.parse(
+            "policy.unknown_customer",
+            &raw.unknown_customer,
+            UnknownCustomer::Deny,
+            |s| match s {
+                "deny" => Ok(UnknownCustomer::Deny),
+                "allow" => Ok(UnknownCustomer::Allow),
+                _ => Err(format!("must be deny or allow, got {s:?}")),
+            },
+        ),
+        near_limit_ratio: ratio,
+    }
 }
 
 fn validate_keys(v: &mut Validator, raw: &[RawApiKey]) -> ApiKeys {
@@ -417,8 +522,27 @@ pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
     pub billabear: BillaBearSettings,
+    pub cache: CacheSettings,
+    pub policy: PolicySettings,
+    pub gate: GateSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub ttl: Duration,
+    pub max_stale: Duration,
+    pub min_refresh_interval: Duration,
+    pub negative_ttl: Duration,
+    pub max_customers: u64,
+    pub fetch_concurrency: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct GateSettings {
+    pub customer_header: HeaderName,
+    pub blocked_status: u16,
 }
 
 #[derive(Debug, Clone)]
@@ -571,6 +695,52 @@ mod tests {
                 "billabear.connect_timeout_ms",
                 "between 1",
                 format!("{KEYS}\n[billabear]\napi_key=\"k\"\nconnect_timeout_ms = 0"),
+            ),
+            ("cache.ttl_ms", "between 1", format!("{}\n{}", with("cache", "ttl_ms = 0"), valid(""))),
+            (
+                "cache.max_stale_ms",
+                "at least cache.ttl_ms",
+                format!("{}\n{}", with("cache", "ttl_ms = 5000\nmax_stale_ms = 1000"), valid("")),
+            ),
+            (
+                "cache.max_customers",
+                "between 1",
+                format!("{}\n{}", with("cache", "max_customers = 0"), valid("")),
+            ),
+            (
+                "cache.fetch_concurrency",
+                "between 1",
+                format!("{}\n{}", with("cache", "fetch_concurrency = 0"), valid("")),
+            ),
+            (
+                "policy.mode",
+                "enforce or shadow",
+                format!("{}\n{}", with("policy", "mode = \"audit\""), valid("")),
+            ),
+            (
+                "policy.fail_mode",
+                "open or closed",
+                format!("{}\n{}", with("policy", "fail_mode = \"x\""), valid("")),
+            ),
+            (
+                "policy.unknown_customer",
+                "deny or allow",
+                format!("{}\n{}", with("policy", "unknown_customer = \"x\""), valid("")),
+            ),
+            (
+                "policy.near_limit_ratio",
+                "greater than 0 and at most 1",
+                format!("{}\n{}", with("policy", "near_limit_ratio = 1.5"), valid("")),
+            ),
+            (
+                "gate.customer_header",
+                "header name",
+                format!("{}\n{}", with("gate", "customer_header = \"bad header\""), valid("")),
+            ),
+            (
+                "gate.blocked_status",
+                "402, 403 or 429",
+                format!("{}\n{}", with("gate", "blocked_status = 500"), valid("")),
             ),
             (
                 "log.format",

@@ -11,6 +11,7 @@ use actix_web::{
 use serde::Serialize;
 
 use crate::auth::Scope;
+use crate::billabear::BillaBearError;
 
 /// A field that failed validation, with a message for a human.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -42,6 +43,8 @@ pub enum ApiError {
     #[error("{0}")]
     ServiceUnavailable(String),
     #[error(transparent)]
+    Upstream(#[from] BillaBearError),
+    #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
 
@@ -61,6 +64,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::ServiceUnavailable(_) => "service_unavailable",
+            ApiError::Upstream(BillaBearError::Timeout(_)) => "upstream_timeout",
+            ApiError::Upstream(_) => "upstream_error",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -111,6 +116,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Upstream(BillaBearError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -2,12 +2,15 @@
 
 pub mod auth;
 pub mod billabear;
+pub mod cache;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod policy;
 pub mod routes;
 pub mod sim;
 pub mod startup;

@@ -12,6 +12,8 @@ use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 
 use crate::billabear::BillaBearClient;
+use crate::cache::SnapshotCache;
+use crate::check::Checker;
 use crate::config::Settings;
 use crate::error::{self, ApiError};
 use crate::{db, routes, telemetry};
@@ -21,6 +23,7 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
     pub billabear: BillaBearClient,
+    pub checker: Checker,
     pub metrics: PrometheusHandle,
 }
 
@@ -47,17 +50,26 @@ impl Application {
         let max_body = settings.server.max_body_bytes;
         let workers = settings.server.workers;
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
+        let cache = SnapshotCache::new(billabear.clone(), &settings.cache);
+        let checker = Checker::new(cache, settings.policy.clone());
         let state = web::Data::new(AppState {
             settings: Arc::new(settings),
             pool,
             billabear,
+            checker,
             metrics: telemetry::metrics_handle(),
         });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(keys.clone())
-                .app_data(web::JsonConfig::default().limit(max_body).error_handler(error::json_error))
+                .app_data(
+                    web::JsonConfig::default()
+                        .limit(max_body)
+                        // Like BillaBear, take the body as JSON whatever the Content-Type says.
+                        .content_type_required(false)
+                        .error_handler(error::json_error),
+                )
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .configure(routes::configure)

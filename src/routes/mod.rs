@@ -1,5 +1,6 @@
 //! HTTP routes. Each route group declares the API-key scope it needs where it is registered.
 
+pub mod check;
 pub mod health;
 pub mod meta;
 pub mod openapi;
@@ -15,7 +16,17 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(meta::metrics))
         .service(openapi::docs())
-        .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)));
+        .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)))
+        .service(
+            keyed("/v1/customers/{customer_id}/check", Some(Scope::Check))
+                .route(web::get().to(check::check_customer)),
+        )
+        .service(keyed("/v1/check", Some(Scope::Check)).route(web::post().to(check::check_batch)))
+        .service(keyed("/v1/gate", Some(Scope::Check)).route(web::get().to(check::gate)))
+        .service(
+            keyed("/v1/customers/{customer_id}/refresh", Some(Scope::Admin))
+                .route(web::post().to(check::refresh)),
+        );
 }
 
 /// A resource behind the API-key check; `scope` is the scope its routes need (none: any key).

@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{health, meta};
+use super::{check, health, meta};
 use crate::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -14,10 +14,24 @@ use crate::error::{FieldError, Problem};
         description = "Enforces BillaBear usage limits: cached checks, a durable event outbox, audited limit administration. \
                        Every route under /v1 needs `Authorization: Bearer KEY` with the route's scope."
     ),
-    paths(health::healthz, health::readyz, meta::metrics, meta::whoami),
+    paths(
+        health::healthz,
+        health::readyz,
+        meta::metrics,
+        meta::whoami,
+        check::check_customer,
+        check::check_batch,
+        check::gate,
+        check::refresh
+    ),
     components(schemas(Problem, FieldError)),
     modifiers(&BearerAuth),
-    tags((name = "health", description = "Liveness and readiness"), (name = "meta", description = "The service itself"))
+    tags(
+        (name = "check", description = "May a customer keep using the product? (scope check)"),
+        (name = "admin", description = "Operators (scope admin)"),
+        (name = "health", description = "Liveness and readiness"),
+        (name = "meta", description = "The service itself")
+    )
 )]
 pub struct ApiDoc;
 

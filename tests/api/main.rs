@@ -3,6 +3,7 @@
 
 mod auth;
 mod billabear_client;
+mod check;
 mod cli;
 mod helpers;
 mod service;

@@ -1,0 +1,369 @@
+//! The snapshot cache: per customer, what BillaBear says (status, usage limits, cost estimate),
+//! kept fresh with stale-while-revalidate and fetched at most once at a time per customer.
+//!
+//! Ages, per snapshot:
+//! - known customer: fresh for `cache.ttl`, then served as `stale` while one background refresh
+//!   runs, until `cache.max_stale` after the fetch; then refetched before answering;
+//! - customer BillaBear answered 404 for: fresh for `cache.negative_ttl`;
+//! - BillaBear unreachable with nothing usable cached: a marker that answers the fallback policy
+//!   for `cache.min_refresh_interval`, so an outage does not make every check wait on a timeout.
+//!
+//! Snapshots are compact (UUID keys, a fixed currency, a boxed slice of limits) because the
+//! cache is sized for a million customers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use metrics::{Counter, Histogram};
+
+use crate::billabear::{BillaBearClient, BillaBearError};
+use crate::config::CacheSettings;
+use crate::domain::{CustomerId, CustomerStatus};
+use crate::policy::Limit;
+
+/// An ISO 4217 code in three bytes; all zero when BillaBear sent none (no usage subscription).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Currency([u8; 3]);
+
+impl Currency {
+    pub fn parse(code: &str) -> Self {
+        match code.as_bytes() {
+            [a, b, c] if code.is_ascii() => Self([*a, *b, *c]),
+            _ => Self::default(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        if self.0 == [0; 3] { "" } else { std::str::from_utf8(&self.0).unwrap_or("") }
+    }
+}
+
+/// What BillaBear said about a known customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub status: CustomerStatus,
+    /// Minor units.
+    pub estimate: i64,
+    pub currency: Currency,
+    pub limits: Box<[Limit]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SnapshotData {
+    Known(Known),
+    /// BillaBear answered 404.
+    NotFound,
+    /// BillaBear could not be asked and there was nothing usable to fall back on.
+    Unavailable,
+}
+
+#[derive(Debug)]
+pub struct Snapshot {
+    /// When BillaBear answered (Unix ms); for `Unavailable`, when it failed to.
+    pub fetched_at_ms: u64,
+    /// The last refresh attempt (Unix ms), successful or not; bounds refreshes per customer.
+    last_attempt_ms: AtomicU64,
+    pub data: SnapshotData,
+}
+
+impl Snapshot {
+    fn new(data: SnapshotData, now: u64) -> Self {
+        Self { fetched_at_ms: now, last_attempt_ms: AtomicU64::new(now), data }
+    }
+
+    pub fn age_ms(&self, now: u64) -> u64 {
+        now.saturating_sub(self.fetched_at_ms)
+    }
+}
+
+/// Where an answer's data came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A fresh cached snapshot.
+    Cache,
+    /// Fetched from BillaBear for this answer.
+    Upstream,
+    /// Older than `cache.ttl`, served while a refresh runs.
+    Stale,
+    /// Nothing usable: the fallback policy answered.
+    Fallback,
+}
+
+/// The result of a lookup: a snapshot to decide on (none: use the fallback policy).
+#[derive(Debug, Clone)]
+pub struct Lookup {
+    pub snapshot: Option<Arc<Snapshot>>,
+    pub source: Source,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u64::MAX as u128) as u64
+}
+
+type FetchResult = Result<Arc<Snapshot>, BillaBearError>;
+type Flight = Shared<BoxFuture<'static, FetchResult>>;
+
+/// Handles on the cache's metrics, registered once so the hot path does no lookups.
+struct CacheMetrics {
+    hit: Counter,
+    miss: Counter,
+    stale: Counter,
+    fallback: Counter,
+    refresh_ok: Histogram,
+    refresh_failed: Histogram,
+}
+
+impl CacheMetrics {
+    fn new() -> Self {
+        let lookup =
+            |result: &'static str| metrics::counter!("usage_gate_cache_lookups_total", "result" => result);
+        let refresh = |outcome: &'static str| metrics::histogram!("usage_gate_cache_refresh_seconds", "outcome" => outcome);
+        Self {
+            hit: lookup("hit"),
+            miss: lookup("miss"),
+            stale: lookup("stale"),
+            fallback: lookup("fallback"),
+            refresh_ok: refresh("ok"),
+            refresh_failed: refresh("failed"),
+        }
+    }
+}
+
+struct Inner {
+    snapshots: moka::sync::Cache<CustomerId, Arc<Snapshot>>,
+    /// Fetches under way, one per customer, each with its generation (see `start_fetch`).
+    inflight: Mutex<HashMap<CustomerId, (u64, Flight)>>,
+    generation: AtomicU64,
+    client: BillaBearClient,
+    ttl_ms: u64,
+    max_stale_ms: u64,
+    negative_ttl_ms: u64,
+    min_refresh_interval_ms: u64,
+    metrics: CacheMetrics,
+}
+
+/// Cheap to clone; all clones share one cache.
+#[derive(Clone)]
+pub struct SnapshotCache {
+    inner: Arc<Inner>,
+}
+
+impl SnapshotCache {
+    pub fn new(client: BillaBearClient, settings: &CacheSettings) -> Self {
+        let snapshots = moka::sync::Cache::builder()
+            .max_capacity(settings.max_customers)
+            // LRU, not TinyLFU: a snapshot just fetched must be kept, or the next check refetches.
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            // Past max_stale a snapshot is never served; let moka reclaim it.
+            .time_to_live(settings.max_stale.max(settings.negative_ttl).max(Duration::from_millis(1)))
+            .build();
+        Self {
+            inner: Arc::new(Inner {
+                snapshots,
+                inflight: Mutex::new(HashMap::new()),
+                generation: AtomicU64::new(0),
+                client,
+                ttl_ms: millis(settings.ttl),
+                max_stale_ms: millis(settings.max_stale),
+                negative_ttl_ms: millis(settings.negative_ttl),
+                min_refresh_interval_ms: millis(settings.min_refresh_interval),
+                metrics: CacheMetrics::new(),
+            }),
+        }
+    }
+
+    /// The snapshot to answer a check with, fetching it first when nothing usable is cached.
+    pub async fn lookup(&self, id: CustomerId) -> Lookup {
+        let inner = &self.inner;
+        let now = now_ms();
+        if let Some(snapshot) = inner.snapshots.get(&id) {
+            let age = snapshot.age_ms(now);
+            match &snapshot.data {
+                SnapshotData::Known(_) if age <= inner.ttl_ms => {
+                    inner.metrics.hit.increment(1);
+                    return Lookup { snapshot: Some(snapshot), source: Source::Cache };
+                }
+                SnapshotData::Known(_) if age <= inner.max_stale_ms => {
+                    inner.metrics.stale.increment(1);
+                    self.refresh_in_background(id, &snapshot, now);
+                    return Lookup { snapshot: Some(snapshot), source: Source::Stale };
+                }
+                SnapshotData::NotFound if age <= inner.negative_ttl_ms => {
+                    inner.metrics.hit.increment(1);
+                    return Lookup { snapshot: Some(snapshot), source: Source::Cache };
+                }
+                SnapshotData::Unavailable if age <= inner.min_refresh_interval_ms => {
+                    inner.metrics.fallback.increment(1);
+                    return Lookup { snapshot: None, source: Source::Fallback };
+                }
+                _ => {}
+            }
+        }
+        inner.metrics.miss.increment(1);
+        match self.join_or_start_fetch(id).await {
+            Ok(snapshot) => Lookup { snapshot: Some(snapshot), source: Source::Upstream },
+            Err(_) => {
+                inner.metrics.fallback.increment(1);
+                Lookup { snapshot: None, source: Source::Fallback }
+            }
+        }
+    }
+
+    /// Fetches the customer now, not joining a fetch that started earlier (it may predate a
+    /// change the caller just made), and returns the new snapshot.
+    pub async fn refresh(&self, id: CustomerId) -> FetchResult {
+        self.start_fetch(id).await
+    }
+
+    /// Drops the customer's snapshot: the next check fetches it.
+    pub fn invalidate(&self, id: CustomerId) {
+        self.inner.snapshots.invalidate(&id);
+    }
+
+    /// Whatever is cached for the customer, fresh or not (for admin views).
+    pub fn peek(&self, id: CustomerId) -> Option<Arc<Snapshot>> {
+        self.inner.snapshots.get(&id)
+    }
+
+    /// Customers cached (approximate: moka counts lazily).
+    pub fn len(&self) -> u64 {
+        self.inner.snapshots.run_pending_tasks();
+        self.inner.snapshots.entry_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Puts a snapshot in directly (benchmarks and tests that need a warm cache).
+    pub fn insert(&self, id: CustomerId, data: SnapshotData) {
+        self.inner.snapshots.insert(id, Arc::new(Snapshot::new(data, now_ms())));
+    }
+
+    /// Starts one background refresh for a stale snapshot, unless one ran too recently.
+    fn refresh_in_background(&self, id: CustomerId, snapshot: &Snapshot, now: u64) {
+        let last = snapshot.last_attempt_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < self.inner.min_refresh_interval_ms {
+            return;
+        }
+        // Only the check that wins this swap starts the refresh.
+        if snapshot.last_attempt_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            drop(self.join_or_start_fetch(id));
+        }
+    }
+
+    /// The fetch already under way for this customer, or a new one.
+    fn join_or_start_fetch(&self, id: CustomerId) -> Flight {
+        let mut inflight = self.inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, flight)) = inflight.get(&id) {
+            return flight.clone();
+        }
+        self.spawn_fetch(id, &mut inflight)
+    }
+
+    fn start_fetch(&self, id: CustomerId) -> Flight {
+        let mut inflight = self.inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+        self.spawn_fetch(id, &mut inflight)
+    }
+
+    /// Spawns the fetch as its own task, so it completes (and is cached) even when every caller
+    /// waiting on it has gone away; checks that arrive meanwhile join it.
+    fn spawn_fetch(&self, id: CustomerId, inflight: &mut HashMap<CustomerId, (u64, Flight)>) -> Flight {
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            let result = inner.fetch_and_store(id).await;
+            let mut inflight = inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            // A newer fetch (from `refresh`) may have replaced this one; leave that in place.
+            if inflight.get(&id).is_some_and(|(g, _)| *g == generation) {
+                inflight.remove(&id);
+            }
+            result
+        });
+        let flight = async move {
+            task.await.unwrap_or_else(|e| Err(BillaBearError::Connect(format!("refresh task failed: {e}"))))
+        }
+        .boxed()
+        .shared();
+        inflight.insert(id, (generation, flight.clone()));
+        flight
+    }
+}
+
+impl Inner {
+    /// Asks BillaBear (three calls at once) and caches the answer. A failure keeps a usable
+    /// stale snapshot in place; with nothing usable, it caches the `Unavailable` marker.
+    async fn fetch_and_store(&self, id: CustomerId) -> FetchResult {
+        let started = Instant::now();
+        let result = fetch(&self.client, id).await;
+        let now = now_ms();
+        match result {
+            Ok(data) => {
+                self.metrics.refresh_ok.record(started.elapsed().as_secs_f64());
+                let snapshot = Arc::new(Snapshot::new(data, now));
+                self.snapshots.insert(id, snapshot.clone());
+                Ok(snapshot)
+            }
+            Err(e) => {
+                self.metrics.refresh_failed.record(started.elapsed().as_secs_f64());
+                tracing::debug!(customer = %id, error = %e, "refresh from BillaBear failed");
+                let usable = self.snapshots.get(&id).is_some_and(|s| {
+                    matches!(s.data, SnapshotData::Known(_)) && s.age_ms(now) <= self.max_stale_ms
+                });
+                if !usable {
+                    self.snapshots.insert(id, Arc::new(Snapshot::new(SnapshotData::Unavailable, now)));
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The customer, its usage limits and its cost estimate, asked for at once.
+pub async fn fetch(client: &BillaBearClient, id: CustomerId) -> Result<SnapshotData, BillaBearError> {
+    let answers =
+        tokio::try_join!(client.get_customer(id), client.list_usage_limits(id), client.get_cost_estimate(id));
+    match answers {
+        Ok((customer, limits, estimate)) => Ok(SnapshotData::Known(Known {
+            status: customer.status,
+            estimate: estimate.total.amount,
+            currency: Currency::parse(&estimate.total.currency),
+            limits: limits
+                .into_iter()
+                .map(|l| Limit { id: l.id, amount: l.amount, action: l.action })
+                .collect(),
+        })),
+        // Any of the three may be the first to say the customer does not exist.
+        Err(BillaBearError::NotFound(_)) => Ok(SnapshotData::NotFound),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn currency_round_trips_and_empty_stays_empty() {
+        assert_eq!(Currency::parse("USD").as_str(), "USD");
+        assert_eq!(Currency::parse("").as_str(), "");
+        assert_eq!(Currency::parse("EURO").as_str(), "");
+    }
+
+    #[test]
+    fn snapshots_stay_compact() {
+        // The cache holds a million of these; growing them is a decision, not an accident.
+        assert!(std::mem::size_of::<Snapshot>() <= 80, "{}", std::mem::size_of::<Snapshot>());
+        assert_eq!(std::mem::size_of::<Limit>(), 32);
+    }
+}

@@ -1,0 +1,181 @@
+//! A check: look the customer up in the cache, let the policy decide, and explain the answer.
+
+use chrono::{DateTime, Utc};
+use metrics::Counter;
+use serde::Serialize;
+
+use crate::billabear::BillaBearError;
+use crate::cache::{Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
+use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Money};
+use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Usage, Verdict};
+
+/// The answer to "may this customer keep using the product?", with what it is based on.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Decision {
+    #[schema(value_type = String, format = Uuid)]
+    pub customer_id: CustomerId,
+    pub allowed: bool,
+    pub status: Status,
+    /// Stable codes: customer_disabled, disable_limit_exceeded, would_exceed_disable_limit,
+    /// warning_limit_exceeded, near_limit, customer_not_found, upstream_unavailable.
+    #[schema(value_type = Vec<String>)]
+    pub reasons: Reasons,
+    /// BillaBear's cost estimate for the period (minor units, tax included); null when unknown.
+    pub estimate: Option<Money>,
+    /// The `cost` asked about, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<i64>,
+    pub limits: Vec<LimitView>,
+    /// BillaBear's customer status (active, disabled, ...); null when unknown.
+    #[schema(value_type = Option<String>)]
+    pub customer_status: Option<CustomerStatus>,
+    /// True when BillaBear could not be asked and the fallback policy answered.
+    pub fallback: bool,
+    pub source: Source,
+    /// When BillaBear gave the data this is based on.
+    pub as_of: Option<DateTime<Utc>>,
+    pub age_ms: Option<u64>,
+    /// Shadow mode only: whether enforcing would have denied.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub would_block: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LimitView {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: LimitId,
+    pub amount: i64,
+    pub action: LimitAction,
+    /// The estimate is strictly greater than the amount.
+    pub exceeded: bool,
+    /// How much more may be spent before it is exceeded (0 when it is).
+    pub remaining: i64,
+}
+
+impl Decision {
+    /// The lowest DISABLE limit: the one that blocks first.
+    pub fn lowest_disable_limit(&self) -> Option<i64> {
+        self.limits.iter().filter(|l| l.action == LimitAction::Disable).map(|l| l.amount).min()
+    }
+}
+
+/// Decision counters, registered once so the hot path does no registry lookups.
+struct DecisionMetrics {
+    by_status: [Counter; 4],
+    by_reason: [Counter; 7],
+    shadow_would_block: Counter,
+}
+
+impl DecisionMetrics {
+    fn new() -> Self {
+        Self {
+            by_status: Status::ALL
+                .map(|s| metrics::counter!("usage_gate_decisions_total", "status" => s.as_str())),
+            by_reason: Reason::ALL
+                .map(|r| metrics::counter!("usage_gate_decision_reasons_total", "reason" => r.code())),
+            shadow_would_block: metrics::counter!("usage_gate_shadow_would_block_total"),
+        }
+    }
+
+    fn record(&self, verdict: &Verdict) {
+        self.by_status[verdict.status as usize].increment(1);
+        for reason in verdict.reasons.iter() {
+            self.by_reason[reason as usize].increment(1);
+        }
+        if verdict.would_block == Some(true) {
+            self.shadow_would_block.increment(1);
+        }
+    }
+}
+
+/// Answers checks: the cache, the policy, and the metrics of both.
+pub struct Checker {
+    pub cache: SnapshotCache,
+    policy: PolicySettings,
+    metrics: DecisionMetrics,
+}
+
+impl Checker {
+    pub fn new(cache: SnapshotCache, policy: PolicySettings) -> Self {
+        Self { cache, policy, metrics: DecisionMetrics::new() }
+    }
+
+    /// `cost`: minor units the caller is about to spend (not negative).
+    pub async fn check(&self, id: CustomerId, cost: Option<i64>) -> Decision {
+        let lookup = self.cache.lookup(id).await;
+        self.explain(id, cost, lookup)
+    }
+
+    /// Refetches the customer from BillaBear now and decides on the new data.
+    pub async fn refresh(&self, id: CustomerId) -> Result<Decision, BillaBearError> {
+        let snapshot = self.cache.refresh(id).await?;
+        Ok(self.explain(id, None, Lookup { snapshot: Some(snapshot), source: Source::Upstream }))
+    }
+
+    fn explain(&self, id: CustomerId, cost: Option<i64>, lookup: Lookup) -> Decision {
+        let decision = explain(id, cost, lookup, &self.policy, now_ms());
+        self.metrics.record(&Verdict {
+            allowed: decision.allowed,
+            status: decision.status,
+            reasons: decision.reasons,
+            would_block: decision.would_block,
+        });
+        decision
+    }
+}
+
+/// Builds the explained decision from a lookup. Pure: `now` is passed in.
+pub fn explain(
+    id: CustomerId,
+    cost: Option<i64>,
+    lookup: Lookup,
+    settings: &PolicySettings,
+    now: u64,
+) -> Decision {
+    let empty = |verdict: Verdict, source: Source, snapshot: Option<&Snapshot>| Decision {
+        customer_id: id,
+        allowed: verdict.allowed,
+        status: verdict.status,
+        reasons: verdict.reasons,
+        estimate: None,
+        cost,
+        limits: vec![],
+        customer_status: None,
+        fallback: source == Source::Fallback,
+        source,
+        as_of: snapshot.and_then(|s| DateTime::from_timestamp_millis(s.fetched_at_ms as i64)),
+        age_ms: snapshot.map(|s| s.age_ms(now)),
+        would_block: verdict.would_block,
+    };
+    let Some(snapshot) = lookup.snapshot else {
+        return empty(policy::upstream_unavailable(settings), Source::Fallback, None);
+    };
+    let known = match &snapshot.data {
+        SnapshotData::Known(known) => known,
+        SnapshotData::NotFound => {
+            return empty(policy::unknown_customer(settings), lookup.source, Some(snapshot.as_ref()));
+        }
+        SnapshotData::Unavailable => {
+            return empty(policy::upstream_unavailable(settings), Source::Fallback, None);
+        }
+    };
+    let usage =
+        Usage { disabled: known.status.is_disabled(), estimate: known.estimate, limits: &known.limits };
+    let verdict = policy::decide(&usage, cost, settings);
+    Decision {
+        limits: known
+            .limits
+            .iter()
+            .map(|l| LimitView {
+                id: l.id,
+                amount: l.amount,
+                action: l.action,
+                exceeded: l.exceeded_by(known.estimate),
+                remaining: l.remaining(known.estimate),
+            })
+            .collect(),
+        estimate: Some(Money { amount: known.estimate, currency: known.currency.as_str().to_owned() }),
+        customer_status: Some(known.status.clone()),
+        ..empty(verdict, lookup.source, Some(snapshot.as_ref()))
+    }
+}

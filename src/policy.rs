@@ -1,0 +1,381 @@
+//! The decision: pure functions of what is known about a customer, the cost asked about and the
+//! policy settings. No I/O; `routes::check` turns a [`Verdict`] into the HTTP answer.
+//!
+//! The rules follow BillaBear's own: a limit is over when the estimate is *strictly greater*
+//! than its amount (an estimate equal to a limit is not over it).
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use crate::domain::{LimitAction, LimitId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Enforce,
+    /// Everyone is allowed; `would_block` tells what enforcing would have done.
+    Shadow,
+}
+
+/// What to answer when BillaBear cannot be reached and nothing usable is cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    Open,
+    Closed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownCustomer {
+    Deny,
+    Allow,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySettings {
+    pub mode: Mode,
+    pub fail_mode: FailMode,
+    pub unknown_customer: UnknownCustomer,
+    /// `near_limit` from this share of the lowest DISABLE limit.
+    pub near_limit_ratio: f64,
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Enforce,
+            fail_mode: FailMode::Open,
+            unknown_customer: UnknownCustomer::Deny,
+            near_limit_ratio: 0.9,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Allowed, nothing to say.
+    Ok,
+    /// Allowed, but over a WARNING limit or near a DISABLE limit: worth telling the customer.
+    Warning,
+    /// Denied (in enforce mode).
+    Blocked,
+    /// BillaBear does not know the customer, or could not be asked.
+    Unknown,
+}
+
+impl Status {
+    pub const ALL: [Status; 4] = [Status::Ok, Status::Warning, Status::Blocked, Status::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warning => "warning",
+            Status::Blocked => "blocked",
+            Status::Unknown => "unknown",
+        }
+    }
+}
+
+/// Why a decision is what it is. The codes are part of the API and do not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, utoipa::ToSchema)]
+pub enum Reason {
+    /// BillaBear's customer status is `disabled`.
+    CustomerDisabled,
+    /// The estimate is strictly greater than a DISABLE limit.
+    DisableLimitExceeded,
+    /// The estimate plus the requested `cost` would be strictly greater than a DISABLE limit.
+    WouldExceedDisableLimit,
+    /// The estimate is strictly greater than a WARNING limit.
+    WarningLimitExceeded,
+    /// The estimate has reached `policy.near_limit_ratio` of the lowest DISABLE limit.
+    NearLimit,
+    /// BillaBear answered 404 for the customer.
+    CustomerNotFound,
+    /// BillaBear could not be reached and nothing usable was cached.
+    UpstreamUnavailable,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 7] = [
+        Reason::CustomerDisabled,
+        Reason::DisableLimitExceeded,
+        Reason::WouldExceedDisableLimit,
+        Reason::WarningLimitExceeded,
+        Reason::NearLimit,
+        Reason::CustomerNotFound,
+        Reason::UpstreamUnavailable,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::CustomerDisabled => "customer_disabled",
+            Reason::DisableLimitExceeded => "disable_limit_exceeded",
+            Reason::WouldExceedDisableLimit => "would_exceed_disable_limit",
+            Reason::WarningLimitExceeded => "warning_limit_exceeded",
+            Reason::NearLimit => "near_limit",
+            Reason::CustomerNotFound => "customer_not_found",
+            Reason::UpstreamUnavailable => "upstream_unavailable",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
+
+    fn blocks(self) -> bool {
+        matches!(
+            self,
+            Reason::CustomerDisabled | Reason::DisableLimitExceeded | Reason::WouldExceedDisableLimit
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A small set of reasons, in the order of [`Reason::ALL`]; serialized as a list of codes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reasons(u8);
+
+impl Reasons {
+    pub fn insert(&mut self, reason: Reason) {
+        self.0 |= reason.bit();
+    }
+
+    pub fn contains(self, reason: Reason) -> bool {
+        self.0 & reason.bit() != 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Reason> {
+        Reason::ALL.into_iter().filter(move |r| self.contains(*r))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl<const N: usize> From<[Reason; N]> for Reasons {
+    fn from(reasons: [Reason; N]) -> Self {
+        let mut set = Reasons::default();
+        reasons.into_iter().for_each(|r| set.insert(r));
+        set
+    }
+}
+
+impl Serialize for Reasons {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter().map(Reason::code))
+    }
+}
+
+/// A usage limit as the policy sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit {
+    pub id: LimitId,
+    /// Minor units.
+    pub amount: i64,
+    pub action: LimitAction,
+}
+
+impl Limit {
+    /// BillaBear's rule: over only when strictly greater.
+    pub fn exceeded_by(&self, estimate: i64) -> bool {
+        estimate > self.amount
+    }
+
+    /// How much more can be spent before the limit is exceeded (never negative).
+    pub fn remaining(&self, estimate: i64) -> i64 {
+        self.amount.saturating_sub(estimate).max(0)
+    }
+}
+
+/// What is known about a customer that BillaBear answered for.
+#[derive(Debug, Clone, Copy)]
+pub struct Usage<'a> {
+    pub disabled: bool,
+    /// The cost estimate, minor units.
+    pub estimate: i64,
+    pub limits: &'a [Limit],
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub allowed: bool,
+    pub status: Status,
+    pub reasons: Reasons,
+    /// Shadow mode only: whether enforcing would have denied.
+    pub would_block: Option<bool>,
+}
+
+/// The decision for a known customer; `cost` (minor units, not negative) asks whether that much
+/// more may be spent.
+pub fn decide(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -> Verdict {
+    let mut reasons = Reasons::default();
+    if usage.disabled {
+        reasons.insert(Reason::CustomerDisabled);
+    }
+    let disable_limits = || usage.limits.iter().filter(|l| l.action == LimitAction::Disable);
+    let warning_limits = || usage.limits.iter().filter(|l| l.action == LimitAction::Warning);
+    if disable_limits().any(|l| l.exceeded_by(usage.estimate)) {
+        reasons.insert(Reason::DisableLimitExceeded);
+    } else if let Some(cost) = cost.filter(|c| *c > 0)
+        && disable_limits().any(|l| l.exceeded_by(usage.estimate.saturating_add(cost)))
+    {
+        reasons.insert(Reason::WouldExceedDisableLimit);
+    }
+    if warning_limits().any(|l| l.exceeded_by(usage.estimate)) {
+        reasons.insert(Reason::WarningLimitExceeded);
+    }
+    if !reasons.contains(Reason::DisableLimitExceeded)
+        && let Some(lowest) = disable_limits().map(|l| l.amount).min()
+        && usage.estimate as f64 >= settings.near_limit_ratio * lowest as f64
+    {
+        reasons.insert(Reason::NearLimit);
+    }
+    let status = if reasons.iter().any(Reason::blocks) {
+        Status::Blocked
+    } else if reasons.contains(Reason::WarningLimitExceeded) || reasons.contains(Reason::NearLimit) {
+        Status::Warning
+    } else {
+        Status::Ok
+    };
+    apply_mode(status != Status::Blocked, status, reasons, settings)
+}
+
+/// BillaBear answered 404 for the customer.
+pub fn unknown_customer(settings: &PolicySettings) -> Verdict {
+    let allowed = settings.unknown_customer == UnknownCustomer::Allow;
+    apply_mode(allowed, Status::Unknown, [Reason::CustomerNotFound].into(), settings)
+}
+
+/// BillaBear unreachable and nothing usable cached.
+pub fn upstream_unavailable(settings: &PolicySettings) -> Verdict {
+    let allowed = settings.fail_mode == FailMode::Open;
+    apply_mode(allowed, Status::Unknown, [Reason::UpstreamUnavailable].into(), settings)
+}
+
+fn apply_mode(allowed: bool, status: Status, reasons: Reasons, settings: &PolicySettings) -> Verdict {
+    match settings.mode {
+        Mode::Enforce => Verdict { allowed, status, reasons, would_block: None },
+        Mode::Shadow => Verdict { allowed: true, status, reasons, would_block: Some(!allowed) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use LimitAction::{Disable, Warning};
+    use Reason::*;
+
+    fn limits(spec: &[(i64, LimitAction)]) -> Vec<Limit> {
+        spec.iter().map(|&(amount, action)| Limit { id: LimitId::new_v4(), amount, action }).collect()
+    }
+
+    struct Row {
+        name: &'static str,
+        disabled: bool,
+        estimate: i64,
+        limits: &'static [(i64, LimitAction)],
+        cost: Option<i64>,
+        allowed: bool,
+        status: Status,
+        reasons: &'static [Reason],
+    }
+
+    #[rustfmt::skip]
+    const ROWS: &[Row] = &[
+        Row { name: "no limits", disabled: false, estimate: 500, limits: &[], cost: None, allowed: true, status: Status::Ok, reasons: &[] },
+        Row { name: "under disable", disabled: false, estimate: 100, limits: &[(1000, Disable)], cost: None, allowed: true, status: Status::Ok, reasons: &[] },
+        Row { name: "equal to disable is not over", disabled: false, estimate: 1000, limits: &[(1000, Disable)], cost: None, allowed: true, status: Status::Warning, reasons: &[NearLimit] },
+        Row { name: "one over disable", disabled: false, estimate: 1001, limits: &[(1000, Disable)], cost: None, allowed: false, status: Status::Blocked, reasons: &[DisableLimitExceeded] },
+        Row { name: "disabled customer without limits", disabled: true, estimate: 0, limits: &[], cost: None, allowed: false, status: Status::Blocked, reasons: &[CustomerDisabled] },
+        Row { name: "disabled and over", disabled: true, estimate: 2000, limits: &[(1000, Disable)], cost: None, allowed: false, status: Status::Blocked, reasons: &[CustomerDisabled, DisableLimitExceeded] },
+        Row { name: "equal to warning is not over", disabled: false, estimate: 500, limits: &[(500, Warning)], cost: None, allowed: true, status: Status::Ok, reasons: &[] },
+        Row { name: "over warning", disabled: false, estimate: 501, limits: &[(500, Warning)], cost: None, allowed: true, status: Status::Warning, reasons: &[WarningLimitExceeded] },
+        Row { name: "over warning and disable", disabled: false, estimate: 2000, limits: &[(500, Warning), (1000, Disable)], cost: None, allowed: false, status: Status::Blocked, reasons: &[DisableLimitExceeded, WarningLimitExceeded] },
+        Row { name: "cost up to the limit fits", disabled: false, estimate: 900, limits: &[(1000, Disable)], cost: Some(100), allowed: true, status: Status::Warning, reasons: &[NearLimit] },
+        Row { name: "cost one past the limit", disabled: false, estimate: 900, limits: &[(1000, Disable)], cost: Some(101), allowed: false, status: Status::Blocked, reasons: &[WouldExceedDisableLimit, NearLimit] },
+        Row { name: "cost zero is no cost", disabled: false, estimate: 10, limits: &[(1000, Disable)], cost: Some(0), allowed: true, status: Status::Ok, reasons: &[] },
+        Row { name: "already over: no would_exceed", disabled: false, estimate: 1500, limits: &[(1000, Disable)], cost: Some(5), allowed: false, status: Status::Blocked, reasons: &[DisableLimitExceeded] },
+        Row { name: "huge cost does not overflow", disabled: false, estimate: 10, limits: &[(1000, Disable)], cost: Some(i64::MAX), allowed: false, status: Status::Blocked, reasons: &[WouldExceedDisableLimit] },
+        Row { name: "cost against a warning limit only", disabled: false, estimate: 10, limits: &[(20, Warning)], cost: Some(100), allowed: true, status: Status::Ok, reasons: &[] },
+        Row { name: "near: at 90% of lowest disable", disabled: false, estimate: 900, limits: &[(1000, Disable), (5000, Disable)], cost: None, allowed: true, status: Status::Warning, reasons: &[NearLimit] },
+        Row { name: "just under 90%", disabled: false, estimate: 899, limits: &[(1000, Disable)], cost: None, allowed: true, status: Status::Ok, reasons: &[] },
+        Row { name: "near ignores warning limits", disabled: false, estimate: 95, limits: &[(100, Warning)], cost: None, allowed: true, status: Status::Ok, reasons: &[] },
+        Row { name: "over the lower of two disables", disabled: false, estimate: 1200, limits: &[(1000, Disable), (5000, Disable)], cost: None, allowed: false, status: Status::Blocked, reasons: &[DisableLimitExceeded] },
+    ];
+
+    #[test]
+    fn every_policy_row() {
+        let settings = PolicySettings::default();
+        for row in ROWS {
+            let limits = limits(row.limits);
+            let usage = Usage { disabled: row.disabled, estimate: row.estimate, limits: &limits };
+            let verdict = decide(&usage, row.cost, &settings);
+            let reasons: Vec<Reason> = verdict.reasons.iter().collect();
+            assert_eq!(
+                (verdict.allowed, verdict.status, reasons.as_slice(), verdict.would_block),
+                (row.allowed, row.status, row.reasons, None),
+                "{}",
+                row.name
+            );
+        }
+    }
+
+    #[test]
+    fn shadow_mode_allows_everything_and_tells_the_truth() {
+        let settings = PolicySettings { mode: Mode::Shadow, ..PolicySettings::default() };
+        for row in ROWS {
+            let limits = limits(row.limits);
+            let usage = Usage { disabled: row.disabled, estimate: row.estimate, limits: &limits };
+            let verdict = decide(&usage, row.cost, &settings);
+            assert!(verdict.allowed, "{}", row.name);
+            assert_eq!(verdict.status, row.status, "{}", row.name);
+            assert_eq!(verdict.would_block, Some(!row.allowed), "{}", row.name);
+        }
+    }
+
+    #[test]
+    fn unknown_customers_follow_the_unknown_customer_setting() {
+        let deny = PolicySettings::default();
+        let allow = PolicySettings { unknown_customer: UnknownCustomer::Allow, ..deny.clone() };
+        for (settings, allowed) in [(deny, false), (allow, true)] {
+            let v = unknown_customer(&settings);
+            assert_eq!((v.allowed, v.status), (allowed, Status::Unknown));
+            assert_eq!(v.reasons.iter().collect::<Vec<_>>(), [CustomerNotFound]);
+        }
+    }
+
+    #[test]
+    fn fallback_follows_the_fail_mode() {
+        let open = PolicySettings::default();
+        let closed = PolicySettings { fail_mode: FailMode::Closed, ..open.clone() };
+        for (settings, allowed) in [(open, true), (closed, false)] {
+            let v = upstream_unavailable(&settings);
+            assert_eq!((v.allowed, v.status), (allowed, Status::Unknown));
+            assert_eq!(v.reasons.iter().collect::<Vec<_>>(), [UpstreamUnavailable]);
+        }
+        let shadow =
+            PolicySettings { mode: Mode::Shadow, fail_mode: FailMode::Closed, ..PolicySettings::default() };
+        assert_eq!(upstream_unavailable(&shadow).would_block, Some(true));
+        assert!(upstream_unavailable(&shadow).allowed);
+    }
+
+    #[test]
+    fn limit_arithmetic() {
+        let limit = Limit { id: LimitId::new_v4(), amount: 1000, action: Disable };
+        assert_eq!((limit.exceeded_by(1000), limit.remaining(1000)), (false, 0));
+        assert_eq!((limit.exceeded_by(1001), limit.remaining(1001)), (true, 0));
+        assert_eq!(limit.remaining(250), 750);
+    }
+
+    #[test]
+    fn reasons_serialize_as_codes_in_a_stable_order() {
+        let reasons: Reasons = [NearLimit, CustomerDisabled].into();
+        assert_eq!(serde_json::to_string(&reasons).unwrap(), r#"["customer_disabled","near_limit"]"#);
+    }
+}

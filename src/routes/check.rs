@@ -1,0 +1,247 @@
+//! The check routes (scope `check`): one customer, a batch, and the reverse-proxy gate; plus the
+//! admin refresh.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::{HttpRequest, HttpResponse, web};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::check::Decision;
+use crate::domain::CustomerId;
+use crate::error::{ApiError, FieldError, PROBLEM_JSON};
+use crate::startup::AppState;
+
+/// The most customers one batch may ask about.
+pub const MAX_BATCH: usize = 1000;
+
+fn customer_id(raw: &str, field: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(raw).map_err(|e| ApiError::invalid_field(field, e.to_string()))
+}
+
+const COST_RULE: &str = "must be a non-negative integer (minor units)";
+
+fn parse_cost(raw: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| ApiError::invalid_field("cost", COST_RULE))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct CheckQuery {
+    /// Minor units the caller is about to spend: blocked if it would take the estimate over a
+    /// DISABLE limit.
+    #[param(value_type = Option<i64>, minimum = 0)]
+    pub cost: Option<String>,
+}
+
+/// May this customer keep using the product?
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/check", tag = "check", security(("bearer" = [])),
+    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)"), CheckQuery),
+    responses(
+        (status = 200, body = Decision),
+        (status = 400, description = "customer_id not a UUID, or cost not a non-negative integer", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn check_customer(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<CheckQuery>,
+) -> Result<web::Json<Decision>, ApiError> {
+    let id = customer_id(&path, "customer_id")?;
+    let cost = query.cost.as_deref().map(parse_cost).transpose()?;
+    Ok(web::Json(state.checker.check(id, cost).await))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct BatchRequest {
+    /// 1 to 1000 customers, answered in order.
+    pub customers: Vec<BatchItem>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct BatchItem {
+    #[schema(format = Uuid)]
+    pub id: String,
+    #[schema(minimum = 0)]
+    pub cost: Option<i64>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchResponse {
+    /// One per requested customer, in order: a decision, or that item's error.
+    pub decisions: Vec<BatchAnswer>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum BatchAnswer {
+    Decision(Box<Decision>),
+    Invalid(ItemError),
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ItemError {
+    /// The item as sent, when it had an id.
+    pub customer_id: Option<Value>,
+    pub error: FieldError,
+}
+
+/// Checks one item of a batch as sent, without failing the others.
+fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>), ItemError> {
+    let at = |field: &str| format!("customers[{index}].{field}");
+    let invalid = |field: &str, message: &str| ItemError {
+        customer_id: item.get("id").cloned(),
+        error: FieldError::new(at(field), message),
+    };
+    let Some(object) = item.as_object() else {
+        return Err(ItemError {
+            customer_id: None,
+            error: FieldError::new(format!("customers[{index}]"), "must be an object with id and cost"),
+        });
+    };
+    let id = match object.get("id") {
+        Some(Value::String(raw)) => CustomerId::parse(raw).map_err(|e| invalid("id", &e.to_string()))?,
+        _ => return Err(invalid("id", "must be a customer id (UUID string)")),
+    };
+    let cost = match object.get("cost") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => {
+            Some(n.as_i64().filter(|c| *c >= 0).ok_or_else(|| invalid("cost", COST_RULE))?)
+        }
+        Some(_) => return Err(invalid("cost", COST_RULE)),
+    };
+    Ok((id, cost))
+}
+
+/// Many customers at once; cold ones are fetched concurrently (`cache.fetch_concurrency`).
+#[utoipa::path(post, path = "/v1/check", tag = "check", security(("bearer" = [])),
+    request_body = BatchRequest,
+    responses(
+        (status = 200, description = "One answer per item, in order; invalid items carry their own error", body = BatchResponse),
+        (status = 400, description = "Body not JSON, or customers missing, empty or over 1000", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn check_batch(
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let items = match body.get("customers") {
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_BATCH => items,
+        Some(Value::Array(items)) => {
+            return Err(ApiError::invalid_field(
+                "customers",
+                format!("must hold 1 to {MAX_BATCH} items, got {}", items.len()),
+            ));
+        }
+        _ => {
+            return Err(ApiError::invalid_field(
+                "customers",
+                "required: a list of {\"id\", \"cost\"} objects",
+            ));
+        }
+    };
+    let parsed: Vec<_> = items.iter().enumerate().map(|(i, item)| parse_item(i, item)).collect();
+    let concurrency = state.settings.cache.fetch_concurrency;
+    let decisions: Vec<BatchAnswer> = futures_util::stream::iter(parsed)
+        .map(|item| {
+            let state = state.clone();
+            async move {
+                match item {
+                    Ok((id, cost)) => BatchAnswer::Decision(Box::new(state.checker.check(id, cost).await)),
+                    Err(invalid) => BatchAnswer::Invalid(invalid),
+                }
+            }
+        })
+        .buffered(concurrency)
+        .collect()
+        .await;
+    Ok(HttpResponse::Ok().json(BatchResponse { decisions }))
+}
+
+static X_USAGE_STATUS: HeaderName = HeaderName::from_static("x-usage-status");
+static X_USAGE_ESTIMATE: HeaderName = HeaderName::from_static("x-usage-estimate");
+static X_USAGE_CURRENCY: HeaderName = HeaderName::from_static("x-usage-currency");
+static X_USAGE_LIMIT: HeaderName = HeaderName::from_static("x-usage-limit");
+static X_USAGE_REASONS: HeaderName = HeaderName::from_static("x-usage-reasons");
+
+/// For reverse proxies: 204 when allowed, `gate.blocked_status` (problem+json) when not; the
+/// customer id comes from the `gate.customer_header` header.
+#[utoipa::path(get, path = "/v1/gate", tag = "check", security(("bearer" = [])),
+    params(("X-Customer-Id" = String, Header, description = "The customer id (header name set by gate.customer_header)")),
+    responses(
+        (status = 204, description = "Allowed. Headers: X-Usage-Status, X-Usage-Estimate, X-Usage-Currency, X-Usage-Limit (lowest DISABLE limit), X-Usage-Reasons"),
+        (status = 400, description = "The customer header is missing or not a UUID", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Blocked (default gate.blocked_status; 402 or 429 if so configured), or the key lacks the check scope", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn gate(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    let header = &state.settings.gate.customer_header;
+    let raw = req
+        .headers()
+        .get(header)
+        .ok_or_else(|| ApiError::invalid_field(header.as_str(), "required: the customer id (UUID)"))?
+        .to_str()
+        .map_err(|_| ApiError::invalid_field(header.as_str(), "must be a UUID"))?;
+    let id = customer_id(raw.trim(), header.as_str())?;
+    let decision = state.checker.check(id, None).await;
+    let mut response = if decision.allowed {
+        HttpResponse::NoContent().finish()
+    } else {
+        let status =
+            StatusCode::from_u16(state.settings.gate.blocked_status).unwrap_or(StatusCode::FORBIDDEN);
+        let reasons: Vec<&str> = decision.reasons.iter().map(|r| r.code()).collect();
+        HttpResponse::build(status).content_type(PROBLEM_JSON).json(json!({
+            "type": "urn:usage-gate:problem:usage_blocked",
+            "title": status.canonical_reason().unwrap_or("Blocked"),
+            "status": status.as_u16(),
+            "detail": format!("customer {id} may not use the product: {}", reasons.join(", ")),
+            "code": "usage_blocked",
+            "customer_id": id,
+            "usage_status": decision.status,
+            "reasons": reasons,
+        }))
+    };
+    set_usage_headers(response.headers_mut(), &decision);
+    Ok(response)
+}
+
+fn set_usage_headers(headers: &mut actix_web::http::header::HeaderMap, decision: &Decision) {
+    let mut set = |name: &HeaderName, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name.clone(), value);
+        }
+    };
+    set(&X_USAGE_STATUS, decision.status.as_str().to_owned());
+    if let Some(estimate) = &decision.estimate {
+        set(&X_USAGE_ESTIMATE, estimate.amount.to_string());
+        if !estimate.currency.is_empty() {
+            set(&X_USAGE_CURRENCY, estimate.currency.clone());
+        }
+    }
+    if let Some(limit) = decision.lowest_disable_limit() {
+        set(&X_USAGE_LIMIT, limit.to_string());
+    }
+    if !decision.reasons.is_empty() {
+        set(&X_USAGE_REASONS, decision.reasons.iter().map(|r| r.code()).collect::<Vec<_>>().join(","));
+    }
+}
+
+/// Refetches the customer from BillaBear now and returns the new decision (scope `admin`).
+#[utoipa::path(post, path = "/v1/customers/{customer_id}/refresh", tag = "admin", security(("bearer" = [])),
+    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)")),
+    responses(
+        (status = 200, body = Decision),
+        (status = 400, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, description = "BillaBear failed or is unreachable", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 504, description = "BillaBear did not answer in time", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn refresh(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<web::Json<Decision>, ApiError> {
+    let id = customer_id(&path, "customer_id")?;
+    Ok(web::Json(state.checker.refresh(id).await?))
+}
