@@ -46,6 +46,42 @@ impl fmt::Display for Scope {
     }
 }
 
+/// A set of scopes (a bitset: copied, never allocated, on every request).
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scopes(u8);
+
+impl Scopes {
+    pub fn insert(&mut self, scope: Scope) {
+        self.0 |= 1 << scope as u8;
+    }
+
+    pub fn contains(self, scope: Scope) -> bool {
+        self.0 & (1 << scope as u8) != 0
+    }
+
+    pub fn iter(self) -> impl Iterator<Item = Scope> {
+        Scope::ALL.into_iter().filter(move |s| self.contains(*s))
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl<const N: usize> From<[Scope; N]> for Scopes {
+    fn from(scopes: [Scope; N]) -> Self {
+        let mut set = Scopes::default();
+        scopes.into_iter().for_each(|s| set.insert(s));
+        set
+    }
+}
+
+impl fmt::Debug for Scopes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// The SHA-256 digest of a key: what the configuration may hold instead of the key itself.
 pub type KeyDigest = [u8; 32];
 
@@ -58,7 +94,7 @@ pub fn digest(key: &[u8]) -> KeyDigest {
 pub struct ApiKey {
     pub name: Arc<str>,
     pub digest: KeyDigest,
-    pub scopes: Vec<Scope>,
+    pub scopes: Scopes,
 }
 
 impl fmt::Debug for ApiKey {
@@ -75,12 +111,12 @@ impl fmt::Debug for ApiKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub name: Arc<str>,
-    pub scopes: Vec<Scope>,
+    pub scopes: Scopes,
 }
 
 impl Caller {
     pub fn has(&self, scope: Scope) -> bool {
-        self.scopes.contains(&scope)
+        self.scopes.contains(scope)
     }
 }
 
@@ -104,7 +140,7 @@ impl ApiKeys {
                 found = Some(key);
             }
         }
-        found.map(|key| Caller { name: key.name.clone(), scopes: key.scopes.clone() })
+        found.map(|key| Caller { name: key.name.clone(), scopes: key.scopes })
     }
 }
 
@@ -154,9 +190,21 @@ mod tests {
 
     fn keys() -> ApiKeys {
         ApiKeys::new(vec![
-            ApiKey { name: "ops".into(), digest: digest(b"ops-key-0123456789"), scopes: vec![Scope::Admin] },
-            ApiKey { name: "ops".into(), digest: digest(b"ops-key-rotated-999"), scopes: vec![Scope::Admin] },
-            ApiKey { name: "api".into(), digest: digest(b"api-key-0123456789"), scopes: vec![Scope::Check] },
+            ApiKey {
+                name: "ops".into(),
+                digest: digest(b"ops-key-0123456789"),
+                scopes: [Scope::Admin].into(),
+            },
+            ApiKey {
+                name: "ops".into(),
+                digest: digest(b"ops-key-rotated-999"),
+                scopes: [Scope::Admin].into(),
+            },
+            ApiKey {
+                name: "api".into(),
+                digest: digest(b"api-key-0123456789"),
+                scopes: [Scope::Check].into(),
+            },
         ])
     }
 

@@ -29,6 +29,12 @@ use crate::policy::Limit;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Currency([u8; 3]);
 
+impl serde::Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl Currency {
     pub fn parse(code: &str) -> Self {
         match code.as_bytes() {

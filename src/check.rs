@@ -1,12 +1,11 @@
 //! A check: look the customer up in the cache, let the policy decide, and explain the answer.
 
-use chrono::{DateTime, Utc};
 use metrics::Counter;
 use serde::Serialize;
 
 use crate::billabear::BillaBearError;
-use crate::cache::{Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
-use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Money};
+use crate::cache::{Currency, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
+use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Timestamp};
 use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Usage, Verdict};
 
 /// The answer to "may this customer keep using the product?", with what it is based on.
@@ -21,7 +20,7 @@ pub struct Decision {
     #[schema(value_type = Vec<String>)]
     pub reasons: Reasons,
     /// BillaBear's cost estimate for the period (minor units, tax included); null when unknown.
-    pub estimate: Option<Money>,
+    pub estimate: Option<Estimate>,
     /// The `cost` asked about, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<i64>,
@@ -32,12 +31,21 @@ pub struct Decision {
     /// True when BillaBear could not be asked and the fallback policy answered.
     pub fallback: bool,
     pub source: Source,
-    /// When BillaBear gave the data this is based on.
-    pub as_of: Option<DateTime<Utc>>,
+    /// When BillaBear gave the data this is based on (RFC 3339, UTC).
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub as_of: Option<Timestamp>,
     pub age_ms: Option<u64>,
     /// Shadow mode only: whether enforcing would have denied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_block: Option<bool>,
+}
+
+/// An amount in minor units with its ISO 4217 currency ("" when BillaBear has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Estimate {
+    pub amount: i64,
+    #[schema(value_type = String)]
+    pub currency: Currency,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -143,7 +151,7 @@ pub fn explain(
         customer_status: None,
         fallback: source == Source::Fallback,
         source,
-        as_of: snapshot.and_then(|s| DateTime::from_timestamp_millis(s.fetched_at_ms as i64)),
+        as_of: snapshot.map(|s| Timestamp(s.fetched_at_ms)),
         age_ms: snapshot.map(|s| s.age_ms(now)),
         would_block: verdict.would_block,
     };
@@ -174,7 +182,7 @@ pub fn explain(
                 remaining: l.remaining(known.estimate),
             })
             .collect(),
-        estimate: Some(Money { amount: known.estimate, currency: known.currency.as_str().to_owned() }),
+        estimate: Some(Estimate { amount: known.estimate, currency: known.currency }),
         customer_status: Some(known.status.clone()),
         ..empty(verdict, lookup.source, Some(snapshot.as_ref()))
     }

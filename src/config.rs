@@ -13,7 +13,7 @@ use url::Url;
 
 use actix_web::http::header::HeaderName;
 
-use crate::auth::{ApiKey, ApiKeys, KeyDigest, Scope, digest};
+use crate::auth::{ApiKey, ApiKeys, KeyDigest, Scope, Scopes, digest};
 use crate::policy::{FailMode, Mode, PolicySettings, UnknownCustomer};
 
 /// The defaults, embedded so the binary runs from any directory.
@@ -445,14 +445,13 @@ fn validate_keys(v: &mut Validator, raw: &[RawApiKey]) -> ApiKeys {
                 }
             },
         };
-        let mut scopes = Vec::new();
+        let mut scopes = Scopes::default();
         if k.scopes.is_empty() {
             v.problem(format!("{at}.scopes"), "must list at least one of check, events, admin");
         }
         for s in &k.scopes {
             match Scope::parse(s) {
-                Some(scope) if !scopes.contains(&scope) => scopes.push(scope),
-                Some(_) => {}
+                Some(scope) => scopes.insert(scope),
                 None => v.problem(
                     format!("{at}.scopes"),
                     format!("unknown scope {s:?} (expected check, events or admin)"),
@@ -804,7 +803,7 @@ mod tests {
             .unwrap();
         let caller = settings.auth.keys.authenticate(b"the-real-secret-key").unwrap();
         assert_eq!(&*caller.name, "ci");
-        assert_eq!(caller.scopes, vec![Scope::Events]);
+        assert_eq!(caller.scopes.iter().collect::<Vec<_>>(), vec![Scope::Events]);
     }
 
     #[test]

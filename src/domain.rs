@@ -27,9 +27,16 @@ pub enum ParseError {
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(Uuid);
+
+        impl Serialize for $name {
+            // From a stack buffer: ids are in every check's answer.
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.0.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
+            }
+        }
 
         impl $name {
             pub fn parse(s: &str) -> Result<Self, ParseError> {
@@ -245,6 +252,59 @@ impl CustomerStatus {
     }
 }
 
+/// A UTC instant in Unix milliseconds, serialized as RFC 3339 (`2026-11-27T13:38:06.237Z`).
+/// Formatted by hand: chrono's general formatter was a visible share of a check's cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// The RFC 3339 text, in a fixed 24-byte buffer (years 1970 to 9999).
+    pub fn rfc3339(self) -> [u8; 24] {
+        let ms = self.0;
+        let (days, in_day) = ((ms / 86_400_000) as i64, ms % 86_400_000);
+        // Howard Hinnant's days-to-civil algorithm.
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u64;
+        let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(0, 9999) as u64;
+        let (h, m, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
+        let mut out = *b"0000-00-00T00:00:00.000Z";
+        let mut put = |at: usize, value: u64, width: usize| {
+            let mut v = value;
+            for i in (0..width).rev() {
+                out[at + i] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+        };
+        put(0, year, 4);
+        put(5, month, 2);
+        put(8, day, 2);
+        put(11, h, 2);
+        put(14, m, 2);
+        put(17, s, 2);
+        put(20, milli, 3);
+        out
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let text = self.rfc3339();
+        s.serialize_str(std::str::from_utf8(&text).unwrap_or("1970-01-01T00:00:00.000Z"))
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(std::str::from_utf8(&self.rfc3339()).unwrap_or("?"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +349,23 @@ mod tests {
         assert_eq!(LimitAction::parse("DISABLE"), Ok(LimitAction::Disable));
         assert_eq!(LimitAction::parse("warning"), Err(ParseError::LimitAction));
         assert_eq!(LimitAction::parse("WARN"), Err(ParseError::LimitAction));
+    }
+
+    #[test]
+    fn timestamps_format_like_chrono() {
+        for ms in [
+            0u64,
+            951_782_400_000,
+            1_709_164_799_999,
+            1_795_960_686_237,
+            4_102_444_800_000,
+            253_402_300_799_999,
+        ] {
+            let chrono = chrono::DateTime::from_timestamp_millis(ms as i64).unwrap();
+            let expected = chrono.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+            assert_eq!(Timestamp(ms).to_string(), expected, "{ms}");
+            assert_eq!(serde_json::to_string(&Timestamp(ms)).unwrap(), format!("\"{expected}\""));
+        }
     }
 
     #[test]

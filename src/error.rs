@@ -44,7 +44,7 @@ pub enum ApiError {
     ServiceUnavailable(String),
     #[error(transparent)]
     Upstream(#[from] BillaBearError),
-    #[error(transparent)]
+    #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
 }
 
@@ -126,8 +126,8 @@ impl ResponseError for ApiError {
         let status = self.status_code();
         let (detail, errors) = match self {
             ApiError::BadRequest { detail, errors } => (detail.clone(), errors.clone()),
-            ApiError::Internal(cause) => {
-                tracing::error!(error = format!("{cause:#}"), "internal error");
+            // The cause is logged with the request's id by `telemetry::request_metrics`.
+            ApiError::Internal(_) => {
                 ("internal error; the log has the cause under this request's id".to_owned(), vec![])
             }
             other => (other.to_string(), vec![]),

@@ -74,9 +74,8 @@ impl Application {
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .configure(routes::configure)
                 .default_service(web::to(not_found))
-                .wrap(from_fn(telemetry::http_metrics))
-                .wrap(from_fn(telemetry::request_id_header))
-                .wrap(TracingLogger::default())
+                .wrap(from_fn(telemetry::request_metrics))
+                .wrap(TracingLogger::<telemetry::RequestSpan>::new())
         })
         // Shutdown is driven by `run_until_stopped`, which also stops background work.
         .disable_signals()

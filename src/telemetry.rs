@@ -1,5 +1,6 @@
 //! Logs (tracing: JSON in production, readable on a terminal), Prometheus metrics, request ids.
 
+use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -10,8 +11,14 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_actix_web::RequestId;
+use tracing::Span;
+use tracing::field::{Field, Visit};
+use tracing::span::Record;
+use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FormatFields, FormattedFields};
 
 use crate::config::{LogFormat, LogSettings};
 
@@ -26,10 +33,114 @@ pub fn init_tracing(settings: &LogSettings) {
     };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
     let _ = if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .fmt_fields(JsonSpanFields)
+            .try_init()
     } else {
         builder.try_init()
     };
+}
+
+/// Formats span fields as a JSON object, as `tracing_subscriber`'s `JsonFields` does, but by
+/// writing them out directly: `JsonFields` builds a map and runs serde for every span, and every
+/// request opens one.
+pub struct JsonSpanFields;
+
+impl<'writer> FormatFields<'writer> for JsonSpanFields {
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
+        let mut out = String::new();
+        fields.record(&mut JsonObjectVisitor { out: &mut out });
+        write!(writer, "{{{}}}", out.strip_prefix(',').unwrap_or(&out))
+    }
+
+    fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &Record<'_>) -> fmt::Result {
+        let mut out = String::new();
+        fields.record(&mut JsonObjectVisitor { out: &mut out });
+        if out.is_empty() {
+            return Ok(());
+        }
+        match current.fields.strip_suffix('}') {
+            Some(open) if open.len() > 1 => current.fields = format!("{open}{out}}}"),
+            _ => current.fields = format!("{{{}}}", out.strip_prefix(',').unwrap_or(&out)),
+        }
+        Ok(())
+    }
+}
+
+/// Appends `,"name":value` for each field.
+struct JsonObjectVisitor<'a> {
+    out: &'a mut String,
+}
+
+impl JsonObjectVisitor<'_> {
+    fn key(&mut self, field: &Field) {
+        self.out.push(',');
+        json_string(self.out, field.name());
+        self.out.push(':');
+    }
+}
+
+impl Visit for JsonObjectVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        json_string(self.out, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        let _ = write!(self.out, "{value}");
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.key(field);
+        self.out.push('"');
+        let _ = write!(JsonEscaped(self.out), "{value:?}");
+        self.out.push('"');
+    }
+}
+
+/// Writes `value` as a JSON string literal.
+fn json_string(out: &mut String, value: &str) {
+    out.push('"');
+    let _ = JsonEscaped(out).write_str(value);
+    out.push('"');
+}
+
+/// A `fmt::Write` that escapes what it is given for the inside of a JSON string.
+struct JsonEscaped<'a>(&'a mut String);
+
+impl fmt::Write for JsonEscaped<'_> {
+    fn write_str(&mut self, value: &str) -> fmt::Result {
+        let out = &mut *self.0;
+        for c in value.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => {
+                    let _ = write!(out, "\\u{:04x}", c as u32);
+                }
+                c => out.push(c),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The process-wide Prometheus recorder (metrics has one global recorder).
@@ -60,38 +171,179 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Middleware: `http_requests_total` and `http_request_duration_seconds` by route and status.
-pub async fn http_metrics(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let response = next.call(req).await?;
-    // The route pattern, not the path: ids must not become label values.
-    let route = response.request().match_pattern().unwrap_or_else(|| "unmatched".into());
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    Ok(response)
+/// The request span, carrying the request id onto every log line of the request. Leaner than
+/// tracing-actix-web's default, which re-matches the route table and parses connection info on
+/// every request; and with one field, as JSON logs format span fields on every request. Method,
+/// path and status are on the line logged for a failed request (`request_metrics`).
+pub struct RequestSpan;
+
+impl RootSpanBuilder for RequestSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let request_id = request.extensions().get::<RequestId>().copied();
+        tracing::info_span!(
+            "HTTP request",
+            request_id = request_id.map(tracing::field::display),
+            http.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            exception.message = tracing::field::Empty,
+            exception.details = tracing::field::Empty,
+        )
+    }
+
+    /// Records the outcome only for errors: with JSON logs each `record` re-parses the span's
+    /// fields, and a successful request logs nothing that would show it.
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, actix_web::Error>) {
+        let failed = match outcome {
+            Ok(response) => response.response().error().is_some() || response.status().is_server_error(),
+            Err(_) => true,
+        };
+        if failed {
+            DefaultRootSpanBuilder::on_request_end(span, outcome);
+        }
+    }
+}
+
+/// The route pattern of the resource that served a request, set by the resource itself so the
+/// metrics need not match the route table again.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteLabel(pub &'static str);
+
+/// The metric handles for one (method, route, status), looked up once per worker thread.
+#[derive(Clone)]
+struct HttpMetrics {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+type HttpMetricsKey = (actix_web::http::Method, std::borrow::Cow<'static, str>, u16);
+
+thread_local! {
+    // Registry lookups hash every label on every call; the set of (method, route, status) a
+    // service sees is small, so each worker keeps its handles.
+    static HTTP_METRICS: std::cell::RefCell<std::collections::HashMap<HttpMetricsKey, HttpMetrics>> =
+        Default::default();
+}
+
+fn http_metrics_for(key: HttpMetricsKey) -> HttpMetrics {
+    HTTP_METRICS.with(|cache| {
+        cache
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with_key(|(method, route, status)| {
+                let (method, route) = (method.as_str().to_owned(), route.to_string());
+                HttpMetrics {
+                    requests: metrics::counter!("http_requests_total", "method" => method.clone(),
+                                                "route" => route.clone(), "status" => status.to_string()),
+                    duration: metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route),
+                }
+            })
+            .clone()
+    })
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Middleware: echoes the request id of the tracing span in `X-Request-Id`, so a caller can
-/// quote it and an operator can find the request's log lines.
-pub async fn request_id_header(
+/// Middleware: `X-Request-Id` on every response (the id of the request's tracing span, so a
+/// caller can quote it and an operator can find its log lines), and `http_requests_total` /
+/// `http_request_duration_seconds` by route pattern and status.
+pub async fn request_metrics(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().clone();
     let id = req.extensions().get::<RequestId>().copied();
     let mut response = next.call(req).await?;
-    if let Some(id) = id
-        && let Ok(value) = HeaderValue::from_str(&id.to_string())
-    {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    if let Some(id) = id {
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let text = id.hyphenated().encode_lower(&mut buffer);
+        if let Ok(value) = HeaderValue::from_str(text) {
+            response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+        }
     }
+    let status = response.status();
+    if status.is_server_error() {
+        let error = response.response().error().map(|e| format!("{e:#}"));
+        tracing::error!(http.method = %method, http.target = %response.request().path(),
+                        http.status_code = status.as_u16(), error = error.as_deref().unwrap_or(""),
+                        "request failed");
+    }
+    // The route pattern, not the path: ids must not become label values.
+    let label = response.request().extensions().get::<RouteLabel>().copied();
+    let route = match label {
+        Some(RouteLabel(route)) => route.into(),
+        None => response.request().match_pattern().map_or("unmatched".into(), Into::into),
+    };
+    let metrics = http_metrics_for((method, route, status.as_u16()));
+    metrics.requests.increment(1);
+    metrics.duration.record(started.elapsed().as_secs_f64());
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_what_json_requires() {
+        let mut out = String::new();
+        json_string(&mut out, "a\"b\\c\nd\u{1}é");
+        let back: String = serde_json::from_str(&out).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn span_fields_are_a_json_object_the_json_logger_can_read() {
+        use tracing_subscriber::layer::SubscriberExt;
+
+        let (writer, lines) = CapturedLines::new();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .fmt_fields(JsonSpanFields)
+                .with_writer(writer),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("HTTP request", request_id = %"r-1", n = 5_u64, later = tracing::field::Empty);
+            span.record("later", "x\"y");
+            span.in_scope(|| tracing::info!(customer = "c", "inside"));
+        });
+        let line: serde_json::Value = serde_json::from_str(lines.lock().unwrap().trim()).unwrap();
+        assert_eq!(line["span"]["request_id"], "r-1");
+        assert_eq!(line["span"]["n"], 5);
+        assert_eq!(line["span"]["later"], "x\"y");
+        assert_eq!(line["message"], "inside");
+        assert!(line.get("field_error").is_none() && line["span"].get("field_error").is_none(), "{line}");
+    }
+
+    /// A `MakeWriter` that keeps what is logged.
+    #[derive(Clone)]
+    struct CapturedLines(std::sync::Arc<std::sync::Mutex<String>>);
+
+    impl CapturedLines {
+        fn new() -> (Self, std::sync::Arc<std::sync::Mutex<String>>) {
+            let lines = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            (Self(lines.clone()), lines)
+        }
+    }
+
+    impl std::io::Write for CapturedLines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push_str(&String::from_utf8_lossy(buf));
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLines {
+        type Writer = Self;
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
 }

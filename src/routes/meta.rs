@@ -27,5 +27,5 @@ pub struct WhoAmI {
         (status = 401, description = "No or unknown API key", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn whoami(caller: Caller) -> web::Json<WhoAmI> {
-    web::Json(WhoAmI { name: caller.name.to_string(), scopes: caller.scopes })
+    web::Json(WhoAmI { name: caller.name.to_string(), scopes: caller.scopes.iter().collect() })
 }

@@ -241,7 +241,7 @@ async fn delete_limit(
         .ok()
         .filter(|id| state.limits.contains_key(id))
         .ok_or(Reply::NotFound(NotFoundBody::SuccessFalse))?;
-    state.limits.remove(&limit);
+    state.remove_limit(limit);
     Ok(HttpResponse::Ok().finish())
 }
 

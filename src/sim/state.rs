@@ -20,6 +20,8 @@ pub struct SimCustomer {
     pub status: String,
     /// In creation order: BillaBear takes the estimate's currency from the first.
     pub subscriptions: Vec<SubscriptionId>,
+    /// This customer's limits (an index into `SimState::limits`).
+    pub limits: Vec<LimitId>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +155,7 @@ impl SimState {
                 email: seed.email.clone().unwrap_or_else(|| format!("{id}@example.com")),
                 status: seed.status.clone(),
                 subscriptions: vec![],
+                limits: vec![],
             },
         );
         for sub in &seed.subscriptions {
@@ -203,19 +206,28 @@ impl SimState {
         amount: i64,
         action: LimitAction,
     ) -> Result<SimLimit, SeedError> {
-        if !self.customers.contains_key(&customer) {
-            return Err(SeedError::NoSuchCustomer(customer));
-        }
+        let owner = self.customers.get_mut(&customer).ok_or(SeedError::NoSuchCustomer(customer))?;
         if amount <= 0 {
             return Err(SeedError::BadLimit);
         }
+        owner.limits.push(id);
         let limit = SimLimit { id, customer, amount, action };
         self.limits.insert(id, limit.clone());
         Ok(limit)
     }
 
+    /// Removes a limit found by id alone, whoever owns it (as BillaBear's delete does).
+    pub fn remove_limit(&mut self, id: LimitId) -> Option<SimLimit> {
+        let limit = self.limits.remove(&id)?;
+        if let Some(owner) = self.customers.get_mut(&limit.customer) {
+            owner.limits.retain(|l| *l != id);
+        }
+        Some(limit)
+    }
+
     pub fn customer_limits(&self, customer: CustomerId) -> Vec<&SimLimit> {
-        let mut limits: Vec<_> = self.limits.values().filter(|l| l.customer == customer).collect();
+        let Some(owner) = self.customers.get(&customer) else { return vec![] };
+        let mut limits: Vec<_> = owner.limits.iter().filter_map(|id| self.limits.get(id)).collect();
         limits.sort_by_key(|l| (l.amount, l.id));
         limits
     }

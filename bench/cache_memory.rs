@@ -1,0 +1,128 @@
+//! Memory of the snapshot cache with N customers (default 1,000,000), each with a WARNING and a
+//! DISABLE limit, measured as the process's RSS. `--naive` fills a cache of String-keyed,
+//! String-fielded snapshots instead: the baseline, run as a separate process.
+//!
+//!   cargo run --release --example cache-memory -- 1000000
+//!   cargo run --release --example cache-memory -- 1000000 --naive
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use secrecy::SecretString;
+use usage_gate::billabear::BillaBearClient;
+use usage_gate::cache::{Currency, Known, SnapshotCache, SnapshotData};
+use usage_gate::config::{RawApiKey, RawSettings};
+use usage_gate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId};
+use usage_gate::policy::Limit;
+use uuid::Uuid;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// What a straightforward implementation would cache: JSON-shaped, String everywhere.
+#[allow(dead_code)]
+struct NaiveSnapshot {
+    customer_id: String,
+    status: String,
+    estimate: i64,
+    currency: String,
+    limits: Vec<NaiveLimit>,
+    fetched_at: SystemTime,
+}
+
+#[allow(dead_code)]
+struct NaiveLimit {
+    id: String,
+    amount: i64,
+    action: String,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let naive = args.iter().any(|a| a == "--naive");
+    let base = rss_mib();
+    let entries = if naive { fill_naive(n) } else { fill_compact(n) };
+    let rss = rss_mib();
+    let kind = if naive { "naive (String keys and fields)" } else { "usage-gate SnapshotCache" };
+    println!(
+        "{kind}: {entries} customers cached, RSS {rss:.0} MiB ({:.0} MiB over the empty process, {:.0} bytes per customer)",
+        rss - base,
+        (rss - base) * 1024.0 * 1024.0 / entries.max(1) as f64
+    );
+}
+
+fn fill_compact(n: u64) -> u64 {
+    let mut raw = RawSettings::defaults();
+    raw.billabear.api_key = SecretString::from("unused");
+    raw.cache.max_customers = n;
+    raw.auth.keys = vec![RawApiKey {
+        name: "bench".into(),
+        key: Some(SecretString::from("bench-key-0123456789")),
+        sha256: None,
+        scopes: vec!["check".into()],
+    }];
+    let settings = raw.validate().expect("valid settings");
+    let cache = SnapshotCache::new(BillaBearClient::new(&settings.billabear).unwrap(), &settings.cache);
+    for i in 0..n {
+        let limits = vec![
+            Limit {
+                id: LimitId::from(Uuid::from_u128(i as u128 | 1 << 64)),
+                amount: 5000,
+                action: LimitAction::Warning,
+            },
+            Limit {
+                id: LimitId::from(Uuid::from_u128(i as u128 | 2 << 64)),
+                amount: 10000,
+                action: LimitAction::Disable,
+            },
+        ];
+        let known = Known {
+            status: CustomerStatus::Active,
+            estimate: (i % 20_000) as i64,
+            currency: Currency::parse("USD"),
+            limits: limits.into_boxed_slice(),
+        };
+        cache.insert(CustomerId::from(Uuid::from_u128(i as u128)), SnapshotData::Known(known));
+    }
+    cache.len()
+}
+
+fn fill_naive(n: u64) -> u64 {
+    let cache: moka::sync::Cache<String, Arc<NaiveSnapshot>> =
+        moka::sync::Cache::builder().max_capacity(n).build();
+    for i in 0..n {
+        let id = Uuid::from_u128(i as u128).to_string();
+        let limits = vec![
+            NaiveLimit {
+                id: Uuid::from_u128(i as u128 | 1 << 64).to_string(),
+                amount: 5000,
+                action: "WARNING".into(),
+            },
+            NaiveLimit {
+                id: Uuid::from_u128(i as u128 | 2 << 64).to_string(),
+                amount: 10000,
+                action: "DISABLE".into(),
+            },
+        ];
+        let snapshot = NaiveSnapshot {
+            customer_id: id.clone(),
+            status: "active".into(),
+            estimate: (i % 20_000) as i64,
+            currency: "USD".into(),
+            limits,
+            fetched_at: SystemTime::now(),
+        };
+        cache.insert(id, Arc::new(snapshot));
+    }
+    cache.run_pending_tasks();
+    cache.entry_count()
+}

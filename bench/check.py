@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""The check benchmark (issue 3). Runs everything on this machine, in one go:
+
+  1. warm check throughput at 64 connections (wrk), against a bare actix-web handler measured in
+     the same run with the same load generator: the ratio is the figure that matters;
+  2. latency p50/p99 at a fixed offered load below saturation (oha -q), for both;
+  3. the same with 100,000 distinct warm customers picked at random per request;
+  4. 1,000 cold customers checked at once against the simulator with 20 ms latency: wall time,
+     and that every customer was fetched exactly once;
+  5. RSS with 1,000,000 cached customers, and a naive String-keyed cache as the baseline.
+
+Needs Postgres at 127.0.0.1:5432, wrk (apt-get install wrk) and oha (cargo install oha).
+
+  python3 bench/check.py [--duration 10] [--rate 10000] [--skip-memory]
+"""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+APP, SIM, BARE = "127.0.0.1:18080", "127.0.0.1:18090", "127.0.0.1:18081"
+KEY, SIM_KEY = "bench-check-key-0123456789", "bench-sim-key"
+WARM_CUSTOMERS, COLD_CUSTOMERS = 100_000, 1_000
+
+
+def customer(i):
+    return f"00000000-0000-4000-8000-{i:012d}"
+
+
+def seed_file(path):
+    customers = []
+    for i in range(WARM_CUSTOMERS + COLD_CUSTOMERS):
+        customers.append({
+            "id": customer(i),
+            "subscriptions": [{"id": f"10000000-0000-4000-8000-{i:012d}", "metric": "api_calls",
+                               "unit_price": 1.0, "usage": i % 12000}],
+            "limits": [{"amount": 5000, "action": "WARNING"}, {"amount": 10000, "action": "DISABLE"}],
+        })
+    with open(path, "w") as f:
+        json.dump({"metrics": [{"code": "api_calls"}], "customers": customers}, f)
+
+
+def request(method, url, body=None, headers=None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        text = r.read()
+        return json.loads(text) if text else None
+
+
+def wait_for(url, what):
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            time.sleep(0.1)
+    sys.exit(f"{what} did not come up at {url}")
+
+
+def wrk(url, duration, script=None):
+    cmd = ["wrk", "-t2", "-c64", f"-d{duration}s", "--latency", "-H", f"Authorization: Bearer {KEY}"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        sys.exit(f"wrk saw {non2xx.group(1)} error responses from {url}:\n{out}")
+    return rps
+
+
+def oha(url, duration, rate, random_ids=False):
+    cmd = ["oha", "--no-tui", "--output-format", "json", "-c", "64", "-q", str(rate), "-z", f"{duration}s",
+           "-H", f"Authorization: Bearer {KEY}"]
+    if random_ids:
+        cmd += ["--rand-regex-url", url]
+    else:
+        cmd += [url]
+    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    codes = out.get("statusCodeDistribution", {})
+    if set(codes) - {"200"}:
+        sys.exit(f"oha saw non-200 answers from {url}: {codes}")
+    p = out["latencyPercentiles"]
+    return {"rps": out["summary"]["requestsPerSec"], "p50_ms": p["p50"] * 1000, "p99_ms": p["p99"] * 1000}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
+    parser.add_argument("--rate", type=int, default=10000, help="offered load for the latency runs (req/s)")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    for tool in ("wrk", "oha"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed: apt-get install wrk / cargo install oha")
+
+    subprocess.run(["cargo", "build", "--release", "--bin", "usage-gate", "--examples"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="usage-gate-bench-")
+    seed = os.path.join(work, "seed.json")
+    seed_file(seed)
+    config = os.path.join(work, "usage-gate.toml")
+    with open(config, "w") as f:
+        f.write(f"""
+[server]
+address = "{APP}"
+[billabear]
+base_url = "http://{SIM}/api/v1"
+api_key = "{SIM_KEY}"
+timeout_ms = 2000
+[cache]
+ttl_ms = 3600000
+max_stale_ms = 3600000
+fetch_concurrency = 64
+[log]
+level = "warn"
+[[auth.keys]]
+name = "bench"
+key = "{KEY}"
+scopes = ["check", "admin"]
+""")
+    env = dict(os.environ, DATABASE_URL="postgres://postgres@127.0.0.1:5432/usage_gate_bench")
+    procs = []
+
+    def start(cmd, **kw):
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        start([os.path.join(RELEASE, "usage-gate"), "sim", "--address", SIM, "--api-key", SIM_KEY,
+               "--seed", seed, "--workers", "1"])
+        wait_for(f"http://{SIM}/_sim/healthz", "the simulator")
+        start([os.path.join(RELEASE, "usage-gate"), "--config", config, "serve"], env=env)
+        wait_for(f"http://{APP}/healthz", "usage-gate")
+        start([os.path.join(RELEASE, "examples", "bare-actix"), BARE])
+        wait_for(f"http://{BARE}/v1/customers/{customer(0)}/check", "the bare handler")
+        auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+
+        # Warm: every one of the 100,000 customers, by batches of 1,000.
+        started = time.time()
+        for start_at in range(0, WARM_CUSTOMERS, 1000):
+            items = [{"id": customer(i)} for i in range(start_at, start_at + 1000)]
+            answer = request("POST", f"http://{APP}/v1/check", {"customers": items}, auth)
+            assert all(d.get("source") in ("upstream", "cache") for d in answer["decisions"]), answer["decisions"][0]
+        warm_s = time.time() - started
+
+        one = f"/v1/customers/{customer(7)}/check"
+        # oha's regex URLs treat "." literally, so the address needs no escaping.
+        regex = f"http://{APP}/v1/customers/00000000-0000-4000-8000-0000000[0-9]{{5}}/check"
+        lua = os.path.join(work, "random.lua")
+        with open(lua, "w") as f:
+            f.write('request = function()\n'
+                    '  return wrk.format(nil, string.format("/v1/customers/00000000-0000-4000-8000-%012d/check",'
+                    f' math.random(0, {WARM_CUSTOMERS - 1})))\nend\n')
+
+        results = {}
+        results["bare_rps"] = wrk(f"http://{BARE}{one}", args.duration)
+        results["check_rps"] = wrk(f"http://{APP}{one}", args.duration)
+        results["bare_rps_2"] = wrk(f"http://{BARE}{one}", args.duration)
+        results["random_rps"] = wrk(f"http://{APP}{one}", args.duration, script=lua)
+        results["bare_latency"] = oha(f"http://{BARE}{one}", args.duration, args.rate)
+        results["check_latency"] = oha(f"http://{APP}{one}", args.duration, args.rate)
+        results["random_latency"] = oha(regex, args.duration, args.rate, random_ids=True)
+
+        # Cold: 1,000 customers never checked, at once, with BillaBear answering in 20 ms.
+        request("PUT", f"http://{SIM}/_sim/faults", {"latency_ms": 20}, {"Content-Type": "application/json"})
+        request("DELETE", f"http://{SIM}/_sim/requests")
+        cold = [{"id": customer(i)} for i in range(WARM_CUSTOMERS, WARM_CUSTOMERS + COLD_CUSTOMERS)]
+        started = time.time()
+        answer = request("POST", f"http://{APP}/v1/check", {"customers": cold}, auth)
+        results["cold_wall_s"] = time.time() - started
+        assert all(d["source"] == "upstream" for d in answer["decisions"]), "every cold customer fetched"
+        seen = request("GET", f"http://{SIM}/_sim/requests")["by_path"]
+        per_customer = [seen.get(f"GET /api/v1/customer/{c['id']}/costs", 0) for c in cold]
+        results["cold_fetched_once"] = all(n == 1 for n in per_customer)
+        results["cold_costs_calls"] = sum(per_customer)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+    bare = (results["bare_rps"] + results["bare_rps_2"]) / 2
+    print()
+    print(f"warm-up: {WARM_CUSTOMERS} customers in {warm_s:.1f} s")
+    print(f"throughput, wrk -t2 -c64 -d{args.duration}s (saturation):")
+    print(f"  bare actix-web handler        {bare:>10.0f} req/s  (runs: {results['bare_rps']:.0f}, {results['bare_rps_2']:.0f})")
+    print(f"  check, one warm customer      {results['check_rps']:>10.0f} req/s  = {results['check_rps'] / bare:.0%} of bare")
+    print(f"  check, 100k random customers  {results['random_rps']:>10.0f} req/s  = {results['random_rps'] / bare:.0%} of bare")
+    print(f"latency at {args.rate} req/s offered, oha -c64 -q{args.rate} -z{args.duration}s:")
+    for name in ("bare_latency", "check_latency", "random_latency"):
+        r = results[name]
+        print(f"  {name:<28}  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  ({r['rps']:.0f} req/s achieved)")
+    print(f"cold: {COLD_CUSTOMERS} customers in one batch, BillaBear latency 20 ms: {results['cold_wall_s']:.2f} s wall, "
+          f"each fetched exactly once: {results['cold_fetched_once']} ({results['cold_costs_calls']} cost calls)")
+    if not args.skip_memory:
+        for flag in ([], ["--naive"]):
+            out = subprocess.run([os.path.join(RELEASE, "examples", "cache-memory"), "1000000", *flag],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            print(f"memory: {out}")
+
+
+if __name__ == "__main__":
+    main()
