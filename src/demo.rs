@@ -67,9 +67,10 @@ Demo customers (amounts in USD cents, as BillaBear sends them):
   66666666-6666-4666-8666-666666666666  Stark     flat plan, no usage
 
 Try:
+  curl -s -H 'Authorization: Bearer {key}' {base}/v1/customers/44444444-4444-4444-8444-444444444444/check
+  curl -s -H 'Authorization: Bearer {key}' '{base}/v1/customers/11111111-1111-4111-8111-111111111111/check?cost=9000'
+  curl -si -H 'Authorization: Bearer {key}' -H 'X-Customer-Id: 33333333-3333-4333-8333-333333333333' {base}/v1/gate
   curl -s {base}/readyz
-  curl -s -H 'Authorization: Bearer {key}' {base}/v1/whoami
-  curl -s -H 'X-API-Key: {SIM_KEY}' {sim_url}/customer/44444444-4444-4444-8444-444444444444/costs
 "#,
         sim_url = sim.base_url(),
         control = sim.control_url(),

@@ -52,42 +52,48 @@ pub struct JsonSpanFields;
 
 impl<'writer> FormatFields<'writer> for JsonSpanFields {
     fn format_fields<R: RecordFields>(&self, mut writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut out = String::new();
-        fields.record(&mut JsonObjectVisitor { out: &mut out });
-        write!(writer, "{{{}}}", out.strip_prefix(',').unwrap_or(&out))
+        writer.write_char('{')?;
+        let mut visitor = JsonObjectVisitor { out: &mut writer, first: true };
+        fields.record(&mut visitor);
+        writer.write_char('}')
     }
 
     fn add_fields(&self, current: &'writer mut FormattedFields<Self>, fields: &Record<'_>) -> fmt::Result {
-        let mut out = String::new();
-        fields.record(&mut JsonObjectVisitor { out: &mut out });
-        if out.is_empty() {
-            return Ok(());
+        // Reopen the object: `{"a":1}` becomes `{"a":1,"b":2}`.
+        let had_fields = current.fields.len() > 2;
+        if current.fields.ends_with('}') {
+            current.fields.pop();
+        } else {
+            current.fields.clear();
+            current.fields.push('{');
         }
-        match current.fields.strip_suffix('}') {
-            Some(open) if open.len() > 1 => current.fields = format!("{open}{out}}}"),
-            _ => current.fields = format!("{{{}}}", out.strip_prefix(',').unwrap_or(&out)),
-        }
+        let mut visitor = JsonObjectVisitor { out: &mut current.fields, first: !had_fields };
+        fields.record(&mut visitor);
+        current.fields.push('}');
         Ok(())
     }
 }
 
-/// Appends `,"name":value` for each field.
-struct JsonObjectVisitor<'a> {
-    out: &'a mut String,
+/// Writes `"name":value` for each field, comma-separated.
+struct JsonObjectVisitor<'a, W: fmt::Write> {
+    out: &'a mut W,
+    first: bool,
 }
 
-impl JsonObjectVisitor<'_> {
+impl<W: fmt::Write> JsonObjectVisitor<'_, W> {
     fn key(&mut self, field: &Field) {
-        self.out.push(',');
-        json_string(self.out, field.name());
-        self.out.push(':');
+        if !std::mem::take(&mut self.first) {
+            let _ = self.out.write_char(',');
+        }
+        let _ = json_string(self.out, field.name());
+        let _ = self.out.write_char(':');
     }
 }
 
-impl Visit for JsonObjectVisitor<'_> {
+impl<W: fmt::Write> Visit for JsonObjectVisitor<'_, W> {
     fn record_str(&mut self, field: &Field, value: &str) {
         self.key(field);
-        json_string(self.out, value);
+        let _ = json_string(self.out, value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -107,36 +113,36 @@ impl Visit for JsonObjectVisitor<'_> {
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.key(field);
-        self.out.push('"');
-        let _ = write!(JsonEscaped(self.out), "{value:?}");
-        self.out.push('"');
+        let _ = self.out.write_char('"');
+        let _ = write!(JsonEscaped(&mut *self.out), "{value:?}");
+        let _ = self.out.write_char('"');
     }
 }
 
 /// Writes `value` as a JSON string literal.
-fn json_string(out: &mut String, value: &str) {
-    out.push('"');
-    let _ = JsonEscaped(out).write_str(value);
-    out.push('"');
+fn json_string<W: fmt::Write + ?Sized>(out: &mut W, value: &str) -> fmt::Result {
+    out.write_char('"')?;
+    JsonEscaped(out).write_str(value)?;
+    out.write_char('"')
 }
 
 /// A `fmt::Write` that escapes what it is given for the inside of a JSON string.
-struct JsonEscaped<'a>(&'a mut String);
+struct JsonEscaped<'a, W: fmt::Write + ?Sized>(&'a mut W);
 
-impl fmt::Write for JsonEscaped<'_> {
+impl<W: fmt::Write + ?Sized> fmt::Write for JsonEscaped<'_, W> {
     fn write_str(&mut self, value: &str) -> fmt::Result {
-        let out = &mut *self.0;
+        if !value.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+            return self.0.write_str(value);
+        }
         for c in value.chars() {
             match c {
-                '"' => out.push_str("\\\""),
-                '\\' => out.push_str("\\\\"),
-                '\n' => out.push_str("\\n"),
-                '\r' => out.push_str("\\r"),
-                '\t' => out.push_str("\\t"),
-                c if (c as u32) < 0x20 => {
-                    let _ = write!(out, "\\u{:04x}", c as u32);
-                }
-                c => out.push(c),
+                '"' => self.0.write_str("\\\"")?,
+                '\\' => self.0.write_str("\\\\")?,
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c if (c as u32) < 0x20 => write!(self.0, "\\u{:04x}", c as u32)?,
+                c => self.0.write_char(c)?,
             }
         }
         Ok(())
@@ -179,10 +185,13 @@ pub struct RequestSpan;
 
 impl RootSpanBuilder for RequestSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
-        let request_id = request.extensions().get::<RequestId>().copied();
+        // TracingLogger puts the id in before it asks for the span.
+        let request_id = request.extensions().get::<RequestId>().map_or(uuid::Uuid::nil(), |id| **id);
+        let mut buffer = uuid::Uuid::encode_buffer();
+        let request_id: &str = request_id.hyphenated().encode_lower(&mut buffer);
         tracing::info_span!(
             "HTTP request",
-            request_id = request_id.map(tracing::field::display),
+            request_id,
             http.status_code = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
             exception.message = tracing::field::Empty,
@@ -287,7 +296,7 @@ mod tests {
     #[test]
     fn json_strings_escape_what_json_requires() {
         let mut out = String::new();
-        json_string(&mut out, "a\"b\\c\nd\u{1}é");
+        json_string(&mut out, "a\"b\\c\nd\u{1}é").unwrap();
         let back: String = serde_json::from_str(&out).unwrap();
         assert_eq!(back, "a\"b\\c\nd\u{1}é");
     }

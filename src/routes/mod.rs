@@ -29,6 +29,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(check::refresh)),
     )
     .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)))
+    // Envoy's ext_authz appends the original request path to its path prefix.
+    .service(keyed("/v1/gate/{original_path:.*}", Some(Scope::Check)).route(web::get().to(check::gate)))
     .route("/healthz", web::get().to(health::healthz))
     .route("/readyz", web::get().to(health::readyz))
     .route("/metrics", web::get().to(meta::metrics))

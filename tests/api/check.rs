@@ -391,6 +391,20 @@ async fn the_gate_answers_204_or_the_blocked_status_with_usage_headers() {
 }
 
 #[tokio::test]
+async fn the_gate_also_answers_under_a_path_suffix_as_envoy_sends_it() {
+    let app = TestApp::spawn().await;
+    let gate = |customer: &'static str| {
+        app.http
+            .get(app.url("/v1/gate/api/orders/42"))
+            .bearer_auth(CHECK_KEY)
+            .header("X-Customer-Id", customer)
+            .send()
+    };
+    assert_eq!(gate(ACME).await.unwrap().status(), 204);
+    assert_problem(gate(UMBRELLA_OVER).await.unwrap(), 403, "usage_blocked").await;
+}
+
+#[tokio::test]
 async fn the_gate_header_and_blocked_status_are_configurable() {
     let app = TestApp::spawn_with(|raw| {
         raw.gate.customer_header = "X-Tenant".into();
