@@ -81,6 +81,11 @@ impl Snapshot {
         Self { fetched_at_ms: now, last_attempt_ms: AtomicU64::new(now), data }
     }
 
+    /// A snapshot as fetched at `at` (Unix ms): for tests and tools that build decisions.
+    pub fn fetched_at(data: SnapshotData, at: u64) -> Self {
+        Self::new(data, at)
+    }
+
     pub fn age_ms(&self, now: u64) -> u64 {
         now.saturating_sub(self.fetched_at_ms)
     }

@@ -85,12 +85,12 @@ impl DecisionMetrics {
         }
     }
 
-    fn record(&self, verdict: &Verdict) {
-        self.by_status[verdict.status as usize].increment(1);
-        for reason in verdict.reasons.iter() {
+    fn record(&self, decision: &Decision) {
+        self.by_status[decision.status as usize].increment(1);
+        for reason in decision.reasons.iter() {
             self.by_reason[reason as usize].increment(1);
         }
-        if verdict.would_block == Some(true) {
+        if decision.would_block == Some(true) {
             self.shadow_would_block.increment(1);
         }
     }
@@ -122,12 +122,7 @@ impl Checker {
 
     fn explain(&self, id: CustomerId, cost: Option<i64>, lookup: Lookup) -> Decision {
         let decision = explain(id, cost, lookup, &self.policy, now_ms());
-        self.metrics.record(&Verdict {
-            allowed: decision.allowed,
-            status: decision.status,
-            reasons: decision.reasons,
-            would_block: decision.would_block,
-        });
+        self.metrics.record(&decision);
         decision
     }
 }
@@ -185,5 +180,83 @@ pub fn explain(
         estimate: Some(Estimate { amount: known.estimate, currency: known.currency }),
         customer_status: Some(known.status.clone()),
         ..empty(verdict, lookup.source, Some(snapshot.as_ref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cache::{Known, Snapshot};
+    use crate::policy::{FailMode, Limit};
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    fn lookup(data: SnapshotData, age_ms: u64, source: Source) -> Lookup {
+        Lookup { snapshot: Some(Arc::new(Snapshot::fetched_at(data, NOW - age_ms))), source }
+    }
+
+    fn known(estimate: i64, limits: &[(i64, LimitAction)]) -> SnapshotData {
+        SnapshotData::Known(Known {
+            status: CustomerStatus::Active,
+            estimate,
+            currency: Currency::parse("EUR"),
+            limits: limits
+                .iter()
+                .map(|&(amount, action)| Limit { id: LimitId::new_v4(), amount, action })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn a_stale_snapshot_still_decides_and_says_how_old_it_is() {
+        let id = CustomerId::new_v4();
+        let d = explain(
+            id,
+            None,
+            lookup(known(150, &[(100, LimitAction::Disable)]), 45_000, Source::Stale),
+            &PolicySettings::default(),
+            NOW,
+        );
+        assert_eq!(
+            (d.allowed, d.status, d.source, d.fallback),
+            (false, Status::Blocked, Source::Stale, false)
+        );
+        assert_eq!(d.age_ms, Some(45_000));
+        assert_eq!(d.estimate, Some(Estimate { amount: 150, currency: Currency::parse("EUR") }));
+        assert_eq!((d.limits[0].exceeded, d.limits[0].remaining), (true, 0));
+        assert_eq!(d.as_of, Some(Timestamp(NOW - 45_000)));
+    }
+
+    #[test]
+    fn no_snapshot_or_an_unavailable_marker_is_the_fallback_policy() {
+        let id = CustomerId::new_v4();
+        let closed = PolicySettings { fail_mode: FailMode::Closed, ..PolicySettings::default() };
+        for lookup in [
+            Lookup { snapshot: None, source: Source::Fallback },
+            lookup(SnapshotData::Unavailable, 10, Source::Cache),
+        ] {
+            let d = explain(id, Some(5), lookup, &closed, NOW);
+            assert_eq!(
+                (d.allowed, d.status, d.fallback, d.source),
+                (false, Status::Unknown, true, Source::Fallback)
+            );
+            assert_eq!(d.reasons.iter().collect::<Vec<_>>(), [Reason::UpstreamUnavailable]);
+            assert_eq!((d.estimate, d.as_of, d.age_ms, d.cost), (None, None, None, Some(5)));
+        }
+    }
+
+    #[test]
+    fn a_customer_billabear_does_not_know_is_unknown_with_its_age() {
+        let d = explain(
+            CustomerId::new_v4(),
+            None,
+            lookup(SnapshotData::NotFound, 3, Source::Cache),
+            &PolicySettings::default(),
+            NOW,
+        );
+        assert_eq!((d.allowed, d.status, d.fallback, d.age_ms), (false, Status::Unknown, false, Some(3)));
+        assert_eq!(d.reasons.iter().collect::<Vec<_>>(), [Reason::CustomerNotFound]);
     }
 }
