@@ -50,15 +50,13 @@ impl Application {
         let max_body = settings.server.max_body_bytes;
         let workers = settings.server.workers;
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
+        // Before anything registers metric handles: a handle taken before the recorder is
+        // installed stays a no-op for good.
+        let metrics = telemetry::metrics_handle();
         let cache = SnapshotCache::new(billabear.clone(), &settings.cache);
         let checker = Checker::new(cache, settings.policy.clone());
-        let state = web::Data::new(AppState {
-            settings: Arc::new(settings),
-            pool,
-            billabear,
-            checker,
-            metrics: telemetry::metrics_handle(),
-        });
+        let state =
+            web::Data::new(AppState { settings: Arc::new(settings), pool, billabear, checker, metrics });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

@@ -479,3 +479,21 @@ async fn refresh_refetches_now_and_reports_upstream_failures() {
     app.sim.set_faults(json!({"outage": "hang"})).await;
     assert_problem(refresh(&app).await.unwrap(), 504, "upstream_timeout").await;
 }
+
+#[tokio::test]
+async fn decisions_and_cache_lookups_are_counted_in_metrics() {
+    let app = TestApp::spawn().await;
+    app.check(UMBRELLA_OVER).await;
+    app.check(UMBRELLA_OVER).await;
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    for series in [
+        r#"usage_gate_decisions_total{status="blocked"}"#,
+        r#"usage_gate_decision_reasons_total{reason="disable_limit_exceeded"}"#,
+        r#"usage_gate_cache_lookups_total{result="miss"}"#,
+        r#"usage_gate_cache_lookups_total{result="hit"}"#,
+        r#"usage_gate_cache_refresh_seconds_count{outcome="ok"}"#,
+        r#"http_requests_total{method="GET",route="/v1/customers/{customer_id}/check",status="200"}"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
+}
