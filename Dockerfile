@@ -3,12 +3,14 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 # Dependencies first, so a source change does not rebuild them.
 COPY Cargo.toml Cargo.lock build.rs ./
-RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && mkdir migrations config && cargo build --release --locked || true
+RUN mkdir src bench migrations config \
+    && for f in src/main.rs bench/bare_actix.rs bench/cache_memory.rs; do echo 'fn main() {}' > "$f"; done \
+    && touch src/lib.rs && cargo build --release --locked --bin usage-gate
 COPY src src
+COPY bench bench
 COPY migrations migrations
 COPY config config
-RUN touch src/main.rs src/lib.rs && cargo build --release --locked
+RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin usage-gate
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
