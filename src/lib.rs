@@ -10,6 +10,7 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod outbox;
 pub mod policy;
 pub mod routes;
 pub mod sim;

@@ -6,5 +6,6 @@ mod billabear_client;
 mod check;
 mod cli;
 mod helpers;
+mod outbox;
 mod service;
 mod simulator;

@@ -1,0 +1,208 @@
+//! The outbox table's operations. Accepting is one transaction per call, however many events
+//! it holds (so concurrent requests can share one); claiming uses `FOR UPDATE SKIP LOCKED` and
+//! a lease, so several replicas can share the table and a dead replica's claims are taken over.
+
+use std::time::Duration;
+
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use super::event::{IncomingEvent, Target};
+
+/// Woken on every accepted batch, so forwarders need not poll.
+pub const NOTIFY_CHANNEL: &str = "usage_gate_outbox";
+
+/// What became of one event handed to [`accept`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored now.
+    New,
+    /// Already stored with the same content: nothing was written.
+    Duplicate,
+    /// Already stored with other content under this `event_id`: nothing was written.
+    Conflict,
+}
+
+/// Stores the events in one transaction (one multi-row insert) and answers for each, in order.
+/// An `event_id` already stored, or repeated earlier in `events`, is a duplicate or a conflict.
+/// Nothing is acknowledged unless the commit succeeded.
+pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
+    if events.is_empty() {
+        return Ok(vec![]);
+    }
+    let fingerprints: Vec<Vec<u8>> = events.iter().map(|e| e.fingerprint().to_vec()).collect();
+    let ids: Vec<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+    let subscriptions: Vec<Option<Uuid>> = events
+        .iter()
+        .map(|e| match e.target {
+            Target::Subscription(s) => Some(s.as_uuid()),
+            Target::Customer(_) => None,
+        })
+        .collect();
+    let customers: Vec<Option<Uuid>> = events
+        .iter()
+        .map(|e| match e.target {
+            Target::Customer(c) => Some(c.as_uuid()),
+            Target::Subscription(_) => None,
+        })
+        .collect();
+    let codes: Vec<&str> = events.iter().map(|e| e.code.as_str()).collect();
+    let values: Vec<f64> = events.iter().map(|e| e.value).collect();
+    let properties: Vec<String> =
+        events.iter().map(|e| serde_json::Value::Object(e.properties.clone()).to_string()).collect();
+
+    let mut tx = pool.begin().await?;
+    // WITH ORDINALITY keeps the request's order, so the first of two rows with one event_id wins.
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint)
+         SELECT e, s, c, code, v, p::jsonb, f
+         FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::bytea[])
+              WITH ORDINALITY AS t(e, s, c, code, v, p, f, n)
+         ORDER BY n
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id",
+    )
+    .bind(&ids)
+    .bind(&subscriptions)
+    .bind(&customers)
+    .bind(&codes)
+    .bind(&values)
+    .bind(&properties)
+    .bind(&fingerprints)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut fresh: std::collections::HashSet<String> = inserted.into_iter().collect();
+    let mut stored: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    if fresh.len() < events.len() {
+        let rows = sqlx::query("SELECT event_id, fingerprint FROM outbox WHERE event_id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *tx)
+            .await?;
+        for row in rows {
+            stored.insert(row.try_get("event_id")?, row.try_get("fingerprint")?);
+        }
+    }
+    if !fresh.is_empty() {
+        sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(events
+        .iter()
+        .zip(&fingerprints)
+        .map(|(event, fingerprint)| {
+            // `remove`: a second item with the id of one inserted by this call is a repeat.
+            if fresh.remove(event.event_id.as_str()) {
+                Accepted::New
+            } else if stored.get(event.event_id.as_str()) == Some(fingerprint) {
+                Accepted::Duplicate
+            } else {
+                Accepted::Conflict
+            }
+        })
+        .collect())
+}
+
+/// A pending event claimed for delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claimed {
+    pub id: i64,
+    pub event_id: String,
+    pub subscription_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
+    pub code: String,
+    pub value: f64,
+    pub properties: serde_json::Value,
+    /// Including this one.
+    pub attempts: i32,
+}
+
+/// Claims up to `limit` due events for `lease`. Rows another forwarder holds are skipped; an
+/// expired lease (its forwarder died) is taken over.
+pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
+    let rows = sqlx::query(
+        "UPDATE outbox SET lease_until = now() + make_interval(secs => $2), attempts = attempts + 1
+         WHERE id IN (
+             SELECT id FROM outbox
+             WHERE status = 'pending' AND next_attempt_at <= now()
+               AND (lease_until IS NULL OR lease_until < now())
+             ORDER BY next_attempt_at, id
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, event_id, subscription_id, customer_id, code, value, properties, attempts",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await?;
+    let mut claimed = rows
+        .into_iter()
+        .map(|row| {
+            Ok(Claimed {
+                id: row.try_get("id")?,
+                event_id: row.try_get("event_id")?,
+                subscription_id: row.try_get("subscription_id")?,
+                customer_id: row.try_get("customer_id")?,
+                code: row.try_get("code")?,
+                value: row.try_get("value")?,
+                properties: row.try_get("properties")?,
+                attempts: row.try_get("attempts")?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    claimed.sort_by_key(|c| c.id);
+    Ok(claimed)
+}
+
+/// BillaBear took the event.
+pub async fn mark_delivered(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET status = 'delivered', delivered_at = now(), lease_until = NULL, last_error = NULL
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A transient failure: try again after `delay`.
+pub async fn mark_retry(
+    pool: &PgPool,
+    id: i64,
+    delay: Duration,
+    error: &str,
+    upstream_status: Option<u16>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2), lease_until = NULL,
+                           last_error = $3, upstream_status = $4
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(delay.as_secs_f64())
+    .bind(error)
+    .bind(upstream_status.map(|s| s as i16))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// A failure that retrying will not fix (BillaBear's 400, no usage subscription): kept, with
+/// the reason, until an operator retries it.
+pub async fn mark_dead(
+    pool: &PgPool,
+    id: i64,
+    error: &str,
+    upstream_status: Option<u16>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE outbox SET status = 'dead', lease_until = NULL, last_error = $2, upstream_status = $3
+         WHERE id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(error)
+    .bind(upstream_status.map(|s| s as i16))
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! The outbox's storage against a real Postgres: acceptance with dedupe, claims shared between
+//! forwarders, leases, and the delivered/retry/dead transitions.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use usage_gate::outbox::IncomingEvent;
+use usage_gate::outbox::store::{self, Accepted};
+
+use crate::helpers::*;
+
+fn event(event_id: &str, value: f64) -> IncomingEvent {
+    IncomingEvent::parse(
+        &json!({"event_id": event_id, "subscription": ACME_SUBSCRIPTION, "code": "api_calls", "value": value,
+                "properties": {"endpoint": "/v1/search"}}),
+        "",
+    )
+    .unwrap()
+}
+
+async fn column(pool: &PgPool, event_id: &str, column: &str) -> Value {
+    sqlx::query_scalar::<_, Value>(sqlx::AssertSqlSafe(format!(
+        "SELECT to_jsonb({column}) FROM outbox WHERE event_id = $1"
+    )))
+    .bind(event_id)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn accepted_events_are_stored_and_repeats_are_duplicates_or_conflicts() {
+    let (_, pool) = fresh_database().await;
+    assert_eq!(
+        store::accept(&pool, &[event("e1", 1.0), event("e2", 2.0)]).await.unwrap(),
+        [Accepted::New, Accepted::New]
+    );
+    let again = store::accept(&pool, &[event("e1", 1.0), event("e2", 3.0), event("e3", 1.0)]).await.unwrap();
+    assert_eq!(again, [Accepted::Duplicate, Accepted::Conflict, Accepted::New]);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 3, "nothing written for the duplicate or the conflict");
+    assert_eq!(column(&pool, "e2", "value").await.as_f64(), Some(2.0), "the conflict did not overwrite");
+    assert_eq!(column(&pool, "e1", "properties").await, json!({"endpoint": "/v1/search"}));
+    assert_eq!(column(&pool, "e1", "status").await, json!("pending"));
+}
+
+#[tokio::test]
+async fn within_one_batch_the_first_of_a_repeated_event_id_wins() {
+    let (_, pool) = fresh_database().await;
+    let outcome =
+        store::accept(&pool, &[event("same", 1.0), event("same", 1.0), event("same", 9.0)]).await.unwrap();
+    assert_eq!(outcome, [Accepted::New, Accepted::Duplicate, Accepted::Conflict]);
+    assert_eq!(column(&pool, "same", "value").await.as_f64(), Some(1.0));
+}
+
+#[tokio::test]
+async fn an_accepted_batch_notifies_forwarders_on_commit() {
+    let (url, pool) = fresh_database().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
+    listener.listen(store::NOTIFY_CHANNEL).await.unwrap();
+    store::accept(&pool, &[event("n1", 1.0)]).await.unwrap();
+    let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
+    assert_eq!(notification.channel(), store::NOTIFY_CHANNEL);
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_share_an_event_and_together_take_all() {
+    let (url, pool) = fresh_database().await;
+    let events: Vec<_> = (0..200).map(|i| event(&format!("c{i}"), 1.0)).collect();
+    store::accept(&pool, &events).await.unwrap();
+    // Two "replicas", each with its own pool, claiming in small batches until nothing is left.
+    let replica = |pool: PgPool| async move {
+        let mut mine = Vec::new();
+        loop {
+            let claimed = store::claim(&pool, 7, Duration::from_secs(60)).await.unwrap();
+            if claimed.is_empty() {
+                return mine;
+            }
+            mine.extend(claimed.into_iter().map(|c| c.event_id));
+        }
+    };
+    let other = PgPool::connect(&url).await.unwrap();
+    let (a, b) = tokio::join!(replica(pool.clone()), replica(other));
+    let mut all: Vec<_> = a.iter().chain(b.iter()).cloned().collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), a.len() + b.len(), "an event was claimed twice");
+    assert_eq!(all.len(), 200, "every event was claimed");
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_a_live_one_is_not() {
+    let (_, pool) = fresh_database().await;
+    store::accept(&pool, &[event("l1", 1.0)]).await.unwrap();
+    let first = store::claim(&pool, 10, Duration::from_millis(200)).await.unwrap();
+    assert_eq!((first.len(), first[0].attempts), (1, 1));
+    assert!(store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().is_empty(), "leased");
+    // The first claimer "dies"; once its lease runs out another takes the event over.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let taken = loop {
+        let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
+        if !claimed.is_empty() {
+            break claimed;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the expired lease was not taken over");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((taken[0].event_id.as_str(), taken[0].attempts), ("l1", 2));
+}
+
+#[tokio::test]
+async fn delivered_retried_and_dead_events_leave_the_queue_as_they_should() {
+    let (_, pool) = fresh_database().await;
+    store::accept(&pool, &[event("d", 1.0), event("r", 1.0), event("x", 1.0)]).await.unwrap();
+    let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
+    let id = |event_id: &str| claimed.iter().find(|c| c.event_id == event_id).unwrap().id;
+    store::mark_delivered(&pool, id("d")).await.unwrap();
+    store::mark_retry(&pool, id("r"), Duration::from_secs(3600), "BillaBear answered 503", Some(503))
+        .await
+        .unwrap();
+    store::mark_dead(&pool, id("x"), "code: The code \"x\" does not exist.", Some(400)).await.unwrap();
+
+    assert_eq!(column(&pool, "d", "status").await, json!("delivered"));
+    assert!(column(&pool, "d", "delivered_at").await.is_string());
+    assert_eq!(
+        (column(&pool, "r", "status").await, column(&pool, "r", "upstream_status").await),
+        (json!("pending"), json!(503))
+    );
+    assert_eq!(column(&pool, "x", "status").await, json!("dead"));
+    assert_eq!(column(&pool, "x", "last_error").await, json!("code: The code \"x\" does not exist."));
+    assert!(store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().is_empty(), "nothing is due");
+
+    // A retry that is due is claimed again.
+    store::mark_retry(&pool, id("r"), Duration::ZERO, "again", None).await.unwrap();
+    let again = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!((again.len(), again[0].event_id.as_str(), again[0].attempts), (1, "r", 2));
+}
