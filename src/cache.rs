@@ -245,6 +245,20 @@ impl SnapshotCache {
         self.inner.snapshots.get(&id)
     }
 
+    /// A lookup from the cache alone: never fetches or refreshes. None when nothing usable is
+    /// cached.
+    pub fn cached(&self, id: CustomerId) -> Option<Lookup> {
+        let snapshot = self.inner.snapshots.get(&id)?;
+        let age = snapshot.age_ms(now_ms());
+        let source = match snapshot.data {
+            SnapshotData::Known(_) if age <= self.inner.ttl_ms => Source::Cache,
+            SnapshotData::Known(_) if age <= self.inner.max_stale_ms => Source::Stale,
+            SnapshotData::NotFound if age <= self.inner.negative_ttl_ms => Source::Cache,
+            _ => return None,
+        };
+        Some(Lookup { snapshot: Some(snapshot), source })
+    }
+
     /// Customers cached (approximate: moka counts lazily).
     pub fn len(&self) -> u64 {
         self.inner.snapshots.run_pending_tasks();

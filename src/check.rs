@@ -114,6 +114,11 @@ impl Checker {
         self.explain(id, cost, lookup)
     }
 
+    /// The decision from the cache alone, if it holds something usable: never calls BillaBear.
+    pub fn cached_decision(&self, id: CustomerId) -> Option<Decision> {
+        self.cache.cached(id).map(|lookup| self.explain(id, None, lookup))
+    }
+
     /// Refetches the customer from BillaBear now and decides on the new data.
     pub async fn refresh(&self, id: CustomerId) -> Result<Decision, BillaBearError> {
         let snapshot = self.cache.refresh(id).await?;

@@ -67,6 +67,7 @@ pub struct RawSettings {
     pub cache: RawCache,
     pub policy: RawPolicy,
     pub gate: RawGate,
+    pub outbox: RawOutbox,
     pub auth: RawAuth,
     pub log: RawLog,
 }
@@ -89,6 +90,17 @@ pub struct RawPolicy {
     pub fail_mode: String,
     pub unknown_customer: String,
     pub near_limit_ratio: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    pub concurrency: u32,
+    pub lease_ms: u64,
+    pub timeout_ms: u64,
+    pub poll_interval_ms: u64,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -304,6 +316,7 @@ impl RawSettings {
                     status
                 },
             },
+            outbox: validate_outbox(&mut v, &self.outbox),
             auth: AuthSettings { keys: validate_keys(&mut v, &self.auth.keys) },
             log: LogSettings {
                 format: v.parse("log.format", &self.log.format, LogFormat::Auto, |s| match s {
@@ -365,6 +378,33 @@ fn validate_cache(v: &mut Validator, raw: &RawCache) -> CacheSettings {
         negative_ttl: Duration::from_millis(v.range("cache.negative_ttl_ms", raw.negative_ttl_ms, 0, DAY_MS)),
         max_customers: v.range("cache.max_customers", raw.max_customers, 1, 100_000_000),
         fetch_concurrency: v.range("cache.fetch_concurrency", raw.fetch_concurrency.into(), 1, 1000) as usize,
+    }
+}
+
+fn validate_outbox(v: &mut Validator, raw: &RawOutbox) -> OutboxSettings {
+    const HOUR_MS: u64 = 3_600_000;
+    let timeout = v.range("outbox.timeout_ms", raw.timeout_ms, 1, 600_000);
+    let lease = v.range("outbox.lease_ms", raw.lease_ms, 1000, HOUR_MS);
+    v.check("outbox.lease_ms", lease > timeout, || {
+        format!("must be greater than outbox.timeout_ms ({timeout}), got {lease}")
+    });
+    let base = v.range("outbox.retry_base_ms", raw.retry_base_ms, 1, HOUR_MS);
+    let max = v.range("outbox.retry_max_ms", raw.retry_max_ms, 1, 24 * HOUR_MS);
+    v.check("outbox.retry_max_ms", max >= base, || {
+        format!("must be at least outbox.retry_base_ms ({base}), got {max}")
+    });
+    OutboxSettings {
+        concurrency: v.range("outbox.concurrency", raw.concurrency.into(), 1, 1024) as usize,
+        lease: Duration::from_millis(lease),
+        timeout: Duration::from_millis(timeout),
+        poll_interval: Duration::from_millis(v.range(
+            "outbox.poll_interval_ms",
+            raw.poll_interval_ms,
+            10,
+            HOUR_MS,
+        )),
+        retry_base: Duration::from_millis(base),
+        retry_max: Duration::from_millis(max),
     }
 }
 
@@ -524,8 +564,19 @@ pub struct Settings {
     pub cache: CacheSettings,
     pub policy: PolicySettings,
     pub gate: GateSettings,
+    pub outbox: OutboxSettings,
     pub auth: AuthSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    pub concurrency: usize,
+    pub lease: Duration,
+    pub timeout: Duration,
+    pub poll_interval: Duration,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -735,6 +786,21 @@ mod tests {
                 "gate.customer_header",
                 "header name",
                 format!("{}\n{}", with("gate", "customer_header = \"bad header\""), valid("")),
+            ),
+            (
+                "outbox.lease_ms",
+                "greater than outbox.timeout_ms",
+                format!("{}\n{}", with("outbox", "timeout_ms = 40000\nlease_ms = 30000"), valid("")),
+            ),
+            (
+                "outbox.retry_max_ms",
+                "at least outbox.retry_base_ms",
+                format!("{}\n{}", with("outbox", "retry_base_ms = 1000\nretry_max_ms = 10"), valid("")),
+            ),
+            (
+                "outbox.concurrency",
+                "between 1",
+                format!("{}\n{}", with("outbox", "concurrency = 0"), valid("")),
             ),
             (
                 "gate.blocked_status",

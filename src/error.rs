@@ -42,6 +42,11 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     ServiceUnavailable(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// Postgres failed: nothing was stored, so the caller should retry.
+    #[error("storage is unavailable; nothing was stored, retry: {0}")]
+    Storage(#[from] sqlx::Error),
     #[error(transparent)]
     Upstream(#[from] BillaBearError),
     #[error("{0:#}")]
@@ -49,6 +54,13 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// 400 naming every invalid field.
+    pub fn invalid_fields(errors: Vec<FieldError>) -> Self {
+        let detail =
+            errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
+        Self::BadRequest { detail, errors }
+    }
+
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
         let error = FieldError::new(field, message);
         Self::BadRequest { detail: format!("{}: {}", error.field, error.message), errors: vec![error] }
@@ -64,6 +76,8 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::ServiceUnavailable(_) => "service_unavailable",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::Storage(_) => "storage_unavailable",
             ApiError::Upstream(BillaBearError::Timeout(_)) => "upstream_timeout",
             ApiError::Upstream(_) => "upstream_error",
             ApiError::Internal(_) => "internal_error",
@@ -116,6 +130,8 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(BillaBearError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -130,11 +146,15 @@ impl ResponseError for ApiError {
             ApiError::Internal(_) => {
                 ("internal error; the log has the cause under this request's id".to_owned(), vec![])
             }
+            ApiError::Storage(_) => ("storage is unavailable; nothing was stored, retry".to_owned(), vec![]),
             other => (other.to_string(), vec![]),
         };
         let mut response = problem_response(status, self.code(), detail, errors);
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, ApiError::Storage(_) | ApiError::ServiceUnavailable(_)) {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

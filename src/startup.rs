@@ -16,6 +16,7 @@ use crate::cache::SnapshotCache;
 use crate::check::Checker;
 use crate::config::Settings;
 use crate::error::{self, ApiError};
+use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::{db, routes, telemetry};
 
 /// What every handler may reach.
@@ -30,6 +31,7 @@ pub struct AppState {
 pub struct Application {
     addr: SocketAddr,
     server: Server,
+    forwarder: ForwarderHandle,
 }
 
 impl Application {
@@ -53,6 +55,7 @@ impl Application {
         // Before anything registers metric handles: a handle taken before the recorder is
         // installed stays a no-op for good.
         let metrics = telemetry::metrics_handle();
+        let forwarder = forwarder::spawn(pool.clone(), &billabear, settings.outbox.clone());
         let cache = SnapshotCache::new(billabear.clone(), &settings.cache);
         let checker = Checker::new(cache, settings.policy.clone());
         let state =
@@ -82,7 +85,7 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Self { addr, server })
+        Ok(Self { addr, server, forwarder })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -97,16 +100,21 @@ impl Application {
         self.server.handle()
     }
 
-    /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests finish.
+    /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests and deliveries finish;
+    /// events not yet delivered stay pending for the next start (or another replica).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
-        tokio::select! {
-            result = server => return Ok(result??),
-            () = shutdown_signal() => tracing::info!("shutting down: finishing in-flight requests"),
-        }
-        handle.stop(true).await;
-        Ok(())
+        let result = tokio::select! {
+            result = server => result.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
+            () = shutdown_signal() => {
+                tracing::info!("shutting down: finishing in-flight requests and deliveries");
+                handle.stop(true).await;
+                Ok(())
+            }
+        };
+        self.forwarder.stop().await;
+        result
     }
 }
 

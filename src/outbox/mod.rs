@@ -6,6 +6,7 @@
 //! storage operations (`store`). The HTTP routes and the forwarder build on them.
 
 pub mod event;
+pub mod forwarder;
 pub mod retry;
 pub mod store;
 

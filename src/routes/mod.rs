@@ -1,6 +1,7 @@
 //! HTTP routes. Each route group declares the API-key scope it needs where it is registered.
 
 pub mod check;
+pub mod events;
 pub mod health;
 pub mod meta;
 pub mod openapi;
@@ -28,6 +29,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         keyed("/v1/customers/{customer_id}/refresh", Some(Scope::Admin))
             .route(web::post().to(check::refresh)),
     )
+    .service(keyed("/v1/events", Some(Scope::Events)).route(web::post().to(events::post_event)))
     .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)))
     // Envoy's ext_authz appends the original request path to its path prefix.
     .service(keyed("/v1/gate/{original_path:.*}", Some(Scope::Check)).route(web::get().to(check::gate)))

@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{check, health, meta};
+use super::{check, events, health, meta};
 use crate::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -22,12 +22,14 @@ use crate::error::{FieldError, Problem};
         check::check_customer,
         check::check_batch,
         check::gate,
-        check::refresh
+        check::refresh,
+        events::post_event
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&BearerAuth),
     tags(
         (name = "check", description = "May a customer keep using the product? (scope check)"),
+        (name = "events", description = "Usage events in, stored before acknowledged (scope events)"),
         (name = "admin", description = "Operators (scope admin)"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "The service itself")

@@ -201,6 +201,11 @@ pub fn test_settings(billabear_url: &str, database_url: &str) -> RawSettings {
     raw.billabear.base_url = billabear_url.into();
     raw.billabear.api_key = SecretString::from(SIM_KEY);
     raw.billabear.timeout_ms = 500;
+    // Quick retries, so outage-and-recovery tests finish in a second or two.
+    raw.outbox.retry_base_ms = 20;
+    raw.outbox.retry_max_ms = 200;
+    raw.outbox.poll_interval_ms = 100;
+    raw.outbox.timeout_ms = 1000;
     raw.auth.keys = vec![
         key("checker", CHECK_KEY, &["check"]),
         key("ingester", EVENTS_KEY, &["events"]),
