@@ -71,6 +71,7 @@ impl Application {
                         .content_type_required(false)
                         .error_handler(error::json_error),
                 )
+                .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .configure(routes::configure)

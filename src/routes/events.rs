@@ -53,3 +53,123 @@ pub async fn post_event(
         ))),
     }
 }
+
+/// The most events one batch may hold.
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchItemResult {
+    /// The item's `event_id` as sent, when it had one.
+    pub event_id: Option<Value>,
+    /// `accepted`, `duplicate`, `conflict` or `invalid`.
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<crate::error::FieldError>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchAnswer {
+    /// One per event, in order.
+    pub results: Vec<BatchItemResult>,
+}
+
+/// 1 to 1000 events; the valid ones are stored together (one transaction) even when others are
+/// invalid, and each gets its own result.
+#[utoipa::path(post, path = "/v1/events/batch", tag = "events", security(("bearer" = [])),
+    request_body(content = Value, description = "{\"events\": [event, ...]}, 1 to 1000"),
+    responses(
+        (status = 200, description = "A result per event, in order", body = BatchAnswer),
+        (status = 400, description = "Body not JSON, or events missing, empty or over 1000", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable: nothing stored, retry", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn post_batch(
+    state: web::Data<AppState>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let items = match body.get("events") {
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_BATCH => items,
+        Some(Value::Array(items)) => {
+            return Err(ApiError::invalid_field(
+                "events",
+                format!("must hold 1 to {MAX_BATCH} events, got {}", items.len()),
+            ));
+        }
+        _ => return Err(ApiError::invalid_field("events", "required: a list of events")),
+    };
+    let parsed: Vec<Result<IncomingEvent, Vec<crate::error::FieldError>>> = items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| IncomingEvent::parse(item, &format!("events[{i}].")))
+        .collect();
+    let valid: Vec<IncomingEvent> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    let mut outcomes = store::accept(&state.pool, &valid).await?.into_iter();
+    let results = items
+        .iter()
+        .zip(parsed)
+        .map(|(item, parsed)| {
+            let event_id = item.get("event_id").cloned();
+            match parsed {
+                Ok(_) => {
+                    let status = match outcomes.next() {
+                        Some(Accepted::New) => "accepted",
+                        Some(Accepted::Duplicate) => "duplicate",
+                        _ => "conflict",
+                    };
+                    BatchItemResult { event_id, status, errors: vec![] }
+                }
+                Err(errors) => BatchItemResult { event_id, status: "invalid", errors },
+            }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(BatchAnswer { results }))
+}
+
+/// BillaBear's own `POST /api/v1/events`, so services already on a BillaBear SDK can point its
+/// base URL at usage-gate: the same body (`subscription` required), 201 with an empty body, 400
+/// `{"errors":{field: message}}` and 401 `[]` as BillaBear answers. `X-API-Key` carries a
+/// usage-gate key with the `events` scope.
+#[utoipa::path(post, path = "/api/v1/events", tag = "events",
+    params(("X-API-Key" = String, Header, description = "A usage-gate API key with the events scope")),
+    request_body(content = Value, description = "BillaBear's event: event_id, subscription, code, value, properties"),
+    responses(
+        (status = 201, description = "Stored (or stored before with the same content); empty body"),
+        (status = 400, description = "BillaBear's shape: {\"errors\": {field: message}}"),
+        (status = 401, description = "No usage-gate key with the events scope: [] as BillaBear answers"),
+        (status = 409, description = "event_id stored before with other content", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable: nothing stored, retry", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn post_billabear_event(
+    state: web::Data<AppState>,
+    keys: web::Data<crate::auth::ApiKeys>,
+    req: actix_web::HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let caller = req.headers().get("x-api-key").and_then(|key| keys.authenticate(key.as_bytes()));
+    if !caller.is_some_and(|c| c.has(crate::auth::Scope::Events)) {
+        return Ok(HttpResponse::Unauthorized().json(serde_json::json!([])));
+    }
+    let billabear_errors = |errors: Vec<crate::error::FieldError>| {
+        let map: serde_json::Map<String, Value> =
+            errors.into_iter().map(|e| (e.field, Value::String(e.message))).collect();
+        HttpResponse::BadRequest().json(serde_json::json!({ "errors": map }))
+    };
+    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+        return Ok(billabear_errors(vec![crate::error::FieldError::new("body", "must be JSON")]));
+    };
+    if value.get("customer").is_some() && value.get("subscription").is_none() {
+        // BillaBear's route has no customer field: keep its contract.
+        return Ok(billabear_errors(vec![crate::error::FieldError::new("subscription", "required")]));
+    }
+    let event = match IncomingEvent::parse(&value, "") {
+        Ok(event) => event,
+        Err(errors) => return Ok(billabear_errors(errors)),
+    };
+    match store::accept(&state.pool, std::slice::from_ref(&event)).await?.first() {
+        Some(Accepted::New | Accepted::Duplicate) => Ok(HttpResponse::Created().finish()),
+        _ => Err(ApiError::Conflict(format!(
+            "event_id {:?} was stored before with other content; nothing was changed",
+            event.event_id.as_str()
+        ))),
+    }
+}

@@ -30,6 +30,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(check::refresh)),
     )
     .service(keyed("/v1/events", Some(Scope::Events)).route(web::post().to(events::post_event)))
+    .service(keyed("/v1/events/batch", Some(Scope::Events)).route(web::post().to(events::post_batch)))
+    // BillaBear's own route and key header, for services on a BillaBear SDK (checks its own key).
+    .route("/api/v1/events", web::post().to(events::post_billabear_event))
     .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)))
     // Envoy's ext_authz appends the original request path to its path prefix.
     .service(keyed("/v1/gate/{original_path:.*}", Some(Scope::Check)).route(web::get().to(check::gate)))

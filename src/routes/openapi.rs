@@ -23,7 +23,9 @@ use crate::error::{FieldError, Problem};
         check::check_batch,
         check::gate,
         check::refresh,
-        events::post_event
+        events::post_event,
+        events::post_batch,
+        events::post_billabear_event
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&BearerAuth),

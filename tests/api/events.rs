@@ -201,3 +201,114 @@ async fn posting_events_needs_the_events_scope() {
     let response = app.http.post(app.url("/v1/events")).json(&event("s")).send().await.unwrap();
     assert_problem(response, 401, "unauthorized").await;
 }
+
+#[tokio::test]
+async fn a_batch_stores_the_valid_events_and_answers_each_in_order() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.post_event(&event("b-old")).await.status(), 202);
+    let mut conflicting = event("b-old");
+    conflicting["value"] = json!(99);
+    let batch = json!({"events": [event("b-1"), {"event_id": "b-2", "code": "api_calls"}, event("b-old"), conflicting, event("b-3")]});
+    let response =
+        app.http.post(app.url("/v1/events/batch")).bearer_auth(EVENTS_KEY).json(&batch).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let results = response.json::<Value>().await.unwrap()["results"].as_array().unwrap().clone();
+    let statuses: Vec<_> = results.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["accepted", "invalid", "duplicate", "conflict", "accepted"]);
+    let fields: Vec<_> =
+        results[1]["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["events[1].value", "events[1].subscription"]);
+    for id in ["b-1", "b-3", "b-old"] {
+        app.outbox_status(id, "delivered").await;
+        assert_eq!(app.sim.event_count(id).await, 1, "{id}");
+    }
+    for (body, field) in
+        [(json!({"events": []}), "events"), (json!({"events": vec![event("x"); 1001]}), "events")]
+    {
+        let response = app
+            .http
+            .post(app.url("/v1/events/batch"))
+            .bearer_auth(EVENTS_KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(assert_problem(response, 400, "invalid_request").await["errors"][0]["field"], field);
+    }
+}
+
+#[tokio::test]
+async fn services_on_a_billabear_sdk_can_post_to_billabears_own_route() {
+    let app = TestApp::spawn().await;
+    let post = |key: Option<&str>, body: Value| {
+        let mut request = app.http.post(app.url("/api/v1/events")).json(&body);
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        request.send()
+    };
+    let response = post(Some(EVENTS_KEY), event("sdk-1")).await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(response.text().await.unwrap(), "");
+    assert_eq!(
+        post(Some(EVENTS_KEY), event("sdk-1")).await.unwrap().status(),
+        201,
+        "a repeat, as BillaBear answers"
+    );
+    app.outbox_status("sdk-1", "delivered").await;
+    assert_eq!(app.sim.event_count("sdk-1").await, 1);
+
+    for key in [None, Some(CHECK_KEY), Some("wrong-key-0123456789")] {
+        let response = post(key, event("sdk-2")).await.unwrap();
+        assert_eq!(
+            (response.status().as_u16(), response.text().await.unwrap()),
+            (401, "[]".into()),
+            "{key:?}"
+        );
+    }
+    let response = post(
+        Some(EVENTS_KEY),
+        json!({"event_id": "sdk-3", "subscription": ACME_SUBSCRIPTION, "code": "api_calls", "value": "5"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.json::<Value>().await.unwrap()["errors"]["value"].is_string());
+    let response = post(
+        Some(EVENTS_KEY),
+        json!({"event_id": "sdk-4", "customer": ACME, "code": "api_calls", "value": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400, "BillaBear's route takes a subscription, not a customer");
+}
+
+#[tokio::test]
+async fn two_instances_on_one_database_deliver_each_event_once() {
+    let app = TestApp::spawn().await;
+    // A second replica: its own HTTP server and forwarder, the same database and BillaBear.
+    let second = app.second_instance().await;
+    let posts = (0..60).map(|i| {
+        let target = if i % 2 == 0 { &app } else { &second };
+        async move { target.post_event(&event(&format!("two-{i}"))).await }
+    });
+    for response in futures_util::future::join_all(posts).await {
+        assert_eq!(response.status(), 202);
+    }
+    for i in 0..60 {
+        app.outbox_status(&format!("two-{i}"), "delivered").await;
+    }
+    for i in 0..60 {
+        assert_eq!(app.sim.event_count(&format!("two-{i}")).await, 1, "two-{i}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_a_413_and_nothing_is_stored() {
+    let app = TestApp::spawn_with(|raw| raw.server.max_body_bytes = 4096).await;
+    let mut big = event("big");
+    big["properties"] = json!({"blob": "x".repeat(5000)});
+    assert_problem(app.post_event(&big).await, 413, "payload_too_large").await;
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(count, 0);
+}

@@ -219,7 +219,8 @@ pub fn test_settings(billabear_url: &str, database_url: &str) -> RawSettings {
 pub struct TestApp {
     pub address: String,
     pub pool: PgPool,
-    pub sim: Sim,
+    /// Shared with a second instance, if one is started.
+    pub sim: std::sync::Arc<Sim>,
     pub http: reqwest::Client,
 }
 
@@ -243,12 +244,27 @@ impl TestApp {
         Self::start(settings, pool, sim)
     }
 
+    /// Another instance of the service on the same database and simulator (a second replica).
+    pub async fn second_instance(&self) -> TestApp {
+        let url =
+            sqlx::query_scalar::<_, String>("SELECT current_database()").fetch_one(&self.pool).await.unwrap();
+        let mut database = url::Url::parse(&base_database_url()).unwrap();
+        database.set_path(&url);
+        let settings = test_settings(&self.sim.base_url(), database.as_str()).validate().unwrap();
+        let pool = PgPool::connect(database.as_str()).await.unwrap();
+        let listener = TcpListener::bind(settings.server.address).unwrap();
+        let app = Application::build_with(settings, pool.clone(), listener).unwrap();
+        let address = format!("http://{}", app.addr());
+        tokio::spawn(app.run_until_stopped());
+        TestApp { address, pool, sim: self.sim.clone(), http: reqwest::Client::new() }
+    }
+
     fn start(settings: Settings, pool: PgPool, sim: Sim) -> Self {
         let listener = TcpListener::bind(settings.server.address).unwrap();
         let app = Application::build_with(settings, pool.clone(), listener).unwrap();
         let address = format!("http://{}", app.addr());
         tokio::spawn(app.run_until_stopped());
-        Self { address, pool, sim, http: reqwest::Client::new() }
+        Self { address, pool, sim: std::sync::Arc::new(sim), http: reqwest::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
