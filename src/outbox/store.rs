@@ -206,3 +206,96 @@ pub async fn mark_dead(
     .await?;
     Ok(())
 }
+
+/// An outbox row as operators see it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct OutboxEvent {
+    pub id: i64,
+    pub event_id: String,
+    pub subscription_id: Option<Uuid>,
+    pub customer_id: Option<Uuid>,
+    pub code: String,
+    pub value: f64,
+    pub properties: serde_json::Value,
+    /// pending, delivered or dead.
+    pub status: String,
+    pub attempts: i32,
+    pub next_attempt_at: chrono::DateTime<chrono::Utc>,
+    pub last_error: Option<String>,
+    pub upstream_status: Option<i16>,
+    pub received_at: chrono::DateTime<chrono::Utc>,
+    pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Up to `limit` events in id order after `after` (keyset pagination), filtered.
+pub async fn list(
+    pool: &PgPool,
+    status: Option<&str>,
+    customer: Option<Uuid>,
+    after: Option<i64>,
+    limit: i64,
+) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, event_id, subscription_id, customer_id, code, value, properties, status, attempts,
+                next_attempt_at, last_error, upstream_status, received_at, delivered_at
+         FROM outbox
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR customer_id = $2) AND id > $3
+         ORDER BY id
+         LIMIT $4",
+    )
+    .bind(status)
+    .bind(customer)
+    .bind(after.unwrap_or(0))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Puts dead events back in the queue, due now: one by id, or all (optionally one customer's).
+/// Returns how many.
+pub async fn retry_dead(pool: &PgPool, id: Option<i64>, customer: Option<Uuid>) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let retried = sqlx::query(
+        "UPDATE outbox SET status = 'pending', next_attempt_at = now(), lease_until = NULL
+         WHERE status = 'dead' AND ($1::bigint IS NULL OR id = $1) AND ($2::uuid IS NULL OR customer_id = $2)",
+    )
+    .bind(id)
+    .bind(customer)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if retried > 0 {
+        sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(retried)
+}
+
+/// Counts by status and the age of the oldest pending event.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct Stats {
+    pub pending: i64,
+    pub delivered: i64,
+    pub dead: i64,
+    /// Seconds since the oldest pending event was accepted; 0 when none is pending.
+    pub oldest_pending_age_seconds: f64,
+}
+
+pub async fn stats(pool: &PgPool) -> Result<Stats, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+                count(*) FILTER (WHERE status = 'delivered') AS delivered,
+                count(*) FILTER (WHERE status = 'dead') AS dead,
+                COALESCE(EXTRACT(EPOCH FROM now() - min(received_at) FILTER (WHERE status = 'pending')), 0)::float8
+                    AS oldest
+         FROM outbox",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Stats {
+        pending: row.try_get("pending")?,
+        delivered: row.try_get("delivered")?,
+        dead: row.try_get("dead")?,
+        oldest_pending_age_seconds: row.try_get("oldest")?,
+    })
+}

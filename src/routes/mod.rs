@@ -5,6 +5,7 @@ pub mod events;
 pub mod health;
 pub mod meta;
 pub mod openapi;
+pub mod outbox;
 
 use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
@@ -33,6 +34,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(keyed("/v1/events/batch", Some(Scope::Events)).route(web::post().to(events::post_batch)))
     // BillaBear's own route and key header, for services on a BillaBear SDK (checks its own key).
     .route("/api/v1/events", web::post().to(events::post_billabear_event))
+    .service(keyed("/v1/outbox", Some(Scope::Admin)).route(web::get().to(outbox::list)))
+    .service(keyed("/v1/outbox/stats", Some(Scope::Admin)).route(web::get().to(outbox::stats)))
+    .service(keyed("/v1/outbox/retry", Some(Scope::Admin)).route(web::post().to(outbox::retry_all)))
+    .service(keyed("/v1/outbox/{id}/retry", Some(Scope::Admin)).route(web::post().to(outbox::retry_one)))
     .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)))
     // Envoy's ext_authz appends the original request path to its path prefix.
     .service(keyed("/v1/gate/{original_path:.*}", Some(Scope::Check)).route(web::get().to(check::gate)))

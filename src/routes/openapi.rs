@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{check, events, health, meta};
+use super::{check, events, health, meta, outbox};
 use crate::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -25,7 +25,11 @@ use crate::error::{FieldError, Problem};
         check::refresh,
         events::post_event,
         events::post_batch,
-        events::post_billabear_event
+        events::post_billabear_event,
+        outbox::list,
+        outbox::retry_one,
+        outbox::retry_all,
+        outbox::stats
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&BearerAuth),

@@ -312,3 +312,71 @@ async fn a_body_over_the_limit_is_a_413_and_nothing_is_stored() {
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&app.pool).await.unwrap();
     assert_eq!(count, 0);
 }
+
+#[tokio::test]
+async fn a_dead_event_is_delivered_once_retried_after_billabear_is_fixed() {
+    let app = TestApp::spawn().await;
+    let mut storage = event("dead-1");
+    storage["code"] = json!("storage_gb_x");
+    assert_eq!(app.post_event(&storage).await.status(), 202);
+    let row = app.outbox_status("dead-1", "dead").await;
+    // An operator adds the metric in BillaBear (here: the simulator), then retries.
+    app.sim
+        .http
+        .post(format!("{}/customers/{ACME}/subscriptions", app.sim.server.control_url()))
+        .json(&json!({"metric": "storage_gb_x", "unit_price": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    let retry = app
+        .http
+        .post(app.url(&format!("/v1/outbox/{}/retry", row["id"])))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.json::<Value>().await.unwrap(), json!({"retried": 1}));
+    app.outbox_status("dead-1", "delivered").await;
+    assert_eq!(app.sim.event_count("dead-1").await, 1);
+    let again = app
+        .http
+        .post(app.url(&format!("/v1/outbox/{}/retry", row["id"])))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(again, 404, "not_found").await;
+}
+
+#[tokio::test]
+async fn operators_page_through_the_outbox_and_see_its_stats() {
+    let app = TestApp::spawn().await;
+    app.sim.set_faults(json!({"outage": "unavailable", "only": "events"})).await;
+    for i in 0..5 {
+        app.post_event(&event(&format!("p-{i}"))).await;
+    }
+    let page = |cursor: Option<String>| {
+        let mut url = app.url("/v1/outbox?status=pending&limit=2");
+        if let Some(cursor) = cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        app.http.get(url).bearer_auth(ADMIN_KEY).send()
+    };
+    let (mut seen, mut cursor) = (Vec::new(), None);
+    loop {
+        let body: Value = page(cursor).await.unwrap().json().await.unwrap();
+        seen.extend(
+            body["events"].as_array().unwrap().iter().map(|e| e["event_id"].as_str().unwrap().to_owned()),
+        );
+        cursor = body["next_cursor"].as_str().map(str::to_owned);
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["p-0", "p-1", "p-2", "p-3", "p-4"]);
+    let stats: Value = app.get("/v1/outbox/stats", Some(ADMIN_KEY)).await.json().await.unwrap();
+    assert_eq!((stats["pending"].as_i64(), stats["dead"].as_i64()), (Some(5), Some(0)));
+    assert!(stats["oldest_pending_age_seconds"].as_f64().unwrap() >= 0.0);
+    assert_problem(app.get("/v1/outbox?status=lost", Some(ADMIN_KEY)).await, 400, "invalid_request").await;
+    assert_problem(app.get("/v1/outbox", Some(EVENTS_KEY)).await, 403, "forbidden").await;
+}

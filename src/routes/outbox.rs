@@ -1,0 +1,110 @@
+//! Outbox administration (scope `admin`): see pending and dead events, retry dead ones, stats.
+
+use actix_web::{HttpResponse, web};
+use serde::{Deserialize, Serialize};
+
+use crate::domain::CustomerId;
+use crate::error::ApiError;
+use crate::outbox::store::{self, OutboxEvent, Stats};
+use crate::startup::AppState;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListQuery {
+    /// pending, delivered or dead; all when absent.
+    pub status: Option<String>,
+    /// Only this customer's events (those sent with `customer`).
+    pub customer: Option<String>,
+    /// 1 to 500, default 100.
+    pub limit: Option<i64>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OutboxPage {
+    pub events: Vec<OutboxEvent>,
+    /// Pass as `cursor` for the next page; null on the last.
+    pub next_cursor: Option<String>,
+}
+
+fn customer(raw: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
+    raw.map(|c| {
+        CustomerId::parse(c)
+            .map(|c| c.as_uuid())
+            .map_err(|e| ApiError::invalid_field("customer", e.to_string()))
+    })
+    .transpose()
+}
+
+/// Outbox events in the order they were accepted, a page at a time.
+#[utoipa::path(get, path = "/v1/outbox", tag = "admin", security(("bearer" = [])), params(ListQuery),
+    responses((status = 200, body = OutboxPage), (status = 400, body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some(s @ ("pending" | "delivered" | "dead")) => Some(s),
+        Some(_) => return Err(ApiError::invalid_field("status", "must be pending, delivered or dead")),
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "must be between 1 and 500"));
+    }
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            c.parse::<i64>().map_err(|_| ApiError::invalid_field("cursor", "not a cursor from this API"))?,
+        ),
+    };
+    let events = store::list(&state.pool, status, customer(query.customer.as_deref())?, after, limit).await?;
+    let next_cursor =
+        (events.len() as i64 == limit).then(|| events.last().map(|e| e.id.to_string())).flatten();
+    Ok(HttpResponse::Ok().json(OutboxPage { events, next_cursor }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Retried {
+    /// How many dead events were put back in the queue.
+    pub retried: u64,
+}
+
+/// Puts one dead event back in the queue.
+#[utoipa::path(post, path = "/v1/outbox/{id}/retry", tag = "admin", security(("bearer" = [])),
+    params(("id" = i64, Path, description = "The outbox id (`id` in the list)")),
+    responses((status = 200, body = Retried), (status = 404, description = "No dead event with this id", body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn retry_one(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id: i64 =
+        path.parse().map_err(|_| ApiError::invalid_field("id", "must be an outbox id (integer)"))?;
+    match store::retry_dead(&state.pool, Some(id), None).await? {
+        0 => Err(ApiError::NotFound(format!("no dead event with id {id}"))),
+        retried => Ok(HttpResponse::Ok().json(Retried { retried })),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RetryQuery {
+    /// Only this customer's dead events.
+    pub customer: Option<String>,
+}
+
+/// Puts every dead event (or one customer's) back in the queue.
+#[utoipa::path(post, path = "/v1/outbox/retry", tag = "admin", security(("bearer" = [])), params(RetryQuery),
+    responses((status = 200, body = Retried)))]
+pub async fn retry_all(
+    state: web::Data<AppState>,
+    query: web::Query<RetryQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let retried = store::retry_dead(&state.pool, None, customer(query.customer.as_deref())?).await?;
+    Ok(HttpResponse::Ok().json(Retried { retried }))
+}
+
+/// Counts by status and the age of the oldest pending event.
+#[utoipa::path(get, path = "/v1/outbox/stats", tag = "admin", security(("bearer" = [])), responses((status = 200, body = Stats)))]
+pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(store::stats(&state.pool).await?))
+}
