@@ -235,6 +235,15 @@ impl SnapshotCache {
         self.start_fetch(id).await
     }
 
+    /// Refreshes a cached customer in the background (nothing if it is not cached), at most once
+    /// per `cache.min_refresh_interval` and joining a refresh under way, so a burst of calls
+    /// (e.g. a customer's events delivered one after another) makes one refresh.
+    pub fn refresh_soon(&self, id: CustomerId) {
+        if let Some(snapshot) = self.inner.snapshots.get(&id) {
+            self.refresh_in_background(id, &snapshot, now_ms());
+        }
+    }
+
     /// Drops the customer's snapshot: the next check fetches it.
     pub fn invalidate(&self, id: CustomerId) {
         self.inner.snapshots.invalidate(&id);

@@ -101,6 +101,7 @@ pub struct RawOutbox {
     pub poll_interval_ms: u64,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -405,6 +406,9 @@ fn validate_outbox(v: &mut Validator, raw: &RawOutbox) -> OutboxSettings {
         )),
         retry_base: Duration::from_millis(base),
         retry_max: Duration::from_millis(max),
+        retention: Duration::from_secs(
+            86_400 * v.range("outbox.retention_days", raw.retention_days.into(), 1, 3650),
+        ),
     }
 }
 
@@ -577,6 +581,7 @@ pub struct OutboxSettings {
     pub poll_interval: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]

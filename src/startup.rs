@@ -55,8 +55,9 @@ impl Application {
         // Before anything registers metric handles: a handle taken before the recorder is
         // installed stays a no-op for good.
         let metrics = telemetry::metrics_handle();
-        let forwarder = forwarder::spawn(pool.clone(), &billabear, settings.outbox.clone());
         let cache = SnapshotCache::new(billabear.clone(), &settings.cache);
+        let forwarder =
+            forwarder::spawn(pool.clone(), &billabear, settings.outbox.clone(), Some(cache.clone()));
         let checker = Checker::new(cache, settings.policy.clone());
         let state =
             web::Data::new(AppState { settings: Arc::new(settings), pool, billabear, checker, metrics });

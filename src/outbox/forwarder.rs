@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use super::retry::backoff;
 use super::store::{self, Claimed};
 use crate::billabear::{BillaBearClient, BillaBearError, NewEvent};
+use crate::cache::SnapshotCache;
 use crate::config::OutboxSettings;
 use crate::domain::{CustomerId, EventId, MetricCode, SubscriptionId};
 
@@ -48,14 +49,24 @@ struct Metrics {
     delivered: Counter,
     retried: Counter,
     dead: Counter,
+    /// From acceptance to BillaBear's answer.
+    lag: metrics::Histogram,
 }
 
 impl Metrics {
     fn new() -> Self {
         let outcome = |outcome: &'static str| metrics::counter!("usage_gate_outbox_deliveries_total", "outcome" => outcome);
-        Self { delivered: outcome("delivered"), retried: outcome("retried"), dead: outcome("dead") }
+        Self {
+            delivered: outcome("delivered"),
+            retried: outcome("retried"),
+            dead: outcome("dead"),
+            lag: metrics::histogram!("usage_gate_outbox_delivery_lag_seconds"),
+        }
     }
 }
+
+/// How often delivered events past retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 struct Forwarder {
     pool: PgPool,
@@ -63,6 +74,8 @@ struct Forwarder {
     settings: OutboxSettings,
     /// (customer, metric code) → the active usage subscription events for it go to.
     subscriptions: moka::sync::Cache<(CustomerId, String), SubscriptionId>,
+    /// Told when a customer's events are delivered, so their cached decision catches up.
+    snapshots: Option<SnapshotCache>,
     metrics: Metrics,
 }
 
@@ -81,7 +94,12 @@ impl ForwarderHandle {
 }
 
 /// Starts the forwarder on the current tokio runtime.
-pub fn spawn(pool: PgPool, client: &BillaBearClient, settings: OutboxSettings) -> ForwarderHandle {
+pub fn spawn(
+    pool: PgPool,
+    client: &BillaBearClient,
+    settings: OutboxSettings,
+    snapshots: Option<SnapshotCache>,
+) -> ForwarderHandle {
     let (stop, stopped) = watch::channel(false);
     let forwarder = Forwarder {
         pool,
@@ -91,6 +109,7 @@ pub fn spawn(pool: PgPool, client: &BillaBearClient, settings: OutboxSettings) -
             .time_to_live(Duration::from_secs(300))
             .build(),
         settings,
+        snapshots,
         metrics: Metrics::new(),
     };
     ForwarderHandle { stop, task: tokio::spawn(forwarder.run(stopped)) }
@@ -99,7 +118,16 @@ pub fn spawn(pool: PgPool, client: &BillaBearClient, settings: OutboxSettings) -
 impl Forwarder {
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         let mut listener = self.listen().await;
+        let mut next_prune = tokio::time::Instant::now();
         while !*stopped.borrow() {
+            if tokio::time::Instant::now() >= next_prune {
+                match store::prune(&self.pool, self.settings.retention).await {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::info!(pruned, "outbox: pruned delivered events past retention"),
+                    Err(e) => tracing::warn!(error = %e, "outbox: cannot prune"),
+                }
+                next_prune += PRUNE_EVERY;
+            }
             match store::claim(&self.pool, self.settings.concurrency as i64, self.settings.lease).await {
                 Ok(claimed) if !claimed.is_empty() => {
                     futures_util::stream::iter(claimed)
@@ -134,6 +162,11 @@ impl Forwarder {
         let result = match self.send(&event).await {
             Ok(()) => {
                 self.metrics.delivered.increment(1);
+                let lag = chrono::Utc::now() - event.received_at;
+                self.metrics.lag.record(lag.num_milliseconds().max(0) as f64 / 1000.0);
+                if let (Some(snapshots), Some(customer)) = (&self.snapshots, event.customer_id) {
+                    snapshots.refresh_soon(CustomerId::from(customer));
+                }
                 store::mark_delivered(&self.pool, event.id).await
             }
             Err(Failure::Permanent { message, upstream_status }) => {

@@ -23,6 +23,16 @@ pub enum Accepted {
     Conflict,
 }
 
+impl Accepted {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accepted::New => "accepted",
+            Accepted::Duplicate => "duplicate",
+            Accepted::Conflict => "conflict",
+        }
+    }
+}
+
 /// Stores the events in one transaction (one multi-row insert) and answers for each, in order.
 /// An `event_id` already stored, or repeated earlier in `events`, is a duplicate or a conflict.
 /// Nothing is acknowledged unless the commit succeeded.
@@ -86,7 +96,7 @@ pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accep
         sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(events
+    let outcomes: Vec<Accepted> = events
         .iter()
         .zip(&fingerprints)
         .map(|(event, fingerprint)| {
@@ -99,7 +109,11 @@ pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accep
                 Accepted::Conflict
             }
         })
-        .collect())
+        .collect();
+    for outcome in &outcomes {
+        metrics::counter!("usage_gate_events_total", "outcome" => outcome.as_str()).increment(1);
+    }
+    Ok(outcomes)
 }
 
 /// A pending event claimed for delivery.
@@ -114,6 +128,7 @@ pub struct Claimed {
     pub properties: serde_json::Value,
     /// Including this one.
     pub attempts: i32,
+    pub received_at: chrono::DateTime<chrono::Utc>,
 }
 
 /// Claims up to `limit` due events for `lease`. Rows another forwarder holds are skipped; an
@@ -128,7 +143,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
              ORDER BY next_attempt_at, id
              LIMIT $1
              FOR UPDATE SKIP LOCKED)
-         RETURNING id, event_id, subscription_id, customer_id, code, value, properties, attempts",
+         RETURNING id, event_id, subscription_id, customer_id, code, value, properties, attempts, received_at",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
@@ -146,6 +161,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
                 value: row.try_get("value")?,
                 properties: row.try_get("properties")?,
                 attempts: row.try_get("attempts")?,
+                received_at: row.try_get("received_at")?,
             })
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -298,4 +314,16 @@ pub async fn stats(pool: &PgPool) -> Result<Stats, sqlx::Error> {
         dead: row.try_get("dead")?,
         oldest_pending_age_seconds: row.try_get("oldest")?,
     })
+}
+
+/// Deletes delivered events older than `retention` (their `event_id`s are no longer caught as
+/// duplicates after that). Returns how many.
+pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM outbox WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1)",
+    )
+    .bind(retention.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
 }

@@ -111,11 +111,7 @@ pub async fn post_batch(
             let event_id = item.get("event_id").cloned();
             match parsed {
                 Ok(_) => {
-                    let status = match outcomes.next() {
-                        Some(Accepted::New) => "accepted",
-                        Some(Accepted::Duplicate) => "duplicate",
-                        _ => "conflict",
-                    };
+                    let status = outcomes.next().unwrap_or(Accepted::Conflict).as_str();
                     BatchItemResult { event_id, status, errors: vec![] }
                 }
                 Err(errors) => BatchItemResult { event_id, status: "invalid", errors },

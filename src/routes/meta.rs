@@ -10,6 +10,15 @@ use crate::startup::AppState;
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    // The queue's size comes from Postgres (shared by every replica), read at scrape time.
+    if let Ok(stats) = crate::outbox::store::stats(&state.pool).await {
+        for (status, count) in
+            [("pending", stats.pending), ("delivered", stats.delivered), ("dead", stats.dead)]
+        {
+            metrics::gauge!("usage_gate_outbox_events", "status" => status).set(count as f64);
+        }
+        metrics::gauge!("usage_gate_outbox_oldest_pending_age_seconds").set(stats.oldest_pending_age_seconds);
+    }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
 }
 

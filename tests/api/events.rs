@@ -380,3 +380,28 @@ async fn operators_page_through_the_outbox_and_see_its_stats() {
     assert_problem(app.get("/v1/outbox?status=lost", Some(ADMIN_KEY)).await, 400, "invalid_request").await;
     assert_problem(app.get("/v1/outbox", Some(EVENTS_KEY)).await, 403, "forbidden").await;
 }
+
+#[tokio::test]
+async fn delivering_a_customers_events_refreshes_its_cached_decision_and_is_measured() {
+    let app = TestApp::spawn_with(|raw| raw.cache.min_refresh_interval_ms = 0).await;
+    app.get(&format!("/v1/customers/{ACME}/check"), Some(CHECK_KEY)).await;
+    assert_eq!(app.sim.route_count("GET /api/v1/customer/{id}/costs").await, 1);
+    let body = json!({"event_id": "refresh-1", "customer": ACME, "code": "api_calls", "value": 1});
+    assert_eq!(app.post_event(&body).await.status(), 202);
+    app.outbox_status("refresh-1", "delivered").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while app.sim.route_count("GET /api/v1/customer/{id}/costs").await < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the delivery did not refresh the customer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    for series in [
+        r#"usage_gate_events_total{outcome="accepted"}"#,
+        r#"usage_gate_outbox_deliveries_total{outcome="delivered"}"#,
+        "usage_gate_outbox_delivery_lag_seconds_count",
+        r#"usage_gate_outbox_events{status="delivered"}"#,
+        "usage_gate_outbox_oldest_pending_age_seconds",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from /metrics");
+    }
+}

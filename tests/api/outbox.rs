@@ -136,3 +136,26 @@ async fn delivered_retried_and_dead_events_leave_the_queue_as_they_should() {
     let again = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
     assert_eq!((again.len(), again[0].event_id.as_str(), again[0].attempts), (1, "r", 2));
 }
+
+#[tokio::test]
+async fn pruning_deletes_only_delivered_events_past_retention() {
+    let (_, pool) = fresh_database().await;
+    store::accept(&pool, &[event("old", 1.0), event("new", 1.0), event("pending", 1.0)]).await.unwrap();
+    for id in ["old", "new"] {
+        let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
+        let row = claimed.iter().find(|c| c.event_id == id).unwrap();
+        store::mark_delivered(&pool, row.id).await.unwrap();
+        sqlx::query("UPDATE outbox SET lease_until = NULL WHERE status = 'pending'")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE outbox SET delivered_at = now() - interval '40 days' WHERE event_id = 'old'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(store::prune(&pool, Duration::from_secs(35 * 86_400)).await.unwrap(), 1);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY event_id").fetch_all(&pool).await.unwrap();
+    assert_eq!(left, ["new", "pending"]);
+}
