@@ -46,11 +46,23 @@ pub enum ApiError {
     Conflict(String),
     /// Postgres failed: nothing was stored, so the caller should retry.
     #[error("storage is unavailable; nothing was stored, retry: {0}")]
-    Storage(#[from] sqlx::Error),
+    Storage(String),
     #[error(transparent)]
     Upstream(#[from] BillaBearError),
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        ApiError::Storage(e.to_string())
+    }
+}
+
+impl From<crate::outbox::ingest::IngestError> for ApiError {
+    fn from(e: crate::outbox::ingest::IngestError) -> Self {
+        ApiError::Storage(e.to_string())
+    }
 }
 
 impl ApiError {

@@ -17,6 +17,7 @@ use crate::check::Checker;
 use crate::config::Settings;
 use crate::error::{self, ApiError};
 use crate::outbox::forwarder::{self, ForwarderHandle};
+use crate::outbox::ingest::Ingest;
 use crate::{db, routes, telemetry};
 
 /// What every handler may reach.
@@ -25,6 +26,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub billabear: BillaBearClient,
     pub checker: Checker,
+    /// Group commit for accepted events.
+    pub ingest: Ingest,
     pub metrics: PrometheusHandle,
 }
 
@@ -59,8 +62,17 @@ impl Application {
         let forwarder =
             forwarder::spawn(pool.clone(), &billabear, settings.outbox.clone(), Some(cache.clone()));
         let checker = Checker::new(cache, settings.policy.clone());
-        let state =
-            web::Data::new(AppState { settings: Arc::new(settings), pool, billabear, checker, metrics });
+        // Writers hold a connection each while committing; leave the rest of the pool to others.
+        let writers = (settings.database.max_connections as usize / 4).clamp(1, 8);
+        let ingest = Ingest::start(pool.clone(), writers);
+        let state = web::Data::new(AppState {
+            settings: Arc::new(settings),
+            pool,
+            billabear,
+            checker,
+            ingest,
+            metrics,
+        });
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

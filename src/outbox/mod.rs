@@ -7,6 +7,7 @@
 
 pub mod event;
 pub mod forwarder;
+pub mod ingest;
 pub mod retry;
 pub mod store;
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::check::Decision;
 use crate::error::ApiError;
-use crate::outbox::store::{self, Accepted};
+use crate::outbox::store::Accepted;
 use crate::outbox::{IncomingEvent, Target};
 use crate::startup::AppState;
 
@@ -38,7 +38,7 @@ pub async fn post_event(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let event = IncomingEvent::parse(&body, "").map_err(ApiError::invalid_fields)?;
-    let outcome = store::accept(&state.pool, std::slice::from_ref(&event)).await?;
+    let outcome = state.ingest.accept(vec![event.clone()]).await?;
     let decision = match event.target {
         Target::Customer(customer) => state.checker.cached_decision(customer),
         Target::Subscription(_) => None,
@@ -103,7 +103,7 @@ pub async fn post_batch(
         .map(|(i, item)| IncomingEvent::parse(item, &format!("events[{i}].")))
         .collect();
     let valid: Vec<IncomingEvent> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
-    let mut outcomes = store::accept(&state.pool, &valid).await?.into_iter();
+    let mut outcomes = state.ingest.accept(valid).await?.into_iter();
     let results = items
         .iter()
         .zip(parsed)
@@ -161,7 +161,7 @@ pub async fn post_billabear_event(
         Ok(event) => event,
         Err(errors) => return Ok(billabear_errors(errors)),
     };
-    match store::accept(&state.pool, std::slice::from_ref(&event)).await?.first() {
+    match state.ingest.accept(vec![event.clone()]).await?.first() {
         Some(Accepted::New | Accepted::Duplicate) => Ok(HttpResponse::Created().finish()),
         _ => Err(ApiError::Conflict(format!(
             "event_id {:?} was stored before with other content; nothing was changed",

@@ -159,3 +159,21 @@ async fn pruning_deletes_only_delivered_events_past_retention() {
         sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY event_id").fetch_all(&pool).await.unwrap();
     assert_eq!(left, ["new", "pending"]);
 }
+
+#[tokio::test]
+async fn group_commit_answers_each_request_with_its_own_outcomes() {
+    let (_, pool) = fresh_database().await;
+    let ingest = usage_gate::outbox::ingest::Ingest::start(pool.clone(), 2);
+    // 100 concurrent requests of two events each: its own, and one that all of them share.
+    let requests = (0..100).map(|i| {
+        let ingest = ingest.clone();
+        async move { ingest.accept(vec![event(&format!("g-{i}"), 1.0), event("shared", 1.0)]).await.unwrap() }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    assert!(answers.iter().all(|a| a.len() == 2 && a[0] == Accepted::New), "each request's own event is new");
+    let shared_new = answers.iter().filter(|a| a[1] == Accepted::New).count();
+    let shared_duplicate = answers.iter().filter(|a| a[1] == Accepted::Duplicate).count();
+    assert_eq!((shared_new, shared_duplicate), (1, 99), "the shared event_id is stored once");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 101);
+}
