@@ -33,7 +33,7 @@ impl Accepted {
     }
 }
 
-/// Stores the events in one transaction (one multi-row insert) and answers for each, in order.
+/// Stores the events with one statement (atomic: all or none) and answers for each, in order.
 /// An `event_id` already stored, or repeated earlier in `events`, is a duplicate or a conflict.
 /// Nothing is acknowledged unless the commit succeeded.
 pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
@@ -61,16 +61,21 @@ pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accep
     let properties: Vec<String> =
         events.iter().map(|e| serde_json::Value::Object(e.properties.clone()).to_string()).collect();
 
-    let mut tx = pool.begin().await?;
-    // WITH ORDINALITY keeps the request's order, so the first of two rows with one event_id wins.
-    let inserted: Vec<String> = sqlx::query_scalar(
-        "INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint)
-         SELECT e, s, c, code, v, p::jsonb, f
-         FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::bytea[])
-              WITH ORDINALITY AS t(e, s, c, code, v, p, f, n)
-         ORDER BY n
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id",
+    // One statement, so one round trip and atomic without BEGIN/COMMIT: the insert, and the
+    // NOTIFY that wakes forwarders (delivered when it commits). WITH ORDINALITY keeps the
+    // request's order, so the first of two rows with one event_id wins.
+    let inserted: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
+        "WITH inserted AS (
+             INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint)
+             SELECT e, s, c, code, v, p::jsonb, f
+             FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::bytea[])
+                  WITH ORDINALITY AS t(e, s, c, code, v, p, f, n)
+             ORDER BY n
+             ON CONFLICT (event_id) DO NOTHING
+             RETURNING event_id)
+         SELECT event_id FROM inserted
+         UNION ALL
+         SELECT NULL::text FROM (SELECT pg_notify($8, '')) AS notified WHERE EXISTS (SELECT 1 FROM inserted)",
     )
     .bind(&ids)
     .bind(&subscriptions)
@@ -79,23 +84,24 @@ pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accep
     .bind(&values)
     .bind(&properties)
     .bind(&fingerprints)
-    .fetch_all(&mut *tx)
-    .await?;
+    .bind(NOTIFY_CHANNEL)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .flatten()
+    .collect();
     let mut fresh: std::collections::HashSet<String> = inserted.into_iter().collect();
     let mut stored: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
     if fresh.len() < events.len() {
+        // Rows another request stored: committed by now (ON CONFLICT waited for them).
         let rows = sqlx::query("SELECT event_id, fingerprint FROM outbox WHERE event_id = ANY($1)")
             .bind(&ids)
-            .fetch_all(&mut *tx)
+            .fetch_all(pool)
             .await?;
         for row in rows {
             stored.insert(row.try_get("event_id")?, row.try_get("fingerprint")?);
         }
     }
-    if !fresh.is_empty() {
-        sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
     let outcomes: Vec<Accepted> = events
         .iter()
         .zip(&fingerprints)
