@@ -19,12 +19,13 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from common import Processes, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -58,15 +59,6 @@ def request(method, url, body=None, headers=None):
         return json.loads(text) if text else None
 
 
-def wait_for(url, what):
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except Exception:
-            time.sleep(0.1)
-    sys.exit(f"{what} did not come up at {url}")
 
 
 def wrk(url, duration, script=None):
@@ -132,14 +124,8 @@ key = "{KEY}"
 scopes = ["check", "admin"]
 """)
     env = dict(os.environ, DATABASE_URL="postgres://postgres@127.0.0.1:5432/usage_gate_bench")
-    procs = []
-
-    def start(cmd, **kw):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-        procs.append(p)
-        return p
-
-    try:
+    with Processes() as procs:
+        start = procs.start
         start([os.path.join(RELEASE, "usage-gate"), "sim", "--address", SIM, "--api-key", SIM_KEY,
                "--seed", seed, "--workers", "1"])
         wait_for(f"http://{SIM}/_sim/healthz", "the simulator")
@@ -194,15 +180,7 @@ scopes = ["check", "admin"]
         per_customer = [seen.get(f"GET /api/v1/customer/{c['id']}/costs", 0) for c in cold]
         results["cold_fetched_once"] = all(n == 1 for n in per_customer)
         results["cold_costs_calls"] = sum(per_customer)
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
     def median(values):
         values = sorted(values)

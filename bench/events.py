@@ -16,13 +16,14 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import json
 import urllib.request
+
+from common import Processes, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -39,15 +40,6 @@ def psql(sql, db=DB):
     return out.stdout.strip()
 
 
-def wait_for(url, what):
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(url, timeout=1)
-            return
-        except Exception:
-            time.sleep(0.1)
-    sys.exit(f"{what} did not come up at {url}")
 
 
 def control(method, path, body=None):
@@ -153,15 +145,9 @@ name = "bench"
 key = "{KEY}"
 scopes = ["events", "admin"]
 """)
-    procs = []
-
-    def start(cmd, **kw):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
-        procs.append(p)
-        return p
-
     results = {}
-    try:
+    with Processes() as procs:
+        start = procs.start
         start([os.path.join(RELEASE, "usage-gate"), "sim", "--address", SIM, "--api-key", SIM_KEY, "--workers", "1"])
         wait_for(f"http://{SIM}/_sim/healthz", "the simulator")
         start([os.path.join(RELEASE, "usage-gate"), "--config", config, "serve"], env=dict(os.environ, DATABASE_URL=DB_URL))
@@ -212,15 +198,7 @@ scopes = ["events", "admin"]
                         "FROM (SELECT extract(epoch FROM delivered_at - received_at) AS d FROM outbox "
                         "WHERE event_id LIKE 'lag-%') t").split("|")
         results["lag"] = (sent, float(p50) * 1000, float(p99) * 1000)
-    finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
 
     print()
     print(f"baseline, pgbench -c64 single-row insert transactions:  {results['baseline']:>8.0f} rows/s")

@@ -123,7 +123,7 @@ pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accep
 }
 
 /// A pending event claimed for delivery.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct Claimed {
     pub id: i64,
     pub event_id: String,
@@ -140,7 +140,7 @@ pub struct Claimed {
 /// Claims up to `limit` due events for `lease`. Rows another forwarder holds are skipped; an
 /// expired lease (its forwarder died) is taken over.
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows = sqlx::query(
+    let mut claimed: Vec<Claimed> = sqlx::query_as(
         "UPDATE outbox SET lease_until = now() + make_interval(secs => $2), attempts = attempts + 1
          WHERE id IN (
              SELECT id FROM outbox
@@ -155,22 +155,6 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
     .bind(lease.as_secs_f64())
     .fetch_all(pool)
     .await?;
-    let mut claimed = rows
-        .into_iter()
-        .map(|row| {
-            Ok(Claimed {
-                id: row.try_get("id")?,
-                event_id: row.try_get("event_id")?,
-                subscription_id: row.try_get("subscription_id")?,
-                customer_id: row.try_get("customer_id")?,
-                code: row.try_get("code")?,
-                value: row.try_get("value")?,
-                properties: row.try_get("properties")?,
-                attempts: row.try_get("attempts")?,
-                received_at: row.try_get("received_at")?,
-            })
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     claimed.sort_by_key(|c| c.id);
     Ok(claimed)
 }

@@ -33,6 +33,21 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Waits until events `{prefix}-0` to `{prefix}-{n-1}` are delivered, then asserts that
+    /// the simulator received each exactly once.
+    pub async fn assert_each_delivered_once(&self, prefix: &str, n: usize) {
+        for i in 0..n {
+            self.outbox_status(&format!("{prefix}-{i}"), "delivered").await;
+        }
+        for i in 0..n {
+            assert_eq!(
+                self.sim.event_count(&format!("{prefix}-{i}")).await,
+                1,
+                "{prefix}-{i} delivered exactly once"
+            );
+        }
+    }
+
     /// Polls the outbox row until `status`, or fails after 10 s.
     pub async fn outbox_status(&self, event_id: &str, status: &str) -> Value {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -115,12 +130,7 @@ async fn events_accepted_during_an_outage_are_delivered_once_after_it() {
     };
     assert_eq!((row["status"].as_str(), row["upstream_status"].as_i64()), (Some("pending"), Some(503)));
     app.sim.clear_faults().await;
-    for i in 0..20 {
-        app.outbox_status(&format!("out-{i}"), "delivered").await;
-    }
-    for i in 0..20 {
-        assert_eq!(app.sim.event_count(&format!("out-{i}")).await, 1, "out-{i} delivered exactly once");
-    }
+    app.assert_each_delivered_once("out", 20).await;
 }
 
 #[tokio::test]
@@ -295,12 +305,7 @@ async fn two_instances_on_one_database_deliver_each_event_once() {
     for response in futures_util::future::join_all(posts).await {
         assert_eq!(response.status(), 202);
     }
-    for i in 0..60 {
-        app.outbox_status(&format!("two-{i}"), "delivered").await;
-    }
-    for i in 0..60 {
-        assert_eq!(app.sim.event_count(&format!("two-{i}")).await, 1, "two-{i}");
-    }
+    app.assert_each_delivered_once("two", 60).await;
 }
 
 #[tokio::test]
