@@ -117,11 +117,16 @@ impl Application {
     /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests and deliveries finish;
     /// events not yet delivered stay pending for the next start (or another replica).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// As [`Application::run_until_stopped`], stopping when `stop` resolves instead of on a signal.
+    pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
         let result = tokio::select! {
             result = server => result.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
-            () = shutdown_signal() => {
+            () = stop => {
                 tracing::info!("shutting down: finishing in-flight requests and deliveries");
                 handle.stop(true).await;
                 Ok(())

@@ -410,3 +410,32 @@ async fn delivering_a_customers_events_refreshes_its_cached_decision_and_is_meas
         assert!(metrics.contains(series), "{series} missing from /metrics");
     }
 }
+
+#[tokio::test]
+async fn on_shutdown_deliveries_under_way_finish_and_the_service_stops_answering() {
+    let mut app = TestApp::spawn().await;
+    // BillaBear is slow, so the deliveries are still under way when the shutdown begins.
+    app.sim.set_faults(json!({"latency_ms": 400, "only": "events"})).await;
+    for i in 0..5 {
+        assert_eq!(app.post_event(&event(&format!("stop-{i}"))).await.status(), 202);
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE attempts >= 1")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        if claimed == 5 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the deliveries never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    app.shut_down().await;
+    // Everything that was under way was finished and recorded, once.
+    for i in 0..5 {
+        assert_eq!(app.outbox_row(&format!("stop-{i}")).await["status"], "delivered", "stop-{i}");
+        assert_eq!(app.sim.event_count(&format!("stop-{i}")).await, 1);
+    }
+    assert!(app.http.get(app.url("/healthz")).send().await.is_err(), "no longer listening");
+}

@@ -222,6 +222,9 @@ pub struct TestApp {
     /// Shared with a second instance, if one is started.
     pub sim: std::sync::Arc<Sim>,
     pub http: reqwest::Client,
+    /// Stops the service as SIGTERM would (see `shut_down`).
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 impl TestApp {
@@ -253,18 +256,32 @@ impl TestApp {
         let settings = test_settings(&self.sim.base_url(), database.as_str()).validate().unwrap();
         let pool = PgPool::connect(database.as_str()).await.unwrap();
         let listener = TcpListener::bind(settings.server.address).unwrap();
-        let app = Application::build_with(settings, pool.clone(), listener).unwrap();
-        let address = format!("http://{}", app.addr());
-        tokio::spawn(app.run_until_stopped());
-        TestApp { address, pool, sim: self.sim.clone(), http: reqwest::Client::new() }
+        Self::run(settings, pool, listener, self.sim.clone())
     }
 
     fn start(settings: Settings, pool: PgPool, sim: Sim) -> Self {
         let listener = TcpListener::bind(settings.server.address).unwrap();
+        Self::run(settings, pool, listener, std::sync::Arc::new(sim))
+    }
+
+    fn run(settings: Settings, pool: PgPool, listener: TcpListener, sim: std::sync::Arc<Sim>) -> Self {
         let app = Application::build_with(settings, pool.clone(), listener).unwrap();
         let address = format!("http://{}", app.addr());
-        tokio::spawn(app.run_until_stopped());
-        Self { address, pool, sim: std::sync::Arc::new(sim), http: reqwest::Client::new() }
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(app.run_until(async move {
+            let _ = stopped.await;
+        }));
+        Self { address, pool, sim, http: reqwest::Client::new(), stop: Some(stop), running: Some(running) }
+    }
+
+    /// Shuts the service down as SIGTERM does and waits until it has.
+    pub async fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(running) = self.running.take() {
+            running.await.unwrap().unwrap();
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
