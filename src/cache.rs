@@ -249,11 +249,6 @@ impl SnapshotCache {
         self.inner.snapshots.invalidate(&id);
     }
 
-    /// Whatever is cached for the customer, fresh or not (for admin views).
-    pub fn peek(&self, id: CustomerId) -> Option<Arc<Snapshot>> {
-        self.inner.snapshots.get(&id)
-    }
-
     /// A lookup from the cache alone: never fetches or refreshes. None when nothing usable is
     /// cached.
     pub fn cached(&self, id: CustomerId) -> Option<Lookup> {

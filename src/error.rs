@@ -41,8 +41,6 @@ pub enum ApiError {
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
-    ServiceUnavailable(String),
-    #[error("{0}")]
     Conflict(String),
     /// Postgres failed: nothing was stored, so the caller should retry.
     #[error("storage is unavailable; nothing was stored, retry: {0}")]
@@ -87,7 +85,6 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
-            ApiError::ServiceUnavailable(_) => "service_unavailable",
             ApiError::Conflict(_) => "conflict",
             ApiError::Storage(_) => "storage_unavailable",
             ApiError::Upstream(BillaBearError::Timeout(_)) => "upstream_timeout",
@@ -141,7 +138,6 @@ impl ResponseError for ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::ServiceUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(BillaBearError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
@@ -165,7 +161,7 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, ApiError::Storage(_) | ApiError::ServiceUnavailable(_)) {
+        if matches!(self, ApiError::Storage(_)) {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -133,29 +133,31 @@ impl IncomingEvent {
         // -0.0 and 0.0 are the same usage.
         hash.update((self.value + 0.0).to_bits().to_le_bytes());
         let mut canonical = Vec::new();
-        write_canonical(&Value::Object(self.properties.clone()), &mut canonical);
+        write_canonical_object(&self.properties, &mut canonical);
         hash.update(&canonical);
         hash.finalize().into()
     }
 }
 
+fn write_canonical_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
+    let mut keys: Vec<&String> = map.keys().collect();
+    keys.sort();
+    out.push(b'{');
+    for (i, key) in keys.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend(serde_json::to_vec(key).unwrap_or_default());
+        out.push(b':');
+        write_canonical(&map[key], out);
+    }
+    out.push(b'}');
+}
+
 /// JSON with object keys sorted at every level.
 fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                out.extend(serde_json::to_vec(key).unwrap_or_default());
-                out.push(b':');
-                write_canonical(&map[key], out);
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_canonical_object(map, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {

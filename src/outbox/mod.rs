@@ -2,8 +2,9 @@
 //! forwarded to BillaBear with retries. The outbox row is also the dedupe record (`event_id` is
 //! unique), so a write that fails leaves nothing behind and a retry is never swallowed.
 //!
-//! This module has the pieces so far: parsing (`event`), the retry schedule (`retry`) and the
-//! storage operations (`store`). The HTTP routes and the forwarder build on them.
+//! `event` parses what callers send; `ingest` commits concurrent requests' events together;
+//! `store` holds the table's operations; `forwarder` delivers to BillaBear on the schedule
+//! `retry` sets. The HTTP routes are in `routes::events` and `routes::outbox`.
 
 pub mod event;
 pub mod forwarder;

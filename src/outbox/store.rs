@@ -1,5 +1,5 @@
-//! The outbox table's operations. Accepting is one transaction per call, however many events
-//! it holds (so concurrent requests can share one); claiming uses `FOR UPDATE SKIP LOCKED` and
+//! The outbox table's operations. Accepting is one statement per call, however many events it
+//! holds (so concurrent requests can share one, see `ingest`); claiming uses `FOR UPDATE SKIP LOCKED` and
 //! a lease, so several replicas can share the table and a dead replica's claims are taken over.
 
 use std::time::Duration;
@@ -59,7 +59,7 @@ pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accep
     let codes: Vec<&str> = events.iter().map(|e| e.code.as_str()).collect();
     let values: Vec<f64> = events.iter().map(|e| e.value).collect();
     let properties: Vec<String> =
-        events.iter().map(|e| serde_json::Value::Object(e.properties.clone()).to_string()).collect();
+        events.iter().map(|e| serde_json::to_string(&e.properties).unwrap_or_else(|_| "{}".into())).collect();
 
     // One statement, so one round trip and atomic without BEGIN/COMMIT: the insert, and the
     // NOTIFY that wakes forwarders (delivered when it commits). WITH ORDINALITY keeps the

@@ -8,17 +8,11 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use super::{batch_items, customer_id};
 use crate::check::Decision;
 use crate::domain::CustomerId;
 use crate::error::{ApiError, FieldError, PROBLEM_JSON};
 use crate::startup::AppState;
-
-/// The most customers one batch may ask about.
-pub const MAX_BATCH: usize = 1000;
-
-fn customer_id(raw: &str, field: &str) -> Result<CustomerId, ApiError> {
-    CustomerId::parse(raw).map_err(|e| ApiError::invalid_field(field, e.to_string()))
-}
 
 const COST_RULE: &str = "must be a non-negative integer (minor units)";
 
@@ -140,21 +134,7 @@ pub async fn check_batch(
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let items = match body.get("customers") {
-        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_BATCH => items,
-        Some(Value::Array(items)) => {
-            return Err(ApiError::invalid_field(
-                "customers",
-                format!("must hold 1 to {MAX_BATCH} items, got {}", items.len()),
-            ));
-        }
-        _ => {
-            return Err(ApiError::invalid_field(
-                "customers",
-                "required: a list of {\"id\", \"cost\"} objects",
-            ));
-        }
-    };
+    let items = batch_items(&body, "customers", "{\"id\", \"cost\"} objects")?;
     let parsed: Vec<_> = items.iter().enumerate().map(|(i, item)| parse_item(i, item)).collect();
     let concurrency = state.settings.cache.fetch_concurrency;
     let decisions: Vec<BatchAnswer> = futures_util::stream::iter(parsed)

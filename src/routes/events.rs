@@ -5,6 +5,7 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::batch_items;
 use crate::check::Decision;
 use crate::error::ApiError;
 use crate::outbox::store::Accepted;
@@ -38,24 +39,28 @@ pub async fn post_event(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let event = IncomingEvent::parse(&body, "").map_err(ApiError::invalid_fields)?;
-    let outcome = state.ingest.accept(vec![event.clone()]).await?;
-    let decision = match event.target {
+    let (event_id, target) = (event.event_id.to_string(), event.target);
+    let outcome = state.ingest.accept(vec![event]).await?;
+    let decision = match target {
         Target::Customer(customer) => state.checker.cached_decision(customer),
         Target::Subscription(_) => None,
     };
-    let answer = |status| EventAnswer { status, event_id: event.event_id.to_string(), decision };
     match outcome.first() {
-        Some(Accepted::New) => Ok(HttpResponse::Accepted().json(answer("accepted"))),
-        Some(Accepted::Duplicate) => Ok(HttpResponse::Ok().json(answer("duplicate"))),
-        _ => Err(ApiError::Conflict(format!(
-            "event_id {:?} was stored before with other content; nothing was changed",
-            event.event_id.as_str()
-        ))),
+        Some(Accepted::New) => {
+            Ok(HttpResponse::Accepted().json(EventAnswer { status: "accepted", event_id, decision }))
+        }
+        Some(Accepted::Duplicate) => {
+            Ok(HttpResponse::Ok().json(EventAnswer { status: "duplicate", event_id, decision }))
+        }
+        _ => Err(conflict(&event_id)),
     }
 }
 
-/// The most events one batch may hold.
-pub const MAX_BATCH: usize = 1000;
+fn conflict(event_id: &str) -> ApiError {
+    ApiError::Conflict(format!(
+        "event_id {event_id:?} was stored before with other content; nothing was changed"
+    ))
+}
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchItemResult {
@@ -87,34 +92,31 @@ pub async fn post_batch(
     state: web::Data<AppState>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let items = match body.get("events") {
-        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_BATCH => items,
-        Some(Value::Array(items)) => {
-            return Err(ApiError::invalid_field(
-                "events",
-                format!("must hold 1 to {MAX_BATCH} events, got {}", items.len()),
-            ));
+    let items = batch_items(&body, "events", "events")?;
+    // The valid events go to storage together; each invalid one keeps its errors in its place.
+    let mut valid = Vec::with_capacity(items.len());
+    let mut invalid = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match IncomingEvent::parse(item, &format!("events[{i}].")) {
+            Ok(event) => {
+                valid.push(event);
+                invalid.push(None);
+            }
+            Err(errors) => invalid.push(Some(errors)),
         }
-        _ => return Err(ApiError::invalid_field("events", "required: a list of events")),
-    };
-    let parsed: Vec<Result<IncomingEvent, Vec<crate::error::FieldError>>> = items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| IncomingEvent::parse(item, &format!("events[{i}].")))
-        .collect();
-    let valid: Vec<IncomingEvent> = parsed.iter().filter_map(|p| p.as_ref().ok().cloned()).collect();
+    }
     let mut outcomes = state.ingest.accept(valid).await?.into_iter();
     let results = items
         .iter()
-        .zip(parsed)
-        .map(|(item, parsed)| {
+        .zip(invalid)
+        .map(|(item, invalid)| {
             let event_id = item.get("event_id").cloned();
-            match parsed {
-                Ok(_) => {
+            match invalid {
+                None => {
                     let status = outcomes.next().unwrap_or(Accepted::Conflict).as_str();
                     BatchItemResult { event_id, status, errors: vec![] }
                 }
-                Err(errors) => BatchItemResult { event_id, status: "invalid", errors },
+                Some(errors) => BatchItemResult { event_id, status: "invalid", errors },
             }
         })
         .collect();
@@ -161,11 +163,9 @@ pub async fn post_billabear_event(
         Ok(event) => event,
         Err(errors) => return Ok(billabear_errors(errors)),
     };
-    match state.ingest.accept(vec![event.clone()]).await?.first() {
+    let event_id = event.event_id.to_string();
+    match state.ingest.accept(vec![event]).await?.first() {
         Some(Accepted::New | Accepted::Duplicate) => Ok(HttpResponse::Created().finish()),
-        _ => Err(ApiError::Conflict(format!(
-            "event_id {:?} was stored before with other content; nothing was changed",
-            event.event_id.as_str()
-        ))),
+        _ => Err(conflict(&event_id)),
     }
 }

@@ -14,6 +14,8 @@ use actix_web::middleware::from_fn;
 use actix_web::{Resource, web};
 
 use crate::auth::{Scope, authorize};
+use crate::domain::CustomerId;
+use crate::error::ApiError;
 use crate::telemetry::RouteLabel;
 
 /// Registers every route. Health, metrics and docs are open; everything under `/v1` needs a key.
@@ -65,4 +67,28 @@ fn keyed(
         req.extensions_mut().insert(RouteLabel(path));
         authorize(req, next, scope)
     }))
+}
+
+/// The most items one batch request (checks or events) may hold.
+pub const MAX_BATCH: usize = 1000;
+
+/// A customer id from a path, header or query parameter, or a 400 naming `field`.
+fn customer_id(raw: &str, field: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(raw).map_err(|e| ApiError::invalid_field(field, e.to_string()))
+}
+
+/// The list a batch request carries in `field`: 1 to [`MAX_BATCH`] items, or a 400 naming it.
+fn batch_items<'a>(
+    body: &'a serde_json::Value,
+    field: &str,
+    shape: &str,
+) -> Result<&'a [serde_json::Value], ApiError> {
+    match body.get(field) {
+        Some(serde_json::Value::Array(items)) if !items.is_empty() && items.len() <= MAX_BATCH => Ok(items),
+        Some(serde_json::Value::Array(items)) => Err(ApiError::invalid_field(
+            field,
+            format!("must hold 1 to {MAX_BATCH} items, got {}", items.len()),
+        )),
+        _ => Err(ApiError::invalid_field(field, format!("required: a list of {shape}"))),
+    }
 }

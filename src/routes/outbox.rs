@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::CustomerId;
+use super::customer_id;
 use crate::error::ApiError;
 use crate::outbox::store::{self, OutboxEvent, Stats};
 use crate::startup::AppState;
@@ -28,12 +28,7 @@ pub struct OutboxPage {
 }
 
 fn customer(raw: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
-    raw.map(|c| {
-        CustomerId::parse(c)
-            .map(|c| c.as_uuid())
-            .map_err(|e| ApiError::invalid_field("customer", e.to_string()))
-    })
-    .transpose()
+    raw.map(|c| customer_id(c, "customer").map(|c| c.as_uuid())).transpose()
 }
 
 /// Outbox events in the order they were accepted, a page at a time.
