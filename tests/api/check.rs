@@ -41,22 +41,6 @@ impl TestApp {
     }
 }
 
-/// Polls `probe` every 10 ms until it returns Some, failing after `within`.
-async fn eventually<T, F, Fut>(within: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        if let Some(found) = probe().await {
-            return found;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "condition not reached within {within:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn reasons(decision: &Value) -> Vec<&str> {
     decision["reasons"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect()
 }
@@ -180,7 +164,7 @@ async fn check_serves_stale_decision_while_billabear_is_down_then_falls_back() {
     assert_eq!(app.check(UMBRELLA_OVER).await["source"], "upstream");
     app.sim.set_faults(json!({"outage": "unavailable"})).await;
 
-    let stale = eventually(Duration::from_secs(5), || async {
+    let stale = eventually(Duration::from_secs(5), "a stale answer", || async {
         let d = app.check(UMBRELLA_OVER).await;
         (d["source"] == "stale").then_some(d)
     })
@@ -188,7 +172,7 @@ async fn check_serves_stale_decision_while_billabear_is_down_then_falls_back() {
     assert_eq!((stale["allowed"].as_bool(), stale["fallback"].as_bool()), (Some(false), Some(false)));
     assert_eq!(reasons(&stale), vec!["disable_limit_exceeded"], "stale data still decides");
 
-    let fallback = eventually(Duration::from_secs(5), || async {
+    let fallback = eventually(Duration::from_secs(5), "a fallback answer", || async {
         let d = app.check(UMBRELLA_OVER).await;
         (d["source"] == "fallback").then_some(d)
     })
@@ -202,7 +186,7 @@ async fn check_serves_stale_decision_while_billabear_is_down_then_falls_back() {
     assert_eq!(fallback["status"], "unknown");
 
     app.sim.clear_faults().await;
-    let recovered = eventually(Duration::from_secs(5), || async {
+    let recovered = eventually(Duration::from_secs(5), "an answer from fresh data", || async {
         let d = app.check(UMBRELLA_OVER).await;
         (d["fallback"] == false).then_some(d)
     })
@@ -221,7 +205,7 @@ async fn refreshes_during_an_outage_are_bounded_per_customer() {
     app.check(ACME).await;
     app.sim.set_faults(json!({"outage": "unavailable"})).await;
     // Stale checks start one refresh once the interval since the first fetch has passed.
-    eventually(Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), "a refresh after the interval", || async {
         // Within the 1 ms ttl a check is still a fresh hit; either way the cached data answers.
         assert_ne!(app.check(ACME).await["source"], "fallback");
         (app.sim.route_count(costs).await >= 2).then_some(())

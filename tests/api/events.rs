@@ -14,15 +14,11 @@ impl TestApp {
 
     /// Polls until the simulator has received `event_id` at least once, or fails after 10 s.
     pub async fn delivered(&self, event_id: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        eventually(Duration::from_secs(10), format!("{event_id} at the simulator"), || async {
             let received = self.sim.event(event_id).await;
-            if received["count"].as_u64() > Some(0) {
-                return received;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{event_id} never reached the simulator");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (received["count"].as_u64() > Some(0)).then_some(received)
+        })
+        .await
     }
 
     pub async fn outbox_row(&self, event_id: &str) -> Value {
@@ -50,15 +46,11 @@ impl TestApp {
 
     /// Polls the outbox row until `status`, or fails after 10 s.
     pub async fn outbox_status(&self, event_id: &str, status: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        eventually(Duration::from_secs(10), format!("{event_id} to be {status}"), || async {
             let row = self.outbox_row(event_id).await;
-            if row["status"] == status {
-                return row;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{event_id} never became {status}: {row}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (row["status"] == status).then_some(row)
+        })
+        .await
     }
 }
 
@@ -121,13 +113,11 @@ async fn events_accepted_during_an_outage_are_delivered_once_after_it() {
         assert_eq!(app.post_event(&event(&format!("out-{i}"))).await.status(), 202);
     }
     // Delivery is being tried and failing.
-    let row = loop {
+    let row = eventually(Duration::from_secs(10), "failed delivery attempts", || async {
         let row = app.outbox_row("out-0").await;
-        if row["attempts"].as_i64() >= Some(2) {
-            break row;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        (row["attempts"].as_i64() >= Some(2)).then_some(row)
+    })
+    .await;
     assert_eq!((row["status"].as_str(), row["upstream_status"].as_i64()), (Some("pending"), Some(503)));
     app.sim.clear_faults().await;
     app.assert_each_delivered_once("out", 20).await;
@@ -394,11 +384,10 @@ async fn delivering_a_customers_events_refreshes_its_cached_decision_and_is_meas
     let body = json!({"event_id": "refresh-1", "customer": ACME, "code": "api_calls", "value": 1});
     assert_eq!(app.post_event(&body).await.status(), 202);
     app.outbox_status("refresh-1", "delivered").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while app.sim.route_count("GET /api/v1/customer/{id}/costs").await < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "the delivery did not refresh the customer");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "the delivery to refresh the customer", || async {
+        (app.sim.route_count("GET /api/v1/customer/{id}/costs").await >= 2).then_some(())
+    })
+    .await;
     let metrics = app.get("/metrics", None).await.text().await.unwrap();
     for series in [
         r#"usage_gate_events_total{outcome="accepted"}"#,
@@ -419,18 +408,14 @@ async fn on_shutdown_deliveries_under_way_finish_and_the_service_stops_answering
     for i in 0..5 {
         assert_eq!(app.post_event(&event(&format!("stop-{i}"))).await.status(), 202);
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    eventually(Duration::from_secs(5), "the deliveries to start", || async {
         let claimed: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE attempts >= 1")
             .fetch_one(&app.pool)
             .await
             .unwrap();
-        if claimed == 5 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the deliveries never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        (claimed == 5).then_some(())
+    })
+    .await;
     app.shut_down().await;
     // Everything that was under way was finished and recorded, once.
     for i in 0..5 {

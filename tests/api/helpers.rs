@@ -318,3 +318,20 @@ pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str
     assert_eq!(body["type"], format!("urn:usage-gate:problem:{code}"));
     body
 }
+
+/// Polls `probe` every 10 ms until it returns Some, failing with "`what` within …" after `within`.
+/// The one way tests wait for something asynchronous: no fixed sleeps.
+pub async fn eventually<T, F, Fut>(within: Duration, what: impl std::fmt::Display, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "expected {what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

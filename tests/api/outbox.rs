@@ -97,15 +97,11 @@ async fn an_expired_lease_is_taken_over_and_a_live_one_is_not() {
     assert_eq!((first.len(), first[0].attempts), (1, 1));
     assert!(store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().is_empty(), "leased");
     // The first claimer "dies"; once its lease runs out another takes the event over.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let taken = loop {
+    let taken = eventually(Duration::from_secs(5), "the expired lease to be taken over", || async {
         let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
-        if !claimed.is_empty() {
-            break claimed;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the expired lease was not taken over");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        (!claimed.is_empty()).then_some(claimed)
+    })
+    .await;
     assert_eq!((taken[0].event_id.as_str(), taken[0].attempts), ("l1", 2));
 }
 
