@@ -62,9 +62,7 @@ impl Application {
         let forwarder =
             forwarder::spawn(pool.clone(), &billabear, settings.outbox.clone(), Some(cache.clone()));
         let checker = Checker::new(cache, settings.policy.clone());
-        // Writers hold a connection each while committing; leave the rest of the pool to others.
-        let writers = (settings.database.max_connections as usize / 4).clamp(1, 8);
-        let ingest = Ingest::start(pool.clone(), writers);
+        let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout);
         let state = web::Data::new(AppState {
             settings: Arc::new(settings),
             pool,
@@ -74,6 +72,8 @@ impl Application {
             metrics,
         });
         let mut server = HttpServer::new(move || {
+            // Runs on each worker thread as it starts.
+            state.ingest.attach_worker();
             App::new()
                 .app_data(state.clone())
                 .app_data(keys.clone())

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::event::{IncomingEvent, Target};
@@ -36,7 +36,7 @@ impl Accepted {
 /// Stores the events with one statement (atomic: all or none) and answers for each, in order.
 /// An `event_id` already stored, or repeated earlier in `events`, is a duplicate or a conflict.
 /// Nothing is acknowledged unless the commit succeeded.
-pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
+pub async fn accept(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
     if events.is_empty() {
         return Ok(vec![]);
     }
@@ -85,7 +85,7 @@ pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accep
     .bind(&properties)
     .bind(&fingerprints)
     .bind(NOTIFY_CHANNEL)
-    .fetch_all(pool)
+    .fetch_all(&mut *conn)
     .await?
     .into_iter()
     .flatten()
@@ -96,7 +96,7 @@ pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accep
         // Rows another request stored: committed by now (ON CONFLICT waited for them).
         let rows = sqlx::query("SELECT event_id, fingerprint FROM outbox WHERE event_id = ANY($1)")
             .bind(&ids)
-            .fetch_all(pool)
+            .fetch_all(&mut *conn)
             .await?;
         for row in rows {
             stored.insert(row.try_get("event_id")?, row.try_get("fingerprint")?);
@@ -116,8 +116,11 @@ pub async fn accept(pool: &PgPool, events: &[IncomingEvent]) -> Result<Vec<Accep
             }
         })
         .collect();
-    for outcome in &outcomes {
-        metrics::counter!("usage_gate_events_total", "outcome" => outcome.as_str()).increment(1);
+    for kind in [Accepted::New, Accepted::Duplicate, Accepted::Conflict] {
+        let count = outcomes.iter().filter(|o| **o == kind).count() as u64;
+        if count > 0 {
+            metrics::counter!("usage_gate_events_total", "outcome" => kind.as_str()).increment(count);
+        }
     }
     Ok(outcomes)
 }

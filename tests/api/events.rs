@@ -191,6 +191,32 @@ async fn with_postgres_down_an_event_is_a_503_and_never_acknowledged() {
 }
 
 #[tokio::test]
+async fn after_postgres_drops_its_connections_events_are_stored_again() {
+    let app = TestApp::spawn().await;
+    assert_eq!(app.post_event(&event("before")).await.status(), 202);
+    // As in a Postgres restart or failover: every usage-gate connection is cut.
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    // The first request after the cut may find the dead connection (503, nothing acknowledged);
+    // a client's retry of the same event must then be stored.
+    let answers = std::cell::RefCell::new(vec![]);
+    eventually(Duration::from_secs(10), "an event accepted after the cut", || async {
+        let status = app.post_event(&event("after")).await.status().as_u16();
+        answers.borrow_mut().push(status);
+        (status == 202).then_some(())
+    })
+    .await;
+    let answers = answers.into_inner();
+    assert!(answers.iter().all(|s| *s == 202 || *s == 503), "only 503s before the 202: {answers:?}");
+    assert_eq!(app.outbox_row("after").await["event_id"], "after");
+}
+
+#[tokio::test]
 async fn posting_events_needs_the_events_scope() {
     let app = TestApp::spawn().await;
     for key in [CHECK_KEY, ADMIN_KEY] {

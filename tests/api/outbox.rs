@@ -33,10 +33,17 @@ async fn column(pool: &PgPool, event_id: &str, column: &str) -> Value {
 async fn accepted_events_are_stored_and_repeats_are_duplicates_or_conflicts() {
     let (_, pool) = fresh_database().await;
     assert_eq!(
-        store::accept(&pool, &[event("e1", 1.0), event("e2", 2.0)]).await.unwrap(),
+        store::accept(&mut pool.acquire().await.unwrap(), &[event("e1", 1.0), event("e2", 2.0)])
+            .await
+            .unwrap(),
         [Accepted::New, Accepted::New]
     );
-    let again = store::accept(&pool, &[event("e1", 1.0), event("e2", 3.0), event("e3", 1.0)]).await.unwrap();
+    let again = store::accept(
+        &mut pool.acquire().await.unwrap(),
+        &[event("e1", 1.0), event("e2", 3.0), event("e3", 1.0)],
+    )
+    .await
+    .unwrap();
     assert_eq!(again, [Accepted::Duplicate, Accepted::Conflict, Accepted::New]);
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
     assert_eq!(count, 3, "nothing written for the duplicate or the conflict");
@@ -48,8 +55,12 @@ async fn accepted_events_are_stored_and_repeats_are_duplicates_or_conflicts() {
 #[tokio::test]
 async fn within_one_batch_the_first_of_a_repeated_event_id_wins() {
     let (_, pool) = fresh_database().await;
-    let outcome =
-        store::accept(&pool, &[event("same", 1.0), event("same", 1.0), event("same", 9.0)]).await.unwrap();
+    let outcome = store::accept(
+        &mut pool.acquire().await.unwrap(),
+        &[event("same", 1.0), event("same", 1.0), event("same", 9.0)],
+    )
+    .await
+    .unwrap();
     assert_eq!(outcome, [Accepted::New, Accepted::Duplicate, Accepted::Conflict]);
     assert_eq!(column(&pool, "same", "value").await.as_f64(), Some(1.0));
 }
@@ -59,7 +70,7 @@ async fn an_accepted_batch_notifies_forwarders_on_commit() {
     let (url, pool) = fresh_database().await;
     let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
     listener.listen(store::NOTIFY_CHANNEL).await.unwrap();
-    store::accept(&pool, &[event("n1", 1.0)]).await.unwrap();
+    store::accept(&mut pool.acquire().await.unwrap(), &[event("n1", 1.0)]).await.unwrap();
     let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
     assert_eq!(notification.channel(), store::NOTIFY_CHANNEL);
 }
@@ -68,7 +79,7 @@ async fn an_accepted_batch_notifies_forwarders_on_commit() {
 async fn concurrent_claimers_never_share_an_event_and_together_take_all() {
     let (url, pool) = fresh_database().await;
     let events: Vec<_> = (0..200).map(|i| event(&format!("c{i}"), 1.0)).collect();
-    store::accept(&pool, &events).await.unwrap();
+    store::accept(&mut pool.acquire().await.unwrap(), &events).await.unwrap();
     // Two "replicas", each with its own pool, claiming in small batches until nothing is left.
     let replica = |pool: PgPool| async move {
         let mut mine = Vec::new();
@@ -92,7 +103,7 @@ async fn concurrent_claimers_never_share_an_event_and_together_take_all() {
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_and_a_live_one_is_not() {
     let (_, pool) = fresh_database().await;
-    store::accept(&pool, &[event("l1", 1.0)]).await.unwrap();
+    store::accept(&mut pool.acquire().await.unwrap(), &[event("l1", 1.0)]).await.unwrap();
     let first = store::claim(&pool, 10, Duration::from_millis(200)).await.unwrap();
     assert_eq!((first.len(), first[0].attempts), (1, 1));
     assert!(store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().is_empty(), "leased");
@@ -108,7 +119,9 @@ async fn an_expired_lease_is_taken_over_and_a_live_one_is_not() {
 #[tokio::test]
 async fn delivered_retried_and_dead_events_leave_the_queue_as_they_should() {
     let (_, pool) = fresh_database().await;
-    store::accept(&pool, &[event("d", 1.0), event("r", 1.0), event("x", 1.0)]).await.unwrap();
+    store::accept(&mut pool.acquire().await.unwrap(), &[event("d", 1.0), event("r", 1.0), event("x", 1.0)])
+        .await
+        .unwrap();
     let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
     let id = |event_id: &str| claimed.iter().find(|c| c.event_id == event_id).unwrap().id;
     store::mark_delivered(&pool, id("d")).await.unwrap();
@@ -136,7 +149,12 @@ async fn delivered_retried_and_dead_events_leave_the_queue_as_they_should() {
 #[tokio::test]
 async fn pruning_deletes_only_delivered_events_past_retention() {
     let (_, pool) = fresh_database().await;
-    store::accept(&pool, &[event("old", 1.0), event("new", 1.0), event("pending", 1.0)]).await.unwrap();
+    store::accept(
+        &mut pool.acquire().await.unwrap(),
+        &[event("old", 1.0), event("new", 1.0), event("pending", 1.0)],
+    )
+    .await
+    .unwrap();
     for id in ["old", "new"] {
         let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
         let row = claimed.iter().find(|c| c.event_id == id).unwrap();
@@ -156,10 +174,12 @@ async fn pruning_deletes_only_delivered_events_past_retention() {
     assert_eq!(left, ["new", "pending"]);
 }
 
-#[tokio::test]
+// On an actix runtime, as on an HTTP worker, so the requests share the thread's writer.
+#[actix_rt::test]
 async fn group_commit_answers_each_request_with_its_own_outcomes() {
     let (_, pool) = fresh_database().await;
-    let ingest = usage_gate::outbox::ingest::Ingest::start(pool.clone(), 2);
+    let ingest = usage_gate::outbox::ingest::Ingest::new(pool.clone(), Duration::from_secs(5));
+    ingest.attach_worker();
     // 100 concurrent requests of two events each: its own, and one that all of them share.
     let requests = (0..100).map(|i| {
         let ingest = ingest.clone();
