@@ -71,7 +71,7 @@ fn fill_compact(n: u64) -> u64 {
         scopes: vec!["check".into()],
     }];
     let settings = raw.validate().expect("valid settings");
-    let cache = SnapshotCache::new(BillaBearClient::new(&settings.billabear).unwrap(), &settings.cache);
+    let cache = SnapshotCache::new(BillaBearClient::new(&settings.billabear).unwrap(), &settings.cache, None);
     for i in 0..n {
         let limits = vec![
             Limit {

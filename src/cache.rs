@@ -24,6 +24,7 @@ use crate::billabear::{BillaBearClient, BillaBearError};
 use crate::config::CacheSettings;
 use crate::domain::{CustomerId, CustomerStatus};
 use crate::policy::Limit;
+use crate::subscriptions::Subscriptions;
 
 /// An ISO 4217 code in three bytes; all zero when BillaBear sent none (no usage subscription).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -160,6 +161,8 @@ struct Inner {
     negative_ttl_ms: u64,
     min_refresh_interval_ms: u64,
     metrics: CacheMetrics,
+    /// Told of every customer fetched, so events sent by subscription can find the customer.
+    subscriptions: Option<Subscriptions>,
 }
 
 /// Cheap to clone; all clones share one cache.
@@ -169,7 +172,11 @@ pub struct SnapshotCache {
 }
 
 impl SnapshotCache {
-    pub fn new(client: BillaBearClient, settings: &CacheSettings) -> Self {
+    pub fn new(
+        client: BillaBearClient,
+        settings: &CacheSettings,
+        subscriptions: Option<Subscriptions>,
+    ) -> Self {
         let snapshots = moka::sync::Cache::builder()
             .max_capacity(settings.max_customers)
             // LRU, not TinyLFU: a snapshot just fetched must be kept, or the next check refetches.
@@ -188,6 +195,7 @@ impl SnapshotCache {
                 negative_ttl_ms: millis(settings.negative_ttl),
                 min_refresh_interval_ms: millis(settings.min_refresh_interval),
                 metrics: CacheMetrics::new(),
+                subscriptions,
             }),
         }
     }
@@ -339,6 +347,9 @@ impl Inner {
         match result {
             Ok(data) => {
                 self.metrics.refresh_ok.record(started.elapsed().as_secs_f64());
+                if let (Some(subscriptions), SnapshotData::Known(_)) = (&self.subscriptions, &data) {
+                    subscriptions.learn_soon(id);
+                }
                 let snapshot = Arc::new(Snapshot::new(data, now));
                 self.snapshots.insert(id, snapshot.clone());
                 Ok(snapshot)

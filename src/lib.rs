@@ -15,4 +15,5 @@ pub mod policy;
 pub mod routes;
 pub mod sim;
 pub mod startup;
+pub mod subscriptions;
 pub mod telemetry;

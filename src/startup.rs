@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::error::{self, ApiError};
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::outbox::ingest::Ingest;
+use crate::subscriptions::Subscriptions;
 use crate::{db, routes, telemetry};
 
 /// What every handler may reach.
@@ -58,9 +59,15 @@ impl Application {
         // Before anything registers metric handles: a handle taken before the recorder is
         // installed stays a no-op for good.
         let metrics = telemetry::metrics_handle();
-        let cache = SnapshotCache::new(billabear.clone(), &settings.cache);
-        let forwarder =
-            forwarder::spawn(pool.clone(), &billabear, settings.outbox.clone(), Some(cache.clone()));
+        let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
+        let cache = SnapshotCache::new(billabear.clone(), &settings.cache, Some(subscriptions.clone()));
+        let forwarder = forwarder::spawn(
+            pool.clone(),
+            &billabear,
+            settings.outbox.clone(),
+            subscriptions,
+            Some(cache.clone()),
+        );
         let checker = Checker::new(cache, settings.policy.clone());
         let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout);
         let state = web::Data::new(AppState {

@@ -22,6 +22,7 @@ use crate::billabear::{BillaBearClient, BillaBearError, NewEvent};
 use crate::cache::SnapshotCache;
 use crate::config::OutboxSettings;
 use crate::domain::{CustomerId, EventId, MetricCode, SubscriptionId};
+use crate::subscriptions::{ResolveError, Subscriptions};
 
 /// Why a delivery failed, and whether trying again can help.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,8 +73,8 @@ struct Forwarder {
     pool: PgPool,
     client: BillaBearClient,
     settings: OutboxSettings,
-    /// (customer, metric code) → the active usage subscription events for it go to.
-    subscriptions: moka::sync::Cache<(CustomerId, String), SubscriptionId>,
+    /// Where a customer's events go, and whose a subscription is.
+    subscriptions: Subscriptions,
     /// Told when a customer's events are delivered, so their cached decision catches up.
     snapshots: Option<SnapshotCache>,
     metrics: Metrics,
@@ -98,16 +99,14 @@ pub fn spawn(
     pool: PgPool,
     client: &BillaBearClient,
     settings: OutboxSettings,
+    subscriptions: Subscriptions,
     snapshots: Option<SnapshotCache>,
 ) -> ForwarderHandle {
     let (stop, stopped) = watch::channel(false);
     let forwarder = Forwarder {
         pool,
         client: client.with_timeout(settings.timeout),
-        subscriptions: moka::sync::Cache::builder()
-            .max_capacity(100_000)
-            .time_to_live(Duration::from_secs(300))
-            .build(),
+        subscriptions,
         settings,
         snapshots,
         metrics: Metrics::new(),
@@ -164,8 +163,15 @@ impl Forwarder {
                 self.metrics.delivered.increment(1);
                 let lag = chrono::Utc::now() - event.received_at;
                 self.metrics.lag.record(lag.num_milliseconds().max(0) as f64 / 1000.0);
-                if let (Some(snapshots), Some(customer)) = (&self.snapshots, event.customer_id) {
-                    snapshots.refresh_soon(CustomerId::from(customer));
+                let customer = match (event.customer_id, event.subscription_id) {
+                    (Some(customer), _) => Some(CustomerId::from(customer)),
+                    (None, Some(subscription)) => {
+                        self.subscriptions.owner(SubscriptionId::from(subscription))
+                    }
+                    (None, None) => None,
+                };
+                if let (Some(snapshots), Some(customer)) = (&self.snapshots, customer) {
+                    snapshots.refresh_soon(customer);
                 }
                 store::mark_delivered(&self.pool, event.id).await
             }
@@ -208,31 +214,17 @@ impl Forwarder {
 
     /// The customer's active usage subscription whose price meters `code`.
     async fn resolve(&self, customer: CustomerId, code: &str) -> Result<SubscriptionId, Failure> {
-        let key = (customer, code.to_owned());
-        if let Some(subscription) = self.subscriptions.get(&key) {
-            return Ok(subscription);
-        }
-        let subscriptions = match self.client.list_active_subscriptions(customer).await {
-            Ok(subscriptions) => subscriptions,
-            Err(BillaBearError::NotFound(_)) => {
-                return Err(Failure::Permanent {
-                    message: format!("BillaBear has no customer {customer}"),
-                    upstream_status: Some(404),
-                });
+        match self.subscriptions.usage_subscription(customer, code).await {
+            Ok(subscription) => Ok(subscription),
+            Err(ResolveError::BillaBear(BillaBearError::NotFound(_))) => Err(Failure::Permanent {
+                message: format!("BillaBear has no customer {customer}"),
+                upstream_status: Some(404),
+            }),
+            Err(ResolveError::BillaBear(e)) => Err(e.into()),
+            Err(e @ ResolveError::NoUsageSubscription { .. }) => {
+                Err(Failure::Permanent { message: e.to_string(), upstream_status: None })
             }
-            Err(e) => return Err(e.into()),
-        };
-        let found =
-            subscriptions.iter().find(|s| s.usage_metric() == Some(code)).map(|s| s.id).ok_or_else(|| {
-                Failure::Permanent {
-                    message: format!(
-                        "customer {customer} has no active usage subscription for metric {code:?}"
-                    ),
-                    upstream_status: None,
-                }
-            })?;
-        self.subscriptions.insert(key, found);
-        Ok(found)
+        }
     }
 }
 

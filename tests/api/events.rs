@@ -427,6 +427,24 @@ async fn delivering_a_customers_events_refreshes_its_cached_decision_and_is_meas
 }
 
 #[tokio::test]
+async fn delivering_events_sent_by_subscription_refreshes_the_owners_cached_decision() {
+    let app = TestApp::spawn_with(|raw| raw.cache.min_refresh_interval_ms = 0).await;
+    app.get(&format!("/v1/customers/{ACME}/check"), Some(CHECK_KEY)).await;
+    // BillaBear cannot say whose a subscription is; fetching the customer lists its subscriptions.
+    eventually(Duration::from_secs(5), "the customer's subscriptions listed", || async {
+        (app.sim.route_count("GET /api/v1/customer/{id}/subscription/active").await >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(app.sim.route_count("GET /api/v1/customer/{id}/costs").await, 1);
+    assert_eq!(app.post_event(&event("by-subscription")).await.status(), 202);
+    app.outbox_status("by-subscription", "delivered").await;
+    eventually(Duration::from_secs(5), "the delivery to refresh the subscription's customer", || async {
+        (app.sim.route_count("GET /api/v1/customer/{id}/costs").await >= 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn on_shutdown_deliveries_under_way_finish_and_the_service_stops_answering() {
     let mut app = TestApp::spawn().await;
     // BillaBear is slow, so the deliveries are still under way when the shutdown begins.

@@ -1,0 +1,112 @@
+//! What usage-gate knows of customers' subscriptions, learned from BillaBear's listing of a
+//! customer's active subscriptions: which usage subscription a customer's events for a metric
+//! go to, and which customer a subscription belongs to. BillaBear's API has no lookup from a
+//! subscription to its customer, so the second is only known for customers listed before;
+//! the snapshot cache lists each customer it fetches (in the background, at most once per
+//! [`RELEARN_AFTER`]), so events sent by subscription refresh the decisions of cached customers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::billabear::{BillaBearClient, BillaBearError, Subscription};
+use crate::domain::{CustomerId, SubscriptionId};
+
+/// Entries each map holds at most; beyond it, the least used are forgotten (and relearned on
+/// demand or left to the cache's TTL).
+const CAPACITY: u64 = 100_000;
+/// How long a listing is trusted: a subscription created since is picked up after this.
+pub const RELEARN_AFTER: Duration = Duration::from_secs(300);
+
+/// Cheap to clone; clones share what was learned.
+#[derive(Clone)]
+pub struct Subscriptions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: BillaBearClient,
+    /// (customer, metric code) → the active usage subscription for it.
+    by_metric: moka::sync::Cache<(CustomerId, String), SubscriptionId>,
+    /// subscription → its customer.
+    owners: moka::sync::Cache<SubscriptionId, CustomerId>,
+    /// Customers listed within RELEARN_AFTER (or being listed now).
+    listed: moka::sync::Cache<CustomerId, ()>,
+}
+
+fn bounded<K, V>() -> moka::sync::Cache<K, V>
+where
+    K: std::hash::Hash + Eq + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    moka::sync::Cache::builder().max_capacity(CAPACITY).time_to_live(RELEARN_AFTER).build()
+}
+
+/// Why a customer's events for a metric have nowhere to go.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("customer {customer} has no active usage subscription for metric {code:?}")]
+    NoUsageSubscription { customer: CustomerId, code: String },
+    #[error(transparent)]
+    BillaBear(#[from] BillaBearError),
+}
+
+impl Subscriptions {
+    pub fn new(client: BillaBearClient) -> Self {
+        Self { inner: Arc::new(Inner { client, by_metric: bounded(), owners: bounded(), listed: bounded() }) }
+    }
+
+    /// The customer's active usage subscription whose price meters `code`, listing the
+    /// customer's subscriptions when it is not known.
+    pub async fn usage_subscription(
+        &self,
+        customer: CustomerId,
+        code: &str,
+    ) -> Result<SubscriptionId, ResolveError> {
+        let key = (customer, code.to_owned());
+        if let Some(found) = self.inner.by_metric.get(&key) {
+            return Ok(found);
+        }
+        self.learn(customer).await?;
+        self.inner
+            .by_metric
+            .get(&key)
+            .ok_or_else(|| ResolveError::NoUsageSubscription { customer, code: code.to_owned() })
+    }
+
+    /// The customer the subscription belongs to, if a listing showed it.
+    pub fn owner(&self, subscription: SubscriptionId) -> Option<CustomerId> {
+        self.inner.owners.get(&subscription)
+    }
+
+    /// Lists the customer's subscriptions in the background unless that was done recently.
+    pub fn learn_soon(&self, customer: CustomerId) {
+        if self.inner.listed.contains_key(&customer) {
+            return;
+        }
+        // Marked first, so a burst of fetches lists once.
+        self.inner.listed.insert(customer, ());
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = this.learn(customer).await {
+                this.inner.listed.invalidate(&customer);
+                tracing::debug!(customer = %customer, error = %e, "cannot list the customer's subscriptions");
+            }
+        });
+    }
+
+    async fn learn(&self, customer: CustomerId) -> Result<(), BillaBearError> {
+        let subscriptions = self.inner.client.list_active_subscriptions(customer).await?;
+        self.remember(customer, &subscriptions);
+        Ok(())
+    }
+
+    fn remember(&self, customer: CustomerId, subscriptions: &[Subscription]) {
+        self.inner.listed.insert(customer, ());
+        for subscription in subscriptions {
+            self.inner.owners.insert(subscription.id, customer);
+            if let Some(code) = subscription.usage_metric() {
+                self.inner.by_metric.insert((customer, code.to_owned()), subscription.id);
+            }
+        }
+    }
+}
