@@ -1,22 +1,7 @@
 //! The binary: configuration errors exit non-zero before anything binds; migrate creates and
 //! migrates the database.
 
-use std::process::Command;
-
 use crate::helpers::*;
-
-fn usage_gate() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_usage-gate"));
-    // Only what the test sets: no stray USAGE_GATE__* or DATABASE_URL from the environment.
-    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
-    command
-}
-
-fn write_config(contents: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!("usage-gate-cli-{}.toml", uuid::Uuid::new_v4()));
-    std::fs::write(&path, contents).unwrap();
-    path
-}
 
 const VALID: &str = r#"
 [billabear]
@@ -92,23 +77,6 @@ async fn migrate_creates_the_database_and_applies_migrations() {
         .await
         .unwrap();
     assert_eq!(applied as usize, usage_gate::db::MIGRATOR.iter().count());
-}
-
-/// A child process that is sent SIGTERM (and reaped) when dropped.
-struct Child(std::process::Child);
-
-impl Child {
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
-        self.0.wait().unwrap()
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Reads `reader` line by line (on a thread) until `find` returns something, or 60 s pass.

@@ -335,3 +335,34 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The usage-gate binary, with a clean environment.
+pub fn usage_gate() -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_usage-gate"));
+    // Only what the test sets: no stray USAGE_GATE__* or DATABASE_URL from the environment.
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    command
+}
+
+pub fn write_config(contents: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("usage-gate-cli-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+/// A child process that is sent SIGTERM (and reaped) when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Child {
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        self.0.wait().unwrap()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

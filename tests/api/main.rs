@@ -5,6 +5,7 @@ mod auth;
 mod billabear_client;
 mod check;
 mod cli;
+mod crash;
 mod events;
 mod helpers;
 mod outbox;
