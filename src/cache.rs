@@ -24,7 +24,6 @@ use crate::billabear::{BillaBearClient, BillaBearError};
 use crate::config::CacheSettings;
 use crate::domain::{CustomerId, CustomerStatus};
 use crate::policy::Limit;
-use crate::subscriptions::Subscriptions;
 
 /// An ISO 4217 code in three bytes; all zero when BillaBear sent none (no usage subscription).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -161,9 +160,12 @@ struct Inner {
     negative_ttl_ms: u64,
     min_refresh_interval_ms: u64,
     metrics: CacheMetrics,
-    /// Told of every customer fetched, so events sent by subscription can find the customer.
-    subscriptions: Option<Subscriptions>,
+    on_fetched: Option<FetchHook>,
 }
+
+/// Told of every snapshot fetched from BillaBear, with the one it replaces (if any was cached).
+/// Runs on the fetch's task; must not block.
+pub type FetchHook = Arc<dyn Fn(CustomerId, Option<&Snapshot>, &Snapshot) + Send + Sync>;
 
 /// Cheap to clone; all clones share one cache.
 #[derive(Clone)]
@@ -172,11 +174,7 @@ pub struct SnapshotCache {
 }
 
 impl SnapshotCache {
-    pub fn new(
-        client: BillaBearClient,
-        settings: &CacheSettings,
-        subscriptions: Option<Subscriptions>,
-    ) -> Self {
+    pub fn new(client: BillaBearClient, settings: &CacheSettings, on_fetched: Option<FetchHook>) -> Self {
         let snapshots = moka::sync::Cache::builder()
             .max_capacity(settings.max_customers)
             // LRU, not TinyLFU: a snapshot just fetched must be kept, or the next check refetches.
@@ -195,7 +193,7 @@ impl SnapshotCache {
                 negative_ttl_ms: millis(settings.negative_ttl),
                 min_refresh_interval_ms: millis(settings.min_refresh_interval),
                 metrics: CacheMetrics::new(),
-                subscriptions,
+                on_fetched,
             }),
         }
     }
@@ -347,11 +345,12 @@ impl Inner {
         match result {
             Ok(data) => {
                 self.metrics.refresh_ok.record(started.elapsed().as_secs_f64());
-                if let (Some(subscriptions), SnapshotData::Known(_)) = (&self.subscriptions, &data) {
-                    subscriptions.learn_soon(id);
-                }
                 let snapshot = Arc::new(Snapshot::new(data, now));
+                let replaced = self.snapshots.get(&id);
                 self.snapshots.insert(id, snapshot.clone());
+                if let Some(hook) = &self.on_fetched {
+                    hook(id, replaced.as_deref(), &snapshot);
+                }
                 Ok(snapshot)
             }
             Err(e) => {

@@ -132,6 +132,15 @@ impl Checker {
     }
 }
 
+/// The usage status a snapshot of a known customer decides (`None` for unknown customers and
+/// the unavailable marker): what decision transitions are about.
+pub fn usage_status(data: &SnapshotData, settings: &PolicySettings) -> Option<Status> {
+    let SnapshotData::Known(known) = data else { return None };
+    let usage =
+        Usage { disabled: known.status.is_disabled(), estimate: known.estimate, limits: &known.limits };
+    Some(policy::decide(&usage, None, settings).status)
+}
+
 /// Builds the explained decision from a lookup. Pure: `now` is passed in.
 pub fn explain(
     id: CustomerId,
@@ -212,6 +221,17 @@ mod tests {
                 .map(|&(amount, action)| Limit { id: LimitId::new_v4(), amount, action })
                 .collect(),
         })
+    }
+
+    #[test]
+    fn usage_status_is_the_policys_status_for_known_customers_only() {
+        let settings = PolicySettings::default();
+        let disable = &[(100, LimitAction::Disable)];
+        assert_eq!(usage_status(&known(10, disable), &settings), Some(Status::Ok));
+        assert_eq!(usage_status(&known(100, disable), &settings), Some(Status::Warning), "near the limit");
+        assert_eq!(usage_status(&known(101, disable), &settings), Some(Status::Blocked));
+        assert_eq!(usage_status(&SnapshotData::NotFound, &settings), None);
+        assert_eq!(usage_status(&SnapshotData::Unavailable, &settings), None);
     }
 
     #[test]

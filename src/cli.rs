@@ -47,6 +47,9 @@ pub enum Command {
         tick_ms: u64,
         #[arg(long, default_value_t = 2)]
         workers: usize,
+        /// Where to POST webhooks (usage-gate's /v1/webhooks/billabear/SECRET), as BillaBear would.
+        #[arg(long)]
+        webhook_url: Option<String>,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -79,8 +82,15 @@ async fn execute(cli: Cli) -> ExitCode {
     if let Command::Healthcheck { url } = &command {
         return healthcheck(url).await;
     }
-    if let Command::Sim { address, api_key, seed, tick_ms, workers } = command {
-        return report(run_sim(address, api_key, seed, tick_ms, workers).await);
+    if let Command::Sim { address, api_key, seed, tick_ms, workers, webhook_url } = command {
+        let config = SimConfig {
+            api_key,
+            tick: Duration::from_millis(tick_ms.max(1)),
+            seed: Seed::default(),
+            workers,
+            webhook_url,
+        };
+        return report(run_sim(address, config, seed).await);
     }
     let raw = match RawSettings::load(cli.config.as_deref()) {
         Ok(raw) => raw,
@@ -132,24 +142,18 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
-async fn run_sim(
-    address: SocketAddr,
-    api_key: String,
-    seed: Option<PathBuf>,
-    tick_ms: u64,
-    workers: usize,
-) -> anyhow::Result<()> {
+/// `config.seed` is replaced by `seed` (a file) or the built-in seed.
+async fn run_sim(address: SocketAddr, mut config: SimConfig, seed: Option<PathBuf>) -> anyhow::Result<()> {
     telemetry::init_tracing(&LogSettings { format: LogFormat::Auto, level: "info".into() });
-    if api_key.is_empty() {
+    if config.api_key.is_empty() {
         anyhow::bail!("--api-key must not be empty");
     }
-    let seed = match seed {
+    config.seed = match seed {
         Some(path) => Seed::from_file(&path)?,
         None => Seed::built_in(),
     };
     let listener =
         TcpListener::bind(address).map_err(|e| anyhow::anyhow!("cannot listen on {address}: {e}"))?;
-    let config = SimConfig { api_key, tick: Duration::from_millis(tick_ms.max(1)), seed, workers };
     let sim = SimServer::start(listener, config)?;
     tracing::info!(base_url = %sim.base_url(), control = %sim.control_url(), "BillaBear simulator listening");
     sim.run_until_signal().await

@@ -69,7 +69,15 @@ pub struct RawSettings {
     pub gate: RawGate,
     pub outbox: RawOutbox,
     pub auth: RawAuth,
+    pub webhooks: RawWebhooks,
     pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhooks {
+    #[serde(serialize_with = "redact")]
+    pub secret: SecretString,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -118,6 +126,7 @@ pub struct RawServer {
     pub max_body_bytes: u64,
     pub workers: u32,
     pub shutdown_timeout_s: u64,
+    pub metrics_address: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -246,6 +255,18 @@ impl RawSettings {
                     0,
                     3600,
                 )),
+                metrics_address: match self.server.metrics_address.as_str() {
+                    "" => None,
+                    raw => Some(v.parse(
+                        "server.metrics_address",
+                        raw,
+                        SocketAddr::from(([127, 0, 0, 1], 0)),
+                        |s| {
+                            s.parse::<SocketAddr>()
+                                .map_err(|_| format!("must be IP:PORT or empty, got {s:?}"))
+                        },
+                    )),
+                },
             },
             database: DatabaseSettings {
                 url: {
@@ -319,6 +340,20 @@ impl RawSettings {
             },
             outbox: validate_outbox(&mut v, &self.outbox),
             auth: AuthSettings { keys: validate_keys(&mut v, &self.auth.keys) },
+            webhooks: WebhookSettings {
+                secret: {
+                    let secret = self.webhooks.secret.expose_secret();
+                    v.check("webhooks.secret", secret.is_empty() || secret.len() >= 16, || {
+                        "must be empty (webhooks off) or at least 16 characters".into()
+                    });
+                    v.check(
+                        "webhooks.secret",
+                        secret.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)),
+                        || "may hold only letters, digits and -_.~ (it is a URL path segment)".into(),
+                    );
+                    (!secret.is_empty()).then(|| self.webhooks.secret.clone())
+                },
+            },
             log: LogSettings {
                 format: v.parse("log.format", &self.log.format, LogFormat::Auto, |s| match s {
                     "auto" => Ok(LogFormat::Auto),
@@ -570,7 +605,14 @@ pub struct Settings {
     pub gate: GateSettings,
     pub outbox: OutboxSettings,
     pub auth: AuthSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookSettings {
+    /// The last path segment of `/v1/webhooks/billabear/{secret}`; None: webhooks are off.
+    pub secret: Option<SecretString>,
 }
 
 #[derive(Debug, Clone)]
@@ -607,6 +649,8 @@ pub struct ServerSettings {
     /// 0: one per core.
     pub workers: usize,
     pub shutdown_timeout: Duration,
+    /// Serve `/metrics` here instead of on `address`.
+    pub metrics_address: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -710,6 +754,21 @@ mod tests {
                 "server.workers",
                 "between 0 and 256",
                 format!("{}\n{}", with("server", "workers = 1000"), valid("")),
+            ),
+            (
+                "server.metrics_address",
+                "IP:PORT or empty",
+                format!("{}\n{}", with("server", "metrics_address = \"localhost\""), valid("")),
+            ),
+            (
+                "webhooks.secret",
+                "at least 16",
+                format!("{}\n{}", with("webhooks", "secret = \"short\""), valid("")),
+            ),
+            (
+                "webhooks.secret",
+                "URL path segment",
+                format!("{}\n{}", with("webhooks", "secret = \"has/a/slash/in/it/0123\""), valid("")),
             ),
             (
                 "database.url",

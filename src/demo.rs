@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{RawApiKey, RawSettings};
 use crate::sim::{Seed, SimConfig, SimServer};
@@ -15,6 +15,8 @@ use crate::telemetry;
 const SIM_KEY: &str = "demo-billabear-key";
 /// The usage-gate key the demo adds when the configuration has none.
 pub const DEMO_KEY: &str = "demo-key-change-me";
+/// The webhook secret the demo sets when the configuration has none.
+const DEMO_WEBHOOK_SECRET: &str = "demo-webhook-secret";
 
 pub async fn run(mut raw: RawSettings, sim_address: SocketAddr) -> anyhow::Result<()> {
     let listener = TcpListener::bind(sim_address)
@@ -27,6 +29,7 @@ pub async fn run(mut raw: RawSettings, sim_address: SocketAddr) -> anyhow::Resul
             tick: Duration::from_secs(10),
             seed: Seed::built_in(),
             workers: 1,
+            webhook_url: None,
         },
     )?;
     raw.billabear.base_url = sim.base_url();
@@ -40,9 +43,15 @@ pub async fn run(mut raw: RawSettings, sim_address: SocketAddr) -> anyhow::Resul
             scopes: vec!["check".into(), "events".into(), "admin".into()],
         });
     }
+    if raw.webhooks.secret.expose_secret().is_empty() {
+        raw.webhooks.secret = SecretString::from(DEMO_WEBHOOK_SECRET);
+    }
+    let secret = raw.webhooks.secret.expose_secret().to_owned();
     let settings = raw.validate()?;
     telemetry::init_tracing(&settings.log);
     let app = Application::build(settings).await?;
+    // The simulator sends its webhooks (a customer disabled, a limit fired) to usage-gate.
+    *sim.shared.webhook_url() = Some(format!("http://{}/v1/webhooks/billabear/{secret}", app.addr()));
     print_banner(app.addr(), &sim, demo_key);
     app.run_until_stopped().await
 }

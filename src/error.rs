@@ -34,6 +34,9 @@ pub enum ApiError {
     Forbidden(Scope),
     #[error("{detail}")]
     BadRequest { detail: String, errors: Vec<FieldError> },
+    /// Well-formed but invalid values (422), caught here or by BillaBear.
+    #[error("{detail}")]
+    Unprocessable { detail: String, errors: Vec<FieldError> },
     #[error("{0}")]
     NotFound(String),
     #[error("request body is larger than {limit} bytes")]
@@ -66,9 +69,12 @@ impl From<crate::outbox::ingest::IngestError> for ApiError {
 impl ApiError {
     /// 400 naming every invalid field.
     pub fn invalid_fields(errors: Vec<FieldError>) -> Self {
-        let detail =
-            errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ");
-        Self::BadRequest { detail, errors }
+        Self::BadRequest { detail: summary(&errors), errors }
+    }
+
+    /// 422 naming every invalid value.
+    pub fn unprocessable(errors: Vec<FieldError>) -> Self {
+        Self::Unprocessable { detail: summary(&errors), errors }
     }
 
     pub fn invalid_field(field: impl Into<String>, message: impl Into<String>) -> Self {
@@ -82,6 +88,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::BadRequest { .. } => "invalid_request",
+            ApiError::Unprocessable { .. } => "validation_failed",
             ApiError::NotFound(_) => "not_found",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
@@ -92,6 +99,11 @@ impl ApiError {
             ApiError::Internal(_) => "internal_error",
         }
     }
+}
+
+/// "field: message; field: message".
+fn summary(errors: &[FieldError]) -> String {
+    errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
 }
 
 /// The problem+json body.
@@ -135,6 +147,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -149,7 +162,9 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
         let (detail, errors) = match self {
-            ApiError::BadRequest { detail, errors } => (detail.clone(), errors.clone()),
+            ApiError::BadRequest { detail, errors } | ApiError::Unprocessable { detail, errors } => {
+                (detail.clone(), errors.clone())
+            }
             // The cause is logged with the request's id by `telemetry::request_metrics`.
             ApiError::Internal(_) => {
                 ("internal error; the log has the cause under this request's id".to_owned(), vec![])

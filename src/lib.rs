@@ -1,5 +1,6 @@
 //! usage-gate: enforces BillaBear usage limits. See README.md for what it does and how to run it.
 
+pub mod audit;
 pub mod auth;
 pub mod billabear;
 pub mod cache;
@@ -10,6 +11,7 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod error;
+pub mod invalidation;
 pub mod outbox;
 pub mod policy;
 pub mod routes;

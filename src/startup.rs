@@ -11,11 +11,14 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 
+use crate::audit::Transitions;
 use crate::billabear::BillaBearClient;
-use crate::cache::SnapshotCache;
-use crate::check::Checker;
+use crate::cache::{FetchHook, SnapshotCache};
+use crate::check::{self, Checker};
 use crate::config::Settings;
+use crate::domain::CustomerId;
 use crate::error::{self, ApiError};
+use crate::invalidation::Invalidation;
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::outbox::ingest::Ingest;
 use crate::subscriptions::Subscriptions;
@@ -29,12 +32,32 @@ pub struct AppState {
     pub checker: Checker,
     /// Group commit for accepted events.
     pub ingest: Ingest,
+    pub subscriptions: Subscriptions,
+    /// Tells other replicas when a customer changed.
+    pub invalidation: Invalidation,
     pub metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// After a change to the customer in BillaBear: refetch it here, so the very next check
+    /// reflects the change, and tell the other replicas to drop their copy.
+    pub async fn customer_changed(&self, customer: CustomerId) {
+        if let Err(e) = self.checker.refresh(customer).await {
+            // The next check fetches it instead.
+            self.checker.cache.invalidate(customer);
+            tracing::warn!(%customer, error = %e, "cannot refetch a changed customer");
+        }
+        if let Err(e) = self.invalidation.customer_changed(customer).await {
+            tracing::warn!(%customer, error = %e, "cannot tell other replicas a customer changed");
+        }
+    }
 }
 
 pub struct Application {
     addr: SocketAddr,
     server: Server,
+    /// `/metrics` on its own address (`server.metrics_address`).
+    metrics_server: Option<(SocketAddr, Server)>,
     forwarder: ForwarderHandle,
 }
 
@@ -60,12 +83,25 @@ impl Application {
         // installed stays a no-op for good.
         let metrics = telemetry::metrics_handle();
         let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
-        let cache = SnapshotCache::new(billabear.clone(), &settings.cache, Some(subscriptions.clone()));
+        let transitions = Transitions::start(pool.clone());
+        let on_fetched: FetchHook = {
+            let (subscriptions, policy) = (subscriptions.clone(), settings.policy.clone());
+            Arc::new(move |customer, before, after| {
+                let Some(status) = check::usage_status(&after.data, &policy) else { return };
+                // So that events sent by subscription can find this customer.
+                subscriptions.learn_soon(customer);
+                let before = before.and_then(|b| check::usage_status(&b.data, &policy));
+                transitions.observe(customer, before, status);
+            })
+        };
+        let metrics_address = settings.server.metrics_address;
+        let cache = SnapshotCache::new(billabear.clone(), &settings.cache, Some(on_fetched));
+        let invalidation = Invalidation::start(pool.clone(), cache.clone());
         let forwarder = forwarder::spawn(
             pool.clone(),
             &billabear,
             settings.outbox.clone(),
-            subscriptions,
+            subscriptions.clone(),
             Some(cache.clone()),
         );
         let checker = Checker::new(cache, settings.policy.clone());
@@ -76,8 +112,14 @@ impl Application {
             billabear,
             checker,
             ingest,
+            subscriptions,
+            invalidation,
             metrics,
         });
+        let metrics_server = match metrics_address {
+            Some(address) => Some(metrics_server(address, state.clone())?),
+            None => None,
+        };
         let mut server = HttpServer::new(move || {
             // Runs on each worker thread as it starts.
             state.ingest.attach_worker();
@@ -94,7 +136,7 @@ impl Application {
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
-                .configure(routes::configure)
+                .configure(|cfg| routes::configure(cfg, metrics_address.is_none()))
                 .default_service(web::to(not_found))
                 .wrap(from_fn(telemetry::request_metrics))
                 .wrap(TracingLogger::<telemetry::RequestSpan>::new())
@@ -106,7 +148,12 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Self { addr, server, forwarder })
+        Ok(Self { addr, server, metrics_server, forwarder })
+    }
+
+    /// Where `/metrics` is served when `server.metrics_address` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|(addr, _)| *addr)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -131,6 +178,11 @@ impl Application {
     pub async fn run_until(self, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
         let handle = self.server.handle();
         let server = tokio::spawn(self.server);
+        let metrics_server = self.metrics_server.map(|(_, server)| {
+            let handle = server.handle();
+            tokio::spawn(server);
+            handle
+        });
         let result = tokio::select! {
             result = server => result.map_err(anyhow::Error::from).and_then(|r| r.map_err(Into::into)),
             () = stop => {
@@ -139,9 +191,27 @@ impl Application {
                 Ok(())
             }
         };
+        if let Some(metrics_server) = metrics_server {
+            metrics_server.stop(true).await;
+        }
         self.forwarder.stop().await;
         result
     }
+}
+
+/// A one-worker server for `/metrics` alone.
+fn metrics_server(address: SocketAddr, state: web::Data<AppState>) -> anyhow::Result<(SocketAddr, Server)> {
+    let listener = TcpListener::bind(address)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {address} (server.metrics_address): {e}"))?;
+    let addr = listener.local_addr()?;
+    let server = HttpServer::new(move || {
+        App::new().app_data(state.clone()).route("/metrics", web::get().to(routes::meta::metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    Ok((addr, server))
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {

@@ -29,6 +29,8 @@ struct Inner {
     by_metric: moka::sync::Cache<(CustomerId, String), SubscriptionId>,
     /// subscription → its customer.
     owners: moka::sync::Cache<SubscriptionId, CustomerId>,
+    /// customer → its active subscriptions as last listed.
+    owned: moka::sync::Cache<CustomerId, Arc<[SubscriptionId]>>,
     /// Customers listed within RELEARN_AFTER (or being listed now).
     listed: moka::sync::Cache<CustomerId, ()>,
 }
@@ -52,7 +54,15 @@ pub enum ResolveError {
 
 impl Subscriptions {
     pub fn new(client: BillaBearClient) -> Self {
-        Self { inner: Arc::new(Inner { client, by_metric: bounded(), owners: bounded(), listed: bounded() }) }
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                by_metric: bounded(),
+                owners: bounded(),
+                owned: bounded(),
+                listed: bounded(),
+            }),
+        }
     }
 
     /// The customer's active usage subscription whose price meters `code`, listing the
@@ -76,6 +86,11 @@ impl Subscriptions {
     /// The customer the subscription belongs to, if a listing showed it.
     pub fn owner(&self, subscription: SubscriptionId) -> Option<CustomerId> {
         self.inner.owners.get(&subscription)
+    }
+
+    /// The customer's active subscriptions, if a listing showed them (empty otherwise).
+    pub fn of_customer(&self, customer: CustomerId) -> Arc<[SubscriptionId]> {
+        self.inner.owned.get(&customer).unwrap_or_else(|| Arc::from([]))
     }
 
     /// Lists the customer's subscriptions in the background unless that was done recently.
@@ -102,6 +117,7 @@ impl Subscriptions {
 
     fn remember(&self, customer: CustomerId, subscriptions: &[Subscription]) {
         self.inner.listed.insert(customer, ());
+        self.inner.owned.insert(customer, subscriptions.iter().map(|s| s.id).collect());
         for subscription in subscriptions {
             self.inner.owners.insert(subscription.id, customer);
             if let Some(code) = subscription.usage_metric() {

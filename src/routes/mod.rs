@@ -1,11 +1,14 @@
 //! HTTP routes. Each route group declares the API-key scope it needs where it is registered.
 
+pub mod admin;
+pub mod audit;
 pub mod check;
 pub mod events;
 pub mod health;
 pub mod meta;
 pub mod openapi;
 pub mod outbox;
+pub mod webhooks;
 
 use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
@@ -18,8 +21,9 @@ use crate::domain::CustomerId;
 use crate::error::ApiError;
 use crate::telemetry::RouteLabel;
 
-/// Registers every route. Health, metrics and docs are open; everything under `/v1` needs a key.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Registers every route. Health, metrics and docs are open; everything under `/v1` needs a key
+/// (webhooks carry their own secret). `metrics`: whether `/metrics` is served here.
+pub fn configure(cfg: &mut web::ServiceConfig, metrics: bool) {
     // Routes are tried in order, and each dynamic pattern costs a regex match: the hot ones
     // first, the docs' catch-all last.
     cfg.service(
@@ -40,13 +44,29 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .service(keyed("/v1/outbox/stats", Some(Scope::Admin)).route(web::get().to(outbox::stats)))
     .service(keyed("/v1/outbox/retry", Some(Scope::Admin)).route(web::post().to(outbox::retry_all)))
     .service(keyed("/v1/outbox/{id}/retry", Some(Scope::Admin)).route(web::post().to(outbox::retry_one)))
+    .service(
+        keyed("/v1/customers/{customer_id}", Some(Scope::Admin)).route(web::get().to(admin::show_customer)),
+    )
+    .service(
+        keyed("/v1/customers/{customer_id}/usage-limits", Some(Scope::Admin))
+            .route(web::get().to(admin::list_limits))
+            .route(web::post().to(admin::create_limit)),
+    )
+    .service(
+        keyed("/v1/customers/{customer_id}/usage-limits/{limit_id}", Some(Scope::Admin))
+            .route(web::delete().to(admin::delete_limit)),
+    )
+    .service(keyed("/v1/audit", Some(Scope::Admin)).route(web::get().to(audit::list)))
+    .route("/v1/webhooks/billabear/{secret}", web::post().to(webhooks::billabear))
     .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)))
     // Envoy's ext_authz appends the original request path to its path prefix.
     .service(keyed("/v1/gate/{original_path:.*}", Some(Scope::Check)).route(web::get().to(check::gate)))
     .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz))
-    .route("/metrics", web::get().to(meta::metrics))
-    .service(openapi::docs());
+    .route("/readyz", web::get().to(health::readyz));
+    if metrics {
+        cfg.route("/metrics", web::get().to(meta::metrics));
+    }
+    cfg.service(openapi::docs());
 }
 
 /// A resource behind the API-key check; `scope` is the scope its routes need (none: any key).

@@ -4,7 +4,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{check, events, health, meta, outbox};
+use super::{admin, audit, check, events, health, meta, outbox, webhooks};
 use crate::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -29,7 +29,13 @@ use crate::error::{FieldError, Problem};
         outbox::list,
         outbox::retry_one,
         outbox::retry_all,
-        outbox::stats
+        outbox::stats,
+        admin::show_customer,
+        admin::list_limits,
+        admin::create_limit,
+        admin::delete_limit,
+        audit::list,
+        webhooks::billabear
     ),
     components(schemas(Problem, FieldError)),
     modifiers(&BearerAuth),
@@ -37,6 +43,7 @@ use crate::error::{FieldError, Problem};
         (name = "check", description = "May a customer keep using the product? (scope check)"),
         (name = "events", description = "Usage events in, stored before acknowledged (scope events)"),
         (name = "admin", description = "Operators (scope admin)"),
+        (name = "webhooks", description = "BillaBear's webhooks (the secret is in the URL)"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "The service itself")
     )

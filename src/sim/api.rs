@@ -317,6 +317,8 @@ fn set_status(
     let payload = json!({"type": webhook, "customer": {"id": c.id, "email": c.email, "brand": "default",
                          "is_disabled": status == "disabled"}});
     state.webhooks.push(payload);
+    drop(state);
+    sim.webhooks_recorded();
     Ok(HttpResponse::Accepted().json(json!({})))
 }
 

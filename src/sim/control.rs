@@ -63,7 +63,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             web::get().to(|sim: web::Data<SimShared>| async move {
                 HttpResponse::Ok().json(&sim.state().webhooks)
             }),
-        );
+        )
+        .service(web::resource("/webhooks/endpoint").route(web::put().to(set_webhook_endpoint)).route(
+            web::delete().to(|sim: web::Data<SimShared>| async move {
+                *sim.webhook_url() = None;
+                HttpResponse::NoContent().finish()
+            }),
+        ));
+}
+
+#[derive(Debug, Deserialize)]
+struct WebhookEndpoint {
+    url: String,
+}
+
+/// Where webhooks recorded from now on are POSTed.
+async fn set_webhook_endpoint(
+    sim: web::Data<SimShared>,
+    body: web::Json<WebhookEndpoint>,
+) -> Result<HttpResponse, ControlError> {
+    let url = url::Url::parse(&body.url).map_err(|e| ControlError::BadRequest(format!("url: {e}")))?;
+    *sim.webhook_url() = Some(url.to_string());
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// A control request that cannot be done: 400 or 404 with `{"error": "..."}`.

@@ -86,6 +86,10 @@ pub struct SimShared {
     state: Mutex<SimState>,
     faults: Mutex<Faults>,
     requests: Mutex<Requests>,
+    /// Where webhooks are POSTed (BillaBear's "webhook endpoint"); none: only recorded.
+    webhook_url: Mutex<Option<String>>,
+    /// Woken when webhooks were recorded, so the sender posts them.
+    webhooks_recorded: tokio::sync::Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -100,7 +104,18 @@ impl SimShared {
             state: Mutex::new(state),
             faults: Mutex::new(Faults::default()),
             requests: Mutex::new(Requests::default()),
+            webhook_url: Mutex::new(None),
+            webhooks_recorded: tokio::sync::Notify::new(),
         }
+    }
+
+    pub fn webhook_url(&self) -> MutexGuard<'_, Option<String>> {
+        lock(&self.webhook_url)
+    }
+
+    /// Call after recording webhooks in the state: they are sent to the endpoint, if one is set.
+    pub fn webhooks_recorded(&self) {
+        self.webhooks_recorded.notify_one();
     }
 
     pub fn state(&self) -> MutexGuard<'_, SimState> {
@@ -118,10 +133,36 @@ impl SimShared {
     /// Runs BillaBear's counter job once.
     pub fn tick(&self) -> Vec<state::Fired> {
         let fired = self.state().tick();
+        if !fired.is_empty() {
+            self.webhooks_recorded();
+        }
         for f in &fired {
             tracing::info!(customer = %f.customer, limit = %f.limit, action = %f.action, estimate = f.estimate, "simulator: usage limit fired");
         }
         fired
+    }
+}
+
+/// Posts recorded webhooks to the endpoint, in order, once each, as BillaBear does: no
+/// signature, no retry (a failure is only logged).
+async fn send_webhooks(sim: web::Data<SimShared>) {
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().expect("HTTP client");
+    let mut sent = 0;
+    loop {
+        sim.webhooks_recorded.notified().await;
+        let (url, batch) = {
+            let state = sim.state();
+            let batch: Vec<serde_json::Value> = state.webhooks.get(sent..).unwrap_or_default().to_vec();
+            sent = state.webhooks.len();
+            (sim.webhook_url().clone(), batch)
+        };
+        let Some(url) = url else { continue };
+        for webhook in batch {
+            match http.post(&url).json(&webhook).send().await {
+                Ok(response) => tracing::debug!(status = %response.status(), "simulator: webhook sent"),
+                Err(e) => tracing::warn!(error = %e, "simulator: webhook not delivered"),
+            }
+        }
     }
 }
 
@@ -192,11 +233,19 @@ pub struct SimConfig {
     pub tick: Duration,
     pub seed: Seed,
     pub workers: usize,
+    /// Where to POST webhooks (also settable through the control API).
+    pub webhook_url: Option<String>,
 }
 
 impl SimConfig {
     pub fn new(api_key: impl Into<String>) -> Self {
-        Self { api_key: api_key.into(), tick: Duration::from_secs(60), seed: Seed::default(), workers: 1 }
+        Self {
+            api_key: api_key.into(),
+            tick: Duration::from_secs(60),
+            seed: Seed::default(),
+            workers: 1,
+            webhook_url: None,
+        }
     }
 }
 
@@ -206,6 +255,7 @@ pub struct SimServer {
     pub shared: web::Data<SimShared>,
     handle: ServerHandle,
     tick_task: tokio::task::JoinHandle<()>,
+    webhook_task: tokio::task::JoinHandle<()>,
 }
 
 impl SimServer {
@@ -213,6 +263,7 @@ impl SimServer {
     pub fn start(listener: TcpListener, config: SimConfig) -> anyhow::Result<Self> {
         let state = SimState::from_seed(&config.seed)?;
         let shared = web::Data::new(SimShared::new(config.api_key, state));
+        *shared.webhook_url() = config.webhook_url;
         let addr = listener.local_addr()?;
         let app_shared = shared.clone();
         let server = HttpServer::new(move || {
@@ -251,7 +302,8 @@ impl SimServer {
                 ticker.tick();
             }
         });
-        Ok(Self { addr, shared, handle, tick_task })
+        let webhook_task = tokio::spawn(send_webhooks(shared.clone()));
+        Ok(Self { addr, shared, handle, tick_task, webhook_task })
     }
 
     /// What usage-gate's `billabear.base_url` should be.
@@ -275,6 +327,7 @@ impl SimServer {
 impl Drop for SimServer {
     fn drop(&mut self) {
         self.tick_task.abort();
+        self.webhook_task.abort();
         let handle = self.handle.clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { handle.stop(false).await });

@@ -21,6 +21,7 @@ pub const CHECK_KEY: &str = "check-key-0123456789";
 pub const EVENTS_KEY: &str = "events-key-0123456789";
 pub const ADMIN_KEY: &str = "admin-key-0123456789";
 pub const ALL_KEY: &str = "all-scopes-key-0123456789";
+pub const WEBHOOK_SECRET: &str = "webhook-secret-0123456789";
 
 /// Customers of the built-in seed (config/sim-seed.toml).
 pub const ACME: &str = "11111111-1111-4111-8111-111111111111";
@@ -84,7 +85,13 @@ pub async fn fresh_database() -> (String, PgPool) {
 /// explicitly through the control API (`Sim::tick`), so nothing depends on timing.
 pub fn start_sim(seed: Seed) -> Sim {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = SimConfig { api_key: SIM_KEY.into(), tick: Duration::from_secs(3600), seed, workers: 1 };
+    let config = SimConfig {
+        api_key: SIM_KEY.into(),
+        tick: Duration::from_secs(3600),
+        seed,
+        workers: 1,
+        webhook_url: None,
+    };
     Sim { server: SimServer::start(listener, config).unwrap(), http: reqwest::Client::new() }
 }
 
@@ -164,6 +171,11 @@ impl Sim {
         self.control(reqwest::Method::GET, &format!("/events/{event_id}"), None).await
     }
 
+    /// Where the simulator POSTs its webhooks from now on.
+    pub async fn send_webhooks_to(&self, url: &str) {
+        self.control(reqwest::Method::PUT, "/webhooks/endpoint", Some(serde_json::json!({"url": url}))).await;
+    }
+
     pub async fn webhooks(&self) -> Value {
         self.control(reqwest::Method::GET, "/webhooks", None).await
     }
@@ -206,6 +218,7 @@ pub fn test_settings(billabear_url: &str, database_url: &str) -> RawSettings {
     raw.outbox.retry_max_ms = 200;
     raw.outbox.poll_interval_ms = 100;
     raw.outbox.timeout_ms = 1000;
+    raw.webhooks.secret = SecretString::from(WEBHOOK_SECRET);
     raw.auth.keys = vec![
         key("checker", CHECK_KEY, &["check"]),
         key("ingester", EVENTS_KEY, &["events"]),
@@ -218,6 +231,8 @@ pub fn test_settings(billabear_url: &str, database_url: &str) -> RawSettings {
 /// The service, running against a fresh database and its own simulator.
 pub struct TestApp {
     pub address: String,
+    /// Where `/metrics` is when `server.metrics_address` is set.
+    pub metrics_address: Option<String>,
     pub pool: PgPool,
     /// Shared with a second instance, if one is started.
     pub sim: std::sync::Arc<Sim>,
@@ -267,11 +282,20 @@ impl TestApp {
     fn run(settings: Settings, pool: PgPool, listener: TcpListener, sim: std::sync::Arc<Sim>) -> Self {
         let app = Application::build_with(settings, pool.clone(), listener).unwrap();
         let address = format!("http://{}", app.addr());
+        let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = tokio::spawn(app.run_until(async move {
             let _ = stopped.await;
         }));
-        Self { address, pool, sim, http: reqwest::Client::new(), stop: Some(stop), running: Some(running) }
+        Self {
+            address,
+            metrics_address,
+            pool,
+            sim,
+            http: reqwest::Client::new(),
+            stop: Some(stop),
+            running: Some(running),
+        }
     }
 
     /// Shuts the service down as SIGTERM does and waits until it has.

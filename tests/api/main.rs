@@ -1,6 +1,7 @@
 //! One integration-test binary (links once): the service, the BillaBear client and the simulator
 //! over real HTTP, against a real Postgres.
 
+mod admin;
 mod auth;
 mod billabear_client;
 mod check;

@@ -1,0 +1,102 @@
+//! Telling the other replicas on the same database that a customer changed (a limit created or
+//! deleted, a webhook), so they drop their cached snapshot: Postgres NOTIFY on one side, a
+//! LISTEN task on every replica. The replica that made the change refetches the customer itself
+//! and ignores its own notification.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use uuid::Uuid;
+
+use crate::cache::SnapshotCache;
+use crate::domain::CustomerId;
+
+pub const CHANNEL: &str = "usage_gate_customers";
+
+/// This replica's side of it; cheap to clone.
+#[derive(Clone)]
+pub struct Invalidation {
+    pool: PgPool,
+    /// Tells this replica's notifications from the others'.
+    replica: Uuid,
+}
+
+impl Invalidation {
+    /// Starts listening: notified customers are dropped from `cache`.
+    pub fn start(pool: PgPool, cache: SnapshotCache) -> Self {
+        let replica = Uuid::new_v4();
+        tokio::spawn(listen(pool.clone(), cache, replica));
+        Self { pool, replica }
+    }
+
+    /// Tells the other replicas to drop the customer's snapshot.
+    pub async fn customer_changed(&self, customer: CustomerId) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(payload(self.replica, customer))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn payload(replica: Uuid, customer: CustomerId) -> String {
+    format!("{customer} {replica}")
+}
+
+/// The customer a notification names, unless this replica sent it.
+fn parse(payload: &str, replica: Uuid) -> Option<CustomerId> {
+    let (customer, from) = payload.split_once(' ')?;
+    if Uuid::parse_str(from).ok()? == replica {
+        return None;
+    }
+    CustomerId::parse(customer).ok()
+}
+
+async fn listen(pool: PgPool, cache: SnapshotCache, replica: Uuid) {
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "invalidation: cannot listen; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = listener.listen(CHANNEL).await {
+            tracing::warn!(error = %e, "invalidation: cannot listen; retrying");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match listener.recv().await {
+                Ok(notification) => {
+                    if let Some(customer) = parse(notification.payload(), replica) {
+                        cache.invalidate(customer);
+                    }
+                }
+                Err(e) => {
+                    // Changes made while reconnecting are missed; the cache's TTL bounds that.
+                    tracing::warn!(error = %e, "invalidation: listener failed; reconnecting");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_ignores_its_own_notifications() {
+        let (me, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let customer = CustomerId::parse("c1111111-1111-4111-8111-111111111111").unwrap();
+        assert_eq!(parse(&payload(other, customer), me), Some(customer));
+        assert_eq!(parse(&payload(me, customer), me), None);
+        assert_eq!(parse("garbage", me), None);
+        assert_eq!(parse(&format!("not-a-uuid {other}"), me), None);
+    }
+}

@@ -1,0 +1,315 @@
+//! Operators' routes for a customer (scope `admin`): what usage-gate knows of it, and its usage
+//! limits, managed in BillaBear. Every change is audited before BillaBear is asked and given its
+//! outcome after; then the customer is refetched here and dropped by the other replicas.
+
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing_actix_web::RequestId;
+
+use super::customer_id;
+use crate::audit::{self, Entry, Outcome};
+use crate::auth::Caller;
+use crate::billabear::{BillaBearError, NewUsageLimit, UsageLimit};
+use crate::check::Decision;
+use crate::domain::{CustomerId, LimitAction, LimitId};
+use crate::error::{ApiError, FieldError};
+use crate::startup::AppState;
+
+/// What usage-gate knows about a customer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomerView {
+    /// The current decision, with BillaBear's status, the estimate, the limits and the cache age.
+    pub decision: Decision,
+    pub outbox: OutboxCounts,
+}
+
+/// The customer's events not yet delivered: those sent with `customer`, and those sent with one
+/// of its subscriptions that usage-gate has seen listed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OutboxCounts {
+    pub pending: i64,
+    pub dead: i64,
+}
+
+#[utoipa::path(get, path = "/v1/customers/{customer_id}", tag = "admin", security(("bearer" = [])),
+    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)")),
+    responses(
+        (status = 200, body = CustomerView),
+        (status = 400, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn show_customer(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<web::Json<CustomerView>, ApiError> {
+    let customer = customer_id(&path, "customer_id")?;
+    let decision = state.checker.check(customer, None).await;
+    let subscriptions: Vec<uuid::Uuid> =
+        state.subscriptions.of_customer(customer).iter().map(|s| s.as_uuid()).collect();
+    let (pending, dead): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'dead')
+         FROM outbox
+         WHERE status IN ('pending', 'dead') AND (customer_id = $1 OR subscription_id = ANY($2))",
+    )
+    .bind(customer.as_uuid())
+    .bind(&subscriptions)
+    .fetch_one(&state.pool)
+    .await?;
+    Ok(web::Json(CustomerView { decision, outbox: OutboxCounts { pending, dead } }))
+}
+
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/usage-limits", tag = "admin", security(("bearer" = [])),
+    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)")),
+    responses(
+        (status = 200, description = "The customer's limits, as BillaBear has them now", body = LimitList),
+        (status = 404, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 504, body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_limits(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<web::Json<LimitList>, ApiError> {
+    let customer = customer_id(&path, "customer_id")?;
+    let limits = state.billabear.list_usage_limits(customer).await.map_err(|e| upstream(e, customer))?;
+    Ok(web::Json(LimitList { data: limits }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LimitList {
+    #[schema(value_type = Vec<Object>)]
+    pub data: Vec<UsageLimit>,
+}
+
+#[utoipa::path(post, path = "/v1/customers/{customer_id}/usage-limits", tag = "admin", security(("bearer" = [])),
+    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)")),
+    request_body(content = Object, description = r#"{"amount": 5000, "action": "DISABLE"}: amount a positive integer in minor units; action WARNING or DISABLE (any case)"#),
+    responses(
+        (status = 201, description = "Created in BillaBear; the next check reflects it", body = Object),
+        (status = 404, description = "BillaBear has no such customer", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid amount or action (ours or BillaBear's message)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable: nothing was done", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 504, body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_limit(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let customer = customer_id(&path, "customer_id")?;
+    let mut entry = Entry {
+        actor: caller.name.to_string(),
+        action: "usage_limit.create".into(),
+        customer: Some(customer),
+        target: None,
+        outcome: Outcome::Pending,
+        upstream_status: None,
+        request_id: Some(request_id.to_string()),
+        details: json!({"amount": body.get("amount"), "action": body.get("action")}),
+    };
+    let limit = match parse_new_limit(&body) {
+        Ok(limit) => limit,
+        Err(errors) => {
+            entry.outcome = Outcome::Rejected;
+            entry.details["errors"] = json!(errors);
+            audit_rejection(&state, &entry).await;
+            return Err(ApiError::unprocessable(errors));
+        }
+    };
+    entry.details = json!({"amount": limit.amount, "action": limit.action.as_str()});
+    // Recorded before BillaBear is asked: without Postgres, nothing is done (503).
+    let record = audit::record(&state.pool, &entry).await?;
+    match state.billabear.create_usage_limit(customer, &limit).await {
+        Ok(created) => {
+            let id = created.id.to_string();
+            conclude(&state, record, Outcome::Success, Some(201), Some(&id), json!({})).await;
+            state.customer_changed(customer).await;
+            Ok(HttpResponse::Created()
+                .insert_header(("Location", format!("/v1/customers/{customer}/usage-limits/{id}")))
+                .json(created))
+        }
+        Err(e) => Err(failed(&state, record, e, customer).await),
+    }
+}
+
+#[utoipa::path(delete, path = "/v1/customers/{customer_id}/usage-limits/{limit_id}", tag = "admin", security(("bearer" = [])),
+    params(
+        ("customer_id" = String, Path, description = "BillaBear customer id (UUID)"),
+        ("limit_id" = String, Path, description = "The usage limit's id (UUID)"),
+    ),
+    responses(
+        (status = 204, description = "Deleted in BillaBear; the next check reflects it"),
+        (status = 404, description = "No such customer, or the limit is not this customer's", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 502, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable: nothing was done", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 504, body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_limit(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (raw_customer, raw_limit) = path.into_inner();
+    let customer = customer_id(&raw_customer, "customer_id")?;
+    let limit = LimitId::parse(&raw_limit).map_err(|e| ApiError::invalid_field("limit_id", e.to_string()))?;
+    let entry = Entry {
+        actor: caller.name.to_string(),
+        action: "usage_limit.delete".into(),
+        customer: Some(customer),
+        target: Some(limit.to_string()),
+        outcome: Outcome::Pending,
+        upstream_status: None,
+        request_id: Some(request_id.to_string()),
+        details: json!({}),
+    };
+    let record = audit::record(&state.pool, &entry).await?;
+    // BillaBear deletes any limit by id, whoever's it is: check that it is this customer's.
+    let limits = match state.billabear.list_usage_limits(customer).await {
+        Ok(limits) => limits,
+        Err(e) => return Err(failed(&state, record, e, customer).await),
+    };
+    let Some(found) = limits.iter().find(|l| l.id == limit) else {
+        let message = format!("customer {customer} has no usage limit {limit}");
+        conclude(&state, record, Outcome::Rejected, None, None, json!({"message": message})).await;
+        return Err(ApiError::NotFound(message));
+    };
+    let details = json!({"amount": found.amount, "action": found.action.as_str()});
+    match state.billabear.delete_usage_limit(customer, limit).await {
+        Ok(()) => {
+            conclude(&state, record, Outcome::Success, Some(200), None, details).await;
+            state.customer_changed(customer).await;
+            Ok(HttpResponse::NoContent().finish())
+        }
+        Err(e) => Err(failed(&state, record, e, customer).await),
+    }
+}
+
+/// A `POST .../usage-limits` body: every invalid field is named.
+pub fn parse_new_limit(body: &Value) -> Result<NewUsageLimit, Vec<FieldError>> {
+    let mut errors = vec![];
+    let amount = match body.get("amount") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("amount", "required: a positive integer, minor units"));
+            None
+        }
+        Some(value) => match value.as_i64().filter(|a| *a > 0) {
+            Some(amount) => Some(amount),
+            None => {
+                errors.push(FieldError::new(
+                    "amount",
+                    format!("must be a positive integer (minor units), got {value}"),
+                ));
+                None
+            }
+        },
+    };
+    let action = match body.get("action") {
+        None | Some(Value::Null) => {
+            errors.push(FieldError::new("action", "required: WARNING or DISABLE"));
+            None
+        }
+        Some(value) => match value.as_str().and_then(|s| LimitAction::parse(&s.to_ascii_uppercase()).ok()) {
+            Some(action) => Some(action),
+            None => {
+                errors.push(FieldError::new("action", format!("must be WARNING or DISABLE, got {value}")));
+                None
+            }
+        },
+    };
+    match (amount, action) {
+        (Some(amount), Some(action)) if errors.is_empty() => Ok(NewUsageLimit { amount, action }),
+        _ => Err(errors),
+    }
+}
+
+/// BillaBear's refusal or failure as the admin API answers it.
+fn upstream(e: BillaBearError, customer: CustomerId) -> ApiError {
+    match e {
+        BillaBearError::NotFound(_) => ApiError::NotFound(format!("BillaBear has no customer {customer}")),
+        BillaBearError::Validation(fields) => ApiError::unprocessable(
+            fields.into_iter().map(|(field, message)| FieldError::new(field, message)).collect(),
+        ),
+        other => ApiError::Upstream(other),
+    }
+}
+
+/// Concludes the audit record for a BillaBear error and returns the answer for it.
+async fn failed(state: &AppState, record: i64, e: BillaBearError, customer: CustomerId) -> ApiError {
+    let outcome = match e {
+        BillaBearError::NotFound(_) | BillaBearError::Validation(_) => Outcome::Rejected,
+        _ => Outcome::Failed,
+    };
+    let details = json!({"message": e.to_string()});
+    conclude(state, record, outcome, e.upstream_status(), None, details).await;
+    upstream(e, customer)
+}
+
+/// Gives a pending record its outcome. If Postgres fails now, the record stays `pending` (it
+/// never claims an outcome that did not happen) and the answer still tells the caller the truth.
+async fn conclude(
+    state: &AppState,
+    record: i64,
+    outcome: Outcome,
+    upstream_status: Option<u16>,
+    target: Option<&str>,
+    details: Value,
+) {
+    if let Err(e) = audit::conclude(&state.pool, record, outcome, upstream_status, target, details).await {
+        tracing::error!(record, outcome = outcome.as_str(), error = %e, "audit: cannot record an outcome; the record stays pending");
+    }
+}
+
+/// Audits a request refused before BillaBear was asked. Nothing was changed, so if Postgres
+/// fails the refusal is still the answer.
+async fn audit_rejection(state: &AppState, entry: &Entry) {
+    if let Err(e) = audit::record(&state.pool, entry).await {
+        tracing::error!(action = %entry.action, error = %e, "audit: cannot record a rejected request");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn billabear_refusals_are_answered_with_its_field_messages() {
+        let customer = CustomerId::parse("11111111-1111-4111-8111-111111111111").unwrap();
+        let fields = [("amount".to_owned(), "This value should be positive.".to_owned())].into();
+        match upstream(BillaBearError::Validation(fields), customer) {
+            ApiError::Unprocessable { errors, .. } => {
+                assert_eq!(errors, [FieldError::new("amount", "This value should be positive.")])
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(upstream(BillaBearError::NotFound("customer"), customer), ApiError::NotFound(_)));
+        let timeout = BillaBearError::Timeout(std::time::Duration::from_millis(250));
+        assert!(matches!(upstream(timeout, customer), ApiError::Upstream(BillaBearError::Timeout(_))));
+    }
+
+    #[test]
+    fn a_new_limit_needs_a_positive_integer_amount_and_a_known_action_in_any_case() {
+        assert_eq!(
+            parse_new_limit(&json!({"amount": 5000, "action": "disable"})),
+            Ok(NewUsageLimit { amount: 5000, action: LimitAction::Disable })
+        );
+        assert_eq!(
+            parse_new_limit(&json!({"amount": 1, "action": "WARNING", "extra": true})),
+            Ok(NewUsageLimit { amount: 1, action: LimitAction::Warning })
+        );
+        let fields = |body: Value| -> Vec<String> {
+            parse_new_limit(&body).unwrap_err().into_iter().map(|e| e.field).collect()
+        };
+        assert_eq!(fields(json!({})), ["amount", "action"]);
+        for amount in [json!(0), json!(-5), json!(20.5), json!("2000"), json!(1e30)] {
+            assert_eq!(fields(json!({"amount": amount, "action": "WARNING"})), ["amount"], "{amount}");
+        }
+        for action in [json!("WARN"), json!(1), json!("")] {
+            assert_eq!(fields(json!({"amount": 5, "action": action})), ["action"], "{action}");
+        }
+    }
+}

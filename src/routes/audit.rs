@@ -1,0 +1,75 @@
+//! The audit log, newest first, a page at a time (scope `admin`).
+
+use actix_web::web;
+use serde::{Deserialize, Serialize};
+
+use super::customer_id;
+use crate::audit::{self, AuditRecord, Cursor, Filter};
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct AuditQuery {
+    /// Only this customer's records.
+    pub customer: Option<String>,
+    /// e.g. usage_limit.create, usage_limit.delete, decision.transition, webhook.customer_disabled.
+    pub action: Option<String>,
+    /// The API key's name; `billabear` for webhooks, `usage-gate` for decision transitions.
+    pub actor: Option<String>,
+    /// RFC 3339; records at or after.
+    pub since: Option<String>,
+    /// RFC 3339; records before.
+    pub until: Option<String>,
+    /// 1 to 500, default 100.
+    pub limit: Option<i64>,
+    /// `next_cursor` from the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuditPage {
+    pub records: Vec<AuditRecord>,
+    /// Pass as `cursor` for the next page; null on the last. Records added meanwhile appear
+    /// on a new first page, never in the middle: no duplicates or gaps across pages.
+    pub next_cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "admin", security(("bearer" = [])), params(AuditQuery),
+    responses((status = 200, body = AuditPage), (status = 400, body = crate::error::Problem, content_type = "application/problem+json")))]
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<AuditQuery>,
+) -> Result<web::Json<AuditPage>, ApiError> {
+    let time = |raw: &Option<String>, field: &str| {
+        raw.as_deref()
+            .map(|s| {
+                chrono::DateTime::parse_from_rfc3339(s).map(|t| t.to_utc()).map_err(|_| {
+                    ApiError::invalid_field(field, format!("must be an RFC 3339 time, got {s:?}"))
+                })
+            })
+            .transpose()
+    };
+    let filter = Filter {
+        customer: query.customer.as_deref().map(|c| customer_id(c, "customer")).transpose()?,
+        action: query.action.clone(),
+        actor: query.actor.clone(),
+        since: time(&query.since, "since")?,
+        until: time(&query.until, "until")?,
+    };
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "must be between 1 and 500"));
+    }
+    let cursor = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Cursor::decode(c).ok_or_else(|| ApiError::invalid_field("cursor", "not a cursor from this API"))
+        })
+        .transpose()?;
+    let records = audit::list(&state.pool, &filter, cursor, limit).await?;
+    let next_cursor = (records.len() as i64 == limit)
+        .then(|| records.last().map(|r| Cursor::after(r.id).encode()))
+        .flatten();
+    Ok(web::Json(AuditPage { records, next_cursor }))
+}
