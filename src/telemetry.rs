@@ -273,7 +273,7 @@ pub async fn request_metrics(
     let status = response.status();
     if status.is_server_error() {
         let error = response.response().error().map(|e| format!("{e:#}"));
-        tracing::error!(http.method = %method, http.target = %response.request().path(),
+        tracing::error!(http.method = %method, http.target = %loggable_path(response.request().path()),
                         http.status_code = status.as_u16(), error = error.as_deref().unwrap_or(""),
                         "request failed");
     }
@@ -289,9 +289,27 @@ pub async fn request_metrics(
     Ok(response)
 }
 
+/// The path as it may be logged: the webhook route's last segment is its secret.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    const WEBHOOKS: &str = "/v1/webhooks/billabear/";
+    match path.strip_prefix(WEBHOOKS) {
+        Some(_) => format!("{WEBHOOKS}{{secret}}").into(),
+        None => path.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_webhook_secret_is_never_logged() {
+        assert_eq!(
+            loggable_path("/v1/webhooks/billabear/s3cr3t-s3cr3t-s3cr3t"),
+            "/v1/webhooks/billabear/{secret}"
+        );
+        assert_eq!(loggable_path("/v1/customers/x/check"), "/v1/customers/x/check");
+    }
 
     #[test]
     fn json_strings_escape_what_json_requires() {
