@@ -97,7 +97,9 @@ pub async fn billabear(
         }
         Webhook::UsageWarning => {}
     }
-    audit::record(&state.pool, &entry).await?;
+    // Acted on first: BillaBear never resends a webhook, so a refetch is not held back by the
+    // audit log. Postgres failing here is still a 503 (the record is missing).
+    let pool = state.pool.clone();
     let state = state.into_inner();
     match webhook {
         Webhook::CustomerChanged(customer) => {
@@ -116,6 +118,7 @@ pub async fn billabear(
         }
         Webhook::Ignored => {}
     }
+    audit::record(&pool, &entry).await?;
     Ok(HttpResponse::Accepted().json(json!({"status": "accepted"})))
 }
 
