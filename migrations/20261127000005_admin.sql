@@ -13,9 +13,13 @@ CREATE INDEX audit_log_customer ON audit_log (customer_id, id DESC) WHERE custom
 CREATE INDEX audit_log_occurred ON audit_log (occurred_at);
 
 -- The last decision status seen for each customer, shared by replicas, so a transition is
--- audited once, by whichever replica sees it first.
+-- audited once, by whichever replica records it first. observed_at is when the snapshot was
+-- fetched: an older observation arriving late (a slow replica) never overwrites a newer one.
+-- previous_status is set by each update from the row as it then is, to tell a change.
 CREATE TABLE customer_decisions (
-    customer_id UUID PRIMARY KEY,
-    status      TEXT NOT NULL CHECK (status IN ('ok', 'warning', 'blocked')),
-    changed_at  TIMESTAMPTZ NOT NULL DEFAULT now()
+    customer_id     UUID PRIMARY KEY,
+    status          TEXT NOT NULL CHECK (status IN ('ok', 'warning', 'blocked')),
+    previous_status TEXT,
+    observed_at     TIMESTAMPTZ NOT NULL,
+    changed_at      TIMESTAMPTZ NOT NULL DEFAULT now()
 );

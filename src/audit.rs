@@ -192,7 +192,15 @@ impl Cursor {
 /// batches.
 #[derive(Clone)]
 pub struct Transitions {
-    sender: mpsc::Sender<(CustomerId, Status)>,
+    sender: mpsc::Sender<Observation>,
+}
+
+/// A customer's status as a snapshot fetched at `at_ms` (Unix ms) decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Observation {
+    customer: CustomerId,
+    status: Status,
+    at_ms: u64,
 }
 
 /// How many observations may wait for the writer; beyond it they are dropped (and counted),
@@ -207,13 +215,13 @@ impl Transitions {
     }
 
     /// `before`: the status of the snapshot this replica held (None if it held none); only a
-    /// change, or a first sight, goes to Postgres, where the last status seen by any replica
-    /// decides whether it is a transition.
-    pub fn observe(&self, customer: CustomerId, before: Option<Status>, after: Status) {
+    /// change, or a first sight, goes to Postgres, where the newest status seen by any replica
+    /// decides whether it is a transition. `at_ms`: when the new snapshot was fetched.
+    pub fn observe(&self, customer: CustomerId, before: Option<Status>, after: Status, at_ms: u64) {
         if !is_tracked(after) || before == Some(after) {
             return;
         }
-        if self.sender.try_send((customer, after)).is_err() {
+        if self.sender.try_send(Observation { customer, status: after, at_ms }).is_err() {
             metrics::counter!("usage_gate_audit_transitions_dropped_total").increment(1);
         }
     }
@@ -224,51 +232,75 @@ fn is_tracked(status: Status) -> bool {
     matches!(status, Status::Ok | Status::Warning | Status::Blocked)
 }
 
-async fn write_transitions(pool: PgPool, mut receiver: mpsc::Receiver<(CustomerId, Status)>) {
+/// Splits a batch into rounds holding each customer at most once (an upsert may not touch a
+/// row twice), keeping each customer's observations in order across rounds, so a quick
+/// `blocked` then `ok` is two transitions, not none.
+fn rounds(batch: Vec<Observation>) -> Vec<Vec<Observation>> {
+    let mut rounds: Vec<Vec<Observation>> = vec![];
+    let mut next: HashMap<CustomerId, usize> = HashMap::new();
+    for observation in batch {
+        let round = next.entry(observation.customer).or_insert(0);
+        if *round == rounds.len() {
+            rounds.push(vec![]);
+        }
+        rounds[*round].push(observation);
+        *round += 1;
+    }
+    rounds
+}
+
+async fn write_transitions(pool: PgPool, mut receiver: mpsc::Receiver<Observation>) {
     let mut batch = Vec::new();
     while receiver.recv_many(&mut batch, 1000).await > 0 {
-        // One row per customer per statement (an upsert may not touch a row twice): the latest.
-        let latest: HashMap<CustomerId, Status> = batch.drain(..).collect();
-        let (customers, statuses): (Vec<Uuid>, Vec<&str>) =
-            latest.iter().map(|(c, s)| (c.as_uuid(), s.as_str())).unzip();
-        let mut attempt = 0;
-        while let Err(e) = store_transitions(&pool, &customers, &statuses).await {
-            attempt += 1;
-            if attempt == 3 {
-                tracing::warn!(error = %e, customers = customers.len(), "audit: cannot record decision transitions");
-                break;
+        for round in rounds(std::mem::take(&mut batch)) {
+            let mut attempt = 0;
+            while let Err(e) = store_transitions(&pool, &round).await {
+                attempt += 1;
+                if attempt == 3 {
+                    tracing::warn!(error = %e, customers = round.len(), "audit: cannot record decision transitions");
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
             }
-            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
         }
     }
 }
 
-/// Upserts the statuses; each one that differs from the stored one is a transition, audited
-/// in the same transaction. Two replicas upserting one customer at once: the second waits for
-/// the first's row and re-checks `status <>` against it, so the change is audited once. (Not
-/// `FOR UPDATE` in `previous`: a row locked by the statement itself is skipped by its upsert.)
-async fn store_transitions(pool: &PgPool, customers: &[Uuid], statuses: &[&str]) -> Result<(), sqlx::Error> {
+/// Upserts the observations, each only over an older one; an update that changes the status is
+/// a transition, audited in the same transaction. `previous_status` comes from the row as the
+/// update found it (after waiting for another replica's update of it), so two replicas
+/// recording one change audit it once.
+async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), sqlx::Error> {
+    let customers: Vec<Uuid> = round.iter().map(|o| o.customer.as_uuid()).collect();
+    let statuses: Vec<&str> = round.iter().map(|o| o.status.as_str()).collect();
+    let observed: Vec<chrono::DateTime<chrono::Utc>> = round
+        .iter()
+        .map(|o| chrono::DateTime::from_timestamp_millis(o.at_ms as i64).unwrap_or_default())
+        .collect();
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSERT_LOCK).execute(&mut *tx).await?;
     sqlx::query(
-        "WITH incoming AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::text[]) AS t(customer_id, status)),
-         previous AS (
-             SELECT d.customer_id, d.status FROM customer_decisions d JOIN incoming USING (customer_id)),
-         changed AS (
-             INSERT INTO customer_decisions (customer_id, status)
-             SELECT customer_id, status FROM incoming
-             ON CONFLICT (customer_id) DO UPDATE SET status = EXCLUDED.status, changed_at = now()
-             WHERE customer_decisions.status <> EXCLUDED.status
-             RETURNING customer_id, status)
+        "WITH changed AS (
+             INSERT INTO customer_decisions (customer_id, status, observed_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[])
+             ON CONFLICT (customer_id) DO UPDATE
+                 SET previous_status = customer_decisions.status,
+                     status = EXCLUDED.status,
+                     observed_at = EXCLUDED.observed_at,
+                     changed_at = CASE WHEN customer_decisions.status <> EXCLUDED.status
+                                       THEN now() ELSE customer_decisions.changed_at END
+                 WHERE customer_decisions.observed_at < EXCLUDED.observed_at
+             RETURNING customer_id, previous_status, status)
          INSERT INTO audit_log (actor, action, customer_id, outcome, details)
-         SELECT 'usage-gate', 'decision.transition', c.customer_id, 'success',
-                jsonb_build_object('from', p.status, 'to', c.status)
-         FROM changed c JOIN previous p USING (customer_id)
-         ORDER BY c.customer_id",
+         SELECT 'usage-gate', 'decision.transition', customer_id, 'success',
+                jsonb_build_object('from', previous_status, 'to', status)
+         FROM changed
+         WHERE previous_status IS NOT NULL AND previous_status <> status
+         ORDER BY customer_id",
     )
-    .bind(customers)
-    .bind(statuses)
+    .bind(&customers)
+    .bind(&statuses)
+    .bind(&observed)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
@@ -287,6 +319,26 @@ mod tests {
         {
             assert_eq!(Cursor::decode(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_batch_keeps_each_customers_observations_in_order_across_rounds() {
+        let (a, b) = (CustomerId::new_v4(), CustomerId::new_v4());
+        let seen = |customer, status, at_ms| Observation { customer, status, at_ms };
+        let batch = vec![
+            seen(a, Status::Blocked, 1),
+            seen(b, Status::Warning, 2),
+            seen(a, Status::Ok, 3),
+            seen(a, Status::Blocked, 4),
+        ];
+        assert_eq!(
+            rounds(batch),
+            [
+                vec![seen(a, Status::Blocked, 1), seen(b, Status::Warning, 2)],
+                vec![seen(a, Status::Ok, 3)],
+                vec![seen(a, Status::Blocked, 4)],
+            ]
+        );
     }
 
     #[test]

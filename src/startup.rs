@@ -91,7 +91,7 @@ impl Application {
                 // So that events sent by subscription can find this customer.
                 subscriptions.learn_soon(customer);
                 let before = before.and_then(|b| check::usage_status(&b.data, &policy));
-                transitions.observe(customer, before, status);
+                transitions.observe(customer, before, status, after.fetched_at_ms);
             })
         };
         let metrics_address = settings.server.metrics_address;

@@ -254,7 +254,13 @@ async fn a_billabear_webhook_refreshes_the_customers_decision_and_is_audited() {
         (decision["status"] == "blocked").then_some(decision)
     })
     .await;
-    let [row] = &app.audit_rows("webhook.customer_disabled").await[..] else { panic!("one record") };
+    // The refetch runs beside the webhook's own answer, so its record may land just after.
+    let rows = eventually(Duration::from_secs(5), "the webhook's audit record", || async {
+        let rows = app.audit_rows("webhook.customer_disabled").await;
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await;
+    let [row] = &rows[..] else { panic!("one record: {rows:?}") };
     assert_eq!((row["actor"].as_str(), row["customer_id"].as_str()), (Some("billabear"), Some(ACME)));
 
     let wrong =
