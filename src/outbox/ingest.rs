@@ -1,13 +1,14 @@
 //! Group commit: concurrent requests' events are written in shared transactions, and each
 //! request is answered with its own outcomes once the commit is done.
 //!
-//! Every HTTP worker thread has its own writer task and its own Postgres connection, made on
-//! that thread: a request, its writer and the connection's socket are all driven by one
+//! Every HTTP worker thread has its own writer and its own Postgres connections, made on that
+//! thread: a request, its writer and the connections' sockets are all driven by one
 //! single-threaded runtime, so handing an event to the writer and waking the request costs no
 //! thread switch (going through a shared writer cost about a fifth of the CPU per event). The
 //! writer commits everything queued when it is free (up to a cap): under light load a batch is
 //! one request and nothing waits; under heavy load, the requests that arrived during the
-//! previous commit. Workers commit independently, so their commits overlap.
+//! previous commit. Workers commit independently, so their commits overlap; within a worker a
+//! second commit overlaps the first only when a large backlog waits (see `COMMITTERS`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -78,54 +79,86 @@ impl Ingest {
     /// Stores the events (in a transaction shared with other requests on this thread) and
     /// answers for each, in order, once committed.
     pub async fn accept(&self, events: Vec<IncomingEvent>) -> Result<Vec<Accepted>, IngestError> {
-        let writer = WRITERS.with_borrow(|writers| writers.get(&self.id).filter(|w| w.alive.get()).cloned());
+        let writer = WRITERS.with_borrow(|writers| writers.get(&self.id).filter(|w| w.alive()).cloned());
         let Some(writer) = writer else {
             // Not a worker thread (tests calling in directly): one commit per call.
             let mut conn = self.pool.acquire().await?;
             return Ok(store::accept(&mut conn, &events).await?);
         };
         let (reply, answer) = oneshot::channel();
-        writer.queue.borrow_mut().push(Job { events, reply });
-        writer.wake.notify_one();
+        writer.push(Job { events, reply });
         answer.await.map_err(|_| IngestError::from(sqlx::Error::PoolClosed))?
     }
 }
 
-/// One thread's writer: its queue and the task that commits it.
+/// One thread's writer: its queue and the tasks that commit it.
 struct Writer {
     queue: RefCell<Vec<Job>>,
+    /// Events in `queue`.
+    queued: Cell<usize>,
+    /// Commits under way.
+    in_flight: Cell<usize>,
     wake: Notify,
-    /// False once its task has ended (the worker is stopping): callers commit on their own.
-    alive: Cell<bool>,
+    /// Committing tasks still running; at 0 (the worker is stopping) callers commit on their own.
+    tasks: Cell<usize>,
 }
 
-/// Marks the writer dead when its task ends, however it ends, and fails what it left queued.
+/// Counts a committing task out when it ends, however it ends; the last one fails what is left
+/// queued.
 struct Ended(Rc<Writer>);
 
 impl Drop for Ended {
     fn drop(&mut self) {
-        self.0.alive.set(false);
-        self.0.queue.borrow_mut().clear();
+        self.0.tasks.set(self.0.tasks.get() - 1);
+        if self.0.tasks.get() == 0 {
+            self.0.queue.borrow_mut().clear();
+            self.0.queued.set(0);
+        }
     }
 }
 
+/// Committing tasks per worker, each with its own connection. The second commits only while
+/// a backlog of [`SECOND_COMMIT_MIN_EVENTS`] waits (batch requests): for single events one
+/// commit at a time gathers bigger batches, which costs Postgres less per event.
+const COMMITTERS: usize = 2;
+const SECOND_COMMIT_MIN_EVENTS: usize = 1000;
+
 impl Writer {
     fn start(pool: PgPool, connect_timeout: Duration) -> Rc<Self> {
-        let writer =
-            Rc::new(Writer { queue: RefCell::new(Vec::new()), wake: Notify::new(), alive: Cell::new(true) });
-        actix_rt::spawn(writer.clone().run(pool, connect_timeout));
+        let writer = Rc::new(Writer {
+            queue: RefCell::new(Vec::new()),
+            queued: Cell::new(0),
+            in_flight: Cell::new(0),
+            wake: Notify::new(),
+            tasks: Cell::new(COMMITTERS),
+        });
+        for _ in 0..COMMITTERS {
+            actix_rt::spawn(writer.clone().run(pool.clone(), connect_timeout));
+        }
         writer
+    }
+
+    fn alive(&self) -> bool {
+        self.tasks.get() > 0
+    }
+
+    fn push(&self, job: Job) {
+        self.queued.set(self.queued.get() + job.events.len());
+        self.queue.borrow_mut().push(job);
+        self.wake.notify_one();
     }
 
     async fn run(self: Rc<Self>, pool: PgPool, connect_timeout: Duration) {
         let _ended = Ended(self.clone());
         let mut conn: Option<PgConnection> = None;
         loop {
-            let jobs = self.take();
+            let may_commit = self.in_flight.get() == 0 || self.queued.get() >= SECOND_COMMIT_MIN_EVENTS;
+            let jobs = if may_commit { self.take() } else { vec![] };
             if jobs.is_empty() {
                 self.wake.notified().await;
                 continue;
             }
+            self.in_flight.set(self.in_flight.get() + 1);
             let mut sizes = Vec::with_capacity(jobs.len());
             let mut replies = Vec::with_capacity(jobs.len());
             let mut events = Vec::new();
@@ -136,6 +169,9 @@ impl Writer {
             }
             metrics::histogram!("usage_gate_ingest_commit_events").record(events.len() as f64);
             let result = commit(&mut conn, &pool, connect_timeout, &events).await;
+            self.in_flight.set(self.in_flight.get() - 1);
+            // The other task may be waiting for this commit to end.
+            self.wake.notify_one();
             if result.is_err() {
                 // Its state is unknown (a timeout may have left a statement running): start over.
                 conn = None;
@@ -172,6 +208,7 @@ impl Writer {
             // More than one commit's worth: run again without waiting for a wake-up.
             self.wake.notify_one();
         }
+        self.queued.set(self.queued.get() - count);
         queue.drain(..taken).collect()
     }
 }

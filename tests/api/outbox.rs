@@ -193,3 +193,24 @@ async fn group_commit_answers_each_request_with_its_own_outcomes() {
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
     assert_eq!(count, 101);
 }
+
+// More than one commit's worth at once (a commit holds at most 5,000 events): the backlog is
+// split over commits, the second running beside the first, and every request still gets its own
+// outcomes.
+#[actix_rt::test]
+async fn a_backlog_is_split_over_overlapping_commits_and_nothing_is_lost() {
+    let (_, pool) = fresh_database().await;
+    let ingest = usage_gate::outbox::ingest::Ingest::new(pool.clone(), Duration::from_secs(5));
+    ingest.attach_worker();
+    let requests = (0..60).map(|r| {
+        let ingest = ingest.clone();
+        async move {
+            let events = (0..100).map(|i| event(&format!("b-{r}-{i}"), 1.0)).collect();
+            ingest.accept(events).await.unwrap()
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    assert!(answers.iter().all(|a| a.len() == 100 && a.iter().all(|o| *o == Accepted::New)));
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(count, 6000);
+}
