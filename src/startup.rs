@@ -21,6 +21,7 @@ use crate::error::{self, ApiError};
 use crate::invalidation::Invalidation;
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::outbox::ingest::Ingest;
+use crate::policy::PolicySettings;
 use crate::subscriptions::Subscriptions;
 use crate::{db, routes, telemetry};
 
@@ -84,16 +85,7 @@ impl Application {
         let metrics = telemetry::metrics_handle();
         let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
         let transitions = Transitions::start(pool.clone());
-        let on_fetched: FetchHook = {
-            let (subscriptions, policy) = (subscriptions.clone(), settings.policy.clone());
-            Arc::new(move |customer, before, after| {
-                let Some(status) = check::usage_status(&after.data, &policy) else { return };
-                // So that events sent by subscription can find this customer.
-                subscriptions.learn_soon(customer);
-                let before = before.and_then(|b| check::usage_status(&b.data, &policy));
-                transitions.observe(customer, before, status, after.fetched_at_ms);
-            })
-        };
+        let on_fetched = on_fetched(subscriptions.clone(), transitions, settings.policy.clone());
         let metrics_address = settings.server.metrics_address;
         let cache = SnapshotCache::new(billabear.clone(), &settings.cache, Some(on_fetched));
         let invalidation = Invalidation::start(pool.clone(), cache.clone());
@@ -197,6 +189,17 @@ impl Application {
         self.forwarder.stop().await;
         result
     }
+}
+
+/// What every fetched snapshot of a known customer starts: learning the customer's
+/// subscriptions (so events sent by subscription find it) and auditing a decision transition.
+fn on_fetched(subscriptions: Subscriptions, transitions: Transitions, policy: PolicySettings) -> FetchHook {
+    Arc::new(move |customer, before, after| {
+        let Some(status) = check::usage_status(&after.data, &policy) else { return };
+        subscriptions.learn_soon(customer);
+        let before = before.and_then(|b| check::usage_status(&b.data, &policy));
+        transitions.observe(customer, before, status, after.fetched_at_ms);
+    })
 }
 
 /// A one-worker server for `/metrics` alone.
