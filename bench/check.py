@@ -23,9 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-from common import Processes, wait_for
+from common import Processes, psql, request, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -51,12 +50,6 @@ def seed_file(path):
         json.dump({"metrics": [{"code": "api_calls"}], "customers": customers}, f)
 
 
-def request(method, url, body=None, headers=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=120) as r:
-        text = r.read()
-        return json.loads(text) if text else None
 
 
 
@@ -86,12 +79,6 @@ def oha(url, duration, rate, random_ids=False):
         sys.exit(f"oha saw non-200 answers from {url}: {codes}")
     p = out["latencyPercentiles"]
     return {"rps": out["summary"]["requestsPerSec"], "p50_ms": p["p50"] * 1000, "p99_ms": p["p99"] * 1000}
-
-
-def psql_count(db, sql):
-    out = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-At", "-c", sql],
-                         capture_output=True, text=True, check=True)
-    return int(out.stdout.strip())
 
 
 def settle(probe, quiet=3.0, limit=180.0):
@@ -164,9 +151,9 @@ scopes = ["check", "admin"]
         # events sent by subscription find it) and recording its decision status. Let it finish
         # before measuring checks, as it would have long before in a running service.
         settle_s = settle(lambda: (
-            json.loads(urllib.request.urlopen(f"http://{SIM}/_sim/requests").read())["by_route"]
+            request("GET", f"http://{SIM}/_sim/requests")["by_route"]
                 .get("GET /api/v1/customer/{id}/subscription/active", 0),
-            psql_count("usage_gate_bench", "SELECT count(*) FROM customer_decisions")))
+            psql("usage_gate_bench", "SELECT count(*) FROM customer_decisions")))
 
         one = f"/v1/customers/{customer(7)}/check"
         # oha's regex URLs treat "." literally, so the address needs no escaping.

@@ -1,11 +1,29 @@
-"""What the benchmark scripts share: waiting for a service, and starting processes that are
-stopped (SIGTERM, then kill) however the run ends."""
+"""What the benchmark scripts share: HTTP requests, psql, waiting for a service, and starting
+processes that are stopped (SIGTERM, then kill) however the run ends."""
 
+import json
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+
+
+def request(method, url, body=None, headers=None, timeout=120):
+    """A JSON request; returns the decoded answer (None when empty)."""
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        text = r.read()
+        return json.loads(text) if text else None
+
+
+def psql(db, sql):
+    """One statement on the local Postgres; returns psql's unaligned output."""
+    out = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-At", "-c", sql],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
 
 
 def wait_for(url, what):

@@ -21,9 +21,8 @@ import sys
 import tempfile
 import time
 import json
-import urllib.request
 
-from common import Processes, wait_for
+from common import Processes, psql, request, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -34,19 +33,8 @@ DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
 SUBSCRIPTION = "a1111111-1111-4111-8111-111111111111"  # Acme's, in the built-in seed
 
 
-def psql(sql, db=DB):
-    out = subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-d", db, "-At", "-c", sql],
-                         capture_output=True, text=True, check=True)
-    return out.stdout.strip()
-
-
-
-
 def control(method, path, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"http://{SIM}/_sim{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    urllib.request.urlopen(req, timeout=10).read()
+    request(method, f"http://{SIM}/_sim{path}", body, timeout=10)
 
 
 def wrk(path, lua, duration):
@@ -128,7 +116,7 @@ def main():
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed")
     subprocess.run(["cargo", "build", "--release", "--bin", "usage-gate"], cwd=ROOT, check=True)
-    psql(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)", db="postgres")
+    psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
     work = tempfile.mkdtemp(prefix="usage-gate-bench-events-")
     config = os.path.join(work, "usage-gate.toml")
     with open(config, "w") as f:
@@ -162,7 +150,7 @@ scopes = ["events", "admin"]
         out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-U", "postgres", "-n", "-c", "64", "-j", "2",
                               "-T", str(args.duration), "-f", pgb, DB], capture_output=True, text=True, check=True).stdout
         results["baseline"] = float(re.search(r"tps = ([\d.]+)", out).group(1))
-        psql("DELETE FROM outbox")
+        psql(DB, "DELETE FROM outbox")
 
         # 2. and 3. Durable ingest over HTTP. First alone, like the baseline: BillaBear "hangs" on
         # /events, so the forwarder holds 16 deliveries waiting out their timeout and does no
@@ -175,26 +163,25 @@ scopes = ["events", "admin"]
         results["single_rps_forwarding"] = wrk("/v1/events", lua_script(work, "single2", 1), args.duration)
 
         # 4a. Forwarding rate: how fast the backlog from 2 and 3 drains.
-        pending = int(psql("SELECT count(*) FROM outbox WHERE status = 'pending'"))
+        pending = int(psql(DB, "SELECT count(*) FROM outbox WHERE status = 'pending'"))
         started, drained_from = time.time(), pending
         drain_window = 20
         while time.time() - started < drain_window:
             time.sleep(1)
-        left = int(psql("SELECT count(*) FROM outbox WHERE status = 'pending'"))
+        left = int(psql(DB, "SELECT count(*) FROM outbox WHERE status = 'pending'"))
         results["forward_rate"] = (drained_from - left) / (time.time() - started)
         results["backlog"] = drained_from
         # Empty the backlog before the lag run, so lag measures steady state.
-        psql("UPDATE outbox SET status = 'delivered', delivered_at = now() WHERE status = 'pending'")
-        mark = psql("SELECT coalesce(max(id), 0) FROM outbox")
+        psql(DB, "UPDATE outbox SET status = 'delivered', delivered_at = now() WHERE status = 'pending'")
 
         # 4b. Lag at a fixed offered load below capacity: fresh events at --rate per second.
         sent = paced_events(args.rate, args.duration)
         deadline = time.time() + 60
-        while int(psql("SELECT count(*) FROM outbox WHERE event_id LIKE 'lag-%' AND status = 'delivered'")) < sent:
+        while int(psql(DB, "SELECT count(*) FROM outbox WHERE event_id LIKE 'lag-%' AND status = 'delivered'")) < sent:
             if time.time() > deadline:
                 sys.exit("the lag run's events were not all delivered within 60 s")
             time.sleep(0.5)
-        p50, p99 = psql("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d) "
+        p50, p99 = psql(DB, "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY d), percentile_cont(0.99) WITHIN GROUP (ORDER BY d) "
                         "FROM (SELECT extract(epoch FROM delivered_at - received_at) AS d FROM outbox "
                         "WHERE event_id LIKE 'lag-%') t").split("|")
         results["lag"] = (sent, float(p50) * 1000, float(p99) * 1000)
