@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::billabear::{BillaBearClient, BillaBearError, Subscription};
+use uuid::Uuid;
+
 use crate::domain::{CustomerId, SubscriptionId};
 
 /// Entries each map holds at most; beyond it, the least used are forgotten (and relearned on
@@ -29,10 +31,9 @@ struct Inner {
     by_metric: moka::sync::Cache<(CustomerId, String), SubscriptionId>,
     /// subscription → its customer.
     owners: moka::sync::Cache<SubscriptionId, CustomerId>,
-    /// customer → its active subscriptions as last listed.
+    /// customer → its active subscriptions as last listed within RELEARN_AFTER (empty while a
+    /// listing is under way).
     owned: moka::sync::Cache<CustomerId, Arc<[SubscriptionId]>>,
-    /// Customers listed within RELEARN_AFTER (or being listed now).
-    listed: moka::sync::Cache<CustomerId, ()>,
 }
 
 fn bounded<K, V>() -> moka::sync::Cache<K, V>
@@ -54,15 +55,7 @@ pub enum ResolveError {
 
 impl Subscriptions {
     pub fn new(client: BillaBearClient) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                client,
-                by_metric: bounded(),
-                owners: bounded(),
-                owned: bounded(),
-                listed: bounded(),
-            }),
-        }
+        Self { inner: Arc::new(Inner { client, by_metric: bounded(), owners: bounded(), owned: bounded() }) }
     }
 
     /// The customer's active usage subscription whose price meters `code`, listing the
@@ -88,6 +81,20 @@ impl Subscriptions {
         self.inner.owners.get(&subscription)
     }
 
+    /// The customer an event is for: the one it names, or its subscription's owner if a listing
+    /// showed it.
+    pub fn customer_of_event(
+        &self,
+        customer: Option<Uuid>,
+        subscription: Option<Uuid>,
+    ) -> Option<CustomerId> {
+        match (customer, subscription) {
+            (Some(customer), _) => Some(CustomerId::from(customer)),
+            (None, Some(subscription)) => self.owner(SubscriptionId::from(subscription)),
+            (None, None) => None,
+        }
+    }
+
     /// The customer's active subscriptions, if a listing showed them (empty otherwise).
     pub fn of_customer(&self, customer: CustomerId) -> Arc<[SubscriptionId]> {
         self.inner.owned.get(&customer).unwrap_or_else(|| Arc::from([]))
@@ -95,15 +102,15 @@ impl Subscriptions {
 
     /// Lists the customer's subscriptions in the background unless that was done recently.
     pub fn learn_soon(&self, customer: CustomerId) {
-        if self.inner.listed.contains_key(&customer) {
+        if self.inner.owned.contains_key(&customer) {
             return;
         }
         // Marked first, so a burst of fetches lists once.
-        self.inner.listed.insert(customer, ());
+        self.inner.owned.insert(customer, Arc::from([]));
         let this = self.clone();
         tokio::spawn(async move {
             if let Err(e) = this.learn(customer).await {
-                this.inner.listed.invalidate(&customer);
+                this.inner.owned.invalidate(&customer);
                 tracing::debug!(customer = %customer, error = %e, "cannot list the customer's subscriptions");
             }
         });
@@ -116,7 +123,6 @@ impl Subscriptions {
     }
 
     fn remember(&self, customer: CustomerId, subscriptions: &[Subscription]) {
-        self.inner.listed.insert(customer, ());
         self.inner.owned.insert(customer, subscriptions.iter().map(|s| s.id).collect());
         for subscription in subscriptions {
             self.inner.owners.insert(subscription.id, customer);

@@ -163,13 +163,7 @@ impl Forwarder {
                 self.metrics.delivered.increment(1);
                 let lag = chrono::Utc::now() - event.received_at;
                 self.metrics.lag.record(lag.num_milliseconds().max(0) as f64 / 1000.0);
-                let customer = match (event.customer_id, event.subscription_id) {
-                    (Some(customer), _) => Some(CustomerId::from(customer)),
-                    (None, Some(subscription)) => {
-                        self.subscriptions.owner(SubscriptionId::from(subscription))
-                    }
-                    (None, None) => None,
-                };
+                let customer = self.subscriptions.customer_of_event(event.customer_id, event.subscription_id);
                 if let (Some(snapshots), Some(customer)) = (&self.snapshots, customer) {
                     snapshots.refresh_soon(customer);
                 }

@@ -14,7 +14,7 @@ use tracing_actix_web::RequestId;
 
 use crate::audit::{self, Entry, Outcome};
 use crate::auth::digest;
-use crate::domain::{CustomerId, SubscriptionId};
+use crate::domain::CustomerId;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
@@ -136,11 +136,7 @@ async fn recent_customers(state: &AppState) -> Result<Vec<CustomerId>, ApiError>
     .await?;
     let mut customers: Vec<CustomerId> = rows
         .into_iter()
-        .filter_map(|(customer, subscription)| match (customer, subscription) {
-            (Some(customer), _) => Some(CustomerId::from(customer)),
-            (None, Some(subscription)) => state.subscriptions.owner(SubscriptionId::from(subscription)),
-            (None, None) => None,
-        })
+        .filter_map(|(customer, subscription)| state.subscriptions.customer_of_event(customer, subscription))
         .collect();
     customers.sort_unstable_by_key(|c| c.as_uuid());
     customers.dedup();
