@@ -23,7 +23,7 @@ use metrics::{Counter, Histogram};
 use crate::billabear::{BillaBearClient, BillaBearError};
 use crate::config::CacheSettings;
 use crate::domain::{CustomerId, CustomerStatus};
-use crate::policy::Limit;
+use crate::policy::{Limit, Usage};
 
 /// An ISO 4217 code in three bytes; all zero when BillaBear sent none (no usage subscription).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +56,13 @@ pub struct Known {
     pub estimate: i64,
     pub currency: Currency,
     pub limits: Box<[Limit]>,
+}
+
+impl Known {
+    /// What the policy decides on.
+    pub fn usage(&self) -> Usage<'_> {
+        Usage { disabled: self.status.is_disabled(), estimate: self.estimate, limits: &self.limits }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -346,9 +353,10 @@ impl Inner {
             Ok(data) => {
                 self.metrics.refresh_ok.record(started.elapsed().as_secs_f64());
                 let snapshot = Arc::new(Snapshot::new(data, now));
-                let replaced = self.snapshots.get(&id);
+                // Looked up only for the hook: a fetch without one does no extra cache read.
+                let replaced = self.on_fetched.as_ref().map(|hook| (hook, self.snapshots.get(&id)));
                 self.snapshots.insert(id, snapshot.clone());
-                if let Some(hook) = &self.on_fetched {
+                if let Some((hook, replaced)) = replaced {
                     hook(id, replaced.as_deref(), &snapshot);
                 }
                 Ok(snapshot)

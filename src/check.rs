@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::billabear::BillaBearError;
 use crate::cache::{Currency, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Timestamp};
-use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Usage, Verdict};
+use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
 
 /// The answer to "may this customer keep using the product?", with what it is based on.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -136,9 +136,7 @@ impl Checker {
 /// the unavailable marker): what decision transitions are about.
 pub fn usage_status(data: &SnapshotData, settings: &PolicySettings) -> Option<Status> {
     let SnapshotData::Known(known) = data else { return None };
-    let usage =
-        Usage { disabled: known.status.is_disabled(), estimate: known.estimate, limits: &known.limits };
-    Some(policy::decide(&usage, None, settings).status)
+    Some(policy::decide(&known.usage(), None, settings).status)
 }
 
 /// Builds the explained decision from a lookup. Pure: `now` is passed in.
@@ -176,9 +174,7 @@ pub fn explain(
             return empty(policy::upstream_unavailable(settings), Source::Fallback, None);
         }
     };
-    let usage =
-        Usage { disabled: known.status.is_disabled(), estimate: known.estimate, limits: &known.limits };
-    let verdict = policy::decide(&usage, cost, settings);
+    let verdict = policy::decide(&known.usage(), cost, settings);
     Decision {
         limits: known
             .limits
