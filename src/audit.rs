@@ -63,10 +63,16 @@ pub struct Entry {
     pub details: serde_json::Value,
 }
 
-/// Inserts one record; returns its id.
-pub async fn record(pool: &PgPool, entry: &Entry) -> Result<i64, sqlx::Error> {
+/// A transaction holding the audit insert lock (see the module doc) until it ends.
+async fn begin_insert(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSERT_LOCK).execute(&mut *tx).await?;
+    Ok(tx)
+}
+
+/// Inserts one record; returns its id.
+pub async fn record(pool: &PgPool, entry: &Entry) -> Result<i64, sqlx::Error> {
+    let mut tx = begin_insert(pool).await?;
     let id = sqlx::query_scalar(
         "INSERT INTO audit_log (actor, action, customer_id, target_id, outcome, upstream_status, request_id, details)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
@@ -277,8 +283,7 @@ async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), s
         .iter()
         .map(|o| chrono::DateTime::from_timestamp_millis(o.at_ms as i64).unwrap_or_default())
         .collect();
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSERT_LOCK).execute(&mut *tx).await?;
+    let mut tx = begin_insert(pool).await?;
     sqlx::query(
         "WITH changed AS (
              INSERT INTO customer_decisions (customer_id, status, observed_at)

@@ -3,7 +3,7 @@
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 
-use super::customer_id;
+use super::{customer_id, page_limit};
 use crate::audit::{self, AuditRecord, Cursor, Filter};
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -56,10 +56,7 @@ pub async fn list(
         since: time(&query.since, "since")?,
         until: time(&query.until, "until")?,
     };
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", "must be between 1 and 500"));
-    }
+    let limit = page_limit(query.limit)?;
     let cursor = query
         .cursor
         .as_deref()

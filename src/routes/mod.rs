@@ -97,6 +97,15 @@ fn customer_id(raw: &str, field: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw).map_err(|e| ApiError::invalid_field(field, e.to_string()))
 }
 
+/// The `limit` of a listing (1 to 500, default 100), or a 400 naming it.
+fn page_limit(raw: Option<i64>) -> Result<i64, ApiError> {
+    let limit = raw.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::invalid_field("limit", "must be between 1 and 500"));
+    }
+    Ok(limit)
+}
+
 /// The list a batch request carries in `field`: 1 to [`MAX_BATCH`] items, or a 400 naming it.
 fn batch_items<'a>(
     body: &'a serde_json::Value,

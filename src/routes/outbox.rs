@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::customer_id;
+use super::{customer_id, page_limit};
 use crate::error::ApiError;
 use crate::outbox::store::{self, OutboxEvent, Stats};
 use crate::startup::AppState;
@@ -43,10 +43,7 @@ pub async fn list(
         Some(s @ ("pending" | "delivered" | "dead")) => Some(s),
         Some(_) => return Err(ApiError::invalid_field("status", "must be pending, delivered or dead")),
     };
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::invalid_field("limit", "must be between 1 and 500"));
-    }
+    let limit = page_limit(query.limit)?;
     let after = match query.cursor.as_deref() {
         None => None,
         Some(c) => Some(
