@@ -81,7 +81,7 @@ impl Ingest {
     pub async fn accept(&self, events: Vec<IncomingEvent>) -> Result<Vec<Accepted>, IngestError> {
         let writer = WRITERS.with_borrow(|writers| writers.get(&self.id).filter(|w| w.alive()).cloned());
         let Some(writer) = writer else {
-            // Not a worker thread (tests calling in directly): one commit per call.
+            // No writer here (not a worker thread, or its writer has stopped): one commit per call.
             let mut conn = self.pool.acquire().await?;
             return Ok(store::accept(&mut conn, &events).await?);
         };
