@@ -70,6 +70,24 @@ async fn begin_insert(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::
     Ok(tx)
 }
 
+/// Postgres stores no NUL in `text` or `jsonb`. Audit records quote what callers sent (a
+/// webhook's type, a rejected amount), so NUL is replaced rather than letting the record fail.
+fn storable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') { text.replace('\0', "\u{FFFD}").into() } else { text.into() }
+}
+
+fn storable_json(value: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => Value::String(storable(s).into_owned()),
+        Value::Array(items) => Value::Array(items.iter().map(storable_json).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (storable(k).into_owned(), storable_json(v))).collect())
+        }
+        other => other.clone(),
+    }
+}
+
 /// Inserts one record; returns its id.
 pub async fn record(pool: &PgPool, entry: &Entry) -> Result<i64, sqlx::Error> {
     let mut tx = begin_insert(pool).await?;
@@ -77,14 +95,14 @@ pub async fn record(pool: &PgPool, entry: &Entry) -> Result<i64, sqlx::Error> {
         "INSERT INTO audit_log (actor, action, customer_id, target_id, outcome, upstream_status, request_id, details)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
-    .bind(&entry.actor)
-    .bind(&entry.action)
+    .bind(storable(&entry.actor))
+    .bind(storable(&entry.action))
     .bind(entry.customer.map(|c| c.as_uuid()))
-    .bind(&entry.target)
+    .bind(entry.target.as_deref().map(storable))
     .bind(entry.outcome.as_str())
     .bind(entry.upstream_status.map(|s| s as i16))
     .bind(&entry.request_id)
-    .bind(&entry.details)
+    .bind(storable_json(&entry.details))
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -108,8 +126,8 @@ pub async fn conclude(
     .bind(id)
     .bind(outcome.as_str())
     .bind(upstream_status.map(|s| s as i16))
-    .bind(target)
-    .bind(details)
+    .bind(target.map(storable))
+    .bind(storable_json(&details))
     .execute(pool)
     .await?;
     Ok(())
@@ -344,6 +362,16 @@ mod tests {
                 vec![seen(a, Status::Blocked, 4)],
             ]
         );
+    }
+
+    #[test]
+    fn nul_is_replaced_wherever_a_record_quotes_input() {
+        let details = serde_json::json!({"type": "a\u{0}b", "k\u{0}": [1, "\u{0}"]});
+        assert_eq!(
+            storable_json(&details),
+            serde_json::json!({"type": "a\u{FFFD}b", "k\u{FFFD}": [1, "\u{FFFD}"]})
+        );
+        assert_eq!(storable("plain"), "plain");
     }
 
     #[test]

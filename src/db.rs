@@ -85,3 +85,100 @@ pub async fn migration_status(pool: &PgPool) -> Result<MigrationStatus, sqlx::Er
     let missing = MIGRATOR.iter().map(|m| m.version).filter(|v| !applied.contains(v)).collect();
     Ok(MigrationStatus { expected: MIGRATOR.iter().count(), missing })
 }
+
+/// What a Postgres failure means for the caller, decided from the error's kind (SQLSTATE class
+/// for database errors), so a bad value is not mistaken for an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Postgres could not be reached or is overloaded (connection, pool, I/O, shutdown):
+    /// nothing was done, and the same request may succeed later.
+    Unavailable,
+    /// The transaction lost a race (deadlock, serialization failure): retrying it may succeed.
+    Contention,
+    /// Postgres refused a value (SQLSTATE classes 22 and 23): the input, not the database.
+    Data,
+    /// Anything else (a bad query, a decoding bug): a defect to log, not the caller's fault.
+    Internal,
+}
+
+/// A Postgres failure with its kind; the cause is kept for the log.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{source}")]
+pub struct StorageError {
+    pub kind: FailureKind,
+    #[source]
+    pub source: std::sync::Arc<sqlx::Error>,
+}
+
+impl From<sqlx::Error> for StorageError {
+    fn from(e: sqlx::Error) -> Self {
+        Self { kind: classify(&e), source: std::sync::Arc::new(e) }
+    }
+}
+
+impl StorageError {
+    /// A wait for Postgres that ran out (it did not answer in time).
+    pub fn timed_out() -> Self {
+        sqlx::Error::PoolTimedOut.into()
+    }
+}
+
+/// Sorts a sqlx error by what the caller can do about it.
+pub fn classify(e: &sqlx::Error) -> FailureKind {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => FailureKind::Unavailable,
+        sqlx::Error::Database(db) => match db.code().as_deref() {
+            Some(code) => classify_sqlstate(code),
+            None => FailureKind::Internal,
+        },
+        _ => FailureKind::Internal,
+    }
+}
+
+/// By SQLSTATE (Postgres appendix A).
+fn classify_sqlstate(code: &str) -> FailureKind {
+    match code {
+        "40001" | "40P01" => FailureKind::Contention,
+        // 57P01-57P03: the server is shutting down or starting; 57014: statement cancelled (a
+        // timeout), 55P03: lock not available.
+        "57P01" | "57P02" | "57P03" | "57014" | "55P03" => FailureKind::Unavailable,
+        _ => match &code[..code.len().min(2)] {
+            // 08: connection exception; 53: insufficient resources (too many connections, disk
+            // full); 58: system error (I/O).
+            "08" | "53" | "58" => FailureKind::Unavailable,
+            "22" | "23" => FailureKind::Data,
+            _ => FailureKind::Internal,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_sorted_by_what_the_caller_can_do() {
+        let cases = [
+            ("08006", FailureKind::Unavailable),
+            ("53300", FailureKind::Unavailable),
+            ("57P01", FailureKind::Unavailable),
+            ("40P01", FailureKind::Contention),
+            ("40001", FailureKind::Contention),
+            ("22P05", FailureKind::Data),
+            ("22021", FailureKind::Data),
+            ("23505", FailureKind::Data),
+            ("42601", FailureKind::Internal),
+            ("XX000", FailureKind::Internal),
+        ];
+        for (code, kind) in cases {
+            assert_eq!(classify_sqlstate(code), kind, "{code}");
+        }
+        assert_eq!(classify(&sqlx::Error::PoolTimedOut), FailureKind::Unavailable);
+        assert_eq!(classify(&sqlx::Error::RowNotFound), FailureKind::Internal);
+    }
+}

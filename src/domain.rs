@@ -22,6 +22,8 @@ pub enum ParseError {
     LimitAction,
     #[error("must be a positive integer (minor units)")]
     NotPositive,
+    #[error("must not contain the NUL character (\\u0000), which Postgres cannot store")]
+    Nul,
 }
 
 macro_rules! uuid_id {
@@ -115,6 +117,9 @@ impl EventId {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
         if s.is_empty() || s.len() > Self::MAX_LEN {
             return Err(ParseError::Length { min: 1, max: Self::MAX_LEN });
+        }
+        if s.contains('\0') {
+            return Err(ParseError::Nul);
         }
         Ok(Self(s.to_owned()))
     }

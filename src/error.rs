@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::auth::Scope;
 use crate::billabear::BillaBearError;
+use crate::db::{FailureKind, StorageError};
 
 /// A field that failed validation, with a message for a human.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -45,9 +46,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Conflict(String),
-    /// Postgres failed: nothing was stored, so the caller should retry.
-    #[error("storage is unavailable; nothing was stored, retry: {0}")]
-    Storage(String),
+    /// Postgres failed; what the caller is told depends on the failure's kind (see `db::classify`).
+    #[error("storage failed: {}", chain(.0))]
+    Storage(#[from] StorageError),
     #[error(transparent)]
     Upstream(#[from] BillaBearError),
     #[error("{0:#}")]
@@ -56,14 +57,23 @@ pub enum ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
-        ApiError::Storage(e.to_string())
+        ApiError::Storage(e.into())
     }
 }
 
-impl From<crate::outbox::ingest::IngestError> for ApiError {
-    fn from(e: crate::outbox::ingest::IngestError) -> Self {
-        ApiError::Storage(e.to_string())
+/// An error and its causes, "outer: inner: innermost", for the log.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(inner) = cause {
+        let message = inner.to_string();
+        if !text.ends_with(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = inner.source();
     }
+    text
 }
 
 impl ApiError {
@@ -93,7 +103,11 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Conflict(_) => "conflict",
-            ApiError::Storage(_) => "storage_unavailable",
+            ApiError::Storage(e) => match e.kind {
+                FailureKind::Unavailable | FailureKind::Contention => "storage_unavailable",
+                FailureKind::Data => "invalid_value",
+                FailureKind::Internal => "internal_error",
+            },
             ApiError::Upstream(BillaBearError::Timeout(_)) => "upstream_timeout",
             ApiError::Upstream(_) => "upstream_error",
             ApiError::Internal(_) => "internal_error",
@@ -152,7 +166,11 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Storage(e) => match e.kind {
+                FailureKind::Unavailable | FailureKind::Contention => StatusCode::SERVICE_UNAVAILABLE,
+                FailureKind::Data => StatusCode::BAD_REQUEST,
+                FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Upstream(BillaBearError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -166,8 +184,13 @@ impl ResponseError for ApiError {
                 (detail.clone(), errors.clone())
             }
             // The cause is logged with the request's id by `telemetry::request_metrics`.
-            ApiError::Internal(_) => {
+            ApiError::Internal(_) | ApiError::Storage(StorageError { kind: FailureKind::Internal, .. }) => {
                 ("internal error; the log has the cause under this request's id".to_owned(), vec![])
+            }
+            // Postgres refused a value that validation let through: nothing was stored.
+            ApiError::Storage(e @ StorageError { kind: FailureKind::Data, .. }) => {
+                let message = format!("a value cannot be stored: {}", e.source);
+                (message.clone(), vec![FieldError::new("body", message)])
             }
             ApiError::Storage(_) => ("storage is unavailable; nothing was stored, retry".to_owned(), vec![]),
             other => (other.to_string(), vec![]),
@@ -176,7 +199,7 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if matches!(self, ApiError::Storage(_)) {
+        if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -60,6 +60,13 @@ impl IncomingEvent {
         }
         let properties = match object.get("properties") {
             None | Some(Value::Null) => Some(Map::new()),
+            Some(Value::Object(map)) if has_nul(map) => {
+                fail(
+                    "properties",
+                    "must not contain the NUL character (\\u0000), which Postgres cannot store".into(),
+                );
+                None
+            }
             Some(Value::Object(map)) => Some(map.clone()),
             Some(_) => {
                 fail("properties", "must be an object".into());
@@ -137,6 +144,19 @@ impl IncomingEvent {
         hash.update(&canonical);
         hash.finalize().into()
     }
+}
+
+/// Whether a key or string anywhere in `map` holds NUL (Postgres refuses `\u0000` in jsonb).
+fn has_nul(map: &Map<String, Value>) -> bool {
+    fn value(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().any(value),
+            Value::Object(map) => has_nul(map),
+            _ => false,
+        }
+    }
+    map.iter().any(|(k, v)| k.contains('\0') || value(v))
 }
 
 fn write_canonical_object(map: &Map<String, Value>, out: &mut Vec<u8>) {
@@ -230,6 +250,19 @@ mod tests {
             ),
             (json!({"event_id": "e", "code": "api_calls", "value": 1}), vec!["subscription"]),
             (json!({}), vec!["event_id", "code", "value", "subscription"]),
+            (
+                json!({"event_id": "a\u{0}b", "subscription": SUB, "code": "api_calls", "value": 1}),
+                vec!["event_id"],
+            ),
+            (json!({"event_id": "e", "subscription": SUB, "code": "api\u{0}", "value": 1}), vec!["code"]),
+            (
+                json!({"event_id": "e", "subscription": SUB, "code": "api_calls", "value": 1, "properties": {"k": ["x\u{0}"]}}),
+                vec!["properties"],
+            ),
+            (
+                json!({"event_id": "e", "subscription": SUB, "code": "api_calls", "value": 1, "properties": {"a\u{0}": 1}}),
+                vec!["properties"],
+            ),
         ];
         for (body, expected) in cases {
             assert_eq!(fields(body.clone()), expected, "{body}");

@@ -13,7 +13,6 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -22,19 +21,9 @@ use tokio::sync::{Notify, oneshot};
 
 use super::event::IncomingEvent;
 use super::store::{self, Accepted};
+use crate::db::{FailureKind, StorageError};
 
-/// Nothing of the batch was stored (Postgres failed, or did not answer in time).
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct IngestError(Arc<sqlx::Error>);
-
-impl From<sqlx::Error> for IngestError {
-    fn from(e: sqlx::Error) -> Self {
-        Self(Arc::new(e))
-    }
-}
-
-type Reply = oneshot::Sender<Result<Vec<Accepted>, IngestError>>;
+type Reply = oneshot::Sender<Result<Vec<Accepted>, StorageError>>;
 
 struct Job {
     events: Vec<IncomingEvent>,
@@ -78,7 +67,7 @@ impl Ingest {
 
     /// Stores the events (in a transaction shared with other requests on this thread) and
     /// answers for each, in order, once committed.
-    pub async fn accept(&self, events: Vec<IncomingEvent>) -> Result<Vec<Accepted>, IngestError> {
+    pub async fn accept(&self, events: Vec<IncomingEvent>) -> Result<Vec<Accepted>, StorageError> {
         let writer = WRITERS.with_borrow(|writers| writers.get(&self.id).filter(|w| w.alive()).cloned());
         let Some(writer) = writer else {
             // No writer here (not a worker thread, or its writer has stopped): one commit per call.
@@ -87,7 +76,7 @@ impl Ingest {
         };
         let (reply, answer) = oneshot::channel();
         writer.push(Job { events, reply });
-        answer.await.map_err(|_| IngestError::from(sqlx::Error::PoolClosed))?
+        answer.await.map_err(|_| StorageError::from(sqlx::Error::PoolClosed))?
     }
 }
 
@@ -169,18 +158,22 @@ impl Writer {
             }
             metrics::histogram!("usage_gate_ingest_commit_events").record(events.len() as f64);
             let result = commit(&mut conn, &pool, connect_timeout, &events).await;
-            self.in_flight.set(self.in_flight.get() - 1);
-            // The other task may be waiting for this commit to end.
-            self.wake.notify_one();
-            if result.is_err() {
-                // Its state is unknown (a timeout may have left a statement running): start over.
-                conn = None;
-            }
             match result {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
                     for (size, reply) in sizes.into_iter().zip(replies) {
                         let _ = reply.send(Ok(outcomes.by_ref().take(size).collect()));
+                    }
+                }
+                Err(error) if sizes.len() > 1 && error.kind != FailureKind::Unavailable => {
+                    // One request's events failed the shared statement (or it lost a race):
+                    // commit each request alone, so a failure stays with its sender.
+                    tracing::warn!(error = %error, requests = sizes.len(), "ingest: a shared commit failed; committing its requests one by one");
+                    let mut rest = events.as_slice();
+                    for (size, reply) in sizes.into_iter().zip(replies) {
+                        let (own, after) = rest.split_at(size);
+                        rest = after;
+                        let _ = reply.send(commit(&mut conn, &pool, connect_timeout, own).await);
                     }
                 }
                 Err(error) => {
@@ -189,6 +182,9 @@ impl Writer {
                     }
                 }
             }
+            self.in_flight.set(self.in_flight.get() - 1);
+            // The other task may be waiting for this commit to end.
+            self.wake.notify_one();
         }
     }
 
@@ -213,23 +209,51 @@ impl Writer {
     }
 }
 
+/// How often a commit that lost a race (deadlock, serialization failure) is tried again.
+const CONTENTION_RETRIES: usize = 3;
+
+/// Commits `events` on this writer's connection (made first if there is none). After a failure
+/// other than a refused value the connection is dropped: its state is unknown (a timeout may
+/// have left a statement running), so the next commit starts over.
 async fn commit(
     conn: &mut Option<PgConnection>,
     pool: &PgPool,
     connect_timeout: Duration,
     events: &[IncomingEvent],
-) -> Result<Vec<Accepted>, IngestError> {
-    let timed_out = || IngestError::from(sqlx::Error::PoolTimedOut);
+) -> Result<Vec<Accepted>, StorageError> {
+    let mut attempt = 0;
+    loop {
+        let result = commit_once(conn, pool, connect_timeout, events).await;
+        match &result {
+            Err(e) if e.kind != FailureKind::Data => *conn = None,
+            _ => {}
+        }
+        match result {
+            Err(e) if e.kind == FailureKind::Contention && attempt < CONTENTION_RETRIES => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
+async fn commit_once(
+    conn: &mut Option<PgConnection>,
+    pool: &PgPool,
+    connect_timeout: Duration,
+    events: &[IncomingEvent],
+) -> Result<Vec<Accepted>, StorageError> {
     let conn = match conn {
         Some(conn) => conn,
         None => {
             let options = pool.connect_options();
             let connecting = PgConnection::connect_with(&options);
-            conn.insert(tokio::time::timeout(connect_timeout, connecting).await.map_err(|_| timed_out())??)
+            conn.insert(
+                tokio::time::timeout(connect_timeout, connecting)
+                    .await
+                    .map_err(|_| StorageError::timed_out())??,
+            )
         }
     };
-    tokio::time::timeout(COMMIT_TIMEOUT, store::accept(conn, events))
+    Ok(tokio::time::timeout(COMMIT_TIMEOUT, store::accept(conn, events))
         .await
-        .map_err(|_| timed_out())?
-        .map_err(Into::into)
+        .map_err(|_| StorageError::timed_out())??)
 }

@@ -3,7 +3,7 @@
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 
-use super::{customer_id, page_limit};
+use super::{customer_id, page_limit, text_param};
 use crate::audit::{self, AuditRecord, Cursor, Filter};
 use crate::error::ApiError;
 use crate::startup::AppState;
@@ -51,8 +51,8 @@ pub async fn list(
     };
     let filter = Filter {
         customer: query.customer.as_deref().map(|c| customer_id(c, "customer")).transpose()?,
-        action: query.action.clone(),
-        actor: query.actor.clone(),
+        action: text_param(query.action.as_deref(), "action")?,
+        actor: text_param(query.actor.as_deref(), "actor")?,
         since: time(&query.since, "since")?,
         until: time(&query.until, "until")?,
     };

@@ -97,6 +97,20 @@ fn customer_id(raw: &str, field: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw).map_err(|e| ApiError::invalid_field(field, e.to_string()))
 }
 
+/// A free-text query parameter, or a 400 naming it: Postgres cannot compare text holding NUL,
+/// and nothing usage-gate stores is longer than 255 characters.
+fn text_param(raw: Option<&str>, field: &str) -> Result<Option<String>, ApiError> {
+    match raw {
+        Some(s) if s.contains('\0') => {
+            Err(ApiError::invalid_field(field, "must not contain the NUL character"))
+        }
+        Some(s) if s.chars().count() > 255 => {
+            Err(ApiError::invalid_field(field, "must be at most 255 characters"))
+        }
+        other => Ok(other.map(str::to_owned)),
+    }
+}
+
 /// The `limit` of a listing (1 to 500, default 100), or a 400 naming it.
 fn page_limit(raw: Option<i64>) -> Result<i64, ApiError> {
     let limit = raw.unwrap_or(100);

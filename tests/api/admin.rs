@@ -409,3 +409,20 @@ async fn the_audit_log_filters_and_refuses_bad_parameters() {
         assert_eq!(problem["errors"][0]["field"], field, "{query}");
     }
 }
+
+#[tokio::test]
+async fn nul_in_an_audit_filter_is_a_400_naming_it_and_a_webhook_quoting_nul_is_still_audited() {
+    let app = TestApp::spawn().await;
+    for (query, field) in [("actor=a%00b", "actor"), ("action=x%00", "action")] {
+        let response = app.admin(reqwest::Method::GET, &format!("/v1/audit?{query}"), None).await;
+        assert_eq!(assert_problem(response, 400, "invalid_request").await["errors"][0]["field"], field);
+    }
+    let hook = app.http.post(app.url(&format!("/v1/webhooks/billabear/{WEBHOOK_SECRET}")));
+    let response = hook.json(&json!({"type": "odd\u{0}type"})).send().await.unwrap();
+    assert_eq!(response.status(), 202, "taken, not a storage failure");
+    let rows = app.audit_rows("webhook.odd\u{FFFD}type").await;
+    assert_eq!(rows.len(), 1, "recorded with NUL replaced");
+    let response = app.create_limit(ACME, json!({"amount": "\u{0}", "action": "DISABLE"})).await;
+    assert_problem(response, 422, "validation_failed").await;
+    assert_eq!(app.audit_rows("usage_limit.create").await[0]["details"]["amount"], "\u{FFFD}");
+}

@@ -468,3 +468,69 @@ async fn on_shutdown_deliveries_under_way_finish_and_the_service_stops_answering
     }
     assert!(app.http.get(app.url("/healthz")).send().await.is_err(), "no longer listening");
 }
+
+#[tokio::test]
+async fn an_event_holding_nul_is_a_400_naming_the_field_and_events_beside_it_are_stored() {
+    let app = TestApp::spawn().await;
+    let mut poisoned_properties = event("nul-props");
+    poisoned_properties["properties"] = json!({"endpoint": "/v1/\u{0}"});
+    let mut poisoned_id = event("nul-id");
+    poisoned_id["event_id"] = json!("nul\u{0}id");
+    // Posted together, so the valid ones share group commits with the poisoned ones.
+    let posts = (0..40).map(|i| {
+        let app = &app;
+        let poisoned = if i % 2 == 0 { poisoned_properties.clone() } else { poisoned_id.clone() };
+        async move {
+            let valid = event(&format!("beside-{i}"));
+            let (valid, poisoned) = tokio::join!(app.post_event(&valid), app.post_event(&poisoned));
+            (valid.status().as_u16(), poisoned)
+        }
+    });
+    for (i, (valid, poisoned)) in futures_util::future::join_all(posts).await.into_iter().enumerate() {
+        assert_eq!(valid, 202, "the valid event beside poisoned one {i}");
+        let body = assert_problem(poisoned, 400, "invalid_request").await;
+        let field = if i % 2 == 0 { "properties" } else { "event_id" };
+        assert_eq!(body["errors"][0]["field"], field);
+    }
+    let batch = json!({"events": [event("batch-ok-1"), poisoned_properties, event("batch-ok-2")]});
+    let response =
+        app.http.post(app.url("/v1/events/batch")).bearer_auth(EVENTS_KEY).json(&batch).send().await.unwrap();
+    let results = response.json::<Value>().await.unwrap()["results"].clone();
+    let statuses: Vec<_> = results.as_array().unwrap().iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses, [json!("accepted"), json!("invalid"), json!("accepted")]);
+    assert_eq!(results[1]["errors"][0]["field"], "events[1].properties");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(stored, 42, "the 40 valid single events and the batch's 2");
+}
+
+#[tokio::test]
+async fn a_value_postgres_refuses_fails_only_its_own_request_in_a_shared_commit() {
+    let app = TestApp::spawn().await;
+    // A value validation lets through but the database refuses, as a stand-in for any such gap.
+    sqlx::query("ALTER TABLE outbox ADD CONSTRAINT test_refuses_poison CHECK (event_id NOT LIKE 'poison%')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let posts = (0..40).map(|i| {
+        let app = &app;
+        async move {
+            let (fine, poison) = (event(&format!("fine-{i}")), event(&format!("poison-{i}")));
+            let (valid, refused) = tokio::join!(app.post_event(&fine), app.post_event(&poison));
+            (valid.status().as_u16(), refused)
+        }
+    });
+    for (i, (valid, refused)) in futures_util::future::join_all(posts).await.into_iter().enumerate() {
+        assert_eq!(valid, 202, "fine-{i} shares commits with refused events");
+        assert_problem(refused, 400, "invalid_value").await;
+    }
+    let batch = json!({"events": [event("batch-fine"), event("poison-batch")]});
+    let response =
+        app.http.post(app.url("/v1/events/batch")).bearer_auth(EVENTS_KEY).json(&batch).send().await.unwrap();
+    assert_problem(response, 400, "invalid_value").await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY event_id")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 40, "every fine-* and nothing else: {stored:?}");
+    assert!(stored.iter().all(|id| id.starts_with("fine-")));
+}

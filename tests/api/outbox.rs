@@ -214,3 +214,26 @@ async fn a_backlog_is_split_over_overlapping_commits_and_nothing_is_lost() {
     let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
     assert_eq!(count, 6000);
 }
+
+#[tokio::test]
+async fn commits_inserting_the_same_ids_in_opposite_orders_never_deadlock() {
+    let (_, pool) = fresh_database().await;
+    for round in 0..5 {
+        let ids: Vec<IncomingEvent> = (0..300).map(|i| event(&format!("r{round}-{i:03}"), 1.0)).collect();
+        let reversed: Vec<IncomingEvent> = ids.iter().rev().cloned().collect();
+        let (mut a, mut b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
+        let (first, second) = tokio::join!(store::accept(&mut a, &ids), store::accept(&mut b, &reversed));
+        let (first, second) = (first.expect("no deadlock"), second.expect("no deadlock"));
+        // Each id is new for exactly one of the two, and a duplicate for the other.
+        for (i, outcome) in first.iter().enumerate() {
+            let other = second[ids.len() - 1 - i];
+            assert!(
+                matches!(
+                    (outcome, other),
+                    (Accepted::New, Accepted::Duplicate) | (Accepted::Duplicate, Accepted::New)
+                ),
+                "round {round} id {i}: {outcome:?} {other:?}"
+            );
+        }
+    }
+}
