@@ -109,6 +109,8 @@ pub struct RawOutbox {
     pub poll_interval_ms: u64,
     pub retry_base_ms: u64,
     pub retry_max_ms: u64,
+    pub max_attempts: u32,
+    pub max_age_s: u64,
     pub retention_days: u32,
 }
 
@@ -374,6 +376,11 @@ impl RawSettings {
         v.finish(settings)
     }
 
+    /// The outbox section alone, validated (for tests of the forwarder's decisions).
+    pub fn outbox_settings(&self) -> OutboxSettings {
+        validate_outbox(&mut Validator::default(), &self.outbox)
+    }
+
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string(self).expect("settings serialize")
@@ -421,8 +428,14 @@ fn validate_outbox(v: &mut Validator, raw: &RawOutbox) -> OutboxSettings {
     const HOUR_MS: u64 = 3_600_000;
     let timeout = v.range("outbox.timeout_ms", raw.timeout_ms, 1, 600_000);
     let lease = v.range("outbox.lease_ms", raw.lease_ms, 1000, HOUR_MS);
-    v.check("outbox.lease_ms", lease > timeout, || {
-        format!("must be greater than outbox.timeout_ms ({timeout}), got {lease}")
+    // One delivery may resolve a customer's subscription, post the event and then retry
+    // recording the outcome, each for up to timeout_ms: the lease must outlast all three, or a
+    // live delivery's event is claimed and sent again by another replica.
+    v.check("outbox.lease_ms", lease > 3 * timeout, || {
+        format!(
+            "must be greater than 3 × outbox.timeout_ms ({}: resolving the subscription, posting the event and recording the outcome), got {lease}",
+            3 * timeout
+        )
     });
     let base = v.range("outbox.retry_base_ms", raw.retry_base_ms, 1, HOUR_MS);
     let max = v.range("outbox.retry_max_ms", raw.retry_max_ms, 1, 24 * HOUR_MS);
@@ -441,6 +454,8 @@ fn validate_outbox(v: &mut Validator, raw: &RawOutbox) -> OutboxSettings {
         )),
         retry_base: Duration::from_millis(base),
         retry_max: Duration::from_millis(max),
+        max_attempts: v.range("outbox.max_attempts", raw.max_attempts.into(), 1, 1_000_000) as u32,
+        max_age: Duration::from_secs(v.range("outbox.max_age_s", raw.max_age_s, 60, 365 * 86_400)),
         retention: Duration::from_secs(
             86_400 * v.range("outbox.retention_days", raw.retention_days.into(), 1, 3650),
         ),
@@ -623,6 +638,10 @@ pub struct OutboxSettings {
     pub poll_interval: Duration,
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// A transiently failing event is made dead after this many attempts...
+    pub max_attempts: u32,
+    /// ...or this long after its attempts began, whichever comes first.
+    pub max_age: Duration,
     pub retention: Duration,
 }
 

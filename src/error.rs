@@ -46,6 +46,9 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Conflict(String),
+    /// A repeated event whose stored copy is dead (422): it was not delivered.
+    #[error("{0}")]
+    EventDead(String),
     /// Postgres failed; what the caller is told depends on the failure's kind (see `db::classify`).
     #[error("storage failed: {}", chain(.0))]
     Storage(#[from] StorageError),
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Conflict(_) => "conflict",
+            ApiError::EventDead(_) => "event_dead",
             ApiError::Storage(e) => match e.kind {
                 FailureKind::Unavailable | FailureKind::Contention => "storage_unavailable",
                 FailureKind::Data => "invalid_value",
@@ -166,6 +170,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::EventDead(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Storage(e) => match e.kind {
                 FailureKind::Unavailable | FailureKind::Contention => StatusCode::SERVICE_UNAVAILABLE,
                 FailureKind::Data => StatusCode::BAD_REQUEST,

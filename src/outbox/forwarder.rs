@@ -7,14 +7,15 @@
 //! `event_id` only within one counting window, so the window is kept small: the mark follows the
 //! send at once, and the lease only matters when a replica dies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use metrics::Counter;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::Instrument;
 
 use super::retry::backoff;
 use super::store::{self, Claimed};
@@ -66,8 +67,11 @@ impl Metrics {
     }
 }
 
-/// How often delivered events past retention are deleted.
+/// How often delivered events past retention are deleted, and how many rows per statement.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const PRUNE_CHUNK: i64 = 1000;
+/// How soon a broken LISTEN connection is made again (polling covers the gap).
+const RELISTEN_EVERY: Duration = Duration::from_secs(1);
 
 struct Forwarder {
     pool: PgPool,
@@ -83,18 +87,20 @@ struct Forwarder {
 /// The running forwarder; [`ForwarderHandle::stop`] lets deliveries under way finish.
 pub struct ForwarderHandle {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl ForwarderHandle {
-    /// Stops claiming, waits for the deliveries under way, and leaves the rest pending.
+    /// Stops claiming and pruning, waits for the deliveries under way, and leaves the rest pending.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
-/// Starts the forwarder on the current tokio runtime.
+/// Starts the forwarder and the pruner on the current tokio runtime.
 pub fn spawn(
     pool: PgPool,
     client: &BillaBearClient,
@@ -103,62 +109,91 @@ pub fn spawn(
     snapshots: Option<SnapshotCache>,
 ) -> ForwarderHandle {
     let (stop, stopped) = watch::channel(false);
-    let forwarder = Forwarder {
+    let pruner = tokio::spawn(prune(pool.clone(), settings.retention, stopped.clone()));
+    let forwarder = Arc::new(Forwarder {
         pool,
         client: client.with_timeout(settings.timeout),
         subscriptions,
         settings,
         snapshots,
         metrics: Metrics::new(),
-    };
-    ForwarderHandle { stop, task: tokio::spawn(forwarder.run(stopped)) }
+    });
+    ForwarderHandle { stop, tasks: vec![tokio::spawn(forwarder.run(stopped)), pruner] }
+}
+
+/// Deletes delivered events past retention every [`PRUNE_EVERY`], off the delivery path.
+async fn prune(pool: PgPool, retention: Duration, mut stopped: watch::Receiver<bool>) {
+    while !*stopped.borrow() {
+        match store::prune(&pool, retention, PRUNE_CHUNK).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "outbox: pruned delivered events past retention"),
+            Err(e) => tracing::warn!(error = %e, "outbox: cannot prune"),
+        }
+        tokio::select! {
+            _ = stopped.changed() => {}
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
 }
 
 impl Forwarder {
-    async fn run(self, mut stopped: watch::Receiver<bool>) {
+    /// Keeps up to `outbox.concurrency` deliveries under way: a slot freed by a delivery is
+    /// filled by the next claim at once, so one slow delivery holds back only its own slot.
+    async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let mut listener = self.listen().await;
-        let mut next_prune = tokio::time::Instant::now();
+        let mut deliveries = JoinSet::new();
         while !*stopped.borrow() {
-            if tokio::time::Instant::now() >= next_prune {
-                match store::prune(&self.pool, self.settings.retention).await {
-                    Ok(0) => {}
-                    Ok(pruned) => tracing::info!(pruned, "outbox: pruned delivered events past retention"),
-                    Err(e) => tracing::warn!(error = %e, "outbox: cannot prune"),
+            while deliveries.try_join_next().is_some() {}
+            let free = self.settings.concurrency.saturating_sub(deliveries.len());
+            if free > 0 {
+                match store::claim(&self.pool, free as i64, self.settings.lease).await {
+                    Ok(claimed) => {
+                        let full = claimed.len() == free;
+                        for event in claimed {
+                            let this = self.clone();
+                            deliveries.spawn(async move { this.deliver(event).await }.in_current_span());
+                        }
+                        if full {
+                            // More may be due already; claim as slots free up.
+                            continue;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "outbox: cannot claim events; retrying"),
                 }
-                next_prune += PRUNE_EVERY;
-            }
-            match store::claim(&self.pool, self.settings.concurrency as i64, self.settings.lease).await {
-                Ok(claimed) if !claimed.is_empty() => {
-                    futures_util::stream::iter(claimed)
-                        .for_each_concurrent(self.settings.concurrency, |event| self.deliver(event))
-                        .await;
-                    // More may be due already.
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "outbox: cannot claim events; retrying"),
             }
             tokio::select! {
                 _ = stopped.changed() => {}
                 () = tokio::time::sleep(self.settings.poll_interval) => {}
+                Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
                 woken = wait_for_notification(listener.as_mut()) => {
                     if !woken {
-                        // The listening connection broke; poll until it can be made again.
+                        // The listening connection broke (or was never made): make it again;
+                        // polling covers the gap.
                         listener = self.listen().await;
                     }
                 }
             }
         }
+        while deliveries.join_next().await.is_some() {}
     }
 
     async fn listen(&self) -> Option<PgListener> {
-        let mut listener = PgListener::connect_with(&self.pool).await.ok()?;
-        listener.listen(store::NOTIFY_CHANNEL).await.ok()?;
-        Some(listener)
+        let listening = async {
+            let mut listener = PgListener::connect_with(&self.pool).await?;
+            listener.listen(store::NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listening.await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                tracing::warn!(error = %e, "outbox: cannot LISTEN for new events; polling until it can");
+                None
+            }
+        }
     }
 
     async fn deliver(&self, event: Claimed) {
-        let result = match self.send(&event).await {
+        match self.send(&event).await {
             Ok(()) => {
                 self.metrics.delivered.increment(1);
                 let lag = chrono::Utc::now() - event.received_at;
@@ -167,28 +202,81 @@ impl Forwarder {
                 if let (Some(snapshots), Some(customer)) = (&self.snapshots, customer) {
                     snapshots.refresh_soon(customer);
                 }
-                store::mark_delivered(&self.pool, event.id).await
+                // BillaBear has it: the row must not be claimed and sent again, so recording is
+                // retried (a Postgres blip, a pool timeout) for as long as one delivery may take.
+                self.record(&event, "delivered", || store::mark_delivered(&self.pool, event.id)).await;
             }
             Err(Failure::Permanent { message, upstream_status }) => {
                 self.metrics.dead.increment(1);
                 tracing::warn!(event_id = %event.event_id, error = %message, "outbox: event is dead");
-                store::mark_dead(&self.pool, event.id, &message, upstream_status).await
+                self.record(&event, "dead", || {
+                    store::mark_dead(&self.pool, &event, &message, upstream_status)
+                })
+                .await;
             }
             Err(Failure::Transient { message, upstream_status }) => {
-                self.metrics.retried.increment(1);
-                let attempts = u32::try_from(event.attempts).unwrap_or(1);
-                let delay =
-                    backoff(attempts, self.settings.retry_base, self.settings.retry_max, fastrand::f64());
-                tracing::debug!(event_id = %event.event_id, error = %message, ?delay, "outbox: delivery failed");
-                store::mark_retry(&self.pool, event.id, delay, &message, upstream_status).await
+                let now = chrono::Utc::now();
+                match give_up(&self.settings, event.attempts, now - event.attempts_since) {
+                    Some(why) => {
+                        self.metrics.dead.increment(1);
+                        let message = format!("{why}; last error: {message}");
+                        tracing::warn!(event_id = %event.event_id, error = %message, "outbox: event is dead");
+                        self.record(&event, "dead", || {
+                            store::mark_dead(&self.pool, &event, &message, upstream_status)
+                        })
+                        .await;
+                    }
+                    None => {
+                        self.metrics.retried.increment(1);
+                        let attempts = u32::try_from(event.attempts).unwrap_or(1);
+                        let delay = backoff(
+                            attempts,
+                            self.settings.retry_base,
+                            self.settings.retry_max,
+                            fastrand::f64(),
+                        );
+                        tracing::debug!(event_id = %event.event_id, error = %message, ?delay, "outbox: delivery failed");
+                        self.record(&event, "retry", || {
+                            store::mark_retry(&self.pool, &event, delay, &message, upstream_status)
+                        })
+                        .await;
+                    }
+                }
             }
-        };
-        if let Err(e) = result {
-            // The row keeps its lease and is claimed again when it expires.
-            tracing::warn!(event_id = %event.event_id, error = %e, "outbox: cannot record a delivery outcome");
         }
     }
 
+    /// Records an outcome, trying again for up to `outbox.timeout` while Postgres fails. If it
+    /// never succeeds the row keeps its lease and is claimed again when the lease expires
+    /// (`outbox.lease_ms` is validated to leave room for this).
+    async fn record<F, Fut>(&self, event: &Claimed, outcome: &'static str, mut update: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<bool, sqlx::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.settings.timeout;
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match update().await {
+                Ok(true) => return,
+                Ok(false) => {
+                    // Another replica holds the event now (this claim's lease ran out): its
+                    // outcome counts, not this one.
+                    tracing::info!(event_id = %event.event_id, outcome, "outbox: outcome not recorded; the event was claimed again");
+                    return;
+                }
+                Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::warn!(event_id = %event.event_id, outcome, error = %e, "outbox: cannot record a delivery outcome; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+                Err(e) => {
+                    tracing::error!(event_id = %event.event_id, outcome, error = %e, "outbox: cannot record a delivery outcome; the event is claimed again when its lease expires");
+                    return;
+                }
+            }
+        }
+    }
     async fn send(&self, event: &Claimed) -> Result<(), Failure> {
         let permanent = |message: String| Failure::Permanent { message, upstream_status: None };
         let subscription = match (event.subscription_id, event.customer_id) {
@@ -222,12 +310,28 @@ impl Forwarder {
     }
 }
 
-/// Resolves when a notification arrives (true) or the listener fails (false); never without one.
+/// Resolves when a notification arrives (true), or when the listener fails or there is none
+/// (false, after [`RELISTEN_EVERY`] without one, so it is made again).
 async fn wait_for_notification(listener: Option<&mut PgListener>) -> bool {
     match listener {
         Some(listener) => listener.recv().await.is_ok(),
-        None => std::future::pending().await,
+        None => {
+            tokio::time::sleep(RELISTEN_EVERY).await;
+            false
+        }
     }
+}
+
+/// Why a transiently failing event is given up (made dead), if it is: `outbox.max_attempts`
+/// attempts made, or `outbox.max_age` since this run of attempts began.
+fn give_up(settings: &OutboxSettings, attempts: i32, trying_for: chrono::TimeDelta) -> Option<String> {
+    let attempts = u32::try_from(attempts).unwrap_or(0);
+    if attempts >= settings.max_attempts {
+        return Some(format!("gave up after {attempts} attempts (outbox.max_attempts)"));
+    }
+    let trying_for = trying_for.to_std().unwrap_or_default();
+    (trying_for >= settings.max_age)
+        .then(|| format!("gave up after {}s of attempts (outbox.max_age_s)", trying_for.as_secs()))
 }
 
 #[cfg(test)]
@@ -235,6 +339,17 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    #[test]
+    fn a_failing_event_is_given_up_after_max_attempts_or_max_age() {
+        let mut settings = crate::config::RawSettings::defaults().outbox_settings();
+        settings.max_attempts = 5;
+        settings.max_age = Duration::from_secs(3600);
+        let minutes = chrono::TimeDelta::minutes;
+        assert_eq!(give_up(&settings, 4, minutes(59)), None);
+        assert!(give_up(&settings, 5, minutes(1)).unwrap().contains("5 attempts"));
+        assert!(give_up(&settings, 1, minutes(60)).unwrap().contains("3600s"));
+    }
 
     #[test]
     fn only_a_refused_event_is_dead() {

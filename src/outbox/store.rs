@@ -2,6 +2,7 @@
 //! holds (so concurrent requests can share one, see `ingest`); claiming uses `FOR UPDATE SKIP LOCKED` and
 //! a lease, so several replicas can share the table and a dead replica's claims are taken over.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool, Row};
@@ -21,6 +22,9 @@ pub enum Accepted {
     Duplicate,
     /// Already stored with other content under this `event_id`: nothing was written.
     Conflict,
+    /// Already stored with the same content, and dead: BillaBear refused it or its retries ran
+    /// out, so it was not delivered (an operator may retry it).
+    Dead,
 }
 
 impl Accepted {
@@ -29,6 +33,7 @@ impl Accepted {
             Accepted::New => "accepted",
             Accepted::Duplicate => "duplicate",
             Accepted::Conflict => "conflict",
+            Accepted::Dead => "dead",
         }
     }
 }
@@ -91,33 +96,48 @@ pub async fn accept(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result
     .into_iter()
     .flatten()
     .collect();
-    let mut fresh: std::collections::HashSet<String> = inserted.into_iter().collect();
-    let mut stored: std::collections::HashMap<String, Vec<u8>> = std::collections::HashMap::new();
+    let mut fresh: HashSet<String> = inserted.into_iter().collect();
+    let mut stored: HashMap<String, (Vec<u8>, String)> = HashMap::new();
     if fresh.len() < events.len() {
         // Rows another request stored: committed by now (ON CONFLICT waited for them).
-        let rows = sqlx::query("SELECT event_id, fingerprint FROM outbox WHERE event_id = ANY($1)")
+        let rows = sqlx::query("SELECT event_id, fingerprint, status FROM outbox WHERE event_id = ANY($1)")
             .bind(&ids)
             .fetch_all(&mut *conn)
             .await?;
         for row in rows {
-            stored.insert(row.try_get("event_id")?, row.try_get("fingerprint")?);
+            stored.insert(row.try_get("event_id")?, (row.try_get("fingerprint")?, row.try_get("status")?));
         }
     }
-    let outcomes: Vec<Accepted> = events
-        .iter()
-        .zip(&fingerprints)
-        .map(|(event, fingerprint)| {
-            // `remove`: a second item with the id of one inserted by this call is a repeat.
-            if fresh.remove(event.event_id.as_str()) {
-                Accepted::New
-            } else if stored.get(event.event_id.as_str()) == Some(fingerprint) {
-                Accepted::Duplicate
-            } else {
-                Accepted::Conflict
+    let mut outcomes = Vec::with_capacity(events.len());
+    let mut vanished = Vec::new();
+    for (i, (event, fingerprint)) in events.iter().zip(&fingerprints).enumerate() {
+        let id = event.event_id.as_str();
+        // `remove`: a second item with the id of one inserted by this call is a repeat.
+        let outcome = if fresh.remove(id) {
+            Accepted::New
+        } else {
+            match stored.get(id) {
+                Some((stored, status)) if stored == fingerprint && status == "dead" => Accepted::Dead,
+                Some((stored, _)) if stored == fingerprint => Accepted::Duplicate,
+                Some(_) => Accepted::Conflict,
+                None => {
+                    // The row the insert ran into was deleted (pruned) before it could be read:
+                    // the answer must match what is stored, so insert it again.
+                    vanished.push(i);
+                    Accepted::Conflict
+                }
             }
-        })
-        .collect();
-    for kind in [Accepted::New, Accepted::Duplicate, Accepted::Conflict] {
+        };
+        outcomes.push(outcome);
+    }
+    if !vanished.is_empty() {
+        let again: Vec<IncomingEvent> = vanished.iter().map(|&i| events[i].clone()).collect();
+        let retried = Box::pin(accept(conn, &again)).await?;
+        for (i, outcome) in vanished.into_iter().zip(retried) {
+            outcomes[i] = outcome;
+        }
+    }
+    for kind in [Accepted::New, Accepted::Duplicate, Accepted::Conflict, Accepted::Dead] {
         let count = outcomes.iter().filter(|o| **o == kind).count() as u64;
         if count > 0 {
             metrics::counter!("usage_gate_events_total", "outcome" => kind.as_str()).increment(count);
@@ -139,13 +159,18 @@ pub struct Claimed {
     /// Including this one.
     pub attempts: i32,
     pub received_at: chrono::DateTime<chrono::Utc>,
+    /// When this run of attempts began (acceptance, or an operator's retry).
+    pub attempts_since: chrono::DateTime<chrono::Utc>,
+    /// This claim's fence: outcomes are recorded only while the row still carries it.
+    pub claim_token: Uuid,
 }
 
 /// Claims up to `limit` due events for `lease`. Rows another forwarder holds are skipped; an
 /// expired lease (its forwarder died) is taken over.
 pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
     let mut claimed: Vec<Claimed> = sqlx::query_as(
-        "UPDATE outbox SET lease_until = now() + make_interval(secs => $2), attempts = attempts + 1
+        "UPDATE outbox SET lease_until = now() + make_interval(secs => $2), attempts = attempts + 1,
+                           claim_token = gen_random_uuid()
          WHERE id IN (
              SELECT id FROM outbox
              WHERE status = 'pending' AND next_attempt_at <= now()
@@ -153,7 +178,8 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
              ORDER BY next_attempt_at, id
              LIMIT $1
              FOR UPDATE SKIP LOCKED)
-         RETURNING id, event_id, subscription_id, customer_id, code, value, properties, attempts, received_at",
+         RETURNING id, event_id, subscription_id, customer_id, code, value, properties, attempts, received_at,
+                   attempts_since, claim_token",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
@@ -163,58 +189,65 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
     Ok(claimed)
 }
 
-/// BillaBear took the event.
-pub async fn mark_delivered(pool: &PgPool, id: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE outbox SET status = 'delivered', delivered_at = now(), lease_until = NULL, last_error = NULL
+/// BillaBear took the event. Recorded whoever holds the claim now: the event was delivered,
+/// and a later claim must not send it again. False if the row was no longer pending.
+pub async fn mark_delivered(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE outbox SET status = 'delivered', delivered_at = now(), lease_until = NULL, last_error = NULL,
+                           claim_token = NULL
          WHERE id = $1 AND status = 'pending'",
     )
     .bind(id)
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(updated.rows_affected() == 1)
 }
 
-/// A transient failure: try again after `delay`.
+/// A transient failure: try again after `delay`. Only under the claim's own token, so a late
+/// outcome from a replica whose lease ran out changes nothing. False if it changed nothing.
 pub async fn mark_retry(
     pool: &PgPool,
-    id: i64,
+    claim: &Claimed,
     delay: Duration,
     error: &str,
     upstream_status: Option<u16>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $2), lease_until = NULL,
-                           last_error = $3, upstream_status = $4
-         WHERE id = $1 AND status = 'pending'",
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $3), lease_until = NULL,
+                           claim_token = NULL, last_error = $4, upstream_status = $5
+         WHERE id = $1 AND claim_token = $2 AND status = 'pending'",
     )
-    .bind(id)
+    .bind(claim.id)
+    .bind(claim.claim_token)
     .bind(delay.as_secs_f64())
     .bind(error)
     .bind(upstream_status.map(|s| s as i16))
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(updated.rows_affected() == 1)
 }
 
-/// A failure that retrying will not fix (BillaBear's 400, no usage subscription): kept, with
-/// the reason, until an operator retries it.
+/// A failure that retrying will not fix (BillaBear's 400, no usage subscription), or retries
+/// that ran out: kept, with the reason, until an operator retries it. Fenced like
+/// [`mark_retry`].
 pub async fn mark_dead(
     pool: &PgPool,
-    id: i64,
+    claim: &Claimed,
     error: &str,
     upstream_status: Option<u16>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE outbox SET status = 'dead', lease_until = NULL, last_error = $2, upstream_status = $3
-         WHERE id = $1 AND status = 'pending'",
+) -> Result<bool, sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE outbox SET status = 'dead', lease_until = NULL, claim_token = NULL, last_error = $3,
+                           upstream_status = $4
+         WHERE id = $1 AND claim_token = $2 AND status = 'pending'",
     )
-    .bind(id)
+    .bind(claim.id)
+    .bind(claim.claim_token)
     .bind(error)
     .bind(upstream_status.map(|s| s as i16))
     .execute(pool)
     .await?;
-    Ok(())
+    Ok(updated.rows_affected() == 1)
 }
 
 /// An outbox row as operators see it.
@@ -266,7 +299,8 @@ pub async fn list(
 pub async fn retry_dead(pool: &PgPool, id: Option<i64>, customer: Option<Uuid>) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let retried = sqlx::query(
-        "UPDATE outbox SET status = 'pending', next_attempt_at = now(), lease_until = NULL
+        "UPDATE outbox SET status = 'pending', next_attempt_at = now(), lease_until = NULL, attempts = 0,
+                           attempts_since = now()
          WHERE status = 'dead' AND ($1::bigint IS NULL OR id = $1) AND ($2::uuid IS NULL OR customer_id = $2)",
     )
     .bind(id)
@@ -310,14 +344,47 @@ pub async fn stats(pool: &PgPool) -> Result<Stats, sqlx::Error> {
     })
 }
 
+/// Any constant: the advisory lock that lets one replica at a time prune.
+const PRUNE_LOCK: i64 = 0x7573_6167_6570_726e; // "usageprn"
+
 /// Deletes delivered events older than `retention` (their `event_id`s are no longer caught as
-/// duplicates after that). Returns how many.
-pub async fn prune(pool: &PgPool, retention: Duration) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM outbox WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1)",
-    )
-    .bind(retention.as_secs_f64())
-    .execute(pool)
-    .await?
-    .rows_affected())
+/// duplicates after that), `chunk` rows per statement so no statement holds many row locks or
+/// runs long, on one replica at a time (another replica pruning now: returns 0 at once).
+/// Returns how many.
+pub async fn prune(pool: &PgPool, retention: Duration, chunk: i64) -> Result<u64, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(PRUNE_LOCK).fetch_one(&mut *conn).await?;
+    if !locked {
+        return Ok(0);
+    }
+    let mut pruned = 0;
+    let result = loop {
+        let deleted = sqlx::query(
+            "DELETE FROM outbox WHERE id IN (
+                 SELECT id FROM outbox
+                 WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
+                 LIMIT $2
+                 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(retention.as_secs_f64())
+        .bind(chunk)
+        .execute(&mut *conn)
+        .await;
+        match deleted {
+            Ok(done) => {
+                pruned += done.rows_affected();
+                if done.rows_affected() < chunk as u64 {
+                    break Ok(pruned);
+                }
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    // A session lock outlives the statement: give it back before the connection returns to the
+    // pool (if this fails, closing the connection releases it).
+    if sqlx::query("SELECT pg_advisory_unlock($1)").bind(PRUNE_LOCK).execute(&mut *conn).await.is_err() {
+        conn.close_on_drop();
+    }
+    result
 }

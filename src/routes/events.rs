@@ -32,6 +32,7 @@ pub struct EventAnswer {
         (status = 200, description = "Stored before with the same content", body = EventAnswer),
         (status = 400, description = "Invalid: every invalid field is named", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "event_id stored before with other content", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "event_id stored before and dead: not delivered (code event_dead)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable: nothing stored, retry (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_event(
@@ -52,8 +53,17 @@ pub async fn post_event(
         Some(Accepted::Duplicate) => {
             Ok(HttpResponse::Ok().json(EventAnswer { status: "duplicate", event_id, decision }))
         }
+        Some(Accepted::Dead) => Err(dead(&event_id)),
         _ => Err(conflict(&event_id)),
     }
+}
+
+/// A repeat of an event that will not reach BillaBear: the sender must not take it as done.
+fn dead(event_id: &str) -> ApiError {
+    ApiError::EventDead(format!(
+        "event_id {event_id:?} was stored before and is dead: BillaBear refused it or its retries ran out, \
+         so it was not delivered; an operator can put it back in the queue (POST /v1/outbox/{{id}}/retry)"
+    ))
 }
 
 fn conflict(event_id: &str) -> ApiError {
@@ -66,7 +76,8 @@ fn conflict(event_id: &str) -> ApiError {
 pub struct BatchItemResult {
     /// The item's `event_id` as sent, when it had one.
     pub event_id: Option<Value>,
-    /// `accepted`, `duplicate`, `conflict` or `invalid`.
+    /// `accepted`, `duplicate`, `conflict`, `dead` (stored before and not delivered) or
+    /// `invalid`.
     pub status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<crate::error::FieldError>,
@@ -132,7 +143,7 @@ pub async fn post_batch(
     request_body(content = Value, description = "BillaBear's event: event_id, subscription, code, value, properties"),
     responses(
         (status = 201, description = "Stored (or stored before with the same content); empty body"),
-        (status = 400, description = "BillaBear's shape: {\"errors\": {field: message}}"),
+        (status = 400, description = "BillaBear's shape: {\"errors\": {field: message}}; also for a repeat of a dead event (event_id)"),
         (status = 401, description = "No usage-gate key with the events scope: [] as BillaBear answers"),
         (status = 409, description = "event_id stored before with other content", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable: nothing stored, retry", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -152,12 +163,11 @@ pub async fn post_billabear_event(
             errors.into_iter().map(|e| (e.field, Value::String(e.message))).collect();
         HttpResponse::BadRequest().json(serde_json::json!({ "errors": map }))
     };
-    let Ok(value) = serde_json::from_slice::<Value>(&body) else {
+    let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
         return Ok(billabear_errors(vec![crate::error::FieldError::new("body", "must be JSON")]));
     };
-    if value.get("customer").is_some() && value.get("subscription").is_none() {
-        // BillaBear's route has no customer field: keep its contract.
-        return Ok(billabear_errors(vec![crate::error::FieldError::new("subscription", "required")]));
+    if let Err(error) = as_billabear_reads_it(&mut value) {
+        return Ok(billabear_errors(vec![error]));
     }
     let event = match IncomingEvent::parse(&value, "") {
         Ok(event) => event,
@@ -166,6 +176,55 @@ pub async fn post_billabear_event(
     let event_id = event.event_id.to_string();
     match state.ingest.accept(vec![event]).await?.first() {
         Some(Accepted::New | Accepted::Duplicate) => Ok(HttpResponse::Created().finish()),
+        Some(Accepted::Dead) => Ok(billabear_errors(vec![crate::error::FieldError::new(
+            "event_id",
+            "stored before and dead (not delivered to BillaBear); an operator can retry it",
+        )])),
         _ => Err(conflict(&event_id)),
+    }
+}
+
+/// Reads an event as BillaBear's `POST /events` does (API.md §1, §2): `customer` is not one of
+/// its fields and is ignored (older SDKs and BillaBear's own tests send it beside
+/// `subscription`); `subscription` is required; `properties` may be a JSON array, which PHP
+/// decodes to the same array as an object keyed by index. Extra fields are ignored.
+fn as_billabear_reads_it(value: &mut Value) -> Result<(), crate::error::FieldError> {
+    let Some(object) = value.as_object_mut() else {
+        return Err(crate::error::FieldError::new("body", "must be a JSON object"));
+    };
+    object.remove("customer");
+    if object.get("subscription").is_none_or(Value::is_null) {
+        return Err(crate::error::FieldError::new("subscription", "This value should not be blank."));
+    }
+    if let Some(Value::Array(items)) = object.get("properties") {
+        let keyed = items.iter().enumerate().map(|(i, item)| (i.to_string(), item.clone())).collect();
+        object.insert("properties".into(), Value::Object(keyed));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn billabears_route_ignores_customer_and_takes_properties_as_an_array() {
+        let sub = "0b0f1f7e-2f3c-4a53-8b8e-8f8f3c7a1d22";
+        let mut both =
+            json!({"event_id": "e", "subscription": sub, "customer": "c", "code": "x", "value": 1});
+        as_billabear_reads_it(&mut both).unwrap();
+        assert_eq!(both, json!({"event_id": "e", "subscription": sub, "code": "x", "value": 1}));
+        let mut listed = json!({"subscription": sub, "properties": ["a", {"b": 1}]});
+        as_billabear_reads_it(&mut listed).unwrap();
+        assert_eq!(listed["properties"], json!({"0": "a", "1": {"b": 1}}));
+        let mut empty = json!({"subscription": sub, "properties": []});
+        as_billabear_reads_it(&mut empty).unwrap();
+        assert_eq!(empty["properties"], json!({}));
+        for body in [json!({"customer": sub}), json!({"subscription": null}), json!([1])] {
+            let mut body = body;
+            assert!(as_billabear_reads_it(&mut body).is_err(), "{body}");
+        }
     }
 }

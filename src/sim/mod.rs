@@ -29,6 +29,10 @@ pub struct Faults {
     /// Added before every answer.
     #[serde(default)]
     pub latency_ms: u64,
+    /// Added after the request was handled, before its answer is sent: the work is done but
+    /// the caller may time out first (its outcome is unknown to it).
+    #[serde(default)]
+    pub late_answer_ms: u64,
     /// Share of requests (0.0 to 1.0) answered with `error_status` instead.
     #[serde(default)]
     pub error_rate: f64,
@@ -46,6 +50,7 @@ impl Default for Faults {
     fn default() -> Self {
         Self {
             latency_ms: 0,
+            late_answer_ms: 0,
             error_rate: 0.0,
             error_status: default_error_status(),
             outage: None,
@@ -221,7 +226,13 @@ async fn inject_faults<B: MessageBody + 'static>(
     };
     match failure {
         Some(response) => Ok(req.into_response(response).map_into_right_body()),
-        None => next.call(req).await.map(ServiceResponse::map_into_left_body),
+        None => {
+            let response = next.call(req).await.map(ServiceResponse::map_into_left_body);
+            if faults.late_answer_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(faults.late_answer_ms)).await;
+            }
+            response
+        }
     }
 }
 

@@ -53,7 +53,7 @@ base_url = "{}"
 api_key = "{SIM_KEY}"
 [outbox]
 concurrency = {CONCURRENCY}
-lease_ms = 1000
+lease_ms = 2000
 timeout_ms = 500
 retry_base_ms = 20
 retry_max_ms = 200

@@ -307,6 +307,15 @@ async fn services_on_a_billabear_sdk_can_post_to_billabears_own_route() {
     .await
     .unwrap();
     assert_eq!(response.status(), 400, "BillaBear's route takes a subscription, not a customer");
+    // Older SDKs and BillaBear's own tests send both: BillaBear ignores customer, so must we.
+    let mut both = event("sdk-5");
+    both["customer"] = json!(INITECH);
+    both["properties"] = json!(["listed"]);
+    let response = post(Some(EVENTS_KEY), both).await.unwrap();
+    assert_eq!(response.status(), 201);
+    let received = app.delivered("sdk-5").await;
+    assert_eq!(received["events"][0]["subscription"], ACME_SUBSCRIPTION, "{received}");
+    assert_eq!(received["events"][0]["properties"], json!({"0": "listed"}));
 }
 
 #[tokio::test]
@@ -533,4 +542,120 @@ async fn a_value_postgres_refuses_fails_only_its_own_request_in_a_shared_commit(
         .unwrap();
     assert_eq!(stored.len(), 40, "every fine-* and nothing else: {stored:?}");
     assert!(stored.iter().all(|id| id.starts_with("fine-")));
+}
+
+#[tokio::test]
+async fn an_event_billabear_accepted_is_not_sent_again_when_recording_it_fails_for_a_moment() {
+    let app = TestApp::spawn_with(|raw| raw.outbox.lease_ms = 3500).await;
+    // A Postgres blip exactly when the delivery is recorded: the first two tries fail.
+    for statement in [
+        "CREATE SEQUENCE test_blip",
+        "CREATE FUNCTION test_blip() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF nextval('test_blip') <= 2 THEN RAISE EXCEPTION 'blip' USING ERRCODE = '08006'; END IF;
+             RETURN NEW;
+         END $$",
+        "CREATE TRIGGER test_blip BEFORE UPDATE ON outbox FOR EACH ROW
+         WHEN (NEW.status = 'delivered') EXECUTE FUNCTION test_blip()",
+    ] {
+        sqlx::query(statement).execute(&app.pool).await.unwrap();
+    }
+    assert_eq!(app.post_event(&event("blip")).await.status(), 202);
+    app.outbox_status("blip", "delivered").await;
+    assert_eq!(app.sim.event_count("blip").await, 1, "BillaBear received it once");
+}
+
+#[tokio::test]
+async fn an_event_that_keeps_failing_is_dead_after_max_attempts_and_a_resend_says_so() {
+    let app = TestApp::spawn_with(|raw| raw.outbox.max_attempts = 3).await;
+    app.sim.set_faults(json!({"outage": "unavailable", "only": "events"})).await;
+    assert_eq!(app.post_event(&event("doomed")).await.status(), 202);
+    let row = app.outbox_status("doomed", "dead").await;
+    assert_eq!((row["attempts"].as_i64(), row["upstream_status"].as_i64()), (Some(3), Some(503)));
+    assert!(row["last_error"].as_str().unwrap().starts_with("gave up after 3 attempts"), "{row}");
+    app.sim.clear_faults().await;
+
+    let body = assert_problem(app.post_event(&event("doomed")).await, 422, "event_dead").await;
+    assert!(body["detail"].as_str().unwrap().contains("not delivered"), "{body}");
+    let batch = json!({"events": [event("doomed")]});
+    let response =
+        app.http.post(app.url("/v1/events/batch")).bearer_auth(EVENTS_KEY).json(&batch).send().await.unwrap();
+    assert_eq!(response.json::<Value>().await.unwrap()["results"][0]["status"], "dead");
+    let sdk = app.http.post(app.url("/api/v1/events")).header("X-API-Key", EVENTS_KEY).json(&event("doomed"));
+    let response = sdk.send().await.unwrap();
+    assert_eq!(response.status(), 400, "an SDK must not take it as stored");
+    assert!(response.json::<Value>().await.unwrap()["errors"]["event_id"].is_string());
+    assert_eq!(app.sim.event_count("doomed").await, 0);
+}
+
+#[tokio::test]
+async fn a_slow_delivery_holds_back_only_its_own_slot() {
+    let app = TestApp::spawn_with(|raw| {
+        raw.outbox.timeout_ms = 5000;
+        raw.outbox.lease_ms = 20_000;
+    })
+    .await;
+    // Resolving a customer's subscription is slow; delivering by subscription is not.
+    let (customer, _) = app.sim.add_usage_customer(0.0, json!([])).await;
+    app.sim.set_faults(json!({"latency_ms": 3000, "only": "subscription"})).await;
+    let slow = json!({"event_id": "slow", "customer": customer, "code": "api_calls", "value": 1});
+    assert_eq!(app.post_event(&slow).await.status(), 202);
+    eventually(Duration::from_secs(5), "the slow event to be under way", || async {
+        (app.sim.route_count("GET /api/v1/customer/{id}/subscription/active").await > 0).then_some(())
+    })
+    .await;
+    for i in 0..5 {
+        assert_eq!(app.post_event(&event(&format!("quick-{i}"))).await.status(), 202);
+    }
+    for i in 0..5 {
+        app.delivered(&format!("quick-{i}")).await;
+    }
+    assert_eq!(app.sim.event_count("slow").await, 0, "the quick events did not wait for the slow one");
+    app.delivered("slow").await;
+}
+
+#[tokio::test]
+async fn after_the_listening_connection_is_lost_new_events_still_wake_the_forwarder() {
+    // Polling is too slow to deliver within the test: only NOTIFY can.
+    let app = TestApp::spawn_with(|raw| raw.outbox.poll_interval_ms = 60_000).await;
+    assert_eq!(app.post_event(&event("first")).await.status(), 202);
+    app.delivered("first").await;
+    let database: String =
+        sqlx::query_scalar("SELECT current_database()").fetch_one(&app.pool).await.unwrap();
+    let admin = sqlx::PgPool::connect(&base_database_url()).await.unwrap();
+    // Postgres refuses new connections for a moment and every connection is cut: the
+    // forwarder's LISTEN fails, and so does its first attempt to make it again.
+    sqlx::query(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS false"#)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&database)
+        .execute(&admin)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "usage-gate to find it cannot reconnect", || async {
+        let row: Option<i64> = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+            .bind(&database)
+            .fetch_optional(&admin)
+            .await
+            .unwrap();
+        (row == Some(0)).then_some(())
+    })
+    .await;
+    // The refusal lasts a while (a fault's duration, not a wait for something): long enough
+    // for the forwarder's first attempt to LISTEN again to fail.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(r#"ALTER DATABASE "{database}" ALLOW_CONNECTIONS true"#)))
+        .execute(&admin)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "an event accepted after the cut", || async {
+        (app.post_event(&event("second")).await.status() == 202).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the second event delivered, woken by NOTIFY", || async {
+        (app.sim.event_count("second").await == 1).then_some(())
+    })
+    .await;
 }

@@ -31,7 +31,7 @@ pub const INITECH: &str = "33333333-3333-4333-8333-333333333333";
 pub const HOOLI_DISABLED: &str = "55555555-5555-4555-8555-555555555555";
 pub const STARK_FLAT: &str = "66666666-6666-4666-8666-666666666666";
 
-fn base_database_url() -> String {
+pub fn base_database_url() -> String {
     std::env::var("TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }

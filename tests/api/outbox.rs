@@ -123,12 +123,16 @@ async fn delivered_retried_and_dead_events_leave_the_queue_as_they_should() {
         .await
         .unwrap();
     let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
-    let id = |event_id: &str| claimed.iter().find(|c| c.event_id == event_id).unwrap().id;
-    store::mark_delivered(&pool, id("d")).await.unwrap();
-    store::mark_retry(&pool, id("r"), Duration::from_secs(3600), "BillaBear answered 503", Some(503))
-        .await
-        .unwrap();
-    store::mark_dead(&pool, id("x"), "code: The code \"x\" does not exist.", Some(400)).await.unwrap();
+    let claim = |event_id: &str| claimed.iter().find(|c| c.event_id == event_id).unwrap();
+    assert!(store::mark_delivered(&pool, claim("d").id).await.unwrap());
+    assert!(
+        store::mark_retry(&pool, claim("r"), Duration::from_secs(3600), "BillaBear answered 503", Some(503))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store::mark_dead(&pool, claim("x"), "code: The code \"x\" does not exist.", Some(400)).await.unwrap()
+    );
 
     assert_eq!(column(&pool, "d", "status").await, json!("delivered"));
     assert!(column(&pool, "d", "delivered_at").await.is_string());
@@ -141,7 +145,10 @@ async fn delivered_retried_and_dead_events_leave_the_queue_as_they_should() {
     assert!(store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().is_empty(), "nothing is due");
 
     // A retry that is due is claimed again.
-    store::mark_retry(&pool, id("r"), Duration::ZERO, "again", None).await.unwrap();
+    sqlx::query("UPDATE outbox SET next_attempt_at = now() WHERE event_id = 'r'")
+        .execute(&pool)
+        .await
+        .unwrap();
     let again = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
     assert_eq!((again.len(), again[0].event_id.as_str(), again[0].attempts), (1, "r", 2));
 }
@@ -158,7 +165,7 @@ async fn pruning_deletes_only_delivered_events_past_retention() {
     for id in ["old", "new"] {
         let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
         let row = claimed.iter().find(|c| c.event_id == id).unwrap();
-        store::mark_delivered(&pool, row.id).await.unwrap();
+        assert!(store::mark_delivered(&pool, row.id).await.unwrap());
         sqlx::query("UPDATE outbox SET lease_until = NULL WHERE status = 'pending'")
             .execute(&pool)
             .await
@@ -168,7 +175,7 @@ async fn pruning_deletes_only_delivered_events_past_retention() {
         .execute(&pool)
         .await
         .unwrap();
-    assert_eq!(store::prune(&pool, Duration::from_secs(35 * 86_400)).await.unwrap(), 1);
+    assert_eq!(store::prune(&pool, Duration::from_secs(35 * 86_400), 1000).await.unwrap(), 1);
     let left: Vec<String> =
         sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY event_id").fetch_all(&pool).await.unwrap();
     assert_eq!(left, ["new", "pending"]);
@@ -236,4 +243,46 @@ async fn commits_inserting_the_same_ids_in_opposite_orders_never_deadlock() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_late_outcome_from_an_expired_claim_changes_nothing() {
+    let (_, pool) = fresh_database().await;
+    store::accept(&mut pool.acquire().await.unwrap(), &[event("fenced", 1.0)]).await.unwrap();
+    let first = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    // The first replica stalls past its lease; a second one takes the event over.
+    sqlx::query("UPDATE outbox SET lease_until = now() - interval '1 second'").execute(&pool).await.unwrap();
+    let second = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().remove(0);
+    assert_ne!(first.claim_token, second.claim_token);
+    let lease = column(&pool, "fenced", "lease_until").await;
+    assert!(!store::mark_retry(&pool, &first, Duration::ZERO, "late", None).await.unwrap());
+    assert!(!store::mark_dead(&pool, &first, "late", None).await.unwrap());
+    assert_eq!(column(&pool, "fenced", "lease_until").await, lease, "the live lease is kept");
+    assert_eq!(column(&pool, "fenced", "status").await, json!("pending"));
+    assert!(store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().is_empty(), "still leased");
+    assert!(store::mark_retry(&pool, &second, Duration::from_secs(60), "its own", None).await.unwrap());
+    assert_eq!(column(&pool, "fenced", "last_error").await, json!("its own"));
+}
+
+#[tokio::test]
+async fn pruning_goes_in_chunks_and_one_replica_at_a_time() {
+    let (_, pool) = fresh_database().await;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, subscription_id, code, value, fingerprint, status, delivered_at)
+         SELECT 'old-' || i, gen_random_uuid(), 'api_calls', 1, '\\x00', 'delivered', now() - interval '40 days'
+         FROM generate_series(1, 2500) AS i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let retention = Duration::from_secs(35 * 86_400);
+    // Another replica is pruning: this one leaves it alone.
+    let mut other = pool.acquire().await.unwrap();
+    // The pruning lock: "usageprn" (src/outbox/store.rs).
+    sqlx::query("SELECT pg_advisory_lock(8463215221470687854)").execute(&mut *other).await.unwrap();
+    assert_eq!(store::prune(&pool, retention, 1000).await.unwrap(), 0);
+    sqlx::query("SELECT pg_advisory_unlock_all()").execute(&mut *other).await.unwrap();
+    assert_eq!(store::prune(&pool, retention, 1000).await.unwrap(), 2500);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0);
 }
