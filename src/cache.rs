@@ -4,9 +4,14 @@
 //! Ages, per snapshot:
 //! - known customer: fresh for `cache.ttl`, then served as `stale` while one background refresh
 //!   runs, until `cache.max_stale` after the fetch; then refetched before answering;
-//! - customer BillaBear answered 404 for: fresh for `cache.negative_ttl`;
+//! - customer BillaBear answered 404 for: fresh for `cache.negative_ttl`, in a cache of its own
+//!   (`cache.max_unknown_customers`), so made-up ids cannot evict real customers;
 //! - BillaBear unreachable with nothing usable cached: a marker that answers the fallback policy
 //!   for `cache.min_refresh_interval`, so an outage does not make every check wait on a timeout.
+//!
+//! Calls to BillaBear are bounded: `cache.max_concurrent_fetches` at once, and
+//! `cache.cold_fetches_per_second` for customers with nothing usable cached; past either a cold
+//! customer gets the fallback policy (`upstream_budget_exhausted`).
 //!
 //! Snapshots are compact (UUID keys, a fixed currency, a boxed slice of limits) because the
 //! cache is sized for a million customers.
@@ -18,7 +23,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use metrics::{Counter, Histogram};
+use moka::ops::compute::Op;
+use std::num::NonZeroU32;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
 
 use crate::billabear::{BillaBearClient, BillaBearError};
 use crate::config::CacheSettings;
@@ -80,17 +90,27 @@ pub struct Snapshot {
     pub fetched_at_ms: u64,
     /// The last refresh attempt (Unix ms), successful or not; bounds refreshes per customer.
     last_attempt_ms: AtomicU64,
+    /// When the fetch that made it started, in the cache's own order (see `Inner::generation`):
+    /// a snapshot never replaces one with a higher generation, so a slow fetch that began
+    /// before a change cannot overwrite what was fetched after it.
+    generation: u64,
     pub data: SnapshotData,
 }
 
 impl Snapshot {
-    fn new(data: SnapshotData, now: u64) -> Self {
-        Self { fetched_at_ms: now, last_attempt_ms: AtomicU64::new(now), data }
+    fn new(data: SnapshotData, now: u64, generation: u64) -> Self {
+        Self { fetched_at_ms: now, last_attempt_ms: AtomicU64::new(now), generation, data }
     }
 
     /// A snapshot as fetched at `at` (Unix ms): for tests and tools that build decisions.
     pub fn fetched_at(data: SnapshotData, at: u64) -> Self {
-        Self::new(data, at)
+        Self::new(data, at, 0)
+    }
+
+    /// Left by an invalidation: never usable (an `Unavailable` marker from the epoch), it only
+    /// holds the invalidation's generation, so fetches that started before it are not cached.
+    fn tombstone(generation: u64) -> Self {
+        Self::new(SnapshotData::Unavailable, 0, generation)
     }
 
     pub fn age_ms(&self, now: u64) -> u64 {
@@ -117,6 +137,19 @@ pub enum Source {
 pub struct Lookup {
     pub snapshot: Option<Arc<Snapshot>>,
     pub source: Source,
+    /// No snapshot because usage-gate's own bound on BillaBear calls was reached (BillaBear was
+    /// not asked), rather than because BillaBear failed.
+    pub budget_exhausted: bool,
+}
+
+impl Lookup {
+    pub fn found(snapshot: Arc<Snapshot>, source: Source) -> Self {
+        Self { snapshot: Some(snapshot), source, budget_exhausted: false }
+    }
+
+    pub fn fallback(budget_exhausted: bool) -> Self {
+        Self { snapshot: None, source: Source::Fallback, budget_exhausted }
+    }
 }
 
 pub fn now_ms() -> u64 {
@@ -127,7 +160,17 @@ fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
 }
 
-type FetchResult = Result<Arc<Snapshot>, BillaBearError>;
+/// Why a fetch gave no snapshot.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    BillaBear(#[from] BillaBearError),
+    /// `cache.max_concurrent_fetches` or `cache.cold_fetches_per_second` reached: not asked.
+    #[error("usage-gate's budget of calls to BillaBear is spent for now")]
+    BudgetExhausted,
+}
+
+type FetchResult = Result<Arc<Snapshot>, FetchError>;
 type Flight = Shared<BoxFuture<'static, FetchResult>>;
 
 /// Handles on the cache's metrics, registered once so the hot path does no lookups.
@@ -136,6 +179,7 @@ struct CacheMetrics {
     miss: Counter,
     stale: Counter,
     fallback: Counter,
+    budget_exhausted: Counter,
     refresh_ok: Histogram,
     refresh_failed: Histogram,
 }
@@ -150,6 +194,7 @@ impl CacheMetrics {
             miss: lookup("miss"),
             stale: lookup("stale"),
             fallback: lookup("fallback"),
+            budget_exhausted: metrics::counter!("usage_gate_cache_fetch_budget_exhausted_total"),
             refresh_ok: refresh("ok"),
             refresh_failed: refresh("failed"),
         }
@@ -157,10 +202,19 @@ impl CacheMetrics {
 }
 
 struct Inner {
+    /// Known customers, and the `Unavailable` markers and tombstones that stand in for them.
     snapshots: moka::sync::Cache<CustomerId, Arc<Snapshot>>,
+    /// Customers BillaBear answered 404 for, bounded on their own (`cache.max_unknown_customers`)
+    /// so that checks of made-up ids cannot evict real customers.
+    unknown: moka::sync::Cache<CustomerId, Arc<Snapshot>>,
     /// Fetches under way, one per customer, each with its generation (see `start_fetch`).
     inflight: Mutex<HashMap<CustomerId, (u64, Flight)>>,
+    /// Hands out generations: to each fetch as it starts, and to each invalidation.
     generation: AtomicU64,
+    /// Fetches under way at once, all customers together (`cache.max_concurrent_fetches`).
+    fetch_slots: Arc<Semaphore>,
+    /// Fetches for customers with nothing usable cached (`cache.cold_fetches_per_second`).
+    cold_fetches: DefaultDirectRateLimiter,
     client: BillaBearClient,
     ttl_ms: u64,
     max_stale_ms: u64,
@@ -187,13 +241,22 @@ impl SnapshotCache {
             // LRU, not TinyLFU: a snapshot just fetched must be kept, or the next check refetches.
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             // Past max_stale a snapshot is never served; let moka reclaim it.
-            .time_to_live(settings.max_stale.max(settings.negative_ttl).max(Duration::from_millis(1)))
+            .time_to_live(settings.max_stale.max(Duration::from_millis(1)))
             .build();
+        let unknown = moka::sync::Cache::builder()
+            .max_capacity(settings.max_unknown_customers)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .time_to_live(settings.negative_ttl.max(Duration::from_millis(1)))
+            .build();
+        let per_second = NonZeroU32::new(settings.cold_fetches_per_second).unwrap_or(NonZeroU32::MIN);
         Self {
             inner: Arc::new(Inner {
                 snapshots,
+                unknown,
                 inflight: Mutex::new(HashMap::new()),
-                generation: AtomicU64::new(0),
+                generation: AtomicU64::new(1),
+                fetch_slots: Arc::new(Semaphore::new(settings.max_concurrent_fetches)),
+                cold_fetches: RateLimiter::direct(Quota::per_second(per_second)),
                 client,
                 ttl_ms: millis(settings.ttl),
                 max_stale_ms: millis(settings.max_stale),
@@ -214,38 +277,52 @@ impl SnapshotCache {
             match &snapshot.data {
                 SnapshotData::Known(_) if age <= inner.ttl_ms => {
                     inner.metrics.hit.increment(1);
-                    return Lookup { snapshot: Some(snapshot), source: Source::Cache };
+                    return Lookup::found(snapshot, Source::Cache);
                 }
                 SnapshotData::Known(_) if age <= inner.max_stale_ms => {
                     inner.metrics.stale.increment(1);
                     self.refresh_in_background(id, &snapshot, now);
-                    return Lookup { snapshot: Some(snapshot), source: Source::Stale };
-                }
-                SnapshotData::NotFound if age <= inner.negative_ttl_ms => {
-                    inner.metrics.hit.increment(1);
-                    return Lookup { snapshot: Some(snapshot), source: Source::Cache };
+                    return Lookup::found(snapshot, Source::Stale);
                 }
                 SnapshotData::Unavailable if age <= inner.min_refresh_interval_ms => {
                     inner.metrics.fallback.increment(1);
-                    return Lookup { snapshot: None, source: Source::Fallback };
+                    return Lookup::fallback(false);
                 }
                 _ => {}
             }
         }
+        if let Some(snapshot) = inner.unknown.get(&id)
+            && snapshot.age_ms(now) <= inner.negative_ttl_ms
+        {
+            inner.metrics.hit.increment(1);
+            return Lookup::found(snapshot, Source::Cache);
+        }
         inner.metrics.miss.increment(1);
-        match self.join_or_start_fetch(id).await {
-            Ok(snapshot) => Lookup { snapshot: Some(snapshot), source: Source::Upstream },
-            Err(_) => {
+        match self.join_or_start_cold_fetch(id).await {
+            Ok(snapshot) => Lookup::found(snapshot, Source::Upstream),
+            Err(e) => {
                 inner.metrics.fallback.increment(1);
-                Lookup { snapshot: None, source: Source::Fallback }
+                let budget_exhausted = e == FetchError::BudgetExhausted;
+                if budget_exhausted {
+                    inner.metrics.budget_exhausted.increment(1);
+                }
+                Lookup::fallback(budget_exhausted)
             }
         }
     }
 
     /// Fetches the customer now, not joining a fetch that started earlier (it may predate a
-    /// change the caller just made), and returns the new snapshot.
-    pub async fn refresh(&self, id: CustomerId) -> FetchResult {
-        self.start_fetch(id).await
+    /// change the caller just made), and returns the new snapshot. Waits for a fetch slot
+    /// rather than failing: an operator's change must be reflected.
+    pub async fn refresh(&self, id: CustomerId) -> Result<Arc<Snapshot>, BillaBearError> {
+        let slot = self.inner.fetch_slots.clone().acquire_owned().await.ok();
+        match self.start_fetch(id, slot).await {
+            Ok(snapshot) => Ok(snapshot),
+            Err(FetchError::BillaBear(e)) => Err(e),
+            Err(FetchError::BudgetExhausted) => {
+                Err(BillaBearError::Connect("usage-gate's budget of calls to BillaBear is spent".into()))
+            }
+        }
     }
 
     /// Refreshes a cached customer in the background (nothing if it is not cached), at most once
@@ -257,29 +334,45 @@ impl SnapshotCache {
         }
     }
 
-    /// Drops the customer's snapshot: the next check fetches it.
+    /// Drops the customer's snapshot: the next check fetches it, and a fetch that started
+    /// before this call is not cached when it ends (it may predate the change that caused it).
     pub fn invalidate(&self, id: CustomerId) {
-        self.inner.snapshots.invalidate(&id);
+        let inner = &self.inner;
+        let generation = inner.generation.fetch_add(1, Ordering::Relaxed);
+        inner.unknown.invalidate(&id);
+        let inflight = inner.inflight.lock().unwrap_or_else(PoisonError::into_inner).contains_key(&id);
+        if inflight || inner.snapshots.contains_key(&id) {
+            let tombstone = Arc::new(Snapshot::tombstone(generation));
+            let _ = store_if_newer(&inner.snapshots, id, tombstone);
+        }
     }
 
     /// A lookup from the cache alone: never fetches or refreshes. None when nothing usable is
     /// cached.
     pub fn cached(&self, id: CustomerId) -> Option<Lookup> {
-        let snapshot = self.inner.snapshots.get(&id)?;
-        let age = snapshot.age_ms(now_ms());
-        let source = match snapshot.data {
-            SnapshotData::Known(_) if age <= self.inner.ttl_ms => Source::Cache,
-            SnapshotData::Known(_) if age <= self.inner.max_stale_ms => Source::Stale,
-            SnapshotData::NotFound if age <= self.inner.negative_ttl_ms => Source::Cache,
-            _ => return None,
-        };
-        Some(Lookup { snapshot: Some(snapshot), source })
+        let inner = &self.inner;
+        let now = now_ms();
+        if let Some(snapshot) = inner.snapshots.get(&id) {
+            let age = snapshot.age_ms(now);
+            match snapshot.data {
+                SnapshotData::Known(_) if age <= inner.ttl_ms => {
+                    return Some(Lookup::found(snapshot, Source::Cache));
+                }
+                SnapshotData::Known(_) if age <= inner.max_stale_ms => {
+                    return Some(Lookup::found(snapshot, Source::Stale));
+                }
+                _ => {}
+            }
+        }
+        let snapshot = inner.unknown.get(&id)?;
+        (snapshot.age_ms(now) <= inner.negative_ttl_ms).then(|| Lookup::found(snapshot, Source::Cache))
     }
 
-    /// Customers cached (approximate: moka counts lazily).
+    /// Customers cached, known and unknown (approximate: moka counts lazily).
     pub fn len(&self) -> u64 {
         self.inner.snapshots.run_pending_tasks();
-        self.inner.snapshots.entry_count()
+        self.inner.unknown.run_pending_tasks();
+        self.inner.snapshots.entry_count() + self.inner.unknown.entry_count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -288,10 +381,12 @@ impl SnapshotCache {
 
     /// Puts a snapshot in directly (benchmarks and tests that need a warm cache).
     pub fn insert(&self, id: CustomerId, data: SnapshotData) {
-        self.inner.snapshots.insert(id, Arc::new(Snapshot::new(data, now_ms())));
+        let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        self.inner.snapshots.insert(id, Arc::new(Snapshot::new(data, now_ms(), generation)));
     }
 
-    /// Starts one background refresh for a stale snapshot, unless one ran too recently.
+    /// Starts one background refresh for a stale snapshot, unless one ran too recently or every
+    /// fetch slot is taken (the stale snapshot keeps being served; a later check tries again).
     fn refresh_in_background(&self, id: CustomerId, snapshot: &Snapshot, now: u64) {
         let last = snapshot.last_attempt_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) < self.inner.min_refresh_interval_ms {
@@ -300,40 +395,66 @@ impl SnapshotCache {
         // Only the check that wins this swap starts the refresh.
         if snapshot.last_attempt_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
         {
-            drop(self.join_or_start_fetch(id));
+            let mut inflight = self.inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            if inflight.contains_key(&id) {
+                return;
+            }
+            match self.inner.fetch_slots.clone().try_acquire_owned() {
+                Ok(slot) => drop(self.spawn_fetch(id, Some(slot), &mut inflight)),
+                Err(_) => self.inner.metrics.budget_exhausted.increment(1),
+            }
         }
     }
 
-    /// The fetch already under way for this customer, or a new one.
-    fn join_or_start_fetch(&self, id: CustomerId) -> Flight {
+    /// The fetch already under way for this customer, or a new one if the budget allows: one
+    /// of `cache.cold_fetches_per_second` and a free fetch slot.
+    fn join_or_start_cold_fetch(&self, id: CustomerId) -> Flight {
         let mut inflight = self.inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, flight)) = inflight.get(&id) {
             return flight.clone();
         }
-        self.spawn_fetch(id, &mut inflight)
+        let slot = self.inner.fetch_slots.clone().try_acquire_owned().ok();
+        match slot {
+            Some(slot) if self.inner.cold_fetches.check().is_ok() => {
+                self.spawn_fetch(id, Some(slot), &mut inflight)
+            }
+            _ => futures_util::future::ready(Err(FetchError::BudgetExhausted)).boxed().shared(),
+        }
     }
 
-    fn start_fetch(&self, id: CustomerId) -> Flight {
+    fn start_fetch(&self, id: CustomerId, slot: Option<OwnedSemaphorePermit>) -> Flight {
         let mut inflight = self.inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-        self.spawn_fetch(id, &mut inflight)
+        self.spawn_fetch(id, slot, &mut inflight)
     }
 
     /// Spawns the fetch as its own task, so it completes (and is cached) even when every caller
-    /// waiting on it has gone away; checks that arrive meanwhile join it.
-    fn spawn_fetch(&self, id: CustomerId, inflight: &mut HashMap<CustomerId, (u64, Flight)>) -> Flight {
+    /// waiting on it has gone away; checks that arrive meanwhile join it. It holds its fetch
+    /// slot until it ends.
+    fn spawn_fetch(
+        &self,
+        id: CustomerId,
+        slot: Option<OwnedSemaphorePermit>,
+        inflight: &mut HashMap<CustomerId, (u64, Flight)>,
+    ) -> Flight {
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
-        let task = tokio::spawn(async move {
-            let result = inner.fetch_and_store(id).await;
-            let mut inflight = inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-            // A newer fetch (from `refresh`) may have replaced this one; leave that in place.
-            if inflight.get(&id).is_some_and(|(g, _)| *g == generation) {
-                inflight.remove(&id);
+        let task = tokio::spawn(
+            async move {
+                let result = inner.fetch_and_store(id, generation).await;
+                drop(slot);
+                let mut inflight = inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+                // A newer fetch (from `refresh`) may have replaced this one; leave that in place.
+                if inflight.get(&id).is_some_and(|(g, _)| *g == generation) {
+                    inflight.remove(&id);
+                }
+                result
             }
-            result
-        });
+            .in_current_span(),
+        );
         let flight = async move {
-            task.await.unwrap_or_else(|e| Err(BillaBearError::Connect(format!("refresh task failed: {e}"))))
+            task.await.unwrap_or_else(|e| {
+                Err(FetchError::BillaBear(BillaBearError::Connect(format!("refresh task failed: {e}"))))
+            })
         }
         .boxed()
         .shared();
@@ -342,24 +463,61 @@ impl SnapshotCache {
     }
 }
 
+/// Stores `snapshot` unless the cache holds one of a higher generation; returns what it
+/// replaced (`Ok`), or the newer snapshot it left in place (`Err`).
+fn store_if_newer(
+    cache: &moka::sync::Cache<CustomerId, Arc<Snapshot>>,
+    id: CustomerId,
+    snapshot: Arc<Snapshot>,
+) -> Result<Option<Arc<Snapshot>>, Arc<Snapshot>> {
+    let mut outcome = Ok(None);
+    cache.entry(id).and_compute_with(|current| match current {
+        Some(current) if current.value().generation > snapshot.generation => {
+            outcome = Err(current.into_value());
+            Op::Nop
+        }
+        current => {
+            outcome = Ok(current.map(|c| c.into_value()));
+            Op::Put(snapshot)
+        }
+    });
+    outcome
+}
+
 impl Inner {
-    /// Asks BillaBear (three calls at once) and caches the answer. A failure keeps a usable
-    /// stale snapshot in place; with nothing usable, it caches the `Unavailable` marker.
-    async fn fetch_and_store(&self, id: CustomerId) -> FetchResult {
+    /// Asks BillaBear (three calls at once) and caches the answer unless a newer one (or an
+    /// invalidation) came first. A failure keeps a usable stale snapshot in place; with nothing
+    /// usable, it caches the `Unavailable` marker.
+    async fn fetch_and_store(&self, id: CustomerId, generation: u64) -> FetchResult {
         let started = Instant::now();
         let result = fetch(&self.client, id).await;
         let now = now_ms();
         match result {
-            Ok(data) => {
+            Ok(SnapshotData::NotFound) => {
                 self.metrics.refresh_ok.record(started.elapsed().as_secs_f64());
-                let snapshot = Arc::new(Snapshot::new(data, now));
-                // Looked up only for the hook: a fetch without one does no extra cache read.
-                let replaced = self.on_fetched.as_ref().map(|hook| (hook, self.snapshots.get(&id)));
-                self.snapshots.insert(id, snapshot.clone());
-                if let Some((hook, replaced)) = replaced {
-                    hook(id, replaced.as_deref(), &snapshot);
+                let snapshot = Arc::new(Snapshot::new(SnapshotData::NotFound, now, generation));
+                if self.snapshots.get(&id).is_none_or(|current| current.generation < generation) {
+                    self.snapshots.invalidate(&id);
+                    self.unknown.insert(id, snapshot.clone());
                 }
                 Ok(snapshot)
+            }
+            Ok(data) => {
+                self.metrics.refresh_ok.record(started.elapsed().as_secs_f64());
+                let snapshot = Arc::new(Snapshot::new(data, now, generation));
+                match store_if_newer(&self.snapshots, id, snapshot.clone()) {
+                    Ok(replaced) => {
+                        self.unknown.invalidate(&id);
+                        if let Some(hook) = &self.on_fetched {
+                            hook(id, replaced.as_deref(), &snapshot);
+                        }
+                        Ok(snapshot)
+                    }
+                    // Fetched after this one started: newer data, or an invalidation (then
+                    // this answer still serves its callers, who asked before the change).
+                    Err(newer) if matches!(newer.data, SnapshotData::Known(_)) => Ok(newer),
+                    Err(_) => Ok(snapshot),
+                }
             }
             Err(e) => {
                 self.metrics.refresh_failed.record(started.elapsed().as_secs_f64());
@@ -368,9 +526,10 @@ impl Inner {
                     matches!(s.data, SnapshotData::Known(_)) && s.age_ms(now) <= self.max_stale_ms
                 });
                 if !usable {
-                    self.snapshots.insert(id, Arc::new(Snapshot::new(SnapshotData::Unavailable, now)));
+                    let marker = Arc::new(Snapshot::new(SnapshotData::Unavailable, now, generation));
+                    let _ = store_if_newer(&self.snapshots, id, marker);
                 }
-                Err(e)
+                Err(e.into())
             }
         }
     }

@@ -16,7 +16,8 @@ pub struct Decision {
     pub allowed: bool,
     pub status: Status,
     /// Stable codes: customer_disabled, disable_limit_exceeded, would_exceed_disable_limit,
-    /// warning_limit_exceeded, near_limit, customer_not_found, upstream_unavailable.
+    /// warning_limit_exceeded, near_limit, customer_not_found, upstream_unavailable,
+    /// upstream_budget_exhausted.
     #[schema(value_type = Vec<String>)]
     pub reasons: Reasons,
     /// BillaBear's cost estimate for the period (minor units, tax included); null when unknown.
@@ -70,7 +71,7 @@ impl Decision {
 /// Decision counters, registered once so the hot path does no registry lookups.
 struct DecisionMetrics {
     by_status: [Counter; 4],
-    by_reason: [Counter; 7],
+    by_reason: [Counter; 8],
     shadow_would_block: Counter,
 }
 
@@ -122,7 +123,7 @@ impl Checker {
     /// Refetches the customer from BillaBear now and decides on the new data.
     pub async fn refresh(&self, id: CustomerId) -> Result<Decision, BillaBearError> {
         let snapshot = self.cache.refresh(id).await?;
-        Ok(self.explain(id, None, Lookup { snapshot: Some(snapshot), source: Source::Upstream }))
+        Ok(self.explain(id, None, Lookup::found(snapshot, Source::Upstream)))
     }
 
     fn explain(&self, id: CustomerId, cost: Option<i64>, lookup: Lookup) -> Decision {
@@ -163,7 +164,12 @@ pub fn explain(
         would_block: verdict.would_block,
     };
     let Some(snapshot) = lookup.snapshot else {
-        return empty(policy::upstream_unavailable(settings), Source::Fallback, None);
+        let why = if lookup.budget_exhausted {
+            Reason::UpstreamBudgetExhausted
+        } else {
+            Reason::UpstreamUnavailable
+        };
+        return empty(policy::upstream_unavailable(why, settings), Source::Fallback, None);
     };
     let known = match &snapshot.data {
         SnapshotData::Known(known) => known,
@@ -171,7 +177,11 @@ pub fn explain(
             return empty(policy::unknown_customer(settings), lookup.source, Some(snapshot.as_ref()));
         }
         SnapshotData::Unavailable => {
-            return empty(policy::upstream_unavailable(settings), Source::Fallback, None);
+            return empty(
+                policy::upstream_unavailable(Reason::UpstreamUnavailable, settings),
+                Source::Fallback,
+                None,
+            );
         }
     };
     let verdict = policy::decide(&known.usage(), cost, settings);
@@ -204,7 +214,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000_000;
 
     fn lookup(data: SnapshotData, age_ms: u64, source: Source) -> Lookup {
-        Lookup { snapshot: Some(Arc::new(Snapshot::fetched_at(data, NOW - age_ms))), source }
+        Lookup::found(Arc::new(Snapshot::fetched_at(data, NOW - age_ms)), source)
     }
 
     fn known(estimate: i64, limits: &[(i64, LimitAction)]) -> SnapshotData {
@@ -254,10 +264,7 @@ mod tests {
     fn no_snapshot_or_an_unavailable_marker_is_the_fallback_policy() {
         let id = CustomerId::new_v4();
         let closed = PolicySettings { fail_mode: FailMode::Closed, ..PolicySettings::default() };
-        for lookup in [
-            Lookup { snapshot: None, source: Source::Fallback },
-            lookup(SnapshotData::Unavailable, 10, Source::Cache),
-        ] {
+        for lookup in [Lookup::fallback(false), lookup(SnapshotData::Unavailable, 10, Source::Cache)] {
             let d = explain(id, Some(5), lookup, &closed, NOW);
             assert_eq!(
                 (d.allowed, d.status, d.fallback, d.source),
@@ -266,6 +273,13 @@ mod tests {
             assert_eq!(d.reasons.iter().collect::<Vec<_>>(), [Reason::UpstreamUnavailable]);
             assert_eq!((d.estimate, d.as_of, d.age_ms, d.cost), (None, None, None, Some(5)));
         }
+    }
+
+    #[test]
+    fn a_cold_customer_past_the_fetch_budget_is_the_fallback_saying_so() {
+        let d = explain(CustomerId::new_v4(), None, Lookup::fallback(true), &PolicySettings::default(), NOW);
+        assert_eq!((d.allowed, d.status, d.fallback), (true, Status::Unknown, true));
+        assert_eq!(d.reasons.iter().collect::<Vec<_>>(), [Reason::UpstreamBudgetExhausted]);
     }
 
     #[test]

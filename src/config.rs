@@ -88,7 +88,10 @@ pub struct RawCache {
     pub min_refresh_interval_ms: u64,
     pub negative_ttl_ms: u64,
     pub max_customers: u64,
+    pub max_unknown_customers: u64,
     pub fetch_concurrency: u32,
+    pub max_concurrent_fetches: u32,
+    pub cold_fetches_per_second: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -420,7 +423,25 @@ fn validate_cache(v: &mut Validator, raw: &RawCache) -> CacheSettings {
         )),
         negative_ttl: Duration::from_millis(v.range("cache.negative_ttl_ms", raw.negative_ttl_ms, 0, DAY_MS)),
         max_customers: v.range("cache.max_customers", raw.max_customers, 1, 100_000_000),
+        max_unknown_customers: v.range(
+            "cache.max_unknown_customers",
+            raw.max_unknown_customers,
+            1,
+            100_000_000,
+        ),
         fetch_concurrency: v.range("cache.fetch_concurrency", raw.fetch_concurrency.into(), 1, 1000) as usize,
+        max_concurrent_fetches: v.range(
+            "cache.max_concurrent_fetches",
+            raw.max_concurrent_fetches.into(),
+            1,
+            10_000,
+        ) as usize,
+        cold_fetches_per_second: v.range(
+            "cache.cold_fetches_per_second",
+            raw.cold_fetches_per_second.into(),
+            1,
+            1_000_000,
+        ) as u32,
     }
 }
 
@@ -652,7 +673,10 @@ pub struct CacheSettings {
     pub min_refresh_interval: Duration,
     pub negative_ttl: Duration,
     pub max_customers: u64,
+    pub max_unknown_customers: u64,
     pub fetch_concurrency: usize,
+    pub max_concurrent_fetches: usize,
+    pub cold_fetches_per_second: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -872,8 +896,8 @@ mod tests {
             ),
             (
                 "outbox.lease_ms",
-                "greater than outbox.timeout_ms",
-                format!("{}\n{}", with("outbox", "timeout_ms = 40000\nlease_ms = 30000"), valid("")),
+                "greater than 3 × outbox.timeout_ms",
+                format!("{}\n{}", with("outbox", "timeout_ms = 12000\nlease_ms = 30000"), valid("")),
             ),
             (
                 "outbox.retry_max_ms",

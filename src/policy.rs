@@ -93,10 +93,13 @@ pub enum Reason {
     CustomerNotFound,
     /// BillaBear could not be reached and nothing usable was cached.
     UpstreamUnavailable,
+    /// Nothing usable was cached and usage-gate's own bound on calls to BillaBear
+    /// (`cache.max_concurrent_fetches`, `cache.cold_fetches_per_second`) was reached.
+    UpstreamBudgetExhausted,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::CustomerDisabled,
         Reason::DisableLimitExceeded,
         Reason::WouldExceedDisableLimit,
@@ -104,6 +107,7 @@ impl Reason {
         Reason::NearLimit,
         Reason::CustomerNotFound,
         Reason::UpstreamUnavailable,
+        Reason::UpstreamBudgetExhausted,
     ];
 
     pub fn code(self) -> &'static str {
@@ -115,6 +119,7 @@ impl Reason {
             Reason::NearLimit => "near_limit",
             Reason::CustomerNotFound => "customer_not_found",
             Reason::UpstreamUnavailable => "upstream_unavailable",
+            Reason::UpstreamBudgetExhausted => "upstream_budget_exhausted",
         }
     }
 
@@ -252,10 +257,10 @@ pub fn unknown_customer(settings: &PolicySettings) -> Verdict {
     apply_mode(allowed, Status::Unknown, [Reason::CustomerNotFound].into(), settings)
 }
 
-/// BillaBear unreachable and nothing usable cached.
-pub fn upstream_unavailable(settings: &PolicySettings) -> Verdict {
+/// BillaBear unreachable (or not asked, `why` says) and nothing usable cached.
+pub fn upstream_unavailable(why: Reason, settings: &PolicySettings) -> Verdict {
     let allowed = settings.fail_mode == FailMode::Open;
-    apply_mode(allowed, Status::Unknown, [Reason::UpstreamUnavailable].into(), settings)
+    apply_mode(allowed, Status::Unknown, [why].into(), settings)
 }
 
 fn apply_mode(allowed: bool, status: Status, reasons: Reasons, settings: &PolicySettings) -> Verdict {
@@ -355,14 +360,16 @@ mod tests {
         let open = PolicySettings::default();
         let closed = PolicySettings { fail_mode: FailMode::Closed, ..open.clone() };
         for (settings, allowed) in [(open, true), (closed, false)] {
-            let v = upstream_unavailable(&settings);
-            assert_eq!((v.allowed, v.status), (allowed, Status::Unknown));
-            assert_eq!(v.reasons.iter().collect::<Vec<_>>(), [UpstreamUnavailable]);
+            for why in [UpstreamUnavailable, UpstreamBudgetExhausted] {
+                let v = upstream_unavailable(why, &settings);
+                assert_eq!((v.allowed, v.status), (allowed, Status::Unknown));
+                assert_eq!(v.reasons.iter().collect::<Vec<_>>(), [why]);
+            }
         }
         let shadow =
             PolicySettings { mode: Mode::Shadow, fail_mode: FailMode::Closed, ..PolicySettings::default() };
-        assert_eq!(upstream_unavailable(&shadow).would_block, Some(true));
-        assert!(upstream_unavailable(&shadow).allowed);
+        assert_eq!(upstream_unavailable(UpstreamUnavailable, &shadow).would_block, Some(true));
+        assert!(upstream_unavailable(UpstreamUnavailable, &shadow).allowed);
     }
 
     #[test]

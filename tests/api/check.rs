@@ -481,3 +481,104 @@ async fn decisions_and_cache_lookups_are_counted_in_metrics() {
         assert!(metrics.contains(series), "{series} missing from /metrics");
     }
 }
+
+#[tokio::test]
+async fn a_fetch_that_began_before_a_limit_change_never_overwrites_the_decision_made_after_it() {
+    let app = TestApp::spawn_with(|raw| raw.billabear.timeout_ms = 3000).await;
+    // A cold check's fetch: the customer and its limits answer at once, its costs a second late.
+    app.sim.set_faults(json!({"latency_ms": 1000, "only": "costs"})).await;
+    let slow = {
+        let app = &app;
+        async move { app.check(ACME).await }
+    };
+    let change = async {
+        eventually(Duration::from_secs(5), "the slow fetch to have read the limits", || async {
+            (app.sim.route_count("GET /api/v1/customer/{id}/usage-limits").await > 0).then_some(())
+        })
+        .await;
+        app.sim.clear_faults().await;
+        let created = app.create_limit(ACME, json!({"amount": 100, "action": "DISABLE"})).await;
+        assert_eq!(created.status(), 201);
+        assert_eq!(app.check(ACME).await["status"], "blocked", "the change is reflected at once");
+    };
+    let (slow, ()) = tokio::join!(slow, change);
+    // The slow check itself may answer with the newer snapshot it found on arriving.
+    assert!(slow["status"] == "ok" || slow["status"] == "blocked", "{slow}");
+    for _ in 0..3 {
+        let decision = app.check(ACME).await;
+        assert_eq!(decision["status"], "blocked", "the older fetch did not overwrite: {decision}");
+    }
+}
+
+#[tokio::test]
+async fn cold_fetches_are_bounded_and_past_the_budget_a_cold_customer_gets_the_fallback() {
+    let app = TestApp::spawn_with(|raw| {
+        raw.cache.cold_fetches_per_second = 50;
+        raw.cache.max_concurrent_fetches = 8;
+    })
+    .await;
+    let mut budget_answers = 0;
+    for _ in 0..3 {
+        let items: Vec<Value> = (0..1000).map(|_| json!({"id": uuid::Uuid::new_v4().to_string()})).collect();
+        let response = app.check_batch(&json!({"customers": items}).to_string()).await;
+        let decisions = response.json::<Value>().await.unwrap()["decisions"].as_array().unwrap().clone();
+        assert_eq!(decisions.len(), 1000);
+        for d in &decisions {
+            if reasons(d) == ["upstream_budget_exhausted"] {
+                assert_eq!((d["fallback"].as_bool(), d["status"].as_str()), (Some(true), Some("unknown")));
+                budget_answers += 1;
+            } else {
+                assert_eq!(reasons(d), ["customer_not_found"], "{d}");
+            }
+        }
+    }
+    let calls = app.sim.route_count("GET /api/v1/customer/{id}").await;
+    // 50 a second, plus what the seconds the batches took let through.
+    assert!(calls <= 300, "{calls} customers fetched from BillaBear for 3,000 random ids");
+    assert_eq!(budget_answers + calls, 3000, "every id either fetched once or refused by the budget");
+    // A customer already cached is still answered while the budget is spent.
+    assert_eq!(app.check(UMBRELLA_OVER).await["status"], "blocked");
+}
+
+#[tokio::test]
+async fn customers_billabear_does_not_know_never_push_real_customers_out_of_the_cache() {
+    let app = TestApp::spawn_with(|raw| {
+        raw.cache.max_customers = 3;
+        raw.cache.max_unknown_customers = 50;
+    })
+    .await;
+    for customer in [ACME, GLOBEX_NEAR, UMBRELLA_OVER] {
+        assert_eq!(app.check(customer).await["source"], "upstream");
+    }
+    for _ in 0..200 {
+        let d = app.check(&uuid::Uuid::new_v4().to_string()).await;
+        assert_eq!(reasons(&d), ["customer_not_found"]);
+    }
+    for customer in [ACME, GLOBEX_NEAR, UMBRELLA_OVER] {
+        assert_eq!(app.check(customer).await["source"], "cache", "{customer} still cached");
+    }
+}
+
+#[tokio::test]
+async fn an_invalidation_stops_a_fetch_already_under_way_from_caching_older_data() {
+    let app = TestApp::spawn_with(|raw| raw.billabear.timeout_ms = 3000).await;
+    let other = app.second_instance().await;
+    app.sim.set_faults(json!({"latency_ms": 1000, "only": "costs"})).await;
+    let slow = async { other.check(ACME).await };
+    let change = async {
+        eventually(Duration::from_secs(5), "the other replica's fetch to have read the limits", || async {
+            (app.sim.route_count("GET /api/v1/customer/{id}/usage-limits").await > 0).then_some(())
+        })
+        .await;
+        app.sim.clear_faults().await;
+        assert_eq!(app.create_limit(ACME, json!({"amount": 100, "action": "DISABLE"})).await.status(), 201);
+    };
+    tokio::join!(slow, change);
+    eventually(Duration::from_secs(2), "the other replica to block Acme", || async {
+        (other.check(ACME).await["status"] == "blocked").then_some(())
+    })
+    .await;
+    for _ in 0..3 {
+        assert_eq!(other.check(ACME).await["status"], "blocked", "the older fetch was not cached");
+    }
+}
