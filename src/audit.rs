@@ -33,6 +33,9 @@ pub enum Outcome {
     Rejected,
     /// BillaBear failed or could not be reached.
     Failed,
+    /// BillaBear's answer never came (timeout, dropped connection) and looking afterwards did
+    /// not tell whether the change was made.
+    Unknown,
 }
 
 impl Outcome {
@@ -42,6 +45,7 @@ impl Outcome {
             Outcome::Success => "success",
             Outcome::Rejected => "rejected",
             Outcome::Failed => "failed",
+            Outcome::Unknown => "unknown",
         }
     }
 }

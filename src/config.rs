@@ -150,6 +150,7 @@ pub struct RawBillaBear {
     #[serde(serialize_with = "redact")]
     pub api_key: SecretString,
     pub timeout_ms: u64,
+    pub admin_timeout_ms: u64,
     pub connect_timeout_ms: u64,
 }
 
@@ -315,6 +316,12 @@ impl RawSettings {
                     self.billabear.timeout_ms,
                     1,
                     60_000,
+                )),
+                admin_timeout: Duration::from_millis(v.range(
+                    "billabear.admin_timeout_ms",
+                    self.billabear.admin_timeout_ms,
+                    1,
+                    120_000,
                 )),
                 connect_timeout: Duration::from_millis(v.range(
                     "billabear.connect_timeout_ms",
@@ -707,7 +714,10 @@ pub struct DatabaseSettings {
 pub struct BillaBearSettings {
     pub base_url: Url,
     pub api_key: SecretString,
+    /// For calls a check waits on.
     pub timeout: Duration,
+    /// For operators' changes (usage limits), which may wait longer than a check.
+    pub admin_timeout: Duration,
     pub connect_timeout: Duration,
 }
 

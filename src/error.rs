@@ -54,6 +54,10 @@ pub enum ApiError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Upstream(#[from] BillaBearError),
+    /// BillaBear's answer to a usage-limit change never came; `exists` is what listing the
+    /// customer's limits afterwards found (None: that failed too, so nobody can tell yet).
+    #[error("{source}; {}", limit_outcome(*.exists))]
+    LimitOutcome { source: BillaBearError, exists: Option<bool> },
     #[error("{0:#}")]
     Internal(#[from] anyhow::Error),
 }
@@ -112,10 +116,19 @@ impl ApiError {
                 FailureKind::Data => "invalid_value",
                 FailureKind::Internal => "internal_error",
             },
-            ApiError::Upstream(BillaBearError::Timeout(_)) => "upstream_timeout",
-            ApiError::Upstream(_) => "upstream_error",
+            ApiError::Upstream(BillaBearError::Timeout(_))
+            | ApiError::LimitOutcome { source: BillaBearError::Timeout(_), .. } => "upstream_timeout",
+            ApiError::Upstream(_) | ApiError::LimitOutcome { .. } => "upstream_error",
             ApiError::Internal(_) => "internal_error",
         }
+    }
+}
+
+fn limit_outcome(exists: Option<bool>) -> &'static str {
+    match exists {
+        Some(true) => "afterwards, the limit exists in BillaBear",
+        Some(false) => "afterwards, the limit does not exist in BillaBear",
+        None => "whether BillaBear made the change is unknown: list the customer's usage limits to see",
     }
 }
 
@@ -138,6 +151,11 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(nullable = false)]
     pub errors: Vec<FieldError>,
+    /// Usage-limit changes whose answer from BillaBear never came: whether the limit exists in
+    /// BillaBear now (null: could not be told).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<bool>)]
+    pub limit_exists: Option<Option<bool>>,
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -148,15 +166,19 @@ pub fn problem_response(
     detail: String,
     errors: Vec<FieldError>,
 ) -> HttpResponse {
-    let body = Problem {
+    HttpResponse::build(status).content_type(PROBLEM_JSON).json(problem(status, code, detail, errors))
+}
+
+fn problem(status: StatusCode, code: &str, detail: String, errors: Vec<FieldError>) -> Problem {
+    Problem {
         kind: format!("urn:usage-gate:problem:{code}"),
         title: status.canonical_reason().unwrap_or("Error").to_owned(),
         status: status.as_u16(),
         detail,
         code: code.to_owned(),
         errors,
-    };
-    HttpResponse::build(status).content_type(PROBLEM_JSON).json(body)
+        limit_exists: None,
+    }
 }
 
 impl ResponseError for ApiError {
@@ -176,8 +198,11 @@ impl ResponseError for ApiError {
                 FailureKind::Data => StatusCode::BAD_REQUEST,
                 FailureKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             },
-            ApiError::Upstream(BillaBearError::Timeout(_)) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Upstream(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Upstream(BillaBearError::Timeout(_))
+            | ApiError::LimitOutcome { source: BillaBearError::Timeout(_), .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            ApiError::Upstream(_) | ApiError::LimitOutcome { .. } => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -200,7 +225,14 @@ impl ResponseError for ApiError {
             ApiError::Storage(_) => ("storage is unavailable; nothing was stored, retry".to_owned(), vec![]),
             other => (other.to_string(), vec![]),
         };
-        let mut response = problem_response(status, self.code(), detail, errors);
+        let mut response = match self {
+            ApiError::LimitOutcome { exists, .. } => {
+                let mut body = problem(status, self.code(), detail, errors);
+                body.limit_exists = Some(*exists);
+                HttpResponse::build(status).content_type(PROBLEM_JSON).json(body)
+            }
+            _ => problem_response(status, self.code(), detail, errors),
+        };
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

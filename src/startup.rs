@@ -29,6 +29,7 @@ use crate::{db, routes, telemetry};
 pub struct AppState {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
+    /// For operators' calls: with `billabear.admin_timeout`.
     pub billabear: BillaBearClient,
     pub checker: Checker,
     /// Group commit for accepted events.
@@ -98,10 +99,11 @@ impl Application {
         );
         let checker = Checker::new(cache, settings.policy.clone());
         let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout);
+        let admin_billabear = billabear.with_timeout(settings.billabear.admin_timeout);
         let state = web::Data::new(AppState {
             settings: Arc::new(settings),
             pool,
-            billabear,
+            billabear: admin_billabear,
             checker,
             ingest,
             subscriptions,

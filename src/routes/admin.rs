@@ -123,16 +123,80 @@ pub async fn create_limit(
     entry.details = json!({"amount": limit.amount, "action": limit.action.as_str()});
     // Recorded before BillaBear is asked: without Postgres, nothing is done (503).
     let record = audit::record(&state.pool, &entry).await?;
-    match state.billabear.create_usage_limit(customer, &limit).await {
+    // What exists already, so that if BillaBear's answer never comes the new limit can be told
+    // from an identical older one (if this fails, any identical limit counts as the new one).
+    let before = state.billabear.list_usage_limits(customer).await.ok();
+    let created = match state.billabear.create_usage_limit(customer, &limit).await {
         Ok(created) => {
-            let id = created.id.to_string();
-            conclude(&state, record, Outcome::Success, Some(201), Some(&id), json!({})).await;
-            state.customer_changed(customer).await;
-            Ok(HttpResponse::Created()
-                .insert_header(("Location", format!("/v1/customers/{customer}/usage-limits/{id}")))
-                .json(created))
+            conclude(&state, record, Outcome::Success, Some(201), Some(&created.id.to_string()), json!({}))
+                .await;
+            created
         }
-        Err(e) => Err(failed(&state, record, e, customer).await),
+        Err(e) if outcome_unknown(&e) => {
+            let found = look_for_created(&state, customer, &limit, before.as_deref()).await;
+            let made = found.as_ref().map(Option::is_some).map_err(Clone::clone);
+            let target = found.as_ref().ok().and_then(Option::as_ref).map(|l| l.id.to_string());
+            settle(&state, record, e, made, target.as_deref()).await?;
+            // Settled as made only when found.
+            found.ok().flatten().ok_or_else(|| anyhow::anyhow!("a limit settled as made was not found"))?
+        }
+        Err(e) => return Err(failed(&state, record, e, customer).await),
+    };
+    state.customer_changed(customer).await;
+    let id = created.id.to_string();
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/v1/customers/{customer}/usage-limits/{id}")))
+        .json(created))
+}
+
+/// BillaBear may have acted on a request whose answer never came (or could not be read).
+fn outcome_unknown(e: &BillaBearError) -> bool {
+    match e {
+        BillaBearError::Timeout(_) | BillaBearError::Connect(_) => true,
+        BillaBearError::InvalidBody { status, .. } => (200..300).contains(status),
+        _ => false,
+    }
+}
+
+/// After a create whose answer never came: the limit that is now there and was not before.
+async fn look_for_created(
+    state: &AppState,
+    customer: CustomerId,
+    limit: &NewUsageLimit,
+    before: Option<&[UsageLimit]>,
+) -> Result<Option<UsageLimit>, BillaBearError> {
+    let now = state.billabear.list_usage_limits(customer).await?;
+    let existed = |id: LimitId| before.is_some_and(|before| before.iter().any(|l| l.id == id));
+    Ok(now.into_iter().find(|l| l.amount == limit.amount && l.action == limit.action && !existed(l.id)))
+}
+
+/// Settles a change whose answer never came, from what BillaBear shows now: `Ok(true)` the
+/// change is there (success), `Ok(false)` it is not (failed), `Err` looking failed too (the
+/// record stays `unknown`). `Ok(())` when the change was made; otherwise the answer to give,
+/// which tells whether the limit exists.
+async fn settle(
+    state: &AppState,
+    record: i64,
+    error: BillaBearError,
+    made: Result<bool, BillaBearError>,
+    target: Option<&str>,
+) -> Result<(), ApiError> {
+    let message = error.to_string();
+    let (outcome, details) = match &made {
+        Ok(true) => {
+            (Outcome::Success, json!({"message": message, "verified": "made: found in BillaBear afterwards"}))
+        }
+        Ok(false) => (
+            Outcome::Failed,
+            json!({"message": message, "verified": "not made: not in BillaBear afterwards"}),
+        ),
+        Err(e) => (Outcome::Unknown, json!({"message": message, "verify_error": e.to_string()})),
+    };
+    conclude(state, record, outcome, None, target, details).await;
+    match made {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(ApiError::LimitOutcome { source: error, exists: Some(false) }),
+        Err(_) => Err(ApiError::LimitOutcome { source: error, exists: None }),
     }
 }
 
@@ -180,13 +244,25 @@ pub async fn delete_limit(
     };
     let details = json!({"amount": found.amount, "action": found.action.as_str()});
     match state.billabear.delete_usage_limit(customer, limit).await {
-        Ok(()) => {
-            conclude(&state, record, Outcome::Success, Some(200), None, details).await;
-            state.customer_changed(customer).await;
-            Ok(HttpResponse::NoContent().finish())
+        Ok(()) => conclude(&state, record, Outcome::Success, Some(200), None, details).await,
+        Err(e) if outcome_unknown(&e) => {
+            let gone = state
+                .billabear
+                .list_usage_limits(customer)
+                .await
+                .map(|now| now.iter().all(|l| l.id != limit));
+            settle(&state, record, e, gone, None).await.map_err(|answer| match answer {
+                // For a delete, "made" means the limit is gone.
+                ApiError::LimitOutcome { source, exists: Some(false) } => {
+                    ApiError::LimitOutcome { source, exists: Some(true) }
+                }
+                other => other,
+            })?;
         }
-        Err(e) => Err(failed(&state, record, e, customer).await),
+        Err(e) => return Err(failed(&state, record, e, customer).await),
     }
+    state.customer_changed(customer).await;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// A `POST .../usage-limits` body: every invalid field is named.

@@ -51,7 +51,8 @@ impl Check {
     (status = 503, description = "A required dependency failed; `checks` says which", body = Readiness),
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let (migrations, billabear) = tokio::join!(db::migration_status(&state.pool), state.billabear.probe());
+    let probe = state.billabear.with_timeout(state.settings.billabear.timeout);
+    let (migrations, billabear) = tokio::join!(db::migration_status(&state.pool), probe.probe());
     let (postgres, migrations) = match migrations {
         Ok(status) if status.missing.is_empty() => (
             Check::new(true, true, "reachable"),

@@ -116,17 +116,20 @@ async fn invalid_limits_are_422s_naming_the_field_never_sent_and_audited_as_reje
 
 #[tokio::test]
 async fn with_billabear_failing_a_change_is_a_502_or_504_and_audited_as_failed() {
-    let app = TestApp::spawn().await;
+    let app = TestApp::spawn_with(|raw| raw.billabear.admin_timeout_ms = 400).await;
     app.sim.set_faults(json!({"outage": "unavailable", "only": "usage-limit"})).await;
     let response = app.create_limit(ACME, json!({"amount": 500, "action": "DISABLE"})).await;
     assert_problem(response, 502, "upstream_error").await;
+    // The create hangs, and so does looking afterwards: nobody can tell whether it was made.
     app.sim.set_faults(json!({"outage": "hang", "only": "usage-limit"})).await;
     let response = app.create_limit(ACME, json!({"amount": 500, "action": "DISABLE"})).await;
-    assert_problem(response, 504, "upstream_timeout").await;
+    let problem = assert_problem(response, 504, "upstream_timeout").await;
+    assert_eq!(problem["limit_exists"], Value::Null);
+    assert!(problem.as_object().unwrap().contains_key("limit_exists"), "{problem}");
     let rows = app.audit_rows("usage_limit.create").await;
     let outcomes: Vec<(&str, Option<i64>)> =
         rows.iter().map(|r| (r["outcome"].as_str().unwrap(), r["upstream_status"].as_i64())).collect();
-    assert_eq!(outcomes, [("failed", Some(503)), ("failed", None)]);
+    assert_eq!(outcomes, [("failed", Some(503)), ("unknown", None)]);
     assert!(rows.iter().all(|r| r["details"]["message"].is_string()));
     app.sim.clear_faults().await;
     assert_eq!(app.check_status(ACME).await["status"], "ok", "nothing was changed");
@@ -425,4 +428,56 @@ async fn nul_in_an_audit_filter_is_a_400_naming_it_and_a_webhook_quoting_nul_is_
     let response = app.create_limit(ACME, json!({"amount": "\u{0}", "action": "DISABLE"})).await;
     assert_problem(response, 422, "validation_failed").await;
     assert_eq!(app.audit_rows("usage_limit.create").await[0]["details"]["amount"], "\u{FFFD}");
+}
+
+#[tokio::test]
+async fn an_admin_change_waits_longer_than_a_check_would() {
+    // Checks give up after 500 ms (test settings); an operator's change has its own timeout.
+    let app = TestApp::spawn().await;
+    app.sim.set_faults(json!({"latency_ms": 800, "only": "usage-limit"})).await;
+    let response = app.create_limit(ACME, json!({"amount": 100, "action": "DISABLE"})).await;
+    assert_eq!(response.status(), 201);
+    let [row] = &app.audit_rows("usage_limit.create").await[..] else { panic!("one record") };
+    assert_eq!(row["outcome"], "success");
+    app.sim.clear_faults().await;
+    assert_eq!(app.check_status(ACME).await["status"], "blocked");
+}
+
+#[tokio::test]
+async fn a_change_whose_answer_never_came_is_settled_by_looking_at_billabear() {
+    let app = TestApp::spawn_with(|raw| raw.billabear.admin_timeout_ms = 300).await;
+    // BillaBear creates the limit but answers too late.
+    app.sim
+        .set_faults(json!({"late_answer_ms": 600, "only": "POST /api/v1/customer/{id}/usage-limits"}))
+        .await;
+    let response = app.create_limit(ACME, json!({"amount": 100, "action": "DISABLE"})).await;
+    assert_eq!(response.status(), 201, "it was made, and the answer says so");
+    let created: Value = response.json().await.unwrap();
+    let limits = app.sim.customer(ACME).await["limits"].clone();
+    assert_eq!(limits.as_array().unwrap().len(), 2, "created once: {limits}");
+    assert!(limits.as_array().unwrap().iter().any(|l| l["id"] == created["id"]));
+    let [row] = &app.audit_rows("usage_limit.create").await[..] else { panic!("one record") };
+    assert_eq!(
+        (row["outcome"].as_str(), row["target_id"].as_str()),
+        (Some("success"), created["id"].as_str())
+    );
+    assert!(row["details"]["verified"].as_str().unwrap().starts_with("made"), "{row}");
+    assert_eq!(app.check_status(ACME).await["status"], "blocked");
+
+    // BillaBear hangs before doing anything: looking afterwards finds no limit.
+    app.sim.set_faults(json!({"outage": "hang", "only": "POST /api/v1/customer/{id}/usage-limits"})).await;
+    let response = app.create_limit(ACME, json!({"amount": 200, "action": "WARNING"})).await;
+    assert_eq!(assert_problem(response, 504, "upstream_timeout").await["limit_exists"], false);
+    let rows = app.audit_rows("usage_limit.create").await;
+    assert_eq!(rows[1]["outcome"], "failed");
+    assert!(rows[1]["details"]["verified"].as_str().unwrap().starts_with("not made"), "{rows:?}");
+
+    // A delete answered too late: the limit is gone, so the delete succeeded.
+    app.sim.set_faults(json!({"late_answer_ms": 600, "only": "DELETE"})).await;
+    let id = created["id"].as_str().unwrap();
+    let response =
+        app.admin(reqwest::Method::DELETE, &format!("/v1/customers/{ACME}/usage-limits/{id}"), None).await;
+    assert_eq!(response.status(), 204);
+    let [row] = &app.audit_rows("usage_limit.delete").await[..] else { panic!("one record") };
+    assert_eq!(row["outcome"], "success");
 }
