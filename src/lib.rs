@@ -12,6 +12,7 @@ pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod invalidation;
+pub mod memo;
 pub mod outbox;
 pub mod policy;
 pub mod routes;

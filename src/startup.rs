@@ -3,6 +3,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::middleware::from_fn;
@@ -19,8 +20,10 @@ use crate::config::Settings;
 use crate::domain::CustomerId;
 use crate::error::{self, ApiError};
 use crate::invalidation::Invalidation;
+use crate::memo::Memo;
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::outbox::ingest::Ingest;
+use crate::outbox::store::Stats;
 use crate::policy::PolicySettings;
 use crate::subscriptions::Subscriptions;
 use crate::{db, routes, telemetry};
@@ -38,7 +41,16 @@ pub struct AppState {
     /// Tells other replicas when a customer changed.
     pub invalidation: Invalidation,
     pub metrics: PrometheusHandle,
+    /// `/readyz`'s answer, recomputed at most every [`READINESS_EVERY`].
+    pub readiness: Memo<routes::health::Readiness>,
+    /// The outbox's counts for `/metrics`, read at most every [`OUTBOX_STATS_EVERY`].
+    pub outbox_stats: Memo<Option<Stats>>,
 }
+
+/// How stale `/readyz` and the outbox figures in `/metrics` may be: both are open to anyone,
+/// and each answer costs a BillaBear call or a count over the outbox.
+pub const READINESS_EVERY: Duration = Duration::from_secs(2);
+pub const OUTBOX_STATS_EVERY: Duration = Duration::from_secs(5);
 
 impl AppState {
     /// After a change to the customer in BillaBear: refetch it here, so the very next check
@@ -109,6 +121,8 @@ impl Application {
             subscriptions,
             invalidation,
             metrics,
+            readiness: Memo::new(READINESS_EVERY),
+            outbox_stats: Memo::new(OUTBOX_STATS_EVERY),
         });
         let metrics_server = match metrics_address {
             Some(address) => Some(metrics_server(address, state.clone())?),

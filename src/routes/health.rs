@@ -1,6 +1,8 @@
 //! `/healthz` (the process is alive) and `/readyz` (it can do its job: Postgres reachable and
 //! migrated; BillaBear's reachability is reported but does not fail readiness, since checks keep
-//! answering from the cache and events wait in the outbox while BillaBear is down).
+//! answering from the cache and events wait in the outbox while BillaBear is down). `/readyz`
+//! needs no key, so its answer is reused for a couple of seconds rather than asking Postgres and
+//! BillaBear on every request.
 
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
@@ -18,21 +20,21 @@ pub async fn healthz() -> web::Json<Health> {
     web::Json(Health { status: "ok" })
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// `ready` or `not_ready`.
     pub status: &'static str,
     pub checks: Checks,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Checks {
     pub postgres: Check,
     pub migrations: Check,
     pub billabear: Check,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Check {
     pub ok: bool,
     /// Whether a failure makes the service not ready.
@@ -51,6 +53,13 @@ impl Check {
     (status = 503, description = "A required dependency failed; `checks` says which", body = Readiness),
 ))]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let body = state.readiness.get(|| readiness(&state), |_| true).await;
+    let ready = body.status == "ready";
+    if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+/// Asks Postgres and BillaBear (at most every `startup::READINESS_EVERY`, see `readyz`).
+async fn readiness(state: &AppState) -> Readiness {
     let probe = state.billabear.with_timeout(state.settings.billabear.timeout);
     let (migrations, billabear) = tokio::join!(db::migration_status(&state.pool), probe.probe());
     let (postgres, migrations) = match migrations {
@@ -72,9 +81,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Err(e) => Check::new(false, false, e.to_string()),
     };
     let ready = postgres.ok && migrations.ok;
-    let body = Readiness {
+    Readiness {
         status: if ready { "ready" } else { "not_ready" },
         checks: Checks { postgres, migrations, billabear },
-    };
-    if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+    }
 }

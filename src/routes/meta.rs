@@ -10,8 +10,13 @@ use crate::startup::AppState;
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    // The queue's size comes from Postgres (shared by every replica), read at scrape time.
-    if let Ok(stats) = crate::outbox::store::stats(&state.pool).await {
+    // The queue's size comes from Postgres (shared by every replica), read at most every few
+    // seconds however often this is scraped.
+    let stats = state
+        .outbox_stats
+        .get(|| async { crate::outbox::store::stats(&state.pool).await.ok() }, Option::is_some)
+        .await;
+    if let Some(stats) = stats {
         for (status, count) in
             [("pending", stats.pending), ("delivered", stats.delivered), ("dead", stats.dead)]
         {

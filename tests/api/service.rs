@@ -103,8 +103,31 @@ async fn the_openapi_document_and_offline_docs_page_are_served() {
 async fn metrics_count_requests_by_route_and_upstream_calls_by_operation() {
     let app = TestApp::spawn().await;
     assert_eq!(app.get("/readyz", None).await.status(), 200);
+    // A check fetches a customer (on its own, this test must not rely on others' calls).
+    assert_eq!(app.get(&format!("/v1/customers/{ACME}/check"), Some(CHECK_KEY)).await.status(), 200);
     let text = app.get("/metrics", None).await.text().await.unwrap();
     assert!(text.contains(r#"http_requests_total{method="GET",route="/readyz",status="200"}"#), "{text}");
     assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
     assert!(text.contains(r#"billabear_requests_total{operation="get_customer",outcome="ok"}"#), "{text}");
+}
+
+#[tokio::test]
+async fn a_flood_of_readiness_probes_and_scrapes_costs_billabear_and_postgres_almost_nothing() {
+    let app = TestApp::spawn().await;
+    for _ in 0..20 {
+        assert_eq!(app.get("/readyz", None).await.status(), 200);
+    }
+    let probes = app.sim.route_count("GET /api/v1/customer/{id}").await;
+    assert!(probes <= 2, "{probes} BillaBear probes for 20 readiness checks");
+
+    assert_eq!(app.get("/metrics", None).await.status(), 200);
+    // With the outbox locked, counting it would wait: scrapes must answer from what was read.
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox IN ACCESS EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    for _ in 0..5 {
+        let scrape = app.http.get(app.url("/metrics")).timeout(std::time::Duration::from_secs(2)).send();
+        let text = scrape.await.expect("answered without counting the outbox").text().await.unwrap();
+        assert!(text.contains("usage_gate_outbox_events"), "{text}");
+    }
+    lock.rollback().await.unwrap();
 }
