@@ -286,3 +286,47 @@ async fn pruning_goes_in_chunks_and_one_replica_at_a_time() {
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn an_event_id_resent_while_its_old_row_is_pruned_is_answered_as_stored() {
+    let (_, pool) = fresh_database().await;
+    store::accept(&mut pool.acquire().await.unwrap(), &[event("race", 1.0)]).await.unwrap();
+    sqlx::query("UPDATE outbox SET status = 'delivered', delivered_at = now() - interval '40 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Pruning commits in another session exactly between the insert that ran into the old row
+    // and the read of what is stored (dblink: a second connection inside the statement).
+    let database: String = sqlx::query_scalar("SELECT current_database()").fetch_one(&pool).await.unwrap();
+    let url = url::Url::parse(&base_database_url()).unwrap();
+    let other = format!(
+        "host={} port={} user={} dbname={database}",
+        url.host_str().unwrap(),
+        url.port().unwrap_or(5432),
+        url.username()
+    );
+    for statement in [
+        "CREATE EXTENSION IF NOT EXISTS dblink".to_owned(),
+        format!(
+            "CREATE FUNCTION test_prune_now() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 PERFORM dblink_exec('{other}', 'DELETE FROM outbox WHERE status = ''delivered''');
+                 RETURN NULL;
+             END $$"
+        ),
+        "CREATE TRIGGER test_prune_now AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION test_prune_now()"
+            .to_owned(),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&pool).await.unwrap();
+    }
+    let outcome = store::accept(&mut pool.acquire().await.unwrap(), &[event("race", 1.0)]).await.unwrap();
+    let stored: Vec<String> = sqlx::query_scalar("SELECT status FROM outbox WHERE event_id = 'race'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (outcome, stored),
+        (vec![Accepted::New], vec!["pending".to_owned()]),
+        "the answer matches what is stored"
+    );
+}
