@@ -9,8 +9,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Serialize;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
@@ -164,11 +162,11 @@ pub struct Filter {
     pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// Newest first: up to `limit` records older than the cursor (all when none).
+/// Newest first: up to `limit` records with ids below `before` (all when none).
 pub async fn list(
     pool: &PgPool,
     filter: &Filter,
-    cursor: Option<Cursor>,
+    before: Option<i64>,
     limit: i64,
 ) -> Result<Vec<AuditRecord>, sqlx::Error> {
     sqlx::query_as(
@@ -188,31 +186,10 @@ pub async fn list(
     .bind(&filter.actor)
     .bind(filter.since)
     .bind(filter.until)
-    .bind(cursor.map(|c| c.0))
+    .bind(before)
     .bind(limit)
     .fetch_all(pool)
     .await
-}
-
-/// Where the next page starts: opaque to clients (they pass back what they were given).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor(i64);
-
-impl Cursor {
-    /// The page after the one that ended with this record.
-    pub fn after(record_id: i64) -> Self {
-        Self(record_id)
-    }
-
-    pub fn encode(self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("audit:{}", self.0))
-    }
-
-    pub fn decode(s: &str) -> Option<Self> {
-        let bytes = URL_SAFE_NO_PAD.decode(s).ok()?;
-        let text = std::str::from_utf8(&bytes).ok()?;
-        text.strip_prefix("audit:")?.parse().ok().filter(|id| *id > 0).map(Self)
-    }
 }
 
 /// Records decision transitions (`ok`, `warning`, `blocked`) seen when snapshots are fetched,
@@ -336,17 +313,6 @@ async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), s
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_cursor_round_trips_and_foreign_strings_are_refused() {
-        let cursor = Cursor::after(12_345);
-        assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
-        for bad in
-            ["", "12345", "not base64!", &URL_SAFE_NO_PAD.encode("audit:-3"), &URL_SAFE_NO_PAD.encode("x:1")]
-        {
-            assert_eq!(Cursor::decode(bad), None, "{bad:?}");
-        }
-    }
 
     #[test]
     fn a_batch_keeps_each_customers_observations_in_order_across_rounds() {

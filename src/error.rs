@@ -40,13 +40,17 @@ pub enum ApiError {
     Unprocessable { detail: String, errors: Vec<FieldError> },
     #[error("{0}")]
     NotFound(String),
+    /// A known path with a method it does not take; the ones it does, for `Allow`.
+    #[error("this path takes only {0}")]
+    MethodNotAllowed(&'static str),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("{0}")]
     Conflict(String),
-    /// A repeated event whose stored copy is dead (422): it was not delivered.
+    /// A repeated event whose stored copy is dead (409: it conflicts with what is stored, and
+    /// was not delivered).
     #[error("{0}")]
     EventDead(String),
     /// Postgres failed; what the caller is told depends on the failure's kind (see `db::classify`).
@@ -107,6 +111,7 @@ impl ApiError {
             ApiError::BadRequest { .. } => "invalid_request",
             ApiError::Unprocessable { .. } => "validation_failed",
             ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Conflict(_) => "conflict",
@@ -189,10 +194,11 @@ impl ResponseError for ApiError {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::EventDead(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::EventDead(_) => StatusCode::CONFLICT,
             ApiError::Storage(e) => match e.kind {
                 FailureKind::Unavailable | FailureKind::Contention => StatusCode::SERVICE_UNAVAILABLE,
                 FailureKind::Data => StatusCode::BAD_REQUEST,
@@ -235,6 +241,9 @@ impl ResponseError for ApiError {
         };
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::MethodNotAllowed(allow) = self {
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -33,7 +33,7 @@ pub struct OutboxCounts {
 }
 
 #[utoipa::path(get, path = "/v1/customers/{customer_id}", tag = "admin", security(("bearer" = [])),
-    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)")),
+    params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
     responses(
         (status = 200, body = CustomerView),
         (status = 400, body = crate::error::Problem, content_type = "application/problem+json"),
@@ -60,7 +60,7 @@ pub async fn show_customer(
 }
 
 #[utoipa::path(get, path = "/v1/customers/{customer_id}/usage-limits", tag = "admin", security(("bearer" = [])),
-    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)")),
+    params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
     responses(
         (status = 200, description = "The customer's limits, as BillaBear has them now", body = LimitList),
         (status = 404, body = crate::error::Problem, content_type = "application/problem+json"),
@@ -83,8 +83,8 @@ pub struct LimitList {
 }
 
 #[utoipa::path(post, path = "/v1/customers/{customer_id}/usage-limits", tag = "admin", security(("bearer" = [])),
-    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)")),
-    request_body(content = Object, description = r#"{"amount": 5000, "action": "DISABLE"}: amount a positive integer in minor units; action WARNING or DISABLE (any case)"#),
+    params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
+    request_body(content = NewLimitBody, description = r#"{"amount": 5000, "action": "DISABLE"}: amount a positive integer in minor units; action WARNING or DISABLE (any case)"#),
     responses(
         (status = 201, description = "Created in BillaBear; the next check reflects it", body = Object),
         (status = 404, description = "BillaBear has no such customer", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -202,8 +202,8 @@ async fn settle(
 
 #[utoipa::path(delete, path = "/v1/customers/{customer_id}/usage-limits/{limit_id}", tag = "admin", security(("bearer" = [])),
     params(
-        ("customer_id" = String, Path, description = "BillaBear customer id (UUID)"),
-        ("limit_id" = String, Path, description = "The usage limit's id (UUID)"),
+        ("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)"),
+        ("limit_id" = uuid::Uuid, Path, description = "The usage limit's id (UUID)"),
     ),
     responses(
         (status = 204, description = "Deleted in BillaBear; the next check reflects it"),
@@ -265,6 +265,18 @@ pub async fn delete_limit(
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// The body of `POST .../usage-limits`, for the document (`parse_new_limit` reads it).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct NewLimitBody {
+    /// Minor units; the limit fires when the estimate is strictly greater.
+    #[schema(minimum = 1)]
+    amount: i64,
+    /// WARNING or DISABLE, in any case.
+    #[schema(pattern = "^([Ww][Aa][Rr][Nn][Ii][Nn][Gg]|[Dd][Ii][Ss][Aa][Bb][Ll][Ee])$")]
+    action: String,
+}
+
 /// A `POST .../usage-limits` body: every invalid field is named.
 pub fn parse_new_limit(body: &Value) -> Result<NewUsageLimit, Vec<FieldError>> {
     let mut errors = vec![];
@@ -273,7 +285,7 @@ pub fn parse_new_limit(body: &Value) -> Result<NewUsageLimit, Vec<FieldError>> {
             errors.push(FieldError::new("amount", "required: a positive integer, minor units"));
             None
         }
-        Some(value) => match value.as_i64().filter(|a| *a > 0) {
+        Some(value) => match whole_number(value).filter(|a| *a > 0) {
             Some(amount) => Some(amount),
             None => {
                 errors.push(FieldError::new(
@@ -301,6 +313,16 @@ pub fn parse_new_limit(body: &Value) -> Result<NewUsageLimit, Vec<FieldError>> {
         (Some(amount), Some(action)) if errors.is_empty() => Ok(NewUsageLimit { amount, action }),
         _ => Err(errors),
     }
+}
+
+/// An integer, also when spelled with a zero fraction (`5000.0`, which JSON Schema counts as an
+/// integer too); BillaBear is sent the integer.
+fn whole_number(value: &Value) -> Option<i64> {
+    value.as_i64().or_else(|| {
+        let f = value.as_f64()?;
+        // Within 2^53, where every integer is exactly a double.
+        (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i64)
+    })
 }
 
 /// BillaBear's refusal or failure as the admin API answers it.
@@ -376,6 +398,10 @@ mod tests {
         assert_eq!(
             parse_new_limit(&json!({"amount": 1, "action": "WARNING", "extra": true})),
             Ok(NewUsageLimit { amount: 1, action: LimitAction::Warning })
+        );
+        assert_eq!(
+            parse_new_limit(&json!({"amount": 3957299944604836.0, "action": "diSablE"})),
+            Ok(NewUsageLimit { amount: 3957299944604836, action: LimitAction::Disable })
         );
         let fields = |body: Value| -> Vec<String> {
             parse_new_limit(&body).unwrap_err().into_iter().map(|e| e.field).collect()

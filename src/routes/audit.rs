@@ -3,26 +3,33 @@
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 
-use super::{customer_id, page_limit, text_param};
-use crate::audit::{self, AuditRecord, Cursor, Filter};
+use super::{customer_id, next_cursor, page_cursor, page_limit, text_param};
+use crate::audit::{self, AuditRecord, Filter};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct AuditQuery {
     /// Only this customer's records.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub customer: Option<String>,
     /// e.g. usage_limit.create, usage_limit.delete, decision.transition, webhook.customer_disabled.
+    #[param(max_length = 255, pattern = "^[^\\u0000]*$")]
     pub action: Option<String>,
     /// The API key's name; `billabear` for webhooks, `usage-gate` for decision transitions.
+    #[param(max_length = 255, pattern = "^[^\\u0000]*$")]
     pub actor: Option<String>,
     /// RFC 3339; records at or after.
+    #[param(format = DateTime)]
     pub since: Option<String>,
     /// RFC 3339; records before.
+    #[param(format = DateTime)]
     pub until: Option<String>,
     /// 1 to 500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
 }
 
@@ -57,16 +64,8 @@ pub async fn list(
         until: time(&query.until, "until")?,
     };
     let limit = page_limit(query.limit)?;
-    let cursor = query
-        .cursor
-        .as_deref()
-        .map(|c| {
-            Cursor::decode(c).ok_or_else(|| ApiError::invalid_field("cursor", "not a cursor from this API"))
-        })
-        .transpose()?;
-    let records = audit::list(&state.pool, &filter, cursor, limit).await?;
-    let next_cursor = (records.len() as i64 == limit)
-        .then(|| records.last().map(|r| Cursor::after(r.id).encode()))
-        .flatten();
+    let before = page_cursor(query.cursor.as_deref())?;
+    let records = audit::list(&state.pool, &filter, before, limit).await?;
+    let next_cursor = next_cursor(records.len(), limit, records.last().map(|r| r.id));
     Ok(web::Json(AuditPage { records, next_cursor }))
 }

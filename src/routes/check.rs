@@ -30,7 +30,7 @@ pub struct CheckQuery {
 
 /// May this customer keep using the product?
 #[utoipa::path(get, path = "/v1/customers/{customer_id}/check", tag = "check", security(("bearer" = [])),
-    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)"), CheckQuery),
+    params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)"), CheckQuery),
     responses(
         (status = 200, body = Decision),
         (status = 400, description = "customer_id not a UUID, or cost not a non-negative integer", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -59,49 +59,53 @@ fn json_ok(value: &impl Serialize, size_hint: usize) -> HttpResponse {
     }
 }
 
+/// The body of `POST /v1/check` (documentation: the handler reads each item on its own, so
+/// an invalid item is answered in its place instead of failing the batch).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct BatchRequest {
-    /// 1 to 1000 customers, answered in order.
-    pub customers: Vec<BatchItem>,
+pub struct CheckBatchRequest {
+    /// 1 to 1000 customers, answered in order: `{"id": UUID, "cost": minor units}` each; an
+    /// item of another shape is answered with its own error in its place.
+    #[schema(min_items = 1, max_items = 1000, value_type = Vec<Value>)]
+    pub customers: Vec<CheckBatchItem>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-pub struct BatchItem {
-    #[schema(format = Uuid)]
+pub struct CheckBatchItem {
+    /// The customer id (a UUID); anything else is answered with this item's error.
     pub id: String,
-    #[schema(minimum = 0)]
+    /// Minor units about to be spent; a negative or fractional one is this item's error.
     pub cost: Option<i64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct BatchResponse {
+pub struct CheckBatchResponse {
     /// One per requested customer, in order: a decision, or that item's error.
-    pub decisions: Vec<BatchAnswer>,
+    pub decisions: Vec<CheckBatchAnswer>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
-pub enum BatchAnswer {
+pub enum CheckBatchAnswer {
     Decision(Box<Decision>),
-    Invalid(ItemError),
+    Invalid(CheckItemError),
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ItemError {
+pub struct CheckItemError {
     /// The item as sent, when it had an id.
     pub customer_id: Option<Value>,
     pub error: FieldError,
 }
 
 /// Checks one item of a batch as sent, without failing the others.
-fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>), ItemError> {
+fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>), CheckItemError> {
     let at = |field: &str| format!("customers[{index}].{field}");
-    let invalid = |field: &str, message: &str| ItemError {
+    let invalid = |field: &str, message: &str| CheckItemError {
         customer_id: item.get("id").cloned(),
         error: FieldError::new(at(field), message),
     };
     let Some(object) = item.as_object() else {
-        return Err(ItemError {
+        return Err(CheckItemError {
             customer_id: None,
             error: FieldError::new(format!("customers[{index}]"), "must be an object with id and cost"),
         });
@@ -122,9 +126,9 @@ fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>), I
 
 /// Many customers at once; cold ones are fetched concurrently (`cache.fetch_concurrency`).
 #[utoipa::path(post, path = "/v1/check", tag = "check", security(("bearer" = [])),
-    request_body = BatchRequest,
+    request_body = CheckBatchRequest,
     responses(
-        (status = 200, description = "One answer per item, in order; invalid items carry their own error", body = BatchResponse),
+        (status = 200, description = "One answer per item, in order; invalid items carry their own error", body = CheckBatchResponse),
         (status = 400, description = "Body not JSON, or customers missing, empty or over 1000", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, body = crate::error::Problem, content_type = "application/problem+json"),
@@ -137,13 +141,15 @@ pub async fn check_batch(
     let items = batch_items(&body, "customers", "{\"id\", \"cost\"} objects")?;
     let parsed: Vec<_> = items.iter().enumerate().map(|(i, item)| parse_item(i, item)).collect();
     let concurrency = state.settings.cache.fetch_concurrency;
-    let decisions: Vec<BatchAnswer> = futures_util::stream::iter(parsed)
+    let decisions: Vec<CheckBatchAnswer> = futures_util::stream::iter(parsed)
         .map(|item| {
             let state = state.clone();
             async move {
                 match item {
-                    Ok((id, cost)) => BatchAnswer::Decision(Box::new(state.checker.check(id, cost).await)),
-                    Err(invalid) => BatchAnswer::Invalid(invalid),
+                    Ok((id, cost)) => {
+                        CheckBatchAnswer::Decision(Box::new(state.checker.check(id, cost).await))
+                    }
+                    Err(invalid) => CheckBatchAnswer::Invalid(invalid),
                 }
             }
         })
@@ -151,7 +157,7 @@ pub async fn check_batch(
         .collect()
         .await;
     let size = DECISION_BYTES * decisions.len();
-    Ok(json_ok(&BatchResponse { decisions }, size))
+    Ok(json_ok(&CheckBatchResponse { decisions }, size))
 }
 
 static X_USAGE_STATUS: HeaderName = HeaderName::from_static("x-usage-status");
@@ -163,7 +169,7 @@ static X_USAGE_REASONS: HeaderName = HeaderName::from_static("x-usage-reasons");
 /// For reverse proxies: 204 when allowed, `gate.blocked_status` (problem+json) when not; the
 /// customer id comes from the `gate.customer_header` header.
 #[utoipa::path(get, path = "/v1/gate", tag = "check", security(("bearer" = [])),
-    params(("X-Customer-Id" = String, Header, description = "The customer id (header name set by gate.customer_header)")),
+    params(("X-Customer-Id" = uuid::Uuid, Header, description = "The customer id (header name set by gate.customer_header); it must come from the proxy's own authentication")),
     responses(
         (status = 204, description = "Allowed. Headers: X-Usage-Status, X-Usage-Estimate, X-Usage-Currency, X-Usage-Limit (lowest DISABLE limit), X-Usage-Reasons"),
         (status = 400, description = "The customer header is missing or not a UUID", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -224,7 +230,7 @@ fn set_usage_headers(headers: &mut actix_web::http::header::HeaderMap, decision:
 
 /// Refetches the customer from BillaBear now and returns the new decision (scope `admin`).
 #[utoipa::path(post, path = "/v1/customers/{customer_id}/refresh", tag = "admin", security(("bearer" = [])),
-    params(("customer_id" = String, Path, description = "BillaBear customer id (UUID)")),
+    params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
     responses(
         (status = 200, body = Decision),
         (status = 400, body = crate::error::Problem, content_type = "application/problem+json"),

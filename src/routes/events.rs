@@ -31,8 +31,7 @@ pub struct EventAnswer {
         (status = 202, description = "Stored; it will be forwarded to BillaBear", body = EventAnswer),
         (status = 200, description = "Stored before with the same content", body = EventAnswer),
         (status = 400, description = "Invalid: every invalid field is named", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 409, description = "event_id stored before with other content", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 422, description = "event_id stored before and dead: not delivered (code event_dead)", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "event_id stored before with other content (code conflict), or stored before and dead, so not delivered (code event_dead)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable: nothing stored, retry (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_event(
@@ -84,7 +83,7 @@ pub struct BatchItemResult {
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct BatchAnswer {
+pub struct EventBatchAnswer {
     /// One per event, in order.
     pub results: Vec<BatchItemResult>,
 }
@@ -94,7 +93,7 @@ pub struct BatchAnswer {
 #[utoipa::path(post, path = "/v1/events/batch", tag = "events", security(("bearer" = [])),
     request_body(content = Value, description = "{\"events\": [event, ...]}, 1 to 1000"),
     responses(
-        (status = 200, description = "A result per event, in order", body = BatchAnswer),
+        (status = 200, description = "A result per event, in order", body = EventBatchAnswer),
         (status = 400, description = "Body not JSON, or events missing, empty or over 1000", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 413, body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable: nothing stored, retry", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -131,7 +130,7 @@ pub async fn post_batch(
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(BatchAnswer { results }))
+    Ok(HttpResponse::Ok().json(EventBatchAnswer { results }))
 }
 
 /// BillaBear's own `POST /api/v1/events`, so services already on a BillaBear SDK can point its
@@ -143,9 +142,9 @@ pub async fn post_batch(
     request_body(content = Value, description = "BillaBear's event: event_id, subscription, code, value, properties"),
     responses(
         (status = 201, description = "Stored (or stored before with the same content); empty body"),
-        (status = 400, description = "BillaBear's shape: {\"errors\": {field: message}}; also for a repeat of a dead event (event_id)"),
+        (status = 400, description = "BillaBear's shape: {\"errors\": {field: message}}"),
         (status = 401, description = "No usage-gate key with the events scope: [] as BillaBear answers"),
-        (status = 409, description = "event_id stored before with other content", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "event_id stored before with other content (conflict), or stored before and dead (event_dead)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable: nothing stored, retry", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_billabear_event(
@@ -176,10 +175,7 @@ pub async fn post_billabear_event(
     let event_id = event.event_id.to_string();
     match state.ingest.accept(vec![event]).await?.first() {
         Some(Accepted::New | Accepted::Duplicate) => Ok(HttpResponse::Created().finish()),
-        Some(Accepted::Dead) => Ok(billabear_errors(vec![crate::error::FieldError::new(
-            "event_id",
-            "stored before and dead (not delivered to BillaBear); an operator can retry it",
-        )])),
+        Some(Accepted::Dead) => Err(dead(&event_id)),
         _ => Err(conflict(&event_id)),
     }
 }

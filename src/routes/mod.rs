@@ -28,45 +28,110 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics: bool) {
     // first, the docs' catch-all last.
     cfg.service(
         keyed("/v1/customers/{customer_id}/check", Some(Scope::Check))
-            .route(web::get().to(check::check_customer)),
+            .route(web::get().to(check::check_customer))
+            .default_service(not_allowed("GET")),
     )
-    .service(keyed("/v1/gate", Some(Scope::Check)).route(web::get().to(check::gate)))
-    .service(keyed("/v1/check", Some(Scope::Check)).route(web::post().to(check::check_batch)))
+    .service(
+        keyed("/v1/gate", Some(Scope::Check))
+            .route(web::get().to(check::gate))
+            .default_service(not_allowed("GET")),
+    )
+    .service(
+        keyed("/v1/check", Some(Scope::Check))
+            .route(web::post().to(check::check_batch))
+            .default_service(not_allowed("POST")),
+    )
     .service(
         keyed("/v1/customers/{customer_id}/refresh", Some(Scope::Admin))
-            .route(web::post().to(check::refresh)),
+            .route(web::post().to(check::refresh))
+            .default_service(not_allowed("POST")),
     )
-    .service(keyed("/v1/events", Some(Scope::Events)).route(web::post().to(events::post_event)))
-    .service(keyed("/v1/events/batch", Some(Scope::Events)).route(web::post().to(events::post_batch)))
-    // BillaBear's own route and key header, for services on a BillaBear SDK (checks its own key).
-    .route("/api/v1/events", web::post().to(events::post_billabear_event))
-    .service(keyed("/v1/outbox", Some(Scope::Admin)).route(web::get().to(outbox::list)))
-    .service(keyed("/v1/outbox/stats", Some(Scope::Admin)).route(web::get().to(outbox::stats)))
-    .service(keyed("/v1/outbox/retry", Some(Scope::Admin)).route(web::post().to(outbox::retry_all)))
-    .service(keyed("/v1/outbox/{id}/retry", Some(Scope::Admin)).route(web::post().to(outbox::retry_one)))
     .service(
-        keyed("/v1/customers/{customer_id}", Some(Scope::Admin)).route(web::get().to(admin::show_customer)),
+        keyed("/v1/events", Some(Scope::Events))
+            .route(web::post().to(events::post_event))
+            .default_service(not_allowed("POST")),
+    )
+    .service(
+        keyed("/v1/events/batch", Some(Scope::Events))
+            .route(web::post().to(events::post_batch))
+            .default_service(not_allowed("POST")),
+    )
+    // BillaBear's own route and key header, for services on a BillaBear SDK (checks its own key).
+    .service(
+        web::resource("/api/v1/events")
+            .route(web::post().to(events::post_billabear_event))
+            .default_service(not_allowed("POST")),
+    )
+    .service(
+        keyed("/v1/outbox", Some(Scope::Admin))
+            .route(web::get().to(outbox::list))
+            .default_service(not_allowed("GET")),
+    )
+    .service(
+        keyed("/v1/outbox/stats", Some(Scope::Admin))
+            .route(web::get().to(outbox::stats))
+            .default_service(not_allowed("GET")),
+    )
+    .service(
+        keyed("/v1/outbox/retry", Some(Scope::Admin))
+            .route(web::post().to(outbox::retry_all))
+            .default_service(not_allowed("POST")),
+    )
+    .service(
+        keyed("/v1/outbox/{id}/retry", Some(Scope::Admin))
+            .route(web::post().to(outbox::retry_one))
+            .default_service(not_allowed("POST")),
+    )
+    .service(
+        keyed("/v1/customers/{customer_id}", Some(Scope::Admin))
+            .route(web::get().to(admin::show_customer))
+            .default_service(not_allowed("GET")),
     )
     .service(
         keyed("/v1/customers/{customer_id}/usage-limits", Some(Scope::Admin))
             .route(web::get().to(admin::list_limits))
-            .route(web::post().to(admin::create_limit)),
+            .route(web::post().to(admin::create_limit))
+            .default_service(not_allowed("GET, POST")),
     )
     .service(
         keyed("/v1/customers/{customer_id}/usage-limits/{limit_id}", Some(Scope::Admin))
-            .route(web::delete().to(admin::delete_limit)),
+            .route(web::delete().to(admin::delete_limit))
+            .default_service(not_allowed("DELETE")),
     )
-    .service(keyed("/v1/audit", Some(Scope::Admin)).route(web::get().to(audit::list)))
-    .route("/v1/webhooks/billabear/{secret}", web::post().to(webhooks::billabear))
-    .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)))
+    .service(
+        keyed("/v1/audit", Some(Scope::Admin))
+            .route(web::get().to(audit::list))
+            .default_service(not_allowed("GET")),
+    )
+    .service(
+        web::resource("/v1/webhooks/billabear/{secret}")
+            .route(web::post().to(webhooks::billabear))
+            .default_service(not_allowed("POST")),
+    )
+    .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)).default_service(not_allowed("GET")))
     // Envoy's ext_authz appends the original request path to its path prefix.
-    .service(keyed("/v1/gate/{original_path:.*}", Some(Scope::Check)).route(web::get().to(check::gate)))
-    .route("/healthz", web::get().to(health::healthz))
-    .route("/readyz", web::get().to(health::readyz));
+    .service(
+        keyed("/v1/gate/{original_path:.*}", Some(Scope::Check))
+            .route(web::get().to(check::gate))
+            .default_service(not_allowed("GET")),
+    )
+    .service(
+        web::resource("/healthz").route(web::get().to(health::healthz)).default_service(not_allowed("GET")),
+    )
+    .service(
+        web::resource("/readyz").route(web::get().to(health::readyz)).default_service(not_allowed("GET")),
+    );
     if metrics {
-        cfg.route("/metrics", web::get().to(meta::metrics));
+        cfg.service(
+            web::resource("/metrics").route(web::get().to(meta::metrics)).default_service(not_allowed("GET")),
+        );
     }
     cfg.service(openapi::docs());
+}
+
+/// A known path asked with a method it does not take: 405 naming the ones it does.
+fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move { Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed(allow)) })
 }
 
 /// A resource behind the API-key check; `scope` is the scope its routes need (none: any key).
@@ -98,9 +163,10 @@ fn customer_id(raw: &str, field: &str) -> Result<CustomerId, ApiError> {
 }
 
 /// A free-text query parameter, or a 400 naming it: Postgres cannot compare text holding NUL,
-/// and nothing usage-gate stores is longer than 255 characters.
+/// and nothing usage-gate stores is longer than 255 characters. Empty means no filter.
 fn text_param(raw: Option<&str>, field: &str) -> Result<Option<String>, ApiError> {
     match raw {
+        Some("") => Ok(None),
         Some(s) if s.contains('\0') => {
             Err(ApiError::invalid_field(field, "must not contain the NUL character"))
         }
@@ -109,6 +175,25 @@ fn text_param(raw: Option<&str>, field: &str) -> Result<Option<String>, ApiError
         }
         other => Ok(other.map(str::to_owned)),
     }
+}
+
+/// A listing's `cursor`: the `next_cursor` of the previous page, which is the id of the last
+/// record it held (the audit log and the outbox page the same way).
+fn page_cursor(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+    match raw {
+        None => Ok(None),
+        Some(raw) => raw
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid_field("cursor", "not a cursor from this API")),
+    }
+}
+
+/// The cursor of the page after one that ended with `last_id`, if the page was full.
+fn next_cursor(len: usize, limit: i64, last_id: Option<i64>) -> Option<String> {
+    (len as i64 == limit).then_some(last_id).flatten().map(|id| id.to_string())
 }
 
 /// The `limit` of a listing (1 to 500, default 100), or a 400 naming it.
@@ -133,5 +218,21 @@ fn batch_items<'a>(
             format!("must hold 1 to {MAX_BATCH} items, got {}", items.len()),
         )),
         _ => Err(ApiError::invalid_field(field, format!("required: a list of {shape}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_is_a_positive_record_id() {
+        assert_eq!(page_cursor(Some("12345")).unwrap(), Some(12345));
+        assert_eq!(page_cursor(None).unwrap(), None);
+        for bad in ["", "abc", "-3", "0", "1e3", "99999999999999999999"] {
+            assert!(page_cursor(Some(bad)).is_err(), "{bad:?}");
+        }
+        assert_eq!(next_cursor(2, 2, Some(7)), Some("7".into()));
+        assert_eq!(next_cursor(1, 2, Some(7)), None, "a short page is the last");
     }
 }

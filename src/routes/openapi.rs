@@ -1,5 +1,6 @@
 //! The OpenAPI document, generated from the handlers, and its offline docs page.
 
+use serde_json::json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
@@ -38,7 +39,7 @@ use crate::error::{FieldError, Problem};
         webhooks::billabear
     ),
     components(schemas(Problem, FieldError)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Contract),
     tags(
         (name = "check", description = "May a customer keep using the product? (scope check)"),
         (name = "events", description = "Usage events in, stored before acknowledged (scope events)"),
@@ -62,7 +63,132 @@ impl Modify for BearerAuth {
     }
 }
 
+/// What every route can answer besides its own statuses, and the event bodies' real shape, so
+/// the document is a contract a client (or an API fuzzer) can hold usage-gate to.
+struct Contract;
+
+impl Modify for Contract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations =
+                [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
+            for operation in operations.into_iter().flatten() {
+                if let Some(body) = event_body(path) {
+                    operation.request_body = Some(from_json(body));
+                }
+                let keyed = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                let tagged = |tag: &str| operation.tags.as_ref().is_some_and(|t| t.iter().any(|t| t == tag));
+                let mut statuses = vec![];
+                if keyed {
+                    statuses.push(("401", "No API key, or an unknown one"));
+                    statuses.push(("403", "The API key lacks this route's scope"));
+                }
+                if operation.parameters.as_ref().is_some_and(|p| !p.is_empty())
+                    || operation.request_body.is_some()
+                {
+                    statuses.push(("400", "Invalid input: every invalid field or parameter is named"));
+                }
+                if operation.request_body.is_some() {
+                    statuses.push(("413", "The body is larger than server.max_body_bytes"));
+                }
+                if tagged("admin") || tagged("events") || tagged("webhooks") {
+                    statuses.push(("503", "Postgres unavailable: nothing was done, retry (Retry-After)"));
+                }
+                for (status, description) in statuses {
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.into())
+                        .or_insert_with(|| from_json(problem_response(description)));
+                }
+            }
+        }
+    }
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
+    serde_json::from_value(value).expect("a static OpenAPI fragment")
+}
+
+fn problem_response(description: &str) -> serde_json::Value {
+    json!({"description": description,
+           "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
+}
+
+/// The event body each events route takes (others: none).
+fn event_body(path: &str) -> Option<serde_json::Value> {
+    let schema = match path {
+        "/v1/events" => "NewEvent",
+        "/v1/events/batch" => "NewEventBatch",
+        "/api/v1/events" => "BillaBearEvent",
+        _ => return None,
+    };
+    Some(
+        json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}}),
+    )
+}
+
+/// What `IncomingEvent::parse` accepts, as JSON Schema (added to the document as JSON: utoipa's
+/// schema types cannot hold `oneOf` beside `properties`, or a list of types) (an event names its subscription or its
+/// customer, never both); BillaBear's own route as BillaBear reads it.
+fn event_schemas() -> [(&'static str, serde_json::Value); 4] {
+    let event_id = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\u0000]+$",
+                          "description": "The client's id for this usage; a repeat is a duplicate (same content) or a conflict"});
+    let code = json!({"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[a-z0-9_]+$",
+                      "description": "BillaBear metric code"});
+    let value = json!({"type": "number", "description": "Units used (not a string)"});
+    // Postgres stores no NUL in jsonb: not in any key or string, however deep.
+    let no_nul = json!({"pattern": "^[^\\u0000]*$"});
+    let json_without_nul = json!({"anyOf": [
+        {"type": "string", "pattern": "^[^\\u0000]*$"},
+        {"type": ["number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonWithoutNul"}},
+        {"type": "object", "propertyNames": no_nul, "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"}},
+    ]});
+    let properties = json!({"type": ["object", "null"], "propertyNames": no_nul,
+                            "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"},
+                            "description": "Metric filters and aggregation properties; no NUL in keys or strings"});
+    let id = json!({"type": "string", "format": "uuid"});
+    let new_event = json!({
+        "type": "object",
+        "required": ["event_id", "code", "value"],
+        "properties": {"event_id": event_id, "code": code, "value": value, "properties": properties,
+                       "subscription": id, "customer": id},
+        "oneOf": [{"required": ["subscription"], "not": {"required": ["customer"]}},
+                  {"required": ["customer"], "not": {"required": ["subscription"]}}],
+    });
+    let batch = json!({
+        "type": "object",
+        "required": ["events"],
+        "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                  "description": "Events as for POST /v1/events; an invalid one is answered `invalid` in its place",
+                                  "items": {}}},
+    });
+    let billabear = json!({
+        "type": "object",
+        "required": ["event_id", "subscription", "code", "value"],
+        "properties": {"event_id": event_id, "subscription": id, "code": code, "value": value,
+                       "properties": {"anyOf": [properties, {"type": "array", "items": {"$ref": "#/components/schemas/JsonWithoutNul"}}]},
+                       "customer": {"description": "Ignored, as BillaBear ignores it"}},
+    });
+    [
+        ("NewEvent", new_event),
+        ("NewEventBatch", batch),
+        ("BillaBearEvent", billabear),
+        ("JsonWithoutNul", json_without_nul),
+    ]
+}
+
 /// `/openapi.json` and the Swagger UI at `/docs/` (its assets are vendored: no CDN needed).
 pub fn docs() -> SwaggerUi {
-    SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", ApiDoc::openapi())
+    SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", document())
+}
+
+/// The OpenAPI document as served.
+pub fn document() -> serde_json::Value {
+    let mut document = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
+    for (name, schema) in event_schemas() {
+        document["components"]["schemas"][name] = schema;
+    }
+    document
 }

@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::{customer_id, page_limit};
+use super::{customer_id, next_cursor, page_cursor, page_limit};
 use crate::error::ApiError;
 use crate::outbox::store::{self, OutboxEvent, Stats};
 use crate::startup::AppState;
@@ -11,12 +11,16 @@ use crate::startup::AppState;
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     /// pending, delivered or dead; all when absent.
+    #[param(pattern = "^(pending|delivered|dead)$")]
     pub status: Option<String>,
     /// Only this customer's events (those sent with `customer`).
+    #[param(value_type = Option<uuid::Uuid>)]
     pub customer: Option<String>,
     /// 1 to 500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
     /// `next_cursor` from the previous page.
+    #[param(pattern = "^[1-9][0-9]{0,17}$")]
     pub cursor: Option<String>,
 }
 
@@ -44,15 +48,9 @@ pub async fn list(
         Some(_) => return Err(ApiError::invalid_field("status", "must be pending, delivered or dead")),
     };
     let limit = page_limit(query.limit)?;
-    let after = match query.cursor.as_deref() {
-        None => None,
-        Some(c) => Some(
-            c.parse::<i64>().map_err(|_| ApiError::invalid_field("cursor", "not a cursor from this API"))?,
-        ),
-    };
+    let after = page_cursor(query.cursor.as_deref())?;
     let events = store::list(&state.pool, status, customer(query.customer.as_deref())?, after, limit).await?;
-    let next_cursor =
-        (events.len() as i64 == limit).then(|| events.last().map(|e| e.id.to_string())).flatten();
+    let next_cursor = next_cursor(events.len(), limit, events.last().map(|e| e.id));
     Ok(HttpResponse::Ok().json(OutboxPage { events, next_cursor }))
 }
 
@@ -81,6 +79,7 @@ pub async fn retry_one(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct RetryQuery {
     /// Only this customer's dead events.
+    #[param(value_type = Option<uuid::Uuid>)]
     pub customer: Option<String>,
 }
 

@@ -131,3 +131,40 @@ async fn a_flood_of_readiness_probes_and_scrapes_costs_billabear_and_postgres_al
     }
     lock.rollback().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_openapi_document_states_what_each_route_answers_and_takes() {
+    let app = TestApp::spawn().await;
+    let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let responses = operation["responses"].as_object().unwrap();
+            if operation.get("security").is_some_and(|s| !s.as_array().unwrap().is_empty()) {
+                for status in ["401", "403"] {
+                    assert!(responses.contains_key(status), "{method} {path} documents no {status}");
+                }
+            }
+            if operation.get("requestBody").is_some() {
+                for status in ["400", "413"] {
+                    assert!(responses.contains_key(status), "{method} {path} documents no {status}");
+                }
+            }
+        }
+    }
+    // The batch check answers decisions, not the events batch's results.
+    let check = &doc["paths"]["/v1/check"]["post"]["responses"]["200"]["content"]["application/json"]["schema"];
+    let name = check["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
+    assert!(doc["components"]["schemas"][name]["properties"].get("decisions").is_some(), "{name}");
+    let event = &doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+    assert_eq!(event["$ref"], "#/components/schemas/NewEvent");
+    assert_eq!(doc["components"]["schemas"]["NewEvent"]["required"], json!(["event_id", "code", "value"]));
+
+    // A method a path does not take is a 405 naming the ones it does.
+    let response = app.http.request(reqwest::Method::TRACE, app.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "GET");
+    assert_problem(response, 405, "method_not_allowed").await;
+    let response =
+        app.http.request(reqwest::Method::PUT, app.url("/v1/events")).bearer_auth(ALL_KEY).send().await.unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
+    assert_problem(response, 405, "method_not_allowed").await;
+}
