@@ -152,7 +152,8 @@ async fn the_openapi_document_states_what_each_route_answers_and_takes() {
         }
     }
     // The batch check answers decisions, not the events batch's results.
-    let check = &doc["paths"]["/v1/check"]["post"]["responses"]["200"]["content"]["application/json"]["schema"];
+    let check =
+        &doc["paths"]["/v1/check"]["post"]["responses"]["200"]["content"]["application/json"]["schema"];
     let name = check["$ref"].as_str().unwrap().rsplit('/').next().unwrap();
     assert!(doc["components"]["schemas"][name]["properties"].get("decisions").is_some(), "{name}");
     let event = &doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"];
@@ -163,8 +164,13 @@ async fn the_openapi_document_states_what_each_route_answers_and_takes() {
     let response = app.http.request(reqwest::Method::TRACE, app.url("/healthz")).send().await.unwrap();
     assert_eq!(response.headers()["allow"], "GET");
     assert_problem(response, 405, "method_not_allowed").await;
-    let response =
-        app.http.request(reqwest::Method::PUT, app.url("/v1/events")).bearer_auth(ALL_KEY).send().await.unwrap();
+    let response = app
+        .http
+        .request(reqwest::Method::PUT, app.url("/v1/events"))
+        .bearer_auth(ALL_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.headers()["allow"], "POST");
     assert_problem(response, 405, "method_not_allowed").await;
 }
