@@ -228,12 +228,6 @@ pub struct Money {
     pub currency: String,
 }
 
-impl Money {
-    pub fn zero() -> Self {
-        Self { amount: 0, currency: String::new() }
-    }
-}
-
 /// A customer's status as BillaBear reports it. Unknown strings are kept, not rejected, so a
 /// BillaBear upgrade that adds a status does not break checks.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

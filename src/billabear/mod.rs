@@ -95,10 +95,6 @@ impl BillaBearClient {
         Self { timeout, ..self.clone() }
     }
 
-    pub fn base_url(&self) -> &Url {
-        &self.base
-    }
-
     #[tracing::instrument(level = "debug", skip(self), fields(%customer))]
     pub async fn list_usage_limits(&self, customer: CustomerId) -> Result<Vec<UsageLimit>, BillaBearError> {
         let id = customer.to_string();
