@@ -137,15 +137,17 @@ async fn prune(pool: PgPool, retention: Duration, mut stopped: watch::Receiver<b
 }
 
 impl Forwarder {
-    /// Keeps up to `outbox.concurrency` deliveries under way: a slot freed by a delivery is
-    /// filled by the next claim at once, so one slow delivery holds back only its own slot.
+    /// Keeps up to `outbox.concurrency` deliveries under way: freed slots are filled by the
+    /// next claim as deliveries end, so one slow delivery holds back only its own slot.
     async fn run(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
         let mut listener = self.listen().await;
         let mut deliveries = JoinSet::new();
         while !*stopped.borrow() {
             while deliveries.try_join_next().is_some() {}
             let free = self.settings.concurrency.saturating_sub(deliveries.len());
-            if free > 0 {
+            // A claim per finished delivery would be a query per event: wait for a quarter of
+            // the slots to free up, unless none is busy.
+            if free >= self.settings.concurrency.div_ceil(4) || deliveries.is_empty() {
                 match store::claim(&self.pool, free as i64, self.settings.lease).await {
                     Ok(claimed) => {
                         let full = claimed.len() == free;
