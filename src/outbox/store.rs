@@ -67,8 +67,9 @@ pub async fn accept(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result
         events.iter().map(|e| serde_json::to_string(&e.properties).unwrap_or_else(|_| "{}".into())).collect();
 
     // One statement, so one round trip and atomic without BEGIN/COMMIT: the insert, and the
-    // NOTIFY that wakes forwarders (delivered when it commits). Rows go in event_id order, so two
-    // commits inserting the same ids wait for each other instead of deadlocking; within an id,
+    // NOTIFY that wakes forwarders (delivered when it commits). Rows go in event_id order (the
+    // unique index's own "C" order, cheap to sort), so two commits inserting the same ids wait
+    // for each other instead of deadlocking; within an id,
     // WITH ORDINALITY keeps the request's order, so the first of two rows with one event_id wins.
     let inserted: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
         "WITH inserted AS (
@@ -76,7 +77,7 @@ pub async fn accept(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result
              SELECT e, s, c, code, v, p::jsonb, f
              FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::bytea[])
                   WITH ORDINALITY AS t(e, s, c, code, v, p, f, n)
-             ORDER BY e, n
+             ORDER BY e COLLATE \"C\", n
              ON CONFLICT (event_id) DO NOTHING
              RETURNING event_id)
          SELECT event_id FROM inserted
