@@ -276,6 +276,12 @@ pub async fn request_metrics(
         tracing::error!(http.method = %method, http.target = %loggable_path(response.request().path()),
                         http.status_code = status.as_u16(), error = error.as_deref().unwrap_or(""),
                         "request failed");
+    } else if status.is_client_error() {
+        // The caller's mistake, answered in the body: not worth an operator's attention.
+        let error = response.response().error().map(|e| e.to_string());
+        tracing::debug!(http.method = %method, http.target = %loggable_path(response.request().path()),
+                        http.status_code = status.as_u16(), error = error.as_deref().unwrap_or(""),
+                        "request refused");
     }
     // The route pattern, not the path: ids must not become label values.
     let label = response.request().extensions().get::<RouteLabel>().copied();

@@ -279,6 +279,7 @@ impl Forwarder {
             }
         }
     }
+
     async fn send(&self, event: &Claimed) -> Result<(), Failure> {
         let permanent = |message: String| Failure::Permanent { message, upstream_status: None };
         let subscription = match (event.subscription_id, event.customer_id) {
@@ -291,7 +292,8 @@ impl Forwarder {
             subscription,
             code: MetricCode::parse(&event.code).map_err(|e| permanent(format!("code {e}")))?,
             value: event.value,
-            properties: event.properties.as_object().cloned().unwrap_or_default(),
+            properties: serde_json::from_str(&event.properties)
+                .map_err(|e| permanent(format!("its stored properties cannot be read: {e}")))?,
         };
         Ok(self.client.create_event(&new_event).await?)
     }

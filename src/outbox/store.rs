@@ -156,7 +156,9 @@ pub struct Claimed {
     pub customer_id: Option<Uuid>,
     pub code: String,
     pub value: f64,
-    pub properties: serde_json::Value,
+    /// As stored (JSON text): read when it is sent, so a row that cannot be read fails alone
+    /// instead of failing the claim of every row with it.
+    pub properties: String,
     /// Including this one.
     pub attempts: i32,
     pub received_at: chrono::DateTime<chrono::Utc>,
@@ -179,7 +181,8 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
              ORDER BY next_attempt_at, id
              LIMIT $1
              FOR UPDATE SKIP LOCKED)
-         RETURNING id, event_id, subscription_id, customer_id, code, value, properties, attempts, received_at,
+         RETURNING id, event_id, subscription_id, customer_id, code, value, properties::text AS properties,
+                   attempts, received_at,
                    attempts_since, claim_token",
     )
     .bind(limit)

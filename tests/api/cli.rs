@@ -160,3 +160,42 @@ async fn sim_serves_a_json_seed_file() {
     assert_eq!(costs["total"], serde_json::json!({"amount": 42, "currency": "USD"}));
     assert!(child.terminate().success());
 }
+
+#[tokio::test]
+async fn a_callers_mistakes_are_answered_not_logged_as_warnings() {
+    use std::io::BufRead;
+    let database = fresh_database_url().await;
+    let mut child = Child(
+        usage_gate()
+            .args(["demo", "--sim-address", "127.0.0.1:0"])
+            .env("DATABASE_URL", &database)
+            .env("USAGE_GATE__SERVER__ADDRESS", "127.0.0.1:0")
+            .env("USAGE_GATE__LOG__FORMAT", "json")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let base = loop {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the banner within 60 s");
+        if let Some(rest) = line.trim_start().strip_prefix("service") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let http = reqwest::Client::new();
+    for path in ["/v1/customers/not-a-uuid/check", "/v1/whoami", "/nowhere"] {
+        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert!(response.status().is_client_error(), "{path}");
+    }
+    assert!(child.terminate().success());
+    reader.join().unwrap();
+    let warnings: Vec<String> = rx.try_iter().filter(|line| line.contains(r#""level":"WARN""#)).collect();
+    assert!(warnings.is_empty(), "4xx answers logged as warnings: {warnings:?}");
+}

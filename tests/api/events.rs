@@ -672,3 +672,34 @@ async fn an_event_with_numbers_at_the_edge_of_a_double_is_listed_and_delivered()
     let listing: Value = listing.json().await.unwrap();
     assert_eq!(listing["events"][0]["properties"]["max"], json!(f64::MAX));
 }
+
+#[tokio::test]
+async fn a_stored_event_that_cannot_be_read_is_dead_alone_and_the_rest_are_delivered() {
+    let app = TestApp::spawn().await;
+    // Nested deeper than a JSON reader follows: only a hand-made row can be like this, but a
+    // claim that failed on it would stop every delivery.
+    let deep = format!("{}1{}", "[".repeat(300), "]".repeat(300));
+    sqlx::query(
+        "INSERT INTO outbox (event_id, subscription_id, code, value, properties, fingerprint)
+         VALUES ('unreadable', $1, 'api_calls', 1, jsonb_build_object('deep', $2::jsonb), '\\x00')",
+    )
+    .bind(uuid::Uuid::parse_str(ACME_SUBSCRIPTION).unwrap())
+    .bind(&deep)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(app.post_event(&event("readable")).await.status(), 202);
+    app.delivered("readable").await;
+    // (Its row cannot be read as JSON either: ask for the two columns.)
+    let (status, error) = eventually(Duration::from_secs(10), "the unreadable event dead", || async {
+        let row: (String, Option<String>) =
+            sqlx::query_as("SELECT status, last_error FROM outbox WHERE event_id = 'unreadable'")
+                .fetch_one(&app.pool)
+                .await
+                .unwrap();
+        (row.0 == "dead").then_some(row)
+    })
+    .await;
+    assert_eq!(status, "dead");
+    assert!(error.unwrap().contains("cannot be read"));
+}
