@@ -23,11 +23,12 @@ pub struct Invalidation {
 }
 
 impl Invalidation {
-    /// Starts listening: notified customers are dropped from `cache`.
-    pub fn start(pool: PgPool, cache: SnapshotCache) -> Self {
+    /// Starts listening: notified customers are dropped from `cache`. The handle stops the
+    /// listening task (when the application stops).
+    pub fn start(pool: PgPool, cache: SnapshotCache) -> (Self, tokio::task::AbortHandle) {
         let replica = Uuid::new_v4();
-        tokio::spawn(listen(pool.clone(), cache, replica));
-        Self { pool, replica }
+        let listening = tokio::spawn(listen(pool.clone(), cache, replica)).abort_handle();
+        (Self { pool, replica }, listening)
     }
 
     /// Tells the other replicas to drop the customer's snapshot.

@@ -73,6 +73,8 @@ pub struct Application {
     /// `/metrics` on its own address (`server.metrics_address`).
     metrics_server: Option<(SocketAddr, Server)>,
     forwarder: ForwarderHandle,
+    /// The invalidation LISTEN task, stopped with the application.
+    listening: tokio::task::AbortHandle,
 }
 
 impl Application {
@@ -101,7 +103,7 @@ impl Application {
         let on_fetched = on_fetched(subscriptions.clone(), transitions, settings.policy.clone());
         let metrics_address = settings.server.metrics_address;
         let cache = SnapshotCache::new(billabear.clone(), &settings.cache, Some(on_fetched));
-        let invalidation = Invalidation::start(pool.clone(), cache.clone());
+        let (invalidation, listening) = Invalidation::start(pool.clone(), cache.clone());
         let forwarder = forwarder::spawn(
             pool.clone(),
             &billabear,
@@ -156,7 +158,7 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Self { addr, server, metrics_server, forwarder })
+        Ok(Self { addr, server, metrics_server, forwarder, listening })
     }
 
     /// Where `/metrics` is served when `server.metrics_address` is set.
@@ -195,6 +197,7 @@ impl Application {
             metrics_server.stop(true).await;
         }
         self.forwarder.stop().await;
+        self.listening.abort();
         result
     }
 }

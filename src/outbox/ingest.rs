@@ -165,15 +165,16 @@ impl Writer {
                         let _ = reply.send(Ok(outcomes.by_ref().take(size).collect()));
                     }
                 }
-                Err(error) if sizes.len() > 1 && error.kind != FailureKind::Unavailable => {
-                    // One request's events failed the shared statement (or it lost a race):
-                    // commit each request alone, so a failure stays with its sender.
+                Err(error) if events.len() > 1 && error.kind != FailureKind::Unavailable => {
+                    // One event failed the shared statement (or it lost a race): commit each
+                    // request alone, and within a request each event, so a failure stays with
+                    // the event that caused it.
                     tracing::warn!(error = %error, requests = sizes.len(), "ingest: a shared commit failed; committing its requests one by one");
                     let mut rest = events.as_slice();
                     for (size, reply) in sizes.into_iter().zip(replies) {
                         let (own, after) = rest.split_at(size);
                         rest = after;
-                        let _ = reply.send(commit(&mut conn, &pool, connect_timeout, own).await);
+                        let _ = reply.send(commit_isolating(&mut conn, &pool, connect_timeout, own).await);
                     }
                 }
                 Err(error) => {
@@ -206,6 +207,35 @@ impl Writer {
         }
         self.queued.set(self.queued.get() - count);
         queue.drain(..taken).collect()
+    }
+}
+
+/// Commits one request's events; if Postgres refuses a value in them, commits each event alone
+/// and answers `Refused` for those it refuses, so the rest of a batch is stored. Events stored
+/// one by one before another kind of failure stay stored: the client's retry finds them as
+/// duplicates, the safe side.
+async fn commit_isolating(
+    conn: &mut Option<PgConnection>,
+    pool: &PgPool,
+    connect_timeout: Duration,
+    events: &[IncomingEvent],
+) -> Result<Vec<Accepted>, StorageError> {
+    match commit(conn, pool, connect_timeout, events).await {
+        Err(e) if e.kind == FailureKind::Data && events.len() > 1 => {
+            let mut outcomes = Vec::with_capacity(events.len());
+            for event in events {
+                match commit(conn, pool, connect_timeout, std::slice::from_ref(event)).await {
+                    Ok(outcome) => outcomes.extend(outcome),
+                    Err(e) if e.kind == FailureKind::Data => {
+                        tracing::warn!(event_id = %event.event_id, error = %e, "ingest: Postgres refused an event");
+                        outcomes.push(Accepted::Refused);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(outcomes)
+        }
+        other => other,
     }
 }
 

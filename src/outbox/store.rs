@@ -25,6 +25,9 @@ pub enum Accepted {
     /// Already stored with the same content, and dead: BillaBear refused it or its retries ran
     /// out, so it was not delivered (an operator may retry it).
     Dead,
+    /// Postgres refused a value in it (one validation let through): nothing of it was stored.
+    /// Given by `ingest`, which commits the rest of a batch without it.
+    Refused,
 }
 
 impl Accepted {
@@ -34,6 +37,7 @@ impl Accepted {
             Accepted::Duplicate => "duplicate",
             Accepted::Conflict => "conflict",
             Accepted::Dead => "dead",
+            Accepted::Refused => "invalid",
         }
     }
 }

@@ -53,9 +53,18 @@ pub async fn post_event(
             Ok(HttpResponse::Ok().json(EventAnswer { status: "duplicate", event_id, decision }))
         }
         Some(Accepted::Dead) => Err(dead(&event_id)),
+        Some(Accepted::Refused) => Err(refused("body")),
         _ => Err(conflict(&event_id)),
     }
 }
+
+/// Postgres refused a value that validation let through; nothing of the event was stored.
+fn refused(field: &str) -> ApiError {
+    ApiError::invalid_field(field, REFUSED)
+}
+
+const REFUSED: &str =
+    "a value in this event cannot be stored (Postgres refused it); nothing of it was stored";
 
 /// A repeat of an event that will not reach BillaBear: the sender must not take it as done.
 fn dead(event_id: &str) -> ApiError {
@@ -119,12 +128,19 @@ pub async fn post_batch(
     let results = items
         .iter()
         .zip(invalid)
-        .map(|(item, invalid)| {
+        .enumerate()
+        .map(|(i, (item, invalid))| {
             let event_id = item.get("event_id").cloned();
             match invalid {
                 None => {
-                    let status = outcomes.next().unwrap_or(Accepted::Conflict).as_str();
-                    BatchItemResult { event_id, status, errors: vec![] }
+                    let outcome = outcomes.next().unwrap_or(Accepted::Conflict);
+                    let errors = match outcome {
+                        Accepted::Refused => {
+                            vec![crate::error::FieldError::new(format!("events[{i}]"), REFUSED)]
+                        }
+                        _ => vec![],
+                    };
+                    BatchItemResult { event_id, status: outcome.as_str(), errors }
                 }
                 Some(errors) => BatchItemResult { event_id, status: "invalid", errors },
             }
@@ -176,6 +192,7 @@ pub async fn post_billabear_event(
     match state.ingest.accept(vec![event]).await?.first() {
         Some(Accepted::New | Accepted::Duplicate) => Ok(HttpResponse::Created().finish()),
         Some(Accepted::Dead) => Err(dead(&event_id)),
+        Some(Accepted::Refused) => Ok(billabear_errors(vec![crate::error::FieldError::new("body", REFUSED)])),
         _ => Err(conflict(&event_id)),
     }
 }

@@ -532,16 +532,21 @@ async fn a_value_postgres_refuses_fails_only_its_own_request_in_a_shared_commit(
         assert_eq!(valid, 202, "fine-{i} shares commits with refused events");
         assert_problem(refused, 400, "invalid_value").await;
     }
-    let batch = json!({"events": [event("batch-fine"), event("poison-batch")]});
+    // Within a batch too: the refused item is `invalid`, the others are stored.
+    let batch = json!({"events": [event("batch-fine"), event("poison-batch"), event("batch-fine-2")]});
     let response =
         app.http.post(app.url("/v1/events/batch")).bearer_auth(EVENTS_KEY).json(&batch).send().await.unwrap();
-    assert_problem(response, 400, "invalid_value").await;
+    assert_eq!(response.status(), 200);
+    let results = response.json::<Value>().await.unwrap()["results"].clone();
+    let statuses: Vec<_> = results.as_array().unwrap().iter().map(|r| r["status"].clone()).collect();
+    assert_eq!(statuses, [json!("accepted"), json!("invalid"), json!("accepted")]);
+    assert_eq!(results[1]["errors"][0]["field"], "events[1]");
     let stored: Vec<String> = sqlx::query_scalar("SELECT event_id FROM outbox ORDER BY event_id")
         .fetch_all(&app.pool)
         .await
         .unwrap();
-    assert_eq!(stored.len(), 40, "every fine-* and nothing else: {stored:?}");
-    assert!(stored.iter().all(|id| id.starts_with("fine-")));
+    assert_eq!(stored.len(), 42, "every fine-* and the batch's two: {stored:?}");
+    assert!(stored.iter().all(|id| id.starts_with("fine-") || id.starts_with("batch-fine")));
 }
 
 #[tokio::test]
