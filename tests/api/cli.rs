@@ -96,19 +96,23 @@ fn wait_for_line<T: Send + 'static>(
     rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the expected line within 60 s")
 }
 
+/// The README's demo command as a process on free ports and a fresh database, its stdout piped.
+async fn demo(env: &[(&str, &str)]) -> Child {
+    let database = fresh_database_url().await;
+    let mut command = usage_gate();
+    command
+        .args(["demo", "--sim-address", "127.0.0.1:0"])
+        .env("DATABASE_URL", &database)
+        .env("USAGE_GATE__SERVER__ADDRESS", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    Child(command.spawn().unwrap())
+}
+
 #[tokio::test]
 async fn the_readme_demo_command_serves_the_service_against_the_simulator() {
-    let database = fresh_database_url().await;
-    let mut child = Child(
-        usage_gate()
-            .args(["demo", "--sim-address", "127.0.0.1:0"])
-            .env("DATABASE_URL", &database)
-            .env("USAGE_GATE__SERVER__ADDRESS", "127.0.0.1:0")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = demo(&[]).await;
     // The banner's "service  http://127.0.0.1:PORT" line says where it listens.
     let base = wait_for_line(child.0.stdout.take().unwrap(), |line| {
         let line = line.trim_start();
@@ -164,18 +168,7 @@ async fn sim_serves_a_json_seed_file() {
 #[tokio::test]
 async fn a_callers_mistakes_are_answered_not_logged_as_warnings() {
     use std::io::BufRead;
-    let database = fresh_database_url().await;
-    let mut child = Child(
-        usage_gate()
-            .args(["demo", "--sim-address", "127.0.0.1:0"])
-            .env("DATABASE_URL", &database)
-            .env("USAGE_GATE__SERVER__ADDRESS", "127.0.0.1:0")
-            .env("USAGE_GATE__LOG__FORMAT", "json")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = demo(&[("USAGE_GATE__LOG__FORMAT", "json")]).await;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let stdout = child.0.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
