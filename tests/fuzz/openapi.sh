@@ -56,11 +56,12 @@ for _ in $(seq 1 100); do
 done
 
 status=0
-st run "http://127.0.0.1:$app_port/openapi.json" \
+# From the work folder, so schemathesis's and hypothesis's caches stay out of the repository.
+(cd "$work" && st run "http://127.0.0.1:$app_port/openapi.json" \
   --header "Authorization: Bearer $key" --header "X-API-Key: $key" \
   --checks all \
   --exclude-checks ignored_auth,use_after_free,ensure_resource_availability,object_level_authorization \
-  --max-time "$seconds" --request-timeout 10 --suppress-health-check all || status=$?
+  --max-time "$seconds" --request-timeout 10 --suppress-health-check all) || status=$?
 if grep -q '"status":5[0-9][0-9]\|panicked' "$work/app.log"; then
   echo "usage-gate logged a 5xx or a panic:" >&2
   grep '"status":5[0-9][0-9]\|panicked' "$work/app.log" | head -20 >&2
