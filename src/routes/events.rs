@@ -53,16 +53,12 @@ pub async fn post_event(
             Ok(HttpResponse::Ok().json(EventAnswer { status: "duplicate", event_id, decision }))
         }
         Some(Accepted::Dead) => Err(dead(&event_id)),
-        Some(Accepted::Refused) => Err(refused("body")),
+        Some(Accepted::Refused) => Err(ApiError::invalid_field("body", REFUSED)),
         _ => Err(conflict(&event_id)),
     }
 }
 
 /// Postgres refused a value that validation let through; nothing of the event was stored.
-fn refused(field: &str) -> ApiError {
-    ApiError::invalid_field(field, REFUSED)
-}
-
 const REFUSED: &str =
     "a value in this event cannot be stored (Postgres refused it); nothing of it was stored";
 
