@@ -42,7 +42,7 @@ pub enum ApiError {
     NotFound(String),
     /// A known path with a method it does not take; the ones it does, for `Allow`.
     #[error("this path takes only {0}")]
-    MethodNotAllowed(&'static str),
+    MethodNotAllowed(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -242,8 +242,10 @@ impl ResponseError for ApiError {
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if let ApiError::MethodNotAllowed(allow) = self {
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        if let ApiError::MethodNotAllowed(allow) = self
+            && let Ok(allow) = HeaderValue::from_str(allow)
+        {
+            response.headers_mut().insert(header::ALLOW, allow);
         }
         if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

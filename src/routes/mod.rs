@@ -13,8 +13,9 @@ pub mod webhooks;
 use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
 use actix_web::middleware::from_fn;
-use actix_web::{Resource, web};
+use actix_web::{Resource, Route, web};
 
 use crate::auth::{Scope, authorize};
 use crate::domain::CustomerId;
@@ -26,119 +27,73 @@ use crate::telemetry::RouteLabel;
 pub fn configure(cfg: &mut web::ServiceConfig, metrics: bool) {
     // Routes are tried in order, and each dynamic pattern costs a regex match: the hot ones
     // first, the docs' catch-all last.
-    cfg.service(
-        keyed("/v1/customers/{customer_id}/check", Some(Scope::Check))
-            .route(web::get().to(check::check_customer))
-            .default_service(not_allowed("GET")),
-    )
-    .service(
-        keyed("/v1/gate", Some(Scope::Check))
-            .route(web::get().to(check::gate))
-            .default_service(not_allowed("GET")),
-    )
-    .service(
-        keyed("/v1/check", Some(Scope::Check))
-            .route(web::post().to(check::check_batch))
-            .default_service(not_allowed("POST")),
-    )
-    .service(
-        keyed("/v1/customers/{customer_id}/refresh", Some(Scope::Admin))
-            .route(web::post().to(check::refresh))
-            .default_service(not_allowed("POST")),
-    )
-    .service(
-        keyed("/v1/events", Some(Scope::Events))
-            .route(web::post().to(events::post_event))
-            .default_service(not_allowed("POST")),
-    )
-    .service(
-        keyed("/v1/events/batch", Some(Scope::Events))
-            .route(web::post().to(events::post_batch))
-            .default_service(not_allowed("POST")),
-    )
+    use Method as M;
+    cfg.service(keyed(
+        "/v1/customers/{customer_id}/check",
+        Some(Scope::Check),
+        vec![(M::GET, web::to(check::check_customer))],
+    ))
+    .service(keyed("/v1/gate", Some(Scope::Check), vec![(M::GET, web::to(check::gate))]))
+    .service(keyed("/v1/check", Some(Scope::Check), vec![(M::POST, web::to(check::check_batch))]))
+    .service(keyed(
+        "/v1/customers/{customer_id}/refresh",
+        Some(Scope::Admin),
+        vec![(M::POST, web::to(check::refresh))],
+    ))
+    .service(keyed("/v1/events", Some(Scope::Events), vec![(M::POST, web::to(events::post_event))]))
+    .service(keyed("/v1/events/batch", Some(Scope::Events), vec![(M::POST, web::to(events::post_batch))]))
     // BillaBear's own route and key header, for services on a BillaBear SDK (checks its own key).
-    .service(
-        web::resource("/api/v1/events")
-            .route(web::post().to(events::post_billabear_event))
-            .default_service(not_allowed("POST")),
-    )
-    .service(
-        keyed("/v1/outbox", Some(Scope::Admin))
-            .route(web::get().to(outbox::list))
-            .default_service(not_allowed("GET")),
-    )
-    .service(
-        keyed("/v1/outbox/stats", Some(Scope::Admin))
-            .route(web::get().to(outbox::stats))
-            .default_service(not_allowed("GET")),
-    )
-    .service(
-        keyed("/v1/outbox/retry", Some(Scope::Admin))
-            .route(web::post().to(outbox::retry_all))
-            .default_service(not_allowed("POST")),
-    )
-    .service(
-        keyed("/v1/outbox/{id}/retry", Some(Scope::Admin))
-            .route(web::post().to(outbox::retry_one))
-            .default_service(not_allowed("POST")),
-    )
-    .service(
-        keyed("/v1/customers/{customer_id}", Some(Scope::Admin))
-            .route(web::get().to(admin::show_customer))
-            .default_service(not_allowed("GET")),
-    )
-    .service(
-        keyed("/v1/customers/{customer_id}/usage-limits", Some(Scope::Admin))
-            .route(web::get().to(admin::list_limits))
-            .route(web::post().to(admin::create_limit))
-            .default_service(not_allowed("GET, POST")),
-    )
-    .service(
-        keyed("/v1/customers/{customer_id}/usage-limits/{limit_id}", Some(Scope::Admin))
-            .route(web::delete().to(admin::delete_limit))
-            .default_service(not_allowed("DELETE")),
-    )
-    .service(
-        keyed("/v1/audit", Some(Scope::Admin))
-            .route(web::get().to(audit::list))
-            .default_service(not_allowed("GET")),
-    )
-    .service(
-        web::resource("/v1/webhooks/billabear/{secret}")
-            .route(web::post().to(webhooks::billabear))
-            .default_service(not_allowed("POST")),
-    )
-    .service(keyed("/v1/whoami", None).route(web::get().to(meta::whoami)).default_service(not_allowed("GET")))
+    .service(endpoint("/api/v1/events", vec![(M::POST, web::to(events::post_billabear_event))]))
+    .service(keyed("/v1/outbox", Some(Scope::Admin), vec![(M::GET, web::to(outbox::list))]))
+    .service(keyed("/v1/outbox/stats", Some(Scope::Admin), vec![(M::GET, web::to(outbox::stats))]))
+    .service(keyed("/v1/outbox/retry", Some(Scope::Admin), vec![(M::POST, web::to(outbox::retry_all))]))
+    .service(keyed("/v1/outbox/{id}/retry", Some(Scope::Admin), vec![(M::POST, web::to(outbox::retry_one))]))
+    .service(keyed(
+        "/v1/customers/{customer_id}",
+        Some(Scope::Admin),
+        vec![(M::GET, web::to(admin::show_customer))],
+    ))
+    .service(keyed(
+        "/v1/customers/{customer_id}/usage-limits",
+        Some(Scope::Admin),
+        vec![(M::GET, web::to(admin::list_limits)), (M::POST, web::to(admin::create_limit))],
+    ))
+    .service(keyed(
+        "/v1/customers/{customer_id}/usage-limits/{limit_id}",
+        Some(Scope::Admin),
+        vec![(M::DELETE, web::to(admin::delete_limit))],
+    ))
+    .service(keyed("/v1/audit", Some(Scope::Admin), vec![(M::GET, web::to(audit::list))]))
+    .service(endpoint("/v1/webhooks/billabear/{secret}", vec![(M::POST, web::to(webhooks::billabear))]))
+    .service(keyed("/v1/whoami", None, vec![(M::GET, web::to(meta::whoami))]))
     // Envoy's ext_authz appends the original request path to its path prefix.
-    .service(
-        keyed("/v1/gate/{original_path:.*}", Some(Scope::Check))
-            .route(web::get().to(check::gate))
-            .default_service(not_allowed("GET")),
-    )
-    .service(
-        web::resource("/healthz").route(web::get().to(health::healthz)).default_service(not_allowed("GET")),
-    )
-    .service(
-        web::resource("/readyz").route(web::get().to(health::readyz)).default_service(not_allowed("GET")),
-    );
+    .service(keyed("/v1/gate/{original_path:.*}", Some(Scope::Check), vec![(M::GET, web::to(check::gate))]))
+    .service(endpoint("/healthz", vec![(M::GET, web::to(health::healthz))]))
+    .service(endpoint("/readyz", vec![(M::GET, web::to(health::readyz))]));
     if metrics {
-        cfg.service(
-            web::resource("/metrics").route(web::get().to(meta::metrics)).default_service(not_allowed("GET")),
-        );
+        cfg.service(endpoint("/metrics", vec![(M::GET, web::to(meta::metrics))]));
     }
     cfg.service(openapi::docs());
 }
 
-/// A known path asked with a method it does not take: 405 naming the ones it does.
-fn not_allowed(allow: &'static str) -> actix_web::Route {
-    web::to(move || async move { Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed(allow)) })
+/// A path and the handler for each method it takes; any other method is a 405 naming them
+/// (without this, actix would fall through to the app's 404).
+fn endpoint(path: &'static str, routes: Vec<(Method, Route)>) -> Resource {
+    let allow = routes.iter().map(|(method, _)| method.as_str()).collect::<Vec<_>>().join(", ");
+    let resource =
+        routes.into_iter().fold(web::resource(path), |r, (method, route)| r.route(route.method(method)));
+    resource.default_service(web::to(move || {
+        let allow = allow.clone();
+        async move { Err::<actix_web::HttpResponse, _>(ApiError::MethodNotAllowed(allow)) }
+    }))
 }
 
-/// A resource behind the API-key check; `scope` is the scope its routes need (none: any key).
-/// It also labels its requests with its pattern for the metrics.
+/// An [`endpoint`] behind the API-key check; `scope` is the scope its routes need (none: any
+/// key). It also labels its requests with its pattern for the metrics.
 fn keyed(
     path: &'static str,
     scope: Option<Scope>,
+    routes: Vec<(Method, Route)>,
 ) -> Resource<
     impl ServiceFactory<
         ServiceRequest,
@@ -148,7 +103,7 @@ fn keyed(
         InitError = (),
     >,
 > {
-    web::resource(path).wrap(from_fn(move |req: ServiceRequest, next| {
+    endpoint(path, routes).wrap(from_fn(move |req: ServiceRequest, next| {
         req.extensions_mut().insert(RouteLabel(path));
         authorize(req, next, scope)
     }))
