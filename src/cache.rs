@@ -272,30 +272,21 @@ impl SnapshotCache {
     pub async fn lookup(&self, id: CustomerId) -> Lookup {
         let inner = &self.inner;
         let now = now_ms();
-        if let Some(snapshot) = inner.snapshots.get(&id) {
-            let age = snapshot.age_ms(now);
-            match &snapshot.data {
-                SnapshotData::Known(_) if age <= inner.ttl_ms => {
-                    inner.metrics.hit.increment(1);
-                    return Lookup::found(snapshot, Source::Cache);
-                }
-                SnapshotData::Known(_) if age <= inner.max_stale_ms => {
-                    inner.metrics.stale.increment(1);
-                    self.refresh_in_background(id, &snapshot, now);
-                    return Lookup::found(snapshot, Source::Stale);
-                }
-                SnapshotData::Unavailable if age <= inner.min_refresh_interval_ms => {
-                    inner.metrics.fallback.increment(1);
-                    return Lookup::fallback(false);
-                }
-                _ => {}
+        match self.cached_at(id, now) {
+            Some((snapshot, Source::Stale)) => {
+                inner.metrics.stale.increment(1);
+                self.refresh_in_background(id, &snapshot, now);
+                return Lookup::found(snapshot, Source::Stale);
             }
-        }
-        if let Some(snapshot) = inner.unknown.get(&id)
-            && snapshot.age_ms(now) <= inner.negative_ttl_ms
-        {
-            inner.metrics.hit.increment(1);
-            return Lookup::found(snapshot, Source::Cache);
+            Some((_, Source::Fallback)) => {
+                inner.metrics.fallback.increment(1);
+                return Lookup::fallback(false);
+            }
+            Some((snapshot, source)) => {
+                inner.metrics.hit.increment(1);
+                return Lookup::found(snapshot, source);
+            }
+            None => {}
         }
         inner.metrics.miss.increment(1);
         match self.join_or_start_cold_fetch(id).await {
@@ -319,6 +310,7 @@ impl SnapshotCache {
         match self.start_fetch(id, slot).await {
             Ok(snapshot) => Ok(snapshot),
             Err(FetchError::BillaBear(e)) => Err(e),
+            // Not reached: a refresh waited for its slot and is not counted as a cold fetch.
             Err(FetchError::BudgetExhausted) => {
                 Err(BillaBearError::Connect("usage-gate's budget of calls to BillaBear is spent".into()))
             }
@@ -350,22 +342,31 @@ impl SnapshotCache {
     /// A lookup from the cache alone: never fetches or refreshes. None when nothing usable is
     /// cached.
     pub fn cached(&self, id: CustomerId) -> Option<Lookup> {
+        match self.cached_at(id, now_ms())? {
+            (_, Source::Fallback) => None,
+            (snapshot, source) => Some(Lookup::found(snapshot, source)),
+        }
+    }
+
+    /// What the cache holds for `id` that may still be used at `now`, and how: a known customer
+    /// (`Cache` while fresh, then `Stale`), one BillaBear does not know (`Cache`), or the marker
+    /// of a failed fetch that is too recent to try again (`Fallback`).
+    fn cached_at(&self, id: CustomerId, now: u64) -> Option<(Arc<Snapshot>, Source)> {
         let inner = &self.inner;
-        let now = now_ms();
         if let Some(snapshot) = inner.snapshots.get(&id) {
             let age = snapshot.age_ms(now);
-            match snapshot.data {
-                SnapshotData::Known(_) if age <= inner.ttl_ms => {
-                    return Some(Lookup::found(snapshot, Source::Cache));
-                }
-                SnapshotData::Known(_) if age <= inner.max_stale_ms => {
-                    return Some(Lookup::found(snapshot, Source::Stale));
-                }
-                _ => {}
+            let source = match snapshot.data {
+                SnapshotData::Known(_) if age <= inner.ttl_ms => Some(Source::Cache),
+                SnapshotData::Known(_) if age <= inner.max_stale_ms => Some(Source::Stale),
+                SnapshotData::Unavailable if age <= inner.min_refresh_interval_ms => Some(Source::Fallback),
+                _ => None,
+            };
+            if let Some(source) = source {
+                return Some((snapshot, source));
             }
         }
         let snapshot = inner.unknown.get(&id)?;
-        (snapshot.age_ms(now) <= inner.negative_ttl_ms).then(|| Lookup::found(snapshot, Source::Cache))
+        (snapshot.age_ms(now) <= inner.negative_ttl_ms).then_some((snapshot, Source::Cache))
     }
 
     /// Customers cached, known and unknown (approximate: moka counts lazily).
