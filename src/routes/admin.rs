@@ -134,9 +134,9 @@ pub async fn create_limit(
         }
         Err(e) if outcome_unknown(&e) => {
             let found = look_for_created(&state, customer, &limit, before.as_deref()).await;
-            let made = found.as_ref().map(Option::is_some).map_err(Clone::clone);
+            let exists = found.as_ref().map(Option::is_some).map_err(Clone::clone);
             let target = found.as_ref().ok().and_then(Option::as_ref).map(|l| l.id.to_string());
-            settle(&state, record, e, made, target.as_deref()).await?;
+            settle(&state, record, e, exists, true, target.as_deref()).await?;
             // Settled as made only when found.
             found.ok().flatten().ok_or_else(|| anyhow::anyhow!("a limit settled as made was not found"))?
         }
@@ -170,32 +170,34 @@ async fn look_for_created(
     Ok(now.into_iter().find(|l| l.amount == limit.amount && l.action == limit.action && !existed(l.id)))
 }
 
-/// Settles a change whose answer never came, from what BillaBear shows now: `Ok(true)` the
-/// change is there (success), `Ok(false)` it is not (failed), `Err` looking failed too (the
-/// record stays `unknown`). `Ok(())` when the change was made; otherwise the answer to give,
+/// Settles a change whose answer never came, from what BillaBear shows now: `exists` is whether
+/// the limit is there (`Err`: looking failed too, and the record stays `unknown`), `wanted`
+/// whether the change meant it to be (a create) or not (a delete). The record becomes
+/// `success` or `failed`; `Ok(())` when the change was made, otherwise the answer to give,
 /// which tells whether the limit exists.
 async fn settle(
     state: &AppState,
     record: i64,
     error: BillaBearError,
-    made: Result<bool, BillaBearError>,
+    exists: Result<bool, BillaBearError>,
+    wanted: bool,
     target: Option<&str>,
 ) -> Result<(), ApiError> {
     let message = error.to_string();
-    let (outcome, details) = match &made {
-        Ok(true) => {
-            (Outcome::Success, json!({"message": message, "verified": "made: found in BillaBear afterwards"}))
+    let (outcome, details) = match &exists {
+        Ok(exists) if *exists == wanted => {
+            (Outcome::Success, json!({"message": message, "verified": "made: seen in BillaBear afterwards"}))
         }
-        Ok(false) => (
+        Ok(_) => (
             Outcome::Failed,
-            json!({"message": message, "verified": "not made: not in BillaBear afterwards"}),
+            json!({"message": message, "verified": "not made: not seen in BillaBear afterwards"}),
         ),
         Err(e) => (Outcome::Unknown, json!({"message": message, "verify_error": e.to_string()})),
     };
     conclude(state, record, outcome, None, target, details).await;
-    match made {
-        Ok(true) => Ok(()),
-        Ok(false) => Err(ApiError::LimitOutcome { source: error, exists: Some(false) }),
+    match exists {
+        Ok(exists) if exists == wanted => Ok(()),
+        Ok(exists) => Err(ApiError::LimitOutcome { source: error, exists: Some(exists) }),
         Err(_) => Err(ApiError::LimitOutcome { source: error, exists: None }),
     }
 }
@@ -246,18 +248,12 @@ pub async fn delete_limit(
     match state.billabear.delete_usage_limit(customer, limit).await {
         Ok(()) => conclude(&state, record, Outcome::Success, Some(200), None, details).await,
         Err(e) if outcome_unknown(&e) => {
-            let gone = state
+            let exists = state
                 .billabear
                 .list_usage_limits(customer)
                 .await
-                .map(|now| now.iter().all(|l| l.id != limit));
-            settle(&state, record, e, gone, None).await.map_err(|answer| match answer {
-                // For a delete, "made" means the limit is gone.
-                ApiError::LimitOutcome { source, exists: Some(false) } => {
-                    ApiError::LimitOutcome { source, exists: Some(true) }
-                }
-                other => other,
-            })?;
+                .map(|now| now.iter().any(|l| l.id == limit));
+            settle(&state, record, e, exists, false, None).await?;
         }
         Err(e) => return Err(failed(&state, record, e, customer).await),
     }
