@@ -46,6 +46,18 @@ impl Accepted {
 /// An `event_id` already stored, or repeated earlier in `events`, is a duplicate or a conflict.
 /// Nothing is acknowledged unless the commit succeeded.
 pub async fn accept(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
+    let outcomes = insert(conn, events).await?;
+    for kind in [Accepted::New, Accepted::Duplicate, Accepted::Conflict, Accepted::Dead] {
+        let count = outcomes.iter().filter(|o| **o == kind).count() as u64;
+        if count > 0 {
+            metrics::counter!("usage_gate_events_total", "outcome" => kind.as_str()).increment(count);
+        }
+    }
+    Ok(outcomes)
+}
+
+/// [`accept`] without the counting, so an event inserted again (see below) counts once.
+async fn insert(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
     if events.is_empty() {
         return Ok(vec![]);
     }
@@ -137,15 +149,11 @@ pub async fn accept(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result
     }
     if !vanished.is_empty() {
         let again: Vec<IncomingEvent> = vanished.iter().map(|&i| events[i].clone()).collect();
-        let retried = Box::pin(accept(conn, &again)).await?;
+        // Pruning deletes only old delivered rows, so the second try inserts the event or
+        // finds the row another request just stored.
+        let retried = Box::pin(insert(conn, &again)).await?;
         for (i, outcome) in vanished.into_iter().zip(retried) {
             outcomes[i] = outcome;
-        }
-    }
-    for kind in [Accepted::New, Accepted::Duplicate, Accepted::Conflict, Accepted::Dead] {
-        let count = outcomes.iter().filter(|o| **o == kind).count() as u64;
-        if count > 0 {
-            metrics::counter!("usage_gate_events_total", "outcome" => kind.as_str()).increment(count);
         }
     }
     Ok(outcomes)
