@@ -208,43 +208,36 @@ impl Forwarder {
                 // retried (a Postgres blip, a pool timeout) for as long as one delivery may take.
                 self.record(&event, "delivered", || store::mark_delivered(&self.pool, event.id)).await;
             }
-            Err(Failure::Permanent { message, upstream_status }) => {
-                self.metrics.dead.increment(1);
-                tracing::warn!(event_id = %event.event_id, error = %message, "outbox: event is dead");
-                self.record(&event, "dead", || {
-                    store::mark_dead(&self.pool, &event, &message, upstream_status)
-                })
-                .await;
-            }
-            Err(Failure::Transient { message, upstream_status }) => {
-                let now = chrono::Utc::now();
-                match give_up(&self.settings, event.attempts, now - event.attempts_since) {
-                    Some(why) => {
-                        self.metrics.dead.increment(1);
-                        let message = format!("{why}; last error: {message}");
-                        tracing::warn!(event_id = %event.event_id, error = %message, "outbox: event is dead");
-                        self.record(&event, "dead", || {
-                            store::mark_dead(&self.pool, &event, &message, upstream_status)
-                        })
-                        .await;
-                    }
-                    None => {
-                        self.metrics.retried.increment(1);
-                        let attempts = u32::try_from(event.attempts).unwrap_or(1);
-                        let delay = backoff(
-                            attempts,
-                            self.settings.retry_base,
-                            self.settings.retry_max,
-                            fastrand::f64(),
-                        );
-                        tracing::debug!(event_id = %event.event_id, error = %message, ?delay, "outbox: delivery failed");
-                        self.record(&event, "retry", || {
-                            store::mark_retry(&self.pool, &event, delay, &message, upstream_status)
-                        })
-                        .await;
-                    }
+            Err(failure) => self.failed(&event, failure).await,
+        }
+    }
+
+    /// A failed delivery: dead if retrying cannot help or the retries ran out (see
+    /// [`give_up`]), else tried again after a backoff.
+    async fn failed(&self, event: &Claimed, failure: Failure) {
+        let (message, upstream_status, dead) = match failure {
+            Failure::Permanent { message, upstream_status } => (message, upstream_status, true),
+            Failure::Transient { message, upstream_status } => {
+                match give_up(&self.settings, event.attempts, chrono::Utc::now() - event.attempts_since) {
+                    Some(why) => (format!("{why}; last error: {message}"), upstream_status, true),
+                    None => (message, upstream_status, false),
                 }
             }
+        };
+        if dead {
+            self.metrics.dead.increment(1);
+            tracing::warn!(event_id = %event.event_id, error = %message, "outbox: event is dead");
+            self.record(event, "dead", || store::mark_dead(&self.pool, event, &message, upstream_status))
+                .await;
+        } else {
+            self.metrics.retried.increment(1);
+            let attempts = u32::try_from(event.attempts).unwrap_or(1);
+            let delay = backoff(attempts, self.settings.retry_base, self.settings.retry_max, fastrand::f64());
+            tracing::debug!(event_id = %event.event_id, error = %message, ?delay, "outbox: delivery failed");
+            self.record(event, "retry", || {
+                store::mark_retry(&self.pool, event, delay, &message, upstream_status)
+            })
+            .await;
         }
     }
 
