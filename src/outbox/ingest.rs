@@ -170,11 +170,18 @@ impl Writer {
                     // request alone, and within a request each event, so a failure stays with
                     // the event that caused it.
                     tracing::warn!(error = %error, requests = sizes.len(), "ingest: a shared commit failed; committing its requests one by one");
+                    let alone = sizes.len() == 1;
                     let mut rest = events.as_slice();
                     for (size, reply) in sizes.into_iter().zip(replies) {
                         let (own, after) = rest.split_at(size);
                         rest = after;
-                        let _ = reply.send(commit_isolating(&mut conn, &pool, connect_timeout, own).await);
+                        let answer = if alone && error.kind == FailureKind::Data {
+                            // That was this request's own commit: go straight to its events.
+                            commit_each(&mut conn, &pool, connect_timeout, own).await
+                        } else {
+                            commit_isolating(&mut conn, &pool, connect_timeout, own).await
+                        };
+                        let _ = reply.send(answer);
                     }
                 }
                 Err(error) => {
@@ -210,10 +217,7 @@ impl Writer {
     }
 }
 
-/// Commits one request's events; if Postgres refuses a value in them, commits each event alone
-/// and answers `Refused` for those it refuses, so the rest of a batch is stored. Events stored
-/// one by one before another kind of failure stay stored: the client's retry finds them as
-/// duplicates, the safe side.
+/// Commits one request's events; if Postgres refuses a value in them, see [`commit_each`].
 async fn commit_isolating(
     conn: &mut Option<PgConnection>,
     pool: &PgPool,
@@ -222,21 +226,33 @@ async fn commit_isolating(
 ) -> Result<Vec<Accepted>, StorageError> {
     match commit(conn, pool, connect_timeout, events).await {
         Err(e) if e.kind == FailureKind::Data && events.len() > 1 => {
-            let mut outcomes = Vec::with_capacity(events.len());
-            for event in events {
-                match commit(conn, pool, connect_timeout, std::slice::from_ref(event)).await {
-                    Ok(outcome) => outcomes.extend(outcome),
-                    Err(e) if e.kind == FailureKind::Data => {
-                        tracing::warn!(event_id = %event.event_id, error = %e, "ingest: Postgres refused an event");
-                        outcomes.push(Accepted::Refused);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(outcomes)
+            commit_each(conn, pool, connect_timeout, events).await
         }
         other => other,
     }
+}
+
+/// Commits each event alone and answers `Refused` for those Postgres refuses, so the rest of a
+/// batch is stored. Events stored before another kind of failure stay stored: the client's
+/// retry finds them as duplicates, the safe side.
+async fn commit_each(
+    conn: &mut Option<PgConnection>,
+    pool: &PgPool,
+    connect_timeout: Duration,
+    events: &[IncomingEvent],
+) -> Result<Vec<Accepted>, StorageError> {
+    let mut outcomes = Vec::with_capacity(events.len());
+    for event in events {
+        match commit(conn, pool, connect_timeout, std::slice::from_ref(event)).await {
+            Ok(outcome) => outcomes.extend(outcome),
+            Err(e) if e.kind == FailureKind::Data && events.len() > 1 => {
+                tracing::warn!(event_id = %event.event_id, error = %e, "ingest: Postgres refused an event");
+                outcomes.push(Accepted::Refused);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(outcomes)
 }
 
 /// How often a commit that lost a race (deadlock, serialization failure) is tried again.
