@@ -12,8 +12,9 @@ use secrecy::SecretString;
 use usage_gate::billabear::BillaBearClient;
 use usage_gate::cache::{Currency, Known, SnapshotCache, SnapshotData};
 use usage_gate::config::{RawApiKey, RawSettings};
-use usage_gate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId};
+use usage_gate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, SubscriptionId};
 use usage_gate::policy::Limit;
+use usage_gate::projection::{Aggregation, Figures, Metered, Rate};
 use uuid::Uuid;
 
 fn rss_mib() -> f64 {
@@ -72,6 +73,8 @@ fn fill_compact(n: u64) -> u64 {
     }];
     let settings = raw.validate().expect("valid settings");
     let cache = SnapshotCache::new(BillaBearClient::new(&settings.billabear).unwrap(), &settings.cache, None);
+    // Every customer has one usage-priced subscription (what pending usage is priced by).
+    let code: Arc<str> = Arc::from("api_calls");
     for i in 0..n {
         let limits = vec![
             Limit {
@@ -90,6 +93,15 @@ fn fill_compact(n: u64) -> u64 {
             estimate: (i % 20_000) as i64,
             currency: Currency::parse("USD"),
             limits: limits.into_boxed_slice(),
+            metered: Box::new([Metered {
+                subscription: SubscriptionId::from(Uuid::from_u128(i as u128 | 3 << 64)),
+                code: code.clone(),
+                aggregation: Aggregation::Sum,
+                rate: Rate::PerUnit { unit_price: 1, tax: 1.0 },
+                approximate: false,
+                takes_customer_events: true,
+                figures: Figures { usage: (i % 20_000) as f64, amount: (i % 20_000) as i64 },
+            }]),
         };
         cache.insert(CustomerId::from(Uuid::from_u128(i as u128)), SnapshotData::Known(known));
     }

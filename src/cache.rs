@@ -30,10 +30,11 @@ use std::num::NonZeroU32;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use crate::billabear::{BillaBearClient, BillaBearError};
+use crate::billabear::{BillaBearClient, BillaBearError, CostEstimate, Customer, Subscription, UsageLimit};
 use crate::config::CacheSettings;
-use crate::domain::{CustomerId, CustomerStatus};
+use crate::domain::{CustomerId, CustomerStatus, SubscriptionId};
 use crate::policy::{Limit, Usage};
+use crate::projection::{self, Figures, Metered, Projection};
 
 /// An ISO 4217 code in three bytes; all zero when BillaBear sent none (no usage subscription).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,16 +63,24 @@ impl Currency {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Known {
     pub status: CustomerStatus,
-    /// Minor units.
+    /// BillaBear's estimate, minor units.
     pub estimate: i64,
     pub currency: Currency,
     pub limits: Box<[Limit]>,
+    /// Its usage-priced subscriptions, priced as BillaBear prices them: how pending usage is
+    /// projected.
+    pub metered: Box<[Metered]>,
 }
 
 impl Known {
-    /// What the policy decides on.
-    pub fn usage(&self) -> Usage<'_> {
-        Usage { disabled: self.status.is_disabled(), estimate: self.estimate, limits: &self.limits }
+    /// What the policy decides on, with the estimate `projection` makes of it.
+    pub fn usage(&self, projection: &Projection) -> Usage<'_> {
+        Usage {
+            disabled: self.status.is_disabled(),
+            estimate: projection.amount(),
+            counted: projection.billabear,
+            limits: &self.limits,
+        }
     }
 }
 
@@ -215,13 +224,35 @@ struct Inner {
     fetch_slots: Arc<Semaphore>,
     /// Fetches for customers with nothing usable cached (`cache.cold_fetches_per_second`).
     cold_fetches: DefaultDirectRateLimiter,
-    client: BillaBearClient,
+    source: Arc<dyn Fetch>,
     ttl_ms: u64,
     max_stale_ms: u64,
     negative_ttl_ms: u64,
     min_refresh_interval_ms: u64,
     metrics: CacheMetrics,
     on_fetched: Option<FetchHook>,
+}
+
+/// Where snapshots come from: BillaBear, asked by [`fetch`], and whatever must happen before a
+/// fetched snapshot is used (`pending` retires the usage it shows was counted).
+pub trait Fetch: Send + Sync + 'static {
+    fn fetch(&self, id: CustomerId) -> BoxFuture<'static, Result<SnapshotData, BillaBearError>>;
+}
+
+/// BillaBear alone, with no pending ledger (benchmarks and tools).
+pub struct FromBillaBear(pub BillaBearClient);
+
+impl Fetch for FromBillaBear {
+    fn fetch(&self, id: CustomerId) -> BoxFuture<'static, Result<SnapshotData, BillaBearError>> {
+        let client = self.0.clone();
+        async move {
+            Ok(match fetch(&client, id).await? {
+                Some(answers) => SnapshotData::Known(answers.known(|_| None)),
+                None => SnapshotData::NotFound,
+            })
+        }
+        .boxed()
+    }
 }
 
 /// Told of every snapshot fetched from BillaBear, with the one it replaces (if any was cached).
@@ -235,7 +266,12 @@ pub struct SnapshotCache {
 }
 
 impl SnapshotCache {
+    /// Snapshots straight from BillaBear.
     pub fn new(client: BillaBearClient, settings: &CacheSettings, on_fetched: Option<FetchHook>) -> Self {
+        Self::with_source(Arc::new(FromBillaBear(client)), settings, on_fetched)
+    }
+
+    pub fn with_source(source: Arc<dyn Fetch>, settings: &CacheSettings, on_fetched: Option<FetchHook>) -> Self {
         let snapshots = moka::sync::Cache::builder()
             .max_capacity(settings.max_customers)
             // LRU, not TinyLFU: a snapshot just fetched must be kept, or the next check refetches.
@@ -257,7 +293,7 @@ impl SnapshotCache {
                 generation: AtomicU64::new(1),
                 fetch_slots: Arc::new(Semaphore::new(settings.max_concurrent_fetches)),
                 cold_fetches: RateLimiter::direct(Quota::per_second(per_second)),
-                client,
+                source,
                 ttl_ms: millis(settings.ttl),
                 max_stale_ms: millis(settings.max_stale),
                 negative_ttl_ms: millis(settings.negative_ttl),
@@ -491,7 +527,7 @@ impl Inner {
     /// usable, it caches the `Unavailable` marker.
     async fn fetch_and_store(&self, id: CustomerId, generation: u64) -> FetchResult {
         let started = Instant::now();
-        let result = fetch(&self.client, id).await;
+        let result = self.source.fetch(id).await;
         let now = now_ms();
         match result {
             Ok(SnapshotData::NotFound) => {
@@ -536,22 +572,44 @@ impl Inner {
     }
 }
 
-/// The customer, its usage limits and its cost estimate, asked for at once.
-pub async fn fetch(client: &BillaBearClient, id: CustomerId) -> Result<SnapshotData, BillaBearError> {
-    let answers =
-        tokio::try_join!(client.get_customer(id), client.list_usage_limits(id), client.get_cost_estimate(id));
+/// What BillaBear answered about a customer it knows.
+#[derive(Debug, Clone)]
+pub struct Answers {
+    pub customer: Customer,
+    pub limits: Vec<UsageLimit>,
+    pub estimate: CostEstimate,
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl Answers {
+    /// The snapshot's data; `previous` gives the last different figures recorded for a
+    /// subscription (see [`projection::meter`]).
+    pub fn known(&self, previous: impl FnMut(SubscriptionId) -> Option<Figures>) -> Known {
+        Known {
+            status: self.customer.status.clone(),
+            estimate: self.estimate.total.amount,
+            currency: Currency::parse(&self.estimate.total.currency),
+            limits: self.limits.iter().map(|l| Limit { id: l.id, amount: l.amount, action: l.action }).collect(),
+            metered: projection::meter(&self.subscriptions, &self.estimate.costs, previous),
+        }
+    }
+}
+
+/// The customer, its usage limits, its cost estimate and its active subscriptions, asked for at
+/// once; None when BillaBear does not know the customer.
+pub async fn fetch(client: &BillaBearClient, id: CustomerId) -> Result<Option<Answers>, BillaBearError> {
+    let answers = tokio::try_join!(
+        client.get_customer(id),
+        client.list_usage_limits(id),
+        client.get_cost_estimate(id),
+        client.list_active_subscriptions(id),
+    );
     match answers {
-        Ok((customer, limits, estimate)) => Ok(SnapshotData::Known(Known {
-            status: customer.status,
-            estimate: estimate.total.amount,
-            currency: Currency::parse(&estimate.total.currency),
-            limits: limits
-                .into_iter()
-                .map(|l| Limit { id: l.id, amount: l.amount, action: l.action })
-                .collect(),
-        })),
-        // Any of the three may be the first to say the customer does not exist.
-        Err(BillaBearError::NotFound(_)) => Ok(SnapshotData::NotFound),
+        Ok((customer, limits, estimate, subscriptions)) => {
+            Ok(Some(Answers { customer, limits, estimate, subscriptions }))
+        }
+        // Any of them may be the first to say the customer does not exist.
+        Err(BillaBearError::NotFound(_)) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -570,7 +628,9 @@ mod tests {
     #[test]
     fn snapshots_stay_compact() {
         // The cache holds a million of these; growing them is a decision, not an accident.
-        assert!(std::mem::size_of::<Snapshot>() <= 80, "{}", std::mem::size_of::<Snapshot>());
+        // 96: the metered subscriptions (a boxed slice) joined the limits for pending usage.
+        assert!(std::mem::size_of::<Snapshot>() <= 96, "{}", std::mem::size_of::<Snapshot>());
         assert_eq!(std::mem::size_of::<Limit>(), 32);
+        assert!(std::mem::size_of::<Metered>() <= 80, "{}", std::mem::size_of::<Metered>());
     }
 }

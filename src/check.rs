@@ -4,9 +4,11 @@ use metrics::Counter;
 use serde::Serialize;
 
 use crate::billabear::BillaBearError;
-use crate::cache::{Currency, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
+use crate::cache::{Currency, Known, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Timestamp};
+use crate::pending::Pending;
 use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
+use crate::projection::Projection;
 
 /// The answer to "may this customer keep using the product?", with what it is based on.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -17,10 +19,11 @@ pub struct Decision {
     pub status: Status,
     /// Stable codes: customer_disabled, disable_limit_exceeded, would_exceed_disable_limit,
     /// warning_limit_exceeded, near_limit, customer_not_found, upstream_unavailable,
-    /// upstream_budget_exhausted.
+    /// upstream_budget_exhausted, pending_usage_exceeds_limit.
     #[schema(value_type = Vec<String>)]
     pub reasons: Reasons,
-    /// BillaBear's cost estimate for the period (minor units, tax included); null when unknown.
+    /// The projected cost estimate for the period that every rule judges (minor units, tax
+    /// included): BillaBear's figure plus usage it has not counted yet; null when unknown.
     pub estimate: Option<Estimate>,
     /// The `cost` asked about, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,12 +44,27 @@ pub struct Decision {
     pub would_block: Option<bool>,
 }
 
-/// An amount in minor units with its ISO 4217 currency ("" when BillaBear has none).
+/// The estimate and its parts, in minor units of its ISO 4217 currency ("" when BillaBear has
+/// none), tax included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Estimate {
+    /// `billabear` + `pending`: what every rule judges.
     pub amount: i64,
     #[schema(value_type = String)]
     pub currency: Currency,
+    /// BillaBear's last estimate (its counter runs about once a minute).
+    pub billabear: i64,
+    /// What the events usage-gate accepted and BillaBear has not counted yet cost, priced as
+    /// BillaBear prices them.
+    pub pending: i64,
+    /// How many such events.
+    pub pending_events: u64,
+    /// `pending` is priced approximately (a tiered price, a metric aggregated by max, latest or
+    /// unique_count, or tax BillaBear's figures do not show yet): see the README.
+    pub approximate: bool,
+    /// When BillaBear gave its figure (RFC 3339, UTC).
+    #[schema(value_type = String, format = DateTime)]
+    pub as_of: Timestamp,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -71,7 +89,7 @@ impl Decision {
 /// Decision counters, registered once so the hot path does no registry lookups.
 struct DecisionMetrics {
     by_status: [Counter; 4],
-    by_reason: [Counter; 8],
+    by_reason: [Counter; 9],
     shadow_would_block: Counter,
 }
 
@@ -100,13 +118,21 @@ impl DecisionMetrics {
 /// Answers checks: the cache, the policy, and the metrics of both.
 pub struct Checker {
     pub cache: SnapshotCache,
+    /// This replica's copy of the pending usage, added to BillaBear's estimates.
+    pub pending: Pending,
     policy: PolicySettings,
     metrics: DecisionMetrics,
 }
 
 impl Checker {
-    pub fn new(cache: SnapshotCache, policy: PolicySettings) -> Self {
-        Self { cache, policy, metrics: DecisionMetrics::new() }
+    pub fn new(cache: SnapshotCache, pending: Pending, policy: PolicySettings) -> Self {
+        Self { cache, pending, policy, metrics: DecisionMetrics::new() }
+    }
+
+    /// The usage status a snapshot decides with the pending usage as it is now (`None` for
+    /// unknown customers and the unavailable marker): what decision transitions are about.
+    pub fn usage_status(&self, customer: CustomerId, data: &SnapshotData) -> Option<Status> {
+        usage_status(data, |known| self.pending.project(customer, known), &self.policy)
     }
 
     /// `cost`: minor units the caller is about to spend (not negative).
@@ -127,24 +153,31 @@ impl Checker {
     }
 
     fn explain(&self, id: CustomerId, cost: Option<i64>, lookup: Lookup) -> Decision {
-        let decision = explain(id, cost, lookup, &self.policy, now_ms());
+        let project = |known: &Known| self.pending.project(id, known);
+        let decision = explain(id, cost, lookup, project, &self.policy, now_ms());
         self.metrics.record(&decision);
         decision
     }
 }
 
-/// The usage status a snapshot of a known customer decides (`None` for unknown customers and
-/// the unavailable marker): what decision transitions are about.
-pub fn usage_status(data: &SnapshotData, settings: &PolicySettings) -> Option<Status> {
+/// The usage status a snapshot of a known customer decides with the estimate `project` makes
+/// of it (`None` for unknown customers and the unavailable marker).
+pub fn usage_status(
+    data: &SnapshotData,
+    project: impl FnOnce(&Known) -> Projection,
+    settings: &PolicySettings,
+) -> Option<Status> {
     let SnapshotData::Known(known) = data else { return None };
-    Some(policy::decide(&known.usage(), None, settings).status)
+    Some(policy::decide(&known.usage(&project(known)), None, settings).status)
 }
 
-/// Builds the explained decision from a lookup. Pure: `now` is passed in.
+/// Builds the explained decision from a lookup, with the estimate `project` makes of a known
+/// customer's snapshot. Pure: `now` is passed in.
 pub fn explain(
     id: CustomerId,
     cost: Option<i64>,
     lookup: Lookup,
+    project: impl FnOnce(&Known) -> Projection,
     settings: &PolicySettings,
     now: u64,
 ) -> Decision {
@@ -184,7 +217,9 @@ pub fn explain(
             );
         }
     };
-    let verdict = policy::decide(&known.usage(), cost, settings);
+    let projection = project(known);
+    let amount = projection.amount();
+    let verdict = policy::decide(&known.usage(&projection), cost, settings);
     Decision {
         limits: known
             .limits
@@ -193,11 +228,19 @@ pub fn explain(
                 id: l.id,
                 amount: l.amount,
                 action: l.action,
-                exceeded: l.exceeded_by(known.estimate),
-                remaining: l.remaining(known.estimate),
+                exceeded: l.exceeded_by(amount),
+                remaining: l.remaining(amount),
             })
             .collect(),
-        estimate: Some(Estimate { amount: known.estimate, currency: known.currency }),
+        estimate: Some(Estimate {
+            amount,
+            currency: known.currency,
+            billabear: projection.billabear,
+            pending: projection.pending,
+            pending_events: projection.pending_events,
+            approximate: projection.approximate,
+            as_of: Timestamp(snapshot.fetched_at_ms),
+        }),
         customer_status: Some(known.status.clone()),
         ..empty(verdict, lookup.source, Some(snapshot.as_ref()))
     }
@@ -226,18 +269,53 @@ mod tests {
                 .iter()
                 .map(|&(amount, action)| Limit { id: LimitId::new_v4(), amount, action })
                 .collect(),
+            metered: Box::new([]),
         })
+    }
+
+    /// BillaBear's figure alone.
+    fn counted(known: &Known) -> Projection {
+        Projection::counted(known.estimate)
+    }
+
+    /// BillaBear's figure plus `pending` minor units from one pending event.
+    fn with_pending(pending: i64) -> impl FnOnce(&Known) -> Projection {
+        move |known| Projection { pending, pending_events: 1, ..Projection::counted(known.estimate) }
     }
 
     #[test]
     fn usage_status_is_the_policys_status_for_known_customers_only() {
         let settings = PolicySettings::default();
         let disable = &[(100, LimitAction::Disable)];
-        assert_eq!(usage_status(&known(10, disable), &settings), Some(Status::Ok));
-        assert_eq!(usage_status(&known(100, disable), &settings), Some(Status::Warning), "near the limit");
-        assert_eq!(usage_status(&known(101, disable), &settings), Some(Status::Blocked));
-        assert_eq!(usage_status(&SnapshotData::NotFound, &settings), None);
-        assert_eq!(usage_status(&SnapshotData::Unavailable, &settings), None);
+        assert_eq!(usage_status(&known(10, disable), counted, &settings), Some(Status::Ok));
+        assert_eq!(usage_status(&known(100, disable), counted, &settings), Some(Status::Warning), "near the limit");
+        assert_eq!(usage_status(&known(101, disable), counted, &settings), Some(Status::Blocked));
+        assert_eq!(usage_status(&known(10, disable), with_pending(91), &settings), Some(Status::Blocked));
+        assert_eq!(usage_status(&SnapshotData::NotFound, counted, &settings), None);
+        assert_eq!(usage_status(&SnapshotData::Unavailable, counted, &settings), None);
+    }
+
+    #[test]
+    fn pending_usage_is_judged_and_explained() {
+        let d = explain(
+            CustomerId::new_v4(),
+            None,
+            lookup(known(60, &[(100, LimitAction::Disable)]), 0, Source::Cache),
+            with_pending(45),
+            &PolicySettings::default(),
+            NOW,
+        );
+        assert_eq!((d.allowed, d.status), (false, Status::Blocked));
+        assert_eq!(
+            d.reasons.iter().collect::<Vec<_>>(),
+            [Reason::DisableLimitExceeded, Reason::PendingUsageExceedsLimit]
+        );
+        let estimate = d.estimate.unwrap();
+        assert_eq!(
+            (estimate.amount, estimate.billabear, estimate.pending, estimate.pending_events),
+            (105, 60, 45, 1)
+        );
+        assert_eq!((d.limits[0].exceeded, d.limits[0].remaining), (true, 0));
     }
 
     #[test]
@@ -247,6 +325,7 @@ mod tests {
             id,
             None,
             lookup(known(150, &[(100, LimitAction::Disable)]), 45_000, Source::Stale),
+            counted,
             &PolicySettings::default(),
             NOW,
         );
@@ -255,7 +334,18 @@ mod tests {
             (false, Status::Blocked, Source::Stale, false)
         );
         assert_eq!(d.age_ms, Some(45_000));
-        assert_eq!(d.estimate, Some(Estimate { amount: 150, currency: Currency::parse("EUR") }));
+        assert_eq!(
+            d.estimate,
+            Some(Estimate {
+                amount: 150,
+                currency: Currency::parse("EUR"),
+                billabear: 150,
+                pending: 0,
+                pending_events: 0,
+                approximate: false,
+                as_of: Timestamp(NOW - 45_000),
+            })
+        );
         assert_eq!((d.limits[0].exceeded, d.limits[0].remaining), (true, 0));
         assert_eq!(d.as_of, Some(Timestamp(NOW - 45_000)));
     }
@@ -265,7 +355,7 @@ mod tests {
         let id = CustomerId::new_v4();
         let closed = PolicySettings { fail_mode: FailMode::Closed, ..PolicySettings::default() };
         for lookup in [Lookup::fallback(false), lookup(SnapshotData::Unavailable, 10, Source::Cache)] {
-            let d = explain(id, Some(5), lookup, &closed, NOW);
+            let d = explain(id, Some(5), lookup, counted, &closed, NOW);
             assert_eq!(
                 (d.allowed, d.status, d.fallback, d.source),
                 (false, Status::Unknown, true, Source::Fallback)
@@ -277,7 +367,8 @@ mod tests {
 
     #[test]
     fn a_cold_customer_past_the_fetch_budget_is_the_fallback_saying_so() {
-        let d = explain(CustomerId::new_v4(), None, Lookup::fallback(true), &PolicySettings::default(), NOW);
+        let d =
+            explain(CustomerId::new_v4(), None, Lookup::fallback(true), counted, &PolicySettings::default(), NOW);
         assert_eq!((d.allowed, d.status, d.fallback), (true, Status::Unknown, true));
         assert_eq!(d.reasons.iter().collect::<Vec<_>>(), [Reason::UpstreamBudgetExhausted]);
     }
@@ -288,6 +379,7 @@ mod tests {
             CustomerId::new_v4(),
             None,
             lookup(SnapshotData::NotFound, 3, Source::Cache),
+            counted,
             &PolicySettings::default(),
             NOW,
         );

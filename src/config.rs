@@ -68,9 +68,17 @@ pub struct RawSettings {
     pub policy: RawPolicy,
     pub gate: RawGate,
     pub outbox: RawOutbox,
+    pub pending: RawPending,
     pub auth: RawAuth,
     pub webhooks: RawWebhooks,
     pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPending {
+    pub max_age_s: u64,
+    pub settle_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -351,6 +359,15 @@ impl RawSettings {
                 },
             },
             outbox: validate_outbox(&mut v, &self.outbox),
+            pending: PendingSettings {
+                max_age: Duration::from_secs(v.range("pending.max_age_s", self.pending.max_age_s, 60, 7 * 86_400)),
+                settle_timeout: Duration::from_millis(v.range(
+                    "pending.settle_timeout_ms",
+                    self.pending.settle_timeout_ms,
+                    1,
+                    60_000,
+                )),
+            },
             auth: AuthSettings { keys: validate_keys(&mut v, &self.auth.keys) },
             webhooks: WebhookSettings {
                 secret: {
@@ -647,6 +664,7 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub gate: GateSettings,
     pub outbox: OutboxSettings,
+    pub pending: PendingSettings,
     pub auth: AuthSettings,
     pub webhooks: WebhookSettings,
     pub log: LogSettings,
@@ -656,6 +674,15 @@ pub struct Settings {
 pub struct WebhookSettings {
     /// The last path segment of `/v1/webhooks/billabear/{secret}`; None: webhooks are off.
     pub secret: Option<SecretString>,
+}
+
+/// Pending usage: what usage-gate accepted that BillaBear's counter has not counted yet.
+#[derive(Debug, Clone)]
+pub struct PendingSettings {
+    /// A delivered event no counter growth matched stops counting this long after delivery.
+    pub max_age: Duration,
+    /// How long a fetch may spend retiring what BillaBear counted before it is cached anyway.
+    pub settle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]

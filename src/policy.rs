@@ -96,10 +96,13 @@ pub enum Reason {
     /// Nothing usable was cached and usage-gate's own bound on calls to BillaBear
     /// (`cache.max_concurrent_fetches`, `cache.cold_fetches_per_second`) was reached.
     UpstreamBudgetExhausted,
+    /// A DISABLE limit is exceeded only with the usage BillaBear has not counted yet (its own
+    /// estimate is not over the limit; the projected estimate is).
+    PendingUsageExceedsLimit,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::CustomerDisabled,
         Reason::DisableLimitExceeded,
         Reason::WouldExceedDisableLimit,
@@ -108,6 +111,7 @@ impl Reason {
         Reason::CustomerNotFound,
         Reason::UpstreamUnavailable,
         Reason::UpstreamBudgetExhausted,
+        Reason::PendingUsageExceedsLimit,
     ];
 
     pub fn code(self) -> &'static str {
@@ -120,10 +124,11 @@ impl Reason {
             Reason::CustomerNotFound => "customer_not_found",
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamBudgetExhausted => "upstream_budget_exhausted",
+            Reason::PendingUsageExceedsLimit => "pending_usage_exceeds_limit",
         }
     }
 
-    fn bit(self) -> u8 {
+    fn bit(self) -> u16 {
         1 << (self as u8)
     }
 
@@ -143,7 +148,7 @@ impl fmt::Display for Reason {
 
 /// A small set of reasons, in the order of [`Reason::ALL`]; serialized as a list of codes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reasons(u8);
+pub struct Reasons(u16);
 
 impl Reasons {
     pub fn insert(&mut self, reason: Reason) {
@@ -202,8 +207,10 @@ impl Limit {
 #[derive(Debug, Clone, Copy)]
 pub struct Usage<'a> {
     pub disabled: bool,
-    /// The cost estimate, minor units.
+    /// The projected estimate every rule judges: BillaBear's plus the pending usage (minor units).
     pub estimate: i64,
+    /// BillaBear's own estimate alone: tells a block by pending usage apart.
+    pub counted: i64,
     pub limits: &'a [Limit],
 }
 
@@ -227,6 +234,9 @@ pub fn decide(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -
     let warning_limits = || usage.limits.iter().filter(|l| l.action == LimitAction::Warning);
     if disable_limits().any(|l| l.exceeded_by(usage.estimate)) {
         reasons.insert(Reason::DisableLimitExceeded);
+        if !disable_limits().any(|l| l.exceeded_by(usage.counted)) {
+            reasons.insert(Reason::PendingUsageExceedsLimit);
+        }
     } else if let Some(cost) = cost.filter(|c| *c > 0)
         && disable_limits().any(|l| l.exceeded_by(usage.estimate.saturating_add(cost)))
     {
@@ -319,7 +329,8 @@ mod tests {
         let settings = PolicySettings::default();
         for row in ROWS {
             let limits = limits(row.limits);
-            let usage = Usage { disabled: row.disabled, estimate: row.estimate, limits: &limits };
+            let usage =
+                Usage { disabled: row.disabled, estimate: row.estimate, counted: row.estimate, limits: &limits };
             let verdict = decide(&usage, row.cost, &settings);
             let reasons: Vec<Reason> = verdict.reasons.iter().collect();
             assert_eq!(
@@ -336,7 +347,8 @@ mod tests {
         let settings = PolicySettings { mode: Mode::Shadow, ..PolicySettings::default() };
         for row in ROWS {
             let limits = limits(row.limits);
-            let usage = Usage { disabled: row.disabled, estimate: row.estimate, limits: &limits };
+            let usage =
+                Usage { disabled: row.disabled, estimate: row.estimate, counted: row.estimate, limits: &limits };
             let verdict = decide(&usage, row.cost, &settings);
             assert!(verdict.allowed, "{}", row.name);
             assert_eq!(verdict.status, row.status, "{}", row.name);
@@ -370,6 +382,21 @@ mod tests {
             PolicySettings { mode: Mode::Shadow, fail_mode: FailMode::Closed, ..PolicySettings::default() };
         assert_eq!(upstream_unavailable(UpstreamUnavailable, &shadow).would_block, Some(true));
         assert!(upstream_unavailable(UpstreamUnavailable, &shadow).allowed);
+    }
+
+    #[test]
+    fn a_block_by_usage_billabear_has_not_counted_says_so() {
+        let limits = limits(&[(500, Warning), (1000, Disable)]);
+        let usage = |estimate, counted| Usage { disabled: false, estimate, counted, limits: &limits };
+        let settings = PolicySettings::default();
+        let pending = decide(&usage(1001, 200), None, &settings);
+        assert_eq!((pending.allowed, pending.status), (false, Status::Blocked));
+        assert_eq!(
+            pending.reasons.iter().collect::<Vec<_>>(),
+            [DisableLimitExceeded, WarningLimitExceeded, PendingUsageExceedsLimit]
+        );
+        let counted = decide(&usage(1500, 1001), None, &settings);
+        assert_eq!(counted.reasons.iter().collect::<Vec<_>>(), [DisableLimitExceeded, WarningLimitExceeded]);
     }
 
     #[test]

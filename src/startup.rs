@@ -14,7 +14,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::audit::Transitions;
 use crate::billabear::BillaBearClient;
-use crate::cache::{FetchHook, SnapshotCache};
+use crate::cache::{FetchHook, SnapshotCache, SnapshotData, now_ms};
 use crate::check::{self, Checker};
 use crate::config::Settings;
 use crate::domain::CustomerId;
@@ -23,7 +23,9 @@ use crate::invalidation::Invalidation;
 use crate::memo::Memo;
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::outbox::ingest::Ingest;
+use crate::outbox::event::Target;
 use crate::outbox::store::Stats;
+use crate::pending::{Changed, LedgerFetch, Pending};
 use crate::policy::PolicySettings;
 use crate::subscriptions::Subscriptions;
 use crate::{db, routes, telemetry};
@@ -73,8 +75,9 @@ pub struct Application {
     /// `/metrics` on its own address (`server.metrics_address`).
     metrics_server: Option<(SocketAddr, Server)>,
     forwarder: ForwarderHandle,
-    /// The invalidation LISTEN task, stopped with the application.
-    listening: tokio::task::AbortHandle,
+    /// The LISTEN tasks (invalidation, pending usage) and the pending-usage tasks, stopped with
+    /// the application.
+    background: Vec<tokio::task::AbortHandle>,
 }
 
 impl Application {
@@ -100,10 +103,23 @@ impl Application {
         let metrics = telemetry::metrics_handle();
         let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
         let transitions = Transitions::start(pool.clone());
-        let on_fetched = on_fetched(subscriptions.clone(), transitions, settings.policy.clone());
+        let (pending, changes, pending_tasks) = Pending::start(pool.clone(), settings.pending.clone());
+        let on_fetched = on_fetched(pending.clone(), transitions.clone(), settings.policy.clone());
         let metrics_address = settings.server.metrics_address;
-        let cache = SnapshotCache::new(billabear.clone(), &settings.cache, Some(on_fetched));
+        let source = LedgerFetch { client: billabear.clone(), pending: pending.clone(), subscriptions: subscriptions.clone() };
+        let cache = SnapshotCache::with_source(Arc::new(source), &settings.cache, Some(on_fetched));
         let (invalidation, listening) = Invalidation::start(pool.clone(), cache.clone());
+        let watching = tokio::spawn(watch_pending(
+            changes,
+            cache.clone(),
+            pending.clone(),
+            subscriptions.clone(),
+            transitions,
+            settings.policy.clone(),
+        ))
+        .abort_handle();
+        let mut background = vec![listening, watching];
+        background.extend(pending_tasks);
         let forwarder = forwarder::spawn(
             pool.clone(),
             &billabear,
@@ -111,7 +127,7 @@ impl Application {
             subscriptions.clone(),
             Some(cache.clone()),
         );
-        let checker = Checker::new(cache, settings.policy.clone());
+        let checker = Checker::new(cache, pending, settings.policy.clone());
         let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout);
         let admin_billabear = billabear.with_timeout(settings.billabear.admin_timeout);
         let state = web::Data::new(AppState {
@@ -158,7 +174,7 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Self { addr, server, metrics_server, forwarder, listening })
+        Ok(Self { addr, server, metrics_server, forwarder, background })
     }
 
     /// Where `/metrics` is served when `server.metrics_address` is set.
@@ -197,20 +213,53 @@ impl Application {
             metrics_server.stop(true).await;
         }
         self.forwarder.stop().await;
-        self.listening.abort();
+        for task in self.background {
+            task.abort();
+        }
         result
     }
 }
 
-/// What every fetched snapshot of a known customer starts: learning the customer's
-/// subscriptions (so events sent by subscription find it) and auditing a decision transition.
-fn on_fetched(subscriptions: Subscriptions, transitions: Transitions, policy: PolicySettings) -> FetchHook {
+/// What every fetched snapshot of a known customer starts: auditing a decision transition.
+fn on_fetched(pending: Pending, transitions: Transitions, policy: PolicySettings) -> FetchHook {
     Arc::new(move |customer, before, after| {
-        let Some(status) = check::usage_status(&after.data, &policy) else { return };
-        subscriptions.learn_soon(customer);
-        let before = before.and_then(|b| check::usage_status(&b.data, &policy));
-        transitions.observe(customer, before, status, after.fetched_at_ms);
+        let status = |data: &SnapshotData| {
+            check::usage_status(data, |known| pending.project(customer, known), &policy)
+        };
+        let Some(after_status) = status(&after.data) else { return };
+        let before = before.and_then(|b| status(&b.data));
+        transitions.observe(customer, before, after_status, after.fetched_at_ms);
     })
+}
+
+/// Audits the decision transitions pending usage makes (an event accepted, retired or dead
+/// changes a cached customer's status without a fetch).
+async fn watch_pending(
+    mut changes: tokio::sync::mpsc::Receiver<Changed>,
+    cache: SnapshotCache,
+    pending: Pending,
+    subscriptions: Subscriptions,
+    transitions: Transitions,
+    policy: PolicySettings,
+) {
+    while let Some(Changed { target, before }) = changes.recv().await {
+        let customer = match target {
+            Target::Customer(customer) => Some(customer),
+            Target::Subscription(subscription) => subscriptions.owner(subscription),
+        };
+        let Some(customer) = customer else { continue };
+        let Some(snapshot) = cache.cached(customer).and_then(|lookup| lookup.snapshot) else { continue };
+        let was = before.as_deref().unwrap_or(&[]);
+        let status_before = check::usage_status(
+            &snapshot.data,
+            |known| pending.project_replacing(customer, known, Some((target, was))),
+            &policy,
+        );
+        let status_now = check::usage_status(&snapshot.data, |known| pending.project(customer, known), &policy);
+        if let Some(status_now) = status_now {
+            transitions.observe(customer, status_before, status_now, now_ms());
+        }
+    }
 }
 
 /// A one-worker server for `/metrics` alone.

@@ -2,8 +2,8 @@
 //! customer's active subscriptions: which usage subscription a customer's events for a metric
 //! go to, and which customer a subscription belongs to. BillaBear's API has no lookup from a
 //! subscription to its customer, so the second is only known for customers listed before;
-//! the snapshot cache lists each customer it fetches (in the background, at most once per
-//! [`RELEARN_AFTER`]), so events sent by subscription refresh the decisions of cached customers.
+//! every fetch of a customer's snapshot lists its subscriptions and tells them here, so events
+//! sent by subscription reach the decisions of cached customers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -100,29 +100,14 @@ impl Subscriptions {
         self.inner.owned.get(&customer).unwrap_or_else(|| Arc::from([]))
     }
 
-    /// Lists the customer's subscriptions in the background unless that was done recently.
-    pub fn learn_soon(&self, customer: CustomerId) {
-        if self.inner.owned.contains_key(&customer) {
-            return;
-        }
-        // Marked first, so a burst of fetches lists once.
-        self.inner.owned.insert(customer, Arc::from([]));
-        let this = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = this.learn(customer).await {
-                this.inner.owned.invalidate(&customer);
-                tracing::debug!(customer = %customer, error = %e, "cannot list the customer's subscriptions");
-            }
-        });
-    }
-
     async fn learn(&self, customer: CustomerId) -> Result<(), BillaBearError> {
         let subscriptions = self.inner.client.list_active_subscriptions(customer).await?;
         self.remember(customer, &subscriptions);
         Ok(())
     }
 
-    fn remember(&self, customer: CustomerId, subscriptions: &[Subscription]) {
+    /// What a listing of the customer's active subscriptions showed.
+    pub fn remember(&self, customer: CustomerId, subscriptions: &[Subscription]) {
         self.inner.owned.insert(customer, subscriptions.iter().map(|s| s.id).collect());
         for subscription in subscriptions {
             self.inner.owners.insert(subscription.id, customer);

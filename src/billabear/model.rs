@@ -92,6 +92,9 @@ pub struct Price {
     /// Usage-based price (not in the published spec; the server sends it).
     #[serde(default)]
     pub usage: bool,
+    /// The amount already includes tax; otherwise BillaBear adds it to estimates.
+    #[serde(default)]
+    pub including_tax: bool,
     #[serde(default)]
     pub metric: Option<Metric>,
 }
@@ -101,6 +104,9 @@ pub struct Metric {
     pub code: String,
     #[serde(default)]
     pub name: Option<String>,
+    /// count, sum, max, latest or unique_count.
+    #[serde(default)]
+    pub aggregation_method: Option<String>,
 }
 
 /// `{"data":[…],"has_more":…,"last_key":…}`; `last_key` is often left out, `has_more` too.

@@ -8,7 +8,7 @@ use crate::error::FieldError;
 
 /// Where the event goes: BillaBear's subscription id, or a customer whose active usage
 /// subscription for the event's `code` is looked up at delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {
     Subscription(SubscriptionId),
     Customer(CustomerId),

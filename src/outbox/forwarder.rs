@@ -196,7 +196,7 @@ impl Forwarder {
 
     async fn deliver(&self, event: Claimed) {
         match self.send(&event).await {
-            Ok(()) => {
+            Ok(subscription) => {
                 self.metrics.delivered.increment(1);
                 let lag = chrono::Utc::now() - event.received_at;
                 self.metrics.lag.record(lag.num_milliseconds().max(0) as f64 / 1000.0);
@@ -206,7 +206,8 @@ impl Forwarder {
                 }
                 // BillaBear has it: the row must not be claimed and sent again, so recording is
                 // retried (a Postgres blip, a pool timeout) for as long as one delivery may take.
-                self.record(&event, "delivered", || store::mark_delivered(&self.pool, event.id)).await;
+                self.record(&event, "delivered", || store::mark_delivered(&self.pool, event.id, subscription))
+                    .await;
             }
             Err(failure) => self.failed(&event, failure).await,
         }
@@ -273,7 +274,8 @@ impl Forwarder {
         }
     }
 
-    async fn send(&self, event: &Claimed) -> Result<(), Failure> {
+    /// Sends the event; the subscription it went to.
+    async fn send(&self, event: &Claimed) -> Result<SubscriptionId, Failure> {
         let permanent = |message: String| Failure::Permanent { message, upstream_status: None };
         let subscription = match (event.subscription_id, event.customer_id) {
             (Some(subscription), _) => SubscriptionId::from(subscription),
@@ -288,7 +290,8 @@ impl Forwarder {
             properties: serde_json::from_str(&event.properties)
                 .map_err(|e| permanent(format!("its stored properties cannot be read: {e}")))?,
         };
-        Ok(self.client.create_event(&new_event).await?)
+        self.client.create_event(&new_event).await?;
+        Ok(subscription)
     }
 
     /// The customer's active usage subscription whose price meters `code`.

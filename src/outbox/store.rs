@@ -9,6 +9,7 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::event::{IncomingEvent, Target};
+use crate::domain::SubscriptionId;
 
 /// Woken on every accepted batch, so forwarders need not poll.
 pub const NOTIFY_CHANNEL: &str = "usage_gate_outbox";
@@ -205,15 +206,17 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
     Ok(claimed)
 }
 
-/// BillaBear took the event. Recorded whoever holds the claim now: the event was delivered,
-/// and a later claim must not send it again. False if the row was no longer pending.
-pub async fn mark_delivered(pool: &PgPool, id: i64) -> Result<bool, sqlx::Error> {
+/// BillaBear took the event, for `subscription`. Recorded whoever holds the claim now: the
+/// event was delivered, and a later claim must not send it again. False if the row was no
+/// longer pending.
+pub async fn mark_delivered(pool: &PgPool, id: i64, subscription: SubscriptionId) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
-        "UPDATE outbox SET status = 'delivered', delivered_at = now(), lease_until = NULL, last_error = NULL,
-                           claim_token = NULL
+        "UPDATE outbox SET status = 'delivered', delivered_at = now(), delivered_to = $2, lease_until = NULL,
+                           last_error = NULL, claim_token = NULL
          WHERE id = $1 AND status = 'pending'",
     )
     .bind(id)
+    .bind(subscription.as_uuid())
     .execute(pool)
     .await?;
     Ok(updated.rows_affected() == 1)

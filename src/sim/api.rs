@@ -274,12 +274,17 @@ async fn active_subscriptions(
                 "plan": {"id": Uuid::new_v4(), "name": "Simulated plan"},
                 "price": {
                     "id": Uuid::new_v4(),
-                    "amount": if s.metric.is_some() { (s.unit_price).round() as i64 } else { s.price_amount },
+                    // A tiered price has no single amount.
+                    "amount": match (&s.metric, s.tiers.is_empty()) {
+                        (Some(_), true) => json!((s.unit_price).round() as i64),
+                        (Some(_), false) => Value::Null,
+                        (None, _) => json!(s.price_amount),
+                    },
                     "currency": s.currency,
                     "external_reference": null,
                     "recurring": true,
                     "schedule": "month",
-                    "including_tax": true,
+                    "including_tax": s.including_tax,
                     "public": true,
                     "usage": s.metric.is_some(),
                     "metric": metric,

@@ -136,8 +136,9 @@ fn customer_view(sim: &SimShared, id: CustomerId, created: bool) -> Answer {
         .iter()
         .filter_map(|s| state.subscriptions.get(s))
         .map(|s| {
-            json!({"id": s.id, "metric": s.metric, "unit_price": s.unit_price, "currency": s.currency,
-                        "active": s.active, "usage": state.usage(s.id)})
+            json!({"id": s.id, "metric": s.metric, "unit_price": s.unit_price, "tiers": s.tiers,
+                   "tax_rate": s.tax_rate, "including_tax": s.including_tax, "currency": s.currency,
+                   "active": s.active, "usage": state.usage(s.id)})
         })
         .collect();
     let limits: Vec<_> = state

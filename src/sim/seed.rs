@@ -70,9 +70,19 @@ pub struct SeedSubscription {
     /// The metric code a usage-priced subscription bills; none for a flat subscription.
     #[serde(default)]
     pub metric: Option<String>,
-    /// Minor units per unit of usage.
+    /// Minor units per unit of usage (BillaBear's `price.amount`, a whole number of minor units).
     #[serde(default = "one")]
     pub unit_price: f64,
+    /// Graduated tiers instead of a per-unit price: the listing then shows `price.amount` null,
+    /// as for BillaBear's tiered prices.
+    #[serde(default)]
+    pub tiers: Vec<SeedTier>,
+    /// Percent. With `including_tax` the price already holds it; otherwise BillaBear adds it to
+    /// the estimate.
+    #[serde(default)]
+    pub tax_rate: f64,
+    #[serde(default = "yes")]
+    pub including_tax: bool,
     #[serde(default = "usd")]
     pub currency: String,
     #[serde(default)]
@@ -90,12 +100,24 @@ impl Default for SeedSubscription {
             id: None,
             metric: None,
             unit_price: one(),
+            tiers: vec![],
+            tax_rate: 0.0,
+            including_tax: true,
             currency: usd(),
             price_amount: 0,
             usage: None,
             active: true,
         }
     }
+}
+
+/// Units up to `up_to` (the last tier: no bound) cost `unit_price` each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedTier {
+    #[serde(default)]
+    pub up_to: Option<f64>,
+    pub unit_price: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::seed::{Aggregation, Seed, SeedCustomer, SeedSubscription};
+use super::seed::{Aggregation, Seed, SeedCustomer, SeedSubscription, SeedTier};
 use crate::domain::{CustomerId, LimitAction, LimitId, SubscriptionId};
 
 #[derive(Debug, Clone, Serialize)]
@@ -32,10 +32,38 @@ pub struct SimSubscription {
     pub metric: Option<String>,
     /// Minor units per unit of usage.
     pub unit_price: f64,
+    /// Graduated tiers, when set, instead of `unit_price`.
+    pub tiers: Vec<SeedTier>,
+    /// Percent; added to the estimate unless `including_tax`.
+    pub tax_rate: f64,
+    pub including_tax: bool,
     pub currency: String,
     /// The flat price amount (minor units) shown on the subscription.
     pub price_amount: i64,
     pub active: bool,
+}
+
+impl SimSubscription {
+    /// What BillaBear's estimate shows for `usage` units (minor units): the subtotal (per unit,
+    /// or graduated tiers), plus tax unless the price includes it, each rounded.
+    pub fn price(&self, usage: f64) -> i64 {
+        let subtotal = if self.tiers.is_empty() {
+            usage * self.unit_price
+        } else {
+            let (mut left, mut from, mut total) = (usage, 0.0, 0.0);
+            for tier in &self.tiers {
+                let size = tier.up_to.map_or(f64::INFINITY, |up_to| up_to - from);
+                let here = left.min(size).max(0.0);
+                total += here * tier.unit_price;
+                left -= here;
+                from = tier.up_to.unwrap_or(from);
+            }
+            total
+        }
+        .round();
+        let tax = if self.including_tax { 0.0 } else { (subtotal * self.tax_rate / 100.0).round() };
+        (subtotal + tax) as i64
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -188,6 +216,9 @@ impl SimState {
                 customer,
                 metric: seed.metric.clone(),
                 unit_price: seed.unit_price,
+                tiers: seed.tiers.clone(),
+                tax_rate: seed.tax_rate,
+                including_tax: seed.including_tax,
                 currency: seed.currency.clone(),
                 price_amount: seed.price_amount,
                 active: seed.active,
@@ -262,7 +293,7 @@ impl SimState {
         for sub in self.active_subscriptions(customer) {
             let Some(code) = &sub.metric else { continue };
             let usage = self.usage(sub.id);
-            let amount = (usage * sub.unit_price).round() as i64;
+            let amount = sub.price(usage);
             match &currency {
                 Some(c) if *c != sub.currency => return Estimate::MixedCurrencies,
                 Some(_) => {}
@@ -457,6 +488,24 @@ mod tests {
         state.new_period();
         state.store_event(event(sub, "c", 11.0));
         assert_eq!(state.tick().len(), 1);
+    }
+
+    #[test]
+    fn tax_is_added_unless_the_price_includes_it_and_tiers_are_graduated() {
+        let (mut state, c, sub) = customer_with(&[], 10.0);
+        state.set_usage(sub, 3.0);
+        assert_eq!(total(&state, c), 30);
+        let s = state.subscriptions.get_mut(&sub).unwrap();
+        s.tax_rate = 20.0;
+        assert_eq!(total(&state, c), 30, "a tax-inclusive price is its own total");
+        state.subscriptions.get_mut(&sub).unwrap().including_tax = false;
+        assert_eq!(total(&state, c), 36);
+        let s = state.subscriptions.get_mut(&sub).unwrap();
+        s.including_tax = true;
+        // API.md's example: 1–20 at 10, then 5; 30 units cost 250.
+        s.tiers = vec![SeedTier { up_to: Some(20.0), unit_price: 10.0 }, SeedTier { up_to: None, unit_price: 5.0 }];
+        state.set_usage(sub, 30.0);
+        assert_eq!(total(&state, c), 250);
     }
 
     #[test]

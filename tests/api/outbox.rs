@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use usage_gate::domain::SubscriptionId;
 use usage_gate::outbox::IncomingEvent;
 use usage_gate::outbox::store::{self, Accepted};
 
@@ -124,7 +125,7 @@ async fn delivered_retried_and_dead_events_leave_the_queue_as_they_should() {
         .unwrap();
     let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
     let claim = |event_id: &str| claimed.iter().find(|c| c.event_id == event_id).unwrap();
-    assert!(store::mark_delivered(&pool, claim("d").id).await.unwrap());
+    assert!(store::mark_delivered(&pool, claim("d").id, SubscriptionId::new_v4()).await.unwrap());
     assert!(
         store::mark_retry(&pool, claim("r"), Duration::from_secs(3600), "BillaBear answered 503", Some(503))
             .await
@@ -165,7 +166,7 @@ async fn pruning_deletes_only_delivered_events_past_retention() {
     for id in ["old", "new"] {
         let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
         let row = claimed.iter().find(|c| c.event_id == id).unwrap();
-        assert!(store::mark_delivered(&pool, row.id).await.unwrap());
+        assert!(store::mark_delivered(&pool, row.id, SubscriptionId::new_v4()).await.unwrap());
         sqlx::query("UPDATE outbox SET lease_until = NULL WHERE status = 'pending'")
             .execute(&pool)
             .await

@@ -1,0 +1,315 @@
+//! Pending usage: what usage-gate accepted that BillaBear's counter has not counted yet, so a
+//! check can judge the projected estimate (`projection`) instead of a figure a minute old.
+//!
+//! - **Postgres holds the ledger.** Every outbox row counts from its acceptance until it is
+//!   retired; triggers keep `pending_usage` (sums per target and metric code) equal to the
+//!   outbox and NOTIFY every replica of the targets that changed (`store`).
+//! - **Memory holds a copy** per target, read on the check's path without I/O. It is reloaded
+//!   from `pending_usage` for the targets a notification names, in full when listening starts
+//!   (so a restarted replica, or one whose LISTEN connection broke, rebuilds it), and for a
+//!   customer's targets whenever it is fetched.
+//! - **Fetches retire.** Before a fetched snapshot is cached, the growth of each subscription's
+//!   counter since the last figure any replica recorded retires that much of the oldest events
+//!   delivered to it ([`LedgerFetch`]); old delivered events no growth matched expire after
+//!   `pending.max_age`.
+
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use dashmap::DashMap;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+
+use crate::billabear::{BillaBearClient, BillaBearError};
+use crate::cache::{self, Answers, Fetch, Known, SnapshotData};
+use crate::config::PendingSettings;
+use crate::domain::{CustomerId, SubscriptionId};
+use crate::outbox::event::Target;
+use crate::projection::{self, Figures, Metered, PendingUsage, Projection};
+use crate::subscriptions::Subscriptions;
+use store::Observation;
+
+/// A target whose pending usage changed, with what it was before (for decision transitions).
+#[derive(Debug)]
+pub struct Changed {
+    pub target: Target,
+    pub before: Option<Box<[PendingUsage]>>,
+}
+
+/// How many changes may wait for their reader; beyond it they are dropped (and counted).
+const CHANGES_QUEUE: usize = 10_000;
+/// How soon listening is tried again after it failed.
+const RELISTEN_AFTER: Duration = Duration::from_secs(1);
+
+/// Cheap to clone; clones share one copy of the ledger.
+#[derive(Clone)]
+pub struct Pending {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    ledger: DashMap<Target, Box<[PendingUsage]>>,
+    /// One reload at a time, so a read that began earlier never overwrites a later one.
+    reloading: tokio::sync::Mutex<()>,
+    settings: PendingSettings,
+    changes: Option<mpsc::Sender<Changed>>,
+}
+
+impl Pending {
+    /// An empty copy that nothing updates (benchmarks, tools): every projection is BillaBear's.
+    pub fn detached(pool: PgPool, settings: PendingSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                pool,
+                ledger: DashMap::new(),
+                reloading: tokio::sync::Mutex::new(()),
+                settings,
+                changes: None,
+            }),
+        }
+    }
+
+    /// Starts keeping the copy up to date (LISTEN, reloads) and expiring old delivered events.
+    /// The receiver gets every change applied to the copy; the handles stop the tasks.
+    pub fn start(
+        pool: PgPool,
+        settings: PendingSettings,
+    ) -> (Self, mpsc::Receiver<Changed>, [tokio::task::AbortHandle; 2]) {
+        let (sender, receiver) = mpsc::channel(CHANGES_QUEUE);
+        let inner = Arc::new(Inner {
+            pool,
+            ledger: DashMap::new(),
+            reloading: tokio::sync::Mutex::new(()),
+            settings,
+            changes: Some(sender),
+        });
+        let listening = tokio::spawn(listen(inner.clone())).abort_handle();
+        let expiring = tokio::spawn(expire(inner.clone())).abort_handle();
+        (Self { inner }, receiver, [listening, expiring])
+    }
+
+    /// The customer's projected estimate: BillaBear's figure plus its pending usage.
+    pub fn project(&self, customer: CustomerId, known: &Known) -> Projection {
+        self.project_replacing(customer, known, None)
+    }
+
+    /// As [`Pending::project`], with `replaced`'s target read as holding its entries instead.
+    pub fn project_replacing(
+        &self,
+        customer: CustomerId,
+        known: &Known,
+        replaced: Option<(Target, &[PendingUsage])>,
+    ) -> Projection {
+        let ledger = &self.inner.ledger;
+        projection::project(known.estimate, &known.metered, |m: &Metered| {
+            let of = |entries: &[PendingUsage]| {
+                entries
+                    .iter()
+                    .filter(|e| *e.code == *m.code)
+                    .fold((0.0, 0), |(units, events), e| (units + e.units, events + e.events))
+            };
+            let pending_under = |target: Target| match replaced {
+                Some((t, entries)) if t == target => of(entries),
+                _ => ledger.get(&target).map_or((0.0, 0), |entries| of(&entries)),
+            };
+            let (mut units, mut events) = pending_under(Target::Subscription(m.subscription));
+            if m.takes_customer_events {
+                let (u, e) = pending_under(Target::Customer(customer));
+                units += u;
+                events += e;
+            }
+            (units, events)
+        })
+    }
+
+    /// Targets with pending usage in this replica's copy.
+    pub fn len(&self) -> usize {
+        self.inner.ledger.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.ledger.is_empty()
+    }
+
+    /// Records what a fetch that began at `started` saw of each metered subscription's counter,
+    /// retiring what it shows was counted, then reloads the customer's targets, so the
+    /// snapshot is never used with usage it already counts. Gives up after
+    /// `pending.settle_timeout` (Postgres slow or down): the fetch is used anyway, and the
+    /// retirement happens at a later fetch. Returns the last different figures recorded per
+    /// subscription.
+    async fn settle(
+        &self,
+        customer: CustomerId,
+        observations: Vec<Observation>,
+        started: chrono::DateTime<Utc>,
+    ) -> HashMap<SubscriptionId, Figures> {
+        let inner = &self.inner;
+        let settling = async {
+            let mut previous = HashMap::new();
+            for observation in &observations {
+                if let Some(figures) = store::observe(&inner.pool, observation, started).await? {
+                    previous.insert(observation.subscription, figures);
+                }
+            }
+            let mut targets: Vec<Target> =
+                observations.iter().map(|o| Target::Subscription(o.subscription)).collect();
+            targets.push(Target::Customer(customer));
+            inner.reload(Some(&targets)).await?;
+            Ok::<_, sqlx::Error>(previous)
+        };
+        match tokio::time::timeout(inner.settings.settle_timeout, settling).await {
+            Ok(Ok(previous)) => previous,
+            Ok(Err(e)) => {
+                tracing::warn!(%customer, error = %e, "pending: cannot record BillaBear's counters; pending usage may count twice until the next fetch");
+                HashMap::new()
+            }
+            Err(_) => {
+                tracing::warn!(%customer, "pending: recording BillaBear's counters timed out (pending.settle_timeout_ms)");
+                HashMap::new()
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Replaces the copy of `targets` (all targets when None) with what Postgres holds now.
+    async fn reload(&self, targets: Option<&[Target]>) -> Result<(), sqlx::Error> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let mut loaded = store::load(&self.pool, targets).await?;
+        let stale: Vec<Target> = match targets {
+            Some(targets) => targets.to_vec(),
+            None => self.ledger.iter().map(|e| *e.key()).collect(),
+        };
+        for target in stale {
+            if !loaded.contains_key(&target) {
+                let before = self.ledger.remove(&target).map(|(_, v)| v);
+                if before.is_some() {
+                    self.changed(target, before);
+                }
+            }
+        }
+        for (target, entries) in loaded.drain() {
+            let entries = entries.into_boxed_slice();
+            if self.ledger.get(&target).is_some_and(|current| *current == entries) {
+                continue;
+            }
+            let before = self.ledger.insert(target, entries);
+            self.changed(target, before);
+        }
+        Ok(())
+    }
+
+    fn changed(&self, target: Target, before: Option<Box<[PendingUsage]>>) {
+        if let Some(changes) = &self.changes
+            && changes.try_send(Changed { target, before }).is_err()
+        {
+            metrics::counter!("usage_gate_pending_changes_dropped_total").increment(1);
+        }
+    }
+}
+
+/// Keeps the copy equal to Postgres: a full reload whenever listening (re)starts, then a reload
+/// of the targets each batch of notifications names.
+async fn listen(inner: Arc<Inner>) {
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&inner.pool).await?;
+            listener.listen(store::NOTIFY_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match connected.await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(error = %e, "pending: cannot LISTEN; retrying");
+                tokio::time::sleep(RELISTEN_AFTER).await;
+                continue;
+            }
+        };
+        // Listening first, then reading everything: nothing changed in between is missed.
+        if let Err(e) = inner.reload(None).await {
+            tracing::warn!(error = %e, "pending: cannot load the pending ledger; retrying");
+            tokio::time::sleep(RELISTEN_AFTER).await;
+            continue;
+        }
+        loop {
+            match listener.try_recv().await {
+                Ok(Some(notification)) => {
+                    let mut targets = store::parse_targets(notification.payload());
+                    while let Some(more) = listener.next_buffered() {
+                        targets.extend(store::parse_targets(more.payload()));
+                    }
+                    targets.sort_by_key(|t| store::target_key(*t));
+                    targets.dedup();
+                    if let Err(e) = inner.reload(Some(&targets)).await {
+                        tracing::warn!(error = %e, "pending: cannot reload changed targets; reloading all");
+                        break;
+                    }
+                }
+                // The connection was lost: what was notified meanwhile is missed; reload all.
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// Retires delivered events older than `pending.max_age` that no counter growth matched.
+async fn expire(inner: Arc<Inner>) {
+    let every = (inner.settings.max_age / 4).min(Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(every).await;
+        match store::expire(&inner.pool, inner.settings.max_age).await {
+            Ok(0) => {}
+            Ok(expired) => tracing::info!(expired, "pending: delivered events no counter growth matched stop counting"),
+            Err(e) => tracing::warn!(error = %e, "pending: cannot expire old delivered events"),
+        }
+    }
+}
+
+/// Snapshots from BillaBear, settled against the pending ledger before they are used, and the
+/// customer's subscriptions taught to `subscriptions` (events sent by subscription find their
+/// customer).
+pub struct LedgerFetch {
+    pub client: BillaBearClient,
+    pub pending: Pending,
+    pub subscriptions: Subscriptions,
+}
+
+impl Fetch for LedgerFetch {
+    fn fetch(&self, id: CustomerId) -> BoxFuture<'static, Result<SnapshotData, BillaBearError>> {
+        let (client, pending, subscriptions) =
+            (self.client.clone(), self.pending.clone(), self.subscriptions.clone());
+        async move {
+            let started = Utc::now();
+            let Some(answers) = cache::fetch(&client, id).await? else {
+                return Ok(SnapshotData::NotFound);
+            };
+            subscriptions.remember(id, &answers.subscriptions);
+            let previous = pending.settle(id, observations(&answers), started).await;
+            Ok(SnapshotData::Known(answers.known(|s| previous.get(&s).copied())))
+        }
+        .boxed()
+    }
+}
+
+/// What the answers show of each usage subscription's counter.
+fn observations(answers: &Answers) -> Vec<Observation> {
+    answers
+        .known(|_| None)
+        .metered
+        .iter()
+        .map(|m| Observation {
+            subscription: m.subscription,
+            code: m.code.to_string(),
+            aggregation: m.aggregation,
+            figures: m.figures,
+        })
+        .collect()
+}

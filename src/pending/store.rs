@@ -1,0 +1,226 @@
+//! The pending ledger in Postgres: the outbox rows not yet retired, summed per target by the
+//! triggers of migration `20261128000003` into `pending_usage`, and BillaBear's counters as last
+//! seen (`billabear_counters`), against which growth is retired once, whichever replica sees it.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+use crate::domain::{CustomerId, SubscriptionId};
+use crate::outbox::event::Target;
+use crate::projection::{Aggregation, Figures, PendingUsage, Settle, settle};
+
+/// Sent (by the triggers) at the commit of every change to pending usage; the payload lists the
+/// changed targets (`c<uuid>` or `s<uuid>`, comma-separated).
+pub const NOTIFY_CHANNEL: &str = "usage_gate_pending";
+
+pub fn target_key(target: Target) -> (&'static str, Uuid) {
+    match target {
+        Target::Customer(c) => ("c", c.as_uuid()),
+        Target::Subscription(s) => ("s", s.as_uuid()),
+    }
+}
+
+/// The targets a notification names; malformed parts are skipped.
+pub fn parse_targets(payload: &str) -> Vec<Target> {
+    payload
+        .split(',')
+        .filter_map(|key| {
+            let (kind, id) = key.split_at_checked(1)?;
+            let id = Uuid::parse_str(id).ok()?;
+            match kind {
+                "c" => Some(Target::Customer(CustomerId::from(id))),
+                "s" => Some(Target::Subscription(SubscriptionId::from(id))),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Pending usage per target: of `targets`, or of every target with any when None.
+pub async fn load(
+    pool: &PgPool,
+    targets: Option<&[Target]>,
+) -> Result<HashMap<Target, Vec<PendingUsage>>, sqlx::Error> {
+    let ids: Option<Vec<Uuid>> = targets.map(|t| t.iter().map(|t| target_key(*t).1).collect());
+    let rows = sqlx::query(
+        "SELECT kind, target, code, units::float8 AS units, events FROM pending_usage
+         WHERE $1::uuid[] IS NULL OR target = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?;
+    let mut ledger: HashMap<Target, Vec<PendingUsage>> = HashMap::new();
+    for row in rows {
+        let kind: String = row.try_get("kind")?;
+        let id: Uuid = row.try_get("target")?;
+        let target = if kind == "c" {
+            Target::Customer(CustomerId::from(id))
+        } else {
+            Target::Subscription(SubscriptionId::from(id))
+        };
+        let code: String = row.try_get("code")?;
+        let events: i64 = row.try_get("events")?;
+        ledger.entry(target).or_default().push(PendingUsage {
+            code: code.into_boxed_str(),
+            units: row.try_get("units")?,
+            events: u64::try_from(events).unwrap_or(0),
+        });
+    }
+    Ok(ledger)
+}
+
+/// A subscription's counter as one fetch saw it.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub subscription: SubscriptionId,
+    /// Its price's metric: only events of this code count.
+    pub code: String,
+    pub aggregation: Aggregation,
+    pub figures: Figures,
+}
+
+/// Records what a fetch that began at `started` saw of a subscription's counter, retiring the
+/// delivered events it shows were counted (see [`Settle`]). Returns BillaBear's last figures
+/// before these that differ from them (for a marginal rate), if any were seen.
+pub async fn observe(
+    pool: &PgPool,
+    observation: &Observation,
+    started: DateTime<Utc>,
+) -> Result<Option<Figures>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let subscription = observation.subscription.as_uuid();
+    let Figures { usage, amount } = observation.figures;
+    let inserted = sqlx::query(
+        "INSERT INTO billabear_counters (subscription_id, usage, amount, observed_at) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (subscription_id) DO NOTHING",
+    )
+    .bind(subscription)
+    .bind(usage)
+    .bind(amount)
+    .bind(started)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    let (decision, previous_observed, previous) = if inserted {
+        (Settle::First, None, None)
+    } else {
+        let row = sqlx::query(
+            "SELECT usage, amount, observed_at, prev_usage, prev_amount FROM billabear_counters
+             WHERE subscription_id = $1 FOR UPDATE",
+        )
+        .bind(subscription)
+        .fetch_one(&mut *tx)
+        .await?;
+        let seen: f64 = row.try_get("usage")?;
+        let seen_amount: i64 = row.try_get("amount")?;
+        let observed: DateTime<Utc> = row.try_get("observed_at")?;
+        let older = match (row.try_get::<Option<f64>, _>("prev_usage")?, row.try_get::<Option<i64>, _>("prev_amount")?) {
+            (Some(usage), Some(amount)) => Some(Figures { usage, amount }),
+            _ => None,
+        };
+        let decision = settle(Some((seen, observed.timestamp_millis())), usage, started.timestamp_millis());
+        // The last figures that differ from these: the ones recorded, unless they are the same.
+        let previous = if seen == usage { older } else { Some(Figures { usage: seen, amount: seen_amount }) };
+        (decision, Some(observed), previous)
+    };
+    let count = observation.aggregation == Aggregation::Count;
+    let code = observation.code.as_str();
+    match decision {
+        Settle::Stale => return Ok(previous),
+        Settle::Unchanged => {}
+        Settle::First => retire(&mut tx, subscription, code, count, started, f64::INFINITY).await?,
+        Settle::Grew(delta) => retire(&mut tx, subscription, code, count, started, delta).await?,
+        Settle::Reset(usage) => {
+            if let Some(observed) = previous_observed {
+                retire(&mut tx, subscription, code, count, observed, f64::INFINITY).await?;
+            }
+            retire(&mut tx, subscription, code, count, started, usage).await?;
+        }
+    }
+    if !inserted {
+        sqlx::query(
+            "UPDATE billabear_counters
+             SET prev_usage = CASE WHEN usage <> $2 THEN usage ELSE prev_usage END,
+                 prev_amount = CASE WHEN usage <> $2 THEN amount ELSE prev_amount END,
+                 usage = $2, amount = $3, observed_at = $4
+             WHERE subscription_id = $1",
+        )
+        .bind(subscription)
+        .bind(usage)
+        .bind(amount)
+        .bind(started)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(previous)
+}
+
+/// Retires the oldest events delivered to `subscription` before `before` (for its metric
+/// `code`) while their usage adds up to no more than `usage`: BillaBear's counter grew by that
+/// much, and it counts events in the order it received them. What is left of `usage` was sent
+/// to BillaBear some other way.
+async fn retire(
+    tx: &mut sqlx::PgConnection,
+    subscription: Uuid,
+    code: &str,
+    count: bool,
+    before: DateTime<Utc>,
+    usage: f64,
+) -> Result<(), sqlx::Error> {
+    // Values are doubles: allow for rounding in the sums.
+    let within = if usage.is_finite() { usage + 1e-9 * usage.abs().max(1.0) } else { f64::MAX };
+    sqlx::query(
+        "WITH ordered AS (
+             SELECT id, delivered_at,
+                    sum(CASE WHEN $4 THEN 1 ELSE value END) OVER (ORDER BY delivered_at, id) AS total
+             FROM outbox
+             WHERE delivered_to = $1 AND status = 'delivered' AND retired_at IS NULL
+               AND delivered_at < $3 AND code = $2),
+         prefix AS (
+             SELECT id, bool_or(total > $5) OVER (ORDER BY delivered_at, id) AS past FROM ordered)
+         UPDATE outbox SET retired_at = now(), retired_as = 'counted'
+         FROM prefix WHERE outbox.id = prefix.id AND NOT prefix.past",
+    )
+    .bind(subscription)
+    .bind(code)
+    .bind(before)
+    .bind(count)
+    .bind(within)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Retires events delivered longer than `max_age` ago that no counter growth matched (their
+/// metric is not their subscription's, or BillaBear never counted them): they stop counting.
+/// Returns how many.
+pub async fn expire(pool: &PgPool, max_age: Duration) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE outbox SET retired_at = now(), retired_as = 'expired'
+         WHERE status = 'delivered' AND retired_at IS NULL AND delivered_at < now() - make_interval(secs => $1)",
+    )
+    .bind(max_age.as_secs_f64())
+    .execute(pool)
+    .await?
+    .rows_affected())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_payloads_name_customers_and_subscriptions() {
+        let c = CustomerId::new_v4();
+        let s = SubscriptionId::new_v4();
+        let payload = format!("c{c},s{s},x{s},cnot-a-uuid,");
+        assert_eq!(parse_targets(&payload), vec![Target::Customer(c), Target::Subscription(s)]);
+        assert_eq!(target_key(Target::Customer(c)), ("c", c.as_uuid()));
+    }
+}

@@ -1,0 +1,384 @@
+//! The projected estimate: BillaBear's last figure plus the usage usage-gate accepted that
+//! BillaBear's counter has not counted yet, priced as BillaBear prices it. Pure: the pending
+//! ledger (`pending`) feeds it, the check and the policy read its result.
+//!
+//! Pricing, per usage subscription (API.md §3, §6.2, §6.3):
+//! - `sum` metrics count `value`, `count` metrics one unit per event (usage-gate keeps one row
+//!   per `event_id`, so events are distinct ids);
+//! - a per-unit price (`price.amount` set) costs `round(usage × amount × tax)`, where `tax` is the
+//!   factor BillaBear's own figures imply (its `amount` against `usage × price`), snapped to the
+//!   simplest tax rate those rounded figures allow; pending usage costs the growth of that figure,
+//!   so after BillaBear counts it the projection equals its estimate to the minor unit;
+//! - a price the API does not describe (tiers: `price.amount` null) uses the marginal rate of
+//!   BillaBear's last two figures (their average while there is only one), and says
+//!   `approximate`; so do metrics aggregated otherwise (max, latest, unique_count), which are not
+//!   projected at all.
+
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+
+use crate::billabear::{MetricCost, Subscription};
+use crate::domain::SubscriptionId;
+
+/// How a metric's events become usage (BillaBear's `aggregation_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregation {
+    Sum,
+    Count,
+    /// max, latest, unique_count: not projected.
+    Other,
+}
+
+impl Aggregation {
+    pub fn parse(method: Option<&str>) -> Self {
+        match method {
+            Some("count") => Aggregation::Count,
+            // BillaBear's default, and the simulator's.
+            Some("sum") | None => Aggregation::Sum,
+            Some(_) => Aggregation::Other,
+        }
+    }
+}
+
+/// What one unit of usage costs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Rate {
+    /// `price.amount` minor units per unit, times a tax factor.
+    PerUnit { unit_price: i64, tax: f64 },
+    /// Minor units per unit, the marginal rate BillaBear's figures imply (approximate).
+    Marginal(f64),
+}
+
+/// BillaBear's figure for one subscription: its counter and the price of it (tax included).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Figures {
+    pub usage: f64,
+    pub amount: i64,
+}
+
+/// A usage-priced subscription of a customer, as its last fetch showed it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metered {
+    pub subscription: SubscriptionId,
+    /// The metric code its price bills (interned: a million snapshots share a few codes).
+    pub code: Arc<str>,
+    pub aggregation: Aggregation,
+    pub rate: Rate,
+    /// The pricing is an estimate (see the module's notes).
+    pub approximate: bool,
+    /// Events sent with the customer's id and this code go to this subscription (the last
+    /// usage subscription for the code, as `subscriptions` resolves them).
+    pub takes_customer_events: bool,
+    pub figures: Figures,
+}
+
+impl Metered {
+    /// What `units` more usage adds to this subscription's figure (minor units).
+    pub fn cost_of(&self, units: f64) -> i64 {
+        match self.rate {
+            Rate::PerUnit { unit_price, tax } => {
+                let price = |usage: f64| (usage * unit_price as f64 * tax).round();
+                let usage = self.figures.usage;
+                saturate(price(usage + units) - price(usage))
+            }
+            Rate::Marginal(per_unit) => saturate((units * per_unit).round()),
+        }
+    }
+
+    /// The usage `units` and `events` pending make under this metric's aggregation.
+    pub fn usage_of(&self, units: f64, events: u64) -> Option<f64> {
+        match self.aggregation {
+            Aggregation::Sum => Some(units),
+            Aggregation::Count => Some(events as f64),
+            Aggregation::Other => None,
+        }
+    }
+}
+
+fn saturate(x: f64) -> i64 {
+    // `as` saturates, and NaN becomes 0.
+    x as i64
+}
+
+/// Pending usage under one target (a customer or a subscription) and metric code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingUsage {
+    pub code: Box<str>,
+    /// The sum of the events' values.
+    pub units: f64,
+    pub events: u64,
+}
+
+/// The estimate the policy judges, with its parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Projection {
+    /// BillaBear's last estimate (minor units, tax included).
+    pub billabear: i64,
+    /// What the pending events add, priced like BillaBear.
+    pub pending: i64,
+    /// Events accepted and not yet counted by BillaBear that this customer's figure includes.
+    pub pending_events: u64,
+    pub approximate: bool,
+}
+
+impl Projection {
+    /// BillaBear's figure alone (nothing pending).
+    pub fn counted(billabear: i64) -> Self {
+        Self { billabear, ..Self::default() }
+    }
+
+    pub fn amount(&self) -> i64 {
+        self.billabear.saturating_add(self.pending)
+    }
+}
+
+/// Projects a customer's estimate: `pending_for(metered)` gives the units and events pending
+/// for one of its usage subscriptions (sent to it, or to the customer when it takes those).
+pub fn project(
+    billabear: i64,
+    metered: &[Metered],
+    mut pending_for: impl FnMut(&Metered) -> (f64, u64),
+) -> Projection {
+    let mut projection = Projection::counted(billabear);
+    for m in metered {
+        let (units, events) = pending_for(m);
+        if events == 0 {
+            continue;
+        }
+        projection.pending_events += events;
+        match m.usage_of(units, events) {
+            Some(usage) => {
+                projection.pending = projection.pending.saturating_add(m.cost_of(usage));
+                projection.approximate |= m.approximate;
+            }
+            None => projection.approximate = true,
+        }
+    }
+    projection
+}
+
+/// The factor BillaBear's figures imply between a per-unit price and its `amount` (tax), or
+/// None when the figures say nothing (no usage, or a zero price). BillaBear rounds its amount
+/// to the minor unit, so any factor within half a unit fits; the simplest tax rate in that
+/// range (whole percent, then tenths, hundredths, thousandths) is taken, which is the real one
+/// once `usage × price` is large enough to tell them apart.
+pub fn tax_factor(figures: Figures, unit_price: i64) -> Option<f64> {
+    let base = figures.usage * unit_price as f64;
+    if !(base > 0.0) || figures.amount <= 0 {
+        return None;
+    }
+    let amount = figures.amount as f64;
+    let (low, high) = ((amount - 0.5) / base, (amount + 0.5) / base);
+    let percent = (amount / base - 1.0) * 100.0;
+    for step in [1.0, 0.1, 0.01, 0.001] {
+        let factor = 1.0 + (percent / step).round() * step / 100.0;
+        if (low..=high).contains(&factor) {
+            return Some(factor);
+        }
+    }
+    Some(amount / base)
+}
+
+/// What a subscription's price says about pricing pending usage: per unit when `price.amount`
+/// is set, else the marginal rate between the `previous` figures (BillaBear's last different
+/// ones) and these.
+pub fn rate(
+    unit_price: Option<i64>,
+    including_tax: bool,
+    figures: Figures,
+    previous: Option<Figures>,
+) -> (Rate, bool) {
+    match unit_price {
+        Some(unit_price) => match tax_factor(figures, unit_price) {
+            Some(tax) => (Rate::PerUnit { unit_price, tax }, false),
+            // No figures yet: a tax-inclusive price is its own total; otherwise the tax BillaBear
+            // adds is not known until its figures show it.
+            None => (Rate::PerUnit { unit_price, tax: 1.0 }, !including_tax),
+        },
+        None => {
+            let marginal = match previous {
+                Some(p) if figures.usage > p.usage => {
+                    (figures.amount - p.amount) as f64 / (figures.usage - p.usage)
+                }
+                _ if figures.usage > 0.0 => figures.amount as f64 / figures.usage,
+                _ => 0.0,
+            };
+            (Rate::Marginal(marginal.max(0.0)), true)
+        }
+    }
+}
+
+/// The customer's usage-priced subscriptions with BillaBear's figures for each: `costs` has one
+/// entry per active usage subscription, in the listing's order, named by the metric's *name*
+/// (not its code, nor the subscription), so each subscription takes the next unused entry with
+/// its metric's name. `previous` gives the last different figures recorded for a subscription.
+pub fn meter(
+    subscriptions: &[Subscription],
+    costs: &[MetricCost],
+    mut previous: impl FnMut(SubscriptionId) -> Option<Figures>,
+) -> Box<[Metered]> {
+    let mut used = vec![false; costs.len()];
+    let mut metered: Vec<Metered> = Vec::new();
+    for subscription in subscriptions {
+        let Some(price) = subscription.price.as_ref().filter(|p| p.usage) else { continue };
+        let Some(metric) = price.metric.as_ref() else { continue };
+        let name = metric.name.as_deref().unwrap_or(&metric.code);
+        let entry = costs.iter().enumerate().position(|(i, c)| !used[i] && c.name == name);
+        let figures = match entry {
+            Some(i) => {
+                used[i] = true;
+                Figures { usage: costs[i].usage, amount: costs[i].amount }
+            }
+            None => Figures { usage: 0.0, amount: 0 },
+        };
+        let (rate, approximate) = rate(price.amount, price.including_tax, figures, previous(subscription.id));
+        let code = intern(&metric.code);
+        // Events sent by customer go to the last usage subscription for their code.
+        for earlier in metered.iter_mut().filter(|m| m.code == code) {
+            earlier.takes_customer_events = false;
+        }
+        metered.push(Metered {
+            subscription: subscription.id,
+            code,
+            aggregation: Aggregation::parse(metric.aggregation_method.as_deref()),
+            rate,
+            approximate,
+            takes_customer_events: true,
+            figures,
+        });
+    }
+    metered.into_boxed_slice()
+}
+
+/// Metric codes are few and shared by many snapshots: one allocation each (up to a bound, past
+/// which codes are allocated per snapshot).
+fn intern(code: &str) -> Arc<str> {
+    static CODES: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
+    let mut codes = CODES.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = codes.get(code) {
+        return known.clone();
+    }
+    let code: Arc<str> = Arc::from(code);
+    if codes.len() < 10_000 {
+        codes.insert(code.clone());
+    }
+    code
+}
+
+/// What a newly fetched counter value means for the events delivered to its subscription.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Settle {
+    /// The first figure seen for the subscription: every event delivered before the fetch began
+    /// is taken as counted (no figure from before them says otherwise).
+    First,
+    /// An older fetch than the one already recorded: changes nothing.
+    Stale,
+    Unchanged,
+    /// BillaBear counted this much more: retire the oldest delivered events worth it.
+    Grew(f64),
+    /// The counter went down (a new period: BillaBear resets or rebases it at invoicing): events
+    /// delivered before the last figure belong to the old period; then retire up to the new
+    /// counter.
+    Reset(f64),
+}
+
+/// Compares a fetched counter with the last recorded one (`previous`: usage and when the fetch
+/// that saw it began, Unix ms); `started_ms` is when this fetch began.
+pub fn settle(previous: Option<(f64, i64)>, usage: f64, started_ms: i64) -> Settle {
+    match previous {
+        None => Settle::First,
+        Some((_, seen_ms)) if seen_ms > started_ms => Settle::Stale,
+        Some((seen, _)) if usage > seen => Settle::Grew(usage - seen),
+        Some((seen, _)) if usage < seen => Settle::Reset(usage),
+        Some(_) => Settle::Unchanged,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metered(rate: Rate, aggregation: Aggregation, usage: f64, amount: i64) -> Metered {
+        Metered {
+            subscription: SubscriptionId::new_v4(),
+            code: Arc::from("api_calls"),
+            aggregation,
+            rate,
+            approximate: matches!(rate, Rate::Marginal(_)),
+            takes_customer_events: true,
+            figures: Figures { usage, amount },
+        }
+    }
+
+    #[test]
+    fn the_tax_factor_is_the_simplest_rate_the_rounded_figures_allow() {
+        let f = |usage, amount, price| tax_factor(Figures { usage, amount }, price);
+        let near = |factor: Option<f64>, expected: f64| factor.is_some_and(|f| (f - expected).abs() < 1e-12);
+        assert!(near(f(10.0, 120, 10), 1.2));
+        assert!(near(f(1000.0, 1190, 1), 1.19));
+        assert!(near(f(333.0, 358, 1), 1.075), "7.5% is the simplest rate that rounds to 358");
+        assert!(near(f(7.0, 7, 1), 1.0));
+        assert_eq!(f(0.0, 0, 10), None);
+        assert_eq!(f(5.0, 0, 0), None);
+    }
+
+    #[test]
+    fn pending_usage_at_a_per_unit_price_costs_what_billabear_will_show_after_counting_it() {
+        // 20% tax: BillaBear's figure for usage u is round(u × 7 × 1.2).
+        let billabear = |usage: f64| (usage * 7.0 * 1.2_f64).round() as i64;
+        let figures = Figures { usage: 13.0, amount: billabear(13.0) };
+        let (rate, approximate) = rate(Some(7), false, figures, None);
+        assert!(!approximate);
+        let m = Metered { rate, ..metered(rate, Aggregation::Sum, 13.0, figures.amount) };
+        for pending in [1.0, 2.5, 17.0, 1000.0] {
+            assert_eq!(figures.amount + m.cost_of(pending), billabear(13.0 + pending), "{pending}");
+        }
+    }
+
+    #[test]
+    fn count_metrics_count_events_and_sum_metrics_values() {
+        let price = Rate::PerUnit { unit_price: 10, tax: 1.0 };
+        let sum = metered(price, Aggregation::Sum, 0.0, 0);
+        let count = metered(price, Aggregation::Count, 0.0, 0);
+        let p = project(100, &[sum], |_| (7.5, 3));
+        assert_eq!((p.billabear, p.pending, p.pending_events, p.amount()), (100, 75, 3, 175));
+        let p = project(100, &[count], |_| (7.5, 3));
+        assert_eq!((p.pending, p.amount()), (30, 130));
+        assert!(!p.approximate);
+    }
+
+    #[test]
+    fn unprojectable_metrics_and_tiers_say_approximate() {
+        let other = metered(Rate::PerUnit { unit_price: 1, tax: 1.0 }, Aggregation::Other, 0.0, 0);
+        let p = project(5, &[other], |_| (3.0, 1));
+        assert_eq!((p.pending, p.pending_events, p.approximate), (0, 1, true));
+        let quiet = project(5, &[metered(Rate::Marginal(2.0), Aggregation::Sum, 0.0, 0)], |_| (0.0, 0));
+        assert!(!quiet.approximate, "nothing pending: BillaBear's own figure, exact");
+    }
+
+    #[test]
+    fn a_tiered_price_uses_the_marginal_rate_of_the_last_two_figures() {
+        // Graduated: 1–20 at 10, then 5 (API.md's example).
+        let now = Figures { usage: 30.0, amount: 250 };
+        assert_eq!(rate(None, true, now, Some(Figures { usage: 25.0, amount: 225 })), (Rate::Marginal(5.0), true));
+        let (average, _) = rate(None, true, now, None);
+        assert!(matches!(average, Rate::Marginal(r) if (r - 250.0 / 30.0).abs() < 1e-9));
+        assert_eq!(rate(None, true, Figures { usage: 0.0, amount: 0 }, None), (Rate::Marginal(0.0), true));
+    }
+
+    #[test]
+    fn without_figures_only_a_tax_exclusive_price_is_approximate() {
+        let none = Figures { usage: 0.0, amount: 0 };
+        assert_eq!(rate(Some(10), true, none, None), (Rate::PerUnit { unit_price: 10, tax: 1.0 }, false));
+        assert_eq!(rate(Some(10), false, none, None), (Rate::PerUnit { unit_price: 10, tax: 1.0 }, true));
+    }
+
+    #[test]
+    fn settling_compares_with_the_newest_figure_seen() {
+        assert_eq!(settle(None, 5.0, 100), Settle::First);
+        assert_eq!(settle(Some((5.0, 200)), 9.0, 100), Settle::Stale, "a fetch older than the record");
+        assert_eq!(settle(Some((5.0, 100)), 9.0, 200), Settle::Grew(4.0));
+        assert_eq!(settle(Some((5.0, 100)), 5.0, 200), Settle::Unchanged);
+        assert_eq!(settle(Some((5.0, 100)), 2.0, 200), Settle::Reset(2.0));
+    }
+}
