@@ -271,7 +271,11 @@ impl SnapshotCache {
         Self::with_source(Arc::new(FromBillaBear(client)), settings, on_fetched)
     }
 
-    pub fn with_source(source: Arc<dyn Fetch>, settings: &CacheSettings, on_fetched: Option<FetchHook>) -> Self {
+    pub fn with_source(
+        source: Arc<dyn Fetch>,
+        settings: &CacheSettings,
+        on_fetched: Option<FetchHook>,
+    ) -> Self {
         let snapshots = moka::sync::Cache::builder()
             .max_capacity(settings.max_customers)
             // LRU, not TinyLFU: a snapshot just fetched must be kept, or the next check refetches.
@@ -589,7 +593,11 @@ impl Answers {
             status: self.customer.status.clone(),
             estimate: self.estimate.total.amount,
             currency: Currency::parse(&self.estimate.total.currency),
-            limits: self.limits.iter().map(|l| Limit { id: l.id, amount: l.amount, action: l.action }).collect(),
+            limits: self
+                .limits
+                .iter()
+                .map(|l| Limit { id: l.id, amount: l.amount, action: l.action })
+                .collect(),
             metered: projection::meter(&self.subscriptions, &self.estimate.costs, previous),
         }
     }

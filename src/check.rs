@@ -288,7 +288,11 @@ mod tests {
         let settings = PolicySettings::default();
         let disable = &[(100, LimitAction::Disable)];
         assert_eq!(usage_status(&known(10, disable), counted, &settings), Some(Status::Ok));
-        assert_eq!(usage_status(&known(100, disable), counted, &settings), Some(Status::Warning), "near the limit");
+        assert_eq!(
+            usage_status(&known(100, disable), counted, &settings),
+            Some(Status::Warning),
+            "near the limit"
+        );
         assert_eq!(usage_status(&known(101, disable), counted, &settings), Some(Status::Blocked));
         assert_eq!(usage_status(&known(10, disable), with_pending(91), &settings), Some(Status::Blocked));
         assert_eq!(usage_status(&SnapshotData::NotFound, counted, &settings), None);
@@ -367,8 +371,14 @@ mod tests {
 
     #[test]
     fn a_cold_customer_past_the_fetch_budget_is_the_fallback_saying_so() {
-        let d =
-            explain(CustomerId::new_v4(), None, Lookup::fallback(true), counted, &PolicySettings::default(), NOW);
+        let d = explain(
+            CustomerId::new_v4(),
+            None,
+            Lookup::fallback(true),
+            counted,
+            &PolicySettings::default(),
+            NOW,
+        );
         assert_eq!((d.allowed, d.status, d.fallback), (true, Status::Unknown, true));
         assert_eq!(d.reasons.iter().collect::<Vec<_>>(), [Reason::UpstreamBudgetExhausted]);
     }

@@ -360,7 +360,12 @@ impl RawSettings {
             },
             outbox: validate_outbox(&mut v, &self.outbox),
             pending: PendingSettings {
-                max_age: Duration::from_secs(v.range("pending.max_age_s", self.pending.max_age_s, 60, 7 * 86_400)),
+                max_age: Duration::from_secs(v.range(
+                    "pending.max_age_s",
+                    self.pending.max_age_s,
+                    60,
+                    7 * 86_400,
+                )),
                 settle_timeout: Duration::from_millis(v.range(
                     "pending.settle_timeout_ms",
                     self.pending.settle_timeout_ms,

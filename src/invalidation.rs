@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::cache::SnapshotCache;
@@ -24,11 +25,15 @@ pub struct Invalidation {
 
 impl Invalidation {
     /// Starts listening: notified customers are dropped from `cache`. The handle stops the
-    /// listening task (when the application stops).
-    pub fn start(pool: PgPool, cache: SnapshotCache) -> (Self, tokio::task::AbortHandle) {
+    /// listening task (when the application stops); the receiver turns true once it listens.
+    pub fn start(
+        pool: PgPool,
+        cache: SnapshotCache,
+    ) -> (Self, tokio::task::AbortHandle, watch::Receiver<bool>) {
         let replica = Uuid::new_v4();
-        let listening = tokio::spawn(listen(pool.clone(), cache, replica)).abort_handle();
-        (Self { pool, replica }, listening)
+        let (ready, listening_now) = watch::channel(false);
+        let listening = tokio::spawn(listen(pool.clone(), cache, replica, ready)).abort_handle();
+        (Self { pool, replica }, listening, listening_now)
     }
 
     /// Tells the other replicas to drop the customer's snapshot.
@@ -55,7 +60,7 @@ fn parse(payload: &str, replica: Uuid) -> Option<CustomerId> {
     CustomerId::parse(customer).ok()
 }
 
-async fn listen(pool: PgPool, cache: SnapshotCache, replica: Uuid) {
+async fn listen(pool: PgPool, cache: SnapshotCache, replica: Uuid, ready: watch::Sender<bool>) {
     loop {
         let mut listener = match PgListener::connect_with(&pool).await {
             Ok(listener) => listener,
@@ -70,6 +75,7 @@ async fn listen(pool: PgPool, cache: SnapshotCache, replica: Uuid) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
+        ready.send_replace(true);
         loop {
             match listener.recv().await {
                 Ok(notification) => {

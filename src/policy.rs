@@ -329,8 +329,12 @@ mod tests {
         let settings = PolicySettings::default();
         for row in ROWS {
             let limits = limits(row.limits);
-            let usage =
-                Usage { disabled: row.disabled, estimate: row.estimate, counted: row.estimate, limits: &limits };
+            let usage = Usage {
+                disabled: row.disabled,
+                estimate: row.estimate,
+                counted: row.estimate,
+                limits: &limits,
+            };
             let verdict = decide(&usage, row.cost, &settings);
             let reasons: Vec<Reason> = verdict.reasons.iter().collect();
             assert_eq!(
@@ -347,8 +351,12 @@ mod tests {
         let settings = PolicySettings { mode: Mode::Shadow, ..PolicySettings::default() };
         for row in ROWS {
             let limits = limits(row.limits);
-            let usage =
-                Usage { disabled: row.disabled, estimate: row.estimate, counted: row.estimate, limits: &limits };
+            let usage = Usage {
+                disabled: row.disabled,
+                estimate: row.estimate,
+                counted: row.estimate,
+                limits: &limits,
+            };
             let verdict = decide(&usage, row.cost, &settings);
             assert!(verdict.allowed, "{}", row.name);
             assert_eq!(verdict.status, row.status, "{}", row.name);

@@ -360,7 +360,10 @@ mod tests {
     fn a_tiered_price_uses_the_marginal_rate_of_the_last_two_figures() {
         // Graduated: 1–20 at 10, then 5 (API.md's example).
         let now = Figures { usage: 30.0, amount: 250 };
-        assert_eq!(rate(None, true, now, Some(Figures { usage: 25.0, amount: 225 })), (Rate::Marginal(5.0), true));
+        assert_eq!(
+            rate(None, true, now, Some(Figures { usage: 25.0, amount: 225 })),
+            (Rate::Marginal(5.0), true)
+        );
         let (average, _) = rate(None, true, now, None);
         assert!(matches!(average, Rate::Marginal(r) if (r - 250.0 / 30.0).abs() < 1e-9));
         assert_eq!(rate(None, true, Figures { usage: 0.0, amount: 0 }, None), (Rate::Marginal(0.0), true));

@@ -21,11 +21,11 @@ use crate::domain::CustomerId;
 use crate::error::{self, ApiError};
 use crate::invalidation::Invalidation;
 use crate::memo::Memo;
+use crate::outbox::event::Target;
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::outbox::ingest::Ingest;
-use crate::outbox::event::Target;
 use crate::outbox::store::Stats;
-use crate::pending::{Changed, LedgerFetch, Pending};
+use crate::pending::{self, Changed, LedgerFetch, Pending};
 use crate::policy::PolicySettings;
 use crate::subscriptions::Subscriptions;
 use crate::{db, routes, telemetry};
@@ -78,6 +78,8 @@ pub struct Application {
     /// The LISTEN tasks (invalidation, pending usage) and the pending-usage tasks, stopped with
     /// the application.
     background: Vec<tokio::task::AbortHandle>,
+    /// Each turns true once its LISTEN task listens (see [`Application::until_listening`]).
+    listening: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Application {
@@ -88,7 +90,21 @@ impl Application {
         let listener = TcpListener::bind(settings.server.address).map_err(|e| {
             anyhow::anyhow!("cannot listen on {} (server.address): {e}", settings.server.address)
         })?;
-        Self::build_with(settings, pool, listener)
+        let wait = settings.database.acquire_timeout;
+        let app = Self::build_with(settings, pool, listener)?;
+        // Serving before then would miss other replicas' changes made meanwhile.
+        if tokio::time::timeout(wait, app.until_listening()).await.is_err() {
+            tracing::warn!("not yet listening to Postgres for other replicas' changes; serving anyway");
+        }
+        Ok(app)
+    }
+
+    /// Resolves once this replica listens for other replicas' changes (invalidations, pending
+    /// usage) and holds the pending ledger.
+    pub async fn until_listening(&self) {
+        for listening in &self.listening {
+            let _ = listening.clone().wait_for(|listening| *listening).await;
+        }
     }
 
     pub fn build_with(settings: Settings, pool: PgPool, listener: TcpListener) -> anyhow::Result<Self> {
@@ -103,12 +119,18 @@ impl Application {
         let metrics = telemetry::metrics_handle();
         let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
         let transitions = Transitions::start(pool.clone());
-        let (pending, changes, pending_tasks) = Pending::start(pool.clone(), settings.pending.clone());
+        let pending::Started { pending, changes, tasks: pending_tasks, listening: pending_listening } =
+            Pending::start(pool.clone(), settings.pending.clone());
         let on_fetched = on_fetched(pending.clone(), transitions.clone(), settings.policy.clone());
         let metrics_address = settings.server.metrics_address;
-        let source = LedgerFetch { client: billabear.clone(), pending: pending.clone(), subscriptions: subscriptions.clone() };
+        let source = LedgerFetch {
+            client: billabear.clone(),
+            pending: pending.clone(),
+            subscriptions: subscriptions.clone(),
+        };
         let cache = SnapshotCache::with_source(Arc::new(source), &settings.cache, Some(on_fetched));
-        let (invalidation, listening) = Invalidation::start(pool.clone(), cache.clone());
+        let (invalidation, listening, invalidation_listening) =
+            Invalidation::start(pool.clone(), cache.clone());
         let watching = tokio::spawn(watch_pending(
             changes,
             cache.clone(),
@@ -174,7 +196,8 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        Ok(Self { addr, server, metrics_server, forwarder, background })
+        let listening = vec![invalidation_listening, pending_listening];
+        Ok(Self { addr, server, metrics_server, forwarder, background, listening })
     }
 
     /// Where `/metrics` is served when `server.metrics_address` is set.
@@ -255,7 +278,8 @@ async fn watch_pending(
             |known| pending.project_replacing(customer, known, Some((target, was))),
             &policy,
         );
-        let status_now = check::usage_status(&snapshot.data, |known| pending.project(customer, known), &policy);
+        let status_now =
+            check::usage_status(&snapshot.data, |known| pending.project(customer, known), &policy);
         if let Some(status_now) = status_now {
             transitions.observe(customer, status_before, status_now, now_ms());
         }

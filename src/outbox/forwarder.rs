@@ -206,8 +206,10 @@ impl Forwarder {
                 }
                 // BillaBear has it: the row must not be claimed and sent again, so recording is
                 // retried (a Postgres blip, a pool timeout) for as long as one delivery may take.
-                self.record(&event, "delivered", || store::mark_delivered(&self.pool, event.id, subscription))
-                    .await;
+                self.record(&event, "delivered", || {
+                    store::mark_delivered(&self.pool, event.id, subscription)
+                })
+                .await;
             }
             Err(failure) => self.failed(&event, failure).await,
         }

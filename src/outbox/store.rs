@@ -209,7 +209,11 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Cla
 /// BillaBear took the event, for `subscription`. Recorded whoever holds the claim now: the
 /// event was delivered, and a later claim must not send it again. False if the row was no
 /// longer pending.
-pub async fn mark_delivered(pool: &PgPool, id: i64, subscription: SubscriptionId) -> Result<bool, sqlx::Error> {
+pub async fn mark_delivered(
+    pool: &PgPool,
+    id: i64,
+    subscription: SubscriptionId,
+) -> Result<bool, sqlx::Error> {
     let updated = sqlx::query(
         "UPDATE outbox SET status = 'delivered', delivered_at = now(), delivered_to = $2, lease_until = NULL,
                            last_error = NULL, claim_token = NULL

@@ -25,7 +25,7 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::billabear::{BillaBearClient, BillaBearError};
 use crate::cache::{self, Answers, Fetch, Known, SnapshotData};
@@ -47,6 +47,17 @@ pub struct Changed {
 const CHANGES_QUEUE: usize = 10_000;
 /// How soon listening is tried again after it failed.
 const RELISTEN_AFTER: Duration = Duration::from_secs(1);
+
+/// What [`Pending::start`] started.
+pub struct Started {
+    pub pending: Pending,
+    /// Every change applied to the copy.
+    pub changes: mpsc::Receiver<Changed>,
+    /// Stop the listening and expiring tasks.
+    pub tasks: [tokio::task::AbortHandle; 2],
+    /// True once the copy is loaded and kept up to date.
+    pub listening: watch::Receiver<bool>,
+}
 
 /// Cheap to clone; clones share one copy of the ledger.
 #[derive(Clone)]
@@ -79,10 +90,7 @@ impl Pending {
 
     /// Starts keeping the copy up to date (LISTEN, reloads) and expiring old delivered events.
     /// The receiver gets every change applied to the copy; the handles stop the tasks.
-    pub fn start(
-        pool: PgPool,
-        settings: PendingSettings,
-    ) -> (Self, mpsc::Receiver<Changed>, [tokio::task::AbortHandle; 2]) {
+    pub fn start(pool: PgPool, settings: PendingSettings) -> Started {
         let (sender, receiver) = mpsc::channel(CHANGES_QUEUE);
         let inner = Arc::new(Inner {
             pool,
@@ -91,9 +99,15 @@ impl Pending {
             settings,
             changes: Some(sender),
         });
-        let listening = tokio::spawn(listen(inner.clone())).abort_handle();
+        let (ready, listening_now) = watch::channel(false);
+        let listening = tokio::spawn(listen(inner.clone(), ready)).abort_handle();
         let expiring = tokio::spawn(expire(inner.clone())).abort_handle();
-        (Self { inner }, receiver, [listening, expiring])
+        Started {
+            pending: Self { inner },
+            changes: receiver,
+            tasks: [listening, expiring],
+            listening: listening_now,
+        }
     }
 
     /// The customer's projected estimate: BillaBear's figure plus its pending usage.
@@ -218,7 +232,7 @@ impl Inner {
 
 /// Keeps the copy equal to Postgres: a full reload whenever listening (re)starts, then a reload
 /// of the targets each batch of notifications names.
-async fn listen(inner: Arc<Inner>) {
+async fn listen(inner: Arc<Inner>, ready: watch::Sender<bool>) {
     loop {
         let connected = async {
             let mut listener = PgListener::connect_with(&inner.pool).await?;
@@ -239,6 +253,7 @@ async fn listen(inner: Arc<Inner>) {
             tokio::time::sleep(RELISTEN_AFTER).await;
             continue;
         }
+        ready.send_replace(true);
         loop {
             match listener.try_recv().await {
                 Ok(Some(notification)) => {
@@ -267,7 +282,9 @@ async fn expire(inner: Arc<Inner>) {
         tokio::time::sleep(every).await;
         match store::expire(&inner.pool, inner.settings.max_age).await {
             Ok(0) => {}
-            Ok(expired) => tracing::info!(expired, "pending: delivered events no counter growth matched stop counting"),
+            Ok(expired) => {
+                tracing::info!(expired, "pending: delivered events no counter growth matched stop counting")
+            }
             Err(e) => tracing::warn!(error = %e, "pending: cannot expire old delivered events"),
         }
     }

@@ -119,7 +119,10 @@ pub async fn observe(
         let seen: f64 = row.try_get("usage")?;
         let seen_amount: i64 = row.try_get("amount")?;
         let observed: DateTime<Utc> = row.try_get("observed_at")?;
-        let older = match (row.try_get::<Option<f64>, _>("prev_usage")?, row.try_get::<Option<i64>, _>("prev_amount")?) {
+        let older = match (
+            row.try_get::<Option<f64>, _>("prev_usage")?,
+            row.try_get::<Option<i64>, _>("prev_amount")?,
+        ) {
             (Some(usage), Some(amount)) => Some(Figures { usage, amount }),
             _ => None,
         };

@@ -5,13 +5,14 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::seed::{SeedCustomer, SeedSubscription};
+use super::seed::{SeedCustomer, SeedMetric, SeedSubscription};
 use super::state::Estimate;
 use super::{Faults, Requests, SimShared};
 use crate::domain::{CustomerId, LimitAction, LimitId};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "ok"})) }))
+        .route("/metrics", web::post().to(add_metric))
         .route("/customers", web::post().to(add_customer))
         .route("/customers/{id}", web::get().to(show_customer))
         .route("/customers/{id}/status", web::put().to(set_status))
@@ -194,6 +195,13 @@ async fn set_usage(sim: web::Data<SimShared>, path: web::Path<String>, body: web
         state.set_usage(subscription, body.value);
     }
     customer_view(&sim, id, false)
+}
+
+/// Defines a metric (how its events aggregate) before subscriptions bill it.
+async fn add_metric(sim: web::Data<SimShared>, body: web::Json<SeedMetric>) -> Answer {
+    let metric = body.into_inner();
+    sim.state().add_metric(&metric.code, metric.name.as_deref(), metric.aggregation).map_err(bad_request)?;
+    Ok(HttpResponse::Created().json(json!({"code": metric.code})))
 }
 
 async fn add_subscription(

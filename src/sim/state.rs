@@ -503,7 +503,8 @@ mod tests {
         let s = state.subscriptions.get_mut(&sub).unwrap();
         s.including_tax = true;
         // API.md's example: 1–20 at 10, then 5; 30 units cost 250.
-        s.tiers = vec![SeedTier { up_to: Some(20.0), unit_price: 10.0 }, SeedTier { up_to: None, unit_price: 5.0 }];
+        s.tiers =
+            vec![SeedTier { up_to: Some(20.0), unit_price: 10.0 }, SeedTier { up_to: None, unit_price: 5.0 }];
         state.set_usage(sub, 30.0);
         assert_eq!(total(&state, c), 250);
     }

@@ -173,7 +173,15 @@ async fn the_customer_view_shows_the_decision_and_undelivered_events() {
         (decision["status"].as_str(), decision["customer_status"].as_str()),
         (Some("ok"), Some("active"))
     );
-    assert_eq!(decision["estimate"]["amount"], 1200);
+    // The undelivered event counts already: BillaBear's 1200 plus one call at 1 cent.
+    assert_eq!(
+        (
+            &decision["estimate"]["amount"],
+            &decision["estimate"]["billabear"],
+            &decision["estimate"]["pending"]
+        ),
+        (&json!(1201), &json!(1200), &json!(1))
+    );
     assert_eq!(decision["limits"][0]["id"], ACME_LIMIT);
     assert!(decision["age_ms"].is_u64());
     assert_eq!(view["outbox"], json!({"pending": 1, "dead": 0}));

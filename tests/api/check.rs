@@ -72,7 +72,11 @@ async fn a_decision_explains_itself() {
     let app = TestApp::spawn().await;
     let first = app.check(INITECH).await;
     assert_eq!(first["customer_id"], INITECH);
-    assert_eq!(first["estimate"], json!({"amount": 6000, "currency": "USD"}));
+    assert_eq!(
+        first["estimate"],
+        json!({"amount": 6000, "currency": "USD", "billabear": 6000, "pending": 0, "pending_events": 0,
+               "approximate": false, "as_of": first["as_of"]})
+    );
     assert_eq!(first["customer_status"], "active");
     assert_eq!((first["fallback"].as_bool(), first["source"].as_str()), (Some(false), Some("upstream")));
     let mut limits = first["limits"].as_array().unwrap().clone();

@@ -135,6 +135,17 @@ impl Sim {
         (view["id"].as_str().unwrap().to_owned(), view["subscriptions"][0]["id"].as_str().unwrap().to_owned())
     }
 
+    /// Defines a metric (`{"code", "name", "aggregation": "sum" | "count"}`).
+    pub async fn add_metric(&self, metric: Value) -> Value {
+        self.control(reqwest::Method::POST, "/metrics", Some(metric)).await
+    }
+
+    /// Sets the customer's `api_calls` counter, as if BillaBear's counter had run.
+    pub async fn set_usage(&self, customer: &str, value: f64) -> Value {
+        let body = json!({"metric": "api_calls", "value": value});
+        self.control(reqwest::Method::PUT, &format!("/customers/{customer}/usage"), Some(body)).await
+    }
+
     pub async fn customer(&self, id: &str) -> Value {
         self.control(reqwest::Method::GET, &format!("/customers/{id}"), None).await
     }
@@ -209,7 +220,7 @@ pub fn test_settings(billabear_url: &str, database_url: &str) -> RawSettings {
     raw.server.workers = 1;
     raw.server.shutdown_timeout_s = 1;
     raw.database.url = SecretString::from(database_url);
-    raw.database.max_connections = 5;
+    raw.database.max_connections = 10;
     raw.billabear.base_url = billabear_url.into();
     raw.billabear.api_key = SecretString::from(SIM_KEY);
     raw.billabear.timeout_ms = 500;
@@ -259,7 +270,7 @@ impl TestApp {
         } else {
             usage_gate::db::connect_lazy(&settings.database).unwrap()
         };
-        Self::start(settings, pool, sim)
+        Self::start(settings, pool, sim).await
     }
 
     /// Another instance of the service on the same database and simulator (a second replica).
@@ -271,16 +282,21 @@ impl TestApp {
         let settings = test_settings(&self.sim.base_url(), database.as_str()).validate().unwrap();
         let pool = PgPool::connect(database.as_str()).await.unwrap();
         let listener = TcpListener::bind(settings.server.address).unwrap();
-        Self::run(settings, pool, listener, self.sim.clone())
+        Self::run(settings, pool, listener, self.sim.clone()).await
     }
 
-    fn start(settings: Settings, pool: PgPool, sim: Sim) -> Self {
+    async fn start(settings: Settings, pool: PgPool, sim: Sim) -> Self {
         let listener = TcpListener::bind(settings.server.address).unwrap();
-        Self::run(settings, pool, listener, std::sync::Arc::new(sim))
+        Self::run(settings, pool, listener, std::sync::Arc::new(sim)).await
     }
 
-    fn run(settings: Settings, pool: PgPool, listener: TcpListener, sim: std::sync::Arc<Sim>) -> Self {
+    /// Starts the application and waits until it listens for other replicas' changes (as
+    /// `Application::build` does), so a test never races a replica's start.
+    async fn run(settings: Settings, pool: PgPool, listener: TcpListener, sim: std::sync::Arc<Sim>) -> Self {
         let app = Application::build_with(settings, pool.clone(), listener).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), app.until_listening())
+            .await
+            .expect("the replica listens within 10 s");
         let address = format!("http://{}", app.addr());
         let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -10,5 +10,6 @@ mod crash;
 mod events;
 mod helpers;
 mod outbox;
+mod pending;
 mod service;
 mod simulator;
