@@ -275,3 +275,22 @@ async fn a_tiered_price_is_projected_at_its_marginal_rate_and_says_approximate()
     app.sim.tick().await;
     assert_eq!(estimate(&app.refresh(&customer).await), (300, 300, 0, 0));
 }
+
+#[tokio::test]
+async fn pending_usage_that_crosses_a_limit_is_an_audited_decision_transition() {
+    let app = TestApp::spawn().await;
+    let (customer, subscription) = taxed_customer(&app, 10.0, 200).await;
+    assert_eq!(app.check(&customer).await["status"], "ok");
+    // Held in the outbox: no delivery, so no refetch either; the pending usage alone does it.
+    app.sim.set_faults(json!({"error_rate": 1.0, "error_status": 503, "only": "events"})).await;
+    assert_eq!(app.post_event(&sum_event("t-1", &subscription, 10.0)).await.status(), 202);
+    let transition = eventually(Duration::from_secs(5), "the transition to be audited", || async {
+        let rows = app.audit_rows("decision.transition").await;
+        rows.into_iter().find(|r| r["customer_id"] == customer.as_str())
+    })
+    .await;
+    assert_eq!(
+        (transition["details"]["from"].as_str(), transition["details"]["to"].as_str()),
+        (Some("ok"), Some("blocked"))
+    );
+}
