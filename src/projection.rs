@@ -164,7 +164,8 @@ pub fn project(
 /// once `usage × price` is large enough to tell them apart.
 pub fn tax_factor(figures: Figures, unit_price: i64) -> Option<f64> {
     let base = figures.usage * unit_price as f64;
-    if !(base > 0.0) || figures.amount <= 0 {
+    // NaN (a malformed figure) says nothing either.
+    if base.is_nan() || base <= 0.0 || figures.amount <= 0 {
         return None;
     }
     let amount = figures.amount as f64;

@@ -144,15 +144,6 @@ impl Pending {
         })
     }
 
-    /// Targets with pending usage in this replica's copy.
-    pub fn len(&self) -> usize {
-        self.inner.ledger.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inner.ledger.is_empty()
-    }
-
     /// Records what a fetch that began at `started` saw of each metered subscription's counter,
     /// retiring what it shows was counted, then reloads the customer's targets, so the
     /// snapshot is never used with usage it already counts. Gives up after
@@ -254,22 +245,18 @@ async fn listen(inner: Arc<Inner>, ready: watch::Sender<bool>) {
             continue;
         }
         ready.send_replace(true);
-        loop {
-            match listener.try_recv().await {
-                Ok(Some(notification)) => {
-                    let mut targets = store::parse_targets(notification.payload());
-                    while let Some(more) = listener.next_buffered() {
-                        targets.extend(store::parse_targets(more.payload()));
-                    }
-                    targets.sort_by_key(|t| store::target_key(*t));
-                    targets.dedup();
-                    if let Err(e) = inner.reload(Some(&targets)).await {
-                        tracing::warn!(error = %e, "pending: cannot reload changed targets; reloading all");
-                        break;
-                    }
-                }
-                // The connection was lost: what was notified meanwhile is missed; reload all.
-                Ok(None) | Err(_) => break,
+        // Ok(None) or an error: the connection was lost, and what was notified meanwhile is
+        // missed; listen again and reload all.
+        while let Ok(Some(notification)) = listener.try_recv().await {
+            let mut targets = store::parse_targets(notification.payload());
+            while let Some(more) = listener.next_buffered() {
+                targets.extend(store::parse_targets(more.payload()));
+            }
+            targets.sort_by_key(|t| store::target_key(*t));
+            targets.dedup();
+            if let Err(e) = inner.reload(Some(&targets)).await {
+                tracing::warn!(error = %e, "pending: cannot reload changed targets; reloading all");
+                break;
             }
         }
     }
@@ -318,9 +305,7 @@ impl Fetch for LedgerFetch {
 
 /// What the answers show of each usage subscription's counter.
 fn observations(answers: &Answers) -> Vec<Observation> {
-    answers
-        .known(|_| None)
-        .metered
+    projection::meter(&answers.subscriptions, &answers.estimate.costs, |_| None)
         .iter()
         .map(|m| Observation {
             subscription: m.subscription,
