@@ -295,6 +295,25 @@ pub fn settle(previous: Option<(f64, i64)>, usage: f64, started_ms: i64) -> Sett
     }
 }
 
+/// Which of the events delivered to a subscription (oldest first: id and usage) a counter growth
+/// of `grew` accounts for. BillaBear counts what it received before its run, in about the order
+/// usage-gate delivered it, but deliveries run concurrently, so one may arrive after a later
+/// one: each event is taken, oldest first, if it still fits in what is left of the growth, and
+/// skipped (left for the next run) otherwise. What is left at the end came some other way.
+pub fn counted(delivered: &[(i64, f64)], grew: f64) -> Vec<i64> {
+    // Values are doubles: allow for rounding in the sums.
+    let tolerance = 1e-9 * grew.abs().max(1.0);
+    let mut left = grew;
+    let mut taken = Vec::new();
+    for &(id, usage) in delivered {
+        if usage <= left + tolerance {
+            left -= usage;
+            taken.push(id);
+        }
+    }
+    taken
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,6 +394,16 @@ mod tests {
         let none = Figures { usage: 0.0, amount: 0 };
         assert_eq!(rate(Some(10), true, none, None), (Rate::PerUnit { unit_price: 10, tax: 1.0 }, false));
         assert_eq!(rate(Some(10), false, none, None), (Rate::PerUnit { unit_price: 10, tax: 1.0 }, true));
+    }
+
+    #[test]
+    fn growth_retires_the_oldest_events_that_fit_and_skips_one_that_arrived_late() {
+        assert_eq!(counted(&[(1, 2.0), (2, 3.0), (3, 4.0)], 5.0), [1, 2], "in delivery order");
+        // Delivered 1 then 2, but BillaBear received 2 before its run and 1 after it.
+        assert_eq!(counted(&[(1, 5.0), (2, 3.0)], 3.0), [2]);
+        assert_eq!(counted(&[(1, 0.1), (2, 0.2)], 0.1 + 0.2), [1, 2], "rounding in the sums");
+        assert_eq!(counted(&[(1, 1.0)], 0.5), Vec::<i64>::new(), "the growth came some other way");
+        assert_eq!(counted(&[(1, 1.0), (2, 1.0)], f64::INFINITY), [1, 2]);
     }
 
     #[test]

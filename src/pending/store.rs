@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::domain::{CustomerId, SubscriptionId};
 use crate::outbox::event::Target;
-use crate::projection::{Aggregation, Figures, PendingUsage, Settle, settle};
+use crate::projection::{self, Aggregation, Figures, PendingUsage, Settle, settle};
 
 /// Sent (by the triggers) at the commit of every change to pending usage; the payload lists the
 /// changed targets (`c<uuid>` or `s<uuid>`, comma-separated).
@@ -164,10 +164,9 @@ pub async fn observe(
     Ok(previous)
 }
 
-/// Retires the oldest events delivered to `subscription` before `before` (for its metric
-/// `code`) while their usage adds up to no more than `usage`: BillaBear's counter grew by that
-/// much, and it counts events in the order it received them. What is left of `usage` was sent
-/// to BillaBear some other way.
+/// Retires the events delivered to `subscription` before `before` (for its metric `code`) that
+/// a counter growth of `usage` accounts for ([`projection::counted`]): all of them when it is
+/// infinite.
 async fn retire(
     tx: &mut sqlx::PgConnection,
     subscription: Uuid,
@@ -176,27 +175,26 @@ async fn retire(
     before: DateTime<Utc>,
     usage: f64,
 ) -> Result<(), sqlx::Error> {
-    // Values are doubles: allow for rounding in the sums.
-    let within = if usage.is_finite() { usage + 1e-9 * usage.abs().max(1.0) } else { f64::MAX };
-    sqlx::query(
-        "WITH ordered AS (
-             SELECT id, delivered_at,
-                    sum(CASE WHEN $4 THEN 1 ELSE value END) OVER (ORDER BY delivered_at, id) AS total
-             FROM outbox
-             WHERE delivered_to = $1 AND status = 'delivered' AND retired_at IS NULL
-               AND delivered_at < $3 AND code = $2),
-         prefix AS (
-             SELECT id, bool_or(total > $5) OVER (ORDER BY delivered_at, id) AS past FROM ordered)
-         UPDATE outbox SET retired_at = now(), retired_as = 'counted'
-         FROM prefix WHERE outbox.id = prefix.id AND NOT prefix.past",
+    let delivered: Vec<(i64, f64)> = sqlx::query_as(
+        "SELECT id, CASE WHEN $4 THEN 1 ELSE value END FROM outbox
+         WHERE delivered_to = $1 AND status = 'delivered' AND retired_at IS NULL
+           AND delivered_at < $3 AND code = $2
+         ORDER BY delivered_at, id
+         FOR UPDATE",
     )
     .bind(subscription)
     .bind(code)
     .bind(before)
     .bind(count)
-    .bind(within)
-    .execute(&mut *tx)
+    .fetch_all(&mut *tx)
     .await?;
+    let counted = projection::counted(&delivered, usage);
+    if !counted.is_empty() {
+        sqlx::query("UPDATE outbox SET retired_at = now(), retired_as = 'counted' WHERE id = ANY($1)")
+            .bind(&counted)
+            .execute(&mut *tx)
+            .await?;
+    }
     Ok(())
 }
 
