@@ -11,10 +11,12 @@ UPDATE outbox SET delivered_to = subscription_id WHERE status = 'delivered';
 -- Delivered before this migration: BillaBear's counter has long included them.
 UPDATE outbox SET retired_at = now(), retired_as = 'counted' WHERE status = 'delivered';
 
--- Retirement takes a subscription's oldest delivered, unretired events; expiry takes the old ones.
+-- Retirement takes a subscription's oldest delivered, unretired events. Expiry reads the same
+-- index whole (it holds only what BillaBear has not counted yet: a minute's deliveries): an
+-- index on delivered_at alone would tempt the planner into scanning every unretired row for
+-- one subscription's retirement whenever its statistics lag.
 CREATE INDEX outbox_unretired ON outbox (delivered_to, delivered_at, id)
     WHERE status = 'delivered' AND retired_at IS NULL;
-CREATE INDEX outbox_unretired_age ON outbox (delivered_at) WHERE status = 'delivered' AND retired_at IS NULL;
 
 -- Pending usage summed per target (what an event named: `kind` 'c' a customer, 's' a
 -- subscription) and metric code; kept equal to the outbox by the triggers below, whatever

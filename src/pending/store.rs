@@ -45,14 +45,24 @@ pub async fn load(
     pool: &PgPool,
     targets: Option<&[Target]>,
 ) -> Result<HashMap<Target, Vec<PendingUsage>>, sqlx::Error> {
-    let ids: Option<Vec<Uuid>> = targets.map(|t| t.iter().map(|t| target_key(*t).1).collect());
-    let rows = sqlx::query(
-        "SELECT kind, target, code, units::float8 AS units, events FROM pending_usage
-         WHERE $1::uuid[] IS NULL OR target = ANY($1)",
-    )
-    .bind(ids)
-    .fetch_all(pool)
-    .await?;
+    let rows = match targets {
+        // Two statements, not one with `$1 IS NULL OR`: that one scans the whole table.
+        Some(targets) => {
+            let ids: Vec<Uuid> = targets.iter().map(|t| target_key(*t).1).collect();
+            sqlx::query(
+                "SELECT kind, target, code, units::float8 AS units, events FROM pending_usage
+                 WHERE target = ANY($1)",
+            )
+            .bind(ids)
+            .fetch_all(pool)
+            .await?
+        }
+        None => {
+            sqlx::query("SELECT kind, target, code, units::float8 AS units, events FROM pending_usage")
+                .fetch_all(pool)
+                .await?
+        }
+    };
     let mut ledger: HashMap<Target, Vec<PendingUsage>> = HashMap::new();
     for row in rows {
         let kind: String = row.try_get("kind")?;
