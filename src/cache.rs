@@ -1,5 +1,6 @@
-//! The snapshot cache: per customer, what BillaBear says (status, usage limits, cost estimate),
-//! kept fresh with stale-while-revalidate and fetched at most once at a time per customer.
+//! The snapshot cache: per customer, what BillaBear says (status, usage limits, cost estimate,
+//! the usage-priced subscriptions and their figures), kept fresh with stale-while-revalidate and
+//! fetched at most once at a time per customer, from a [`Fetch`] source.
 //!
 //! Ages, per snapshot:
 //! - known customer: fresh for `cache.ttl`, then served as `stale` while one background refresh
@@ -526,9 +527,9 @@ fn store_if_newer(
 }
 
 impl Inner {
-    /// Asks BillaBear (three calls at once) and caches the answer unless a newer one (or an
-    /// invalidation) came first. A failure keeps a usable stale snapshot in place; with nothing
-    /// usable, it caches the `Unavailable` marker.
+    /// Asks the source (BillaBear: four calls at once) and caches the answer unless a newer one
+    /// (or an invalidation) came first. A failure keeps a usable stale snapshot in place; with
+    /// nothing usable, it caches the `Unavailable` marker.
     async fn fetch_and_store(&self, id: CustomerId, generation: u64) -> FetchResult {
         let started = Instant::now();
         let result = self.source.fetch(id).await;

@@ -952,6 +952,11 @@ mod tests {
                 format!("{}\n{}", with("outbox", "concurrency = 0"), valid("")),
             ),
             (
+                "pending.max_age_s",
+                "between 60",
+                format!("{}\n{}", with("pending", "max_age_s = 5"), valid("")),
+            ),
+            (
                 "gate.blocked_status",
                 "402, 403 or 429",
                 format!("{}\n{}", with("gate", "blocked_status = 500"), valid("")),

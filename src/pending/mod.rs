@@ -17,6 +17,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -67,37 +68,28 @@ pub struct Pending {
 
 struct Inner {
     pool: PgPool,
-    ledger: DashMap<Target, Box<[PendingUsage]>>,
+    /// foldhash, not the default SipHash: every warm check hashes one or two targets here.
+    ledger: DashMap<Target, Box<[PendingUsage]>, foldhash::fast::RandomState>,
+    /// Targets in `ledger`, kept by `reload`: with none, a check skips the lookups.
+    targets: AtomicUsize,
     /// One reload at a time, so a read that began earlier never overwrites a later one.
     reloading: tokio::sync::Mutex<()>,
     settings: PendingSettings,
-    changes: Option<mpsc::Sender<Changed>>,
+    changes: mpsc::Sender<Changed>,
 }
 
 impl Pending {
-    /// An empty copy that nothing updates (benchmarks, tools): every projection is BillaBear's.
-    pub fn detached(pool: PgPool, settings: PendingSettings) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                pool,
-                ledger: DashMap::new(),
-                reloading: tokio::sync::Mutex::new(()),
-                settings,
-                changes: None,
-            }),
-        }
-    }
-
     /// Starts keeping the copy up to date (LISTEN, reloads) and expiring old delivered events.
     /// The receiver gets every change applied to the copy; the handles stop the tasks.
     pub fn start(pool: PgPool, settings: PendingSettings) -> Started {
         let (sender, receiver) = mpsc::channel(CHANGES_QUEUE);
         let inner = Arc::new(Inner {
             pool,
-            ledger: DashMap::new(),
+            ledger: DashMap::default(),
+            targets: AtomicUsize::new(0),
             reloading: tokio::sync::Mutex::new(()),
             settings,
-            changes: Some(sender),
+            changes: sender,
         });
         let (ready, listening_now) = watch::channel(false);
         let listening = tokio::spawn(listen(inner.clone(), ready)).abort_handle();
@@ -123,6 +115,9 @@ impl Pending {
         replaced: Option<(Target, &[PendingUsage])>,
     ) -> Projection {
         let ledger = &self.inner.ledger;
+        if replaced.is_none() && self.inner.targets.load(Ordering::Relaxed) == 0 {
+            return Projection::counted(known.estimate);
+        }
         projection::project(known.estimate, &known.metered, |m: &Metered| {
             let of = |entries: &[PendingUsage]| {
                 entries
@@ -167,7 +162,7 @@ impl Pending {
             let mut targets: Vec<Target> =
                 observations.iter().map(|o| Target::Subscription(o.subscription)).collect();
             targets.push(Target::Customer(customer));
-            inner.reload(Some(&targets)).await?;
+            inner.reload(Some(&targets), true).await?;
             Ok::<_, sqlx::Error>(previous)
         };
         match tokio::time::timeout(inner.settings.settle_timeout, settling).await {
@@ -185,8 +180,9 @@ impl Pending {
 }
 
 impl Inner {
-    /// Replaces the copy of `targets` (all targets when None) with what Postgres holds now.
-    async fn reload(&self, targets: Option<&[Target]>) -> Result<(), sqlx::Error> {
+    /// Replaces the copy of `targets` (all targets when None) with what Postgres holds now, and
+    /// tells of each change if `announce`.
+    async fn reload(&self, targets: Option<&[Target]>, announce: bool) -> Result<(), sqlx::Error> {
         let _one_at_a_time = self.reloading.lock().await;
         let mut loaded = store::load(&self.pool, targets).await?;
         let stale: Vec<Target> = match targets {
@@ -196,7 +192,7 @@ impl Inner {
         for target in stale {
             if !loaded.contains_key(&target) {
                 let before = self.ledger.remove(&target).map(|(_, v)| v);
-                if before.is_some() {
+                if announce && before.is_some() {
                     self.changed(target, before);
                 }
             }
@@ -207,15 +203,16 @@ impl Inner {
                 continue;
             }
             let before = self.ledger.insert(target, entries);
-            self.changed(target, before);
+            if announce {
+                self.changed(target, before);
+            }
         }
+        self.targets.store(self.ledger.len(), Ordering::Relaxed);
         Ok(())
     }
 
     fn changed(&self, target: Target, before: Option<Box<[PendingUsage]>>) {
-        if let Some(changes) = &self.changes
-            && changes.try_send(Changed { target, before }).is_err()
-        {
+        if self.changes.try_send(Changed { target, before }).is_err() {
             metrics::counter!("usage_gate_pending_changes_dropped_total").increment(1);
         }
     }
@@ -224,6 +221,8 @@ impl Inner {
 /// Keeps the copy equal to Postgres: a full reload whenever listening (re)starts, then a reload
 /// of the targets each batch of notifications names.
 async fn listen(inner: Arc<Inner>, ready: watch::Sender<bool>) {
+    // The first load holds nothing a cached decision was made with: no change to tell of.
+    let mut first = true;
     loop {
         let connected = async {
             let mut listener = PgListener::connect_with(&inner.pool).await?;
@@ -239,11 +238,12 @@ async fn listen(inner: Arc<Inner>, ready: watch::Sender<bool>) {
             }
         };
         // Listening first, then reading everything: nothing changed in between is missed.
-        if let Err(e) = inner.reload(None).await {
+        if let Err(e) = inner.reload(None, !first).await {
             tracing::warn!(error = %e, "pending: cannot load the pending ledger; retrying");
             tokio::time::sleep(RELISTEN_AFTER).await;
             continue;
         }
+        first = false;
         ready.send_replace(true);
         // Ok(None) or an error: the connection was lost, and what was notified meanwhile is
         // missed; listen again and reload all.
@@ -254,7 +254,7 @@ async fn listen(inner: Arc<Inner>, ready: watch::Sender<bool>) {
             }
             targets.sort_by_key(|t| store::target_key(*t));
             targets.dedup();
-            if let Err(e) = inner.reload(Some(&targets)).await {
+            if let Err(e) = inner.reload(Some(&targets), true).await {
                 tracing::warn!(error = %e, "pending: cannot reload changed targets; reloading all");
                 break;
             }
