@@ -14,7 +14,7 @@ use usage_gate::cache::{Currency, Known, SnapshotCache, SnapshotData};
 use usage_gate::config::{RawApiKey, RawSettings};
 use usage_gate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, SubscriptionId};
 use usage_gate::policy::Limit;
-use usage_gate::projection::{Aggregation, Figures, Metered, Rate};
+use usage_gate::projection::{Aggregation, Code, Metered};
 use uuid::Uuid;
 
 fn rss_mib() -> f64 {
@@ -74,7 +74,7 @@ fn fill_compact(n: u64) -> u64 {
     let settings = raw.validate().expect("valid settings");
     let cache = SnapshotCache::new(BillaBearClient::new(&settings.billabear).unwrap(), &settings.cache, None);
     // Every customer has one usage-priced subscription (what pending usage is priced by).
-    let code: Arc<str> = Arc::from("api_calls");
+    let code = Code::intern("api_calls");
     for i in 0..n {
         let limits = vec![
             Limit {
@@ -95,12 +95,13 @@ fn fill_compact(n: u64) -> u64 {
             limits: limits.into_boxed_slice(),
             metered: Box::new([Metered {
                 subscription: SubscriptionId::from(Uuid::from_u128(i as u128 | 3 << 64)),
-                code: code.clone(),
+                usage: (i % 20_000) as f64,
+                per_unit: 1.0,
+                code,
                 aggregation: Aggregation::Sum,
-                rate: Rate::PerUnit { unit_price: 1, tax: 1.0 },
+                marginal: false,
                 approximate: false,
                 takes_customer_events: true,
-                figures: Figures { usage: (i % 20_000) as f64, amount: (i % 20_000) as i64 },
             }]),
         };
         cache.insert(CustomerId::from(Uuid::from_u128(i as u128)), SnapshotData::Known(known));

@@ -14,8 +14,8 @@
 //!   `approximate`; so do metrics aggregated otherwise (max, latest, unique_count), which are not
 //!   projected at all.
 
-use std::collections::HashSet;
-use std::sync::{Arc, LazyLock, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use crate::billabear::{MetricCost, Subscription};
 use crate::domain::SubscriptionId;
@@ -56,33 +56,75 @@ pub struct Figures {
     pub amount: i64,
 }
 
-/// A usage-priced subscription of a customer, as its last fetch showed it.
+/// A metric code a usage price bills, interned: a million snapshots share a few codes, and a
+/// check compares them as integers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Code(u32);
+
+static CODES: LazyLock<Mutex<HashMap<Box<str>, Code>>> = LazyLock::new(Default::default);
+
+impl Code {
+    /// The code of a price BillaBear listed (BillaBear's metrics: few).
+    pub fn intern(code: &str) -> Code {
+        let mut codes = CODES.lock().unwrap_or_else(PoisonError::into_inner);
+        let next = Code(codes.len() as u32);
+        *codes.entry(code.into()).or_insert(next)
+    }
+
+    /// The code, if some price listed it: an event's code that none did is priced by no
+    /// subscription (and is not interned, so events cannot grow the table).
+    pub fn known(code: &str) -> Option<Code> {
+        CODES.lock().unwrap_or_else(PoisonError::into_inner).get(code).copied()
+    }
+}
+
+/// A usage-priced subscription of a customer, as its last fetch showed it: 40 bytes, since the
+/// cache holds one or more per customer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metered {
     pub subscription: SubscriptionId,
-    /// The metric code its price bills (interned: a million snapshots share a few codes).
-    pub code: Arc<str>,
+    /// BillaBear's counter for it (`costs[].usage`).
+    pub usage: f64,
+    /// Minor units per unit of usage, tax included (see [`Rate`]).
+    pub per_unit: f64,
+    pub code: Code,
     pub aggregation: Aggregation,
-    pub rate: Rate,
+    /// Priced at a marginal rate (a price the API does not describe), not on the counter.
+    pub marginal: bool,
     /// The pricing is an estimate (see the module's notes).
     pub approximate: bool,
     /// Events sent with the customer's id and this code go to this subscription (the last
     /// usage subscription for the code, as `subscriptions` resolves them).
     pub takes_customer_events: bool,
-    pub figures: Figures,
 }
 
 impl Metered {
-    /// What `units` more usage adds to this subscription's figure (minor units).
-    pub fn cost_of(&self, units: f64) -> i64 {
-        match self.rate {
-            Rate::PerUnit { unit_price, tax } => {
-                let price = |usage: f64| (usage * unit_price as f64 * tax).round();
-                let usage = self.figures.usage;
-                saturate(price(usage + units) - price(usage))
-            }
-            Rate::Marginal(per_unit) => saturate((units * per_unit).round()),
+    pub fn new(found: &Found<'_>, rate: Rate, approximate: bool) -> Self {
+        let (per_unit, marginal) = match rate {
+            Rate::PerUnit { unit_price, tax } => (unit_price as f64 * tax, false),
+            Rate::Marginal(per_unit) => (per_unit, true),
+        };
+        Self {
+            subscription: found.subscription,
+            usage: found.figures.usage,
+            per_unit,
+            code: Code::intern(found.code),
+            aggregation: found.aggregation,
+            marginal,
+            approximate,
+            takes_customer_events: true,
         }
+    }
+
+    /// What `units` more usage adds to this subscription's figure (minor units): on a per-unit
+    /// price, what BillaBear's figure for the counter plus `units` adds to its figure for the
+    /// counter, each rounded to the minor unit as BillaBear rounds.
+    pub fn cost_of(&self, units: f64) -> i64 {
+        if self.marginal {
+            return saturate((units * self.per_unit).round());
+        }
+        let price = |usage: f64| (usage * self.per_unit).round();
+        saturate(price(self.usage + units) - price(self.usage))
     }
 
     /// The usage `units` and `events` pending make under this metric's aggregation.
@@ -103,7 +145,7 @@ fn saturate(x: f64) -> i64 {
 /// Pending usage under one target (a customer or a subscription) and metric code.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PendingUsage {
-    pub code: Box<str>,
+    pub code: Code,
     /// The sum of the events' values.
     pub units: f64,
     pub events: u64,
@@ -209,17 +251,26 @@ pub fn rate(
     }
 }
 
+/// A usage-priced subscription found in a fetch, with BillaBear's figures for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found<'a> {
+    pub subscription: SubscriptionId,
+    /// Interned as it is found, so pending usage with this code is kept from then on.
+    pub code: &'a str,
+    pub aggregation: Aggregation,
+    /// `price.amount`: minor units per unit, or None (tiers).
+    pub unit_price: Option<i64>,
+    pub including_tax: bool,
+    pub figures: Figures,
+}
+
 /// The customer's usage-priced subscriptions with BillaBear's figures for each: `costs` has one
 /// entry per active usage subscription, in the listing's order, named by the metric's *name*
 /// (not its code, nor the subscription), so each subscription takes the next unused entry with
-/// its metric's name. `previous` gives the last different figures recorded for a subscription.
-pub fn meter(
-    subscriptions: &[Subscription],
-    costs: &[MetricCost],
-    mut previous: impl FnMut(SubscriptionId) -> Option<Figures>,
-) -> Box<[Metered]> {
+/// its metric's name.
+pub fn usage_subscriptions<'a>(subscriptions: &'a [Subscription], costs: &[MetricCost]) -> Vec<Found<'a>> {
     let mut used = vec![false; costs.len()];
-    let mut metered: Vec<Metered> = Vec::new();
+    let mut found = Vec::new();
     for subscription in subscriptions {
         let Some(price) = subscription.price.as_ref().filter(|p| p.usage) else { continue };
         let Some(metric) = price.metric.as_ref() else { continue };
@@ -232,38 +283,36 @@ pub fn meter(
             }
             None => Figures { usage: 0.0, amount: 0 },
         };
-        let (rate, approximate) = rate(price.amount, price.including_tax, figures, previous(subscription.id));
-        let code = intern(&metric.code);
-        // Events sent by customer go to the last usage subscription for their code.
-        for earlier in metered.iter_mut().filter(|m| m.code == code) {
-            earlier.takes_customer_events = false;
-        }
-        metered.push(Metered {
+        Code::intern(&metric.code);
+        found.push(Found {
             subscription: subscription.id,
-            code,
+            code: &metric.code,
             aggregation: Aggregation::parse(metric.aggregation_method.as_deref()),
-            rate,
-            approximate,
-            takes_customer_events: true,
+            unit_price: price.amount,
+            including_tax: price.including_tax,
             figures,
         });
     }
-    metered.into_boxed_slice()
+    found
 }
 
-/// Metric codes are few and shared by many snapshots: one allocation each (up to a bound, past
-/// which codes are allocated per snapshot).
-fn intern(code: &str) -> Arc<str> {
-    static CODES: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
-    let mut codes = CODES.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(known) = codes.get(code) {
-        return known.clone();
+/// How the pending usage of each subscription found is priced; `previous` gives the last
+/// different figures recorded for a subscription.
+pub fn meter(
+    found: &[Found<'_>],
+    mut previous: impl FnMut(SubscriptionId) -> Option<Figures>,
+) -> Box<[Metered]> {
+    let mut metered: Vec<Metered> = Vec::with_capacity(found.len());
+    for f in found {
+        let (rate, approximate) = rate(f.unit_price, f.including_tax, f.figures, previous(f.subscription));
+        let m = Metered::new(f, rate, approximate);
+        // Events sent by customer go to the last usage subscription for their code.
+        for earlier in metered.iter_mut().filter(|e| e.code == m.code) {
+            earlier.takes_customer_events = false;
+        }
+        metered.push(m);
     }
-    let code: Arc<str> = Arc::from(code);
-    if codes.len() < 10_000 {
-        codes.insert(code.clone());
-    }
-    code
+    metered.into_boxed_slice()
 }
 
 /// What a newly fetched counter value means for the events delivered to its subscription.
@@ -319,15 +368,15 @@ mod tests {
     use super::*;
 
     fn metered(rate: Rate, aggregation: Aggregation, usage: f64, amount: i64) -> Metered {
-        Metered {
+        let found = Found {
             subscription: SubscriptionId::new_v4(),
-            code: Arc::from("api_calls"),
+            code: "api_calls",
             aggregation,
-            rate,
-            approximate: matches!(rate, Rate::Marginal(_)),
-            takes_customer_events: true,
+            unit_price: None,
+            including_tax: true,
             figures: Figures { usage, amount },
-        }
+        };
+        Metered::new(&found, rate, matches!(rate, Rate::Marginal(_)))
     }
 
     #[test]
@@ -349,7 +398,7 @@ mod tests {
         let figures = Figures { usage: 13.0, amount: billabear(13.0) };
         let (rate, approximate) = rate(Some(7), false, figures, None);
         assert!(!approximate);
-        let m = Metered { rate, ..metered(rate, Aggregation::Sum, 13.0, figures.amount) };
+        let m = metered(rate, Aggregation::Sum, 13.0, figures.amount);
         for pending in [1.0, 2.5, 17.0, 1000.0] {
             assert_eq!(figures.amount + m.cost_of(pending), billabear(13.0 + pending), "{pending}");
         }

@@ -122,7 +122,7 @@ impl Pending {
             let of = |entries: &[PendingUsage]| {
                 entries
                     .iter()
-                    .filter(|e| *e.code == *m.code)
+                    .filter(|e| e.code == m.code)
                     .fold((0.0, 0), |(units, events), e| (units + e.units, events + e.events))
             };
             let pending_under = |target: Target| match replaced {
@@ -305,13 +305,14 @@ impl Fetch for LedgerFetch {
 
 /// What the answers show of each usage subscription's counter.
 fn observations(answers: &Answers) -> Vec<Observation> {
-    projection::meter(&answers.subscriptions, &answers.estimate.costs, |_| None)
+    answers
+        .usage_subscriptions()
         .iter()
-        .map(|m| Observation {
-            subscription: m.subscription,
-            code: m.code.to_string(),
-            aggregation: m.aggregation,
-            figures: m.figures,
+        .map(|f| Observation {
+            subscription: f.subscription,
+            code: f.code.to_owned(),
+            aggregation: f.aggregation,
+            figures: f.figures,
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::domain::{CustomerId, SubscriptionId};
 use crate::outbox::event::Target;
-use crate::projection::{self, Aggregation, Figures, PendingUsage, Settle, settle};
+use crate::projection::{self, Aggregation, Code, Figures, PendingUsage, Settle, settle};
 
 /// Sent (by the triggers) at the commit of every change to pending usage; the payload lists the
 /// changed targets (`c<uuid>` or `s<uuid>`, comma-separated).
@@ -73,9 +73,12 @@ pub async fn load(
             Target::Subscription(SubscriptionId::from(id))
         };
         let code: String = row.try_get("code")?;
+        // A code no listed price bills is priced by no subscription: not kept. A customer
+        // fetched later with such a price interns the code, then reloads its targets.
+        let Some(code) = Code::known(&code) else { continue };
         let events: i64 = row.try_get("events")?;
         ledger.entry(target).or_default().push(PendingUsage {
-            code: code.into_boxed_str(),
+            code,
             units: row.try_get("units")?,
             events: u64::try_from(events).unwrap_or(0),
         });
