@@ -70,8 +70,10 @@ struct Inner {
     pool: PgPool,
     /// foldhash, not the default SipHash: every warm check hashes one or two targets here.
     ledger: DashMap<Target, Box<[PendingUsage]>, foldhash::fast::RandomState>,
-    /// Targets in `ledger`, kept by `reload`: with none, a check skips the lookups.
-    targets: AtomicUsize,
+    /// Customer and subscription targets in `ledger`, kept by `reload`: a check skips the lookups
+    /// of a kind there is none of (events are often sent by one kind only).
+    customers: AtomicUsize,
+    subscriptions: AtomicUsize,
     /// One reload at a time, so a read that began earlier never overwrites a later one.
     reloading: tokio::sync::Mutex<()>,
     settings: PendingSettings,
@@ -86,7 +88,8 @@ impl Pending {
         let inner = Arc::new(Inner {
             pool,
             ledger: DashMap::default(),
-            targets: AtomicUsize::new(0),
+            customers: AtomicUsize::new(0),
+            subscriptions: AtomicUsize::new(0),
             reloading: tokio::sync::Mutex::new(()),
             settings,
             changes: sender,
@@ -115,7 +118,9 @@ impl Pending {
         replaced: Option<(Target, &[PendingUsage])>,
     ) -> Projection {
         let ledger = &self.inner.ledger;
-        if replaced.is_none() && self.inner.targets.load(Ordering::Relaxed) == 0 {
+        let any_customers = self.inner.customers.load(Ordering::Relaxed) > 0;
+        let any_subscriptions = self.inner.subscriptions.load(Ordering::Relaxed) > 0;
+        if replaced.is_none() && !any_customers && !any_subscriptions {
             return Projection::counted(known.estimate);
         }
         projection::project(known.estimate, &known.metered, |m: &Metered| {
@@ -129,8 +134,12 @@ impl Pending {
                 Some((t, entries)) if t == target => of(entries),
                 _ => ledger.get(&target).map_or((0.0, 0), |entries| of(&entries)),
             };
-            let (mut units, mut events) = pending_under(Target::Subscription(m.subscription));
-            if m.takes_customer_events {
+            let (mut units, mut events) = if any_subscriptions || replaced.is_some() {
+                pending_under(Target::Subscription(m.subscription))
+            } else {
+                (0.0, 0)
+            };
+            if m.takes_customer_events && (any_customers || replaced.is_some()) {
                 let (u, e) = pending_under(Target::Customer(customer));
                 units += u;
                 events += e;
@@ -192,8 +201,11 @@ impl Inner {
         for target in stale {
             if !loaded.contains_key(&target) {
                 let before = self.ledger.remove(&target).map(|(_, v)| v);
-                if announce && before.is_some() {
-                    self.changed(target, before);
+                if before.is_some() {
+                    self.count(target).fetch_sub(1, Ordering::Relaxed);
+                    if announce {
+                        self.changed(target, before);
+                    }
                 }
             }
         }
@@ -203,12 +215,22 @@ impl Inner {
                 continue;
             }
             let before = self.ledger.insert(target, entries);
+            if before.is_none() {
+                self.count(target).fetch_add(1, Ordering::Relaxed);
+            }
             if announce {
                 self.changed(target, before);
             }
         }
-        self.targets.store(self.ledger.len(), Ordering::Relaxed);
         Ok(())
+    }
+
+    /// How many targets of `target`'s kind the copy holds (changed only under `reloading`).
+    fn count(&self, target: Target) -> &AtomicUsize {
+        match target {
+            Target::Customer(_) => &self.customers,
+            Target::Subscription(_) => &self.subscriptions,
+        }
     }
 
     fn changed(&self, target: Target, before: Option<Box<[PendingUsage]>>) {
