@@ -19,8 +19,11 @@ CREATE INDEX outbox_unretired ON outbox (delivered_to, delivered_at, id)
     WHERE status = 'delivered' AND retired_at IS NULL;
 
 -- Pending usage summed per target (what an event named: `kind` 'c' a customer, 's' a
--- subscription) and metric code; kept equal to the outbox by the triggers below, whatever
--- changes a row (accept, dead, retry, retirement, pruning, an operator's SQL).
+-- subscription) and metric code: `pending_usage` plus the deltas in `pending_usage_deltas` not
+-- yet folded into it. Kept equal to the outbox by the triggers below, whatever changes a row
+-- (accept, dead, retry, retirement, pruning, an operator's SQL). Commits only append deltas, so
+-- concurrent commits of one customer's events never wait on a shared row; usage-gate folds the
+-- deltas in every second (`pending::store::fold`).
 CREATE TABLE pending_usage (
     kind   CHAR(1) NOT NULL CHECK (kind IN ('c', 's')),
     target UUID NOT NULL,
@@ -31,7 +34,17 @@ CREATE TABLE pending_usage (
     PRIMARY KEY (target, kind, code)
 );
 
--- Adds the deltas and tells every replica which targets changed (NOTIFY is sent at commit).
+CREATE TABLE pending_usage_deltas (
+    id     BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind   CHAR(1) NOT NULL,
+    target UUID NOT NULL,
+    code   TEXT NOT NULL,
+    units  NUMERIC NOT NULL,
+    events BIGINT NOT NULL
+);
+CREATE INDEX pending_usage_deltas_target ON pending_usage_deltas (target);
+
+-- Appends the deltas and tells every replica which targets changed (NOTIFY is sent at commit).
 CREATE FUNCTION pending_usage_merge(kinds CHAR(1)[], targets UUID[], codes TEXT[], units NUMERIC[], events BIGINT[])
 RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
@@ -41,15 +54,8 @@ BEGIN
     IF coalesce(array_length(targets, 1), 0) = 0 THEN
         RETURN;
     END IF;
-    -- In key order, so concurrent commits lock rows in the same order and never deadlock.
-    INSERT INTO pending_usage AS p (kind, target, code, units, events)
-    SELECT k, t, c, u, e FROM unnest(kinds, targets, codes, units, events) AS d(k, t, c, u, e)
-    ORDER BY t, k, c
-    ON CONFLICT (target, kind, code) DO UPDATE
-        SET units = p.units + excluded.units, events = p.events + excluded.events;
-    DELETE FROM pending_usage p
-    USING unnest(kinds, targets, codes) AS d(k, t, c)
-    WHERE p.kind = d.k AND p.target = d.t AND p.code = d.c AND p.events = 0;
+    INSERT INTO pending_usage_deltas (kind, target, code, units, events)
+    SELECT k, t, c, u, e FROM unnest(kinds, targets, codes, units, events) AS d(k, t, c, u, e);
     SELECT array_agg(DISTINCT k || t::text) INTO changed FROM unnest(kinds, targets) AS d(k, t);
     -- A payload holds at most 8000 bytes: 150 keys of 37 characters each.
     i := 1;

@@ -2,8 +2,9 @@
 //! check can judge the projected estimate (`projection`) instead of a figure a minute old.
 //!
 //! - **Postgres holds the ledger.** Every outbox row counts from its acceptance until it is
-//!   retired; triggers keep `pending_usage` (sums per target and metric code) equal to the
-//!   outbox and NOTIFY every replica of the targets that changed (`store`).
+//!   retired; triggers keep `pending_usage` (sums per target and metric code, plus the deltas
+//!   commits append, folded in every second) equal to the outbox and NOTIFY every replica of the
+//!   targets that changed (`store`).
 //! - **Memory holds a copy** per target, read on the check's path without I/O. It is reloaded
 //!   from `pending_usage` for the targets a notification names, in full when listening starts
 //!   (so a restarted replica, or one whose LISTEN connection broke, rebuilds it), and for a
@@ -54,7 +55,7 @@ pub struct Started {
     pub pending: Pending,
     /// Every change applied to the copy.
     pub changes: mpsc::Receiver<Changed>,
-    /// Stop the listening and expiring tasks.
+    /// Stop the listening and the upkeep (folding, expiring) tasks.
     pub tasks: [tokio::task::AbortHandle; 2],
     /// True once the copy is loaded and kept up to date.
     pub listening: watch::Receiver<bool>,
@@ -96,7 +97,7 @@ impl Pending {
         });
         let (ready, listening_now) = watch::channel(false);
         let listening = tokio::spawn(listen(inner.clone(), ready)).abort_handle();
-        let expiring = tokio::spawn(expire(inner.clone())).abort_handle();
+        let expiring = tokio::spawn(upkeep(inner.clone())).abort_handle();
         Started {
             pending: Self { inner },
             changes: receiver,
@@ -284,11 +285,23 @@ async fn listen(inner: Arc<Inner>, ready: watch::Sender<bool>) {
     }
 }
 
-/// Retires delivered events older than `pending.max_age` that no counter growth matched.
-async fn expire(inner: Arc<Inner>) {
-    let every = (inner.settings.max_age / 4).min(Duration::from_secs(60));
+/// How often the deltas commits append are folded into the sums.
+const FOLD_EVERY: Duration = Duration::from_secs(1);
+
+/// Folds the ledger's deltas every [`FOLD_EVERY`], and retires delivered events older than
+/// `pending.max_age` that no counter growth matched.
+async fn upkeep(inner: Arc<Inner>) {
+    let expire_every = (inner.settings.max_age / 4).min(Duration::from_secs(60));
+    let mut expired_at = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(FOLD_EVERY).await;
+        if let Err(e) = store::fold(&inner.pool).await {
+            tracing::warn!(error = %e, "pending: cannot fold the ledger's deltas");
+        }
+        if expired_at.elapsed() < expire_every {
+            continue;
+        }
+        expired_at = tokio::time::Instant::now();
         match store::expire(&inner.pool, inner.settings.max_age).await {
             Ok(0) => {}
             Ok(expired) => {

@@ -45,24 +45,35 @@ pub async fn load(
     pool: &PgPool,
     targets: Option<&[Target]>,
 ) -> Result<HashMap<Target, Vec<PendingUsage>>, sqlx::Error> {
-    let rows = match targets {
-        // Two statements, not one with `$1 IS NULL OR`: that one scans the whole table.
-        Some(targets) => {
-            let ids: Vec<Uuid> = targets.iter().map(|t| target_key(*t).1).collect();
-            sqlx::query(
-                "SELECT kind, target, code, units::float8 AS units, events FROM pending_usage
-                 WHERE target = ANY($1)",
+    // Two statements, not one with `$1 IS NULL OR`: that one scans the whole table. Each reads
+    // the folded sums and the deltas not folded yet in one snapshot.
+    let rows =
+        match targets {
+            Some(targets) => {
+                let ids: Vec<Uuid> = targets.iter().map(|t| target_key(*t).1).collect();
+                sqlx::query(
+                "SELECT kind, target, code, sum(units)::float8 AS units, sum(events)::bigint AS events FROM (
+                     SELECT kind, target, code, units, events FROM pending_usage WHERE target = ANY($1)
+                     UNION ALL
+                     SELECT kind, target, code, units, events FROM pending_usage_deltas WHERE target = ANY($1)
+                 ) AS p
+                 GROUP BY kind, target, code HAVING sum(events) <> 0",
             )
             .bind(ids)
             .fetch_all(pool)
             .await?
-        }
-        None => {
-            sqlx::query("SELECT kind, target, code, units::float8 AS units, events FROM pending_usage")
-                .fetch_all(pool)
-                .await?
-        }
-    };
+            }
+            None => sqlx::query(
+                "SELECT kind, target, code, sum(units)::float8 AS units, sum(events)::bigint AS events FROM (
+                     SELECT kind, target, code, units, events FROM pending_usage
+                     UNION ALL
+                     SELECT kind, target, code, units, events FROM pending_usage_deltas
+                 ) AS p
+                 GROUP BY kind, target, code HAVING sum(events) <> 0",
+            )
+            .fetch_all(pool)
+            .await?,
+        };
     let mut ledger: HashMap<Target, Vec<PendingUsage>> = HashMap::new();
     for row in rows {
         let kind: String = row.try_get("kind")?;
@@ -209,6 +220,57 @@ async fn retire(
             .await?;
     }
     Ok(())
+}
+
+/// Any constant: the advisory lock that lets one replica at a time fold.
+const FOLD_LOCK: i64 = 0x7573_6167_6570_6664; // "usagepfd"
+
+/// Folds the deltas commits appended into `pending_usage` (one replica at a time; another
+/// folding now: nothing). Returns how many deltas were folded.
+pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+        .bind(FOLD_LOCK)
+        .fetch_one(&mut *tx)
+        .await?;
+    if !locked {
+        return Ok(0);
+    }
+    // In key order, so it never deadlocks with anything else that locks these rows in order.
+    let merged = sqlx::query(
+        "WITH moved AS (DELETE FROM pending_usage_deltas RETURNING kind, target, code, units, events)
+         INSERT INTO pending_usage AS p (kind, target, code, units, events)
+         SELECT kind, target, code, sum(units), sum(events) FROM moved
+         GROUP BY kind, target, code
+         ORDER BY target, kind, code
+         ON CONFLICT (target, kind, code) DO UPDATE
+             SET units = p.units + excluded.units, events = p.events + excluded.events
+         RETURNING kind, target, code, events",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let folded = merged.len() as u64;
+    let mut emptied: (Vec<String>, Vec<Uuid>, Vec<String>) = Default::default();
+    for row in merged {
+        if row.try_get::<i64, _>("events")? == 0 {
+            emptied.0.push(row.try_get("kind")?);
+            emptied.1.push(row.try_get("target")?);
+            emptied.2.push(row.try_get("code")?);
+        }
+    }
+    if !emptied.1.is_empty() {
+        sqlx::query(
+            "DELETE FROM pending_usage p USING unnest($1::text[], $2::uuid[], $3::text[]) AS d(k, t, c)
+             WHERE p.kind = d.k AND p.target = d.t AND p.code = d.c AND p.events = 0",
+        )
+        .bind(&emptied.0)
+        .bind(&emptied.1)
+        .bind(&emptied.2)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(folded)
 }
 
 /// Retires events delivered longer than `max_age` ago that no counter growth matched (their

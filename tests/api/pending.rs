@@ -65,6 +65,17 @@ async fn billabear_total(app: &TestApp, customer: &str) -> i64 {
     app.sim.client().get_cost_estimate(id).await.unwrap().total.amount
 }
 
+/// Events pending in Postgres's ledger: the folded sums plus the deltas not folded yet.
+async fn ledger_events(app: &TestApp) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(events), 0)::bigint FROM
+             (SELECT events FROM pending_usage UNION ALL SELECT events FROM pending_usage_deltas) AS p",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap()
+}
+
 fn sum_event(event_id: &str, subscription: &str, value: f64) -> Value {
     json!({"event_id": event_id, "subscription": subscription, "code": "api_calls", "value": value})
 }
@@ -114,9 +125,7 @@ async fn the_event_that_crosses_the_limit_blocks_within_a_second_and_counts_once
     );
     let row = app.outbox_row("cross-1").await;
     assert_eq!(row["retired_as"], "counted", "{row}");
-    let pending: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM pending_usage").fetch_one(&app.pool).await.unwrap();
-    assert_eq!(pending, 0);
+    assert_eq!(ledger_events(&app).await, 0, "nothing left in the ledger");
 }
 
 #[tokio::test]
@@ -293,4 +302,48 @@ async fn pending_usage_that_crosses_a_limit_is_an_audited_decision_transition() 
         (transition["details"]["from"].as_str(), transition["details"]["to"].as_str()),
         (Some("ok"), Some("blocked"))
     );
+}
+
+#[tokio::test]
+async fn folding_the_ledgers_deltas_keeps_its_sums_and_drops_what_reached_zero() {
+    let app = TestApp::spawn().await;
+    let (customer, subscription) = taxed_customer(&app, 0.0, 100_000).await;
+    app.check(&customer).await;
+    app.sim.set_faults(json!({"error_rate": 1.0, "error_status": 503, "only": "events"})).await;
+    for i in 0..5 {
+        assert_eq!(app.post_event(&sum_event(&format!("f-{i}"), &subscription, 2.0)).await.status(), 202);
+    }
+    // Folded here, or by the replica's own upkeep if it holds the lock right now.
+    eventually(Duration::from_secs(5), "the deltas folded", || async {
+        usage_gate::pending::store::fold(&app.pool).await.unwrap();
+        let deltas: i64 = sqlx::query_scalar("SELECT count(*) FROM pending_usage_deltas")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+        (deltas == 0).then_some(())
+    })
+    .await;
+    let folded: (String, f64, i64) =
+        sqlx::query_as("SELECT kind::text, units::float8, events FROM pending_usage WHERE target = $1::uuid")
+            .bind(&subscription)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(folded, ("s".to_owned(), 10.0, 5));
+    // Retired by an operator's SQL: the triggers take it out, and a fold drops the empty row.
+    sqlx::query("UPDATE outbox SET retired_at = now(), retired_as = 'expired'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(ledger_events(&app).await, 0);
+    eventually(Duration::from_secs(5), "the emptied row dropped", || async {
+        usage_gate::pending::store::fold(&app.pool).await.unwrap();
+        let rows: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pending_usage").fetch_one(&app.pool).await.unwrap();
+        (rows == 0).then_some(())
+    })
+    .await;
+    let (after, _) =
+        app.check_until(&customer, WITHIN, Instant::now(), |d| d["estimate"]["pending_events"] == 0).await;
+    assert_eq!(estimate(&after), (0, 0, 0, 0));
 }
