@@ -47,8 +47,6 @@ pub struct Changed {
 
 /// How many changes may wait for their reader; beyond it they are dropped (and counted).
 const CHANGES_QUEUE: usize = 10_000;
-/// How long notifications are gathered before the targets they name are reloaded.
-const COALESCE: Duration = Duration::from_millis(20);
 /// How soon listening is tried again after it failed.
 const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 
@@ -274,11 +272,11 @@ async fn listen(inner: Arc<Inner>, ready: watch::Sender<bool>) {
         // missed; listen again and reload all.
         while let Ok(Some(notification)) = listener.try_recv().await {
             let mut targets = store::parse_targets(notification.payload());
-            // Under ingest load every commit notifies: one reload for all that arrive within
-            // COALESCE, not one per commit. (Giving up on a `try_recv` loses nothing: sqlx reads
-            // a message off the socket only once it is whole.)
-            let until = tokio::time::Instant::now() + COALESCE;
-            while let Ok(Ok(Some(more))) = tokio::time::timeout_at(until, listener.try_recv()).await {
+            // Under ingest load every commit notifies: one reload for all that have arrived (while
+            // the last reload ran), not one per commit. A zero timeout takes only what is already
+            // there; giving up on a `try_recv` loses nothing (sqlx takes a message off the socket
+            // only once it is whole).
+            while let Ok(Ok(Some(more))) = tokio::time::timeout(Duration::ZERO, listener.try_recv()).await {
                 targets.extend(store::parse_targets(more.payload()));
             }
             targets.sort_by_key(|t| store::target_key(*t));
