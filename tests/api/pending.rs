@@ -16,13 +16,8 @@ const WITHIN: Duration = Duration::from_secs(1);
 impl TestApp {
     /// Refetches the customer from BillaBear now (the admin refresh); the decision after it.
     async fn refresh(&self, customer: &str) -> Value {
-        let response = self
-            .http
-            .post(self.url(&format!("/v1/customers/{customer}/refresh")))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap();
+        let response =
+            self.admin(reqwest::Method::POST, &format!("/v1/customers/{customer}/refresh"), None).await;
         assert_eq!(response.status(), 200, "refresh {customer}");
         response.json().await.unwrap()
     }
