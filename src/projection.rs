@@ -348,19 +348,22 @@ pub fn settle(previous: Option<(f64, i64)>, usage: f64, started_ms: i64) -> Sett
 /// of `grew` accounts for. BillaBear counts what it received before its run, in about the order
 /// usage-gate delivered it, but deliveries run concurrently, so one may arrive after a later
 /// one: each event is taken, oldest first, if it still fits in what is left of the growth, and
-/// skipped (left for the next run) otherwise. What is left at the end came some other way.
-pub fn counted(delivered: &[(i64, f64)], grew: f64) -> Vec<i64> {
+/// skipped (left for the next run) otherwise. What is left at the end came some other way (or
+/// is still being recorded). Returns the events taken and their usage.
+pub fn counted(delivered: &[(i64, f64)], grew: f64) -> (Vec<i64>, f64) {
     // Values are doubles: allow for rounding in the sums.
     let tolerance = 1e-9 * grew.abs().max(1.0);
     let mut left = grew;
     let mut taken = Vec::new();
+    let mut used = 0.0;
     for &(id, usage) in delivered {
         if usage <= left + tolerance {
             left -= usage;
+            used += usage;
             taken.push(id);
         }
     }
-    taken
+    (taken, used)
 }
 
 #[cfg(test)]
@@ -447,12 +450,12 @@ mod tests {
 
     #[test]
     fn growth_retires_the_oldest_events_that_fit_and_skips_one_that_arrived_late() {
-        assert_eq!(counted(&[(1, 2.0), (2, 3.0), (3, 4.0)], 5.0), [1, 2], "in delivery order");
+        assert_eq!(counted(&[(1, 2.0), (2, 3.0), (3, 4.0)], 5.0), (vec![1, 2], 5.0), "in delivery order");
         // Delivered 1 then 2, but BillaBear received 2 before its run and 1 after it.
-        assert_eq!(counted(&[(1, 5.0), (2, 3.0)], 3.0), [2]);
-        assert_eq!(counted(&[(1, 0.1), (2, 0.2)], 0.1 + 0.2), [1, 2], "rounding in the sums");
-        assert_eq!(counted(&[(1, 1.0)], 0.5), Vec::<i64>::new(), "the growth came some other way");
-        assert_eq!(counted(&[(1, 1.0), (2, 1.0)], f64::INFINITY), [1, 2]);
+        assert_eq!(counted(&[(1, 5.0), (2, 3.0)], 3.0), (vec![2], 3.0));
+        assert_eq!(counted(&[(1, 0.1), (2, 0.2)], 0.1 + 0.2).0, [1, 2], "rounding in the sums");
+        assert_eq!(counted(&[(1, 1.0)], 0.5), (vec![], 0.0), "the growth came some other way");
+        assert_eq!(counted(&[(1, 1.0), (2, 1.0)], f64::INFINITY), (vec![1, 2], 2.0));
     }
 
     #[test]

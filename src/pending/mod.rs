@@ -335,7 +335,7 @@ impl Fetch for LedgerFetch {
                 return Ok(SnapshotData::NotFound);
             };
             subscriptions.remember(id, &answers.subscriptions);
-            let previous = pending.settle(id, observations(&answers), started).await;
+            let previous = pending.settle(id, observations(id, &answers), started).await;
             Ok(SnapshotData::Known(answers.known(|s| previous.get(&s).copied())))
         }
         .boxed()
@@ -343,11 +343,12 @@ impl Fetch for LedgerFetch {
 }
 
 /// What the answers show of each usage subscription's counter.
-fn observations(answers: &Answers) -> Vec<Observation> {
+fn observations(customer: CustomerId, answers: &Answers) -> Vec<Observation> {
     answers
         .usage_subscriptions()
         .iter()
         .map(|f| Observation {
+            customer,
             subscription: f.subscription,
             code: f.code.to_owned(),
             aggregation: f.aggregation,

@@ -100,6 +100,8 @@ pub async fn load(
 /// A subscription's counter as one fetch saw it.
 #[derive(Debug, Clone)]
 pub struct Observation {
+    /// Whose subscription it is (events sent by customer count for it too).
+    pub customer: CustomerId,
     pub subscription: SubscriptionId,
     /// Its price's metric: only events of this code count.
     pub code: String,
@@ -160,8 +162,22 @@ pub async fn observe(
     match decision {
         Settle::Stale => return Ok(previous),
         Settle::Unchanged => {}
-        Settle::First => retire(&mut tx, subscription, code, count, started, f64::INFINITY).await?,
-        Settle::Grew(delta) => retire(&mut tx, subscription, code, count, started, delta).await?,
+        Settle::First => {
+            retire(&mut tx, subscription, code, count, started, f64::INFINITY).await?;
+        }
+        Settle::Grew(delta) => {
+            let mut left = delta - retire(&mut tx, subscription, code, count, started, delta).await?;
+            // BillaBear may have counted an event whose delivery usage-gate is still recording
+            // (its 201 came, the row is not marked yet): wait a moment for such deliveries, then
+            // match what is left of the growth against them.
+            for _ in 0..IN_FLIGHT_WAITS {
+                if left < 1e-9 * delta.max(1.0) || !in_flight(&mut tx, observation).await? {
+                    break;
+                }
+                tokio::time::sleep(IN_FLIGHT_PAUSE).await;
+                left -= retire(&mut tx, subscription, code, count, Utc::now(), left).await?;
+            }
+        }
         Settle::Reset(usage) => {
             if let Some(observed) = previous_observed {
                 retire(&mut tx, subscription, code, count, observed, f64::INFINITY).await?;
@@ -188,9 +204,28 @@ pub async fn observe(
     Ok(previous)
 }
 
+/// How often, and how long apart, a growth not all accounted for waits for deliveries under way.
+const IN_FLIGHT_WAITS: usize = 5;
+const IN_FLIGHT_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Whether a delivery of an event for the observed subscription (sent to it, or to its customer
+/// with its code) is under way.
+async fn in_flight(tx: &mut sqlx::PgConnection, observation: &Observation) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM outbox
+                        WHERE status = 'pending' AND claim_token IS NOT NULL AND lease_until > now()
+                          AND code = $3 AND (subscription_id = $1 OR customer_id = $2))",
+    )
+    .bind(observation.subscription.as_uuid())
+    .bind(observation.customer.as_uuid())
+    .bind(&observation.code)
+    .fetch_one(&mut *tx)
+    .await
+}
+
 /// Retires the events delivered to `subscription` before `before` (for its metric `code`) that
 /// a counter growth of `usage` accounts for ([`projection::counted`]): all of them when it is
-/// infinite.
+/// infinite. Returns the usage retired.
 async fn retire(
     tx: &mut sqlx::PgConnection,
     subscription: Uuid,
@@ -198,7 +233,7 @@ async fn retire(
     count: bool,
     before: DateTime<Utc>,
     usage: f64,
-) -> Result<(), sqlx::Error> {
+) -> Result<f64, sqlx::Error> {
     let delivered: Vec<(i64, f64)> = sqlx::query_as(
         "SELECT id, CASE WHEN $4 THEN 1 ELSE value END FROM outbox
          WHERE delivered_to = $1 AND status = 'delivered' AND retired_at IS NULL
@@ -212,14 +247,14 @@ async fn retire(
     .bind(count)
     .fetch_all(&mut *tx)
     .await?;
-    let counted = projection::counted(&delivered, usage);
+    let (counted, retired) = projection::counted(&delivered, usage);
     if !counted.is_empty() {
         sqlx::query("UPDATE outbox SET retired_at = now(), retired_as = 'counted' WHERE id = ANY($1)")
             .bind(&counted)
             .execute(&mut *tx)
             .await?;
     }
-    Ok(())
+    Ok(retired)
 }
 
 /// Any constant: the advisory lock that lets one replica at a time fold.
