@@ -167,15 +167,18 @@ pub async fn observe(
         }
         Settle::Grew(delta) => {
             let mut left = delta - retire(&mut tx, subscription, code, count, started, delta).await?;
-            // BillaBear may have counted an event whose delivery usage-gate is still recording
-            // (its 201 came, the row is not marked yet): wait a moment for such deliveries, then
-            // match what is left of the growth against them.
-            for _ in 0..IN_FLIGHT_WAITS {
-                if left < 1e-9 * delta.max(1.0) || !in_flight(&mut tx, observation).await? {
+            // What is left may be events BillaBear counted whose delivery usage-gate recorded
+            // only after this fetch began, or is still recording (its 201 came, the row is not
+            // marked yet): match it against those too, waiting a moment for deliveries under way.
+            for wait in 0..=IN_FLIGHT_WAITS {
+                if left < 1e-9 * delta.max(1.0) {
+                    break;
+                }
+                left -= retire(&mut tx, subscription, code, count, Utc::now(), left).await?;
+                if wait == IN_FLIGHT_WAITS || !in_flight(&mut tx, observation).await? {
                     break;
                 }
                 tokio::time::sleep(IN_FLIGHT_PAUSE).await;
-                left -= retire(&mut tx, subscription, code, count, Utc::now(), left).await?;
             }
         }
         Settle::Reset(usage) => {
