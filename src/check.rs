@@ -129,12 +129,6 @@ impl Checker {
         Self { cache, pending, policy, metrics: DecisionMetrics::new() }
     }
 
-    /// The usage status a snapshot decides with the pending usage as it is now (`None` for
-    /// unknown customers and the unavailable marker): what decision transitions are about.
-    pub fn usage_status(&self, customer: CustomerId, data: &SnapshotData) -> Option<Status> {
-        usage_status(data, |known| self.pending.project(customer, known), &self.policy)
-    }
-
     /// `cost`: minor units the caller is about to spend (not negative).
     pub async fn check(&self, id: CustomerId, cost: Option<i64>) -> Decision {
         let lookup = self.cache.lookup(id).await;
