@@ -132,8 +132,10 @@ pub async fn observe(
     .await?
     .rows_affected()
         == 1;
-    let (decision, previous_observed, previous) = if inserted {
-        (Settle::First, None, None)
+    // The figure recorded before this one (none: this is the first), when its fetch began, and
+    // the last figures before it that differ from these (for a marginal rate).
+    let (recorded, previous) = if inserted {
+        (None, None)
     } else {
         let row = sqlx::query(
             "SELECT usage, amount, observed_at, prev_usage, prev_amount FROM billabear_counters
@@ -142,8 +144,7 @@ pub async fn observe(
         .bind(subscription)
         .fetch_one(&mut *tx)
         .await?;
-        let seen: f64 = row.try_get("usage")?;
-        let seen_amount: i64 = row.try_get("amount")?;
+        let seen = Figures { usage: row.try_get("usage")?, amount: row.try_get("amount")? };
         let observed: DateTime<Utc> = row.try_get("observed_at")?;
         let older = match (
             row.try_get::<Option<f64>, _>("prev_usage")?,
@@ -152,21 +153,18 @@ pub async fn observe(
             (Some(usage), Some(amount)) => Some(Figures { usage, amount }),
             _ => None,
         };
-        let decision = settle(Some((seen, observed.timestamp_millis())), usage, started.timestamp_millis());
-        // The last figures that differ from these: the ones recorded, unless they are the same.
-        let previous = if seen == usage { older } else { Some(Figures { usage: seen, amount: seen_amount }) };
-        (decision, Some(observed), previous)
+        (Some((seen.usage, observed)), if seen.usage == usage { older } else { Some(seen) })
     };
-    let count = observation.aggregation == Aggregation::Count;
-    let code = observation.code.as_str();
+    let decision =
+        settle(recorded.map(|(seen, at)| (seen, at.timestamp_millis())), usage, started.timestamp_millis());
     match decision {
         Settle::Stale => return Ok(previous),
         Settle::Unchanged => {}
         Settle::First => {
-            retire(&mut tx, subscription, code, count, started, f64::INFINITY).await?;
+            retire(&mut tx, observation, started, f64::INFINITY).await?;
         }
         Settle::Grew(delta) => {
-            let mut left = delta - retire(&mut tx, subscription, code, count, started, delta).await?;
+            let mut left = delta - retire(&mut tx, observation, started, delta).await?;
             // What is left may be events BillaBear counted whose delivery usage-gate recorded
             // only after this fetch began, or is still recording (its 201 came, the row is not
             // marked yet): match it against those too, waiting a moment for deliveries under way.
@@ -174,7 +172,7 @@ pub async fn observe(
                 if left < 1e-9 * delta.max(1.0) {
                     break;
                 }
-                left -= retire(&mut tx, subscription, code, count, Utc::now(), left).await?;
+                left -= retire(&mut tx, observation, Utc::now(), left).await?;
                 if wait == IN_FLIGHT_WAITS || !in_flight(&mut tx, observation).await? {
                     break;
                 }
@@ -182,10 +180,10 @@ pub async fn observe(
             }
         }
         Settle::Reset(usage) => {
-            if let Some(observed) = previous_observed {
-                retire(&mut tx, subscription, code, count, observed, f64::INFINITY).await?;
+            if let Some((_, observed)) = recorded {
+                retire(&mut tx, observation, observed, f64::INFINITY).await?;
             }
-            retire(&mut tx, subscription, code, count, started, usage).await?;
+            retire(&mut tx, observation, started, usage).await?;
         }
     }
     if !inserted {
@@ -226,14 +224,12 @@ async fn in_flight(tx: &mut sqlx::PgConnection, observation: &Observation) -> Re
     .await
 }
 
-/// Retires the events delivered to `subscription` before `before` (for its metric `code`) that
-/// a counter growth of `usage` accounts for ([`projection::counted`]): all of them when it is
-/// infinite. Returns the usage retired.
+/// Retires the events delivered to the observed subscription before `before` (for its metric's
+/// code) that a counter growth of `usage` accounts for ([`projection::counted`]): all of them
+/// when it is infinite. Returns the usage retired.
 async fn retire(
     tx: &mut sqlx::PgConnection,
-    subscription: Uuid,
-    code: &str,
-    count: bool,
+    observation: &Observation,
     before: DateTime<Utc>,
     usage: f64,
 ) -> Result<f64, sqlx::Error> {
@@ -244,10 +240,10 @@ async fn retire(
          ORDER BY delivered_at, id
          FOR UPDATE",
     )
-    .bind(subscription)
-    .bind(code)
+    .bind(observation.subscription.as_uuid())
+    .bind(&observation.code)
     .bind(before)
-    .bind(count)
+    .bind(observation.aggregation == Aggregation::Count)
     .fetch_all(&mut *tx)
     .await?;
     let (counted, retired) = projection::counted(&delivered, usage);
