@@ -248,7 +248,7 @@ impl Fetch for FromBillaBear {
         let client = self.0.clone();
         async move {
             Ok(match fetch(&client, id).await? {
-                Some(answers) => SnapshotData::Known(answers.known(|_| None)),
+                Some(answers) => SnapshotData::Known(answers.known(&answers.usage_subscriptions(), |_| None)),
                 None => SnapshotData::NotFound,
             })
         }
@@ -592,9 +592,14 @@ impl Answers {
         projection::usage_subscriptions(&self.subscriptions, &self.estimate.costs)
     }
 
-    /// The snapshot's data; `previous` gives the last different figures recorded for a
-    /// subscription (see [`projection::meter`]).
-    pub fn known(&self, previous: impl FnMut(SubscriptionId) -> Option<Figures>) -> Known {
+    /// The snapshot's data, pricing the usage subscriptions `found` in these answers;
+    /// `previous` gives the last different figures recorded for a subscription (see
+    /// [`projection::meter`]).
+    pub fn known(
+        &self,
+        found: &[projection::Found<'_>],
+        previous: impl FnMut(SubscriptionId) -> Option<Figures>,
+    ) -> Known {
         Known {
             status: self.customer.status.clone(),
             estimate: self.estimate.total.amount,
@@ -604,7 +609,7 @@ impl Answers {
                 .iter()
                 .map(|l| Limit { id: l.id, amount: l.amount, action: l.action })
                 .collect(),
-            metered: projection::meter(&self.usage_subscriptions(), previous),
+            metered: projection::meter(found, previous),
         }
     }
 }

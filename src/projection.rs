@@ -108,7 +108,7 @@ impl Metered {
             subscription: found.subscription,
             usage: found.figures.usage,
             per_unit,
-            code: Code::intern(found.code),
+            code: found.interned,
             aggregation: found.aggregation,
             marginal,
             approximate,
@@ -255,8 +255,9 @@ pub fn rate(
 #[derive(Debug, Clone, PartialEq)]
 pub struct Found<'a> {
     pub subscription: SubscriptionId,
-    /// Interned as it is found, so pending usage with this code is kept from then on.
     pub code: &'a str,
+    /// `code`, interned as it is found, so pending usage with it is kept from then on.
+    pub interned: Code,
     pub aggregation: Aggregation,
     /// `price.amount`: minor units per unit, or None (tiers).
     pub unit_price: Option<i64>,
@@ -283,10 +284,10 @@ pub fn usage_subscriptions<'a>(subscriptions: &'a [Subscription], costs: &[Metri
             }
             None => Figures { usage: 0.0, amount: 0 },
         };
-        Code::intern(&metric.code);
         found.push(Found {
             subscription: subscription.id,
             code: &metric.code,
+            interned: Code::intern(&metric.code),
             aggregation: Aggregation::parse(metric.aggregation_method.as_deref()),
             unit_price: price.amount,
             including_tax: price.including_tax,
@@ -374,6 +375,7 @@ mod tests {
         let found = Found {
             subscription: SubscriptionId::new_v4(),
             code: "api_calls",
+            interned: Code::intern("api_calls"),
             aggregation,
             unit_price: None,
             including_tax: true,

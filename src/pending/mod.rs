@@ -30,11 +30,11 @@ use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::billabear::{BillaBearClient, BillaBearError};
-use crate::cache::{self, Answers, Fetch, Known, SnapshotData};
+use crate::cache::{self, Fetch, Known, SnapshotData};
 use crate::config::PendingSettings;
 use crate::domain::{CustomerId, SubscriptionId};
 use crate::outbox::event::Target;
-use crate::projection::{self, Figures, Metered, PendingUsage, Projection};
+use crate::projection::{self, Figures, Found, Metered, PendingUsage, Projection};
 use crate::subscriptions::Subscriptions;
 use store::Observation;
 
@@ -335,17 +335,17 @@ impl Fetch for LedgerFetch {
                 return Ok(SnapshotData::NotFound);
             };
             subscriptions.remember(id, &answers.subscriptions);
-            let previous = pending.settle(id, observations(id, &answers), started).await;
-            Ok(SnapshotData::Known(answers.known(|s| previous.get(&s).copied())))
+            let found = answers.usage_subscriptions();
+            let previous = pending.settle(id, observations(id, &found), started).await;
+            Ok(SnapshotData::Known(answers.known(&found, |s| previous.get(&s).copied())))
         }
         .boxed()
     }
 }
 
-/// What the answers show of each usage subscription's counter.
-fn observations(customer: CustomerId, answers: &Answers) -> Vec<Observation> {
-    answers
-        .usage_subscriptions()
+/// What a fetch shows of each usage subscription's counter.
+fn observations(customer: CustomerId, found: &[Found<'_>]) -> Vec<Observation> {
+    found
         .iter()
         .map(|f| Observation {
             customer,
