@@ -78,7 +78,7 @@ pub struct Application {
     /// The LISTEN tasks (invalidation, pending usage) and the pending-usage tasks, stopped with
     /// the application.
     background: Vec<tokio::task::AbortHandle>,
-    /// Each turns true once its LISTEN task listens (see [`Application::until_listening`]).
+    /// Each turns true once its LISTEN task listens (`build_with` waits for them).
     listening: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
@@ -90,24 +90,28 @@ impl Application {
         let listener = TcpListener::bind(settings.server.address).map_err(|e| {
             anyhow::anyhow!("cannot listen on {} (server.address): {e}", settings.server.address)
         })?;
+        Self::build_with(settings, pool, listener).await
+    }
+
+    /// Builds on a ready pool and listener (tests bind port 0), and returns once this replica
+    /// listens for other replicas' changes (invalidations, pending usage) and holds the pending
+    /// ledger: serving before then would miss changes made meanwhile. It waits at most
+    /// `database.acquire_timeout`; with Postgres down it serves without.
+    pub async fn build_with(settings: Settings, pool: PgPool, listener: TcpListener) -> anyhow::Result<Self> {
         let wait = settings.database.acquire_timeout;
-        let app = Self::build_with(settings, pool, listener)?;
-        // Serving before then would miss other replicas' changes made meanwhile.
-        if tokio::time::timeout(wait, app.until_listening()).await.is_err() {
+        let app = Self::assemble(settings, pool, listener)?;
+        let listening = async {
+            for listening in &app.listening {
+                let _ = listening.clone().wait_for(|listening| *listening).await;
+            }
+        };
+        if tokio::time::timeout(wait, listening).await.is_err() {
             tracing::warn!("not yet listening to Postgres for other replicas' changes; serving anyway");
         }
         Ok(app)
     }
 
-    /// Resolves once this replica listens for other replicas' changes (invalidations, pending
-    /// usage) and holds the pending ledger.
-    pub async fn until_listening(&self) {
-        for listening in &self.listening {
-            let _ = listening.clone().wait_for(|listening| *listening).await;
-        }
-    }
-
-    pub fn build_with(settings: Settings, pool: PgPool, listener: TcpListener) -> anyhow::Result<Self> {
+    fn assemble(settings: Settings, pool: PgPool, listener: TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let billabear = BillaBearClient::new(&settings.billabear)?;
         let keys = web::Data::new(settings.auth.keys.clone());

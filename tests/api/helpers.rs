@@ -290,13 +290,10 @@ impl TestApp {
         Self::run(settings, pool, listener, std::sync::Arc::new(sim)).await
     }
 
-    /// Starts the application and waits until it listens for other replicas' changes, as
-    /// `Application::build` does (for up to `database.acquire_timeout`: with Postgres down it
-    /// serves without), so a test never races a replica's start.
+    /// Starts the application once it listens for other replicas' changes (as `build_with`
+    /// returns), so a test never races a replica's start.
     async fn run(settings: Settings, pool: PgPool, listener: TcpListener, sim: std::sync::Arc<Sim>) -> Self {
-        let wait = settings.database.acquire_timeout;
-        let app = Application::build_with(settings, pool.clone(), listener).unwrap();
-        let _ = tokio::time::timeout(wait, app.until_listening()).await;
+        let app = Application::build_with(settings, pool.clone(), listener).await.unwrap();
         let address = format!("http://{}", app.addr());
         let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
