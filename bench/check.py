@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from common import Processes, psql, request, wait_for
+from common import Processes, psql, request, wait_for, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -113,14 +113,7 @@ def main():
     seed = os.path.join(work, "seed.json")
     seed_file(seed)
     config = os.path.join(work, "usage-gate.toml")
-    with open(config, "w") as f:
-        f.write(f"""
-[server]
-address = "{APP}"
-[billabear]
-base_url = "http://{SIM}/api/v1"
-api_key = "{SIM_KEY}"
-timeout_ms = 2000
+    write_config(config, APP, SIM, SIM_KEY, KEY, ["check", "admin", "events"], billabear="timeout_ms = 2000", more="""
 [cache]
 ttl_ms = 3600000
 max_stale_ms = 3600000
@@ -129,12 +122,6 @@ fetch_concurrency = 64
 # allows, so usage-gate's own bound on BillaBear calls is lifted here.
 max_concurrent_fetches = 1000
 cold_fetches_per_second = 1000000
-[log]
-level = "warn"
-[[auth.keys]]
-name = "bench"
-key = "{KEY}"
-scopes = ["check", "admin", "events"]
 """)
     # A fresh database each run: the pending events and counters of a previous run would skew it.
     psql("postgres", "DROP DATABASE IF EXISTS usage_gate_bench WITH (FORCE)")

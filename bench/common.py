@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: HTTP requests, psql, waiting for a service, and starting
-processes that are stopped (SIGTERM, then kill) however the run ends."""
+"""What the benchmark scripts share: usage-gate's configuration, HTTP requests, psql, waiting for
+a service, and starting processes that are stopped (SIGTERM, then kill) however the run ends."""
 
 import json
 import signal
@@ -7,6 +7,27 @@ import subprocess
 import sys
 import time
 import urllib.request
+
+
+def write_config(path, address, sim, sim_key, key, scopes, billabear="", more=""):
+    """usage-gate's configuration for a run: its address, the simulator as BillaBear, one API key
+    with `scopes`; `billabear` adds keys to that section, `more` adds sections."""
+    with open(path, "w") as f:
+        f.write(f"""
+[server]
+address = "{address}"
+[billabear]
+base_url = "http://{sim}/api/v1"
+api_key = "{sim_key}"
+{billabear}
+{more}
+[log]
+level = "warn"
+[[auth.keys]]
+name = "bench"
+key = "{key}"
+scopes = {json.dumps(scopes)}
+""")
 
 
 def request(method, url, body=None, headers=None, timeout=120):

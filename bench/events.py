@@ -22,7 +22,7 @@ import tempfile
 import time
 import json
 
-from common import Processes, psql, request, wait_for
+from common import Processes, psql, request, wait_for, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -119,20 +119,7 @@ def main():
     psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
     work = tempfile.mkdtemp(prefix="usage-gate-bench-events-")
     config = os.path.join(work, "usage-gate.toml")
-    with open(config, "w") as f:
-        f.write(f"""
-[server]
-address = "{APP}"
-[billabear]
-base_url = "http://{SIM}/api/v1"
-api_key = "{SIM_KEY}"
-[log]
-level = "warn"
-[[auth.keys]]
-name = "bench"
-key = "{KEY}"
-scopes = ["events", "admin"]
-""")
+    write_config(config, APP, SIM, SIM_KEY, KEY, ["events", "admin"])
     results = {}
     with Processes() as procs:
         start = procs.start

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 
-from common import Processes, psql, request, wait_for
+from common import Processes, psql, request, wait_for, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -33,23 +33,6 @@ DB = "usage_gate_bench_pending"
 ACME = "11111111-1111-4111-8111-111111111111"
 ACME_SUBSCRIPTION = "a1111111-1111-4111-8111-111111111111"
 GLOBEX = "22222222-2222-4222-8222-222222222222"
-
-
-def config(path, address):
-    with open(path, "w") as f:
-        f.write(f"""
-[server]
-address = "{address}"
-[billabear]
-base_url = "http://{SIM}/api/v1"
-api_key = "{SIM_KEY}"
-[log]
-level = "warn"
-[[auth.keys]]
-name = "bench"
-key = "{KEY}"
-scopes = ["check", "events", "admin"]
-""")
 
 
 class Client:
@@ -116,7 +99,7 @@ def main():
         wait_for(f"http://{SIM}/_sim/healthz", "the simulator")
         for address, name in ((A, "a"), (B, "b")):
             path = os.path.join(work, f"{name}.toml")
-            config(path, address)
+            write_config(path, address, SIM, SIM_KEY, KEY, ["check", "events", "admin"])
             procs.start([os.path.join(RELEASE, "usage-gate"), "--config", path, "serve"], env=env)
             wait_for(f"http://{address}/healthz", f"replica {name}")
         a, b = Client(A), Client(B)
