@@ -65,13 +65,6 @@ pub struct Entry {
     pub details: serde_json::Value,
 }
 
-/// A transaction holding the audit insert lock (see the module doc) until it ends.
-async fn begin_insert(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSERT_LOCK).execute(&mut *tx).await?;
-    Ok(tx)
-}
-
 /// Postgres stores no NUL in `text` or `jsonb`. Audit records quote what callers sent (a
 /// webhook's type, a rejected amount), so NUL is replaced rather than letting the record fail.
 fn storable(text: &str) -> std::borrow::Cow<'_, str> {
@@ -90,10 +83,25 @@ fn storable_json(value: &serde_json::Value) -> serde_json::Value {
     }
 }
 
+/// Takes the audit insert lock (see the module doc) until the transaction ends.
+async fn lock_inserts(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSERT_LOCK).execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// Inserts one record; returns its id.
 pub async fn record(pool: &PgPool, entry: &Entry) -> Result<i64, sqlx::Error> {
-    let mut tx = begin_insert(pool).await?;
-    let id = sqlx::query_scalar(
+    let mut tx = pool.begin().await?;
+    let id = record_in(&mut tx, entry).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+/// Inserts one record in the caller's transaction, so it commits with the change it records.
+/// The insert lock is held until that transaction ends: take it last.
+pub async fn record_in(conn: &mut sqlx::PgConnection, entry: &Entry) -> Result<i64, sqlx::Error> {
+    lock_inserts(conn).await?;
+    sqlx::query_scalar(
         "INSERT INTO audit_log (actor, action, customer_id, target_id, outcome, upstream_status, request_id, details)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
     )
@@ -105,10 +113,8 @@ pub async fn record(pool: &PgPool, entry: &Entry) -> Result<i64, sqlx::Error> {
     .bind(entry.upstream_status.map(|s| s as i16))
     .bind(&entry.request_id)
     .bind(storable_json(&entry.details))
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(id)
+    .fetch_one(&mut *conn)
+    .await
 }
 
 /// Gives a pending record its outcome; `details` are merged into what it holds.
@@ -282,7 +288,8 @@ async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), s
         .iter()
         .map(|o| chrono::DateTime::from_timestamp_millis(o.at_ms as i64).unwrap_or_default())
         .collect();
-    let mut tx = begin_insert(pool).await?;
+    let mut tx = pool.begin().await?;
+    lock_inserts(&mut tx).await?;
     sqlx::query(
         "WITH changed AS (
              INSERT INTO customer_decisions (customer_id, status, observed_at)

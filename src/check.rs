@@ -6,9 +6,11 @@ use serde::Serialize;
 use crate::billabear::BillaBearError;
 use crate::cache::{Currency, Known, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Timestamp};
+use crate::enforce::{Gate, Judged};
 use crate::pending::Pending;
 use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
 use crate::projection::Projection;
+use crate::reservations::Holds;
 
 /// The answer to "may this customer keep using the product?", with what it is based on.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -48,7 +50,7 @@ pub struct Decision {
 /// none), tax included.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Estimate {
-    /// `billabear` + `pending`: what every rule judges.
+    /// `billabear` + `pending` + `reserved`: what every rule judges.
     pub amount: i64,
     #[schema(value_type = String)]
     pub currency: Currency,
@@ -59,6 +61,8 @@ pub struct Estimate {
     pub pending: i64,
     /// How many such events.
     pub pending_events: u64,
+    /// What the customer's open reservations (holds) set aside.
+    pub reserved: i64,
     /// `pending` is priced approximately (a tiered price, a metric aggregated by max, latest or
     /// unique_count, or tax BillaBear's figures do not show yet): see the README.
     pub approximate: bool,
@@ -84,6 +88,15 @@ impl Decision {
     pub fn lowest_disable_limit(&self) -> Option<i64> {
         self.limits.iter().filter(|l| l.action == LimitAction::Disable).map(|l| l.amount).min()
     }
+}
+
+/// How a customer's enforced writes are judged (see [`Checker::enforcement`]).
+#[derive(Debug, Clone)]
+pub enum Enforcement {
+    /// Against this snapshot, under the customer's lock; `lookup` explains a refusal.
+    Gate { gate: Gate, lookup: Lookup },
+    /// By this decision (unknown customer, or BillaBear unreachable with nothing cached).
+    Decided(Decision),
 }
 
 /// Decision counters, registered once so the hot path does no registry lookups.
@@ -120,19 +133,35 @@ pub struct Checker {
     pub cache: SnapshotCache,
     /// This replica's copy of the pending usage, added to BillaBear's estimates.
     pub pending: Pending,
+    /// This replica's copy of the open holds, added too.
+    pub holds: Holds,
     policy: PolicySettings,
     metrics: DecisionMetrics,
 }
 
 impl Checker {
-    pub fn new(cache: SnapshotCache, pending: Pending, policy: PolicySettings) -> Self {
-        Self { cache, pending, policy, metrics: DecisionMetrics::new() }
+    pub fn new(cache: SnapshotCache, pending: Pending, holds: Holds, policy: PolicySettings) -> Self {
+        Self { cache, pending, holds, policy, metrics: DecisionMetrics::new() }
+    }
+
+    pub fn policy(&self) -> &PolicySettings {
+        &self.policy
     }
 
     /// `cost`: minor units the caller is about to spend (not negative).
     pub async fn check(&self, id: CustomerId, cost: Option<i64>) -> Decision {
         let lookup = self.cache.lookup(id).await;
         self.explain(id, cost, lookup)
+    }
+
+    /// How the customer's enforced writes are judged: against its snapshot under its lock, or,
+    /// when BillaBear does not know it or cannot be asked, by the fallback policy's decision.
+    pub async fn enforcement(&self, id: CustomerId) -> Enforcement {
+        let lookup = self.cache.lookup(id).await;
+        match lookup.snapshot.clone().and_then(|snapshot| Gate::new(id, snapshot)) {
+            Some(gate) => Enforcement::Gate { gate, lookup },
+            None => Enforcement::Decided(self.explain(id, None, lookup)),
+        }
     }
 
     /// The decision from the cache alone, if it holds something usable: never calls BillaBear.
@@ -146,9 +175,42 @@ impl Checker {
         Ok(self.explain(id, None, Lookup::found(snapshot, Source::Upstream)))
     }
 
-    fn explain(&self, id: CustomerId, cost: Option<i64>, lookup: Lookup) -> Decision {
-        let project = |known: &Known| self.pending.project(id, known);
-        let decision = explain(id, cost, lookup, project, &self.policy, now_ms());
+    /// The decision on a lookup (the cache's answer for the customer).
+    pub fn explain(&self, id: CustomerId, cost: Option<i64>, lookup: Lookup) -> Decision {
+        let now = now_ms();
+        let project = |known: &Known| Projection {
+            reserved: self.holds.reserved(id, now),
+            ..self.pending.project(id, known)
+        };
+        self.explain_projected(id, cost, lookup, project, now)
+    }
+
+    /// The decision an enforced write was judged by: its projection, read under the
+    /// customer's lock, and its price as `cost`.
+    pub fn explain_judged(&self, id: CustomerId, lookup: Lookup, judged: &Judged) -> Decision {
+        self.explain_with(id, Some(judged.cost), lookup, judged.projection)
+    }
+
+    /// The decision on a lookup with a projection made elsewhere (under the customer's lock).
+    pub fn explain_with(
+        &self,
+        id: CustomerId,
+        cost: Option<i64>,
+        lookup: Lookup,
+        projection: Projection,
+    ) -> Decision {
+        self.explain_projected(id, cost, lookup, |_: &Known| projection, now_ms())
+    }
+
+    fn explain_projected(
+        &self,
+        id: CustomerId,
+        cost: Option<i64>,
+        lookup: Lookup,
+        project: impl FnOnce(&Known) -> Projection,
+        now: u64,
+    ) -> Decision {
+        let decision = explain(id, cost, lookup, project, &self.policy, now);
         self.metrics.record(&decision);
         decision
     }
@@ -232,6 +294,7 @@ pub fn explain(
             billabear: projection.billabear,
             pending: projection.pending,
             pending_events: projection.pending_events,
+            reserved: projection.reserved,
             approximate: projection.approximate,
             as_of: Timestamp(snapshot.fetched_at_ms),
         }),
@@ -340,6 +403,7 @@ mod tests {
                 billabear: 150,
                 pending: 0,
                 pending_events: 0,
+                reserved: 0,
                 approximate: false,
                 as_of: Timestamp(NOW - 45_000),
             })

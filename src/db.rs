@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 
+use futures_util::future::BoxFuture;
 use secrecy::ExposeSecret;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -154,6 +155,71 @@ fn classify_sqlstate(code: &str) -> FailureKind {
             "22" | "23" => FailureKind::Data,
             _ => FailureKind::Internal,
         },
+    }
+}
+
+/// What keeps a copy of something in Postgres up to date from a NOTIFY channel (see [`follow`]).
+pub trait Follower: Send + Sync + 'static {
+    /// Listening (re)started, so anything may have changed unnoticed: read it all anew.
+    /// `first`: the copy is empty (nothing to tell of changes).
+    fn reload_all(&self, first: bool) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    /// The payloads of the notifications that arrived while the last reload ran.
+    fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+}
+
+/// How soon listening is tried again after it failed.
+const RELISTEN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps `follower`'s copy equal to Postgres: LISTEN on `channel`, a full reload whenever
+/// listening (re)starts (then `ready` turns true), and a reload for each batch of notifications.
+/// Runs until aborted.
+pub async fn follow(
+    pool: PgPool,
+    channel: &'static str,
+    follower: std::sync::Arc<dyn Follower>,
+    ready: tokio::sync::watch::Sender<bool>,
+) {
+    let mut first = true;
+    loop {
+        let connected = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = match connected.await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::warn!(channel, error = %e, "cannot LISTEN; retrying");
+                tokio::time::sleep(RELISTEN_AFTER).await;
+                continue;
+            }
+        };
+        // Listening first, then reading everything: nothing changed in between is missed.
+        if let Err(e) = follower.reload_all(first).await {
+            tracing::warn!(channel, error = %e, "cannot load what this channel follows; retrying");
+            tokio::time::sleep(RELISTEN_AFTER).await;
+            continue;
+        }
+        first = false;
+        ready.send_replace(true);
+        // Ok(None) or an error: the connection was lost, and what was notified meanwhile is
+        // missed; listen again and reload all.
+        while let Ok(Some(notification)) = listener.try_recv().await {
+            let mut payloads = vec![notification.payload().to_owned()];
+            // Under load every commit notifies: one reload for all that have arrived (while the
+            // last reload ran), not one per commit. A zero timeout takes only what is already
+            // there; giving up on a `try_recv` loses nothing (sqlx takes a message off the
+            // socket only once it is whole).
+            while let Ok(Ok(Some(more))) =
+                tokio::time::timeout(std::time::Duration::ZERO, listener.try_recv()).await
+            {
+                payloads.push(more.payload().to_owned());
+            }
+            if let Err(e) = follower.reload(payloads).await {
+                tracing::warn!(channel, error = %e, "cannot reload what changed; reloading all");
+                break;
+            }
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::auth::Scope;
 use crate::billabear::BillaBearError;
+use crate::check::Decision;
 use crate::db::{FailureKind, StorageError};
 
 /// A field that failed validation, with a message for a human.
@@ -53,6 +54,10 @@ pub enum ApiError {
     /// was not delivered).
     #[error("{0}")]
     EventDead(String),
+    /// An enforced event or a hold that does not fit under the customer's limit (402), with
+    /// the decision it was judged by.
+    #[error("{}", over_limit(.0))]
+    UsageLimitExceeded(Box<Decision>),
     /// Postgres failed; what the caller is told depends on the failure's kind (see `db::classify`).
     #[error("storage failed: {}", chain(.0))]
     Storage(#[from] StorageError),
@@ -116,6 +121,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
             ApiError::Conflict(_) => "conflict",
             ApiError::EventDead(_) => "event_dead",
+            ApiError::UsageLimitExceeded(_) => "usage_limit_exceeded",
             ApiError::Storage(e) => match e.kind {
                 FailureKind::Unavailable | FailureKind::Contention => "storage_unavailable",
                 FailureKind::Data => "invalid_value",
@@ -127,6 +133,15 @@ impl ApiError {
             ApiError::Internal(_) => "internal_error",
         }
     }
+}
+
+fn over_limit(decision: &Decision) -> String {
+    let reasons: Vec<&str> = decision.reasons.iter().map(|r| r.code()).collect();
+    format!(
+        "customer {} is over its usage limit with this ({}); nothing was stored",
+        decision.customer_id,
+        reasons.join(", ")
+    )
 }
 
 fn limit_outcome(exists: Option<bool>) -> &'static str {
@@ -161,6 +176,10 @@ pub struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<bool>)]
     pub limit_exists: Option<Option<bool>>,
+    /// `usage_limit_exceeded`: the decision the event or hold was judged by (its `cost` is
+    /// what it would have added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Box<Decision>>,
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -183,6 +202,7 @@ fn problem(status: StatusCode, code: &str, detail: String, errors: Vec<FieldErro
         code: code.to_owned(),
         errors,
         limit_exists: None,
+        decision: None,
     }
 }
 
@@ -199,6 +219,7 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::EventDead(_) => StatusCode::CONFLICT,
+            ApiError::UsageLimitExceeded(_) => StatusCode::PAYMENT_REQUIRED,
             ApiError::Storage(e) => match e.kind {
                 FailureKind::Unavailable | FailureKind::Contention => StatusCode::SERVICE_UNAVAILABLE,
                 FailureKind::Data => StatusCode::BAD_REQUEST,
@@ -235,6 +256,11 @@ impl ResponseError for ApiError {
             ApiError::LimitOutcome { exists, .. } => {
                 let mut body = problem(status, self.code(), detail, errors);
                 body.limit_exists = Some(*exists);
+                HttpResponse::build(status).content_type(PROBLEM_JSON).json(body)
+            }
+            ApiError::UsageLimitExceeded(decision) => {
+                let mut body = problem(status, self.code(), detail, errors);
+                body.decision = Some(decision.clone());
                 HttpResponse::build(status).content_type(PROBLEM_JSON).json(body)
             }
             _ => problem_response(status, self.code(), detail, errors),

@@ -151,6 +151,14 @@ pub struct PendingUsage {
     pub events: u64,
 }
 
+/// The units and events pending under one target for `code`.
+pub fn pending_of(entries: &[PendingUsage], code: Code) -> (f64, u64) {
+    entries
+        .iter()
+        .filter(|e| e.code == code)
+        .fold((0.0, 0), |(units, events), e| (units + e.units, events + e.events))
+}
+
 /// The estimate the policy judges, with its parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Projection {
@@ -160,6 +168,8 @@ pub struct Projection {
     pub pending: i64,
     /// Events accepted and not yet counted by BillaBear that this customer's figure includes.
     pub pending_events: u64,
+    /// What the customer's open reservations (holds) set aside (minor units).
+    pub reserved: i64,
     pub approximate: bool,
 }
 
@@ -169,8 +179,9 @@ impl Projection {
         Self { billabear, ..Self::default() }
     }
 
+    /// What every rule judges: BillaBear's figure, the pending usage and the holds.
     pub fn amount(&self) -> i64 {
-        self.billabear.saturating_add(self.pending)
+        self.billabear.saturating_add(self.pending).saturating_add(self.reserved)
     }
 }
 

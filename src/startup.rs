@@ -27,6 +27,7 @@ use crate::outbox::ingest::Ingest;
 use crate::outbox::store::Stats;
 use crate::pending::{self, Changed, LedgerFetch, Pending};
 use crate::policy::PolicySettings;
+use crate::reservations::{self, Holds};
 use crate::subscriptions::Subscriptions;
 use crate::{db, routes, telemetry};
 
@@ -144,8 +145,11 @@ impl Application {
             settings.policy.clone(),
         ))
         .abort_handle();
+        let reservations::Started { holds, tasks: holds_tasks, listening: holds_listening } =
+            Holds::start(pool.clone());
         let mut background = vec![listening, watching];
         background.extend(pending_tasks);
+        background.extend(holds_tasks);
         let forwarder = forwarder::spawn(
             pool.clone(),
             &billabear,
@@ -153,8 +157,8 @@ impl Application {
             subscriptions.clone(),
             Some(cache.clone()),
         );
-        let checker = Checker::new(cache, pending, settings.policy.clone());
-        let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout);
+        let checker = Checker::new(cache, pending, holds, settings.policy.clone());
+        let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
         let admin_billabear = billabear.with_timeout(settings.billabear.admin_timeout);
         let state = web::Data::new(AppState {
             settings: Arc::new(settings),
@@ -200,7 +204,7 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        let listening = vec![invalidation_listening, pending_listening];
+        let listening = vec![invalidation_listening, pending_listening, holds_listening];
         Ok(Self { addr, server, metrics_server, forwarder, background, listening })
     }
 

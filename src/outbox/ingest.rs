@@ -13,6 +13,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -22,12 +23,44 @@ use tokio::sync::{Notify, oneshot};
 use super::event::IncomingEvent;
 use super::store::{self, Accepted};
 use crate::db::{FailureKind, StorageError};
+use crate::enforce::Gate;
+use crate::enforce::store::{self as enforce, Outcome};
+use crate::policy::PolicySettings;
 
-type Reply = oneshot::Sender<Result<Vec<Accepted>, StorageError>>;
+type Reply = oneshot::Sender<Result<Vec<Outcome>, StorageError>>;
 
 struct Job {
     events: Vec<IncomingEvent>,
+    /// One per event when any is enforced (`None`: stored as it is); empty when none is.
+    gates: Vec<Option<Gate>>,
     reply: Reply,
+}
+
+/// Events to commit together, with their gates (empty when none is enforced) and the request
+/// each came in (`enforce::store::accept` keeps a request's refusals in order).
+#[derive(Clone, Copy)]
+struct Batch<'a> {
+    events: &'a [IncomingEvent],
+    gates: &'a [Option<Gate>],
+    requests: &'a [u64],
+}
+
+impl<'a> Batch<'a> {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    fn range(&self, range: std::ops::Range<usize>) -> Batch<'a> {
+        Batch {
+            events: &self.events[range.clone()],
+            gates: if self.gates.is_empty() { &[] } else { &self.gates[range.clone()] },
+            requests: &self.requests[range],
+        }
+    }
+
+    fn event_id(&self, i: usize) -> &str {
+        self.events[i].event_id.as_str()
+    }
 }
 
 /// Events one transaction holds at most.
@@ -49,35 +82,76 @@ pub struct Ingest {
     id: u64,
     pool: PgPool,
     connect_timeout: Duration,
+    /// What enforced events are judged by.
+    policy: Arc<PolicySettings>,
 }
 
 impl Ingest {
     /// Writers connect with the pool's options, waiting at most `connect_timeout`.
-    pub fn new(pool: PgPool, connect_timeout: Duration) -> Self {
-        Self { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), pool, connect_timeout }
+    pub fn new(pool: PgPool, connect_timeout: Duration, policy: PolicySettings) -> Self {
+        Self { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), pool, connect_timeout, policy: Arc::new(policy) }
     }
 
     /// Starts this thread's writer. Call on each HTTP worker thread as it starts (the app
     /// factory runs there), where tasks may be spawned locally.
     pub fn attach_worker(&self) {
         WRITERS.with_borrow_mut(|writers| {
-            writers.entry(self.id).or_insert_with(|| Writer::start(self.pool.clone(), self.connect_timeout));
+            writers.entry(self.id).or_insert_with(|| {
+                Writer::start(self.pool.clone(), self.connect_timeout, self.policy.clone())
+            });
         });
     }
 
     /// Stores the events (in a transaction shared with other requests on this thread) and
     /// answers for each, in order, once committed.
     pub async fn accept(&self, events: Vec<IncomingEvent>) -> Result<Vec<Accepted>, StorageError> {
+        let outcomes = self.commit(Job { events, gates: vec![], reply: dropped() }).await?;
+        Ok(outcomes.into_iter().map(|o| o.accepted).collect())
+    }
+
+    /// As [`Ingest::accept`], storing each event with a gate only if it fits under its
+    /// customer's limit (`enforce`); `gates` has one entry per event.
+    pub async fn accept_enforced(
+        &self,
+        events: Vec<IncomingEvent>,
+        gates: Vec<Option<Gate>>,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        debug_assert_eq!(events.len(), gates.len());
+        self.commit(Job { events, gates, reply: dropped() }).await
+    }
+
+    async fn commit(&self, mut job: Job) -> Result<Vec<Outcome>, StorageError> {
         let writer = WRITERS.with_borrow(|writers| writers.get(&self.id).filter(|w| w.alive()).cloned());
         let Some(writer) = writer else {
             // No writer here (not a worker thread, or its writer has stopped): one commit per call.
             let mut conn = self.pool.acquire().await?;
-            return Ok(store::accept(&mut conn, &events).await?);
+            let requests = vec![0; job.events.len()];
+            let batch = Batch { events: &job.events, gates: &job.gates, requests: &requests };
+            return Ok(commit_batch(&mut conn, batch, &self.policy).await?);
         };
         let (reply, answer) = oneshot::channel();
-        writer.push(Job { events, reply });
+        job.reply = reply;
+        writer.push(job);
         answer.await.map_err(|_| StorageError::from(sqlx::Error::PoolClosed))?
     }
+}
+
+/// A reply nobody waits for (replaced before a job is queued).
+fn dropped() -> Reply {
+    oneshot::channel().0
+}
+
+/// Commits a batch: through `enforce` when any event is enforced, else one plain statement.
+async fn commit_batch(
+    conn: &mut PgConnection,
+    batch: Batch<'_>,
+    policy: &PolicySettings,
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    if batch.gates.iter().any(Option::is_some) {
+        return enforce::accept(conn, batch.events, batch.gates, batch.requests, policy).await;
+    }
+    let accepted = store::accept(conn, batch.events).await?;
+    Ok(accepted.into_iter().map(|accepted| Outcome { accepted, judged: None }).collect())
 }
 
 /// One thread's writer: its queue and the tasks that commit it.
@@ -113,7 +187,7 @@ const COMMITTERS: usize = 2;
 const SECOND_COMMIT_MIN_EVENTS: usize = 1000;
 
 impl Writer {
-    fn start(pool: PgPool, connect_timeout: Duration) -> Rc<Self> {
+    fn start(pool: PgPool, connect_timeout: Duration, policy: Arc<PolicySettings>) -> Rc<Self> {
         let writer = Rc::new(Writer {
             queue: RefCell::new(Vec::new()),
             queued: Cell::new(0),
@@ -122,7 +196,7 @@ impl Writer {
             tasks: Cell::new(COMMITTERS),
         });
         for _ in 0..COMMITTERS {
-            actix_rt::spawn(writer.clone().run(pool.clone(), connect_timeout));
+            actix_rt::spawn(writer.clone().run(pool.clone(), connect_timeout, policy.clone()));
         }
         writer
     }
@@ -137,9 +211,10 @@ impl Writer {
         self.wake.notify_one();
     }
 
-    async fn run(self: Rc<Self>, pool: PgPool, connect_timeout: Duration) {
+    async fn run(self: Rc<Self>, pool: PgPool, connect_timeout: Duration, policy: Arc<PolicySettings>) {
         let _ended = Ended(self.clone());
         let mut conn: Option<PgConnection> = None;
+        let committer = Committer { pool: &pool, connect_timeout, policy: &policy };
         loop {
             let may_commit = self.in_flight.get() == 0 || self.queued.get() >= SECOND_COMMIT_MIN_EVENTS;
             let jobs = if may_commit { self.take() } else { vec![] };
@@ -151,13 +226,25 @@ impl Writer {
             let mut sizes = Vec::with_capacity(jobs.len());
             let mut replies = Vec::with_capacity(jobs.len());
             let mut events = Vec::new();
-            for job in jobs {
+            let mut gates = Vec::new();
+            let mut requests = Vec::new();
+            let enforced = jobs.iter().any(|job| !job.gates.is_empty());
+            for (request, job) in jobs.into_iter().enumerate() {
                 sizes.push(job.events.len());
+                requests.extend(std::iter::repeat_n(request as u64, job.events.len()));
+                if enforced {
+                    if job.gates.is_empty() {
+                        gates.extend(std::iter::repeat_n(None, job.events.len()));
+                    } else {
+                        gates.extend(job.gates);
+                    }
+                }
                 replies.push(job.reply);
                 events.extend(job.events);
             }
             metrics::histogram!("usage_gate_ingest_commit_events").record(events.len() as f64);
-            let result = commit(&mut conn, &pool, connect_timeout, &events).await;
+            let all = Batch { events: &events, gates: &gates, requests: &requests };
+            let result = committer.commit(&mut conn, all).await;
             match result {
                 Ok(outcomes) => {
                     let mut outcomes = outcomes.into_iter();
@@ -171,15 +258,15 @@ impl Writer {
                     // the event that caused it.
                     tracing::warn!(error = %error, requests = sizes.len(), "ingest: a shared commit failed; committing its requests one by one");
                     let alone = sizes.len() == 1;
-                    let mut rest = events.as_slice();
+                    let mut start = 0;
                     for (size, reply) in sizes.into_iter().zip(replies) {
-                        let (own, after) = rest.split_at(size);
-                        rest = after;
+                        let own = all.range(start..start + size);
+                        start += size;
                         let answer = if alone && error.kind == FailureKind::Data {
                             // That was this request's own commit: go straight to its events.
-                            commit_each(&mut conn, &pool, connect_timeout, own).await
+                            committer.commit_each(&mut conn, own).await
                         } else {
-                            commit_isolating(&mut conn, &pool, connect_timeout, own).await
+                            committer.commit_isolating(&mut conn, own).await
                         };
                         let _ = reply.send(answer);
                     }
@@ -217,89 +304,93 @@ impl Writer {
     }
 }
 
-/// Commits one request's events; if Postgres refuses a value in them, see [`commit_each`].
-async fn commit_isolating(
-    conn: &mut Option<PgConnection>,
-    pool: &PgPool,
+/// What a writer's commits need besides the connection.
+struct Committer<'a> {
+    pool: &'a PgPool,
     connect_timeout: Duration,
-    events: &[IncomingEvent],
-) -> Result<Vec<Accepted>, StorageError> {
-    match commit(conn, pool, connect_timeout, events).await {
-        Err(e) if e.kind == FailureKind::Data && events.len() > 1 => {
-            commit_each(conn, pool, connect_timeout, events).await
-        }
-        other => other,
-    }
+    policy: &'a PolicySettings,
 }
 
-/// Commits each event alone and answers `Refused` for those Postgres refuses, so the rest of a
-/// batch is stored. Events stored before another kind of failure stay stored: the client's
-/// retry finds them as duplicates, the safe side.
-async fn commit_each(
-    conn: &mut Option<PgConnection>,
-    pool: &PgPool,
-    connect_timeout: Duration,
-    events: &[IncomingEvent],
-) -> Result<Vec<Accepted>, StorageError> {
-    let mut outcomes = Vec::with_capacity(events.len());
-    for event in events {
-        match commit(conn, pool, connect_timeout, std::slice::from_ref(event)).await {
-            Ok(outcome) => outcomes.extend(outcome),
-            Err(e) if e.kind == FailureKind::Data && events.len() > 1 => {
-                tracing::warn!(event_id = %event.event_id, error = %e, "ingest: Postgres refused an event");
-                outcomes.push(Accepted::Refused);
-            }
-            Err(e) => return Err(e),
+impl Committer<'_> {
+    /// Commits one request's events; if Postgres refuses a value in them, see
+    /// [`Committer::commit_each`].
+    async fn commit_isolating(
+        &self,
+        conn: &mut Option<PgConnection>,
+        batch: Batch<'_>,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        match self.commit(conn, batch).await {
+            Err(e) if e.kind == FailureKind::Data && batch.len() > 1 => self.commit_each(conn, batch).await,
+            other => other,
         }
     }
-    Ok(outcomes)
+
+    /// Commits each event alone and answers `Refused` for those Postgres refuses, so the rest
+    /// of a batch is stored. Events stored before another kind of failure stay stored: the
+    /// client's retry finds them as duplicates, the safe side.
+    async fn commit_each(
+        &self,
+        conn: &mut Option<PgConnection>,
+        batch: Batch<'_>,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for i in 0..batch.len() {
+            match self.commit(conn, batch.range(i..i + 1)).await {
+                Ok(outcome) => outcomes.extend(outcome),
+                Err(e) if e.kind == FailureKind::Data && batch.len() > 1 => {
+                    tracing::warn!(event_id = %batch.event_id(i), error = %e, "ingest: Postgres refused an event");
+                    outcomes.push(Outcome { accepted: Accepted::Refused, judged: None });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Commits the batch on this writer's connection (made first if there is none). After a
+    /// failure other than a refused value the connection is dropped: its state is unknown (a
+    /// timeout may have left a statement running), so the next commit starts over.
+    async fn commit(
+        &self,
+        conn: &mut Option<PgConnection>,
+        batch: Batch<'_>,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let mut attempt = 0;
+        loop {
+            let result = self.commit_once(conn, batch).await;
+            match &result {
+                Err(e) if e.kind != FailureKind::Data => *conn = None,
+                _ => {}
+            }
+            match result {
+                Err(e) if e.kind == FailureKind::Contention && attempt < CONTENTION_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn commit_once(
+        &self,
+        conn: &mut Option<PgConnection>,
+        batch: Batch<'_>,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let conn = match conn {
+            Some(conn) => conn,
+            None => {
+                let options = self.pool.connect_options();
+                let connecting = PgConnection::connect_with(&options);
+                conn.insert(
+                    tokio::time::timeout(self.connect_timeout, connecting)
+                        .await
+                        .map_err(|_| StorageError::timed_out())??,
+                )
+            }
+        };
+        Ok(tokio::time::timeout(COMMIT_TIMEOUT, commit_batch(conn, batch, self.policy))
+            .await
+            .map_err(|_| StorageError::timed_out())??)
+    }
 }
 
 /// How often a commit that lost a race (deadlock, serialization failure) is tried again.
 const CONTENTION_RETRIES: usize = 3;
-
-/// Commits `events` on this writer's connection (made first if there is none). After a failure
-/// other than a refused value the connection is dropped: its state is unknown (a timeout may
-/// have left a statement running), so the next commit starts over.
-async fn commit(
-    conn: &mut Option<PgConnection>,
-    pool: &PgPool,
-    connect_timeout: Duration,
-    events: &[IncomingEvent],
-) -> Result<Vec<Accepted>, StorageError> {
-    let mut attempt = 0;
-    loop {
-        let result = commit_once(conn, pool, connect_timeout, events).await;
-        match &result {
-            Err(e) if e.kind != FailureKind::Data => *conn = None,
-            _ => {}
-        }
-        match result {
-            Err(e) if e.kind == FailureKind::Contention && attempt < CONTENTION_RETRIES => attempt += 1,
-            other => return other,
-        }
-    }
-}
-
-async fn commit_once(
-    conn: &mut Option<PgConnection>,
-    pool: &PgPool,
-    connect_timeout: Duration,
-    events: &[IncomingEvent],
-) -> Result<Vec<Accepted>, StorageError> {
-    let conn = match conn {
-        Some(conn) => conn,
-        None => {
-            let options = pool.connect_options();
-            let connecting = PgConnection::connect_with(&options);
-            conn.insert(
-                tokio::time::timeout(connect_timeout, connecting)
-                    .await
-                    .map_err(|_| StorageError::timed_out())??,
-            )
-        }
-    };
-    Ok(tokio::time::timeout(COMMIT_TIMEOUT, store::accept(conn, events))
-        .await
-        .map_err(|_| StorageError::timed_out())??)
-}

@@ -29,6 +29,8 @@ pub enum Accepted {
     /// Postgres refused a value in it (one validation let through): nothing of it was stored.
     /// Given by `ingest`, which commits the rest of a batch without it.
     Refused,
+    /// Enforced, and over the customer's limit: not stored (`enforce`).
+    OverLimit,
 }
 
 impl Accepted {
@@ -39,6 +41,7 @@ impl Accepted {
             Accepted::Conflict => "conflict",
             Accepted::Dead => "dead",
             Accepted::Refused => "invalid",
+            Accepted::OverLimit => "refused",
         }
     }
 }
@@ -115,17 +118,12 @@ async fn insert(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result<Vec
     .flatten()
     .collect();
     let mut fresh: HashSet<String> = inserted.into_iter().collect();
-    let mut stored: HashMap<String, (Vec<u8>, String)> = HashMap::new();
-    if fresh.len() < events.len() {
+    let stored = if fresh.len() < events.len() {
         // Rows another request stored: committed by now (ON CONFLICT waited for them).
-        let rows = sqlx::query("SELECT event_id, fingerprint, status FROM outbox WHERE event_id = ANY($1)")
-            .bind(&ids)
-            .fetch_all(&mut *conn)
-            .await?;
-        for row in rows {
-            stored.insert(row.try_get("event_id")?, (row.try_get("fingerprint")?, row.try_get("status")?));
-        }
-    }
+        stored(conn, &ids).await?
+    } else {
+        HashMap::new()
+    };
     let mut outcomes = Vec::with_capacity(events.len());
     let mut vanished = Vec::new();
     for (i, (event, fingerprint)) in events.iter().zip(&fingerprints).enumerate() {
@@ -134,10 +132,8 @@ async fn insert(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result<Vec
         let outcome = if fresh.remove(id) {
             Accepted::New
         } else {
-            match stored.get(id) {
-                Some((stored, status)) if stored == fingerprint && status == "dead" => Accepted::Dead,
-                Some((stored, _)) if stored == fingerprint => Accepted::Duplicate,
-                Some(_) => Accepted::Conflict,
+            match repeat(stored.get(id), fingerprint) {
+                Some(outcome) => outcome,
                 None => {
                     // The row the insert ran into was deleted (pruned) before it could be read:
                     // the answer must match what is stored, so insert it again.
@@ -158,6 +154,32 @@ async fn insert(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result<Vec
         }
     }
     Ok(outcomes)
+}
+
+/// The fingerprint and status of each of `ids` stored.
+pub async fn stored(
+    conn: &mut PgConnection,
+    ids: &[&str],
+) -> Result<HashMap<String, (Vec<u8>, String)>, sqlx::Error> {
+    let rows = sqlx::query("SELECT event_id, fingerprint, status FROM outbox WHERE event_id = ANY($1)")
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut stored = HashMap::with_capacity(rows.len());
+    for row in rows {
+        stored.insert(row.try_get("event_id")?, (row.try_get("fingerprint")?, row.try_get("status")?));
+    }
+    Ok(stored)
+}
+
+/// What an event is to the row stored under its `event_id` (`stored`: fingerprint and status),
+/// if there is one.
+pub fn repeat(stored: Option<&(Vec<u8>, String)>, fingerprint: &[u8]) -> Option<Accepted> {
+    match stored? {
+        (stored, status) if stored == fingerprint && status == "dead" => Some(Accepted::Dead),
+        (stored, _) if stored == fingerprint => Some(Accepted::Duplicate),
+        _ => Some(Accepted::Conflict),
+    }
 }
 
 /// A pending event claimed for delivery.

@@ -26,12 +26,12 @@ use dashmap::DashMap;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::billabear::{BillaBearClient, BillaBearError};
 use crate::cache::{self, Fetch, Known, SnapshotData};
 use crate::config::PendingSettings;
+use crate::db;
 use crate::domain::{CustomerId, SubscriptionId};
 use crate::outbox::event::Target;
 use crate::projection::{self, Figures, Found, Metered, PendingUsage, Projection};
@@ -47,8 +47,6 @@ pub struct Changed {
 
 /// How many changes may wait for their reader; beyond it they are dropped (and counted).
 const CHANGES_QUEUE: usize = 10_000;
-/// How soon listening is tried again after it failed.
-const RELISTEN_AFTER: Duration = Duration::from_secs(1);
 
 /// What [`Pending::start`] started.
 pub struct Started {
@@ -96,7 +94,9 @@ impl Pending {
             changes: sender,
         });
         let (ready, listening_now) = watch::channel(false);
-        let listening = tokio::spawn(listen(inner.clone(), ready)).abort_handle();
+        let listening =
+            tokio::spawn(db::follow(inner.pool.clone(), store::NOTIFY_CHANNEL, inner.clone(), ready))
+                .abort_handle();
         let expiring = tokio::spawn(upkeep(inner.clone())).abort_handle();
         Started {
             pending: Self { inner },
@@ -125,12 +125,7 @@ impl Pending {
             return Projection::counted(known.estimate);
         }
         projection::project(known.estimate, &known.metered, |m: &Metered| {
-            let of = |entries: &[PendingUsage]| {
-                entries
-                    .iter()
-                    .filter(|e| e.code == m.code)
-                    .fold((0.0, 0), |(units, events), e| (units + e.units, events + e.events))
-            };
+            let of = |entries: &[PendingUsage]| projection::pending_of(entries, m.code);
             let pending_under = |target: Target| match replaced {
                 Some((t, entries)) if t == target => of(entries),
                 _ => ledger.get(&target).map_or((0.0, 0), |entries| of(&entries)),
@@ -241,51 +236,19 @@ impl Inner {
     }
 }
 
-/// Keeps the copy equal to Postgres: a full reload whenever listening (re)starts, then a reload
-/// of the targets each batch of notifications names.
-async fn listen(inner: Arc<Inner>, ready: watch::Sender<bool>) {
-    // The first load holds nothing a cached decision was made with: no change to tell of.
-    let mut first = true;
-    loop {
-        let connected = async {
-            let mut listener = PgListener::connect_with(&inner.pool).await?;
-            listener.listen(store::NOTIFY_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = match connected.await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::warn!(error = %e, "pending: cannot LISTEN; retrying");
-                tokio::time::sleep(RELISTEN_AFTER).await;
-                continue;
-            }
-        };
-        // Listening first, then reading everything: nothing changed in between is missed.
-        if let Err(e) = inner.reload(None, !first).await {
-            tracing::warn!(error = %e, "pending: cannot load the pending ledger; retrying");
-            tokio::time::sleep(RELISTEN_AFTER).await;
-            continue;
-        }
-        first = false;
-        ready.send_replace(true);
-        // Ok(None) or an error: the connection was lost, and what was notified meanwhile is
-        // missed; listen again and reload all.
-        while let Ok(Some(notification)) = listener.try_recv().await {
-            let mut targets = store::parse_targets(notification.payload());
-            // Under ingest load every commit notifies: one reload for all that have arrived (while
-            // the last reload ran), not one per commit. A zero timeout takes only what is already
-            // there; giving up on a `try_recv` loses nothing (sqlx takes a message off the socket
-            // only once it is whole).
-            while let Ok(Ok(Some(more))) = tokio::time::timeout(Duration::ZERO, listener.try_recv()).await {
-                targets.extend(store::parse_targets(more.payload()));
-            }
-            targets.sort_by_key(|t| store::target_key(*t));
-            targets.dedup();
-            if let Err(e) = inner.reload(Some(&targets), true).await {
-                tracing::warn!(error = %e, "pending: cannot reload changed targets; reloading all");
-                break;
-            }
-        }
+/// Keeps the copy equal to Postgres (`db::follow`): a full reload whenever listening
+/// (re)starts, then a reload of the targets each batch of notifications names.
+impl db::Follower for Inner {
+    fn reload_all(&self, first: bool) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        // The first load holds nothing a cached decision was made with: no change to tell of.
+        self.reload(None, !first).boxed()
+    }
+
+    fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        let mut targets: Vec<Target> = payloads.iter().flat_map(|p| store::parse_targets(p)).collect();
+        targets.sort_by_key(|t| store::target_key(*t));
+        targets.dedup();
+        async move { Inner::reload(self, Some(&targets), true).await }.boxed()
     }
 }
 

@@ -41,8 +41,8 @@ pub fn parse_targets(payload: &str) -> Vec<Target> {
 }
 
 /// Pending usage per target: of `targets`, or of every target with any when None.
-pub async fn load(
-    pool: &PgPool,
+pub async fn load<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
     targets: Option<&[Target]>,
 ) -> Result<HashMap<Target, Vec<PendingUsage>>, sqlx::Error> {
     // Two statements, not one with `$1 IS NULL OR`: that one scans the whole table. Each reads
@@ -60,7 +60,7 @@ pub async fn load(
                  GROUP BY kind, target, code HAVING sum(events) <> 0",
             )
             .bind(ids)
-            .fetch_all(pool)
+            .fetch_all(conn)
             .await?
             }
             None => sqlx::query(
@@ -71,7 +71,7 @@ pub async fn load(
                  ) AS p
                  GROUP BY kind, target, code HAVING sum(events) <> 0",
             )
-            .fetch_all(pool)
+            .fetch_all(conn)
             .await?,
         };
     let mut ledger: HashMap<Target, Vec<PendingUsage>> = HashMap::new();
@@ -256,6 +256,25 @@ async fn retire(
     Ok(retired)
 }
 
+/// Moves the deltas the given query picks into the sums, in key order (so two folds never
+/// deadlock), returning the sums it changed.
+macro_rules! fold_sql {
+    ($picked:literal) => {
+        concat!(
+            "WITH moved AS (DELETE FROM pending_usage_deltas WHERE id IN (",
+            $picked,
+            ") RETURNING kind, target, code, units, events)
+             INSERT INTO pending_usage AS p (kind, target, code, units, events)
+             SELECT kind, target, code, sum(units), sum(events) FROM moved
+             GROUP BY kind, target, code
+             ORDER BY target, kind, code
+             ON CONFLICT (target, kind, code) DO UPDATE
+                 SET units = p.units + excluded.units, events = p.events + excluded.events
+             RETURNING kind, target, code, events"
+        )
+    };
+}
+
 /// Any constant: the advisory lock that lets one replica at a time fold.
 const FOLD_LOCK: i64 = 0x7573_6167_6570_6664; // "usagepfd"
 
@@ -270,19 +289,10 @@ pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
     if !locked {
         return Ok(0);
     }
-    // In key order, so it never deadlocks with anything else that locks these rows in order.
-    let merged = sqlx::query(
-        "WITH moved AS (DELETE FROM pending_usage_deltas RETURNING kind, target, code, units, events)
-         INSERT INTO pending_usage AS p (kind, target, code, units, events)
-         SELECT kind, target, code, sum(units), sum(events) FROM moved
-         GROUP BY kind, target, code
-         ORDER BY target, kind, code
-         ON CONFLICT (target, kind, code) DO UPDATE
-             SET units = p.units + excluded.units, events = p.events + excluded.events
-         RETURNING kind, target, code, events",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
+    // Deltas an enforced write is folding now (`fold_targets`) are left to it.
+    let merged = sqlx::query(fold_sql!("SELECT id FROM pending_usage_deltas FOR UPDATE SKIP LOCKED"))
+        .fetch_all(&mut *tx)
+        .await?;
     let folded = merged.len() as u64;
     let mut emptied: (Vec<String>, Vec<Uuid>, Vec<String>) = Default::default();
     for row in merged {
@@ -305,6 +315,21 @@ pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
     }
     tx.commit().await?;
     Ok(folded)
+}
+
+/// Folds the deltas of `targets` into their sums, in the caller's transaction: an enforced
+/// write does so under its customer's lock before reading them, so what it reads stays a few
+/// rows however fast the customer's events come. Deltas the periodic fold holds are skipped
+/// (read as deltas); the sums are updated in key order, as there, so the two never deadlock.
+pub async fn fold_targets(conn: &mut sqlx::PgConnection, targets: &[Target]) -> Result<(), sqlx::Error> {
+    let ids: Vec<Uuid> = targets.iter().map(|t| target_key(*t).1).collect();
+    sqlx::query(fold_sql!(
+        "SELECT id FROM pending_usage_deltas WHERE target = ANY($1) FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Retires events delivered longer than `max_age` ago that no counter growth matched (their

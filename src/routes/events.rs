@@ -1,16 +1,29 @@
 //! Usage events in (scope `events`): stored durably before they are acknowledged, then forwarded
 //! to BillaBear by the outbox.
 
+use std::collections::HashMap;
+
 use actix_web::{HttpResponse, web};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::batch_items;
-use crate::check::Decision;
-use crate::error::ApiError;
+use crate::cache::Lookup;
+use crate::check::{Decision, Enforcement};
+use crate::domain::CustomerId;
+use crate::enforce::Gate;
+use crate::error::{ApiError, FieldError};
 use crate::outbox::store::Accepted;
 use crate::outbox::{IncomingEvent, Target};
 use crate::startup::AppState;
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+pub struct EventQuery {
+    /// Store each event only if, with its cost added, the customer's projected estimate (with
+    /// its holds) is not over its lowest DISABLE limit and the customer is not disabled.
+    #[serde(default)]
+    pub enforce: bool,
+}
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventAnswer {
@@ -24,28 +37,57 @@ pub struct EventAnswer {
 }
 
 /// One usage event. 202 once it is committed to Postgres; the same `event_id` again is 200
-/// `duplicate` with the same content and 409 with other content.
+/// `duplicate` with the same content and 409 with other content. With `enforce=true`, 402 and
+/// nothing stored when it does not fit under the customer's limit.
 #[utoipa::path(post, path = "/v1/events", tag = "events", security(("bearer" = [])),
+    params(EventQuery),
     request_body(content = Value, description = "event_id (1-255 chars), code, value (number), properties (object, optional), and subscription or customer"),
     responses(
         (status = 202, description = "Stored; it will be forwarded to BillaBear", body = EventAnswer),
         (status = 200, description = "Stored before with the same content", body = EventAnswer),
         (status = 400, description = "Invalid: every invalid field is named", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 402, description = "enforce=true and it does not fit (code usage_limit_exceeded, with the decision): nothing stored", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "enforce=true with a subscription usage-gate has not seen its customer's listing of", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "event_id stored before with other content (code conflict), or stored before and dead, so not delivered (code event_dead)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable: nothing stored, retry (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_event(
     state: web::Data<AppState>,
+    query: web::Query<EventQuery>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let event = IncomingEvent::parse(&body, "").map_err(ApiError::invalid_fields)?;
     let (event_id, target) = (event.event_id.to_string(), event.target);
-    let outcome = state.ingest.accept(vec![event]).await?;
+    let outcome = if query.enforce {
+        let customer =
+            customer_of(&state, &event, "").map_err(|error| ApiError::unprocessable(vec![error]))?;
+        match state.checker.enforcement(customer).await {
+            Enforcement::Gate { gate, lookup } => {
+                let judged = state.ingest.accept_enforced(vec![event], vec![Some(gate)]).await?;
+                match judged.first() {
+                    Some(&crate::enforce::store::Outcome {
+                        accepted: Accepted::OverLimit,
+                        judged: Some(judged),
+                    }) => {
+                        let decision = state.checker.explain_judged(customer, lookup, &judged);
+                        return Err(ApiError::UsageLimitExceeded(Box::new(decision)));
+                    }
+                    other => other.map(|o| o.accepted),
+                }
+            }
+            Enforcement::Decided(decision) if !decision.allowed => {
+                return Err(ApiError::UsageLimitExceeded(Box::new(decision)));
+            }
+            Enforcement::Decided(_) => state.ingest.accept(vec![event]).await?.first().copied(),
+        }
+    } else {
+        state.ingest.accept(vec![event]).await?.first().copied()
+    };
     let decision = match target {
         Target::Customer(customer) => state.checker.cached_decision(customer),
         Target::Subscription(_) => None,
     };
-    match outcome.first() {
+    match outcome.as_ref() {
         Some(Accepted::New) => {
             Ok(HttpResponse::Accepted().json(EventAnswer { status: "accepted", event_id, decision }))
         }
@@ -76,15 +118,50 @@ fn conflict(event_id: &str) -> ApiError {
     ))
 }
 
+/// The customer an enforced event is judged for: the one it names, or its subscription's owner
+/// as a listing showed it (BillaBear has no lookup the other way).
+fn customer_of(state: &AppState, event: &IncomingEvent, prefix: &str) -> Result<CustomerId, FieldError> {
+    match event.target {
+        Target::Customer(customer) => Ok(customer),
+        Target::Subscription(subscription) => state.subscriptions.owner(subscription).ok_or_else(|| {
+            FieldError::new(
+                format!("{prefix}subscription"),
+                "enforce=true needs the subscription's customer, and usage-gate has not seen it in a \
+                 listing of its customer's subscriptions: send `customer` instead, or check the customer first",
+            )
+        }),
+    }
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchItemResult {
     /// The item's `event_id` as sent, when it had one.
     pub event_id: Option<Value>,
-    /// `accepted`, `duplicate`, `conflict`, `dead` (stored before and not delivered) or
-    /// `invalid`.
+    /// `accepted`, `duplicate`, `conflict`, `dead` (stored before and not delivered),
+    /// `invalid`, or `refused` (enforce=true: it did not fit; nothing stored).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<crate::error::FieldError>,
+    /// `refused` only: `usage_limit_exceeded`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<&'static str>,
+    /// `refused` only: the decision it was judged by (`cost`: what it would have added).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decision: Option<Box<Decision>>,
+}
+
+impl BatchItemResult {
+    fn new(event_id: Option<Value>, status: &'static str, errors: Vec<FieldError>) -> Self {
+        Self { event_id, status, errors, reason: None, decision: None }
+    }
+
+    fn refused(event_id: Option<Value>, decision: Decision) -> Self {
+        Self {
+            reason: Some("usage_limit_exceeded"),
+            decision: Some(Box::new(decision)),
+            ..Self::new(event_id, "refused", vec![])
+        }
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -94,8 +171,11 @@ pub struct EventBatchAnswer {
 }
 
 /// 1 to 1000 events; the valid ones are stored together (one transaction) even when others are
-/// invalid, and each gets its own result.
+/// invalid, and each gets its own result. With `enforce=true` a customer's events are admitted
+/// in order while they fit; from the first that does not, its later ones in the batch are
+/// `refused` too.
 #[utoipa::path(post, path = "/v1/events/batch", tag = "events", security(("bearer" = [])),
+    params(EventQuery),
     request_body(content = Value, description = "{\"events\": [event, ...]}, 1 to 1000"),
     responses(
         (status = 200, description = "A result per event, in order", body = EventBatchAnswer),
@@ -105,42 +185,95 @@ pub struct EventBatchAnswer {
     ))]
 pub async fn post_batch(
     state: web::Data<AppState>,
+    query: web::Query<EventQuery>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let items = batch_items(&body, "events", "events")?;
-    // The valid events go to storage together; each invalid one keeps its errors in its place.
+    // Each item's result, once known; the valid events go to storage together.
+    let mut results: Vec<Option<BatchItemResult>> = Vec::with_capacity(items.len());
     let mut valid = Vec::with_capacity(items.len());
-    let mut invalid = Vec::with_capacity(items.len());
+    let mut customers = Vec::with_capacity(if query.enforce { items.len() } else { 0 });
     for (i, item) in items.iter().enumerate() {
-        match IncomingEvent::parse(item, &format!("events[{i}].")) {
-            Ok(event) => {
-                valid.push(event);
-                invalid.push(None);
+        let prefix = format!("events[{i}].");
+        let parsed = IncomingEvent::parse(item, &prefix).and_then(|event| {
+            let customer = if query.enforce {
+                Some(customer_of(&state, &event, &prefix).map_err(|e| vec![e])?)
+            } else {
+                None
+            };
+            Ok((event, customer))
+        });
+        match parsed {
+            Ok((event, customer)) => {
+                valid.push((i, event));
+                customers.push(customer);
+                results.push(None);
             }
-            Err(errors) => invalid.push(Some(errors)),
+            Err(errors) => {
+                results.push(Some(BatchItemResult::new(item.get("event_id").cloned(), "invalid", errors)))
+            }
         }
     }
-    let mut outcomes = state.ingest.accept(valid).await?.into_iter();
-    let results = items
-        .iter()
-        .zip(invalid)
-        .enumerate()
-        .map(|(i, (item, invalid))| {
-            let event_id = item.get("event_id").cloned();
-            match invalid {
-                None => {
-                    let outcome = outcomes.next().unwrap_or(Accepted::Conflict);
-                    let errors = match outcome {
-                        Accepted::Refused => {
-                            vec![crate::error::FieldError::new(format!("events[{i}]"), REFUSED)]
-                        }
-                        _ => vec![],
-                    };
-                    BatchItemResult { event_id, status: outcome.as_str(), errors }
-                }
-                Some(errors) => BatchItemResult { event_id, status: "invalid", errors },
+    let mut gates: Vec<Option<Gate>> = Vec::new();
+    let mut lookups: HashMap<CustomerId, Lookup> = HashMap::new();
+    if query.enforce {
+        // One lookup per customer; its fallback decision refuses or admits all its events.
+        let mut decided: HashMap<CustomerId, Enforcement> = HashMap::new();
+        for customer in customers.iter().flatten() {
+            if !decided.contains_key(customer) {
+                decided.insert(*customer, state.checker.enforcement(*customer).await);
             }
-        })
+        }
+        let mut kept = Vec::with_capacity(valid.len());
+        for ((i, event), customer) in valid.into_iter().zip(customers) {
+            match customer.and_then(|c| decided.get(&c)) {
+                Some(Enforcement::Gate { gate, lookup }) => {
+                    lookups.entry(gate.customer).or_insert_with(|| lookup.clone());
+                    gates.push(Some(gate.clone()));
+                    kept.push((i, event));
+                }
+                Some(Enforcement::Decided(decision)) if !decision.allowed => {
+                    results[i] =
+                        Some(BatchItemResult::refused(items[i].get("event_id").cloned(), decision.clone()));
+                }
+                _ => {
+                    gates.push(None);
+                    kept.push((i, event));
+                }
+            }
+        }
+        valid = kept;
+    }
+    let (indices, events): (Vec<usize>, Vec<IncomingEvent>) = valid.into_iter().unzip();
+    let judged_for: Vec<Option<CustomerId>> = gates.iter().map(|g| g.as_ref().map(|g| g.customer)).collect();
+    let outcomes = if judged_for.iter().any(Option::is_some) {
+        state.ingest.accept_enforced(events, gates).await?
+    } else {
+        let accepted = state.ingest.accept(events).await?;
+        accepted
+            .into_iter()
+            .map(|accepted| crate::enforce::store::Outcome { accepted, judged: None })
+            .collect()
+    };
+    let judged_for = judged_for.into_iter().chain(std::iter::repeat(None));
+    for ((i, outcome), customer) in indices.into_iter().zip(outcomes).zip(judged_for) {
+        let event_id = items[i].get("event_id").cloned();
+        results[i] = Some(match (outcome.accepted, outcome.judged, customer) {
+            (Accepted::OverLimit, Some(judged), Some(customer)) => {
+                let lookup = lookups[&customer].clone();
+                BatchItemResult::refused(event_id, state.checker.explain_judged(customer, lookup, &judged))
+            }
+            (Accepted::Refused, ..) => BatchItemResult::new(
+                event_id,
+                "invalid",
+                vec![FieldError::new(format!("events[{i}]"), REFUSED)],
+            ),
+            (accepted, ..) => BatchItemResult::new(event_id, accepted.as_str(), vec![]),
+        });
+    }
+    let results = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| BatchItemResult::new(None, Accepted::Conflict.as_str(), vec![])))
         .collect();
     Ok(HttpResponse::Ok().json(EventBatchAnswer { results }))
 }

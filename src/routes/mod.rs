@@ -8,6 +8,7 @@ pub mod health;
 pub mod meta;
 pub mod openapi;
 pub mod outbox;
+pub mod reservations;
 pub mod webhooks;
 
 use actix_web::HttpMessage;
@@ -44,6 +45,22 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics: bool) {
     .service(keyed("/v1/events/batch", Some(Scope::Events), vec![(M::POST, web::to(events::post_batch))]))
     // BillaBear's own route and key header, for services on a BillaBear SDK (checks its own key).
     .service(endpoint("/api/v1/events", vec![(M::POST, web::to(events::post_billabear_event))]))
+    // Creating, committing and releasing need `events`, listing `admin` (checked by each).
+    .service(keyed(
+        "/v1/customers/{customer_id}/reservations",
+        None,
+        vec![(M::POST, web::to(reservations::create)), (M::GET, web::to(reservations::list))],
+    ))
+    .service(keyed(
+        "/v1/reservations/{reservation_id}/commit",
+        Some(Scope::Events),
+        vec![(M::POST, web::to(reservations::commit))],
+    ))
+    .service(keyed(
+        "/v1/reservations/{reservation_id}",
+        Some(Scope::Events),
+        vec![(M::DELETE, web::to(reservations::release))],
+    ))
     .service(keyed("/v1/outbox", Some(Scope::Admin), vec![(M::GET, web::to(outbox::list))]))
     .service(keyed("/v1/outbox/stats", Some(Scope::Admin), vec![(M::GET, web::to(outbox::stats))]))
     .service(keyed("/v1/outbox/retry", Some(Scope::Admin), vec![(M::POST, web::to(outbox::retry_all))]))

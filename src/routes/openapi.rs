@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, audit, check, events, health, meta, outbox, webhooks};
+use super::{admin, audit, check, events, health, meta, outbox, reservations, webhooks};
 use crate::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -27,6 +27,10 @@ use crate::error::{FieldError, Problem};
         events::post_event,
         events::post_batch,
         events::post_billabear_event,
+        reservations::create,
+        reservations::commit,
+        reservations::release,
+        reservations::list,
         outbox::list,
         outbox::retry_one,
         outbox::retry_all,
@@ -43,6 +47,7 @@ use crate::error::{FieldError, Problem};
     tags(
         (name = "check", description = "May a customer keep using the product? (scope check)"),
         (name = "events", description = "Usage events in, stored before acknowledged (scope events)"),
+        (name = "reservations", description = "Holds for work whose cost comes later (scope events; listing: admin)"),
         (name = "admin", description = "Operators (scope admin)"),
         (name = "webhooks", description = "BillaBear's webhooks (the secret is in the URL)"),
         (name = "health", description = "Liveness and readiness"),
@@ -91,7 +96,7 @@ impl Modify for Contract {
                 if operation.request_body.is_some() {
                     statuses.push(("413", "The body is larger than server.max_body_bytes"));
                 }
-                if tagged("admin") || tagged("events") || tagged("webhooks") {
+                if tagged("admin") || tagged("events") || tagged("reservations") || tagged("webhooks") {
                     statuses.push(("503", "Postgres unavailable: nothing was done, retry (Retry-After)"));
                 }
                 for (status, description) in statuses {

@@ -74,7 +74,7 @@ async fn a_decision_explains_itself() {
     assert_eq!(first["customer_id"], INITECH);
     assert_eq!(
         first["estimate"],
-        json!({"amount": 6000, "currency": "USD", "billabear": 6000, "pending": 0, "pending_events": 0,
+        json!({"amount": 6000, "currency": "USD", "billabear": 6000, "pending": 0, "pending_events": 0, "reserved": 0,
                "approximate": false, "as_of": first["as_of"]})
     );
     assert_eq!(first["customer_status"], "active");

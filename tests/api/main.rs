@@ -7,6 +7,7 @@ mod billabear_client;
 mod check;
 mod cli;
 mod crash;
+mod enforce;
 mod events;
 mod helpers;
 mod outbox;

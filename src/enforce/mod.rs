@@ -1,0 +1,180 @@
+//! Enforcement at the point of use: an enforced event is stored, and a hold granted, only if it
+//! fits under the customer's lowest DISABLE limit, judged so that concurrent requests on any
+//! replica are judged one after the other (README, "Enforcement at the point of use").
+//!
+//! - **One customer at a time, in Postgres.** An enforced write takes the customer's
+//!   transaction-scoped advisory lock, reads what the customer's figure is made of in that same
+//!   transaction ([`store::lock_and_load`]), judges, writes and commits. The next writer for the
+//!   customer, on any replica, reads after that commit.
+//! - **What is read under the lock** ([`Ledger`]): the pending usage of the customer's targets,
+//!   BillaBear's counters as last recorded (a replica's cached snapshot may predate a fetch on
+//!   another replica that retired pending usage: the counter's growth since the snapshot is
+//!   added back, so that usage counts once, not zero times), and the open holds.
+//! - **Judging is pure** ([`Ledger::judge_event`], [`Ledger::judge_hold`]): the policy's own
+//!   rule, `policy::decide` with the event's price as `cost`, on the projected estimate.
+
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::cache::{Known, Snapshot, SnapshotData};
+use crate::domain::{CustomerId, SubscriptionId};
+use crate::outbox::event::Target;
+use crate::policy::{self, PolicySettings};
+use crate::projection::{self, Code, Metered, PendingUsage, Projection};
+
+/// A customer's cached snapshot an enforced write is judged against.
+#[derive(Debug, Clone)]
+pub struct Gate {
+    pub customer: CustomerId,
+    snapshot: Arc<Snapshot>,
+}
+
+impl Gate {
+    /// A gate for a customer BillaBear knows (None for the other snapshots: the policy's
+    /// fallbacks decide those without a lock).
+    pub fn new(customer: CustomerId, snapshot: Arc<Snapshot>) -> Option<Self> {
+        matches!(snapshot.data, SnapshotData::Known(_)).then_some(Self { customer, snapshot })
+    }
+
+    pub fn known(&self) -> &Known {
+        match &self.snapshot.data {
+            SnapshotData::Known(known) => known,
+            // `new` takes only known customers.
+            _ => unreachable!("a gate holds a known customer"),
+        }
+    }
+
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
+    }
+
+    /// The targets whose pending usage the customer's figure includes.
+    pub fn targets(&self) -> impl Iterator<Item = Target> + '_ {
+        std::iter::once(Target::Customer(self.customer))
+            .chain(self.known().metered.iter().map(|m| Target::Subscription(m.subscription)))
+    }
+}
+
+/// How one enforced write was judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    pub admitted: bool,
+    /// The customer's projected estimate before it.
+    pub projection: Projection,
+    /// What it adds to the estimate (minor units).
+    pub cost: i64,
+}
+
+/// What customers' figures are made of, read under their locks, plus what was admitted since.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    pub pending: HashMap<Target, Vec<PendingUsage>>,
+    /// BillaBear's counter per subscription (`costs[].usage`) as last recorded by any replica.
+    pub counters: HashMap<SubscriptionId, f64>,
+    /// The customers' open holds (minor units).
+    pub reserved: HashMap<CustomerId, i64>,
+}
+
+impl Ledger {
+    /// The customer's projected estimate: its snapshot's figure brought up to the counters
+    /// recorded since, plus its pending usage and its holds.
+    pub fn project(&self, gate: &Gate) -> Projection {
+        let known = gate.known();
+        let mut billabear = known.estimate;
+        let metered: Vec<Metered> = known
+            .metered
+            .iter()
+            .map(|m| {
+                let mut m = m.clone();
+                if let Some(&usage) = self.counters.get(&m.subscription)
+                    && usage > m.usage
+                    && m.aggregation != projection::Aggregation::Other
+                {
+                    // Counted since the snapshot (and retired from pending usage meanwhile).
+                    billabear = billabear.saturating_add(m.cost_of(usage - m.usage));
+                    m.usage = usage;
+                }
+                m
+            })
+            .collect();
+        let mut projected = projection::project(billabear, &metered, |m| {
+            let mut sum = self.pending_of(Target::Subscription(m.subscription), m.code);
+            if m.takes_customer_events {
+                let (units, events) = self.pending_of(Target::Customer(gate.customer), m.code);
+                sum = (sum.0 + units, sum.1 + events);
+            }
+            sum
+        });
+        projected.reserved = self.reserved.get(&gate.customer).copied().unwrap_or(0);
+        projected
+    }
+
+    fn pending_of(&self, target: Target, code: Code) -> (f64, u64) {
+        self.pending.get(&target).map_or((0.0, 0), |entries| projection::pending_of(entries, code))
+    }
+
+    /// Counts an event as pending (admitted, or stored without enforcement). A code no
+    /// listed price bills costs nothing and is not kept.
+    pub fn add_event(&mut self, target: Target, code: &str, value: f64) {
+        let Some(code) = Code::known(code) else { return };
+        let entries = self.pending.entry(target).or_default();
+        match entries.iter_mut().find(|e| e.code == code) {
+            Some(entry) => {
+                entry.units += value;
+                entry.events += 1;
+            }
+            None => entries.push(PendingUsage { code, units: value, events: 1 }),
+        }
+    }
+
+    /// Judges an event for the gate's customer and, if admitted, counts it.
+    pub fn judge_event(
+        &mut self,
+        gate: &Gate,
+        target: Target,
+        code: &str,
+        value: f64,
+        policy: &PolicySettings,
+    ) -> Judged {
+        let projection = self.project(gate);
+        let cost = self.price_event(gate, target, code, value);
+        let judged = judge(gate.known(), projection, cost, policy);
+        if judged.admitted {
+            self.add_event(target, code, value);
+        }
+        judged
+    }
+
+    /// What an event would add to the customer's estimate now (priced as BillaBear prices
+    /// it on top of what is pending, so the ledger is left as it was).
+    pub fn price_event(&mut self, gate: &Gate, target: Target, code: &str, value: f64) -> i64 {
+        let before = self.project(gate).amount();
+        let saved = self.pending.get(&target).cloned();
+        self.add_event(target, code, value);
+        let after = self.project(gate).amount();
+        match saved {
+            Some(entries) => self.pending.insert(target, entries),
+            None => self.pending.remove(&target),
+        };
+        after.saturating_sub(before)
+    }
+
+    /// Judges a hold of `amount` for the gate's customer and, if granted, counts it.
+    pub fn judge_hold(&mut self, gate: &Gate, amount: i64, policy: &PolicySettings) -> Judged {
+        let judged = judge(gate.known(), self.project(gate), amount, policy);
+        if judged.admitted {
+            let reserved = self.reserved.entry(gate.customer).or_default();
+            *reserved = reserved.saturating_add(amount);
+        }
+        judged
+    }
+}
+
+/// The policy's rule with the write's price as the cost asked about: admitted unless it blocks
+/// (customer disabled, or the estimate, or the estimate plus the cost, over a DISABLE limit).
+fn judge(known: &Known, projection: Projection, cost: i64, policy: &PolicySettings) -> Judged {
+    let verdict = policy::decide(&known.usage(&projection), Some(cost), policy);
+    Judged { admitted: verdict.allowed, projection, cost }
+}

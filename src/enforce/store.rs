@@ -1,0 +1,145 @@
+//! Enforcement in Postgres: the customers' locks, what their figures are made of, and enforced
+//! events judged and stored in one transaction.
+
+use std::collections::{HashMap, HashSet};
+
+use sqlx::{Connection, PgConnection, Row};
+use uuid::Uuid;
+
+use super::{Gate, Judged, Ledger};
+use crate::domain::{CustomerId, SubscriptionId};
+use crate::outbox::IncomingEvent;
+use crate::outbox::event::Target;
+use crate::outbox::store::{self as outbox, Accepted};
+use crate::pending::store as pending;
+use crate::policy::PolicySettings;
+
+/// The class of the customers' advisory locks. Two-key locks never collide with the one-key
+/// locks usage-gate takes elsewhere; two customers whose ids hash alike only wait on each other.
+const CUSTOMER_LOCK_CLASS: i32 = 0x7567_656e; // "ugen"
+
+fn lock_key(customer: CustomerId) -> i32 {
+    let bits = customer.as_uuid().as_u128();
+    (bits ^ (bits >> 64) ^ (bits >> 32)) as i32
+}
+
+/// Takes the customers' locks for the rest of the transaction, in one order (so two
+/// transactions never wait on each other), then reads what their figures are made of.
+pub async fn lock_and_load(conn: &mut PgConnection, gates: &[&Gate]) -> Result<Ledger, sqlx::Error> {
+    if gates.is_empty() {
+        return Ok(Ledger::default());
+    }
+    let mut keys: Vec<i32> = gates.iter().map(|g| lock_key(g.customer)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    // unnest yields the keys in the array's order, and each lock is taken as its row is.
+    sqlx::query("SELECT pg_advisory_xact_lock($1, k) FROM unnest($2::int4[]) AS k")
+        .bind(CUSTOMER_LOCK_CLASS)
+        .bind(&keys)
+        .execute(&mut *conn)
+        .await?;
+    let mut targets: Vec<Target> = gates.iter().flat_map(|g| g.targets()).collect();
+    targets.sort_by_key(|t| pending::target_key(*t));
+    targets.dedup();
+    pending::fold_targets(conn, &targets).await?;
+    let pending = pending::load(&mut *conn, Some(&targets)).await?;
+    let customers: Vec<Uuid> = gates.iter().map(|g| g.customer.as_uuid()).collect();
+    let subscriptions: Vec<Uuid> =
+        gates.iter().flat_map(|g| g.known().metered.iter().map(|m| m.subscription.as_uuid())).collect();
+    // statement_timestamp(), not now(): the transaction may have waited for the locks.
+    let rows = sqlx::query(
+        "SELECT 's' AS kind, subscription_id AS id, usage, 0::bigint AS amount
+         FROM billabear_counters WHERE subscription_id = ANY($1)
+         UNION ALL
+         SELECT 'r', customer_id, 0, sum(amount)::bigint FROM reservations
+         WHERE customer_id = ANY($2) AND closed_at IS NULL AND expires_at > statement_timestamp()
+         GROUP BY customer_id",
+    )
+    .bind(&subscriptions)
+    .bind(&customers)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut ledger = Ledger { pending, ..Ledger::default() };
+    for row in rows {
+        let kind: String = row.try_get("kind")?;
+        let id: Uuid = row.try_get("id")?;
+        if kind == "s" {
+            ledger.counters.insert(SubscriptionId::from(id), row.try_get("usage")?);
+        } else {
+            ledger.reserved.insert(CustomerId::from(id), row.try_get("amount")?);
+        }
+    }
+    Ok(ledger)
+}
+
+/// What became of one event handed to [`accept`]: its outcome, and how it was judged if it was
+/// enforced.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    pub accepted: Accepted,
+    pub judged: Option<Judged>,
+}
+
+/// Stores `events` in one transaction: each with a gate only if it fits (judged in order, under
+/// its customer's lock), the others as they are. `request` numbers each event's request: once
+/// one of a request's events for a customer is refused, its later ones for that customer are
+/// too, so a request's events are never stored out of order. A refused event already stored
+/// answers as the repeat it is (duplicate, dead or conflict), not as refused.
+pub async fn accept(
+    conn: &mut PgConnection,
+    events: &[IncomingEvent],
+    gates: &[Option<Gate>],
+    requests: &[u64],
+    policy: &PolicySettings,
+) -> Result<Vec<Outcome>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let gated: Vec<&Gate> = gates.iter().flatten().collect();
+    let mut ledger = lock_and_load(&mut tx, &gated).await?;
+    let mut stopped: HashSet<(u64, CustomerId)> = HashSet::new();
+    let mut judged = Vec::with_capacity(events.len());
+    for ((event, gate), request) in events.iter().zip(gates).zip(requests) {
+        let Some(gate) = gate else {
+            ledger.add_event(event.target, event.code.as_str(), event.value);
+            judged.push(None);
+            continue;
+        };
+        let mut verdict = ledger.judge_event(gate, event.target, event.code.as_str(), event.value, policy);
+        if verdict.admitted && stopped.contains(&(*request, gate.customer)) {
+            verdict.admitted = false;
+        } else if !verdict.admitted {
+            stopped.insert((*request, gate.customer));
+        }
+        judged.push(Some(verdict));
+    }
+    let refused = |j: &Option<Judged>| j.is_some_and(|j| !j.admitted);
+    let stored = if judged.iter().any(refused) {
+        let admitted: Vec<IncomingEvent> =
+            events.iter().zip(&judged).filter(|(_, j)| !refused(j)).map(|(e, _)| e.clone()).collect();
+        outbox::accept(&mut tx, &admitted).await?
+    } else {
+        outbox::accept(&mut tx, events).await?
+    };
+    let refused_ids: Vec<&str> =
+        events.iter().zip(&judged).filter(|(_, j)| refused(j)).map(|(e, _)| e.event_id.as_str()).collect();
+    let repeats =
+        if refused_ids.is_empty() { HashMap::new() } else { outbox::stored(&mut tx, &refused_ids).await? };
+    tx.commit().await?;
+    let mut stored = stored.into_iter();
+    Ok(events
+        .iter()
+        .zip(judged)
+        .map(|(event, judged)| {
+            let accepted = if refused(&judged) {
+                outbox::repeat(repeats.get(event.event_id.as_str()), &event.fingerprint())
+                    .unwrap_or(Accepted::OverLimit)
+            } else {
+                stored.next().unwrap_or(Accepted::Conflict)
+            };
+            if judged.is_some() {
+                let outcome = if accepted == Accepted::OverLimit { "refused" } else { "admitted" };
+                metrics::counter!("usage_gate_enforced_events_total", "outcome" => outcome).increment(1);
+            }
+            Outcome { accepted, judged }
+        })
+        .collect())
+}

@@ -1,0 +1,365 @@
+//! Reservations (holds) for work whose cost comes later: create (scope `events`), commit the
+//! real usage, release; list a customer's open holds (scope `admin`).
+
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use serde::Serialize;
+use serde_json::Value;
+use tracing_actix_web::RequestId;
+use uuid::Uuid;
+
+use super::customer_id;
+use crate::auth::{Caller, Scope};
+use crate::check::{Decision, Enforcement};
+use crate::domain::{CustomerId, MetricCode};
+use crate::error::{ApiError, FieldError};
+use crate::outbox::{IncomingEvent, Target};
+use crate::projection::Projection;
+use crate::reservations::store::{self, Actor, Ask, Committed, Reservation};
+use crate::startup::AppState;
+
+/// A hold's default lifetime, and the longest one may ask for.
+const DEFAULT_TTL: Duration = Duration::from_secs(60);
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Granted {
+    #[schema(value_type = String, format = Uuid)]
+    pub id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub customer_id: Uuid,
+    /// Minor units set aside.
+    pub amount: i64,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+    /// The customer's decision with this hold counted (`estimate.reserved` includes it).
+    pub decision: Decision,
+}
+
+/// What a request for a hold asks.
+#[derive(Debug, PartialEq)]
+struct HoldRequest {
+    ask: Ask,
+    ttl: Duration,
+}
+
+/// Reads `{"amount": N}` or `{"code", "value"}`, with an optional `ttl_ms`; every invalid field
+/// is named.
+fn parse_hold(body: &Value) -> Result<HoldRequest, Vec<FieldError>> {
+    let Some(object) = body.as_object() else {
+        return Err(vec![FieldError::new("body", "must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    let amount = object.get("amount").filter(|v| !v.is_null());
+    let code = object.get("code").filter(|v| !v.is_null());
+    let value = object.get("value").filter(|v| !v.is_null());
+    let ask = match (amount, code, value) {
+        (Some(amount), None, None) => match amount.as_i64().filter(|a| *a >= 0) {
+            Some(amount) => Some(Ask::Amount(amount)),
+            None => {
+                errors.push(FieldError::new("amount", "must be a whole number of minor units, 0 or more"));
+                None
+            }
+        },
+        (None, code, value) if code.is_some() || value.is_some() => {
+            let code = match code.and_then(Value::as_str).map(MetricCode::parse) {
+                Some(Ok(code)) => Some(code),
+                Some(Err(e)) => {
+                    errors.push(FieldError::new("code", e.to_string()));
+                    None
+                }
+                None => {
+                    errors.push(FieldError::new("code", "required with value: the metric code, a string"));
+                    None
+                }
+            };
+            let value = value.and_then(Value::as_f64).filter(|v| v.is_finite() && *v >= 0.0);
+            if value.is_none() {
+                errors.push(FieldError::new("value", "required with code: a finite number, 0 or more"));
+            }
+            code.zip(value).map(|(code, value)| Ask::Event { code: code.as_str().to_owned(), value })
+        }
+        _ => {
+            errors.push(FieldError::new(
+                "amount",
+                "give either amount (minor units) or code and value, not both",
+            ));
+            None
+        }
+    };
+    let ttl = match object.get("ttl_ms").filter(|v| !v.is_null()) {
+        None => Some(DEFAULT_TTL),
+        Some(ttl) => {
+            let ttl = ttl.as_u64().filter(|ms| *ms >= 1).map(Duration::from_millis).filter(|t| *t <= MAX_TTL);
+            if ttl.is_none() {
+                errors.push(FieldError::new(
+                    "ttl_ms",
+                    "must be a whole number of milliseconds, 1 to 86400000 (24 h)",
+                ));
+            }
+            ttl
+        }
+    };
+    match (ask, ttl) {
+        (Some(ask), Some(ttl)) if errors.is_empty() => Ok(HoldRequest { ask, ttl }),
+        _ => Err(errors),
+    }
+}
+
+fn actor(caller: &Caller, request_id: &RequestId) -> Actor {
+    Actor { name: caller.name.to_string(), request_id: Some(request_id.to_string()) }
+}
+
+fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
+    if caller.has(scope) { Ok(()) } else { Err(ApiError::Forbidden(scope)) }
+}
+
+/// Sets money aside under the customer's lowest DISABLE limit: 201 if the projected estimate
+/// plus its open holds plus this one is not over it, 402 otherwise (nothing held).
+#[utoipa::path(post, path = "/v1/customers/{customer_id}/reservations", tag = "reservations", security(("bearer" = [])),
+    params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
+    request_body(content = Value, description = "{\"amount\": minor units} or {\"code\", \"value\"} (priced like an event), and ttl_ms (optional, default 60000, at most 86400000)"),
+    responses(
+        (status = 201, description = "Granted", body = Granted),
+        (status = 400, description = "Invalid: every invalid field is named", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 402, description = "Does not fit (code usage_limit_exceeded, with the decision): nothing held", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Postgres unavailable: nothing held", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    require(&caller, Scope::Events)?;
+    let customer = customer_id(&path, "customer_id")?;
+    let HoldRequest { ask, ttl } = parse_hold(&body).map_err(ApiError::invalid_fields)?;
+    let actor = actor(&caller, &request_id);
+    let checker = &state.checker;
+    let (reservation, decision) = match checker.enforcement(customer).await {
+        Enforcement::Gate { gate, lookup } => {
+            let created = store::create(&state.pool, &gate, &ask, ttl, &actor, checker.policy()).await?;
+            let judged = created.judged;
+            let Some(reservation) = created.reservation else {
+                let decision = checker.explain_judged(customer, lookup, &judged);
+                return Err(ApiError::UsageLimitExceeded(Box::new(decision)));
+            };
+            let with_hold = Projection {
+                reserved: judged.projection.reserved.saturating_add(reservation.amount),
+                ..judged.projection
+            };
+            (reservation, checker.explain_with(customer, None, lookup, with_hold))
+        }
+        Enforcement::Decided(decision) if !decision.allowed => {
+            return Err(ApiError::UsageLimitExceeded(Box::new(decision)));
+        }
+        // Unknown to BillaBear, or BillaBear unreachable with nothing cached, and the policy
+        // allows: held as asked (an event's price is unknown: 0), the decision says why.
+        Enforcement::Decided(decision) => {
+            let amount = match &ask {
+                Ask::Amount(amount) => *amount,
+                Ask::Event { .. } => 0,
+            };
+            (store::grant(&state.pool, customer, amount, &ask, ttl, &actor).await?, decision)
+        }
+    };
+    Ok(HttpResponse::Created().json(Granted {
+        id: reservation.id,
+        customer_id: reservation.customer_id,
+        amount: reservation.amount,
+        expires_at: reservation.expires_at,
+        decision,
+    }))
+}
+
+fn reservation_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid_field("reservation_id", "must be a UUID"))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CommitAnswer {
+    #[schema(value_type = String, format = Uuid)]
+    pub reservation_id: Uuid,
+    #[schema(value_type = String, format = Uuid)]
+    pub customer_id: Uuid,
+    /// The hold had expired (its events were stored all the same).
+    pub expired: bool,
+    /// One per event, in order.
+    pub results: Vec<CommitResult>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CommitResult {
+    pub event_id: String,
+    /// `accepted`, `duplicate`, `conflict` or `dead`, as for `/v1/events/batch`.
+    pub status: &'static str,
+}
+
+/// Stores the work's real usage (events as for `/v1/events`, all for the reservation's
+/// customer) and closes the hold, in one transaction. Never refused for the limit: the work
+/// was done.
+#[utoipa::path(post, path = "/v1/reservations/{reservation_id}/commit", tag = "reservations", security(("bearer" = [])),
+    params(("reservation_id" = uuid::Uuid, Path)),
+    request_body(content = Value, description = "{\"events\": [event, ...]}, 0 to 1000"),
+    responses(
+        (status = 200, description = "Stored and closed", body = CommitAnswer),
+        (status = 400, description = "Invalid events: every invalid field is named; nothing stored", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such reservation, or it was released", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Committed before: nothing stored this time", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "An event is for another customer than the reservation's: nothing stored", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn commit(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    path: web::Path<String>,
+    body: web::Json<Value>,
+) -> Result<HttpResponse, ApiError> {
+    let id = reservation_id(&path)?;
+    let items = match body.get("events") {
+        Some(Value::Array(items)) if items.len() <= super::MAX_BATCH => items.as_slice(),
+        _ => {
+            return Err(ApiError::invalid_field(
+                "events",
+                format!("required: a list of 0 to {} events", super::MAX_BATCH),
+            ));
+        }
+    };
+    let mut events = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match IncomingEvent::parse(item, &format!("events[{i}].")) {
+            Ok(event) => events.push(event),
+            Err(invalid) => errors.extend(invalid),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::invalid_fields(errors));
+    }
+    let not_found = || ApiError::NotFound(format!("no open or expired reservation {id}"));
+    let Some(reservation) = store::find(&state.pool, id).await? else { return Err(not_found()) };
+    let owner = CustomerId::from(reservation.customer_id);
+    let foreign = foreign_events(&state, &events, owner);
+    if !foreign.is_empty() {
+        return Err(ApiError::unprocessable(foreign));
+    }
+    match store::commit(&state.pool, id, &events, &actor(&caller, &request_id)).await? {
+        Committed::Done { reservation, outcomes, expired } => Ok(HttpResponse::Ok().json(CommitAnswer {
+            reservation_id: reservation.id,
+            customer_id: reservation.customer_id,
+            expired,
+            results: events
+                .iter()
+                .zip(outcomes)
+                .map(|(event, outcome)| CommitResult {
+                    event_id: event.event_id.to_string(),
+                    status: outcome.as_str(),
+                })
+                .collect(),
+        })),
+        Committed::NotFound | Committed::Released => Err(not_found()),
+        Committed::AlreadyCommitted => Err(ApiError::Conflict(format!(
+            "reservation {id} was committed before; nothing was stored this time"
+        ))),
+    }
+}
+
+/// The events that are not the customer's (or whose subscription usage-gate cannot tell is).
+fn foreign_events(state: &AppState, events: &[IncomingEvent], owner: CustomerId) -> Vec<FieldError> {
+    events
+        .iter()
+        .enumerate()
+        .filter_map(|(i, event)| match event.target {
+            Target::Customer(customer) if customer == owner => None,
+            Target::Customer(_) => Some(FieldError::new(
+                format!("events[{i}].customer"),
+                format!("is not the reservation's customer ({owner})"),
+            )),
+            Target::Subscription(subscription) => match state.subscriptions.owner(subscription) {
+                Some(customer) if customer == owner => None,
+                _ => Some(FieldError::new(
+                    format!("events[{i}].subscription"),
+                    format!("is not known to belong to the reservation's customer ({owner}); send `customer` instead"),
+                )),
+            },
+        })
+        .collect()
+}
+
+/// Releases an open hold (the work was not done): 204; 404 if there is none (unknown, or
+/// closed before: committed, released or expired).
+#[utoipa::path(delete, path = "/v1/reservations/{reservation_id}", tag = "reservations", security(("bearer" = [])),
+    params(("reservation_id" = uuid::Uuid, Path)),
+    responses(
+        (status = 204, description = "Released"),
+        (status = 404, description = "No open reservation with this id", body = crate::error::Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn release(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request_id: RequestId,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = reservation_id(&path)?;
+    match store::release(&state.pool, id, &actor(&caller, &request_id)).await? {
+        Some(_) => Ok(HttpResponse::NoContent().finish()),
+        None => Err(ApiError::NotFound(format!("no open reservation {id} (unknown, or already closed)"))),
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReservationList {
+    /// Open and not expired, newest first.
+    pub reservations: Vec<Reservation>,
+}
+
+/// The customer's open holds.
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/reservations", tag = "reservations", security(("bearer" = [])),
+    params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
+    responses((status = 200, body = ReservationList)))]
+pub async fn list(
+    state: web::Data<AppState>,
+    caller: Caller,
+    path: web::Path<String>,
+) -> Result<web::Json<ReservationList>, ApiError> {
+    require(&caller, Scope::Admin)?;
+    let customer = customer_id(&path, "customer_id")?;
+    Ok(web::Json(ReservationList { reservations: store::list_open(&state.pool, customer).await? }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_hold_asks_for_an_amount_or_an_events_price() {
+        assert_eq!(
+            parse_hold(&json!({"amount": 250})).unwrap(),
+            HoldRequest { ask: Ask::Amount(250), ttl: DEFAULT_TTL }
+        );
+        assert_eq!(
+            parse_hold(&json!({"code": "tokens", "value": 1.5, "ttl_ms": 5000})).unwrap(),
+            HoldRequest {
+                ask: Ask::Event { code: "tokens".into(), value: 1.5 },
+                ttl: Duration::from_secs(5)
+            }
+        );
+        let fields = |body: Value| -> Vec<String> {
+            parse_hold(&body).unwrap_err().into_iter().map(|e| e.field).collect()
+        };
+        assert_eq!(fields(json!({})), ["amount"]);
+        assert_eq!(fields(json!({"amount": 5, "code": "x", "value": 1})), ["amount"]);
+        assert_eq!(fields(json!({"amount": -1})), ["amount"]);
+        assert_eq!(fields(json!({"amount": 1.5})), ["amount"]);
+        assert_eq!(fields(json!({"code": "x"})), ["value"]);
+        assert_eq!(fields(json!({"value": 3})), ["code"]);
+        assert_eq!(fields(json!({"amount": 1, "ttl_ms": 0})), ["ttl_ms"]);
+        assert_eq!(fields(json!({"amount": 1, "ttl_ms": 86_400_001})), ["ttl_ms"]);
+        assert_eq!(fields(json!({"amount": "1", "ttl_ms": "5"})), ["amount", "ttl_ms"]);
+        assert_eq!(fields(json!([1])), ["body"]);
+    }
+}
