@@ -96,8 +96,8 @@ pub enum Reason {
     /// Nothing usable was cached and usage-gate's own bound on calls to BillaBear
     /// (`cache.max_concurrent_fetches`, `cache.cold_fetches_per_second`) was reached.
     UpstreamBudgetExhausted,
-    /// A DISABLE limit is exceeded only with the usage BillaBear has not counted yet (its own
-    /// estimate is not over the limit; the projected estimate is).
+    /// A DISABLE limit is exceeded only with what BillaBear has not counted yet: pending usage
+    /// or open holds (its own estimate is not over the limit; the projected estimate is).
     PendingUsageExceedsLimit,
 }
 

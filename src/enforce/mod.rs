@@ -46,10 +46,6 @@ impl Gate {
         }
     }
 
-    pub fn snapshot(&self) -> &Arc<Snapshot> {
-        &self.snapshot
-    }
-
     /// The targets whose pending usage the customer's figure includes.
     pub fn targets(&self) -> impl Iterator<Item = Target> + '_ {
         std::iter::once(Target::Customer(self.customer))
@@ -177,4 +173,104 @@ impl Ledger {
 fn judge(known: &Known, projection: Projection, cost: i64, policy: &PolicySettings) -> Judged {
     let verdict = policy::decide(&known.usage(&projection), Some(cost), policy);
     Judged { admitted: verdict.allowed, projection, cost }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Currency;
+    use crate::domain::{CustomerStatus, LimitAction, LimitId};
+    use crate::policy::{Limit, Mode};
+    use crate::projection::{Aggregation, Figures, Found, Rate};
+
+    /// A customer at `usage` units of `code` at 10 cents a unit (`tax` on top), limited to
+    /// `limit` cents.
+    fn customer(usage: f64, tax: f64, limit: i64, status: CustomerStatus) -> (Gate, SubscriptionId) {
+        let subscription = SubscriptionId::new_v4();
+        let found = Found {
+            subscription,
+            code: "enforce_test_calls",
+            interned: Code::intern("enforce_test_calls"),
+            aggregation: Aggregation::Sum,
+            unit_price: Some(10),
+            including_tax: false,
+            figures: Figures { usage, amount: (usage * 10.0 * tax).round() as i64 },
+        };
+        let known = Known {
+            status,
+            estimate: (usage * 10.0 * tax).round() as i64,
+            currency: Currency::parse("EUR"),
+            limits: Box::new([Limit { id: LimitId::new_v4(), amount: limit, action: LimitAction::Disable }]),
+            metered: Box::new([Metered::new(&found, Rate::PerUnit { unit_price: 10, tax }, false)]),
+        };
+        let snapshot = Arc::new(Snapshot::fetched_at(SnapshotData::Known(known), 0));
+        (Gate::new(CustomerId::new_v4(), snapshot).unwrap(), subscription)
+    }
+
+    const CODE: &str = "enforce_test_calls";
+
+    #[test]
+    fn events_are_admitted_while_the_estimate_with_them_is_not_over_the_limit() {
+        let policy = PolicySettings::default();
+        let (gate, subscription) = customer(0.0, 1.0, 35, CustomerStatus::Active);
+        let mut ledger = Ledger::default();
+        let to_customer = Target::Customer(gate.customer);
+        let judged: Vec<(bool, i64)> = (0..4)
+            .map(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &policy))
+            .map(|j| (j.admitted, j.cost))
+            .collect();
+        assert_eq!(judged, [(true, 10), (true, 10), (true, 10), (false, 10)]);
+        assert_eq!(ledger.project(&gate).amount(), 30, "the refused one is not counted");
+        // Sent to the subscription, the same usage counts the same.
+        let half = ledger.judge_event(&gate, Target::Subscription(subscription), CODE, 0.5, &policy);
+        assert_eq!((half.admitted, half.cost, half.projection.amount()), (true, 5, 30));
+        // A code no price bills costs nothing, and fits while the estimate is not over the limit.
+        let free = ledger.judge_event(&gate, to_customer, "unbilled", 100.0, &policy);
+        assert_eq!((free.admitted, free.cost), (true, 0));
+    }
+
+    #[test]
+    fn events_are_priced_on_top_of_what_is_pending_with_tax_as_billabear_rounds() {
+        let (gate, _) = customer(0.0, 1.19, 10_000, CustomerStatus::Active);
+        let mut ledger = Ledger::default();
+        let target = Target::Customer(gate.customer);
+        // 0.5 units at 11.9 cents: round(5.95) = 6; another 0.5: round(11.9) - 6 = 6.
+        assert_eq!(ledger.price_event(&gate, target, CODE, 0.5), 6);
+        ledger.add_event(target, CODE, 0.5);
+        assert_eq!(ledger.price_event(&gate, target, CODE, 0.5), 6);
+        assert_eq!(ledger.project(&gate).pending, 6, "pricing left the ledger as it was");
+    }
+
+    #[test]
+    fn a_counter_recorded_after_the_snapshot_counts_what_it_retired() {
+        let policy = PolicySettings::default();
+        let (gate, subscription) = customer(2.0, 1.0, 50, CustomerStatus::Active);
+        let mut ledger = Ledger::default();
+        assert_eq!(ledger.project(&gate).amount(), 20);
+        // Another replica saw the counter at 5 (and retired those 3 units from pending).
+        ledger.counters.insert(subscription, 5.0);
+        let projected = ledger.project(&gate);
+        assert_eq!((projected.billabear, projected.pending), (50, 0));
+        assert!(!ledger.judge_event(&gate, Target::Customer(gate.customer), CODE, 0.1, &policy).admitted);
+        // An older figure than the snapshot's changes nothing.
+        ledger.counters.insert(subscription, 1.0);
+        assert_eq!(ledger.project(&gate).amount(), 20);
+    }
+
+    #[test]
+    fn holds_count_until_the_limit_and_a_disabled_customer_gets_nothing() {
+        let policy = PolicySettings::default();
+        let (gate, _) = customer(0.0, 1.0, 100, CustomerStatus::Active);
+        let mut ledger = Ledger::default();
+        let granted: Vec<bool> =
+            [60, 40, 1].iter().map(|a| ledger.judge_hold(&gate, *a, &policy).admitted).collect();
+        assert_eq!(granted, [true, true, false]);
+        assert_eq!(ledger.project(&gate).reserved, 100);
+        assert!(!ledger.judge_event(&gate, Target::Customer(gate.customer), CODE, 0.1, &policy).admitted);
+
+        let (disabled, _) = customer(0.0, 1.0, 100, CustomerStatus::Disabled);
+        assert!(!Ledger::default().judge_hold(&disabled, 0, &policy).admitted);
+        let shadow = PolicySettings { mode: Mode::Shadow, ..PolicySettings::default() };
+        assert!(Ledger::default().judge_hold(&disabled, 0, &shadow).admitted, "shadow mode never refuses");
+    }
 }

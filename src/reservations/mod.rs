@@ -87,6 +87,17 @@ impl Holds {
     }
 }
 
+impl Holds {
+    /// Reads the customer's open holds now, after a change this replica made: its next check
+    /// counts it without waiting for the notification (other replicas get that within
+    /// milliseconds). A failure is only logged: the notification still comes.
+    pub async fn reload(&self, customer: CustomerId) {
+        if let Err(e) = self.inner.reload(Some(&[customer])).await {
+            tracing::warn!(%customer, error = %e, "reservations: cannot reload a customer's holds");
+        }
+    }
+}
+
 impl Inner {
     /// Replaces the copy of `customers` (all when None) with what Postgres holds now.
     async fn reload(&self, customers: Option<&[CustomerId]>) -> Result<(), sqlx::Error> {

@@ -165,6 +165,7 @@ pub async fn create(
             (store::grant(&state.pool, customer, amount, &ask, ttl, &actor).await?, decision)
         }
     };
+    checker.holds.reload(customer).await;
     Ok(HttpResponse::Created().json(Granted {
         id: reservation.id,
         customer_id: reservation.customer_id,
@@ -246,19 +247,22 @@ pub async fn commit(
         return Err(ApiError::unprocessable(foreign));
     }
     match store::commit(&state.pool, id, &events, &actor(&caller, &request_id)).await? {
-        Committed::Done { reservation, outcomes, expired } => Ok(HttpResponse::Ok().json(CommitAnswer {
-            reservation_id: reservation.id,
-            customer_id: reservation.customer_id,
-            expired,
-            results: events
-                .iter()
-                .zip(outcomes)
-                .map(|(event, outcome)| CommitResult {
-                    event_id: event.event_id.to_string(),
-                    status: outcome.as_str(),
-                })
-                .collect(),
-        })),
+        Committed::Done { reservation, outcomes, expired } => {
+            state.checker.holds.reload(owner).await;
+            Ok(HttpResponse::Ok().json(CommitAnswer {
+                reservation_id: reservation.id,
+                customer_id: reservation.customer_id,
+                expired,
+                results: events
+                    .iter()
+                    .zip(outcomes)
+                    .map(|(event, outcome)| CommitResult {
+                        event_id: event.event_id.to_string(),
+                        status: outcome.as_str(),
+                    })
+                    .collect(),
+            }))
+        }
         Committed::NotFound | Committed::Released => Err(not_found()),
         Committed::AlreadyCommitted => Err(ApiError::Conflict(format!(
             "reservation {id} was committed before; nothing was stored this time"
@@ -304,7 +308,10 @@ pub async fn release(
 ) -> Result<HttpResponse, ApiError> {
     let id = reservation_id(&path)?;
     match store::release(&state.pool, id, &actor(&caller, &request_id)).await? {
-        Some(_) => Ok(HttpResponse::NoContent().finish()),
+        Some(reservation) => {
+            state.checker.holds.reload(CustomerId::from(reservation.customer_id)).await;
+            Ok(HttpResponse::NoContent().finish())
+        }
         None => Err(ApiError::NotFound(format!("no open reservation {id} (unknown, or already closed)"))),
     }
 }

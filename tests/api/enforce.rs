@@ -64,6 +64,12 @@ async fn an_enforced_event_is_stored_only_while_it_fits_under_the_disable_limit(
     assert_eq!(decision["reasons"], json!(["would_exceed_disable_limit", "near_limit"]));
     assert_eq!(app.stored_for(&customer).await, 3, "nothing of the refused event was stored");
 
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    for outcome in ["admitted", "refused"] {
+        let line = format!("usage_gate_enforced_events_total{{outcome=\"{outcome}\"}}");
+        assert!(metrics.contains(&line), "{line} in metrics");
+    }
+
     // Without enforce the same event is stored: enforcement is the caller's choice.
     assert_eq!(app.post_event(&call("over", &customer)).await.status(), 202);
     assert_eq!(app.stored_for(&customer).await, 4);

@@ -12,5 +12,6 @@ mod events;
 mod helpers;
 mod outbox;
 mod pending;
+mod reservations;
 mod service;
 mod simulator;
