@@ -98,12 +98,13 @@ pub async fn record(pool: &PgPool, entry: &Entry) -> Result<i64, sqlx::Error> {
 }
 
 /// Inserts one record in the caller's transaction, so it commits with the change it records.
-/// The insert lock is held until that transaction ends: take it last.
+/// The insert lock is taken by the same statement (the id is drawn once it is held) and held
+/// until that transaction ends: call it last.
 pub async fn record_in(conn: &mut sqlx::PgConnection, entry: &Entry) -> Result<i64, sqlx::Error> {
-    lock_inserts(conn).await?;
     sqlx::query_scalar(
-        "INSERT INTO audit_log (actor, action, customer_id, target_id, outcome, upstream_status, request_id, details)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        "WITH locked AS (SELECT pg_advisory_xact_lock($9))
+         INSERT INTO audit_log (actor, action, customer_id, target_id, outcome, upstream_status, request_id, details)
+         SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM locked RETURNING id",
     )
     .bind(storable(&entry.actor))
     .bind(storable(&entry.action))
@@ -113,6 +114,7 @@ pub async fn record_in(conn: &mut sqlx::PgConnection, entry: &Entry) -> Result<i
     .bind(entry.upstream_status.map(|s| s as i16))
     .bind(&entry.request_id)
     .bind(storable_json(&entry.details))
+    .bind(INSERT_LOCK)
     .fetch_one(&mut *conn)
     .await
 }

@@ -77,24 +77,27 @@ pub async fn load<'c>(
     let mut ledger: HashMap<Target, Vec<PendingUsage>> = HashMap::new();
     for row in rows {
         let kind: String = row.try_get("kind")?;
-        let id: Uuid = row.try_get("target")?;
-        let target = if kind == "c" {
-            Target::Customer(CustomerId::from(id))
-        } else {
-            Target::Subscription(SubscriptionId::from(id))
-        };
         let code: String = row.try_get("code")?;
-        // A code no listed price bills is priced by no subscription: not kept. A customer
-        // fetched later with such a price interns the code, then reloads its targets.
-        let Some(code) = Code::known(&code) else { continue };
-        let events: i64 = row.try_get("events")?;
-        ledger.entry(target).or_default().push(PendingUsage {
-            code,
-            units: row.try_get("units")?,
-            events: u64::try_from(events).unwrap_or(0),
-        });
+        if let Some((target, usage)) =
+            entry(&kind, row.try_get("target")?, &code, row.try_get("units")?, row.try_get("events")?)
+        {
+            ledger.entry(target).or_default().push(usage);
+        }
     }
     Ok(ledger)
+}
+
+/// One row of pending usage as the copy keeps it. A code no listed price bills is priced by
+/// no subscription: not kept (a customer fetched later with such a price interns the code,
+/// then reloads its targets).
+pub fn entry(kind: &str, id: Uuid, code: &str, units: f64, events: i64) -> Option<(Target, PendingUsage)> {
+    let target = if kind == "c" {
+        Target::Customer(CustomerId::from(id))
+    } else {
+        Target::Subscription(SubscriptionId::from(id))
+    };
+    let code = Code::known(code)?;
+    Some((target, PendingUsage { code, units, events: u64::try_from(events).unwrap_or(0) }))
 }
 
 /// A subscription's counter as one fetch saw it.
@@ -256,24 +259,30 @@ async fn retire(
     Ok(retired)
 }
 
-/// Moves the deltas the given query picks into the sums, in key order (so two folds never
-/// deadlock), returning the sums it changed.
-macro_rules! fold_sql {
+/// Two common table expressions that move the deltas the given query picks into the sums, in
+/// key order (so two folds never deadlock): `folded` returns the sums they changed.
+macro_rules! fold_ctes {
     ($picked:literal) => {
         concat!(
-            "WITH moved AS (DELETE FROM pending_usage_deltas WHERE id IN (",
+            "moved AS (DELETE FROM pending_usage_deltas WHERE id IN (",
             $picked,
-            ") RETURNING kind, target, code, units, events)
-             INSERT INTO pending_usage AS p (kind, target, code, units, events)
-             SELECT kind, target, code, sum(units), sum(events) FROM moved
-             GROUP BY kind, target, code
-             ORDER BY target, kind, code
-             ON CONFLICT (target, kind, code) DO UPDATE
-                 SET units = p.units + excluded.units, events = p.events + excluded.events
-             RETURNING kind, target, code, events"
+            ") RETURNING kind, target, code, units, events),
+             folded AS (
+                 INSERT INTO pending_usage AS p (kind, target, code, units, events)
+                 SELECT kind, target, code, sum(units), sum(events) FROM moved
+                 GROUP BY kind, target, code
+                 ORDER BY target, kind, code
+                 ON CONFLICT (target, kind, code) DO UPDATE
+                     SET units = p.units + excluded.units, events = p.events + excluded.events
+                 RETURNING kind, target, code, events)"
         )
     };
 }
+
+/// Also for enforced writes, which fold the deltas of the targets they read under their
+/// customer's lock (`enforce::store::lock_and_load`): deltas the periodic fold holds are
+/// skipped (read as deltas), and both update the sums in key order, so they never deadlock.
+pub(crate) use fold_ctes;
 
 /// Any constant: the advisory lock that lets one replica at a time fold.
 const FOLD_LOCK: i64 = 0x7573_6167_6570_6664; // "usagepfd"
@@ -290,9 +299,13 @@ pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
         return Ok(0);
     }
     // Deltas an enforced write is folding now (`fold_targets`) are left to it.
-    let merged = sqlx::query(fold_sql!("SELECT id FROM pending_usage_deltas FOR UPDATE SKIP LOCKED"))
-        .fetch_all(&mut *tx)
-        .await?;
+    let merged = sqlx::query(concat!(
+        "WITH ",
+        fold_ctes!("SELECT id FROM pending_usage_deltas FOR UPDATE SKIP LOCKED"),
+        " SELECT kind, target, code, events FROM folded"
+    ))
+    .fetch_all(&mut *tx)
+    .await?;
     let folded = merged.len() as u64;
     let mut emptied: (Vec<String>, Vec<Uuid>, Vec<String>) = Default::default();
     for row in merged {
@@ -315,21 +328,6 @@ pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
     }
     tx.commit().await?;
     Ok(folded)
-}
-
-/// Folds the deltas of `targets` into their sums, in the caller's transaction: an enforced
-/// write does so under its customer's lock before reading them, so what it reads stays a few
-/// rows however fast the customer's events come. Deltas the periodic fold holds are skipped
-/// (read as deltas); the sums are updated in key order, as there, so the two never deadlock.
-pub async fn fold_targets(conn: &mut sqlx::PgConnection, targets: &[Target]) -> Result<(), sqlx::Error> {
-    let ids: Vec<Uuid> = targets.iter().map(|t| target_key(*t).1).collect();
-    sqlx::query(fold_sql!(
-        "SELECT id FROM pending_usage_deltas WHERE target = ANY($1) FOR UPDATE SKIP LOCKED"
-    ))
-    .bind(ids)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// Retires events delivered longer than `max_age` ago that no counter growth matched (their

@@ -347,9 +347,10 @@ impl Expose for SecretString {
 
 /// Asserts an RFC 9457 problem body with this status and code; returns the body.
 pub async fn assert_problem(response: reqwest::Response, status: u16, code: &str) -> Value {
-    assert_eq!(response.status().as_u16(), status);
+    let actual = response.status().as_u16();
     assert_eq!(response.headers()["content-type"], "application/problem+json");
     let body: Value = response.json().await.unwrap();
+    assert_eq!(actual, status, "{body}");
     assert_eq!(body["status"], status);
     assert_eq!(body["code"], code);
     assert_eq!(body["type"], format!("urn:usage-gate:problem:{code}"));

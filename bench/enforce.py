@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Enforcement at the point of use (issue 11), in one run on this machine, 64 connections (wrk):
+
+  1. plain single events (POST /v1/events) for a customer far from its limit: the baseline;
+  2. enforced single events (?enforce=true) for the same customer, interleaved with 1 round by
+     round; the ratio enforced/plain is the figure (target >= 50%);
+  3. one customer at its limit: enforced events (every one refused, 402) and plain events;
+  4. reservation create -> commit round trips (one 1-cent hold, then its commit with one event).
+
+The simulator's counter is held and BillaBear "hangs" on /events, so the forwarder does no
+other work during the runs (as in events.py's ingest runs).
+
+Needs Postgres at 127.0.0.1:5432 and wrk.
+
+  python3 bench/enforce.py [--duration 8] [--rounds 3]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from common import Processes, psql, request, wait_for, write_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+APP, SIM = "127.0.0.1:18080", "127.0.0.1:18090"
+KEY, SIM_KEY = "bench-enforce-key-0123456789", "bench-sim-key"
+DB = "usage_gate_bench_enforce"
+DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
+
+
+def sim(method, path, body=None):
+    return request(method, f"http://{SIM}/_sim{path}", body, timeout=10)
+
+
+def customer(usage, limit):
+    """A customer billed 1 cent per api call, `usage` calls counted, a DISABLE limit of `limit`."""
+    view = sim("POST", "/customers", {"subscriptions": [{"metric": "api_calls", "unit_price": 1.0, "usage": usage}],
+                                      "limits": [{"amount": limit, "action": "DISABLE"}]})
+    return view["id"]
+
+
+def wrk(path, lua, duration, expect):
+    """Requests/s; every answer must have status `expect` (wrk counts the others)."""
+    out = subprocess.run(["wrk", "-t2", "-c64", f"-d{duration}s", "-s", lua, f"http://{APP}{path}"],
+                         capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    unexpected = re.search(r"unexpected (\d+)", out)
+    if unexpected and int(unexpected.group(1)) > 0:
+        sys.exit(f"{path}: {unexpected.group(1)} answers were not {expect}:\n{out}")
+    return rate
+
+
+# Each wrk thread counts the answers it did not expect; `wrk` reads the total from its output.
+COUNT_UNEXPECTED = """done = function()
+  local n = 0
+  for _, t in ipairs(threads) do n = n + t:get("unexpected") end
+  io.write("unexpected " .. n .. "\\n")
+end
+"""
+
+
+def event_script(work, name, customer, expect):
+    """Fresh single events for `customer`; reports answers other than `expect`."""
+    path = os.path.join(work, f"{name}.lua")
+    event = ('{\\"event_id\\":\\"%s-%d\\",\\"customer\\":\\"' + customer +
+             '\\",\\"code\\":\\"api_calls\\",\\"value\\":1}')
+    with open(path, "w") as f:
+        f.write(f"""
+local threads = {{}}
+function setup(thread) table.insert(threads, thread); thread:set("id", "{name}-" .. #threads) end
+function init(args) counter = 0; unexpected = 0 end
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {KEY}"
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, string.format("{event}", id, counter))
+end
+response = function(status) if status ~= {expect} then unexpected = unexpected + 1 end end
+{COUNT_UNEXPECTED}""")
+    return path
+
+
+def hold_script(work, customer):
+    """Each connection alternates: create a 1-cent hold, then commit it with one event."""
+    path = os.path.join(work, "holds.lua")
+    with open(path, "w") as f:
+        f.write(f"""
+local threads = {{}}
+function setup(thread) table.insert(threads, thread); thread:set("id", "hold-" .. #threads) end
+function init(args) counter = 0; unexpected = 0; ready = {{}} end
+request = function()
+  local headers = {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {KEY}"}}
+  local hold = table.remove(ready)
+  if hold then
+    counter = counter + 1
+    local body = string.format('{{"events":[{{"event_id":"%s-%d","customer":"{customer}","code":"api_calls","value":1}}]}}', id, counter)
+    return wrk.format("POST", "/v1/reservations/" .. hold .. "/commit", headers, body)
+  end
+  return wrk.format("POST", "/v1/customers/{customer}/reservations", headers, '{{"amount":1}}')
+end
+response = function(status, headers, body)
+  if status == 201 then
+    table.insert(ready, string.match(body, '"id":"([0-9a-f-]+)"'))
+  elseif status ~= 200 then
+    unexpected = unexpected + 1
+  end
+end
+{COUNT_UNEXPECTED}""")
+    return path
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    for tool in ("wrk", "psql"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed")
+    subprocess.run(["cargo", "build", "--release", "--bin", "usage-gate"], cwd=ROOT, check=True)
+    psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    work = tempfile.mkdtemp(prefix="usage-gate-bench-enforce-")
+    config = os.path.join(work, "usage-gate.toml")
+    write_config(config, APP, SIM, SIM_KEY, KEY, ["events", "check", "admin"])
+    plain, enforced, at_limit_enforced, at_limit_plain, round_trips = [], [], [], [], []
+    with Processes() as procs:
+        binary = os.path.join(RELEASE, "usage-gate")
+        procs.start([binary, "sim", "--address", SIM, "--api-key", SIM_KEY, "--workers", "1",
+                     "--tick-ms", "86400000"])
+        wait_for(f"http://{SIM}/_sim/healthz", "the simulator")
+        procs.start([binary, "--config", config, "serve"], env=dict(os.environ, DATABASE_URL=DB_URL))
+        wait_for(f"http://{APP}/healthz", "usage-gate")
+        far = customer(0, 10**15)
+        full = customer(100, 100)
+        holder = customer(0, 10**15)
+        for c in (far, full, holder):
+            request("GET", f"http://{APP}/v1/customers/{c}/check", headers={"Authorization": f"Bearer {KEY}"})
+        sim("PUT", "/faults", {"outage": "hang", "only": "events"})
+        for r in range(args.rounds):
+            plain.append(wrk("/v1/events", event_script(work, f"plain{r}", far, 202), args.duration, 202))
+            enforced.append(wrk("/v1/events?enforce=true", event_script(work, f"enforced{r}", far, 202),
+                                args.duration, 202))
+            at_limit_enforced.append(wrk("/v1/events?enforce=true", event_script(work, f"refused{r}", full, 402),
+                                         args.duration, 402))
+            at_limit_plain.append(wrk("/v1/events", event_script(work, f"full{r}", full, 202), args.duration, 202))
+            before = int(psql(DB, "SELECT count(*) FROM reservations WHERE closed_as = 'committed'"))
+            wrk("/", hold_script(work, holder), args.duration, 200)
+            after = int(psql(DB, "SELECT count(*) FROM reservations WHERE closed_as = 'committed'"))
+            round_trips.append((after - before) / args.duration)
+    shutil.rmtree(work, ignore_errors=True)
+
+    ratios = [e / p for e, p in zip(enforced, plain)]
+    print()
+    print(f"{args.rounds} rounds of {args.duration} s, wrk -t2 -c64, one event per request")
+    print(f"plain events, customer far from its limit:     median {statistics.median(plain):>8.0f}/s  {[round(x) for x in plain]}")
+    print(f"enforced events, the same customer:            median {statistics.median(enforced):>8.0f}/s  {[round(x) for x in enforced]}")
+    print(f"  enforced / plain, round by round:            median {statistics.median(ratios):>8.0%}   {[f'{x:.0%}' for x in ratios]}")
+    print(f"enforced events, customer at its limit (402):  median {statistics.median(at_limit_enforced):>8.0f}/s  {[round(x) for x in at_limit_enforced]}")
+    print(f"plain events, the customer at its limit:       median {statistics.median(at_limit_plain):>8.0f}/s  {[round(x) for x in at_limit_plain]}")
+    print(f"reservation create -> commit round trips:      median {statistics.median(round_trips):>8.0f}/s  {[round(x) for x in round_trips]}")
+
+
+if __name__ == "__main__":
+    main()
