@@ -9,6 +9,9 @@
 //! one request and nothing waits; under heavy load, the requests that arrived during the
 //! previous commit. Workers commit independently, so their commits overlap; within a worker a
 //! second commit overlaps the first only when a large backlog waits (see `COMMITTERS`).
+//!
+//! Requests with enforced events (`enforce`) go to one more writer, on a thread of its own (see
+//! [`Ingest::new`]): its commits judge them under their customers' locks.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -128,7 +131,7 @@ impl Ingest {
     /// Stores the events (in a transaction shared with other requests on this thread) and
     /// answers for each, in order, once committed.
     pub async fn accept(&self, events: Vec<IncomingEvent>) -> Result<Vec<Accepted>, StorageError> {
-        let outcomes = self.commit(Job { events, gates: vec![], reply: dropped() }).await?;
+        let outcomes = self.commit(events, vec![]).await?;
         Ok(outcomes.into_iter().map(|o| o.accepted).collect())
     }
 
@@ -140,28 +143,30 @@ impl Ingest {
         gates: Vec<Option<Gate>>,
     ) -> Result<Vec<Outcome>, StorageError> {
         debug_assert_eq!(events.len(), gates.len());
-        self.commit(Job { events, gates, reply: dropped() }).await
+        self.commit(events, gates).await
     }
 
-    async fn commit(&self, mut job: Job) -> Result<Vec<Outcome>, StorageError> {
+    async fn commit(
+        &self,
+        events: Vec<IncomingEvent>,
+        gates: Vec<Option<Gate>>,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let closed = || StorageError::from(sqlx::Error::PoolClosed);
+        let (reply, answer) = oneshot::channel();
+        let job = Job { events, gates, reply };
         if !job.gates.is_empty() {
-            let (reply, answer) = oneshot::channel();
-            job.reply = reply;
-            self.enforced.send(job).map_err(|_| StorageError::from(sqlx::Error::PoolClosed))?;
-            return answer.await.map_err(|_| StorageError::from(sqlx::Error::PoolClosed))?;
+            self.enforced.send(job).map_err(|_| closed())?;
+            return answer.await.map_err(|_| closed())?;
         }
         let writer = WRITERS.with_borrow(|writers| writers.get(&self.id).filter(|w| w.alive()).cloned());
         let Some(writer) = writer else {
             // No writer here (not a worker thread, or its writer has stopped): one commit per call.
             let mut conn = self.pool.acquire().await?;
-            let requests = vec![0; job.events.len()];
-            let batch = Batch { events: &job.events, gates: &job.gates, requests: &requests };
-            return Ok(commit_batch(&mut conn, batch, &self.policy).await?);
+            let accepted = store::accept(&mut conn, &job.events).await?;
+            return Ok(accepted.into_iter().map(|accepted| Outcome { accepted, judged: None }).collect());
         };
-        let (reply, answer) = oneshot::channel();
-        job.reply = reply;
         writer.push(job);
-        answer.await.map_err(|_| StorageError::from(sqlx::Error::PoolClosed))?
+        answer.await.map_err(|_| closed())?
     }
 }
 
@@ -175,11 +180,6 @@ async fn enforced_writer(
     while let Some(job) = queue.recv().await {
         writer.push(job);
     }
-}
-
-/// A reply nobody waits for (replaced before a job is queued).
-fn dropped() -> Reply {
-    oneshot::channel().0
 }
 
 /// Commits a batch: through `enforce` when any event is enforced, else one plain statement.

@@ -254,16 +254,25 @@ impl db::Follower for Inner {
 
 /// How often the deltas commits append are folded into the sums.
 const FOLD_EVERY: Duration = Duration::from_secs(1);
+/// How often the ledger's tables are vacuumed (see [`store::vacuum`]).
+const VACUUM_EVERY: Duration = Duration::from_secs(5);
 
-/// Folds the ledger's deltas every [`FOLD_EVERY`], and retires delivered events older than
-/// `pending.max_age` that no counter growth matched.
+/// Folds the ledger's deltas every [`FOLD_EVERY`], vacuums its tables every [`VACUUM_EVERY`],
+/// and retires delivered events older than `pending.max_age` that no counter growth matched.
 async fn upkeep(inner: Arc<Inner>) {
     let expire_every = (inner.settings.max_age / 4).min(Duration::from_secs(60));
     let mut expired_at = tokio::time::Instant::now();
+    let mut vacuumed_at = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(FOLD_EVERY).await;
         if let Err(e) = store::fold(&inner.pool).await {
             tracing::warn!(error = %e, "pending: cannot fold the ledger's deltas");
+        }
+        if vacuumed_at.elapsed() >= VACUUM_EVERY {
+            vacuumed_at = tokio::time::Instant::now();
+            if let Err(e) = store::vacuum(&inner.pool).await {
+                tracing::warn!(error = %e, "pending: cannot vacuum the ledger's tables");
+            }
         }
         if expired_at.elapsed() < expire_every {
             continue;

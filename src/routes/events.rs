@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::batch_items;
-use crate::cache::Lookup;
 use crate::check::{Decision, Enforcement};
 use crate::domain::CustomerId;
 use crate::enforce::Gate;
@@ -215,10 +214,9 @@ pub async fn post_batch(
         }
     }
     let mut gates: Vec<Option<Gate>> = Vec::new();
-    let mut lookups: HashMap<CustomerId, Lookup> = HashMap::new();
+    // One lookup per customer; a fallback decision refuses or admits all its events.
+    let mut decided: HashMap<CustomerId, Enforcement> = HashMap::new();
     if query.enforce {
-        // One lookup per customer; its fallback decision refuses or admits all its events.
-        let mut decided: HashMap<CustomerId, Enforcement> = HashMap::new();
         for customer in customers.iter().flatten() {
             if !decided.contains_key(customer) {
                 decided.insert(*customer, state.checker.enforcement(*customer).await);
@@ -227,8 +225,7 @@ pub async fn post_batch(
         let mut kept = Vec::with_capacity(valid.len());
         for ((i, event), customer) in valid.into_iter().zip(customers) {
             match customer.and_then(|c| decided.get(&c)) {
-                Some(Enforcement::Gate { gate, lookup }) => {
-                    lookups.entry(gate.customer).or_insert_with(|| lookup.clone());
+                Some(Enforcement::Gate { gate, .. }) => {
                     gates.push(Some(gate.clone()));
                     kept.push((i, event));
                 }
@@ -259,10 +256,13 @@ pub async fn post_batch(
     for ((i, outcome), customer) in indices.into_iter().zip(outcomes).zip(judged_for) {
         let event_id = items[i].get("event_id").cloned();
         results[i] = Some(match (outcome.accepted, outcome.judged, customer) {
-            (Accepted::OverLimit, Some(judged), Some(customer)) => {
-                let lookup = lookups[&customer].clone();
-                BatchItemResult::refused(event_id, state.checker.explain_judged(customer, lookup, &judged))
-            }
+            (Accepted::OverLimit, Some(judged), Some(customer)) => match decided.get(&customer) {
+                Some(Enforcement::Gate { lookup, .. }) => {
+                    let decision = state.checker.explain_judged(customer, lookup.clone(), &judged);
+                    BatchItemResult::refused(event_id, decision)
+                }
+                _ => BatchItemResult::new(event_id, "refused", vec![]),
+            },
             (Accepted::Refused, ..) => BatchItemResult::new(
                 event_id,
                 "invalid",
