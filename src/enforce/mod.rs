@@ -64,7 +64,7 @@ pub struct Judged {
 }
 
 /// What customers' figures are made of, read under their locks, plus what was admitted since.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Ledger {
     pub pending: HashMap<Target, Vec<PendingUsage>>,
     /// BillaBear's counter per subscription (`costs[].usage`) as last recorded by any replica.
