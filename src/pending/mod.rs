@@ -254,7 +254,7 @@ impl db::Follower for Inner {
 
 /// How often the deltas commits append are folded into the sums.
 const FOLD_EVERY: Duration = Duration::from_secs(1);
-/// How often the ledger's tables are vacuumed (see [`store::vacuum`]).
+/// How often the ledger's tables are vacuumed if they need it (see [`store::vacuum`]).
 const VACUUM_EVERY: Duration = Duration::from_secs(5);
 
 /// Folds the ledger's deltas every [`FOLD_EVERY`], vacuums its tables every [`VACUUM_EVERY`],
@@ -270,8 +270,10 @@ async fn upkeep(inner: Arc<Inner>) {
         }
         if vacuumed_at.elapsed() >= VACUUM_EVERY {
             vacuumed_at = tokio::time::Instant::now();
-            if let Err(e) = store::vacuum(&inner.pool).await {
-                tracing::warn!(error = %e, "pending: cannot vacuum the ledger's tables");
+            match store::vacuum(&inner.pool).await {
+                Ok(tables) if !tables.is_empty() => tracing::debug!(?tables, "pending: vacuumed"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pending: cannot vacuum the ledger's tables"),
             }
         }
         if expired_at.elapsed() < expire_every {

@@ -330,16 +330,34 @@ pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(folded)
 }
 
-/// Vacuums the ledger's two small, busy tables. Every accepted event appends a delta that a
-/// fold deletes within a second, and every fold rewrites its sums: at thousands of events a
-/// second their dead rows pile up faster than autovacuum (once a minute at most) clears them,
-/// and each enforced write's read of a customer's deltas stepped over all of them (enforced
-/// events fell from 88% to 57% of plain ones within a minute of load, `bench/enforce.py`, and
-/// came back after a VACUUM). A replica vacuuming already is skipped.
-pub async fn vacuum(pool: &PgPool) -> Result<(), sqlx::Error> {
-    sqlx::raw_sql("VACUUM (SKIP_LOCKED) pending_usage_deltas, pending_usage").execute(pool).await?;
-    Ok(())
+/// Vacuums those of the ledger's two small, busy tables holding more than [`VACUUM_AT`] dead
+/// rows. Every accepted event appends a delta that a fold deletes within a second, and every
+/// fold rewrites its sums: at thousands of events a second their dead rows pile up faster than
+/// autovacuum (once a minute at most) clears them, and each enforced write's read of a
+/// customer's deltas stepped over all of them (enforced events fell from 88% to 57% of plain
+/// ones within a minute of load, `bench/enforce.py`, and came back after a VACUUM). A table
+/// another replica is vacuuming is skipped. Returns the tables vacuumed.
+pub async fn vacuum(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    let busy: Vec<String> = sqlx::query_scalar(
+        "SELECT relname::text FROM pg_stat_user_tables
+         WHERE relname IN ('pending_usage_deltas', 'pending_usage') AND n_dead_tup > $1",
+    )
+    .bind(VACUUM_AT)
+    .fetch_all(pool)
+    .await?;
+    for table in &busy {
+        let statement = match table.as_str() {
+            "pending_usage_deltas" => "VACUUM (SKIP_LOCKED) pending_usage_deltas",
+            _ => "VACUUM (SKIP_LOCKED) pending_usage",
+        };
+        sqlx::raw_sql(statement).execute(pool).await?;
+    }
+    Ok(busy)
 }
+
+/// Dead rows that make a ledger table worth vacuuming: a fraction of a second of a busy customer's events,
+/// and none at all while nothing is accepted.
+const VACUUM_AT: i64 = 1_000;
 
 /// Retires events delivered longer than `max_age` ago that no counter growth matched (their
 /// metric is not their subscription's, or BillaBear never counted them): they stop counting.

@@ -343,3 +343,27 @@ async fn folding_the_ledgers_deltas_keeps_its_sums_and_drops_what_reached_zero()
         app.check_until(&customer, WITHIN, Instant::now(), |d| d["estimate"]["pending_events"] == 0).await;
     assert_eq!(estimate(&after), (0, 0, 0, 0));
 }
+
+#[tokio::test]
+async fn a_replica_vacuums_the_ledger_once_its_dead_rows_pile_up() {
+    let app = TestApp::spawn().await;
+    let vacuums = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = 'pending_usage_deltas'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(vacuums().await, 0);
+    // A delta per commit (one statement's events for a target share one), each deleted by the
+    // next fold: 1,100 commits leave dead rows past the threshold.
+    for i in 0..1100 {
+        let response = app.post_event(&sum_event(&format!("dead-{i}"), ACME_SUBSCRIPTION, 1.0)).await;
+        assert_eq!(response.status(), 202);
+    }
+    eventually(Duration::from_secs(20), "the deltas table vacuumed", || async {
+        (vacuums().await > 0).then_some(())
+    })
+    .await;
+}
