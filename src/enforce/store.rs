@@ -131,10 +131,15 @@ pub async fn accept(
             judged.push(None);
             continue;
         };
-        let mut verdict = ledger.judge_event(gate, event.target, event.code.as_str(), event.value, policy);
-        if verdict.admitted && stopped.contains(&(*request, gate.customer)) {
-            verdict.admitted = false;
-        } else if !verdict.admitted {
+        let (target, code, value) = (event.target, event.code.as_str(), event.value);
+        let verdict = if stopped.contains(&(*request, gate.customer)) {
+            // Refused after an earlier one, and so not counted for the events after it.
+            let projection = ledger.project(gate);
+            Judged { admitted: false, projection, cost: ledger.price_event(gate, target, code, value) }
+        } else {
+            ledger.judge_event(gate, target, code, value, policy)
+        };
+        if !verdict.admitted {
             stopped.insert((*request, gate.customer));
         }
         judged.push(Some(verdict));
