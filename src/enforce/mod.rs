@@ -21,6 +21,7 @@ use std::sync::Arc;
 use crate::cache::{Known, Snapshot, SnapshotData};
 use crate::domain::{CustomerId, SubscriptionId};
 use crate::outbox::event::Target;
+use crate::pending;
 use crate::policy::{self, PolicySettings};
 use crate::projection::{self, Code, Metered, PendingUsage, Projection};
 
@@ -96,12 +97,7 @@ impl Ledger {
             })
             .collect();
         let mut projected = projection::project(billabear, &metered, |m| {
-            let mut sum = self.pending_of(Target::Subscription(m.subscription), m.code);
-            if m.takes_customer_events {
-                let (units, events) = self.pending_of(Target::Customer(gate.customer), m.code);
-                sum = (sum.0 + units, sum.1 + events);
-            }
-            sum
+            pending::pending_for(gate.customer, m, |target| self.pending_of(target, m.code))
         });
         projected.reserved = self.reserved.get(&gate.customer).copied().unwrap_or(0);
         projected
@@ -135,7 +131,7 @@ impl Ledger {
         policy: &PolicySettings,
     ) -> Judged {
         let projection = self.project(gate);
-        let cost = self.price_event(gate, target, code, value);
+        let cost = self.price_after(gate, projection, target, code, value);
         let judged = judge(gate.known(), projection, cost, policy);
         if judged.admitted {
             self.add_event(target, code, value);
@@ -143,10 +139,30 @@ impl Ledger {
         judged
     }
 
+    /// An event refused whatever it costs (an earlier event of its request for the customer
+    /// was refused): its price and the projection, and it is not counted.
+    pub fn refuse_event(&mut self, gate: &Gate, target: Target, code: &str, value: f64) -> Judged {
+        let projection = self.project(gate);
+        let cost = self.price_after(gate, projection, target, code, value);
+        Judged { admitted: false, projection, cost }
+    }
+
     /// What an event would add to the customer's estimate now (priced as BillaBear prices
     /// it on top of what is pending, so the ledger is left as it was).
     pub fn price_event(&mut self, gate: &Gate, target: Target, code: &str, value: f64) -> i64 {
-        let before = self.project(gate).amount();
+        let before = self.project(gate);
+        self.price_after(gate, before, target, code, value)
+    }
+
+    /// [`Ledger::price_event`] with the customer's projection as it stands (`before`).
+    fn price_after(
+        &mut self,
+        gate: &Gate,
+        before: Projection,
+        target: Target,
+        code: &str,
+        value: f64,
+    ) -> i64 {
         let saved = self.pending.get(&target).cloned();
         self.add_event(target, code, value);
         let after = self.project(gate).amount();
@@ -154,7 +170,7 @@ impl Ledger {
             Some(entries) => self.pending.insert(target, entries),
             None => self.pending.remove(&target),
         };
-        after.saturating_sub(before)
+        after.saturating_sub(before.amount())
     }
 
     /// Judges a hold of `amount` for the gate's customer and, if granted, counts it.

@@ -133,9 +133,7 @@ pub async fn accept(
         };
         let (target, code, value) = (event.target, event.code.as_str(), event.value);
         let verdict = if stopped.contains(&(*request, gate.customer)) {
-            // Refused after an earlier one, and so not counted for the events after it.
-            let projection = ledger.project(gate);
-            Judged { admitted: false, projection, cost: ledger.price_event(gate, target, code, value) }
+            ledger.refuse_event(gate, target, code, value)
         } else {
             ledger.judge_event(gate, target, code, value, policy)
         };

@@ -14,6 +14,17 @@ pub enum Target {
     Customer(CustomerId),
 }
 
+impl Target {
+    /// The customer the target is: the one it names, or the subscription's owner as `owner`
+    /// knows it (BillaBear has no lookup from a subscription to its customer).
+    pub fn customer(self, owner: impl FnOnce(SubscriptionId) -> Option<CustomerId>) -> Option<CustomerId> {
+        match self {
+            Target::Customer(customer) => Some(customer),
+            Target::Subscription(subscription) => owner(subscription),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncomingEvent {
     pub event_id: EventId,

@@ -38,6 +38,22 @@ use crate::projection::{self, Figures, Found, Metered, PendingUsage, Projection}
 use crate::subscriptions::Subscriptions;
 use store::Observation;
 
+/// The units and events pending for one of `customer`'s usage subscriptions: those sent to it,
+/// plus those sent to the customer when it takes them. `under` gives a target's, for `m`'s code.
+pub fn pending_for(
+    customer: CustomerId,
+    m: &Metered,
+    mut under: impl FnMut(Target) -> (f64, u64),
+) -> (f64, u64) {
+    let (mut units, mut events) = under(Target::Subscription(m.subscription));
+    if m.takes_customer_events {
+        let (u, e) = under(Target::Customer(customer));
+        units += u;
+        events += e;
+    }
+    (units, events)
+}
+
 /// A target whose pending usage changed, with what it was before (for decision transitions).
 #[derive(Debug)]
 pub struct Changed {
@@ -130,17 +146,13 @@ impl Pending {
                 Some((t, entries)) if t == target => of(entries),
                 _ => ledger.get(&target).map_or((0.0, 0), |entries| of(&entries)),
             };
-            let (mut units, mut events) = if any_subscriptions || replaced.is_some() {
-                pending_under(Target::Subscription(m.subscription))
-            } else {
-                (0.0, 0)
-            };
-            if m.takes_customer_events && (any_customers || replaced.is_some()) {
-                let (u, e) = pending_under(Target::Customer(customer));
-                units += u;
-                events += e;
-            }
-            (units, events)
+            pending_for(customer, m, |target| {
+                let any = match target {
+                    Target::Customer(_) => any_customers,
+                    Target::Subscription(_) => any_subscriptions,
+                };
+                if any || replaced.is_some() { pending_under(target) } else { (0.0, 0) }
+            })
         })
     }
 

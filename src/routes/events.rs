@@ -120,16 +120,13 @@ fn conflict(event_id: &str) -> ApiError {
 /// The customer an enforced event is judged for: the one it names, or its subscription's owner
 /// as a listing showed it (BillaBear has no lookup the other way).
 fn customer_of(state: &AppState, event: &IncomingEvent, prefix: &str) -> Result<CustomerId, FieldError> {
-    match event.target {
-        Target::Customer(customer) => Ok(customer),
-        Target::Subscription(subscription) => state.subscriptions.owner(subscription).ok_or_else(|| {
-            FieldError::new(
-                format!("{prefix}subscription"),
-                "enforce=true needs the subscription's customer, and usage-gate has not seen it in a \
-                 listing of its customer's subscriptions: send `customer` instead, or check the customer first",
-            )
-        }),
-    }
+    event.target.customer(|s| state.subscriptions.owner(s)).ok_or_else(|| {
+        FieldError::new(
+            format!("{prefix}subscription"),
+            "enforce=true needs the subscription's customer, and usage-gate has not seen it in a \
+             listing of its customer's subscriptions: send `customer` instead, or check the customer first",
+        )
+    })
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -272,22 +272,22 @@ pub async fn commit(
 
 /// The events that are not the customer's (or whose subscription usage-gate cannot tell is).
 fn foreign_events(state: &AppState, events: &[IncomingEvent], owner: CustomerId) -> Vec<FieldError> {
+    let field = |target: Target| match target {
+        Target::Customer(_) => ("customer", format!("is not the reservation's customer ({owner})")),
+        Target::Subscription(_) => (
+            "subscription",
+            format!(
+                "is not known to belong to the reservation's customer ({owner}); send `customer` instead"
+            ),
+        ),
+    };
     events
         .iter()
         .enumerate()
-        .filter_map(|(i, event)| match event.target {
-            Target::Customer(customer) if customer == owner => None,
-            Target::Customer(_) => Some(FieldError::new(
-                format!("events[{i}].customer"),
-                format!("is not the reservation's customer ({owner})"),
-            )),
-            Target::Subscription(subscription) => match state.subscriptions.owner(subscription) {
-                Some(customer) if customer == owner => None,
-                _ => Some(FieldError::new(
-                    format!("events[{i}].subscription"),
-                    format!("is not known to belong to the reservation's customer ({owner}); send `customer` instead"),
-                )),
-            },
+        .filter(|(_, event)| event.target.customer(|s| state.subscriptions.owner(s)) != Some(owner))
+        .map(|(i, event)| {
+            let (name, message) = field(event.target);
+            FieldError::new(format!("events[{i}].{name}"), message)
         })
         .collect()
 }
