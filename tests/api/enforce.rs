@@ -29,6 +29,26 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// Waits until `n` of the customer's events (sent with its id) are delivered.
+    pub async fn await_delivered(&self, customer: &str, n: i64) {
+        let customer = uuid::Uuid::parse_str(customer).unwrap();
+        eventually(
+            std::time::Duration::from_secs(10),
+            format!("{n} events of {customer} delivered"),
+            || async {
+                let delivered: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM outbox WHERE customer_id = $1 AND status = 'delivered'",
+                )
+                .bind(customer)
+                .fetch_one(&self.pool)
+                .await
+                .unwrap();
+                (delivered == n).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Outbox rows stored for the customer (sent with its id).
     pub async fn stored_for(&self, customer: &str) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM outbox WHERE customer_id = $1")
@@ -209,16 +229,7 @@ async fn concurrent_enforced_events_on_two_replicas_store_exactly_what_fits() {
         .fetch_all(&a.pool)
         .await
         .unwrap();
-    eventually(std::time::Duration::from_secs(10), "every stored event delivered", || async {
-        let delivered: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE customer_id = $1 AND status = 'delivered'")
-                .bind(uuid::Uuid::parse_str(&customer).unwrap())
-                .fetch_one(&a.pool)
-                .await
-                .unwrap();
-        (delivered == 100).then_some(())
-    })
-    .await;
+    a.await_delivered(&customer, 100).await;
     for i in 0..200 {
         let id = format!("race-{i}");
         let expected = u64::from(accepted.contains(&id));
@@ -235,16 +246,7 @@ async fn usage_another_replica_saw_counted_still_counts_for_a_replica_with_an_ol
     for i in 0..3 {
         assert_eq!(a.post_enforced(&call(&format!("e{i}"), &customer)).await.status(), 202);
     }
-    eventually(std::time::Duration::from_secs(10), "the events delivered", || async {
-        let delivered: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE customer_id = $1 AND status = 'delivered'")
-                .bind(uuid::Uuid::parse_str(&customer).unwrap())
-                .fetch_one(&a.pool)
-                .await
-                .unwrap();
-        (delivered == 3).then_some(())
-    })
-    .await;
+    a.await_delivered(&customer, 3).await;
     // BillaBear counts them; B fetches, sees the counter grow and retires them from pending.
     a.sim.tick().await;
     let on_b = b.check(&customer).await;
