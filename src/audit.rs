@@ -48,6 +48,41 @@ impl Outcome {
     }
 }
 
+/// Who makes a change, for the audit log.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// The API key's name, or `usage-gate` for its own work (expiries).
+    pub name: String,
+    pub request_id: Option<String>,
+}
+
+impl Actor {
+    /// usage-gate itself.
+    pub fn usage_gate() -> Self {
+        Self { name: "usage-gate".into(), request_id: None }
+    }
+
+    /// A record of `action` on `target` by this actor, succeeded.
+    pub fn entry(
+        &self,
+        action: &str,
+        customer: CustomerId,
+        target: String,
+        details: serde_json::Value,
+    ) -> Entry {
+        Entry {
+            actor: self.name.clone(),
+            action: action.into(),
+            customer: Some(customer),
+            target: Some(target),
+            outcome: Outcome::Success,
+            upstream_status: None,
+            request_id: self.request_id.clone(),
+            details,
+        }
+    }
+}
+
 /// What to record.
 #[derive(Debug, Clone)]
 pub struct Entry {

@@ -7,6 +7,7 @@ use crate::billabear::BillaBearError;
 use crate::cache::{Currency, Known, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Timestamp};
 use crate::enforce::{Gate, Judged};
+use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
 use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
 use crate::projection::Projection;
@@ -21,7 +22,8 @@ pub struct Decision {
     pub status: Status,
     /// Stable codes: customer_disabled, disable_limit_exceeded, would_exceed_disable_limit,
     /// warning_limit_exceeded, near_limit, customer_not_found, upstream_unavailable,
-    /// upstream_budget_exhausted, pending_usage_exceeds_limit.
+    /// upstream_budget_exhausted, pending_usage_exceeds_limit, override_allow, override_block,
+    /// override_raise.
     #[schema(value_type = Vec<String>)]
     pub reasons: Reasons,
     /// The projected cost estimate for the period that every rule judges (minor units, tax
@@ -41,9 +43,13 @@ pub struct Decision {
     #[schema(value_type = Option<String>, format = DateTime)]
     pub as_of: Option<Timestamp>,
     pub age_ms: Option<u64>,
-    /// Shadow mode only: whether enforcing would have denied.
+    /// Shadow mode: whether enforcing would have denied. Under an override: whether the
+    /// decision without it would have denied.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub would_block: Option<bool>,
+    /// The operator's override in force, which decided this answer.
+    #[serde(rename = "override", skip_serializing_if = "Option::is_none")]
+    pub applied_override: Option<OverrideView>,
 }
 
 /// The estimate and its parts, in minor units of its ISO 4217 currency ("" when BillaBear has
@@ -102,7 +108,7 @@ pub enum Enforcement {
 /// Decision counters, registered once so the hot path does no registry lookups.
 struct DecisionMetrics {
     by_status: [Counter; 4],
-    by_reason: [Counter; 9],
+    by_reason: [Counter; 12],
     shadow_would_block: Counter,
 }
 
@@ -135,13 +141,21 @@ pub struct Checker {
     pub pending: Pending,
     /// This replica's copy of the open holds, added too.
     pub holds: Holds,
+    /// This replica's copy of the open overrides.
+    pub overrides: Overrides,
     policy: PolicySettings,
     metrics: DecisionMetrics,
 }
 
 impl Checker {
-    pub fn new(cache: SnapshotCache, pending: Pending, holds: Holds, policy: PolicySettings) -> Self {
-        Self { cache, pending, holds, policy, metrics: DecisionMetrics::new() }
+    pub fn new(
+        cache: SnapshotCache,
+        pending: Pending,
+        holds: Holds,
+        overrides: Overrides,
+        policy: PolicySettings,
+    ) -> Self {
+        Self { cache, pending, holds, overrides, policy, metrics: DecisionMetrics::new() }
     }
 
     pub fn policy(&self) -> &PolicySettings {
@@ -158,7 +172,8 @@ impl Checker {
     /// when BillaBear does not know it or cannot be asked, by the fallback policy's decision.
     pub async fn enforcement(&self, id: CustomerId) -> Enforcement {
         let lookup = self.cache.lookup(id).await;
-        match lookup.snapshot.clone().and_then(|snapshot| Gate::new(id, snapshot)) {
+        let applied = self.overrides.active(id, now_ms());
+        match lookup.snapshot.clone().and_then(|snapshot| Gate::new(id, snapshot, applied)) {
             Some(gate) => Enforcement::Gate { gate, lookup },
             None => Enforcement::Decided(self.explain(id, None, lookup)),
         }
@@ -210,33 +225,39 @@ impl Checker {
         project: impl FnOnce(&Known) -> Projection,
         now: u64,
     ) -> Decision {
-        let decision = explain(id, cost, lookup, project, &self.policy, now);
+        let applied = self.overrides.active(id, now);
+        let decision = explain(id, cost, lookup, project, applied.as_ref(), &self.policy, now);
         self.metrics.record(&decision);
         decision
     }
 }
 
 /// The usage status a snapshot of a known customer decides with the estimate `project` makes
-/// of it (`None` for unknown customers and the unavailable marker).
+/// of it, under the override `applied` (`None` for unknown customers and the unavailable
+/// marker).
 pub fn usage_status(
     data: &SnapshotData,
     project: impl FnOnce(&Known) -> Projection,
+    applied: Option<&Override>,
     settings: &PolicySettings,
 ) -> Option<Status> {
     let SnapshotData::Known(known) = data else { return None };
-    Some(policy::decide(&known.usage(&project(known)), None, settings).status)
+    Some(policy::decide_with(&known.usage(&project(known)), None, applied.map(|o| o.effect), settings).status)
 }
 
 /// Builds the explained decision from a lookup, with the estimate `project` makes of a known
-/// customer's snapshot. Pure: `now` is passed in.
+/// customer's snapshot, under the override `applied` (in force at `now`). Pure: `now` is passed
+/// in.
 pub fn explain(
     id: CustomerId,
     cost: Option<i64>,
     lookup: Lookup,
     project: impl FnOnce(&Known) -> Projection,
+    applied: Option<&Override>,
     settings: &PolicySettings,
     now: u64,
 ) -> Decision {
+    let effect = applied.map(|o| o.effect);
     let empty = |verdict: Verdict, source: Source, snapshot: Option<&Snapshot>| Decision {
         customer_id: id,
         allowed: verdict.allowed,
@@ -251,6 +272,7 @@ pub fn explain(
         as_of: snapshot.map(|s| Timestamp(s.fetched_at_ms)),
         age_ms: snapshot.map(|s| s.age_ms(now)),
         would_block: verdict.would_block,
+        applied_override: applied.map(Override::view),
     };
     let Some(snapshot) = lookup.snapshot else {
         let why = if lookup.budget_exhausted {
@@ -258,16 +280,16 @@ pub fn explain(
         } else {
             Reason::UpstreamUnavailable
         };
-        return empty(policy::upstream_unavailable(why, settings), Source::Fallback, None);
+        return empty(policy::upstream_unavailable(why, effect, settings), Source::Fallback, None);
     };
     let known = match &snapshot.data {
         SnapshotData::Known(known) => known,
         SnapshotData::NotFound => {
-            return empty(policy::unknown_customer(settings), lookup.source, Some(snapshot.as_ref()));
+            return empty(policy::unknown_customer(effect, settings), lookup.source, Some(snapshot.as_ref()));
         }
         SnapshotData::Unavailable => {
             return empty(
-                policy::upstream_unavailable(Reason::UpstreamUnavailable, settings),
+                policy::upstream_unavailable(Reason::UpstreamUnavailable, effect, settings),
                 Source::Fallback,
                 None,
             );
@@ -275,7 +297,7 @@ pub fn explain(
     };
     let projection = project(known);
     let amount = projection.amount();
-    let verdict = policy::decide(&known.usage(&projection), cost, settings);
+    let verdict = policy::decide_with(&known.usage(&projection), cost, effect, settings);
     Decision {
         limits: known
             .limits
@@ -344,16 +366,19 @@ mod tests {
     fn usage_status_is_the_policys_status_for_known_customers_only() {
         let settings = PolicySettings::default();
         let disable = &[(100, LimitAction::Disable)];
-        assert_eq!(usage_status(&known(10, disable), counted, &settings), Some(Status::Ok));
+        assert_eq!(usage_status(&known(10, disable), counted, None, &settings), Some(Status::Ok));
         assert_eq!(
-            usage_status(&known(100, disable), counted, &settings),
+            usage_status(&known(100, disable), counted, None, &settings),
             Some(Status::Warning),
             "near the limit"
         );
-        assert_eq!(usage_status(&known(101, disable), counted, &settings), Some(Status::Blocked));
-        assert_eq!(usage_status(&known(10, disable), with_pending(91), &settings), Some(Status::Blocked));
-        assert_eq!(usage_status(&SnapshotData::NotFound, counted, &settings), None);
-        assert_eq!(usage_status(&SnapshotData::Unavailable, counted, &settings), None);
+        assert_eq!(usage_status(&known(101, disable), counted, None, &settings), Some(Status::Blocked));
+        assert_eq!(
+            usage_status(&known(10, disable), with_pending(91), None, &settings),
+            Some(Status::Blocked)
+        );
+        assert_eq!(usage_status(&SnapshotData::NotFound, counted, None, &settings), None);
+        assert_eq!(usage_status(&SnapshotData::Unavailable, counted, None, &settings), None);
     }
 
     #[test]
@@ -363,6 +388,7 @@ mod tests {
             None,
             lookup(known(60, &[(100, LimitAction::Disable)]), 0, Source::Cache),
             with_pending(45),
+            None,
             &PolicySettings::default(),
             NOW,
         );
@@ -387,6 +413,7 @@ mod tests {
             None,
             lookup(known(150, &[(100, LimitAction::Disable)]), 45_000, Source::Stale),
             counted,
+            None,
             &PolicySettings::default(),
             NOW,
         );
@@ -417,7 +444,7 @@ mod tests {
         let id = CustomerId::new_v4();
         let closed = PolicySettings { fail_mode: FailMode::Closed, ..PolicySettings::default() };
         for lookup in [Lookup::fallback(false), lookup(SnapshotData::Unavailable, 10, Source::Cache)] {
-            let d = explain(id, Some(5), lookup, counted, &closed, NOW);
+            let d = explain(id, Some(5), lookup, counted, None, &closed, NOW);
             assert_eq!(
                 (d.allowed, d.status, d.fallback, d.source),
                 (false, Status::Unknown, true, Source::Fallback)
@@ -434,6 +461,7 @@ mod tests {
             None,
             Lookup::fallback(true),
             counted,
+            None,
             &PolicySettings::default(),
             NOW,
         );
@@ -448,6 +476,7 @@ mod tests {
             None,
             lookup(SnapshotData::NotFound, 3, Source::Cache),
             counted,
+            None,
             &PolicySettings::default(),
             NOW,
         );

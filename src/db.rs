@@ -167,6 +167,34 @@ pub trait Follower: Send + Sync + 'static {
     fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>>;
 }
 
+/// The customers named by notifications whose payloads list customer ids, comma-separated
+/// (the `notify_customers` trigger's), sorted and once each.
+pub fn notified_customers(payloads: &[String]) -> Vec<crate::domain::CustomerId> {
+    let mut customers: Vec<crate::domain::CustomerId> = payloads
+        .iter()
+        .flat_map(|p| p.split(','))
+        .filter_map(|id| crate::domain::CustomerId::parse(id).ok())
+        .collect();
+    customers.sort_unstable();
+    customers.dedup();
+    customers
+}
+
+/// Runs `work` every `period` until aborted; a failure is logged (as `what`) and tried again at
+/// the next turn.
+pub async fn every<F, Fut, T>(period: std::time::Duration, what: &'static str, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    loop {
+        tokio::time::sleep(period).await;
+        if let Err(e) = work().await {
+            tracing::warn!(error = %e, "cannot {what}");
+        }
+    }
+}
+
 /// How soon listening is tried again after it failed.
 const RELISTEN_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 

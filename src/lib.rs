@@ -15,6 +15,7 @@ pub mod error;
 pub mod invalidation;
 pub mod memo;
 pub mod outbox;
+pub mod overrides;
 pub mod pending;
 pub mod policy;
 pub mod projection;

@@ -99,10 +99,16 @@ pub enum Reason {
     /// A DISABLE limit is exceeded only with what BillaBear has not counted yet: pending usage
     /// or open holds (its own estimate is not over the limit; the projected estimate is).
     PendingUsageExceedsLimit,
+    /// An operator's `allow` override lets the customer through.
+    OverrideAllow,
+    /// An operator's `block` override stops the customer.
+    OverrideBlock,
+    /// An operator's `raise` override sets the DISABLE threshold judged.
+    OverrideRaise,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 12] = [
         Reason::CustomerDisabled,
         Reason::DisableLimitExceeded,
         Reason::WouldExceedDisableLimit,
@@ -112,6 +118,9 @@ impl Reason {
         Reason::UpstreamUnavailable,
         Reason::UpstreamBudgetExhausted,
         Reason::PendingUsageExceedsLimit,
+        Reason::OverrideAllow,
+        Reason::OverrideBlock,
+        Reason::OverrideRaise,
     ];
 
     pub fn code(self) -> &'static str {
@@ -125,6 +134,9 @@ impl Reason {
             Reason::UpstreamUnavailable => "upstream_unavailable",
             Reason::UpstreamBudgetExhausted => "upstream_budget_exhausted",
             Reason::PendingUsageExceedsLimit => "pending_usage_exceeds_limit",
+            Reason::OverrideAllow => "override_allow",
+            Reason::OverrideBlock => "override_block",
+            Reason::OverrideRaise => "override_raise",
         }
     }
 
@@ -137,6 +149,36 @@ impl Reason {
             self,
             Reason::CustomerDisabled | Reason::DisableLimitExceeded | Reason::WouldExceedDisableLimit
         )
+    }
+}
+
+/// What an operator's override does to a decision while it lasts (`overrides`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Allowed whatever the usage says.
+    Allow,
+    /// Denied whatever the usage says.
+    Block,
+    /// Every DISABLE limit judged at this amount instead (minor units); BillaBear's own
+    /// `disabled` status still blocks.
+    Raise(i64),
+}
+
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Block => "block",
+            Effect::Raise(_) => "raise",
+        }
+    }
+
+    fn reason(self) -> Reason {
+        match self {
+            Effect::Allow => Reason::OverrideAllow,
+            Effect::Block => Reason::OverrideBlock,
+            Effect::Raise(_) => Reason::OverrideRaise,
+        }
     }
 }
 
@@ -226,6 +268,42 @@ pub struct Verdict {
 /// The decision for a known customer; `cost` (minor units, not negative) asks whether that much
 /// more may be spent.
 pub fn decide(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -> Verdict {
+    decide_with(usage, cost, None, settings)
+}
+
+/// [`decide`] under an operator's override, if one is active.
+pub fn decide_with(
+    usage: &Usage<'_>,
+    cost: Option<i64>,
+    effect: Option<Effect>,
+    settings: &PolicySettings,
+) -> Verdict {
+    let truth = judge(usage, cost, settings);
+    let raised = match effect {
+        Some(Effect::Raise(amount)) => {
+            let limits: Vec<Limit> = usage
+                .limits
+                .iter()
+                .filter(|l| l.action != LimitAction::Disable)
+                .copied()
+                .chain([Limit { id: LimitId::from(uuid::Uuid::nil()), amount, action: LimitAction::Disable }])
+                .collect();
+            Some(judge(&Usage { limits: &limits, ..*usage }, cost, settings))
+        }
+        _ => None,
+    };
+    settle(truth, effect, raised, settings)
+}
+
+/// A decision before the mode and any override are applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Raw {
+    allowed: bool,
+    status: Status,
+    reasons: Reasons,
+}
+
+fn judge(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -> Raw {
     let mut reasons = Reasons::default();
     if usage.disabled {
         reasons.insert(Reason::CustomerDisabled);
@@ -258,19 +336,42 @@ pub fn decide(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -
     } else {
         Status::Ok
     };
-    apply_mode(status != Status::Blocked, status, reasons, settings)
+    Raw { allowed: status != Status::Blocked, status, reasons }
 }
 
 /// BillaBear answered 404 for the customer.
-pub fn unknown_customer(settings: &PolicySettings) -> Verdict {
+pub fn unknown_customer(effect: Option<Effect>, settings: &PolicySettings) -> Verdict {
     let allowed = settings.unknown_customer == UnknownCustomer::Allow;
-    apply_mode(allowed, Status::Unknown, [Reason::CustomerNotFound].into(), settings)
+    let truth = Raw { allowed, status: Status::Unknown, reasons: [Reason::CustomerNotFound].into() };
+    settle(truth, effect, None, settings)
 }
 
 /// BillaBear unreachable (or not asked, `why` says) and nothing usable cached.
-pub fn upstream_unavailable(why: Reason, settings: &PolicySettings) -> Verdict {
+pub fn upstream_unavailable(why: Reason, effect: Option<Effect>, settings: &PolicySettings) -> Verdict {
     let allowed = settings.fail_mode == FailMode::Open;
-    apply_mode(allowed, Status::Unknown, [why].into(), settings)
+    settle(Raw { allowed, status: Status::Unknown, reasons: [why].into() }, effect, None, settings)
+}
+
+/// Applies an override, then the mode. Under an override, `would_block` tells what the decision
+/// would have been without it (as shadow mode tells what enforcing would have done). `allow`
+/// turns a block into `warning` (allowed, worth telling); `raise` is `raised`, the decision on
+/// the raised threshold (no limits to raise when the usage is unknown: the truth stands).
+fn settle(truth: Raw, effect: Option<Effect>, raised: Option<Raw>, settings: &PolicySettings) -> Verdict {
+    let Some(effect) = effect else {
+        return apply_mode(truth.allowed, truth.status, truth.reasons, settings);
+    };
+    let mut applied = match effect {
+        Effect::Allow => Raw {
+            allowed: true,
+            status: if truth.status == Status::Blocked { Status::Warning } else { truth.status },
+            reasons: truth.reasons,
+        },
+        Effect::Block => Raw { allowed: false, status: Status::Blocked, reasons: truth.reasons },
+        Effect::Raise(_) => raised.unwrap_or(truth),
+    };
+    applied.reasons.insert(effect.reason());
+    let verdict = apply_mode(applied.allowed, applied.status, applied.reasons, settings);
+    Verdict { would_block: Some(!truth.allowed), ..verdict }
 }
 
 fn apply_mode(allowed: bool, status: Status, reasons: Reasons, settings: &PolicySettings) -> Verdict {
@@ -369,7 +470,7 @@ mod tests {
         let deny = PolicySettings::default();
         let allow = PolicySettings { unknown_customer: UnknownCustomer::Allow, ..deny.clone() };
         for (settings, allowed) in [(deny, false), (allow, true)] {
-            let v = unknown_customer(&settings);
+            let v = unknown_customer(None, &settings);
             assert_eq!((v.allowed, v.status), (allowed, Status::Unknown));
             assert_eq!(v.reasons.iter().collect::<Vec<_>>(), [CustomerNotFound]);
         }
@@ -381,15 +482,15 @@ mod tests {
         let closed = PolicySettings { fail_mode: FailMode::Closed, ..open.clone() };
         for (settings, allowed) in [(open, true), (closed, false)] {
             for why in [UpstreamUnavailable, UpstreamBudgetExhausted] {
-                let v = upstream_unavailable(why, &settings);
+                let v = upstream_unavailable(why, None, &settings);
                 assert_eq!((v.allowed, v.status), (allowed, Status::Unknown));
                 assert_eq!(v.reasons.iter().collect::<Vec<_>>(), [why]);
             }
         }
         let shadow =
             PolicySettings { mode: Mode::Shadow, fail_mode: FailMode::Closed, ..PolicySettings::default() };
-        assert_eq!(upstream_unavailable(UpstreamUnavailable, &shadow).would_block, Some(true));
-        assert!(upstream_unavailable(UpstreamUnavailable, &shadow).allowed);
+        assert_eq!(upstream_unavailable(UpstreamUnavailable, None, &shadow).would_block, Some(true));
+        assert!(upstream_unavailable(UpstreamUnavailable, None, &shadow).allowed);
     }
 
     #[test]
@@ -405,6 +506,50 @@ mod tests {
         );
         let counted = decide(&usage(1500, 1001), None, &settings);
         assert_eq!(counted.reasons.iter().collect::<Vec<_>>(), [DisableLimitExceeded, WarningLimitExceeded]);
+    }
+
+    #[test]
+    fn an_override_decides_and_the_truth_stays_in_would_block() {
+        let limits = limits(&[(500, Warning), (1000, Disable)]);
+        let usage = |estimate, disabled| Usage { disabled, estimate, counted: estimate, limits: &limits };
+        let settings = PolicySettings::default();
+        let codes = |v: Verdict| v.reasons.iter().collect::<Vec<_>>();
+        // (usage, effect, cost) -> (allowed, status, would_block, reasons)
+        let over = usage(1200, false);
+        let under = usage(100, false);
+        let v = decide_with(&over, None, Some(Effect::Allow), &settings);
+        assert_eq!((v.allowed, v.status, v.would_block), (true, Status::Warning, Some(true)));
+        assert_eq!(codes(v), [DisableLimitExceeded, WarningLimitExceeded, OverrideAllow]);
+        let v = decide_with(&under, None, Some(Effect::Block), &settings);
+        assert_eq!((v.allowed, v.status, v.would_block), (false, Status::Blocked, Some(false)));
+        assert_eq!(codes(v), [OverrideBlock]);
+        let v = decide_with(&over, None, Some(Effect::Raise(2000)), &settings);
+        assert_eq!((v.allowed, v.status, v.would_block), (true, Status::Warning, Some(true)));
+        assert_eq!(codes(v), [WarningLimitExceeded, OverrideRaise]);
+        let v = decide_with(&over, Some(801), Some(Effect::Raise(2000)), &settings);
+        assert_eq!(
+            (v.allowed, v.status),
+            (false, Status::Blocked),
+            "the cost is judged on the raised threshold"
+        );
+        assert_eq!(codes(v), [WouldExceedDisableLimit, WarningLimitExceeded, OverrideRaise]);
+        let v = decide_with(&usage(2001, false), None, Some(Effect::Raise(2000)), &settings);
+        assert_eq!((v.allowed, v.status), (false, Status::Blocked), "over the raised threshold");
+        let v = decide_with(&usage(10, true), None, Some(Effect::Raise(2000)), &settings);
+        assert_eq!(
+            (v.allowed, codes(v)),
+            (false, vec![CustomerDisabled, OverrideRaise]),
+            "raise does not lift disabled"
+        );
+        let v = decide_with(&usage(10, true), None, Some(Effect::Allow), &settings);
+        assert!(v.allowed, "allow does");
+        assert_eq!(decide_with(&under, None, None, &settings), decide(&under, None, &settings));
+        let v = unknown_customer(Some(Effect::Allow), &settings);
+        assert_eq!((v.allowed, v.status, v.would_block), (true, Status::Unknown, Some(true)));
+        let v = upstream_unavailable(UpstreamUnavailable, Some(Effect::Block), &settings);
+        assert_eq!((v.allowed, v.status, v.would_block), (false, Status::Blocked, Some(false)));
+        let v = unknown_customer(Some(Effect::Raise(5)), &settings);
+        assert_eq!((v.allowed, codes(v)), (false, vec![CustomerNotFound, OverrideRaise]));
     }
 
     #[test]

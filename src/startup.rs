@@ -25,6 +25,7 @@ use crate::outbox::event::Target;
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::outbox::ingest::Ingest;
 use crate::outbox::store::Stats;
+use crate::overrides::{self, Overrides};
 use crate::pending::{self, Changed, LedgerFetch, Pending};
 use crate::policy::PolicySettings;
 use crate::reservations::{self, Holds};
@@ -126,7 +127,14 @@ impl Application {
         let transitions = Transitions::start(pool.clone());
         let pending::Started { pending, changes, tasks: pending_tasks, listening: pending_listening } =
             Pending::start(pool.clone(), settings.pending.clone());
-        let on_fetched = on_fetched(pending.clone(), transitions.clone(), settings.policy.clone());
+        let overrides::Started {
+            overrides,
+            changes: override_changes,
+            tasks: override_tasks,
+            listening: overrides_listening,
+        } = Overrides::start(pool.clone());
+        let on_fetched =
+            on_fetched(pending.clone(), overrides.clone(), transitions.clone(), settings.policy.clone());
         let metrics_address = settings.server.metrics_address;
         let source = LedgerFetch {
             client: billabear.clone(),
@@ -140,16 +148,26 @@ impl Application {
             changes,
             cache.clone(),
             pending.clone(),
+            overrides.clone(),
             subscriptions.clone(),
+            transitions.clone(),
+            settings.policy.clone(),
+        ))
+        .abort_handle();
+        let watching_overrides = tokio::spawn(watch_overrides(
+            override_changes,
+            cache.clone(),
+            pending.clone(),
             transitions,
             settings.policy.clone(),
         ))
         .abort_handle();
         let reservations::Started { holds, tasks: holds_tasks, listening: holds_listening } =
             Holds::start(pool.clone());
-        let mut background = vec![listening, watching];
+        let mut background = vec![listening, watching, watching_overrides];
         background.extend(pending_tasks);
         background.extend(holds_tasks);
+        background.extend(override_tasks);
         let forwarder = forwarder::spawn(
             pool.clone(),
             &billabear,
@@ -157,7 +175,7 @@ impl Application {
             subscriptions.clone(),
             Some(cache.clone()),
         );
-        let checker = Checker::new(cache, pending, holds, settings.policy.clone());
+        let checker = Checker::new(cache, pending, holds, overrides, settings.policy.clone());
         let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
         let admin_billabear = billabear.with_timeout(settings.billabear.admin_timeout);
         let state = web::Data::new(AppState {
@@ -204,7 +222,7 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        let listening = vec![invalidation_listening, pending_listening, holds_listening];
+        let listening = vec![invalidation_listening, pending_listening, holds_listening, overrides_listening];
         Ok(Self { addr, server, metrics_server, forwarder, background, listening })
     }
 
@@ -252,10 +270,16 @@ impl Application {
 }
 
 /// What every fetched snapshot of a known customer starts: auditing a decision transition.
-fn on_fetched(pending: Pending, transitions: Transitions, policy: PolicySettings) -> FetchHook {
+fn on_fetched(
+    pending: Pending,
+    overrides: Overrides,
+    transitions: Transitions,
+    policy: PolicySettings,
+) -> FetchHook {
     Arc::new(move |customer, before, after| {
+        let applied = overrides.active(customer, now_ms());
         let status = |data: &SnapshotData| {
-            check::usage_status(data, |known| pending.project(customer, known), &policy)
+            check::usage_status(data, |known| pending.project(customer, known), applied.as_ref(), &policy)
         };
         let Some(after_status) = status(&after.data) else { return };
         let before = before.and_then(|b| status(&b.data));
@@ -269,6 +293,7 @@ async fn watch_pending(
     mut changes: tokio::sync::mpsc::Receiver<Changed>,
     cache: SnapshotCache,
     pending: Pending,
+    overrides: Overrides,
     subscriptions: Subscriptions,
     transitions: Transitions,
     policy: PolicySettings,
@@ -281,15 +306,48 @@ async fn watch_pending(
         let Some(customer) = customer else { continue };
         let Some(snapshot) = cache.cached(customer).and_then(|lookup| lookup.snapshot) else { continue };
         let was = before.as_deref().unwrap_or(&[]);
+        let now = now_ms();
+        let applied = overrides.active(customer, now);
         let status_before = check::usage_status(
             &snapshot.data,
             |known| pending.project_replacing(customer, known, Some((target, was))),
+            applied.as_ref(),
             &policy,
         );
-        let status_now =
-            check::usage_status(&snapshot.data, |known| pending.project(customer, known), &policy);
+        let status_now = check::usage_status(
+            &snapshot.data,
+            |known| pending.project(customer, known),
+            applied.as_ref(),
+            &policy,
+        );
         if let Some(status_now) = status_now {
-            transitions.observe(customer, status_before, status_now, now_ms());
+            transitions.observe(customer, status_before, status_now, now);
+        }
+    }
+}
+
+/// Audits the decision transitions overrides make (created, ended or expired changes a cached
+/// customer's status without a fetch). `before` is judged as if still in force: an expired
+/// override is told here when it is closed.
+async fn watch_overrides(
+    mut changes: tokio::sync::mpsc::Receiver<overrides::Changed>,
+    cache: SnapshotCache,
+    pending: Pending,
+    transitions: Transitions,
+    policy: PolicySettings,
+) {
+    while let Some(overrides::Changed { customer, before, after }) = changes.recv().await {
+        let Some(snapshot) = cache.cached(customer).and_then(|lookup| lookup.snapshot) else { continue };
+        let status = |applied: Option<overrides::Override>| {
+            check::usage_status(
+                &snapshot.data,
+                |known| pending.project(customer, known),
+                applied.as_ref(),
+                &policy,
+            )
+        };
+        if let Some(status_now) = status(after) {
+            transitions.observe(customer, status(before), status_now, now_ms());
         }
     }
 }

@@ -21,22 +21,25 @@ use std::sync::Arc;
 use crate::cache::{Known, Snapshot, SnapshotData};
 use crate::domain::{CustomerId, SubscriptionId};
 use crate::outbox::event::Target;
+use crate::overrides::Override;
 use crate::pending;
 use crate::policy::{self, PolicySettings};
 use crate::projection::{self, Code, Metered, PendingUsage, Projection};
 
-/// A customer's cached snapshot an enforced write is judged against.
+/// A customer's cached snapshot an enforced write is judged against, and the operator's
+/// override in force.
 #[derive(Debug, Clone)]
 pub struct Gate {
     pub customer: CustomerId,
     snapshot: Arc<Snapshot>,
+    applied: Option<Override>,
 }
 
 impl Gate {
     /// A gate for a customer BillaBear knows (None for the other snapshots: the policy's
     /// fallbacks decide those without a lock).
-    pub fn new(customer: CustomerId, snapshot: Arc<Snapshot>) -> Option<Self> {
-        matches!(snapshot.data, SnapshotData::Known(_)).then_some(Self { customer, snapshot })
+    pub fn new(customer: CustomerId, snapshot: Arc<Snapshot>, applied: Option<Override>) -> Option<Self> {
+        matches!(snapshot.data, SnapshotData::Known(_)).then_some(Self { customer, snapshot, applied })
     }
 
     pub fn known(&self) -> &Known {
@@ -132,7 +135,7 @@ impl Ledger {
     ) -> Judged {
         let projection = self.project(gate);
         let cost = self.price_after(gate, projection, target, code, value);
-        let judged = judge(gate.known(), projection, cost, policy);
+        let judged = judge(gate, projection, cost, policy);
         if judged.admitted {
             self.add_event(target, code, value);
         }
@@ -175,7 +178,7 @@ impl Ledger {
 
     /// Judges a hold of `amount` for the gate's customer and, if granted, counts it.
     pub fn judge_hold(&mut self, gate: &Gate, amount: i64, policy: &PolicySettings) -> Judged {
-        let judged = judge(gate.known(), self.project(gate), amount, policy);
+        let judged = judge(gate, self.project(gate), amount, policy);
         if judged.admitted {
             let reserved = self.reserved.entry(gate.customer).or_default();
             *reserved = reserved.saturating_add(amount);
@@ -185,9 +188,11 @@ impl Ledger {
 }
 
 /// The policy's rule with the write's price as the cost asked about: admitted unless it blocks
-/// (customer disabled, or the estimate, or the estimate plus the cost, over a DISABLE limit).
-fn judge(known: &Known, projection: Projection, cost: i64, policy: &PolicySettings) -> Judged {
-    let verdict = policy::decide(&known.usage(&projection), Some(cost), policy);
+/// (customer disabled, or the estimate, or the estimate plus the cost, over a DISABLE limit),
+/// under the gate's override.
+fn judge(gate: &Gate, projection: Projection, cost: i64, policy: &PolicySettings) -> Judged {
+    let effect = gate.applied.map(|o| o.effect);
+    let verdict = policy::decide_with(&gate.known().usage(&projection), Some(cost), effect, policy);
     Judged { admitted: verdict.allowed, projection, cost }
 }
 
@@ -220,7 +225,7 @@ mod tests {
             metered: Box::new([Metered::new(&found, Rate::PerUnit { unit_price: 10, tax }, false)]),
         };
         let snapshot = Arc::new(Snapshot::fetched_at(SnapshotData::Known(known), 0));
-        (Gate::new(CustomerId::new_v4(), snapshot).unwrap(), subscription)
+        (Gate::new(CustomerId::new_v4(), snapshot, None).unwrap(), subscription)
     }
 
     const CODE: &str = "enforce_test_calls";

@@ -71,7 +71,11 @@ impl Holds {
         let (ready, listening) = watch::channel(false);
         let following = tokio::spawn(db::follow(pool.clone(), store::NOTIFY_CHANNEL, inner.clone(), ready))
             .abort_handle();
-        let expiring = tokio::spawn(expire(pool)).abort_handle();
+        let expiring = tokio::spawn(db::every(EXPIRE_EVERY, "close expired holds", move || {
+            let pool = pool.clone();
+            async move { store::expire(&pool).await }
+        }))
+        .abort_handle();
         Started { holds: Self { inner }, tasks: [following, expiring], listening }
     }
 
@@ -127,21 +131,7 @@ impl db::Follower for Inner {
     }
 
     fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        let mut customers: Vec<CustomerId> =
-            payloads.iter().flat_map(|p| p.split(',')).filter_map(|id| CustomerId::parse(id).ok()).collect();
-        customers.sort_unstable_by_key(|c| c.as_uuid());
-        customers.dedup();
+        let customers = db::notified_customers(&payloads);
         async move { Inner::reload(self, Some(&customers)).await }.boxed()
-    }
-}
-
-/// Closes the holds past their `expires_at` every [`EXPIRE_EVERY`] (each once, whichever
-/// replica gets to it).
-async fn expire(pool: PgPool) {
-    loop {
-        tokio::time::sleep(EXPIRE_EVERY).await;
-        if let Err(e) = store::expire(&pool).await {
-            tracing::warn!(error = %e, "reservations: cannot close expired holds");
-        }
     }
 }

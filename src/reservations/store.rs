@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::Hold;
-use crate::audit::{self, Entry, Outcome};
+use crate::audit::{self, Actor};
 use crate::domain::CustomerId;
 use crate::enforce::{Gate, Judged, store as enforce};
 use crate::outbox::IncomingEvent;
@@ -49,13 +49,6 @@ pub enum Ask {
     Amount(i64),
     /// What an event with this code and value would cost now.
     Event { code: String, value: f64 },
-}
-
-/// Who asks, for the audit log.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub name: String,
-    pub request_id: Option<String>,
 }
 
 /// How a request for a hold was judged: granted (stored) or refused (nothing stored).
@@ -157,16 +150,8 @@ async fn record(
     actor: &Actor,
     details: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    let entry = Entry {
-        actor: actor.name.clone(),
-        action: action.into(),
-        customer: Some(CustomerId::from(reservation.customer_id)),
-        target: Some(reservation.id.to_string()),
-        outcome: Outcome::Success,
-        upstream_status: None,
-        request_id: actor.request_id.clone(),
-        details,
-    };
+    let entry =
+        actor.entry(action, CustomerId::from(reservation.customer_id), reservation.id.to_string(), details);
     audit::record_in(tx, &entry).await.map(|_| ())
 }
 
@@ -286,7 +271,7 @@ pub async fn expire(pool: &PgPool) -> Result<usize, sqlx::Error> {
     if expired.is_empty() {
         return Ok(0);
     }
-    let actor = Actor { name: "usage-gate".into(), request_id: None };
+    let actor = Actor::usage_gate();
     for reservation in &expired {
         record(
             &mut tx,

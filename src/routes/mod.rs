@@ -8,6 +8,7 @@ pub mod health;
 pub mod meta;
 pub mod openapi;
 pub mod outbox;
+pub mod overrides;
 pub mod reservations;
 pub mod webhooks;
 
@@ -80,6 +81,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics: bool) {
         Some(Scope::Admin),
         vec![(M::DELETE, web::to(admin::delete_limit))],
     ))
+    .service(keyed(
+        "/v1/customers/{customer_id}/overrides",
+        Some(Scope::Admin),
+        vec![(M::GET, web::to(overrides::list_customer)), (M::POST, web::to(overrides::create))],
+    ))
+    .service(keyed(
+        "/v1/customers/{customer_id}/overrides/{override_id}",
+        Some(Scope::Admin),
+        vec![(M::DELETE, web::to(overrides::end))],
+    ))
+    .service(keyed("/v1/overrides", Some(Scope::Admin), vec![(M::GET, web::to(overrides::list_all))]))
     .service(keyed("/v1/audit", Some(Scope::Admin), vec![(M::GET, web::to(audit::list))]))
     .service(endpoint("/v1/webhooks/billabear/{secret}", vec![(M::POST, web::to(webhooks::billabear))]))
     .service(keyed("/v1/whoami", None, vec![(M::GET, web::to(meta::whoami))]))
@@ -124,6 +136,11 @@ fn keyed(
         req.extensions_mut().insert(RouteLabel(path));
         authorize(req, next, scope)
     }))
+}
+
+/// Who is making a change, for the audit log.
+fn actor(caller: &crate::auth::Caller, request_id: &tracing_actix_web::RequestId) -> crate::audit::Actor {
+    crate::audit::Actor { name: caller.name.to_string(), request_id: Some(request_id.to_string()) }
 }
 
 /// The most items one batch request (checks or events) may hold.

@@ -5,7 +5,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, audit, check, events, health, meta, outbox, reservations, webhooks};
+use super::{admin, audit, check, events, health, meta, outbox, overrides, reservations, webhooks};
 use crate::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -39,6 +39,10 @@ use crate::error::{FieldError, Problem};
         admin::list_limits,
         admin::create_limit,
         admin::delete_limit,
+        overrides::create,
+        overrides::list_customer,
+        overrides::list_all,
+        overrides::end,
         audit::list,
         webhooks::billabear
     ),
@@ -49,6 +53,7 @@ use crate::error::{FieldError, Problem};
         (name = "events", description = "Usage events in, stored before acknowledged (scope events)"),
         (name = "reservations", description = "Holds for work whose cost comes later (scope events; listing: admin)"),
         (name = "admin", description = "Operators (scope admin)"),
+        (name = "overrides", description = "Bounded exceptions to a customer's decision (scope admin)"),
         (name = "webhooks", description = "BillaBear's webhooks (the secret is in the URL)"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "The service itself")

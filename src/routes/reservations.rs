@@ -9,14 +9,14 @@ use serde_json::Value;
 use tracing_actix_web::RequestId;
 use uuid::Uuid;
 
-use super::customer_id;
+use super::{actor, customer_id};
 use crate::auth::{Caller, Scope};
 use crate::check::{Decision, Enforcement};
 use crate::domain::{CustomerId, MetricCode};
 use crate::error::{ApiError, FieldError};
 use crate::outbox::{IncomingEvent, Target};
 use crate::projection::Projection;
-use crate::reservations::store::{self, Actor, Ask, Committed, Reservation};
+use crate::reservations::store::{self, Ask, Committed, Reservation};
 use crate::startup::AppState;
 
 /// A hold's default lifetime, and the longest one may ask for.
@@ -105,10 +105,6 @@ fn parse_hold(body: &Value) -> Result<HoldRequest, Vec<FieldError>> {
         (Some(ask), Some(ttl)) if errors.is_empty() => Ok(HoldRequest { ask, ttl }),
         _ => Err(errors),
     }
-}
-
-fn actor(caller: &Caller, request_id: &RequestId) -> Actor {
-    Actor { name: caller.name.to_string(), request_id: Some(request_id.to_string()) }
 }
 
 fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {

@@ -11,6 +11,7 @@ mod enforce;
 mod events;
 mod helpers;
 mod outbox;
+mod overrides;
 mod pending;
 mod reservations;
 mod service;
