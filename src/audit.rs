@@ -14,8 +14,10 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::check::Decision;
 use crate::domain::CustomerId;
 use crate::policy::Status;
+use crate::webhooks::EventType;
 
 /// Any constant: the advisory lock that serializes audit inserts.
 const INSERT_LOCK: i64 = 0x7573_6167_6561_7564; // "usageaud"
@@ -66,14 +68,14 @@ impl Actor {
     pub fn entry(
         &self,
         action: &str,
-        customer: CustomerId,
+        customer: Option<CustomerId>,
         target: String,
         details: serde_json::Value,
     ) -> Entry {
         Entry {
             actor: self.name.clone(),
             action: action.into(),
-            customer: Some(customer),
+            customer,
             target: Some(target),
             outcome: Outcome::Success,
             upstream_status: None,
@@ -235,20 +237,26 @@ pub async fn list(
     .await
 }
 
-/// Records decision transitions (`ok`, `warning`, `blocked`) seen when snapshots are fetched,
-/// once per transition across replicas. Observing is cheap and never waits: a task writes
-/// batches.
+/// Records decision transitions (`ok`, `warning`, `blocked`) seen when snapshots are fetched
+/// (or pending usage or an override changes a cached customer's decision), once per transition
+/// across replicas, and queues the outbound webhook that tells of each in the same transaction.
+/// Observing is cheap and never waits: a task writes batches.
 #[derive(Clone)]
 pub struct Transitions {
     sender: mpsc::Sender<Observation>,
 }
 
-/// A customer's status as a snapshot fetched at `at_ms` (Unix ms) decides it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A customer's status as a snapshot fetched at `at_ms` (Unix ms) decides it, and what its
+/// webhook tells if it is a transition.
+#[derive(Debug, Clone, PartialEq)]
 struct Observation {
     customer: CustomerId,
     status: Status,
     at_ms: u64,
+    /// The webhook's event type.
+    kind: Option<&'static str>,
+    /// The webhook's `data`: the decision.
+    data: serde_json::Value,
 }
 
 /// How many observations may wait for the writer; beyond it they are dropped (and counted),
@@ -264,12 +272,20 @@ impl Transitions {
 
     /// `before`: the status of the snapshot this replica held (None if it held none); only a
     /// change, or a first sight, goes to Postgres, where the newest status seen by any replica
-    /// decides whether it is a transition. `at_ms`: when the new snapshot was fetched.
-    pub fn observe(&self, customer: CustomerId, before: Option<Status>, after: Status, at_ms: u64) {
-        if !is_tracked(after) || before == Some(after) {
+    /// decides whether it is a transition. `after`: the decision now. `at_ms`: when the new
+    /// snapshot was fetched (or the change seen).
+    pub fn observe(&self, customer: CustomerId, before: Option<Status>, after: &Decision, at_ms: u64) {
+        if !is_tracked(after.status) || before == Some(after.status) {
             return;
         }
-        if self.sender.try_send(Observation { customer, status: after, at_ms }).is_err() {
+        let observation = Observation {
+            customer,
+            status: after.status,
+            at_ms,
+            kind: EventType::of_transition(after.status, after.reasons).map(EventType::as_str),
+            data: serde_json::to_value(after).unwrap_or_default(),
+        };
+        if self.sender.try_send(observation).is_err() {
             metrics::counter!("usage_gate_audit_transitions_dropped_total").increment(1);
         }
     }
@@ -315,9 +331,9 @@ async fn write_transitions(pool: PgPool, mut receiver: mpsc::Receiver<Observatio
 }
 
 /// Upserts the observations, each only over an older one; an update that changes the status is
-/// a transition, audited in the same transaction. `previous_status` comes from the row as the
-/// update found it (after waiting for another replica's update of it), so two replicas
-/// recording one change audit it once.
+/// a transition, audited, and its webhooks queued, in the same transaction. `previous_status`
+/// comes from the row as the update found it (after waiting for another replica's update of
+/// it), so two replicas recording one change audit and tell it once.
 async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), sqlx::Error> {
     let customers: Vec<Uuid> = round.iter().map(|o| o.customer.as_uuid()).collect();
     let statuses: Vec<&str> = round.iter().map(|o| o.status.as_str()).collect();
@@ -325,12 +341,17 @@ async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), s
         .iter()
         .map(|o| chrono::DateTime::from_timestamp_millis(o.at_ms as i64).unwrap_or_default())
         .collect();
+    let kinds: Vec<Option<&str>> = round.iter().map(|o| o.kind).collect();
+    let data: Vec<&serde_json::Value> = round.iter().map(|o| &o.data).collect();
     let mut tx = pool.begin().await?;
     lock_inserts(&mut tx).await?;
     sqlx::query(
-        "WITH changed AS (
+        "WITH seen AS (
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[])
+                 AS s (customer_id, status, observed_at, kind, data)),
+         changed AS (
              INSERT INTO customer_decisions (customer_id, status, observed_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[])
+             SELECT customer_id, status, observed_at FROM seen
              ON CONFLICT (customer_id) DO UPDATE
                  SET previous_status = customer_decisions.status,
                      status = EXCLUDED.status,
@@ -338,17 +359,27 @@ async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), s
                      changed_at = CASE WHEN customer_decisions.status <> EXCLUDED.status
                                        THEN now() ELSE customer_decisions.changed_at END
                  WHERE customer_decisions.observed_at < EXCLUDED.observed_at
-             RETURNING customer_id, previous_status, status)
-         INSERT INTO audit_log (actor, action, customer_id, outcome, details)
-         SELECT 'usage-gate', 'decision.transition', customer_id, 'success',
-                jsonb_build_object('from', previous_status, 'to', status)
-         FROM changed
-         WHERE previous_status IS NOT NULL AND previous_status <> status
-         ORDER BY customer_id",
+             RETURNING customer_id, previous_status, status),
+         transitions AS (
+             SELECT c.customer_id, c.previous_status, c.status, s.kind, s.data
+             FROM changed c JOIN seen s USING (customer_id)
+             WHERE c.previous_status IS NOT NULL AND c.previous_status <> c.status),
+         audited AS (
+             INSERT INTO audit_log (actor, action, customer_id, outcome, details)
+             SELECT 'usage-gate', 'decision.transition', customer_id, 'success',
+                    jsonb_build_object('from', previous_status, 'to', status)
+             FROM transitions ORDER BY customer_id
+             RETURNING 1),
+         queued AS (
+             SELECT queue_webhooks(kind, customer_id, data || jsonb_build_object('previous_status', previous_status)) AS n
+             FROM transitions WHERE kind IS NOT NULL)
+         SELECT (SELECT count(*) FROM audited), (SELECT coalesce(sum(n), 0) FROM queued)",
     )
     .bind(&customers)
     .bind(&statuses)
     .bind(&observed)
+    .bind(&kinds)
+    .bind(&data)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
@@ -361,7 +392,13 @@ mod tests {
     #[test]
     fn a_batch_keeps_each_customers_observations_in_order_across_rounds() {
         let (a, b) = (CustomerId::new_v4(), CustomerId::new_v4());
-        let seen = |customer, status, at_ms| Observation { customer, status, at_ms };
+        let seen = |customer, status, at_ms| Observation {
+            customer,
+            status,
+            at_ms,
+            kind: None,
+            data: serde_json::Value::Null,
+        };
         let batch = vec![
             seen(a, Status::Blocked, 1),
             seen(b, Status::Warning, 2),

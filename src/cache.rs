@@ -258,7 +258,7 @@ impl Fetch for FromBillaBear {
 
 /// Told of every snapshot fetched from BillaBear, with the one it replaces (if any was cached).
 /// Runs on the fetch's task; must not block.
-pub type FetchHook = Arc<dyn Fn(CustomerId, Option<&Snapshot>, &Snapshot) + Send + Sync>;
+pub type FetchHook = Arc<dyn Fn(CustomerId, Option<&Snapshot>, &Arc<Snapshot>) + Send + Sync>;
 
 /// Cheap to clone; all clones share one cache.
 #[derive(Clone)]

@@ -71,7 +71,17 @@ pub struct RawSettings {
     pub pending: RawPending,
     pub auth: RawAuth,
     pub webhooks: RawWebhooks,
+    pub outbound_webhooks: RawOutboundWebhooks,
     pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutboundWebhooks {
+    pub retry_schedule_ms: Vec<u64>,
+    pub timeout_ms: u64,
+    pub poll_interval_ms: u64,
+    pub concurrency: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -388,6 +398,7 @@ impl RawSettings {
                     (!secret.is_empty()).then(|| self.webhooks.secret.clone())
                 },
             },
+            outbound_webhooks: validate_outbound_webhooks(&mut v, &self.outbound_webhooks),
             log: LogSettings {
                 format: v.parse("log.format", &self.log.format, LogFormat::Auto, |s| match s {
                     "auto" => Ok(LogFormat::Auto),
@@ -509,6 +520,30 @@ fn validate_outbox(v: &mut Validator, raw: &RawOutbox) -> OutboxSettings {
         retention: Duration::from_secs(
             86_400 * v.range("outbox.retention_days", raw.retention_days.into(), 1, 3650),
         ),
+    }
+}
+
+fn validate_outbound_webhooks(v: &mut Validator, raw: &RawOutboundWebhooks) -> OutboundWebhookSettings {
+    const DAY_MS: u64 = 86_400_000;
+    let schedule = &raw.retry_schedule_ms;
+    v.check("outbound_webhooks.retry_schedule_ms", (1..=30).contains(&schedule.len()), || {
+        format!("must list 1 to 30 waits (ms), got {}", schedule.len())
+    });
+    v.check(
+        "outbound_webhooks.retry_schedule_ms",
+        schedule.iter().all(|ms| (1..=7 * DAY_MS).contains(ms)),
+        || "every wait must be 1 ms to 7 days".into(),
+    );
+    OutboundWebhookSettings {
+        retry_schedule: schedule.iter().map(|ms| Duration::from_millis(*ms)).collect(),
+        timeout: Duration::from_millis(v.range("outbound_webhooks.timeout_ms", raw.timeout_ms, 1, 60_000)),
+        poll_interval: Duration::from_millis(v.range(
+            "outbound_webhooks.poll_interval_ms",
+            raw.poll_interval_ms,
+            10,
+            60_000,
+        )),
+        concurrency: v.range("outbound_webhooks.concurrency", raw.concurrency.into(), 1, 1024) as usize,
     }
 }
 
@@ -672,7 +707,21 @@ pub struct Settings {
     pub pending: PendingSettings,
     pub auth: AuthSettings,
     pub webhooks: WebhookSettings,
+    pub outbound_webhooks: OutboundWebhookSettings,
     pub log: LogSettings,
+}
+
+/// usage-gate's own webhooks (README, "Outbound webhooks").
+#[derive(Debug, Clone)]
+pub struct OutboundWebhookSettings {
+    /// The wait before each retry: after the first failed attempt, the first entry, and so on;
+    /// when they are spent, the message has failed.
+    pub retry_schedule: Vec<Duration>,
+    pub timeout: Duration,
+    /// How often each replica looks for due messages.
+    pub poll_interval: Duration,
+    /// Attempts under way at once (per replica).
+    pub concurrency: usize,
 }
 
 #[derive(Debug, Clone)]

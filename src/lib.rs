@@ -25,3 +25,4 @@ pub mod sim;
 pub mod startup;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod webhooks;

@@ -14,7 +14,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::audit::Transitions;
 use crate::billabear::BillaBearClient;
-use crate::cache::{FetchHook, SnapshotCache, SnapshotData, now_ms};
+use crate::cache::{FetchHook, Known, Lookup, SnapshotCache, SnapshotData, Source, now_ms};
 use crate::check::{self, Checker};
 use crate::config::Settings;
 use crate::domain::CustomerId;
@@ -30,7 +30,7 @@ use crate::pending::{self, Changed, LedgerFetch, Pending};
 use crate::policy::PolicySettings;
 use crate::reservations::{self, Holds};
 use crate::subscriptions::Subscriptions;
-use crate::{db, routes, telemetry};
+use crate::{db, routes, telemetry, webhooks};
 
 /// What every handler may reach.
 pub struct AppState {
@@ -168,6 +168,7 @@ impl Application {
         background.extend(pending_tasks);
         background.extend(holds_tasks);
         background.extend(override_tasks);
+        background.push(webhooks::delivery::spawn(pool.clone(), settings.outbound_webhooks.clone())?);
         let forwarder = forwarder::spawn(
             pool.clone(),
             &billabear,
@@ -277,13 +278,16 @@ fn on_fetched(
     policy: PolicySettings,
 ) -> FetchHook {
     Arc::new(move |customer, before, after| {
-        let applied = overrides.active(customer, now_ms());
-        let status = |data: &SnapshotData| {
-            check::usage_status(data, |known| pending.project(customer, known), applied.as_ref(), &policy)
-        };
-        let Some(after_status) = status(&after.data) else { return };
-        let before = before.and_then(|b| status(&b.data));
-        transitions.observe(customer, before, after_status, after.fetched_at_ms);
+        if !matches!(after.data, SnapshotData::Known(_)) {
+            return;
+        }
+        let now = now_ms();
+        let applied = overrides.active(customer, now);
+        let project = |known: &Known| pending.project(customer, known);
+        let before = before.and_then(|b| check::usage_status(&b.data, project, applied.as_ref(), &policy));
+        let lookup = Lookup::found(after.clone(), Source::Upstream);
+        let decision = check::explain(customer, None, lookup, project, applied.as_ref(), &policy, now);
+        transitions.observe(customer, before, &decision, after.fetched_at_ms);
     })
 }
 
@@ -314,15 +318,17 @@ async fn watch_pending(
             applied.as_ref(),
             &policy,
         );
-        let status_now = check::usage_status(
-            &snapshot.data,
-            |known| pending.project(customer, known),
+        let project = |known: &Known| pending.project(customer, known);
+        let decision = check::explain(
+            customer,
+            None,
+            Lookup::found(snapshot, Source::Cache),
+            project,
             applied.as_ref(),
             &policy,
+            now,
         );
-        if let Some(status_now) = status_now {
-            transitions.observe(customer, status_before, status_now, now);
-        }
+        transitions.observe(customer, status_before, &decision, now);
     }
 }
 
@@ -338,17 +344,19 @@ async fn watch_overrides(
 ) {
     while let Some(overrides::Changed { customer, before, after }) = changes.recv().await {
         let Some(snapshot) = cache.cached(customer).and_then(|lookup| lookup.snapshot) else { continue };
-        let status = |applied: Option<overrides::Override>| {
-            check::usage_status(
-                &snapshot.data,
-                |known| pending.project(customer, known),
-                applied.as_ref(),
-                &policy,
-            )
-        };
-        if let Some(status_now) = status(after) {
-            transitions.observe(customer, status(before), status_now, now_ms());
-        }
+        let project = |known: &Known| pending.project(customer, known);
+        let status_before = check::usage_status(&snapshot.data, project, before.as_ref(), &policy);
+        let now = now_ms();
+        let decision = check::explain(
+            customer,
+            None,
+            Lookup::found(snapshot, Source::Cache),
+            project,
+            after.as_ref(),
+            &policy,
+            now,
+        );
+        transitions.observe(customer, status_before, &decision, now);
     }
 }
 

@@ -273,26 +273,35 @@ pub async fn mark_retry(
 }
 
 /// A failure that retrying will not fix (BillaBear's 400, no usage subscription), or retries
-/// that ran out: kept, with the reason, until an operator retries it. Fenced like
-/// [`mark_retry`].
+/// that ran out: kept, with the reason, until an operator retries it; an `event.dead` webhook
+/// is queued in the same statement. Fenced like [`mark_retry`].
 pub async fn mark_dead(
     pool: &PgPool,
     claim: &Claimed,
     error: &str,
     upstream_status: Option<u16>,
 ) -> Result<bool, sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE outbox SET status = 'dead', lease_until = NULL, claim_token = NULL, last_error = $3,
-                           upstream_status = $4
-         WHERE id = $1 AND claim_token = $2 AND status = 'pending'",
+    let (dead, _queued): (i64, i64) = sqlx::query_as(
+        "WITH dead AS (
+             UPDATE outbox SET status = 'dead', lease_until = NULL, claim_token = NULL, last_error = $3,
+                               upstream_status = $4
+             WHERE id = $1 AND claim_token = $2 AND status = 'pending'
+             RETURNING event_id, customer_id, subscription_id, code, value, attempts, received_at),
+         queued AS (
+             SELECT queue_webhooks('event.dead', customer_id, jsonb_build_object(
+                        'event_id', event_id, 'customer_id', customer_id, 'subscription_id', subscription_id,
+                        'code', code, 'value', value, 'attempts', attempts, 'received_at', received_at,
+                        'error', $3, 'upstream_status', $4)) AS n
+             FROM dead)
+         SELECT (SELECT count(*) FROM dead), (SELECT coalesce(sum(n), 0) FROM queued)",
     )
     .bind(claim.id)
     .bind(claim.claim_token)
     .bind(error)
     .bind(upstream_status.map(|s| s as i16))
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(updated.rows_affected() == 1)
+    Ok(dead == 1)
 }
 
 /// An outbox row as operators see it.

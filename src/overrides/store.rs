@@ -145,8 +145,9 @@ pub async fn end(
     Ok(Some(ended))
 }
 
-/// Closes every open override past its `expires_at`, each audited once (a replica that finds
-/// one another is closing waits, then skips it). Returns what was closed.
+/// Closes every open override past its `expires_at`, each audited and told
+/// (`customer.override.expired`) once: a replica that finds one another is closing waits, then
+/// skips it. Returns what was closed.
 pub async fn expire(pool: &PgPool) -> Result<Vec<OverrideRecord>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let expired: Vec<OverrideRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -162,6 +163,18 @@ pub async fn expire(pool: &PgPool) -> Result<Vec<OverrideRecord>, sqlx::Error> {
     for ended in &expired {
         record(&mut tx, "override.expire", ended, &actor).await?;
     }
+    let ids: Vec<Uuid> = expired.iter().map(|o| o.id).collect();
+    sqlx::query(
+        "SELECT queue_webhooks('customer.override.expired', customer_id, jsonb_build_object(
+                    'customer_id', customer_id,
+                    'override', jsonb_build_object('id', id, 'effect', effect, 'amount', amount,
+                        'reason', reason, 'created_by', created_by, 'created_at', created_at,
+                        'expires_at', expires_at)))
+         FROM overrides WHERE id = ANY($1) ORDER BY created_at",
+    )
+    .bind(&ids)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     metrics::counter!("usage_gate_overrides_total", "outcome" => "expired").increment(expired.len() as u64);
     Ok(expired)
@@ -175,7 +188,7 @@ async fn record(
 ) -> Result<(), sqlx::Error> {
     let entry = actor.entry(
         action,
-        record.customer(),
+        Some(record.customer()),
         record.id.to_string(),
         serde_json::json!({
             "effect": record.effect,

@@ -150,8 +150,12 @@ async fn record(
     actor: &Actor,
     details: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    let entry =
-        actor.entry(action, CustomerId::from(reservation.customer_id), reservation.id.to_string(), details);
+    let entry = actor.entry(
+        action,
+        Some(CustomerId::from(reservation.customer_id)),
+        reservation.id.to_string(),
+        details,
+    );
     audit::record_in(tx, &entry).await.map(|_| ())
 }
 

@@ -10,6 +10,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod overrides;
 pub mod reservations;
+pub mod webhook_endpoints;
 pub mod webhooks;
 
 use actix_web::HttpMessage;
@@ -92,6 +93,36 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics: bool) {
         vec![(M::DELETE, web::to(overrides::end))],
     ))
     .service(keyed("/v1/overrides", Some(Scope::Admin), vec![(M::GET, web::to(overrides::list_all))]))
+    .service(keyed(
+        "/v1/webhook-endpoints",
+        Some(Scope::Admin),
+        vec![(M::GET, web::to(webhook_endpoints::list)), (M::POST, web::to(webhook_endpoints::create))],
+    ))
+    .service(keyed(
+        "/v1/webhook-endpoints/{endpoint_id}",
+        Some(Scope::Admin),
+        vec![(M::GET, web::to(webhook_endpoints::show)), (M::DELETE, web::to(webhook_endpoints::delete))],
+    ))
+    .service(keyed(
+        "/v1/webhook-endpoints/{endpoint_id}/rotate-secret",
+        Some(Scope::Admin),
+        vec![(M::POST, web::to(webhook_endpoints::rotate_secret))],
+    ))
+    .service(keyed(
+        "/v1/webhook-endpoints/{endpoint_id}/enable",
+        Some(Scope::Admin),
+        vec![(M::POST, web::to(webhook_endpoints::enable))],
+    ))
+    .service(keyed(
+        "/v1/webhook-endpoints/{endpoint_id}/messages",
+        Some(Scope::Admin),
+        vec![(M::GET, web::to(webhook_endpoints::messages))],
+    ))
+    .service(keyed(
+        "/v1/webhook-endpoints/{endpoint_id}/messages/{message_id}/resend",
+        Some(Scope::Admin),
+        vec![(M::POST, web::to(webhook_endpoints::resend))],
+    ))
     .service(keyed("/v1/audit", Some(Scope::Admin), vec![(M::GET, web::to(audit::list))]))
     .service(endpoint("/v1/webhooks/billabear/{secret}", vec![(M::POST, web::to(webhooks::billabear))]))
     .service(keyed("/v1/whoami", None, vec![(M::GET, web::to(meta::whoami))]))

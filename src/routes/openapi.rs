@@ -5,7 +5,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{admin, audit, check, events, health, meta, outbox, overrides, reservations, webhooks};
+use super::{
+    admin, audit, check, events, health, meta, outbox, overrides, reservations, webhook_endpoints, webhooks,
+};
 use crate::error::{FieldError, Problem};
 
 #[derive(OpenApi)]
@@ -43,6 +45,14 @@ use crate::error::{FieldError, Problem};
         overrides::list_customer,
         overrides::list_all,
         overrides::end,
+        webhook_endpoints::create,
+        webhook_endpoints::list,
+        webhook_endpoints::show,
+        webhook_endpoints::delete,
+        webhook_endpoints::rotate_secret,
+        webhook_endpoints::enable,
+        webhook_endpoints::messages,
+        webhook_endpoints::resend,
         audit::list,
         webhooks::billabear
     ),
@@ -55,6 +65,7 @@ use crate::error::{FieldError, Problem};
         (name = "admin", description = "Operators (scope admin)"),
         (name = "overrides", description = "Bounded exceptions to a customer's decision (scope admin)"),
         (name = "webhooks", description = "BillaBear's webhooks (the secret is in the URL)"),
+        (name = "webhook-endpoints", description = "usage-gate's own signed webhooks: endpoints and messages (scope admin)"),
         (name = "health", description = "Liveness and readiness"),
         (name = "meta", description = "The service itself")
     )

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::helpers::*;
+use crate::webhook_endpoints::Receiver;
 
 impl TestApp {
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
@@ -307,9 +308,11 @@ async fn a_usage_warning_webhook_refetches_customers_with_recent_events() {
 }
 
 #[tokio::test]
-async fn a_decision_transition_is_audited_once_per_change_whatever_the_checks_and_replicas() {
+async fn a_decision_transition_is_audited_and_told_once_per_change_whatever_the_checks_and_replicas() {
     let app = TestApp::spawn().await;
     let other = app.second_instance().await;
+    let receiver = Receiver::start(&[]);
+    let endpoint = app.webhook_endpoint(json!({"url": receiver.url})).await;
     for replica in [&app, &other] {
         assert_eq!(replica.check_status(ACME).await["status"], "ok");
     }
@@ -335,6 +338,11 @@ async fn a_decision_transition_is_audited_once_per_change_whatever_the_checks_an
         .collect();
     assert_eq!(seen, [("ok", "blocked"), ("blocked", "ok")]);
     assert!(transitions.iter().all(|r| r["customer_id"] == ACME && r["actor"] == "usage-gate"));
+    // Each told by one webhook message, queued with its record.
+    let messages = app.webhook_messages(endpoint["id"].as_str().unwrap(), "").await;
+    let told: Vec<&str> = messages.iter().rev().map(|m| m["event_type"].as_str().unwrap()).collect();
+    assert_eq!(told, ["customer.usage.blocked", "customer.usage.recovered"]);
+    assert_eq!(receiver.await_received(2).await.len(), 2);
 }
 
 #[tokio::test]

@@ -229,6 +229,10 @@ pub fn test_settings(billabear_url: &str, database_url: &str) -> RawSettings {
     raw.outbox.retry_max_ms = 200;
     raw.outbox.poll_interval_ms = 100;
     raw.outbox.timeout_ms = 1000;
+    // Outbound webhooks retried within a second, looked for every 20 ms.
+    raw.outbound_webhooks.retry_schedule_ms = vec![100, 200, 400];
+    raw.outbound_webhooks.poll_interval_ms = 20;
+    raw.outbound_webhooks.timeout_ms = 2000;
     raw.webhooks.secret = SecretString::from(WEBHOOK_SECRET);
     raw.auth.keys = vec![
         key("checker", CHECK_KEY, &["check"]),

@@ -16,3 +16,4 @@ mod pending;
 mod reservations;
 mod service;
 mod simulator;
+mod webhook_endpoints;

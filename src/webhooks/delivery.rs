@@ -1,0 +1,142 @@
+//! Delivers queued webhook messages: every replica claims due messages (SKIP LOCKED, so each
+//! attempt is made by one replica), signs and posts them, and records each attempt with what
+//! follows from it (delivered, due again on the schedule, failed, or the endpoint disabled on 410).
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sqlx::PgPool;
+
+use super::store::{self, Attempt, Claimed};
+use super::{Attempted, attempted, retry_after, signature};
+use crate::config::OutboundWebhookSettings;
+
+/// How often the backlog gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// At most this much of a failed answer's body is kept with the attempt.
+const MAX_ERROR_BODY: usize = 256;
+
+/// Starts delivering on this replica; runs until aborted (an attempt cut short is made again
+/// when its claim runs out).
+pub fn spawn(pool: PgPool, settings: OutboundWebhookSettings) -> anyhow::Result<tokio::task::AbortHandle> {
+    let client = reqwest::Client::builder()
+        .timeout(settings.timeout)
+        // A receiver's redirect is an answer to fix, not to follow: it fails the attempt.
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("usage-gate-webhooks/", env!("CARGO_PKG_VERSION")))
+        .build()?;
+    Ok(tokio::spawn(run(pool, client, settings)).abort_handle())
+}
+
+async fn run(pool: PgPool, client: reqwest::Client, settings: OutboundWebhookSettings) {
+    // Due again only after every attempt of the claim could have timed out.
+    let lease = settings.timeout * 2 + Duration::from_secs(1);
+    let mut gauges_at = Instant::now();
+    loop {
+        if gauges_at.elapsed() >= GAUGES_EVERY {
+            gauges_at = Instant::now();
+            match store::backlog(&pool).await {
+                Ok((pending, lag)) => {
+                    metrics::gauge!("usage_gate_webhook_messages_pending").set(pending as f64);
+                    metrics::gauge!("usage_gate_webhook_lag_seconds").set(lag);
+                }
+                Err(e) => tracing::warn!(error = %e, "webhooks: cannot read the backlog"),
+            }
+        }
+        let claimed = match store::claim(&pool, settings.concurrency as i64, lease).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhooks: cannot claim due messages");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            tokio::time::sleep(settings.poll_interval).await;
+            continue;
+        }
+        futures_util::stream::iter(claimed)
+            .for_each_concurrent(settings.concurrency, |message| deliver(&pool, &client, &settings, message))
+            .await;
+    }
+}
+
+async fn deliver(
+    pool: &PgPool,
+    client: &reqwest::Client,
+    settings: &OutboundWebhookSettings,
+    message: Claimed,
+) {
+    let attempt = post(client, &message).await;
+    let outcome = attempted(attempt.status_code);
+    let retry = match outcome {
+        Attempted::Failed => retry_after(message.attempts.max(0) as u32, &settings.retry_schedule),
+        _ => None,
+    };
+    let label = match outcome {
+        Attempted::Delivered => "delivered",
+        Attempted::Gone => "gone",
+        Attempted::Failed => "failed",
+    };
+    metrics::counter!("usage_gate_webhook_attempts_total", "outcome" => label).increment(1);
+    match (outcome, retry) {
+        (Attempted::Delivered, _) => {
+            metrics::counter!("usage_gate_webhook_messages_total", "outcome" => "delivered").increment(1)
+        }
+        (_, None) => {
+            metrics::counter!("usage_gate_webhook_messages_total", "outcome" => "failed").increment(1)
+        }
+        _ => {}
+    }
+    if outcome != Attempted::Delivered {
+        tracing::info!(message_id = %message.id, attempts = message.attempts, status = ?attempt.status_code,
+            error = attempt.error.as_deref().unwrap_or(""), "webhooks: attempt failed");
+    }
+    // Recorded however long it takes: an attempt whose outcome is lost is made again.
+    let mut tries = 0;
+    while let Err(e) = store::finish(pool, &message, &attempt, outcome, retry).await {
+        tries += 1;
+        if tries == 3 {
+            tracing::warn!(message_id = %message.id, error = %e, "webhooks: cannot record an attempt");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+    }
+}
+
+/// One signed POST of the message to its endpoint.
+async fn post(client: &reqwest::Client, message: &Claimed) -> Attempt {
+    let started = Instant::now();
+    let timestamp = chrono::Utc::now().timestamp();
+    let secrets: Vec<&str> =
+        std::iter::once(message.secret.as_str()).chain(message.previous_secret.as_deref()).collect();
+    let sent = client
+        .post(&message.url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &message.id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", signature(&message.id, timestamp, &message.body, &secrets))
+        .body(message.body.clone())
+        .send()
+        .await;
+    match sent {
+        Ok(mut response) => {
+            let status = response.status().as_u16();
+            let error = (!response.status().is_success()).then(|| format!("HTTP {status}"));
+            // The start of a failed answer's body helps whoever reads the attempt log.
+            let error = match (error, response.chunk().await) {
+                (Some(error), Ok(Some(chunk))) if !chunk.is_empty() => {
+                    let text =
+                        String::from_utf8_lossy(&chunk[..chunk.len().min(MAX_ERROR_BODY)]).replace('\0', "");
+                    Some(format!("{error}: {text}"))
+                }
+                (error, _) => error,
+            };
+            Attempt { status_code: Some(status), error, duration: started.elapsed() }
+        }
+        Err(e) => Attempt {
+            status_code: None,
+            error: Some(if e.is_timeout() { "timed out".into() } else { format!("cannot connect: {e}") }),
+            duration: started.elapsed(),
+        },
+    }
+}

@@ -1,0 +1,335 @@
+//! Outbound webhooks in Postgres: endpoints (each change audited), the messages queued for
+//! them (by `queue_webhooks`, in the transaction of the change they tell of), their delivery
+//! claims and every attempt.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Attempted, EventType};
+use crate::audit::{self, Actor};
+
+/// How long a rotated-out secret keeps signing beside the new one.
+pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
+
+/// An endpoint as operators see it (never its secret).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Endpoint {
+    pub id: Uuid,
+    pub url: String,
+    /// The types sent; null: every type.
+    pub event_types: Option<Vec<String>>,
+    pub description: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    /// Until then, the secret rotated out signs too.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub previous_secret_until: Option<DateTime<Utc>>,
+    /// Set when the receiver answered 410 Gone: nothing is queued or sent until it is enabled.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub disabled_reason: Option<String>,
+}
+
+const ENDPOINT_COLUMNS: &str = "id, url, event_types, description, created_at, created_by,
+     CASE WHEN previous_secret_until > now() THEN previous_secret_until END AS previous_secret_until,
+     disabled_at, disabled_reason";
+
+/// A new endpoint, as asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEndpoint {
+    pub url: String,
+    pub event_types: Option<Vec<EventType>>,
+    pub description: Option<String>,
+}
+
+fn endpoint_entry(actor: &Actor, action: &str, endpoint: &Endpoint) -> audit::Entry {
+    actor.entry(
+        action,
+        None,
+        endpoint.id.to_string(),
+        serde_json::json!({"url": endpoint.url, "event_types": endpoint.event_types}),
+    )
+}
+
+/// Stores the endpoint with a new secret; returns it and the secret (shown once).
+pub async fn create(
+    pool: &PgPool,
+    new: &NewEndpoint,
+    actor: &Actor,
+) -> Result<(Endpoint, String), sqlx::Error> {
+    let secret = super::new_secret();
+    let types: Option<Vec<&str>> = new.event_types.as_ref().map(|t| t.iter().map(|t| t.as_str()).collect());
+    let mut tx = pool.begin().await?;
+    let endpoint: Endpoint = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO webhook_endpoints (id, url, event_types, description, secret, created_by)
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ENDPOINT_COLUMNS}"
+    )))
+    .bind(Uuid::new_v4())
+    .bind(&new.url)
+    .bind(types)
+    .bind(&new.description)
+    .bind(&secret)
+    .bind(&actor.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    audit::record_in(&mut tx, &endpoint_entry(actor, "webhook_endpoint.create", &endpoint)).await?;
+    tx.commit().await?;
+    Ok((endpoint, secret))
+}
+
+/// Every endpoint, oldest first.
+pub async fn list(pool: &PgPool) -> Result<Vec<Endpoint>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id"
+    )))
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<Endpoint>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Changes one endpoint with `set` (an SQL assignment list; `$2` is bound to `value`) and audits
+/// it as `action`; None when there is no such endpoint.
+async fn change(
+    pool: &PgPool,
+    id: Uuid,
+    set: &'static str,
+    value: Option<String>,
+    action: &str,
+    actor: &Actor,
+) -> Result<Option<Endpoint>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let changed: Option<Endpoint> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE webhook_endpoints SET {set} WHERE id = $1 RETURNING {ENDPOINT_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(value)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(endpoint) = changed else { return Ok(None) };
+    audit::record_in(&mut tx, &endpoint_entry(actor, action, &endpoint)).await?;
+    tx.commit().await?;
+    Ok(Some(endpoint))
+}
+
+/// A new secret for the endpoint; the old one keeps signing beside it for [`ROTATION_OVERLAP`].
+/// Returns the new secret (shown once), None when there is no such endpoint.
+pub async fn rotate(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<String>, sqlx::Error> {
+    let secret = super::new_secret();
+    let set = "previous_secret = secret, previous_secret_until = now() + interval '24 hours', secret = $2";
+    let rotated =
+        change(pool, id, set, Some(secret.clone()), "webhook_endpoint.rotate_secret", actor).await?;
+    Ok(rotated.map(|_| secret))
+}
+
+/// Sends to a disabled endpoint again (its pending messages too).
+pub async fn enable(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<Endpoint>, sqlx::Error> {
+    let set = "disabled_at = NULL, disabled_reason = $2";
+    change(pool, id, set, None, "webhook_endpoint.enable", actor).await
+}
+
+/// Deletes the endpoint and its messages; false when there is no such endpoint.
+pub async fn delete(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let deleted: Option<Endpoint> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "DELETE FROM webhook_endpoints WHERE id = $1 RETURNING {ENDPOINT_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(endpoint) = deleted else { return Ok(false) };
+    audit::record_in(&mut tx, &endpoint_entry(actor, "webhook_endpoint.delete", &endpoint)).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A message with its attempts, as operators see it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct Message {
+    /// The `webhook-id` header.
+    pub id: String,
+    pub event_type: String,
+    pub customer_id: Option<Uuid>,
+    /// `pending`, `delivered` or `failed` (the schedule ran out, or the receiver answered 410).
+    pub status: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub delivered_at: Option<DateTime<Utc>>,
+    /// The body as sent.
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    /// Oldest first: `{attempted_at, status_code, error, duration_ms}`.
+    #[schema(value_type = Vec<Object>)]
+    pub attempts: serde_json::Value,
+}
+
+/// The endpoint's messages, newest first, of one status when given.
+pub async fn messages(
+    pool: &PgPool,
+    endpoint: Uuid,
+    status: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Message>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT m.id, m.event_type, m.customer_id, m.status, m.created_at,
+                CASE WHEN m.status = 'pending' THEN m.next_attempt_at END AS next_attempt_at,
+                m.delivered_at, m.body::jsonb AS payload,
+                (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                            'attempted_at', a.attempted_at, 'status_code', a.status_code,
+                            'error', a.error, 'duration_ms', a.duration_ms) ORDER BY a.id), '[]'::jsonb)
+                 FROM webhook_attempts a WHERE a.message_id = m.id) AS attempts
+         FROM webhook_messages m
+         WHERE m.endpoint_id = $1 AND ($2::text IS NULL OR m.status = $2)
+         ORDER BY m.created_at DESC, m.id
+         LIMIT $3",
+    )
+    .bind(endpoint)
+    .bind(status)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Queues the message again, due now, with a fresh schedule (same `webhook-id`); false when the
+/// endpoint has no such message.
+pub async fn resend(
+    pool: &PgPool,
+    endpoint: Uuid,
+    message: &str,
+    actor: &Actor,
+) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE webhook_messages SET status = 'pending', attempts = 0, next_attempt_at = now(), delivered_at = NULL
+         WHERE id = $1 AND endpoint_id = $2",
+    )
+    .bind(message)
+    .bind(endpoint)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(false);
+    }
+    let entry = actor.entry(
+        "webhook_message.resend",
+        None,
+        message.to_owned(),
+        serde_json::json!({"endpoint_id": endpoint}),
+    );
+    audit::record_in(&mut tx, &entry).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A message claimed for one attempt.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Claimed {
+    pub id: String,
+    pub body: String,
+    /// Attempts made, this one included (fences the outcome: see [`finish`]).
+    pub attempts: i32,
+    pub url: String,
+    pub secret: String,
+    /// The rotated-out secret, while it still signs.
+    pub previous_secret: Option<String>,
+}
+
+/// Claims up to `limit` due messages of enabled endpoints, oldest due first, skipping those
+/// another replica is claiming: each is due again only after `lease` (so if this replica dies
+/// mid-attempt, another sends it then).
+pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
+    sqlx::query_as(
+        "UPDATE webhook_messages m
+         SET attempts = m.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
+         FROM (SELECT m.id, e.url, e.secret,
+                      CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret
+               FROM webhook_messages m JOIN webhook_endpoints e ON e.id = m.endpoint_id
+               WHERE m.status = 'pending' AND m.next_attempt_at <= now() AND e.disabled_at IS NULL
+               ORDER BY m.next_attempt_at
+               LIMIT $1
+               FOR UPDATE OF m SKIP LOCKED) due
+         WHERE m.id = due.id
+         RETURNING m.id, m.body, m.attempts, due.url, due.secret, due.previous_secret",
+    )
+    .bind(limit)
+    .bind(lease.as_secs_f64())
+    .fetch_all(pool)
+    .await
+}
+
+/// What one attempt got.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration: Duration,
+}
+
+/// Records the attempt and what follows from it: delivered; failed for good (the schedule is
+/// spent: `retry_after` None) ; due again after `retry_after`; or, on 410, the endpoint
+/// disabled. Fenced by the claim's attempt count: if the lease ran out and another replica
+/// claimed the message since, only the attempt is recorded.
+pub async fn finish(
+    pool: &PgPool,
+    claimed: &Claimed,
+    attempt: &Attempt,
+    outcome: Attempted,
+    retry_after: Option<Duration>,
+) -> Result<(), sqlx::Error> {
+    let (status, gone) = match (outcome, retry_after) {
+        (Attempted::Delivered, _) => ("delivered", None),
+        (Attempted::Gone, _) => ("failed", Some("the receiver answered 410 Gone")),
+        (Attempted::Failed, Some(_)) => ("pending", None),
+        (Attempted::Failed, None) => ("failed", None),
+    };
+    sqlx::query(
+        "WITH attempt AS (
+             INSERT INTO webhook_attempts (message_id, status_code, error, duration_ms)
+             VALUES ($1, $2, $3, $4)),
+         message AS (
+             UPDATE webhook_messages
+             SET status = $5,
+                 next_attempt_at = now() + make_interval(secs => coalesce($6, 0)),
+                 delivered_at = CASE WHEN $5 = 'delivered' THEN now() END
+             WHERE id = $1 AND attempts = $7 AND status = 'pending'
+             RETURNING endpoint_id)
+         UPDATE webhook_endpoints SET disabled_at = now(), disabled_reason = $8
+         WHERE $8::text IS NOT NULL AND id IN (SELECT endpoint_id FROM message) AND disabled_at IS NULL",
+    )
+    .bind(&claimed.id)
+    .bind(attempt.status_code.map(|s| s as i16))
+    .bind(&attempt.error)
+    .bind(i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX))
+    .bind(status)
+    .bind(retry_after.map(|d| d.as_secs_f64()))
+    .bind(claimed.attempts)
+    .bind(gone)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Messages waiting to be delivered, and how long the oldest has waited (seconds).
+pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at))::float8, 0)
+         FROM webhook_messages WHERE status = 'pending'",
+    )
+    .fetch_one(pool)
+    .await
+}

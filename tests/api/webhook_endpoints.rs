@@ -1,0 +1,345 @@
+//! usage-gate's own webhooks: a local receiver verifies every signature with the endpoint's
+//! secret (by the Standard Webhooks library), retries keep the webhook-id, rotation signs with
+//! both secrets, 410 disables, and a dead outbox event is told. That each transition is one
+//! message however many replicas see it is tested with its audit record (`admin.rs`).
+
+use std::collections::VecDeque;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::overrides::in_;
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Received {
+    pub fn id(&self) -> &str {
+        self.headers["webhook-id"].to_str().unwrap()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap()
+    }
+
+    /// Verifies the signature as a receiver would, with the Standard Webhooks library.
+    pub fn verifies_with(&self, secret: &str) -> bool {
+        standardwebhooks::Webhook::new(secret).unwrap().verify(self.body.as_bytes(), &self.headers).is_ok()
+    }
+}
+
+/// A local webhook receiver: records every request and answers with the scripted statuses in
+/// turn, then 204.
+pub struct Receiver {
+    pub url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    server: actix_web::dev::ServerHandle,
+}
+
+#[derive(Clone)]
+struct ReceiverState {
+    received: Arc<Mutex<Vec<Received>>>,
+    script: Arc<Mutex<VecDeque<u16>>>,
+}
+
+async fn receive(state: web::Data<ReceiverState>, request: HttpRequest, body: web::Bytes) -> HttpResponse {
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in request.headers() {
+        headers.append(
+            http::HeaderName::from_bytes(name.as_str().as_bytes()).unwrap(),
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+        );
+    }
+    state
+        .received
+        .lock()
+        .unwrap()
+        .push(Received { headers, body: String::from_utf8(body.to_vec()).unwrap() });
+    let status = state.script.lock().unwrap().pop_front().unwrap_or(204);
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).body("scripted")
+}
+
+impl Receiver {
+    pub fn start(script: &[u16]) -> Self {
+        let state = ReceiverState {
+            received: Arc::default(),
+            script: Arc::new(Mutex::new(script.iter().copied().collect())),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let data = web::Data::new(state.clone());
+        let server =
+            HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(receive)))
+                .workers(1)
+                .disable_signals()
+                .listen(listener)
+                .unwrap()
+                .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self { url, received: state.received, server: handle }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests have come; returns them.
+    pub async fn await_received(&self, n: usize) -> Vec<Received> {
+        eventually(Duration::from_secs(5), format!("{n} webhook requests"), || async {
+            let got = self.received();
+            (got.len() >= n).then_some(got)
+        })
+        .await
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        let server = self.server.clone();
+        tokio::spawn(async move { server.stop(false).await });
+    }
+}
+
+impl TestApp {
+    /// Registers an endpoint; returns its body (with `secret`).
+    pub async fn webhook_endpoint(&self, body: Value) -> Value {
+        let response = self.admin(reqwest::Method::POST, "/v1/webhook-endpoints", Some(body)).await;
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    pub async fn shown_endpoint(&self, id: &str) -> Value {
+        let response = self.admin(reqwest::Method::GET, &format!("/v1/webhook-endpoints/{id}"), None).await;
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// The endpoint's messages, newest first.
+    pub async fn webhook_messages(&self, endpoint: &str, query: &str) -> Vec<Value> {
+        let path = format!("/v1/webhook-endpoints/{endpoint}/messages{query}");
+        let response = self.admin(reqwest::Method::GET, &path, None).await;
+        assert_eq!(response.status(), 200);
+        response.json::<Value>().await.unwrap()["messages"].as_array().unwrap().clone()
+    }
+
+    /// Waits until the endpoint has `n` delivered messages; returns them.
+    pub async fn await_delivered_messages(&self, endpoint: &str, n: usize) -> Vec<Value> {
+        eventually(Duration::from_secs(5), format!("{n} delivered messages"), || async {
+            let messages = self.webhook_messages(endpoint, "?status=delivered").await;
+            (messages.len() >= n).then_some(messages)
+        })
+        .await
+    }
+
+    /// Blocks the customer with an override; returns the override.
+    pub async fn block(&self, customer: &str) -> Value {
+        let body = json!({"effect": "block", "reason": "test", "expires_at": in_(Duration::from_secs(3600))});
+        let response = self.create_override(customer, body).await;
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    pub async fn end_override(&self, customer: &str, created: &Value) {
+        let path = format!("/v1/customers/{customer}/overrides/{}", created["id"].as_str().unwrap());
+        assert_eq!(self.admin(reqwest::Method::DELETE, &path, None).await.status(), 204);
+    }
+}
+
+#[tokio::test]
+async fn every_message_is_signed_with_the_endpoints_secret_and_tells_the_transition() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(&[]);
+    let endpoint = app.webhook_endpoint(json!({"url": receiver.url, "description": "billing team"})).await;
+    let secret = endpoint["secret"].as_str().unwrap();
+    assert!(secret.starts_with("whsec_") && secret.len() >= 6 + 32, "{secret}");
+    let id = endpoint["id"].as_str().unwrap();
+    let listed =
+        app.admin(reqwest::Method::GET, "/v1/webhook-endpoints", None).await.json::<Value>().await.unwrap();
+    assert_eq!(listed["endpoints"][0]["id"], id);
+    assert!(!listed.to_string().contains(secret), "the secret is shown once");
+
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([{"amount": 100, "action": "DISABLE"}])).await;
+    assert_eq!(app.check(&customer).await["status"], "ok");
+    let created = app.block(&customer).await;
+    let first = &app.await_delivered_messages(id, 1).await[0];
+    app.end_override(&customer, &created).await;
+    let received = receiver.await_received(2).await;
+    for request in &received {
+        assert!(request.verifies_with(secret), "{:?}", request.headers);
+        assert!(
+            !request.verifies_with(&usage_gate::webhooks::new_secret()),
+            "another secret does not verify"
+        );
+    }
+    let blocked = received[0].json();
+    assert_eq!(blocked["type"], "customer.usage.blocked");
+    assert_eq!(
+        (
+            blocked["data"]["customer_id"].as_str(),
+            blocked["data"]["status"].as_str(),
+            blocked["data"]["previous_status"].as_str()
+        ),
+        (Some(customer.as_str()), Some("blocked"), Some("ok"))
+    );
+    assert_eq!(blocked["data"]["reasons"], json!(["override_block"]));
+    assert_eq!(blocked["data"]["estimate"]["amount"], 20);
+    assert_eq!(blocked["data"]["limits"][0]["amount"], 100);
+    assert!(chrono::DateTime::parse_from_rfc3339(blocked["timestamp"].as_str().unwrap()).is_ok());
+    assert_eq!(received[0].id(), first["id"].as_str().unwrap());
+    let recovered = received[1].json();
+    assert_eq!(
+        (recovered["type"].as_str(), recovered["data"]["previous_status"].as_str()),
+        (Some("customer.usage.recovered"), Some("blocked"))
+    );
+    let attempts = &app.await_delivered_messages(id, 2).await[1]["attempts"];
+    assert_eq!((attempts.as_array().unwrap().len(), attempts[0]["status_code"].as_i64()), (1, Some(204)));
+}
+
+#[tokio::test]
+async fn a_receiver_answering_500_then_204_gets_the_same_webhook_id_twice_and_nothing_more() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(&[500]);
+    let endpoint =
+        app.webhook_endpoint(json!({"url": receiver.url, "event_types": ["customer.usage.blocked"]})).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([{"amount": 100, "action": "DISABLE"}])).await;
+    app.check(&customer).await;
+    app.block(&customer).await;
+    let delivered = app.await_delivered_messages(id, 1).await;
+    let attempts: Vec<Option<i64>> =
+        delivered[0]["attempts"].as_array().unwrap().iter().map(|a| a["status_code"].as_i64()).collect();
+    assert_eq!(attempts, [Some(500), Some(204)]);
+    assert!(delivered[0]["attempts"][0]["error"].as_str().unwrap().starts_with("HTTP 500"));
+    // Delivered is recorded after the 204 came: any further request would have come before.
+    let received = receiver.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(received[0].id(), received[1].id());
+    assert!(received.iter().all(|r| r.verifies_with(endpoint["secret"].as_str().unwrap())));
+}
+
+#[tokio::test]
+async fn a_rotated_secret_signs_beside_the_new_one() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(&[]);
+    let endpoint = app.webhook_endpoint(json!({"url": receiver.url})).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let old = endpoint["secret"].as_str().unwrap();
+    let response =
+        app.admin(reqwest::Method::POST, &format!("/v1/webhook-endpoints/{id}/rotate-secret"), None).await;
+    assert_eq!(response.status(), 200);
+    let new = response.json::<Value>().await.unwrap()["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    let shown = app.shown_endpoint(id).await;
+    assert!(shown["previous_secret_until"].is_string());
+
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([])).await;
+    app.check(&customer).await;
+    app.block(&customer).await;
+    let received = receiver.await_received(1).await;
+    let signatures: Vec<&str> =
+        received[0].headers["webhook-signature"].to_str().unwrap().split(' ').collect();
+    assert_eq!(signatures.len(), 2);
+    assert!(signatures.iter().all(|s| s.starts_with("v1,")));
+    assert!(received[0].verifies_with(old) && received[0].verifies_with(&new));
+    assert_eq!(app.audit_rows("webhook_endpoint.rotate_secret").await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_410_disables_the_endpoint_until_it_is_enabled() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(&[410]);
+    let endpoint = app.webhook_endpoint(json!({"url": receiver.url})).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([])).await;
+    app.check(&customer).await;
+    let created = app.block(&customer).await;
+    let failed = eventually(Duration::from_secs(5), "the message failed", || async {
+        let failed = app.webhook_messages(id, "?status=failed").await;
+        (!failed.is_empty()).then_some(failed)
+    })
+    .await;
+    assert_eq!(failed[0]["attempts"][0]["status_code"], 410);
+    let shown = app.shown_endpoint(id).await;
+    assert!(shown["disabled_at"].is_string(), "{shown}");
+    // Nothing is queued for a disabled endpoint.
+    app.end_override(&customer, &created).await;
+    eventually(Duration::from_secs(5), "the way back recorded", || async {
+        (app.audit_rows("decision.transition").await.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(app.webhook_messages(id, "").await.len(), 1);
+    assert_eq!(receiver.received().len(), 1);
+    // Enabled again, it gets what comes next.
+    let enabled = app.admin(reqwest::Method::POST, &format!("/v1/webhook-endpoints/{id}/enable"), None).await;
+    assert_eq!(enabled.status(), 200);
+    app.block(&customer).await;
+    assert_eq!(app.await_delivered_messages(id, 1).await[0]["event_type"], "customer.usage.blocked");
+    // A failed message can be sent again by hand, with its webhook-id.
+    let message = failed[0]["id"].as_str().unwrap();
+    let path = format!("/v1/webhook-endpoints/{id}/messages/{message}/resend");
+    assert_eq!(app.admin(reqwest::Method::POST, &path, None).await.status(), 202);
+    let received = receiver.await_received(3).await;
+    assert_eq!(received[2].id(), message);
+}
+
+#[tokio::test]
+async fn a_dead_outbox_event_is_told_as_event_dead() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(&[]);
+    let endpoint = app.webhook_endpoint(json!({"url": receiver.url, "event_types": ["event.dead"]})).await;
+    let event =
+        json!({"event_id": "doomed-1", "subscription": ACME_SUBSCRIPTION, "code": "storage_tb", "value": 3});
+    assert_eq!(app.post_event(&event).await.status(), 202);
+    let received = receiver.await_received(1).await;
+    let told = received[0].json();
+    assert_eq!(told["type"], "event.dead");
+    assert_eq!(
+        (told["data"]["event_id"].as_str(), told["data"]["upstream_status"].as_i64()),
+        (Some("doomed-1"), Some(400))
+    );
+    assert!(told["data"]["error"].as_str().unwrap().contains("storage_tb"), "{told}");
+    assert!(received[0].verifies_with(endpoint["secret"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn an_expired_override_is_told_and_endpoints_are_validated() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(&[]);
+    let endpoint = app
+        .webhook_endpoint(json!({"url": receiver.url, "event_types": ["customer.override.expired"]}))
+        .await;
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([])).await;
+    let body = json!({"effect": "allow", "reason": "trial", "expires_at": in_(Duration::from_millis(300))});
+    assert_eq!(app.create_override(&customer, body).await.status(), 201);
+    let told = receiver.await_received(1).await[0].json();
+    assert_eq!(told["type"], "customer.override.expired");
+    assert_eq!(
+        (told["data"]["customer_id"].as_str(), told["data"]["override"]["reason"].as_str()),
+        (Some(customer.as_str()), Some("trial"))
+    );
+    assert!(receiver.received()[0].verifies_with(endpoint["secret"].as_str().unwrap()));
+
+    let invalid = app
+        .admin(
+            reqwest::Method::POST,
+            "/v1/webhook-endpoints",
+            Some(json!({"url": "ftp://x", "event_types": ["nope"]})),
+        )
+        .await;
+    let problem = assert_problem(invalid, 422, "validation_failed").await;
+    let fields: Vec<&str> =
+        problem["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["url", "event_types[0]"]);
+    let with_check_key =
+        app.http.get(app.url("/v1/webhook-endpoints")).bearer_auth(CHECK_KEY).send().await.unwrap();
+    assert_problem(with_check_key, 403, "forbidden").await;
+}
