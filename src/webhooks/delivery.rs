@@ -31,10 +31,10 @@ pub fn spawn(pool: PgPool, settings: OutboundWebhookSettings) -> anyhow::Result<
 async fn run(pool: PgPool, client: reqwest::Client, settings: OutboundWebhookSettings) {
     // Due again only after every attempt of the claim could have timed out.
     let lease = settings.timeout * 2 + Duration::from_secs(1);
-    let mut gauges_at = Instant::now();
+    let mut gauges_at: Option<Instant> = None;
     loop {
-        if gauges_at.elapsed() >= GAUGES_EVERY {
-            gauges_at = Instant::now();
+        if gauges_at.is_none_or(|at| at.elapsed() >= GAUGES_EVERY) {
+            gauges_at = Some(Instant::now());
             match store::backlog(&pool).await {
                 Ok((pending, lag)) => {
                     metrics::gauge!("usage_gate_webhook_messages_pending").set(pending as f64);

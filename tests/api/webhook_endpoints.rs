@@ -224,6 +224,15 @@ async fn a_receiver_answering_500_then_204_gets_the_same_webhook_id_twice_and_no
     assert_eq!(received.len(), 2);
     assert_eq!(received[0].id(), received[1].id());
     assert!(received.iter().all(|r| r.verifies_with(endpoint["secret"].as_str().unwrap())));
+    let metrics = app.get("/metrics", None).await.text().await.unwrap();
+    for series in [
+        "usage_gate_webhook_attempts_total{outcome=\"failed\"}",
+        "usage_gate_webhook_messages_total{outcome=\"delivered\"}",
+        "usage_gate_webhook_messages_pending",
+        "usage_gate_webhook_lag_seconds",
+    ] {
+        assert!(metrics.contains(series), "{series} in /metrics");
+    }
 }
 
 #[tokio::test]
