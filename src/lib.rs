@@ -14,6 +14,7 @@ pub mod enforce;
 pub mod error;
 pub mod invalidation;
 pub mod memo;
+pub mod mirror;
 pub mod outbox;
 pub mod overrides;
 pub mod pending;

@@ -310,7 +310,7 @@ pub async fn list_open(pool: &PgPool, customer: CustomerId) -> Result<Vec<Reserv
 pub async fn open_holds(
     pool: &PgPool,
     customers: Option<&[CustomerId]>,
-) -> Result<HashMap<CustomerId, Vec<Hold>>, sqlx::Error> {
+) -> Result<HashMap<CustomerId, Box<[Hold]>>, sqlx::Error> {
     let rows: Vec<(Uuid, i64, DateTime<Utc>)> = match customers {
         Some(customers) => {
             let ids: Vec<Uuid> = customers.iter().map(|c| c.as_uuid()).collect();
@@ -335,5 +335,5 @@ pub async fn open_holds(
             .or_default()
             .push(Hold { amount, expires_at_ms: expires_at.timestamp_millis() });
     }
-    Ok(holds)
+    Ok(holds.into_iter().map(|(customer, holds)| (customer, holds.into_boxed_slice())).collect())
 }
