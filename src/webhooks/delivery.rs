@@ -2,10 +2,11 @@
 //! attempt is made by one replica), signs and posts them, and records each attempt with what
 //! follows from it (delivered, due again on the schedule, failed, or the endpoint disabled on 410).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use sqlx::PgPool;
+use tokio::task::JoinSet;
 
 use super::store::{self, Attempt, Claimed};
 use super::{Attempted, attempted, retry_after, signature};
@@ -25,17 +26,29 @@ pub fn spawn(pool: PgPool, settings: OutboundWebhookSettings) -> anyhow::Result<
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("usage-gate-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()?;
-    Ok(tokio::spawn(run(pool, client, settings)).abort_handle())
+    Ok(tokio::spawn(run(Arc::new(Deliverer { pool, client, settings }))).abort_handle())
 }
 
-async fn run(pool: PgPool, client: reqwest::Client, settings: OutboundWebhookSettings) {
+struct Deliverer {
+    pool: PgPool,
+    client: reqwest::Client,
+    settings: OutboundWebhookSettings,
+}
+
+/// Claims due messages while attempts are free, each attempt its own task (a slow receiver
+/// holds one of `concurrency` slots, not the others' messages); the attempts under way stop
+/// with the loop.
+async fn run(deliverer: Arc<Deliverer>) {
+    let settings = &deliverer.settings;
     // Due again only after every attempt of the claim could have timed out.
     let lease = settings.timeout * 2 + Duration::from_secs(1);
     let mut gauges_at: Option<Instant> = None;
+    let mut under_way = JoinSet::new();
     loop {
+        while under_way.try_join_next().is_some() {}
         if gauges_at.is_none_or(|at| at.elapsed() >= GAUGES_EVERY) {
             gauges_at = Some(Instant::now());
-            match store::backlog(&pool).await {
+            match store::backlog(&deliverer.pool).await {
                 Ok((pending, lag)) => {
                     metrics::gauge!("usage_gate_webhook_messages_pending").set(pending as f64);
                     metrics::gauge!("usage_gate_webhook_lag_seconds").set(lag);
@@ -43,7 +56,12 @@ async fn run(pool: PgPool, client: reqwest::Client, settings: OutboundWebhookSet
                 Err(e) => tracing::warn!(error = %e, "webhooks: cannot read the backlog"),
             }
         }
-        let claimed = match store::claim(&pool, settings.concurrency as i64, lease).await {
+        let free = settings.concurrency.saturating_sub(under_way.len());
+        if free == 0 {
+            under_way.join_next().await;
+            continue;
+        }
+        let claimed = match store::claim(&deliverer.pool, free as i64, lease).await {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(error = %e, "webhooks: cannot claim due messages");
@@ -51,25 +69,23 @@ async fn run(pool: PgPool, client: reqwest::Client, settings: OutboundWebhookSet
             }
         };
         if claimed.is_empty() {
-            tokio::time::sleep(settings.poll_interval).await;
+            tokio::select! {
+                () = tokio::time::sleep(settings.poll_interval) => {}
+                _ = under_way.join_next(), if !under_way.is_empty() => {}
+            }
             continue;
         }
-        futures_util::stream::iter(claimed)
-            .for_each_concurrent(settings.concurrency, |message| deliver(&pool, &client, &settings, message))
-            .await;
+        for message in claimed {
+            under_way.spawn(deliver(deliverer.clone(), message));
+        }
     }
 }
 
-async fn deliver(
-    pool: &PgPool,
-    client: &reqwest::Client,
-    settings: &OutboundWebhookSettings,
-    message: Claimed,
-) {
-    let attempt = post(client, &message).await;
+async fn deliver(deliverer: Arc<Deliverer>, message: Claimed) {
+    let attempt = post(&deliverer.client, &message).await;
     let outcome = attempted(attempt.status_code);
     let retry = match outcome {
-        Attempted::Failed => retry_after(message.attempts.max(0) as u32, &settings.retry_schedule),
+        Attempted::Failed => retry_after(message.attempts.max(0) as u32, &deliverer.settings.retry_schedule),
         _ => None,
     };
     let label = match outcome {
@@ -91,9 +107,9 @@ async fn deliver(
         tracing::info!(message_id = %message.id, attempts = message.attempts, status = ?attempt.status_code,
             error = attempt.error.as_deref().unwrap_or(""), "webhooks: attempt failed");
     }
-    // Recorded however long it takes: an attempt whose outcome is lost is made again.
+    // An attempt whose outcome is lost is made again when its claim runs out.
     let mut tries = 0;
-    while let Err(e) = store::finish(pool, &message, &attempt, outcome, retry).await {
+    while let Err(e) = store::finish(&deliverer.pool, &message, &attempt, outcome, retry).await {
         tries += 1;
         if tries == 3 {
             tracing::warn!(message_id = %message.id, error = %e, "webhooks: cannot record an attempt");

@@ -48,6 +48,8 @@ pub struct Receiver {
 struct ReceiverState {
     received: Arc<Mutex<Vec<Received>>>,
     script: Arc<Mutex<VecDeque<u16>>>,
+    /// How long each answer takes.
+    delay: Duration,
 }
 
 async fn receive(state: web::Data<ReceiverState>, request: HttpRequest, body: web::Bytes) -> HttpResponse {
@@ -63,15 +65,22 @@ async fn receive(state: web::Data<ReceiverState>, request: HttpRequest, body: we
         .lock()
         .unwrap()
         .push(Received { headers, body: String::from_utf8(body.to_vec()).unwrap() });
+    tokio::time::sleep(state.delay).await;
     let status = state.script.lock().unwrap().pop_front().unwrap_or(204);
     HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).body("scripted")
 }
 
 impl Receiver {
     pub fn start(script: &[u16]) -> Self {
+        Self::start_slow(script, Duration::ZERO)
+    }
+
+    /// A receiver that takes `delay` to answer each request.
+    pub fn start_slow(script: &[u16], delay: Duration) -> Self {
         let state = ReceiverState {
             received: Arc::default(),
             script: Arc::new(Mutex::new(script.iter().copied().collect())),
+            delay,
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/hooks", listener.local_addr().unwrap());
@@ -298,6 +307,26 @@ async fn a_410_disables_the_endpoint_until_it_is_enabled() {
     assert_eq!(app.admin(reqwest::Method::POST, &path, None).await.status(), 202);
     let received = receiver.await_received(3).await;
     assert_eq!(received[2].id(), message);
+}
+
+#[tokio::test]
+async fn a_slow_receiver_does_not_hold_up_another_endpoints_messages() {
+    let app = TestApp::spawn_with(|raw| raw.outbound_webhooks.timeout_ms = 10_000).await;
+    let slow = Receiver::start_slow(&[], Duration::from_secs(5));
+    let fast = Receiver::start(&[]);
+    let slow_endpoint = app.webhook_endpoint(json!({"url": slow.url})).await;
+    app.webhook_endpoint(json!({"url": fast.url})).await;
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([])).await;
+    app.check(&customer).await;
+    let created = app.block(&customer).await;
+    slow.await_received(1).await;
+    app.end_override(&customer, &created).await;
+    // While the slow receiver still holds its first message, the fast one gets both.
+    let received = fast.await_received(2).await;
+    assert_eq!(received[1].json()["type"], "customer.usage.recovered");
+    let slow_delivered =
+        app.webhook_messages(slow_endpoint["id"].as_str().unwrap(), "?status=delivered").await;
+    assert!(slow_delivered.is_empty(), "the slow receiver has not answered yet: {slow_delivered:?}");
 }
 
 #[tokio::test]
