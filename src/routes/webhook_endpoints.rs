@@ -11,8 +11,8 @@ use super::{actor, page_limit};
 use crate::auth::Caller;
 use crate::error::{ApiError, FieldError};
 use crate::startup::AppState;
-use crate::webhooks::EventType;
 use crate::webhooks::store::{self, Endpoint, Message, NewEndpoint};
+use crate::webhooks::{self, EventType};
 
 const MAX_URL: usize = 2048;
 const MAX_DESCRIPTION_CHARS: usize = 500;
@@ -92,6 +92,11 @@ fn endpoint_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid_field("endpoint_id", "must be a UUID"))
 }
 
+fn new_secret() -> Result<String, ApiError> {
+    webhooks::new_secret()
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("cannot draw a webhook secret: {e}")))
+}
+
 fn no_endpoint(id: Uuid) -> ApiError {
     ApiError::NotFound(format!("no webhook endpoint {id}"))
 }
@@ -118,7 +123,8 @@ pub async fn create(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let new = parse_endpoint(&body).map_err(ApiError::unprocessable)?;
-    let (endpoint, secret) = store::create(&state.pool, &new, &actor(&caller, &request_id)).await?;
+    let secret = new_secret()?;
+    let endpoint = store::create(&state.pool, &new, &secret, &actor(&caller, &request_id)).await?;
     Ok(HttpResponse::Created().json(Created { endpoint, secret }))
 }
 
@@ -179,8 +185,10 @@ pub async fn rotate_secret(
     path: web::Path<String>,
 ) -> Result<web::Json<Rotated>, ApiError> {
     let id = endpoint_id(&path)?;
-    let secret =
-        store::rotate(&state.pool, id, &actor(&caller, &request_id)).await?.ok_or_else(|| no_endpoint(id))?;
+    let secret = new_secret()?;
+    store::rotate(&state.pool, id, &secret, &actor(&caller, &request_id))
+        .await?
+        .ok_or_else(|| no_endpoint(id))?;
     Ok(web::Json(Rotated { secret }))
 }
 

@@ -74,11 +74,11 @@ impl EventType {
 }
 
 /// A new signing secret: `whsec_` and the base64 of 32 bytes from the operating system's
-/// random source.
-pub fn new_secret() -> String {
+/// random source (which can fail only if the system has none to give).
+pub fn new_secret() -> Result<String, getrandom::Error> {
     let mut key = [0u8; 32];
-    getrandom::fill(&mut key).expect("the operating system's random source works");
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
+    getrandom::fill(&mut key)?;
+    Ok(format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key)))
 }
 
 /// The `webhook-signature` header: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">` for
@@ -151,7 +151,7 @@ mod tests {
 
     #[test]
     fn secrets_are_whsec_and_32_random_bytes() {
-        let (a, b) = (new_secret(), new_secret());
+        let (a, b) = (new_secret().unwrap(), new_secret().unwrap());
         assert_ne!(a, b);
         let key =
             base64::engine::general_purpose::STANDARD.decode(a.strip_prefix("whsec_").unwrap()).unwrap();
@@ -165,7 +165,7 @@ mod tests {
         let body = r#"{"email":"test@example.com","username":"test_user"}"#;
         let expected = "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
         assert_eq!(signature("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body, &[secret]), expected);
-        let other = new_secret();
+        let other = new_secret().unwrap();
         let both = signature("msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body, &[&other, secret]);
         let parts: Vec<&str> = both.split(' ').collect();
         assert_eq!((parts.len(), parts[1]), (2, expected));

@@ -56,13 +56,13 @@ fn endpoint_entry(actor: &Actor, action: &str, endpoint: &Endpoint) -> audit::En
     )
 }
 
-/// Stores the endpoint with a new secret; returns it and the secret (shown once).
+/// Stores the endpoint with its `secret` (a [`super::new_secret`]).
 pub async fn create(
     pool: &PgPool,
     new: &NewEndpoint,
+    secret: &str,
     actor: &Actor,
-) -> Result<(Endpoint, String), sqlx::Error> {
-    let secret = super::new_secret();
+) -> Result<Endpoint, sqlx::Error> {
     let types: Option<Vec<&str>> = new.event_types.as_ref().map(|t| t.iter().map(|t| t.as_str()).collect());
     let mut tx = pool.begin().await?;
     let endpoint: Endpoint = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -73,13 +73,13 @@ pub async fn create(
     .bind(&new.url)
     .bind(types)
     .bind(&new.description)
-    .bind(&secret)
+    .bind(secret)
     .bind(&actor.name)
     .fetch_one(&mut *tx)
     .await?;
     audit::record_in(&mut tx, &endpoint_entry(actor, "webhook_endpoint.create", &endpoint)).await?;
     tx.commit().await?;
-    Ok((endpoint, secret))
+    Ok(endpoint)
 }
 
 /// Every endpoint, oldest first.
@@ -124,14 +124,16 @@ async fn change(
     Ok(Some(endpoint))
 }
 
-/// A new secret for the endpoint; the old one keeps signing beside it for [`ROTATION_OVERLAP`].
-/// Returns the new secret (shown once), None when there is no such endpoint.
-pub async fn rotate(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<String>, sqlx::Error> {
-    let secret = super::new_secret();
+/// Gives the endpoint a new `secret`; the old one keeps signing beside it for
+/// [`ROTATION_OVERLAP`]. None when there is no such endpoint.
+pub async fn rotate(
+    pool: &PgPool,
+    id: Uuid,
+    secret: &str,
+    actor: &Actor,
+) -> Result<Option<Endpoint>, sqlx::Error> {
     let set = "previous_secret = secret, previous_secret_until = now() + interval '24 hours', secret = $2";
-    let rotated =
-        change(pool, id, set, Some(secret.clone()), "webhook_endpoint.rotate_secret", actor).await?;
-    Ok(rotated.map(|_| secret))
+    change(pool, id, set, Some(secret.to_owned()), "webhook_endpoint.rotate_secret", actor).await
 }
 
 /// Sends to a disabled endpoint again (its pending messages too).
