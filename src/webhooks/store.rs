@@ -285,7 +285,8 @@ pub struct Attempt {
 /// Records the attempt and what follows from it: delivered; failed for good (the schedule is
 /// spent: `retry_after` None) ; due again after `retry_after`; or, on 410, the endpoint
 /// disabled. Fenced by the claim's attempt count: if the lease ran out and another replica
-/// claimed the message since, only the attempt is recorded.
+/// claimed the message since, only the attempt is recorded (and not even that if the endpoint
+/// was deleted meanwhile).
 pub async fn finish(
     pool: &PgPool,
     claimed: &Claimed,
@@ -302,7 +303,7 @@ pub async fn finish(
     sqlx::query(
         "WITH attempt AS (
              INSERT INTO webhook_attempts (message_id, status_code, error, duration_ms)
-             VALUES ($1, $2, $3, $4)),
+             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM webhook_messages WHERE id = $1)),
          message AS (
              UPDATE webhook_messages
              SET status = $5,
