@@ -82,6 +82,7 @@ pub struct RawOutboundWebhooks {
     pub timeout_ms: u64,
     pub poll_interval_ms: u64,
     pub concurrency: u32,
+    pub retention_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -544,6 +545,9 @@ fn validate_outbound_webhooks(v: &mut Validator, raw: &RawOutboundWebhooks) -> O
             60_000,
         )),
         concurrency: v.range("outbound_webhooks.concurrency", raw.concurrency.into(), 1, 1024) as usize,
+        retention: Duration::from_secs(
+            86_400 * v.range("outbound_webhooks.retention_days", raw.retention_days.into(), 1, 3650),
+        ),
     }
 }
 
@@ -722,6 +726,8 @@ pub struct OutboundWebhookSettings {
     pub poll_interval: Duration,
     /// Attempts under way at once (per replica).
     pub concurrency: usize,
+    /// Delivered and failed messages are kept this long (with their attempts), then deleted.
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -14,6 +14,9 @@ use crate::config::OutboundWebhookSettings;
 
 /// How often the backlog gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
+/// How often messages past retention are deleted, and how many rows per statement.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+const PRUNE_CHUNK: i64 = 1000;
 /// At most this much of a failed answer's body is kept with the attempt.
 const MAX_ERROR_BODY: usize = 256;
 
@@ -43,6 +46,7 @@ async fn run(deliverer: Arc<Deliverer>) {
     // Due again only after every attempt of the claim could have timed out.
     let lease = settings.timeout * 2 + Duration::from_secs(1);
     let mut gauges_at: Option<Instant> = None;
+    let mut pruned_at: Option<Instant> = None;
     let mut under_way = JoinSet::new();
     loop {
         while under_way.try_join_next().is_some() {}
@@ -54,6 +58,14 @@ async fn run(deliverer: Arc<Deliverer>) {
                     metrics::gauge!("usage_gate_webhook_lag_seconds").set(lag);
                 }
                 Err(e) => tracing::warn!(error = %e, "webhooks: cannot read the backlog"),
+            }
+        }
+        if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
+            pruned_at = Some(Instant::now());
+            match store::prune(&deliverer.pool, settings.retention, PRUNE_CHUNK).await {
+                Ok(0) => {}
+                Ok(pruned) => tracing::info!(pruned, "webhooks: pruned messages past retention"),
+                Err(e) => tracing::warn!(error = %e, "webhooks: cannot prune"),
             }
         }
         let free = settings.concurrency.saturating_sub(under_way.len());

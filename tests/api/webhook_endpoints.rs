@@ -245,6 +245,40 @@ async fn a_receiver_answering_500_then_204_gets_the_same_webhook_id_twice_and_no
 }
 
 #[tokio::test]
+async fn messages_past_retention_are_pruned_unless_still_pending() {
+    let app = TestApp::spawn().await;
+    let receiver = Receiver::start(&[]);
+    let endpoint = app.webhook_endpoint(json!({"url": receiver.url})).await;
+    let id = endpoint["id"].as_str().unwrap();
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([])).await;
+    app.check(&customer).await;
+    app.block(&customer).await;
+    app.await_delivered_messages(id, 1).await;
+    // An old delivered message, and an old one still pending (due tomorrow).
+    sqlx::query("UPDATE webhook_messages SET created_at = now() - interval '40 days'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let old_pending = sqlx::query_scalar::<_, String>(
+        "INSERT INTO webhook_messages (id, endpoint_id, event_type, body, created_at, next_attempt_at)
+         VALUES ('msg_old_pending', $1, 'event.dead', '{}', now() - interval '40 days', now() + interval '1 day')
+         RETURNING id",
+    )
+    .bind(uuid::Uuid::parse_str(id).unwrap())
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let retention = Duration::from_secs(35 * 86_400);
+    assert_eq!(usage_gate::webhooks::store::prune(&app.pool, retention, 1).await.unwrap(), 1);
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM webhook_messages").fetch_all(&app.pool).await.unwrap();
+    assert_eq!(left, [old_pending]);
+    let attempts: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_attempts").fetch_one(&app.pool).await.unwrap();
+    assert_eq!(attempts, 0, "the pruned message's attempts go with it");
+}
+
+#[tokio::test]
 async fn a_rotated_secret_signs_beside_the_new_one() {
     let app = TestApp::spawn().await;
     let receiver = Receiver::start(&[]);
