@@ -14,7 +14,7 @@ use tracing_actix_web::TracingLogger;
 
 use crate::audit::Transitions;
 use crate::billabear::BillaBearClient;
-use crate::cache::{FetchHook, Known, Lookup, SnapshotCache, SnapshotData, Source, now_ms};
+use crate::cache::{FetchHook, Known, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
 use crate::check::{self, Checker};
 use crate::config::Settings;
 use crate::domain::CustomerId;
@@ -25,9 +25,9 @@ use crate::outbox::event::Target;
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::outbox::ingest::Ingest;
 use crate::outbox::store::Stats;
-use crate::overrides::{self, Overrides};
+use crate::overrides::{self, Override, Overrides};
 use crate::pending::{self, Changed, LedgerFetch, Pending};
-use crate::policy::PolicySettings;
+use crate::policy::{PolicySettings, Status};
 use crate::reservations::{self, Holds};
 use crate::subscriptions::Subscriptions;
 use crate::{db, routes, telemetry, webhooks};
@@ -133,8 +133,8 @@ impl Application {
             tasks: override_tasks,
             listening: overrides_listening,
         } = Overrides::start(pool.clone());
-        let on_fetched =
-            on_fetched(pending.clone(), overrides.clone(), transitions.clone(), settings.policy.clone());
+        let watch = Watch { pending: pending.clone(), transitions, policy: settings.policy.clone() };
+        let on_fetched = on_fetched(watch.clone(), overrides.clone());
         let metrics_address = settings.server.metrics_address;
         let source = LedgerFetch {
             client: billabear.clone(),
@@ -147,21 +147,13 @@ impl Application {
         let watching = tokio::spawn(watch_pending(
             changes,
             cache.clone(),
-            pending.clone(),
+            watch.clone(),
             overrides.clone(),
             subscriptions.clone(),
-            transitions.clone(),
-            settings.policy.clone(),
         ))
         .abort_handle();
-        let watching_overrides = tokio::spawn(watch_overrides(
-            override_changes,
-            cache.clone(),
-            pending.clone(),
-            transitions,
-            settings.policy.clone(),
-        ))
-        .abort_handle();
+        let watching_overrides =
+            tokio::spawn(watch_overrides(override_changes, cache.clone(), watch)).abort_handle();
         let reservations::Started { holds, tasks: holds_tasks, listening: holds_listening } =
             Holds::start(pool.clone());
         let mut background = vec![listening, watching, watching_overrides];
@@ -270,24 +262,68 @@ impl Application {
     }
 }
 
-/// What every fetched snapshot of a known customer starts: auditing a decision transition.
-fn on_fetched(
+/// Tells the transition writer what a cached customer's decision is now, wherever it may have
+/// changed: a fetch, its pending usage, its override.
+#[derive(Clone)]
+struct Watch {
     pending: Pending,
-    overrides: Overrides,
     transitions: Transitions,
     policy: PolicySettings,
-) -> FetchHook {
+}
+
+impl Watch {
+    /// The usage status `snapshot` decides with the customer's pending usage, under `applied`.
+    fn status(
+        &self,
+        customer: CustomerId,
+        snapshot: &Snapshot,
+        applied: Option<&Override>,
+    ) -> Option<Status> {
+        check::usage_status(
+            &snapshot.data,
+            |known| self.pending.project(customer, known),
+            applied,
+            &self.policy,
+        )
+    }
+
+    /// Observes the customer's decision on `snapshot` (from `source`) under `applied`, if its
+    /// status is not `before`: the whole decision (what a webhook tells) is built only then.
+    fn tell(
+        &self,
+        customer: CustomerId,
+        before: Option<Status>,
+        snapshot: Arc<Snapshot>,
+        source: Source,
+        applied: Option<&Override>,
+        at_ms: u64,
+    ) {
+        if before.is_some() && self.status(customer, &snapshot, applied) == before {
+            return;
+        }
+        let project = |known: &Known| self.pending.project(customer, known);
+        let decision = check::explain(
+            customer,
+            None,
+            Lookup::found(snapshot, source),
+            project,
+            applied,
+            &self.policy,
+            now_ms(),
+        );
+        self.transitions.observe(customer, before, &decision, at_ms);
+    }
+}
+
+/// What every fetched snapshot of a known customer starts: auditing a decision transition.
+fn on_fetched(watch: Watch, overrides: Overrides) -> FetchHook {
     Arc::new(move |customer, before, after| {
         if !matches!(after.data, SnapshotData::Known(_)) {
             return;
         }
-        let now = now_ms();
-        let applied = overrides.active(customer, now);
-        let project = |known: &Known| pending.project(customer, known);
-        let before = before.and_then(|b| check::usage_status(&b.data, project, applied.as_ref(), &policy));
-        let lookup = Lookup::found(after.clone(), Source::Upstream);
-        let decision = check::explain(customer, None, lookup, project, applied.as_ref(), &policy, now);
-        transitions.observe(customer, before, &decision, after.fetched_at_ms);
+        let applied = overrides.active(customer, now_ms());
+        let before = before.and_then(|b| watch.status(customer, b, applied.as_ref()));
+        watch.tell(customer, before, after.clone(), Source::Upstream, applied.as_ref(), after.fetched_at_ms);
     })
 }
 
@@ -296,11 +332,9 @@ fn on_fetched(
 async fn watch_pending(
     mut changes: tokio::sync::mpsc::Receiver<Changed>,
     cache: SnapshotCache,
-    pending: Pending,
+    watch: Watch,
     overrides: Overrides,
     subscriptions: Subscriptions,
-    transitions: Transitions,
-    policy: PolicySettings,
 ) {
     while let Some(Changed { target, before }) = changes.recv().await {
         let customer = match target {
@@ -314,21 +348,11 @@ async fn watch_pending(
         let applied = overrides.active(customer, now);
         let status_before = check::usage_status(
             &snapshot.data,
-            |known| pending.project_replacing(customer, known, Some((target, was))),
+            |known| watch.pending.project_replacing(customer, known, Some((target, was))),
             applied.as_ref(),
-            &policy,
+            &watch.policy,
         );
-        let project = |known: &Known| pending.project(customer, known);
-        let decision = check::explain(
-            customer,
-            None,
-            Lookup::found(snapshot, Source::Cache),
-            project,
-            applied.as_ref(),
-            &policy,
-            now,
-        );
-        transitions.observe(customer, status_before, &decision, now);
+        watch.tell(customer, status_before, snapshot, Source::Cache, applied.as_ref(), now);
     }
 }
 
@@ -338,25 +362,12 @@ async fn watch_pending(
 async fn watch_overrides(
     mut changes: tokio::sync::mpsc::Receiver<overrides::Changed>,
     cache: SnapshotCache,
-    pending: Pending,
-    transitions: Transitions,
-    policy: PolicySettings,
+    watch: Watch,
 ) {
     while let Some(overrides::Changed { customer, before, after }) = changes.recv().await {
         let Some(snapshot) = cache.cached(customer).and_then(|lookup| lookup.snapshot) else { continue };
-        let project = |known: &Known| pending.project(customer, known);
-        let status_before = check::usage_status(&snapshot.data, project, before.as_ref(), &policy);
-        let now = now_ms();
-        let decision = check::explain(
-            customer,
-            None,
-            Lookup::found(snapshot, Source::Cache),
-            project,
-            after.as_ref(),
-            &policy,
-            now,
-        );
-        transitions.observe(customer, status_before, &decision, now);
+        let status_before = watch.status(customer, &snapshot, before.as_ref());
+        watch.tell(customer, status_before, snapshot, Source::Cache, after.as_ref(), now_ms());
     }
 }
 
