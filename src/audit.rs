@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::check::Decision;
+use crate::check::{Decision, Mark};
 use crate::domain::CustomerId;
 use crate::policy::Status;
 use crate::webhooks::EventType;
@@ -257,6 +257,12 @@ struct Observation {
     kind: Option<&'static str>,
     /// The webhook's `data`: the decision.
     data: serde_json::Value,
+    /// What the console lists and plots: the projected estimate, its currency, the lowest
+    /// DISABLE limit, the reason codes (comma-separated).
+    estimate: i64,
+    currency: String,
+    disable_limit: Option<i64>,
+    reasons: String,
 }
 
 /// How many observations may wait for the writer; beyond it they are dropped (and counted),
@@ -270,20 +276,26 @@ impl Transitions {
         Self { sender }
     }
 
-    /// `before`: the status of the snapshot this replica held (None if it held none); only a
-    /// change, or a first sight, goes to Postgres, where the newest status seen by any replica
-    /// decides whether it is a transition. `after`: the decision now. `at_ms`: when the new
-    /// snapshot was fetched (or the change seen).
-    pub fn observe(&self, customer: CustomerId, before: Option<Status>, after: &Decision, at_ms: u64) {
-        if !is_tracked(after.status) || before == Some(after.status) {
+    /// `before`: the mark of the snapshot this replica held (None if it held none); only a
+    /// change (of status, or of the estimate's band), or a first sight, goes to Postgres, where
+    /// the newest status seen by any replica decides whether it is a transition. `after`: the
+    /// decision now. `at_ms`: when the new snapshot was fetched (or the change seen).
+    pub fn observe(&self, customer: CustomerId, before: Option<Mark>, after: &Decision, at_ms: u64) {
+        let (Some(mark), Some(estimate)) = (after.mark(), after.estimate) else { return };
+        if !is_tracked(mark.status) || before == Some(mark) {
             return;
         }
+        let reasons: Vec<&str> = after.reasons.iter().map(|r| r.code()).collect();
         let observation = Observation {
             customer,
             status: after.status,
             at_ms,
             kind: EventType::of_transition(after.status, after.reasons).map(EventType::as_str),
             data: serde_json::to_value(after).unwrap_or_default(),
+            estimate: estimate.amount,
+            currency: estimate.currency.as_str().to_owned(),
+            disable_limit: after.lowest_disable_limit(),
+            reasons: reasons.join(","),
         };
         if self.sender.try_send(observation).is_err() {
             metrics::counter!("usage_gate_audit_transitions_dropped_total").increment(1);
@@ -343,19 +355,34 @@ async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), s
         .collect();
     let kinds: Vec<Option<&str>> = round.iter().map(|o| o.kind).collect();
     let data: Vec<&serde_json::Value> = round.iter().map(|o| &o.data).collect();
+    let estimates: Vec<i64> = round.iter().map(|o| o.estimate).collect();
+    let currencies: Vec<&str> = round.iter().map(|o| o.currency.as_str()).collect();
+    let disable_limits: Vec<Option<i64>> = round.iter().map(|o| o.disable_limit).collect();
+    let reasons: Vec<&str> = round.iter().map(|o| o.reasons.as_str()).collect();
     let mut tx = pool.begin().await?;
     lock_inserts(&mut tx).await?;
     sqlx::query(
         "WITH seen AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[])
-                 AS s (customer_id, status, observed_at, kind, data)),
+             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[],
+                                  $6::bigint[], $7::text[], $8::bigint[], $9::text[])
+                 AS s (customer_id, status, observed_at, kind, data, estimate, currency, disable_limit, reasons)),
+         sampled AS (
+             INSERT INTO usage_samples (customer_id, observed_at, status, estimate, currency, disable_limit)
+             SELECT customer_id, observed_at, status, estimate, currency, disable_limit FROM seen
+             ON CONFLICT DO NOTHING),
          changed AS (
-             INSERT INTO customer_decisions (customer_id, status, observed_at)
-             SELECT customer_id, status, observed_at FROM seen
+             INSERT INTO customer_decisions (customer_id, status, observed_at, estimate, currency, disable_limit, reasons)
+             SELECT customer_id, status, observed_at, estimate, currency, disable_limit,
+                    string_to_array(reasons, ',')
+             FROM seen
              ON CONFLICT (customer_id) DO UPDATE
                  SET previous_status = customer_decisions.status,
                      status = EXCLUDED.status,
                      observed_at = EXCLUDED.observed_at,
+                     estimate = EXCLUDED.estimate,
+                     currency = EXCLUDED.currency,
+                     disable_limit = EXCLUDED.disable_limit,
+                     reasons = EXCLUDED.reasons,
                      changed_at = CASE WHEN customer_decisions.status <> EXCLUDED.status
                                        THEN now() ELSE customer_decisions.changed_at END
                  WHERE customer_decisions.observed_at < EXCLUDED.observed_at
@@ -380,6 +407,10 @@ async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), s
     .bind(&observed)
     .bind(&kinds)
     .bind(&data)
+    .bind(&estimates)
+    .bind(&currencies)
+    .bind(&disable_limits)
+    .bind(&reasons)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
@@ -398,6 +429,10 @@ mod tests {
             at_ms,
             kind: None,
             data: serde_json::Value::Null,
+            estimate: 0,
+            currency: String::new(),
+            disable_limit: None,
+            reasons: String::new(),
         };
         let batch = vec![
             seen(a, Status::Blocked, 1),

@@ -144,6 +144,15 @@ impl ApiKeys {
     }
 }
 
+impl ApiKeys {
+    /// The caller whose key has this digest (a console session holds the digest of the key
+    /// that started it, so a key removed from the configuration ends its sessions).
+    pub fn by_digest(&self, digest: &[u8]) -> Option<Caller> {
+        let key = self.keys.iter().find(|key| bool::from(key.digest.as_slice().ct_eq(digest)))?;
+        Some(Caller { name: key.name.clone(), scopes: key.scopes })
+    }
+}
+
 /// The key from `Authorization: Bearer <key>`.
 fn bearer_token(req: &ServiceRequest) -> Option<&[u8]> {
     let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();

@@ -358,6 +358,12 @@ impl SnapshotCache {
         }
     }
 
+    /// About how many customers BillaBear does not know are cached here (moka's count, which
+    /// may still include a few expired entries).
+    pub fn unknown_count(&self) -> u64 {
+        self.inner.unknown.entry_count()
+    }
+
     /// Refreshes a cached customer in the background (nothing if it is not cached), at most once
     /// per `cache.min_refresh_interval` and joining a refresh under way, so a burst of calls
     /// (e.g. a customer's events delivered one after another) makes one refresh.

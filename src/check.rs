@@ -94,6 +94,12 @@ impl Decision {
     pub fn lowest_disable_limit(&self) -> Option<i64> {
         self.limits.iter().filter(|l| l.action == LimitAction::Disable).map(|l| l.amount).min()
     }
+
+    /// The decision's [`Mark`], if it is about usage (a known customer).
+    pub fn mark(&self) -> Option<Mark> {
+        let estimate = self.estimate.as_ref()?;
+        Some(Mark { status: self.status, band: policy::band(estimate.amount, self.lowest_disable_limit()) })
+    }
 }
 
 /// How a customer's enforced writes are judged (see [`Checker::enforcement`]).
@@ -232,17 +238,26 @@ impl Checker {
     }
 }
 
-/// The usage status a snapshot of a known customer decides with the estimate `project` makes
-/// of it, under the override `applied` (`None` for unknown customers and the unavailable
-/// marker).
-pub fn usage_status(
+/// The [`Mark`] a snapshot of a known customer decides with the estimate `project` makes of it,
+/// under the override `applied` (`None` for unknown customers and the unavailable marker).
+pub fn usage_mark(
     data: &SnapshotData,
     project: impl FnOnce(&Known) -> Projection,
     applied: Option<&Override>,
     settings: &PolicySettings,
-) -> Option<Status> {
+) -> Option<Mark> {
     let SnapshotData::Known(known) = data else { return None };
-    Some(policy::decide_with(&known.usage(&project(known)), None, applied.map(|o| o.effect), settings).status)
+    let usage = known.usage(&project(known));
+    let status = policy::decide_with(&usage, None, applied.map(|o| o.effect), settings).status;
+    Some(Mark { status, band: policy::band(usage.estimate, policy::lowest_disable_limit(&known.limits)) })
+}
+
+/// What is recorded of a customer's decision when it changes: its status, and how far its
+/// estimate has come towards its lowest DISABLE limit ([`policy::band`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub status: Status,
+    pub band: Option<u8>,
 }
 
 /// Builds the explained decision from a lookup, with the estimate `project` makes of a known
@@ -363,22 +378,23 @@ mod tests {
     }
 
     #[test]
-    fn usage_status_is_the_policys_status_for_known_customers_only() {
+    fn usage_mark_is_the_policys_status_and_the_band_for_known_customers_only() {
         let settings = PolicySettings::default();
         let disable = &[(100, LimitAction::Disable)];
-        assert_eq!(usage_status(&known(10, disable), counted, None, &settings), Some(Status::Ok));
+        let mark = |data: &SnapshotData, project: fn(&Known) -> Projection| {
+            usage_mark(data, project, None, &settings).map(|m| (m.status, m.band))
+        };
+        assert_eq!(mark(&known(10, disable), counted), Some((Status::Ok, Some(2))));
+        assert_eq!(mark(&known(100, disable), counted), Some((Status::Warning, Some(20))), "near the limit");
+        assert_eq!(mark(&known(101, disable), counted), Some((Status::Blocked, Some(20))));
         assert_eq!(
-            usage_status(&known(100, disable), counted, None, &settings),
-            Some(Status::Warning),
-            "near the limit"
+            usage_mark(&known(10, disable), with_pending(91), None, &settings).map(|m| (m.status, m.band)),
+            Some((Status::Blocked, Some(20))),
+            "pending usage counts"
         );
-        assert_eq!(usage_status(&known(101, disable), counted, None, &settings), Some(Status::Blocked));
-        assert_eq!(
-            usage_status(&known(10, disable), with_pending(91), None, &settings),
-            Some(Status::Blocked)
-        );
-        assert_eq!(usage_status(&SnapshotData::NotFound, counted, None, &settings), None);
-        assert_eq!(usage_status(&SnapshotData::Unavailable, counted, None, &settings), None);
+        assert_eq!(mark(&known(10, &[(100, LimitAction::Warning)]), counted), Some((Status::Ok, None)));
+        assert_eq!(mark(&SnapshotData::NotFound, counted), None);
+        assert_eq!(mark(&SnapshotData::Unavailable, counted), None);
     }
 
     #[test]

@@ -72,7 +72,16 @@ pub struct RawSettings {
     pub auth: RawAuth,
     pub webhooks: RawWebhooks,
     pub outbound_webhooks: RawOutboundWebhooks,
+    pub console: RawConsole,
     pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsole {
+    pub enabled: bool,
+    pub session_idle_minutes: u64,
+    pub history_days: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -400,6 +409,20 @@ impl RawSettings {
                 },
             },
             outbound_webhooks: validate_outbound_webhooks(&mut v, &self.outbound_webhooks),
+            console: ConsoleSettings {
+                enabled: self.console.enabled,
+                session_idle: Duration::from_secs(
+                    60 * v.range(
+                        "console.session_idle_minutes",
+                        self.console.session_idle_minutes,
+                        1,
+                        7 * 1440,
+                    ),
+                ),
+                history: Duration::from_secs(
+                    86_400 * v.range("console.history_days", self.console.history_days.into(), 1, 3650),
+                ),
+            },
             log: LogSettings {
                 format: v.parse("log.format", &self.log.format, LogFormat::Auto, |s| match s {
                     "auto" => Ok(LogFormat::Auto),
@@ -712,7 +735,19 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub webhooks: WebhookSettings,
     pub outbound_webhooks: OutboundWebhookSettings,
+    pub console: ConsoleSettings,
     pub log: LogSettings,
+}
+
+/// The operator console (README, "Operator console").
+#[derive(Debug, Clone)]
+pub struct ConsoleSettings {
+    /// Whether `/console/` is served.
+    pub enabled: bool,
+    /// A session ends after this long without a request.
+    pub session_idle: Duration,
+    /// How long the observations behind the usage plots are kept.
+    pub history: Duration,
 }
 
 /// usage-gate's own webhooks (README, "Outbound webhooks").

@@ -265,6 +265,20 @@ pub struct Verdict {
     pub would_block: Option<bool>,
 }
 
+/// The amount of the lowest DISABLE limit among `limits`: the one that blocks first.
+pub fn lowest_disable_limit(limits: &[Limit]) -> Option<i64> {
+    limits.iter().filter(|l| l.action == LimitAction::Disable).map(|l| l.amount).min()
+}
+
+/// How far `estimate` has come towards `limit`, in steps of 5% (0 below 5%, 20 at the limit),
+/// at most 40 (twice it); none without a limit. A customer's observation is recorded each time
+/// its band (or status) changes, so its usage plot gets a point every 5% of the way without a
+/// write per event.
+pub fn band(estimate: i64, limit: Option<i64>) -> Option<u8> {
+    let limit = limit.filter(|l| *l > 0)?;
+    Some((i128::from(estimate.max(0)) * 20 / i128::from(limit)).min(40) as u8)
+}
+
 /// The decision for a known customer; `cost` (minor units, not negative) asks whether that much
 /// more may be spent.
 pub fn decide(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -> Verdict {
@@ -384,6 +398,19 @@ fn apply_mode(allowed: bool, status: Status, reasons: Reasons, settings: &Policy
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_band_is_five_percent_of_the_lowest_disable_limit_up_to_twice_it() {
+        assert_eq!(band(0, Some(1000)), Some(0));
+        assert_eq!(band(49, Some(1000)), Some(0));
+        assert_eq!(band(50, Some(1000)), Some(1));
+        assert_eq!(band(1000, Some(1000)), Some(20));
+        assert_eq!(band(1001, Some(1000)), Some(20), "just over is still the limit's band");
+        assert_eq!(band(i64::MAX, Some(1)), Some(40));
+        assert_eq!(band(-5, Some(1000)), Some(0), "a credit is no usage");
+        assert_eq!(band(500, None), None);
+        assert_eq!(band(500, Some(0)), None, "a zero limit has no bands");
+    }
     use LimitAction::{Disable, Warning};
     use Reason::*;
 

@@ -15,6 +15,7 @@ use tracing_actix_web::TracingLogger;
 use crate::audit::Transitions;
 use crate::billabear::BillaBearClient;
 use crate::cache::{FetchHook, Known, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
+use crate::check::Mark;
 use crate::check::{self, Checker};
 use crate::config::Settings;
 use crate::domain::CustomerId;
@@ -27,10 +28,10 @@ use crate::outbox::ingest::Ingest;
 use crate::outbox::store::Stats;
 use crate::overrides::{self, Override, Overrides};
 use crate::pending::{self, Changed, LedgerFetch, Pending};
-use crate::policy::{PolicySettings, Status};
+use crate::policy::PolicySettings;
 use crate::reservations::{self, Holds};
 use crate::subscriptions::Subscriptions;
-use crate::{db, routes, telemetry, webhooks};
+use crate::{console, db, routes, telemetry, webhooks};
 
 /// What every handler may reach.
 pub struct AppState {
@@ -136,6 +137,7 @@ impl Application {
         let watch = Watch { pending: pending.clone(), transitions, policy: settings.policy.clone() };
         let on_fetched = on_fetched(watch.clone(), overrides.clone());
         let metrics_address = settings.server.metrics_address;
+        let console_enabled = settings.console.enabled;
         let source = LedgerFetch {
             client: billabear.clone(),
             pending: pending.clone(),
@@ -161,6 +163,7 @@ impl Application {
         background.extend(holds_tasks);
         background.extend(override_tasks);
         background.push(webhooks::delivery::spawn(pool.clone(), settings.outbound_webhooks.clone())?);
+        background.push(console::spawn_housekeeping(pool.clone(), settings.console.clone()));
         let forwarder = forwarder::spawn(
             pool.clone(),
             &billabear,
@@ -204,6 +207,11 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .configure(|cfg| routes::configure(cfg, metrics_address.is_none()))
+                .configure(|cfg| {
+                    if console_enabled {
+                        console::configure(cfg)
+                    }
+                })
                 .default_service(web::to(not_found))
                 .wrap(from_fn(telemetry::request_metrics))
                 .wrap(TracingLogger::<telemetry::RequestSpan>::new())
@@ -272,14 +280,9 @@ struct Watch {
 }
 
 impl Watch {
-    /// The usage status `snapshot` decides with the customer's pending usage, under `applied`.
-    fn status(
-        &self,
-        customer: CustomerId,
-        snapshot: &Snapshot,
-        applied: Option<&Override>,
-    ) -> Option<Status> {
-        check::usage_status(
+    /// The mark `snapshot` decides with the customer's pending usage, under `applied`.
+    fn mark(&self, customer: CustomerId, snapshot: &Snapshot, applied: Option<&Override>) -> Option<Mark> {
+        check::usage_mark(
             &snapshot.data,
             |known| self.pending.project(customer, known),
             applied,
@@ -288,17 +291,17 @@ impl Watch {
     }
 
     /// Observes the customer's decision on `snapshot` (from `source`) under `applied`, if its
-    /// status is not `before`: the whole decision (what a webhook tells) is built only then.
+    /// mark is not `before`: the whole decision (what a webhook tells) is built only then.
     fn tell(
         &self,
         customer: CustomerId,
-        before: Option<Status>,
+        before: Option<Mark>,
         snapshot: Arc<Snapshot>,
         source: Source,
         applied: Option<&Override>,
         at_ms: u64,
     ) {
-        if before.is_some() && self.status(customer, &snapshot, applied) == before {
+        if before.is_some() && self.mark(customer, &snapshot, applied) == before {
             return;
         }
         let project = |known: &Known| self.pending.project(customer, known);
@@ -322,7 +325,7 @@ fn on_fetched(watch: Watch, overrides: Overrides) -> FetchHook {
             return;
         }
         let applied = overrides.active(customer, now_ms());
-        let before = before.and_then(|b| watch.status(customer, b, applied.as_ref()));
+        let before = before.and_then(|b| watch.mark(customer, b, applied.as_ref()));
         watch.tell(customer, before, after.clone(), Source::Upstream, applied.as_ref(), after.fetched_at_ms);
     })
 }
@@ -346,13 +349,13 @@ async fn watch_pending(
         let was = before.as_deref().unwrap_or(&[]);
         let now = now_ms();
         let applied = overrides.active(customer, now);
-        let status_before = check::usage_status(
+        let before = check::usage_mark(
             &snapshot.data,
             |known| watch.pending.project_replacing(customer, known, Some((target, was))),
             applied.as_ref(),
             &watch.policy,
         );
-        watch.tell(customer, status_before, snapshot, Source::Cache, applied.as_ref(), now);
+        watch.tell(customer, before, snapshot, Source::Cache, applied.as_ref(), now);
     }
 }
 
@@ -366,8 +369,8 @@ async fn watch_overrides(
 ) {
     while let Some(overrides::Changed { customer, before, after }) = changes.recv().await {
         let Some(snapshot) = cache.cached(customer).and_then(|lookup| lookup.snapshot) else { continue };
-        let status_before = watch.status(customer, &snapshot, before.as_ref());
-        watch.tell(customer, status_before, snapshot, Source::Cache, after.as_ref(), now_ms());
+        let marked = watch.mark(customer, &snapshot, before.as_ref());
+        watch.tell(customer, marked, snapshot, Source::Cache, after.as_ref(), now_ms());
     }
 }
 

@@ -9,7 +9,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::event::{IncomingEvent, Target};
-use crate::domain::SubscriptionId;
+use crate::audit::{self, Actor};
+use crate::domain::{CustomerId, SubscriptionId};
 
 /// Woken on every accepted batch, so forwarders need not poll.
 pub const NOTIFY_CHANNEL: &str = "usage_gate_outbox";
@@ -324,6 +325,16 @@ pub struct OutboxEvent {
     pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// The `SELECT … FROM outbox` of an [`OutboxEvent`] (a macro so `concat!` can build each
+/// listing's static query from it).
+macro_rules! listed_event {
+    () => {
+        "SELECT id, event_id, subscription_id, customer_id, code, value, properties, status, attempts,
+                next_attempt_at, last_error, upstream_status, received_at, delivered_at
+         FROM outbox"
+    };
+}
+
 /// Up to `limit` events in id order after `after` (keyset pagination), filtered.
 pub async fn list(
     pool: &PgPool,
@@ -332,14 +343,12 @@ pub async fn list(
     after: Option<i64>,
     limit: i64,
 ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, event_id, subscription_id, customer_id, code, value, properties, status, attempts,
-                next_attempt_at, last_error, upstream_status, received_at, delivered_at
-         FROM outbox
-         WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR customer_id = $2) AND id > $3
+    sqlx::query_as(concat!(
+        listed_event!(),
+        " WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR customer_id = $2) AND id > $3
          ORDER BY id
          LIMIT $4",
-    )
+    ))
     .bind(status)
     .bind(customer)
     .bind(after.unwrap_or(0))
@@ -348,9 +357,47 @@ pub async fn list(
     .await
 }
 
+/// A customer's undelivered events (pending and dead), oldest first: those sent with
+/// `customer`, and those sent with one of its `subscriptions`.
+pub async fn undelivered_of(
+    pool: &PgPool,
+    customer: CustomerId,
+    subscriptions: &[Uuid],
+    limit: i64,
+) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        listed_event!(),
+        " WHERE status IN ('pending', 'dead') AND (customer_id = $1 OR subscription_id = ANY($2))
+         ORDER BY id
+         LIMIT $3",
+    ))
+    .bind(customer.as_uuid())
+    .bind(subscriptions)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// The mean time from acceptance to delivery of the events delivered in the last five minutes
+/// (seconds); none when none was.
+pub async fn delivery_lag(pool: &PgPool) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT avg(EXTRACT(EPOCH FROM delivered_at - received_at))::float8 FROM outbox
+         WHERE status = 'delivered' AND delivered_at > now() - interval '5 minutes'",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Puts dead events back in the queue, due now: one by id, or all (optionally one customer's).
-/// Returns how many.
-pub async fn retry_dead(pool: &PgPool, id: Option<i64>, customer: Option<Uuid>) -> Result<u64, sqlx::Error> {
+/// Returns how many; a retry that found some is audited as `actor`'s `outbox.retry`, in the same
+/// transaction.
+pub async fn retry_dead(
+    pool: &PgPool,
+    id: Option<i64>,
+    customer: Option<CustomerId>,
+    actor: &Actor,
+) -> Result<u64, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let retried = sqlx::query(
         "UPDATE outbox SET status = 'pending', next_attempt_at = now(), lease_until = NULL, attempts = 0,
@@ -358,12 +405,15 @@ pub async fn retry_dead(pool: &PgPool, id: Option<i64>, customer: Option<Uuid>) 
          WHERE status = 'dead' AND ($1::bigint IS NULL OR id = $1) AND ($2::uuid IS NULL OR customer_id = $2)",
     )
     .bind(id)
-    .bind(customer)
+    .bind(customer.map(|c| c.as_uuid()))
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if retried > 0 {
         sqlx::query("SELECT pg_notify($1, '')").bind(NOTIFY_CHANNEL).execute(&mut *tx).await?;
+        let target = id.map_or_else(|| "all".to_owned(), |id| id.to_string());
+        let details = serde_json::json!({"retried": retried});
+        audit::record_in(&mut tx, &actor.entry("outbox.retry", customer, target, details)).await?;
     }
     tx.commit().await?;
     Ok(retried)

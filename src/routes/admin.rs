@@ -7,8 +7,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing_actix_web::RequestId;
 
-use super::customer_id;
-use crate::audit::{self, Entry, Outcome};
+use super::{actor, customer_id};
+use crate::audit::{self, Actor, Entry, Outcome};
 use crate::auth::Caller;
 use crate::billabear::{BillaBearError, NewUsageLimit, UsageLimit};
 use crate::check::Decision;
@@ -101,22 +101,37 @@ pub async fn create_limit(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let customer = customer_id(&path, "customer_id")?;
+    let created = create_limit_as(&state, &actor(&caller, &request_id), customer, &body).await?;
+    let id = created.id.to_string();
+    Ok(HttpResponse::Created()
+        .insert_header(("Location", format!("/v1/customers/{customer}/usage-limits/{id}")))
+        .json(created))
+}
+
+/// Creates a usage limit in BillaBear for `actor` (the API and the console): audited before
+/// BillaBear is asked and given its outcome after; the customer is then refetched.
+pub(crate) async fn create_limit_as(
+    state: &AppState,
+    actor: &Actor,
+    customer: CustomerId,
+    body: &Value,
+) -> Result<UsageLimit, ApiError> {
     let mut entry = Entry {
-        actor: caller.name.to_string(),
+        actor: actor.name.clone(),
         action: "usage_limit.create".into(),
         customer: Some(customer),
         target: None,
         outcome: Outcome::Pending,
         upstream_status: None,
-        request_id: Some(request_id.to_string()),
+        request_id: actor.request_id.clone(),
         details: json!({"amount": body.get("amount"), "action": body.get("action")}),
     };
-    let limit = match parse_new_limit(&body) {
+    let limit = match parse_new_limit(body) {
         Ok(limit) => limit,
         Err(errors) => {
             entry.outcome = Outcome::Rejected;
             entry.details["errors"] = json!(errors);
-            audit_rejection(&state, &entry).await;
+            audit_rejection(state, &entry).await;
             return Err(ApiError::unprocessable(errors));
         }
     };
@@ -128,25 +143,22 @@ pub async fn create_limit(
     let before = state.billabear.list_usage_limits(customer).await.ok();
     let created = match state.billabear.create_usage_limit(customer, &limit).await {
         Ok(created) => {
-            conclude(&state, record, Outcome::Success, Some(201), Some(&created.id.to_string()), json!({}))
+            conclude(state, record, Outcome::Success, Some(201), Some(&created.id.to_string()), json!({}))
                 .await;
             created
         }
         Err(e) if outcome_unknown(&e) => {
-            let found = look_for_created(&state, customer, &limit, before.as_deref()).await;
+            let found = look_for_created(state, customer, &limit, before.as_deref()).await;
             let exists = found.as_ref().map(Option::is_some).map_err(Clone::clone);
             let target = found.as_ref().ok().and_then(Option::as_ref).map(|l| l.id.to_string());
-            settle(&state, record, e, exists, true, target.as_deref()).await?;
+            settle(state, record, e, exists, true, target.as_deref()).await?;
             // Settled as made only when found.
             found.ok().flatten().ok_or_else(|| anyhow::anyhow!("a limit settled as made was not found"))?
         }
-        Err(e) => return Err(failed(&state, record, e, customer).await),
+        Err(e) => return Err(failed(state, record, e, customer).await),
     };
     state.customer_changed(customer).await;
-    let id = created.id.to_string();
-    Ok(HttpResponse::Created()
-        .insert_header(("Location", format!("/v1/customers/{customer}/usage-limits/{id}")))
-        .json(created))
+    Ok(created)
 }
 
 /// BillaBear may have acted on a request whose answer never came (or could not be read).
@@ -223,42 +235,54 @@ pub async fn delete_limit(
     let (raw_customer, raw_limit) = path.into_inner();
     let customer = customer_id(&raw_customer, "customer_id")?;
     let limit = LimitId::parse(&raw_limit).map_err(|e| ApiError::invalid_field("limit_id", e.to_string()))?;
+    delete_limit_as(&state, &actor(&caller, &request_id), customer, limit).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Deletes one of the customer's usage limits in BillaBear for `actor` (the API and the
+/// console), audited as [`create_limit_as`] is.
+pub(crate) async fn delete_limit_as(
+    state: &AppState,
+    actor: &Actor,
+    customer: CustomerId,
+    limit: LimitId,
+) -> Result<(), ApiError> {
     let entry = Entry {
-        actor: caller.name.to_string(),
+        actor: actor.name.clone(),
         action: "usage_limit.delete".into(),
         customer: Some(customer),
         target: Some(limit.to_string()),
         outcome: Outcome::Pending,
         upstream_status: None,
-        request_id: Some(request_id.to_string()),
+        request_id: actor.request_id.clone(),
         details: json!({}),
     };
     let record = audit::record(&state.pool, &entry).await?;
     // BillaBear deletes any limit by id, whoever's it is: check that it is this customer's.
     let limits = match state.billabear.list_usage_limits(customer).await {
         Ok(limits) => limits,
-        Err(e) => return Err(failed(&state, record, e, customer).await),
+        Err(e) => return Err(failed(state, record, e, customer).await),
     };
     let Some(found) = limits.iter().find(|l| l.id == limit) else {
         let message = format!("customer {customer} has no usage limit {limit}");
-        conclude(&state, record, Outcome::Rejected, None, None, json!({"message": message})).await;
+        conclude(state, record, Outcome::Rejected, None, None, json!({"message": message})).await;
         return Err(ApiError::NotFound(message));
     };
     let details = json!({"amount": found.amount, "action": found.action.as_str()});
     match state.billabear.delete_usage_limit(customer, limit).await {
-        Ok(()) => conclude(&state, record, Outcome::Success, Some(200), None, details).await,
+        Ok(()) => conclude(state, record, Outcome::Success, Some(200), None, details).await,
         Err(e) if outcome_unknown(&e) => {
             let exists = state
                 .billabear
                 .list_usage_limits(customer)
                 .await
                 .map(|now| now.iter().any(|l| l.id == limit));
-            settle(&state, record, e, exists, false, None).await?;
+            settle(state, record, e, exists, false, None).await?;
         }
-        Err(e) => return Err(failed(&state, record, e, customer).await),
+        Err(e) => return Err(failed(state, record, e, customer).await),
     }
     state.customer_changed(customer).await;
-    Ok(HttpResponse::NoContent().finish())
+    Ok(())
 }
 
 /// The body of `POST .../usage-limits`, for the document (`parse_new_limit` reads it).

@@ -59,7 +59,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// Asks Postgres and BillaBear (at most every `startup::READINESS_EVERY`, see `readyz`).
-async fn readiness(state: &AppState) -> Readiness {
+pub(crate) async fn readiness(state: &AppState) -> Readiness {
     let probe = state.billabear.with_timeout(state.settings.billabear.timeout);
     let (migrations, billabear) = tokio::join!(db::migration_status(&state.pool), probe.probe());
     let (postgres, migrations) = match migrations {

@@ -3,7 +3,12 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 
-use super::{customer_id, next_cursor, page_cursor, page_limit};
+use tracing_actix_web::RequestId;
+
+use super::{actor, customer_id, next_cursor, page_cursor, page_limit};
+use crate::audit::Actor;
+use crate::auth::Caller;
+use crate::domain::CustomerId;
 use crate::error::ApiError;
 use crate::outbox::store::{self, OutboxEvent, Stats};
 use crate::startup::AppState;
@@ -66,13 +71,28 @@ pub struct Retried {
     responses((status = 200, body = Retried), (status = 404, description = "No dead event with this id", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_one(
     state: web::Data<AppState>,
+    caller: Caller,
+    request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id: i64 =
         path.parse().map_err(|_| ApiError::invalid_field("id", "must be an outbox id (integer)"))?;
-    match store::retry_dead(&state.pool, Some(id), None).await? {
-        0 => Err(ApiError::NotFound(format!("no dead event with id {id}"))),
-        retried => Ok(HttpResponse::Ok().json(Retried { retried })),
+    let retried = retry_as(&state, &actor(&caller, &request_id), Some(id), None).await?;
+    Ok(HttpResponse::Ok().json(Retried { retried }))
+}
+
+/// Puts dead events back in the queue for `actor` (the API and the console): the one with
+/// outbox id `id`, or every one (of `customer`'s). Audited as `outbox.retry` with the change.
+/// Retrying one that is not dead is a 404.
+pub(crate) async fn retry_as(
+    state: &AppState,
+    actor: &Actor,
+    id: Option<i64>,
+    customer: Option<CustomerId>,
+) -> Result<u64, ApiError> {
+    match store::retry_dead(&state.pool, id, customer, actor).await? {
+        0 if id.is_some() => Err(ApiError::NotFound(format!("no dead event with id {}", id.unwrap_or(0)))),
+        retried => Ok(retried),
     }
 }
 
@@ -88,9 +108,12 @@ pub struct RetryQuery {
     responses((status = 200, body = Retried)))]
 pub async fn retry_all(
     state: web::Data<AppState>,
+    caller: Caller,
+    request_id: RequestId,
     query: web::Query<RetryQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let retried = store::retry_dead(&state.pool, None, customer(query.customer.as_deref())?).await?;
+    let customer = query.customer.as_deref().map(|c| customer_id(c, "customer")).transpose()?;
+    let retried = retry_as(&state, &actor(&caller, &request_id), None, customer).await?;
     Ok(HttpResponse::Ok().json(Retried { retried }))
 }
 

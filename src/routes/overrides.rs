@@ -9,7 +9,9 @@ use tracing_actix_web::RequestId;
 use uuid::Uuid;
 
 use super::{actor, customer_id, page_limit, text_param};
+use crate::audit::Actor;
 use crate::auth::Caller;
+use crate::domain::CustomerId;
 use crate::error::{ApiError, FieldError};
 use crate::overrides::store::{self, NewOverride, OverrideRecord};
 use crate::policy::Effect;
@@ -113,10 +115,21 @@ pub async fn create(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let customer = customer_id(&path, "customer_id")?;
-    let new = parse_override(&body, Utc::now()).map_err(ApiError::unprocessable)?;
-    let created = store::create(&state.pool, customer, &new, &actor(&caller, &request_id)).await?;
-    state.checker.overrides.reload(customer).await;
+    let created = create_as(&state, &actor(&caller, &request_id), customer, &body).await?;
     Ok(HttpResponse::Created().json(created))
+}
+
+/// Creates an override for `actor` (the API and the console); this replica applies it at once.
+pub(crate) async fn create_as(
+    state: &AppState,
+    actor: &Actor,
+    customer: CustomerId,
+    body: &Value,
+) -> Result<OverrideRecord, ApiError> {
+    let new = parse_override(body, Utc::now()).map_err(ApiError::unprocessable)?;
+    let created = store::create(&state.pool, customer, &new, actor).await?;
+    state.checker.overrides.reload(customer).await;
+    Ok(created)
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -186,10 +199,22 @@ pub async fn end(
     let id =
         Uuid::parse_str(&path.1).map_err(|_| ApiError::invalid_field("override_id", "must be a UUID"))?;
     let reason = text_param(query.reason.as_deref(), "reason")?;
-    match store::end(&state.pool, customer, id, &actor(&caller, &request_id), reason.as_deref()).await? {
+    end_as(&state, &actor(&caller, &request_id), customer, id, reason.as_deref()).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Ends the override `id` in force for `actor` (the API and the console), or a 404.
+pub(crate) async fn end_as(
+    state: &AppState,
+    actor: &Actor,
+    customer: CustomerId,
+    id: Uuid,
+    reason: Option<&str>,
+) -> Result<(), ApiError> {
+    match store::end(&state.pool, customer, id, actor, reason).await? {
         Some(_) => {
             state.checker.overrides.reload(customer).await;
-            Ok(HttpResponse::NoContent().finish())
+            Ok(())
         }
         None => Err(ApiError::NotFound(format!("no override {id} in force for customer {customer}"))),
     }

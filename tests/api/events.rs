@@ -351,13 +351,7 @@ async fn a_dead_event_is_delivered_once_retried_after_billabear_is_fixed() {
     assert_eq!(app.post_event(&storage).await.status(), 202);
     let row = app.outbox_status("dead-1", "dead").await;
     // An operator adds the metric in BillaBear (here: the simulator), then retries.
-    app.sim
-        .http
-        .post(format!("{}/customers/{ACME}/subscriptions", app.sim.server.control_url()))
-        .json(&json!({"metric": "storage_gb_x", "unit_price": 1.0}))
-        .send()
-        .await
-        .unwrap();
+    app.sim.add_subscription(ACME, json!({"metric": "storage_gb_x", "unit_price": 1.0})).await;
     let retry = app
         .http
         .post(app.url(&format!("/v1/outbox/{}/retry", row["id"])))

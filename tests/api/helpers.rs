@@ -127,6 +127,16 @@ impl Sim {
         self.control(reqwest::Method::POST, "/customers", Some(customer)).await
     }
 
+    /// Adds a subscription (seed shape) to a customer, as an operator would in BillaBear.
+    pub async fn add_subscription(&self, customer: &str, subscription: Value) -> Value {
+        self.control(
+            reqwest::Method::POST,
+            &format!("/customers/{customer}/subscriptions"),
+            Some(subscription),
+        )
+        .await
+    }
+
     /// A customer with one usage subscription for `api_calls` at 1 cent per call.
     pub async fn add_usage_customer(&self, usage: f64, limits: Value) -> (String, String) {
         let view = self

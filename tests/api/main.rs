@@ -6,6 +6,7 @@ mod auth;
 mod billabear_client;
 mod check;
 mod cli;
+mod console;
 mod crash;
 mod enforce;
 mod events;

@@ -1,0 +1,774 @@
+//! The operator console under `/console/` (README, "Operator console"): server-rendered pages
+//! for the people who run limits, embedded in the binary, loading nothing from another host.
+//!
+//! An operator signs in with an API key that has the `admin` scope and gets a session (see
+//! [`session`]). Every change is made by the same function the API uses, so it is validated and
+//! audited the same way, with the key's name as the actor; every form carries the session's
+//! CSRF token, and answers with a redirect (303) to a page that shows the outcome once.
+
+pub mod plot;
+pub mod session;
+pub mod store;
+pub mod views;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::http::header;
+use actix_web::middleware::{DefaultHeaders, Next, from_fn};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError, web};
+use chrono::Utc;
+use futures_util::future::LocalBoxFuture;
+use maud::Markup;
+use serde_json::{Value, json};
+use tracing_actix_web::RequestId;
+
+use self::session::{Flash, LOGIN_COOKIE, SESSION_COOKIE};
+use self::views::Shell;
+use crate::audit::{self, Actor, Filter, Outcome};
+use crate::auth::{ApiKeys, Caller, Scope, digest};
+use crate::domain::{CustomerId, LimitId};
+use crate::error::ApiError;
+use crate::routes::{admin, outbox, overrides};
+use crate::startup::AppState;
+use crate::telemetry::RouteLabel;
+
+/// Only this origin, no inline script or style, no framing: a page that echoes an operator's
+/// input cannot run it.
+const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; \
+                   frame-ancestors 'none'; base-uri 'none'";
+
+const CSS: &str = include_str!("console.css");
+
+/// Rows per page of a list.
+const PAGE: i64 = 50;
+
+/// Registers the console's routes under `/console`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/console", web::get().to(|| async { see_other("/console/") })).service(
+        web::scope("/console")
+            .wrap(
+                DefaultHeaders::new()
+                    .add((header::CONTENT_SECURITY_POLICY, CSP))
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                    .add((header::X_FRAME_OPTIONS, "DENY"))
+                    .add((header::REFERRER_POLICY, "same-origin"))
+                    .add((header::CACHE_CONTROL, "no-store")),
+            )
+            .wrap(from_fn(label))
+            .route("/", web::get().to(home))
+            .route("/login", web::post().to(login))
+            .route("/logout", web::post().to(logout))
+            .route("/assets/console.css", web::get().to(css))
+            .route("/customers", web::get().to(customers))
+            .route("/customers/{customer_id}", web::get().to(customer))
+            .route("/customers/{customer_id}/usage-limits", web::post().to(create_limit))
+            .route("/customers/{customer_id}/usage-limits/{limit_id}/delete", web::post().to(delete_limit))
+            .route("/customers/{customer_id}/overrides", web::post().to(create_override))
+            .route("/customers/{customer_id}/overrides/{override_id}/end", web::post().to(end_override))
+            .route("/outbox", web::get().to(outbox_page))
+            .route("/outbox/retry", web::post().to(retry_all))
+            .route("/outbox/{id}/retry", web::post().to(retry_one))
+            .route("/audit", web::get().to(audit_page))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(ConsoleError::Api(ApiError::NotFound("no such console page".into())))
+            })),
+    );
+}
+
+/// Labels every console request `/console` for the metrics (one series, not one per page).
+async fn label(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    req.extensions_mut().insert(RouteLabel("/console"));
+    next.call(req).await
+}
+
+/// Deletes idle sessions and old usage observations, hourly.
+pub fn spawn_housekeeping(
+    pool: sqlx::PgPool,
+    settings: crate::config::ConsoleSettings,
+) -> tokio::task::AbortHandle {
+    tokio::spawn(crate::db::every(
+        Duration::from_secs(3600),
+        "prune console sessions and usage samples",
+        move || {
+            let (pool, settings) = (pool.clone(), settings.clone());
+            async move {
+                session::prune(&pool, settings.session_idle).await?;
+                store::prune_samples(&pool, settings.history).await
+            }
+        },
+    ))
+    .abort_handle()
+}
+
+/// Why a console request was not answered with its page.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// No session (or an expired one): to the sign-in form, then back to `next`.
+    #[error("sign in first")]
+    SignIn { next: String },
+    #[error("this form has expired: reload the page and try again")]
+    Csrf,
+    #[error(transparent)]
+    Api(#[from] ApiError),
+}
+
+impl ResponseError for ConsoleError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ConsoleError::SignIn { .. } => StatusCode::SEE_OTHER,
+            ConsoleError::Csrf => StatusCode::FORBIDDEN,
+            ConsoleError::Api(e) => e.status_code(),
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        match self {
+            ConsoleError::SignIn { next } => {
+                let query =
+                    url::form_urlencoded::Serializer::new(String::new()).append_pair("next", next).finish();
+                see_other(&format!("/console/?{query}"))
+            }
+            other => {
+                let status = other.status_code();
+                let message = match other {
+                    ConsoleError::Api(e) => describe(e),
+                    _ => other.to_string(),
+                };
+                let title = status.canonical_reason().unwrap_or("Error");
+                html(status, views::error(None, title, &message))
+            }
+        }
+    }
+}
+
+/// What an operator is told of an error: each invalid field by name; for a failure of
+/// usage-gate or its storage, only that it failed (the cause is in the log).
+fn describe(e: &ApiError) -> String {
+    match e {
+        ApiError::Unprocessable { errors, .. } | ApiError::BadRequest { errors, .. }
+            if !errors.is_empty() =>
+        {
+            errors.iter().map(|e| format!("{}: {}", e.field, e.message)).collect::<Vec<_>>().join("; ")
+        }
+        e if e.status_code().is_server_error()
+            && !matches!(e, ApiError::Upstream(_) | ApiError::LimitOutcome { .. }) =>
+        {
+            format!(
+                "usage-gate could not do this ({}); nothing is lost, and the cause is in its log",
+                e.status_code()
+            )
+        }
+        e => e.to_string(),
+    }
+}
+
+fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther().insert_header((header::LOCATION, location)).finish()
+}
+
+fn html(status: StatusCode, page: Markup) -> HttpResponse {
+    HttpResponse::build(status).content_type("text/html; charset=utf-8").body(page.into_string())
+}
+
+/// Whether the browser reached the console over TLS (directly, or as a proxy's
+/// `X-Forwarded-Proto`/`Forwarded` says): then cookies are `Secure`.
+fn over_tls(req: &HttpRequest) -> bool {
+    req.connection_info().scheme() == "https"
+}
+
+/// A signed-in operator: a live session whose key is still configured with the `admin` scope.
+pub struct Operator {
+    pub caller: Caller,
+    pub actor: Actor,
+    csrf: String,
+    session: String,
+    flash: Option<Flash>,
+}
+
+impl Operator {
+    fn shell(&self) -> Shell<'_> {
+        Shell { operator: &self.caller.name, csrf: &self.csrf, flash: self.flash.as_ref() }
+    }
+
+    /// A form's CSRF token must be this session's.
+    fn check(&self, form: &Fields) -> Result<(), ConsoleError> {
+        if session::csrf_matches(&self.csrf, field(form, "csrf")) { Ok(()) } else { Err(ConsoleError::Csrf) }
+    }
+
+    /// Ends a form: its outcome is shown once on `back`, where the browser is sent (303).
+    async fn done(&self, state: &AppState, outcome: Result<String, ApiError>, back: &str) -> HttpResponse {
+        let flash = match outcome {
+            Ok(text) => Flash::ok(text),
+            Err(e) => Flash::error(describe(&e)),
+        };
+        if let Err(e) = session::flash(&state.pool, &self.session, &flash).await {
+            tracing::warn!(error = %e, "console: cannot keep a form's outcome for the next page");
+        }
+        see_other(back)
+    }
+}
+
+impl FromRequest for Operator {
+    type Error = ConsoleError;
+    type Future = LocalBoxFuture<'static, Result<Self, ConsoleError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            // Back to this page after signing in (a form's target is not a page: the overview).
+            let next = if req.method() == actix_web::http::Method::GET {
+                req.uri().path_and_query().map_or("/console/", |p| p.as_str()).to_owned()
+            } else {
+                "/console/".to_owned()
+            };
+            let sign_in = || ConsoleError::SignIn { next: next.clone() };
+            let state = req.app_data::<web::Data<AppState>>().expect("AppState registered").clone();
+            let keys = req.app_data::<web::Data<ApiKeys>>().expect("ApiKeys registered").clone();
+            let Some(id) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()) else {
+                return Err(sign_in());
+            };
+            let resumed = session::resume(&state.pool, &id, state.settings.console.session_idle)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or_else(sign_in)?;
+            let Some(caller) = keys.by_digest(&resumed.key_digest).filter(|c| c.has(Scope::Admin)) else {
+                // The key was removed from the configuration, or lost its admin scope.
+                let _ = session::end(&state.pool, &id).await;
+                return Err(sign_in());
+            };
+            let request_id = req.extensions().get::<RequestId>().map(ToString::to_string);
+            let actor = Actor { name: caller.name.to_string(), request_id };
+            Ok(Operator { caller, actor, csrf: resumed.csrf, session: id, flash: resumed.flash })
+        })
+    }
+}
+
+/// A submitted form's fields.
+type Fields = HashMap<String, String>;
+
+fn field<'a>(form: &'a Fields, name: &str) -> &'a str {
+    form.get(name).map_or("", |v| v.trim())
+}
+
+/// A form's number field as JSON: a number when it is one, otherwise the text as typed (so
+/// the shared validation names the field), null when empty.
+fn number(form: &Fields, name: &str) -> Value {
+    match field(form, name) {
+        "" => Value::Null,
+        raw => raw.parse::<i64>().map_or_else(|_| json!(raw), |n| json!(n)),
+    }
+}
+
+fn customer_id(raw: &str) -> Result<CustomerId, ConsoleError> {
+    CustomerId::parse(raw).map_err(|e| ApiError::invalid_field("customer_id", e.to_string()).into())
+}
+
+async fn css() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "max-age=3600"))
+        .body(CSS)
+}
+
+/// The sign-in form (with a fresh token in its cookie), or the overview when signed in.
+async fn home(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    operator: Option<Operator>,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ConsoleError> {
+    match operator {
+        Some(operator) => overview(&state, &operator).await,
+        None => Ok(login_form(&req, StatusCode::OK, query.get("next").map(String::as_str), None)),
+    }
+}
+
+fn login_form(
+    req: &HttpRequest,
+    status: StatusCode,
+    next: Option<&str>,
+    problem: Option<&str>,
+) -> HttpResponse {
+    let Ok(token) = session::token() else {
+        return html(
+            StatusCode::SERVICE_UNAVAILABLE,
+            views::error(None, "Sign in", "no randomness available"),
+        );
+    };
+    let page = views::login(&token, &session::next_page(next), problem);
+    let mut response = html(status, page);
+    let _ = response.add_cookie(&session::cookie(LOGIN_COOKIE, token, over_tls(req)));
+    response
+}
+
+/// Signs in with an `admin` key: a session, audited as `console.login`.
+async fn login(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    keys: web::Data<ApiKeys>,
+    form: web::Form<Fields>,
+) -> HttpResponse {
+    let next = session::next_page(Some(field(&form, "next")));
+    let expected = req.cookie(LOGIN_COOKIE).map(|c| c.value().to_owned()).unwrap_or_default();
+    if !session::csrf_matches(&expected, field(&form, "csrf")) {
+        return login_form(
+            &req,
+            StatusCode::FORBIDDEN,
+            Some(&next),
+            Some("The sign-in form expired; try again."),
+        );
+    }
+    let key = field(&form, "key");
+    let outcome =
+        |outcome: &'static str| metrics::counter!("usage_gate_console_logins_total", "outcome" => outcome);
+    let Some(caller) = keys.authenticate(key.as_bytes()) else {
+        outcome("unknown_key").increment(1);
+        return login_form(&req, StatusCode::UNAUTHORIZED, Some(&next), Some("This key is not accepted."));
+    };
+    let request_id = req.extensions().get::<RequestId>().map(ToString::to_string);
+    let actor = Actor { name: caller.name.to_string(), request_id };
+    if !caller.has(Scope::Admin) {
+        outcome("forbidden").increment(1);
+        let mut entry = actor.entry(
+            "console.login",
+            None,
+            "console".into(),
+            json!({"message": "the key lacks the admin scope"}),
+        );
+        entry.outcome = Outcome::Rejected;
+        if let Err(e) = audit::record(&state.pool, &entry).await {
+            tracing::warn!(error = %e, "audit: cannot record a refused console sign-in");
+        }
+        return login_form(&req, StatusCode::FORBIDDEN, Some(&next), Some("This key lacks the admin scope."));
+    }
+    let started = async {
+        let id = session::start(&state.pool, &digest(key.as_bytes())).await?;
+        audit::record(&state.pool, &actor.entry("console.login", None, "console".into(), json!({}))).await?;
+        anyhow::Ok(id)
+    };
+    match started.await {
+        Ok(id) => {
+            outcome("signed_in").increment(1);
+            let secure = over_tls(&req);
+            let mut response = see_other(&next);
+            let _ = response.add_cookie(&session::cookie(SESSION_COOKIE, id, secure));
+            let _ = response.add_cookie(&session::removal(LOGIN_COOKIE, secure));
+            response
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "console: cannot start a session");
+            login_form(
+                &req,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&next),
+                Some("usage-gate cannot start a session now (its storage failed); try again."),
+            )
+        }
+    }
+}
+
+/// Ends the session, audited as `console.logout`.
+async fn logout(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    operator: Operator,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, ConsoleError> {
+    operator.check(&form)?;
+    session::end(&state.pool, &operator.session).await.map_err(ApiError::from)?;
+    if let Err(e) =
+        audit::record(&state.pool, &operator.actor.entry("console.logout", None, "console".into(), json!({})))
+            .await
+    {
+        tracing::warn!(error = %e, "audit: cannot record a console sign-out");
+    }
+    let mut response = see_other("/console/");
+    let _ = response.add_cookie(&session::removal(SESSION_COOKIE, over_tls(&req)));
+    Ok(response)
+}
+
+async fn overview(state: &AppState, operator: &Operator) -> Result<HttpResponse, ConsoleError> {
+    let transitions = Filter { action: Some("decision.transition".into()), ..Filter::default() };
+    let (counts, outbox, lag, transitions, readiness) = tokio::join!(
+        store::status_counts(&state.pool),
+        crate::outbox::store::stats(&state.pool),
+        crate::outbox::store::delivery_lag(&state.pool),
+        audit::list(&state.pool, &transitions, None, 20),
+        state.readiness.get(|| crate::routes::health::readiness(state), |_| true),
+    );
+    let page = views::Overview {
+        counts: counts.map_err(ApiError::from)?,
+        unknown: state.checker.cache.unknown_count(),
+        readiness,
+        outbox: outbox.map_err(ApiError::from)?,
+        delivery_lag_s: lag.map_err(ApiError::from)?,
+        transitions: transitions.map_err(ApiError::from)?,
+    };
+    Ok(html(StatusCode::OK, views::overview(&operator.shell(), &page)))
+}
+
+async fn customers(
+    state: web::Data<AppState>,
+    operator: Operator,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ConsoleError> {
+    let status = match query.get("status").map(String::as_str) {
+        None | Some("") => None,
+        Some(s @ ("ok" | "warning" | "blocked")) => Some(s),
+        Some(_) => return Err(ApiError::invalid_field("status", "must be ok, warning or blocked").into()),
+    };
+    let q = query.get("q").map_or("", |q| q.trim());
+    if q.len() > 36 || !q.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        return Err(ApiError::invalid_field(
+            "q",
+            "must be a customer id or its start (hex digits and dashes)",
+        )
+        .into());
+    }
+    let q = q.to_ascii_lowercase();
+    let page = match query.get("page").map(|p| p.parse::<i64>()) {
+        None => 1,
+        Some(Ok(page)) if (1..=10_000).contains(&page) => page,
+        Some(_) => {
+            return Err(ApiError::invalid_field("page", "must be a page number from 1 to 10000").into());
+        }
+    };
+    let filter = store::CustomerFilter {
+        status: status.map(str::to_owned),
+        id_prefix: (!q.is_empty()).then(|| q.clone()),
+    };
+    let mut rows =
+        store::customers(&state.pool, &filter, (page - 1) * PAGE, PAGE + 1).await.map_err(ApiError::from)?;
+    let more = rows.len() as i64 > PAGE;
+    rows.truncate(PAGE as usize);
+    let listed = views::CustomersQuery { status, q: &q, page, more };
+    Ok(html(StatusCode::OK, views::customers(&operator.shell(), &listed, &rows)))
+}
+
+/// How far back the usage plot looks.
+const PLOT_DAYS: i64 = 31;
+
+async fn customer(
+    state: web::Data<AppState>,
+    operator: Operator,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ConsoleError> {
+    let customer = customer_id(&path)?;
+    let now = Utc::now();
+    let since = now - chrono::TimeDelta::days(PLOT_DAYS);
+    let subscriptions: Vec<uuid::Uuid> =
+        state.subscriptions.of_customer(customer).iter().map(|s| s.as_uuid()).collect();
+    let trail = Filter { customer: Some(customer), ..Filter::default() };
+    let (decision, limits, recorded, samples, overrides, events, audit) = tokio::join!(
+        state.checker.check(customer, None),
+        state.billabear.list_usage_limits(customer),
+        store::customer(&state.pool, customer),
+        store::samples(&state.pool, customer, since),
+        crate::overrides::store::list(&state.pool, Some(customer), false, 20),
+        crate::outbox::store::undelivered_of(&state.pool, customer, &subscriptions, 100),
+        audit::list(&state.pool, &trail, None, 25),
+    );
+    let samples = samples.map_err(ApiError::from)?;
+    let currency = decision
+        .estimate
+        .map(|e| e.currency.as_str().to_owned())
+        .or_else(|| samples.last().map(|s| s.currency.clone()))
+        .unwrap_or_default();
+    let mut usage: Vec<plot::Point> = samples
+        .iter()
+        .map(|s| plot::Point { at_ms: s.observed_at.timestamp_millis(), value: s.estimate })
+        .collect();
+    let mut limit: Vec<plot::Point> = samples
+        .iter()
+        .filter_map(|s| {
+            s.disable_limit.map(|l| plot::Point { at_ms: s.observed_at.timestamp_millis(), value: l })
+        })
+        .collect();
+    // The plot ends with the decision now, which may be newer than the last observation.
+    if let Some(estimate) = decision.estimate {
+        usage.push(plot::Point { at_ms: now.timestamp_millis(), value: estimate.amount });
+        if let Some(lowest) = decision.lowest_disable_limit() {
+            limit.push(plot::Point { at_ms: now.timestamp_millis(), value: lowest });
+        }
+    }
+    let plot = plot::usage(
+        &usage,
+        &limit,
+        since.timestamp_millis(),
+        now.timestamp_millis(),
+        |amount| views::money(amount, &currency),
+        |at| {
+            chrono::DateTime::from_timestamp_millis(at)
+                .map(|t| t.format("%Y-%m-%d").to_string())
+                .unwrap_or_default()
+        },
+    );
+    let page = views::CustomerPage {
+        decision,
+        recorded: recorded.map_err(ApiError::from)?,
+        limits: limits.map_err(|e| e.to_string()),
+        overrides: overrides.map_err(ApiError::from)?,
+        events: events.map_err(ApiError::from)?,
+        audit: audit.map_err(ApiError::from)?,
+        plot,
+        week_ago: (now - chrono::TimeDelta::days(7)).format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+    };
+    Ok(html(StatusCode::OK, views::customer(&operator.shell(), &page)))
+}
+
+/// A form about one customer: its token checked, then `act`, whose outcome the customer's page
+/// shows once.
+async fn customer_form<Fut>(
+    state: &AppState,
+    operator: &Operator,
+    form: &Fields,
+    customer: &str,
+    act: impl FnOnce(CustomerId) -> Fut,
+) -> Result<HttpResponse, ConsoleError>
+where
+    Fut: std::future::Future<Output = Result<String, ApiError>>,
+{
+    operator.check(form)?;
+    let customer = customer_id(customer)?;
+    let outcome = act(customer).await;
+    Ok(operator.done(state, outcome, &format!("/console/customers/{customer}")).await)
+}
+
+async fn create_limit(
+    state: web::Data<AppState>,
+    operator: Operator,
+    path: web::Path<String>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, ConsoleError> {
+    let body = json!({"amount": number(&form, "amount"), "action": field(&form, "action")});
+    let (state, actor) = (&state, &operator.actor);
+    customer_form(state, &operator, &form, &path, move |customer| async move {
+        let limit = admin::create_limit_as(state, actor, customer, &body).await?;
+        Ok(format!(
+            "Created a {} limit of {} (minor units), id {}.",
+            limit.action.as_str(),
+            limit.amount,
+            limit.id
+        ))
+    })
+    .await
+}
+
+async fn delete_limit(
+    state: web::Data<AppState>,
+    operator: Operator,
+    path: web::Path<(String, String)>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, ConsoleError> {
+    let (state, actor, (customer, target)) = (&state, &operator.actor, path.into_inner());
+    customer_form(state, &operator, &form, &customer, move |customer| async move {
+        let limit =
+            LimitId::parse(&target).map_err(|e| ApiError::invalid_field("limit_id", e.to_string()))?;
+        admin::delete_limit_as(state, actor, customer, limit).await?;
+        Ok(format!("Deleted limit {limit}."))
+    })
+    .await
+}
+
+async fn create_override(
+    state: web::Data<AppState>,
+    operator: Operator,
+    path: web::Path<String>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, ConsoleError> {
+    let expires_at = match field(&form, "expires_in_hours").parse::<i64>() {
+        Ok(hours) if (1..=2160).contains(&hours) => {
+            json!((Utc::now() + chrono::TimeDelta::hours(hours)).to_rfc3339())
+        }
+        _ => Value::Null,
+    };
+    let mut body =
+        json!({"effect": field(&form, "effect"), "reason": field(&form, "reason"), "expires_at": expires_at});
+    // The form always has an amount box: an empty one is no amount (only `raise` takes one).
+    if !field(&form, "amount").is_empty() {
+        body["amount"] = number(&form, "amount");
+    }
+    let (state, actor) = (&state, &operator.actor);
+    customer_form(state, &operator, &form, &path, move |customer| async move {
+        let created = overrides::create_as(state, actor, customer, &body).await?;
+        Ok(format!("Created an override ({}) until {}.", created.effect, views::time(created.expires_at)))
+    })
+    .await
+}
+
+async fn end_override(
+    state: web::Data<AppState>,
+    operator: Operator,
+    path: web::Path<(String, String)>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, ConsoleError> {
+    let reason = Some(field(&form, "reason")).filter(|r| !r.is_empty() && !r.contains('\0'));
+    let (state, actor, (customer, target)) = (&state, &operator.actor, path.into_inner());
+    customer_form(state, &operator, &form, &customer, move |customer| async move {
+        let id = uuid::Uuid::parse_str(&target)
+            .map_err(|_| ApiError::invalid_field("override_id", "must be a UUID"))?;
+        overrides::end_as(state, actor, customer, id, reason).await?;
+        Ok("Ended the override.".to_owned())
+    })
+    .await
+}
+
+async fn outbox_page(
+    state: web::Data<AppState>,
+    operator: Operator,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ConsoleError> {
+    let status = match query.get("status").map(String::as_str) {
+        None | Some("") | Some("dead") => "dead",
+        Some("pending") => "pending",
+        Some(_) => return Err(ApiError::invalid_field("status", "must be dead or pending").into()),
+    };
+    let after = match query.get("cursor") {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<i64>()
+                .map_err(|_| ApiError::invalid_field("cursor", "not a cursor from this page"))?,
+        ),
+    };
+    let events = crate::outbox::store::list(&state.pool, Some(status), None, after, PAGE)
+        .await
+        .map_err(ApiError::from)?;
+    let next = (events.len() as i64 == PAGE).then(|| events.last().map(|e| e.id.to_string())).flatten();
+    Ok(html(StatusCode::OK, views::outbox(&operator.shell(), status, &events, next.as_deref())))
+}
+
+/// Where a retry form asked to go back to (a console page), or the dead letters.
+fn back(form: &Fields) -> String {
+    match field(form, "back") {
+        "" => "/console/outbox?status=dead".to_owned(),
+        raw => session::next_page(Some(raw)),
+    }
+}
+
+async fn retry_one(
+    state: web::Data<AppState>,
+    operator: Operator,
+    path: web::Path<String>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, ConsoleError> {
+    operator.check(&form)?;
+    let id: i64 =
+        path.parse().map_err(|_| ApiError::invalid_field("id", "must be an outbox id (integer)"))?;
+    let outcome = outbox::retry_as(&state, &operator.actor, Some(id), None)
+        .await
+        .map(|_| format!("Event {id} is queued for delivery again."));
+    Ok(operator.done(&state, outcome, &back(&form)).await)
+}
+
+async fn retry_all(
+    state: web::Data<AppState>,
+    operator: Operator,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, ConsoleError> {
+    operator.check(&form)?;
+    let customer = match field(&form, "customer") {
+        "" => None,
+        raw => Some(customer_id(raw)?),
+    };
+    let outcome = outbox::retry_as(&state, &operator.actor, None, customer)
+        .await
+        .map(|n| format!("{n} dead events are queued for delivery again."));
+    Ok(operator.done(&state, outcome, &back(&form)).await)
+}
+
+/// A `since`/`until` filter: a day (midnight UTC) or an RFC 3339 time.
+fn moment(raw: &str, name: &str) -> Result<Option<chrono::DateTime<Utc>>, ApiError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(day) = chrono::NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        return Ok(day.and_hms_opt(0, 0, 0).map(|t| t.and_utc()));
+    }
+    chrono::DateTime::parse_from_rfc3339(raw)
+        .map(|t| Some(t.to_utc()))
+        .map_err(|_| ApiError::invalid_field(name, "must be a day (2026-11-22) or an RFC 3339 time"))
+}
+
+async fn audit_page(
+    state: web::Data<AppState>,
+    operator: Operator,
+    query: web::Query<HashMap<String, String>>,
+) -> Result<HttpResponse, ConsoleError> {
+    let get = |name: &str| query.get(name).map_or("", |v| v.trim());
+    let text = |name: &str| -> Result<Option<String>, ApiError> {
+        match get(name) {
+            "" => Ok(None),
+            v if v.contains('\0') || v.chars().count() > 255 => {
+                Err(ApiError::invalid_field(name, "must be at most 255 characters, without NUL"))
+            }
+            v => Ok(Some(v.to_owned())),
+        }
+    };
+    let filter = Filter {
+        customer: match get("customer") {
+            "" => None,
+            raw => Some(customer_id(raw)?),
+        },
+        action: text("action")?,
+        actor: text("actor")?,
+        since: moment(get("since"), "since")?,
+        until: moment(get("until"), "until")?,
+    };
+    let before = match get("cursor") {
+        "" => None,
+        raw => Some(
+            raw.parse::<i64>()
+                .map_err(|_| ApiError::invalid_field("cursor", "not a cursor from this page"))?,
+        ),
+    };
+    let records = audit::list(&state.pool, &filter, before, PAGE).await.map_err(ApiError::from)?;
+    let next = (records.len() as i64 == PAGE).then(|| records.last().map(|r| r.id.to_string())).flatten();
+    let shown = views::AuditQuery {
+        customer: get("customer"),
+        action: get("action"),
+        actor: get("actor"),
+        since: get("since"),
+        until: get("until"),
+    };
+    Ok(html(StatusCode::OK, views::audit(&operator.shell(), &shown, &records, next.as_deref())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_day_or_a_time_filters_the_audit_log() {
+        assert_eq!(moment("", "since").unwrap(), None);
+        assert_eq!(moment("2026-11-22", "since").unwrap().unwrap().to_rfc3339(), "2026-11-22T00:00:00+00:00");
+        assert_eq!(
+            moment("2026-11-22T10:00:00+01:00", "since").unwrap().unwrap().to_rfc3339(),
+            "2026-11-22T09:00:00+00:00"
+        );
+        assert!(moment("yesterday", "until").is_err());
+    }
+
+    #[test]
+    fn form_numbers_stay_as_typed_when_they_are_not_numbers() {
+        let form: Fields = [("a".to_owned(), " 5000 ".to_owned()), ("b".to_owned(), "5e3".to_owned())].into();
+        assert_eq!(number(&form, "a"), json!(5000));
+        assert_eq!(number(&form, "b"), json!("5e3"));
+        assert_eq!(number(&form, "c"), Value::Null);
+    }
+
+    #[test]
+    fn operators_are_told_which_field_is_wrong_but_not_internal_causes() {
+        let invalid =
+            ApiError::unprocessable(vec![crate::error::FieldError::new("amount", "must be positive")]);
+        assert_eq!(describe(&invalid), "amount: must be positive");
+        let internal = ApiError::Internal(anyhow::anyhow!("secret detail"));
+        assert!(!describe(&internal).contains("secret"), "{}", describe(&internal));
+    }
+}

@@ -1,0 +1,112 @@
+//! What the console reads of the fleet: each customer's last recorded decision
+//! (`customer_decisions`, written by `audit::Transitions`) and its history (`usage_samples`).
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::domain::CustomerId;
+
+/// A customer as its last recorded observation left it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CustomerRow {
+    pub customer_id: Uuid,
+    pub status: String,
+    /// The projected estimate (minor units); null for rows recorded before the console existed.
+    pub estimate: Option<i64>,
+    pub currency: Option<String>,
+    pub disable_limit: Option<i64>,
+    pub reasons: Vec<String>,
+    /// When the status last changed.
+    pub changed_at: DateTime<Utc>,
+    pub observed_at: DateTime<Utc>,
+}
+
+/// How many customers have each status.
+pub async fn status_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, count(*) FROM customer_decisions GROUP BY status").fetch_all(pool).await
+}
+
+/// Which customers to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CustomerFilter {
+    /// `ok`, `warning` or `blocked`.
+    pub status: Option<String>,
+    /// The start of the customer id (lowercase hex and dashes), or all of it.
+    pub id_prefix: Option<String>,
+}
+
+/// A page of customers, closest to (or furthest over) its lowest DISABLE limit first.
+pub async fn customers(
+    pool: &PgPool,
+    filter: &CustomerFilter,
+    offset: i64,
+    limit: i64,
+) -> Result<Vec<CustomerRow>, sqlx::Error> {
+    let exact = filter.id_prefix.as_deref().and_then(|p| Uuid::parse_str(p).ok());
+    sqlx::query_as(
+        "SELECT customer_id, status, estimate, currency, disable_limit, reasons, changed_at, observed_at
+         FROM customer_decisions
+         WHERE ($1::text IS NULL OR status = $1)
+           AND ($2::uuid IS NULL OR customer_id = $2)
+           AND ($3::text IS NULL OR $2::uuid IS NOT NULL OR customer_id::text LIKE $3 || '%')
+         ORDER BY estimate::float8 / NULLIF(disable_limit, 0) DESC NULLS LAST, changed_at DESC, customer_id
+         OFFSET $4 LIMIT $5",
+    )
+    .bind(&filter.status)
+    .bind(exact)
+    .bind(&filter.id_prefix)
+    .bind(offset)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One customer's row, if usage-gate has recorded a decision for it.
+pub async fn customer(pool: &PgPool, customer: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT customer_id, status, estimate, currency, disable_limit, reasons, changed_at, observed_at
+         FROM customer_decisions WHERE customer_id = $1",
+    )
+    .bind(customer.as_uuid())
+    .fetch_optional(pool)
+    .await
+}
+
+/// One recorded observation of a customer's usage.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Sample {
+    pub observed_at: DateTime<Utc>,
+    pub status: String,
+    pub estimate: i64,
+    pub currency: String,
+    pub disable_limit: Option<i64>,
+}
+
+/// The customer's observations since `since`, oldest first (at most 2,000: about a hundred
+/// periods of bands).
+pub async fn samples(
+    pool: &PgPool,
+    customer: CustomerId,
+    since: DateTime<Utc>,
+) -> Result<Vec<Sample>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT observed_at, status, estimate, currency, disable_limit FROM (
+             SELECT * FROM usage_samples WHERE customer_id = $1 AND observed_at >= $2
+             ORDER BY observed_at DESC LIMIT 2000) newest
+         ORDER BY observed_at",
+    )
+    .bind(customer.as_uuid())
+    .bind(since)
+    .fetch_all(pool)
+    .await
+}
+
+/// Deletes observations older than `history`.
+pub async fn prune_samples(pool: &PgPool, history: std::time::Duration) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM usage_samples WHERE observed_at < now() - make_interval(secs => $1)")
+        .bind(history.as_secs_f64())
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
