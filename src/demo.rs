@@ -64,6 +64,7 @@ fn print_banner(addr: SocketAddr, sim: &SimServer, demo_key: bool) {
 usage-gate demo is running (Ctrl-C stops it).
 
   service     {base}            API docs: {base}/docs/
+  console     {base}/console/   (sign in with the API key below)
   BillaBear   {sim_url}  (simulator, X-API-Key: {SIM_KEY}; control API: {control})
   API key     {key}  (scopes: check, events, admin)
 

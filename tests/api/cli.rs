@@ -126,6 +126,8 @@ async fn the_readme_demo_command_serves_the_service_against_the_simulator() {
     let whoami =
         http.get(format!("{base}/v1/whoami")).bearer_auth(usage_gate::demo::DEMO_KEY).send().await.unwrap();
     assert_eq!(whoami.status(), 200);
+    let console = http.get(format!("{base}/console/")).send().await.unwrap();
+    assert_eq!(console.status(), 200, "the console's sign-in form");
     assert!(child.terminate().success(), "SIGTERM shuts it down cleanly");
 }
 
