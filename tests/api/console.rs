@@ -549,6 +549,11 @@ async fn usage_is_recorded_at_every_five_percent_of_the_limit_for_the_fleet_view
     assert_eq!(page.status, 200);
     assert!(page.body.contains(&format!(r#"href="/console/customers/{customer}""#)), "{}", page.body);
     assert!(page.body.contains("6.25 USD of 10.00 USD (62%)"), "{}", page.body);
+    // A whole id (any case) is found by key, and still filtered by status.
+    let exact = browser.get(&format!("/console/customers?q={}", customer.to_uppercase())).await;
+    assert!(exact.body.contains(&format!(r#"href="/console/customers/{customer}""#)), "{}", exact.body);
+    let other_status = browser.get(&format!("/console/customers?status=blocked&q={customer}")).await;
+    assert!(other_status.body.contains("No customer matches."), "{}", other_status.body);
 }
 
 #[tokio::test]
