@@ -160,10 +160,7 @@ fn describe(e: &ApiError) -> String {
         e if e.status_code().is_server_error()
             && !matches!(e, ApiError::Upstream(_) | ApiError::LimitOutcome { .. }) =>
         {
-            format!(
-                "usage-gate could not do this ({}); nothing is lost, and the cause is in its log",
-                e.status_code()
-            )
+            format!("usage-gate could not do this ({}); the cause is in its log", e.status_code())
         }
         e => e.to_string(),
     }
@@ -206,7 +203,13 @@ impl Operator {
     async fn done(&self, state: &AppState, outcome: Result<String, ApiError>, back: &str) -> HttpResponse {
         let flash = match outcome {
             Ok(text) => Flash::ok(text),
-            Err(e) => Flash::error(describe(&e)),
+            Err(e) => {
+                // The answer is a redirect, so the request's log line would not carry the cause.
+                if e.status_code().is_server_error() {
+                    tracing::error!(error = %e, operator = %self.caller.name, "console: an action failed");
+                }
+                Flash::error(describe(&e))
+            }
         };
         if let Err(e) = session::flash(&state.pool, &self.session, &flash).await {
             tracing::warn!(error = %e, "console: cannot keep a form's outcome for the next page");
