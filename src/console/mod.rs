@@ -32,7 +32,7 @@ use crate::audit::{self, Actor, Filter, Outcome};
 use crate::auth::{ApiKeys, Caller, Scope, digest};
 use crate::domain::{CustomerId, LimitId};
 use crate::error::ApiError;
-use crate::routes::{admin, outbox, overrides};
+use crate::routes::{admin, customer_id, next_cursor, outbox, overrides, page_cursor, text_param};
 use crate::startup::AppState;
 use crate::telemetry::RouteLabel;
 
@@ -269,10 +269,6 @@ fn number(form: &Fields, name: &str) -> Value {
     }
 }
 
-fn customer_id(raw: &str) -> Result<CustomerId, ConsoleError> {
-    CustomerId::parse(raw).map_err(|e| ApiError::invalid_field("customer_id", e.to_string()).into())
-}
-
 async fn css() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/css; charset=utf-8")
@@ -463,7 +459,7 @@ async fn customer(
     operator: Operator,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let customer = customer_id(&path)?;
+    let customer = customer_id(&path, "customer_id")?;
     let now = Utc::now();
     let since = now - chrono::TimeDelta::days(PLOT_DAYS);
     let subscriptions: Vec<uuid::Uuid> =
@@ -539,7 +535,7 @@ where
     Fut: std::future::Future<Output = Result<String, ApiError>>,
 {
     operator.check(form)?;
-    let customer = customer_id(customer)?;
+    let customer = customer_id(customer, "customer_id")?;
     let outcome = act(customer).await;
     Ok(operator.done(state, outcome, &format!("/console/customers/{customer}")).await)
 }
@@ -633,17 +629,11 @@ async fn outbox_page(
         Some("pending") => "pending",
         Some(_) => return Err(ApiError::invalid_field("status", "must be dead or pending").into()),
     };
-    let after = match query.get("cursor") {
-        None => None,
-        Some(raw) => Some(
-            raw.parse::<i64>()
-                .map_err(|_| ApiError::invalid_field("cursor", "not a cursor from this page"))?,
-        ),
-    };
+    let after = page_cursor(query.get("cursor").map(String::as_str))?;
     let events = crate::outbox::store::list(&state.pool, Some(status), None, after, PAGE)
         .await
         .map_err(ApiError::from)?;
-    let next = (events.len() as i64 == PAGE).then(|| events.last().map(|e| e.id.to_string())).flatten();
+    let next = next_cursor(events.len(), PAGE, events.last().map(|e| e.id));
     Ok(html(StatusCode::OK, views::outbox(&operator.shell(), status, &events, next.as_deref())))
 }
 
@@ -678,7 +668,7 @@ async fn retry_all(
     operator.check(&form)?;
     let customer = match field(&form, "customer") {
         "" => None,
-        raw => Some(customer_id(raw)?),
+        raw => Some(customer_id(raw, "customer")?),
     };
     let outcome = outbox::retry_as(&state, &operator.actor, None, customer)
         .await
@@ -705,34 +695,19 @@ async fn audit_page(
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ConsoleError> {
     let get = |name: &str| query.get(name).map_or("", |v| v.trim());
-    let text = |name: &str| -> Result<Option<String>, ApiError> {
-        match get(name) {
-            "" => Ok(None),
-            v if v.contains('\0') || v.chars().count() > 255 => {
-                Err(ApiError::invalid_field(name, "must be at most 255 characters, without NUL"))
-            }
-            v => Ok(Some(v.to_owned())),
-        }
-    };
     let filter = Filter {
         customer: match get("customer") {
             "" => None,
-            raw => Some(customer_id(raw)?),
+            raw => Some(customer_id(raw, "customer")?),
         },
-        action: text("action")?,
-        actor: text("actor")?,
+        action: text_param(Some(get("action")), "action")?,
+        actor: text_param(Some(get("actor")), "actor")?,
         since: moment(get("since"), "since")?,
         until: moment(get("until"), "until")?,
     };
-    let before = match get("cursor") {
-        "" => None,
-        raw => Some(
-            raw.parse::<i64>()
-                .map_err(|_| ApiError::invalid_field("cursor", "not a cursor from this page"))?,
-        ),
-    };
+    let before = page_cursor(Some(get("cursor")).filter(|c| !c.is_empty()))?;
     let records = audit::list(&state.pool, &filter, before, PAGE).await.map_err(ApiError::from)?;
-    let next = (records.len() as i64 == PAGE).then(|| records.last().map(|r| r.id.to_string())).flatten();
+    let next = next_cursor(records.len(), PAGE, records.last().map(|r| r.id));
     let shown = views::AuditQuery {
         customer: get("customer"),
         action: get("action"),

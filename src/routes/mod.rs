@@ -178,13 +178,13 @@ fn actor(caller: &crate::auth::Caller, request_id: &tracing_actix_web::RequestId
 pub const MAX_BATCH: usize = 1000;
 
 /// A customer id from a path, header or query parameter, or a 400 naming `field`.
-fn customer_id(raw: &str, field: &str) -> Result<CustomerId, ApiError> {
+pub(crate) fn customer_id(raw: &str, field: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw).map_err(|e| ApiError::invalid_field(field, e.to_string()))
 }
 
 /// A free-text query parameter, or a 400 naming it: Postgres cannot compare text holding NUL,
 /// and nothing usage-gate stores is longer than 255 characters. Empty means no filter.
-fn text_param(raw: Option<&str>, field: &str) -> Result<Option<String>, ApiError> {
+pub(crate) fn text_param(raw: Option<&str>, field: &str) -> Result<Option<String>, ApiError> {
     match raw {
         Some("") => Ok(None),
         Some(s) if s.contains('\0') => {
@@ -199,7 +199,7 @@ fn text_param(raw: Option<&str>, field: &str) -> Result<Option<String>, ApiError
 
 /// A listing's `cursor`: the `next_cursor` of the previous page, which is the id of the last
 /// record it held (the audit log and the outbox page the same way).
-fn page_cursor(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub(crate) fn page_cursor(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
     match raw {
         None => Ok(None),
         Some(raw) => raw
@@ -212,7 +212,7 @@ fn page_cursor(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
 }
 
 /// The cursor of the page after one that ended with `last_id`, if the page was full.
-fn next_cursor(len: usize, limit: i64, last_id: Option<i64>) -> Option<String> {
+pub(crate) fn next_cursor(len: usize, limit: i64, last_id: Option<i64>) -> Option<String> {
     (len as i64 == limit).then_some(last_id).flatten().map(|id| id.to_string())
 }
 
