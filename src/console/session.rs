@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use actix_web::cookie::{Cookie, SameSite};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
+
+use crate::auth::digest;
 
 /// The session id's cookie.
 pub const SESSION_COOKIE: &str = "ug_console";
@@ -87,10 +88,6 @@ impl Flash {
     }
 }
 
-fn digest(id: &str) -> Vec<u8> {
-    Sha256::digest(id.as_bytes()).to_vec()
-}
-
 /// A session in force, as [`resume`] finds it.
 #[derive(Debug)]
 pub struct Resumed {
@@ -104,7 +101,7 @@ pub struct Resumed {
 pub async fn start(pool: &PgPool, key_digest: &[u8]) -> anyhow::Result<String> {
     let id = token()?;
     sqlx::query("INSERT INTO console_sessions (id_digest, key_digest, csrf_token) VALUES ($1, $2, $3)")
-        .bind(digest(&id))
+        .bind(&digest(id.as_bytes())[..])
         .bind(key_digest)
         .bind(token()?)
         .execute(pool)
@@ -123,7 +120,7 @@ pub async fn resume(pool: &PgPool, id: &str, idle: Duration) -> Result<Option<Re
          FROM found WHERE s.id_digest = found.id_digest
          RETURNING s.key_digest, s.csrf_token, found.flash",
     )
-    .bind(digest(id))
+    .bind(&digest(id.as_bytes())[..])
     .bind(idle.as_secs_f64())
     .fetch_optional(pool)
     .await?;
@@ -133,7 +130,7 @@ pub async fn resume(pool: &PgPool, id: &str, idle: Duration) -> Result<Option<Re
 /// Leaves a message for the session's next page.
 pub async fn flash(pool: &PgPool, id: &str, flash: &Flash) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE console_sessions SET flash = $2 WHERE id_digest = $1")
-        .bind(digest(id))
+        .bind(&digest(id.as_bytes())[..])
         .bind(sqlx::types::Json(flash))
         .execute(pool)
         .await?;
@@ -142,7 +139,10 @@ pub async fn flash(pool: &PgPool, id: &str, flash: &Flash) -> Result<(), sqlx::E
 
 /// Ends the session `id` (signing out, or its key is no longer accepted).
 pub async fn end(pool: &PgPool, id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM console_sessions WHERE id_digest = $1").bind(digest(id)).execute(pool).await?;
+    sqlx::query("DELETE FROM console_sessions WHERE id_digest = $1")
+        .bind(&digest(id.as_bytes())[..])
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
