@@ -180,18 +180,19 @@ pub fn notified_customers(payloads: &[String]) -> Vec<crate::domain::CustomerId>
     customers
 }
 
-/// Runs `work` every `period` until aborted; a failure is logged (as `what`) and tried again at
-/// the next turn.
+/// Runs `work` at once and then every `period` until aborted (at once: an hourly chore must
+/// not wait an hour after each start, or a service restarted more often would never do it); a
+/// failure is logged (as `what`) and tried again at the next turn.
 pub async fn every<F, Fut, T>(period: std::time::Duration, what: &'static str, mut work: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
     loop {
-        tokio::time::sleep(period).await;
         if let Err(e) = work().await {
             tracing::warn!(error = %e, "cannot {what}");
         }
+        tokio::time::sleep(period).await;
     }
 }
 

@@ -161,7 +161,7 @@ impl Application {
         background.extend(pending_tasks);
         background.extend(holds_tasks);
         background.extend(override_tasks);
-        background.push(webhooks::delivery::spawn(pool.clone(), settings.outbound_webhooks.clone())?);
+        background.extend(webhooks::delivery::spawn(pool.clone(), settings.outbound_webhooks.clone())?);
         background.push(console::spawn_housekeeping(pool.clone(), settings.console.clone()));
         let forwarder = forwarder::spawn(
             pool.clone(),

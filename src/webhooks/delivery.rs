@@ -11,6 +11,7 @@ use tokio::task::JoinSet;
 use super::store::{self, Attempt, Claimed};
 use super::{Attempted, attempted, retry_after, signature};
 use crate::config::OutboundWebhookSettings;
+use crate::db;
 
 /// How often the backlog gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
@@ -20,16 +21,35 @@ const PRUNE_CHUNK: i64 = 1000;
 /// At most this much of a failed answer's body is kept with the attempt.
 const MAX_ERROR_BODY: usize = 256;
 
-/// Starts delivering on this replica; runs until aborted (an attempt cut short is made again
+/// Starts delivering on this replica, and pruning messages past retention (its own task, so a
+/// long prune holds up no delivery); both run until aborted (an attempt cut short is made again
 /// when its claim runs out).
-pub fn spawn(pool: PgPool, settings: OutboundWebhookSettings) -> anyhow::Result<tokio::task::AbortHandle> {
+pub fn spawn(
+    pool: PgPool,
+    settings: OutboundWebhookSettings,
+) -> anyhow::Result<Vec<tokio::task::AbortHandle>> {
     let client = reqwest::Client::builder()
         .timeout(settings.timeout)
         // A receiver's redirect is an answer to fix, not to follow: it fails the attempt.
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("usage-gate-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()?;
-    Ok(tokio::spawn(run(Arc::new(Deliverer { pool, client, settings }))).abort_handle())
+    let retention = settings.retention;
+    let pruning = tokio::spawn(db::every(PRUNE_EVERY, "prune webhook messages past retention", {
+        let pool = pool.clone();
+        move || {
+            let pool = pool.clone();
+            async move {
+                let pruned = store::prune(&pool, retention, PRUNE_CHUNK).await?;
+                if pruned > 0 {
+                    tracing::info!(pruned, "webhooks: pruned messages past retention");
+                }
+                Ok(pruned)
+            }
+        }
+    }));
+    let delivering = tokio::spawn(run(Arc::new(Deliverer { pool, client, settings })));
+    Ok(vec![delivering.abort_handle(), pruning.abort_handle()])
 }
 
 struct Deliverer {
@@ -46,7 +66,6 @@ async fn run(deliverer: Arc<Deliverer>) {
     // Due again only after every attempt of the claim could have timed out.
     let lease = settings.timeout * 2 + Duration::from_secs(1);
     let mut gauges_at: Option<Instant> = None;
-    let mut pruned_at: Option<Instant> = None;
     let mut under_way = JoinSet::new();
     loop {
         while under_way.try_join_next().is_some() {}
@@ -58,14 +77,6 @@ async fn run(deliverer: Arc<Deliverer>) {
                     metrics::gauge!("usage_gate_webhook_lag_seconds").set(lag);
                 }
                 Err(e) => tracing::warn!(error = %e, "webhooks: cannot read the backlog"),
-            }
-        }
-        if pruned_at.is_none_or(|at| at.elapsed() >= PRUNE_EVERY) {
-            pruned_at = Some(Instant::now());
-            match store::prune(&deliverer.pool, settings.retention, PRUNE_CHUNK).await {
-                Ok(0) => {}
-                Ok(pruned) => tracing::info!(pruned, "webhooks: pruned messages past retention"),
-                Err(e) => tracing::warn!(error = %e, "webhooks: cannot prune"),
             }
         }
         let free = settings.concurrency.saturating_sub(under_way.len());
