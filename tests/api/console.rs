@@ -85,10 +85,6 @@ impl<'a> Browser<'a> {
     }
 }
 
-async fn check(app: &TestApp, customer: &str) -> Value {
-    app.get(&format!("/v1/customers/{customer}/check"), Some(CHECK_KEY)).await.json().await.unwrap()
-}
-
 async fn audit_actions(app: &TestApp, actor: &str) -> Vec<(String, String)> {
     sqlx::query_as("SELECT action, outcome FROM audit_log WHERE actor = $1 ORDER BY id")
         .bind(actor)
@@ -359,10 +355,8 @@ async fn an_operator_finds_a_blocked_customer_acts_on_it_and_signs_out_in_a_real
     let Some(driver) = driver().await else { return };
     let app = TestApp::spawn().await;
     // Umbrella is over its DISABLE limit; a check records its decision for the fleet view.
-    let check = app.get(&format!("/v1/customers/{UMBRELLA}/check"), Some(CHECK_KEY)).await;
-    assert_eq!(check.json::<Value>().await.unwrap()["status"], "blocked");
-    let check = app.get(&format!("/v1/customers/{ACME}/check"), Some(CHECK_KEY)).await;
-    assert_eq!(check.status(), 200);
+    assert_eq!(app.check(UMBRELLA).await["status"], "blocked");
+    app.check(ACME).await;
     eventually(Duration::from_secs(10), "Umbrella recorded as blocked", || async {
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM customer_decisions WHERE customer_id = $1::uuid")
@@ -436,8 +430,7 @@ async fn an_operator_finds_a_blocked_customer_acts_on_it_and_signs_out_in_a_real
         browser.find(Locator::Css(&old)).await?.click().await?;
         browser.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(".flash.ok")).await?;
         assert!(text(&browser).await.contains(&format!("Deleted limit {UMBRELLA_LIMIT}.")));
-        let check = app.get(&format!("/v1/customers/{UMBRELLA}/check"), Some(CHECK_KEY)).await;
-        assert_eq!(check.json::<Value>().await.unwrap()["status"], "ok");
+        assert_eq!(app.check(UMBRELLA).await["status"], "ok");
 
         // Retry the dead event once BillaBear has the metric.
         app.sim.add_subscription(ACME, json!({"metric": "storage_gb_x", "unit_price": 1.0})).await;
@@ -511,7 +504,7 @@ async fn usage_is_recorded_at_every_five_percent_of_the_limit_for_the_fleet_view
     let app = TestApp::spawn().await;
     let (customer, subscription) =
         app.sim.add_usage_customer(0.0, json!([{"amount": 1000, "action": "DISABLE"}])).await;
-    assert_eq!(app.get(&format!("/v1/customers/{customer}/check"), Some(CHECK_KEY)).await.status(), 200);
+    app.check(&customer).await;
     let recorded = |estimates: Vec<i64>| {
         let (pool, customer) = (app.pool.clone(), customer.clone());
         async move {
@@ -574,7 +567,7 @@ async fn an_override_made_and_ended_in_the_console_decides_the_next_check() {
     assert_eq!((made.status, made.location.as_deref()), (303, Some(page.as_str())));
     let shown = browser.get(&page).await.body;
     assert!(shown.contains("Created an override (block) until"), "{shown}");
-    let decision = check(&app, ACME).await;
+    let decision = app.check(ACME).await;
     assert_eq!(
         (decision["status"].as_str(), decision["override"]["effect"].as_str()),
         (Some("blocked"), Some("block"))
@@ -585,7 +578,7 @@ async fn an_override_made_and_ended_in_the_console_decides_the_next_check() {
         browser.post(&format!("{page}/overrides/{id}/end"), &[("csrf", &csrf), ("reason", "paid")]).await;
     assert_eq!(ended.status, 303);
     assert!(browser.get(&page).await.body.contains("Ended the override."));
-    assert_eq!(check(&app, ACME).await["status"], "ok");
+    assert_eq!(app.check(ACME).await["status"], "ok");
     let (ended_by, end_reason): (String, String) =
         sqlx::query_as("SELECT ended_by, end_reason FROM overrides WHERE id = $1::uuid")
             .bind(&id)
