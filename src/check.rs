@@ -92,7 +92,7 @@ pub struct LimitView {
 impl Decision {
     /// The lowest DISABLE limit: the one that blocks first.
     pub fn lowest_disable_limit(&self) -> Option<i64> {
-        self.limits.iter().filter(|l| l.action == LimitAction::Disable).map(|l| l.amount).min()
+        policy::lowest_disable_limit(self.limits.iter().map(|l| (l.amount, l.action)))
     }
 
     /// The decision's [`Mark`], if it is about usage (a known customer).
@@ -249,7 +249,13 @@ pub fn usage_mark(
     let SnapshotData::Known(known) = data else { return None };
     let usage = known.usage(&project(known));
     let status = policy::decide_with(&usage, None, applied.map(|o| o.effect), settings).status;
-    Some(Mark { status, band: policy::band(usage.estimate, policy::lowest_disable_limit(&known.limits)) })
+    Some(Mark {
+        status,
+        band: policy::band(
+            usage.estimate,
+            policy::lowest_disable_limit(known.limits.iter().map(|l| (l.amount, l.action))),
+        ),
+    })
 }
 
 /// What is recorded of a customer's decision when it changes: its status, and how far its

@@ -265,9 +265,10 @@ pub struct Verdict {
     pub would_block: Option<bool>,
 }
 
-/// The amount of the lowest DISABLE limit among `limits`: the one that blocks first.
-pub fn lowest_disable_limit(limits: &[Limit]) -> Option<i64> {
-    limits.iter().filter(|l| l.action == LimitAction::Disable).map(|l| l.amount).min()
+/// The amount of the lowest DISABLE limit among `limits` (amount, action): the one that blocks
+/// first.
+pub fn lowest_disable_limit(limits: impl IntoIterator<Item = (i64, LimitAction)>) -> Option<i64> {
+    limits.into_iter().filter(|(_, action)| *action == LimitAction::Disable).map(|(amount, _)| amount).min()
 }
 
 /// How far `estimate` has come towards `limit`, in steps of 5% (0 below 5%, 20 at the limit),
@@ -338,7 +339,7 @@ fn judge(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -> Raw
         reasons.insert(Reason::WarningLimitExceeded);
     }
     if !reasons.contains(Reason::DisableLimitExceeded)
-        && let Some(lowest) = disable_limits().map(|l| l.amount).min()
+        && let Some(lowest) = lowest_disable_limit(usage.limits.iter().map(|l| (l.amount, l.action)))
         && usage.estimate as f64 >= settings.near_limit_ratio * lowest as f64
     {
         reasons.insert(Reason::NearLimit);
