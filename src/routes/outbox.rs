@@ -90,9 +90,9 @@ pub(crate) async fn retry_as(
     id: Option<i64>,
     customer: Option<CustomerId>,
 ) -> Result<u64, ApiError> {
-    match store::retry_dead(&state.pool, id, customer, actor).await? {
-        0 if id.is_some() => Err(ApiError::NotFound(format!("no dead event with id {}", id.unwrap_or(0)))),
-        retried => Ok(retried),
+    match (store::retry_dead(&state.pool, id, customer, actor).await?, id) {
+        (0, Some(id)) => Err(ApiError::NotFound(format!("no dead event with id {id}"))),
+        (retried, _) => Ok(retried),
     }
 }
 
