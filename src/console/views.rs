@@ -74,6 +74,15 @@ pub fn reason_text(code: &str) -> &'static str {
     }
 }
 
+/// A link to another page of a list: `path` with the non-empty `params`, URL-encoded.
+fn page_link(path: &str, params: &[(&str, &str)]) -> String {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in params.iter().filter(|(_, value)| !value.is_empty()) {
+        query.append_pair(key, value);
+    }
+    format!("{path}?{}", query.finish())
+}
+
 fn csrf_field(csrf: &str) -> Markup {
     html! { input type="hidden" name="csrf" value=(csrf); }
 }
@@ -248,14 +257,9 @@ fn meter(estimate: Option<i64>, limit: Option<i64>, currency: &str) -> Markup {
 
 pub fn customers(shell: &Shell, query: &CustomersQuery, rows: &[CustomerRow]) -> Markup {
     let link = |page: i64| {
-        let mut url = format!("/console/customers?page={page}");
-        if let Some(status) = query.status {
-            url.push_str(&format!("&status={status}"));
-        }
-        if !query.q.is_empty() {
-            url.push_str(&format!("&q={}", query.q));
-        }
-        url
+        let page = page.to_string();
+        let status = query.status.unwrap_or("");
+        page_link("/console/customers", &[("status", status), ("q", query.q), ("page", &page)])
     };
     let content = html! {
         form class="filters" method="get" action="/console/customers" {
@@ -558,20 +562,15 @@ pub struct AuditQuery<'a> {
 
 pub fn audit(shell: &Shell, query: &AuditQuery, records: &[AuditRecord], next: Option<&str>) -> Markup {
     let next_link = next.map(|cursor| {
-        let mut url = url::form_urlencoded::Serializer::new(String::new());
-        for (key, value) in [
+        let filters = [
             ("customer", query.customer),
             ("action", query.action),
             ("actor", query.actor),
             ("since", query.since),
             ("until", query.until),
             ("cursor", cursor),
-        ] {
-            if !value.is_empty() {
-                url.append_pair(key, value);
-            }
-        }
-        format!("/console/audit?{}", url.finish())
+        ];
+        page_link("/console/audit", &filters)
     });
     let content = html! {
         form class="filters" method="get" action="/console/audit" {
