@@ -180,6 +180,13 @@ fn over_tls(req: &HttpRequest) -> bool {
     req.connection_info().scheme() == "https"
 }
 
+/// Who acts, for the audit log: the key's name and this request's id, as the API's
+/// `routes::actor` records them.
+fn actor(req: &HttpRequest, caller: &Caller) -> Actor {
+    let request_id = req.extensions().get::<RequestId>().map(ToString::to_string);
+    Actor { name: caller.name.to_string(), request_id }
+}
+
 /// A signed-in operator: a live session whose key is still configured with the `admin` scope.
 pub struct Operator {
     pub caller: Caller,
@@ -246,8 +253,7 @@ impl FromRequest for Operator {
                 let _ = session::end(&state.pool, &id).await;
                 return Err(sign_in());
             };
-            let request_id = req.extensions().get::<RequestId>().map(ToString::to_string);
-            let actor = Actor { name: caller.name.to_string(), request_id };
+            let actor = actor(&req, &caller);
             Ok(Operator { caller, actor, csrf: resumed.csrf, session: id, flash: resumed.flash })
         })
     }
@@ -331,8 +337,7 @@ async fn login(
         outcome("unknown_key").increment(1);
         return login_form(&req, StatusCode::UNAUTHORIZED, Some(&next), Some("This key is not accepted."));
     };
-    let request_id = req.extensions().get::<RequestId>().map(ToString::to_string);
-    let actor = Actor { name: caller.name.to_string(), request_id };
+    let actor = actor(&req, &caller);
     if !caller.has(Scope::Admin) {
         outcome("forbidden").increment(1);
         let mut entry = actor.entry(
