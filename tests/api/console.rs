@@ -2,8 +2,9 @@
 //! real headless Chromium driven through WebDriver (chromedriver).
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use fantoccini::error::CmdError;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -267,6 +268,10 @@ async fn an_idle_session_expires_and_signing_out_ends_it() {
     );
 }
 
+/// How long the browser test waits for anything: a deadline, not a pause, so generous enough for
+/// a CI machine running every other test beside Chromium.
+const PATIENCE: Duration = Duration::from_secs(30);
+
 /// chromedriver on a free port, stopped when dropped.
 struct Driver {
     child: Child,
@@ -301,7 +306,7 @@ async fn driver() -> Option<Driver> {
         .unwrap();
     let driver = Driver { child, url: format!("http://127.0.0.1:{port}") };
     let status = format!("{}/status", driver.url);
-    eventually(Duration::from_secs(20), "chromedriver to answer", || async {
+    eventually(PATIENCE, "chromedriver to answer", || async {
         reqwest::get(&status).await.ok().filter(|r| r.status().is_success())
     })
     .await;
@@ -339,15 +344,30 @@ async fn text(browser: &Client) -> String {
     browser.find(Locator::Css("main")).await.unwrap().text().await.unwrap()
 }
 
-/// Waits for the page at `path` (and query) to be shown.
-async fn at(browser: &Client, app: &TestApp, path: &str) {
-    let wanted = app.url(path);
-    browser
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_url(&url::Url::parse(&wanted).unwrap())
-        .await
-        .unwrap();
+/// Clicks what `target` finds and waits until the page it leads to has replaced this one.
+/// Waiting only for an element of the next page could find it on this page (a flash message,
+/// say) and read the page before the click; this page's root going stale cannot.
+async fn click_through(browser: &Client, target: Locator<'_>) -> Result<(), CmdError> {
+    let page = browser.find(Locator::Css("html")).await?;
+    browser.find(target).await?.click().await?;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        // Any error means the old root is gone: chromedriver says stale, no such element or,
+        // mid-navigation, "Node with given id does not belong to the document".
+        match page.tag_name().await {
+            Err(_) => break,
+            Ok(_) if Instant::now() > deadline => return Err(CmdError::WaitTimeout),
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    browser.wait().at_most(PATIENCE).for_element(Locator::Css("main")).await?;
+    Ok(())
+}
+
+/// The path and query of the page shown.
+async fn shown(browser: &Client) -> Result<String, CmdError> {
+    let url = browser.current_url().await?;
+    Ok(format!("{}{}", url.path(), url.query().map(|q| format!("?{q}")).unwrap_or_default()))
 }
 
 #[tokio::test]
@@ -357,7 +377,7 @@ async fn an_operator_finds_a_blocked_customer_acts_on_it_and_signs_out_in_a_real
     // Umbrella is over its DISABLE limit; a check records its decision for the fleet view.
     assert_eq!(app.check(UMBRELLA).await["status"], "blocked");
     app.check(ACME).await;
-    eventually(Duration::from_secs(10), "Umbrella recorded as blocked", || async {
+    eventually(PATIENCE, "Umbrella recorded as blocked", || async {
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM customer_decisions WHERE customer_id = $1::uuid")
                 .bind(UMBRELLA)
@@ -384,26 +404,30 @@ async fn an_operator_finds_a_blocked_customer_acts_on_it_and_signs_out_in_a_real
     app.outbox_status("console-dead-1", "dead").await;
 
     let browser = chromium(&driver).await;
+    // Which step the browser is at, for a failure's message.
+    let step = std::cell::Cell::new("start");
     let outcome = async {
         // Sign in.
+        step.set("sign in");
         browser.goto(&app.url("/console/")).await?;
         browser.find(Locator::Css("#key")).await?.send_keys(ADMIN_KEY).await?;
-        browser.find(Locator::Css("form.login button[type=submit]")).await?.click().await?;
-        browser.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("nav[aria-label=Console]")).await?;
+        click_through(&browser, Locator::Css("form.login button[type=submit]")).await?;
+        browser.find(Locator::Css("nav[aria-label=Console]")).await?;
         let overview = text(&browser).await;
         assert!(overview.contains("Customers by status"), "{overview}");
         let dead_count = browser.find(Locator::Css("dl.figures a[href='/console/outbox?status=dead']")).await?;
         assert_eq!(dead_count.text().await?, "1");
 
         // Who is blocked right now, and why?
-        browser.find(Locator::Css("a[href='/console/customers?status=blocked']")).await?.click().await?;
-        at(&browser, &app, "/console/customers?status=blocked").await;
+        step.set("find the blocked customer");
+        click_through(&browser, Locator::Css("a[href='/console/customers?status=blocked']")).await?;
+        assert_eq!(shown(&browser).await?, "/console/customers?status=blocked");
         let listed = text(&browser).await;
         assert!(listed.contains(UMBRELLA) && listed.contains("disable_limit_exceeded"), "{listed}");
         assert!(!listed.contains(ACME), "only blocked customers: {listed}");
         screenshot(&browser, "console-customers").await;
-        browser.find(Locator::Css(&format!("a[href='/console/customers/{UMBRELLA}']"))).await?.click().await?;
-        at(&browser, &app, &format!("/console/customers/{UMBRELLA}")).await;
+        click_through(&browser, Locator::Css(&format!("a[href='/console/customers/{UMBRELLA}']"))).await?;
+        assert_eq!(shown(&browser).await?, format!("/console/customers/{UMBRELLA}"));
         let explained = text(&browser).await;
         assert!(explained.contains("the estimate is over a DISABLE limit"), "{explained}");
         let plot = browser.find(Locator::Css("svg.plot")).await?;
@@ -416,36 +440,39 @@ async fn an_operator_finds_a_blocked_customer_acts_on_it_and_signs_out_in_a_real
         }
 
         // Raise its limit: a new DISABLE limit of 200.00 USD.
+        step.set("create a limit");
         browser.find(Locator::Css("#limit-amount")).await?.send_keys("20000").await?;
         browser.find(Locator::Css("#limit-action")).await?.select_by_value("DISABLE").await?;
-        browser.find(Locator::Css("form[action$='/usage-limits'] button[type=submit]")).await?.click().await?;
-        browser.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(".flash.ok")).await?;
+        click_through(&browser, Locator::Css("form[action$='/usage-limits'] button[type=submit]")).await?;
         let after = text(&browser).await;
         assert!(after.contains("Created a DISABLE limit of 20000"), "{after}");
         assert!(after.contains("200.00 USD"), "the new limit is listed: {after}");
         assert!(after.contains("usage_limit.create"), "the audit trail shows it: {after}");
         screenshot(&browser, "console-customer").await;
         // And delete the old one: the customer is allowed again, in the very next check.
+        step.set("delete the old limit");
         let old = format!("form[action='/console/customers/{UMBRELLA}/usage-limits/{UMBRELLA_LIMIT}/delete'] button");
-        browser.find(Locator::Css(&old)).await?.click().await?;
-        browser.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(".flash.ok")).await?;
-        assert!(text(&browser).await.contains(&format!("Deleted limit {UMBRELLA_LIMIT}.")));
+        click_through(&browser, Locator::Css(&old)).await?;
+        let after = text(&browser).await;
+        assert!(after.contains(&format!("Deleted limit {UMBRELLA_LIMIT}.")), "{after}");
         assert_eq!(app.check(UMBRELLA).await["status"], "ok");
 
         // Retry the dead event once BillaBear has the metric.
+        step.set("retry the dead event");
         app.sim.add_subscription(ACME, json!({"metric": "storage_gb_x", "unit_price": 1.0})).await;
-        browser.find(Locator::LinkText("Dead letters")).await?.click().await?;
-        at(&browser, &app, "/console/outbox?status=dead").await;
+        click_through(&browser, Locator::LinkText("Dead letters")).await?;
+        assert_eq!(shown(&browser).await?, "/console/outbox?status=dead");
         let letters = text(&browser).await;
         assert!(letters.contains("console-dead-1") && letters.contains("does not exist"), "{letters}");
         screenshot(&browser, "console-dead-letters").await;
-        browser.find(Locator::Css("form[action$='/retry'] button")).await?.click().await?;
-        browser.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css(".flash.ok")).await?;
-        assert!(text(&browser).await.contains("queued for delivery again"));
+        click_through(&browser, Locator::Css("form[action$='/retry'] button")).await?;
+        let retried = text(&browser).await;
+        assert!(retried.contains("queued for delivery again"), "{retried}");
         app.outbox_status("console-dead-1", "delivered").await;
 
         // The overview tells of Umbrella's change from blocked to ok.
-        eventually(Duration::from_secs(10), "Umbrella's transition recorded", || async {
+        step.set("see the transition on the overview");
+        eventually(PATIENCE, "Umbrella's transition recorded", || async {
             let n: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM audit_log WHERE action = 'decision.transition' AND customer_id = $1::uuid",
             )
@@ -456,14 +483,15 @@ async fn an_operator_finds_a_blocked_customer_acts_on_it_and_signs_out_in_a_real
             (n > 0).then_some(())
         })
         .await;
-        browser.find(Locator::LinkText("Overview")).await?.click().await?;
-        at(&browser, &app, "/console/").await;
+        click_through(&browser, Locator::LinkText("Overview")).await?;
+        assert_eq!(shown(&browser).await?, "/console/");
         let transitions = browser.find(Locator::Css("#transitions + table tbody")).await?.text().await?;
         let transitions = transitions.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(transitions.contains(UMBRELLA) && transitions.contains("blocked ok"), "{transitions}");
         screenshot(&browser, "console-overview").await;
 
         // What happened, in the audit log.
+        step.set("read the audit log");
         browser.goto(&app.url("/console/audit?actor=operator")).await?;
         let audit = text(&browser).await;
         for action in ["console.login", "usage_limit.create", "outbox.retry"] {
@@ -471,16 +499,24 @@ async fn an_operator_finds_a_blocked_customer_acts_on_it_and_signs_out_in_a_real
         }
 
         // Sign out: the pages want a session again.
-        browser.find(Locator::Css("form.signout button")).await?.click().await?;
-        browser.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("#key")).await?;
+        step.set("sign out");
+        click_through(&browser, Locator::Css("form.signout button")).await?;
+        browser.find(Locator::Css("#key")).await?;
         browser.goto(&app.url("/console/customers")).await?;
-        browser.wait().at_most(Duration::from_secs(10)).for_element(Locator::Css("#key")).await?;
+        browser.wait().at_most(PATIENCE).for_element(Locator::Css("#key")).await?;
         assert!(browser.current_url().await?.as_str().contains("next=%2Fconsole%2Fcustomers"));
-        Ok::<_, fantoccini::error::CmdError>(())
+        Ok::<_, CmdError>(())
     }
     .await;
+    if let Err(error) = outcome {
+        let url = browser.current_url().await.map(|url| url.to_string()).unwrap_or_default();
+        let shown = match browser.find(Locator::Css("body")).await {
+            Ok(body) => body.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        panic!("the browser failed to {}: {error}\nat {url}, showing:\n{shown}", step.get());
+    }
     let _ = browser.close().await;
-    outcome.unwrap();
 
     // What the browser did is what BillaBear, Postgres and the audit log hold.
     let limits = app.sim.customer(UMBRELLA).await["limits"].clone();
