@@ -142,6 +142,18 @@ pub enum Source {
     Fallback,
 }
 
+impl Source {
+    /// The wire form (as serialized).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Upstream => "upstream",
+            Source::Stale => "stale",
+            Source::Fallback => "fallback",
+        }
+    }
+}
+
 /// The result of a lookup: a snapshot to decide on (none: use the fallback policy).
 #[derive(Debug, Clone)]
 pub struct Lookup {

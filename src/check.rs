@@ -13,6 +13,8 @@ use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
 use crate::projection::Projection;
 use crate::reservations::Holds;
 
+mod wire;
+
 /// The answer to "may this customer keep using the product?", with what it is based on.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Decision {

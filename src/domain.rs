@@ -249,6 +249,21 @@ impl CustomerStatus {
     pub fn is_disabled(&self) -> bool {
         matches!(self, Self::Disabled)
     }
+
+    /// The wire form (as serialized).
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::New => "new",
+            Self::Active => "active",
+            Self::Disabled => "disabled",
+            Self::Churned => "churned",
+            Self::Reactivated => "reactivated",
+            Self::TrialActive => "trial_active",
+            Self::TrialEnded => "trial_ended",
+            Self::Unknown => "unknown",
+            Self::Other(status) => status,
+        }
+    }
 }
 
 /// A UTC instant in Unix milliseconds, serialized as RFC 3339 (`2026-11-27T13:38:06.237Z`).

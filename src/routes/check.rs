@@ -3,7 +3,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -44,19 +44,18 @@ pub async fn check_customer(
 ) -> Result<HttpResponse, ApiError> {
     let id = customer_id(&path, "customer_id")?;
     let cost = query.cost.as_deref().map(parse_cost).transpose()?;
-    Ok(json_ok(&state.checker.check(id, cost).await, DECISION_BYTES))
+    let mut body = Vec::with_capacity(DECISION_BYTES);
+    state.checker.check(id, cost).await.write_json(&mut body);
+    Ok(json_body(body))
 }
 
-/// About the size of one serialized decision, so serializing rarely reallocates.
-const DECISION_BYTES: usize = 512;
+/// Room for one decision, so writing it rarely reallocates: one with two limits is about 600
+/// bytes, and growing a 512-byte buffer on every check cost a malloc, a copy and a free.
+const DECISION_BYTES: usize = 1024;
 
-/// 200 with `value` as JSON, serialized into a buffer of about the right size.
-fn json_ok(value: &impl Serialize, size_hint: usize) -> HttpResponse {
-    let mut body = Vec::with_capacity(size_hint);
-    match serde_json::to_writer(&mut body, value) {
-        Ok(()) => HttpResponse::Ok().content_type(actix_web::http::header::ContentType::json()).body(body),
-        Err(e) => ApiError::Internal(e.into()).error_response(),
-    }
+/// 200 with `body`, JSON.
+fn json_body(body: Vec<u8>) -> HttpResponse {
+    HttpResponse::Ok().content_type(actix_web::http::header::ContentType::json()).body(body)
 }
 
 /// The body of `POST /v1/check` (documentation: the handler reads each item on its own, so
@@ -81,6 +80,25 @@ pub struct CheckBatchItem {
 pub struct CheckBatchResponse {
     /// One per requested customer, in order: a decision, or that item's error.
     pub decisions: Vec<CheckBatchAnswer>,
+}
+
+impl CheckBatchResponse {
+    /// The answer as JSON, as serde_json writes it, with each decision written by
+    /// [`Decision::write_json`] (serde's way cost a quarter of a check).
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        out.extend_from_slice(b"{\"decisions\":[");
+        for (i, answer) in self.decisions.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            match answer {
+                CheckBatchAnswer::Decision(decision) => decision.write_json(out),
+                CheckBatchAnswer::Invalid(invalid) => serde_json::to_writer(&mut *out, invalid)?,
+            }
+        }
+        out.extend_from_slice(b"]}");
+        Ok(())
+    }
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -156,8 +174,9 @@ pub async fn check_batch(
         .buffered(concurrency)
         .collect()
         .await;
-    let size = DECISION_BYTES * decisions.len();
-    Ok(json_ok(&CheckBatchResponse { decisions }, size))
+    let mut body = Vec::with_capacity(DECISION_BYTES * decisions.len());
+    CheckBatchResponse { decisions }.write_json(&mut body).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(json_body(body))
 }
 
 static X_USAGE_STATUS: HeaderName = HeaderName::from_static("x-usage-status");
@@ -243,4 +262,63 @@ pub async fn refresh(
 ) -> Result<web::Json<Decision>, ApiError> {
     let id = customer_id(&path, "customer_id")?;
     Ok(web::Json(state.checker.refresh(id).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{Currency, Source};
+    use crate::check::{Estimate, LimitView};
+    use crate::domain::{CustomerStatus, LimitAction, LimitId, Timestamp};
+    use crate::policy::{Reason, Reasons, Status};
+
+    #[test]
+    fn a_batch_answer_is_written_exactly_as_serde_json_writes_it() {
+        let decision = Decision {
+            customer_id: CustomerId::new_v4(),
+            allowed: false,
+            status: Status::Blocked,
+            reasons: Reasons::from([Reason::DisableLimitExceeded]),
+            estimate: Some(Estimate {
+                amount: 150,
+                currency: Currency::parse("EUR"),
+                billabear: 150,
+                pending: 0,
+                pending_events: 0,
+                reserved: 0,
+                approximate: false,
+                as_of: Timestamp(1_800_000_000_000),
+            }),
+            cost: None,
+            limits: vec![LimitView {
+                id: LimitId::new_v4(),
+                amount: 100,
+                action: LimitAction::Disable,
+                exceeded: true,
+                remaining: 0,
+            }],
+            customer_status: Some(CustomerStatus::Active),
+            fallback: false,
+            source: Source::Cache,
+            as_of: Some(Timestamp(1_800_000_000_000)),
+            age_ms: Some(12),
+            would_block: None,
+            applied_override: None,
+        };
+        let items =
+            [json!({"id": "x\"y", "cost": 1}), json!(7), json!({"id": decision.customer_id, "cost": -1})];
+        for answers in [vec![], vec![0], vec![0, 1, 2, 3, 0]] {
+            let decisions = answers
+                .into_iter()
+                .map(|n| match n {
+                    0 => CheckBatchAnswer::Decision(Box::new(decision.clone())),
+                    i => CheckBatchAnswer::Invalid(parse_item(i, &items[i - 1]).unwrap_err()),
+                })
+                .collect();
+            let response = CheckBatchResponse { decisions };
+            let mut ours = Vec::new();
+            response.write_json(&mut ours).unwrap();
+            assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&response).unwrap());
+        }
+    }
 }
