@@ -31,7 +31,7 @@ import time
 from common import Processes, psql, request, wait_for, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
 APP, SIM, BARE = "127.0.0.1:18080", "127.0.0.1:18090", "127.0.0.1:18081"
 KEY, SIM_KEY = "bench-check-key-0123456789", "bench-sim-key"
 WARM_CUSTOMERS, COLD_CUSTOMERS = 100_000, 1_000
