@@ -15,6 +15,10 @@ use crate::reservations::Holds;
 
 mod wire;
 
+/// Decisions of every shape, for tests that write them.
+#[cfg(test)]
+pub(crate) use wire::tests::decisions as every_shape_of_decision;
+
 /// The answer to "may this customer keep using the product?", with what it is based on.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Decision {

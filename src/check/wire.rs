@@ -144,7 +144,7 @@ fn timestamp(out: &mut Vec<u8>, at: Timestamp) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::cache::{Currency, Source};
     use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId};
@@ -171,7 +171,7 @@ mod tests {
     /// Decisions of every shape: each optional field present and absent, every status, source,
     /// customer status and reason, text that needs escaping, and an override with and without
     /// an amount.
-    fn decisions() -> Vec<Decision> {
+    pub(crate) fn decisions() -> Vec<Decision> {
         let statuses = [
             None,
             Some(CustomerStatus::New),

@@ -267,55 +267,22 @@ pub async fn refresh(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::{Currency, Source};
-    use crate::check::{Estimate, LimitView};
-    use crate::domain::{CustomerStatus, LimitAction, LimitId, Timestamp};
-    use crate::policy::{Reason, Reasons, Status};
+    use crate::check::every_shape_of_decision;
 
     #[test]
     fn a_batch_answer_is_written_exactly_as_serde_json_writes_it() {
-        let decision = Decision {
-            customer_id: CustomerId::new_v4(),
-            allowed: false,
-            status: Status::Blocked,
-            reasons: Reasons::from([Reason::DisableLimitExceeded]),
-            estimate: Some(Estimate {
-                amount: 150,
-                currency: Currency::parse("EUR"),
-                billabear: 150,
-                pending: 0,
-                pending_events: 0,
-                reserved: 0,
-                approximate: false,
-                as_of: Timestamp(1_800_000_000_000),
-            }),
-            cost: None,
-            limits: vec![LimitView {
-                id: LimitId::new_v4(),
-                amount: 100,
-                action: LimitAction::Disable,
-                exceeded: true,
-                remaining: 0,
-            }],
-            customer_status: Some(CustomerStatus::Active),
-            fallback: false,
-            source: Source::Cache,
-            as_of: Some(Timestamp(1_800_000_000_000)),
-            age_ms: Some(12),
-            would_block: None,
-            applied_override: None,
-        };
-        let items =
-            [json!({"id": "x\"y", "cost": 1}), json!(7), json!({"id": decision.customer_id, "cost": -1})];
-        for answers in [vec![], vec![0], vec![0, 1, 2, 3, 0]] {
-            let decisions = answers
-                .into_iter()
-                .map(|n| match n {
-                    0 => CheckBatchAnswer::Decision(Box::new(decision.clone())),
-                    i => CheckBatchAnswer::Invalid(parse_item(i, &items[i - 1]).unwrap_err()),
-                })
-                .collect();
-            let response = CheckBatchResponse { decisions };
+        let items = [
+            json!({"id": "x\"y", "cost": 1}),
+            json!(7),
+            json!({"id": "00000000-0000-4000-8000-000000000001", "cost": -1}),
+        ];
+        let invalid = |i: usize| CheckBatchAnswer::Invalid(parse_item(i, &items[i]).unwrap_err());
+        let mut answers: Vec<CheckBatchAnswer> =
+            every_shape_of_decision().into_iter().map(|d| CheckBatchAnswer::Decision(Box::new(d))).collect();
+        answers.insert(1, invalid(0));
+        answers.extend([invalid(1), invalid(2)]);
+        for response in [CheckBatchResponse { decisions: vec![] }, CheckBatchResponse { decisions: answers }]
+        {
             let mut ours = Vec::new();
             response.write_json(&mut ours).unwrap();
             assert_eq!(String::from_utf8(ours).unwrap(), serde_json::to_string(&response).unwrap());
