@@ -74,13 +74,12 @@ def window(pid, out_dir, label, work):
     subprocess.run(["callgrind_control", "-d", label, str(pid)], check=True, capture_output=True)
     deadline = time.time() + 60
     while time.time() < deadline:
-        new = set(glob.glob(os.path.join(out_dir, "callgrind.out.*"))) - before
-        if new:
-            path = max(new, key=os.path.getmtime)
-            time.sleep(0.5)  # the dump may still be being written
+        for path in set(glob.glob(os.path.join(out_dir, "callgrind.out.*"))) - before:
+            # The totals line comes last: until it is there, the dump is still being written.
             with open(path) as f:
-                total = next(int(line.split()[1]) for line in f if line.startswith(("summary:", "totals:")))
-            return total, seconds, path
+                totals = [int(line.split()[1]) for line in f if line.startswith("totals:")]
+            if totals:
+                return totals[0], seconds, path
         time.sleep(0.2)
     sys.exit(f"callgrind wrote no dump for {label}")
 
