@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
-use serde::Serialize;
 
 use super::session::Flash;
 use super::store::CustomerRow;
@@ -45,14 +44,6 @@ pub fn time(at: DateTime<Utc>) -> String {
 
 fn time_element(at: DateTime<Utc>) -> Markup {
     html! { time datetime=(at.to_rfc3339()) { (time(at)) } }
-}
-
-/// A serde-named value (status, source) as its name.
-fn name<T: Serialize>(value: &T) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(s)) => s,
-        _ => String::new(),
-    }
 }
 
 /// What a reason code means, for people.
@@ -323,7 +314,7 @@ pub fn customer(shell: &Shell, p: &CustomerPage) -> Markup {
         section aria-labelledby="decision" {
             h2 id="decision" { "Decision" }
             p class="verdict" {
-                (status_badge(name(&d.status).as_str()))
+                (status_badge(d.status.as_str()))
                 @if d.allowed { " allowed" } @else { " denied" }
                 @if let Some(would) = d.would_block { " · would block without the override: " (would) }
             }
@@ -344,8 +335,8 @@ pub fn customer(shell: &Shell, p: &CustomerPage) -> Markup {
                 dt { "Lowest DISABLE limit" }
                 dd { @match d.lowest_disable_limit() { Some(l) => (money(l, &currency)), None => "none" } }
                 dt { "BillaBear customer status" }
-                dd { @match &d.customer_status { Some(s) => (name(s)), None => "unknown" } }
-                dt { "Answered from" } dd { (name(&d.source)) @if d.fallback { " (fallback policy)" } }
+                dd { @match &d.customer_status { Some(s) => (s.as_str()), None => "unknown" } }
+                dt { "Answered from" } dd { (d.source.as_str()) @if d.fallback { " (fallback policy)" } }
                 dt { "Data age" } dd { @match d.age_ms { Some(ms) => (format!("{:.1} s", ms as f64 / 1000.0)), None => "none" } }
                 @if let Some(recorded) = &p.recorded {
                     dt { "Status since" } dd { (time_element(recorded.changed_at)) }
