@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
-use crate::auth::digest;
+use crate::auth::{KeyDigest, digest};
 
 /// The session id's cookie.
 pub const SESSION_COOKIE: &str = "ug_console";
@@ -88,6 +88,11 @@ impl Flash {
     }
 }
 
+/// What Postgres keys a session by: its id's SHA-256 (the id itself is only in the cookie).
+fn id_digest(id: &str) -> KeyDigest {
+    digest(id.as_bytes())
+}
+
 /// A session in force, as [`resume`] finds it.
 #[derive(Debug)]
 pub struct Resumed {
@@ -101,7 +106,7 @@ pub struct Resumed {
 pub async fn start(pool: &PgPool, key_digest: &[u8]) -> anyhow::Result<String> {
     let id = token()?;
     sqlx::query("INSERT INTO console_sessions (id_digest, key_digest, csrf_token) VALUES ($1, $2, $3)")
-        .bind(&digest(id.as_bytes())[..])
+        .bind(id_digest(&id))
         .bind(key_digest)
         .bind(token()?)
         .execute(pool)
@@ -120,7 +125,7 @@ pub async fn resume(pool: &PgPool, id: &str, idle: Duration) -> Result<Option<Re
          FROM found WHERE s.id_digest = found.id_digest
          RETURNING s.key_digest, s.csrf_token, found.flash",
     )
-    .bind(&digest(id.as_bytes())[..])
+    .bind(id_digest(id))
     .bind(idle.as_secs_f64())
     .fetch_optional(pool)
     .await?;
@@ -130,7 +135,7 @@ pub async fn resume(pool: &PgPool, id: &str, idle: Duration) -> Result<Option<Re
 /// Leaves a message for the session's next page.
 pub async fn flash(pool: &PgPool, id: &str, flash: &Flash) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE console_sessions SET flash = $2 WHERE id_digest = $1")
-        .bind(&digest(id.as_bytes())[..])
+        .bind(id_digest(id))
         .bind(sqlx::types::Json(flash))
         .execute(pool)
         .await?;
@@ -140,7 +145,7 @@ pub async fn flash(pool: &PgPool, id: &str, flash: &Flash) -> Result<(), sqlx::E
 /// Ends the session `id` (signing out, or its key is no longer accepted).
 pub async fn end(pool: &PgPool, id: &str) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM console_sessions WHERE id_digest = $1")
-        .bind(&digest(id.as_bytes())[..])
+        .bind(id_digest(id))
         .execute(pool)
         .await?;
     Ok(())
