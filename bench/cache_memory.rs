@@ -10,7 +10,9 @@ use std::time::SystemTime;
 
 use secrecy::SecretString;
 use usage_gate::billabear::BillaBearClient;
-use usage_gate::cache::{Currency, Known, SnapshotCache, SnapshotData};
+use usage_gate::cache::SnapshotCache;
+use usage_gate::snapshot::{Known, SnapshotData};
+use usage_gate::domain::Currency;
 use usage_gate::config::{RawApiKey, RawSettings};
 use usage_gate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, SubscriptionId};
 use usage_gate::policy::Limit;

@@ -2,21 +2,14 @@
 //! records) and scopes. Keys are kept only as SHA-256 digests and compared in constant time.
 
 use std::fmt;
-use std::future::{Ready, ready};
 use std::sync::Arc;
 
-use actix_web::body::{EitherBody, MessageBody};
-use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::middleware::Next;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, http::header};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
-
 /// What a key may do. Health, metrics and docs need none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     Check,
@@ -107,7 +100,7 @@ impl fmt::Debug for ApiKey {
     }
 }
 
-/// The authenticated caller, put in the request's extensions by [`authorize`].
+/// The authenticated caller (the routes' middleware puts it in the request's extensions).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub name: Arc<str>,
@@ -150,46 +143,6 @@ impl ApiKeys {
     pub fn by_digest(&self, digest: &[u8]) -> Option<Caller> {
         let key = self.keys.iter().find(|key| bool::from(key.digest.as_slice().ct_eq(digest)))?;
         Some(Caller { name: key.name.clone(), scopes: key.scopes })
-    }
-}
-
-/// The key from `Authorization: Bearer <key>`.
-fn bearer_token(req: &ServiceRequest) -> Option<&[u8]> {
-    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
-    let (scheme, token) = value.split_at_checked(7)?;
-    (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token)
-}
-
-/// Middleware: 401 without a known key, 403 without `scope` (when one is required).
-/// Wrap a route group with `from_fn(move |req, next| authorize(req, next, Some(Scope::Check)))`.
-pub async fn authorize<B: MessageBody + 'static>(
-    req: ServiceRequest,
-    next: Next<B>,
-    scope: Option<Scope>,
-) -> Result<ServiceResponse<EitherBody<B>>, actix_web::Error> {
-    let keys = req.app_data::<actix_web::web::Data<ApiKeys>>().expect("ApiKeys registered as app data");
-    let caller = match bearer_token(&req).and_then(|token| keys.authenticate(token)) {
-        Some(caller) => caller,
-        None => {
-            return Ok(req.error_response(ApiError::Unauthorized).map_into_right_body());
-        }
-    };
-    if let Some(scope) = scope
-        && !caller.has(scope)
-    {
-        return Ok(req.error_response(ApiError::Forbidden(scope)).map_into_right_body());
-    }
-    req.extensions_mut().insert(caller);
-    next.call(req).await.map(ServiceResponse::map_into_left_body)
-}
-
-impl FromRequest for Caller {
-    type Error = ApiError;
-    type Future = Ready<Result<Self, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        // Absent only on a route that forgot the middleware: fail closed.
-        ready(req.extensions().get::<Caller>().cloned().ok_or(ApiError::Unauthorized))
     }
 }
 

@@ -13,14 +13,11 @@
 //! Calls to BillaBear are bounded: `cache.max_concurrent_fetches` at once, and
 //! `cache.cold_fetches_per_second` for customers with nothing usable cached; past either a cold
 //! customer gets the fallback policy (`upstream_budget_exhausted`).
-//!
-//! Snapshots are compact (UUID keys, a fixed currency, a boxed slice of limits) because the
-//! cache is sized for a million customers.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
@@ -31,152 +28,10 @@ use std::num::NonZeroU32;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
-use crate::billabear::{BillaBearClient, BillaBearError, CostEstimate, Customer, Subscription, UsageLimit};
+use crate::billabear::{self, BillaBearClient, BillaBearError};
 use crate::config::CacheSettings;
-use crate::domain::{CustomerId, CustomerStatus, SubscriptionId};
-use crate::policy::{Limit, Usage};
-use crate::projection::{self, Figures, Metered, Projection};
-
-/// An ISO 4217 code in three bytes; all zero when BillaBear sent none (no usage subscription).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Currency([u8; 3]);
-
-impl serde::Serialize for Currency {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self.as_str())
-    }
-}
-
-impl Currency {
-    pub fn parse(code: &str) -> Self {
-        match code.as_bytes() {
-            [a, b, c] if code.is_ascii() => Self([*a, *b, *c]),
-            _ => Self::default(),
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        if self.0 == [0; 3] { "" } else { std::str::from_utf8(&self.0).unwrap_or("") }
-    }
-}
-
-/// What BillaBear said about a known customer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Known {
-    pub status: CustomerStatus,
-    /// BillaBear's estimate, minor units.
-    pub estimate: i64,
-    pub currency: Currency,
-    pub limits: Box<[Limit]>,
-    /// Its usage-priced subscriptions, priced as BillaBear prices them: how pending usage is
-    /// projected.
-    pub metered: Box<[Metered]>,
-}
-
-impl Known {
-    /// What the policy decides on, with the estimate `projection` makes of it.
-    pub fn usage(&self, projection: &Projection) -> Usage<'_> {
-        Usage {
-            disabled: self.status.is_disabled(),
-            estimate: projection.amount(),
-            counted: projection.billabear,
-            limits: &self.limits,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum SnapshotData {
-    Known(Known),
-    /// BillaBear answered 404.
-    NotFound,
-    /// BillaBear could not be asked and there was nothing usable to fall back on.
-    Unavailable,
-}
-
-#[derive(Debug)]
-pub struct Snapshot {
-    /// When BillaBear answered (Unix ms); for `Unavailable`, when it failed to.
-    pub fetched_at_ms: u64,
-    /// The last refresh attempt (Unix ms), successful or not; bounds refreshes per customer.
-    last_attempt_ms: AtomicU64,
-    /// When the fetch that made it started, in the cache's own order (see `Inner::generation`):
-    /// a snapshot never replaces one with a higher generation, so a slow fetch that began
-    /// before a change cannot overwrite what was fetched after it.
-    generation: u64,
-    pub data: SnapshotData,
-}
-
-impl Snapshot {
-    fn new(data: SnapshotData, now: u64, generation: u64) -> Self {
-        Self { fetched_at_ms: now, last_attempt_ms: AtomicU64::new(now), generation, data }
-    }
-
-    /// A snapshot as fetched at `at` (Unix ms): for tests and tools that build decisions.
-    pub fn fetched_at(data: SnapshotData, at: u64) -> Self {
-        Self::new(data, at, 0)
-    }
-
-    /// Left by an invalidation: never usable (an `Unavailable` marker from the epoch), it only
-    /// holds the invalidation's generation, so fetches that started before it are not cached.
-    fn tombstone(generation: u64) -> Self {
-        Self::new(SnapshotData::Unavailable, 0, generation)
-    }
-
-    pub fn age_ms(&self, now: u64) -> u64 {
-        now.saturating_sub(self.fetched_at_ms)
-    }
-}
-
-/// Where an answer's data came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Source {
-    /// A fresh cached snapshot.
-    Cache,
-    /// Fetched from BillaBear for this answer.
-    Upstream,
-    /// Older than `cache.ttl`, served while a refresh runs.
-    Stale,
-    /// Nothing usable: the fallback policy answered.
-    Fallback,
-}
-
-impl Source {
-    /// The wire form (as serialized).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Cache => "cache",
-            Source::Upstream => "upstream",
-            Source::Stale => "stale",
-            Source::Fallback => "fallback",
-        }
-    }
-}
-
-/// The result of a lookup: a snapshot to decide on (none: use the fallback policy).
-#[derive(Debug, Clone)]
-pub struct Lookup {
-    pub snapshot: Option<Arc<Snapshot>>,
-    pub source: Source,
-    /// No snapshot because usage-gate's own bound on BillaBear calls was reached (BillaBear was
-    /// not asked), rather than because BillaBear failed.
-    pub budget_exhausted: bool,
-}
-
-impl Lookup {
-    pub fn found(snapshot: Arc<Snapshot>, source: Source) -> Self {
-        Self { snapshot: Some(snapshot), source, budget_exhausted: false }
-    }
-
-    pub fn fallback(budget_exhausted: bool) -> Self {
-        Self { snapshot: None, source: Source::Fallback, budget_exhausted }
-    }
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+use crate::domain::CustomerId;
+use crate::snapshot::{Lookup, Snapshot, SnapshotData, Source, now_ms};
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().min(u64::MAX as u128) as u64
@@ -259,7 +114,7 @@ impl Fetch for FromBillaBear {
     fn fetch(&self, id: CustomerId) -> BoxFuture<'static, Result<SnapshotData, BillaBearError>> {
         let client = self.0.clone();
         async move {
-            Ok(match fetch(&client, id).await? {
+            Ok(match billabear::fetch(&client, id).await? {
                 Some(answers) => SnapshotData::Known(answers.known(&answers.usage_subscriptions(), |_| None)),
                 None => SnapshotData::NotFound,
             })
@@ -592,82 +447,5 @@ impl Inner {
                 Err(e.into())
             }
         }
-    }
-}
-
-/// What BillaBear answered about a customer it knows.
-#[derive(Debug, Clone)]
-pub struct Answers {
-    pub customer: Customer,
-    pub limits: Vec<UsageLimit>,
-    pub estimate: CostEstimate,
-    pub subscriptions: Vec<Subscription>,
-}
-
-impl Answers {
-    /// The customer's usage-priced subscriptions and BillaBear's figures for each.
-    pub fn usage_subscriptions(&self) -> Vec<projection::Found<'_>> {
-        projection::usage_subscriptions(&self.subscriptions, &self.estimate.costs)
-    }
-
-    /// The snapshot's data, pricing the usage subscriptions `found` in these answers;
-    /// `previous` gives the last different figures recorded for a subscription (see
-    /// [`projection::meter`]).
-    pub fn known(
-        &self,
-        found: &[projection::Found<'_>],
-        previous: impl FnMut(SubscriptionId) -> Option<Figures>,
-    ) -> Known {
-        Known {
-            status: self.customer.status.clone(),
-            estimate: self.estimate.total.amount,
-            currency: Currency::parse(&self.estimate.total.currency),
-            limits: self
-                .limits
-                .iter()
-                .map(|l| Limit { id: l.id, amount: l.amount, action: l.action })
-                .collect(),
-            metered: projection::meter(found, previous),
-        }
-    }
-}
-
-/// The customer, its usage limits, its cost estimate and its active subscriptions, asked for at
-/// once; None when BillaBear does not know the customer.
-pub async fn fetch(client: &BillaBearClient, id: CustomerId) -> Result<Option<Answers>, BillaBearError> {
-    let answers = tokio::try_join!(
-        client.get_customer(id),
-        client.list_usage_limits(id),
-        client.get_cost_estimate(id),
-        client.list_active_subscriptions(id),
-    );
-    match answers {
-        Ok((customer, limits, estimate, subscriptions)) => {
-            Ok(Some(Answers { customer, limits, estimate, subscriptions }))
-        }
-        // Any of them may be the first to say the customer does not exist.
-        Err(BillaBearError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn currency_round_trips_and_empty_stays_empty() {
-        assert_eq!(Currency::parse("USD").as_str(), "USD");
-        assert_eq!(Currency::parse("").as_str(), "");
-        assert_eq!(Currency::parse("EURO").as_str(), "");
-    }
-
-    #[test]
-    fn snapshots_stay_compact() {
-        // The cache holds a million of these; growing them is a decision, not an accident.
-        // 96: the metered subscriptions (a boxed slice) joined the limits for pending usage.
-        assert!(std::mem::size_of::<Snapshot>() <= 96, "{}", std::mem::size_of::<Snapshot>());
-        assert_eq!(std::mem::size_of::<Limit>(), 32);
-        assert!(std::mem::size_of::<Metered>() <= 40, "{}", std::mem::size_of::<Metered>());
     }
 }

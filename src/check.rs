@@ -4,7 +4,9 @@ use metrics::Counter;
 use serde::Serialize;
 
 use crate::billabear::BillaBearError;
-use crate::cache::{Currency, Known, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
+use crate::cache::SnapshotCache;
+use crate::snapshot::{Known, Lookup, Snapshot, SnapshotData, Source, now_ms};
+use crate::domain::Currency;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Timestamp};
 use crate::enforce::{Gate, Judged};
 use crate::overrides::{Override, OverrideView, Overrides};
@@ -357,7 +359,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::cache::{Known, Snapshot};
+    use crate::snapshot::{Known, Snapshot};
     use crate::policy::{FailMode, Limit};
 
     const NOW: u64 = 1_800_000_000_000;

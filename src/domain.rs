@@ -93,6 +93,42 @@ macro_rules! uuid_id {
     };
 }
 
+/// A string id that can only be built by its type's own `parse` (which the type defines): the
+/// wrapper, its serde form (parsed on the way in) and its text.
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = ParseError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::parse(&s)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
 uuid_id!(
     /// A BillaBear customer id.
     CustomerId
@@ -106,10 +142,10 @@ uuid_id!(
     SubscriptionId
 );
 
-/// A client-chosen event id: BillaBear accepts any non-empty string up to its VARCHAR(255).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct EventId(String);
+string_id!(
+    /// A client-chosen event id: BillaBear accepts any non-empty string up to its VARCHAR(255).
+    EventId
+);
 
 impl EventId {
     pub const MAX_LEN: usize = 255;
@@ -123,35 +159,12 @@ impl EventId {
         }
         Ok(Self(s.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
-impl TryFrom<String> for EventId {
-    type Error = ParseError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
-    }
-}
-
-impl From<EventId> for String {
-    fn from(id: EventId) -> String {
-        id.0
-    }
-}
-
-impl fmt::Display for EventId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A BillaBear metric code (`^[a-z0-9_]+$`, as its admin UI enforces).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct MetricCode(String);
+string_id!(
+    /// A BillaBear metric code (`^[a-z0-9_]+$`, as its admin UI enforces).
+    MetricCode
+);
 
 impl MetricCode {
     pub fn parse(s: &str) -> Result<Self, ParseError> {
@@ -163,33 +176,10 @@ impl MetricCode {
         }
         Ok(Self(s.to_owned()))
     }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl TryFrom<String> for MetricCode {
-    type Error = ParseError;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
-    }
-}
-
-impl From<MetricCode> for String {
-    fn from(c: MetricCode) -> String {
-        c.0
-    }
-}
-
-impl fmt::Display for MetricCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// What a usage limit does when the estimate goes over it. BillaBear's API names are the wire form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum LimitAction {
     Warning,
@@ -221,7 +211,7 @@ impl fmt::Display for LimitAction {
 }
 
 /// An amount of money in integer minor units (cents), as BillaBear sends it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Money {
     pub amount: i64,
     /// ISO 4217 code; empty when BillaBear has no usage subscription to take it from.
@@ -230,7 +220,7 @@ pub struct Money {
 
 /// A customer's status as BillaBear reports it. Unknown strings are kept, not rejected, so a
 /// BillaBear upgrade that adds a status does not break checks.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CustomerStatus {
     New,
@@ -319,9 +309,72 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// A field that failed validation, with a message for a human: what every layer reports bad
+/// input with, and what a 4xx body lists under `errors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+}
+
+/// Who a usage event is for: BillaBear's subscription id, or a customer whose active usage
+/// subscription for the event's `code` is looked up at delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Subscription(SubscriptionId),
+    Customer(CustomerId),
+}
+
+impl Target {
+    /// The customer the target is: the one it names, or the subscription's owner as `owner`
+    /// knows it (BillaBear has no lookup from a subscription to its customer).
+    pub fn customer(self, owner: impl FnOnce(SubscriptionId) -> Option<CustomerId>) -> Option<CustomerId> {
+        match self {
+            Target::Customer(customer) => Some(customer),
+            Target::Subscription(subscription) => owner(subscription),
+        }
+    }
+}
+
+/// An ISO 4217 code in three bytes; all zero when BillaBear sent none (no usage subscription).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Currency([u8; 3]);
+
+impl Serialize for Currency {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl Currency {
+    pub fn parse(code: &str) -> Self {
+        match code.as_bytes() {
+            [a, b, c] if code.is_ascii() => Self([*a, *b, *c]),
+            _ => Self::default(),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        if self.0 == [0; 3] { "" } else { std::str::from_utf8(&self.0).unwrap_or("") }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn currency_round_trips_and_empty_stays_empty() {
+        assert_eq!(Currency::parse("USD").as_str(), "USD");
+        assert_eq!(Currency::parse("").as_str(), "");
+        assert_eq!(Currency::parse("EURO").as_str(), "");
+    }
 
     #[test]
     fn customer_id_accepts_only_canonical_uuids() {

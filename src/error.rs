@@ -14,19 +14,7 @@ use crate::auth::Scope;
 use crate::billabear::BillaBearError;
 use crate::check::Decision;
 use crate::db::{FailureKind, StorageError};
-
-/// A field that failed validation, with a message for a human.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct FieldError {
-    pub field: String,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { field: field.into(), message: message.into() }
-    }
-}
+use crate::domain::FieldError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

@@ -24,6 +24,7 @@ pub mod projection;
 pub mod reservations;
 pub mod routes;
 pub mod sim;
+pub mod snapshot;
 pub mod startup;
 pub mod subscriptions;
 pub mod telemetry;

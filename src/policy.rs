@@ -50,7 +50,7 @@ impl Default for PolicySettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Allowed, nothing to say.
@@ -77,7 +77,7 @@ impl Status {
 }
 
 /// Why a decision is what it is. The codes are part of the API and do not change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// BillaBear's customer status is `disabled`.
     CustomerDisabled,

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex, PoisonError};
 
-use crate::billabear::{MetricCost, Subscription};
 use crate::domain::SubscriptionId;
 
 /// How a metric's events become usage (BillaBear's `aggregation_method`).
@@ -274,38 +273,6 @@ pub struct Found<'a> {
     pub unit_price: Option<i64>,
     pub including_tax: bool,
     pub figures: Figures,
-}
-
-/// The customer's usage-priced subscriptions with BillaBear's figures for each: `costs` has one
-/// entry per active usage subscription, in the listing's order, named by the metric's *name*
-/// (not its code, nor the subscription), so each subscription takes the next unused entry with
-/// its metric's name.
-pub fn usage_subscriptions<'a>(subscriptions: &'a [Subscription], costs: &[MetricCost]) -> Vec<Found<'a>> {
-    let mut used = vec![false; costs.len()];
-    let mut found = Vec::new();
-    for subscription in subscriptions {
-        let Some(price) = subscription.price.as_ref().filter(|p| p.usage) else { continue };
-        let Some(metric) = price.metric.as_ref() else { continue };
-        let name = metric.name.as_deref().unwrap_or(&metric.code);
-        let entry = costs.iter().enumerate().position(|(i, c)| !used[i] && c.name == name);
-        let figures = match entry {
-            Some(i) => {
-                used[i] = true;
-                Figures { usage: costs[i].usage, amount: costs[i].amount }
-            }
-            None => Figures { usage: 0.0, amount: 0 },
-        };
-        found.push(Found {
-            subscription: subscription.id,
-            code: &metric.code,
-            interned: Code::intern(&metric.code),
-            aggregation: Aggregation::parse(metric.aggregation_method.as_deref()),
-            unit_price: price.amount,
-            including_tax: price.including_tax,
-            figures,
-        });
-    }
-    found
 }
 
 /// How the pending usage of each subscription found is priced; `previous` gives the last

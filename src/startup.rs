@@ -14,14 +14,15 @@ use tracing_actix_web::TracingLogger;
 
 use crate::audit::Transitions;
 use crate::billabear::BillaBearClient;
-use crate::cache::{FetchHook, Known, Lookup, Snapshot, SnapshotCache, SnapshotData, Source, now_ms};
+use crate::cache::{FetchHook, SnapshotCache};
+use crate::snapshot::{Known, Lookup, Snapshot, SnapshotData, Source, now_ms};
 use crate::check::{self, Checker, Mark};
 use crate::config::Settings;
 use crate::domain::CustomerId;
 use crate::error::{self, ApiError};
 use crate::invalidation::Invalidation;
 use crate::memo::Memo;
-use crate::outbox::event::Target;
+use crate::domain::Target;
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::outbox::ingest::Ingest;
 use crate::outbox::store::Stats;

@@ -3,6 +3,7 @@
 //! Every call goes through [`BillaBearClient::send`], which classifies the answer into the typed
 //! [`BillaBearError`] the same way for all operations and records metrics per operation.
 
+mod answers;
 mod error;
 mod model;
 
@@ -15,6 +16,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use url::Url;
 
+pub use answers::{Answers, fetch};
 pub use error::BillaBearError;
 pub use model::{
     CostEstimate, Customer, Metric, MetricCost, NewEvent, NewUsageLimit, Price, Subscription, UsageLimit,

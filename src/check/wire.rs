@@ -146,7 +146,8 @@ fn timestamp(out: &mut Vec<u8>, at: Timestamp) {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::cache::{Currency, Source};
+    use crate::snapshot::Source;
+use crate::domain::Currency;
     use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId};
     use crate::overrides::OverrideView;
     use crate::policy::{Reason, Reasons, Status};

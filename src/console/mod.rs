@@ -749,7 +749,7 @@ mod tests {
     #[test]
     fn operators_are_told_which_field_is_wrong_but_not_internal_causes() {
         let invalid =
-            ApiError::unprocessable(vec![crate::error::FieldError::new("amount", "must be positive")]);
+            ApiError::unprocessable(vec![crate::domain::FieldError::new("amount", "must be positive")]);
         assert_eq!(describe(&invalid), "amount: must be positive");
         let internal = ApiError::Internal(anyhow::anyhow!("secret detail"));
         assert!(!describe(&internal).contains("secret"), "{}", describe(&internal));

@@ -18,9 +18,9 @@ pub mod store;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::cache::{Known, Snapshot, SnapshotData};
+use crate::snapshot::{Known, Snapshot, SnapshotData};
 use crate::domain::{CustomerId, SubscriptionId};
-use crate::outbox::event::Target;
+use crate::domain::Target;
 use crate::overrides::Override;
 use crate::pending;
 use crate::policy::{self, PolicySettings};
@@ -199,7 +199,7 @@ fn judge(gate: &Gate, projection: Projection, cost: i64, policy: &PolicySettings
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::Currency;
+    use crate::domain::Currency;
     use crate::domain::{CustomerStatus, LimitAction, LimitId};
     use crate::policy::{Limit, Mode};
     use crate::projection::{Aggregation, Figures, Found, Rate};

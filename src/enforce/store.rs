@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{Gate, Judged, Ledger};
 use crate::domain::{CustomerId, SubscriptionId};
 use crate::outbox::IncomingEvent;
-use crate::outbox::event::Target;
+use crate::domain::Target;
 use crate::outbox::store::{self as outbox, Accepted};
 use crate::pending::store as pending;
 use crate::policy::PolicySettings;

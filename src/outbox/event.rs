@@ -3,27 +3,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{CustomerId, EventId, MetricCode, SubscriptionId};
-use crate::error::FieldError;
-
-/// Where the event goes: BillaBear's subscription id, or a customer whose active usage
-/// subscription for the event's `code` is looked up at delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Target {
-    Subscription(SubscriptionId),
-    Customer(CustomerId),
-}
-
-impl Target {
-    /// The customer the target is: the one it names, or the subscription's owner as `owner`
-    /// knows it (BillaBear has no lookup from a subscription to its customer).
-    pub fn customer(self, owner: impl FnOnce(SubscriptionId) -> Option<CustomerId>) -> Option<CustomerId> {
-        match self {
-            Target::Customer(customer) => Some(customer),
-            Target::Subscription(subscription) => owner(subscription),
-        }
-    }
-}
+use crate::domain::{CustomerId, EventId, FieldError, MetricCode, SubscriptionId, Target};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncomingEvent {

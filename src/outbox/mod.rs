@@ -12,4 +12,4 @@ pub mod ingest;
 pub mod retry;
 pub mod store;
 
-pub use event::{IncomingEvent, Target};
+pub use event::IncomingEvent;

@@ -8,7 +8,8 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
-use super::event::{IncomingEvent, Target};
+use super::event::IncomingEvent;
+use crate::domain::Target;
 use crate::audit::{self, Actor};
 use crate::domain::{CustomerId, SubscriptionId};
 

@@ -29,11 +29,13 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
 use crate::billabear::{BillaBearClient, BillaBearError};
-use crate::cache::{self, Fetch, Known, SnapshotData};
+use crate::billabear;
+use crate::cache::Fetch;
+use crate::snapshot::{Known, SnapshotData};
 use crate::config::PendingSettings;
 use crate::db;
 use crate::domain::{CustomerId, SubscriptionId};
-use crate::outbox::event::Target;
+use crate::domain::Target;
 use crate::projection::{self, Figures, Found, Metered, PendingUsage, Projection};
 use crate::subscriptions::Subscriptions;
 use store::Observation;
@@ -317,7 +319,7 @@ impl Fetch for LedgerFetch {
             (self.client.clone(), self.pending.clone(), self.subscriptions.clone());
         async move {
             let started = Utc::now();
-            let Some(answers) = cache::fetch(&client, id).await? else {
+            let Some(answers) = billabear::fetch(&client, id).await? else {
                 return Ok(SnapshotData::NotFound);
             };
             subscriptions.remember(id, &answers.subscriptions);

@@ -10,7 +10,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::{CustomerId, SubscriptionId};
-use crate::outbox::event::Target;
+use crate::domain::Target;
 use crate::projection::{self, Aggregation, Code, Figures, PendingUsage, Settle, settle};
 
 /// Sent (by the triggers) at the commit of every change to pending usage; the payload lists the

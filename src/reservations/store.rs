@@ -13,7 +13,7 @@ use crate::audit::{self, Actor};
 use crate::domain::CustomerId;
 use crate::enforce::{Gate, Judged, store as enforce};
 use crate::outbox::IncomingEvent;
-use crate::outbox::event::Target;
+use crate::domain::Target;
 use crate::outbox::store::{self as outbox, Accepted};
 use crate::policy::PolicySettings;
 

@@ -13,7 +13,8 @@ use crate::auth::Caller;
 use crate::billabear::{BillaBearError, NewUsageLimit, UsageLimit};
 use crate::check::Decision;
 use crate::domain::{CustomerId, LimitAction, LimitId};
-use crate::error::{ApiError, FieldError};
+use crate::domain::FieldError;
+use crate::error::ApiError;
 use crate::startup::AppState;
 
 /// What usage-gate knows about a customer.

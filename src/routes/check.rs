@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use super::{batch_items, customer_id};
 use crate::check::Decision;
 use crate::domain::CustomerId;
-use crate::error::{ApiError, FieldError, PROBLEM_JSON};
+use crate::domain::FieldError;
+use crate::error::{ApiError, PROBLEM_JSON};
 use crate::startup::AppState;
 
 const COST_RULE: &str = "must be a non-negative integer (minor units)";

@@ -11,9 +11,11 @@ use super::batch_items;
 use crate::check::{Decision, Enforcement};
 use crate::domain::CustomerId;
 use crate::enforce::Gate;
-use crate::error::{ApiError, FieldError};
+use crate::domain::FieldError;
+use crate::error::ApiError;
 use crate::outbox::store::Accepted;
-use crate::outbox::{IncomingEvent, Target};
+use crate::domain::Target;
+use crate::outbox::IncomingEvent;
 use crate::startup::AppState;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
@@ -137,7 +139,7 @@ pub struct BatchItemResult {
     /// `invalid`, or `refused` (enforce=true: it did not fit; nothing stored).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<crate::error::FieldError>,
+    pub errors: Vec<crate::domain::FieldError>,
     /// `refused` only: `usage_limit_exceeded`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
@@ -299,13 +301,13 @@ pub async fn post_billabear_event(
     if !caller.is_some_and(|c| c.has(crate::auth::Scope::Events)) {
         return Ok(HttpResponse::Unauthorized().json(serde_json::json!([])));
     }
-    let billabear_errors = |errors: Vec<crate::error::FieldError>| {
+    let billabear_errors = |errors: Vec<crate::domain::FieldError>| {
         let map: serde_json::Map<String, Value> =
             errors.into_iter().map(|e| (e.field, Value::String(e.message))).collect();
         HttpResponse::BadRequest().json(serde_json::json!({ "errors": map }))
     };
     let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
-        return Ok(billabear_errors(vec![crate::error::FieldError::new("body", "must be JSON")]));
+        return Ok(billabear_errors(vec![crate::domain::FieldError::new("body", "must be JSON")]));
     };
     if let Err(error) = as_billabear_reads_it(&mut value) {
         return Ok(billabear_errors(vec![error]));
@@ -318,7 +320,7 @@ pub async fn post_billabear_event(
     match state.ingest.accept(vec![event]).await?.first() {
         Some(Accepted::New | Accepted::Duplicate) => Ok(HttpResponse::Created().finish()),
         Some(Accepted::Dead) => Err(dead(&event_id)),
-        Some(Accepted::Refused) => Ok(billabear_errors(vec![crate::error::FieldError::new("body", REFUSED)])),
+        Some(Accepted::Refused) => Ok(billabear_errors(vec![crate::domain::FieldError::new("body", REFUSED)])),
         _ => Err(conflict(&event_id)),
     }
 }
@@ -327,13 +329,13 @@ pub async fn post_billabear_event(
 /// its fields and is ignored (older SDKs and BillaBear's own tests send it beside
 /// `subscription`); `subscription` is required; `properties` may be a JSON array, which PHP
 /// decodes to the same array as an object keyed by index. Extra fields are ignored.
-fn as_billabear_reads_it(value: &mut Value) -> Result<(), crate::error::FieldError> {
+fn as_billabear_reads_it(value: &mut Value) -> Result<(), crate::domain::FieldError> {
     let Some(object) = value.as_object_mut() else {
-        return Err(crate::error::FieldError::new("body", "must be a JSON object"));
+        return Err(crate::domain::FieldError::new("body", "must be a JSON object"));
     };
     object.remove("customer");
     if object.get("subscription").is_none_or(Value::is_null) {
-        return Err(crate::error::FieldError::new("subscription", "This value should not be blank."));
+        return Err(crate::domain::FieldError::new("subscription", "This value should not be blank."));
     }
     if let Some(Value::Array(items)) = object.get("properties") {
         let keyed = items.iter().enumerate().map(|(i, item)| (i.to_string(), item.clone())).collect();

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod auth;
 pub mod check;
 pub mod events;
 pub mod health;
@@ -10,6 +11,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod overrides;
 pub mod reservations;
+mod schema;
 pub mod webhook_endpoints;
 pub mod webhooks;
 
@@ -20,7 +22,8 @@ use actix_web::http::Method;
 use actix_web::middleware::from_fn;
 use actix_web::{Resource, Route, web};
 
-use crate::auth::{Scope, authorize};
+use crate::auth::Scope;
+use auth::authorize;
 use crate::domain::CustomerId;
 use crate::error::ApiError;
 use crate::telemetry::RouteLabel;

@@ -8,7 +8,8 @@ use utoipa_swagger_ui::SwaggerUi;
 use super::{
     admin, audit, check, events, health, meta, outbox, overrides, reservations, webhook_endpoints, webhooks,
 };
-use crate::error::{FieldError, Problem};
+use crate::domain::FieldError;
+use crate::error::Problem;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -212,4 +213,13 @@ pub fn document() -> serde_json::Value {
         document["components"]["schemas"][name] = schema;
     }
     document
+}
+
+#[cfg(test)]
+mod dump_tmp {
+    #[test]
+    #[ignore]
+    fn dump_openapi() {
+        std::fs::write("/tmp/openapi_new.json", serde_json::to_string_pretty(&super::document()).unwrap()).unwrap();
+    }
 }

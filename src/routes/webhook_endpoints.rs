@@ -9,7 +9,8 @@ use uuid::Uuid;
 
 use super::{actor, page_limit};
 use crate::auth::Caller;
-use crate::error::{ApiError, FieldError};
+use crate::domain::FieldError;
+use crate::error::ApiError;
 use crate::startup::AppState;
 use crate::webhooks::store::{self, Endpoint, Message, NewEndpoint};
 use crate::webhooks::{self, EventType};

@@ -4,7 +4,8 @@ use actix_web::middleware::from_fn;
 use actix_web::test as actix_test;
 use actix_web::{App, HttpResponse, web};
 use serde_json::{Value, json};
-use usage_gate::auth::{Caller, Scope, authorize};
+use usage_gate::auth::{Caller, Scope};
+use usage_gate::routes::auth::authorize;
 
 use crate::helpers::*;
 

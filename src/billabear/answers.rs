@@ -1,0 +1,97 @@
+//! A customer as BillaBear answers for it, asked in one go (customer, usage limits, cost
+//! estimate, active subscriptions), and turned into the snapshot model a decision is made from:
+//! where BillaBear's wire types end.
+
+use super::{BillaBearClient, BillaBearError, CostEstimate, Customer, MetricCost, Subscription, UsageLimit};
+use crate::domain::{Currency, CustomerId, SubscriptionId};
+use crate::policy::Limit;
+use crate::projection::{self, Aggregation, Code, Figures, Found};
+use crate::snapshot::Known;
+
+/// What BillaBear answered about a customer it knows.
+#[derive(Debug, Clone)]
+pub struct Answers {
+    pub customer: Customer,
+    pub limits: Vec<UsageLimit>,
+    pub estimate: CostEstimate,
+    pub subscriptions: Vec<Subscription>,
+}
+
+impl Answers {
+    /// The customer's usage-priced subscriptions and BillaBear's figures for each.
+    pub fn usage_subscriptions(&self) -> Vec<Found<'_>> {
+        usage_subscriptions(&self.subscriptions, &self.estimate.costs)
+    }
+
+    /// The snapshot's data, pricing the usage subscriptions `found` in these answers;
+    /// `previous` gives the last different figures recorded for a subscription (see
+    /// [`projection::meter`]).
+    pub fn known(
+        &self,
+        found: &[Found<'_>],
+        previous: impl FnMut(SubscriptionId) -> Option<Figures>,
+    ) -> Known {
+        Known {
+            status: self.customer.status.clone(),
+            estimate: self.estimate.total.amount,
+            currency: Currency::parse(&self.estimate.total.currency),
+            limits: self
+                .limits
+                .iter()
+                .map(|l| Limit { id: l.id, amount: l.amount, action: l.action })
+                .collect(),
+            metered: projection::meter(found, previous),
+        }
+    }
+}
+
+/// The customer, its usage limits, its cost estimate and its active subscriptions, asked for at
+/// once; None when BillaBear does not know the customer.
+pub async fn fetch(client: &BillaBearClient, id: CustomerId) -> Result<Option<Answers>, BillaBearError> {
+    let answers = tokio::try_join!(
+        client.get_customer(id),
+        client.list_usage_limits(id),
+        client.get_cost_estimate(id),
+        client.list_active_subscriptions(id),
+    );
+    match answers {
+        Ok((customer, limits, estimate, subscriptions)) => {
+            Ok(Some(Answers { customer, limits, estimate, subscriptions }))
+        }
+        // Any of them may be the first to say the customer does not exist.
+        Err(BillaBearError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The customer's usage-priced subscriptions with BillaBear's figures for each: `costs` has one
+/// entry per active usage subscription, in the listing's order, named by the metric's *name*
+/// (not its code, nor the subscription), so each subscription takes the next unused entry with
+/// its metric's name.
+fn usage_subscriptions<'a>(subscriptions: &'a [Subscription], costs: &[MetricCost]) -> Vec<Found<'a>> {
+    let mut used = vec![false; costs.len()];
+    let mut found = Vec::new();
+    for subscription in subscriptions {
+        let Some(price) = subscription.price.as_ref().filter(|p| p.usage) else { continue };
+        let Some(metric) = price.metric.as_ref() else { continue };
+        let name = metric.name.as_deref().unwrap_or(&metric.code);
+        let entry = costs.iter().enumerate().position(|(i, c)| !used[i] && c.name == name);
+        let figures = match entry {
+            Some(i) => {
+                used[i] = true;
+                Figures { usage: costs[i].usage, amount: costs[i].amount }
+            }
+            None => Figures { usage: 0.0, amount: 0 },
+        };
+        found.push(Found {
+            subscription: subscription.id,
+            code: &metric.code,
+            interned: Code::intern(&metric.code),
+            aggregation: Aggregation::parse(metric.aggregation_method.as_deref()),
+            unit_price: price.amount,
+            including_tax: price.including_tax,
+            figures,
+        });
+    }
+    found
+}

@@ -1,0 +1,74 @@
+//! The OpenAPI schemas of the core's types. The core (`domain`, `policy`, `snapshot`) knows no
+//! HTTP or schema crate, so the schemas its types have in the document are written here, beside
+//! the routes that answer with them, from the types' own wire names.
+
+use std::borrow::Cow;
+
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
+
+use crate::auth::Scope;
+use crate::domain::{FieldError, LimitAction};
+use crate::policy::Status;
+use crate::snapshot::Source;
+
+/// A string enum's schema: its wire names, in order.
+fn string_enum<'a>(names: impl IntoIterator<Item = &'a str>, description: &str) -> RefOr<Schema> {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names))
+        .description(Some(description))
+        .into()
+}
+
+/// Implements `ToSchema` under the type's own name, with `$schema` as its schema.
+macro_rules! schema {
+    ($type:ty, $name:literal, $schema:expr) => {
+        impl PartialSchema for $type {
+            fn schema() -> RefOr<Schema> {
+                $schema
+            }
+        }
+
+        impl ToSchema for $type {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed($name)
+            }
+        }
+    };
+}
+
+schema!(
+    Status,
+    "Status",
+    string_enum(Status::ALL.map(Status::as_str), "ok, warning (allowed, worth telling), blocked, unknown")
+);
+schema!(
+    LimitAction,
+    "LimitAction",
+    string_enum(
+        [LimitAction::Warning, LimitAction::Disable].map(|a| a.as_str()),
+        "What a usage limit does when the estimate goes over it"
+    )
+);
+schema!(
+    Source,
+    "Source",
+    string_enum(
+        [Source::Cache, Source::Upstream, Source::Stale, Source::Fallback].map(Source::as_str),
+        "Where an answer's data came from"
+    )
+);
+schema!(
+    FieldError,
+    "FieldError",
+    ObjectBuilder::new()
+        .description(Some("A field that failed validation, with a message for a human"))
+        .property("field", ObjectBuilder::new().schema_type(Type::String))
+        .required("field")
+        .property("message", ObjectBuilder::new().schema_type(Type::String))
+        .required("message")
+        .into()
+);
+schema!(Scope, "Scope", string_enum(Scope::ALL.map(|s| s.as_str()), "What an API key may do"));
