@@ -11,12 +11,12 @@ use std::time::SystemTime;
 use secrecy::SecretString;
 use usage_gate::billabear::BillaBearClient;
 use usage_gate::cache::SnapshotCache;
-use usage_gate::snapshot::{Known, SnapshotData};
-use usage_gate::domain::Currency;
 use usage_gate::config::{RawApiKey, RawSettings};
+use usage_gate::domain::Currency;
 use usage_gate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, SubscriptionId};
 use usage_gate::policy::Limit;
 use usage_gate::projection::{Aggregation, Code, Metered};
+use usage_gate::snapshot::{Known, SnapshotData};
 use uuid::Uuid;
 
 fn rss_mib() -> f64 {
@@ -74,7 +74,7 @@ fn fill_compact(n: u64) -> u64 {
         scopes: vec!["check".into()],
     }];
     let settings = raw.validate().expect("valid settings");
-    let cache = SnapshotCache::new(BillaBearClient::new(&settings.billabear).unwrap(), &settings.cache, None);
+    let cache = SnapshotCache::new(BillaBearClient::new(&settings.billabear).unwrap(), &settings.cache);
     // Every customer has one usage-priced subscription (what pending usage is priced by).
     let code = Code::intern("api_calls");
     for i in 0..n {

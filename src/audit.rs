@@ -1,23 +1,17 @@
 //! The audit log: every admin change (recorded before BillaBear is called, then given its
-//! outcome), every webhook, and every decision transition, in Postgres.
+//! outcome), every webhook, and every decision transition (`transitions` writes those), in
+//! Postgres.
 //!
 //! Records are inserted one at a time under a transaction-scoped advisory lock, so ids are
 //! handed out in commit order: a reader paging newest-first by id never skips a record that
 //! committed after a newer one. Audit writes are rare (operator actions and transitions), so
 //! the lock costs nothing that matters.
 
-use std::collections::HashMap;
-use std::time::Duration;
-
 use serde::Serialize;
 use sqlx::PgPool;
-use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::check::{Decision, Mark};
 use crate::domain::CustomerId;
-use crate::policy::Status;
-use crate::webhooks::EventType;
 
 /// Any constant: the advisory lock that serializes audit inserts.
 const INSERT_LOCK: i64 = 0x7573_6167_6561_7564; // "usageaud"
@@ -121,7 +115,7 @@ fn storable_json(value: &serde_json::Value) -> serde_json::Value {
 }
 
 /// Takes the audit insert lock (see the module doc) until the transaction ends.
-async fn lock_inserts(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+pub(crate) async fn lock_inserts(conn: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(INSERT_LOCK).execute(&mut *conn).await?;
     Ok(())
 }
@@ -237,218 +231,9 @@ pub async fn list(
     .await
 }
 
-/// Records decision transitions (`ok`, `warning`, `blocked`) seen when snapshots are fetched
-/// (or pending usage or an override changes a cached customer's decision), once per transition
-/// across replicas, and queues the outbound webhook that tells of each in the same transaction.
-/// Observing is cheap and never waits: a task writes batches.
-#[derive(Clone)]
-pub struct Transitions {
-    sender: mpsc::Sender<Observation>,
-}
-
-/// A customer's status as a snapshot fetched at `at_ms` (Unix ms) decides it, and what its
-/// webhook tells if it is a transition.
-#[derive(Debug, Clone, PartialEq)]
-struct Observation {
-    customer: CustomerId,
-    status: Status,
-    at_ms: u64,
-    /// The webhook's event type.
-    kind: Option<&'static str>,
-    /// The webhook's `data`: the decision.
-    data: serde_json::Value,
-    /// What the console lists and plots: the projected estimate, its currency, the lowest
-    /// DISABLE limit, the reason codes (comma-separated).
-    estimate: i64,
-    currency: String,
-    disable_limit: Option<i64>,
-    reasons: String,
-}
-
-/// How many observations may wait for the writer; beyond it they are dropped (and counted),
-/// never blocking a fetch.
-const TRANSITION_QUEUE: usize = 10_000;
-
-impl Transitions {
-    pub fn start(pool: PgPool) -> Self {
-        let (sender, receiver) = mpsc::channel(TRANSITION_QUEUE);
-        tokio::spawn(write_transitions(pool, receiver));
-        Self { sender }
-    }
-
-    /// `before`: the mark of the snapshot this replica held (None if it held none); only a
-    /// change (of status, or of the estimate's band), or a first sight, goes to Postgres, where
-    /// the newest status seen by any replica decides whether it is a transition. `after`: the
-    /// decision now. `at_ms`: when the new snapshot was fetched (or the change seen).
-    pub fn observe(&self, customer: CustomerId, before: Option<Mark>, after: &Decision, at_ms: u64) {
-        let (Some(mark), Some(estimate)) = (after.mark(), after.estimate) else { return };
-        if !is_tracked(mark.status) || before == Some(mark) {
-            return;
-        }
-        let reasons: Vec<&str> = after.reasons.iter().map(|r| r.code()).collect();
-        let observation = Observation {
-            customer,
-            status: after.status,
-            at_ms,
-            kind: EventType::of_transition(after.status, after.reasons).map(EventType::as_str),
-            data: serde_json::to_value(after).unwrap_or_default(),
-            estimate: estimate.amount,
-            currency: estimate.currency.as_str().to_owned(),
-            disable_limit: after.lowest_disable_limit(),
-            reasons: reasons.join(","),
-        };
-        if self.sender.try_send(observation).is_err() {
-            metrics::counter!("usage_gate_audit_transitions_dropped_total").increment(1);
-        }
-    }
-}
-
-/// Statuses between which transitions are audited (`unknown` is not a decision about usage).
-fn is_tracked(status: Status) -> bool {
-    matches!(status, Status::Ok | Status::Warning | Status::Blocked)
-}
-
-/// Splits a batch into rounds holding each customer at most once (an upsert may not touch a
-/// row twice), keeping each customer's observations in order across rounds, so a quick
-/// `blocked` then `ok` is two transitions, not none.
-fn rounds(batch: Vec<Observation>) -> Vec<Vec<Observation>> {
-    let mut rounds: Vec<Vec<Observation>> = vec![];
-    let mut next: HashMap<CustomerId, usize> = HashMap::new();
-    for observation in batch {
-        let round = next.entry(observation.customer).or_insert(0);
-        if *round == rounds.len() {
-            rounds.push(vec![]);
-        }
-        rounds[*round].push(observation);
-        *round += 1;
-    }
-    rounds
-}
-
-async fn write_transitions(pool: PgPool, mut receiver: mpsc::Receiver<Observation>) {
-    let mut batch = Vec::new();
-    while receiver.recv_many(&mut batch, 1000).await > 0 {
-        for round in rounds(std::mem::take(&mut batch)) {
-            let mut attempt = 0;
-            while let Err(e) = store_transitions(&pool, &round).await {
-                attempt += 1;
-                if attempt == 3 {
-                    tracing::warn!(error = %e, customers = round.len(), "audit: cannot record decision transitions");
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-            }
-        }
-    }
-}
-
-/// Upserts the observations, each only over an older one; an update that changes the status is
-/// a transition, audited, and its webhooks queued, in the same transaction. `previous_status`
-/// comes from the row as the update found it (after waiting for another replica's update of
-/// it), so two replicas recording one change audit and tell it once.
-async fn store_transitions(pool: &PgPool, round: &[Observation]) -> Result<(), sqlx::Error> {
-    let customers: Vec<Uuid> = round.iter().map(|o| o.customer.as_uuid()).collect();
-    let statuses: Vec<&str> = round.iter().map(|o| o.status.as_str()).collect();
-    let observed: Vec<chrono::DateTime<chrono::Utc>> = round
-        .iter()
-        .map(|o| chrono::DateTime::from_timestamp_millis(o.at_ms as i64).unwrap_or_default())
-        .collect();
-    let kinds: Vec<Option<&str>> = round.iter().map(|o| o.kind).collect();
-    let data: Vec<&serde_json::Value> = round.iter().map(|o| &o.data).collect();
-    let estimates: Vec<i64> = round.iter().map(|o| o.estimate).collect();
-    let currencies: Vec<&str> = round.iter().map(|o| o.currency.as_str()).collect();
-    let disable_limits: Vec<Option<i64>> = round.iter().map(|o| o.disable_limit).collect();
-    let reasons: Vec<&str> = round.iter().map(|o| o.reasons.as_str()).collect();
-    let mut tx = pool.begin().await?;
-    lock_inserts(&mut tx).await?;
-    sqlx::query(
-        "WITH seen AS (
-             SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[], $4::text[], $5::jsonb[],
-                                  $6::bigint[], $7::text[], $8::bigint[], $9::text[])
-                 AS s (customer_id, status, observed_at, kind, data, estimate, currency, disable_limit, reasons)),
-         sampled AS (
-             INSERT INTO usage_samples (customer_id, observed_at, status, estimate, currency, disable_limit)
-             SELECT customer_id, observed_at, status, estimate, currency, disable_limit FROM seen
-             ON CONFLICT DO NOTHING),
-         changed AS (
-             INSERT INTO customer_decisions (customer_id, status, observed_at, estimate, currency, disable_limit, reasons)
-             SELECT customer_id, status, observed_at, estimate, currency, disable_limit,
-                    string_to_array(reasons, ',')
-             FROM seen
-             ON CONFLICT (customer_id) DO UPDATE
-                 SET previous_status = customer_decisions.status,
-                     status = EXCLUDED.status,
-                     observed_at = EXCLUDED.observed_at,
-                     estimate = EXCLUDED.estimate,
-                     currency = EXCLUDED.currency,
-                     disable_limit = EXCLUDED.disable_limit,
-                     reasons = EXCLUDED.reasons,
-                     changed_at = CASE WHEN customer_decisions.status <> EXCLUDED.status
-                                       THEN now() ELSE customer_decisions.changed_at END
-                 WHERE customer_decisions.observed_at < EXCLUDED.observed_at
-             RETURNING customer_id, previous_status, status),
-         transitions AS (
-             SELECT c.customer_id, c.previous_status, c.status, s.kind, s.data
-             FROM changed c JOIN seen s USING (customer_id)
-             WHERE c.previous_status IS NOT NULL AND c.previous_status <> c.status),
-         audited AS (
-             INSERT INTO audit_log (actor, action, customer_id, outcome, details)
-             SELECT 'usage-gate', 'decision.transition', customer_id, 'success',
-                    jsonb_build_object('from', previous_status, 'to', status)
-             FROM transitions ORDER BY customer_id
-             RETURNING 1),
-         queued AS (
-             SELECT queue_webhooks(kind, customer_id, data || jsonb_build_object('previous_status', previous_status)) AS n
-             FROM transitions WHERE kind IS NOT NULL)
-         SELECT (SELECT count(*) FROM audited), (SELECT coalesce(sum(n), 0) FROM queued)",
-    )
-    .bind(&customers)
-    .bind(&statuses)
-    .bind(&observed)
-    .bind(&kinds)
-    .bind(&data)
-    .bind(&estimates)
-    .bind(&currencies)
-    .bind(&disable_limits)
-    .bind(&reasons)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_batch_keeps_each_customers_observations_in_order_across_rounds() {
-        let (a, b) = (CustomerId::new_v4(), CustomerId::new_v4());
-        let seen = |customer, status, at_ms| Observation {
-            customer,
-            status,
-            at_ms,
-            kind: None,
-            data: serde_json::Value::Null,
-            estimate: 0,
-            currency: String::new(),
-            disable_limit: None,
-            reasons: String::new(),
-        };
-        let batch = vec![
-            seen(a, Status::Blocked, 1),
-            seen(b, Status::Warning, 2),
-            seen(a, Status::Ok, 3),
-            seen(a, Status::Blocked, 4),
-        ];
-        assert_eq!(
-            rounds(batch),
-            [
-                vec![seen(a, Status::Blocked, 1), seen(b, Status::Warning, 2)],
-                vec![seen(a, Status::Ok, 3)],
-                vec![seen(a, Status::Blocked, 4)],
-            ]
-        );
-    }
 
     #[test]
     fn nul_is_replaced_wherever_a_record_quotes_input() {
@@ -458,11 +243,5 @@ mod tests {
             serde_json::json!({"type": "a\u{FFFD}b", "k\u{FFFD}": [1, "\u{FFFD}"]})
         );
         assert_eq!(storable("plain"), "plain");
-    }
-
-    #[test]
-    fn only_usage_decisions_are_tracked() {
-        assert!(is_tracked(Status::Ok) && is_tracked(Status::Warning) && is_tracked(Status::Blocked));
-        assert!(!is_tracked(Status::Unknown));
     }
 }

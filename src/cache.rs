@@ -25,7 +25,7 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use metrics::{Counter, Histogram};
 use moka::ops::compute::Op;
 use std::num::NonZeroU32;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::Instrument;
 
 use crate::billabear::{self, BillaBearClient, BillaBearError};
@@ -59,6 +59,7 @@ struct CacheMetrics {
     budget_exhausted: Counter,
     refresh_ok: Histogram,
     refresh_failed: Histogram,
+    fetched_dropped: Counter,
 }
 
 impl CacheMetrics {
@@ -74,6 +75,7 @@ impl CacheMetrics {
             budget_exhausted: metrics::counter!("usage_gate_cache_fetch_budget_exhausted_total"),
             refresh_ok: refresh("ok"),
             refresh_failed: refresh("failed"),
+            fetched_dropped: metrics::counter!("usage_gate_cache_fetched_dropped_total"),
         }
     }
 }
@@ -98,7 +100,8 @@ struct Inner {
     negative_ttl_ms: u64,
     min_refresh_interval_ms: u64,
     metrics: CacheMetrics,
-    on_fetched: Option<FetchHook>,
+    /// Told of every snapshot fetched from BillaBear (`transitions` reads it).
+    fetched: Option<mpsc::Sender<Fetched>>,
 }
 
 /// Where snapshots come from: BillaBear, asked by [`fetch`], and whatever must happen before a
@@ -123,9 +126,13 @@ impl Fetch for FromBillaBear {
     }
 }
 
-/// Told of every snapshot fetched from BillaBear, with the one it replaces (if any was cached).
-/// Runs on the fetch's task; must not block.
-pub type FetchHook = Arc<dyn Fn(CustomerId, Option<&Snapshot>, &Arc<Snapshot>) + Send + Sync>;
+/// A snapshot fetched from BillaBear and cached, with the one it replaced (if any was cached).
+#[derive(Debug)]
+pub struct Fetched {
+    pub customer: CustomerId,
+    pub before: Option<Arc<Snapshot>>,
+    pub after: Arc<Snapshot>,
+}
 
 /// Cheap to clone; all clones share one cache.
 #[derive(Clone)]
@@ -135,14 +142,16 @@ pub struct SnapshotCache {
 
 impl SnapshotCache {
     /// Snapshots straight from BillaBear.
-    pub fn new(client: BillaBearClient, settings: &CacheSettings, on_fetched: Option<FetchHook>) -> Self {
-        Self::with_source(Arc::new(FromBillaBear(client)), settings, on_fetched)
+    pub fn new(client: BillaBearClient, settings: &CacheSettings) -> Self {
+        Self::with_source(Arc::new(FromBillaBear(client)), settings, None)
     }
 
+    /// Snapshots from `source`; `fetched`, if given, is told of each one fetched (dropped, and
+    /// counted, if it does not keep up: a fetch never waits for it).
     pub fn with_source(
         source: Arc<dyn Fetch>,
         settings: &CacheSettings,
-        on_fetched: Option<FetchHook>,
+        fetched: Option<mpsc::Sender<Fetched>>,
     ) -> Self {
         let snapshots = moka::sync::Cache::builder()
             .max_capacity(settings.max_customers)
@@ -171,7 +180,7 @@ impl SnapshotCache {
                 negative_ttl_ms: millis(settings.negative_ttl),
                 min_refresh_interval_ms: millis(settings.min_refresh_interval),
                 metrics: CacheMetrics::new(),
-                on_fetched,
+                fetched,
             }),
         }
     }
@@ -421,10 +430,13 @@ impl Inner {
                 self.metrics.refresh_ok.record(started.elapsed().as_secs_f64());
                 let snapshot = Arc::new(Snapshot::new(data, now, generation));
                 match store_if_newer(&self.snapshots, id, snapshot.clone()) {
-                    Ok(replaced) => {
+                    Ok(before) => {
                         self.unknown.invalidate(&id);
-                        if let Some(hook) = &self.on_fetched {
-                            hook(id, replaced.as_deref(), &snapshot);
+                        if let Some(fetched) = &self.fetched {
+                            let told = Fetched { customer: id, before, after: snapshot.clone() };
+                            if fetched.try_send(told).is_err() {
+                                self.metrics.fetched_dropped.increment(1);
+                            }
                         }
                         Ok(snapshot)
                     }

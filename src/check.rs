@@ -5,7 +5,6 @@ use serde::Serialize;
 
 use crate::billabear::BillaBearError;
 use crate::cache::SnapshotCache;
-use crate::snapshot::{Known, Lookup, Snapshot, SnapshotData, Source, now_ms};
 use crate::domain::Currency;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Timestamp};
 use crate::enforce::{Gate, Judged};
@@ -14,6 +13,7 @@ use crate::pending::Pending;
 use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
 use crate::projection::Projection;
 use crate::reservations::Holds;
+use crate::snapshot::{Known, Lookup, Snapshot, SnapshotData, Source, now_ms};
 
 mod wire;
 
@@ -359,8 +359,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::snapshot::{Known, Snapshot};
     use crate::policy::{FailMode, Limit};
+    use crate::snapshot::{Known, Snapshot};
 
     const NOW: u64 = 1_800_000_000_000;
 

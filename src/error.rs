@@ -10,11 +10,15 @@ use actix_web::{
 };
 use serde::Serialize;
 
+use crate::admission::AdmissionError;
 use crate::auth::Scope;
 use crate::billabear::BillaBearError;
 use crate::check::Decision;
 use crate::db::{FailureKind, StorageError};
 use crate::domain::FieldError;
+use crate::limits::LimitError;
+use crate::outbox::RetryError;
+use crate::overrides::OverrideError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -46,6 +50,10 @@ pub enum ApiError {
     /// the decision it was judged by.
     #[error("{}", over_limit(.0))]
     UsageLimitExceeded(Box<Decision>),
+    /// The gate's answer for a customer who may not use the product, with the status
+    /// `gate.blocked_status` sets (403, 402 or 429).
+    #[error("customer {} may not use the product: {}", .decision.customer_id, reason_codes(.decision).join(", "))]
+    UsageBlocked { status: StatusCode, decision: Box<Decision> },
     /// Postgres failed; what the caller is told depends on the failure's kind (see `db::classify`).
     #[error("storage failed: {}", chain(.0))]
     Storage(#[from] StorageError),
@@ -62,6 +70,47 @@ pub enum ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         ApiError::Storage(e.into())
+    }
+}
+
+impl From<AdmissionError> for ApiError {
+    fn from(e: AdmissionError) -> Self {
+        match e {
+            AdmissionError::Unresolved(error) => ApiError::unprocessable(vec![error]),
+            AdmissionError::OverLimit(decision) => ApiError::UsageLimitExceeded(decision),
+            AdmissionError::Storage(e) => ApiError::Storage(e),
+        }
+    }
+}
+
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> Self {
+        match e {
+            LimitError::Invalid(errors) => ApiError::unprocessable(errors),
+            LimitError::NotFound(message) => ApiError::NotFound(message),
+            LimitError::Upstream(e) => ApiError::Upstream(e),
+            LimitError::Outcome { source, exists } => ApiError::LimitOutcome { source, exists },
+            LimitError::Storage(e) => ApiError::Storage(e),
+        }
+    }
+}
+
+impl From<OverrideError> for ApiError {
+    fn from(e: OverrideError) -> Self {
+        match e {
+            OverrideError::Invalid(errors) => ApiError::unprocessable(errors),
+            e @ OverrideError::NotInForce { .. } => ApiError::NotFound(e.to_string()),
+            OverrideError::Storage(e) => ApiError::Storage(e),
+        }
+    }
+}
+
+impl From<RetryError> for ApiError {
+    fn from(e: RetryError) -> Self {
+        match e {
+            e @ RetryError::NotDead(_) => ApiError::NotFound(e.to_string()),
+            RetryError::Storage(e) => ApiError::Storage(e),
+        }
     }
 }
 
@@ -110,6 +159,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::EventDead(_) => "event_dead",
             ApiError::UsageLimitExceeded(_) => "usage_limit_exceeded",
+            ApiError::UsageBlocked { .. } => "usage_blocked",
             ApiError::Storage(e) => match e.kind {
                 FailureKind::Unavailable | FailureKind::Contention => "storage_unavailable",
                 FailureKind::Data => "invalid_value",
@@ -123,12 +173,15 @@ impl ApiError {
     }
 }
 
+fn reason_codes(decision: &Decision) -> Vec<&'static str> {
+    decision.reasons.iter().map(|r| r.code()).collect()
+}
+
 fn over_limit(decision: &Decision) -> String {
-    let reasons: Vec<&str> = decision.reasons.iter().map(|r| r.code()).collect();
     format!(
         "customer {} is over its usage limit with this ({}); nothing was stored",
         decision.customer_id,
-        reasons.join(", ")
+        reason_codes(decision).join(", ")
     )
 }
 
@@ -168,6 +221,14 @@ pub struct Problem {
     /// what it would have added).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Box<Decision>>,
+    /// `usage_blocked` (the gate): the customer, its decision's status and reason codes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = Uuid)]
+    pub customer_id: Option<crate::domain::CustomerId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage_status: Option<crate::policy::Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<&'static str>>,
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -191,6 +252,9 @@ fn problem(status: StatusCode, code: &str, detail: String, errors: Vec<FieldErro
         errors,
         limit_exists: None,
         decision: None,
+        customer_id: None,
+        usage_status: None,
+        reasons: None,
     }
 }
 
@@ -208,6 +272,7 @@ impl ResponseError for ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::EventDead(_) => StatusCode::CONFLICT,
             ApiError::UsageLimitExceeded(_) => StatusCode::PAYMENT_REQUIRED,
+            ApiError::UsageBlocked { status, .. } => *status,
             ApiError::Storage(e) => match e.kind {
                 FailureKind::Unavailable | FailureKind::Contention => StatusCode::SERVICE_UNAVAILABLE,
                 FailureKind::Data => StatusCode::BAD_REQUEST,
@@ -249,6 +314,13 @@ impl ResponseError for ApiError {
             ApiError::UsageLimitExceeded(decision) => {
                 let mut body = problem(status, self.code(), detail, errors);
                 body.decision = Some(decision.clone());
+                HttpResponse::build(status).content_type(PROBLEM_JSON).json(body)
+            }
+            ApiError::UsageBlocked { decision, .. } => {
+                let mut body = problem(status, self.code(), detail, errors);
+                body.customer_id = Some(decision.customer_id);
+                body.usage_status = Some(decision.status);
+                body.reasons = Some(reason_codes(decision));
                 HttpResponse::build(status).content_type(PROBLEM_JSON).json(body)
             }
             _ => problem_response(status, self.code(), detail, errors),

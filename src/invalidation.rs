@@ -1,7 +1,7 @@
-//! Telling the other replicas on the same database that a customer changed (a limit created or
-//! deleted, a webhook), so they drop their cached snapshot: Postgres NOTIFY on one side, a
-//! LISTEN task on every replica. The replica that made the change refetches the customer itself
-//! and ignores its own notification.
+//! A customer changed in BillaBear (a limit created or deleted, a webhook): this replica
+//! refetches it, so its very next check reflects the change, and tells the other replicas on the
+//! same database to drop their cached snapshot: Postgres NOTIFY on one side, a LISTEN task on
+//! every replica. The replica that made the change ignores its own notification.
 
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ pub const CHANNEL: &str = "usage_gate_customers";
 #[derive(Clone)]
 pub struct Invalidation {
     pool: PgPool,
+    cache: SnapshotCache,
     /// Tells this replica's notifications from the others'.
     replica: Uuid,
 }
@@ -32,12 +33,25 @@ impl Invalidation {
     ) -> (Self, tokio::task::AbortHandle, watch::Receiver<bool>) {
         let replica = Uuid::new_v4();
         let (ready, listening_now) = watch::channel(false);
-        let listening = tokio::spawn(listen(pool.clone(), cache, replica, ready)).abort_handle();
-        (Self { pool, replica }, listening, listening_now)
+        let listening = tokio::spawn(listen(pool.clone(), cache.clone(), replica, ready)).abort_handle();
+        (Self { pool, cache, replica }, listening, listening_now)
+    }
+
+    /// After a change to the customer in BillaBear: refetch it here, so the very next check
+    /// reflects the change, and tell the other replicas to drop their copy.
+    pub async fn customer_changed(&self, customer: CustomerId) {
+        if let Err(e) = self.cache.refresh(customer).await {
+            // The next check fetches it instead.
+            self.cache.invalidate(customer);
+            tracing::warn!(%customer, error = %e, "cannot refetch a changed customer");
+        }
+        if let Err(e) = self.tell_others(customer).await {
+            tracing::warn!(%customer, error = %e, "cannot tell other replicas a customer changed");
+        }
     }
 
     /// Tells the other replicas to drop the customer's snapshot.
-    pub async fn customer_changed(&self, customer: CustomerId) -> Result<(), sqlx::Error> {
+    async fn tell_others(&self, customer: CustomerId) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
             .bind(payload(self.replica, customer))

@@ -1,5 +1,6 @@
 //! usage-gate: enforces BillaBear usage limits. See README.md for what it does and how to run it.
 
+pub mod admission;
 pub mod audit;
 pub mod auth;
 pub mod billabear;
@@ -13,7 +14,9 @@ pub mod demo;
 pub mod domain;
 pub mod enforce;
 pub mod error;
+pub mod health;
 pub mod invalidation;
+pub mod limits;
 pub mod memo;
 pub mod mirror;
 pub mod outbox;
@@ -28,4 +31,5 @@ pub mod snapshot;
 pub mod startup;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod transitions;
 pub mod webhooks;

@@ -3,74 +3,35 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpServer, web};
-use metrics_exporter_prometheus::PrometheusHandle;
 use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 
-use crate::audit::Transitions;
+use crate::admission::Admission;
+use crate::admission::ingest::Ingest;
 use crate::billabear::BillaBearClient;
-use crate::cache::{FetchHook, SnapshotCache};
-use crate::snapshot::{Known, Lookup, Snapshot, SnapshotData, Source, now_ms};
-use crate::check::{self, Checker, Mark};
+use crate::cache::SnapshotCache;
+use crate::check::Checker;
 use crate::config::Settings;
-use crate::domain::CustomerId;
 use crate::error::{self, ApiError};
+use crate::health::Health;
 use crate::invalidation::Invalidation;
-use crate::memo::Memo;
-use crate::domain::Target;
+use crate::limits::Limits;
 use crate::outbox::forwarder::{self, ForwarderHandle};
-use crate::outbox::ingest::Ingest;
-use crate::outbox::store::Stats;
-use crate::overrides::{self, Override, Overrides};
-use crate::pending::{self, Changed, LedgerFetch, Pending};
-use crate::policy::PolicySettings;
+use crate::overrides::{self, Overrides};
+use crate::pending::{self, LedgerFetch, Pending};
 use crate::reservations::{self, Holds};
+use crate::routes::meta::Exposition;
 use crate::subscriptions::Subscriptions;
+use crate::transitions::{self, Transitions, Watch};
 use crate::{console, db, routes, telemetry, webhooks};
 
-/// What every handler may reach.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub pool: PgPool,
-    /// For operators' calls: with `billabear.admin_timeout`.
-    pub billabear: BillaBearClient,
-    pub checker: Checker,
-    /// Group commit for accepted events.
-    pub ingest: Ingest,
-    pub subscriptions: Subscriptions,
-    /// Tells other replicas when a customer changed.
-    pub invalidation: Invalidation,
-    pub metrics: PrometheusHandle,
-    /// `/readyz`'s answer, recomputed at most every [`READINESS_EVERY`].
-    pub readiness: Memo<routes::health::Readiness>,
-    /// The outbox's counts for `/metrics`, read at most every [`OUTBOX_STATS_EVERY`].
-    pub outbox_stats: Memo<Option<Stats>>,
-}
-
-/// How stale `/readyz` and the outbox figures in `/metrics` may be: both are open to anyone,
-/// and each answer costs a BillaBear call or a count over the outbox.
-pub const READINESS_EVERY: Duration = Duration::from_secs(2);
-pub const OUTBOX_STATS_EVERY: Duration = Duration::from_secs(5);
-
-impl AppState {
-    /// After a change to the customer in BillaBear: refetch it here, so the very next check
-    /// reflects the change, and tell the other replicas to drop their copy.
-    pub async fn customer_changed(&self, customer: CustomerId) {
-        if let Err(e) = self.checker.refresh(customer).await {
-            // The next check fetches it instead.
-            self.checker.cache.invalidate(customer);
-            tracing::warn!(%customer, error = %e, "cannot refetch a changed customer");
-        }
-        if let Err(e) = self.invalidation.customer_changed(customer).await {
-            tracing::warn!(%customer, error = %e, "cannot tell other replicas a customer changed");
-        }
-    }
-}
+/// How many fetched snapshots may wait for the transition watcher; beyond it they are dropped
+/// (and counted), never holding up a fetch.
+const FETCHED_QUEUE: usize = 10_000;
 
 pub struct Application {
     addr: SocketAddr,
@@ -125,40 +86,40 @@ impl Application {
         // installed stays a no-op for good.
         let metrics = telemetry::metrics_handle();
         let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
-        let transitions = Transitions::start(pool.clone());
-        let pending::Started { pending, changes, tasks: pending_tasks, listening: pending_listening } =
-            Pending::start(pool.clone(), settings.pending.clone());
+        let pending::Started {
+            pending,
+            changes: pending_changes,
+            tasks: pending_tasks,
+            listening: pending_listening,
+        } = Pending::start(pool.clone(), settings.pending.clone());
         let overrides::Started {
             overrides,
             changes: override_changes,
             tasks: override_tasks,
             listening: overrides_listening,
         } = Overrides::start(pool.clone());
-        let watch = Watch { pending: pending.clone(), transitions, policy: settings.policy.clone() };
-        let on_fetched = on_fetched(watch.clone(), overrides.clone());
-        let metrics_address = settings.server.metrics_address;
-        let console_enabled = settings.console.enabled;
+        let reservations::Started { holds, tasks: holds_tasks, listening: holds_listening } =
+            Holds::start(pool.clone());
+        let (fetched, fetches) = tokio::sync::mpsc::channel(FETCHED_QUEUE);
         let source = LedgerFetch {
             client: billabear.clone(),
             pending: pending.clone(),
             subscriptions: subscriptions.clone(),
         };
-        let cache = SnapshotCache::with_source(Arc::new(source), &settings.cache, Some(on_fetched));
+        let cache = SnapshotCache::with_source(Arc::new(source), &settings.cache, Some(fetched));
         let (invalidation, listening, invalidation_listening) =
             Invalidation::start(pool.clone(), cache.clone());
-        let watching = tokio::spawn(watch_pending(
-            changes,
-            cache.clone(),
-            watch.clone(),
-            overrides.clone(),
-            subscriptions.clone(),
-        ))
-        .abort_handle();
-        let watching_overrides =
-            tokio::spawn(watch_overrides(override_changes, cache.clone(), watch)).abort_handle();
-        let reservations::Started { holds, tasks: holds_tasks, listening: holds_listening } =
-            Holds::start(pool.clone());
-        let mut background = vec![listening, watching, watching_overrides];
+        let watch = Watch {
+            pending: pending.clone(),
+            overrides: overrides.clone(),
+            transitions: Transitions::start(pool.clone()),
+            policy: settings.policy.clone(),
+        };
+        let sources =
+            transitions::Sources { fetched: fetches, pending: pending_changes, overrides: override_changes };
+        let watching = tokio::spawn(transitions::watch(watch, cache.clone(), subscriptions.clone(), sources))
+            .abort_handle();
+        let mut background = vec![listening, watching];
         background.extend(pending_tasks);
         background.extend(holds_tasks);
         background.extend(override_tasks);
@@ -171,30 +132,48 @@ impl Application {
             subscriptions.clone(),
             Some(cache.clone()),
         );
-        let checker = Checker::new(cache, pending, holds, overrides, settings.policy.clone());
+        let checker =
+            Arc::new(Checker::new(cache, pending, holds.clone(), overrides.clone(), settings.policy.clone()));
         let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
-        let admin_billabear = billabear.with_timeout(settings.billabear.admin_timeout);
-        let state = web::Data::new(AppState {
-            settings: Arc::new(settings),
-            pool,
-            billabear: admin_billabear,
-            checker,
-            ingest,
-            subscriptions,
-            invalidation,
-            metrics,
-            readiness: Memo::new(READINESS_EVERY),
-            outbox_stats: Memo::new(OUTBOX_STATS_EVERY),
-        });
+        // What the handlers take, each the services it needs.
+        let admission =
+            web::Data::new(Admission::new(checker.clone(), ingest, subscriptions.clone(), pool.clone()));
+        let limits = web::Data::new(Limits::new(
+            pool.clone(),
+            billabear.with_timeout(settings.billabear.admin_timeout),
+            invalidation.clone(),
+        ));
+        let health =
+            web::Data::new(Health::new(pool.clone(), billabear.with_timeout(settings.billabear.timeout)));
+        let exposition = web::Data::new(Exposition::new(metrics, pool.clone()));
+        let checker = web::Data::from(checker);
+        let overrides = web::Data::new(overrides);
+        let holds = web::Data::new(holds);
+        let subscriptions = web::Data::new(subscriptions);
+        let invalidation = web::Data::new(invalidation);
+        let pool = web::Data::new(pool);
+        let metrics_address = settings.server.metrics_address;
+        let console_enabled = settings.console.enabled;
+        let settings = web::Data::new(settings);
         let metrics_server = match metrics_address {
-            Some(address) => Some(metrics_server(address, state.clone())?),
+            Some(address) => Some(metrics_server(address, exposition.clone())?),
             None => None,
         };
         let mut server = HttpServer::new(move || {
             // Runs on each worker thread as it starts.
-            state.ingest.attach_worker();
+            admission.attach_worker();
             App::new()
-                .app_data(state.clone())
+                .app_data(checker.clone())
+                .app_data(admission.clone())
+                .app_data(limits.clone())
+                .app_data(overrides.clone())
+                .app_data(holds.clone())
+                .app_data(subscriptions.clone())
+                .app_data(invalidation.clone())
+                .app_data(health.clone())
+                .app_data(exposition.clone())
+                .app_data(pool.clone())
+                .app_data(settings.clone())
                 .app_data(keys.clone())
                 .app_data(
                     web::JsonConfig::default()
@@ -270,117 +249,16 @@ impl Application {
     }
 }
 
-/// Tells the transition writer what a cached customer's decision is now, wherever it may have
-/// changed: a fetch, its pending usage, its override.
-#[derive(Clone)]
-struct Watch {
-    pending: Pending,
-    transitions: Transitions,
-    policy: PolicySettings,
-}
-
-impl Watch {
-    /// The mark `snapshot` decides with the customer's pending usage, under `applied`.
-    fn mark(&self, customer: CustomerId, snapshot: &Snapshot, applied: Option<&Override>) -> Option<Mark> {
-        check::usage_mark(
-            &snapshot.data,
-            |known| self.pending.project(customer, known),
-            applied,
-            &self.policy,
-        )
-    }
-
-    /// Observes the customer's decision on `snapshot` (from `source`) under `applied`, if its
-    /// mark is not `before`: the whole decision (what a webhook tells) is built only then.
-    fn tell(
-        &self,
-        customer: CustomerId,
-        before: Option<Mark>,
-        snapshot: Arc<Snapshot>,
-        source: Source,
-        applied: Option<&Override>,
-        at_ms: u64,
-    ) {
-        if before.is_some() && self.mark(customer, &snapshot, applied) == before {
-            return;
-        }
-        let project = |known: &Known| self.pending.project(customer, known);
-        let decision = check::explain(
-            customer,
-            None,
-            Lookup::found(snapshot, source),
-            project,
-            applied,
-            &self.policy,
-            now_ms(),
-        );
-        self.transitions.observe(customer, before, &decision, at_ms);
-    }
-}
-
-/// What every fetched snapshot of a known customer starts: auditing a decision transition.
-fn on_fetched(watch: Watch, overrides: Overrides) -> FetchHook {
-    Arc::new(move |customer, before, after| {
-        if !matches!(after.data, SnapshotData::Known(_)) {
-            return;
-        }
-        let applied = overrides.active(customer, now_ms());
-        let before = before.and_then(|b| watch.mark(customer, b, applied.as_ref()));
-        watch.tell(customer, before, after.clone(), Source::Upstream, applied.as_ref(), after.fetched_at_ms);
-    })
-}
-
-/// Audits the decision transitions pending usage makes (an event accepted, retired or dead
-/// changes a cached customer's status without a fetch).
-async fn watch_pending(
-    mut changes: tokio::sync::mpsc::Receiver<Changed>,
-    cache: SnapshotCache,
-    watch: Watch,
-    overrides: Overrides,
-    subscriptions: Subscriptions,
-) {
-    while let Some(Changed { target, before }) = changes.recv().await {
-        let customer = match target {
-            Target::Customer(customer) => Some(customer),
-            Target::Subscription(subscription) => subscriptions.owner(subscription),
-        };
-        let Some(customer) = customer else { continue };
-        let Some(snapshot) = cache.cached(customer).and_then(|lookup| lookup.snapshot) else { continue };
-        let was = before.as_deref().unwrap_or(&[]);
-        let now = now_ms();
-        let applied = overrides.active(customer, now);
-        let before = check::usage_mark(
-            &snapshot.data,
-            |known| watch.pending.project_replacing(customer, known, Some((target, was))),
-            applied.as_ref(),
-            &watch.policy,
-        );
-        watch.tell(customer, before, snapshot, Source::Cache, applied.as_ref(), now);
-    }
-}
-
-/// Audits the decision transitions overrides make (created, ended or expired changes a cached
-/// customer's status without a fetch). `before` is judged as if still in force: an expired
-/// override is told here when it is closed.
-async fn watch_overrides(
-    mut changes: tokio::sync::mpsc::Receiver<overrides::Changed>,
-    cache: SnapshotCache,
-    watch: Watch,
-) {
-    while let Some(overrides::Changed { customer, before, after }) = changes.recv().await {
-        let Some(snapshot) = cache.cached(customer).and_then(|lookup| lookup.snapshot) else { continue };
-        let marked = watch.mark(customer, &snapshot, before.as_ref());
-        watch.tell(customer, marked, snapshot, Source::Cache, after.as_ref(), now_ms());
-    }
-}
-
 /// A one-worker server for `/metrics` alone.
-fn metrics_server(address: SocketAddr, state: web::Data<AppState>) -> anyhow::Result<(SocketAddr, Server)> {
+fn metrics_server(
+    address: SocketAddr,
+    exposition: web::Data<Exposition>,
+) -> anyhow::Result<(SocketAddr, Server)> {
     let listener = TcpListener::bind(address)
         .map_err(|e| anyhow::anyhow!("cannot listen on {address} (server.metrics_address): {e}"))?;
     let addr = listener.local_addr()?;
     let server = HttpServer::new(move || {
-        App::new().app_data(state.clone()).route("/metrics", web::get().to(routes::meta::metrics))
+        App::new().app_data(exposition.clone()).route("/metrics", web::get().to(routes::meta::metrics))
     })
     .workers(1)
     .disable_signals()

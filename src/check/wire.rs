@@ -146,11 +146,11 @@ fn timestamp(out: &mut Vec<u8>, at: Timestamp) {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::snapshot::Source;
-use crate::domain::Currency;
+    use crate::domain::Currency;
     use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId};
     use crate::overrides::OverrideView;
     use crate::policy::{Reason, Reasons, Status};
+    use crate::snapshot::Source;
 
     fn limit(amount: i64, action: LimitAction, exceeded: bool) -> LimitView {
         LimitView { id: LimitId::new_v4(), amount, action, exceeded, remaining: if exceeded { 0 } else { 7 } }

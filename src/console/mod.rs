@@ -24,16 +24,23 @@ use chrono::Utc;
 use futures_util::future::LocalBoxFuture;
 use maud::Markup;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use tracing_actix_web::RequestId;
 
 use self::session::{Flash, LOGIN_COOKIE, SESSION_COOKIE};
 use self::views::Shell;
 use crate::audit::{self, Actor, Filter, Outcome};
 use crate::auth::{ApiKeys, Caller, Scope, digest};
+use crate::check::Checker;
+use crate::config::Settings;
 use crate::domain::{CustomerId, LimitId};
 use crate::error::ApiError;
-use crate::routes::{admin, customer_id, next_cursor, outbox, overrides, page_cursor, text_param};
-use crate::startup::AppState;
+use crate::health::Health;
+use crate::limits::Limits;
+use crate::outbox;
+use crate::overrides::{self, Overrides};
+use crate::routes::{customer_id, next_cursor, page_cursor, text_param};
+use crate::subscriptions::Subscriptions;
 use crate::telemetry::RouteLabel;
 
 /// Only this origin, no inline script or style, no framing: a page that echoes an operator's
@@ -207,7 +214,7 @@ impl Operator {
     }
 
     /// Ends a form: its outcome is shown once on `back`, where the browser is sent (303).
-    async fn done(&self, state: &AppState, outcome: Result<String, ApiError>, back: &str) -> HttpResponse {
+    async fn done(&self, pool: &PgPool, outcome: Result<String, ApiError>, back: &str) -> HttpResponse {
         let flash = match outcome {
             Ok(text) => Flash::ok(text),
             Err(e) => {
@@ -218,7 +225,7 @@ impl Operator {
                 Flash::error(describe(&e))
             }
         };
-        if let Err(e) = session::flash(&state.pool, &self.session, &flash).await {
+        if let Err(e) = session::flash(pool, &self.session, &flash).await {
             tracing::warn!(error = %e, "console: cannot keep a form's outcome for the next page");
         }
         see_other(back)
@@ -239,18 +246,19 @@ impl FromRequest for Operator {
                 "/console/".to_owned()
             };
             let sign_in = || ConsoleError::SignIn { next: next.clone() };
-            let state = req.app_data::<web::Data<AppState>>().expect("AppState registered").clone();
+            let pool = req.app_data::<web::Data<PgPool>>().expect("PgPool registered").clone();
+            let settings = req.app_data::<web::Data<Settings>>().expect("Settings registered").clone();
             let keys = req.app_data::<web::Data<ApiKeys>>().expect("ApiKeys registered").clone();
             let Some(id) = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned()) else {
                 return Err(sign_in());
             };
-            let resumed = session::resume(&state.pool, &id, state.settings.console.session_idle)
+            let resumed = session::resume(&pool, &id, settings.console.session_idle)
                 .await
                 .map_err(ApiError::from)?
                 .ok_or_else(sign_in)?;
             let Some(caller) = keys.by_digest(&resumed.key_digest).filter(|c| c.has(Scope::Admin)) else {
                 // The key was removed from the configuration, or lost its admin scope.
-                let _ = session::end(&state.pool, &id).await;
+                let _ = session::end(&pool, &id).await;
                 return Err(sign_in());
             };
             let actor = actor(&req, &caller);
@@ -285,12 +293,14 @@ async fn css() -> HttpResponse {
 /// The sign-in form (with a fresh token in its cookie), or the overview when signed in.
 async fn home(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
+    health: web::Data<Health>,
+    checker: web::Data<Checker>,
     operator: Option<Operator>,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ConsoleError> {
     match operator {
-        Some(operator) => overview(&state, &operator).await,
+        Some(operator) => overview(&pool, &health, &checker, &operator).await,
         None => Ok(login_form(&req, StatusCode::OK, query.get("next").map(String::as_str), None)),
     }
 }
@@ -316,7 +326,7 @@ fn login_form(
 /// Signs in with an `admin` key: a session, audited as `console.login`.
 async fn login(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     keys: web::Data<ApiKeys>,
     form: web::Form<Fields>,
 ) -> HttpResponse {
@@ -347,14 +357,15 @@ async fn login(
             json!({"message": "the key lacks the admin scope"}),
         );
         entry.outcome = Outcome::Rejected;
-        if let Err(e) = audit::record(&state.pool, &entry).await {
+        if let Err(e) = audit::record(pool.get_ref(), &entry).await {
             tracing::warn!(error = %e, "audit: cannot record a refused console sign-in");
         }
         return login_form(&req, StatusCode::FORBIDDEN, Some(&next), Some("This key lacks the admin scope."));
     }
     let started = async {
-        let id = session::start(&state.pool, &digest(key.as_bytes())).await?;
-        audit::record(&state.pool, &actor.entry("console.login", None, "console".into(), json!({}))).await?;
+        let id = session::start(pool.get_ref(), &digest(key.as_bytes())).await?;
+        audit::record(pool.get_ref(), &actor.entry("console.login", None, "console".into(), json!({})))
+            .await?;
         anyhow::Ok(id)
     };
     match started.await {
@@ -381,15 +392,17 @@ async fn login(
 /// Ends the session, audited as `console.logout`.
 async fn logout(
     req: HttpRequest,
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     operator: Operator,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, ConsoleError> {
     operator.check(&form)?;
-    session::end(&state.pool, &operator.session).await.map_err(ApiError::from)?;
-    if let Err(e) =
-        audit::record(&state.pool, &operator.actor.entry("console.logout", None, "console".into(), json!({})))
-            .await
+    session::end(pool.get_ref(), &operator.session).await.map_err(ApiError::from)?;
+    if let Err(e) = audit::record(
+        pool.get_ref(),
+        &operator.actor.entry("console.logout", None, "console".into(), json!({})),
+    )
+    .await
     {
         tracing::warn!(error = %e, "audit: cannot record a console sign-out");
     }
@@ -398,18 +411,23 @@ async fn logout(
     Ok(response)
 }
 
-async fn overview(state: &AppState, operator: &Operator) -> Result<HttpResponse, ConsoleError> {
+async fn overview(
+    pool: &PgPool,
+    health: &Health,
+    checker: &Checker,
+    operator: &Operator,
+) -> Result<HttpResponse, ConsoleError> {
     let transitions = Filter { action: Some("decision.transition".into()), ..Filter::default() };
     let (counts, outbox, lag, transitions, readiness) = tokio::join!(
-        store::status_counts(&state.pool),
-        crate::outbox::store::stats(&state.pool),
-        crate::outbox::store::delivery_lag(&state.pool),
-        audit::list(&state.pool, &transitions, None, 20),
-        state.readiness.get(|| crate::routes::health::readiness(state), |_| true),
+        store::status_counts(pool),
+        outbox::store::stats(pool),
+        outbox::store::delivery_lag(pool),
+        audit::list(pool, &transitions, None, 20),
+        health.readiness(),
     );
     let page = views::Overview {
         counts: counts.map_err(ApiError::from)?,
-        unknown: state.checker.cache.unknown_count(),
+        unknown: checker.cache.unknown_count(),
         readiness,
         outbox: outbox.map_err(ApiError::from)?,
         delivery_lag_s: lag.map_err(ApiError::from)?,
@@ -419,7 +437,7 @@ async fn overview(state: &AppState, operator: &Operator) -> Result<HttpResponse,
 }
 
 async fn customers(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     operator: Operator,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ConsoleError> {
@@ -448,8 +466,9 @@ async fn customers(
         status: status.map(str::to_owned),
         id_prefix: (!q.is_empty()).then(|| q.clone()),
     };
-    let mut rows =
-        store::customers(&state.pool, &filter, (page - 1) * PAGE, PAGE + 1).await.map_err(ApiError::from)?;
+    let mut rows = store::customers(pool.get_ref(), &filter, (page - 1) * PAGE, PAGE + 1)
+        .await
+        .map_err(ApiError::from)?;
     let more = rows.len() as i64 > PAGE;
     rows.truncate(PAGE as usize);
     let listed = views::CustomersQuery { status, q: &q, page, more };
@@ -460,7 +479,10 @@ async fn customers(
 const PLOT_DAYS: i64 = 31;
 
 async fn customer(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
+    checker: web::Data<Checker>,
+    limits: web::Data<Limits>,
+    subscriptions: web::Data<Subscriptions>,
     operator: Operator,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ConsoleError> {
@@ -468,16 +490,17 @@ async fn customer(
     let now = Utc::now();
     let since = now - chrono::TimeDelta::days(PLOT_DAYS);
     let subscriptions: Vec<uuid::Uuid> =
-        state.subscriptions.of_customer(customer).iter().map(|s| s.as_uuid()).collect();
+        subscriptions.of_customer(customer).iter().map(|s| s.as_uuid()).collect();
+    let pool = pool.get_ref();
     let trail = Filter { customer: Some(customer), ..Filter::default() };
     let (decision, limits, recorded, samples, overrides, events, audit) = tokio::join!(
-        state.checker.check(customer, None),
-        state.billabear.list_usage_limits(customer),
-        store::customer(&state.pool, customer),
-        store::samples(&state.pool, customer, since),
-        crate::overrides::store::list(&state.pool, Some(customer), false, 20),
-        crate::outbox::store::undelivered_of(&state.pool, customer, &subscriptions, 100),
-        audit::list(&state.pool, &trail, None, 25),
+        checker.check(customer, None),
+        limits.list(customer),
+        store::customer(pool, customer),
+        store::samples(pool, customer, since),
+        overrides::store::list(pool, Some(customer), false, 20),
+        outbox::store::undelivered_of(pool, customer, &subscriptions, 100),
+        audit::list(pool, &trail, None, 25),
     );
     let samples = samples.map_err(ApiError::from)?;
     let currency = decision
@@ -530,7 +553,7 @@ async fn customer(
 /// A form about one customer: its token checked, then `act`, whose outcome the customer's page
 /// shows once.
 async fn customer_form<Fut>(
-    state: &AppState,
+    pool: &PgPool,
     operator: &Operator,
     form: &Fields,
     customer: &str,
@@ -542,19 +565,20 @@ where
     operator.check(form)?;
     let customer = customer_id(customer, "customer_id")?;
     let outcome = act(customer).await;
-    Ok(operator.done(state, outcome, &format!("/console/customers/{customer}")).await)
+    Ok(operator.done(pool, outcome, &format!("/console/customers/{customer}")).await)
 }
 
 async fn create_limit(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
+    limits: web::Data<Limits>,
     operator: Operator,
     path: web::Path<String>,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, ConsoleError> {
     let body = json!({"amount": number(&form, "amount"), "action": field(&form, "action")});
-    let (state, actor) = (&state, &operator.actor);
-    customer_form(state, &operator, &form, &path, move |customer| async move {
-        let limit = admin::create_limit_as(state, actor, customer, &body).await?;
+    let (limits, actor) = (&limits, &operator.actor);
+    customer_form(&pool, &operator, &form, &path, move |customer| async move {
+        let limit = limits.create(actor, customer, &body).await?;
         Ok(format!(
             "Created a {} limit of {} (minor units), id {}.",
             limit.action.as_str(),
@@ -566,23 +590,25 @@ async fn create_limit(
 }
 
 async fn delete_limit(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
+    limits: web::Data<Limits>,
     operator: Operator,
     path: web::Path<(String, String)>,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, ConsoleError> {
-    let (state, actor, (customer, target)) = (&state, &operator.actor, path.into_inner());
-    customer_form(state, &operator, &form, &customer, move |customer| async move {
+    let (limits, actor, (customer, target)) = (&limits, &operator.actor, path.into_inner());
+    customer_form(&pool, &operator, &form, &customer, move |customer| async move {
         let limit =
             LimitId::parse(&target).map_err(|e| ApiError::invalid_field("limit_id", e.to_string()))?;
-        admin::delete_limit_as(state, actor, customer, limit).await?;
+        limits.delete(actor, customer, limit).await?;
         Ok(format!("Deleted limit {limit}."))
     })
     .await
 }
 
 async fn create_override(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
+    overrides: web::Data<Overrides>,
     operator: Operator,
     path: web::Path<String>,
     form: web::Form<Fields>,
@@ -599,33 +625,34 @@ async fn create_override(
     if !field(&form, "amount").is_empty() {
         body["amount"] = number(&form, "amount");
     }
-    let (state, actor) = (&state, &operator.actor);
-    customer_form(state, &operator, &form, &path, move |customer| async move {
-        let created = overrides::create_as(state, actor, customer, &body).await?;
+    let (overrides, actor) = (&overrides, &operator.actor);
+    customer_form(&pool, &operator, &form, &path, move |customer| async move {
+        let created = overrides.create(actor, customer, &body).await?;
         Ok(format!("Created an override ({}) until {}.", created.effect, views::time(created.expires_at)))
     })
     .await
 }
 
 async fn end_override(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
+    overrides: web::Data<Overrides>,
     operator: Operator,
     path: web::Path<(String, String)>,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, ConsoleError> {
     let reason = Some(field(&form, "reason")).filter(|r| !r.is_empty() && !r.contains('\0'));
-    let (state, actor, (customer, target)) = (&state, &operator.actor, path.into_inner());
-    customer_form(state, &operator, &form, &customer, move |customer| async move {
+    let (overrides, actor, (customer, target)) = (&overrides, &operator.actor, path.into_inner());
+    customer_form(&pool, &operator, &form, &customer, move |customer| async move {
         let id = uuid::Uuid::parse_str(&target)
             .map_err(|_| ApiError::invalid_field("override_id", "must be a UUID"))?;
-        overrides::end_as(state, actor, customer, id, reason).await?;
+        overrides.end(actor, customer, id, reason).await?;
         Ok("Ended the override.".to_owned())
     })
     .await
 }
 
 async fn outbox_page(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     operator: Operator,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ConsoleError> {
@@ -635,9 +662,8 @@ async fn outbox_page(
         Some(_) => return Err(ApiError::invalid_field("status", "must be dead or pending").into()),
     };
     let after = page_cursor(query.get("cursor").map(String::as_str))?;
-    let events = crate::outbox::store::list(&state.pool, Some(status), None, after, PAGE)
-        .await
-        .map_err(ApiError::from)?;
+    let events =
+        outbox::store::list(pool.get_ref(), Some(status), None, after, PAGE).await.map_err(ApiError::from)?;
     let next = next_cursor(events.len(), PAGE, events.last().map(|e| e.id));
     Ok(html(StatusCode::OK, views::outbox(&operator.shell(), status, &events, next.as_deref())))
 }
@@ -651,7 +677,7 @@ fn back(form: &Fields) -> String {
 }
 
 async fn retry_one(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     operator: Operator,
     path: web::Path<String>,
     form: web::Form<Fields>,
@@ -659,14 +685,15 @@ async fn retry_one(
     operator.check(&form)?;
     let id: i64 =
         path.parse().map_err(|_| ApiError::invalid_field("id", "must be an outbox id (integer)"))?;
-    let outcome = outbox::retry_as(&state, &operator.actor, Some(id), None)
+    let outcome = outbox::retry_dead(&pool, &operator.actor, Some(id), None)
         .await
+        .map_err(ApiError::from)
         .map(|_| format!("Event {id} is queued for delivery again."));
-    Ok(operator.done(&state, outcome, &back(&form)).await)
+    Ok(operator.done(&pool, outcome, &back(&form)).await)
 }
 
 async fn retry_all(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     operator: Operator,
     form: web::Form<Fields>,
 ) -> Result<HttpResponse, ConsoleError> {
@@ -675,10 +702,11 @@ async fn retry_all(
         "" => None,
         raw => Some(customer_id(raw, "customer")?),
     };
-    let outcome = outbox::retry_as(&state, &operator.actor, None, customer)
+    let outcome = outbox::retry_dead(&pool, &operator.actor, None, customer)
         .await
+        .map_err(ApiError::from)
         .map(|n| format!("{n} dead events are queued for delivery again."));
-    Ok(operator.done(&state, outcome, &back(&form)).await)
+    Ok(operator.done(&pool, outcome, &back(&form)).await)
 }
 
 /// A `since`/`until` filter: a day (midnight UTC) or an RFC 3339 time.
@@ -695,7 +723,7 @@ fn moment(raw: &str, name: &str) -> Result<Option<chrono::DateTime<Utc>>, ApiErr
 }
 
 async fn audit_page(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     operator: Operator,
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ConsoleError> {
@@ -711,7 +739,7 @@ async fn audit_page(
         until: moment(get("until"), "until")?,
     };
     let before = page_cursor(Some(get("cursor")).filter(|c| !c.is_empty()))?;
-    let records = audit::list(&state.pool, &filter, before, PAGE).await.map_err(ApiError::from)?;
+    let records = audit::list(pool.get_ref(), &filter, before, PAGE).await.map_err(ApiError::from)?;
     let next = next_cursor(records.len(), PAGE, records.last().map(|r| r.id));
     let shown = views::AuditQuery {
         customer: get("customer"),

@@ -9,9 +9,9 @@ use super::store::CustomerRow;
 use crate::audit::AuditRecord;
 use crate::billabear::UsageLimit;
 use crate::check::Decision;
+use crate::health::Readiness;
 use crate::outbox::store::{OutboxEvent, Stats};
 use crate::overrides::store::OverrideRecord;
-use crate::routes::health::Readiness;
 
 /// What every signed-in page shows around its content.
 pub struct Shell<'a> {

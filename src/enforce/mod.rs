@@ -18,13 +18,13 @@ pub mod store;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::snapshot::{Known, Snapshot, SnapshotData};
-use crate::domain::{CustomerId, SubscriptionId};
 use crate::domain::Target;
+use crate::domain::{CustomerId, SubscriptionId};
 use crate::overrides::Override;
 use crate::pending;
 use crate::policy::{self, PolicySettings};
 use crate::projection::{self, Code, Metered, PendingUsage, Projection};
+use crate::snapshot::{Known, Snapshot, SnapshotData};
 
 /// A customer's cached snapshot an enforced write is judged against, and the operator's
 /// override in force.

@@ -7,9 +7,9 @@ use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use super::{Gate, Judged, Ledger};
+use crate::domain::Target;
 use crate::domain::{CustomerId, SubscriptionId};
 use crate::outbox::IncomingEvent;
-use crate::domain::Target;
 use crate::outbox::store::{self as outbox, Accepted};
 use crate::pending::store as pending;
 use crate::policy::PolicySettings;

@@ -37,12 +37,11 @@ enum Failure {
 impl From<BillaBearError> for Failure {
     fn from(e: BillaBearError) -> Self {
         let (message, upstream_status) = (e.to_string(), e.upstream_status());
-        match e {
-            BillaBearError::Validation(_) | BillaBearError::InvalidRequest(_) => {
-                Failure::Permanent { message, upstream_status }
-            }
-            // A 401 or a 404 on /events is usage-gate's configuration, not the event: keep it.
-            _ => Failure::Transient { message, upstream_status },
+        // A 401 or a 404 on /events is usage-gate's configuration, not the event: keep it.
+        if e.is_retryable() {
+            Failure::Transient { message, upstream_status }
+        } else {
+            Failure::Permanent { message, upstream_status }
         }
     }
 }

@@ -9,8 +9,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
 use super::event::IncomingEvent;
-use crate::domain::Target;
 use crate::audit::{self, Actor};
+use crate::domain::Target;
 use crate::domain::{CustomerId, SubscriptionId};
 
 /// Woken on every accepted batch, so forwarders need not poll.
@@ -376,6 +376,25 @@ pub async fn undelivered_of(
     .bind(subscriptions)
     .bind(limit)
     .fetch_all(pool)
+    .await
+}
+
+/// How many of the customer's events are not delivered: pending, and dead. Those sent with
+/// `customer`, and those sent with one of its `subscriptions`.
+pub async fn undelivered_counts(
+    pool: &PgPool,
+    customer: CustomerId,
+    subscriptions: &[SubscriptionId],
+) -> Result<(i64, i64), sqlx::Error> {
+    let subscriptions: Vec<Uuid> = subscriptions.iter().map(|s| s.as_uuid()).collect();
+    sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'dead')
+         FROM outbox
+         WHERE status IN ('pending', 'dead') AND (customer_id = $1 OR subscription_id = ANY($2))",
+    )
+    .bind(customer.as_uuid())
+    .bind(&subscriptions)
+    .fetch_one(pool)
     .await
 }
 

@@ -14,16 +14,20 @@ pub mod store;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use serde::Serialize;
+use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use crate::db;
-use crate::domain::{CustomerId, Timestamp};
+use crate::audit::Actor;
+use crate::db::{self, StorageError};
+use crate::domain::{CustomerId, FieldError, Timestamp};
 use crate::mirror::{self, Mirror};
 use crate::policy::Effect;
+use store::{NewOverride, OverrideRecord};
 
 /// How often overrides past their `expires_at` are closed in Postgres (and audited).
 pub const EXPIRE_EVERY: Duration = Duration::from_millis(250);
@@ -88,7 +92,25 @@ pub struct Started {
 /// Cheap to clone; clones share one copy.
 #[derive(Clone)]
 pub struct Overrides {
+    pool: PgPool,
     open: Mirror<Override>,
+}
+
+/// Why an override was not created or ended.
+#[derive(Debug, thiserror::Error)]
+pub enum OverrideError {
+    #[error("invalid override")]
+    Invalid(Vec<FieldError>),
+    #[error("no override {id} in force for customer {customer}")]
+    NotInForce { id: Uuid, customer: CustomerId },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for OverrideError {
+    fn from(e: sqlx::Error) -> Self {
+        OverrideError::Storage(e.into())
+    }
 }
 
 const CHANGES_QUEUE: usize = 10_000;
@@ -100,13 +122,16 @@ impl Overrides {
         let load: mirror::Loader<Override> = |pool, customers| store::open_overrides(pool, customers).boxed();
         let mirror::Started { mirror, task: following, listening } =
             Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "overrides", load, Some(changes));
-        let expiring = tokio::spawn(db::every(EXPIRE_EVERY, "close expired overrides", move || {
+        let expiring = tokio::spawn(db::every(EXPIRE_EVERY, "close expired overrides", {
             let pool = pool.clone();
-            async move { store::expire(&pool).await }
+            move || {
+                let pool = pool.clone();
+                async move { store::expire(&pool).await }
+            }
         }))
         .abort_handle();
         Started {
-            overrides: Self { open: mirror },
+            overrides: Self { pool, open: mirror },
             changes: receiver,
             tasks: [following, expiring],
             listening,
@@ -122,5 +147,175 @@ impl Overrides {
     /// applies it without waiting for the notification.
     pub async fn reload(&self, customer: CustomerId) {
         self.open.reload(customer).await
+    }
+
+    /// Creates an override for `actor` from a request's body (every invalid field named); the
+    /// customer's open one, if any, ends (`superseded`), and this replica applies it at once.
+    pub async fn create(
+        &self,
+        actor: &Actor,
+        customer: CustomerId,
+        body: &Value,
+    ) -> Result<OverrideRecord, OverrideError> {
+        let new = parse_new(body, Utc::now()).map_err(OverrideError::Invalid)?;
+        let created = store::create(&self.pool, customer, &new, actor).await?;
+        self.reload(customer).await;
+        Ok(created)
+    }
+
+    /// Ends the override `id` in force for `actor`, or says it is not in force.
+    pub async fn end(
+        &self,
+        actor: &Actor,
+        customer: CustomerId,
+        id: Uuid,
+        reason: Option<&str>,
+    ) -> Result<(), OverrideError> {
+        match store::end(&self.pool, customer, id, actor, reason).await? {
+            Some(_) => {
+                self.reload(customer).await;
+                Ok(())
+            }
+            None => Err(OverrideError::NotInForce { id, customer }),
+        }
+    }
+}
+
+/// The furthest ahead an override may end: it is an exception, not a setting.
+const MAX_AHEAD: chrono::TimeDelta = chrono::TimeDelta::days(90);
+const MAX_REASON_CHARS: usize = 500;
+
+/// Reads `{"effect", "amount" (raise only), "reason", "expires_at"}` as of `now`; every invalid
+/// field is named.
+pub fn parse_new(body: &Value, now: DateTime<Utc>) -> Result<NewOverride, Vec<FieldError>> {
+    let Some(object) = body.as_object() else {
+        return Err(vec![FieldError::new("body", "must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    let field = |name: &str| object.get(name).filter(|v| !v.is_null());
+    let amount = match field("amount") {
+        None => None,
+        Some(amount) => match amount.as_i64().filter(|a| *a >= 0) {
+            Some(amount) => Some(amount),
+            None => {
+                errors.push(FieldError::new("amount", "must be a whole number of minor units, 0 or more"));
+                None
+            }
+        },
+    };
+    let effect = match field("effect").and_then(Value::as_str) {
+        Some("allow") | Some("block") if field("amount").is_some() => {
+            errors.push(FieldError::new("amount", "only for effect \"raise\""));
+            None
+        }
+        Some("allow") => Some(Effect::Allow),
+        Some("block") => Some(Effect::Block),
+        Some("raise") => match (field("amount"), amount) {
+            (None, _) => {
+                errors
+                    .push(FieldError::new("amount", "required for effect \"raise\": the DISABLE threshold"));
+                None
+            }
+            (Some(_), amount) => amount.map(Effect::Raise),
+        },
+        _ => {
+            errors.push(FieldError::new("effect", "required: \"allow\", \"block\" or \"raise\""));
+            None
+        }
+    };
+    let reason = match field("reason").and_then(Value::as_str) {
+        Some(reason) if reason.trim().is_empty() || reason.chars().count() > MAX_REASON_CHARS => {
+            errors.push(FieldError::new("reason", "must be 1 to 500 characters, not only blanks"));
+            None
+        }
+        Some(reason) if reason.contains('\0') => {
+            errors.push(FieldError::new("reason", "must not contain the NUL character"));
+            None
+        }
+        Some(reason) => Some(reason.to_owned()),
+        None => {
+            errors.push(FieldError::new("reason", "required: why, 1 to 500 characters"));
+            None
+        }
+    };
+    let expires_at = match field("expires_at").and_then(Value::as_str).map(DateTime::parse_from_rfc3339) {
+        Some(Ok(at)) if at.to_utc() <= now => {
+            errors.push(FieldError::new("expires_at", "must be in the future"));
+            None
+        }
+        Some(Ok(at)) if at.to_utc() > now + MAX_AHEAD => {
+            errors.push(FieldError::new("expires_at", "must be at most 90 days ahead"));
+            None
+        }
+        Some(Ok(at)) => Some(at.to_utc()),
+        Some(Err(_)) | None => {
+            errors
+                .push(FieldError::new("expires_at", "required: an RFC 3339 time, e.g. 2026-12-01T00:00:00Z"));
+            None
+        }
+    };
+    match (effect, reason, expires_at) {
+        (Some(effect), Some(reason), Some(expires_at)) if errors.is_empty() => {
+            Ok(NewOverride { effect, reason, expires_at })
+        }
+        _ => Err(errors),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn an_override_names_every_invalid_field() {
+        let now = DateTime::parse_from_rfc3339("2026-11-29T12:00:00Z").unwrap().to_utc();
+        let at = "2026-11-30T12:00:00Z";
+        let ok =
+            parse_new(&json!({"effect": "raise", "amount": 5000, "reason": "deal", "expires_at": at}), now);
+        assert_eq!(
+            ok.unwrap(),
+            NewOverride {
+                effect: Effect::Raise(5000),
+                reason: "deal".into(),
+                expires_at: DateTime::parse_from_rfc3339(at).unwrap().to_utc()
+            }
+        );
+        let fields = |body: Value| -> Vec<String> {
+            parse_new(&body, now).unwrap_err().into_iter().map(|e| e.field).collect()
+        };
+        assert_eq!(fields(json!({})), ["effect", "reason", "expires_at"]);
+        assert_eq!(fields(json!({"effect": "allow", "reason": "", "expires_at": at})), ["reason"]);
+        assert_eq!(
+            fields(json!({"effect": "allow", "reason": "x".repeat(501), "expires_at": at})),
+            ["reason"]
+        );
+        assert!(
+            parse_new(&json!({"effect": "allow", "reason": "x".repeat(500), "expires_at": at}), now).is_ok()
+        );
+        assert_eq!(
+            fields(json!({"effect": "block", "reason": "r", "expires_at": "2026-11-29T11:59:59Z"})),
+            ["expires_at"]
+        );
+        assert_eq!(
+            fields(json!({"effect": "block", "reason": "r", "expires_at": "2027-02-28T12:00:01Z"})),
+            ["expires_at"]
+        );
+        assert_eq!(
+            fields(json!({"effect": "block", "reason": "r", "expires_at": "tomorrow"})),
+            ["expires_at"]
+        );
+        assert_eq!(fields(json!({"effect": "raise", "reason": "r", "expires_at": at})), ["amount"]);
+        assert_eq!(
+            fields(json!({"effect": "raise", "amount": -1, "reason": "r", "expires_at": at})),
+            ["amount"]
+        );
+        assert_eq!(
+            fields(json!({"effect": "allow", "amount": 5, "reason": "r", "expires_at": at})),
+            ["amount"]
+        );
+        assert_eq!(fields(json!({"effect": "pause", "reason": "r", "expires_at": at})), ["effect"]);
+        assert_eq!(fields(json!([1])), ["body"]);
     }
 }

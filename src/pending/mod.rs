@@ -28,15 +28,15 @@ use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 
-use crate::billabear::{BillaBearClient, BillaBearError};
 use crate::billabear;
+use crate::billabear::{BillaBearClient, BillaBearError};
 use crate::cache::Fetch;
-use crate::snapshot::{Known, SnapshotData};
 use crate::config::PendingSettings;
 use crate::db;
-use crate::domain::{CustomerId, SubscriptionId};
 use crate::domain::Target;
+use crate::domain::{CustomerId, SubscriptionId};
 use crate::projection::{self, Figures, Found, Metered, PendingUsage, Projection};
+use crate::snapshot::{Known, SnapshotData};
 use crate::subscriptions::Subscriptions;
 use store::Observation;
 

@@ -9,8 +9,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use crate::domain::{CustomerId, SubscriptionId};
 use crate::domain::Target;
+use crate::domain::{CustomerId, SubscriptionId};
 use crate::projection::{self, Aggregation, Code, Figures, PendingUsage, Settle, settle};
 
 /// Sent (by the triggers) at the commit of every change to pending usage; the payload lists the

@@ -11,9 +11,9 @@ use uuid::Uuid;
 use super::Hold;
 use crate::audit::{self, Actor};
 use crate::domain::CustomerId;
+use crate::domain::Target;
 use crate::enforce::{Gate, Judged, store as enforce};
 use crate::outbox::IncomingEvent;
-use crate::domain::Target;
 use crate::outbox::store::{self as outbox, Accepted};
 use crate::policy::PolicySettings;
 

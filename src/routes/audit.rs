@@ -2,11 +2,11 @@
 
 use actix_web::web;
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 
 use super::{customer_id, next_cursor, page_cursor, page_limit, text_param};
 use crate::audit::{self, AuditRecord, Filter};
 use crate::error::ApiError;
-use crate::startup::AppState;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct AuditQuery {
@@ -44,7 +44,7 @@ pub struct AuditPage {
 #[utoipa::path(get, path = "/v1/audit", tag = "admin", security(("bearer" = [])), params(AuditQuery),
     responses((status = 200, body = AuditPage), (status = 400, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn list(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     query: web::Query<AuditQuery>,
 ) -> Result<web::Json<AuditPage>, ApiError> {
     let time = |raw: &Option<String>, field: &str| {
@@ -65,7 +65,7 @@ pub async fn list(
     };
     let limit = page_limit(query.limit)?;
     let before = page_cursor(query.cursor.as_deref())?;
-    let records = audit::list(&state.pool, &filter, before, limit).await?;
+    let records = audit::list(pool.get_ref(), &filter, before, limit).await?;
     let next_cursor = next_cursor(records.len(), limit, records.last().map(|r| r.id));
     Ok(web::Json(AuditPage { records, next_cursor }))
 }

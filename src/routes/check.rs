@@ -3,17 +3,16 @@
 
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{batch_items, customer_id};
-use crate::check::Decision;
-use crate::domain::CustomerId;
-use crate::domain::FieldError;
-use crate::error::{ApiError, PROBLEM_JSON};
-use crate::startup::AppState;
+use crate::check::{Checker, Decision};
+use crate::config::Settings;
+use crate::domain::{CustomerId, FieldError};
+use crate::error::ApiError;
 
 const COST_RULE: &str = "must be a non-negative integer (minor units)";
 
@@ -39,14 +38,14 @@ pub struct CheckQuery {
         (status = 403, body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn check_customer(
-    state: web::Data<AppState>,
+    checker: web::Data<Checker>,
     path: web::Path<String>,
     query: web::Query<CheckQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let id = customer_id(&path, "customer_id")?;
     let cost = query.cost.as_deref().map(parse_cost).transpose()?;
     let mut body = Vec::with_capacity(DECISION_BYTES);
-    state.checker.check(id, cost).await.write_json(&mut body);
+    checker.check(id, cost).await.write_json(&mut body);
     Ok(json_body(body))
 }
 
@@ -154,20 +153,19 @@ fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>), C
         (status = 413, body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn check_batch(
-    state: web::Data<AppState>,
+    checker: web::Data<Checker>,
+    settings: web::Data<Settings>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let items = batch_items(&body, "customers", "{\"id\", \"cost\"} objects")?;
     let parsed: Vec<_> = items.iter().enumerate().map(|(i, item)| parse_item(i, item)).collect();
-    let concurrency = state.settings.cache.fetch_concurrency;
+    let concurrency = settings.cache.fetch_concurrency;
     let decisions: Vec<CheckBatchAnswer> = futures_util::stream::iter(parsed)
         .map(|item| {
-            let state = state.clone();
+            let checker = checker.clone();
             async move {
                 match item {
-                    Ok((id, cost)) => {
-                        CheckBatchAnswer::Decision(Box::new(state.checker.check(id, cost).await))
-                    }
+                    Ok((id, cost)) => CheckBatchAnswer::Decision(Box::new(checker.check(id, cost).await)),
                     Err(invalid) => CheckBatchAnswer::Invalid(invalid),
                 }
             }
@@ -196,8 +194,12 @@ static X_USAGE_REASONS: HeaderName = HeaderName::from_static("x-usage-reasons");
         (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Blocked (default gate.blocked_status; 402 or 429 if so configured), or the key lacks the check scope", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
-pub async fn gate(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
-    let header = &state.settings.gate.customer_header;
+pub async fn gate(
+    checker: web::Data<Checker>,
+    settings: web::Data<Settings>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    let header = &settings.gate.customer_header;
     let raw = req
         .headers()
         .get(header)
@@ -205,23 +207,13 @@ pub async fn gate(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpRe
         .to_str()
         .map_err(|_| ApiError::invalid_field(header.as_str(), "must be a UUID"))?;
     let id = customer_id(raw.trim(), header.as_str())?;
-    let decision = state.checker.check(id, None).await;
+    let decision = checker.check(id, None).await;
     let mut response = if decision.allowed {
         HttpResponse::NoContent().finish()
     } else {
-        let status =
-            StatusCode::from_u16(state.settings.gate.blocked_status).unwrap_or(StatusCode::FORBIDDEN);
-        let reasons: Vec<&str> = decision.reasons.iter().map(|r| r.code()).collect();
-        HttpResponse::build(status).content_type(PROBLEM_JSON).json(json!({
-            "type": "urn:usage-gate:problem:usage_blocked",
-            "title": status.canonical_reason().unwrap_or("Blocked"),
-            "status": status.as_u16(),
-            "detail": format!("customer {id} may not use the product: {}", reasons.join(", ")),
-            "code": "usage_blocked",
-            "customer_id": id,
-            "usage_status": decision.status,
-            "reasons": reasons,
-        }))
+        // A problem+json like every other error, with the usage headers too.
+        let status = StatusCode::from_u16(settings.gate.blocked_status).unwrap_or(StatusCode::FORBIDDEN);
+        ApiError::UsageBlocked { status, decision: Box::new(decision.clone()) }.error_response()
     };
     set_usage_headers(response.headers_mut(), &decision);
     Ok(response)
@@ -258,15 +250,17 @@ fn set_usage_headers(headers: &mut actix_web::http::header::HeaderMap, decision:
         (status = 504, description = "BillaBear did not answer in time", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn refresh(
-    state: web::Data<AppState>,
+    checker: web::Data<Checker>,
     path: web::Path<String>,
 ) -> Result<web::Json<Decision>, ApiError> {
     let id = customer_id(&path, "customer_id")?;
-    Ok(web::Json(state.checker.refresh(id).await?))
+    Ok(web::Json(checker.refresh(id).await?))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
     use crate::check::every_shape_of_decision;
 

@@ -1,22 +1,17 @@
 //! Usage events in (scope `events`): stored durably before they are acknowledged, then forwarded
 //! to BillaBear by the outbox.
 
-use std::collections::HashMap;
-
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::batch_items;
-use crate::check::{Decision, Enforcement};
-use crate::domain::CustomerId;
-use crate::enforce::Gate;
-use crate::domain::FieldError;
+use crate::admission::{Admission, Admitted};
+use crate::check::{Checker, Decision};
+use crate::domain::{FieldError, Target};
 use crate::error::ApiError;
-use crate::outbox::store::Accepted;
-use crate::domain::Target;
 use crate::outbox::IncomingEvent;
-use crate::startup::AppState;
+use crate::outbox::store::Accepted;
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub struct EventQuery {
@@ -53,51 +48,28 @@ pub struct EventAnswer {
         (status = 503, description = "Postgres unavailable: nothing stored, retry (Retry-After)", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_event(
-    state: web::Data<AppState>,
+    admission: web::Data<Admission>,
+    checker: web::Data<Checker>,
     query: web::Query<EventQuery>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let event = IncomingEvent::parse(&body, "").map_err(ApiError::invalid_fields)?;
     let (event_id, target) = (event.event_id.to_string(), event.target);
-    let outcome = if query.enforce {
-        let customer =
-            customer_of(&state, &event, "").map_err(|error| ApiError::unprocessable(vec![error]))?;
-        match state.checker.enforcement(customer).await {
-            Enforcement::Gate { gate, lookup } => {
-                let judged = state.ingest.accept_enforced(vec![event], vec![Some(gate)]).await?;
-                match judged.first() {
-                    Some(&crate::enforce::store::Outcome {
-                        accepted: Accepted::OverLimit,
-                        judged: Some(judged),
-                    }) => {
-                        let decision = state.checker.explain_judged(customer, lookup, &judged);
-                        return Err(ApiError::UsageLimitExceeded(Box::new(decision)));
-                    }
-                    other => other.map(|o| o.accepted),
-                }
-            }
-            Enforcement::Decided(decision) if !decision.allowed => {
-                return Err(ApiError::UsageLimitExceeded(Box::new(decision)));
-            }
-            Enforcement::Decided(_) => state.ingest.accept(vec![event]).await?.first().copied(),
-        }
-    } else {
-        state.ingest.accept(vec![event]).await?.first().copied()
-    };
+    let accepted = admission.event(event, query.enforce).await?;
     let decision = match target {
-        Target::Customer(customer) => state.checker.cached_decision(customer),
+        Target::Customer(customer) => checker.cached_decision(customer),
         Target::Subscription(_) => None,
     };
-    match outcome.as_ref() {
-        Some(Accepted::New) => {
+    match accepted {
+        Accepted::New => {
             Ok(HttpResponse::Accepted().json(EventAnswer { status: "accepted", event_id, decision }))
         }
-        Some(Accepted::Duplicate) => {
+        Accepted::Duplicate => {
             Ok(HttpResponse::Ok().json(EventAnswer { status: "duplicate", event_id, decision }))
         }
-        Some(Accepted::Dead) => Err(dead(&event_id)),
-        Some(Accepted::Refused) => Err(ApiError::invalid_field("body", REFUSED)),
-        _ => Err(conflict(&event_id)),
+        Accepted::Dead => Err(dead(&event_id)),
+        Accepted::Refused => Err(ApiError::invalid_field("body", REFUSED)),
+        Accepted::Conflict | Accepted::OverLimit => Err(conflict(&event_id)),
     }
 }
 
@@ -119,18 +91,6 @@ fn conflict(event_id: &str) -> ApiError {
     ))
 }
 
-/// The customer an enforced event is judged for: the one it names, or its subscription's owner
-/// as a listing showed it (BillaBear has no lookup the other way).
-fn customer_of(state: &AppState, event: &IncomingEvent, prefix: &str) -> Result<CustomerId, FieldError> {
-    event.target.customer(|s| state.subscriptions.owner(s)).ok_or_else(|| {
-        FieldError::new(
-            format!("{prefix}subscription"),
-            "enforce=true needs the subscription's customer, and usage-gate has not seen it in a \
-             listing of its customer's subscriptions: send `customer` instead, or check the customer first",
-        )
-    })
-}
-
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchItemResult {
     /// The item's `event_id` as sent, when it had one.
@@ -139,7 +99,7 @@ pub struct BatchItemResult {
     /// `invalid`, or `refused` (enforce=true: it did not fit; nothing stored).
     pub status: &'static str,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<crate::domain::FieldError>,
+    pub errors: Vec<FieldError>,
     /// `refused` only: `usage_limit_exceeded`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,
@@ -182,20 +142,21 @@ pub struct EventBatchAnswer {
         (status = 503, description = "Postgres unavailable: nothing stored, retry", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_batch(
-    state: web::Data<AppState>,
+    admission: web::Data<Admission>,
     query: web::Query<EventQuery>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let items = batch_items(&body, "events", "events")?;
-    // Each item's result, once known; the valid events go to storage together.
+    // Each item's result, once known; the valid events go to admission together.
     let mut results: Vec<Option<BatchItemResult>> = Vec::with_capacity(items.len());
     let mut valid = Vec::with_capacity(items.len());
-    let mut customers = Vec::with_capacity(if query.enforce { items.len() } else { 0 });
+    let mut events = Vec::with_capacity(items.len());
+    let mut customers = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let prefix = format!("events[{i}].");
         let parsed = IncomingEvent::parse(item, &prefix).and_then(|event| {
             let customer = if query.enforce {
-                Some(customer_of(&state, &event, &prefix).map_err(|e| vec![e])?)
+                Some(admission.owner(&event, &prefix).map_err(|e| vec![e])?)
             } else {
                 None
             };
@@ -203,7 +164,8 @@ pub async fn post_batch(
         });
         match parsed {
             Ok((event, customer)) => {
-                valid.push((i, event));
+                valid.push(i);
+                events.push(event);
                 customers.push(customer);
                 results.push(None);
             }
@@ -212,62 +174,18 @@ pub async fn post_batch(
             }
         }
     }
-    let mut gates: Vec<Option<Gate>> = Vec::new();
-    // One lookup per customer; a fallback decision refuses or admits all its events.
-    let mut decided: HashMap<CustomerId, Enforcement> = HashMap::new();
-    if query.enforce {
-        for customer in customers.iter().flatten() {
-            if !decided.contains_key(customer) {
-                decided.insert(*customer, state.checker.enforcement(*customer).await);
-            }
-        }
-        let mut kept = Vec::with_capacity(valid.len());
-        for ((i, event), customer) in valid.into_iter().zip(customers) {
-            match customer.and_then(|c| decided.get(&c)) {
-                Some(Enforcement::Gate { gate, .. }) => {
-                    gates.push(Some(gate.clone()));
-                    kept.push((i, event));
-                }
-                Some(Enforcement::Decided(decision)) if !decision.allowed => {
-                    results[i] =
-                        Some(BatchItemResult::refused(items[i].get("event_id").cloned(), decision.clone()));
-                }
-                _ => {
-                    gates.push(None);
-                    kept.push((i, event));
-                }
-            }
-        }
-        valid = kept;
-    }
-    let (indices, events): (Vec<usize>, Vec<IncomingEvent>) = valid.into_iter().unzip();
-    let judged_for: Vec<Option<CustomerId>> = gates.iter().map(|g| g.as_ref().map(|g| g.customer)).collect();
-    let outcomes = if judged_for.iter().any(Option::is_some) {
-        state.ingest.accept_enforced(events, gates).await?
-    } else {
-        let accepted = state.ingest.accept(events).await?;
-        accepted
-            .into_iter()
-            .map(|accepted| crate::enforce::store::Outcome { accepted, judged: None })
-            .collect()
-    };
-    let judged_for = judged_for.into_iter().chain(std::iter::repeat(None));
-    for ((i, outcome), customer) in indices.into_iter().zip(outcomes).zip(judged_for) {
+    let admitted = admission.events(events, customers).await?;
+    for (i, admitted) in valid.into_iter().zip(admitted) {
         let event_id = items[i].get("event_id").cloned();
-        results[i] = Some(match (outcome.accepted, outcome.judged, customer) {
-            (Accepted::OverLimit, Some(judged), Some(customer)) => match decided.get(&customer) {
-                Some(Enforcement::Gate { lookup, .. }) => {
-                    let decision = state.checker.explain_judged(customer, lookup.clone(), &judged);
-                    BatchItemResult::refused(event_id, decision)
-                }
-                _ => BatchItemResult::new(event_id, "refused", vec![]),
-            },
-            (Accepted::Refused, ..) => BatchItemResult::new(
+        results[i] = Some(match admitted {
+            Admitted::Refused(Some(decision)) => BatchItemResult::refused(event_id, *decision),
+            Admitted::Refused(None) => BatchItemResult::new(event_id, "refused", vec![]),
+            Admitted::Stored(Accepted::Refused) => BatchItemResult::new(
                 event_id,
                 "invalid",
                 vec![FieldError::new(format!("events[{i}]"), REFUSED)],
             ),
-            (accepted, ..) => BatchItemResult::new(event_id, accepted.as_str(), vec![]),
+            Admitted::Stored(accepted) => BatchItemResult::new(event_id, accepted.as_str(), vec![]),
         });
     }
     let results = results
@@ -292,7 +210,7 @@ pub async fn post_batch(
         (status = 503, description = "Postgres unavailable: nothing stored, retry", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn post_billabear_event(
-    state: web::Data<AppState>,
+    admission: web::Data<Admission>,
     keys: web::Data<crate::auth::ApiKeys>,
     req: actix_web::HttpRequest,
     body: web::Bytes,
@@ -301,13 +219,13 @@ pub async fn post_billabear_event(
     if !caller.is_some_and(|c| c.has(crate::auth::Scope::Events)) {
         return Ok(HttpResponse::Unauthorized().json(serde_json::json!([])));
     }
-    let billabear_errors = |errors: Vec<crate::domain::FieldError>| {
+    let billabear_errors = |errors: Vec<FieldError>| {
         let map: serde_json::Map<String, Value> =
             errors.into_iter().map(|e| (e.field, Value::String(e.message))).collect();
         HttpResponse::BadRequest().json(serde_json::json!({ "errors": map }))
     };
     let Ok(mut value) = serde_json::from_slice::<Value>(&body) else {
-        return Ok(billabear_errors(vec![crate::domain::FieldError::new("body", "must be JSON")]));
+        return Ok(billabear_errors(vec![FieldError::new("body", "must be JSON")]));
     };
     if let Err(error) = as_billabear_reads_it(&mut value) {
         return Ok(billabear_errors(vec![error]));
@@ -317,11 +235,11 @@ pub async fn post_billabear_event(
         Err(errors) => return Ok(billabear_errors(errors)),
     };
     let event_id = event.event_id.to_string();
-    match state.ingest.accept(vec![event]).await?.first() {
-        Some(Accepted::New | Accepted::Duplicate) => Ok(HttpResponse::Created().finish()),
-        Some(Accepted::Dead) => Err(dead(&event_id)),
-        Some(Accepted::Refused) => Ok(billabear_errors(vec![crate::domain::FieldError::new("body", REFUSED)])),
-        _ => Err(conflict(&event_id)),
+    match admission.event(event, false).await? {
+        Accepted::New | Accepted::Duplicate => Ok(HttpResponse::Created().finish()),
+        Accepted::Dead => Err(dead(&event_id)),
+        Accepted::Refused => Ok(billabear_errors(vec![FieldError::new("body", REFUSED)])),
+        Accepted::Conflict | Accepted::OverLimit => Err(conflict(&event_id)),
     }
 }
 
@@ -329,13 +247,13 @@ pub async fn post_billabear_event(
 /// its fields and is ignored (older SDKs and BillaBear's own tests send it beside
 /// `subscription`); `subscription` is required; `properties` may be a JSON array, which PHP
 /// decodes to the same array as an object keyed by index. Extra fields are ignored.
-fn as_billabear_reads_it(value: &mut Value) -> Result<(), crate::domain::FieldError> {
+fn as_billabear_reads_it(value: &mut Value) -> Result<(), FieldError> {
     let Some(object) = value.as_object_mut() else {
-        return Err(crate::domain::FieldError::new("body", "must be a JSON object"));
+        return Err(FieldError::new("body", "must be a JSON object"));
     };
     object.remove("customer");
     if object.get("subscription").is_none_or(Value::is_null) {
-        return Err(crate::domain::FieldError::new("subscription", "This value should not be blank."));
+        return Err(FieldError::new("subscription", "This value should not be blank."));
     }
     if let Some(Value::Array(items)) = object.get("properties") {
         let keyed = items.iter().enumerate().map(|(i, item)| (i.to_string(), item.clone())).collect();

@@ -1,20 +1,42 @@
 //! Routes about the service itself: metrics and "who am I".
 
+use std::time::Duration;
+
 use actix_web::{HttpResponse, web};
+use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
+use sqlx::PgPool;
 
 use crate::auth::{Caller, Scope};
-use crate::startup::AppState;
+use crate::memo::Memo;
+use crate::outbox::store::{self, Stats};
+
+/// How stale the outbox figures in `/metrics` may be: anyone may scrape, and each answer costs a
+/// count over the outbox.
+pub const OUTBOX_STATS_EVERY: Duration = Duration::from_secs(5);
+
+/// What `/metrics` renders: the recorder's handle, and the outbox's counts from Postgres.
+pub struct Exposition {
+    handle: PrometheusHandle,
+    pool: PgPool,
+    outbox_stats: Memo<Option<Stats>>,
+}
+
+impl Exposition {
+    pub fn new(handle: PrometheusHandle, pool: PgPool) -> Self {
+        Self { handle, pool, outbox_stats: Memo::new(OUTBOX_STATS_EVERY) }
+    }
+}
 
 /// Prometheus text exposition.
 #[utoipa::path(get, path = "/metrics", tag = "meta",
     responses((status = 200, description = "Prometheus metrics", content_type = "text/plain")))]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(exposition: web::Data<Exposition>) -> HttpResponse {
     // The queue's size comes from Postgres (shared by every replica), read at most every few
     // seconds however often this is scraped.
-    let stats = state
+    let stats = exposition
         .outbox_stats
-        .get(|| async { crate::outbox::store::stats(&state.pool).await.ok() }, Option::is_some)
+        .get(|| async { store::stats(&exposition.pool).await.ok() }, Option::is_some)
         .await;
     if let Some(stats) = stats {
         for (status, count) in
@@ -24,7 +46,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         }
         metrics::gauge!("usage_gate_outbox_oldest_pending_age_seconds").set(stats.oldest_pending_age_seconds);
     }
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.metrics.render())
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(exposition.handle.render())
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]

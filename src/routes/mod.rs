@@ -23,10 +23,10 @@ use actix_web::middleware::from_fn;
 use actix_web::{Resource, Route, web};
 
 use crate::auth::Scope;
-use auth::authorize;
 use crate::domain::CustomerId;
 use crate::error::ApiError;
 use crate::telemetry::RouteLabel;
+use auth::authorize;
 
 /// Registers every route. Health, metrics and docs are open; everything under `/v1` needs a key
 /// (webhooks carry their own secret). `metrics`: whether `/metrics` is served here.

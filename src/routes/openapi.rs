@@ -220,6 +220,7 @@ mod dump_tmp {
     #[test]
     #[ignore]
     fn dump_openapi() {
-        std::fs::write("/tmp/openapi_new.json", serde_json::to_string_pretty(&super::document()).unwrap()).unwrap();
+        std::fs::write("/tmp/openapi_new.json", serde_json::to_string_pretty(&super::document()).unwrap())
+            .unwrap();
     }
 }

@@ -2,16 +2,16 @@
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-
+use sqlx::PgPool;
 use tracing_actix_web::RequestId;
 
 use super::{actor, customer_id, next_cursor, page_cursor, page_limit};
-use crate::audit::Actor;
 use crate::auth::Caller;
-use crate::domain::CustomerId;
 use crate::error::ApiError;
-use crate::outbox::store::{self, OutboxEvent, Stats};
-use crate::startup::AppState;
+use crate::outbox::{
+    self,
+    store::{self, OutboxEvent, Stats},
+};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
@@ -43,10 +43,7 @@ fn customer(raw: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
 /// Outbox events in the order they were accepted, a page at a time.
 #[utoipa::path(get, path = "/v1/outbox", tag = "admin", security(("bearer" = [])), params(ListQuery),
     responses((status = 200, body = OutboxPage), (status = 400, body = crate::error::Problem, content_type = "application/problem+json")))]
-pub async fn list(
-    state: web::Data<AppState>,
-    query: web::Query<ListQuery>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn list(pool: web::Data<PgPool>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let status = match query.status.as_deref() {
         None => None,
         Some(s @ ("pending" | "delivered" | "dead")) => Some(s),
@@ -54,7 +51,8 @@ pub async fn list(
     };
     let limit = page_limit(query.limit)?;
     let after = page_cursor(query.cursor.as_deref())?;
-    let events = store::list(&state.pool, status, customer(query.customer.as_deref())?, after, limit).await?;
+    let events =
+        store::list(pool.get_ref(), status, customer(query.customer.as_deref())?, after, limit).await?;
     let next_cursor = next_cursor(events.len(), limit, events.last().map(|e| e.id));
     Ok(HttpResponse::Ok().json(OutboxPage { events, next_cursor }))
 }
@@ -70,30 +68,15 @@ pub struct Retried {
     params(("id" = i64, Path, description = "The outbox id (`id` in the list)")),
     responses((status = 200, body = Retried), (status = 404, description = "No dead event with this id", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_one(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id: i64 =
         path.parse().map_err(|_| ApiError::invalid_field("id", "must be an outbox id (integer)"))?;
-    let retried = retry_as(&state, &actor(&caller, &request_id), Some(id), None).await?;
+    let retried = outbox::retry_dead(&pool, &actor(&caller, &request_id), Some(id), None).await?;
     Ok(HttpResponse::Ok().json(Retried { retried }))
-}
-
-/// Puts dead events back in the queue for `actor` (the API and the console): the one with
-/// outbox id `id`, or every one (of `customer`'s). Audited as `outbox.retry` with the change.
-/// Retrying one that is not dead is a 404.
-pub(crate) async fn retry_as(
-    state: &AppState,
-    actor: &Actor,
-    id: Option<i64>,
-    customer: Option<CustomerId>,
-) -> Result<u64, ApiError> {
-    match (store::retry_dead(&state.pool, id, customer, actor).await?, id) {
-        (0, Some(id)) => Err(ApiError::NotFound(format!("no dead event with id {id}"))),
-        (retried, _) => Ok(retried),
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -107,18 +90,18 @@ pub struct RetryQuery {
 #[utoipa::path(post, path = "/v1/outbox/retry", tag = "admin", security(("bearer" = [])), params(RetryQuery),
     responses((status = 200, body = Retried)))]
 pub async fn retry_all(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     caller: Caller,
     request_id: RequestId,
     query: web::Query<RetryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let customer = query.customer.as_deref().map(|c| customer_id(c, "customer")).transpose()?;
-    let retried = retry_as(&state, &actor(&caller, &request_id), None, customer).await?;
+    let retried = outbox::retry_dead(&pool, &actor(&caller, &request_id), None, customer).await?;
     Ok(HttpResponse::Ok().json(Retried { retried }))
 }
 
 /// Counts by status and the age of the oldest pending event.
 #[utoipa::path(get, path = "/v1/outbox/stats", tag = "admin", security(("bearer" = [])), responses((status = 200, body = Stats)))]
-pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(store::stats(&state.pool).await?))
+pub async fn stats(pool: web::Data<PgPool>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(store::stats(pool.get_ref()).await?))
 }

@@ -6,20 +6,20 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use serde_json::Value;
+use sqlx::PgPool;
 use tracing_actix_web::RequestId;
 use uuid::Uuid;
 
 use super::{actor, customer_id};
+use crate::admission::Admission;
 use crate::auth::{Caller, Scope};
-use crate::check::{Decision, Enforcement};
-use crate::domain::{CustomerId, MetricCode};
-use crate::domain::FieldError;
+use crate::check::Decision;
+use crate::domain::{CustomerId, FieldError, MetricCode, Target};
 use crate::error::ApiError;
-use crate::domain::Target;
 use crate::outbox::IncomingEvent;
-use crate::projection::Projection;
+use crate::reservations::Holds;
 use crate::reservations::store::{self, Ask, Committed, Reservation};
-use crate::startup::AppState;
+use crate::subscriptions::Subscriptions;
 
 /// A hold's default lifetime, and the longest one may ask for.
 const DEFAULT_TTL: Duration = Duration::from_secs(60);
@@ -125,7 +125,7 @@ fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
         (status = 503, description = "Postgres unavailable: nothing held", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
-    state: web::Data<AppState>,
+    admission: web::Data<Admission>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
@@ -134,36 +134,7 @@ pub async fn create(
     require(&caller, Scope::Events)?;
     let customer = customer_id(&path, "customer_id")?;
     let HoldRequest { ask, ttl } = parse_hold(&body).map_err(ApiError::invalid_fields)?;
-    let actor = actor(&caller, &request_id);
-    let checker = &state.checker;
-    let (reservation, decision) = match checker.enforcement(customer).await {
-        Enforcement::Gate { gate, lookup } => {
-            let created = store::create(&state.pool, &gate, &ask, ttl, &actor, checker.policy()).await?;
-            let judged = created.judged;
-            let Some(reservation) = created.reservation else {
-                let decision = checker.explain_judged(customer, lookup, &judged);
-                return Err(ApiError::UsageLimitExceeded(Box::new(decision)));
-            };
-            let with_hold = Projection {
-                reserved: judged.projection.reserved.saturating_add(reservation.amount),
-                ..judged.projection
-            };
-            (reservation, checker.explain_with(customer, None, lookup, with_hold))
-        }
-        Enforcement::Decided(decision) if !decision.allowed => {
-            return Err(ApiError::UsageLimitExceeded(Box::new(decision)));
-        }
-        // Unknown to BillaBear, or BillaBear unreachable with nothing cached, and the policy
-        // allows: held as asked (an event's price is unknown: 0), the decision says why.
-        Enforcement::Decided(decision) => {
-            let amount = match &ask {
-                Ask::Amount(amount) => *amount,
-                Ask::Event { .. } => 0,
-            };
-            (store::grant(&state.pool, customer, amount, &ask, ttl, &actor).await?, decision)
-        }
-    };
-    checker.holds.reload(customer).await;
+    let (reservation, decision) = admission.hold(customer, &ask, ttl, &actor(&caller, &request_id)).await?;
     Ok(HttpResponse::Created().json(Granted {
         id: reservation.id,
         customer_id: reservation.customer_id,
@@ -210,7 +181,9 @@ pub struct CommitResult {
         (status = 422, description = "An event is for another customer than the reservation's: nothing stored", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn commit(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
+    holds: web::Data<Holds>,
+    subscriptions: web::Data<Subscriptions>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
@@ -238,15 +211,15 @@ pub async fn commit(
         return Err(ApiError::invalid_fields(errors));
     }
     let not_found = || ApiError::NotFound(format!("no open or expired reservation {id}"));
-    let Some(reservation) = store::find(&state.pool, id).await? else { return Err(not_found()) };
+    let Some(reservation) = store::find(pool.get_ref(), id).await? else { return Err(not_found()) };
     let owner = CustomerId::from(reservation.customer_id);
-    let foreign = foreign_events(&state, &events, owner);
+    let foreign = foreign_events(&subscriptions, &events, owner);
     if !foreign.is_empty() {
         return Err(ApiError::unprocessable(foreign));
     }
-    match store::commit(&state.pool, id, &events, &actor(&caller, &request_id)).await? {
+    match store::commit(pool.get_ref(), id, &events, &actor(&caller, &request_id)).await? {
         Committed::Done { reservation, outcomes, expired } => {
-            state.checker.holds.reload(owner).await;
+            holds.reload(owner).await;
             Ok(HttpResponse::Ok().json(CommitAnswer {
                 reservation_id: reservation.id,
                 customer_id: reservation.customer_id,
@@ -269,7 +242,11 @@ pub async fn commit(
 }
 
 /// The events that are not the customer's (or whose subscription usage-gate cannot tell is).
-fn foreign_events(state: &AppState, events: &[IncomingEvent], owner: CustomerId) -> Vec<FieldError> {
+fn foreign_events(
+    subscriptions: &Subscriptions,
+    events: &[IncomingEvent],
+    owner: CustomerId,
+) -> Vec<FieldError> {
     let field = |target: Target| match target {
         Target::Customer(_) => ("customer", format!("is not the reservation's customer ({owner})")),
         Target::Subscription(_) => (
@@ -282,7 +259,7 @@ fn foreign_events(state: &AppState, events: &[IncomingEvent], owner: CustomerId)
     events
         .iter()
         .enumerate()
-        .filter(|(_, event)| event.target.customer(|s| state.subscriptions.owner(s)) != Some(owner))
+        .filter(|(_, event)| event.target.customer(|s| subscriptions.owner(s)) != Some(owner))
         .map(|(i, event)| {
             let (name, message) = field(event.target);
             FieldError::new(format!("events[{i}].{name}"), message)
@@ -299,15 +276,16 @@ fn foreign_events(state: &AppState, events: &[IncomingEvent], owner: CustomerId)
         (status = 404, description = "No open reservation with this id", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn release(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
+    holds: web::Data<Holds>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = reservation_id(&path)?;
-    match store::release(&state.pool, id, &actor(&caller, &request_id)).await? {
+    match store::release(pool.get_ref(), id, &actor(&caller, &request_id)).await? {
         Some(reservation) => {
-            state.checker.holds.reload(CustomerId::from(reservation.customer_id)).await;
+            holds.reload(CustomerId::from(reservation.customer_id)).await;
             Ok(HttpResponse::NoContent().finish())
         }
         None => Err(ApiError::NotFound(format!("no open reservation {id} (unknown, or already closed)"))),
@@ -325,13 +303,13 @@ pub struct ReservationList {
     params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
     responses((status = 200, body = ReservationList)))]
 pub async fn list(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<web::Json<ReservationList>, ApiError> {
     require(&caller, Scope::Admin)?;
     let customer = customer_id(&path, "customer_id")?;
-    Ok(web::Json(ReservationList { reservations: store::list_open(&state.pool, customer).await? }))
+    Ok(web::Json(ReservationList { reservations: store::list_open(pool.get_ref(), customer).await? }))
 }
 
 #[cfg(test)]

@@ -4,8 +4,8 @@
 
 use std::borrow::Cow;
 
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::{PartialSchema, ToSchema};
 
 use crate::auth::Scope;
@@ -13,13 +13,9 @@ use crate::domain::{FieldError, LimitAction};
 use crate::policy::Status;
 use crate::snapshot::Source;
 
-/// A string enum's schema: its wire names, in order.
-fn string_enum<'a>(names: impl IntoIterator<Item = &'a str>, description: &str) -> RefOr<Schema> {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .enum_values(Some(names))
-        .description(Some(description))
-        .into()
+/// A string enum's schema: its wire names, in order, and the type's doc line.
+fn string_enum<'a>(names: impl IntoIterator<Item = &'a str>, description: Option<&str>) -> RefOr<Schema> {
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(names)).description(description).into()
 }
 
 /// Implements `ToSchema` under the type's own name, with `$schema` as its schema.
@@ -39,17 +35,15 @@ macro_rules! schema {
     };
 }
 
-schema!(
-    Status,
-    "Status",
-    string_enum(Status::ALL.map(Status::as_str), "ok, warning (allowed, worth telling), blocked, unknown")
-);
+schema!(Status, "Status", string_enum(Status::ALL.map(Status::as_str), None));
 schema!(
     LimitAction,
     "LimitAction",
     string_enum(
         [LimitAction::Warning, LimitAction::Disable].map(|a| a.as_str()),
-        "What a usage limit does when the estimate goes over it"
+        Some(
+            "What a usage limit does when the estimate goes over it. BillaBear's API names are the wire form."
+        )
     )
 );
 schema!(
@@ -57,18 +51,25 @@ schema!(
     "Source",
     string_enum(
         [Source::Cache, Source::Upstream, Source::Stale, Source::Fallback].map(Source::as_str),
-        "Where an answer's data came from"
+        Some("Where an answer's data came from.")
     )
 );
 schema!(
     FieldError,
     "FieldError",
     ObjectBuilder::new()
-        .description(Some("A field that failed validation, with a message for a human"))
+        .description(Some("A field that failed validation, with a message for a human."))
         .property("field", ObjectBuilder::new().schema_type(Type::String))
         .required("field")
         .property("message", ObjectBuilder::new().schema_type(Type::String))
         .required("message")
         .into()
 );
-schema!(Scope, "Scope", string_enum(Scope::ALL.map(|s| s.as_str()), "What an API key may do"));
+schema!(
+    Scope,
+    "Scope",
+    string_enum(
+        Scope::ALL.map(|s| s.as_str()),
+        Some("What a key may do. Health, metrics and docs need none.")
+    )
+);

@@ -4,6 +4,7 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::PgPool;
 use tracing_actix_web::RequestId;
 use uuid::Uuid;
 
@@ -11,7 +12,6 @@ use super::{actor, page_limit};
 use crate::auth::Caller;
 use crate::domain::FieldError;
 use crate::error::ApiError;
-use crate::startup::AppState;
 use crate::webhooks::store::{self, Endpoint, Message, NewEndpoint};
 use crate::webhooks::{self, EventType};
 
@@ -118,14 +118,14 @@ pub struct Created {
         (status = 422, description = "Invalid: every invalid field is named", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     caller: Caller,
     request_id: RequestId,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let new = parse_endpoint(&body).map_err(ApiError::unprocessable)?;
     let secret = new_secret()?;
-    let endpoint = store::create(&state.pool, &new, &secret, &actor(&caller, &request_id)).await?;
+    let endpoint = store::create(pool.get_ref(), &new, &secret, &actor(&caller, &request_id)).await?;
     Ok(HttpResponse::Created().json(Created { endpoint, secret }))
 }
 
@@ -137,19 +137,16 @@ pub struct EndpointList {
 
 #[utoipa::path(get, path = "/v1/webhook-endpoints", tag = "webhook-endpoints", security(("bearer" = [])),
     responses((status = 200, body = EndpointList)))]
-pub async fn list(state: web::Data<AppState>) -> Result<web::Json<EndpointList>, ApiError> {
-    Ok(web::Json(EndpointList { endpoints: store::list(&state.pool).await? }))
+pub async fn list(pool: web::Data<PgPool>) -> Result<web::Json<EndpointList>, ApiError> {
+    Ok(web::Json(EndpointList { endpoints: store::list(pool.get_ref()).await? }))
 }
 
 #[utoipa::path(get, path = "/v1/webhook-endpoints/{endpoint_id}", tag = "webhook-endpoints", security(("bearer" = [])),
     params(("endpoint_id" = uuid::Uuid, Path)),
     responses((status = 200, body = Endpoint), (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
-pub async fn show(
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<web::Json<Endpoint>, ApiError> {
+pub async fn show(pool: web::Data<PgPool>, path: web::Path<String>) -> Result<web::Json<Endpoint>, ApiError> {
     let id = endpoint_id(&path)?;
-    store::find(&state.pool, id).await?.map(web::Json).ok_or_else(|| no_endpoint(id))
+    store::find(pool.get_ref(), id).await?.map(web::Json).ok_or_else(|| no_endpoint(id))
 }
 
 /// Deletes the endpoint and its messages (none is sent after).
@@ -157,13 +154,13 @@ pub async fn show(
     params(("endpoint_id" = uuid::Uuid, Path)),
     responses((status = 204, description = "Deleted"), (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn delete(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = endpoint_id(&path)?;
-    match store::delete(&state.pool, id, &actor(&caller, &request_id)).await? {
+    match store::delete(pool.get_ref(), id, &actor(&caller, &request_id)).await? {
         true => Ok(HttpResponse::NoContent().finish()),
         false => Err(no_endpoint(id)),
     }
@@ -180,14 +177,14 @@ pub struct Rotated {
     params(("endpoint_id" = uuid::Uuid, Path)),
     responses((status = 200, body = Rotated), (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn rotate_secret(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<web::Json<Rotated>, ApiError> {
     let id = endpoint_id(&path)?;
     let secret = new_secret()?;
-    store::rotate(&state.pool, id, &secret, &actor(&caller, &request_id))
+    store::rotate(pool.get_ref(), id, &secret, &actor(&caller, &request_id))
         .await?
         .ok_or_else(|| no_endpoint(id))?;
     Ok(web::Json(Rotated { secret }))
@@ -198,13 +195,13 @@ pub async fn rotate_secret(
     params(("endpoint_id" = uuid::Uuid, Path)),
     responses((status = 200, body = Endpoint), (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn enable(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<web::Json<Endpoint>, ApiError> {
     let id = endpoint_id(&path)?;
-    let endpoint = store::enable(&state.pool, id, &actor(&caller, &request_id)).await?;
+    let endpoint = store::enable(pool.get_ref(), id, &actor(&caller, &request_id)).await?;
     endpoint.map(web::Json).ok_or_else(|| no_endpoint(id))
 }
 
@@ -227,7 +224,7 @@ pub struct MessageList {
     params(("endpoint_id" = uuid::Uuid, Path), MessagesQuery),
     responses((status = 200, body = MessageList), (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn messages(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     path: web::Path<String>,
     query: web::Query<MessagesQuery>,
 ) -> Result<web::Json<MessageList>, ApiError> {
@@ -238,10 +235,10 @@ pub async fn messages(
         Some(_) => return Err(ApiError::invalid_field("status", "must be pending, delivered or failed")),
     };
     let limit = page_limit(query.limit)?;
-    if store::find(&state.pool, id).await?.is_none() {
+    if store::find(pool.get_ref(), id).await?.is_none() {
         return Err(no_endpoint(id));
     }
-    Ok(web::Json(MessageList { messages: store::messages(&state.pool, id, status, limit).await? }))
+    Ok(web::Json(MessageList { messages: store::messages(pool.get_ref(), id, status, limit).await? }))
 }
 
 /// Sends the message again (same `webhook-id`), due now, with a fresh retry schedule.
@@ -249,14 +246,14 @@ pub async fn messages(
     params(("endpoint_id" = uuid::Uuid, Path), ("message_id" = String, Path)),
     responses((status = 202, description = "Queued"), (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn resend(
-    state: web::Data<AppState>,
+    pool: web::Data<PgPool>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let id = endpoint_id(&path.0)?;
     let message = &path.1;
-    match store::resend(&state.pool, id, message, &actor(&caller, &request_id)).await? {
+    match store::resend(pool.get_ref(), id, message, &actor(&caller, &request_id)).await? {
         true => Ok(HttpResponse::Accepted().finish()),
         false => Err(ApiError::NotFound(format!("no message {message} for webhook endpoint {id}"))),
     }

@@ -9,14 +9,17 @@ use actix_web::{HttpResponse, web};
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
+use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 use tracing_actix_web::RequestId;
 
 use crate::audit::{self, Entry, Outcome};
 use crate::auth::digest;
+use crate::config::Settings;
 use crate::domain::CustomerId;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::invalidation::Invalidation;
+use crate::subscriptions::Subscriptions;
 
 /// `usage_warning_triggered` names no customer (API.md §6.4): BillaBear checks limits for
 /// customers with events in the last minute or so, so those delivered within this window are
@@ -59,12 +62,15 @@ pub fn parse(body: &Value) -> Result<(String, Webhook), String> {
         (status = 404, description = "Wrong secret, or webhooks are off", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn billabear(
-    state: web::Data<AppState>,
+    settings: web::Data<Settings>,
+    pool: web::Data<PgPool>,
+    invalidation: web::Data<Invalidation>,
+    subscriptions: web::Data<Subscriptions>,
     request_id: RequestId,
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
-    let expected = state.settings.webhooks.secret.as_ref().map(|s| digest(s.expose_secret().as_bytes()));
+    let expected = settings.webhooks.secret.as_ref().map(|s| digest(s.expose_secret().as_bytes()));
     if !expected.is_some_and(|e| bool::from(e.ct_eq(&digest(path.as_bytes())))) {
         return Err(ApiError::NotFound("no such route".into()));
     }
@@ -83,7 +89,7 @@ pub async fn billabear(
         Err(message) => {
             entry.outcome = Outcome::Rejected;
             entry.details["error"] = json!(message);
-            audit::record(&state.pool, &entry).await?;
+            audit::record(&pool, &entry).await?;
             let (field, message) = message.split_once(": ").unwrap_or(("body", &message));
             return Err(ApiError::invalid_field(field, message));
         }
@@ -99,19 +105,18 @@ pub async fn billabear(
     }
     // Acted on first: BillaBear never resends a webhook, so a refetch is not held back by the
     // audit log. Postgres failing here is still a 503 (the record is missing).
-    let pool = state.pool.clone();
-    let state = state.into_inner();
+    let invalidation = invalidation.into_inner();
     match webhook {
         Webhook::CustomerChanged(customer) => {
-            actix_web::rt::spawn(async move { state.customer_changed(customer).await });
+            actix_web::rt::spawn(async move { invalidation.customer_changed(customer).await });
         }
         Webhook::UsageWarning => {
-            let customers = recent_customers(&state).await?;
+            let customers = recent_customers(&pool, &subscriptions).await?;
             actix_web::rt::spawn(async move {
                 futures_util::stream::iter(customers)
                     .for_each_concurrent(16, |customer| {
-                        let state = state.clone();
-                        async move { state.customer_changed(customer).await }
+                        let invalidation = invalidation.clone();
+                        async move { invalidation.customer_changed(customer).await }
                     })
                     .await;
             });
@@ -124,7 +129,7 @@ pub async fn billabear(
 
 /// Customers whose events were delivered within [`RECENT`]: those sent with `customer`, and the
 /// owners of subscriptions usage-gate has seen listed.
-async fn recent_customers(state: &AppState) -> Result<Vec<CustomerId>, ApiError> {
+async fn recent_customers(pool: &PgPool, subscriptions: &Subscriptions) -> Result<Vec<CustomerId>, ApiError> {
     let rows: Vec<(Option<uuid::Uuid>, Option<uuid::Uuid>)> = sqlx::query_as(
         "SELECT DISTINCT customer_id, subscription_id FROM outbox
          WHERE status = 'delivered' AND delivered_at > now() - make_interval(secs => $1)
@@ -132,11 +137,11 @@ async fn recent_customers(state: &AppState) -> Result<Vec<CustomerId>, ApiError>
     )
     .bind(RECENT.as_secs_f64())
     .bind(MAX_RECENT)
-    .fetch_all(&state.pool)
+    .fetch_all(pool)
     .await?;
     let mut customers: Vec<CustomerId> = rows
         .into_iter()
-        .filter_map(|(customer, subscription)| state.subscriptions.customer_of_event(customer, subscription))
+        .filter_map(|(customer, subscription)| subscriptions.customer_of_event(customer, subscription))
         .collect();
     customers.sort_unstable_by_key(|c| c.as_uuid());
     customers.dedup();

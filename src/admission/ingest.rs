@@ -23,11 +23,11 @@ use std::time::Duration;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::event::IncomingEvent;
-use super::store::{self, Accepted};
 use crate::db::{FailureKind, StorageError};
 use crate::enforce::Gate;
 use crate::enforce::store::{self as enforce, Outcome};
+use crate::outbox::IncomingEvent;
+use crate::outbox::store::{self, Accepted};
 use crate::policy::PolicySettings;
 
 type Reply = oneshot::Sender<Result<Vec<Outcome>, StorageError>>;
