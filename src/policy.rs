@@ -496,7 +496,7 @@ mod tests {
     #[test]
     fn unknown_customers_follow_the_unknown_customer_setting() {
         let deny = PolicySettings::default();
-        let allow = PolicySettings { unknown_customer: UnknownCustomer::Allow, ..deny.clone() };
+        let allow = PolicySettings { unknown_customer: UnknownCustomer::Allow, ..deny };
         for (settings, allowed) in [(deny, false), (allow, true)] {
             let v = unknown_customer(None, &settings);
             assert_eq!((v.allowed, v.status), (allowed, Status::Unknown));
@@ -507,7 +507,7 @@ mod tests {
     #[test]
     fn fallback_follows_the_fail_mode() {
         let open = PolicySettings::default();
-        let closed = PolicySettings { fail_mode: FailMode::Closed, ..open.clone() };
+        let closed = PolicySettings { fail_mode: FailMode::Closed, ..open };
         for (settings, allowed) in [(open, true), (closed, false)] {
             for why in [UpstreamUnavailable, UpstreamBudgetExhausted] {
                 let v = upstream_unavailable(why, None, &settings);

@@ -27,7 +27,7 @@ use crate::reservations::{self, Holds};
 use crate::routes::meta::Exposition;
 use crate::subscriptions::Subscriptions;
 use crate::transitions::{self, Transitions, Watch};
-use crate::{console, db, routes, telemetry, webhooks};
+use crate::{console, db, routes, shutdown, telemetry, webhooks};
 
 /// How many fetched snapshots may wait for the transition watcher; beyond it they are dropped
 /// (and counted), never holding up a fetch.
@@ -218,7 +218,7 @@ impl Application {
     /// Serves until SIGTERM or Ctrl-C, then lets in-flight requests and deliveries finish;
     /// events not yet delivered stay pending for the next start (or another replica).
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
+        self.run_until(shutdown::signal()).await
     }
 
     /// As [`Application::run_until_stopped`], stopping when `stop` resolves instead of on a signal.
@@ -269,26 +269,4 @@ fn metrics_server(
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
 }

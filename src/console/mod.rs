@@ -657,7 +657,7 @@ async fn outbox_page(
     query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ConsoleError> {
     let status = match query.get("status").map(String::as_str) {
-        None | Some("") | Some("dead") => "dead",
+        None | Some("" | "dead") => "dead",
         Some("pending") => "pending",
         Some(_) => return Err(ApiError::invalid_field("status", "must be dead or pending").into()),
     };

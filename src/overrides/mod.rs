@@ -204,7 +204,7 @@ pub fn parse_new(body: &Value, now: DateTime<Utc>) -> Result<NewOverride, Vec<Fi
         },
     };
     let effect = match field("effect").and_then(Value::as_str) {
-        Some("allow") | Some("block") if field("amount").is_some() => {
+        Some("allow" | "block") if field("amount").is_some() => {
             errors.push(FieldError::new("amount", "only for effect \"raise\""));
             None
         }

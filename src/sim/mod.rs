@@ -329,7 +329,7 @@ impl SimServer {
 
     /// Serves until Ctrl-C or SIGTERM.
     pub async fn run_until_signal(self) -> anyhow::Result<()> {
-        crate::startup::shutdown_signal().await;
+        crate::shutdown::signal().await;
         self.handle.stop(true).await;
         Ok(())
     }

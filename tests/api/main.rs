@@ -11,6 +11,7 @@ mod crash;
 mod enforce;
 mod events;
 mod helpers;
+mod layers;
 mod outbox;
 mod overrides;
 mod pending;
