@@ -325,7 +325,7 @@ impl FieldError {
 
 /// Who a usage event is for: BillaBear's subscription id, or a customer whose active usage
 /// subscription for the event's `code` is looked up at delivery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Target {
     Subscription(SubscriptionId),
     Customer(CustomerId),

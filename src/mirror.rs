@@ -1,9 +1,13 @@
-//! A replica's mirror of what Postgres holds per customer (the open holds, the open overrides),
-//! for checks that must not wait for Postgres: loaded in full whenever listening (re)starts,
-//! reloaded for the customers each notification names ([`db::follow`]), and, if asked, telling
-//! each change to whoever audits what it changes.
+//! A replica's mirror of what Postgres holds per key (the pending usage per target, the open
+//! holds and overrides per customer), for checks that must not wait for Postgres: loaded in full
+//! whenever listening (re)starts, reloaded for the keys each notification names ([`db::follow`]),
+//! and, if asked, telling each change to whoever audits what it changes.
+//!
+//! Also [`Started`]: what every service that follows Postgres hands back when it starts.
 
 use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -16,125 +20,164 @@ use tokio::sync::{mpsc, watch};
 use crate::db;
 use crate::domain::CustomerId;
 
-/// Reads what Postgres holds for `customers` (for every customer that has any when None).
-pub type Loader<V> = for<'a> fn(
-    &'a PgPool,
-    Option<&'a [CustomerId]>,
-) -> BoxFuture<'a, Result<HashMap<CustomerId, V>, sqlx::Error>>;
+/// What a mirror is keyed by.
+pub trait Key: Copy + Eq + Hash + Ord + Debug + Send + Sync + 'static {
+    /// Kinds of keys counted apart (at most [`KINDS`]): a lookup of a kind the mirror holds none
+    /// of is one atomic load (the pending ledger often holds only one kind of target).
+    fn kind(&self) -> usize {
+        0
+    }
 
-/// A customer's entry changed in this replica's mirror.
+    /// The keys the notifications' payloads name, sorted and once each.
+    fn notified(payloads: &[String]) -> Vec<Self>;
+}
+
+/// How many kinds of keys a mirror counts apart.
+pub const KINDS: usize = 2;
+
+impl Key for CustomerId {
+    fn notified(payloads: &[String]) -> Vec<Self> {
+        db::notified_customers(payloads)
+    }
+}
+
+/// Reads what Postgres holds for `keys` (for every key that has any when None).
+pub type Loader<K, V> =
+    for<'a> fn(&'a PgPool, Option<&'a [K]>) -> BoxFuture<'a, Result<HashMap<K, V>, sqlx::Error>>;
+
+/// A key's entry changed in this replica's mirror.
 #[derive(Debug, Clone, Copy)]
-pub struct Change<V> {
-    pub customer: CustomerId,
+pub struct Change<K, V> {
+    pub key: K,
     pub before: Option<V>,
     pub after: Option<V>,
 }
 
-/// Cheap to clone; clones share one mirror.
-pub struct Mirror<V> {
-    inner: Arc<Inner<V>>,
+/// What a service that follows Postgres started: the service, what it tells of its changes (if
+/// anything), the tasks that stop with the application, and whether it is loaded and following
+/// yet.
+pub struct Started<T, C = ()> {
+    pub service: T,
+    pub changes: C,
+    pub tasks: Vec<tokio::task::AbortHandle>,
+    pub listening: watch::Receiver<bool>,
 }
 
-impl<V> Clone for Mirror<V> {
+/// Cheap to clone; clones share one mirror.
+pub struct Mirror<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Clone for Mirror<K, V> {
     fn clone(&self) -> Self {
         Self { inner: self.inner.clone() }
     }
 }
 
-struct Inner<V> {
+struct Inner<K, V> {
     pool: PgPool,
-    load: Loader<V>,
+    load: Loader<K, V>,
     /// What is mirrored, for the log.
     what: &'static str,
-    entries: DashMap<CustomerId, V, foldhash::fast::RandomState>,
-    /// Customers in `entries`: a lookup is one atomic load while there are none.
-    customers: AtomicUsize,
+    /// foldhash, not the default SipHash: every warm check looks a few keys up here.
+    entries: DashMap<K, V, foldhash::fast::RandomState>,
+    /// Keys in `entries`, per kind (changed only under `reloading`).
+    counts: [AtomicUsize; KINDS],
     /// One reload at a time, so a read that began earlier never overwrites a later one.
     reloading: tokio::sync::Mutex<()>,
-    changes: Option<mpsc::Sender<Change<V>>>,
+    changes: Option<mpsc::Sender<Change<K, V>>>,
 }
 
-/// What [`Mirror::start`] started.
-pub struct Started<V> {
-    pub mirror: Mirror<V>,
-    /// Stops following.
-    pub task: tokio::task::AbortHandle,
-    /// True once the mirror is loaded and kept up to date.
-    pub listening: watch::Receiver<bool>,
-}
-
-impl<V: Clone + PartialEq + Send + Sync + 'static> Mirror<V> {
-    /// Starts following `channel` (whose payloads list customer ids: the `notify_customers`
-    /// trigger's); `changes`, if given, is told of every change (dropped, and counted, if it
-    /// does not keep up).
+impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
+    /// Starts following `channel` (whose payloads name keys, see [`Key::notified`]); `changes`,
+    /// if given, is told of every change after the first load (dropped, and counted, if it does
+    /// not keep up).
     pub fn start(
         pool: PgPool,
         channel: &'static str,
         what: &'static str,
-        load: Loader<V>,
-        changes: Option<mpsc::Sender<Change<V>>>,
-    ) -> Started<V> {
+        load: Loader<K, V>,
+        changes: Option<mpsc::Sender<Change<K, V>>>,
+    ) -> Started<Self> {
         let inner = Arc::new(Inner {
             pool: pool.clone(),
             load,
             what,
             entries: DashMap::default(),
-            customers: AtomicUsize::new(0),
+            counts: Default::default(),
             reloading: tokio::sync::Mutex::new(()),
             changes,
         });
         let (ready, listening) = watch::channel(false);
         let task = tokio::spawn(db::follow(pool, channel, inner.clone(), ready)).abort_handle();
-        Started { mirror: Self { inner }, task, listening }
+        Started { service: Self { inner }, changes: (), tasks: vec![task], listening }
     }
 
-    /// `read` of the customer's entry, if it has one.
-    pub fn with<T>(&self, customer: CustomerId, read: impl FnOnce(&V) -> T) -> Option<T> {
-        if self.inner.customers.load(Ordering::Relaxed) == 0 {
+    /// Whether the mirror holds any key of `kind`.
+    pub fn any(&self, kind: usize) -> bool {
+        self.inner.counts[kind].load(Ordering::Relaxed) > 0
+    }
+
+    /// `read` of the key's entry, if it has one.
+    pub fn with<T>(&self, key: K, read: impl FnOnce(&V) -> T) -> Option<T> {
+        if !self.any(key.kind()) {
             return None;
         }
-        self.inner.entries.get(&customer).map(|entry| read(&entry))
+        self.inner.entries.get(&key).map(|entry| read(&entry))
     }
 
-    /// Reads the customer's entry now, after a change this replica made: its next check sees it
+    /// Reads the key's entry now, after a change this replica made: its next check sees it
     /// without waiting for the notification (other replicas get that within milliseconds). A
     /// failure is only logged: the notification still comes.
-    pub async fn reload(&self, customer: CustomerId) {
-        if let Err(e) = self.inner.reload(Some(&[customer])).await {
-            tracing::warn!(%customer, error = %e, what = self.inner.what, "cannot reload a customer's mirror");
+    pub async fn reload(&self, key: K) {
+        if let Err(e) = self.reload_keys(&[key]).await {
+            tracing::warn!(?key, error = %e, what = self.inner.what, "cannot reload a mirrored entry");
         }
+    }
+
+    /// Reads the keys' entries now, telling of each change.
+    pub async fn reload_keys(&self, keys: &[K]) -> Result<(), sqlx::Error> {
+        self.inner.reload(Some(keys), true).await
     }
 }
 
-impl<V: Clone + PartialEq + Send + Sync + 'static> Inner<V> {
-    /// Replaces the mirror of `customers` (all when None) with what Postgres holds now.
-    async fn reload(&self, customers: Option<&[CustomerId]>) -> Result<(), sqlx::Error> {
+impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Inner<K, V> {
+    /// Replaces the mirror of `keys` (all when None) with what Postgres holds now, telling of
+    /// each change if `announce`.
+    async fn reload(&self, keys: Option<&[K]>, announce: bool) -> Result<(), sqlx::Error> {
         let _one_at_a_time = self.reloading.lock().await;
-        let mut loaded = (self.load)(&self.pool, customers).await?;
-        let concerned: Vec<CustomerId> = match customers {
-            Some(customers) => customers.to_vec(),
+        let mut loaded = (self.load)(&self.pool, keys).await?;
+        let concerned: Vec<K> = match keys {
+            Some(keys) => keys.to_vec(),
             None => {
-                let mut all: Vec<CustomerId> =
+                let mut all: Vec<K> =
                     self.entries.iter().map(|e| *e.key()).chain(loaded.keys().copied()).collect();
                 all.sort_unstable();
                 all.dedup();
                 all
             }
         };
-        for customer in concerned {
-            let after = loaded.remove(&customer);
+        for key in concerned {
+            let after = loaded.remove(&key);
+            if after.is_some()
+                && self.entries.get(&key).is_some_and(|current| Some(&*current) == after.as_ref())
+            {
+                continue;
+            }
             let before = match &after {
-                Some(after) => self.entries.insert(customer, after.clone()),
-                None => self.entries.remove(&customer).map(|(_, entry)| entry),
+                Some(after) => self.entries.insert(key, after.clone()),
+                None => self.entries.remove(&key).map(|(_, entry)| entry),
             };
+            let count = &self.counts[key.kind()];
             match (before.is_some(), after.is_some()) {
-                (false, true) => self.customers.fetch_add(1, Ordering::Relaxed),
-                (true, false) => self.customers.fetch_sub(1, Ordering::Relaxed),
+                (false, true) => count.fetch_add(1, Ordering::Relaxed),
+                (true, false) => count.fetch_sub(1, Ordering::Relaxed),
                 _ => 0,
             };
             if let Some(changes) = &self.changes
+                && announce
                 && before != after
-                && changes.try_send(Change { customer, before, after }).is_err()
+                && changes.try_send(Change { key, before, after }).is_err()
             {
                 metrics::counter!("usage_gate_mirror_changes_dropped_total", "what" => self.what)
                     .increment(1);
@@ -144,13 +187,16 @@ impl<V: Clone + PartialEq + Send + Sync + 'static> Inner<V> {
     }
 }
 
-impl<V: Clone + PartialEq + Send + Sync + 'static> db::Follower for Inner<V> {
-    fn reload_all(&self, _first: bool) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        self.reload(None).boxed()
+/// Keeps the mirror equal to Postgres (`db::follow`): a full reload whenever listening
+/// (re)starts, then a reload of the keys each batch of notifications names.
+impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> db::Follower for Inner<K, V> {
+    fn reload_all(&self, first: bool) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        // The first load holds nothing a cached decision was made with: no change to tell of.
+        self.reload(None, !first).boxed()
     }
 
     fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        let customers = db::notified_customers(&payloads);
-        async move { Inner::reload(self, Some(&customers)).await }.boxed()
+        let keys = K::notified(&payloads);
+        async move { Inner::reload(self, Some(&keys), true).await }.boxed()
     }
 }

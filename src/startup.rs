@@ -20,10 +20,11 @@ use crate::error::{self, ApiError};
 use crate::health::Health;
 use crate::invalidation::Invalidation;
 use crate::limits::Limits;
+use crate::mirror::Started;
 use crate::outbox::forwarder::{self, ForwarderHandle};
-use crate::overrides::{self, Overrides};
-use crate::pending::{self, LedgerFetch, Pending};
-use crate::reservations::{self, Holds};
+use crate::overrides::Overrides;
+use crate::pending::{LedgerFetch, Pending};
+use crate::reservations::Holds;
 use crate::routes::meta::Exposition;
 use crate::subscriptions::Subscriptions;
 use crate::transitions::{self, Transitions, Watch};
@@ -86,19 +87,19 @@ impl Application {
         // installed stays a no-op for good.
         let metrics = telemetry::metrics_handle();
         let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
-        let pending::Started {
-            pending,
+        let Started {
+            service: pending,
             changes: pending_changes,
             tasks: pending_tasks,
             listening: pending_listening,
         } = Pending::start(pool.clone(), settings.pending.clone());
-        let overrides::Started {
-            overrides,
+        let Started {
+            service: overrides,
             changes: override_changes,
             tasks: override_tasks,
             listening: overrides_listening,
         } = Overrides::start(pool.clone());
-        let reservations::Started { holds, tasks: holds_tasks, listening: holds_listening } =
+        let Started { service: holds, tasks: holds_tasks, listening: holds_listening, .. } =
             Holds::start(pool.clone());
         let (fetched, fetches) = tokio::sync::mpsc::channel(FETCHED_QUEUE);
         let source = LedgerFetch {

@@ -82,7 +82,7 @@ impl Watch {
         cache: &SnapshotCache,
         subscriptions: &Subscriptions,
     ) {
-        let pending::Changed { target, before } = changed;
+        let pending::Changed { key: target, before, .. } = changed;
         let customer = match target {
             Target::Customer(customer) => Some(customer),
             Target::Subscription(subscription) => subscriptions.owner(subscription),
@@ -104,7 +104,7 @@ impl Watch {
     /// A customer's override was created, ended or expired. `before` is judged as if still in
     /// force: an expired override is told here when it is closed.
     fn override_changed(&self, changed: overrides::Changed, cache: &SnapshotCache) {
-        let overrides::Changed { customer, before, after } = changed;
+        let overrides::Changed { key: customer, before, after } = changed;
         let Some(snapshot) = cache.cached(customer).and_then(|lookup| lookup.snapshot) else { return };
         let marked = self.mark(customer, &snapshot, before.as_ref());
         self.tell(customer, marked, snapshot, Source::Cache, after.as_ref(), now_ms());

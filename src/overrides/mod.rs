@@ -19,13 +19,13 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::audit::Actor;
 use crate::db::{self, StorageError};
 use crate::domain::{CustomerId, FieldError, Timestamp};
-use crate::mirror::{self, Mirror};
+use crate::mirror::{self, Mirror, Started};
 use crate::policy::Effect;
 use store::{NewOverride, OverrideRecord};
 
@@ -76,24 +76,13 @@ pub struct OverrideView {
 }
 
 /// A customer's open override changed in this replica's copy.
-pub type Changed = mirror::Change<Override>;
-
-/// What [`Overrides::start`] started.
-pub struct Started {
-    pub overrides: Overrides,
-    /// Every change to the copy (dropped, and counted, if nobody keeps up).
-    pub changes: mpsc::Receiver<Changed>,
-    /// Stop the listening and expiring tasks.
-    pub tasks: [tokio::task::AbortHandle; 2],
-    /// True once the copy is loaded and kept up to date.
-    pub listening: watch::Receiver<bool>,
-}
+pub type Changed = mirror::Change<CustomerId, Override>;
 
 /// Cheap to clone; clones share one copy.
 #[derive(Clone)]
 pub struct Overrides {
     pool: PgPool,
-    open: Mirror<Override>,
+    open: Mirror<CustomerId, Override>,
 }
 
 /// Why an override was not created or ended.
@@ -117,11 +106,12 @@ const CHANGES_QUEUE: usize = 10_000;
 
 impl Overrides {
     /// Starts keeping the copy up to date and expiring overrides in Postgres.
-    pub fn start(pool: PgPool) -> Started {
-        let (changes, receiver) = mpsc::channel(CHANGES_QUEUE);
-        let load: mirror::Loader<Override> = |pool, customers| store::open_overrides(pool, customers).boxed();
-        let mirror::Started { mirror, task: following, listening } =
-            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "overrides", load, Some(changes));
+    pub fn start(pool: PgPool) -> Started<Self, mpsc::Receiver<Changed>> {
+        let (sender, changes) = mpsc::channel(CHANGES_QUEUE);
+        let load: mirror::Loader<CustomerId, Override> =
+            |pool, customers| store::open_overrides(pool, customers).boxed();
+        let Started { service: open, mut tasks, listening, .. } =
+            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "overrides", load, Some(sender));
         let expiring = tokio::spawn(db::every(EXPIRE_EVERY, "close expired overrides", {
             let pool = pool.clone();
             move || {
@@ -130,12 +120,8 @@ impl Overrides {
             }
         }))
         .abort_handle();
-        Started {
-            overrides: Self { pool, open: mirror },
-            changes: receiver,
-            tasks: [following, expiring],
-            listening,
-        }
+        tasks.push(expiring);
+        Started { service: Self { pool, open }, changes, tasks, listening }
     }
 
     /// The customer's override in force at `now_ms` (Unix ms), if any.

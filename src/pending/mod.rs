@@ -5,7 +5,7 @@
 //!   retired; triggers keep `pending_usage` (sums per target and metric code, plus the deltas
 //!   commits append, folded in every second) equal to the outbox and NOTIFY every replica of the
 //!   targets that changed (`store`).
-//! - **Memory holds a copy** per target, read on the check's path without I/O. It is reloaded
+//! - **Memory holds a copy** per target (a [`Mirror`]), read on the check's path without I/O. It is reloaded
 //!   from `pending_usage` for the targets a notification names, in full when listening starts
 //!   (so a restarted replica, or one whose LISTEN connection broke, rebuilds it), and for a
 //!   customer's targets whenever it is fetched.
@@ -18,23 +18,19 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use dashmap::DashMap;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
-use crate::billabear;
-use crate::billabear::{BillaBearClient, BillaBearError};
+use crate::billabear::{self, BillaBearClient, BillaBearError};
 use crate::cache::Fetch;
 use crate::config::PendingSettings;
-use crate::db;
-use crate::domain::Target;
-use crate::domain::{CustomerId, SubscriptionId};
+use crate::domain::{CustomerId, SubscriptionId, Target};
+use crate::mirror::{self, Mirror, Started};
 use crate::projection::{self, Figures, Found, Metered, PendingUsage, Projection};
 use crate::snapshot::{Known, SnapshotData};
 use crate::subscriptions::Subscriptions;
@@ -56,26 +52,32 @@ pub fn pending_for(
     (units, events)
 }
 
-/// A target whose pending usage changed, with what it was before (for decision transitions).
-#[derive(Debug)]
-pub struct Changed {
-    pub target: Target,
-    pub before: Option<Box<[PendingUsage]>>,
-}
+/// A target's pending usage changed in this replica's copy (for decision transitions).
+pub type Changed = mirror::Change<Target, Box<[PendingUsage]>>;
 
 /// How many changes may wait for their reader; beyond it they are dropped (and counted).
 const CHANGES_QUEUE: usize = 10_000;
 
-/// What [`Pending::start`] started.
-pub struct Started {
-    pub pending: Pending,
-    /// Every change applied to the copy.
-    pub changes: mpsc::Receiver<Changed>,
-    /// Stop the listening and the upkeep (folding, expiring) tasks.
-    pub tasks: [tokio::task::AbortHandle; 2],
-    /// True once the copy is loaded and kept up to date.
-    pub listening: watch::Receiver<bool>,
+/// Targets are counted by kind, so a check skips the lookups of a kind there is none of
+/// (events are often sent by one kind only).
+impl mirror::Key for Target {
+    fn kind(&self) -> usize {
+        match self {
+            Target::Customer(_) => 0,
+            Target::Subscription(_) => 1,
+        }
+    }
+
+    fn notified(payloads: &[String]) -> Vec<Self> {
+        let mut targets: Vec<Target> = payloads.iter().flat_map(|p| store::parse_targets(p)).collect();
+        targets.sort_unstable();
+        targets.dedup();
+        targets
+    }
 }
+
+const CUSTOMERS: usize = 0;
+const SUBSCRIPTIONS: usize = 1;
 
 /// Cheap to clone; clones share one copy of the ledger.
 #[derive(Clone)]
@@ -85,43 +87,27 @@ pub struct Pending {
 
 struct Inner {
     pool: PgPool,
-    /// foldhash, not the default SipHash: every warm check hashes one or two targets here.
-    ledger: DashMap<Target, Box<[PendingUsage]>, foldhash::fast::RandomState>,
-    /// Customer and subscription targets in `ledger`, kept by `reload`: a check skips the lookups
-    /// of a kind there is none of (events are often sent by one kind only).
-    customers: AtomicUsize,
-    subscriptions: AtomicUsize,
-    /// One reload at a time, so a read that began earlier never overwrites a later one.
-    reloading: tokio::sync::Mutex<()>,
+    ledger: Mirror<Target, Box<[PendingUsage]>>,
     settings: PendingSettings,
-    changes: mpsc::Sender<Changed>,
 }
 
 impl Pending {
     /// Starts keeping the copy up to date (LISTEN, reloads) and expiring old delivered events.
-    /// The receiver gets every change applied to the copy; the handles stop the tasks.
-    pub fn start(pool: PgPool, settings: PendingSettings) -> Started {
-        let (sender, receiver) = mpsc::channel(CHANGES_QUEUE);
-        let inner = Arc::new(Inner {
-            pool,
-            ledger: DashMap::default(),
-            customers: AtomicUsize::new(0),
-            subscriptions: AtomicUsize::new(0),
-            reloading: tokio::sync::Mutex::new(()),
-            settings,
-            changes: sender,
-        });
-        let (ready, listening_now) = watch::channel(false);
-        let listening =
-            tokio::spawn(db::follow(inner.pool.clone(), store::NOTIFY_CHANNEL, inner.clone(), ready))
-                .abort_handle();
-        let expiring = tokio::spawn(upkeep(inner.clone())).abort_handle();
-        Started {
-            pending: Self { inner },
-            changes: receiver,
-            tasks: [listening, expiring],
-            listening: listening_now,
-        }
+    /// `changes` tells of every change applied to the copy.
+    pub fn start(pool: PgPool, settings: PendingSettings) -> Started<Self, mpsc::Receiver<Changed>> {
+        let (sender, changes) = mpsc::channel(CHANGES_QUEUE);
+        let load: mirror::Loader<Target, Box<[PendingUsage]>> = |pool, targets| {
+            async move {
+                let loaded = store::load(pool, targets).await?;
+                Ok(loaded.into_iter().map(|(target, entries)| (target, entries.into_boxed_slice())).collect())
+            }
+            .boxed()
+        };
+        let Started { service: ledger, mut tasks, listening, .. } =
+            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "pending", load, Some(sender));
+        let inner = Arc::new(Inner { pool, ledger, settings });
+        tasks.push(tokio::spawn(upkeep(inner.clone())).abort_handle());
+        Started { service: Self { inner }, changes, tasks, listening }
     }
 
     /// The customer's projected estimate: BillaBear's figure plus its pending usage.
@@ -137,8 +123,8 @@ impl Pending {
         replaced: Option<(Target, &[PendingUsage])>,
     ) -> Projection {
         let ledger = &self.inner.ledger;
-        let any_customers = self.inner.customers.load(Ordering::Relaxed) > 0;
-        let any_subscriptions = self.inner.subscriptions.load(Ordering::Relaxed) > 0;
+        let any_customers = ledger.any(CUSTOMERS);
+        let any_subscriptions = ledger.any(SUBSCRIPTIONS);
         if replaced.is_none() && !any_customers && !any_subscriptions {
             return Projection::counted(known.estimate);
         }
@@ -146,7 +132,7 @@ impl Pending {
             let of = |entries: &[PendingUsage]| projection::pending_of(entries, m.code);
             let pending_under = |target: Target| match replaced {
                 Some((t, entries)) if t == target => of(entries),
-                _ => ledger.get(&target).map_or((0.0, 0), |entries| of(&entries)),
+                _ => ledger.with(target, |entries| of(entries)).unwrap_or((0.0, 0)),
             };
             pending_for(customer, m, |target| {
                 let any = match target {
@@ -181,7 +167,7 @@ impl Pending {
             let mut targets: Vec<Target> =
                 observations.iter().map(|o| Target::Subscription(o.subscription)).collect();
             targets.push(Target::Customer(customer));
-            inner.reload(Some(&targets), true).await?;
+            inner.ledger.reload_keys(&targets).await?;
             Ok::<_, sqlx::Error>(previous)
         };
         match tokio::time::timeout(inner.settings.settle_timeout, settling).await {
@@ -195,74 +181,6 @@ impl Pending {
                 HashMap::new()
             }
         }
-    }
-}
-
-impl Inner {
-    /// Replaces the copy of `targets` (all targets when None) with what Postgres holds now, and
-    /// tells of each change if `announce`.
-    async fn reload(&self, targets: Option<&[Target]>, announce: bool) -> Result<(), sqlx::Error> {
-        let _one_at_a_time = self.reloading.lock().await;
-        let mut loaded = store::load(&self.pool, targets).await?;
-        let stale: Vec<Target> = match targets {
-            Some(targets) => targets.to_vec(),
-            None => self.ledger.iter().map(|e| *e.key()).collect(),
-        };
-        for target in stale {
-            if !loaded.contains_key(&target) {
-                let before = self.ledger.remove(&target).map(|(_, v)| v);
-                if before.is_some() {
-                    self.count(target).fetch_sub(1, Ordering::Relaxed);
-                    if announce {
-                        self.changed(target, before);
-                    }
-                }
-            }
-        }
-        for (target, entries) in loaded.drain() {
-            let entries = entries.into_boxed_slice();
-            if self.ledger.get(&target).is_some_and(|current| *current == entries) {
-                continue;
-            }
-            let before = self.ledger.insert(target, entries);
-            if before.is_none() {
-                self.count(target).fetch_add(1, Ordering::Relaxed);
-            }
-            if announce {
-                self.changed(target, before);
-            }
-        }
-        Ok(())
-    }
-
-    /// How many targets of `target`'s kind the copy holds (changed only under `reloading`).
-    fn count(&self, target: Target) -> &AtomicUsize {
-        match target {
-            Target::Customer(_) => &self.customers,
-            Target::Subscription(_) => &self.subscriptions,
-        }
-    }
-
-    fn changed(&self, target: Target, before: Option<Box<[PendingUsage]>>) {
-        if self.changes.try_send(Changed { target, before }).is_err() {
-            metrics::counter!("usage_gate_pending_changes_dropped_total").increment(1);
-        }
-    }
-}
-
-/// Keeps the copy equal to Postgres (`db::follow`): a full reload whenever listening
-/// (re)starts, then a reload of the targets each batch of notifications names.
-impl db::Follower for Inner {
-    fn reload_all(&self, first: bool) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        // The first load holds nothing a cached decision was made with: no change to tell of.
-        self.reload(None, !first).boxed()
-    }
-
-    fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
-        let mut targets: Vec<Target> = payloads.iter().flat_map(|p| store::parse_targets(p)).collect();
-        targets.sort_by_key(|t| store::target_key(*t));
-        targets.dedup();
-        async move { Inner::reload(self, Some(&targets), true).await }.boxed()
     }
 }
 

@@ -14,11 +14,10 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use sqlx::PgPool;
-use tokio::sync::watch;
 
 use crate::db;
 use crate::domain::CustomerId;
-use crate::mirror::{self, Mirror};
+use crate::mirror::{self, Mirror, Started};
 
 /// How often holds past their `expires_at` are closed in Postgres (and audited).
 pub const EXPIRE_EVERY: Duration = Duration::from_millis(250);
@@ -31,33 +30,26 @@ pub struct Hold {
     pub expires_at_ms: i64,
 }
 
-/// What [`Holds::start`] started.
-pub struct Started {
-    pub holds: Holds,
-    /// Stop the listening and expiring tasks.
-    pub tasks: [tokio::task::AbortHandle; 2],
-    /// True once the copy is loaded and kept up to date.
-    pub listening: watch::Receiver<bool>,
-}
-
 /// Cheap to clone; clones share one copy.
 #[derive(Clone)]
 pub struct Holds {
-    open: Mirror<Box<[Hold]>>,
+    open: Mirror<CustomerId, Box<[Hold]>>,
 }
 
 impl Holds {
     /// Starts keeping the copy up to date and expiring holds in Postgres.
-    pub fn start(pool: PgPool) -> Started {
-        let load: mirror::Loader<Box<[Hold]>> = |pool, customers| store::open_holds(pool, customers).boxed();
-        let mirror::Started { mirror, task: following, listening } =
+    pub fn start(pool: PgPool) -> Started<Self> {
+        let load: mirror::Loader<CustomerId, Box<[Hold]>> =
+            |pool, customers| store::open_holds(pool, customers).boxed();
+        let Started { service: open, mut tasks, listening, .. } =
             Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "reservations", load, None);
         let expiring = tokio::spawn(db::every(EXPIRE_EVERY, "close expired holds", move || {
             let pool = pool.clone();
             async move { store::expire(&pool).await }
         }))
         .abort_handle();
-        Started { holds: Self { open: mirror }, tasks: [following, expiring], listening }
+        tasks.push(expiring);
+        Started { service: Self { open }, changes: (), tasks, listening }
     }
 
     /// What the customer's open holds set aside at `now_ms` (Unix ms).

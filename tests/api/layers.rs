@@ -11,15 +11,34 @@ const LAYERS: [(&str, &[&str]); 4] = [
     (
         "edges",
         &[
-            "auth", "audit", "billabear", "config", "db", "memo", "mirror", "shutdown", "subscriptions",
+            "auth",
+            "audit",
+            "billabear",
+            "config",
+            "db",
+            "memo",
+            "mirror",
+            "shutdown",
+            "subscriptions",
             "telemetry",
         ],
     ),
     (
         "services",
         &[
-            "admission", "cache", "check", "enforce", "health", "invalidation", "limits", "outbox", "overrides",
-            "pending", "reservations", "transitions", "webhooks",
+            "admission",
+            "cache",
+            "check",
+            "enforce",
+            "health",
+            "invalidation",
+            "limits",
+            "outbox",
+            "overrides",
+            "pending",
+            "reservations",
+            "transitions",
+            "webhooks",
         ],
     ),
     ("http", &["cli", "console", "demo", "error", "routes", "sim", "startup"]),
@@ -71,7 +90,8 @@ fn uses(text: &str) -> BTreeSet<String> {
         if let Some(group) = after.strip_prefix('{') {
             let inner = &group[..group.find('}').unwrap_or(group.len())];
             for item in inner.split(',') {
-                let name: String = item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let name: String =
+                    item.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
                 used.insert(name);
             }
         } else {
@@ -128,8 +148,5 @@ fn every_module_uses_only_its_own_layer_and_the_ones_below() {
 #[test]
 fn the_reader_sees_what_a_module_uses() {
     let text = "use crate::{cache::Snapshot, domain};\n// crate::routes\n#[cfg(test)]\nmod tests {\n    use crate::error;\n}\nfn f() { crate::policy::decide(); }";
-    assert_eq!(
-        uses(&code(text)).into_iter().collect::<Vec<_>>(),
-        ["cache", "domain", "policy"]
-    );
+    assert_eq!(uses(&code(text)).into_iter().collect::<Vec<_>>(), ["cache", "domain", "policy"]);
 }
