@@ -221,12 +221,14 @@ pub struct Problem {
     /// what it would have added).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Box<Decision>>,
-    /// `usage_blocked` (the gate): the customer, its decision's status and reason codes.
+    /// `usage_blocked` (the gate): the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Uuid)]
     pub customer_id: Option<crate::domain::CustomerId>,
+    /// `usage_blocked`: the decision's status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_status: Option<crate::policy::Status>,
+    /// `usage_blocked`: the decision's reason codes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasons: Option<Vec<&'static str>>,
 }

@@ -3,14 +3,16 @@
 //! same database to drop their cached snapshot: Postgres NOTIFY on one side, a LISTEN task on
 //! every replica. The replica that made the change ignores its own notification.
 
-use std::time::Duration;
+use std::sync::Arc;
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::cache::SnapshotCache;
+use crate::db;
 use crate::domain::CustomerId;
 
 pub const CHANNEL: &str = "usage_gate_customers";
@@ -33,7 +35,8 @@ impl Invalidation {
     ) -> (Self, tokio::task::AbortHandle, watch::Receiver<bool>) {
         let replica = Uuid::new_v4();
         let (ready, listening_now) = watch::channel(false);
-        let listening = tokio::spawn(listen(pool.clone(), cache.clone(), replica, ready)).abort_handle();
+        let listener = Arc::new(Listener { cache: cache.clone(), replica });
+        let listening = tokio::spawn(db::follow(pool.clone(), CHANNEL, listener, ready)).abort_handle();
         (Self { pool, cache, replica }, listening, listening_now)
     }
 
@@ -74,36 +77,23 @@ fn parse(payload: &str, replica: Uuid) -> Option<CustomerId> {
     CustomerId::parse(customer).ok()
 }
 
-async fn listen(pool: PgPool, cache: SnapshotCache, replica: Uuid, ready: watch::Sender<bool>) {
-    loop {
-        let mut listener = match PgListener::connect_with(&pool).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::warn!(error = %e, "invalidation: cannot listen; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if let Err(e) = listener.listen(CHANNEL).await {
-            tracing::warn!(error = %e, "invalidation: cannot listen; retrying");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
+/// Drops the customers other replicas name from this replica's cache (`db::follow`).
+struct Listener {
+    cache: SnapshotCache,
+    replica: Uuid,
+}
+
+impl db::Follower for Listener {
+    fn reload_all(&self, _first: bool) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        // Changes notified while listening was down are missed; the cache's TTL bounds that.
+        futures_util::future::ready(Ok(())).boxed()
+    }
+
+    fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        for customer in payloads.iter().filter_map(|p| parse(p, self.replica)) {
+            self.cache.invalidate(customer);
         }
-        ready.send_replace(true);
-        loop {
-            match listener.recv().await {
-                Ok(notification) => {
-                    if let Some(customer) = parse(notification.payload(), replica) {
-                        cache.invalidate(customer);
-                    }
-                }
-                Err(e) => {
-                    // Changes made while reconnecting are missed; the cache's TTL bounds that.
-                    tracing::warn!(error = %e, "invalidation: listener failed; reconnecting");
-                    break;
-                }
-            }
-        }
+        futures_util::future::ready(Ok(())).boxed()
     }
 }
 

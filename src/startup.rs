@@ -1,5 +1,5 @@
-//! Wiring: builds the shared state and the HTTP server from settings and ready-made parts, so
-//! tests bind port 0 and hand in their own database pool and BillaBear URL.
+//! Wiring: starts the services and the HTTP server from settings and ready-made parts, so tests
+//! bind port 0 and hand in their own database pool and BillaBear URL.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -40,10 +40,9 @@ pub struct Application {
     /// `/metrics` on its own address (`server.metrics_address`).
     metrics_server: Option<(SocketAddr, Server)>,
     forwarder: ForwarderHandle,
-    /// The LISTEN tasks (invalidation, pending usage) and the pending-usage tasks, stopped with
-    /// the application.
+    /// Stopped with the application (see [`Running`]).
     background: Vec<tokio::task::AbortHandle>,
-    /// Each turns true once its LISTEN task listens (`build_with` waits for them).
+    /// `build_with` waits for them.
     listening: Vec<tokio::sync::watch::Receiver<bool>>,
 }
 
@@ -78,103 +77,22 @@ impl Application {
 
     fn assemble(settings: Settings, pool: PgPool, listener: TcpListener) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let billabear = BillaBearClient::new(&settings.billabear)?;
         let keys = web::Data::new(settings.auth.keys.clone());
         let max_body = settings.server.max_body_bytes;
         let workers = settings.server.workers;
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
-        // Before anything registers metric handles: a handle taken before the recorder is
-        // installed stays a no-op for good.
-        let metrics = telemetry::metrics_handle();
-        let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
-        let Started {
-            service: pending,
-            changes: pending_changes,
-            tasks: pending_tasks,
-            listening: pending_listening,
-        } = Pending::start(pool.clone(), settings.pending.clone());
-        let Started {
-            service: overrides,
-            changes: override_changes,
-            tasks: override_tasks,
-            listening: overrides_listening,
-        } = Overrides::start(pool.clone());
-        let Started { service: holds, tasks: holds_tasks, listening: holds_listening, .. } =
-            Holds::start(pool.clone());
-        let (fetched, fetches) = tokio::sync::mpsc::channel(FETCHED_QUEUE);
-        let source = LedgerFetch {
-            client: billabear.clone(),
-            pending: pending.clone(),
-            subscriptions: subscriptions.clone(),
-        };
-        let cache = SnapshotCache::with_source(Arc::new(source), &settings.cache, Some(fetched));
-        let (invalidation, listening, invalidation_listening) =
-            Invalidation::start(pool.clone(), cache.clone());
-        let watch = Watch {
-            pending: pending.clone(),
-            overrides: overrides.clone(),
-            transitions: Transitions::start(pool.clone()),
-            policy: settings.policy.clone(),
-        };
-        let sources =
-            transitions::Sources { fetched: fetches, pending: pending_changes, overrides: override_changes };
-        let watching = tokio::spawn(transitions::watch(watch, cache.clone(), subscriptions.clone(), sources))
-            .abort_handle();
-        let mut background = vec![listening, watching];
-        background.extend(pending_tasks);
-        background.extend(holds_tasks);
-        background.extend(override_tasks);
-        background.extend(webhooks::delivery::spawn(pool.clone(), settings.outbound_webhooks.clone())?);
-        background.push(console::spawn_housekeeping(pool.clone(), settings.console.clone()));
-        let forwarder = forwarder::spawn(
-            pool.clone(),
-            &billabear,
-            settings.outbox.clone(),
-            subscriptions.clone(),
-            Some(cache.clone()),
-        );
-        let checker =
-            Arc::new(Checker::new(cache, pending, holds.clone(), overrides.clone(), settings.policy.clone()));
-        let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
-        // What the handlers take, each the services it needs.
-        let admission =
-            web::Data::new(Admission::new(checker.clone(), ingest, subscriptions.clone(), pool.clone()));
-        let limits = web::Data::new(Limits::new(
-            pool.clone(),
-            billabear.with_timeout(settings.billabear.admin_timeout),
-            invalidation.clone(),
-        ));
-        let health =
-            web::Data::new(Health::new(pool.clone(), billabear.with_timeout(settings.billabear.timeout)));
-        let exposition = web::Data::new(Exposition::new(metrics, pool.clone()));
-        let checker = web::Data::from(checker);
-        let overrides = web::Data::new(overrides);
-        let holds = web::Data::new(holds);
-        let subscriptions = web::Data::new(subscriptions);
-        let invalidation = web::Data::new(invalidation);
-        let pool = web::Data::new(pool);
         let metrics_address = settings.server.metrics_address;
         let console_enabled = settings.console.enabled;
-        let settings = web::Data::new(settings);
+        let Running { handlers, forwarder, background, listening } = Running::start(settings, pool)?;
         let metrics_server = match metrics_address {
-            Some(address) => Some(metrics_server(address, exposition.clone())?),
+            Some(address) => Some(metrics_server(address, handlers.exposition.clone())?),
             None => None,
         };
         let mut server = HttpServer::new(move || {
             // Runs on each worker thread as it starts.
-            admission.attach_worker();
+            handlers.admission.attach_worker();
             App::new()
-                .app_data(checker.clone())
-                .app_data(admission.clone())
-                .app_data(limits.clone())
-                .app_data(overrides.clone())
-                .app_data(holds.clone())
-                .app_data(subscriptions.clone())
-                .app_data(invalidation.clone())
-                .app_data(health.clone())
-                .app_data(exposition.clone())
-                .app_data(pool.clone())
-                .app_data(settings.clone())
+                .configure(|cfg| handlers.register(cfg))
                 .app_data(keys.clone())
                 .app_data(
                     web::JsonConfig::default()
@@ -203,7 +121,6 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.listen(listener)?.run();
-        let listening = vec![invalidation_listening, pending_listening, holds_listening, overrides_listening];
         Ok(Self { addr, server, metrics_server, forwarder, background, listening })
     }
 
@@ -247,6 +164,134 @@ impl Application {
             task.abort();
         }
         result
+    }
+}
+
+/// What the handlers take, each service once for every worker: a handler names the ones it
+/// needs (`web::Data<Checker>`, `web::Data<Admission>`, …).
+#[derive(Clone)]
+struct Handlers {
+    checker: web::Data<Checker>,
+    admission: web::Data<Admission>,
+    limits: web::Data<Limits>,
+    overrides: web::Data<Overrides>,
+    holds: web::Data<Holds>,
+    subscriptions: web::Data<Subscriptions>,
+    invalidation: web::Data<Invalidation>,
+    health: web::Data<Health>,
+    exposition: web::Data<Exposition>,
+    /// For the stores the routes read directly (listings).
+    pool: web::Data<PgPool>,
+    /// For the settings a handler reads (the gate's header, a batch's concurrency, …).
+    settings: web::Data<Settings>,
+}
+
+impl Handlers {
+    fn register(&self, cfg: &mut web::ServiceConfig) {
+        cfg.app_data(self.checker.clone())
+            .app_data(self.admission.clone())
+            .app_data(self.limits.clone())
+            .app_data(self.overrides.clone())
+            .app_data(self.holds.clone())
+            .app_data(self.subscriptions.clone())
+            .app_data(self.invalidation.clone())
+            .app_data(self.health.clone())
+            .app_data(self.exposition.clone())
+            .app_data(self.pool.clone())
+            .app_data(self.settings.clone());
+    }
+}
+
+/// The services, started: what the handlers take, and what runs beside them.
+struct Running {
+    handlers: Handlers,
+    forwarder: ForwarderHandle,
+    /// The LISTEN tasks, the transition watcher and the periodic chores.
+    background: Vec<tokio::task::AbortHandle>,
+    /// Each turns true once its LISTEN task listens and its copy is loaded.
+    listening: Vec<tokio::sync::watch::Receiver<bool>>,
+}
+
+impl Running {
+    /// Starts every service in the order they need each other: the copies of Postgres, the
+    /// cache on top of BillaBear and the pending ledger, the transition watcher that all three
+    /// feed, the forwarder, then the services the handlers take.
+    fn start(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let billabear = BillaBearClient::new(&settings.billabear)?;
+        // Before anything registers metric handles: a handle taken before the recorder is
+        // installed stays a no-op for good.
+        let metrics = telemetry::metrics_handle();
+        let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
+        let Started { service: pending, changes: pending_changes, tasks: mut background, listening } =
+            Pending::start(pool.clone(), settings.pending.clone());
+        let mut listening = vec![listening];
+        let Started { service: overrides, changes: override_changes, tasks, listening: overrides_listening } =
+            Overrides::start(pool.clone());
+        background.extend(tasks);
+        listening.push(overrides_listening);
+        let Started { service: holds, tasks, listening: holds_listening, .. } = Holds::start(pool.clone());
+        background.extend(tasks);
+        listening.push(holds_listening);
+        let (fetched, fetches) = tokio::sync::mpsc::channel(FETCHED_QUEUE);
+        let source = LedgerFetch {
+            client: billabear.clone(),
+            pending: pending.clone(),
+            subscriptions: subscriptions.clone(),
+        };
+        let cache = SnapshotCache::with_source(Arc::new(source), &settings.cache, Some(fetched));
+        let (invalidation, task, invalidation_listening) = Invalidation::start(pool.clone(), cache.clone());
+        background.push(task);
+        listening.push(invalidation_listening);
+        let watch = Watch {
+            pending: pending.clone(),
+            overrides: overrides.clone(),
+            transitions: Transitions::start(pool.clone()),
+            policy: settings.policy.clone(),
+        };
+        let sources =
+            transitions::Sources { fetched: fetches, pending: pending_changes, overrides: override_changes };
+        background.push(
+            tokio::spawn(transitions::watch(watch, cache.clone(), subscriptions.clone(), sources))
+                .abort_handle(),
+        );
+        background.extend(webhooks::delivery::spawn(pool.clone(), settings.outbound_webhooks.clone())?);
+        background.push(console::spawn_housekeeping(pool.clone(), settings.console.clone()));
+        let forwarder = forwarder::spawn(
+            pool.clone(),
+            &billabear,
+            settings.outbox.clone(),
+            subscriptions.clone(),
+            Some(cache.clone()),
+        );
+        let checker =
+            Arc::new(Checker::new(cache, pending, holds.clone(), overrides.clone(), settings.policy.clone()));
+        let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
+        let handlers = Handlers {
+            admission: web::Data::new(Admission::new(
+                checker.clone(),
+                ingest,
+                subscriptions.clone(),
+                pool.clone(),
+            )),
+            limits: web::Data::new(Limits::new(
+                pool.clone(),
+                billabear.with_timeout(settings.billabear.admin_timeout),
+                invalidation.clone(),
+            )),
+            health: web::Data::new(Health::new(
+                pool.clone(),
+                billabear.with_timeout(settings.billabear.timeout),
+            )),
+            exposition: web::Data::new(Exposition::new(metrics, pool.clone())),
+            checker: web::Data::from(checker),
+            overrides: web::Data::new(overrides),
+            holds: web::Data::new(holds),
+            subscriptions: web::Data::new(subscriptions),
+            invalidation: web::Data::new(invalidation),
+            pool: web::Data::new(pool),
+            settings: web::Data::new(settings),
+        };
+        Ok(Self { handlers, forwarder, background, listening })
     }
 }
 

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::health::{Health, Readiness};
 
-/// `/healthz`'s answer (named `Health` in the document, as it always was).
+// `/healthz`'s answer, named `Health` in the document as it always was.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[schema(as = Health)]
 pub struct Alive {

@@ -214,13 +214,3 @@ pub fn document() -> serde_json::Value {
     }
     document
 }
-
-#[cfg(test)]
-mod dump_tmp {
-    #[test]
-    #[ignore]
-    fn dump_openapi() {
-        std::fs::write("/tmp/openapi_new.json", serde_json::to_string_pretty(&super::document()).unwrap())
-            .unwrap();
-    }
-}
