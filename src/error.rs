@@ -15,7 +15,7 @@ use crate::auth::Scope;
 use crate::billabear::BillaBearError;
 use crate::check::Decision;
 use crate::db::{FailureKind, StorageError};
-use crate::domain::FieldError;
+use crate::domain::{CustomerId, FieldError};
 use crate::limits::LimitError;
 use crate::outbox::RetryError;
 use crate::overrides::OverrideError;
@@ -224,7 +224,7 @@ pub struct Problem {
     /// `usage_blocked` (the gate): the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Uuid)]
-    pub customer_id: Option<crate::domain::CustomerId>,
+    pub customer_id: Option<CustomerId>,
     /// `usage_blocked`: the decision's status.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage_status: Option<crate::policy::Status>,
@@ -387,6 +387,35 @@ fn serde_field(message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn services_errors_are_answered_with_the_status_their_callers_expect() {
+        let field = FieldError::new("amount", "This value should be positive.");
+        match ApiError::from(LimitError::Invalid(vec![field.clone()])) {
+            ApiError::Unprocessable { errors, .. } => assert_eq!(errors, [field.clone()]),
+            other => panic!("{other:?}"),
+        }
+        let timeout = BillaBearError::Timeout(std::time::Duration::from_millis(250));
+        let cases = [
+            (ApiError::from(LimitError::NotFound("no customer".into())), 404),
+            (ApiError::from(LimitError::Upstream(timeout.clone())), 504),
+            (ApiError::from(LimitError::Upstream(BillaBearError::Unavailable { status: 503 })), 502),
+            (ApiError::from(LimitError::Outcome { source: timeout, exists: None }), 504),
+            (ApiError::from(OverrideError::Invalid(vec![field.clone()])), 422),
+            (
+                ApiError::from(OverrideError::NotInForce {
+                    id: uuid::Uuid::nil(),
+                    customer: CustomerId::new_v4(),
+                }),
+                404,
+            ),
+            (ApiError::from(RetryError::NotDead(7)), 404),
+            (ApiError::from(AdmissionError::Unresolved(field)), 422),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status_code().as_u16(), status, "{error:?}");
+        }
+    }
 
     #[test]
     fn serde_messages_yield_the_field() {
