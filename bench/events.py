@@ -25,7 +25,7 @@ import json
 from common import Processes, psql, request, wait_for, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
 APP, SIM = "127.0.0.1:18080", "127.0.0.1:18090"
 KEY, SIM_KEY = "bench-events-key-0123456789", "bench-sim-key"
 DB = "usage_gate_bench_events"

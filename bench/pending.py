@@ -26,7 +26,7 @@ import time
 from common import Processes, psql, request, wait_for, write_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RELEASE = os.path.join(ROOT, "target", "release")
+RELEASE = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release")
 A, B, SIM = "127.0.0.1:18080", "127.0.0.1:18082", "127.0.0.1:18090"
 KEY, SIM_KEY = "bench-pending-key-0123456789", "bench-sim-key"
 DB = "usage_gate_bench_pending"

@@ -1,5 +1,5 @@
 //! What the console reads of the fleet: each customer's last recorded decision
-//! (`customer_decisions`, written by `audit::Transitions`) and its history (`usage_samples`).
+//! (`customer_decisions`, written by `transitions::Transitions`) and its history (`usage_samples`).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
