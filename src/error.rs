@@ -392,7 +392,7 @@ mod tests {
     fn services_errors_are_answered_with_the_status_their_callers_expect() {
         let field = FieldError::new("amount", "This value should be positive.");
         match ApiError::from(LimitError::Invalid(vec![field.clone()])) {
-            ApiError::Unprocessable { errors, .. } => assert_eq!(errors, [field.clone()]),
+            ApiError::Unprocessable { errors, .. } => assert_eq!(errors, std::slice::from_ref(&field)),
             other => panic!("{other:?}"),
         }
         let timeout = BillaBearError::Timeout(std::time::Duration::from_millis(250));

@@ -53,9 +53,8 @@ pub enum Admitted {
     /// Stored, or answered as the repeat it is (duplicate, conflict, dead), or refused by
     /// Postgres (`Accepted::Refused`).
     Stored(Accepted),
-    /// Enforced and over the limit: not stored. The decision it was judged by, when one was
-    /// made for it.
-    Refused(Option<Box<Decision>>),
+    /// Enforced and over the limit: not stored. The decision it was judged by.
+    Refused(Box<Decision>),
 }
 
 /// The admission service: the check (snapshots, overrides, holds), group commit, and who owns
@@ -99,9 +98,9 @@ impl Admission {
         };
         match self.events(vec![event], customers).await?.pop() {
             Some(Admitted::Stored(accepted)) => Ok(accepted),
-            Some(Admitted::Refused(Some(decision))) => Err(AdmissionError::OverLimit(decision)),
-            // Not reached: one event is answered once, and a refusal with its decision.
-            Some(Admitted::Refused(None)) | None => Ok(Accepted::Conflict),
+            Some(Admitted::Refused(decision)) => Err(AdmissionError::OverLimit(decision)),
+            // Not reached: every event handed in is answered.
+            None => Ok(Accepted::Conflict),
         }
     }
 
@@ -136,7 +135,7 @@ impl Admission {
                     kept.push((i, event));
                 }
                 Some(Enforcement::Decided(decision)) if !decision.allowed => {
-                    answers[i] = Some(Admitted::Refused(Some(Box::new(decision.clone()))));
+                    answers[i] = Some(Admitted::Refused(Box::new(decision.clone())));
                 }
                 _ => {
                     gates.push(None);
@@ -152,13 +151,15 @@ impl Admission {
             accepted.into_iter().map(|accepted| Outcome { accepted, judged: None }).collect()
         };
         for (i, outcome) in indices.into_iter().zip(outcomes) {
-            answers[i] = Some(match (outcome.accepted, outcome.judged, customers[i]) {
-                (Accepted::OverLimit, Some(judged), Some(customer)) => match decided.get(&customer) {
-                    Some(Enforcement::Gate { lookup, .. }) => Admitted::Refused(Some(Box::new(
-                        self.checker.explain_judged(customer, lookup.clone(), &judged),
-                    ))),
-                    _ => Admitted::Refused(None),
-                },
+            let gate = customers[i].and_then(|customer| match decided.get(&customer) {
+                Some(Enforcement::Gate { lookup, .. }) => Some((customer, lookup)),
+                _ => None,
+            });
+            answers[i] = Some(match (outcome.accepted, outcome.judged, gate) {
+                // Only an event judged against its customer's gate is refused for the limit.
+                (Accepted::OverLimit, Some(judged), Some((customer, lookup))) => Admitted::Refused(Box::new(
+                    self.checker.explain_judged(customer, lookup.clone(), &judged),
+                )),
                 (accepted, ..) => Admitted::Stored(accepted),
             });
         }

@@ -178,8 +178,7 @@ pub async fn post_batch(
     for (i, admitted) in valid.into_iter().zip(admitted) {
         let event_id = items[i].get("event_id").cloned();
         results[i] = Some(match admitted {
-            Admitted::Refused(Some(decision)) => BatchItemResult::refused(event_id, *decision),
-            Admitted::Refused(None) => BatchItemResult::new(event_id, "refused", vec![]),
+            Admitted::Refused(decision) => BatchItemResult::refused(event_id, *decision),
             Admitted::Stored(Accepted::Refused) => BatchItemResult::new(
                 event_id,
                 "invalid",
