@@ -82,12 +82,13 @@ const SUBSCRIPTIONS: usize = 1;
 /// Cheap to clone; clones share one copy of the ledger.
 #[derive(Clone)]
 pub struct Pending {
+    /// Beside `inner`, not in it: a warm check reads it, one pointer fewer.
+    ledger: Mirror<Target, Box<[PendingUsage]>>,
     inner: Arc<Inner>,
 }
 
 struct Inner {
     pool: PgPool,
-    ledger: Mirror<Target, Box<[PendingUsage]>>,
     settings: PendingSettings,
 }
 
@@ -105,9 +106,9 @@ impl Pending {
         };
         let Started { service: ledger, mut tasks, listening, .. } =
             Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "pending", load, Some(sender));
-        let inner = Arc::new(Inner { pool, ledger, settings });
+        let inner = Arc::new(Inner { pool, settings });
         tasks.push(tokio::spawn(upkeep(inner.clone())).abort_handle());
-        Started { service: Self { inner }, changes, tasks, listening }
+        Started { service: Self { ledger, inner }, changes, tasks, listening }
     }
 
     /// The customer's projected estimate: BillaBear's figure plus its pending usage.
@@ -122,7 +123,7 @@ impl Pending {
         known: &Known,
         replaced: Option<(Target, &[PendingUsage])>,
     ) -> Projection {
-        let ledger = &self.inner.ledger;
+        let ledger = &self.ledger;
         let any_customers = ledger.any(CUSTOMERS);
         let any_subscriptions = ledger.any(SUBSCRIPTIONS);
         if replaced.is_none() && !any_customers && !any_subscriptions {
@@ -167,7 +168,7 @@ impl Pending {
             let mut targets: Vec<Target> =
                 observations.iter().map(|o| Target::Subscription(o.subscription)).collect();
             targets.push(Target::Customer(customer));
-            inner.ledger.reload_keys(&targets).await?;
+            self.ledger.reload_keys(&targets).await?;
             Ok::<_, sqlx::Error>(previous)
         };
         match tokio::time::timeout(inner.settings.settle_timeout, settling).await {
