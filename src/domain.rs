@@ -360,7 +360,6 @@ impl Currency {
         }
     }
 
-    #[inline]
     pub fn as_str(&self) -> &str {
         if self.0 == [0; 3] { "" } else { std::str::from_utf8(&self.0).unwrap_or("") }
     }

@@ -4,10 +4,7 @@
 //! transitions and enforcement decide on them. Also the clock every decision is timed by.
 //!
 //! Snapshots are compact (UUID keys, a fixed currency, a boxed slice of limits) because the
-//! cache is sized for a million customers. The small functions a warm check calls are
-//! `#[inline]`: they moved here from `cache.rs`, and without it a codegen unit of their own kept
-//! them from being inlined into the cache and the check (callgrind: about 250 instructions a
-//! check, `bench/check_instructions.py`).
+//! cache is sized for a million customers.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -32,7 +29,6 @@ pub struct Known {
 
 impl Known {
     /// What the policy decides on, with the estimate `projection` makes of it.
-    #[inline]
     pub fn usage(&self, projection: &Projection) -> Usage<'_> {
         Usage {
             disabled: self.status.is_disabled(),
@@ -66,7 +62,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    #[inline]
     pub(crate) fn new(data: SnapshotData, now: u64, generation: u64) -> Self {
         Self { fetched_at_ms: now, last_attempt_ms: AtomicU64::new(now), generation, data }
     }
@@ -82,7 +77,6 @@ impl Snapshot {
         Self::new(SnapshotData::Unavailable, 0, generation)
     }
 
-    #[inline]
     pub fn age_ms(&self, now: u64) -> u64 {
         now.saturating_sub(self.fetched_at_ms)
     }
@@ -104,7 +98,6 @@ pub enum Source {
 
 impl Source {
     /// The wire form (as serialized).
-    #[inline]
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Cache => "cache",
@@ -126,18 +119,15 @@ pub struct Lookup {
 }
 
 impl Lookup {
-    #[inline]
     pub fn found(snapshot: Arc<Snapshot>, source: Source) -> Self {
         Self { snapshot: Some(snapshot), source, budget_exhausted: false }
     }
 
-    #[inline]
     pub fn fallback(budget_exhausted: bool) -> Self {
         Self { snapshot: None, source: Source::Fallback, budget_exhausted }
     }
 }
 
-#[inline]
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
