@@ -118,8 +118,9 @@ impl Admission {
             let accepted = self.ingest.accept(events).await?;
             return Ok(accepted.into_iter().map(Admitted::Stored).collect());
         }
-        // One lookup per customer; a fallback decision refuses or admits all its events.
-        let mut decided: HashMap<CustomerId, Enforcement> = HashMap::new();
+        // One lookup per customer; a fallback decision refuses or admits all its events. foldhash,
+        // as for the other maps on a request's path.
+        let mut decided: HashMap<CustomerId, Enforcement, foldhash::fast::RandomState> = HashMap::default();
         for customer in customers.iter().flatten() {
             if !decided.contains_key(customer) {
                 decided.insert(*customer, self.checker.enforcement(*customer).await);
