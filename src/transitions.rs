@@ -34,13 +34,14 @@ pub struct Sources {
     pub overrides: mpsc::Receiver<overrides::Changed>,
 }
 
-/// Judges each change [`Sources`] report and tells `transitions` the customer's decision when its
-/// mark changed; runs until every source is closed.
+/// Judges each change [`Sources`] report, in the order each source reports them, and tells the
+/// writer the customer's decision when its mark changed. Runs until aborted (the cache keeps its
+/// sender as long as it lives).
 pub async fn watch(watch: Watch, cache: SnapshotCache, subscriptions: Subscriptions, mut sources: Sources) {
     loop {
         tokio::select! {
             Some(Fetched { customer, before, after }) = sources.fetched.recv() => {
-                watch.fetched(customer, before.as_deref(), after)
+                watch.fetched(customer, before.as_deref(), after);
             }
             Some(changed) = sources.pending.recv() => {
                 watch.pending_changed(changed, &cache, &subscriptions);
