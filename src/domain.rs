@@ -26,6 +26,18 @@ pub enum ParseError {
     Nul,
 }
 
+/// `TryFrom<String>` through the type's own `parse` (what serde's `try_from = "String"` calls).
+macro_rules! try_from_string {
+    ($name:ident) => {
+        impl TryFrom<String> for $name {
+            type Error = ParseError;
+            fn try_from(s: String) -> Result<Self, Self::Error> {
+                Self::parse(&s)
+            }
+        }
+    };
+}
+
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -72,12 +84,7 @@ macro_rules! uuid_id {
             }
         }
 
-        impl TryFrom<String> for $name {
-            type Error = ParseError;
-            fn try_from(s: String) -> Result<Self, Self::Error> {
-                Self::parse(&s)
-            }
-        }
+        try_from_string!($name);
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
@@ -108,12 +115,7 @@ macro_rules! string_id {
             }
         }
 
-        impl TryFrom<String> for $name {
-            type Error = ParseError;
-            fn try_from(s: String) -> Result<Self, Self::Error> {
-                Self::parse(&s)
-            }
-        }
+        try_from_string!($name);
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
