@@ -1,8 +1,10 @@
 //! Who may call usage-gate: API keys from the configuration, each with a name (the actor in audit
-//! records) and scopes. Keys are kept only as SHA-256 digests and compared in constant time.
+//! records) and scopes. The configuration's keys are kept as SHA-256 digests and compared in
+//! constant time; a presented key found valid is remembered, so it is hashed once.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -116,24 +118,57 @@ impl Caller {
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
     keys: Vec<ApiKey>,
+    remembered: Remembered,
+}
+
+/// Presented keys already found valid, each with its key's place in `keys`, so a key's SHA-256
+/// is computed once, not on every request: 3,600 of a warm check's instructions
+/// (`bench/check_instructions.py`, where valgrind hides the CPU's SHA extensions). Only a key
+/// whose digest matched enters, so it holds at most one entry per configured key however many
+/// unknown keys are tried. Hashed with std's `RandomState` (SipHash under per-process random
+/// keys): a caller cannot aim a key at a bucket. Shared by the clones of `ApiKeys`.
+#[derive(Clone, Default)]
+struct Remembered(Arc<RwLock<HashMap<Box<[u8]>, usize>>>);
+
+impl fmt::Debug for Remembered {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The keys themselves are secrets: only how many.
+        write!(f, "Remembered({})", self.0.read().map_or(0, |known| known.len()))
+    }
 }
 
 impl ApiKeys {
     pub fn new(keys: Vec<ApiKey>) -> Self {
-        Self { keys }
+        Self { keys, remembered: Remembered::default() }
     }
 
-    /// Looks a presented key up. Every configured digest is compared, without an early exit, so
-    /// the time taken does not tell which key (or how much of one) matched.
+    /// Looks a presented key up: one it accepted before at once; another by its digest, every
+    /// configured digest compared without an early exit, so the time taken does not tell which
+    /// key (or how much of one) matched.
     pub fn authenticate(&self, presented: &[u8]) -> Option<Caller> {
-        let presented = digest(presented);
-        let mut found: Option<&ApiKey> = None;
-        for key in &self.keys {
-            if bool::from(key.digest.ct_eq(&presented)) {
-                found = Some(key);
+        let remembered = self.remembered.0.read().ok().and_then(|known| known.get(presented).copied());
+        let index = match remembered {
+            Some(index) => index,
+            None => {
+                let index = self.by_presented_digest(&digest(presented))?;
+                if let Ok(mut known) = self.remembered.0.write() {
+                    known.insert(presented.into(), index);
+                }
+                index
+            }
+        };
+        let key = &self.keys[index];
+        Some(Caller { name: key.name.clone(), scopes: key.scopes })
+    }
+
+    fn by_presented_digest(&self, presented: &KeyDigest) -> Option<usize> {
+        let mut found = None;
+        for (index, key) in self.keys.iter().enumerate() {
+            if bool::from(key.digest.ct_eq(presented)) {
+                found = Some(index);
             }
         }
-        found.map(|key| Caller { name: key.name.clone(), scopes: key.scopes })
+        found
     }
 }
 
@@ -186,6 +221,23 @@ mod tests {
         let keys = keys();
         assert_eq!(&*keys.authenticate(b"ops-key-0123456789").unwrap().name, "ops");
         assert_eq!(&*keys.authenticate(b"ops-key-rotated-999").unwrap().name, "ops");
+    }
+
+    #[test]
+    fn a_key_is_remembered_once_accepted_and_an_unknown_one_never() {
+        let keys = keys();
+        for _ in 0..3 {
+            assert_eq!(&*keys.authenticate(b"api-key-0123456789").unwrap().name, "api");
+            assert!(keys.authenticate(b"not-a-key-0123456789").is_none());
+        }
+        assert_eq!(keys.remembered.0.read().unwrap().len(), 1);
+        // A clone (the app's copy) shares what was remembered, and answers the same.
+        let copy = keys.clone();
+        assert_eq!(copy.authenticate(b"api-key-0123456789"), keys.authenticate(b"api-key-0123456789"));
+        assert!(copy.authenticate(b"api-key-012345678").is_none());
+        assert_eq!(copy.remembered.0.read().unwrap().len(), 1);
+        let shown = format!("{keys:?}");
+        assert!(!shown.contains("api-key-0123456789") && shown.contains("Remembered(1)"), "{shown}");
     }
 
     #[test]
