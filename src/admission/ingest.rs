@@ -136,13 +136,15 @@ impl Ingest {
     }
 
     /// As [`Ingest::accept`], storing each event with a gate only if it fits under its
-    /// customer's limit (`enforce`); `gates` has one entry per event.
+    /// customer's limit (`enforce`); `gates` has one entry per event. Without any gate the
+    /// events are stored as [`Ingest::accept`] stores them.
     pub async fn accept_enforced(
         &self,
         events: Vec<IncomingEvent>,
         gates: Vec<Option<Gate>>,
     ) -> Result<Vec<Outcome>, StorageError> {
         debug_assert_eq!(events.len(), gates.len());
+        let gates = if gates.iter().any(Option::is_some) { gates } else { vec![] };
         self.commit(events, gates).await
     }
 

@@ -19,7 +19,6 @@ use crate::check::{Checker, Decision, Enforcement};
 use crate::db::StorageError;
 use crate::domain::{CustomerId, FieldError};
 use crate::enforce::Gate;
-use crate::enforce::store::Outcome;
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::Accepted;
 use crate::projection::Projection;
@@ -145,12 +144,7 @@ impl Admission {
             }
         }
         let (indices, events): (Vec<usize>, Vec<IncomingEvent>) = kept.into_iter().unzip();
-        let outcomes = if gates.iter().any(Option::is_some) {
-            self.ingest.accept_enforced(events, gates).await?
-        } else {
-            let accepted = self.ingest.accept(events).await?;
-            accepted.into_iter().map(|accepted| Outcome { accepted, judged: None }).collect()
-        };
+        let outcomes = self.ingest.accept_enforced(events, gates).await?;
         for (i, outcome) in indices.into_iter().zip(outcomes) {
             let gate = customers[i].and_then(|customer| match decided.get(&customer) {
                 Some(Enforcement::Gate { lookup, .. }) => Some((customer, lookup)),
