@@ -88,11 +88,35 @@ struct Inner<K, V> {
     changes: Option<mpsc::Sender<Change<K, V>>>,
 }
 
+/// How many changes may wait for their reader; beyond it they are dropped (and counted).
+const CHANGES_QUEUE: usize = 10_000;
+
 impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
-    /// Starts following `channel` (whose payloads name keys, see [`Key::notified`]); `changes`,
-    /// if given, is told of every change after the first load (dropped, and counted, if it does
-    /// not keep up).
+    /// Starts following `channel` (whose payloads name keys, see [`Key::notified`]).
     pub fn start(
+        pool: PgPool,
+        channel: &'static str,
+        what: &'static str,
+        load: Loader<K, V>,
+    ) -> Started<Self> {
+        Self::following(pool, channel, what, load, None)
+    }
+
+    /// As [`Mirror::start`], and tells of every change after the first load (dropped, and
+    /// counted, if the reader does not keep up).
+    pub fn start_telling(
+        pool: PgPool,
+        channel: &'static str,
+        what: &'static str,
+        load: Loader<K, V>,
+    ) -> Started<Self, mpsc::Receiver<Change<K, V>>> {
+        let (sender, changes) = mpsc::channel(CHANGES_QUEUE);
+        let Started { service, tasks, listening, .. } =
+            Self::following(pool, channel, what, load, Some(sender));
+        Started { service, changes, tasks, listening }
+    }
+
+    fn following(
         pool: PgPool,
         channel: &'static str,
         what: &'static str,

@@ -102,16 +102,13 @@ impl From<sqlx::Error> for OverrideError {
     }
 }
 
-const CHANGES_QUEUE: usize = 10_000;
-
 impl Overrides {
     /// Starts keeping the copy up to date and expiring overrides in Postgres.
     pub fn start(pool: PgPool) -> Started<Self, mpsc::Receiver<Changed>> {
-        let (sender, changes) = mpsc::channel(CHANGES_QUEUE);
         let load: mirror::Loader<CustomerId, Override> =
             |pool, customers| store::open_overrides(pool, customers).boxed();
-        let Started { service: open, mut tasks, listening, .. } =
-            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "overrides", load, Some(sender));
+        let Started { service: open, changes, mut tasks, listening } =
+            Mirror::start_telling(pool.clone(), store::NOTIFY_CHANNEL, "overrides", load);
         let expiring = tokio::spawn(db::every(EXPIRE_EVERY, "close expired overrides", {
             let pool = pool.clone();
             move || {

@@ -55,9 +55,6 @@ pub fn pending_for(
 /// A target's pending usage changed in this replica's copy (for decision transitions).
 pub type Changed = mirror::Change<Target, Box<[PendingUsage]>>;
 
-/// How many changes may wait for their reader; beyond it they are dropped (and counted).
-const CHANGES_QUEUE: usize = 10_000;
-
 /// Targets are counted by kind, so a check skips the lookups of a kind there is none of
 /// (events are often sent by one kind only).
 impl mirror::Key for Target {
@@ -96,7 +93,6 @@ impl Pending {
     /// Starts keeping the copy up to date (LISTEN, reloads) and expiring old delivered events.
     /// `changes` tells of every change applied to the copy.
     pub fn start(pool: PgPool, settings: PendingSettings) -> Started<Self, mpsc::Receiver<Changed>> {
-        let (sender, changes) = mpsc::channel(CHANGES_QUEUE);
         let load: mirror::Loader<Target, Box<[PendingUsage]>> = |pool, targets| {
             async move {
                 let loaded = store::load(pool, targets).await?;
@@ -104,8 +100,8 @@ impl Pending {
             }
             .boxed()
         };
-        let Started { service: ledger, mut tasks, listening, .. } =
-            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "pending", load, Some(sender));
+        let Started { service: ledger, changes, mut tasks, listening } =
+            Mirror::start_telling(pool.clone(), store::NOTIFY_CHANNEL, "pending", load);
         let inner = Arc::new(Inner { pool, settings });
         tasks.push(tokio::spawn(upkeep(inner.clone())).abort_handle());
         Started { service: Self { ledger, inner }, changes, tasks, listening }

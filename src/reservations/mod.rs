@@ -42,7 +42,7 @@ impl Holds {
         let load: mirror::Loader<CustomerId, Box<[Hold]>> =
             |pool, customers| store::open_holds(pool, customers).boxed();
         let Started { service: open, mut tasks, listening, .. } =
-            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "reservations", load, None);
+            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "reservations", load);
         let expiring = tokio::spawn(db::every(EXPIRE_EVERY, "close expired holds", move || {
             let pool = pool.clone();
             async move { store::expire(&pool).await }
