@@ -489,8 +489,7 @@ async fn customer(
     let customer = customer_id(&path, "customer_id")?;
     let now = Utc::now();
     let since = now - chrono::TimeDelta::days(PLOT_DAYS);
-    let subscriptions: Vec<uuid::Uuid> =
-        subscriptions.of_customer(customer).iter().map(|s| s.as_uuid()).collect();
+    let subscriptions = subscriptions.of_customer(customer);
     let pool = pool.get_ref();
     let trail = Filter { customer: Some(customer), ..Filter::default() };
     let (decision, limits, recorded, samples, overrides, events, audit) = tokio::join!(

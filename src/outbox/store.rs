@@ -363,9 +363,10 @@ pub async fn list(
 pub async fn undelivered_of(
     pool: &PgPool,
     customer: CustomerId,
-    subscriptions: &[Uuid],
+    subscriptions: &[SubscriptionId],
     limit: i64,
 ) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+    let subscriptions: Vec<Uuid> = subscriptions.iter().map(|s| s.as_uuid()).collect();
     sqlx::query_as(concat!(
         listed_event!(),
         " WHERE status IN ('pending', 'dead') AND (customer_id = $1 OR subscription_id = ANY($2))
@@ -373,7 +374,7 @@ pub async fn undelivered_of(
          LIMIT $3",
     ))
     .bind(customer.as_uuid())
-    .bind(subscriptions)
+    .bind(&subscriptions)
     .bind(limit)
     .fetch_all(pool)
     .await
