@@ -208,14 +208,18 @@ pub async fn gate(
         .map_err(|_| ApiError::invalid_field(header.as_str(), "must be a UUID"))?;
     let id = customer_id(raw.trim(), header.as_str())?;
     let decision = checker.check(id, None).await;
-    let mut response = if decision.allowed {
-        HttpResponse::NoContent().finish()
-    } else {
-        // A problem+json like every other error, with the usage headers too.
-        let status = StatusCode::from_u16(settings.gate.blocked_status).unwrap_or(StatusCode::FORBIDDEN);
-        ApiError::UsageBlocked { status, decision: Box::new(decision.clone()) }.error_response()
-    };
-    set_usage_headers(response.headers_mut(), &decision);
+    if decision.allowed {
+        let mut response = HttpResponse::NoContent().finish();
+        set_usage_headers(response.headers_mut(), &decision);
+        return Ok(response);
+    }
+    // A problem+json like every other error, with the usage headers too.
+    let status = StatusCode::from_u16(settings.gate.blocked_status).unwrap_or(StatusCode::FORBIDDEN);
+    let blocked = ApiError::UsageBlocked { status, decision: Box::new(decision) };
+    let mut response = blocked.error_response();
+    if let ApiError::UsageBlocked { decision, .. } = &blocked {
+        set_usage_headers(response.headers_mut(), decision);
+    }
     Ok(response)
 }
 
