@@ -5,7 +5,8 @@
   2. enforced single events (?enforce=true) for the same customer, interleaved with 1 round by
      round; the ratio enforced/plain is the figure (target >= 50%);
   3. one customer at its limit: enforced events (every one refused, 402) and plain events;
-  4. reservation create -> commit round trips (one 1-cent hold, then its commit with one event).
+  4. reservation create -> commit round trips (one 1-cent hold, then its commit with one event),
+     on one customer and spread over 100 (`--only-holds` runs these alone).
 
 The simulator's counter is held and BillaBear "hangs" on /events, so the forwarder does no
 other work during the runs (as in events.py's ingest runs).
@@ -87,27 +88,31 @@ response = function(status) if status ~= {expect} then unexpected = unexpected +
     return path
 
 
-def hold_script(work, customer):
-    """Each connection alternates: create a 1-cent hold, then commit it with one event."""
-    path = os.path.join(work, "holds.lua")
+def hold_script(work, customers, name):
+    """Each connection alternates: create a 1-cent hold for one of `customers` (at random), then
+    commit it with one event."""
+    path = os.path.join(work, f"{name}.lua")
+    listed = ", ".join(f'"{c}"' for c in customers)
     with open(path, "w") as f:
         f.write(f"""
 local threads = {{}}
-function setup(thread) table.insert(threads, thread); thread:set("id", "hold-" .. #threads) end
+local customers = {{{listed}}}
+function setup(thread) table.insert(threads, thread); thread:set("id", "{name}-" .. #threads) end
 function init(args) counter = 0; unexpected = 0; ready = {{}} end
 request = function()
   local headers = {{["Content-Type"] = "application/json", ["Authorization"] = "Bearer {KEY}"}}
   local hold = table.remove(ready)
   if hold then
     counter = counter + 1
-    local body = string.format('{{"events":[{{"event_id":"%s-%d","customer":"{customer}","code":"api_calls","value":1}}]}}', id, counter)
-    return wrk.format("POST", "/v1/reservations/" .. hold .. "/commit", headers, body)
+    local body = string.format('{{"events":[{{"event_id":"%s-%d","customer":"%s","code":"api_calls","value":1}}]}}', id, counter, hold[2])
+    return wrk.format("POST", "/v1/reservations/" .. hold[1] .. "/commit", headers, body)
   end
-  return wrk.format("POST", "/v1/customers/{customer}/reservations", headers, '{{"amount":1}}')
+  local customer = customers[math.random(#customers)]
+  return wrk.format("POST", "/v1/customers/" .. customer .. "/reservations", headers, '{{"amount":1}}')
 end
 response = function(status, headers, body)
   if status == 201 then
-    table.insert(ready, string.match(body, '"id":"([0-9a-f-]+)"'))
+    table.insert(ready, {{string.match(body, '"id":"([0-9a-f-]+)"'), string.match(body, '"customer_id":"([0-9a-f-]+)"')}})
   elseif status ~= 200 then
     unexpected = unexpected + 1
   end
@@ -120,6 +125,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only-holds", action="store_true", help="skip the event runs")
     args = parser.parse_args()
     for tool in ("wrk", "psql"):
         if not shutil.which(tool):
@@ -129,7 +135,7 @@ def main():
     work = tempfile.mkdtemp(prefix="usage-gate-bench-enforce-")
     config = os.path.join(work, "usage-gate.toml")
     write_config(config, APP, SIM, SIM_KEY, KEY, ["events", "check", "admin"])
-    plain, enforced, at_limit_enforced, at_limit_plain, round_trips = [], [], [], [], []
+    plain, enforced, at_limit_enforced, at_limit_plain, round_trips, spread = [], [], [], [], [], []
     with Processes() as procs:
         binary = os.path.join(RELEASE, "usage-gate")
         procs.start([binary, "sim", "--address", SIM, "--api-key", SIM_KEY, "--workers", "1",
@@ -140,32 +146,38 @@ def main():
         far = customer(0, 10**15)
         full = customer(100, 100)
         holder = customer(0, 10**15)
-        for c in (far, full, holder):
+        holders = [customer(0, 10**15) for _ in range(100)]
+        for c in (far, full, holder, *holders):
             request("GET", f"http://{APP}/v1/customers/{c}/check", headers={"Authorization": f"Bearer {KEY}"})
         sim("PUT", "/faults", {"outage": "hang", "only": "events"})
+        committed = lambda: int(psql(DB, "SELECT count(*) FROM reservations WHERE closed_as = 'committed'"))
         for r in range(args.rounds):
-            plain.append(wrk("/v1/events", event_script(work, f"plain{r}", far, 202), args.duration, 202))
-            enforced.append(wrk("/v1/events?enforce=true", event_script(work, f"enforced{r}", far, 202),
-                                args.duration, 202))
-            at_limit_enforced.append(wrk("/v1/events?enforce=true", event_script(work, f"refused{r}", full, 402),
-                                         args.duration, 402))
-            at_limit_plain.append(wrk("/v1/events", event_script(work, f"full{r}", full, 202), args.duration, 202))
-            before = int(psql(DB, "SELECT count(*) FROM reservations WHERE closed_as = 'committed'"))
-            wrk("/", hold_script(work, holder), args.duration, 200)
-            after = int(psql(DB, "SELECT count(*) FROM reservations WHERE closed_as = 'committed'"))
-            round_trips.append((after - before) / args.duration)
+            if not args.only_holds:
+                plain.append(wrk("/v1/events", event_script(work, f"plain{r}", far, 202), args.duration, 202))
+                enforced.append(wrk("/v1/events?enforce=true", event_script(work, f"enforced{r}", far, 202),
+                                    args.duration, 202))
+                at_limit_enforced.append(wrk("/v1/events?enforce=true", event_script(work, f"refused{r}", full, 402),
+                                             args.duration, 402))
+                at_limit_plain.append(wrk("/v1/events", event_script(work, f"full{r}", full, 202), args.duration, 202))
+            before = committed()
+            wrk("/", hold_script(work, [holder], f"hold{r}"), args.duration, 200)
+            round_trips.append((committed() - before) / args.duration)
+            before = committed()
+            wrk("/", hold_script(work, holders, f"spread{r}"), args.duration, 200)
+            spread.append((committed() - before) / args.duration)
     shutil.rmtree(work, ignore_errors=True)
 
-    ratios = [e / p for e, p in zip(enforced, plain)]
     print()
     print(f"{args.rounds} rounds of {args.duration} s, wrk -t2 -c64, one event per request")
-    print(f"plain events, customer far from its limit:     median {statistics.median(plain):>8.0f}/s  {[round(x) for x in plain]}")
-    print(f"enforced events, the same customer:            median {statistics.median(enforced):>8.0f}/s  {[round(x) for x in enforced]}")
-    print(f"  enforced / plain, round by round:            median {statistics.median(ratios):>8.0%}   {[f'{x:.0%}' for x in ratios]}")
-    print(f"enforced events, customer at its limit (402):  median {statistics.median(at_limit_enforced):>8.0f}/s  {[round(x) for x in at_limit_enforced]}")
-    print(f"plain events, the customer at its limit:       median {statistics.median(at_limit_plain):>8.0f}/s  {[round(x) for x in at_limit_plain]}")
-    print(f"reservation create -> commit round trips:      median {statistics.median(round_trips):>8.0f}/s  {[round(x) for x in round_trips]}")
-
+    if not args.only_holds:
+        ratios = [e / p for e, p in zip(enforced, plain)]
+        print(f"plain events, customer far from its limit:     median {statistics.median(plain):>8.0f}/s  {[round(x) for x in plain]}")
+        print(f"enforced events, the same customer:            median {statistics.median(enforced):>8.0f}/s  {[round(x) for x in enforced]}")
+        print(f"  enforced / plain, round by round:            median {statistics.median(ratios):>8.0%}   {[f'{x:.0%}' for x in ratios]}")
+        print(f"enforced events, customer at its limit (402):  median {statistics.median(at_limit_enforced):>8.0f}/s  {[round(x) for x in at_limit_enforced]}")
+        print(f"plain events, the customer at its limit:       median {statistics.median(at_limit_plain):>8.0f}/s  {[round(x) for x in at_limit_plain]}")
+    print(f"hold -> commit pairs, one customer:            median {statistics.median(round_trips):>8.0f}/s  {[round(x) for x in round_trips]}")
+    print(f"hold -> commit pairs, 100 customers:           median {statistics.median(spread):>8.0f}/s  {[round(x) for x in spread]}")
 
 if __name__ == "__main__":
     main()

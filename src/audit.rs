@@ -2,10 +2,11 @@
 //! outcome), every webhook, and every decision transition (`transitions` writes those), in
 //! Postgres.
 //!
-//! Records are inserted one at a time under a transaction-scoped advisory lock, so ids are
-//! handed out in commit order: a reader paging newest-first by id never skips a record that
-//! committed after a newer one. Audit writes are rare (operator actions and transitions), so
-//! the lock costs nothing that matters.
+//! Records are inserted under a transaction-scoped advisory lock, so ids are handed out in
+//! commit order: a reader paging newest-first by id never skips a record that committed after a
+//! newer one. Most writes are rare (operator actions, transitions); the busy ones, holds and
+//! their commits, come in group commits that insert all their records with one statement
+//! ([`record_all_in`]), so the lock is taken once per group, not once per hold.
 
 use serde::Serialize;
 use sqlx::PgPool;
@@ -148,6 +149,44 @@ pub async fn record_in(conn: &mut sqlx::PgConnection, entry: &Entry) -> Result<i
     .bind(INSERT_LOCK)
     .fetch_one(&mut *conn)
     .await
+}
+
+/// Inserts records in the caller's transaction with one statement, in order, taking the insert
+/// lock as [`record_in`] does (call it last): a group commit of many changes holds the lock for
+/// one round trip and the commit, not one per record.
+pub async fn record_all_in(conn: &mut sqlx::PgConnection, entries: &[Entry]) -> Result<(), sqlx::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let column = |f: fn(&Entry) -> Option<String>| entries.iter().map(f).collect::<Vec<_>>();
+    let actors = column(|e| Some(storable(&e.actor).into_owned()));
+    let actions = column(|e| Some(storable(&e.action).into_owned()));
+    let targets = column(|e| e.target.as_deref().map(|t| storable(t).into_owned()));
+    let outcomes = column(|e| Some(e.outcome.as_str().to_owned()));
+    let request_ids = column(|e| e.request_id.clone());
+    let customers: Vec<Option<Uuid>> = entries.iter().map(|e| e.customer.map(|c| c.as_uuid())).collect();
+    let statuses: Vec<Option<i16>> = entries.iter().map(|e| e.upstream_status.map(|s| s as i16)).collect();
+    let details: Vec<serde_json::Value> = entries.iter().map(|e| storable_json(&e.details)).collect();
+    sqlx::query(
+        "WITH locked AS (SELECT pg_advisory_xact_lock($9))
+         INSERT INTO audit_log (actor, action, customer_id, target_id, outcome, upstream_status, request_id, details)
+         SELECT r.actor, r.action, r.customer_id, r.target_id, r.outcome, r.upstream_status, r.request_id, r.details
+         FROM locked, unnest($1::text[], $2::text[], $3::uuid[], $4::text[], $5::text[], $6::int2[], $7::text[], $8::jsonb[])
+              WITH ORDINALITY AS r(actor, action, customer_id, target_id, outcome, upstream_status, request_id, details, n)
+         ORDER BY r.n",
+    )
+    .bind(actors)
+    .bind(actions)
+    .bind(customers)
+    .bind(targets)
+    .bind(outcomes)
+    .bind(statuses)
+    .bind(request_ids)
+    .bind(details)
+    .bind(INSERT_LOCK)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Gives a pending record its outcome; `details` are merged into what it holds.

@@ -229,7 +229,8 @@ impl Running {
             Overrides::start(pool.clone());
         background.extend(tasks);
         listening.push(overrides_listening);
-        let Started { service: holds, tasks, listening: holds_listening, .. } = Holds::start(pool.clone());
+        let Started { service: holds, tasks, listening: holds_listening, .. } =
+            Holds::start(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
         background.extend(tasks);
         listening.push(holds_listening);
         let (fetched, fetches) = tokio::sync::mpsc::channel(FETCHED_QUEUE);
@@ -267,12 +268,7 @@ impl Running {
             Arc::new(Checker::new(cache, pending, holds.clone(), overrides.clone(), settings.policy.clone()));
         let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
         let handlers = Handlers {
-            admission: web::Data::new(Admission::new(
-                checker.clone(),
-                ingest,
-                subscriptions.clone(),
-                pool.clone(),
-            )),
+            admission: web::Data::new(Admission::new(checker.clone(), ingest, subscriptions.clone())),
             limits: web::Data::new(Limits::new(
                 pool.clone(),
                 billabear.with_timeout(settings.billabear.admin_timeout),

@@ -12,8 +12,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
-
 use crate::audit::Actor;
 use crate::check::{Checker, Decision, Enforcement};
 use crate::db::StorageError;
@@ -22,7 +20,7 @@ use crate::enforce::Gate;
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::Accepted;
 use crate::projection::Projection;
-use crate::reservations::store::{self as holds, Ask, Reservation};
+use crate::reservations::store::{Ask, Reservation};
 use crate::subscriptions::Subscriptions;
 use ingest::Ingest;
 
@@ -56,18 +54,17 @@ pub enum Admitted {
     Refused(Box<Decision>),
 }
 
-/// The admission service: the check (snapshots, overrides, holds), group commit, and who owns
-/// which subscription.
+/// The admission service: the check (snapshots, overrides, holds, and the holds' writer), group
+/// commit, and who owns which subscription.
 pub struct Admission {
     checker: Arc<Checker>,
     ingest: Ingest,
     subscriptions: Subscriptions,
-    pool: PgPool,
 }
 
 impl Admission {
-    pub fn new(checker: Arc<Checker>, ingest: Ingest, subscriptions: Subscriptions, pool: PgPool) -> Self {
-        Self { checker, ingest, subscriptions, pool }
+    pub fn new(checker: Arc<Checker>, ingest: Ingest, subscriptions: Subscriptions) -> Self {
+        Self { checker, ingest, subscriptions }
     }
 
     /// Starts this thread's event writer (see [`Ingest::attach_worker`]).
@@ -173,11 +170,11 @@ impl Admission {
         actor: &Actor,
     ) -> Result<(Reservation, Decision), AdmissionError> {
         let checker = &self.checker;
-        let (reservation, decision) = match checker.enforcement(customer).await {
+        let (ask, actor) = (ask.clone(), actor.clone());
+        match checker.enforcement(customer).await {
             Enforcement::Gate { gate, lookup } => {
-                let created = holds::create(&self.pool, &gate, ask, ttl, actor, checker.policy()).await?;
-                let judged = created.judged;
-                let Some(reservation) = created.reservation else {
+                let (reservation, judged) = checker.holds.create(gate, ask, ttl, actor).await?;
+                let Some(reservation) = reservation else {
                     let decision = checker.explain_judged(customer, lookup, &judged);
                     return Err(AdmissionError::OverLimit(Box::new(decision)));
                 };
@@ -185,22 +182,16 @@ impl Admission {
                     reserved: judged.projection.reserved.saturating_add(reservation.amount),
                     ..judged.projection
                 };
-                (reservation, checker.explain_with(customer, None, lookup, with_hold))
+                Ok((reservation, checker.explain_with(customer, None, lookup, with_hold)))
             }
             Enforcement::Decided(decision) if !decision.allowed => {
-                return Err(AdmissionError::OverLimit(Box::new(decision)));
+                Err(AdmissionError::OverLimit(Box::new(decision)))
             }
             // Unknown to BillaBear, or BillaBear unreachable with nothing cached, and the policy
             // allows: held as asked (an event's price is unknown: 0), the decision says why.
             Enforcement::Decided(decision) => {
-                let amount = match ask {
-                    Ask::Amount(amount) => *amount,
-                    Ask::Event { .. } => 0,
-                };
-                (holds::grant(&self.pool, customer, amount, ask, ttl, actor).await?, decision)
+                Ok((checker.holds.grant(customer, ask, ttl, actor).await?, decision))
             }
-        };
-        checker.holds.reload(customer).await;
-        Ok((reservation, decision))
+        }
     }
 }

@@ -4,20 +4,29 @@
 //! - **Postgres holds them** (`store`): granted under the customer's lock like enforced events
 //!   (`enforce`), committed (the real usage stored and the hold closed in one transaction),
 //!   released, or expired, each audited in the transaction that makes it.
+//! - **One writer per replica** (`writer`) writes every hold, commit and release, together
+//!   with whatever else waits (group commit), and reloads the changed customers' copies.
 //! - **Memory holds a copy** of the open ones per customer (a [`Mirror`]), for the check's
 //!   `estimate.reserved`. A check skips holds past their `expires_at` by itself, so an expired hold stops counting on
 //!   every replica at once; the expiry task closes it in Postgres within [`EXPIRE_EVERY`].
 
 pub mod store;
+mod writer;
 
 use std::time::Duration;
 
 use futures_util::FutureExt;
 use sqlx::PgPool;
 
-use crate::db;
+use crate::audit::Actor;
+use crate::db::{self, StorageError};
 use crate::domain::CustomerId;
+use crate::enforce::{Gate, Judged};
 use crate::mirror::{self, Mirror, Started};
+use crate::outbox::IncomingEvent;
+use crate::policy::PolicySettings;
+use store::{Ask, Change, Committed, Created, Done, Reservation};
+use uuid::Uuid;
 
 /// How often holds past their `expires_at` are closed in Postgres (and audited).
 pub const EXPIRE_EVERY: Duration = Duration::from_millis(250);
@@ -34,22 +43,27 @@ pub struct Hold {
 #[derive(Clone)]
 pub struct Holds {
     open: Mirror<CustomerId, Box<[Hold]>>,
+    writer: writer::Writer,
 }
 
 impl Holds {
-    /// Starts keeping the copy up to date and expiring holds in Postgres.
-    pub fn start(pool: PgPool) -> Started<Self> {
+    /// Starts keeping the copy up to date, the writer (which connects with the pool's options,
+    /// waiting at most `connect_timeout`, and judges new holds by `policy`), and expiring holds
+    /// in Postgres.
+    pub fn start(pool: PgPool, connect_timeout: Duration, policy: PolicySettings) -> Started<Self> {
         let load: mirror::Loader<CustomerId, Box<[Hold]>> =
             |pool, customers| store::open_holds(pool, customers).boxed();
         let Started { service: open, mut tasks, listening, .. } =
             Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "reservations", load);
+        let (writer, writing) = writer::Writer::start(pool.clone(), connect_timeout, policy, open.clone());
+        tasks.push(writing);
         let expiring = tokio::spawn(db::every(EXPIRE_EVERY, "close expired holds", move || {
             let pool = pool.clone();
             async move { store::expire(&pool).await }
         }))
         .abort_handle();
         tasks.push(expiring);
-        Started { service: Self { open }, changes: (), tasks, listening }
+        Started { service: Self { open, writer }, changes: (), tasks, listening }
     }
 
     /// What the customer's open holds set aside at `now_ms` (Unix ms).
@@ -65,9 +79,63 @@ impl Holds {
             .unwrap_or(0)
     }
 
-    /// Reads the customer's open holds now, after a change this replica made: its next check
-    /// counts it without waiting for the notification.
-    pub async fn reload(&self, customer: CustomerId) {
-        self.open.reload(customer).await
+    /// A hold for the gate's customer if it fits (judged under its lock with its pending usage
+    /// and open holds): stored, or refused with nothing stored; and how it was judged.
+    pub async fn create(
+        &self,
+        gate: Gate,
+        ask: Ask,
+        ttl: Duration,
+        actor: Actor,
+    ) -> Result<(Option<Reservation>, Judged), StorageError> {
+        let customer = gate.customer;
+        let change = Change::Hold { customer, gate: Some(gate), ask, ttl, actor };
+        match self.writer.write(change).await? {
+            Done::Hold(Created { reservation, judged: Some(judged) }) => Ok((reservation, judged)),
+            _ => Err(unanswered()),
+        }
     }
+
+    /// A hold stored without judging it (the policy's fallback allowed it): of `ask`'s amount,
+    /// or 0 for an event (its price is unknown).
+    pub async fn grant(
+        &self,
+        customer: CustomerId,
+        ask: Ask,
+        ttl: Duration,
+        actor: Actor,
+    ) -> Result<Reservation, StorageError> {
+        match self.writer.write(Change::Hold { customer, gate: None, ask, ttl, actor }).await? {
+            Done::Hold(Created { reservation: Some(reservation), .. }) => Ok(reservation),
+            _ => Err(unanswered()),
+        }
+    }
+
+    /// Stores the work's real usage and closes the hold, in one transaction (see
+    /// [`store::write`]). `owners`: each event's customer, as far as usage-gate can tell.
+    pub async fn commit(
+        &self,
+        id: Uuid,
+        events: Vec<IncomingEvent>,
+        owners: Vec<Option<CustomerId>>,
+        actor: Actor,
+    ) -> Result<Committed, StorageError> {
+        match self.writer.write(Change::Commit { id, events, owners, actor }).await? {
+            Done::Commit(committed) => Ok(committed),
+            _ => Err(unanswered()),
+        }
+    }
+
+    /// Releases an open hold; None when there is none with this id (unknown, or closed before).
+    pub async fn release(&self, id: Uuid, actor: Actor) -> Result<Option<Reservation>, StorageError> {
+        match self.writer.write(Change::Release { id, actor }).await? {
+            Done::Release(released) => Ok(released),
+            _ => Err(unanswered()),
+        }
+    }
+}
+
+/// The writer answers each change with its own kind; another would be a fault of ours.
+fn unanswered() -> StorageError {
+    StorageError::from(sqlx::Error::Protocol("reservations: a change was answered as another kind".into()))
 }

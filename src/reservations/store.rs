@@ -2,10 +2,11 @@
 //! expired, each audited in the transaction that makes it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::{PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::Hold;
@@ -51,120 +52,43 @@ pub enum Ask {
     Event { code: String, value: f64 },
 }
 
-/// How a request for a hold was judged: granted (stored) or refused (nothing stored).
+/// A change to the holds, as [`write`] takes it.
+#[derive(Debug)]
+pub enum Change {
+    /// A new hold for `customer`: judged against `gate` under the customer's lock, or, without
+    /// a gate (the policy's fallback allowed it), granted as asked (an event's price unknown: 0).
+    Hold { customer: CustomerId, gate: Option<Gate>, ask: Ask, ttl: Duration, actor: Actor },
+    /// The work's real usage: stored, and the hold closed. `owners` has each event's customer
+    /// as far as usage-gate can tell; all must be the reservation's.
+    Commit { id: Uuid, events: Vec<IncomingEvent>, owners: Vec<Option<CustomerId>>, actor: Actor },
+    /// The work was not done: the hold closed, nothing stored.
+    Release { id: Uuid, actor: Actor },
+}
+
+impl Change {
+    fn events(&self) -> &[IncomingEvent] {
+        match self {
+            Change::Commit { events, .. } => events,
+            _ => &[],
+        }
+    }
+}
+
+/// What became of a [`Change`], in its variant's order.
+#[derive(Debug)]
+pub enum Done {
+    Hold(Created),
+    Commit(Committed),
+    /// None when there was no open hold with this id (unknown, or closed before).
+    Release(Option<Reservation>),
+}
+
+/// How a request for a hold was judged: granted (stored) or refused (nothing stored). `judged`
+/// is None for a hold granted without a gate.
 #[derive(Debug)]
 pub struct Created {
     pub reservation: Option<Reservation>,
-    pub judged: Judged,
-}
-
-const COLUMNS: &str =
-    "id, customer_id, amount, code, value, created_at, expires_at, created_by, closed_at, closed_as";
-
-/// Grants a hold for the gate's customer if it fits (judged under the customer's lock, with
-/// its pending usage and open holds), expiring `ttl` from now.
-pub async fn create(
-    pool: &PgPool,
-    gate: &Gate,
-    ask: &Ask,
-    ttl: std::time::Duration,
-    actor: &Actor,
-    policy: &PolicySettings,
-) -> Result<Created, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let mut ledger = enforce::lock_and_load(&mut tx, &[gate]).await?;
-    let amount = match ask {
-        Ask::Amount(amount) => *amount,
-        Ask::Event { code, value } => ledger.price_event(gate, Target::Customer(gate.customer), code, *value),
-    };
-    let judged = ledger.judge_hold(gate, amount, policy);
-    if !judged.admitted {
-        metrics::counter!("usage_gate_reservations_total", "outcome" => "refused").increment(1);
-        return Ok(Created { reservation: None, judged });
-    }
-    let reservation = insert(&mut tx, gate.customer, amount, ask, ttl, actor).await?;
-    tx.commit().await?;
-    Ok(Created { reservation: Some(reservation), judged })
-}
-
-/// Stores a hold without judging it (the policy's fallback allowed it).
-pub async fn grant(
-    pool: &PgPool,
-    customer: CustomerId,
-    amount: i64,
-    ask: &Ask,
-    ttl: std::time::Duration,
-    actor: &Actor,
-) -> Result<Reservation, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let reservation = insert(&mut tx, customer, amount, ask, ttl, actor).await?;
-    tx.commit().await?;
-    Ok(reservation)
-}
-
-/// Stores a hold (and its audit record) in the caller's transaction.
-async fn insert(
-    tx: &mut PgConnection,
-    customer: CustomerId,
-    amount: i64,
-    ask: &Ask,
-    ttl: std::time::Duration,
-    actor: &Actor,
-) -> Result<Reservation, sqlx::Error> {
-    let (code, value) = match ask {
-        Ask::Amount(_) => (None, None),
-        Ask::Event { code, value } => (Some(code.as_str()), Some(*value)),
-    };
-    let reservation: Reservation = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO reservations (id, customer_id, amount, code, value, expires_at, created_by)
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), $7)
-         RETURNING {COLUMNS}"
-    )))
-    .bind(Uuid::new_v4())
-    .bind(customer.as_uuid())
-    .bind(amount)
-    .bind(code)
-    .bind(value)
-    .bind(ttl.as_secs_f64())
-    .bind(&actor.name)
-    .fetch_one(&mut *tx)
-    .await?;
-    record(
-        tx,
-        "reservation.create",
-        &reservation,
-        actor,
-        serde_json::json!({
-            "amount": amount, "code": code, "value": value, "expires_at": reservation.expires_at,
-        }),
-    )
-    .await?;
-    metrics::counter!("usage_gate_reservations_total", "outcome" => "granted").increment(1);
-    Ok(reservation)
-}
-
-async fn record(
-    tx: &mut PgConnection,
-    action: &str,
-    reservation: &Reservation,
-    actor: &Actor,
-    details: serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    let entry = actor.entry(
-        action,
-        Some(CustomerId::from(reservation.customer_id)),
-        reservation.id.to_string(),
-        details,
-    );
-    audit::record_in(tx, &entry).await.map(|_| ())
-}
-
-/// The reservation, if there is one with this id.
-pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
-    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM reservations WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    pub judged: Option<Judged>,
 }
 
 /// What became of a commit.
@@ -177,57 +101,269 @@ pub enum Committed {
         expired: bool,
     },
     NotFound,
+    /// These events (by position) are not known to be the reservation's customer's: nothing
+    /// stored.
+    Foreign {
+        customer: CustomerId,
+        events: Vec<usize>,
+    },
     /// Released before (nothing stored).
     Released,
     /// Committed before (nothing stored this time).
     AlreadyCommitted,
 }
 
-/// Stores the real usage and closes the hold, in one transaction. The work was done, so the
-/// events are never judged against the limit; a hold that expired meanwhile is committed all
-/// the same (its `expired` record stays in the audit log).
-pub async fn commit(
-    pool: &PgPool,
-    id: Uuid,
-    events: &[IncomingEvent],
-    actor: &Actor,
-) -> Result<Committed, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let found: Option<(Reservation, bool)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "SELECT {COLUMNS}, expires_at <= now() AS lapsed FROM reservations WHERE id = $1 FOR UPDATE"
-    )))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?
-    .map(|row: ReservationAnd| (row.reservation, row.lapsed));
-    let Some((reservation, lapsed)) = found else { return Ok(Committed::NotFound) };
-    match reservation.closed_as.as_deref() {
-        Some("committed") => return Ok(Committed::AlreadyCommitted),
-        Some("released") => return Ok(Committed::Released),
-        _ => {}
+const COLUMNS: &str =
+    "id, customer_id, amount, code, value, created_at, expires_at, created_by, closed_at, closed_as";
+
+/// Writes `changes` in one transaction, each answered in order, with one statement per kind
+/// of work however many changes there are (group commit: a busy customer's holds and commits
+/// share round trips and its lock, instead of queueing for it one by one).
+///
+/// New holds are judged in order under their customers' locks with their pending usage and
+/// open holds (as enforced events are); commits are checked against their reservations (the
+/// events all the customer's, the hold not closed by a release or a commit before), then store
+/// their events and close their holds; releases close open holds. A hold that expired is
+/// committed all the same (the work was done; its `expired` record stays in the audit log).
+/// Every change is audited in the transaction. Commits come before releases: a commit and a
+/// release of one hold in one batch leave it committed.
+pub async fn write(
+    conn: &mut PgConnection,
+    changes: &[Change],
+    policy: &PolicySettings,
+) -> Result<Vec<Done>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let mut answers: Vec<Option<Done>> = changes.iter().map(|_| None).collect();
+    let mut audit = Vec::new();
+
+    // New holds: judged in order, then inserted together.
+    let gates: Vec<&Gate> = changes
+        .iter()
+        .filter_map(|c| if let Change::Hold { gate, .. } = c { gate.as_ref() } else { None })
+        .collect();
+    let mut ledger = enforce::lock_and_load(&mut tx, &gates).await?;
+    let mut rows = NewRows::default();
+    let mut granted = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        let Change::Hold { customer, gate, ask, ttl, actor } = change else { continue };
+        let (amount, judged) = match gate {
+            Some(gate) => {
+                let amount = match ask {
+                    Ask::Amount(amount) => *amount,
+                    Ask::Event { code, value } => {
+                        ledger.price_event(gate, Target::Customer(gate.customer), code, *value)
+                    }
+                };
+                let judged = ledger.judge_hold(gate, amount, policy);
+                (amount, Some(judged))
+            }
+            None => (if let Ask::Amount(amount) = ask { *amount } else { 0 }, None),
+        };
+        if judged.is_some_and(|j| !j.admitted) {
+            answers[i] = Some(Done::Hold(Created { reservation: None, judged }));
+            continue;
+        }
+        granted.push((i, rows.push(*customer, amount, ask, *ttl, &actor.name), judged));
     }
-    let expired = lapsed || reservation.closed_as.as_deref() == Some("expired");
-    let outcomes = outbox::accept(&mut tx, events).await?;
-    let reservation: Reservation = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE reservations SET closed_at = now(), closed_as = 'committed' WHERE id = $1 RETURNING {COLUMNS}"
-    )))
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
-    let stored = outcomes.iter().filter(|o| **o == Accepted::New).count();
-    record(
-        &mut tx,
-        "reservation.commit",
-        &reservation,
-        actor,
-        serde_json::json!({
-            "amount": reservation.amount, "events": events.len(), "stored": stored, "expired": expired,
-        }),
-    )
-    .await?;
+    let mut inserted = rows.insert(&mut tx).await?;
+    for (i, id, judged) in granted {
+        let Change::Hold { ask, actor, .. } = &changes[i] else { continue };
+        let Some(reservation) = inserted.remove(&id) else { continue };
+        let (code, value) = asked(ask);
+        audit.push(entry(
+            actor,
+            "reservation.create",
+            &reservation,
+            serde_json::json!({
+                "amount": reservation.amount, "code": code, "value": value, "expires_at": reservation.expires_at,
+            }),
+        ));
+        answers[i] = Some(Done::Hold(Created { reservation: Some(reservation), judged }));
+    }
+
+    // Commits: each checked against its reservation, then every event stored in one statement.
+    let ids: Vec<Uuid> = changes
+        .iter()
+        .filter_map(|c| if let Change::Commit { id, .. } = c { Some(*id) } else { None })
+        .collect();
+    let mut found: HashMap<Uuid, (Reservation, bool)> = if ids.is_empty() {
+        HashMap::new()
+    } else {
+        // Locked in one order, so two transactions closing the same holds never deadlock.
+        let rows: Vec<ReservationAnd> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS}, expires_at <= now() AS lapsed FROM reservations
+             WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        )))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        rows.into_iter().map(|row| (row.reservation.id, (row.reservation, row.lapsed))).collect()
+    };
+    let mut committing = Vec::new();
+    for (i, change) in changes.iter().enumerate() {
+        let Change::Commit { id, owners, .. } = change else { continue };
+        let Some((reservation, lapsed)) = found.get_mut(id) else {
+            answers[i] = Some(Done::Commit(Committed::NotFound));
+            continue;
+        };
+        let customer = CustomerId::from(reservation.customer_id);
+        let foreign: Vec<usize> =
+            owners.iter().enumerate().filter(|(_, o)| **o != Some(customer)).map(|(e, _)| e).collect();
+        let refused = match reservation.closed_as.as_deref() {
+            _ if !foreign.is_empty() => Some(Committed::Foreign { customer, events: foreign }),
+            Some("committed") => Some(Committed::AlreadyCommitted),
+            Some("released") => Some(Committed::Released),
+            _ => None,
+        };
+        if let Some(refused) = refused {
+            answers[i] = Some(Done::Commit(refused));
+            continue;
+        }
+        let expired = *lapsed || reservation.closed_as.as_deref() == Some("expired");
+        // A second commit of it in this batch finds it committed.
+        reservation.closed_as = Some("committed".into());
+        committing.push((i, *id, expired));
+    }
+    let events: Vec<IncomingEvent> =
+        committing.iter().flat_map(|(i, ..)| changes[*i].events().iter().cloned()).collect();
+    let mut outcomes = outbox::accept(&mut tx, &events).await?.into_iter();
+    let closed = close(&mut tx, committing.iter().map(|(_, id, _)| *id).collect(), "committed").await?;
+    for (i, id, expired) in committing {
+        let Change::Commit { events, actor, .. } = &changes[i] else { continue };
+        let outcomes: Vec<Accepted> = outcomes.by_ref().take(events.len()).collect();
+        let Some(reservation) = closed.get(&id).cloned() else { continue };
+        let stored = outcomes.iter().filter(|o| **o == Accepted::New).count();
+        audit.push(entry(
+            actor,
+            "reservation.commit",
+            &reservation,
+            serde_json::json!({
+                "amount": reservation.amount, "events": events.len(), "stored": stored, "expired": expired,
+            }),
+        ));
+        answers[i] = Some(Done::Commit(Committed::Done { reservation, outcomes, expired }));
+    }
+
+    // Releases: the open ones among them closed.
+    let ids: Vec<Uuid> = changes
+        .iter()
+        .filter_map(|c| if let Change::Release { id, .. } = c { Some(*id) } else { None })
+        .collect();
+    let mut released = close(&mut tx, ids, "released").await?;
+    for (i, change) in changes.iter().enumerate() {
+        let Change::Release { id, actor } = change else { continue };
+        let reservation = released.remove(id);
+        if let Some(reservation) = &reservation {
+            audit.push(entry(
+                actor,
+                "reservation.release",
+                reservation,
+                serde_json::json!({"amount": reservation.amount}),
+            ));
+        }
+        answers[i] = Some(Done::Release(reservation));
+    }
+
+    audit::record_all_in(&mut tx, &audit).await?;
     tx.commit().await?;
-    metrics::counter!("usage_gate_reservations_total", "outcome" => "committed").increment(1);
-    Ok(Committed::Done { reservation, outcomes, expired })
+    // Every change is answered above (a hold whose row did not come back, which Postgres does
+    // not do, would answer as refused).
+    Ok(answers
+        .into_iter()
+        .map(|a| a.unwrap_or(Done::Hold(Created { reservation: None, judged: None })))
+        .collect())
+}
+
+/// An ask's code and value, if it was asked for as an event.
+fn asked(ask: &Ask) -> (Option<&str>, Option<f64>) {
+    match ask {
+        Ask::Amount(_) => (None, None),
+        Ask::Event { code, value } => (Some(code.as_str()), Some(*value)),
+    }
+}
+
+/// New holds' columns, inserted with one statement.
+#[derive(Default)]
+struct NewRows {
+    ids: Vec<Uuid>,
+    customers: Vec<Uuid>,
+    amounts: Vec<i64>,
+    codes: Vec<Option<String>>,
+    values: Vec<Option<f64>>,
+    ttls: Vec<f64>,
+    created_by: Vec<String>,
+}
+
+impl NewRows {
+    fn push(&mut self, customer: CustomerId, amount: i64, ask: &Ask, ttl: Duration, by: &str) -> Uuid {
+        let id = Uuid::new_v4();
+        let (code, value) = asked(ask);
+        self.ids.push(id);
+        self.customers.push(customer.as_uuid());
+        self.amounts.push(amount);
+        self.codes.push(code.map(str::to_owned));
+        self.values.push(value);
+        self.ttls.push(ttl.as_secs_f64());
+        self.created_by.push(by.to_owned());
+        id
+    }
+
+    async fn insert(self, tx: &mut PgConnection) -> Result<HashMap<Uuid, Reservation>, sqlx::Error> {
+        if self.ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<Reservation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO reservations (id, customer_id, amount, code, value, expires_at, created_by)
+             SELECT id, customer_id, amount, code, value, now() + make_interval(secs => ttl), created_by
+             FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::float8[], $6::float8[], $7::text[])
+                  AS r(id, customer_id, amount, code, value, ttl, created_by)
+             RETURNING {COLUMNS}"
+        )))
+        .bind(self.ids)
+        .bind(self.customers)
+        .bind(self.amounts)
+        .bind(self.codes)
+        .bind(self.values)
+        .bind(self.ttls)
+        .bind(self.created_by)
+        .fetch_all(&mut *tx)
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+    }
+}
+
+/// Closes the open holds among `ids` as `how`; returns those it closed.
+async fn close(
+    tx: &mut PgConnection,
+    ids: Vec<Uuid>,
+    how: &str,
+) -> Result<HashMap<Uuid, Reservation>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    // A commit (its holds locked and checked) closes one that expired meanwhile too.
+    let open = if how == "committed" { "true" } else { "closed_at IS NULL" };
+    let rows: Vec<Reservation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE reservations SET closed_at = now(), closed_as = $2
+         WHERE id = ANY($1) AND {open} RETURNING {COLUMNS}"
+    )))
+    .bind(ids)
+    .bind(how)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r)).collect())
+}
+
+fn entry(actor: &Actor, action: &str, reservation: &Reservation, details: serde_json::Value) -> audit::Entry {
+    actor.entry(action, Some(CustomerId::from(reservation.customer_id)), reservation.id.to_string(), details)
+}
+
+/// The reservation, if there is one with this id.
+pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM reservations WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 /// A reservation and whether it is past its `expires_at`.
@@ -236,30 +372,6 @@ struct ReservationAnd {
     #[sqlx(flatten)]
     reservation: Reservation,
     lapsed: bool,
-}
-
-/// Releases an open hold; None when there is none with this id (unknown, or closed before).
-pub async fn release(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<Reservation>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let released: Option<Reservation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "UPDATE reservations SET closed_at = now(), closed_as = 'released'
-         WHERE id = $1 AND closed_at IS NULL RETURNING {COLUMNS}"
-    )))
-    .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
-    let Some(reservation) = released else { return Ok(None) };
-    record(
-        &mut tx,
-        "reservation.release",
-        &reservation,
-        actor,
-        serde_json::json!({"amount": reservation.amount}),
-    )
-    .await?;
-    tx.commit().await?;
-    metrics::counter!("usage_gate_reservations_total", "outcome" => "released").increment(1);
-    Ok(Some(reservation))
 }
 
 /// Closes every open hold past its `expires_at`, each audited once (a replica that finds one
@@ -276,18 +388,16 @@ pub async fn expire(pool: &PgPool) -> Result<usize, sqlx::Error> {
         return Ok(0);
     }
     let actor = Actor::usage_gate();
-    for reservation in &expired {
-        record(
-            &mut tx,
-            "reservation.expire",
-            reservation,
-            &actor,
-            serde_json::json!({
+    let entries: Vec<audit::Entry> = expired
+        .iter()
+        .map(|reservation| {
+            let details = serde_json::json!({
                 "amount": reservation.amount, "expires_at": reservation.expires_at,
-            }),
-        )
-        .await?;
-    }
+            });
+            entry(&actor, "reservation.expire", reservation, details)
+        })
+        .collect();
+    audit::record_all_in(&mut tx, &entries).await?;
     tx.commit().await?;
     metrics::counter!("usage_gate_reservations_total", "outcome" => "expired")
         .increment(expired.len() as u64);

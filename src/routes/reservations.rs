@@ -181,7 +181,6 @@ pub struct CommitResult {
         (status = 422, description = "An event is for another customer than the reservation's: nothing stored", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn commit(
-    pool: web::Data<PgPool>,
     holds: web::Data<Holds>,
     subscriptions: web::Data<Subscriptions>,
     caller: Caller,
@@ -211,28 +210,25 @@ pub async fn commit(
         return Err(ApiError::invalid_fields(errors));
     }
     let not_found = || ApiError::NotFound(format!("no open or expired reservation {id}"));
-    let Some(reservation) = store::find(pool.get_ref(), id).await? else { return Err(not_found()) };
-    let owner = CustomerId::from(reservation.customer_id);
-    let foreign = foreign_events(&subscriptions, &events, owner);
-    if !foreign.is_empty() {
-        return Err(ApiError::unprocessable(foreign));
-    }
-    match store::commit(pool.get_ref(), id, &events, &actor(&caller, &request_id)).await? {
-        Committed::Done { reservation, outcomes, expired } => {
-            holds.reload(owner).await;
-            Ok(HttpResponse::Ok().json(CommitAnswer {
-                reservation_id: reservation.id,
-                customer_id: reservation.customer_id,
-                expired,
-                results: events
-                    .iter()
-                    .zip(outcomes)
-                    .map(|(event, outcome)| CommitResult {
-                        event_id: event.event_id.to_string(),
-                        status: outcome.as_str(),
-                    })
-                    .collect(),
-            }))
+    let owners: Vec<Option<CustomerId>> =
+        events.iter().map(|event| event.target.customer(|s| subscriptions.owner(s))).collect();
+    let actor = actor(&caller, &request_id);
+    match holds.commit(id, events.clone(), owners, actor).await? {
+        Committed::Done { reservation, outcomes, expired } => Ok(HttpResponse::Ok().json(CommitAnswer {
+            reservation_id: reservation.id,
+            customer_id: reservation.customer_id,
+            expired,
+            results: events
+                .iter()
+                .zip(outcomes)
+                .map(|(event, outcome)| CommitResult {
+                    event_id: event.event_id.to_string(),
+                    status: outcome.as_str(),
+                })
+                .collect(),
+        })),
+        Committed::Foreign { customer, events: foreign } => {
+            Err(ApiError::unprocessable(foreign_events(&events, &foreign, customer)))
         }
         Committed::NotFound | Committed::Released => Err(not_found()),
         Committed::AlreadyCommitted => Err(ApiError::Conflict(format!(
@@ -241,28 +237,23 @@ pub async fn commit(
     }
 }
 
-/// The events that are not the customer's (or whose subscription usage-gate cannot tell is).
-fn foreign_events(
-    subscriptions: &Subscriptions,
-    events: &[IncomingEvent],
-    owner: CustomerId,
-) -> Vec<FieldError> {
-    let field = |target: Target| match target {
-        Target::Customer(_) => ("customer", format!("is not the reservation's customer ({owner})")),
-        Target::Subscription(_) => (
-            "subscription",
-            format!(
-                "is not known to belong to the reservation's customer ({owner}); send `customer` instead"
-            ),
-        ),
-    };
-    events
+/// What is wrong with each event of `foreign` (positions in `events`): it is not the
+/// reservation's customer's, or usage-gate cannot tell that it is.
+fn foreign_events(events: &[IncomingEvent], foreign: &[usize], owner: CustomerId) -> Vec<FieldError> {
+    foreign
         .iter()
-        .enumerate()
-        .filter(|(_, event)| event.target.customer(|s| subscriptions.owner(s)) != Some(owner))
-        .map(|(i, event)| {
-            let (name, message) = field(event.target);
-            FieldError::new(format!("events[{i}].{name}"), message)
+        .filter_map(|&i| events.get(i).map(|event| (i, event)))
+        .map(|(i, event)| match event.target {
+            Target::Customer(_) => FieldError::new(
+                format!("events[{i}].customer"),
+                format!("is not the reservation's customer ({owner})"),
+            ),
+            Target::Subscription(_) => FieldError::new(
+                format!("events[{i}].subscription"),
+                format!(
+                    "is not known to belong to the reservation's customer ({owner}); send `customer` instead"
+                ),
+            ),
         })
         .collect()
 }
@@ -276,18 +267,14 @@ fn foreign_events(
         (status = 404, description = "No open reservation with this id", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn release(
-    pool: web::Data<PgPool>,
     holds: web::Data<Holds>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = reservation_id(&path)?;
-    match store::release(pool.get_ref(), id, &actor(&caller, &request_id)).await? {
-        Some(reservation) => {
-            holds.reload(CustomerId::from(reservation.customer_id)).await;
-            Ok(HttpResponse::NoContent().finish())
-        }
+    match holds.release(id, actor(&caller, &request_id)).await? {
+        Some(_) => Ok(HttpResponse::NoContent().finish()),
         None => Err(ApiError::NotFound(format!("no open reservation {id} (unknown, or already closed)"))),
     }
 }

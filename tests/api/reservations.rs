@@ -322,3 +322,50 @@ async fn holds_need_the_events_scope_and_their_listing_the_admin_scope() {
     let body = assert_problem(bad, 400, "invalid_request").await;
     assert_eq!(body["errors"][0]["field"], "ttl_ms");
 }
+
+#[tokio::test]
+async fn concurrent_holds_and_commits_share_transactions_and_a_refused_value_fails_only_its_own() {
+    let app = TestApp::spawn().await;
+    let (customer, _) = app.sim.add_usage_customer(0.0, json!([{"amount": 1000, "action": "DISABLE"}])).await;
+    app.check(&customer).await;
+    let holds = (0..40).map(|_| app.granted(&customer, json!({"amount": 10})));
+    let ids = futures_util::future::join_all(holds).await;
+    // Written together: holds granted in one transaction share its start time.
+    let starts: i64 = sqlx::query_scalar("SELECT count(DISTINCT created_at) FROM reservations")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(starts < 40, "40 concurrent holds were written in {starts} transactions");
+    assert_eq!(app.reserved(&customer).await, 400);
+
+    // A value validation lets through but the database refuses, as a stand-in for any such gap:
+    // that commit fails alone, and its hold stays open; the others sharing its batch are done.
+    sqlx::query("ALTER TABLE outbox ADD CONSTRAINT test_refuses_poison CHECK (event_id NOT LIKE 'poison%')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let commits = ids.iter().enumerate().map(|(i, id)| {
+        let event = if i % 4 == 0 { format!("poison-{i}") } else { format!("work-{i}") };
+        let (app, customer) = (&app, &customer);
+        async move { app.commit_hold(id, json!([call(&event, customer)])).await.status().as_u16() }
+    });
+    let statuses = futures_util::future::join_all(commits).await;
+    for (i, status) in statuses.iter().enumerate() {
+        let (expected, closed) = if i % 4 == 0 { (400, None) } else { (200, Some("committed")) };
+        assert_eq!(*status, expected, "commit {i}");
+        assert_eq!(app.closed_as(&ids[i]).await.as_deref(), closed, "hold {i}");
+    }
+    assert_eq!(app.stored_for(&customer).await, 30);
+    let audited: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_log WHERE action = 'reservation.commit'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(audited, 30, "one record per commit that was made");
+    // The ten left open still count; the committed ones count as pending usage instead.
+    let check = app.check(&customer).await;
+    assert_eq!(
+        (check["estimate"]["reserved"].as_i64(), check["estimate"]["pending"].as_i64()),
+        (Some(100), Some(30))
+    );
+}
