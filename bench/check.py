@@ -103,8 +103,9 @@ def main():
     parser.add_argument("--rate", type=int, default=10000, help="offered load for the latency runs (req/s)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--cold-only", action="store_true", help="only the cold batch (step 4), on an idle service")
     args = parser.parse_args()
-    for tool in ("wrk", "oha"):
+    for tool in () if args.cold_only else ("wrk", "oha"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed: apt-get install wrk / cargo install oha")
 
@@ -137,56 +138,58 @@ cold_fetches_per_second = 1000000
         wait_for(f"http://{BARE}/v1/customers/{customer(0)}/check", "the bare handler")
         auth = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
 
-        # Warm: every one of the 100,000 customers, by batches of 1,000.
-        started = time.time()
-        for start_at in range(0, WARM_CUSTOMERS, 1000):
-            items = [{"id": customer(i)} for i in range(start_at, start_at + 1000)]
-            answer = request("POST", f"http://{APP}/v1/check", {"customers": items}, auth)
-            assert all(d.get("source") in ("upstream", "cache") for d in answer["decisions"]), answer["decisions"][0]
-        warm_s = time.time() - started
-        # Pending usage on every warm customer: one event each, which BillaBear's counter (held)
-        # does not count, so every check below adds it to BillaBear's estimate.
-        for start_at in range(0, WARM_CUSTOMERS, 1000):
-            events = [{"event_id": f"bench-pending-{i}", "customer": customer(i), "code": "api_calls", "value": 3}
-                      for i in range(start_at, start_at + 1000)]
-            answer = request("POST", f"http://{APP}/v1/events/batch", {"events": events}, auth)
-            assert all(r["status"] in ("accepted", "duplicate") for r in answer["results"]), answer["results"][0]
-        # Background work: delivering the events (each delivery refreshes its customer), recording
-        # decision statuses, loading the pending ledger. Let it finish before measuring checks,
-        # as it would have long before in a running service.
-        # On this 2-core machine that takes over 3 minutes: the limit must outlast it, or the
-        # deliveries' refetches run beside the measurement.
-        settle_s = settle(lambda: (
-            psql("usage_gate_bench", "SELECT count(*) FROM outbox WHERE status = 'delivered'"),
-            psql("usage_gate_bench", "SELECT count(*) FROM customer_decisions")), limit=900.0)
-        for i in (7, WARM_CUSTOMERS - 1):
-            pending = request("GET", f"http://{APP}/v1/customers/{customer(i)}/check", None, auth)["estimate"]
-            assert pending["pending_events"] == 1 and pending["pending"] == 3, pending
-
-        one = f"/v1/customers/{customer(7)}/check"
-        # oha's regex URLs treat "." literally, so the address needs no escaping.
-        regex = f"http://{APP}/v1/customers/00000000-0000-4000-8000-0000000[0-9]{{5}}/check"
-        lua = os.path.join(work, "random.lua")
-        with open(lua, "w") as f:
-            f.write('request = function()\n'
-                    '  return wrk.format(nil, string.format("/v1/customers/00000000-0000-4000-8000-%012d/check",'
-                    f' math.random(0, {WARM_CUSTOMERS - 1})))\nend\n')
-
-        # Saturation throughput, interleaved over several rounds (this 2-core VM is noisy): each
-        # round measures the bare handler and the check back to back, and the ratio is taken
-        # per round. The random run's baseline uses the same Lua script, since wrk spends time
-        # in it too.
         results = {"rounds": []}
-        for _ in range(args.rounds):
-            results["rounds"].append({
-                "bare": wrk(f"http://{BARE}{one}", args.duration),
-                "check": wrk(f"http://{APP}{one}", args.duration),
-                "bare_random": wrk(f"http://{BARE}{one}", args.duration, script=lua),
-                "check_random": wrk(f"http://{APP}{one}", args.duration, script=lua),
-            })
-        results["bare_latency"] = oha(f"http://{BARE}{one}", args.duration, args.rate)
-        results["check_latency"] = oha(f"http://{APP}{one}", args.duration, args.rate)
-        results["random_latency"] = oha(regex, args.duration, args.rate, random_ids=True)
+        if not args.cold_only:
+            # Warm: every one of the 100,000 customers, by batches of 1,000.
+            started = time.time()
+            for start_at in range(0, WARM_CUSTOMERS, 1000):
+                items = [{"id": customer(i)} for i in range(start_at, start_at + 1000)]
+                answer = request("POST", f"http://{APP}/v1/check", {"customers": items}, auth)
+                assert all(d.get("source") in ("upstream", "cache") for d in answer["decisions"]), answer["decisions"][0]
+            warm_s = time.time() - started
+            # Pending usage on every warm customer: one event each, which BillaBear's counter (held)
+            # does not count, so every check below adds it to BillaBear's estimate.
+            for start_at in range(0, WARM_CUSTOMERS, 1000):
+                events = [{"event_id": f"bench-pending-{i}", "customer": customer(i), "code": "api_calls", "value": 3}
+                          for i in range(start_at, start_at + 1000)]
+                answer = request("POST", f"http://{APP}/v1/events/batch", {"events": events}, auth)
+                assert all(r["status"] in ("accepted", "duplicate") for r in answer["results"]), answer["results"][0]
+            # Background work: delivering the events (each delivery refreshes its customer), recording
+            # decision statuses, loading the pending ledger. Let it finish before measuring checks,
+            # as it would have long before in a running service.
+            # On this 2-core machine that takes over 3 minutes: the limit must outlast it, or the
+            # deliveries' refetches run beside the measurement.
+            settle_s = settle(lambda: (
+                psql("usage_gate_bench", "SELECT count(*) FROM outbox WHERE status = 'delivered'"),
+                psql("usage_gate_bench", "SELECT count(*) FROM customer_decisions")), limit=900.0)
+            for i in (7, WARM_CUSTOMERS - 1):
+                pending = request("GET", f"http://{APP}/v1/customers/{customer(i)}/check", None, auth)["estimate"]
+                assert pending["pending_events"] == 1 and pending["pending"] == 3, pending
+
+            one = f"/v1/customers/{customer(7)}/check"
+            # oha's regex URLs treat "." literally, so the address needs no escaping.
+            regex = f"http://{APP}/v1/customers/00000000-0000-4000-8000-0000000[0-9]{{5}}/check"
+            lua = os.path.join(work, "random.lua")
+            with open(lua, "w") as f:
+                f.write('request = function()\n'
+                        '  return wrk.format(nil, string.format("/v1/customers/00000000-0000-4000-8000-%012d/check",'
+                        f' math.random(0, {WARM_CUSTOMERS - 1})))\nend\n')
+
+            # Saturation throughput, interleaved over several rounds (this 2-core VM is noisy): each
+            # round measures the bare handler and the check back to back, and the ratio is taken
+            # per round. The random run's baseline uses the same Lua script, since wrk spends time
+            # in it too.
+            results = {"rounds": []}
+            for _ in range(args.rounds):
+                results["rounds"].append({
+                    "bare": wrk(f"http://{BARE}{one}", args.duration),
+                    "check": wrk(f"http://{APP}{one}", args.duration),
+                    "bare_random": wrk(f"http://{BARE}{one}", args.duration, script=lua),
+                    "check_random": wrk(f"http://{APP}{one}", args.duration, script=lua),
+                })
+            results["bare_latency"] = oha(f"http://{BARE}{one}", args.duration, args.rate)
+            results["check_latency"] = oha(f"http://{APP}{one}", args.duration, args.rate)
+            results["random_latency"] = oha(regex, args.duration, args.rate, random_ids=True)
 
         # Cold: 1,000 customers never checked, at once, with BillaBear answering in 20 ms.
         request("PUT", f"http://{SIM}/_sim/faults", {"latency_ms": 20}, {"Content-Type": "application/json"})
@@ -206,24 +209,25 @@ cold_fetches_per_second = 1000000
         values = sorted(values)
         return values[len(values) // 2]
 
-    rounds = results["rounds"]
-    warm = [r["check"] / r["bare"] for r in rounds]
-    rand = [r["check_random"] / r["bare_random"] for r in rounds]
-    print()
-    print(f"warm-up: {WARM_CUSTOMERS} customers in {warm_s:.1f} s, then {settle_s:.1f} s for their background work")
-    print(f"throughput at saturation, wrk -t2 -c64 -d{args.duration}s, {len(rounds)} interleaved rounds:")
-    for i, r in enumerate(rounds, 1):
-        print(f"  round {i}: bare {r['bare']:>7.0f}  check {r['check']:>7.0f} ({r['check'] / r['bare']:.0%})   "
-              f"random-path script: bare {r['bare_random']:>7.0f}  check, 100k customers {r['check_random']:>7.0f} "
-              f"({r['check_random'] / r['bare_random']:.0%})")
-    print(f"  median: warm check {median(warm):.0%} of bare; 100k random customers {median(rand):.0%} of bare")
-    print(f"latency at {args.rate} req/s offered, oha -c64 -q{args.rate} -z{args.duration}s:")
-    for name in ("bare_latency", "check_latency", "random_latency"):
-        r = results[name]
-        print(f"  {name:<28}  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  ({r['rps']:.0f} req/s achieved)")
+    if not args.cold_only:
+        rounds = results["rounds"]
+        warm = [r["check"] / r["bare"] for r in rounds]
+        rand = [r["check_random"] / r["bare_random"] for r in rounds]
+        print()
+        print(f"warm-up: {WARM_CUSTOMERS} customers in {warm_s:.1f} s, then {settle_s:.1f} s for their background work")
+        print(f"throughput at saturation, wrk -t2 -c64 -d{args.duration}s, {len(rounds)} interleaved rounds:")
+        for i, r in enumerate(rounds, 1):
+            print(f"  round {i}: bare {r['bare']:>7.0f}  check {r['check']:>7.0f} ({r['check'] / r['bare']:.0%})   "
+                  f"random-path script: bare {r['bare_random']:>7.0f}  check, 100k customers {r['check_random']:>7.0f} "
+                  f"({r['check_random'] / r['bare_random']:.0%})")
+        print(f"  median: warm check {median(warm):.0%} of bare; 100k random customers {median(rand):.0%} of bare")
+        print(f"latency at {args.rate} req/s offered, oha -c64 -q{args.rate} -z{args.duration}s:")
+        for name in ("bare_latency", "check_latency", "random_latency"):
+            r = results[name]
+            print(f"  {name:<28}  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  ({r['rps']:.0f} req/s achieved)")
     print(f"cold: {COLD_CUSTOMERS} customers in one batch, BillaBear latency 20 ms: {results['cold_wall_s']:.2f} s wall, "
           f"each fetched exactly once: {results['cold_fetched_once']} ({results['cold_costs_calls']} cost calls)")
-    if not args.skip_memory:
+    if not args.skip_memory and not args.cold_only:
         for flag in ([], ["--naive"]):
             out = subprocess.run([os.path.join(RELEASE, "examples", "cache-memory"), "1000000", *flag],
                                  capture_output=True, text=True, check=True).stdout.strip()

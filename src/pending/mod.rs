@@ -29,6 +29,7 @@ use tokio::sync::mpsc;
 use crate::billabear::{self, BillaBearClient, BillaBearError};
 use crate::cache::Fetch;
 use crate::config::PendingSettings;
+use crate::db;
 use crate::domain::{CustomerId, SubscriptionId, Target};
 use crate::mirror::{self, Mirror, Started};
 use crate::projection::{self, Figures, Found, Metered, PendingUsage, Projection};
@@ -142,8 +143,9 @@ impl Pending {
     }
 
     /// Records what a fetch that began at `started` saw of each metered subscription's counter,
-    /// retiring what it shows was counted, then reloads the customer's targets, so the
-    /// snapshot is never used with usage it already counts. Gives up after
+    /// (each subscription at once) retiring what it shows was counted, then, if it retired
+    /// any, reloads the customer's targets, so the snapshot is never used with usage it already
+    /// counts. Gives up after
     /// `pending.settle_timeout` (Postgres slow or down): the fetch is used anyway, and the
     /// retirement happens at a later fetch. Returns the last different figures recorded per
     /// subscription.
@@ -155,16 +157,24 @@ impl Pending {
     ) -> HashMap<SubscriptionId, Figures> {
         let inner = &self.inner;
         let settling = async {
-            let mut previous = HashMap::new();
-            for observation in &observations {
-                if let Some(figures) = store::observe(&inner.pool, observation, started).await? {
-                    previous.insert(observation.subscription, figures);
-                }
+            let observed = futures_util::future::try_join_all(
+                observations.iter().map(|observation| store::observe(&inner.pool, observation, started)),
+            )
+            .await?;
+            let previous: HashMap<SubscriptionId, Figures> = observations
+                .iter()
+                .zip(&observed)
+                .filter_map(|(o, observed)| observed.previous.map(|figures| (o.subscription, figures)))
+                .collect();
+            // Only what this fetch retired could be counted twice (by the snapshot and as
+            // pending): with nothing retired the copy is already right, and a cold customer
+            // (nothing delivered yet) skips the reload, which runs one at a time per replica.
+            if observed.iter().any(|o| o.retired > 0) {
+                let mut targets: Vec<Target> =
+                    observations.iter().map(|o| Target::Subscription(o.subscription)).collect();
+                targets.push(Target::Customer(customer));
+                self.ledger.reload_keys(&targets).await?;
             }
-            let mut targets: Vec<Target> =
-                observations.iter().map(|o| Target::Subscription(o.subscription)).collect();
-            targets.push(Target::Customer(customer));
-            self.ledger.reload_keys(&targets).await?;
             Ok::<_, sqlx::Error>(previous)
         };
         match tokio::time::timeout(inner.settings.settle_timeout, settling).await {
@@ -183,7 +193,7 @@ impl Pending {
 
 /// How often the deltas commits append are folded into the sums.
 const FOLD_EVERY: Duration = Duration::from_secs(1);
-/// How often the ledger's tables are vacuumed if they need it (see [`store::vacuum`]).
+/// How often the ledger's tables are vacuumed if they need it (see [`db::vacuum_busy`]).
 const VACUUM_EVERY: Duration = Duration::from_secs(5);
 
 /// Folds the ledger's deltas every [`FOLD_EVERY`], vacuums its tables every [`VACUUM_EVERY`],
@@ -199,7 +209,7 @@ async fn upkeep(inner: Arc<Inner>) {
         }
         if vacuumed_at.elapsed() >= VACUUM_EVERY {
             vacuumed_at = tokio::time::Instant::now();
-            match store::vacuum(&inner.pool).await {
+            match db::vacuum_busy(&inner.pool, store::BUSY_TABLES).await {
                 Ok(tables) if !tables.is_empty() => tracing::debug!(?tables, "pending: vacuumed"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "pending: cannot vacuum the ledger's tables"),

@@ -113,14 +113,14 @@ pub struct Observation {
 }
 
 /// Records what a fetch that began at `started` saw of a subscription's counter, retiring the
-/// delivered events it shows were counted (see [`Settle`]). Returns BillaBear's last figures
-/// before these that differ from them (for a marginal rate), if any were seen.
+/// delivered events it shows were counted (see [`Settle`]).
 pub async fn observe(
     pool: &PgPool,
     observation: &Observation,
     started: DateTime<Utc>,
-) -> Result<Option<Figures>, sqlx::Error> {
+) -> Result<Observed, sqlx::Error> {
     let mut tx = pool.begin().await?;
+    let mut retired = 0;
     let subscription = observation.subscription.as_uuid();
     let Figures { usage, amount } = observation.figures;
     let inserted = sqlx::query(
@@ -161,13 +161,13 @@ pub async fn observe(
     let decision =
         settle(recorded.map(|(seen, at)| (seen, at.timestamp_millis())), usage, started.timestamp_millis());
     match decision {
-        Settle::Stale => return Ok(previous),
+        Settle::Stale => return Ok(Observed { previous, retired }),
         Settle::Unchanged => {}
         Settle::First => {
-            retire(&mut tx, observation, started, f64::INFINITY).await?;
+            retire(&mut tx, observation, started, f64::INFINITY, &mut retired).await?;
         }
         Settle::Grew(delta) => {
-            let mut left = delta - retire(&mut tx, observation, started, delta).await?;
+            let mut left = delta - retire(&mut tx, observation, started, delta, &mut retired).await?;
             // What is left may be events BillaBear counted whose delivery usage-gate recorded
             // only after this fetch began, or is still recording (its 201 came, the row is not
             // marked yet): match it against those too, waiting a moment for deliveries under way.
@@ -175,7 +175,7 @@ pub async fn observe(
                 if left < 1e-9 * delta.max(1.0) {
                     break;
                 }
-                left -= retire(&mut tx, observation, Utc::now(), left).await?;
+                left -= retire(&mut tx, observation, Utc::now(), left, &mut retired).await?;
                 if wait == IN_FLIGHT_WAITS || !in_flight(&mut tx, observation).await? {
                     break;
                 }
@@ -184,9 +184,9 @@ pub async fn observe(
         }
         Settle::Reset(usage) => {
             if let Some((_, observed)) = recorded {
-                retire(&mut tx, observation, observed, f64::INFINITY).await?;
+                retire(&mut tx, observation, observed, f64::INFINITY, &mut retired).await?;
             }
-            retire(&mut tx, observation, started, usage).await?;
+            retire(&mut tx, observation, started, usage, &mut retired).await?;
         }
     }
     if !inserted {
@@ -205,7 +205,17 @@ pub async fn observe(
         .await?;
     }
     tx.commit().await?;
-    Ok(previous)
+    Ok(Observed { previous, retired })
+}
+
+/// What [`observe`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observed {
+    /// BillaBear's last figures before these that differ from them (for a marginal rate), if
+    /// any were seen.
+    pub previous: Option<Figures>,
+    /// Delivered events it retired as counted.
+    pub retired: usize,
 }
 
 /// How often, and how long apart, a growth not all accounted for waits for deliveries under way.
@@ -229,12 +239,13 @@ async fn in_flight(tx: &mut sqlx::PgConnection, observation: &Observation) -> Re
 
 /// Retires the events delivered to the observed subscription before `before` (for its metric's
 /// code) that a counter growth of `usage` accounts for ([`projection::counted`]): all of them
-/// when it is infinite. Returns the usage retired.
+/// when it is infinite. Returns the usage retired, and counts the events in `events`.
 async fn retire(
     tx: &mut sqlx::PgConnection,
     observation: &Observation,
     before: DateTime<Utc>,
     usage: f64,
+    events: &mut usize,
 ) -> Result<f64, sqlx::Error> {
     let delivered: Vec<(i64, f64)> = sqlx::query_as(
         "SELECT id, CASE WHEN $4 THEN 1 ELSE value END FROM outbox
@@ -256,6 +267,7 @@ async fn retire(
             .execute(&mut *tx)
             .await?;
     }
+    *events += counted.len();
     Ok(retired)
 }
 
@@ -330,34 +342,13 @@ pub async fn fold(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(folded)
 }
 
-/// Vacuums those of the ledger's two small, busy tables holding more than [`VACUUM_AT`] dead
-/// rows. Every accepted event appends a delta that a fold deletes within a second, and every
-/// fold rewrites its sums: at thousands of events a second their dead rows pile up faster than
-/// autovacuum (once a minute at most) clears them, and each enforced write's read of a
-/// customer's deltas stepped over all of them (enforced events fell from 88% to 57% of plain
-/// ones within a minute of load, `bench/enforce.py`, and came back after a VACUUM). A table
-/// another replica is vacuuming is skipped. Returns the tables vacuumed.
-pub async fn vacuum(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
-    let busy: Vec<String> = sqlx::query_scalar(
-        "SELECT relname::text FROM pg_stat_user_tables
-         WHERE relname IN ('pending_usage_deltas', 'pending_usage') AND n_dead_tup > $1",
-    )
-    .bind(VACUUM_AT)
-    .fetch_all(pool)
-    .await?;
-    for table in &busy {
-        let statement = match table.as_str() {
-            "pending_usage_deltas" => "VACUUM (SKIP_LOCKED) pending_usage_deltas",
-            _ => "VACUUM (SKIP_LOCKED) pending_usage",
-        };
-        sqlx::raw_sql(statement).execute(pool).await?;
-    }
-    Ok(busy)
-}
-
-/// Dead rows that make a ledger table worth vacuuming: a fraction of a second of a busy customer's events,
-/// and none at all while nothing is accepted.
-const VACUUM_AT: i64 = 1_000;
+/// The ledger's two small, busy tables, for [`db::vacuum_busy`]: every accepted event appends
+/// a delta that a fold deletes within a second, and every fold rewrites its sums. At thousands
+/// of events a second their dead rows pile up faster than autovacuum (once a minute at most)
+/// clears them, and each enforced write's read of a customer's deltas stepped over all of them
+/// (enforced events fell from 88% to 57% of plain ones within a minute of load,
+/// `bench/enforce.py`, and came back after a VACUUM).
+pub const BUSY_TABLES: &[&str] = &["pending_usage_deltas", "pending_usage"];
 
 /// Retires events delivered longer than `max_age` ago that no counter growth matched (their
 /// metric is not their subscription's, or BillaBear never counted them): they stop counting.
