@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 from common import Processes, psql, request, wait_for, write_config
 
@@ -85,6 +86,30 @@ def oha(url, duration, rate, random_ids=False):
     return {"rps": out["summary"]["requestsPerSec"], "p50_ms": p["p50"] * 1000, "p99_ms": p["p99"] * 1000}
 
 
+def cpu_seconds():
+    """CPU time (user + system) so far of the processes here, by name: usage-gate's (and the
+    simulator's, which runs the same binary, told apart by its `sim` argument) and Postgres's."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    totals = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        name = os.path.basename(argv[0].decode(errors="replace"))
+        if name == "usage-gate":
+            name = "simulator" if b"sim" in argv[1:3] else "usage-gate"
+        elif argv[0].startswith(b"postgres"):
+            name = "postgres"
+        else:
+            continue
+        totals[name] = totals.get(name, 0) + (int(fields[11]) + int(fields[12])) / ticks
+    return totals
+
+
 def settle(probe, quiet=3.0, limit=180.0):
     """Waits until probe() has not changed for `quiet` seconds (at most `limit`); returns the wait."""
     started = time.time()
@@ -103,6 +128,7 @@ def main():
     parser.add_argument("--rate", type=int, default=10000, help="offered load for the latency runs (req/s)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--cold-latency-ms", type=int, default=20, help="BillaBear's latency for the cold batch")
     parser.add_argument("--cold-only", action="store_true", help="only the cold batch (step 4), on an idle service")
     args = parser.parse_args()
     for tool in () if args.cold_only else ("wrk", "oha"):
@@ -192,17 +218,24 @@ cold_fetches_per_second = 1000000
             results["random_latency"] = oha(regex, args.duration, args.rate, random_ids=True)
 
         # Cold: 1,000 customers never checked, at once, with BillaBear answering in 20 ms.
-        request("PUT", f"http://{SIM}/_sim/faults", {"latency_ms": 20}, {"Content-Type": "application/json"})
+        request("PUT", f"http://{SIM}/_sim/faults", {"latency_ms": args.cold_latency_ms}, {"Content-Type": "application/json"})
         request("DELETE", f"http://{SIM}/_sim/requests")
         cold = [{"id": customer(i)} for i in range(WARM_CUSTOMERS, WARM_CUSTOMERS + COLD_CUSTOMERS)]
+        cpu_before = cpu_seconds()
         started = time.time()
         answer = request("POST", f"http://{APP}/v1/check", {"customers": cold}, auth)
         results["cold_wall_s"] = time.time() - started
+        cpu_after = cpu_seconds()
+        results["cold_cpu"] = {k: cpu_after[k] - cpu_before.get(k, 0) for k in cpu_after}
         assert all(d["source"] == "upstream" for d in answer["decisions"]), "every cold customer fetched"
         seen = request("GET", f"http://{SIM}/_sim/requests")["by_path"]
         per_customer = [seen.get(f"GET /api/v1/customer/{c['id']}/costs", 0) for c in cold]
         results["cold_fetched_once"] = all(n == 1 for n in per_customer)
         results["cold_costs_calls"] = sum(per_customer)
+        exposition = urllib.request.urlopen(f"http://{APP}/metrics", timeout=10).read().decode()
+        fetch = {m.group(1): float(m.group(2)) for m in re.finditer(
+            r'usage_gate_cache_refresh_seconds_(sum|count)\{outcome="ok"\} ([\d.e+-]+)', exposition)}
+        results["fetch_mean_ms"] = 1000 * fetch.get("sum", 0) / max(fetch.get("count", 1), 1)
     shutil.rmtree(work, ignore_errors=True)
 
     def median(values):
@@ -225,8 +258,10 @@ cold_fetches_per_second = 1000000
         for name in ("bare_latency", "check_latency", "random_latency"):
             r = results[name]
             print(f"  {name:<28}  p50 {r['p50_ms']:.3f} ms  p99 {r['p99_ms']:.3f} ms  ({r['rps']:.0f} req/s achieved)")
-    print(f"cold: {COLD_CUSTOMERS} customers in one batch, BillaBear latency 20 ms: {results['cold_wall_s']:.2f} s wall, "
-          f"each fetched exactly once: {results['cold_fetched_once']} ({results['cold_costs_calls']} cost calls)")
+    print(f"cold: {COLD_CUSTOMERS} customers in one batch, BillaBear latency {args.cold_latency_ms} ms: {results['cold_wall_s']:.2f} s wall, "
+          f"each fetched exactly once: {results['cold_fetched_once']} ({results['cold_costs_calls']} cost calls), "
+          f"a fetch took {results['fetch_mean_ms']:.1f} ms on average (BillaBear's answers and the ledger's settling); "
+          f"CPU seconds meanwhile: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(results["cold_cpu"].items())))
     if not args.skip_memory and not args.cold_only:
         for flag in ([], ["--naive"]):
             out = subprocess.run([os.path.join(RELEASE, "examples", "cache-memory"), "1000000", *flag],

@@ -95,6 +95,11 @@ struct Inner {
     /// Fetches for customers with nothing usable cached (`cache.cold_fetches_per_second`).
     cold_fetches: DefaultDirectRateLimiter,
     source: Arc<dyn Fetch>,
+    /// Where fetches run: the runtime the cache was made on (the process's multi-threaded one),
+    /// not the HTTP worker that asked. A batch check of 1,000 cold customers ran all 4,000
+    /// BillaBear calls and their settling on its one worker thread, which was then the
+    /// bottleneck (73% of the process's CPU samples, 0.8–1.1 s, `bench/check.py --cold-only`).
+    runtime: Option<tokio::runtime::Handle>,
     ttl_ms: u64,
     max_stale_ms: u64,
     negative_ttl_ms: u64,
@@ -175,6 +180,7 @@ impl SnapshotCache {
                 fetch_slots: Arc::new(Semaphore::new(settings.max_concurrent_fetches)),
                 cold_fetches: RateLimiter::direct(Quota::per_second(per_second)),
                 source,
+                runtime: tokio::runtime::Handle::try_current().ok(),
                 ttl_ms: millis(settings.ttl),
                 max_stale_ms: millis(settings.max_stale),
                 negative_ttl_ms: millis(settings.negative_ttl),
@@ -362,19 +368,22 @@ impl SnapshotCache {
     ) -> Flight {
         let generation = self.inner.generation.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
-        let task = tokio::spawn(
-            async move {
-                let result = inner.fetch_and_store(id, generation).await;
-                drop(slot);
-                let mut inflight = inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
-                // A newer fetch (from `refresh`) may have replaced this one; leave that in place.
-                if inflight.get(&id).is_some_and(|(g, _)| *g == generation) {
-                    inflight.remove(&id);
-                }
-                result
+        let runtime = self.inner.runtime.clone();
+        let fetching = async move {
+            let result = inner.fetch_and_store(id, generation).await;
+            drop(slot);
+            let mut inflight = inner.inflight.lock().unwrap_or_else(PoisonError::into_inner);
+            // A newer fetch (from `refresh`) may have replaced this one; leave that in place.
+            if inflight.get(&id).is_some_and(|(g, _)| *g == generation) {
+                inflight.remove(&id);
             }
-            .in_current_span(),
-        );
+            result
+        }
+        .in_current_span();
+        let task = match runtime {
+            Some(runtime) => runtime.spawn(fetching),
+            None => tokio::spawn(fetching),
+        };
         let flight = async move {
             task.await.unwrap_or_else(|e| {
                 Err(FetchError::BillaBear(BillaBearError::Connect(format!("refresh task failed: {e}"))))
