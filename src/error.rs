@@ -295,7 +295,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest { detail, errors } | ApiError::Unprocessable { detail, errors } => {
                 (detail.clone(), errors.clone())
             }
-            // The cause is logged with the request's id by `telemetry::request_metrics`.
+            // The cause is logged with the request's id by `telemetry::requests`.
             ApiError::Internal(_) | ApiError::Storage(StorageError { kind: FailureKind::Internal, .. }) => {
                 ("internal error; the log has the cause under this request's id".to_owned(), vec![])
             }

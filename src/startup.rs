@@ -8,7 +8,6 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{App, HttpRequest, HttpServer, web};
 use sqlx::PgPool;
-use tracing_actix_web::TracingLogger;
 
 use crate::admission::Admission;
 use crate::admission::ingest::Ingest;
@@ -111,8 +110,7 @@ impl Application {
                     }
                 })
                 .default_service(web::to(not_found))
-                .wrap(from_fn(telemetry::request_metrics))
-                .wrap(TracingLogger::<telemetry::RequestSpan>::new())
+                .wrap(from_fn(telemetry::requests))
         })
         // Shutdown is driven by `run_until_stopped`, which also stops background work.
         .disable_signals()

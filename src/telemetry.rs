@@ -14,7 +14,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing::Span;
 use tracing::field::{Field, Visit};
 use tracing::span::Record;
-use tracing_actix_web::{DefaultRootSpanBuilder, RequestId, RootSpanBuilder};
+use tracing::Instrument;
+use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
@@ -177,39 +178,41 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// The request span, carrying the request id onto every log line of the request. Leaner than
-/// tracing-actix-web's default, which re-matches the route table and parses connection info on
-/// every request; and with one field, as JSON logs format span fields on every request. Method,
-/// path and status are on the line logged for a failed request (`request_metrics`).
-pub struct RequestSpan;
+/// A request's id: on its span (so on every log line of the request), in the `X-Request-Id`
+/// answer header, and in the audit records it makes. Handlers take it as an extractor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestId(uuid::Uuid);
 
-impl RootSpanBuilder for RequestSpan {
-    fn on_request_start(request: &ServiceRequest) -> Span {
-        // TracingLogger puts the id in before it asks for the span.
-        let request_id = request.extensions().get::<RequestId>().map_or(uuid::Uuid::nil(), |id| **id);
-        let mut buffer = uuid::Uuid::encode_buffer();
-        let request_id: &str = request_id.hyphenated().encode_lower(&mut buffer);
-        tracing::info_span!(
-            "HTTP request",
-            request_id,
-            http.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-            exception.message = tracing::field::Empty,
-            exception.details = tracing::field::Empty,
-        )
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
     }
+}
 
-    /// Records the outcome only for errors: with JSON logs each `record` re-parses the span's
-    /// fields, and a successful request logs nothing that would show it.
-    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, actix_web::Error>) {
-        let failed = match outcome {
-            Ok(response) => response.response().error().is_some() || response.status().is_server_error(),
-            Err(_) => true,
-        };
-        if failed {
-            DefaultRootSpanBuilder::on_request_end(span, outcome);
-        }
+impl actix_web::FromRequest for RequestId {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        // `requests` puts it in before any handler runs; nil only for a handler mounted without it.
+        std::future::ready(Ok(req.extensions().get::<RequestId>().copied().unwrap_or(RequestId(uuid::Uuid::nil()))))
     }
+}
+
+/// The request span, carrying the request id onto every log line of the request; with one
+/// field, as JSON logs format span fields on every request. Method, path and status are on the
+/// line logged for a failed request (`requests`); the other fields are recorded only then.
+fn request_span(id: RequestId) -> Span {
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let request_id: &str = id.0.hyphenated().encode_lower(&mut buffer);
+    tracing::info_span!(
+        "HTTP request",
+        request_id,
+        http.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        exception.message = tracing::field::Empty,
+        exception.details = tracing::field::Empty,
+    )
 }
 
 /// The route pattern of the resource that served a request, set by the resource itself so the
@@ -229,14 +232,17 @@ type HttpMetricsKey = (actix_web::http::Method, std::borrow::Cow<'static, str>, 
 thread_local! {
     // Registry lookups hash every label on every call; the set of (method, route, status) a
     // service sees is small, so each worker keeps its handles.
-    static HTTP_METRICS: std::cell::RefCell<std::collections::HashMap<HttpMetricsKey, HttpMetrics>> =
-        Default::default();
+    // foldhash, not SipHash: this is looked up on every request.
+    static HTTP_METRICS: std::cell::RefCell<
+        std::collections::HashMap<HttpMetricsKey, HttpMetrics, foldhash::fast::RandomState>,
+    > = Default::default();
 }
 
-fn http_metrics_for(key: HttpMetricsKey) -> HttpMetrics {
+/// Counts a request and records its duration, under this worker's handles for its labels.
+fn count_request(key: HttpMetricsKey, seconds: f64) {
     HTTP_METRICS.with(|cache| {
-        cache
-            .borrow_mut()
+        let mut cache = cache.borrow_mut();
+        let metrics = cache
             .entry(key)
             .or_insert_with_key(|(method, route, status)| {
                 let (method, route) = (method.as_str().to_owned(), route.to_string());
@@ -245,30 +251,42 @@ fn http_metrics_for(key: HttpMetricsKey) -> HttpMetrics {
                                                 "route" => route.clone(), "status" => status.to_string()),
                     duration: metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route),
                 }
-            })
-            .clone()
+            });
+        metrics.requests.increment(1);
+        metrics.duration.record(seconds);
     })
 }
 
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Middleware: `X-Request-Id` on every response (the id of the request's tracing span, so a
-/// caller can quote it and an operator can find its log lines), and `http_requests_total` /
-/// `http_request_duration_seconds` by route pattern and status.
-pub async fn request_metrics(
+/// Middleware around every request: its id and span (see [`RequestId`]), `X-Request-Id` on
+/// its answer (so a caller can quote it and an operator can find its log lines), the log line
+/// of a failure, and `http_requests_total` / `http_request_duration_seconds` by route pattern
+/// and status. One middleware instead of tracing-actix-web's and a second one of ours: a warm
+/// check spent ~1,000 instructions in tracing-actix-web's (its root span and id each in the
+/// request's extensions, its body wrapper), `bench/check_instructions.py`.
+pub async fn requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
     let method = req.method().clone();
-    let id = req.extensions().get::<RequestId>().copied();
-    let mut response = next.call(req).await?;
-    if let Some(id) = id {
-        let mut buffer = uuid::Uuid::encode_buffer();
-        let text = id.hyphenated().encode_lower(&mut buffer);
-        if let Ok(value) = HeaderValue::from_str(text) {
-            response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-        }
+    let id = RequestId(uuid::Uuid::new_v4());
+    req.extensions_mut().insert(id);
+    let span = request_span(id);
+    let outcome = next.call(req).instrument(span.clone()).await;
+    let failed = match &outcome {
+        Ok(response) => response.response().error().is_some() || response.status().is_server_error(),
+        Err(_) => true,
+    };
+    if failed {
+        DefaultRootSpanBuilder::on_request_end(span, &outcome);
+    }
+    let mut response = outcome?;
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let text = id.0.hyphenated().encode_lower(&mut buffer);
+    if let Ok(value) = HeaderValue::from_str(text) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     let status = response.status();
     if status.is_server_error() {
@@ -289,9 +307,7 @@ pub async fn request_metrics(
         Some(RouteLabel(route)) => route.into(),
         None => response.request().match_pattern().map_or("unmatched".into(), Into::into),
     };
-    let metrics = http_metrics_for((method, route, status.as_u16()));
-    metrics.requests.increment(1);
-    metrics.duration.record(started.elapsed().as_secs_f64());
+    count_request((method, route, status.as_u16()), started.elapsed().as_secs_f64());
     Ok(response)
 }
 

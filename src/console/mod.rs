@@ -25,7 +25,7 @@ use futures_util::future::LocalBoxFuture;
 use maud::Markup;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use tracing_actix_web::RequestId;
+use crate::telemetry::RequestId;
 
 use self::session::{Flash, LOGIN_COOKIE, SESSION_COOKIE};
 use self::views::Shell;

@@ -173,7 +173,7 @@ fn keyed(
 }
 
 /// Who is making a change, for the audit log.
-fn actor(caller: &crate::auth::Caller, request_id: &tracing_actix_web::RequestId) -> crate::audit::Actor {
+fn actor(caller: &crate::auth::Caller, request_id: &crate::telemetry::RequestId) -> crate::audit::Actor {
     crate::audit::Actor { name: caller.name.to_string(), request_id: Some(request_id.to_string()) }
 }
 

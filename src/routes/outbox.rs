@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use tracing_actix_web::RequestId;
+use crate::telemetry::RequestId;
 
 use super::{actor, customer_id, next_cursor, page_cursor, page_limit};
 use crate::auth::Caller;

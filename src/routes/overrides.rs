@@ -5,7 +5,7 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
-use tracing_actix_web::RequestId;
+use crate::telemetry::RequestId;
 use uuid::Uuid;
 
 use super::{actor, customer_id, page_limit, text_param};

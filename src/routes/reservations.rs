@@ -7,7 +7,7 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
-use tracing_actix_web::RequestId;
+use crate::telemetry::RequestId;
 use uuid::Uuid;
 
 use super::{actor, customer_id};

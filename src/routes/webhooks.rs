@@ -11,7 +11,7 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
-use tracing_actix_web::RequestId;
+use crate::telemetry::RequestId;
 
 use crate::audit::{self, Entry, Outcome};
 use crate::auth::digest;
