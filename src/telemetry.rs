@@ -11,10 +11,10 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::Instrument;
 use tracing::Span;
 use tracing::field::{Field, Visit};
 use tracing::span::Record;
-use tracing::Instrument;
 use tracing_actix_web::{DefaultRootSpanBuilder, RootSpanBuilder};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
@@ -195,7 +195,11 @@ impl actix_web::FromRequest for RequestId {
 
     fn from_request(req: &actix_web::HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         // `requests` puts it in before any handler runs; nil only for a handler mounted without it.
-        std::future::ready(Ok(req.extensions().get::<RequestId>().copied().unwrap_or(RequestId(uuid::Uuid::nil()))))
+        std::future::ready(Ok(req
+            .extensions()
+            .get::<RequestId>()
+            .copied()
+            .unwrap_or(RequestId(uuid::Uuid::nil()))))
     }
 }
 

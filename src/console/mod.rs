@@ -25,7 +25,6 @@ use futures_util::future::LocalBoxFuture;
 use maud::Markup;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use crate::telemetry::RequestId;
 
 use self::session::{Flash, LOGIN_COOKIE, SESSION_COOKIE};
 use self::views::Shell;
@@ -41,6 +40,7 @@ use crate::outbox;
 use crate::overrides::{self, Overrides};
 use crate::routes::{customer_id, next_cursor, page_cursor, text_param};
 use crate::subscriptions::Subscriptions;
+use crate::telemetry::RequestId;
 use crate::telemetry::RouteLabel;
 
 /// Only this origin, no inline script or style, no framing: a page that echoes an operator's

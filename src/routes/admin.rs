@@ -5,7 +5,6 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
-use crate::telemetry::RequestId;
 
 use super::{actor, customer_id};
 use crate::auth::Caller;
@@ -16,6 +15,7 @@ use crate::error::ApiError;
 use crate::limits::Limits;
 use crate::outbox;
 use crate::subscriptions::Subscriptions;
+use crate::telemetry::RequestId;
 
 /// What usage-gate knows about a customer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]

@@ -3,7 +3,6 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
-use crate::telemetry::RequestId;
 
 use super::{actor, customer_id, next_cursor, page_cursor, page_limit};
 use crate::auth::Caller;
@@ -12,6 +11,7 @@ use crate::outbox::{
     self,
     store::{self, OutboxEvent, Stats},
 };
+use crate::telemetry::RequestId;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {

@@ -5,7 +5,6 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
-use crate::telemetry::RequestId;
 use uuid::Uuid;
 
 use super::{actor, customer_id, page_limit, text_param};
@@ -13,6 +12,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::overrides::Overrides;
 use crate::overrides::store::{self, OverrideRecord};
+use crate::telemetry::RequestId;
 
 /// Creates an override; the customer's open one, if any, ends (`superseded`). Checks,
 /// enforced events and holds follow it at once on this replica, within a second on the others.

@@ -7,7 +7,6 @@ use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
-use crate::telemetry::RequestId;
 use uuid::Uuid;
 
 use super::{actor, customer_id};
@@ -20,6 +19,7 @@ use crate::outbox::IncomingEvent;
 use crate::reservations::Holds;
 use crate::reservations::store::{self, Ask, Committed, Reservation};
 use crate::subscriptions::Subscriptions;
+use crate::telemetry::RequestId;
 
 /// A hold's default lifetime, and the longest one may ask for.
 const DEFAULT_TTL: Duration = Duration::from_secs(60);

@@ -5,13 +5,13 @@ use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
-use crate::telemetry::RequestId;
 use uuid::Uuid;
 
 use super::{actor, page_limit};
 use crate::auth::Caller;
 use crate::domain::FieldError;
 use crate::error::ApiError;
+use crate::telemetry::RequestId;
 use crate::webhooks::store::{self, Endpoint, Message, NewEndpoint};
 use crate::webhooks::{self, EventType};
 

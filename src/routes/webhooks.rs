@@ -11,7 +11,6 @@ use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
-use crate::telemetry::RequestId;
 
 use crate::audit::{self, Entry, Outcome};
 use crate::auth::digest;
@@ -20,6 +19,7 @@ use crate::domain::CustomerId;
 use crate::error::ApiError;
 use crate::invalidation::Invalidation;
 use crate::subscriptions::Subscriptions;
+use crate::telemetry::RequestId;
 
 /// `usage_warning_triggered` names no customer (API.md §6.4): BillaBear checks limits for
 /// customers with events in the last minute or so, so those delivered within this window are
