@@ -159,6 +159,11 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
         }
     }
 
+    /// Reads every entry now, telling of each change.
+    pub async fn reload_all(&self) -> Result<(), sqlx::Error> {
+        self.inner.reload(None, true).await
+    }
+
     /// Reads the keys' entries now, telling of each change.
     pub async fn reload_keys(&self, keys: &[K]) -> Result<(), sqlx::Error> {
         self.inner.reload(Some(keys), true).await

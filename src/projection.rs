@@ -70,6 +70,12 @@ impl Code {
         *codes.entry(code.into()).or_insert(next)
     }
 
+    /// How many codes are interned: a fetch that makes it grow has met a code whose pending
+    /// usage the ledger's copy did not keep until now.
+    pub fn interned() -> usize {
+        CODES.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// The code, if some price listed it: an event's code that none did is priced by no
     /// subscription (and is not interned, so events cannot grow the table).
     pub fn known(code: &str) -> Option<Code> {

@@ -208,6 +208,123 @@ pub async fn observe(
     Ok(Observed { previous, retired })
 }
 
+/// What [`observe_batch`] made of one observation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Batched {
+    /// Recorded, as [`observe`] would have.
+    Done(Observed),
+    /// Left for [`observe`] on its own, untouched: its counter grew or went down (retiring
+    /// then matches events one by one and may wait for deliveries under way), the fetch is
+    /// older than the recorded one, or the batch holds its subscription twice.
+    Alone,
+}
+
+/// One row of [`observe_batch`]'s statement: what it did (`first`, `counted`, `unchanged`), to
+/// which subscription, its previous figures (`unchanged`), and the outbox row (`counted`).
+type BatchRow = (String, Uuid, Option<f64>, Option<i64>, Option<i64>);
+
+/// Records many fetches' observations in one transaction of one statement (two if it retires
+/// events), each as [`observe`] would, except those it leaves [`Batched::Alone`]: a
+/// subscription's first figure (retiring every event delivered to it before its fetch began)
+/// and an unchanged one (moving the record on) are the whole of a cold start. Alone, each cost
+/// four or five round trips and Postgres's CPU for each statement: 1,000 cold customers spent
+/// 0.48 s of Postgres's CPU (`bench/check.py --cold-only`); batched, 0.21–0.24 s.
+pub async fn observe_batch(
+    pool: &PgPool,
+    batch: &[(Observation, DateTime<Utc>)],
+) -> Result<Vec<Batched>, sqlx::Error> {
+    // Each subscription once (a second observation of it follows the first, alone), in key
+    // order, so that concurrent batches insert in the same order.
+    let mut order: Vec<usize> = Vec::with_capacity(batch.len());
+    let mut seen = std::collections::HashSet::with_capacity(batch.len());
+    for (i, (observation, _)) in batch.iter().enumerate() {
+        if seen.insert(observation.subscription) {
+            order.push(i);
+        }
+    }
+    order.sort_unstable_by_key(|&i| batch[i].0.subscription.as_uuid());
+    let ids: Vec<Uuid> = order.iter().map(|&i| batch[i].0.subscription.as_uuid()).collect();
+    let codes: Vec<&str> = order.iter().map(|&i| batch[i].0.code.as_str()).collect();
+    let usages: Vec<f64> = order.iter().map(|&i| batch[i].0.figures.usage).collect();
+    let amounts: Vec<i64> = order.iter().map(|&i| batch[i].0.figures.amount).collect();
+    let starts: Vec<DateTime<Utc>> = order.iter().map(|&i| batch[i].1).collect();
+
+    // The sub-statements share one snapshot: `unchanged` cannot see the rows `first` inserts.
+    // `Settle::Unchanged` is the same usage, from a fetch that began no earlier than the
+    // recorded one; its previous figures (the last different ones) stay as they are. The
+    // events to retire are only read here: an UPDATE of the outbox fires its ledger trigger
+    // even when it changes nothing (14 ms on a connection's first call, then 0.1 ms), and
+    // a cold start has nothing to retire.
+    let mut tx = pool.begin().await?;
+    let rows: Vec<BatchRow> = sqlx::query_as(
+        "WITH f AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::float8[], $4::int8[], $5::timestamptz[])
+                 AS f(subscription, code, usage, amount, started)
+         ),
+         first AS (
+             INSERT INTO billabear_counters (subscription_id, usage, amount, observed_at)
+             SELECT subscription, usage, amount, started FROM f ORDER BY subscription
+             ON CONFLICT (subscription_id) DO NOTHING
+             RETURNING subscription_id
+         ),
+         counted AS (
+             SELECT o.id, o.delivered_to FROM outbox o
+             JOIN f ON o.delivered_to = f.subscription AND o.code = f.code AND o.delivered_at < f.started
+             WHERE o.status = 'delivered' AND o.retired_at IS NULL
+               AND o.delivered_to IN (SELECT subscription_id FROM first)
+             FOR UPDATE OF o
+         ),
+         unchanged AS (
+             UPDATE billabear_counters c SET amount = f.amount, observed_at = f.started
+             FROM f
+             WHERE c.subscription_id = f.subscription AND c.usage = f.usage AND c.observed_at <= f.started
+             RETURNING c.subscription_id, c.prev_usage, c.prev_amount
+         )
+         SELECT 'first', subscription_id, NULL::float8, NULL::int8, NULL::int8 FROM first
+         UNION ALL SELECT 'counted', delivered_to, NULL, NULL, id FROM counted
+         UNION ALL SELECT 'unchanged', subscription_id, prev_usage, prev_amount, NULL FROM unchanged",
+    )
+    .bind(&ids)
+    .bind(&codes)
+    .bind(&usages)
+    .bind(&amounts)
+    .bind(&starts)
+    .fetch_all(&mut *tx)
+    .await?;
+    let counted: Vec<i64> = rows.iter().filter_map(|row| row.4).collect();
+    if !counted.is_empty() {
+        sqlx::query("UPDATE outbox SET retired_at = now(), retired_as = 'counted' WHERE id = ANY($1)")
+            .bind(&counted)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+
+    let mut done: HashMap<Uuid, Observed> = HashMap::with_capacity(rows.len());
+    let mut retired: HashMap<Uuid, usize> = HashMap::new();
+    for (kind, subscription, prev_usage, prev_amount, _) in rows {
+        match kind.as_str() {
+            "first" => {
+                done.insert(subscription, Observed { previous: None, retired: 0 });
+            }
+            "counted" => *retired.entry(subscription).or_default() += 1,
+            _ => {
+                let previous = prev_usage.zip(prev_amount).map(|(usage, amount)| Figures { usage, amount });
+                done.insert(subscription, Observed { previous, retired: 0 });
+            }
+        }
+    }
+    let mut outcomes = vec![Batched::Alone; batch.len()];
+    for &i in &order {
+        let id = batch[i].0.subscription.as_uuid();
+        if let Some(observed) = done.get(&id) {
+            let retired = retired.get(&id).copied().unwrap_or(0);
+            outcomes[i] = Batched::Done(Observed { retired, ..*observed });
+        }
+    }
+    Ok(outcomes)
+}
+
 /// What [`observe`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observed {

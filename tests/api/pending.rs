@@ -367,3 +367,49 @@ async fn a_replica_vacuums_the_ledger_once_its_dead_rows_pile_up() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn fetches_settled_together_record_and_retire_each_as_if_alone() {
+    let app = TestApp::spawn().await;
+    // One customer fetched before, whose counter grows, beside a dozen never fetched; half of
+    // those had usage delivered and counted by BillaBear before usage-gate first fetched them.
+    let (warm, warm_subscription) = taxed_customer(&app, 10.0, 100_000).await;
+    assert_eq!(estimate(&app.check(&warm).await), (120, 120, 0, 0));
+    let mut cold = Vec::new();
+    for _ in 0..12 {
+        cold.push(taxed_customer(&app, 10.0, 100_000).await);
+    }
+    let mut sent = vec![("warm-1".to_owned(), warm_subscription)];
+    sent.extend(cold.iter().enumerate().step_by(2).map(|(i, (_, s))| (format!("cold-{i}"), s.clone())));
+    for (event_id, subscription) in &sent {
+        assert_eq!(app.post_event(&sum_event(event_id, subscription, 5.0)).await.status(), 202);
+    }
+    for (event_id, _) in &sent {
+        eventually(Duration::from_secs(10), format!("{event_id} marked delivered"), || async {
+            (app.outbox_row(event_id).await["status"] == "delivered").then_some(())
+        })
+        .await;
+    }
+    app.sim.tick().await;
+
+    let body =
+        json!({"customers": cold.iter().map(|(c, _)| json!({"id": c})).collect::<Vec<_>>()}).to_string();
+    let (refreshed, answer) = tokio::join!(app.refresh(&warm), app.check_batch(&body));
+    assert_eq!(estimate(&refreshed), (180, 180, 0, 0), "15 calls × 12, counted once: {refreshed}");
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    for (i, decision) in answer["decisions"].as_array().unwrap().iter().enumerate() {
+        let expected = if i % 2 == 0 { 180 } else { 120 };
+        assert_eq!(estimate(decision), (expected, expected, 0, 0), "cold customer {i}: {decision}");
+    }
+    for (event_id, _) in &sent {
+        assert_eq!(app.outbox_row(event_id).await["retired_as"], "counted", "{event_id}");
+    }
+    assert_eq!(ledger_events(&app).await, 0, "nothing left in the ledger");
+    let recorded: Vec<(f64, i64)> =
+        sqlx::query_as("SELECT usage, count(*) FROM billabear_counters GROUP BY usage ORDER BY usage")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, [(10.0, 6), (15.0, 7)], "each subscription's counter recorded once, as fetched");
+}
