@@ -1,5 +1,6 @@
 //! Logs (tracing: JSON in production, readable on a terminal), Prometheus metrics, request ids.
 
+use std::cell::{Cell, OnceCell};
 use std::fmt::{self, Write as _};
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -21,6 +22,7 @@ use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FormatFields, FormattedFields};
 
+use crate::auth::Caller;
 use crate::config::{LogFormat, LogSettings};
 
 /// Installs the global subscriber once; later calls (tests) are no-ops. RUST_LOG wins over
@@ -197,18 +199,61 @@ impl actix_web::FromRequest for RequestId {
         // `requests` puts it in before any handler runs; nil only for a handler mounted without it.
         std::future::ready(Ok(req
             .extensions()
-            .get::<RequestId>()
-            .copied()
-            .unwrap_or(RequestId(uuid::Uuid::nil()))))
+            .get::<RequestContext>()
+            .map_or(RequestId(uuid::Uuid::nil()), |c| c.id)))
     }
+}
+
+/// What the middlewares learn of a request, kept in one extension: each insert into actix's
+/// extension map boxes its value, and three of them (id, route, caller) cost a warm check
+/// ~1,100 instructions (`bench/check_instructions.py`).
+pub struct RequestContext {
+    id: RequestId,
+    route: Cell<Option<&'static str>>,
+    caller: OnceCell<Caller>,
+}
+
+impl RequestContext {
+    fn new(id: RequestId) -> Self {
+        Self { id, route: Cell::new(None), caller: OnceCell::new() }
+    }
+
+    pub fn id(&self) -> RequestId {
+        self.id
+    }
+
+    /// Labels the request's metrics with the pattern of the resource that serves it, so the
+    /// metrics need not match the route table again.
+    pub fn set_route(&self, route: &'static str) {
+        self.route.set(Some(route));
+    }
+
+    /// The caller its key authenticated (the API-key middleware's, once per request).
+    pub fn set_caller(&self, caller: Caller) {
+        let _ = self.caller.set(caller);
+    }
+
+    pub fn caller(&self) -> Option<&Caller> {
+        self.caller.get()
+    }
+}
+
+/// `f` of the request's context; one with a nil id is made for a request that came without
+/// [`requests`] (a handler mounted alone, in a test).
+pub fn with_context<R>(req: &impl HttpMessage, f: impl FnOnce(&RequestContext) -> R) -> R {
+    if let Some(context) = req.extensions().get::<RequestContext>() {
+        return f(context);
+    }
+    let context = RequestContext::new(RequestId(uuid::Uuid::nil()));
+    let answer = f(&context);
+    req.extensions_mut().insert(context);
+    answer
 }
 
 /// The request span, carrying the request id onto every log line of the request; with one
 /// field, as JSON logs format span fields on every request. Method, path and status are on the
 /// line logged for a failed request (`requests`); the other fields are recorded only then.
-fn request_span(id: RequestId) -> Span {
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let request_id: &str = id.0.hyphenated().encode_lower(&mut buffer);
+fn request_span(request_id: &str) -> Span {
     tracing::info_span!(
         "HTTP request",
         request_id,
@@ -218,11 +263,6 @@ fn request_span(id: RequestId) -> Span {
         exception.details = tracing::field::Empty,
     )
 }
-
-/// The route pattern of the resource that served a request, set by the resource itself so the
-/// metrics need not match the route table again.
-#[derive(Debug, Clone, Copy)]
-pub struct RouteLabel(pub &'static str);
 
 /// The metric handles for one (method, route, status), looked up once per worker thread.
 #[derive(Clone)]
@@ -276,8 +316,11 @@ pub async fn requests(
     let started = Instant::now();
     let method = req.method().clone();
     let id = RequestId(uuid::Uuid::new_v4());
-    req.extensions_mut().insert(id);
-    let span = request_span(id);
+    req.extensions_mut().insert(RequestContext::new(id));
+    // Encoded once, for the span and the header.
+    let mut buffer = uuid::Uuid::encode_buffer();
+    let id_text: &str = id.0.hyphenated().encode_lower(&mut buffer);
+    let span = request_span(id_text);
     let outcome = next.call(req).instrument(span.clone()).await;
     let failed = match &outcome {
         Ok(response) => response.response().error().is_some() || response.status().is_server_error(),
@@ -287,9 +330,7 @@ pub async fn requests(
         DefaultRootSpanBuilder::on_request_end(span, &outcome);
     }
     let mut response = outcome?;
-    let mut buffer = uuid::Uuid::encode_buffer();
-    let text = id.0.hyphenated().encode_lower(&mut buffer);
-    if let Ok(value) = HeaderValue::from_str(text) {
+    if let Ok(value) = HeaderValue::from_str(id_text) {
         response.headers_mut().insert(X_REQUEST_ID.clone(), value);
     }
     let status = response.status();
@@ -306,9 +347,9 @@ pub async fn requests(
                         "request refused");
     }
     // The route pattern, not the path: ids must not become label values.
-    let label = response.request().extensions().get::<RouteLabel>().copied();
+    let label = response.request().extensions().get::<RequestContext>().and_then(|c| c.route.get());
     let route = match label {
-        Some(RouteLabel(route)) => route.into(),
+        Some(route) => route.into(),
         None => response.request().match_pattern().map_or("unmatched".into(), Into::into),
     };
     count_request((method, route, status.as_u16()), started.elapsed().as_secs_f64());

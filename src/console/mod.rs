@@ -40,8 +40,7 @@ use crate::outbox;
 use crate::overrides::{self, Overrides};
 use crate::routes::{customer_id, next_cursor, page_cursor, text_param};
 use crate::subscriptions::Subscriptions;
-use crate::telemetry::RequestId;
-use crate::telemetry::RouteLabel;
+use crate::telemetry::{self, RequestContext};
 
 /// Only this origin, no inline script or style, no framing: a page that echoes an operator's
 /// input cannot run it.
@@ -91,7 +90,7 @@ async fn label(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    req.extensions_mut().insert(RouteLabel("/console"));
+    telemetry::with_context(&req, |context| context.set_route("/console"));
     next.call(req).await
 }
 
@@ -190,7 +189,7 @@ fn over_tls(req: &HttpRequest) -> bool {
 /// Who acts, for the audit log: the key's name and this request's id, as the API's
 /// `routes::actor` records them.
 fn actor(req: &HttpRequest, caller: &Caller) -> Actor {
-    let request_id = req.extensions().get::<RequestId>().map(ToString::to_string);
+    let request_id = req.extensions().get::<RequestContext>().map(|context| context.id().to_string());
     Actor { name: caller.name.to_string(), request_id }
 }
 

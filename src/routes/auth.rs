@@ -6,10 +6,11 @@ use std::future::{Ready, ready};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{FromRequest, HttpMessage, HttpRequest, http::header};
+use actix_web::{FromRequest, HttpRequest, http::header};
 
 use crate::auth::{ApiKeys, Caller, Scope};
 use crate::error::ApiError;
+use crate::telemetry;
 
 /// The key from `Authorization: Bearer <key>`.
 fn bearer_token(req: &ServiceRequest) -> Option<&[u8]> {
@@ -37,7 +38,7 @@ pub async fn authorize<B: MessageBody + 'static>(
     {
         return Ok(req.error_response(ApiError::Forbidden(scope)).map_into_right_body());
     }
-    req.extensions_mut().insert(caller);
+    telemetry::with_context(&req, |context| context.set_caller(caller));
     next.call(req).await.map(ServiceResponse::map_into_left_body)
 }
 
@@ -47,6 +48,6 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         // Absent only on a route that forgot the middleware: fail closed.
-        ready(req.extensions().get::<Caller>().cloned().ok_or(ApiError::Unauthorized))
+        ready(telemetry::with_context(req, |context| context.caller().cloned()).ok_or(ApiError::Unauthorized))
     }
 }

@@ -15,7 +15,6 @@ mod schema;
 pub mod webhook_endpoints;
 pub mod webhooks;
 
-use actix_web::HttpMessage;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
@@ -25,7 +24,7 @@ use actix_web::{Resource, Route, web};
 use crate::auth::Scope;
 use crate::domain::CustomerId;
 use crate::error::ApiError;
-use crate::telemetry::RouteLabel;
+use crate::telemetry;
 use auth::authorize;
 
 /// Registers every route. Health, metrics and docs are open; everything under `/v1` needs a key
@@ -167,7 +166,7 @@ fn keyed(
     >,
 > {
     endpoint(path, routes).wrap(from_fn(move |req: ServiceRequest, next| {
-        req.extensions_mut().insert(RouteLabel(path));
+        telemetry::with_context(&req, |context| context.set_route(path));
         authorize(req, next, scope)
     }))
 }
