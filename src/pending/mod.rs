@@ -204,9 +204,7 @@ impl Pending {
             }
         }
     }
-}
 
-impl Pending {
     /// Records the observations, in a batch with other fetches' where it can, and each of the
     /// rest on its own (all at once).
     async fn observe(
@@ -255,8 +253,8 @@ async fn settle_in_batches(pool: PgPool, timeout: Duration, mut batches: mpsc::U
 
 /// Settles one batch and tells each fetch its outcomes.
 async fn settle_batch(pool: &PgPool, timeout: Duration, fetches: Vec<Batch>) {
-    let observed: Vec<(Observation, chrono::DateTime<Utc>)> =
-        fetches.iter().flat_map(|b| b.observations.iter().map(|o| (o.clone(), b.started))).collect();
+    let observed: Vec<(&Observation, chrono::DateTime<Utc>)> =
+        fetches.iter().flat_map(|b| b.observations.iter().map(|o| (o, b.started))).collect();
     metrics::histogram!("usage_gate_pending_settle_batch").record(observed.len() as f64);
     let mut outcomes = match tokio::time::timeout(timeout, store::observe_batch(pool, &observed)).await {
         Ok(Ok(outcomes)) => outcomes.into_iter(),

@@ -231,18 +231,13 @@ type BatchRow = (String, Uuid, Option<f64>, Option<i64>, Option<i64>);
 /// 0.48 s of Postgres's CPU (`bench/check.py --cold-only`); batched, 0.21–0.24 s.
 pub async fn observe_batch(
     pool: &PgPool,
-    batch: &[(Observation, DateTime<Utc>)],
+    batch: &[(&Observation, DateTime<Utc>)],
 ) -> Result<Vec<Batched>, sqlx::Error> {
-    // Each subscription once (a second observation of it follows the first, alone), in key
-    // order, so that concurrent batches insert in the same order.
-    let mut order: Vec<usize> = Vec::with_capacity(batch.len());
-    let mut seen = std::collections::HashSet::with_capacity(batch.len());
-    for (i, (observation, _)) in batch.iter().enumerate() {
-        if seen.insert(observation.subscription) {
-            order.push(i);
-        }
-    }
-    order.sort_unstable_by_key(|&i| batch[i].0.subscription.as_uuid());
+    // Each subscription once (a second observation of it follows the first, alone: the sort is
+    // stable), in key order, so that concurrent batches insert in the same order.
+    let mut order: Vec<usize> = (0..batch.len()).collect();
+    order.sort_by_key(|&i| batch[i].0.subscription.as_uuid());
+    order.dedup_by_key(|i| batch[*i].0.subscription);
     let ids: Vec<Uuid> = order.iter().map(|&i| batch[i].0.subscription.as_uuid()).collect();
     let codes: Vec<&str> = order.iter().map(|&i| batch[i].0.code.as_str()).collect();
     let usages: Vec<f64> = order.iter().map(|&i| batch[i].0.figures.usage).collect();
@@ -297,12 +292,7 @@ pub async fn observe_batch(
     .fetch_all(&mut *tx)
     .await?;
     let counted: Vec<i64> = rows.iter().filter_map(|row| row.4).collect();
-    if !counted.is_empty() {
-        sqlx::query("UPDATE outbox SET retired_at = now(), retired_as = 'counted' WHERE id = ANY($1)")
-            .bind(&counted)
-            .execute(&mut *tx)
-            .await?;
-    }
+    mark_counted(&mut tx, &counted).await?;
     tx.commit().await?;
 
     let mut done: HashMap<Uuid, Observed> = HashMap::with_capacity(rows.len());
@@ -383,14 +373,21 @@ async fn retire(
     .fetch_all(&mut *tx)
     .await?;
     let (counted, retired) = projection::counted(&delivered, usage);
-    if !counted.is_empty() {
+    mark_counted(tx, &counted).await?;
+    *events += counted.len();
+    Ok(retired)
+}
+
+/// Retires the outbox rows `ids` as counted by BillaBear (none: no statement, since an UPDATE
+/// of the outbox fires its ledger trigger even when it changes nothing).
+async fn mark_counted(tx: &mut sqlx::PgConnection, ids: &[i64]) -> Result<(), sqlx::Error> {
+    if !ids.is_empty() {
         sqlx::query("UPDATE outbox SET retired_at = now(), retired_as = 'counted' WHERE id = ANY($1)")
-            .bind(&counted)
+            .bind(ids)
             .execute(&mut *tx)
             .await?;
     }
-    *events += counted.len();
-    Ok(retired)
+    Ok(())
 }
 
 /// Two common table expressions that move the deltas the given query picks into the sums, in

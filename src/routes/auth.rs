@@ -6,11 +6,11 @@ use std::future::{Ready, ready};
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
-use actix_web::{FromRequest, HttpRequest, http::header};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, http::header};
 
 use crate::auth::{ApiKeys, Caller, Scope};
 use crate::error::ApiError;
-use crate::telemetry;
+use crate::telemetry::{self, RequestContext};
 
 /// The key from `Authorization: Bearer <key>`.
 fn bearer_token(req: &ServiceRequest) -> Option<&[u8]> {
@@ -48,6 +48,7 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         // Absent only on a route that forgot the middleware: fail closed.
-        ready(telemetry::with_context(req, |context| context.caller().cloned()).ok_or(ApiError::Unauthorized))
+        let caller = req.extensions().get::<RequestContext>().and_then(|context| context.caller().cloned());
+        ready(caller.ok_or(ApiError::Unauthorized))
     }
 }
