@@ -125,10 +125,14 @@ pub struct ApiKeys {
 /// is computed once, not on every request: 3,600 of a warm check's instructions
 /// (`bench/check_instructions.py`, where valgrind hides the CPU's SHA extensions). Only a key
 /// whose digest matched enters, so it holds at most one entry per configured key however many
-/// unknown keys are tried. Hashed with std's `RandomState` (SipHash under per-process random
-/// keys): a caller cannot aim a key at a bucket. Shared by the clones of `ApiKeys`.
+/// unknown keys are tried, so no key a caller sends can crowd it: hashed with foldhash under a
+/// per-process random seed, not SipHash (~250 instructions a request for a 40-byte key). Shared
+/// by the clones of `ApiKeys`.
 #[derive(Clone, Default)]
-struct Remembered(Arc<RwLock<HashMap<Box<[u8]>, usize>>>);
+struct Remembered(Arc<RwLock<KeyPlaces>>);
+
+/// A presented key → its key's place in `ApiKeys::keys`.
+type KeyPlaces = HashMap<Box<[u8]>, usize, foldhash::quality::RandomState>;
 
 impl fmt::Debug for Remembered {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

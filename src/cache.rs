@@ -80,12 +80,18 @@ impl CacheMetrics {
     }
 }
 
+/// The customer ids hashed with foldhash under a per-process random seed, not moka's default
+/// SipHash: a warm check's lookup spent ~130 instructions hashing its 16 bytes
+/// (`bench/check_instructions.py`). The ids come from callers holding a `check` key.
+type KeyHasher = foldhash::quality::RandomState;
+type Snapshots = moka::sync::Cache<CustomerId, Arc<Snapshot>, KeyHasher>;
+
 struct Inner {
     /// Known customers, and the `Unavailable` markers and tombstones that stand in for them.
-    snapshots: moka::sync::Cache<CustomerId, Arc<Snapshot>>,
+    snapshots: Snapshots,
     /// Customers BillaBear answered 404 for, bounded on their own (`cache.max_unknown_customers`)
     /// so that checks of made-up ids cannot evict real customers.
-    unknown: moka::sync::Cache<CustomerId, Arc<Snapshot>>,
+    unknown: Snapshots,
     /// Fetches under way, one per customer, each with its generation (see `start_fetch`).
     inflight: Mutex<HashMap<CustomerId, (u64, Flight)>>,
     /// Hands out generations: to each fetch as it starts, and to each invalidation.
@@ -164,12 +170,12 @@ impl SnapshotCache {
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             // Past max_stale a snapshot is never served; let moka reclaim it.
             .time_to_live(settings.max_stale.max(Duration::from_millis(1)))
-            .build();
+            .build_with_hasher(KeyHasher::default());
         let unknown = moka::sync::Cache::builder()
             .max_capacity(settings.max_unknown_customers)
             .eviction_policy(moka::policy::EvictionPolicy::lru())
             .time_to_live(settings.negative_ttl.max(Duration::from_millis(1)))
-            .build();
+            .build_with_hasher(KeyHasher::default());
         let per_second = NonZeroU32::new(settings.cold_fetches_per_second).unwrap_or(NonZeroU32::MIN);
         Self {
             inner: Arc::new(Inner {
@@ -399,7 +405,7 @@ impl SnapshotCache {
 /// Stores `snapshot` unless the cache holds one of a higher generation; returns what it
 /// replaced (`Ok`), or the newer snapshot it left in place (`Err`).
 fn store_if_newer(
-    cache: &moka::sync::Cache<CustomerId, Arc<Snapshot>>,
+    cache: &Snapshots,
     id: CustomerId,
     snapshot: Arc<Snapshot>,
 ) -> Result<Option<Arc<Snapshot>>, Arc<Snapshot>> {

@@ -18,14 +18,12 @@ pub mod webhooks;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
-use actix_web::middleware::from_fn;
 use actix_web::{Resource, Route, web};
 
 use crate::auth::Scope;
 use crate::domain::CustomerId;
 use crate::error::ApiError;
-use crate::telemetry;
-use auth::authorize;
+use auth::Authorize;
 
 /// Registers every route. Health, metrics and docs are open; everything under `/v1` needs a key
 /// (webhooks carry their own secret). `metrics`: whether `/metrics` is served here.
@@ -165,10 +163,7 @@ fn keyed(
         InitError = (),
     >,
 > {
-    endpoint(path, routes).wrap(from_fn(move |req: ServiceRequest, next| {
-        telemetry::with_context(&req, |context| context.set_route(path));
-        authorize(req, next, scope)
-    }))
+    endpoint(path, routes).wrap(Authorize { route: path, scope })
 }
 
 /// Who is making a change, for the audit log.

@@ -1,11 +1,10 @@
 //! API keys: 401 without a valid key, 403 without the route's scope, the key's name as actor.
 
-use actix_web::middleware::from_fn;
 use actix_web::test as actix_test;
 use actix_web::{App, HttpResponse, web};
 use serde_json::{Value, json};
 use usage_gate::auth::{Caller, Scope};
-use usage_gate::routes::auth::authorize;
+use usage_gate::routes::auth::Authorize;
 
 use crate::helpers::*;
 
@@ -55,7 +54,7 @@ async fn a_key_without_the_route_scope_is_403() {
     let app = actix_test::init_service(
         App::new().app_data(web::Data::new(settings.auth.keys.clone())).service(
             web::resource("/admin-only")
-                .wrap(from_fn(|req, next| authorize(req, next, Some(Scope::Admin))))
+                .wrap(Authorize { route: "/admin-only", scope: Some(Scope::Admin) })
                 .route(
                     web::get()
                         .to(|caller: Caller| async move { HttpResponse::Ok().body(caller.name.to_string()) }),
