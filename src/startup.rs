@@ -219,6 +219,12 @@ impl Running {
         // Before anything registers metric handles: a handle taken before the recorder is
         // installed stays a no-op for good.
         let metrics = telemetry::metrics_handle();
+        // Counters whose outcomes are known, at zero from the start: an alert's `rate()` needs a
+        // series, and the dashboard a line, before the first event, hold or webhook.
+        crate::outbox::store::register_metrics();
+        crate::enforce::store::register_metrics();
+        crate::reservations::register_metrics();
+        webhooks::delivery::register_metrics();
         let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
         let Started { service: pending, changes: pending_changes, tasks: mut background, listening } =
             Pending::start(pool.clone(), settings.pending.clone());
@@ -265,6 +271,8 @@ impl Running {
         let checker =
             Arc::new(Checker::new(cache, pending, holds.clone(), overrides.clone(), settings.policy.clone()));
         let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
+        let health =
+            web::Data::new(Health::new(pool.clone(), billabear.with_timeout(settings.billabear.timeout)));
         let handlers = Handlers {
             admission: web::Data::new(Admission::new(checker.clone(), ingest, subscriptions.clone())),
             limits: web::Data::new(Limits::new(
@@ -272,11 +280,8 @@ impl Running {
                 billabear.with_timeout(settings.billabear.admin_timeout),
                 invalidation.clone(),
             )),
-            health: web::Data::new(Health::new(
-                pool.clone(),
-                billabear.with_timeout(settings.billabear.timeout),
-            )),
-            exposition: web::Data::new(Exposition::new(metrics, pool.clone())),
+            health: health.clone(),
+            exposition: web::Data::new(Exposition::new(metrics, pool.clone(), health)),
             checker: web::Data::from(checker),
             overrides: web::Data::new(overrides),
             holds: web::Data::new(holds),

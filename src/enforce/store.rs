@@ -14,6 +14,14 @@ use crate::outbox::store::{self as outbox, Accepted};
 use crate::pending::store as pending;
 use crate::policy::PolicySettings;
 
+/// Registers `usage_gate_enforced_events_total` for both outcomes, so `/metrics` shows zeros
+/// before the first enforced event.
+pub fn register_metrics() {
+    for outcome in ["admitted", "refused"] {
+        metrics::counter!("usage_gate_enforced_events_total", "outcome" => outcome).increment(0);
+    }
+}
+
 /// The class of the customers' advisory locks. Two-key locks never collide with the one-key
 /// locks usage-gate takes elsewhere; two customers whose ids hash alike only wait on each other.
 const CUSTOMER_LOCK_CLASS: i32 = 0x7567_656e; // "ugen"

@@ -48,6 +48,14 @@ impl Accepted {
     }
 }
 
+/// Registers `usage_gate_events_total` for every outcome `accept` counts, so `/metrics` shows
+/// zeros (and alerts see a series) before the first event.
+pub fn register_metrics() {
+    for kind in [Accepted::New, Accepted::Duplicate, Accepted::Conflict, Accepted::Dead] {
+        metrics::counter!("usage_gate_events_total", "outcome" => kind.as_str()).increment(0);
+    }
+}
+
 /// Stores the events with one statement (atomic: all or none) and answers for each, in order.
 /// An `event_id` already stored, or repeated earlier in `events`, is a duplicate or a conflict.
 /// Nothing is acknowledged unless the commit succeeded.

@@ -35,6 +35,14 @@ pub const EXPIRE_EVERY: Duration = Duration::from_millis(250);
 /// How often the reservations are vacuumed if they need it (see [`db::vacuum_busy`]).
 const VACUUM_EVERY: Duration = Duration::from_secs(5);
 
+/// Registers `usage_gate_reservations_total` for every outcome, so `/metrics` shows zeros
+/// before the first hold.
+pub fn register_metrics() {
+    for outcome in writer::OUTCOMES.into_iter().chain(["expired"]) {
+        metrics::counter!("usage_gate_reservations_total", "outcome" => outcome).increment(0);
+    }
+}
+
 /// An open hold as a check counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hold {

@@ -179,6 +179,9 @@ impl Writing {
     }
 }
 
+/// The outcomes `usage_gate_reservations_total` counts here (expiry counts `expired`).
+pub(super) const OUTCOMES: [&str; 4] = ["granted", "refused", "committed", "released"];
+
 fn count(written: &[Done]) {
     let mut counts = [0u64; 4];
     for done in written {
@@ -190,7 +193,7 @@ fn count(written: &[Done]) {
             _ => {}
         }
     }
-    for (outcome, n) in ["granted", "refused", "committed", "released"].into_iter().zip(counts) {
+    for (outcome, n) in OUTCOMES.into_iter().zip(counts) {
         if n > 0 {
             metrics::counter!("usage_gate_reservations_total", "outcome" => outcome).increment(n);
         }

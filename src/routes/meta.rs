@@ -8,23 +8,34 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::auth::{Caller, Scope};
+use crate::health::Health;
 use crate::memo::Memo;
 use crate::outbox::store::{self, Stats};
+use crate::webhooks::store::{self as webhook_store, EndpointCounts};
 
 /// How stale the outbox figures in `/metrics` may be: anyone may scrape, and each answer costs a
 /// count over the outbox.
 pub const OUTBOX_STATS_EVERY: Duration = Duration::from_secs(5);
 
-/// What `/metrics` renders: the recorder's handle, and the outbox's counts from Postgres.
+/// What `/metrics` renders: the recorder's handle; the outbox's and the webhook endpoints'
+/// counts from Postgres; and readiness, so an alert can name a replica that is up but not ready.
 pub struct Exposition {
     handle: PrometheusHandle,
     pool: PgPool,
+    health: web::Data<Health>,
     outbox_stats: Memo<Option<Stats>>,
+    endpoints: Memo<Option<EndpointCounts>>,
 }
 
 impl Exposition {
-    pub fn new(handle: PrometheusHandle, pool: PgPool) -> Self {
-        Self { handle, pool, outbox_stats: Memo::new(OUTBOX_STATS_EVERY) }
+    pub fn new(handle: PrometheusHandle, pool: PgPool, health: web::Data<Health>) -> Self {
+        Self {
+            handle,
+            pool,
+            health,
+            outbox_stats: Memo::new(OUTBOX_STATS_EVERY),
+            endpoints: Memo::new(OUTBOX_STATS_EVERY),
+        }
     }
 }
 
@@ -45,6 +56,25 @@ pub async fn metrics(exposition: web::Data<Exposition>) -> HttpResponse {
             metrics::gauge!("usage_gate_outbox_events", "status" => status).set(count as f64);
         }
         metrics::gauge!("usage_gate_outbox_oldest_pending_age_seconds").set(stats.oldest_pending_age_seconds);
+    }
+    let endpoints = exposition
+        .endpoints
+        .get(|| async { webhook_store::endpoint_counts(&exposition.pool).await.ok() }, Option::is_some)
+        .await;
+    if let Some(counts) = endpoints {
+        metrics::gauge!("usage_gate_webhook_endpoints", "state" => "enabled").set(counts.enabled as f64);
+        metrics::gauge!("usage_gate_webhook_endpoints", "state" => "disabled").set(counts.disabled as f64);
+    }
+    // Readiness as `/readyz` answers it (reused for a couple of seconds, as there).
+    let readiness = exposition.health.readiness().await;
+    metrics::gauge!("usage_gate_ready").set(if readiness.status == "ready" { 1.0 } else { 0.0 });
+    let checks = &readiness.checks;
+    for (check, ok) in [
+        ("postgres", checks.postgres.ok),
+        ("migrations", checks.migrations.ok),
+        ("billabear", checks.billabear.ok),
+    ] {
+        metrics::gauge!("usage_gate_readiness_check", "check" => check).set(if ok { 1.0 } else { 0.0 });
     }
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(exposition.handle.render())
 }

@@ -52,6 +52,17 @@ pub fn spawn(
     Ok(vec![delivering.abort_handle(), pruning.abort_handle()])
 }
 
+/// Registers the delivery counters for every outcome, so `/metrics` shows zeros (and the
+/// failing-deliveries alert a series) before the first attempt.
+pub fn register_metrics() {
+    for outcome in ["delivered", "gone", "failed"] {
+        metrics::counter!("usage_gate_webhook_attempts_total", "outcome" => outcome).increment(0);
+    }
+    for outcome in ["delivered", "failed"] {
+        metrics::counter!("usage_gate_webhook_messages_total", "outcome" => outcome).increment(0);
+    }
+}
+
 struct Deliverer {
     pool: PgPool,
     client: reqwest::Client,

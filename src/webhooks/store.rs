@@ -91,6 +91,23 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Endpoint>, sqlx::Error> {
     .await
 }
 
+/// How many endpoints are enabled and how many disabled (for `/metrics`).
+pub async fn endpoint_counts(pool: &PgPool) -> Result<EndpointCounts, sqlx::Error> {
+    let (enabled, disabled): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE disabled_at IS NULL), count(*) FILTER (WHERE disabled_at IS NOT NULL)
+         FROM webhook_endpoints",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(EndpointCounts { enabled, disabled })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointCounts {
+    pub enabled: i64,
+    pub disabled: i64,
+}
+
 pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<Endpoint>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"

@@ -14,59 +14,30 @@ use crate::helpers::*;
 /// Delivery concurrency of the killed process, so at most this many events were under way.
 const CONCURRENCY: usize = 4;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Starts `serve` as a process on a free port and waits until it answers.
-async fn serve(config: &std::path::Path, database: &str) -> (Child, String) {
-    let port = free_port();
-    let child = Child(
-        usage_gate()
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("DATABASE_URL", database)
-            .env("USAGE_GATE__SERVER__ADDRESS", format!("127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    eventually(Duration::from_secs(30), "the service to answer /healthz", || async {
-        http.get(format!("{base}/healthz")).send().await.ok().filter(|r| r.status() == 200)
-    })
-    .await;
-    (child, base)
-}
-
 #[tokio::test]
 async fn killed_mid_load_it_loses_no_acknowledged_event() {
     let sim = start_sim(Seed::built_in());
     // Deliveries take a while, so some are under way at the kill.
     sim.set_faults(json!({"latency_ms": 5, "only": "events"})).await;
     let database = fresh_database_url().await;
-    let config = write_config(&format!(
-        r#"
-[billabear]
-base_url = "{}"
-api_key = "{SIM_KEY}"
+    let config = process_config(
+        &sim,
+        &format!(
+            r#"
 [outbox]
 concurrency = {CONCURRENCY}
 lease_ms = 2000
 timeout_ms = 500
 retry_base_ms = 20
 retry_max_ms = 200
-[log]
-level = "warn"
 [[auth.keys]]
 name = "ingester"
 key = "{EVENTS_KEY}"
 scopes = ["events"]
-"#,
-        sim.base_url()
-    ));
-    let (mut first, base) = serve(&config, &database).await;
+"#
+        ),
+    );
+    let (mut first, base) = serve_process(&config, &database).await;
 
     // Eight clients post events until the process dies under them.
     let acknowledged = Arc::new(Mutex::new(Vec::<String>::new()));
@@ -102,7 +73,7 @@ scopes = ["events"]
     assert!(acknowledged.len() >= 50, "load ran: {} acknowledged", acknowledged.len());
 
     // Restarted on the same database, it delivers the rest.
-    let (mut second, _) = serve(&config, &database).await;
+    let (mut second, _) = serve_process(&config, &database).await;
     let pool = sqlx::PgPool::connect(&database).await.unwrap();
     eventually(Duration::from_secs(60), "the outbox to drain after the restart", || async {
         let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE status <> 'delivered'")

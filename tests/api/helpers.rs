@@ -402,6 +402,41 @@ pub fn write_config(contents: &str) -> std::path::PathBuf {
     path
 }
 
+/// A config file for a `serve` process against `sim`, logging warnings only, with `more`.
+pub fn process_config(sim: &Sim, more: &str) -> std::path::PathBuf {
+    write_config(&format!(
+        "[billabear]\nbase_url = \"{}\"\napi_key = \"{SIM_KEY}\"\n[log]\nlevel = \"warn\"\n{more}",
+        sim.base_url()
+    ))
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts the binary's `serve` with `config` on a free port and waits until it answers; its
+/// base URL.
+pub async fn serve_process(config: &std::path::Path, database: &str) -> (Child, String) {
+    let port = free_port();
+    let child = Child(
+        usage_gate()
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("DATABASE_URL", database)
+            .env("USAGE_GATE__SERVER__ADDRESS", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    eventually(Duration::from_secs(30), "the service to answer /healthz", || async {
+        http.get(format!("{base}/healthz")).send().await.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    (child, base)
+}
+
 /// A child process that is sent SIGTERM (and reaped) when dropped.
 pub struct Child(pub std::process::Child);
 

@@ -8,6 +8,7 @@ mod check;
 mod cli;
 mod console;
 mod crash;
+mod deploy;
 mod enforce;
 mod events;
 mod helpers;
