@@ -15,9 +15,10 @@ use crate::{db, demo, telemetry};
 #[derive(Debug, Parser)]
 #[command(name = "usage-gate", version, about = "Enforces BillaBear usage limits")]
 pub struct Cli {
-    /// A TOML file layered over the built-in defaults.
-    #[arg(long, global = true, env = "USAGE_GATE_CONFIG")]
-    pub config: Option<PathBuf>,
+    /// A TOML file layered over the built-in defaults; repeat it for several, a later file's keys
+    /// winning (USAGE_GATE_CONFIG: comma-separated).
+    #[arg(long, global = true, env = "USAGE_GATE_CONFIG", value_delimiter = ',')]
+    pub config: Vec<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -92,7 +93,7 @@ async fn execute(cli: Cli) -> ExitCode {
         };
         return report(run_sim(address, config, seed).await);
     }
-    let raw = match RawSettings::load(cli.config.as_deref()) {
+    let raw = match RawSettings::load(&cli.config) {
         Ok(raw) => raw,
         Err(e) => return config_failure(e),
     };

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -242,9 +242,11 @@ impl RawSettings {
         Self::from_layers(None, Some(Default::default()), None).expect("embedded defaults load")
     }
 
-    /// Layers the sources: defaults, `file`, the process environment, `DATABASE_URL`.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::from_layers(file, None, std::env::var("DATABASE_URL").ok())
+    /// Layers the sources: defaults, `files` in order (a later one's keys win; Kubernetes mounts
+    /// the settings from a ConfigMap and the keys from a Secret as two files), the process
+    /// environment, `DATABASE_URL`.
+    pub fn load(files: &[PathBuf]) -> Result<Self, ConfigError> {
+        Self::from_files(files.iter().map(PathBuf::as_path), None, std::env::var("DATABASE_URL").ok())
     }
 
     /// `env`: `None` reads the process environment; tests pass a map instead.
@@ -253,9 +255,18 @@ impl RawSettings {
         env: Option<config::Map<String, String>>,
         database_url: Option<String>,
     ) -> Result<Self, ConfigError> {
+        Self::from_files(file, env, database_url)
+    }
+
+    /// Like [`Self::from_layers`], with any number of files (a later one's keys win).
+    pub fn from_files<'a>(
+        files: impl IntoIterator<Item = &'a Path>,
+        env: Option<config::Map<String, String>>,
+        database_url: Option<String>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder()
             .add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
-        if let Some(file) = file {
+        for file in files {
             builder = builder.add_source(config::File::from(file).required(true));
         }
         let env = config::Environment::with_prefix(ENV_PREFIX).separator("__").source(env);
@@ -1133,6 +1144,25 @@ mod tests {
         assert_eq!(settings.server.address.to_string(), "0.0.0.0:9100");
         assert_eq!(settings.billabear.timeout, Duration::from_millis(400));
         assert_eq!(settings.database.url.expose_secret(), "postgres://override/db");
+    }
+
+    #[test]
+    fn a_later_config_file_wins_and_keys_may_come_from_their_own_file() {
+        // As Kubernetes mounts them: the settings from a ConfigMap, the keys from a Secret.
+        let settings_file = write(
+            "[server]\naddress = \"0.0.0.0:9000\"\nworkers = 2\n[billabear]\napi_key = \"placeholder\"",
+        );
+        let secrets_file = write(&format!("[billabear]\napi_key = \"bb-secret\"\n{KEYS}"));
+        let files = [settings_file.path(), secrets_file.path()];
+        let raw = RawSettings::from_files(files, Some(Default::default()), None).unwrap();
+        let settings = raw.validate().unwrap();
+        assert_eq!(settings.server.address.to_string(), "0.0.0.0:9000");
+        assert_eq!(settings.server.workers, 2);
+        assert_eq!(settings.billabear.api_key.expose_secret(), "bb-secret");
+        assert!(!raw.auth.keys.is_empty());
+        // Either file alone: the keys are missing, or the settings are the defaults.
+        let alone = RawSettings::from_files([settings_file.path()], Some(Default::default()), None).unwrap();
+        assert!(alone.validate().is_err());
     }
 
     #[test]

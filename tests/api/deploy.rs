@@ -19,16 +19,16 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Whether `tool` is on the PATH. Without it the test says so and passes, unless
+/// Whether `tool` runs (`tool args`). Without it the test says so and passes, unless
 /// `USAGE_GATE_REQUIRE_TOOLS` is set (CI sets it and installs the tools).
-fn have(tool: &str) -> bool {
-    let found = std::process::Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success());
+fn have_tool(tool: &str, args: &[&str]) -> bool {
+    let found = std::process::Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
     if !found {
         assert!(
             std::env::var_os("USAGE_GATE_REQUIRE_TOOLS").is_none(),
             "USAGE_GATE_REQUIRE_TOOLS is set but {tool} is not installed"
         );
-        eprintln!("skipped: {tool} is not installed (Debian: apt-get install prometheus)");
+        eprintln!("skipped: {tool} is not installed (see the README's test section)");
     }
     found
 }
@@ -49,7 +49,7 @@ fn alert_names(rules: &str) -> Vec<String> {
 
 #[test]
 fn the_alert_rules_pass_promtool_and_their_unit_tests() {
-    if !have("promtool") {
+    if !have_tool("promtool", &["--version"]) {
         return;
     }
     let checked = promtool(&["check", "rules", "alerts.yml"]);
@@ -214,4 +214,195 @@ fn exposition(text: &str) -> Vec<(String, String)> {
             (l[..end].to_owned(), labels.to_owned())
         })
         .collect()
+}
+
+/// `program args…`'s standard output; it must succeed.
+fn run(program: &str, args: &[&str]) -> String {
+    let output = std::process::Command::new(program).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{program} {}:\n{stderr}", args.join(" "));
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The rendered objects, as JSON (PyYAML comes with kubernetes-validate).
+fn yaml_documents(yaml: &str) -> Vec<Value> {
+    use std::io::Write;
+    let mut python = std::process::Command::new("python3")
+        .args(["-c", "import json, sys, yaml; json.dump(list(yaml.safe_load_all(sys.stdin)), sys.stdout)"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    python.stdin.take().unwrap().write_all(yaml.as_bytes()).unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(output.status.success(), "the rendered manifests are YAML");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Whether every label `selector` asks for is on `labels`.
+fn selects(selector: &Value, labels: &Value) -> bool {
+    let wanted = selector.as_object().expect("matchLabels");
+    !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+#[test]
+fn the_kubernetes_base_renders_validates_and_names_only_what_usage_gate_has() {
+    if !have_tool("kubectl", &["version", "--client"]) || !have_tool("kubernetes-validate", &["--version"]) {
+        return;
+    }
+    let base = deploy("kubernetes");
+    let rendered = run("kubectl", &["kustomize", base.to_str().unwrap()]);
+    let file = std::env::temp_dir().join(format!("usage-gate-k8s-{}.yaml", uuid::Uuid::new_v4()));
+    std::fs::write(&file, &rendered).unwrap();
+    // Every object against Kubernetes 1.31's schemas, unknown fields refused.
+    run("kubernetes-validate", &["--strict", "--quiet", "-k", "1.31.0", file.to_str().unwrap()]);
+    std::fs::remove_file(&file).unwrap();
+
+    let objects = yaml_documents(&rendered);
+    let one = |kind: &str| -> &Value {
+        let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind}");
+        found[0]
+    };
+    let (deployment, service, budget) = (one("Deployment"), one("Service"), one("PodDisruptionBudget"));
+    let (config_map, secret) = (one("ConfigMap"), one("Secret"));
+    let spec = &deployment["spec"];
+    assert!(spec["replicas"].as_u64() >= Some(2), "at least two replicas");
+    assert_eq!(spec["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
+    let pod = &spec["template"];
+    let labels = &pod["metadata"]["labels"];
+    assert!(selects(&spec["selector"]["matchLabels"], labels));
+    assert!(selects(&service["spec"]["selector"], labels), "the Service selects the pods");
+    assert!(selects(&budget["spec"]["selector"]["matchLabels"], labels), "the budget covers the pods");
+    assert_eq!(budget["spec"]["minAvailable"], 1);
+
+    let container = &pod["spec"]["containers"][0];
+    let migrate = &pod["spec"]["initContainers"][0];
+    let args = |c: &Value| -> Vec<String> {
+        c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+    };
+    let (serve_args, migrate_args) = (args(container), args(migrate));
+    assert_eq!(serve_args.last().map(String::as_str), Some("serve"));
+    assert_eq!(migrate_args.last().map(String::as_str), Some("migrate"), "the init container migrates");
+    assert_eq!(
+        serve_args[..serve_args.len() - 1],
+        migrate_args[..migrate_args.len() - 1],
+        "the same configuration"
+    );
+
+    // Each --config file is a mounted key of the ConfigMap or the Secret; the database URL a key
+    // of the Secret. Written out as the pod would see them.
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let mounts = container["volumeMounts"].as_array().unwrap();
+    let decoded = |object: &Value, key: &str| -> String {
+        if object["kind"] == "Secret" {
+            use base64::Engine;
+            let raw = object["data"][key].as_str().unwrap_or_else(|| panic!("the Secret has {key}"));
+            // kustomize folds long values over several lines.
+            let raw: String = raw.split_whitespace().collect();
+            String::from_utf8(base64::engine::general_purpose::STANDARD.decode(raw).unwrap()).unwrap()
+        } else {
+            object["data"][key].as_str().unwrap_or_else(|| panic!("the ConfigMap has {key}")).to_owned()
+        }
+    };
+    let mut files = Vec::new();
+    for path in serve_args.iter().filter_map(|a| a.strip_prefix("--config=")) {
+        let (dir, key) = path.rsplit_once('/').unwrap();
+        let mount =
+            mounts.iter().find(|m| m["mountPath"] == dir).unwrap_or_else(|| panic!("{dir} is mounted"));
+        let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+        let object = match (&volume["configMap"]["name"], &volume["secret"]["secretName"]) {
+            (Value::String(name), _) => {
+                assert_eq!(config_map["metadata"]["name"], *name);
+                config_map
+            }
+            (_, Value::String(name)) => {
+                assert_eq!(secret["metadata"]["name"], *name);
+                secret
+            }
+            _ => panic!("volume {} is neither a ConfigMap nor a Secret", volume["name"]),
+        };
+        let file = std::env::temp_dir().join(format!("usage-gate-k8s-{}-{key}", uuid::Uuid::new_v4()));
+        std::fs::write(&file, decoded(object, key)).unwrap();
+        files.push(file);
+    }
+    assert_eq!(files.len(), 2, "settings and secrets: {serve_args:?}");
+    let database = &container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "DATABASE_URL")
+        .unwrap()["valueFrom"]["secretKeyRef"];
+    assert_eq!(secret["metadata"]["name"], database["name"]);
+    let database_url = decoded(secret, database["key"].as_str().unwrap());
+
+    // The files hold only keys usage-gate knows (an unknown key fails to load), with valid values.
+    let raw = usage_gate::config::RawSettings::from_files(
+        files.iter().map(PathBuf::as_path),
+        Some(Default::default()),
+        Some(database_url.clone()),
+    )
+    .unwrap_or_else(|e| panic!("the manifests' configuration loads: {e}"));
+    let settings = raw.validate().unwrap_or_else(|e| panic!("the manifests' configuration is valid: {e}"));
+    // And the binary takes them as the pod passes them.
+    let mut command = usage_gate();
+    for file in &files {
+        command.arg("--config").arg(file);
+    }
+    let checked = command.arg("config").env("DATABASE_URL", &database_url).output().unwrap();
+    assert!(checked.status.success(), "usage-gate config: {}", String::from_utf8_lossy(&checked.stderr));
+    for file in &files {
+        std::fs::remove_file(file).unwrap();
+    }
+
+    // Ports: the container's are the ones usage-gate listens on, the Service's target one of them.
+    let port = |name: &str| -> u64 {
+        let ports = container["ports"].as_array().unwrap();
+        let found = ports.iter().find(|p| p["name"] == name).unwrap_or_else(|| panic!("a port named {name}"));
+        found["containerPort"].as_u64().unwrap()
+    };
+    assert_eq!(port("http"), u64::from(settings.server.address.port()), "server.address");
+    let metrics = settings.server.metrics_address.expect("/metrics on a port of its own");
+    assert_eq!(port("metrics"), u64::from(metrics.port()), "server.metrics_address");
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], port("metrics").to_string());
+    for target in service["spec"]["ports"].as_array().unwrap() {
+        port(target["targetPort"].as_str().expect("a named target port"));
+    }
+
+    // Paths: the probes' and the scrape's are routes usage-gate serves, without a key.
+    let document = usage_gate::routes::openapi::document();
+    let mut paths = vec![annotations["prometheus.io/path"].as_str().unwrap().to_owned()];
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        let get = &container[probe]["httpGet"];
+        port(get["port"].as_str().unwrap_or_else(|| panic!("{probe} names its port")));
+        paths.push(get["path"].as_str().unwrap().to_owned());
+    }
+    assert!(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness is /readyz");
+    for path in paths {
+        let route = &document["paths"][&path]["get"];
+        assert!(route.is_object(), "{path} is a route");
+        assert!(route.get("security").is_none(), "{path} needs no key");
+    }
+
+    // Shutdown: preStop's wait plus the service's own shutdown fit in the grace period.
+    let pre_stop = &container["lifecycle"]["preStop"]["exec"]["command"];
+    assert_eq!(pre_stop[0], "sleep");
+    let pre_stop: u64 = pre_stop[1].as_str().unwrap().parse().unwrap();
+    let grace = pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        pre_stop + settings.server.shutdown_timeout.as_secs() < grace,
+        "{pre_stop} s + shutdown < {grace} s"
+    );
+
+    // Memory: the limit holds a full cache (~550 bytes a customer, bench/README) and the process.
+    let limit = container["resources"]["limits"]["memory"].as_str().unwrap();
+    let mebibytes: u64 = limit.strip_suffix("Mi").expect("a limit in Mi").parse().unwrap();
+    let needed = settings.cache.max_customers * 550 / (1 << 20) + 100;
+    assert!(
+        mebibytes >= needed,
+        "memory limit {limit} for {} customers: {needed} Mi",
+        settings.cache.max_customers
+    );
+    assert_eq!(container["resources"]["requests"]["memory"], limit, "memory request = limit");
 }
