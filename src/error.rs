@@ -24,6 +24,9 @@ use crate::overrides::OverrideError;
 pub enum ApiError {
     #[error("a valid API key is required (Authorization: Bearer KEY)")]
     Unauthorized,
+    /// The gate's end-user token (`[gate.jwt]`) was refused.
+    #[error("the end user's token: {0}")]
+    InvalidToken(#[from] crate::jwt::TokenError),
     #[error("this API key lacks the `{0}` scope")]
     Forbidden(Scope),
     #[error("{detail}")]
@@ -149,6 +152,7 @@ impl ApiError {
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::Unauthorized => "unauthorized",
+            ApiError::InvalidToken(e) => e.code(),
             ApiError::Forbidden(_) => "forbidden",
             ApiError::BadRequest { .. } => "invalid_request",
             ApiError::Unprocessable { .. } => "validation_failed",
@@ -263,7 +267,7 @@ fn problem(status: StatusCode, code: &str, detail: String, errors: Vec<FieldErro
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unprocessable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
@@ -329,6 +333,11 @@ impl ResponseError for ApiError {
         };
         if matches!(self, ApiError::Unauthorized) {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, ApiError::InvalidToken(_)) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
         }
         if let ApiError::MethodNotAllowed(allow) = self
             && let Ok(allow) = HeaderValue::from_str(allow)

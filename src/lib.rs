@@ -39,6 +39,7 @@ pub mod enforce;
 pub mod error;
 pub mod health;
 pub mod invalidation;
+pub mod jwt;
 pub mod limits;
 pub mod memo;
 pub mod mirror;

@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::error::{self, ApiError};
 use crate::health::Health;
 use crate::invalidation::Invalidation;
+use crate::jwt::Verifier;
 use crate::limits::Limits;
 use crate::mirror::Started;
 use crate::outbox::forwarder::{self, ForwarderHandle};
@@ -62,7 +63,13 @@ impl Application {
     /// `database.acquire_timeout`; with Postgres down it serves without.
     pub async fn build_with(settings: Settings, pool: PgPool, listener: TcpListener) -> anyhow::Result<Self> {
         let wait = settings.database.acquire_timeout;
-        let app = Self::assemble(settings, pool, listener)?;
+        // The end users' token keys, loaded before serving: a gate that cannot verify would
+        // refuse every request.
+        let verifier = match &settings.gate.jwt {
+            Some(jwt) => Some(web::Data::from(Verifier::start(jwt.clone()).await?)),
+            None => None,
+        };
+        let app = Self::assemble(settings, pool, listener, verifier)?;
         let listening = async {
             for listening in &app.listening {
                 let _ = listening.clone().wait_for(|listening| *listening).await;
@@ -74,7 +81,12 @@ impl Application {
         Ok(app)
     }
 
-    fn assemble(settings: Settings, pool: PgPool, listener: TcpListener) -> anyhow::Result<Self> {
+    fn assemble(
+        settings: Settings,
+        pool: PgPool,
+        listener: TcpListener,
+        verifier: Option<web::Data<Verifier>>,
+    ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let keys = web::Data::new(settings.auth.keys.clone());
         let max_body = settings.server.max_body_bytes;
@@ -82,7 +94,8 @@ impl Application {
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
         let metrics_address = settings.server.metrics_address;
         let console_enabled = settings.console.enabled;
-        let Running { handlers, forwarder, background, listening } = Running::start(settings, pool)?;
+        let Running { handlers, forwarder, background, listening } =
+            Running::start(settings, pool, verifier)?;
         let metrics_server = match metrics_address {
             Some(address) => Some(metrics_server(address, handlers.exposition.clone())?),
             None => None,
@@ -182,6 +195,8 @@ struct Handlers {
     pool: web::Data<PgPool>,
     /// For the settings a handler reads (the gate's header, a batch's concurrency, …).
     settings: web::Data<Settings>,
+    /// The gate's end-user tokens, with `[gate.jwt]`.
+    verifier: Option<web::Data<Verifier>>,
 }
 
 impl Handlers {
@@ -197,6 +212,9 @@ impl Handlers {
             .app_data(self.exposition.clone())
             .app_data(self.pool.clone())
             .app_data(self.settings.clone());
+        if let Some(verifier) = &self.verifier {
+            cfg.app_data(verifier.clone());
+        }
     }
 }
 
@@ -214,7 +232,11 @@ impl Running {
     /// Starts every service in the order they need each other: the copies of Postgres, the
     /// cache on top of BillaBear and the pending ledger, the transition watcher that all three
     /// feed, the forwarder, then the services the handlers take.
-    fn start(settings: Settings, pool: PgPool) -> anyhow::Result<Self> {
+    fn start(
+        settings: Settings,
+        pool: PgPool,
+        verifier: Option<web::Data<Verifier>>,
+    ) -> anyhow::Result<Self> {
         let billabear = BillaBearClient::new(&settings.billabear)?;
         // Before anything registers metric handles: a handle taken before the recorder is
         // installed stays a no-op for good.
@@ -289,6 +311,7 @@ impl Running {
             invalidation: web::Data::new(invalidation),
             pool: web::Data::new(pool),
             settings: web::Data::new(settings),
+            verifier,
         };
         Ok(Self { handlers, forwarder, background, listening })
     }

@@ -13,11 +13,25 @@ use crate::auth::{ApiKeys, Caller, Scope};
 use crate::error::ApiError;
 use crate::telemetry::{self, RequestContext};
 
-/// The key from `Authorization: Bearer <key>`.
-fn bearer_token(req: &ServiceRequest) -> Option<&[u8]> {
-    let value = req.headers().get(header::AUTHORIZATION)?.as_bytes();
+/// The token from `Authorization: Bearer <token>`.
+pub fn bearer_token(headers: &header::HeaderMap) -> Option<&[u8]> {
+    let value = headers.get(header::AUTHORIZATION)?.as_bytes();
     let (scheme, token) = value.split_at_checked(7)?;
     (scheme.eq_ignore_ascii_case(b"bearer ") && !token.is_empty()).then_some(token)
+}
+
+/// The header that carries usage-gate's own key on the gate routes when `Authorization` carries
+/// the end user's token (`[gate.jwt]`).
+pub static GATE_KEY: header::HeaderName = header::HeaderName::from_static("x-usage-gate-key");
+
+/// The request's API key: `X-Usage-Gate-Key` on a gate route that has one, else the bearer.
+fn api_key(req: &ServiceRequest, gate: bool) -> Option<&[u8]> {
+    // Other routes never look: the check pays for no extra header lookup.
+    let gate_key = if gate { req.headers().get(&GATE_KEY) } else { None };
+    match gate_key {
+        Some(key) => Some(key.as_bytes()),
+        None => bearer_token(req.headers()),
+    }
 }
 
 /// Middleware: 401 without a known key, 403 without `scope` (none: any key will do). It also
@@ -28,6 +42,8 @@ fn bearer_token(req: &ServiceRequest) -> Option<&[u8]> {
 pub struct Authorize {
     pub route: &'static str,
     pub scope: Option<Scope>,
+    /// A gate route: the key may come in `X-Usage-Gate-Key`.
+    pub gate: bool,
 }
 
 impl<S, B> Transform<S, ServiceRequest> for Authorize
@@ -76,7 +92,7 @@ where
 /// caller go into the request's context in one visit (each visit is a lookup in its extensions).
 fn admit(req: &ServiceRequest, rule: Authorize) -> Result<(), ApiError> {
     let keys = req.app_data::<actix_web::web::Data<ApiKeys>>().expect("ApiKeys registered as app data");
-    let caller = bearer_token(req).and_then(|token| keys.authenticate(token));
+    let caller = api_key(req, rule.gate).and_then(|token| keys.authenticate(token));
     let verdict = match (&caller, rule.scope) {
         (None, _) => Err(ApiError::Unauthorized),
         (Some(caller), Some(scope)) if !caller.has(scope) => Err(ApiError::Forbidden(scope)),

@@ -13,6 +13,7 @@ use crate::check::{Checker, Decision};
 use crate::config::Settings;
 use crate::domain::{CustomerId, FieldError};
 use crate::error::ApiError;
+use crate::jwt::{TokenError, Verifier};
 
 const COST_RULE: &str = "must be a non-negative integer (minor units)";
 
@@ -191,29 +192,46 @@ static X_USAGE_CURRENCY: HeaderName = HeaderName::from_static("x-usage-currency"
 static X_USAGE_LIMIT: HeaderName = HeaderName::from_static("x-usage-limit");
 static X_USAGE_REASONS: HeaderName = HeaderName::from_static("x-usage-reasons");
 
-/// For reverse proxies: 204 when allowed, `gate.blocked_status` (problem+json) when not; the
-/// customer id comes from the `gate.customer_header` header.
+/// For reverse proxies: 204 when allowed, `gate.blocked_status` (problem+json) when not. The
+/// customer id comes from the `gate.customer_header` header or, with `[gate.jwt]`, from the end
+/// user's verified token in `Authorization` (the key then in `X-Usage-Gate-Key`).
 #[utoipa::path(get, path = "/v1/gate", tag = "check", security(("bearer" = [])),
-    params(("X-Customer-Id" = uuid::Uuid, Header, description = "The customer id (header name set by gate.customer_header); it must come from the proxy's own authentication")),
+    params(
+        ("X-Customer-Id" = Option<uuid::Uuid>, Header, description = "Without [gate.jwt]: the customer id (header name set by gate.customer_header); it must come from the proxy's own authentication. Ignored with [gate.jwt]"),
+        ("X-Usage-Gate-Key" = Option<String>, Header, description = "usage-gate's API key (scope check) when Authorization carries the end user's token ([gate.jwt])"),
+    ),
     responses(
         (status = 204, description = "Allowed. Headers: X-Usage-Status, X-Usage-Estimate, X-Usage-Currency, X-Usage-Limit (lowest DISABLE limit), X-Usage-Reasons"),
         (status = 400, description = "The customer header is missing or not a UUID", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown API key (unauthorized); with [gate.jwt], the end user's token missing (token_missing), expired (token_expired) or otherwise refused (token_invalid)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Blocked (default gate.blocked_status; 402 or 429 if so configured), or the key lacks the check scope", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn gate(
     checker: web::Data<Checker>,
     settings: web::Data<Settings>,
+    verifier: Option<web::Data<Verifier>>,
     req: HttpRequest,
 ) -> Result<HttpResponse, ApiError> {
-    let header = &settings.gate.customer_header;
-    let raw = req
-        .headers()
-        .get(header)
-        .ok_or_else(|| ApiError::invalid_field(header.as_str(), "required: the customer id (UUID)"))?
-        .to_str()
-        .map_err(|_| ApiError::invalid_field(header.as_str(), "must be a UUID"))?;
-    let id = customer_id(raw.trim(), header.as_str())?;
+    let id = match verifier {
+        // The customer is the one the end user's verified token names; a customer header the
+        // client sent is ignored.
+        Some(verifier) => {
+            let token = super::auth::bearer_token(req.headers())
+                .and_then(|token| std::str::from_utf8(token).ok())
+                .ok_or(TokenError::Missing)?;
+            verifier.customer(token).await?
+        }
+        None => {
+            let header = &settings.gate.customer_header;
+            let raw = req
+                .headers()
+                .get(header)
+                .ok_or_else(|| ApiError::invalid_field(header.as_str(), "required: the customer id (UUID)"))?
+                .to_str()
+                .map_err(|_| ApiError::invalid_field(header.as_str(), "must be a UUID"))?;
+            customer_id(raw.trim(), header.as_str())?
+        }
+    };
     let decision = checker.check(id, None).await;
     if decision.allowed {
         let mut response = HttpResponse::NoContent().finish();

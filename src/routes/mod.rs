@@ -15,8 +15,7 @@ mod schema;
 pub mod webhook_endpoints;
 pub mod webhooks;
 
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::dev::HttpServiceFactory;
 use actix_web::http::Method;
 use actix_web::{Resource, Route, web};
 
@@ -36,7 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics: bool) {
         Some(Scope::Check),
         vec![(M::GET, web::to(check::check_customer))],
     ))
-    .service(keyed("/v1/gate", Some(Scope::Check), vec![(M::GET, web::to(check::gate))]))
+    .service(gate("/v1/gate"))
     .service(keyed("/v1/check", Some(Scope::Check), vec![(M::POST, web::to(check::check_batch))]))
     .service(keyed(
         "/v1/customers/{customer_id}/refresh",
@@ -127,7 +126,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics: bool) {
     .service(endpoint("/v1/webhooks/billabear/{secret}", vec![(M::POST, web::to(webhooks::billabear))]))
     .service(keyed("/v1/whoami", None, vec![(M::GET, web::to(meta::whoami))]))
     // Envoy's ext_authz appends the original request path to its path prefix.
-    .service(keyed("/v1/gate/{original_path:.*}", Some(Scope::Check), vec![(M::GET, web::to(check::gate))]))
+    .service(gate("/v1/gate/{original_path:.*}"))
     .service(endpoint("/healthz", vec![(M::GET, web::to(health::healthz))]))
     .service(endpoint("/readyz", vec![(M::GET, web::to(health::readyz))]));
     if metrics {
@@ -150,20 +149,15 @@ fn endpoint(path: &'static str, routes: Vec<(Method, Route)>) -> Resource {
 
 /// An [`endpoint`] behind the API-key check; `scope` is the scope its routes need (none: any
 /// key). It also labels its requests with its pattern for the metrics.
-fn keyed(
-    path: &'static str,
-    scope: Option<Scope>,
-    routes: Vec<(Method, Route)>,
-) -> Resource<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
-    endpoint(path, routes).wrap(Authorize { route: path, scope })
+fn keyed(path: &'static str, scope: Option<Scope>, routes: Vec<(Method, Route)>) -> impl HttpServiceFactory {
+    endpoint(path, routes).wrap(Authorize { route: path, scope, gate: false })
+}
+
+/// A gate route (scope `check`): its key may come in `X-Usage-Gate-Key`, for when
+/// `Authorization` carries the end user's token (`[gate.jwt]`).
+fn gate(path: &'static str) -> impl HttpServiceFactory {
+    let rule = Authorize { route: path, scope: Some(Scope::Check), gate: true };
+    endpoint(path, vec![(Method::GET, web::to(check::gate))]).wrap(rule)
 }
 
 /// Who is making a change, for the audit log.

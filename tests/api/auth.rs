@@ -54,7 +54,7 @@ async fn a_key_without_the_route_scope_is_403() {
     let app = actix_test::init_service(
         App::new().app_data(web::Data::new(settings.auth.keys.clone())).service(
             web::resource("/admin-only")
-                .wrap(Authorize { route: "/admin-only", scope: Some(Scope::Admin) })
+                .wrap(Authorize { route: "/admin-only", scope: Some(Scope::Admin), gate: false })
                 .route(
                     web::get()
                         .to(|caller: Caller| async move { HttpResponse::Ok().body(caller.name.to_string()) }),

@@ -16,6 +16,7 @@ const LAYERS: [(&str, &[&str]); 4] = [
             "billabear",
             "config",
             "db",
+            "jwt",
             "memo",
             "mirror",
             "shutdown",

@@ -11,6 +11,7 @@ mod crash;
 mod deploy;
 mod enforce;
 mod events;
+mod gate_jwt;
 mod helpers;
 mod layers;
 mod outbox;
