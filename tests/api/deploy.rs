@@ -19,20 +19,6 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
-/// Whether `tool` runs (`tool args`). Without it the test says so and passes, unless
-/// `USAGE_GATE_REQUIRE_TOOLS` is set (CI sets it and installs the tools).
-fn have_tool(tool: &str, args: &[&str]) -> bool {
-    let found = std::process::Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("USAGE_GATE_REQUIRE_TOOLS").is_none(),
-            "USAGE_GATE_REQUIRE_TOOLS is set but {tool} is not installed"
-        );
-        eprintln!("skipped: {tool} is not installed (see the README's test section)");
-    }
-    found
-}
-
 fn promtool(args: &[&str]) -> String {
     let output =
         std::process::Command::new("promtool").args(args).current_dir(deploy("prometheus")).output().unwrap();

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-const ISSUER: &str = "https://id.example.com/";
-const AUDIENCE: &str = "usage-gate";
+const ISSUER: &str = JWT_ISSUER;
+const AUDIENCE: &str = JWT_AUDIENCE;
 const SECRET: &str = "an-hs256-secret-of-at-least-32-characters";
 
 fn fixtures() -> Value {
@@ -65,12 +65,7 @@ async fn gate(
 }
 
 async fn hs256_app() -> TestApp {
-    TestApp::spawn_with(|raw| {
-        raw.gate.jwt.hs256_secret = SECRET.to_owned().into();
-        raw.gate.jwt.issuer = ISSUER.into();
-        raw.gate.jwt.audience = AUDIENCE.into();
-    })
-    .await
+    spawn_with_hs256_gate(SECRET).await
 }
 
 #[tokio::test]

@@ -410,6 +410,34 @@ pub fn process_config(sim: &Sim, more: &str) -> std::path::PathBuf {
     ))
 }
 
+/// Whether `tool` runs (`tool args`). Without it the test says so and passes, unless
+/// `USAGE_GATE_REQUIRE_TOOLS` is set (CI sets it and installs the tools).
+pub fn have_tool(tool: &str, args: &[&str]) -> bool {
+    let found = std::process::Command::new(tool).args(args).output().is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("USAGE_GATE_REQUIRE_TOOLS").is_none(),
+            "USAGE_GATE_REQUIRE_TOOLS is set but {tool} is not installed"
+        );
+        eprintln!("skipped: {tool} is not installed (see the README's test section)");
+    }
+    found
+}
+
+/// The issuer and audience end users' tokens carry in the `[gate.jwt]` tests.
+pub const JWT_ISSUER: &str = "https://id.example.com/";
+pub const JWT_AUDIENCE: &str = "usage-gate";
+
+/// A service whose gate verifies end users' tokens signed with the HS256 `secret`.
+pub async fn spawn_with_hs256_gate(secret: &str) -> TestApp {
+    TestApp::spawn_with(|raw| {
+        raw.gate.jwt.hs256_secret = secret.to_owned().into();
+        raw.gate.jwt.issuer = JWT_ISSUER.into();
+        raw.gate.jwt.audience = JWT_AUDIENCE.into();
+    })
+    .await
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -17,6 +17,7 @@ mod layers;
 mod outbox;
 mod overrides;
 mod pending;
+mod proxies;
 mod reservations;
 mod service;
 mod simulator;
