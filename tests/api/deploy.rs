@@ -392,3 +392,118 @@ fn the_kubernetes_base_renders_validates_and_names_only_what_usage_gate_has() {
     );
     assert_eq!(container["resources"]["requests"]["memory"], limit, "memory request = limit");
 }
+
+/// One YAML file's documents, as JSON.
+fn yaml_file(path: &str) -> Vec<Value> {
+    yaml_documents(&read(&deploy(path)))
+}
+
+/// Every value of `key` anywhere in `value`.
+fn all_of<'a>(value: &'a Value, key: &str, found: &mut Vec<&'a Value>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                if k == key {
+                    found.push(v);
+                }
+                all_of(v, key, found);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| all_of(v, key, found)),
+        _ => {}
+    }
+}
+
+/// The port of usage-gate's default `server.address`.
+fn default_port() -> u16 {
+    let settings = usage_gate::config::RawSettings::defaults();
+    settings.server.address.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_envoy_and_traefik_files_name_only_what_usage_gate_has() {
+    // Neither proxy runs here; their files are held to what can be checked without them.
+    if !have_tool("python3", &["-c", "import yaml"]) {
+        return;
+    }
+    let gate_key = usage_gate::routes::auth::GATE_KEY.as_str();
+    let document = usage_gate::routes::openapi::document();
+    assert!(document["paths"]["/v1/gate"]["get"].is_object());
+    let default_port = default_port();
+
+    // Envoy: known extension types only, ext_authz before the router, aimed at usage-gate.
+    let envoy = &yaml_file("envoy/envoy.yaml")[0];
+    let mut types = Vec::new();
+    all_of(envoy, "@type", &mut types);
+    let known = [
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+    ];
+    assert!(!types.is_empty() && types.iter().all(|t| known.contains(&t.as_str().unwrap())), "{types:?}");
+    let mut filters = Vec::new();
+    all_of(envoy, "http_filters", &mut filters);
+    let names: Vec<&str> =
+        filters[0].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]);
+    let service = &filters[0][0]["typed_config"]["http_service"];
+    assert_eq!(service["path_prefix"], "/v1/gate");
+    let added = &service["authorization_request"]["headers_to_add"][0];
+    assert_eq!(added["key"], gate_key);
+    assert_eq!(added["value"], "A-KEY-WITH-SCOPE-CHECK");
+    let cluster = service["server_uri"]["cluster"].as_str().unwrap();
+    let clusters = envoy["static_resources"]["clusters"].as_array().unwrap();
+    let cluster = clusters.iter().find(|c| c["name"] == cluster).expect("the usage-gate cluster is defined");
+    let mut ports = Vec::new();
+    all_of(cluster, "port_value", &mut ports);
+    assert_eq!(ports, [&json!(default_port)], "usage-gate's port");
+    assert!(service["server_uri"]["uri"].as_str().unwrap().ends_with(&format!(":{default_port}")));
+    let mut removed = Vec::new();
+    all_of(envoy, "request_headers_to_remove", &mut removed);
+    assert_eq!(removed, [&json!(["x-customer-id", gate_key])]);
+    let mut routed = Vec::new();
+    all_of(envoy, "cluster", &mut routed);
+    for name in routed.iter().filter_map(|c| c.as_str()) {
+        assert!(clusters.iter().any(|c| c["name"] == name), "cluster {name} is defined");
+    }
+
+    // Traefik: every middleware a router names is defined, the key added before ForwardAuth and
+    // removed after it, ForwardAuth aimed at usage-gate's gate.
+    let dynamic = &yaml_file("traefik/dynamic.yml")[0]["http"];
+    let statics = &yaml_file("traefik/traefik.yml")[0];
+    let middlewares = &dynamic["middlewares"];
+    for (name, router) in dynamic["routers"].as_object().unwrap() {
+        let chain: Vec<&str> =
+            router["middlewares"].as_array().unwrap().iter().map(|m| m.as_str().unwrap()).collect();
+        for middleware in &chain {
+            assert!(
+                middlewares[*middleware].is_object(),
+                "router {name}: middleware {middleware} is defined"
+            );
+        }
+        assert!(
+            dynamic["services"][router["service"].as_str().unwrap()].is_object(),
+            "router {name}: its service"
+        );
+        for entry in router["entryPoints"].as_array().unwrap() {
+            assert!(statics["entryPoints"][entry.as_str().unwrap()].is_object(), "entry point {entry}");
+        }
+        let position =
+            |test: &dyn Fn(&Value) -> bool| chain.iter().position(|m| test(&middlewares[*m])).unwrap();
+        let sets_key =
+            |m: &Value| m["headers"]["customRequestHeaders"]["X-Usage-Gate-Key"] == "A-KEY-WITH-SCOPE-CHECK";
+        let removes_key = |m: &Value| m["headers"]["customRequestHeaders"]["X-Usage-Gate-Key"] == "";
+        let forward = position(&|m: &Value| m["forwardAuth"].is_object());
+        assert!(
+            position(&sets_key) < forward && forward < position(&removes_key),
+            "router {name}: {chain:?}"
+        );
+        let address = middlewares[chain[forward]]["forwardAuth"]["address"].as_str().unwrap();
+        assert!(address.ends_with(&format!(":{default_port}/v1/gate")), "{address}");
+        assert_eq!(
+            middlewares[chain[position(&removes_key)]]["headers"]["customRequestHeaders"]["X-Customer-Id"],
+            ""
+        );
+    }
+    assert!(gate_key.eq_ignore_ascii_case("X-Usage-Gate-Key"));
+}
