@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::billabear::BillaBearError;
 use crate::cache::SnapshotCache;
 use crate::domain::Currency;
-use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Timestamp};
+use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Target, Timestamp};
 use crate::enforce::{Gate, Judged};
 use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
@@ -193,9 +193,29 @@ impl Checker {
         }
     }
 
-    /// The decision from the cache alone, if it holds something usable: never calls BillaBear.
-    pub fn cached_decision(&self, id: CustomerId) -> Option<Decision> {
-        self.cache.cached(id).map(|lookup| self.explain(id, None, lookup))
+    /// The decision from the cache alone, if it holds something usable (never calls BillaBear),
+    /// counting what Postgres holds as pending under the customer itself now, so the events this request just
+    /// stored for it are in it (this replica's copy learns of them a moment later). Without a
+    /// usable snapshot: None; with Postgres failing: the copy's figure.
+    pub async fn decision_after_commit(&self, id: CustomerId) -> Option<Decision> {
+        let lookup = self.cache.cached(id)?;
+        if !matches!(lookup.snapshot.as_deref().map(|s| &s.data), Some(SnapshotData::Known(_))) {
+            return Some(self.explain(id, None, lookup));
+        }
+        let target = Target::Customer(id);
+        let current = match self.pending.current(target).await {
+            Ok(current) => current,
+            Err(e) => {
+                tracing::warn!(error = %e, "check: cannot read the customer's pending usage; answering from the copy");
+                return Some(self.explain(id, None, lookup));
+            }
+        };
+        let now = now_ms();
+        let project = |known: &Known| Projection {
+            reserved: self.holds.reserved(id, now),
+            ..self.pending.project_replacing(id, known, Some((target, &current)))
+        };
+        Some(self.explain_projected(id, None, lookup, project, now))
     }
 
     /// Refetches the customer from BillaBear now and decides on the new data.

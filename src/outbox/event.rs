@@ -64,8 +64,10 @@ impl IncomingEvent {
                 None
             }
         };
+        // Absent, or a string: `null` is refused as the OpenAPI document says (a string when
+        // present), so generated clients' types and the service agree.
         let id = |field: &str| match object.get(field) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
             Some(_) => Err(()),
         };
@@ -89,11 +91,17 @@ impl IncomingEvent {
                 None
             }
             (Err(()), _) => {
-                fail("subscription", "must be a subscription id (UUID string)".into());
+                fail(
+                    "subscription",
+                    "must be a subscription id (UUID string); leave it out to send by customer".into(),
+                );
                 None
             }
             (_, Err(())) => {
-                fail("customer", "must be a customer id (UUID string)".into());
+                fail(
+                    "customer",
+                    "must be a customer id (UUID string); leave it out to send by subscription".into(),
+                );
                 None
             }
             (Ok(None), Ok(None)) => {
@@ -226,6 +234,15 @@ mod tests {
             (json!({"event_id": "e", "subscription": SUB, "code": "API", "value": 1}), vec!["code"]),
             (json!({"event_id": "e", "subscription": SUB, "code": "api_calls", "value": "5"}), vec!["value"]),
             (json!({"event_id": "e", "subscription": SUB, "code": "api_calls"}), vec!["value"]),
+            // A null target is not "absent": the document says a string when present.
+            (
+                json!({"event_id": "e", "subscription": null, "customer": SUB, "code": "api_calls", "value": 1}),
+                vec!["subscription"],
+            ),
+            (
+                json!({"event_id": "e", "subscription": SUB, "customer": null, "code": "api_calls", "value": 1}),
+                vec!["customer"],
+            ),
             (
                 json!({"event_id": "e", "subscription": SUB, "code": "api_calls", "value": 1, "properties": [1]}),
                 vec!["properties"],

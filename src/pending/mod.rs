@@ -121,6 +121,13 @@ impl Pending {
         Started { service: Self { ledger, inner }, changes, tasks, listening }
     }
 
+    /// What Postgres holds now as pending under `target`, read past this replica's copy (which
+    /// learns of a commit a moment after it): for an answer that must count what was just stored.
+    pub async fn current(&self, target: Target) -> Result<Box<[PendingUsage]>, sqlx::Error> {
+        let mut loaded = store::load(&self.inner.pool, Some(&[target])).await?;
+        Ok(loaded.remove(&target).unwrap_or_default().into_boxed_slice())
+    }
+
     /// The customer's projected estimate: BillaBear's figure plus its pending usage.
     pub fn project(&self, customer: CustomerId, known: &Known) -> Projection {
         self.project_replacing(customer, known, None)

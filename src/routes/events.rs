@@ -26,8 +26,8 @@ pub struct EventAnswer {
     /// `accepted` (stored now) or `duplicate` (stored before with the same content).
     pub status: &'static str,
     pub event_id: String,
-    /// The customer's current decision when the event names a customer whose snapshot is
-    /// cached (never fetched for this answer).
+    /// The customer's decision, counting this event, when the event names a customer whose
+    /// snapshot is cached (never fetched for this answer).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Decision>,
 }
@@ -56,8 +56,10 @@ pub async fn post_event(
     let event = IncomingEvent::parse(&body, "").map_err(ApiError::invalid_fields)?;
     let (event_id, target) = (event.event_id.to_string(), event.target);
     let accepted = admission.event(event, query.enforce).await?;
+    // Counting this event: a caller that reads the answer's decision to decide whether to go
+    // on must not be told "allowed" by the estimate from before it.
     let decision = match target {
-        Target::Customer(customer) => checker.cached_decision(customer),
+        Target::Customer(customer) => checker.decision_after_commit(customer).await,
         Target::Subscription(_) => None,
     };
     match accepted {

@@ -90,6 +90,28 @@ async fn taxed_customer(app: &TestApp, usage: f64, limit: i64) -> (String, Strin
 }
 
 #[tokio::test]
+async fn an_events_answer_counts_the_event_it_answers_for() {
+    // As a new user tried it with the demo: 9,500 more under a 10,000 limit at 1,200 (1 cent a
+    // call). The answer's decision must say blocked, not the estimate from before the event.
+    let app = TestApp::spawn().await;
+    let (customer, _) =
+        app.sim.add_usage_customer(1200.0, json!([{"amount": 10000, "action": "DISABLE"}])).await;
+    assert_eq!(app.check(&customer).await["allowed"], true);
+    let event = json!({"event_id": "answer-1", "customer": customer, "code": "api_calls", "value": 9500});
+    let response = app.post_event(&event).await;
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    let decision = &answer["decision"];
+    assert_eq!(estimate(decision), (10700, 1200, 9500, 1), "{decision}");
+    assert_eq!(decision["allowed"], false, "{decision}");
+    assert_eq!(decision["status"], "blocked");
+
+    // Its duplicate is answered with the same count (once, not twice).
+    let again: Value = app.post_event(&event).await.json().await.unwrap();
+    assert_eq!(estimate(&again["decision"]), (10700, 1200, 9500, 1), "{again}");
+}
+
+#[tokio::test]
 async fn the_event_that_crosses_the_limit_blocks_within_a_second_and_counts_once_after_the_tick() {
     let app = TestApp::spawn().await;
     let (customer, subscription) = taxed_customer(&app, 100.0, 1500).await;
