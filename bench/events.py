@@ -2,7 +2,9 @@
 """The event ingest and forwarding benchmark (issue 4), in one run on this machine:
 
   1. baseline: single-row insert transactions into the outbox table, 64 clients (pgbench);
-  2. durable ingest of single-event POST /v1/events requests, 64 connections (wrk);
+  2. durable ingest of single-event POST /v1/events requests, 64 connections (wrk), by
+     subscription, then by a cached customer (whose answer carries its decision with the event
+     counted: one more read of its pending usage after the commit);
   3. durable ingest of 100-event POST /v1/events/batch requests, 64 connections (wrk);
   4. forwarding to the simulator answering in 5 ms, default outbox.concurrency: events/s while
      draining, and accept->delivered lag p50/p99 at a fixed offered load below capacity (oha -q).
@@ -31,6 +33,7 @@ KEY, SIM_KEY = "bench-events-key-0123456789", "bench-sim-key"
 DB = "usage_gate_bench_events"
 DB_URL = f"postgres://postgres@127.0.0.1:5432/{DB}"
 SUBSCRIPTION = "a1111111-1111-4111-8111-111111111111"  # Acme's, in the built-in seed
+CUSTOMER = "11111111-1111-4111-8111-111111111111"  # Acme
 
 
 def control(method, path, body=None):
@@ -46,9 +49,9 @@ def wrk(path, lua, duration):
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
 
-def lua_script(work, name, events_per_request):
+def lua_script(work, name, events_per_request, target=("subscription", SUBSCRIPTION)):
     path = os.path.join(work, f"{name}.lua")
-    event = ('{\\"event_id\\":\\"%s-%d-%d\\",\\"subscription\\":\\"' + SUBSCRIPTION +
+    event = ('{\\"event_id\\":\\"%s-%d-%d\\",\\"' + target[0] + '\\":\\"' + target[1] +
              '\\",\\"code\\":\\"api_calls\\",\\"value\\":1}')
     with open(path, "w") as f:
         f.write(f"""
@@ -119,7 +122,7 @@ def main():
     psql("postgres", f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
     work = tempfile.mkdtemp(prefix="usage-gate-bench-events-")
     config = os.path.join(work, "usage-gate.toml")
-    write_config(config, APP, SIM, SIM_KEY, KEY, ["events", "admin"])
+    write_config(config, APP, SIM, SIM_KEY, KEY, ["events", "admin", "check"])
     results = {}
     with Processes() as procs:
         start = procs.start
@@ -145,6 +148,9 @@ def main():
         single, batch = lua_script(work, "single", 1), lua_script(work, "batch", 100)
         control("PUT", "/faults", {"outage": "hang", "only": "events"})
         results["single_rps"] = wrk("/v1/events", single, args.duration)
+        request("GET", f"http://{APP}/v1/customers/{CUSTOMER}/check", None, {"Authorization": f"Bearer {KEY}"})
+        by_customer = lua_script(work, "customer", 1, ("customer", CUSTOMER))
+        results["single_customer_rps"] = wrk("/v1/events", by_customer, args.duration)
         results["batch_rps"] = wrk("/v1/events/batch", batch, args.duration)
         control("PUT", "/faults", {"latency_ms": 5})
         results["single_rps_forwarding"] = wrk("/v1/events", lua_script(work, "single2", 1), args.duration)
@@ -184,6 +190,8 @@ def main():
     print(f"baseline, pgbench -c64 single-row insert transactions:  {results['baseline']:>8.0f} rows/s")
     print(f"POST /v1/events, wrk -c64, one event per request:      {results['single_rps']:>8.0f} events/s "
           f"= {results['single_rps'] / results['baseline']:.1f}x the baseline")
+    print(f"POST /v1/events by a cached customer (decision counted): {results['single_customer_rps']:>6.0f} events/s "
+          f"= {results['single_customer_rps'] / results['single_rps']:.2f}x by subscription")
     print(f"POST /v1/events/batch, wrk -c64, 100 events a request: {results['batch_rps'] * 100:>8.0f} events/s "
           f"({results['batch_rps']:.0f} requests/s)")
     print(f"POST /v1/events while forwarding to BillaBear (5 ms): {results['single_rps_forwarding']:>8.0f} events/s "

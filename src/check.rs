@@ -11,7 +11,7 @@ use crate::enforce::{Gate, Judged};
 use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
 use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
-use crate::projection::Projection;
+use crate::projection::{PendingUsage, Projection};
 use crate::reservations::Holds;
 use crate::snapshot::{Known, Lookup, Snapshot, SnapshotData, Source, now_ms};
 
@@ -194,26 +194,14 @@ impl Checker {
     }
 
     /// The decision from the cache alone, if it holds something usable (never calls BillaBear),
-    /// counting what Postgres holds as pending under the customer itself now, so the events this request just
-    /// stored for it are in it (this replica's copy learns of them a moment later). Without a
-    /// usable snapshot: None; with Postgres failing: the copy's figure.
-    pub async fn decision_after_commit(&self, id: CustomerId) -> Option<Decision> {
+    /// with `pending` as what is pending under the customer itself: for an answer that must
+    /// count the events it stored (see `routes::events`).
+    pub fn decision_with_pending(&self, id: CustomerId, pending: &[PendingUsage]) -> Option<Decision> {
         let lookup = self.cache.cached(id)?;
-        if !matches!(lookup.snapshot.as_deref().map(|s| &s.data), Some(SnapshotData::Known(_))) {
-            return Some(self.explain(id, None, lookup));
-        }
-        let target = Target::Customer(id);
-        let current = match self.pending.current(target).await {
-            Ok(current) => current,
-            Err(e) => {
-                tracing::warn!(error = %e, "check: cannot read the customer's pending usage; answering from the copy");
-                return Some(self.explain(id, None, lookup));
-            }
-        };
         let now = now_ms();
         let project = |known: &Known| Projection {
             reserved: self.holds.reserved(id, now),
-            ..self.pending.project_replacing(id, known, Some((target, &current)))
+            ..self.pending.project_replacing(id, known, Some((Target::Customer(id), pending)))
         };
         Some(self.explain_projected(id, None, lookup, project, now))
     }

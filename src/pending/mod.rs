@@ -121,11 +121,16 @@ impl Pending {
         Started { service: Self { ledger, inner }, changes, tasks, listening }
     }
 
-    /// What Postgres holds now as pending under `target`, read past this replica's copy (which
-    /// learns of a commit a moment after it): for an answer that must count what was just stored.
-    pub async fn current(&self, target: Target) -> Result<Box<[PendingUsage]>, sqlx::Error> {
+    /// What Postgres holds now as pending under `target`, past this replica's copy (which
+    /// learns of a commit a moment after it).
+    pub async fn current(&self, target: Target) -> Result<Vec<PendingUsage>, sqlx::Error> {
         let mut loaded = store::load(&self.inner.pool, Some(&[target])).await?;
-        Ok(loaded.remove(&target).unwrap_or_default().into_boxed_slice())
+        Ok(loaded.remove(&target).unwrap_or_default())
+    }
+
+    /// This replica's copy of what is pending under `target`.
+    pub fn entries(&self, target: Target) -> Vec<PendingUsage> {
+        self.ledger.with(target, |entries| entries.to_vec()).unwrap_or_default()
     }
 
     /// The customer's projected estimate: BillaBear's figure plus its pending usage.

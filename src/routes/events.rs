@@ -12,6 +12,7 @@ use crate::domain::{FieldError, Target};
 use crate::error::ApiError;
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::Accepted;
+use crate::projection::{Code, PendingUsage};
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub struct EventQuery {
@@ -55,12 +56,27 @@ pub async fn post_event(
 ) -> Result<HttpResponse, ApiError> {
     let event = IncomingEvent::parse(&body, "").map_err(ApiError::invalid_fields)?;
     let (event_id, target) = (event.event_id.to_string(), event.target);
-    let accepted = admission.event(event, query.enforce).await?;
-    // Counting this event: a caller that reads the answer's decision to decide whether to go
-    // on must not be told "allowed" by the estimate from before it.
-    let decision = match target {
-        Target::Customer(customer) => checker.decision_after_commit(customer).await,
+    // The customer's pending usage as this replica knew it before the commit, and this event:
+    // the answer's decision counts it, so a caller that reads it to decide whether to go on is
+    // not told "allowed" by the estimate from before it. (This replica's copy learns of the
+    // commit a moment later; reading Postgres instead cost by-customer ingest 80% of its rate,
+    // `bench/events.py`.)
+    let before = match target {
+        Target::Customer(customer) => Some((customer, checker.pending.entries(target))),
         Target::Subscription(_) => None,
+    };
+    let this = PendingUsage { code: Code::intern(event.code.as_str()), units: event.value, events: 1 };
+    let accepted = admission.event(event, query.enforce).await?;
+    let decision = match before {
+        Some((customer, mut pending)) => {
+            match accepted {
+                Accepted::New => pending.push(this),
+                // A retry (rare): whether the copy holds the first one yet, Postgres knows.
+                _ => pending = checker.pending.current(target).await.unwrap_or(pending),
+            }
+            checker.decision_with_pending(customer, &pending)
+        }
+        None => None,
     };
     match accepted {
         Accepted::New => {
