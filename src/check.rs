@@ -198,12 +198,7 @@ impl Checker {
     /// count the events it stored (see `routes::events`).
     pub fn decision_with_pending(&self, id: CustomerId, pending: &[PendingUsage]) -> Option<Decision> {
         let lookup = self.cache.cached(id)?;
-        let now = now_ms();
-        let project = |known: &Known| Projection {
-            reserved: self.holds.reserved(id, now),
-            ..self.pending.project_replacing(id, known, Some((Target::Customer(id), pending)))
-        };
-        Some(self.explain_projected(id, None, lookup, project, now))
+        Some(self.explain_replacing(id, None, lookup, Some((Target::Customer(id), pending))))
     }
 
     /// Refetches the customer from BillaBear now and decides on the new data.
@@ -214,10 +209,22 @@ impl Checker {
 
     /// The decision on a lookup (the cache's answer for the customer).
     pub fn explain(&self, id: CustomerId, cost: Option<i64>, lookup: Lookup) -> Decision {
+        self.explain_replacing(id, cost, lookup, None)
+    }
+
+    /// As [`Checker::explain`], with `replaced`'s target read as holding its entries (see
+    /// [`Pending::project_replacing`]).
+    fn explain_replacing(
+        &self,
+        id: CustomerId,
+        cost: Option<i64>,
+        lookup: Lookup,
+        replaced: Option<(Target, &[PendingUsage])>,
+    ) -> Decision {
         let now = now_ms();
         let project = |known: &Known| Projection {
             reserved: self.holds.reserved(id, now),
-            ..self.pending.project(id, known)
+            ..self.pending.project_replacing(id, known, replaced)
         };
         self.explain_projected(id, cost, lookup, project, now)
     }

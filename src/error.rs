@@ -331,13 +331,13 @@ impl ResponseError for ApiError {
             }
             _ => problem_response(status, self.code(), detail, errors),
         };
-        if matches!(self, ApiError::Unauthorized) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        if matches!(self, ApiError::InvalidToken(_)) {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer error=\"invalid_token\""));
+        let challenge = match self {
+            ApiError::Unauthorized => Some("Bearer"),
+            ApiError::InvalidToken(_) => Some("Bearer error=\"invalid_token\""),
+            _ => None,
+        };
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
         }
         if let ApiError::MethodNotAllowed(allow) = self
             && let Ok(allow) = HeaderValue::from_str(allow)

@@ -60,17 +60,24 @@ pub async fn post_event(
     // the answer's decision counts it, so a caller that reads it to decide whether to go on is
     // not told "allowed" by the estimate from before it. (This replica's copy learns of the
     // commit a moment later; reading Postgres instead cost by-customer ingest 80% of its rate,
-    // `bench/events.py`.)
+    // `bench/events.py`.) A code no price lists is priced by nothing: not counted, and not
+    // interned (clients' codes must not grow the table). Events by subscription carry no decision.
     let before = match target {
-        Target::Customer(customer) => Some((customer, checker.pending.entries(target))),
+        Target::Customer(customer) => {
+            let this = Code::known(event.code.as_str()).map(|code| PendingUsage {
+                code,
+                units: event.value,
+                events: 1,
+            });
+            Some((customer, checker.pending.entries(target), this))
+        }
         Target::Subscription(_) => None,
     };
-    let this = PendingUsage { code: Code::intern(event.code.as_str()), units: event.value, events: 1 };
     let accepted = admission.event(event, query.enforce).await?;
     let decision = match before {
-        Some((customer, mut pending)) => {
+        Some((customer, mut pending, this)) => {
             match accepted {
-                Accepted::New => pending.push(this),
+                Accepted::New => pending.extend(this),
                 // A retry (rare): whether the copy holds the first one yet, Postgres knows.
                 _ => pending = checker.pending.current(target).await.unwrap_or(pending),
             }

@@ -64,18 +64,8 @@ async fn gate(
     request.send().await.unwrap()
 }
 
-/// A service whose gate verifies tokens with the key source `source` sets.
-async fn jwt_app(source: impl FnOnce(&mut usage_gate::config::RawJwt)) -> TestApp {
-    TestApp::spawn_with(|raw| {
-        source(&mut raw.gate.jwt);
-        raw.gate.jwt.issuer = ISSUER.into();
-        raw.gate.jwt.audience = AUDIENCE.into();
-    })
-    .await
-}
-
 async fn hs256_app() -> TestApp {
-    spawn_with_hs256_gate(SECRET).await
+    spawn_with_jwt(|jwt| jwt.hs256_secret = SECRET.to_owned().into()).await
 }
 
 #[tokio::test]
@@ -192,7 +182,7 @@ async fn keys_rotate_through_the_jwks_and_an_hmac_token_never_passes_as_a_public
     let fixtures = fixtures();
     let jwks = Arc::new(Mutex::new(json!({"keys": [fixtures["key-a"]["jwk"], fixtures["rsa-1"]["jwk"]]})));
     let url = jwks_server(jwks.clone()).await;
-    let app = jwt_app(|jwt| jwt.jwks_url = url.clone()).await;
+    let app = spawn_with_jwt(|jwt| jwt.jwks_url = url.clone()).await;
     let before = es256(&claims(ACME, |_| {}), "key-a");
     assert_eq!(gate(&app, Some(&before), Some(CHECK_KEY), None).await.status(), 204);
 
@@ -255,7 +245,7 @@ async fn keys_may_come_from_a_jwks_file() {
     let fixtures = fixtures();
     let file = std::env::temp_dir().join(format!("usage-gate-jwks-{}.json", uuid::Uuid::new_v4()));
     std::fs::write(&file, json!({"keys": [fixtures["key-b"]["jwk"]]}).to_string()).unwrap();
-    let app = jwt_app(|jwt| jwt.jwks_file = file.to_str().unwrap().into()).await;
+    let app = spawn_with_jwt(|jwt| jwt.jwks_file = file.to_str().unwrap().into()).await;
     let token = es256(&claims(ACME, |_| {}), "key-b");
     assert_eq!(gate(&app, Some(&token), Some(CHECK_KEY), None).await.status(), 204);
     // A key the file does not hold: refused (a file is not fetched again).

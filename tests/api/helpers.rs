@@ -428,14 +428,20 @@ pub fn have_tool(tool: &str, args: &[&str]) -> bool {
 pub const JWT_ISSUER: &str = "https://id.example.com/";
 pub const JWT_AUDIENCE: &str = "usage-gate";
 
-/// A service whose gate verifies end users' tokens signed with the HS256 `secret`.
-pub async fn spawn_with_hs256_gate(secret: &str) -> TestApp {
+/// A service whose gate verifies end users' tokens with the key source `source` sets
+/// (issuer and audience [`JWT_ISSUER`] and [`JWT_AUDIENCE`]).
+pub async fn spawn_with_jwt(source: impl FnOnce(&mut usage_gate::config::RawJwt)) -> TestApp {
     TestApp::spawn_with(|raw| {
-        raw.gate.jwt.hs256_secret = secret.to_owned().into();
+        source(&mut raw.gate.jwt);
         raw.gate.jwt.issuer = JWT_ISSUER.into();
         raw.gate.jwt.audience = JWT_AUDIENCE.into();
     })
     .await
+}
+
+/// A file under `deploy/`.
+pub fn deploy(path: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
 }
 
 pub fn free_port() -> u16 {

@@ -58,10 +58,6 @@ fn rendered(file: &Path, gate: &str, app: &str, proxy: &str) -> String {
         .replace("A-KEY-WITH-SCOPE-CHECK", CHECK_KEY)
 }
 
-fn deploy(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(path)
-}
-
 async fn wait_until_listening(base: &str) {
     let http = reqwest::Client::new();
     eventually(Duration::from_secs(20), format!("the proxy at {base}"), || async {
@@ -130,7 +126,7 @@ async fn setup(tool: &str, version: &str, file: &str, name: &str) -> Option<Setu
     if !have_tool(tool, &[version]) {
         return None;
     }
-    let gate = spawn_with_hs256_gate(SECRET).await;
+    let gate = spawn_with_jwt(|jwt| jwt.hs256_secret = SECRET.to_owned().into()).await;
     let app = application().await;
     let proxy = format!("127.0.0.1:{}", free_port());
     let dir = std::env::temp_dir().join(format!("usage-gate-proxy-{}", uuid::Uuid::new_v4()));
