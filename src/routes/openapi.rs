@@ -92,11 +92,20 @@ struct Contract;
 impl Modify for Contract {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for (path, item) in openapi.paths.paths.iter_mut() {
-            let operations =
-                [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
-            for operation in operations.into_iter().flatten() {
-                if let Some(body) = event_body(path) {
+            let operations = [
+                ("get", &mut item.get),
+                ("post", &mut item.post),
+                ("put", &mut item.put),
+                ("delete", &mut item.delete),
+                ("patch", &mut item.patch),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                if let Some(body) = request_body(method, path) {
                     operation.request_body = Some(from_json(body));
+                }
+                if let Some(answer) = created_answer(method, path) {
+                    operation.responses.responses.insert("201".into(), from_json(answer));
                 }
                 let keyed = operation.security.as_ref().is_some_and(|s| !s.is_empty());
                 let tagged = |tag: &str| operation.tags.as_ref().is_some_and(|t| t.iter().any(|t| t == tag));
@@ -137,17 +146,30 @@ fn problem_response(description: &str) -> serde_json::Value {
            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}})
 }
 
-/// The event body each events route takes (others: none).
-fn event_body(path: &str) -> Option<serde_json::Value> {
-    let schema = match path {
-        "/v1/events" => "NewEvent",
-        "/v1/events/batch" => "NewEventBatch",
-        "/api/v1/events" => "BillaBearEvent",
+/// The body each route that reads its JSON by hand takes (to name every invalid field), as
+/// `request_schemas` describes it.
+fn request_body(method: &str, path: &str) -> Option<serde_json::Value> {
+    let schema = match (method, path) {
+        ("post", "/v1/events") => "NewEvent",
+        ("post", "/v1/events/batch") => "NewEventBatch",
+        ("post", "/api/v1/events") => "BillaBearEvent",
+        ("post", "/v1/customers/{customer_id}/reservations") => "NewReservation",
+        ("post", "/v1/reservations/{reservation_id}/commit") => "ReservationCommit",
+        ("post", "/v1/customers/{customer_id}/overrides") => "NewOverride",
+        ("post", "/v1/webhook-endpoints") => "NewWebhookEndpoint",
         _ => return None,
     };
     Some(
         json!({"required": true, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}}),
     )
+}
+
+/// The 201 of a route whose answer is BillaBear's own object, passed on as BillaBear sent it.
+fn created_answer(method: &str, path: &str) -> Option<serde_json::Value> {
+    (method == "post" && path == "/v1/customers/{customer_id}/usage-limits").then(|| {
+        json!({"description": "Created in BillaBear (Location: the limit); the next check reflects it",
+               "content": {"application/json": {"schema": {"$ref": "#/components/schemas/UsageLimit"}}}})
+    })
 }
 
 /// What `IncomingEvent::parse` accepts, as JSON Schema (added to the document as JSON: utoipa's
@@ -201,6 +223,66 @@ fn event_schemas() -> [(&'static str, serde_json::Value); 4] {
     ]
 }
 
+/// What the hold, commit, override and webhook-endpoint routes read (`parse_hold`,
+/// `overrides::parse_new`, `parse_endpoint`; commit's events are `NewEvent`s), and a usage limit
+/// as BillaBear answers it, so that clients can take every request's type from the document.
+fn request_schemas() -> [(&'static str, serde_json::Value); 5] {
+    let minor_units = json!({"type": "integer", "format": "int64", "minimum": 0, "description": "Minor units of the customer's currency"});
+    let reservation = json!({
+        "type": "object",
+        "description": "A hold of `amount`, or of what an event of `code` and `value` would cost now",
+        "properties": {
+            "amount": minor_units,
+            "code": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[a-z0-9_]+$", "description": "BillaBear metric code (with value)"},
+            "value": {"type": "number", "minimum": 0, "description": "Units (with code)"},
+            "ttl_ms": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 86_400_000, "description": "Default 60000"},
+        },
+        "oneOf": [{"required": ["amount"], "not": {"anyOf": [{"required": ["code"]}, {"required": ["value"]}]}},
+                  {"required": ["code", "value"], "not": {"required": ["amount"]}}],
+    });
+    let commit = json!({
+        "type": "object",
+        "required": ["events"],
+        "properties": {"events": {"type": "array", "minItems": 0, "maxItems": 1000,
+                                  "items": {"$ref": "#/components/schemas/NewEvent"},
+                                  "description": "What the work used: the hold's customer's events"}},
+    });
+    let effect = json!({"type": "string", "enum": ["allow", "block", "raise"]});
+    let new_override = json!({
+        "type": "object",
+        "required": ["effect", "reason", "expires_at"],
+        "properties": {
+            "effect": effect,
+            "amount": {"type": "integer", "format": "int64", "minimum": 0, "description": "effect raise only (and required with it): the DISABLE threshold"},
+            "reason": {"type": "string", "minLength": 1, "maxLength": 500, "pattern": "^[^\\u0000]*\\S[^\\u0000]*$"},
+            "expires_at": {"type": "string", "format": "date-time", "description": "In the future, at most 90 days ahead"},
+        },
+    });
+    let event_types: Vec<&str> = crate::webhooks::EventType::ALL.iter().map(|t| t.as_str()).collect();
+    let endpoint = json!({
+        "type": "object",
+        "required": ["url"],
+        "properties": {
+            "url": {"type": "string", "format": "uri", "maxLength": 2048, "description": "An absolute http or https URL"},
+            "event_types": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": event_types}, "description": "Absent: all"},
+            "description": {"type": "string", "maxLength": 500, "pattern": "^[^\\u0000]*$"},
+        },
+    });
+    let usage_limit = json!({
+        "type": "object",
+        "required": ["id", "amount", "action"],
+        "properties": {"id": {"type": "string", "format": "uuid"}, "amount": minor_units,
+                       "action": {"$ref": "#/components/schemas/LimitAction"}},
+    });
+    [
+        ("NewReservation", reservation),
+        ("ReservationCommit", commit),
+        ("NewOverride", new_override),
+        ("NewWebhookEndpoint", endpoint),
+        ("UsageLimit", usage_limit),
+    ]
+}
+
 /// `/openapi.json` and the Swagger UI at `/docs/` (its assets are vendored: no CDN needed).
 pub fn docs() -> SwaggerUi {
     SwaggerUi::new("/docs/{_:.*}").external_url_unchecked("/openapi.json", document())
@@ -209,8 +291,12 @@ pub fn docs() -> SwaggerUi {
 /// The OpenAPI document as served.
 pub fn document() -> serde_json::Value {
     let mut document = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serializes");
-    for (name, schema) in event_schemas() {
+    for (name, schema) in event_schemas().into_iter().chain(request_schemas()) {
         document["components"]["schemas"][name] = schema;
     }
+    // The listing passes BillaBear's limits on as they are (`LimitList` cannot name a schema
+    // written as JSON).
+    document["components"]["schemas"]["LimitList"]["properties"]["data"]["items"] =
+        json!({"$ref": "#/components/schemas/UsageLimit"});
     document
 }

@@ -41,7 +41,7 @@ fn customer(raw: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
 }
 
 /// Outbox events in the order they were accepted, a page at a time.
-#[utoipa::path(get, path = "/v1/outbox", tag = "admin", security(("bearer" = [])), params(ListQuery),
+#[utoipa::path(get, path = "/v1/outbox", tag = "admin", operation_id = "list_outbox", security(("bearer" = [])), params(ListQuery),
     responses((status = 200, body = OutboxPage), (status = 400, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn list(pool: web::Data<PgPool>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let status = match query.status.as_deref() {

@@ -115,7 +115,7 @@ fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
 
 /// Sets money aside under the customer's lowest DISABLE limit: 201 if the projected estimate
 /// plus its open holds plus this one is not over it, 402 otherwise (nothing held).
-#[utoipa::path(post, path = "/v1/customers/{customer_id}/reservations", tag = "reservations", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/customers/{customer_id}/reservations", tag = "reservations", operation_id = "create_reservation", security(("bearer" = [])),
     params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
     request_body(content = Value, description = "{\"amount\": minor units} or {\"code\", \"value\"} (priced like an event), and ttl_ms (optional, default 60000, at most 86400000)"),
     responses(
@@ -286,7 +286,7 @@ pub struct ReservationList {
 }
 
 /// The customer's open holds.
-#[utoipa::path(get, path = "/v1/customers/{customer_id}/reservations", tag = "reservations", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/customers/{customer_id}/reservations", tag = "reservations", operation_id = "list_reservations", security(("bearer" = [])),
     params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
     responses((status = 200, body = ReservationList)))]
 pub async fn list(

@@ -111,7 +111,7 @@ pub struct Created {
 }
 
 /// Registers an endpoint; messages of its types are queued for it from now on.
-#[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "webhook-endpoints", security(("bearer" = [])),
+#[utoipa::path(post, path = "/v1/webhook-endpoints", tag = "webhook-endpoints", operation_id = "create_webhook_endpoint", security(("bearer" = [])),
     request_body(content = Value, description = "{\"url\": http(s) URL, \"event_types\": [...] (optional; all when absent), \"description\": optional}"),
     responses(
         (status = 201, description = "Created, with its secret (shown once)", body = Created),
@@ -135,7 +135,7 @@ pub struct EndpointList {
     pub endpoints: Vec<Endpoint>,
 }
 
-#[utoipa::path(get, path = "/v1/webhook-endpoints", tag = "webhook-endpoints", security(("bearer" = [])),
+#[utoipa::path(get, path = "/v1/webhook-endpoints", tag = "webhook-endpoints", operation_id = "list_webhook_endpoints", security(("bearer" = [])),
     responses((status = 200, body = EndpointList)))]
 pub async fn list(pool: web::Data<PgPool>) -> Result<web::Json<EndpointList>, ApiError> {
     Ok(web::Json(EndpointList { endpoints: store::list(pool.get_ref()).await? }))

@@ -136,8 +136,12 @@ async fn a_flood_of_readiness_probes_and_scrapes_costs_billabear_and_postgres_al
 async fn the_openapi_document_states_what_each_route_answers_and_takes() {
     let app = TestApp::spawn().await;
     let doc: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let mut operation_ids = std::collections::HashSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
+            // OpenAPI requires them unique, and client generators refuse a document without.
+            let id = operation["operationId"].as_str().unwrap();
+            assert!(operation_ids.insert(id), "{method} {path}: operationId {id} is used twice");
             let responses = operation["responses"].as_object().unwrap();
             if operation.get("security").is_some_and(|s| !s.as_array().unwrap().is_empty()) {
                 for status in ["401", "403"] {
@@ -159,6 +163,25 @@ async fn the_openapi_document_states_what_each_route_answers_and_takes() {
     let event = &doc["paths"]["/v1/events"]["post"]["requestBody"]["content"]["application/json"]["schema"];
     assert_eq!(event["$ref"], "#/components/schemas/NewEvent");
     assert_eq!(doc["components"]["schemas"]["NewEvent"]["required"], json!(["event_id", "code", "value"]));
+    // Every body read by hand has its schema too (the clients take their request types from
+    // here), on the method that takes it only; a usage limit is answered as BillaBear's object.
+    for (path, method, schema) in [
+        ("/v1/customers/{customer_id}/reservations", "post", "NewReservation"),
+        ("/v1/reservations/{reservation_id}/commit", "post", "ReservationCommit"),
+        ("/v1/customers/{customer_id}/overrides", "post", "NewOverride"),
+        ("/v1/webhook-endpoints", "post", "NewWebhookEndpoint"),
+    ] {
+        let body = &doc["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(body["$ref"], format!("#/components/schemas/{schema}"), "{method} {path}");
+        assert!(doc["components"]["schemas"][schema]["properties"].is_object(), "{schema}");
+    }
+    assert!(doc["paths"]["/v1/customers/{customer_id}/reservations"]["get"].get("requestBody").is_none());
+    let limit = &doc["paths"]["/v1/customers/{customer_id}/usage-limits"]["post"]["responses"]["201"];
+    assert_eq!(limit["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/UsageLimit");
+    assert_eq!(
+        doc["components"]["schemas"]["LimitList"]["properties"]["data"]["items"]["$ref"],
+        "#/components/schemas/UsageLimit"
+    );
 
     // A method a path does not take is a 405 naming the ones it does.
     let response = app.http.request(reqwest::Method::TRACE, app.url("/healthz")).send().await.unwrap();

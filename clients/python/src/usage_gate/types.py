@@ -1,0 +1,378 @@
+"""usage-gate's requests and answers as ``TypedDict``s, with the service's own JSON field names.
+
+Each class named like a schema in usage-gate's ``/openapi.json`` has exactly that schema's
+fields, required where the document requires them (``tests/test_types.py`` holds them to the
+running service's document). The classes at the end are what the client adds.
+"""
+
+from typing import Any, Literal
+
+from typing_extensions import NotRequired, TypedDict
+
+Status = Literal["ok", "warning", "blocked", "unknown"]
+Source = Literal["cache", "upstream", "stale", "fallback"]
+LimitAction = Literal["WARNING", "DISABLE"]
+OnUnavailable = Literal["allow", "deny", "throw"]
+
+
+class Estimate(TypedDict):
+    amount: int
+    currency: str
+    billabear: int
+    pending: int
+    pending_events: int
+    reserved: int
+    approximate: bool
+    as_of: str
+
+
+class LimitView(TypedDict):
+    id: str
+    amount: int
+    action: LimitAction
+    exceeded: bool
+    remaining: int
+
+
+class OverrideView(TypedDict):
+    id: str
+    effect: str
+    expires_at: str
+    amount: NotRequired[int | None]
+
+
+class Decision(TypedDict):
+    customer_id: str
+    allowed: bool
+    status: Status
+    reasons: list[str]
+    limits: list[LimitView]
+    fallback: bool
+    source: Source
+    estimate: NotRequired[Estimate | None]
+    cost: NotRequired[int | None]
+    customer_status: NotRequired[str | None]
+    override: NotRequired[OverrideView | None]
+    would_block: NotRequired[bool | None]
+    as_of: NotRequired[str | None]
+    age_ms: NotRequired[int | None]
+
+
+class FieldError(TypedDict):
+    field: str
+    message: str
+
+
+class CheckItemError(TypedDict):
+    error: FieldError
+    customer_id: NotRequired[Any]
+
+
+class CheckBatchResponse(TypedDict):
+    decisions: list[Decision | CheckItemError]
+
+
+class Problem(TypedDict):
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: NotRequired[list[FieldError]]
+    decision: NotRequired[Decision | None]
+    customer_id: NotRequired[str | None]
+    reasons: NotRequired[list[str] | None]
+    usage_status: NotRequired[Status | None]
+    limit_exists: NotRequired[bool | None]
+
+
+class NewEvent(TypedDict):
+    event_id: str
+    code: str
+    value: float
+    customer: NotRequired[str]
+    subscription: NotRequired[str]
+    properties: NotRequired[dict[str, Any] | None]
+
+
+class EventAnswer(TypedDict):
+    status: str
+    event_id: str
+    decision: NotRequired[Decision | None]
+
+
+class BatchItemResult(TypedDict):
+    status: str
+    event_id: NotRequired[Any]
+    reason: NotRequired[str | None]
+    decision: NotRequired[Decision | None]
+    errors: NotRequired[list[FieldError]]
+
+
+class EventBatchAnswer(TypedDict):
+    results: list[BatchItemResult]
+
+
+class NewReservation(TypedDict, total=False):
+    amount: int
+    code: str
+    value: float
+    ttl_ms: int
+
+
+class Granted(TypedDict):
+    id: str
+    customer_id: str
+    amount: int
+    expires_at: str
+    decision: Decision
+
+
+class CommitResult(TypedDict):
+    event_id: str
+    status: str
+
+
+class CommitAnswer(TypedDict):
+    reservation_id: str
+    customer_id: str
+    expired: bool
+    results: list[CommitResult]
+
+
+class Reservation(TypedDict):
+    id: str
+    customer_id: str
+    amount: int
+    created_at: str
+    expires_at: str
+    created_by: str
+    code: NotRequired[str | None]
+    value: NotRequired[float | None]
+    closed_at: NotRequired[str | None]
+    closed_as: NotRequired[str | None]
+
+
+class ReservationList(TypedDict):
+    reservations: list[Reservation]
+
+
+class NewLimitBody(TypedDict):
+    amount: int
+    action: str
+
+
+class UsageLimit(TypedDict):
+    id: str
+    amount: int
+    action: LimitAction
+
+
+class LimitList(TypedDict):
+    data: list[UsageLimit]
+
+
+class NewOverride(TypedDict):
+    effect: Literal["allow", "block", "raise"]
+    reason: str
+    expires_at: str
+    amount: NotRequired[int]
+
+
+class OverrideRecord(TypedDict):
+    id: str
+    customer_id: str
+    effect: str
+    reason: str
+    created_at: str
+    created_by: str
+    expires_at: str
+    active: bool
+    amount: NotRequired[int | None]
+    ended_at: NotRequired[str | None]
+    ended_by: NotRequired[str | None]
+    ended_as: NotRequired[str | None]
+    end_reason: NotRequired[str | None]
+
+
+class OverrideList(TypedDict):
+    overrides: list[OverrideRecord]
+
+
+class NewWebhookEndpoint(TypedDict):
+    url: str
+    event_types: NotRequired[list[str]]
+    description: NotRequired[str]
+
+
+class Endpoint(TypedDict):
+    id: str
+    url: str
+    created_at: str
+    created_by: str
+    event_types: NotRequired[list[str] | None]
+    description: NotRequired[str | None]
+    disabled_at: NotRequired[str | None]
+    disabled_reason: NotRequired[str | None]
+    previous_secret_until: NotRequired[str | None]
+
+
+class Created(Endpoint):
+    """An endpoint as created: with its signing secret, shown only this once."""
+
+    secret: str
+
+
+class EndpointList(TypedDict):
+    endpoints: list[Endpoint]
+
+
+class Rotated(TypedDict):
+    secret: str
+
+
+class Message(TypedDict):
+    id: str
+    event_type: str
+    status: str
+    created_at: str
+    payload: dict[str, Any]
+    attempts: list[dict[str, Any]]
+    customer_id: NotRequired[str | None]
+    delivered_at: NotRequired[str | None]
+    next_attempt_at: NotRequired[str | None]
+
+
+class MessageList(TypedDict):
+    messages: list[Message]
+
+
+class AuditRecord(TypedDict):
+    id: int
+    occurred_at: str
+    actor: str
+    action: str
+    outcome: str
+    details: dict[str, Any]
+    customer_id: NotRequired[str | None]
+    target_id: NotRequired[str | None]
+    upstream_status: NotRequired[int | None]
+    request_id: NotRequired[str | None]
+
+
+class AuditPage(TypedDict):
+    records: list[AuditRecord]
+    next_cursor: NotRequired[str | None]
+
+
+class WhoAmI(TypedDict):
+    name: str
+    scopes: list[str]
+
+
+# What the client adds.
+
+
+class CheckDecision(Decision, total=False):
+    """A check's answer; when usage-gate could not be reached and ``on_unavailable`` is
+    ``allow`` or ``deny``, the client's own: ``client_fallback: True`` (with ``fallback: True``,
+    ``source: "fallback"``, status ``unknown``, reason ``usage_gate_unavailable``) and ``error``."""
+
+    client_fallback: bool
+    error: str
+
+
+class EventResult(TypedDict):
+    """A single event's outcome: ``accepted`` or ``duplicate`` (stored), or with ``enforce``,
+    ``refused`` (a 402: nothing stored; ``reason``, ``decision`` and ``problem`` say why)."""
+
+    event_id: str
+    status: Literal["accepted", "duplicate", "refused"]
+    decision: NotRequired[Decision | None]
+    reason: NotRequired[str]
+    problem: NotRequired[Problem]
+
+
+class ReserveResult(TypedDict):
+    """A hold's outcome: ``granted`` (with the hold's fields) or ``refused`` (a 402: nothing held)."""
+
+    status: Literal["granted", "refused"]
+    decision: Decision
+    id: NotRequired[str]
+    customer_id: NotRequired[str]
+    amount: NotRequired[int]
+    expires_at: NotRequired[str]
+    reason: NotRequired[str]
+    problem: NotRequired[Problem]
+
+
+class UsageMessage(TypedDict):
+    """``customer.usage.*``: the decision as a check answers it, plus ``previous_status``."""
+
+    type: Literal[
+        "customer.usage.near_limit", "customer.usage.warning", "customer.usage.blocked", "customer.usage.recovered"
+    ]
+    timestamp: str
+    data: dict[str, Any]
+
+
+class OverrideExpiredMessage(TypedDict):
+    """``customer.override.expired``: ``data`` is ``{customer_id, override}``."""
+
+    type: Literal["customer.override.expired"]
+    timestamp: str
+    data: dict[str, Any]
+
+
+class EventDeadMessage(TypedDict):
+    """``event.dead``: ``data`` is the event (``event_id``, ``customer_id`` or
+    ``subscription_id``, ``code``, ``value``, ``attempts``, ``received_at``, ``error``,
+    ``upstream_status``)."""
+
+    type: Literal["event.dead"]
+    timestamp: str
+    data: dict[str, Any]
+
+
+WebhookMessage = UsageMessage | OverrideExpiredMessage | EventDeadMessage
+
+#: The classes that are usage-gate's schemas, by the schema's name.
+SCHEMAS: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        Estimate,
+        LimitView,
+        OverrideView,
+        Decision,
+        FieldError,
+        CheckItemError,
+        CheckBatchResponse,
+        Problem,
+        NewEvent,
+        EventAnswer,
+        BatchItemResult,
+        EventBatchAnswer,
+        NewReservation,
+        Granted,
+        CommitResult,
+        CommitAnswer,
+        Reservation,
+        ReservationList,
+        NewLimitBody,
+        UsageLimit,
+        LimitList,
+        NewOverride,
+        OverrideRecord,
+        OverrideList,
+        NewWebhookEndpoint,
+        Endpoint,
+        Created,
+        EndpointList,
+        Rotated,
+        Message,
+        MessageList,
+        AuditRecord,
+        AuditPage,
+        WhoAmI,
+    )
+}

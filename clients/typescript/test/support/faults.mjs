@@ -1,0 +1,57 @@
+// A TCP proxy in front of the real usage-gate that misbehaves on purpose, one connection at a
+// time: each new connection takes the next fault from the plan, then passes traffic through.
+import { connect, createServer } from "node:net";
+
+/**
+ * Faults:
+ * - "pass": traffic flows both ways;
+ * - "drop-response": the request reaches usage-gate, which handles it, and the connection is
+ *   cut as its answer starts (the client never sees it);
+ * - "reply-503": answered 503 with `Retry-After: 1` without reaching usage-gate;
+ * - "hang": accepted, never answered.
+ */
+export async function faultProxy(upstreamPort, plan) {
+  const log = [];
+  const sockets = new Set();
+  const server = createServer((client) => {
+    sockets.add(client);
+    client.on("close", () => sockets.delete(client));
+    const fault = plan.shift() ?? "pass";
+    log.push({ fault, at: Date.now() });
+    client.on("error", () => {});
+    if (fault === "hang") return;
+    if (fault === "reply-503") {
+      client.once("data", () => {
+        const body = JSON.stringify({ type: "urn:usage-gate:problem:storage_unavailable", title: "Service Unavailable", status: 503, detail: "injected", code: "storage_unavailable" });
+        client.end(
+          `HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+        );
+      });
+      return;
+    }
+    const upstream = connect(upstreamPort, "127.0.0.1");
+    sockets.add(upstream);
+    upstream.on("close", () => sockets.delete(upstream));
+    upstream.on("error", () => client.destroy());
+    client.pipe(upstream);
+    if (fault === "drop-response") {
+      upstream.once("data", () => {
+        client.destroy();
+        upstream.destroy();
+      });
+    } else {
+      upstream.pipe(client);
+    }
+    client.on("close", () => upstream.destroy());
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    log,
+    close: () =>
+      new Promise((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(resolve);
+      }),
+  };
+}
