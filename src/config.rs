@@ -91,6 +91,8 @@ pub struct RawOutboundWebhooks {
     pub timeout_ms: u64,
     pub poll_interval_ms: u64,
     pub concurrency: u32,
+    pub max_attempts_per_endpoint: u32,
+    pub allowed_subnets: Vec<String>,
     pub retention_days: u32,
 }
 
@@ -654,6 +656,17 @@ fn validate_outbound_webhooks(v: &mut Validator, raw: &RawOutboundWebhooks) -> O
         schedule.iter().all(|ms| (1..=7 * DAY_MS).contains(ms)),
         || "every wait must be 1 ms to 7 days".into(),
     );
+    let concurrency = v.range("outbound_webhooks.concurrency", raw.concurrency.into(), 1, 1024) as usize;
+    let mut allowed_subnets = Vec::new();
+    for (i, cidr) in raw.allowed_subnets.iter().enumerate() {
+        match cidr.trim().parse::<ipnet::IpNet>() {
+            Ok(net) => allowed_subnets.push(net.trunc()),
+            Err(_) => v.problem(
+                format!("outbound_webhooks.allowed_subnets[{i}]"),
+                format!("must be a subnet in CIDR notation (e.g. 10.0.0.0/8, fd00::/8), got {cidr:?}"),
+            ),
+        }
+    }
     OutboundWebhookSettings {
         retry_schedule: schedule.iter().map(|ms| Duration::from_millis(*ms)).collect(),
         timeout: Duration::from_millis(v.range("outbound_webhooks.timeout_ms", raw.timeout_ms, 1, 60_000)),
@@ -663,7 +676,14 @@ fn validate_outbound_webhooks(v: &mut Validator, raw: &RawOutboundWebhooks) -> O
             10,
             60_000,
         )),
-        concurrency: v.range("outbound_webhooks.concurrency", raw.concurrency.into(), 1, 1024) as usize,
+        concurrency,
+        max_attempts_per_endpoint: v.range(
+            "outbound_webhooks.max_attempts_per_endpoint",
+            raw.max_attempts_per_endpoint.into(),
+            1,
+            concurrency as u64,
+        ) as usize,
+        allowed_subnets,
         retention: Duration::from_secs(
             86_400 * v.range("outbound_webhooks.retention_days", raw.retention_days.into(), 1, 3650),
         ),
@@ -857,6 +877,10 @@ pub struct OutboundWebhookSettings {
     pub poll_interval: Duration,
     /// Attempts under way at once (per replica).
     pub concurrency: usize,
+    /// Of those, at most this many to one endpoint (a receiver that hangs holds no more).
+    pub max_attempts_per_endpoint: usize,
+    /// Where endpoints may point besides public addresses (`webhooks::destination`).
+    pub allowed_subnets: Vec<ipnet::IpNet>,
     /// Delivered and failed messages are kept this long (with their attempts), then deleted.
     pub retention: Duration,
 }
@@ -1032,6 +1056,20 @@ mod tests {
     fn each_validation_error_names_its_key() {
         let with = |section: &str, line: &str| format!("[{section}]\n{line}\n");
         let cases: Vec<(&str, &str, String)> = vec![
+            (
+                "outbound_webhooks.allowed_subnets[1]",
+                "CIDR notation",
+                format!(
+                    "{}\n{}",
+                    with("outbound_webhooks", "allowed_subnets = [\"10.0.0.0/8\", \"10.0.0.300/8\"]"),
+                    valid("")
+                ),
+            ),
+            (
+                "outbound_webhooks.max_attempts_per_endpoint",
+                "between 1 and 16",
+                format!("{}\n{}", with("outbound_webhooks", "max_attempts_per_endpoint = 17"), valid("")),
+            ),
             (
                 "server.address",
                 "must be IP:PORT",

@@ -43,6 +43,10 @@ pub async fn run(mut raw: RawSettings, sim_address: SocketAddr) -> anyhow::Resul
             scopes: vec!["check".into(), "events".into(), "admin".into()],
         });
     }
+    // A receiver tried with the demo listens on this machine; loopback is closed by default.
+    if raw.outbound_webhooks.allowed_subnets.is_empty() {
+        raw.outbound_webhooks.allowed_subnets = vec!["127.0.0.0/8".into(), "::1/128".into()];
+    }
     if raw.webhooks.secret.expose_secret().is_empty() {
         raw.webhooks.secret = SecretString::from(DEMO_WEBHOOK_SECRET);
     }

@@ -12,6 +12,7 @@ use crate::auth::Caller;
 use crate::domain::FieldError;
 use crate::error::ApiError;
 use crate::telemetry::RequestId;
+use crate::webhooks::destination::Destinations;
 use crate::webhooks::store::{self, Endpoint, Message, NewEndpoint};
 use crate::webhooks::{self, EventType};
 
@@ -115,15 +116,23 @@ pub struct Created {
     request_body(content = Value, description = "{\"url\": http(s) URL, \"event_types\": [...] (optional; all when absent), \"description\": optional}"),
     responses(
         (status = 201, description = "Created, with its secret (shown once)", body = Created),
-        (status = 422, description = "Invalid: every invalid field is named", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid: every invalid field is named; a URL whose address is loopback, link-local, unspecified, multicast, broadcast or private (and not in outbound_webhooks.allowed_subnets) is refused naming that rule", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     pool: web::Data<PgPool>,
+    settings: web::Data<crate::config::Settings>,
     caller: Caller,
     request_id: RequestId,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let new = parse_endpoint(&body).map_err(ApiError::unprocessable)?;
+    // Not a way in: the URL must not reach loopback, link-local or private addresses unless
+    // outbound_webhooks.allowed_subnets opens them (each attempt is judged again).
+    let destinations = Destinations::new(settings.outbound_webhooks.allowed_subnets.clone());
+    if let Some(refused) = destinations.refusal(&new.url).await {
+        let rule = refused.rule.as_str();
+        return Err(ApiError::unprocessable(vec![FieldError::new("url", format!("{rule}: {refused}"))]));
+    }
     let secret = new_secret()?;
     let endpoint = store::create(pool.get_ref(), &new, &secret, &actor(&caller, &request_id)).await?;
     Ok(HttpResponse::Created().json(Created { endpoint, secret }))

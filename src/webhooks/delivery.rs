@@ -2,12 +2,15 @@
 //! attempt is made by one replica), signs and posts them, and records each attempt with what
 //! follows from it (delivered, due again on the schedule, failed, or the endpoint disabled on 410).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::task::JoinSet;
+use uuid::Uuid;
 
+use super::destination::{Destinations, Guard};
 use super::store::{self, Attempt, Claimed};
 use super::{Attempted, attempted, retry_after, signature};
 use crate::config::OutboundWebhookSettings;
@@ -28,10 +31,15 @@ pub fn spawn(
     pool: PgPool,
     settings: OutboundWebhookSettings,
 ) -> anyhow::Result<Vec<tokio::task::AbortHandle>> {
+    let destinations = Destinations::new(settings.allowed_subnets.clone());
     let client = reqwest::Client::builder()
         .timeout(settings.timeout)
         // A receiver's redirect is an answer to fix, not to follow: it fails the attempt.
         .redirect(reqwest::redirect::Policy::none())
+        // Names resolve only to allowed addresses, and the connection goes to one of those (a
+        // proxy from the environment would connect elsewhere).
+        .dns_resolver(Guard(destinations.clone()))
+        .no_proxy()
         .user_agent(concat!("usage-gate-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let retention = settings.retention;
@@ -48,7 +56,7 @@ pub fn spawn(
             }
         }
     }));
-    let delivering = tokio::spawn(run(Arc::new(Deliverer { pool, client, settings })));
+    let delivering = tokio::spawn(run(Arc::new(Deliverer { pool, client, destinations, settings })));
     Ok(vec![delivering.abort_handle(), pruning.abort_handle()])
 }
 
@@ -66,6 +74,7 @@ pub fn register_metrics() {
 struct Deliverer {
     pool: PgPool,
     client: reqwest::Client,
+    destinations: Destinations,
     settings: OutboundWebhookSettings,
 }
 
@@ -78,8 +87,13 @@ async fn run(deliverer: Arc<Deliverer>) {
     let lease = settings.timeout * 2 + Duration::from_secs(1);
     let mut gauges_at: Option<Instant> = None;
     let mut under_way = JoinSet::new();
+    // Attempts under way per endpoint, so that one receiver that hangs holds at most
+    // `max_attempts_per_endpoint` slots and the others' messages go out meanwhile.
+    let mut per_endpoint: HashMap<Uuid, i64> = HashMap::new();
     loop {
-        while under_way.try_join_next().is_some() {}
+        while let Some(finished) = under_way.try_join_next() {
+            slot_freed(&mut per_endpoint, finished);
+        }
         if gauges_at.is_none_or(|at| at.elapsed() >= GAUGES_EVERY) {
             gauges_at = Some(Instant::now());
             match store::backlog(&deliverer.pool).await {
@@ -92,10 +106,14 @@ async fn run(deliverer: Arc<Deliverer>) {
         }
         let free = settings.concurrency.saturating_sub(under_way.len());
         if free == 0 {
-            under_way.join_next().await;
+            if let Some(finished) = under_way.join_next().await {
+                slot_freed(&mut per_endpoint, finished);
+            }
             continue;
         }
-        let claimed = match store::claim(&deliverer.pool, free as i64, lease).await {
+        let busy: Vec<(Uuid, i64)> = per_endpoint.iter().map(|(e, n)| (*e, *n)).collect();
+        let cap = settings.max_attempts_per_endpoint as i64;
+        let claimed = match store::claim(&deliverer.pool, free as i64, lease, cap, &busy).await {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(error = %e, "webhooks: cannot claim due messages");
@@ -105,18 +123,31 @@ async fn run(deliverer: Arc<Deliverer>) {
         if claimed.is_empty() {
             tokio::select! {
                 () = tokio::time::sleep(settings.poll_interval) => {}
-                _ = under_way.join_next(), if !under_way.is_empty() => {}
+                Some(finished) = under_way.join_next(), if !under_way.is_empty() => slot_freed(&mut per_endpoint, finished),
             }
             continue;
         }
         for message in claimed {
+            *per_endpoint.entry(message.endpoint_id).or_default() += 1;
             under_way.spawn(deliver(deliverer.clone(), message));
         }
     }
 }
 
-async fn deliver(deliverer: Arc<Deliverer>, message: Claimed) {
-    let attempt = post(&deliverer.client, &message).await;
+fn slot_freed(per_endpoint: &mut HashMap<Uuid, i64>, finished: Result<Uuid, tokio::task::JoinError>) {
+    if let Ok(endpoint) = finished
+        && let Some(n) = per_endpoint.get_mut(&endpoint)
+    {
+        *n -= 1;
+        if *n <= 0 {
+            per_endpoint.remove(&endpoint);
+        }
+    }
+}
+
+/// One attempt and its outcome recorded; answers the endpoint, whose slot it frees.
+async fn deliver(deliverer: Arc<Deliverer>, message: Claimed) -> Uuid {
+    let attempt = post(&deliverer.client, &deliverer.destinations, &message).await;
     let outcome = attempted(attempt.status_code);
     let retry = match outcome {
         Attempted::Failed => retry_after(message.attempts.max(0) as u32, &deliverer.settings.retry_schedule),
@@ -151,11 +182,25 @@ async fn deliver(deliverer: Arc<Deliverer>, message: Claimed) {
         }
         tokio::time::sleep(Duration::from_millis(200 * tries)).await;
     }
+    message.endpoint_id
 }
 
-/// One signed POST of the message to its endpoint.
-async fn post(client: &reqwest::Client, message: &Claimed) -> Attempt {
+/// One signed POST of the message to its endpoint (refused, as a failed attempt, when the URL
+/// names an address `destinations` does not allow: the resolver judges names, this literals).
+async fn post(client: &reqwest::Client, destinations: &Destinations, message: &Claimed) -> Attempt {
     let started = Instant::now();
+    let literal = url::Url::parse(&message.url).ok().and_then(|url| match url.host() {
+        Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
+        _ => None,
+    });
+    if let Some(Err(refused)) = literal.map(|ip| destinations.judge(ip)) {
+        return Attempt {
+            status_code: None,
+            error: Some(format!("refused: {refused}")),
+            duration: started.elapsed(),
+        };
+    }
     let timestamp = chrono::Utc::now().timestamp();
     let secrets: Vec<&str> =
         std::iter::once(message.secret.as_str()).chain(message.previous_secret.as_deref()).collect();
@@ -185,8 +230,26 @@ async fn post(client: &reqwest::Client, message: &Claimed) -> Attempt {
         }
         Err(e) => Attempt {
             status_code: None,
-            error: Some(if e.is_timeout() { "timed out".into() } else { format!("cannot connect: {e}") }),
+            error: Some(if e.is_timeout() {
+                "timed out".into()
+            } else if let Some(refused) = refusal(&e) {
+                format!("refused: {refused}")
+            } else {
+                format!("cannot connect: {e}")
+            }),
             duration: started.elapsed(),
         },
     }
+}
+
+/// The destination rule behind a failed connection, if that is what failed it.
+fn refusal(error: &reqwest::Error) -> Option<&super::destination::Refused> {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(refused) = e.downcast_ref::<super::destination::Refused>() {
+            return Some(refused);
+        }
+        source = e.source();
+    }
+    None
 }

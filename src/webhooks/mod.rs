@@ -6,6 +6,7 @@
 //! signatures and the retry schedule. `store` is the endpoints and messages in Postgres.
 
 pub mod delivery;
+pub mod destination;
 pub mod store;
 
 use std::time::Duration;

@@ -262,6 +262,7 @@ pub struct Claimed {
     pub body: String,
     /// Attempts made, this one included (fences the outcome: see [`finish`]).
     pub attempts: i32,
+    pub endpoint_id: Uuid,
     pub url: String,
     pub secret: String,
     /// The rotated-out secret, while it still signs.
@@ -270,23 +271,45 @@ pub struct Claimed {
 
 /// Claims up to `limit` due messages of enabled endpoints, oldest due first, skipping those
 /// another replica is claiming: each is due again only after `lease` (so if this replica dies
-/// mid-attempt, another sends it then).
-pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Vec<Claimed>, sqlx::Error> {
+/// mid-attempt, another sends it then). At most `per_endpoint` attempts go to one endpoint at
+/// once on this replica: `under_way` lists the endpoints with attempts under way and how many.
+pub async fn claim(
+    pool: &PgPool,
+    limit: i64,
+    lease: Duration,
+    per_endpoint: i64,
+    under_way: &[(Uuid, i64)],
+) -> Result<Vec<Claimed>, sqlx::Error> {
+    let (endpoints, counts): (Vec<Uuid>, Vec<i64>) = under_way.iter().copied().unzip();
+    // The window function picks each endpoint's oldest due messages up to its room; the rows
+    // are then locked apart (FOR UPDATE cannot go with a window function).
     sqlx::query_as(
-        "UPDATE webhook_messages m
+        "WITH busy AS (SELECT * FROM unnest($4::uuid[], $5::bigint[]) AS b(endpoint_id, n)),
+         candidates AS (
+             SELECT id FROM (
+                 SELECT m.id, m.next_attempt_at, m.endpoint_id,
+                        row_number() OVER (PARTITION BY m.endpoint_id ORDER BY m.next_attempt_at) AS nth
+                 FROM webhook_messages m JOIN webhook_endpoints e ON e.id = m.endpoint_id
+                 WHERE m.status = 'pending' AND m.next_attempt_at <= now() AND e.disabled_at IS NULL) ranked
+             LEFT JOIN busy USING (endpoint_id)
+             WHERE nth <= $3 - coalesce(busy.n, 0)
+             ORDER BY next_attempt_at
+             LIMIT $1)
+         UPDATE webhook_messages m
          SET attempts = m.attempts + 1, next_attempt_at = now() + make_interval(secs => $2)
-         FROM (SELECT m.id, e.url, e.secret,
+         FROM (SELECT m.id, m.endpoint_id, e.url, e.secret,
                       CASE WHEN e.previous_secret_until > now() THEN e.previous_secret END AS previous_secret
                FROM webhook_messages m JOIN webhook_endpoints e ON e.id = m.endpoint_id
-               WHERE m.status = 'pending' AND m.next_attempt_at <= now() AND e.disabled_at IS NULL
-               ORDER BY m.next_attempt_at
-               LIMIT $1
+               WHERE m.id IN (SELECT id FROM candidates) AND m.status = 'pending' AND m.next_attempt_at <= now()
                FOR UPDATE OF m SKIP LOCKED) due
          WHERE m.id = due.id
-         RETURNING m.id, m.body, m.attempts, due.url, due.secret, due.previous_secret",
+         RETURNING m.id, m.body, m.attempts, due.endpoint_id, due.url, due.secret, due.previous_secret",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
+    .bind(per_endpoint)
+    .bind(&endpoints)
+    .bind(&counts)
     .fetch_all(pool)
     .await
 }

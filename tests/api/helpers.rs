@@ -14,6 +14,8 @@ use usage_gate::config::{RawApiKey, RawSettings, Settings};
 use usage_gate::sim::{Seed, SimConfig, SimServer};
 use usage_gate::startup::Application;
 
+/// Loopback, opened to outbound webhooks in the tests (their receivers listen there).
+pub const LOOPBACK: [&str; 2] = ["127.0.0.0/8", "::1/128"];
 pub const SIM_KEY: &str = "sim-test-key";
 
 /// API keys the test app accepts, one per scope plus one with all of them.
@@ -243,6 +245,8 @@ pub fn test_settings(billabear_url: &str, database_url: &str) -> RawSettings {
     raw.outbound_webhooks.retry_schedule_ms = vec![100, 200, 400];
     raw.outbound_webhooks.poll_interval_ms = 20;
     raw.outbound_webhooks.timeout_ms = 2000;
+    // The tests' receivers listen on loopback, which endpoints may not reach by default.
+    raw.outbound_webhooks.allowed_subnets = LOOPBACK.iter().map(|net| net.to_string()).collect();
     raw.webhooks.secret = SecretString::from(WEBHOOK_SECRET);
     raw.auth.keys = vec![
         key("checker", CHECK_KEY, &["check"]),

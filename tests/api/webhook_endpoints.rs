@@ -10,6 +10,9 @@ use std::time::Duration;
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
+use usage_gate::audit::Actor;
+use usage_gate::webhooks::store::{self, NewEndpoint};
+use uuid::Uuid;
 
 use crate::helpers::*;
 use crate::overrides::in_;
@@ -414,4 +417,97 @@ async fn an_expired_override_is_told_and_endpoints_are_validated() {
     let with_check_key =
         app.http.get(app.url("/v1/webhook-endpoints")).bearer_auth(CHECK_KEY).send().await.unwrap();
     assert_problem(with_check_key, 403, "forbidden").await;
+}
+
+#[tokio::test]
+async fn endpoints_may_not_reach_inside_unless_a_subnet_is_opened() {
+    let app =
+        TestApp::spawn_with(|raw| raw.outbound_webhooks.allowed_subnets = vec!["10.9.0.0/16".into()]).await;
+    for (url, rule) in [
+        ("http://127.0.0.1:5432/", "loopback"),
+        ("http://localhost:8080/hooks", "loopback"),
+        ("http://169.254.169.254/latest/meta-data/", "link_local"),
+        ("http://[::ffff:127.0.0.1]/hooks", "loopback"),
+        ("http://[fd00::1]/hooks", "private"),
+        ("http://10.8.0.1/hooks", "private"),
+        ("http://0.0.0.0:9/", "unspecified"),
+    ] {
+        let response =
+            app.admin(reqwest::Method::POST, "/v1/webhook-endpoints", Some(json!({"url": url}))).await;
+        let problem = assert_problem(response, 422, "validation_failed").await;
+        assert_eq!(problem["errors"][0]["field"], "url", "{url}");
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("{rule}: ")), "{url}: {message}");
+        assert!(message.contains("outbound_webhooks.allowed_subnets"), "{message}");
+    }
+    // An opened subnet, and a public address, are taken.
+    for url in ["http://10.9.1.2/hooks", "https://203.0.113.9/hooks"] {
+        let response =
+            app.admin(reqwest::Method::POST, "/v1/webhook-endpoints", Some(json!({"url": url}))).await;
+        assert_eq!(response.status(), 201, "{url}");
+    }
+}
+
+#[tokio::test]
+async fn each_attempt_is_judged_on_the_address_it_connects_to() {
+    // Endpoints stored while loopback was open (an earlier configuration); it is closed now.
+    let app = TestApp::spawn_with(|raw| raw.outbound_webhooks.allowed_subnets = vec![]).await;
+    let receiver = Receiver::start(&[]);
+    let by_name = receiver.url.replace("127.0.0.1", "localhost");
+    let mut endpoints = vec![];
+    for url in [receiver.url.clone(), by_name] {
+        let new = NewEndpoint { url, event_types: None, description: None };
+        let secret = usage_gate::webhooks::new_secret().unwrap();
+        endpoints.push(store::create(&app.pool, &new, &secret, &Actor::usage_gate()).await.unwrap());
+    }
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([])).await;
+    app.check(&customer).await;
+    app.block(&customer).await;
+    for endpoint in &endpoints {
+        let messages = eventually(Duration::from_secs(5), "a refused attempt", || async {
+            let messages = app.webhook_messages(&endpoint.id.to_string(), "").await;
+            messages.first().filter(|m| !m["attempts"].as_array().unwrap().is_empty()).cloned()
+        })
+        .await;
+        let error = messages["attempts"][0]["error"].as_str().unwrap();
+        assert!(error.starts_with("refused: 127.0.0.1 is a loopback address"), "{}: {error}", endpoint.url);
+        assert_eq!(messages["status"], "pending", "retried on the schedule, as any failed attempt");
+    }
+    assert!(receiver.received().is_empty(), "nothing reached the receiver");
+}
+
+#[tokio::test]
+async fn a_hanging_endpoint_with_a_backlog_takes_a_few_slots_and_not_the_others_turn() {
+    let attempt = Duration::from_secs(5);
+    let app = TestApp::spawn_with(|raw| {
+        raw.outbound_webhooks.timeout_ms = attempt.as_millis() as u64;
+        raw.outbound_webhooks.concurrency = 16;
+        raw.outbound_webhooks.max_attempts_per_endpoint = 4;
+    })
+    .await;
+    let hanging = Receiver::start_slow(&[], Duration::from_secs(60));
+    let fast = Receiver::start(&[]);
+    let hanging_endpoint = app.webhook_endpoint(json!({"url": hanging.url})).await;
+    // 100 messages due for the hanging endpoint, older than anything after them.
+    sqlx::query(
+        "INSERT INTO webhook_messages (id, endpoint_id, event_type, body, next_attempt_at)
+         SELECT 'msg_backlog_' || n, $1, 'customer.usage.blocked', '{}', now() - interval '1 minute'
+         FROM generate_series(1, 100) n",
+    )
+    .bind(Uuid::parse_str(hanging_endpoint["id"].as_str().unwrap()).unwrap())
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    hanging.await_received(4).await;
+    app.webhook_endpoint(json!({"url": fast.url})).await;
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([])).await;
+    app.check(&customer).await;
+    app.block(&customer).await;
+    // Without a cap per endpoint, the 16 slots would go to the backlog, 16 at a time, each
+    // held for a whole attempt: the message would wait several attempts' time.
+    let started = std::time::Instant::now();
+    let received = fast.await_received(1).await;
+    assert_eq!(received[0].json()["type"], "customer.usage.blocked");
+    assert!(started.elapsed() < attempt, "delayed {:?}, more than one attempt's time", started.elapsed());
+    assert!(hanging.received().len() <= 4, "{} attempts at once to one endpoint", hanging.received().len());
 }

@@ -2988,7 +2988,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid: every invalid field is named */
+            /** @description Invalid: every invalid field is named; a URL whose address is loopback, link-local, unspecified, multicast, broadcast or private (and not in outbound_webhooks.allowed_subnets) is refused naming that rule */
             422: {
                 headers: {
                     [name: string]: unknown;
