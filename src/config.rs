@@ -73,7 +73,17 @@ pub struct RawSettings {
     pub webhooks: RawWebhooks,
     pub outbound_webhooks: RawOutboundWebhooks,
     pub console: RawConsole,
+    pub secrets: RawSecrets,
     pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecrets {
+    #[serde(serialize_with = "redact")]
+    pub key: SecretString,
+    #[serde(serialize_with = "redact")]
+    pub previous_key: SecretString,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -453,6 +463,7 @@ impl RawSettings {
                     86_400 * v.range("console.history_days", self.console.history_days.into(), 1, 3650),
                 ),
             },
+            secrets: validate_secrets(&mut v, &self.secrets),
             log: LogSettings {
                 format: v.parse("log.format", &self.log.format, LogFormat::Auto, |s| match s {
                     "auto" => Ok(LogFormat::Auto),
@@ -643,6 +654,25 @@ fn validate_outbox(v: &mut Validator, raw: &RawOutbox) -> OutboxSettings {
             86_400 * v.range("outbox.retention_days", raw.retention_days.into(), 1, 3650),
         ),
     }
+}
+
+fn validate_secrets(v: &mut Validator, raw: &RawSecrets) -> SecretsSettings {
+    let mut key = |name: &str, secret: &SecretString| {
+        let text = secret.expose_secret();
+        if text.is_empty() {
+            return None;
+        }
+        // The message never holds the value.
+        crate::seal::parse_key(text).map_err(|message| v.problem(name, message)).ok()
+    };
+    let settings = SecretsSettings {
+        key: key("secrets.key", &raw.key),
+        previous_key: key("secrets.previous_key", &raw.previous_key),
+    };
+    v.check("secrets.previous_key", settings.key.is_some() || settings.previous_key.is_none(), || {
+        "needs secrets.key (the key it is rotated to)".into()
+    });
+    settings
 }
 
 fn validate_outbound_webhooks(v: &mut Validator, raw: &RawOutboundWebhooks) -> OutboundWebhookSettings {
@@ -852,7 +882,26 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
     pub outbound_webhooks: OutboundWebhookSettings,
     pub console: ConsoleSettings,
+    pub secrets: SecretsSettings,
     pub log: LogSettings,
+}
+
+/// The keys secrets are sealed with at rest (`seal`); none: stored as they are.
+#[derive(Clone, Default)]
+pub struct SecretsSettings {
+    pub key: Option<[u8; 32]>,
+    /// The key before a rotation: values under it are read, and sealed again under `key`.
+    pub previous_key: Option<[u8; 32]>,
+}
+
+impl std::fmt::Debug for SecretsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown = |k: &Option<[u8; 32]>| if k.is_some() { REDACTED } else { "" };
+        f.debug_struct("SecretsSettings")
+            .field("key", &shown(&self.key))
+            .field("previous_key", &shown(&self.previous_key))
+            .finish()
+    }
 }
 
 /// The operator console (README, "Operator console").
@@ -1056,6 +1105,20 @@ mod tests {
     fn each_validation_error_names_its_key() {
         let with = |section: &str, line: &str| format!("[{section}]\n{line}\n");
         let cases: Vec<(&str, &str, String)> = vec![
+            (
+                "secrets.key",
+                "base64 of 32 bytes, got 16",
+                format!("{}\n{}", with("secrets", "key = \"MDEyMzQ1Njc4OWFiY2RlZg==\""), valid("")),
+            ),
+            (
+                "secrets.previous_key",
+                "needs secrets.key",
+                format!(
+                    "{}\n{}",
+                    with("secrets", "previous_key = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\""),
+                    valid("")
+                ),
+            ),
             (
                 "outbound_webhooks.allowed_subnets[1]",
                 "CIDR notation",
@@ -1330,16 +1393,19 @@ mod tests {
     #[test]
     fn printed_configuration_redacts_secrets() {
         let file = write(&format!(
-            "[database]\nurl = \"postgres://app:hunter2@db/ug\"\n[billabear]\napi_key = \"bb-secret-value\"\n{KEYS}"
+            "[database]\nurl = \"postgres://app:hunter2@db/ug\"\n[billabear]\napi_key = \"bb-secret-value\"\n\
+             [secrets]\nkey = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n{KEYS}"
         ));
         let raw = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
         let shown = raw.to_redacted_toml();
-        for secret in ["hunter2", "bb-secret-value", "0123456789abcdef"] {
+        for secret in ["hunter2", "bb-secret-value", "0123456789abcdef", "MDEyMzQ1Njc4OWFiY2RlZjAx"] {
             assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
         }
         assert!(shown.contains("postgres://app:redacted@db/ug"), "{shown}");
         let debug = format!("{:?}", raw.validate().unwrap());
-        for secret in ["hunter2", "bb-secret-value", "0123456789abcdef"] {
+        for secret in
+            ["hunter2", "bb-secret-value", "0123456789abcdef", "MDEyMzQ1Njc4OWFiY2RlZjAx", "48, 49, 50"]
+        {
             assert!(!debug.contains(secret), "{secret} leaked in Debug");
         }
     }

@@ -12,7 +12,7 @@
 //!    `config`, `auth` (API keys), `db`, `audit` (the audit log), `mirror` (per-customer copies
 //!    of Postgres tables), `memo`, `telemetry`, `billabear` (the client, and a customer's answers
 //!    turned into a snapshot), `subscriptions` (which customer owns which subscription),
-//!    `shutdown`.
+//!    `seal` (secrets encrypted at rest), `shutdown`.
 //! 3. **Services**: what usage-gate does, each over its own stores.
 //!    `cache` (snapshots, fetched at most once at a time), `pending` (usage not yet counted),
 //!    `overrides`, `reservations` (holds), `enforce` (judging under a customer's lock),
@@ -50,6 +50,7 @@ pub mod policy;
 pub mod projection;
 pub mod reservations;
 pub mod routes;
+pub mod seal;
 pub mod shutdown;
 pub mod sim;
 pub mod snapshot;

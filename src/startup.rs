@@ -14,7 +14,7 @@ use crate::admission::ingest::Ingest;
 use crate::billabear::BillaBearClient;
 use crate::cache::SnapshotCache;
 use crate::check::Checker;
-use crate::config::Settings;
+use crate::config::{SecretsSettings, Settings};
 use crate::error::{self, ApiError};
 use crate::health::Health;
 use crate::invalidation::Invalidation;
@@ -26,6 +26,7 @@ use crate::overrides::Overrides;
 use crate::pending::{LedgerFetch, Pending};
 use crate::reservations::Holds;
 use crate::routes::meta::Exposition;
+use crate::seal::Sealer;
 use crate::subscriptions::Subscriptions;
 use crate::transitions::{self, Transitions, Watch};
 use crate::{console, db, routes, shutdown, telemetry, webhooks};
@@ -69,7 +70,8 @@ impl Application {
             Some(jwt) => Some(web::Data::from(Verifier::start(jwt.clone()).await?)),
             None => None,
         };
-        let app = Self::assemble(settings, pool, listener, verifier)?;
+        let sealer = seal_secrets(&settings.secrets, &pool).await?;
+        let app = Self::assemble(settings, pool, listener, verifier, sealer)?;
         let listening = async {
             for listening in &app.listening {
                 let _ = listening.clone().wait_for(|listening| *listening).await;
@@ -86,6 +88,7 @@ impl Application {
         pool: PgPool,
         listener: TcpListener,
         verifier: Option<web::Data<Verifier>>,
+        sealer: web::Data<Sealer>,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
         let keys = web::Data::new(settings.auth.keys.clone());
@@ -95,7 +98,7 @@ impl Application {
         let metrics_address = settings.server.metrics_address;
         let console_enabled = settings.console.enabled;
         let Running { handlers, forwarder, background, listening } =
-            Running::start(settings, pool, verifier)?;
+            Running::start(settings, pool, verifier, sealer)?;
         let metrics_server = match metrics_address {
             Some(address) => Some(metrics_server(address, handlers.exposition.clone())?),
             None => None,
@@ -195,6 +198,8 @@ struct Handlers {
     pool: web::Data<PgPool>,
     /// For the settings a handler reads (the gate's header, a batch's concurrency, …).
     settings: web::Data<Settings>,
+    /// Secrets at rest (webhook endpoints' signing secrets).
+    sealer: web::Data<Sealer>,
     /// The gate's end-user tokens, with `[gate.jwt]`.
     verifier: Option<web::Data<Verifier>>,
 }
@@ -211,7 +216,8 @@ impl Handlers {
             .app_data(self.health.clone())
             .app_data(self.exposition.clone())
             .app_data(self.pool.clone())
-            .app_data(self.settings.clone());
+            .app_data(self.settings.clone())
+            .app_data(self.sealer.clone());
         if let Some(verifier) = &self.verifier {
             cfg.app_data(verifier.clone());
         }
@@ -236,6 +242,7 @@ impl Running {
         settings: Settings,
         pool: PgPool,
         verifier: Option<web::Data<Verifier>>,
+        sealer: web::Data<Sealer>,
     ) -> anyhow::Result<Self> {
         let billabear = BillaBearClient::new(&settings.billabear)?;
         // Before anything registers metric handles: a handle taken before the recorder is
@@ -281,7 +288,11 @@ impl Running {
             tokio::spawn(transitions::watch(watch, cache.clone(), subscriptions.clone(), sources))
                 .abort_handle(),
         );
-        background.extend(webhooks::delivery::spawn(pool.clone(), settings.outbound_webhooks.clone())?);
+        background.extend(webhooks::delivery::spawn(
+            pool.clone(),
+            settings.outbound_webhooks.clone(),
+            sealer.clone().into_inner(),
+        )?);
         background.push(console::spawn_housekeeping(pool.clone(), settings.console.clone()));
         let forwarder = forwarder::spawn(
             pool.clone(),
@@ -311,6 +322,7 @@ impl Running {
             invalidation: web::Data::new(invalidation),
             pool: web::Data::new(pool),
             settings: web::Data::new(settings),
+            sealer,
             verifier,
         };
         Ok(Self { handlers, forwarder, background, listening })
@@ -337,4 +349,31 @@ fn metrics_server(
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+}
+
+/// The sealer for secrets at rest, once every stored secret is under its key: values stored
+/// plain (while a key is set) or under the previous key are sealed again now. A secret that no
+/// configured key opens stops the start (its deliveries could not be signed); Postgres
+/// unreachable does not (the next start seals them).
+async fn seal_secrets(settings: &SecretsSettings, pool: &PgPool) -> anyhow::Result<web::Data<Sealer>> {
+    let sealer = Sealer::new(settings.key.as_ref(), settings.previous_key.as_ref());
+    if !sealer.sealing() {
+        tracing::warn!(
+            "secrets.key is not set: webhook signing secrets are stored in Postgres as they are \
+             (set it to store them encrypted)"
+        );
+    }
+    match webhooks::store::reseal(pool, &sealer).await {
+        Ok(0) => {}
+        Ok(sealed) => tracing::info!(sealed, "secrets: webhook signing secrets sealed under secrets.key"),
+        Err(webhooks::store::ResealError::Storage(e)) => {
+            tracing::warn!(error = %e, "secrets: cannot read the stored secrets now; they are sealed at the next start")
+        }
+        Err(e @ webhooks::store::ResealError::Key(..)) => {
+            anyhow::bail!(
+                "{e}: set secrets.key (and secrets.previous_key during a rotation) to the keys it was sealed with"
+            )
+        }
+    }
+    Ok(web::Data::new(sealer))
 }

@@ -11,6 +11,7 @@ use super::{actor, page_limit};
 use crate::auth::Caller;
 use crate::domain::FieldError;
 use crate::error::ApiError;
+use crate::seal::Sealer;
 use crate::telemetry::RequestId;
 use crate::webhooks::destination::Destinations;
 use crate::webhooks::store::{self, Endpoint, Message, NewEndpoint};
@@ -120,6 +121,7 @@ pub struct Created {
     ))]
 pub async fn create(
     pool: web::Data<PgPool>,
+    sealer: web::Data<Sealer>,
     settings: web::Data<crate::config::Settings>,
     caller: Caller,
     request_id: RequestId,
@@ -134,7 +136,8 @@ pub async fn create(
         return Err(ApiError::unprocessable(vec![FieldError::new("url", format!("{rule}: {refused}"))]));
     }
     let secret = new_secret()?;
-    let endpoint = store::create(pool.get_ref(), &new, &secret, &actor(&caller, &request_id)).await?;
+    let endpoint =
+        store::create(pool.get_ref(), &sealer, &new, &secret, &actor(&caller, &request_id)).await?;
     Ok(HttpResponse::Created().json(Created { endpoint, secret }))
 }
 
@@ -187,13 +190,14 @@ pub struct Rotated {
     responses((status = 200, body = Rotated), (status = 404, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn rotate_secret(
     pool: web::Data<PgPool>,
+    sealer: web::Data<Sealer>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<web::Json<Rotated>, ApiError> {
     let id = endpoint_id(&path)?;
     let secret = new_secret()?;
-    store::rotate(pool.get_ref(), id, &secret, &actor(&caller, &request_id))
+    store::rotate(pool.get_ref(), &sealer, id, &secret, &actor(&caller, &request_id))
         .await?
         .ok_or_else(|| no_endpoint(id))?;
     Ok(web::Json(Rotated { secret }))

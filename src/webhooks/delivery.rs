@@ -15,6 +15,7 @@ use super::store::{self, Attempt, Claimed};
 use super::{Attempted, attempted, retry_after, signature};
 use crate::config::OutboundWebhookSettings;
 use crate::db;
+use crate::seal::Sealer;
 
 /// How often the backlog gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
@@ -30,6 +31,7 @@ const MAX_ERROR_BODY: usize = 256;
 pub fn spawn(
     pool: PgPool,
     settings: OutboundWebhookSettings,
+    sealer: Arc<Sealer>,
 ) -> anyhow::Result<Vec<tokio::task::AbortHandle>> {
     let destinations = Destinations::new(settings.allowed_subnets.clone());
     let client = reqwest::Client::builder()
@@ -56,7 +58,7 @@ pub fn spawn(
             }
         }
     }));
-    let delivering = tokio::spawn(run(Arc::new(Deliverer { pool, client, destinations, settings })));
+    let delivering = tokio::spawn(run(Arc::new(Deliverer { pool, client, destinations, sealer, settings })));
     Ok(vec![delivering.abort_handle(), pruning.abort_handle()])
 }
 
@@ -75,6 +77,7 @@ struct Deliverer {
     pool: PgPool,
     client: reqwest::Client,
     destinations: Destinations,
+    sealer: Arc<Sealer>,
     settings: OutboundWebhookSettings,
 }
 
@@ -147,7 +150,7 @@ fn slot_freed(per_endpoint: &mut HashMap<Uuid, i64>, finished: Result<Uuid, toki
 
 /// One attempt and its outcome recorded; answers the endpoint, whose slot it frees.
 async fn deliver(deliverer: Arc<Deliverer>, message: Claimed) -> Uuid {
-    let attempt = post(&deliverer.client, &deliverer.destinations, &message).await;
+    let attempt = post(&deliverer.client, &deliverer.destinations, &deliverer.sealer, &message).await;
     let outcome = attempted(attempt.status_code);
     let retry = match outcome {
         Attempted::Failed => retry_after(message.attempts.max(0) as u32, &deliverer.settings.retry_schedule),
@@ -187,8 +190,25 @@ async fn deliver(deliverer: Arc<Deliverer>, message: Claimed) -> Uuid {
 
 /// One signed POST of the message to its endpoint (refused, as a failed attempt, when the URL
 /// names an address `destinations` does not allow: the resolver judges names, this literals).
-async fn post(client: &reqwest::Client, destinations: &Destinations, message: &Claimed) -> Attempt {
+async fn post(
+    client: &reqwest::Client,
+    destinations: &Destinations,
+    sealer: &Sealer,
+    message: &Claimed,
+) -> Attempt {
     let started = Instant::now();
+    let opened = [Some(&message.secret), message.previous_secret.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|stored| sealer.open(message.endpoint_id, stored))
+        .collect::<Result<Vec<String>, _>>();
+    let secrets = match opened {
+        Ok(secrets) => secrets,
+        Err(e) => {
+            let error = format!("cannot read the endpoint's signing secret: {e}");
+            return Attempt { status_code: None, error: Some(error), duration: started.elapsed() };
+        }
+    };
     let literal = url::Url::parse(&message.url).ok().and_then(|url| match url.host() {
         Some(url::Host::Ipv4(ip)) => Some(std::net::IpAddr::V4(ip)),
         Some(url::Host::Ipv6(ip)) => Some(std::net::IpAddr::V6(ip)),
@@ -202,8 +222,7 @@ async fn post(client: &reqwest::Client, destinations: &Destinations, message: &C
         };
     }
     let timestamp = chrono::Utc::now().timestamp();
-    let secrets: Vec<&str> =
-        std::iter::once(message.secret.as_str()).chain(message.previous_secret.as_deref()).collect();
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     let sent = client
         .post(&message.url)
         .header("content-type", "application/json")

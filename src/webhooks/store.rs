@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::{Attempted, EventType};
 use crate::audit::{self, Actor};
+use crate::seal::{SealError, Sealer};
 
 /// How long a rotated-out secret keeps signing beside the new one.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
@@ -56,24 +57,26 @@ fn endpoint_entry(actor: &Actor, action: &str, endpoint: &Endpoint) -> audit::En
     )
 }
 
-/// Stores the endpoint with its `secret` (a [`super::new_secret`]).
+/// Stores the endpoint with its `secret` (a [`super::new_secret`]), sealed by `sealer`.
 pub async fn create(
     pool: &PgPool,
+    sealer: &Sealer,
     new: &NewEndpoint,
     secret: &str,
     actor: &Actor,
 ) -> Result<Endpoint, sqlx::Error> {
     let types: Option<Vec<&str>> = new.event_types.as_ref().map(|t| t.iter().map(|t| t.as_str()).collect());
+    let id = Uuid::new_v4();
     let mut tx = pool.begin().await?;
     let endpoint: Endpoint = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO webhook_endpoints (id, url, event_types, description, secret, created_by)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ENDPOINT_COLUMNS}"
     )))
-    .bind(Uuid::new_v4())
+    .bind(id)
     .bind(&new.url)
     .bind(types)
     .bind(&new.description)
-    .bind(secret)
+    .bind(sealer.seal(id, secret))
     .bind(&actor.name)
     .fetch_one(&mut *tx)
     .await?;
@@ -141,16 +144,55 @@ async fn change(
     Ok(Some(endpoint))
 }
 
-/// Gives the endpoint a new `secret`; the old one keeps signing beside it for
-/// [`ROTATION_OVERLAP`]. None when there is no such endpoint.
+/// Gives the endpoint a new `secret` (sealed by `sealer`); the old one keeps signing beside it
+/// for [`ROTATION_OVERLAP`]. None when there is no such endpoint.
 pub async fn rotate(
     pool: &PgPool,
+    sealer: &Sealer,
     id: Uuid,
     secret: &str,
     actor: &Actor,
 ) -> Result<Option<Endpoint>, sqlx::Error> {
     let set = "previous_secret = secret, previous_secret_until = now() + interval '24 hours', secret = $2";
-    change(pool, id, set, Some(secret.to_owned()), "webhook_endpoint.rotate_secret", actor).await
+    change(pool, id, set, Some(sealer.seal(id, secret)), "webhook_endpoint.rotate_secret", actor).await
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResealError {
+    #[error(transparent)]
+    Storage(#[from] sqlx::Error),
+    #[error("webhook endpoint {0}'s signing secret cannot be read: {1}")]
+    Key(Uuid, SealError),
+}
+
+/// Seals again every endpoint secret stored plain while a key is set, or sealed under the
+/// previous key; returns how many endpoints changed. Each row is written only if it still
+/// holds what was read (a replica starting beside this one, or a rotation meanwhile, wins).
+pub async fn reseal(pool: &PgPool, sealer: &Sealer) -> Result<u64, ResealError> {
+    let rows: Vec<(Uuid, String, Option<String>)> =
+        sqlx::query_as("SELECT id, secret, previous_secret FROM webhook_endpoints").fetch_all(pool).await?;
+    let mut changed = 0;
+    for (id, secret, previous) in rows {
+        let open = |stored: &str| sealer.open(id, stored).map_err(|e| ResealError::Key(id, e));
+        // Every stored value must open, stale or not: one that cannot would fail its deliveries.
+        let (plain, previous_plain) = (open(&secret)?, previous.as_deref().map(open).transpose()?);
+        if !sealer.stale(&secret) && !previous.as_deref().is_some_and(|p| sealer.stale(p)) {
+            continue;
+        }
+        let result = sqlx::query(
+            "UPDATE webhook_endpoints SET secret = $2, previous_secret = $3
+             WHERE id = $1 AND secret = $4 AND previous_secret IS NOT DISTINCT FROM $5",
+        )
+        .bind(id)
+        .bind(sealer.seal(id, &plain))
+        .bind(previous_plain.map(|p| sealer.seal(id, &p)))
+        .bind(&secret)
+        .bind(&previous)
+        .execute(pool)
+        .await?;
+        changed += result.rows_affected();
+    }
+    Ok(changed)
 }
 
 /// Sends to a disabled endpoint again (its pending messages too).

@@ -293,14 +293,31 @@ impl TestApp {
 
     /// Another instance of the service on the same database and simulator (a second replica).
     pub async fn second_instance(&self) -> TestApp {
+        self.second_instance_with(|_| {}).await
+    }
+
+    /// A second replica whose settings `adjust` changes first.
+    pub async fn second_instance_with(&self, adjust: impl FnOnce(&mut RawSettings)) -> TestApp {
+        let (settings, pool, listener) = self.second_instance_parts(adjust).await;
+        let app = Application::build_with(settings, pool.clone(), listener).await.unwrap();
+        Self::running(app, pool, self.sim.clone())
+    }
+
+    /// What a second replica is built from (a test may expect the build to fail).
+    pub async fn second_instance_parts(
+        &self,
+        adjust: impl FnOnce(&mut RawSettings),
+    ) -> (Settings, PgPool, TcpListener) {
         let url =
             sqlx::query_scalar::<_, String>("SELECT current_database()").fetch_one(&self.pool).await.unwrap();
         let mut database = url::Url::parse(&base_database_url()).unwrap();
         database.set_path(&url);
-        let settings = test_settings(&self.sim.base_url(), database.as_str()).validate().unwrap();
+        let mut raw = test_settings(&self.sim.base_url(), database.as_str());
+        adjust(&mut raw);
+        let settings = raw.validate().unwrap();
         let pool = PgPool::connect(database.as_str()).await.unwrap();
         let listener = TcpListener::bind(settings.server.address).unwrap();
-        Self::run(settings, pool, listener, self.sim.clone()).await
+        (settings, pool, listener)
     }
 
     async fn start(settings: Settings, pool: PgPool, sim: Sim) -> Self {
@@ -312,6 +329,10 @@ impl TestApp {
     /// returns), so a test never races a replica's start.
     async fn run(settings: Settings, pool: PgPool, listener: TcpListener, sim: std::sync::Arc<Sim>) -> Self {
         let app = Application::build_with(settings, pool.clone(), listener).await.unwrap();
+        Self::running(app, pool, sim)
+    }
+
+    fn running(app: Application, pool: PgPool, sim: std::sync::Arc<Sim>) -> Self {
         let address = format!("http://{}", app.addr());
         let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -17,6 +17,7 @@ const LAYERS: [(&str, &[&str]); 4] = [
             "config",
             "db",
             "jwt",
+            "seal",
             "memo",
             "mirror",
             "shutdown",

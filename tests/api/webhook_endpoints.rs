@@ -11,6 +11,7 @@ use std::time::Duration;
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
 use usage_gate::audit::Actor;
+use usage_gate::seal::Sealer;
 use usage_gate::webhooks::store::{self, NewEndpoint};
 use uuid::Uuid;
 
@@ -458,7 +459,9 @@ async fn each_attempt_is_judged_on_the_address_it_connects_to() {
     for url in [receiver.url.clone(), by_name] {
         let new = NewEndpoint { url, event_types: None, description: None };
         let secret = usage_gate::webhooks::new_secret().unwrap();
-        endpoints.push(store::create(&app.pool, &new, &secret, &Actor::usage_gate()).await.unwrap());
+        endpoints.push(
+            store::create(&app.pool, &Sealer::default(), &new, &secret, &Actor::usage_gate()).await.unwrap(),
+        );
     }
     let (customer, _) = app.sim.add_usage_customer(20.0, json!([])).await;
     app.check(&customer).await;
@@ -510,4 +513,67 @@ async fn a_hanging_endpoint_with_a_backlog_takes_a_few_slots_and_not_the_others_
     assert_eq!(received[0].json()["type"], "customer.usage.blocked");
     assert!(started.elapsed() < attempt, "delayed {:?}, more than one attempt's time", started.elapsed());
     assert!(hanging.received().len() <= 4, "{} attempts at once to one endpoint", hanging.received().len());
+}
+
+/// The endpoint's secret columns as stored.
+async fn stored_secrets(pool: &sqlx::PgPool, id: &str) -> (String, Option<String>) {
+    sqlx::query_as("SELECT secret, previous_secret FROM webhook_endpoints WHERE id = $1")
+        .bind(Uuid::parse_str(id).unwrap())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+fn key(byte: u8) -> secrecy::SecretString {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode([byte; 32]).into()
+}
+
+#[tokio::test]
+async fn signing_secrets_are_sealed_at_rest_and_a_key_rotation_seals_them_again() {
+    // Without a key (start-up warns), a secret is stored as it is.
+    let mut plain = TestApp::spawn().await;
+    let receiver = Receiver::start(&[]);
+    let endpoint = plain.webhook_endpoint(json!({"url": receiver.url})).await;
+    let (id, first) = (endpoint["id"].as_str().unwrap(), endpoint["secret"].as_str().unwrap().to_owned());
+    assert_eq!(stored_secrets(&plain.pool, id).await, (first.clone(), None));
+    plain.shut_down().await;
+
+    // With a key: the plain row is sealed at start-up, and a rotated secret is stored sealed.
+    let mut sealed = plain.second_instance_with(|raw| raw.secrets.key = key(1)).await;
+    let (stored, _) = stored_secrets(&sealed.pool, id).await;
+    let key_one = stored.split(':').nth(2).unwrap().to_owned();
+    assert!(stored.starts_with("enc:v1:") && !stored.contains(&first[6..]), "{stored}");
+    let path = format!("/v1/webhook-endpoints/{id}/rotate-secret");
+    let rotated = sealed.admin(reqwest::Method::POST, &path, None).await.json::<Value>().await.unwrap();
+    let second = rotated["secret"].as_str().unwrap().to_owned();
+    let (stored, previous) = stored_secrets(&sealed.pool, id).await;
+    assert!(stored.starts_with("enc:v1:") && !stored.contains(&second[6..]), "{stored}");
+    assert!(previous.as_deref().is_some_and(|p| p.starts_with("enc:v1:")), "{previous:?}");
+    // Deliveries are signed with the secrets as given: both, during the rotation.
+    let (customer, _) = sealed.sim.add_usage_customer(20.0, json!([])).await;
+    sealed.check(&customer).await;
+    sealed.block(&customer).await;
+    let delivered = receiver.await_received(1).await;
+    assert!(delivered[0].verifies_with(&second) && delivered[0].verifies_with(&first));
+    sealed.shut_down().await;
+
+    // A new key with the old one as previous: every value is sealed again under the new key.
+    let (settings, pool, listener) = sealed.second_instance_parts(|raw| raw.secrets.key = key(2)).await;
+    let refused = usage_gate::startup::Application::build_with(settings, pool, listener).await.err().unwrap();
+    assert!(refused.to_string().contains("secrets.key"), "{refused}");
+    let mut moved = sealed
+        .second_instance_with(|raw| {
+            raw.secrets.key = key(2);
+            raw.secrets.previous_key = key(1);
+        })
+        .await;
+    let (stored, previous) = stored_secrets(&moved.pool, id).await;
+    let key_two = stored.split(':').nth(2).unwrap();
+    assert_ne!(key_two, key_one);
+    assert_eq!(previous.unwrap().split(':').nth(2), Some(key_two));
+    moved.shut_down().await;
+    // The previous key is no longer needed.
+    let mut after = moved.second_instance_with(|raw| raw.secrets.key = key(2)).await;
+    after.shut_down().await;
 }
