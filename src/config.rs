@@ -74,7 +74,19 @@ pub struct RawSettings {
     pub outbound_webhooks: RawOutboundWebhooks,
     pub console: RawConsole,
     pub secrets: RawSecrets,
+    pub retention: RawRetention,
     pub log: RawLog,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub interval_s: u64,
+    pub reservations_days: f64,
+    pub overrides_days: f64,
+    pub billabear_counters_days: f64,
+    pub customer_decisions_days: f64,
+    pub audit_days: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -91,7 +103,7 @@ pub struct RawSecrets {
 pub struct RawConsole {
     pub enabled: bool,
     pub session_idle_minutes: u64,
-    pub history_days: u32,
+    pub history_days: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -103,7 +115,7 @@ pub struct RawOutboundWebhooks {
     pub concurrency: u32,
     pub max_attempts_per_endpoint: u32,
     pub allowed_subnets: Vec<String>,
-    pub retention_days: u32,
+    pub retention_days: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -154,7 +166,7 @@ pub struct RawOutbox {
     pub retry_max_ms: u64,
     pub max_attempts: u32,
     pub max_age_s: u64,
-    pub retention_days: u32,
+    pub retention_days: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,7 +319,7 @@ impl RawSettings {
     /// Checks every value; on failure lists every problem with its key.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let mut v = Validator::default();
-        let settings = Settings {
+        let mut settings = Settings {
             server: ServerSettings {
                 address: v.parse(
                     "server.address",
@@ -459,11 +471,11 @@ impl RawSettings {
                         7 * 1440,
                     ),
                 ),
-                history: Duration::from_secs(
-                    86_400 * v.range("console.history_days", self.console.history_days.into(), 1, 3650),
-                ),
+                history: days(&mut v, "console.history_days", self.console.history_days),
+                prune_every: DEFAULT_PRUNE_EVERY,
             },
             secrets: validate_secrets(&mut v, &self.secrets),
+            retention: validate_retention(&mut v, &self.retention),
             log: LogSettings {
                 format: v.parse("log.format", &self.log.format, LogFormat::Auto, |s| match s {
                     "auto" => Ok(LogFormat::Auto),
@@ -481,6 +493,10 @@ impl RawSettings {
                 },
             },
         };
+        // Every pruner runs on retention.interval_s.
+        let every = settings.retention.interval;
+        (settings.outbox.prune_every, settings.outbound_webhooks.prune_every, settings.console.prune_every) =
+            (every, every, every);
         v.finish(settings)
     }
 
@@ -650,9 +666,37 @@ fn validate_outbox(v: &mut Validator, raw: &RawOutbox) -> OutboxSettings {
         retry_max: Duration::from_millis(max),
         max_attempts: v.range("outbox.max_attempts", raw.max_attempts.into(), 1, 1_000_000) as u32,
         max_age: Duration::from_secs(v.range("outbox.max_age_s", raw.max_age_s, 60, 365 * 86_400)),
-        retention: Duration::from_secs(
-            86_400 * v.range("outbox.retention_days", raw.retention_days.into(), 1, 3650),
-        ),
+        retention: days(v, "outbox.retention_days", raw.retention_days),
+        prune_every: DEFAULT_PRUNE_EVERY,
+    }
+}
+
+/// How often pruners run unless `retention.interval_s` says otherwise (it does in `validate`).
+const DEFAULT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// A window in days: more than 0 (fractions allowed, so that a test or a soak can shorten it)
+/// and at most 10 years.
+fn days(v: &mut Validator, key: &str, days: f64) -> Duration {
+    let valid = days.is_finite() && days > 0.0 && days <= 3650.0;
+    v.check(key, valid, || format!("must be a number of days above 0 and at most 3650, got {days}"));
+    Duration::from_secs_f64(if valid { days } else { 1.0 } * 86_400.0)
+}
+
+fn validate_retention(v: &mut Validator, raw: &RawRetention) -> RetentionSettings {
+    // Days, fractions allowed (a soak or a test shortens them); 0 keeps every row.
+    let mut window = |key: &str, days: f64| {
+        v.check(key, days.is_finite() && (0.0..=3650.0).contains(&days), || {
+            format!("must be a number of days from 0 (keep every row) to 3650, got {days}")
+        });
+        (days.is_finite() && days > 0.0 && days <= 3650.0).then(|| Duration::from_secs_f64(days * 86_400.0))
+    };
+    RetentionSettings {
+        reservations: window("retention.reservations_days", raw.reservations_days),
+        overrides: window("retention.overrides_days", raw.overrides_days),
+        billabear_counters: window("retention.billabear_counters_days", raw.billabear_counters_days),
+        customer_decisions: window("retention.customer_decisions_days", raw.customer_decisions_days),
+        audit: window("retention.audit_days", raw.audit_days),
+        interval: Duration::from_secs(v.range("retention.interval_s", raw.interval_s, 1, 86_400)),
     }
 }
 
@@ -714,9 +758,8 @@ fn validate_outbound_webhooks(v: &mut Validator, raw: &RawOutboundWebhooks) -> O
             concurrency as u64,
         ) as usize,
         allowed_subnets,
-        retention: Duration::from_secs(
-            86_400 * v.range("outbound_webhooks.retention_days", raw.retention_days.into(), 1, 3650),
-        ),
+        retention: days(v, "outbound_webhooks.retention_days", raw.retention_days),
+        prune_every: DEFAULT_PRUNE_EVERY,
     }
 }
 
@@ -883,7 +926,25 @@ pub struct Settings {
     pub outbound_webhooks: OutboundWebhookSettings,
     pub console: ConsoleSettings,
     pub secrets: SecretsSettings,
+    pub retention: RetentionSettings,
     pub log: LogSettings,
+}
+
+/// How long rows no other chore removes are kept (`retention`); None keeps every row.
+#[derive(Debug, Clone)]
+pub struct RetentionSettings {
+    /// How often a replica prunes (one at a time).
+    pub interval: Duration,
+    /// Closed holds, after they closed.
+    pub reservations: Option<Duration>,
+    /// Ended (or expired) overrides, after they ended.
+    pub overrides: Option<Duration>,
+    /// BillaBear's counter of a subscription, after it was last seen.
+    pub billabear_counters: Option<Duration>,
+    /// A customer's last decision, after the customer was last seen.
+    pub customer_decisions: Option<Duration>,
+    /// Audit records (by default kept).
+    pub audit: Option<Duration>,
 }
 
 /// The keys secrets are sealed with at rest (`seal`); none: stored as they are.
@@ -913,6 +974,8 @@ pub struct ConsoleSettings {
     pub session_idle: Duration,
     /// How long the observations behind the usage plots are kept.
     pub history: Duration,
+    /// How often idle sessions and old observations are looked for.
+    pub prune_every: Duration,
 }
 
 /// usage-gate's own webhooks (README, "Outbound webhooks").
@@ -932,6 +995,8 @@ pub struct OutboundWebhookSettings {
     pub allowed_subnets: Vec<ipnet::IpNet>,
     /// Delivered and failed messages are kept this long (with their attempts), then deleted.
     pub retention: Duration,
+    /// How often they are looked for.
+    pub prune_every: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -962,6 +1027,8 @@ pub struct OutboxSettings {
     /// ...or this long after its attempts began, whichever comes first.
     pub max_age: Duration,
     pub retention: Duration,
+    /// How often delivered events past `retention` are looked for.
+    pub prune_every: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1105,6 +1172,11 @@ mod tests {
     fn each_validation_error_names_its_key() {
         let with = |section: &str, line: &str| format!("[{section}]\n{line}\n");
         let cases: Vec<(&str, &str, String)> = vec![
+            (
+                "retention.overrides_days",
+                "from 0 (keep every row) to 3650, got -1",
+                format!("{}\n{}", with("retention", "overrides_days = -1.0"), valid("")),
+            ),
             (
                 "secrets.key",
                 "base64 of 32 bytes, got 16",

@@ -18,7 +18,8 @@
 //!    `overrides`, `reservations` (holds), `enforce` (judging under a customer's lock),
 //!    `outbox` (events to BillaBear), `check` (the answer and its explanation), `admission`
 //!    (what comes in and may be refused: events, batches, holds), `limits` (usage limits in
-//!    BillaBear), `transitions` (decision changes: audited, sampled, told), `webhooks`
+//!    BillaBear), `transitions` (decision changes: audited, sampled, told), `retention` (rows
+//!    past their window), `webhooks`
 //!    (outbound, signed), `invalidation` (telling replicas a customer changed), `health`.
 //! 4. **HTTP and the process**: `error` (every error to problem+json, the one place), `routes`,
 //!    `console`, `startup` (wiring), `sim` (the BillaBear simulator), `demo`, `cli`.
@@ -49,6 +50,7 @@ pub mod pending;
 pub mod policy;
 pub mod projection;
 pub mod reservations;
+pub mod retention;
 pub mod routes;
 pub mod seal;
 pub mod shutdown;

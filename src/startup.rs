@@ -254,6 +254,7 @@ impl Running {
         crate::enforce::store::register_metrics();
         crate::reservations::register_metrics();
         webhooks::delivery::register_metrics();
+        crate::retention::register_metrics();
         let subscriptions = Subscriptions::new(billabear.with_timeout(settings.outbox.timeout));
         let Started { service: pending, changes: pending_changes, tasks: mut background, listening } =
             Pending::start(pool.clone(), settings.pending.clone());
@@ -294,6 +295,7 @@ impl Running {
             sealer.clone().into_inner(),
         )?);
         background.push(console::spawn_housekeeping(pool.clone(), settings.console.clone()));
+        background.push(crate::retention::spawn(pool.clone(), settings.retention.clone()));
         let forwarder = forwarder::spawn(
             pool.clone(),
             &billabear,

@@ -12,7 +12,6 @@ pub mod store;
 pub mod views;
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -94,19 +93,24 @@ async fn label(
     next.call(req).await
 }
 
-/// Deletes idle sessions and old usage observations, hourly.
+/// Deletes idle sessions and old usage observations, every `retention.interval_s`.
 pub fn spawn_housekeeping(
     pool: sqlx::PgPool,
     settings: crate::config::ConsoleSettings,
 ) -> tokio::task::AbortHandle {
     tokio::spawn(crate::db::every(
-        Duration::from_secs(3600),
+        settings.prune_every,
         "prune console sessions and usage samples",
         move || {
             let (pool, settings) = (pool.clone(), settings.clone());
             async move {
-                session::prune(&pool, settings.session_idle).await?;
-                store::prune_samples(&pool, settings.history).await
+                crate::retention::pruned(
+                    "console_sessions",
+                    session::prune(&pool, settings.session_idle).await?,
+                );
+                let samples = store::prune_samples(&pool, settings.history).await?;
+                crate::retention::pruned("usage_samples", samples);
+                Ok(samples)
             }
         },
     ))

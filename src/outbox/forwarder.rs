@@ -66,8 +66,7 @@ impl Metrics {
     }
 }
 
-/// How often delivered events past retention are deleted, and how many rows per statement.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How many rows per statement when delivered events past retention are deleted.
 const PRUNE_CHUNK: i64 = 1000;
 /// How soon a broken LISTEN connection is made again (polling covers the gap).
 const RELISTEN_EVERY: Duration = Duration::from_secs(1);
@@ -108,7 +107,7 @@ pub fn spawn(
     snapshots: Option<SnapshotCache>,
 ) -> ForwarderHandle {
     let (stop, stopped) = watch::channel(false);
-    let pruner = tokio::spawn(prune(pool.clone(), settings.retention, stopped.clone()));
+    let pruner = tokio::spawn(prune(pool.clone(), settings.retention, settings.prune_every, stopped.clone()));
     let forwarder = Arc::new(Forwarder {
         pool,
         client: client.with_timeout(settings.timeout),
@@ -120,17 +119,20 @@ pub fn spawn(
     ForwarderHandle { stop, tasks: vec![tokio::spawn(forwarder.run(stopped)), pruner] }
 }
 
-/// Deletes delivered events past retention every [`PRUNE_EVERY`], off the delivery path.
-async fn prune(pool: PgPool, retention: Duration, mut stopped: watch::Receiver<bool>) {
+/// Deletes delivered events past retention every `every`, off the delivery path.
+async fn prune(pool: PgPool, retention: Duration, every: Duration, mut stopped: watch::Receiver<bool>) {
     while !*stopped.borrow() {
         match store::prune(&pool, retention, PRUNE_CHUNK).await {
             Ok(0) => {}
-            Ok(pruned) => tracing::info!(pruned, "outbox: pruned delivered events past retention"),
+            Ok(pruned) => {
+                crate::retention::pruned("outbox", pruned);
+                tracing::info!(pruned, "outbox: pruned delivered events past retention")
+            }
             Err(e) => tracing::warn!(error = %e, "outbox: cannot prune"),
         }
         tokio::select! {
             _ = stopped.changed() => {}
-            () = tokio::time::sleep(PRUNE_EVERY) => {}
+            () = tokio::time::sleep(every) => {}
         }
     }
 }

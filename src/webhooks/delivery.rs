@@ -19,8 +19,7 @@ use crate::seal::Sealer;
 
 /// How often the backlog gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
-/// How often messages past retention are deleted, and how many rows per statement.
-const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How many rows per statement when messages past retention are deleted.
 const PRUNE_CHUNK: i64 = 1000;
 /// At most this much of a failed answer's body is kept with the attempt.
 const MAX_ERROR_BODY: usize = 256;
@@ -45,12 +44,13 @@ pub fn spawn(
         .user_agent(concat!("usage-gate-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()?;
     let retention = settings.retention;
-    let pruning = tokio::spawn(db::every(PRUNE_EVERY, "prune webhook messages past retention", {
+    let pruning = tokio::spawn(db::every(settings.prune_every, "prune webhook messages past retention", {
         let pool = pool.clone();
         move || {
             let pool = pool.clone();
             async move {
                 let pruned = store::prune(&pool, retention, PRUNE_CHUNK).await?;
+                crate::retention::pruned("webhook_messages", pruned);
                 if pruned > 0 {
                     tracing::info!(pruned, "webhooks: pruned messages past retention");
                 }

@@ -39,6 +39,7 @@ const LAYERS: [(&str, &[&str]); 4] = [
             "overrides",
             "pending",
             "reservations",
+            "retention",
             "transitions",
             "webhooks",
         ],

@@ -19,6 +19,7 @@ mod overrides;
 mod pending;
 mod proxies;
 mod reservations;
+mod retention;
 mod service;
 mod simulator;
 mod webhook_endpoints;

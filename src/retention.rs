@@ -1,0 +1,140 @@
+//! What usage-gate keeps, and for how long, for the rows no other chore removes: closed holds,
+//! ended overrides, BillaBear's counters of subscriptions no longer seen, the last decision of
+//! customers no longer seen, and (when operators choose a window) audit records. The outbox,
+//! webhook messages, console sessions and usage samples are pruned by their own modules.
+//!
+//! Every `retention.interval_s`, one replica at a time (a session advisory lock; the others skip
+//! that round) deletes each table's rows past its window in chunks, so no statement holds many
+//! row locks or runs long; the rows removed are counted in `usage_gate_pruned_rows_total{table}`.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+
+use crate::config::RetentionSettings;
+use crate::db;
+
+/// Rows per statement.
+const CHUNK: i64 = 1000;
+/// Any constant: the advisory lock that lets one replica at a time prune these tables.
+const LOCK: i64 = 0x7573_6167_6572_6574; // "usageret"
+
+/// One table's rule: its rows whose `age` column is older than the window go, found by `key`.
+struct Rule {
+    table: &'static str,
+    key: &'static str,
+    age: &'static str,
+}
+
+impl Rule {
+    /// The statement: rows past the window `$1` (seconds), `$2` at a time.
+    fn delete(&self) -> String {
+        let Rule { table, key, age } = self;
+        format!(
+            "DELETE FROM {table} WHERE {key} IN (
+                 SELECT {key} FROM {table} WHERE {age} < now() - make_interval(secs => $1)
+                 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+        )
+    }
+}
+
+/// Closed holds, by when they closed; ended overrides, by when they ended; counters and
+/// decisions, by when usage-gate last saw them; audit records, by when they happened.
+const RESERVATIONS: Rule = Rule { table: "reservations", key: "id", age: "closed_at" };
+const OVERRIDES: Rule = Rule { table: "overrides", key: "id", age: "ended_at" };
+const COUNTERS: Rule = Rule { table: "billabear_counters", key: "subscription_id", age: "observed_at" };
+const DECISIONS: Rule = Rule { table: "customer_decisions", key: "customer_id", age: "observed_at" };
+const AUDIT: Rule = Rule { table: "audit_log", key: "id", age: "occurred_at" };
+
+/// Every table a pruner removes rows from, for `usage_gate_pruned_rows_total` (at zero from
+/// start-up, so that a dashboard has a line before the first prune).
+pub const TABLES: [&str; 9] = [
+    "reservations",
+    "overrides",
+    "billabear_counters",
+    "customer_decisions",
+    "audit_log",
+    "outbox",
+    "webhook_messages",
+    "console_sessions",
+    "usage_samples",
+];
+
+pub fn register_metrics() {
+    for table in TABLES {
+        pruned(table, 0);
+    }
+}
+
+/// Counts rows a pruner removed (this module's, and the outbox's, webhooks' and console's).
+pub fn pruned(table: &'static str, rows: u64) {
+    metrics::counter!("usage_gate_pruned_rows_total", "table" => table).increment(rows);
+}
+
+/// The rules in force and their windows; a window of None keeps every row.
+fn rules(settings: &RetentionSettings) -> [(&'static Rule, Option<Duration>); 5] {
+    [
+        (&RESERVATIONS, settings.reservations),
+        (&OVERRIDES, settings.overrides),
+        (&COUNTERS, settings.billabear_counters),
+        (&DECISIONS, settings.customer_decisions),
+        (&AUDIT, settings.audit),
+    ]
+}
+
+/// Starts pruning on this replica; runs until aborted.
+pub fn spawn(pool: PgPool, settings: RetentionSettings) -> tokio::task::AbortHandle {
+    let period = settings.interval;
+    tokio::spawn(db::every(period, "prune rows past their retention", move || {
+        let (pool, settings) = (pool.clone(), settings.clone());
+        async move { prune(&pool, &settings).await }
+    }))
+    .abort_handle()
+}
+
+/// One round: every table's rows past its window, unless another replica is pruning now.
+/// Returns the rows removed per table.
+pub async fn prune(
+    pool: &PgPool,
+    settings: &RetentionSettings,
+) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK).fetch_one(&mut *conn).await?;
+    if !locked {
+        return Ok(Vec::new());
+    }
+    let mut removed = Vec::new();
+    let mut result = Ok(());
+    'rules: for (rule, window) in rules(settings) {
+        let Some(window) = window else { continue };
+        let mut rows = 0;
+        loop {
+            // Built from the constants above only.
+            let statement = sqlx::AssertSqlSafe(rule.delete());
+            match sqlx::query(statement).bind(window.as_secs_f64()).bind(CHUNK).execute(&mut *conn).await {
+                Ok(done) => {
+                    rows += done.rows_affected();
+                    if done.rows_affected() < CHUNK as u64 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break 'rules;
+                }
+            }
+        }
+        pruned(rule.table, rows);
+        if rows > 0 {
+            tracing::info!(table = rule.table, rows, "retention: pruned rows past their window");
+        }
+        removed.push((rule.table, rows));
+    }
+    // A session lock outlives the statement: give it back before the connection returns to the
+    // pool (if this fails, closing the connection releases it).
+    if sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK).execute(&mut *conn).await.is_err() {
+        conn.close_on_drop();
+    }
+    result.map(|()| removed)
+}
