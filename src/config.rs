@@ -82,6 +82,7 @@ pub struct RawSettings {
 #[serde(deny_unknown_fields)]
 pub struct RawRetention {
     pub interval_s: u64,
+    pub vacuum: bool,
     pub reservations_days: f64,
     pub overrides_days: f64,
     pub billabear_counters_days: f64,
@@ -697,6 +698,7 @@ fn validate_retention(v: &mut Validator, raw: &RawRetention) -> RetentionSetting
         customer_decisions: window("retention.customer_decisions_days", raw.customer_decisions_days),
         audit: window("retention.audit_days", raw.audit_days),
         interval: Duration::from_secs(v.range("retention.interval_s", raw.interval_s, 1, 86_400)),
+        vacuum: raw.vacuum,
     }
 }
 
@@ -935,6 +937,8 @@ pub struct Settings {
 pub struct RetentionSettings {
     /// How often a replica prunes (one at a time).
     pub interval: Duration,
+    /// Whether the pruning replica then vacuums usage-gate's churning tables.
+    pub vacuum: bool,
     /// Closed holds, after they closed.
     pub reservations: Option<Duration>,
     /// Ended (or expired) overrides, after they ended.
