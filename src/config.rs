@@ -473,7 +473,6 @@ impl RawSettings {
                     ),
                 ),
                 history: days(&mut v, "console.history_days", self.console.history_days),
-                prune_every: DEFAULT_PRUNE_EVERY,
             },
             secrets: validate_secrets(&mut v, &self.secrets),
             retention: validate_retention(&mut v, &self.retention),
@@ -494,10 +493,12 @@ impl RawSettings {
                 },
             },
         };
-        // Every pruner runs on retention.interval_s.
-        let every = settings.retention.interval;
-        (settings.outbox.prune_every, settings.outbound_webhooks.prune_every, settings.console.prune_every) =
-            (every, every, every);
+        // Every pruner runs on retention.interval_s; the retention chore prunes the webhooks'
+        // and the console's rows by their own sections' windows.
+        settings.outbox.prune_every = settings.retention.interval;
+        settings.retention.webhook_messages = Some(settings.outbound_webhooks.retention);
+        settings.retention.console_sessions = Some(settings.console.session_idle);
+        settings.retention.usage_samples = Some(settings.console.history);
         v.finish(settings)
     }
 
@@ -697,6 +698,10 @@ fn validate_retention(v: &mut Validator, raw: &RawRetention) -> RetentionSetting
         billabear_counters: window("retention.billabear_counters_days", raw.billabear_counters_days),
         customer_decisions: window("retention.customer_decisions_days", raw.customer_decisions_days),
         audit: window("retention.audit_days", raw.audit_days),
+        // Set in `validate` from their own sections.
+        webhook_messages: None,
+        console_sessions: None,
+        usage_samples: None,
         interval: Duration::from_secs(v.range("retention.interval_s", raw.interval_s, 1, 86_400)),
         vacuum: raw.vacuum,
     }
@@ -761,7 +766,6 @@ fn validate_outbound_webhooks(v: &mut Validator, raw: &RawOutboundWebhooks) -> O
         ) as usize,
         allowed_subnets,
         retention: days(v, "outbound_webhooks.retention_days", raw.retention_days),
-        prune_every: DEFAULT_PRUNE_EVERY,
     }
 }
 
@@ -949,6 +953,11 @@ pub struct RetentionSettings {
     pub customer_decisions: Option<Duration>,
     /// Audit records (by default kept).
     pub audit: Option<Duration>,
+    /// Webhook messages delivered or failed (`outbound_webhooks.retention_days`), idle console
+    /// sessions (`console.session_idle_minutes`) and usage samples (`console.history_days`).
+    pub webhook_messages: Option<Duration>,
+    pub console_sessions: Option<Duration>,
+    pub usage_samples: Option<Duration>,
 }
 
 /// The keys secrets are sealed with at rest (`seal`); none: stored as they are.
@@ -978,8 +987,6 @@ pub struct ConsoleSettings {
     pub session_idle: Duration,
     /// How long the observations behind the usage plots are kept.
     pub history: Duration,
-    /// How often idle sessions and old observations are looked for.
-    pub prune_every: Duration,
 }
 
 /// usage-gate's own webhooks (README, "Outbound webhooks").
@@ -999,8 +1006,6 @@ pub struct OutboundWebhookSettings {
     pub allowed_subnets: Vec<ipnet::IpNet>,
     /// Delivered and failed messages are kept this long (with their attempts), then deleted.
     pub retention: Duration,
-    /// How often they are looked for.
-    pub prune_every: Duration,
 }
 
 #[derive(Debug, Clone)]

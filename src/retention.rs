@@ -1,7 +1,8 @@
-//! What usage-gate keeps, and for how long, for the rows no other chore removes: closed holds,
-//! ended overrides, BillaBear's counters of subscriptions no longer seen, the last decision of
-//! customers no longer seen, and (when operators choose a window) audit records. The outbox,
-//! webhook messages, console sessions and usage samples are pruned by their own modules.
+//! What usage-gate keeps, and for how long: closed holds, ended overrides, BillaBear's counters
+//! of subscriptions no longer seen, the last decision of customers no longer seen, webhook
+//! messages no longer pending, idle console sessions, old usage samples and (when operators
+//! choose a window) audit records. The outbox prunes its delivered events itself, under its own
+//! lock (its pruning is part of its deduplication contract).
 //!
 //! Every `retention.interval_s`, one replica at a time (a session advisory lock; the others skip
 //! that round) deletes each table's rows past its window in chunks, so no statement holds many
@@ -21,32 +22,39 @@ const CHUNK: i64 = 1000;
 /// Any constant: the advisory lock that lets one replica at a time prune these tables.
 const LOCK: i64 = 0x7573_6167_6572_6574; // "usageret"
 
-/// One table's rule: its rows whose `age` column is older than the window go, found by `key`.
+/// One table's rule: its rows whose `age` column is older than the window go (`also`: a
+/// further condition), found by their `ctid`.
 struct Rule {
     table: &'static str,
-    key: &'static str,
     age: &'static str,
+    also: &'static str,
 }
 
 impl Rule {
     /// The statement: rows past the window `$1` (seconds), `$2` at a time.
     fn delete(&self) -> String {
-        let Rule { table, key, age } = self;
+        let Rule { table, age, also } = self;
         format!(
-            "DELETE FROM {table} WHERE {key} IN (
-                 SELECT {key} FROM {table} WHERE {age} < now() - make_interval(secs => $1)
-                 LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            "DELETE FROM {table} WHERE ctid = ANY (ARRAY(
+                 SELECT ctid FROM {table} WHERE {age} < now() - make_interval(secs => $1) {also}
+                 LIMIT $2 FOR UPDATE SKIP LOCKED))"
         )
     }
 }
 
 /// Closed holds, by when they closed; ended overrides, by when they ended; counters and
-/// decisions, by when usage-gate last saw them; audit records, by when they happened.
-const RESERVATIONS: Rule = Rule { table: "reservations", key: "id", age: "closed_at" };
-const OVERRIDES: Rule = Rule { table: "overrides", key: "id", age: "ended_at" };
-const COUNTERS: Rule = Rule { table: "billabear_counters", key: "subscription_id", age: "observed_at" };
-const DECISIONS: Rule = Rule { table: "customer_decisions", key: "customer_id", age: "observed_at" };
-const AUDIT: Rule = Rule { table: "audit_log", key: "id", age: "occurred_at" };
+/// decisions, by when usage-gate last saw them; audit records and usage samples, by when they
+/// happened; webhook messages no longer pending, by when they were made (their attempts go with
+/// them); console sessions, by when they were last used.
+const RESERVATIONS: Rule = Rule { table: "reservations", age: "closed_at", also: "" };
+const OVERRIDES: Rule = Rule { table: "overrides", age: "ended_at", also: "" };
+const COUNTERS: Rule = Rule { table: "billabear_counters", age: "observed_at", also: "" };
+const DECISIONS: Rule = Rule { table: "customer_decisions", age: "observed_at", also: "" };
+const AUDIT: Rule = Rule { table: "audit_log", age: "occurred_at", also: "" };
+const WEBHOOK_MESSAGES: Rule =
+    Rule { table: "webhook_messages", age: "created_at", also: "AND status <> 'pending'" };
+const CONSOLE_SESSIONS: Rule = Rule { table: "console_sessions", age: "last_seen_at", also: "" };
+const USAGE_SAMPLES: Rule = Rule { table: "usage_samples", age: "observed_at", also: "" };
 
 /// Every table a pruner removes rows from, for `usage_gate_pruned_rows_total` (at zero from
 /// start-up, so that a dashboard has a line before the first prune).
@@ -74,13 +82,16 @@ pub fn pruned(table: &'static str, rows: u64) {
 }
 
 /// The rules in force and their windows; a window of None keeps every row.
-fn rules(settings: &RetentionSettings) -> [(&'static Rule, Option<Duration>); 5] {
+fn rules(settings: &RetentionSettings) -> [(&'static Rule, Option<Duration>); 8] {
     [
         (&RESERVATIONS, settings.reservations),
         (&OVERRIDES, settings.overrides),
         (&COUNTERS, settings.billabear_counters),
         (&DECISIONS, settings.customer_decisions),
         (&AUDIT, settings.audit),
+        (&WEBHOOK_MESSAGES, settings.webhook_messages),
+        (&CONSOLE_SESSIONS, settings.console_sessions),
+        (&USAGE_SAMPLES, settings.usage_samples),
     ]
 }
 

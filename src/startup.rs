@@ -294,7 +294,6 @@ impl Running {
             settings.outbound_webhooks.clone(),
             sealer.clone().into_inner(),
         )?);
-        background.push(console::spawn_housekeeping(pool.clone(), settings.console.clone()));
         background.push(crate::retention::spawn(pool.clone(), settings.retention.clone()));
         let forwarder = forwarder::spawn(
             pool.clone(),

@@ -93,30 +93,6 @@ async fn label(
     next.call(req).await
 }
 
-/// Deletes idle sessions and old usage observations, every `retention.interval_s`.
-pub fn spawn_housekeeping(
-    pool: sqlx::PgPool,
-    settings: crate::config::ConsoleSettings,
-) -> tokio::task::AbortHandle {
-    tokio::spawn(crate::db::every(
-        settings.prune_every,
-        "prune console sessions and usage samples",
-        move || {
-            let (pool, settings) = (pool.clone(), settings.clone());
-            async move {
-                crate::retention::pruned(
-                    "console_sessions",
-                    session::prune(&pool, settings.session_idle).await?,
-                );
-                let samples = store::prune_samples(&pool, settings.history).await?;
-                crate::retention::pruned("usage_samples", samples);
-                Ok(samples)
-            }
-        },
-    ))
-    .abort_handle()
-}
-
 /// Why a console request was not answered with its page.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {

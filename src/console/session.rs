@@ -151,15 +151,6 @@ pub async fn end(pool: &PgPool, id: &str) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
-/// Deletes the sessions idle longer than `idle` (they can no longer be resumed anyway).
-pub async fn prune(pool: &PgPool, idle: Duration) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM console_sessions WHERE last_seen_at <= now() - make_interval(secs => $1)")
-        .bind(idle.as_secs_f64())
-        .execute(pool)
-        .await?
-        .rows_affected())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,12 +103,3 @@ pub async fn samples(
     .fetch_all(pool)
     .await
 }
-
-/// Deletes observations older than `history`.
-pub async fn prune_samples(pool: &PgPool, history: std::time::Duration) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query("DELETE FROM usage_samples WHERE observed_at < now() - make_interval(secs => $1)")
-        .bind(history.as_secs_f64())
-        .execute(pool)
-        .await?
-        .rows_affected())
-}

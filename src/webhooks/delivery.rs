@@ -14,13 +14,10 @@ use super::destination::{Destinations, Guard};
 use super::store::{self, Attempt, Claimed};
 use super::{Attempted, attempted, retry_after, signature};
 use crate::config::OutboundWebhookSettings;
-use crate::db;
 use crate::seal::Sealer;
 
 /// How often the backlog gauges are refreshed.
 const GAUGES_EVERY: Duration = Duration::from_secs(5);
-/// How many rows per statement when messages past retention are deleted.
-const PRUNE_CHUNK: i64 = 1000;
 /// At most this much of a failed answer's body is kept with the attempt.
 const MAX_ERROR_BODY: usize = 256;
 
@@ -43,23 +40,8 @@ pub fn spawn(
         .no_proxy()
         .user_agent(concat!("usage-gate-webhooks/", env!("CARGO_PKG_VERSION")))
         .build()?;
-    let retention = settings.retention;
-    let pruning = tokio::spawn(db::every(settings.prune_every, "prune webhook messages past retention", {
-        let pool = pool.clone();
-        move || {
-            let pool = pool.clone();
-            async move {
-                let pruned = store::prune(&pool, retention, PRUNE_CHUNK).await?;
-                crate::retention::pruned("webhook_messages", pruned);
-                if pruned > 0 {
-                    tracing::info!(pruned, "webhooks: pruned messages past retention");
-                }
-                Ok(pruned)
-            }
-        }
-    }));
     let delivering = tokio::spawn(run(Arc::new(Deliverer { pool, client, destinations, sealer, settings })));
-    Ok(vec![delivering.abort_handle(), pruning.abort_handle()])
+    Ok(vec![delivering.abort_handle()])
 }
 
 /// Registers the delivery counters for every outcome, so `/metrics` shows zeros (and the

@@ -409,30 +409,6 @@ pub async fn finish(
     Ok(())
 }
 
-/// Deletes delivered and failed messages (with their attempts) created more than `retention`
-/// ago, `chunk` rows per statement; pending ones are kept however old. Returns how many.
-pub async fn prune(pool: &PgPool, retention: Duration, chunk: i64) -> Result<u64, sqlx::Error> {
-    let mut pruned = 0;
-    loop {
-        let deleted = sqlx::query(
-            "DELETE FROM webhook_messages WHERE id IN (
-                 SELECT id FROM webhook_messages
-                 WHERE status <> 'pending' AND created_at < now() - make_interval(secs => $1)
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(retention.as_secs_f64())
-        .bind(chunk)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        pruned += deleted;
-        if deleted < chunk as u64 {
-            return Ok(pruned);
-        }
-    }
-}
-
 /// Messages waiting to be delivered, and how long the oldest has waited (seconds).
 pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
     sqlx::query_as(

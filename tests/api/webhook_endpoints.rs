@@ -272,8 +272,10 @@ async fn messages_past_retention_are_pruned_unless_still_pending() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    let retention = Duration::from_secs(35 * 86_400);
-    assert_eq!(usage_gate::webhooks::store::prune(&app.pool, retention, 1).await.unwrap(), 1);
+    let retention =
+        test_settings("http://127.0.0.1:9", "postgres://x@127.0.0.1/x").validate().unwrap().retention;
+    let removed = usage_gate::retention::prune(&app.pool, &retention).await.unwrap();
+    assert!(removed.contains(&("webhook_messages", 1)), "{removed:?}");
     let left: Vec<String> =
         sqlx::query_scalar("SELECT id FROM webhook_messages").fetch_all(&app.pool).await.unwrap();
     assert_eq!(left, [old_pending]);
