@@ -95,13 +95,18 @@ fn rules(settings: &RetentionSettings) -> [(&'static Rule, Option<Duration>); 8]
     ]
 }
 
-/// Starts pruning on this replica; runs until aborted.
+/// Starts pruning on this replica, the first round one interval after start-up (replicas
+/// started together by a rollout do not all prune and vacuum at once); runs until aborted.
 pub fn spawn(pool: PgPool, settings: RetentionSettings) -> tokio::task::AbortHandle {
     let period = settings.interval;
-    tokio::spawn(db::every(period, "prune rows past their retention", move || {
-        let (pool, settings) = (pool.clone(), settings.clone());
-        async move { prune(&pool, &settings).await }
-    }))
+    tokio::spawn(async move {
+        tokio::time::sleep(period).await;
+        db::every(period, "prune rows past their retention", move || {
+            let (pool, settings) = (pool.clone(), settings.clone());
+            async move { prune(&pool, &settings).await }
+        })
+        .await
+    })
     .abort_handle()
 }
 
