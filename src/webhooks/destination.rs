@@ -135,11 +135,7 @@ impl Destinations {
     /// Resolves `host` (a name or an IP literal, brackets allowed) and keeps the addresses
     /// allowed; the first refusal when none is.
     pub async fn resolve(&self, host: &str, port: u16) -> std::io::Result<Result<Vec<SocketAddr>, Refused>> {
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        let addresses: Vec<SocketAddr> = match literal.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host, port)).await?.collect(),
-        };
+        let addresses = addresses(host, port).await?;
         let mut refused = None;
         let allowed: Vec<SocketAddr> = addresses
             .into_iter()
@@ -166,13 +162,18 @@ impl Destinations {
         let url = url::Url::parse(url).ok()?;
         let host = url.host_str()?;
         let port = url.port_or_known_default().unwrap_or(443);
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        let addresses: Vec<IpAddr> = match literal.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => tokio::net::lookup_host((host, port)).await.ok()?.map(|a| a.ip()).collect(),
-        };
-        addresses.into_iter().find_map(|ip| self.judge(ip).err())
+        addresses(host, port).await.ok()?.into_iter().find_map(|address| self.judge(address.ip()).err())
     }
+}
+
+/// `host` (a name, or an IP literal, brackets allowed) as socket addresses: a literal as it is,
+/// a name as the system resolves it.
+async fn addresses(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+    let literal = host.trim_start_matches('[').trim_end_matches(']');
+    Ok(match literal.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host, port)).await?.collect(),
+    })
 }
 
 /// The resolver delivery connects through: names resolve only to allowed addresses.
