@@ -6,7 +6,9 @@
      round; the ratio enforced/plain is the figure (target >= 50%);
   3. one customer at its limit: enforced events (every one refused, 402) and plain events;
   4. reservation create -> commit round trips (one 1-cent hold, then its commit with one event),
-     on one customer and spread over 100 (`--only-holds` runs these alone).
+     on one customer and spread over 100 (`--only-holds` runs these alone); and on one customer
+     with every hold asked with an `Idempotency-Key` (a new one each), round by round beside the
+     first.
 
 The simulator's counter is held and BillaBear "hangs" on /events, so the forwarder does no
 other work during the runs (as in events.py's ingest runs).
@@ -88,9 +90,9 @@ response = function(status) if status ~= {expect} then unexpected = unexpected +
     return path
 
 
-def hold_script(work, customers, name):
+def hold_script(work, customers, name, keyed=False):
     """Each connection alternates: create a 1-cent hold for one of `customers` (at random), then
-    commit it with one event."""
+    commit it with one event; `keyed`: each hold with an `Idempotency-Key` of its own."""
     path = os.path.join(work, f"{name}.lua")
     listed = ", ".join(f'"{c}"' for c in customers)
     with open(path, "w") as f:
@@ -108,6 +110,7 @@ request = function()
     return wrk.format("POST", "/v1/reservations/" .. hold[1] .. "/commit", headers, body)
   end
   local customer = customers[math.random(#customers)]
+  {'holds = (holds or 0) + 1; headers["Idempotency-Key"] = id .. "-" .. holds' if keyed else ''}
   return wrk.format("POST", "/v1/customers/" .. customer .. "/reservations", headers, '{{"amount":1}}')
 end
 response = function(status, headers, body)
@@ -135,7 +138,7 @@ def main():
     work = tempfile.mkdtemp(prefix="usage-gate-bench-enforce-")
     config = os.path.join(work, "usage-gate.toml")
     write_config(config, APP, SIM, SIM_KEY, KEY, ["events", "check", "admin"])
-    plain, enforced, at_limit_enforced, at_limit_plain, round_trips, spread = [], [], [], [], [], []
+    plain, enforced, at_limit_enforced, at_limit_plain, round_trips, spread, keyed = [], [], [], [], [], [], []
     with Processes() as procs:
         binary = os.path.join(RELEASE, "usage-gate")
         procs.start([binary, "sim", "--address", SIM, "--api-key", SIM_KEY, "--workers", "1",
@@ -163,6 +166,9 @@ def main():
             wrk("/", hold_script(work, [holder], f"hold{r}"), args.duration, 200)
             round_trips.append((committed() - before) / args.duration)
             before = committed()
+            wrk("/", hold_script(work, [holder], f"keyed{r}", keyed=True), args.duration, 200)
+            keyed.append((committed() - before) / args.duration)
+            before = committed()
             wrk("/", hold_script(work, holders, f"spread{r}"), args.duration, 200)
             spread.append((committed() - before) / args.duration)
     shutil.rmtree(work, ignore_errors=True)
@@ -178,6 +184,9 @@ def main():
         print(f"plain events, the customer at its limit:       median {statistics.median(at_limit_plain):>8.0f}/s  {[round(x) for x in at_limit_plain]}")
     print(f"hold -> commit pairs, one customer:            median {statistics.median(round_trips):>8.0f}/s  {[round(x) for x in round_trips]}")
     print(f"hold -> commit pairs, 100 customers:           median {statistics.median(spread):>8.0f}/s  {[round(x) for x in spread]}")
+    ratios = [k / p for k, p in zip(keyed, round_trips)]
+    print(f"  with an Idempotency-Key each, one customer:  median {statistics.median(keyed):>8.0f}/s  {[round(x) for x in keyed]}")
+    print(f"  keyed / without, round by round:             median {statistics.median(ratios):>8.0%}   {[f'{x:.0%}' for x in ratios]}")
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,8 @@ use crate::domain::{CustomerId, FieldError};
 use crate::limits::LimitError;
 use crate::outbox::RetryError;
 use crate::overrides::OverrideError;
+use crate::reservations::IDEMPOTENCY_KEY;
+use crate::reservations::store::Reuse;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -81,6 +83,12 @@ impl From<AdmissionError> for ApiError {
         match e {
             AdmissionError::Unresolved(error) => ApiError::unprocessable(vec![error]),
             AdmissionError::OverLimit(decision) => ApiError::UsageLimitExceeded(decision),
+            // Asked otherwise: the request is at fault (the key names another hold). Closed: the
+            // request is fine, but what the key stands for is gone.
+            AdmissionError::KeyReused { why: Reuse::OtherAsk, message } => {
+                ApiError::unprocessable(vec![FieldError::new(IDEMPOTENCY_KEY, message)])
+            }
+            AdmissionError::KeyReused { why: Reuse::Closed, message } => ApiError::Conflict(message),
             AdmissionError::Storage(e) => ApiError::Storage(e),
         }
     }

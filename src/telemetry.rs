@@ -160,7 +160,8 @@ pub fn metrics_handle() -> PrometheusHandle {
             // From 100 µs: a warm check is answered in a fraction of a millisecond, and a p99
             // interpolated inside one 0–500 µs bucket would say nothing about it.
             let seconds = [
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                5.0, 10.0,
             ];
             let handle = PrometheusBuilder::new()
                 .set_buckets(&seconds)

@@ -20,7 +20,8 @@ use crate::enforce::Gate;
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::Accepted;
 use crate::projection::Projection;
-use crate::reservations::store::{Ask, Reservation};
+use crate::reservations::store::{Ask, Reservation, Reuse};
+use crate::reservations::{HoldError, Judgement};
 use crate::subscriptions::Subscriptions;
 use ingest::Ingest;
 
@@ -34,8 +35,29 @@ pub enum AdmissionError {
     /// what it would have added). Nothing was stored.
     #[error("customer {} is over its usage limit with this", .0.customer_id)]
     OverLimit(Box<Decision>),
+    /// A hold's idempotency key made another hold, or one that holds nothing now: nothing held.
+    #[error("{message}")]
+    KeyReused { why: Reuse, message: String },
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+impl From<HoldError> for AdmissionError {
+    fn from(e: HoldError) -> Self {
+        match e {
+            HoldError::KeyReused(why, _) => AdmissionError::KeyReused { why, message: e.to_string() },
+            HoldError::Storage(e) => AdmissionError::Storage(e),
+        }
+    }
+}
+
+/// A hold granted, with the decision that counts it; `replayed`: made by an earlier request
+/// with the same idempotency key (nothing new held).
+#[derive(Debug)]
+pub struct Held {
+    pub reservation: Reservation,
+    pub decision: Decision,
+    pub replayed: bool,
 }
 
 impl From<sqlx::Error> for AdmissionError {
@@ -161,19 +183,22 @@ impl Admission {
 
     /// A hold of `ask` for the customer, for `ttl`: granted if it fits under its lowest DISABLE
     /// limit with its pending usage and open holds (judged under its lock), with the decision
-    /// that counts it; refused with the decision it was judged by otherwise.
+    /// that counts it; refused with the decision it was judged by otherwise. With a `key` that
+    /// made one of the customer's holds before, that hold (see `reservations::store::write`).
     pub async fn hold(
         &self,
         customer: CustomerId,
         ask: &Ask,
         ttl: Duration,
         actor: &Actor,
-    ) -> Result<(Reservation, Decision), AdmissionError> {
+        key: Option<String>,
+    ) -> Result<Held, AdmissionError> {
         let checker = &self.checker;
         let (ask, actor) = (ask.clone(), actor.clone());
         match checker.enforcement(customer).await {
             Enforcement::Gate { gate, lookup } => {
-                let (reservation, judged) = checker.holds.create(gate, ask, ttl, actor).await?;
+                let Judgement { reservation, judged, replayed } =
+                    checker.holds.create(gate, ask, ttl, actor, key).await?;
                 let Some(reservation) = reservation else {
                     let decision = checker.explain_judged(customer, lookup, &judged);
                     return Err(AdmissionError::OverLimit(Box::new(decision)));
@@ -182,7 +207,8 @@ impl Admission {
                     reserved: judged.projection.reserved.saturating_add(reservation.amount),
                     ..judged.projection
                 };
-                Ok((reservation, checker.explain_with(customer, None, lookup, with_hold)))
+                let decision = checker.explain_with(customer, None, lookup, with_hold);
+                Ok(Held { reservation, decision, replayed })
             }
             Enforcement::Decided(decision) if !decision.allowed => {
                 Err(AdmissionError::OverLimit(Box::new(decision)))
@@ -190,7 +216,8 @@ impl Admission {
             // Unknown to BillaBear, or BillaBear unreachable with nothing cached, and the policy
             // allows: held as asked (an event's price is unknown: 0), the decision says why.
             Enforcement::Decided(decision) => {
-                Ok((checker.holds.grant(customer, ask, ttl, actor).await?, decision))
+                let (reservation, replayed) = checker.holds.grant(customer, ask, ttl, actor, key).await?;
+                Ok(Held { reservation, decision, replayed })
             }
         }
     }

@@ -176,6 +176,14 @@ impl Ledger {
         after.saturating_sub(before.amount())
     }
 
+    /// A hold stored before (asked for again with its idempotency key), as it stands: admitted,
+    /// and the projection without it, as a new hold's judgement has it.
+    pub fn stored_hold(&self, gate: &Gate, amount: i64) -> Judged {
+        let mut projection = self.project(gate);
+        projection.reserved = projection.reserved.saturating_sub(amount).max(0);
+        Judged { admitted: true, projection, cost: amount }
+    }
+
     /// Judges a hold of `amount` for the gate's customer and, if granted, counts it.
     pub fn judge_hold(&mut self, gate: &Gate, amount: i64, policy: &PolicySettings) -> Judged {
         let judged = judge(gate, self.project(gate), amount, policy);
@@ -293,5 +301,17 @@ mod tests {
         assert!(!Ledger::default().judge_hold(&disabled, 0, &policy).admitted);
         let shadow = PolicySettings { mode: Mode::Shadow, ..PolicySettings::default() };
         assert!(Ledger::default().judge_hold(&disabled, 0, &shadow).admitted, "shadow mode never refuses");
+    }
+
+    #[test]
+    fn a_stored_hold_stands_as_judged_before_it_whatever_the_limit_says_now() {
+        let policy = PolicySettings::default();
+        let (gate, _) = customer(0.0, 1.0, 100, CustomerStatus::Active);
+        let mut ledger = Ledger::default();
+        ledger.reserved.insert(gate.customer, 100); // this hold (60) and another (40)
+        let stored = ledger.stored_hold(&gate, 60);
+        assert_eq!((stored.admitted, stored.projection.reserved, stored.cost), (true, 40, 60));
+        assert!(!ledger.judge_hold(&gate, 1, &policy).admitted, "the limit is full all the same");
+        assert_eq!(Ledger::default().stored_hold(&gate, 60).projection.reserved, 0, "never below zero");
     }
 }

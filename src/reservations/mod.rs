@@ -26,8 +26,11 @@ use crate::enforce::{Gate, Judged};
 use crate::mirror::{self, Mirror, Started};
 use crate::outbox::IncomingEvent;
 use crate::policy::PolicySettings;
-use store::{Ask, Change, Committed, Created, Done, Reservation};
+use store::{Ask, Change, Committed, Created, Done, Reservation, Reuse};
 use uuid::Uuid;
+
+/// The header a hold is asked for again with (the name its errors give as the field).
+pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
 /// How often holds past their `expires_at` are closed in Postgres (and audited).
 pub const EXPIRE_EVERY: Duration = Duration::from_millis(250);
@@ -49,6 +52,42 @@ pub struct Hold {
     pub amount: i64,
     /// Unix ms; the hold stops counting then.
     pub expires_at_ms: i64,
+}
+
+/// A hold not made because its idempotency key made another, or one that holds nothing now.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    #[error("{}", key_reused(*.0, .1))]
+    KeyReused(Reuse, Box<Reservation>),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+fn key_reused(why: Reuse, earlier: &Reservation) -> String {
+    match why {
+        Reuse::OtherAsk => format!(
+            "this key made hold {} for {} asked for otherwise; a new hold needs a new key",
+            earlier.id,
+            match (&earlier.code, earlier.value) {
+                (Some(code), Some(value)) => format!("{value} of {code}"),
+                _ => format!("an amount of {}", earlier.amount),
+            }
+        ),
+        Reuse::Closed => format!(
+            "this key made hold {}, which is {} and holds nothing now; a new hold needs a new key",
+            earlier.id,
+            earlier.closed_as.as_deref().unwrap_or("expired")
+        ),
+    }
+}
+
+/// A request for a hold as judged: granted (`reservation`), or refused with nothing held.
+#[derive(Debug)]
+pub struct Judgement {
+    pub reservation: Option<Reservation>,
+    pub judged: Judged,
+    /// The hold was made by an earlier request with the same idempotency key.
+    pub replayed: bool,
 }
 
 /// Cheap to clone; clones share one copy.
@@ -103,34 +142,45 @@ impl Holds {
     }
 
     /// A hold for the gate's customer if it fits (judged under its lock with its pending usage
-    /// and open holds): stored, or refused with nothing stored; and how it was judged.
+    /// and open holds): stored, or refused with nothing stored; and how it was judged. With a
+    /// `key` that made one of the customer's holds before, that hold, if asked for the same way
+    /// and still open.
     pub async fn create(
         &self,
         gate: Gate,
         ask: Ask,
         ttl: Duration,
         actor: Actor,
-    ) -> Result<(Option<Reservation>, Judged), StorageError> {
+        key: Option<String>,
+    ) -> Result<Judgement, HoldError> {
         let customer = gate.customer;
-        let change = Change::Hold { customer, gate: Some(gate), ask, ttl, actor };
+        let change = Change::Hold { customer, gate: Some(gate), ask, ttl, actor, key };
         match self.writer.write(change).await? {
-            Done::Hold(Created { reservation, judged: Some(judged) }) => Ok((reservation, judged)),
-            _ => Err(unanswered()),
+            Done::Hold(Created { reservation, judged: Some(judged), replayed }) => {
+                Ok(Judgement { reservation, judged, replayed })
+            }
+            Done::KeyReused(why, earlier) => Err(HoldError::KeyReused(why, Box::new(earlier))),
+            _ => Err(unanswered().into()),
         }
     }
 
     /// A hold stored without judging it (the policy's fallback allowed it): of `ask`'s amount,
-    /// or 0 for an event (its price is unknown).
+    /// or 0 for an event (its price is unknown); and whether an earlier request with the same
+    /// `key` made it.
     pub async fn grant(
         &self,
         customer: CustomerId,
         ask: Ask,
         ttl: Duration,
         actor: Actor,
-    ) -> Result<Reservation, StorageError> {
-        match self.writer.write(Change::Hold { customer, gate: None, ask, ttl, actor }).await? {
-            Done::Hold(Created { reservation: Some(reservation), .. }) => Ok(reservation),
-            _ => Err(unanswered()),
+        key: Option<String>,
+    ) -> Result<(Reservation, bool), HoldError> {
+        match self.writer.write(Change::Hold { customer, gate: None, ask, ttl, actor, key }).await? {
+            Done::Hold(Created { reservation: Some(reservation), replayed, .. }) => {
+                Ok((reservation, replayed))
+            }
+            Done::KeyReused(why, earlier) => Err(HoldError::KeyReused(why, Box::new(earlier))),
+            _ => Err(unanswered().into()),
         }
     }
 

@@ -57,7 +57,15 @@ pub enum Ask {
 pub enum Change {
     /// A new hold for `customer`: judged against `gate` under the customer's lock, or, without
     /// a gate (the policy's fallback allowed it), granted as asked (an event's price unknown: 0).
-    Hold { customer: CustomerId, gate: Option<Gate>, ask: Ask, ttl: Duration, actor: Actor },
+    /// With an idempotency `key` that made one of the customer's holds before, that hold answers.
+    Hold {
+        customer: CustomerId,
+        gate: Option<Gate>,
+        ask: Ask,
+        ttl: Duration,
+        actor: Actor,
+        key: Option<String>,
+    },
     /// The work's real usage: stored, and the hold closed. `owners` has each event's customer
     /// as far as usage-gate can tell; all must be the reservation's.
     Commit { id: Uuid, events: Vec<IncomingEvent>, owners: Vec<Option<CustomerId>>, actor: Actor },
@@ -78,6 +86,9 @@ impl Change {
 #[derive(Debug)]
 pub enum Done {
     Hold(Created),
+    /// The hold's idempotency key made another hold, or one that holds nothing any more: nothing
+    /// held (that hold is given).
+    KeyReused(Reuse, Reservation),
     Commit(Committed),
     /// None when there was no open hold with this id (unknown, or closed before).
     Release(Option<Reservation>),
@@ -89,6 +100,32 @@ pub enum Done {
 pub struct Created {
     pub reservation: Option<Reservation>,
     pub judged: Option<Judged>,
+    /// Made by an earlier request with the same idempotency key: nothing new held (`judged`:
+    /// the projection without it, as when it was made).
+    pub replayed: bool,
+}
+
+/// Why a hold's idempotency key cannot answer a request for a hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// The key made a hold asked for otherwise (another amount, or code and value).
+    OtherAsk,
+    /// The key's hold is closed (committed, released or expired): it holds nothing now.
+    Closed,
+}
+
+/// What an earlier hold made with the same idempotency key answers to `ask`: that hold, if it
+/// was asked for the same way and still holds.
+fn replay(ask: &Ask, earlier: &Reservation, open: bool, judged: Option<Judged>) -> Done {
+    let same = match ask {
+        Ask::Amount(amount) => earlier.code.is_none() && earlier.amount == *amount,
+        Ask::Event { code, value } => earlier.code.as_deref() == Some(code) && earlier.value == Some(*value),
+    };
+    match (same, open) {
+        (true, true) => Done::Hold(Created { reservation: Some(earlier.clone()), judged, replayed: true }),
+        (false, _) => Done::KeyReused(Reuse::OtherAsk, earlier.clone()),
+        (true, false) => Done::KeyReused(Reuse::Closed, earlier.clone()),
+    }
 }
 
 /// What became of a commit.
@@ -127,6 +164,12 @@ const COLUMNS: &str =
 /// committed all the same (the work was done; its `expired` record stays in the audit log).
 /// Every change is audited in the transaction. Commits come before releases: a commit and a
 /// release of one hold in one batch leave it committed.
+///
+/// A hold asked for with an idempotency key that made one of the customer's holds (before, or
+/// earlier in this batch) is answered with that hold ([`replay`]), nothing new held or audited.
+/// The earlier ones are read under the customers' locks, so a gated hold of another replica
+/// with the same key is either committed or not begun; the unique index catches the rest (holds
+/// granted by the fallback take no lock), and those are answered the same way.
 pub async fn write(
     conn: &mut PgConnection,
     changes: &[Change],
@@ -142,10 +185,25 @@ pub async fn write(
         .filter_map(|c| if let Change::Hold { gate, .. } = c { gate.as_ref() } else { None })
         .collect();
     let mut ledger = enforce::lock_and_load(&mut tx, &gates).await?;
+    let keyed: Vec<(CustomerId, &str)> = changes.iter().filter_map(hold_key).collect();
+    let earlier = held_with(&mut tx, &keyed).await?;
     let mut rows = NewRows::default();
     let mut granted = Vec::new();
+    let mut granted_keys: HashMap<(CustomerId, &str), usize> = HashMap::new();
+    let mut repeats = Vec::new();
     for (i, change) in changes.iter().enumerate() {
-        let Change::Hold { customer, gate, ask, ttl, actor } = change else { continue };
+        let Change::Hold { customer, gate, ask, ttl, actor, key } = change else { continue };
+        if let Some(key) = key.as_deref() {
+            if let Some((reservation, open)) = earlier.get(&(*customer, key.to_owned())) {
+                let judged = gate.as_ref().map(|gate| ledger.stored_hold(gate, reservation.amount));
+                answers[i] = Some(replay(ask, reservation, *open, judged));
+                continue;
+            }
+            if let Some(&first) = granted_keys.get(&(*customer, key)) {
+                repeats.push((i, first));
+                continue;
+            }
+        }
         let (amount, judged) = match gate {
             Some(gate) => {
                 let amount = match ask {
@@ -160,15 +218,23 @@ pub async fn write(
             None => (if let Ask::Amount(amount) = ask { *amount } else { 0 }, None),
         };
         if judged.is_some_and(|j| !j.admitted) {
-            answers[i] = Some(Done::Hold(Created { reservation: None, judged }));
+            answers[i] = Some(Done::Hold(Created { reservation: None, judged, replayed: false }));
             continue;
         }
-        granted.push((i, rows.push(*customer, amount, ask, *ttl, &actor.name), judged));
+        if let Some(key) = key.as_deref() {
+            granted_keys.insert((*customer, key), i);
+        }
+        granted.push((i, rows.push(*customer, amount, ask, *ttl, &actor.name, key.as_deref()), judged));
     }
     let mut inserted = rows.insert(&mut tx).await?;
+    let mut raced = Vec::new();
     for (i, id, judged) in granted {
         let Change::Hold { ask, actor, .. } = &changes[i] else { continue };
-        let Some(reservation) = inserted.remove(&id) else { continue };
+        let Some(reservation) = inserted.remove(&id) else {
+            // Its key's hold was made meanwhile (the insert skipped it): answered below.
+            raced.push((i, judged));
+            continue;
+        };
         let (code, value) = asked(ask);
         audit.push(entry(
             actor,
@@ -178,7 +244,27 @@ pub async fn write(
                 "amount": reservation.amount, "code": code, "value": value, "expires_at": reservation.expires_at,
             }),
         ));
-        answers[i] = Some(Done::Hold(Created { reservation: Some(reservation), judged }));
+        answers[i] = Some(Done::Hold(Created { reservation: Some(reservation), judged, replayed: false }));
+    }
+    if !raced.is_empty() {
+        let keys: Vec<(CustomerId, &str)> =
+            raced.iter().filter_map(|(i, _)| hold_key(&changes[*i])).collect();
+        let made = held_with(&mut tx, &keys).await?;
+        for (i, judged) in raced {
+            let Change::Hold { ask, .. } = &changes[i] else { continue };
+            if let Some((reservation, open)) =
+                hold_key(&changes[i]).and_then(|(c, k)| made.get(&(c, k.to_owned())))
+            {
+                answers[i] = Some(replay(ask, reservation, *open, judged));
+            }
+        }
+    }
+    for (i, first) in repeats {
+        let Change::Hold { ask, .. } = &changes[i] else { continue };
+        if let Some(Done::Hold(Created { reservation: Some(reservation), judged, .. })) = &answers[first] {
+            let (reservation, judged) = (reservation.clone(), *judged);
+            answers[i] = Some(replay(ask, &reservation, true, judged));
+        }
     }
 
     // Commits: each checked against its reservation, then every event stored in one statement.
@@ -270,7 +356,52 @@ pub async fn write(
     // not do, would answer as refused).
     Ok(answers
         .into_iter()
-        .map(|a| a.unwrap_or(Done::Hold(Created { reservation: None, judged: None })))
+        .map(|a| a.unwrap_or(Done::Hold(Created { reservation: None, judged: None, replayed: false })))
+        .collect())
+}
+
+/// A hold change's customer and idempotency key, if it has one.
+fn hold_key(change: &Change) -> Option<(CustomerId, &str)> {
+    match change {
+        Change::Hold { customer, key: Some(key), .. } => Some((*customer, key.as_str())),
+        _ => None,
+    }
+}
+
+/// A hold made with an idempotency key, and whether it still holds.
+#[derive(sqlx::FromRow)]
+struct Keyed {
+    #[sqlx(flatten)]
+    reservation: Reservation,
+    idempotency_key: String,
+    open: bool,
+}
+
+/// The holds these customers' keys made, each with whether it still holds (open and not past
+/// its `expires_at`, as enforcement counts holds). No statement when no key is asked with.
+async fn held_with(
+    tx: &mut PgConnection,
+    keys: &[(CustomerId, &str)],
+) -> Result<HashMap<(CustomerId, String), (Reservation, bool)>, sqlx::Error> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let (customers, keys): (Vec<Uuid>, Vec<&str>) = keys.iter().map(|(c, k)| (c.as_uuid(), *k)).unzip();
+    let rows: Vec<Keyed> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS}, idempotency_key, closed_at IS NULL AND expires_at > clock_timestamp() AS open
+         FROM reservations
+         WHERE (customer_id, idempotency_key) IN (SELECT * FROM unnest($1::uuid[], $2::text[]))"
+    )))
+    .bind(customers)
+    .bind(keys)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let customer = CustomerId::from(row.reservation.customer_id);
+            ((customer, row.idempotency_key), (row.reservation, row.open))
+        })
         .collect())
 }
 
@@ -292,10 +423,19 @@ struct NewRows {
     values: Vec<Option<f64>>,
     ttls: Vec<f64>,
     created_by: Vec<String>,
+    keys: Vec<Option<String>>,
 }
 
 impl NewRows {
-    fn push(&mut self, customer: CustomerId, amount: i64, ask: &Ask, ttl: Duration, by: &str) -> Uuid {
+    fn push(
+        &mut self,
+        customer: CustomerId,
+        amount: i64,
+        ask: &Ask,
+        ttl: Duration,
+        by: &str,
+        key: Option<&str>,
+    ) -> Uuid {
         let id = Uuid::new_v4();
         let (code, value) = asked(ask);
         self.ids.push(id);
@@ -305,6 +445,7 @@ impl NewRows {
         self.values.push(value);
         self.ttls.push(ttl.as_secs_f64());
         self.created_by.push(by.to_owned());
+        self.keys.push(key.map(str::to_owned));
         id
     }
 
@@ -312,11 +453,20 @@ impl NewRows {
         if self.ids.is_empty() {
             return Ok(HashMap::new());
         }
+        // A key's hold made meanwhile by another transaction is skipped, not an error; without
+        // keys the clause is left out (nothing to conflict on).
+        let on_conflict = if self.keys.iter().any(Option::is_some) {
+            "ON CONFLICT (customer_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+        } else {
+            ""
+        };
         let rows: Vec<Reservation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO reservations (id, customer_id, amount, code, value, expires_at, created_by)
-             SELECT id, customer_id, amount, code, value, now() + make_interval(secs => ttl), created_by
-             FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::float8[], $6::float8[], $7::text[])
-                  AS r(id, customer_id, amount, code, value, ttl, created_by)
+            "INSERT INTO reservations (id, customer_id, amount, code, value, expires_at, created_by, idempotency_key)
+             SELECT id, customer_id, amount, code, value, now() + make_interval(secs => ttl), created_by, key
+             FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::float8[], $6::float8[], $7::text[],
+                         $8::text[])
+                  AS r(id, customer_id, amount, code, value, ttl, created_by, key)
+             {on_conflict}
              RETURNING {COLUMNS}"
         )))
         .bind(self.ids)
@@ -326,6 +476,7 @@ impl NewRows {
         .bind(self.values)
         .bind(self.ttls)
         .bind(self.created_by)
+        .bind(self.keys)
         .fetch_all(&mut *tx)
         .await?;
         Ok(rows.into_iter().map(|r| (r.id, r)).collect())
@@ -446,4 +597,48 @@ pub async fn open_holds(
             .push(Hold { amount, expires_at_ms: expires_at.timestamp_millis() });
     }
     Ok(holds.into_iter().map(|(customer, holds)| (customer, holds.into_boxed_slice())).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn earlier(amount: i64, event: Option<(&str, f64)>) -> Reservation {
+        Reservation {
+            id: Uuid::new_v4(),
+            customer_id: Uuid::new_v4(),
+            amount,
+            code: event.map(|(code, _)| code.to_owned()),
+            value: event.map(|(_, value)| value),
+            created_at: Utc::now(),
+            expires_at: Utc::now(),
+            created_by: "test".into(),
+            closed_at: None,
+            closed_as: None,
+        }
+    }
+
+    fn outcome(done: Done) -> Result<Uuid, Reuse> {
+        match done {
+            Done::Hold(Created { reservation: Some(r), replayed: true, .. }) => Ok(r.id),
+            Done::KeyReused(why, _) => Err(why),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_key_answers_with_its_hold_when_asked_for_the_same_way_and_the_hold_still_holds() {
+        let amount = earlier(250, None);
+        assert_eq!(outcome(replay(&Ask::Amount(250), &amount, true, None)), Ok(amount.id));
+        assert_eq!(outcome(replay(&Ask::Amount(251), &amount, true, None)), Err(Reuse::OtherAsk));
+        assert_eq!(outcome(replay(&Ask::Amount(250), &amount, false, None)), Err(Reuse::Closed));
+        let tokens = |value| Ask::Event { code: "tokens".into(), value };
+        assert_eq!(outcome(replay(&tokens(1.5), &amount, true, None)), Err(Reuse::OtherAsk));
+
+        // Priced from an event: the same code and value, whatever it was priced at.
+        let priced = earlier(40, Some(("tokens", 1.5)));
+        assert_eq!(outcome(replay(&tokens(1.5), &priced, true, None)), Ok(priced.id));
+        assert_eq!(outcome(replay(&tokens(2.0), &priced, true, None)), Err(Reuse::OtherAsk));
+        assert_eq!(outcome(replay(&Ask::Amount(40), &priced, true, None)), Err(Reuse::OtherAsk));
+    }
 }

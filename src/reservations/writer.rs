@@ -158,7 +158,9 @@ impl Writing {
             .iter()
             .zip(answers)
             .filter_map(|(change, answer)| match (change, answer) {
-                (Change::Hold { customer, .. }, Ok(Done::Hold(created))) if created.reservation.is_some() => {
+                (Change::Hold { customer, .. }, Ok(Done::Hold(created)))
+                    if created.reservation.is_some() && !created.replayed =>
+                {
                     Some(*customer)
                 }
                 (
@@ -186,6 +188,7 @@ fn count(written: &[Done]) {
     let mut counts = [0u64; 4];
     for done in written {
         match done {
+            Done::Hold(created) if created.replayed => {}
             Done::Hold(created) if created.reservation.is_some() => counts[0] += 1,
             Done::Hold(_) => counts[1] += 1,
             Done::Commit(Committed::Done { .. }) => counts[2] += 1,

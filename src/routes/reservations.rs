@@ -3,21 +3,21 @@
 
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{actor, customer_id};
-use crate::admission::Admission;
+use crate::admission::{Admission, Held};
 use crate::auth::{Caller, Scope};
 use crate::check::Decision;
 use crate::domain::{CustomerId, FieldError, MetricCode, Target};
 use crate::error::ApiError;
 use crate::outbox::IncomingEvent;
-use crate::reservations::Holds;
 use crate::reservations::store::{self, Ask, Committed, Reservation};
+use crate::reservations::{Holds, IDEMPOTENCY_KEY};
 use crate::subscriptions::Subscriptions;
 use crate::telemetry::RequestId;
 
@@ -109,33 +109,65 @@ fn parse_hold(body: &Value) -> Result<HoldRequest, Vec<FieldError>> {
     }
 }
 
+/// The longest idempotency key taken (as Stripe's).
+const MAX_KEY_LEN: usize = 255;
+
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters, as is or as a
+/// quoted string (the IETF draft's form; the quotes are not part of the key).
+fn idempotency_key(request: &HttpRequest) -> Result<Option<String>, FieldError> {
+    let Some(raw) = request.headers().get(IDEMPOTENCY_KEY) else { return Ok(None) };
+    let invalid =
+        || FieldError::new(IDEMPOTENCY_KEY, "must be 1 to 255 visible ASCII characters, e.g. a UUID");
+    let text = raw.to_str().map_err(|_| invalid())?;
+    let key = text.strip_prefix('"').and_then(|k| k.strip_suffix('"')).unwrap_or(text);
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_owned()))
+}
+
 fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
     if caller.has(scope) { Ok(()) } else { Err(ApiError::Forbidden(scope)) }
 }
 
 /// Sets money aside under the customer's lowest DISABLE limit: 201 if the projected estimate
-/// plus its open holds plus this one is not over it, 402 otherwise (nothing held).
+/// plus its open holds plus this one is not over it, 402 otherwise (nothing held). Asked again
+/// with the same `Idempotency-Key` (an answer lost), the hold the key made answers, nothing new
+/// held, with `Idempotent-Replayed: true`.
 #[utoipa::path(post, path = "/v1/customers/{customer_id}/reservations", tag = "reservations", operation_id = "create_reservation", security(("bearer" = [])),
-    params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
+    params(
+        ("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters (a UUID, say), unique per hold: a request with a key that made one of the customer's open holds is answered with that hold, nothing new held. Kept as long as the hold's row (retention.reservations_days after it closes)"),
+    ),
     request_body(content = Value, description = "{\"amount\": minor units} or {\"code\", \"value\"} (priced like an event), and ttl_ms (optional, default 60000, at most 86400000)"),
     responses(
-        (status = 201, description = "Granted", body = Granted),
-        (status = 400, description = "Invalid: every invalid field is named", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Granted, or (with `Idempotent-Replayed: true`) the hold this `Idempotency-Key` made before", body = Granted,
+            headers(("Idempotent-Replayed" = String, description = "`true` when the hold was made by an earlier request with this key"))),
+        (status = 400, description = "Invalid: every invalid field (or the Idempotency-Key header) is named", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 402, description = "Does not fit (code usage_limit_exceeded, with the decision): nothing held", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The Idempotency-Key's hold is closed (committed, released or expired): nothing held", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The Idempotency-Key made a hold asked for otherwise (field Idempotency-Key): nothing held", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Postgres unavailable: nothing held", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create(
     admission: web::Data<Admission>,
     caller: Caller,
     request_id: RequestId,
+    request: HttpRequest,
     path: web::Path<String>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     require(&caller, Scope::Events)?;
     let customer = customer_id(&path, "customer_id")?;
     let HoldRequest { ask, ttl } = parse_hold(&body).map_err(ApiError::invalid_fields)?;
-    let (reservation, decision) = admission.hold(customer, &ask, ttl, &actor(&caller, &request_id)).await?;
-    Ok(HttpResponse::Created().json(Granted {
+    let key = idempotency_key(&request).map_err(|e| ApiError::invalid_fields(vec![e]))?;
+    let Held { reservation, decision, replayed } =
+        admission.hold(customer, &ask, ttl, &actor(&caller, &request_id), key).await?;
+    let mut answer = HttpResponse::Created();
+    if replayed {
+        answer.insert_header(("Idempotent-Replayed", "true"));
+    }
+    Ok(answer.json(Granted {
         id: reservation.id,
         customer_id: reservation.customer_id,
         amount: reservation.amount,
@@ -331,5 +363,25 @@ mod tests {
         assert_eq!(fields(json!({"amount": 1, "ttl_ms": 86_400_001})), ["ttl_ms"]);
         assert_eq!(fields(json!({"amount": "1", "ttl_ms": "5"})), ["amount", "ttl_ms"]);
         assert_eq!(fields(json!([1])), ["body"]);
+    }
+
+    #[test]
+    fn an_idempotency_key_is_visible_ascii_up_to_255_characters_quoted_or_not() {
+        let none = actix_web::test::TestRequest::default().to_http_request();
+        assert_eq!(idempotency_key(&none), Ok(None));
+        let key = |value: &[u8]| {
+            let value = actix_web::http::header::HeaderValue::from_bytes(value).unwrap();
+            let request = actix_web::test::TestRequest::default().insert_header((IDEMPOTENCY_KEY, value));
+            idempotency_key(&request.to_http_request())
+        };
+        assert_eq!(key(b"job-42"), Ok(Some("job-42".into())));
+        assert_eq!(key(b"\"job-42\""), Ok(Some("job-42".into())));
+        let longest = "k".repeat(255);
+        assert_eq!(key(longest.as_bytes()), Ok(Some(longest.clone())));
+        let too_long = "k".repeat(256);
+        let bad: [&[u8]; 5] = [b"", b"\"\"", too_long.as_bytes(), b"two words", "caf\u{e9}".as_bytes()];
+        for bad in bad {
+            assert_eq!(key(bad).unwrap_err().field, IDEMPOTENCY_KEY, "{bad:?}");
+        }
     }
 }

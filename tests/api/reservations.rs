@@ -19,6 +19,30 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A hold asked for with an `Idempotency-Key`.
+    pub async fn hold_with_key(&self, customer: &str, key: &str, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url(&format!("/v1/customers/{customer}/reservations")))
+            .bearer_auth(EVENTS_KEY)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The customer's holds made with this key: (id, closed_as).
+    pub async fn held_with_key(&self, customer: &str, key: &str) -> Vec<(uuid::Uuid, Option<String>)> {
+        sqlx::query_as(
+            "SELECT id, closed_as FROM reservations WHERE customer_id = $1 AND idempotency_key = $2",
+        )
+        .bind(uuid::Uuid::parse_str(customer).unwrap())
+        .bind(key)
+        .fetch_all(&self.pool)
+        .await
+        .unwrap()
+    }
+
     /// A granted hold's id.
     pub async fn granted(&self, customer: &str, body: Value) -> String {
         let response = self.hold(customer, body).await;
@@ -368,4 +392,108 @@ async fn concurrent_holds_and_commits_share_transactions_and_a_refused_value_fai
         (check["estimate"]["reserved"].as_i64(), check["estimate"]["pending"].as_i64()),
         (Some(100), Some(30))
     );
+}
+
+/// A granted hold's answer: (id, replayed, estimate.reserved, estimate.amount); a decision by
+/// the fallback has no estimate.
+async fn granted_answer(response: reqwest::Response) -> (String, bool, Option<i64>, Option<i64>) {
+    assert_eq!(response.status(), 201);
+    let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+    let body: Value = response.json().await.unwrap();
+    let estimate = &body["decision"]["estimate"];
+    (
+        body["id"].as_str().unwrap().to_owned(),
+        replayed,
+        estimate["reserved"].as_i64(),
+        estimate["amount"].as_i64(),
+    )
+}
+
+#[tokio::test]
+async fn a_hold_asked_again_with_its_idempotency_key_is_the_same_hold_held_once() {
+    let app = TestApp::spawn().await;
+    let (customer, _) = app.sim.add_usage_customer(20.0, json!([{"amount": 100, "action": "DISABLE"}])).await;
+    let ask = json!({"amount": 30, "ttl_ms": 600_000});
+    let (id, replayed, reserved, amount) =
+        granted_answer(app.hold_with_key(&customer, "job-1", ask.clone()).await).await;
+    assert_eq!((replayed, reserved, amount), (false, Some(30), Some(50)));
+
+    // The answer was lost; the client asks again: the same hold, counted once.
+    let again = granted_answer(app.hold_with_key(&customer, "job-1", ask.clone()).await).await;
+    assert_eq!(again, (id.clone(), true, Some(30), Some(50)));
+    let quoted = granted_answer(app.hold_with_key(&customer, "\"job-1\"", ask.clone()).await).await;
+    assert_eq!(quoted.0, id, "a quoted key is the same key");
+    assert_eq!(app.held_with_key(&customer, "job-1").await.len(), 1);
+    assert_eq!(app.reserved(&customer).await, 30);
+    assert_eq!(app.hold_audit(&id).await, [("reservation.create".into(), "ingester".into())], "audited once");
+
+    // The key asked for something else: 422 naming it, nothing held.
+    let body = assert_problem(
+        app.hold_with_key(&customer, "job-1", json!({"amount": 31})).await,
+        422,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(body["errors"][0]["field"], "Idempotency-Key");
+    assert!(body["errors"][0]["message"].as_str().unwrap().contains(&id), "{body}");
+    // Keys are the customer's: another customer's hold with the same key is its own.
+    let (other, _) = app.sim.add_usage_customer(0.0, json!([{"amount": 100, "action": "DISABLE"}])).await;
+    let (other_id, replayed, ..) =
+        granted_answer(app.hold_with_key(&other, "job-1", ask.clone()).await).await;
+    assert!(other_id != id && !replayed);
+
+    // Once the hold is closed, its key holds nothing: 409, and nothing new is held.
+    assert_eq!(app.commit_hold(&id, json!([call("work-1", &customer)])).await.status(), 200);
+    let body =
+        assert_problem(app.hold_with_key(&customer, "job-1", ask.clone()).await, 409, "conflict").await;
+    assert!(body["detail"].as_str().unwrap().contains("committed"), "{body}");
+    assert_eq!(
+        app.held_with_key(&customer, "job-1").await,
+        [(uuid::Uuid::parse_str(&id).unwrap(), Some("committed".into()))]
+    );
+
+    // A refused hold holds nothing, so its key may be asked with again (and judged again).
+    let refused = app.hold_with_key(&customer, "job-2", json!({"amount": 500})).await;
+    assert_problem(refused, 402, "usage_limit_exceeded").await;
+    let (_, replayed, ..) =
+        granted_answer(app.hold_with_key(&customer, "job-2", json!({"amount": 5})).await).await;
+    assert!(!replayed);
+
+    for bad in ["two words", "", &"k".repeat(256)] {
+        let body =
+            assert_problem(app.hold_with_key(&customer, bad, ask.clone()).await, 400, "invalid_request")
+                .await;
+        assert_eq!(body["errors"][0]["field"], "Idempotency-Key", "{bad:?}");
+    }
+}
+
+#[tokio::test]
+async fn one_key_asked_for_at_once_on_two_replicas_holds_once_judged_or_by_the_fallback() {
+    let a = TestApp::spawn_with(|raw| raw.policy.unknown_customer = "allow".into()).await;
+    let b = a.second_instance_with(|raw| raw.policy.unknown_customer = "allow".into()).await;
+    let (known, _) = a.sim.add_usage_customer(0.0, json!([{"amount": 100, "action": "DISABLE"}])).await;
+    // Unknown to BillaBear and allowed: held by the fallback, without the customer's lock (the
+    // unique index and the insert's conflict clause keep it to one).
+    let unknown = uuid::Uuid::new_v4().to_string();
+    // Several rounds for the fallback: its race is one of timing.
+    let rounds = [(&known, 0), (&unknown, 0), (&unknown, 1), (&unknown, 2), (&unknown, 3), (&unknown, 4)];
+    for (customer, round) in rounds {
+        a.check(customer).await;
+        b.check(customer).await;
+        let asks = (0..24).map(|i| {
+            let app = if i % 2 == 0 { &a } else { &b };
+            let key = format!("job-{round}-{}", i % 3);
+            async move { granted_answer(app.hold_with_key(customer, &key, json!({"amount": 10})).await).await }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        for k in 0..3 {
+            let key = format!("job-{round}-{k}");
+            let held = a.held_with_key(customer, &key).await;
+            assert_eq!(held.len(), 1, "{customer} {key}");
+            let ids: Vec<_> = answers.iter().skip(k).step_by(3).collect();
+            assert!(ids.iter().all(|(id, ..)| *id == held[0].0.to_string()), "{ids:?}");
+            assert_eq!(ids.iter().filter(|(_, replayed, ..)| !replayed).count(), 1, "made once: {ids:?}");
+        }
+    }
+    assert_eq!(a.reserved(&known).await, 30);
 }

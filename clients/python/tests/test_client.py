@@ -96,7 +96,7 @@ def test_a_connection_dropped_mid_request_is_retried_with_the_same_event_id(serv
     assert len(service.stored(results[0]["event_id"])) == 1
 
 
-def test_a_503_is_retried_after_retry_after_and_a_hold_is_not_asked_twice(service, faults):
+def test_a_503_is_retried_after_retry_after_and_a_lost_holds_retry_gets_the_same_hold(service, faults, ug):
     proxy = faults(["reply-503"])
     assert (
         through(proxy, service).send_event({"customer": ACME, "code": "api_calls", "value": 5})["status"] == "accepted"
@@ -104,10 +104,15 @@ def test_a_503_is_retried_after_retry_after_and_a_hold_is_not_asked_twice(servic
     assert len(proxy.log) == 2
     waited = proxy.log[1][1] - proxy.log[0][1]
     assert waited >= 1.0, f"retried after {waited:.3f} s, before Retry-After"
+    before = len(ug.reservations(STARK))
     dropped = faults(["drop-response"])
-    with pytest.raises(UsageGateUnavailableError):
-        through(dropped, service).reserve(STARK, amount=1)
-    assert len(dropped.log) == 1, "a hold whose answer was lost is not asked again"
+    held = through(dropped, service).reserve(STARK, amount=1)
+    assert held["status"] == "granted"
+    assert len(dropped.log) == 2, "asked again after the lost answer"
+    open_holds = ug.reservations(STARK)
+    assert len(open_holds) == before + 1, "held once"
+    assert held["id"] in [h["id"] for h in open_holds]
+    ug.release(held["id"])
 
 
 def test_a_hold_committed_and_one_released(ug, service):

@@ -63,6 +63,14 @@ export interface CheckOptions extends CallOptions {
   onUnavailable?: OnUnavailable;
 }
 
+export interface ReserveOptions extends CallOptions {
+  /**
+   * Names this hold for usage-gate (`Idempotency-Key`): asked again with it, the hold it made
+   * answers, nothing new held. Default: a new UUID per `reserve` call, kept across its retries.
+   */
+  idempotencyKey?: string;
+}
+
 export interface EventOptions extends CallOptions {
   /** Store the event only if it fits under the customer's limit; otherwise `refused` (402). */
   enforce?: boolean;
@@ -70,9 +78,10 @@ export interface EventOptions extends CallOptions {
 
 /**
  * When a failed attempt may be sent again.
- * - `idempotent`: always (reads, events with their ids, commits, releases);
+ * - `idempotent`: always (reads, events with their ids, holds with their idempotency keys,
+ *   commits, releases);
  * - `unsent`: only when usage-gate surely did nothing (the connection was refused, or a 503
- *   saying so), e.g. a new hold, which has no id of the caller's to deduplicate it by;
+ *   saying so), e.g. a new override, which has no id of the caller's to deduplicate it by;
  * - `never`: checks, whose answer is needed now (`onUnavailable` decides instead).
  */
 type Retry = "idempotent" | "unsent" | "never";
@@ -82,6 +91,7 @@ interface Request {
   path: string;
   query?: Record<string, string | number | boolean | undefined>;
   body?: unknown;
+  headers?: Record<string, string>;
   timeoutMs: number;
   retry: Retry;
 }
@@ -286,18 +296,19 @@ export class UsageGate {
 
   /**
    * Holds `{amount}` (minor units) or what `{code, value}` would cost, for `ttl_ms` (default
-   * 60 s), under the customer's limit: `granted`, or `refused` (402: nothing held). Sent again
-   * only when usage-gate surely did nothing (a refused connection, a 503): a hold has no id of
-   * the caller's, so a lost answer is not retried (the hold would expire at its `ttl_ms`).
+   * 60 s), under the customer's limit: `granted`, or `refused` (402: nothing held). Retried like
+   * events: every attempt carries the same `Idempotency-Key`, so a retry after a lost answer is
+   * answered with the hold the lost attempt made, never a second one.
    */
-  async reserve(customerId: string, hold: NewReservation, options: CallOptions = {}): Promise<ReserveResult> {
+  async reserve(customerId: string, hold: NewReservation, options: ReserveOptions = {}): Promise<ReserveResult> {
     try {
       const granted = (await this.#json({
         method: "POST",
         path: `/v1/customers/${segment(customerId, "customerId")}/reservations`,
         body: hold,
+        headers: { "idempotency-key": options.idempotencyKey ?? globalThis.crypto.randomUUID() },
         timeoutMs: options.timeoutMs ?? this.#writeTimeoutMs,
-        retry: "unsent",
+        retry: "idempotent",
       })) as Granted;
       return { status: "granted", ...granted };
     } catch (error) {
@@ -361,7 +372,7 @@ export class UsageGate {
     customerId: string,
     hold: NewReservation,
     work: (reservation: Granted) => Promise<WorkDone<T>> | WorkDone<T>,
-    options: CallOptions = {},
+    options: ReserveOptions = {},
   ): Promise<WithReservationResult<T>> {
     const held = await this.reserve(customerId, hold, options);
     if (held.status === "refused") return held;
@@ -436,7 +447,7 @@ export class UsageGate {
     for (const [key, value] of Object.entries(request.query ?? {})) {
       if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, String(value));
     }
-    const headers: Record<string, string> = { ...this.#headers };
+    const headers: Record<string, string> = { ...this.#headers, ...request.headers };
     let payload: string | undefined;
     if (request.body !== undefined) {
       headers["content-type"] = "application/json";

@@ -209,7 +209,9 @@ export interface paths {
         put?: never;
         /**
          * Sets money aside under the customer's lowest DISABLE limit: 201 if the projected estimate
-         *     plus its open holds plus this one is not over it, 402 otherwise (nothing held).
+         *     plus its open holds plus this one is not over it, 402 otherwise (nothing held). Asked again
+         *     with the same `Idempotency-Key` (an answer lost), the hold the key made answers, nothing new
+         *     held, with `Idempotent-Replayed: true`.
          */
         post: operations["create_reservation"];
         delete?: never;
@@ -1858,7 +1860,10 @@ export interface operations {
     create_reservation: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description 1 to 255 visible ASCII characters (a UUID, say), unique per hold: a request with a key that made one of the customer's open holds is answered with that hold, nothing new held. Kept as long as the hold's row (retention.reservations_days after it closes) */
+                "Idempotency-Key"?: string | null;
+            };
             path: {
                 /** @description BillaBear customer id (UUID) */
                 customer_id: string;
@@ -1871,16 +1876,18 @@ export interface operations {
             };
         };
         responses: {
-            /** @description Granted */
+            /** @description Granted, or (with `Idempotent-Replayed: true`) the hold this `Idempotency-Key` made before */
             201: {
                 headers: {
+                    /** @description `true` when the hold was made by an earlier request with this key */
+                    "Idempotent-Replayed"?: string;
                     [name: string]: unknown;
                 };
                 content: {
                     "application/json": components["schemas"]["Granted"];
                 };
             };
-            /** @description Invalid: every invalid field is named */
+            /** @description Invalid: every invalid field (or the Idempotency-Key header) is named */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1916,8 +1923,26 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
+            /** @description The Idempotency-Key's hold is closed (committed, released or expired): nothing held */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
             /** @description The body is larger than server.max_body_bytes */
             413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The Idempotency-Key made a hold asked for otherwise (field Idempotency-Key): nothing held */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

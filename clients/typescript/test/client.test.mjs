@@ -115,7 +115,7 @@ test("a connection dropped mid-request is retried with the same event_id: one ev
   }
 });
 
-test("a 503 is retried after its Retry-After; a hold is not retried once it may have been made", async () => {
+test("a 503 is retried after its Retry-After; a hold whose answer was lost is asked again with its key: one hold", async () => {
   const { proxy, client } = await faulty(["reply-503"]);
   try {
     const result = await client.sendEvent({ customer: CUSTOMERS.acme, code: "api_calls", value: 5 });
@@ -125,10 +125,17 @@ test("a 503 is retried after its Retry-After; a hold is not retried once it may 
   } finally {
     await proxy.close();
   }
+  const holds = async () => (await service.admin(`/v1/customers/${CUSTOMERS.stark}/reservations`)).body.reservations;
+  const before = (await holds()).length;
   const dropped = await faulty(["drop-response"]);
   try {
-    await assert.rejects(dropped.client.reserve(CUSTOMERS.stark, { amount: 1 }), UsageGateUnavailableError);
-    assert.equal(dropped.proxy.log.length, 1, "a hold whose answer was lost is not asked again");
+    const held = await dropped.client.reserve(CUSTOMERS.stark, { amount: 1 });
+    assert.equal(held.status, "granted");
+    assert.equal(dropped.proxy.log.length, 2, "asked again after the lost answer");
+    const open = await holds();
+    assert.equal(open.length, before + 1, "held once");
+    assert.ok(open.some((h) => h.id === held.id));
+    await ug.release(held.id);
   } finally {
     await dropped.proxy.close();
   }

@@ -15,6 +15,7 @@ from ._core import (
     Answer,
     Call,
     Core,
+    HoldAsk,
     Options,
     Outcome,
     RetriedError,
@@ -124,13 +125,16 @@ class UsageGate:
         value: float | None = None,
         ttl_ms: int | None = None,
         timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> ReserveResult:
         """Holds ``amount`` (minor units), or what an event of ``code`` and ``value`` would cost,
         for ``ttl_ms`` (default 60 s): ``status`` ``granted`` (with the hold), or ``refused``
-        (nothing held). Sent again only when usage-gate surely did nothing: a hold has no id of
-        the caller's, so a lost answer is not retried (that hold expires at its ttl)."""
+        (nothing held). Retried like events, every attempt with the same ``Idempotency-Key``
+        (``idempotency_key``, or a new UUID per call): a retry after a lost answer gets the hold
+        the lost attempt made, never a second one."""
         try:
-            granted = self._json(self._core.reserve_call(customer_id, amount, code, value, ttl_ms, timeout))
+            call = self._core.reserve_call(customer_id, amount, code, value, ttl_ms, timeout, idempotency_key)
+            granted = self._json(call)
             return cast(ReserveResult, {"status": "granted", **granted})
         except UsageGateError as error:
             refused = limit_exceeded(error)
@@ -158,22 +162,12 @@ class UsageGate:
             if error.error.status != 404:
                 raise error.error from None
 
-    def reservation(
-        self,
-        customer_id: str,
-        *,
-        amount: int | None = None,
-        code: str | None = None,
-        value: float | None = None,
-        ttl_ms: int | None = None,
-        timeout: float | None = None,
-    ) -> "Hold":
-        """A hold for the ``with`` block: record what the work used with ``hold.record(event)``;
-        leaving the block commits it, an exception releases the hold. A refused hold raises
-        ``UsageLimitExceeded`` on entry (the block does not run)."""
-        return Hold(
-            self, customer_id, {"amount": amount, "code": code, "value": value, "ttl_ms": ttl_ms, "timeout": timeout}
-        )
+    def reservation(self, customer_id: str, **ask: Unpack[HoldAsk]) -> "Hold":
+        """A hold for the ``with`` block, asked for as ``reserve`` is (``amount=`` or ``code=`` and
+        ``value=``, ``ttl_ms=``, ``timeout=``, ``idempotency_key=``): record what the work used
+        with ``hold.record(event)``; leaving the block commits it, an exception releases the hold.
+        A refused hold raises ``UsageLimitExceeded`` on entry (the block does not run)."""
+        return Hold(self, customer_id, dict(ask))
 
     def reservations(self, customer_id: str, *, timeout: float | None = None) -> list[Reservation]:
         """The customer's open holds (scope ``admin``)."""
@@ -228,7 +222,7 @@ class UsageGate:
                     self._core.base_url + call.path,
                     params=call.params(),
                     json=call.body,
-                    headers=self._core.headers,
+                    headers={**self._core.headers, **call.headers},
                     timeout=call.timeout,
                 )
             except httpx.TransportError as error:
@@ -310,9 +304,11 @@ class AsyncUsageGate:
         value: float | None = None,
         ttl_ms: int | None = None,
         timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> ReserveResult:
         try:
-            granted = await self._json(self._core.reserve_call(customer_id, amount, code, value, ttl_ms, timeout))
+            call = self._core.reserve_call(customer_id, amount, code, value, ttl_ms, timeout, idempotency_key)
+            granted = await self._json(call)
             return cast(ReserveResult, {"status": "granted", **granted})
         except UsageGateError as error:
             refused = limit_exceeded(error)
@@ -338,19 +334,8 @@ class AsyncUsageGate:
             if error.error.status != 404:
                 raise error.error from None
 
-    def reservation(
-        self,
-        customer_id: str,
-        *,
-        amount: int | None = None,
-        code: str | None = None,
-        value: float | None = None,
-        ttl_ms: int | None = None,
-        timeout: float | None = None,
-    ) -> "AsyncHold":
-        return AsyncHold(
-            self, customer_id, {"amount": amount, "code": code, "value": value, "ttl_ms": ttl_ms, "timeout": timeout}
-        )
+    def reservation(self, customer_id: str, **ask: Unpack[HoldAsk]) -> "AsyncHold":
+        return AsyncHold(self, customer_id, dict(ask))
 
     async def reservations(self, customer_id: str, *, timeout: float | None = None) -> list[Reservation]:
         path = f"/v1/customers/{segment(customer_id, 'customer_id')}/reservations"
@@ -404,7 +389,7 @@ class AsyncUsageGate:
                     self._core.base_url + call.path,
                     params=call.params(),
                     json=call.body,
-                    headers=self._core.headers,
+                    headers={**self._core.headers, **call.headers},
                     timeout=call.timeout,
                 )
             except httpx.TransportError as error:

@@ -19,9 +19,10 @@ from .types import CheckDecision, EventResult, OnUnavailable, Problem
 __version__ = "0.1.0"
 
 #: When a failed attempt may be sent again.
-#: ``idempotent``: always (reads, events with their ids, commits, releases);
+#: ``idempotent``: always (reads, events with their ids, holds with their idempotency keys,
+#: commits, releases);
 #: ``unsent``: only when usage-gate surely did nothing (the connection was refused, or a 503
-#: saying so), e.g. a new hold, which has no id of the caller's to deduplicate it by;
+#: saying so), e.g. a new override, which has no id of the caller's to deduplicate it by;
 #: ``never``: checks, whose answer is needed now (``on_unavailable`` decides instead).
 Retry = Literal["idempotent", "unsent", "never"]
 
@@ -40,6 +41,8 @@ class Call:
     retry: Retry
     query: dict[str, Any] = field(default_factory=dict)
     body: Any = None
+    #: Sent with every attempt, beside the client's own.
+    headers: dict[str, str] = field(default_factory=dict)
     #: Turns the answer's body into what the method returns.
     extract: Callable[[Any], Any] = lambda body: body
 
@@ -283,16 +286,19 @@ class Core:
         value: float | None,
         ttl_ms: int | None,
         timeout: float | None,
+        idempotency_key: str | None,
     ) -> Call:
         body = {
             k: v for k, v in (("amount", amount), ("code", code), ("value", value), ("ttl_ms", ttl_ms)) if v is not None
         }
+        # One key for every attempt: a retry after a lost answer gets the hold it made.
         return Call(
             "POST",
             f"/v1/customers/{segment(customer_id, 'customer_id')}/reservations",
             timeout or self.write_timeout,
-            "unsent",
+            "idempotent",
             body=body,
+            headers={"Idempotency-Key": idempotency_key or str(uuid.uuid4())},
         )
 
     def commit_call(self, reservation_id: str, events: Iterable[Mapping[str, Any]], timeout: float | None) -> Call:
@@ -372,6 +378,17 @@ def event_result(call: Call, answer_body: dict[str, Any]) -> EventResult:
 
 def with_event_id(event: Mapping[str, Any]) -> dict[str, Any]:
     return dict(event) if event.get("event_id") else {**event, "event_id": str(uuid.uuid4())}
+
+
+class HoldAsk(TypedDict, total=False):
+    """What a ``reservation`` block asks ``reserve`` for when it is entered."""
+
+    amount: int | None
+    code: str | None
+    value: float | None
+    ttl_ms: int | None
+    timeout: float | None
+    idempotency_key: str | None
 
 
 def for_customer(events: Iterable[Mapping[str, Any]], customer_id: str) -> list[dict[str, Any]]:
