@@ -55,6 +55,12 @@ export interface UsageGateOptions {
 export interface CallOptions {
   /** This call's deadline (per attempt), instead of the client's. */
   timeoutMs?: number;
+  /**
+   * Gives up on the call when it aborts: the attempt under way is cancelled, no retry follows,
+   * and the call rejects with the signal's reason (a check does not fall back: the caller
+   * stopped waiting, usage-gate did not fail).
+   */
+  signal?: AbortSignal;
 }
 
 export interface CheckOptions extends CallOptions {
@@ -93,6 +99,8 @@ interface Request {
   body?: unknown;
   headers?: Record<string, string>;
   timeoutMs: number;
+  /** The caller's, if any (see `CallOptions.signal`). */
+  signal?: AbortSignal | undefined;
   retry: Retry;
 }
 
@@ -163,49 +171,49 @@ export class UsageGate {
     this.#retryMaxMs = positive(options.maxRetryDelayMs ?? 5_000, "maxRetryDelayMs");
     this.#fetch = options.fetch ?? globalThis.fetch.bind(globalThis);
 
-    const write = (o?: CallOptions) => o?.timeoutMs ?? this.#writeTimeoutMs;
+    const write = (o?: CallOptions) => this.#deadline(o, this.#writeTimeoutMs);
     const customer = (id: string) => `/v1/customers/${segment(id, "customerId")}`;
     this.limits = {
       list: async (customerId, o) =>
-        ((await this.#json({ method: "GET", path: `${customer(customerId)}/usage-limits`, timeoutMs: write(o), retry: "idempotent" })) as { data: UsageLimit[] }).data,
+        ((await this.#json({ method: "GET", path: `${customer(customerId)}/usage-limits`, ...write(o), retry: "idempotent" })) as { data: UsageLimit[] }).data,
       create: async (customerId, limit, o) =>
-        (await this.#json({ method: "POST", path: `${customer(customerId)}/usage-limits`, body: limit, timeoutMs: write(o), retry: "unsent" })) as UsageLimit,
+        (await this.#json({ method: "POST", path: `${customer(customerId)}/usage-limits`, body: limit, ...write(o), retry: "unsent" })) as UsageLimit,
       delete: async (customerId, limitId, o) => {
-        await this.#json({ method: "DELETE", path: `${customer(customerId)}/usage-limits/${segment(limitId, "limitId")}`, timeoutMs: write(o), retry: "unsent" });
+        await this.#json({ method: "DELETE", path: `${customer(customerId)}/usage-limits/${segment(limitId, "limitId")}`, ...write(o), retry: "unsent" });
       },
     };
     this.overrides = {
       create: async (customerId, override, o) =>
-        (await this.#json({ method: "POST", path: `${customer(customerId)}/overrides`, body: override, timeoutMs: write(o), retry: "unsent" })) as OverrideRecord,
+        (await this.#json({ method: "POST", path: `${customer(customerId)}/overrides`, body: override, ...write(o), retry: "unsent" })) as OverrideRecord,
       list: async (filter = {}, o) => {
         const path = filter.customerId ? `${customer(filter.customerId)}/overrides` : "/v1/overrides";
         const query = { active: filter.active, limit: filter.limit };
-        return ((await this.#json({ method: "GET", path, query, timeoutMs: write(o), retry: "idempotent" })) as { overrides: OverrideRecord[] }).overrides;
+        return ((await this.#json({ method: "GET", path, query, ...write(o), retry: "idempotent" })) as { overrides: OverrideRecord[] }).overrides;
       },
       end: async (customerId, overrideId, reason, o) => {
         const path = `${customer(customerId)}/overrides/${segment(overrideId, "overrideId")}`;
-        await this.#json({ method: "DELETE", path, query: { reason }, timeoutMs: write(o), retry: "unsent" });
+        await this.#json({ method: "DELETE", path, query: { reason }, ...write(o), retry: "unsent" });
       },
     };
     const endpoint = (id: string) => `/v1/webhook-endpoints/${segment(id, "endpointId")}`;
     this.webhookEndpoints = {
       create: async (e, o) =>
-        (await this.#json({ method: "POST", path: "/v1/webhook-endpoints", body: e, timeoutMs: write(o), retry: "unsent" })) as CreatedWebhookEndpoint,
+        (await this.#json({ method: "POST", path: "/v1/webhook-endpoints", body: e, ...write(o), retry: "unsent" })) as CreatedWebhookEndpoint,
       list: async (o) =>
-        ((await this.#json({ method: "GET", path: "/v1/webhook-endpoints", timeoutMs: write(o), retry: "idempotent" })) as { endpoints: WebhookEndpoint[] }).endpoints,
-      get: async (id, o) => (await this.#json({ method: "GET", path: endpoint(id), timeoutMs: write(o), retry: "idempotent" })) as WebhookEndpoint,
+        ((await this.#json({ method: "GET", path: "/v1/webhook-endpoints", ...write(o), retry: "idempotent" })) as { endpoints: WebhookEndpoint[] }).endpoints,
+      get: async (id, o) => (await this.#json({ method: "GET", path: endpoint(id), ...write(o), retry: "idempotent" })) as WebhookEndpoint,
       delete: async (id, o) => {
-        await this.#json({ method: "DELETE", path: endpoint(id), timeoutMs: write(o), retry: "unsent" });
+        await this.#json({ method: "DELETE", path: endpoint(id), ...write(o), retry: "unsent" });
       },
       rotateSecret: async (id, o) =>
-        (await this.#json({ method: "POST", path: `${endpoint(id)}/rotate-secret`, timeoutMs: write(o), retry: "unsent" })) as Rotated,
+        (await this.#json({ method: "POST", path: `${endpoint(id)}/rotate-secret`, ...write(o), retry: "unsent" })) as Rotated,
       enable: async (id, o) =>
-        (await this.#json({ method: "POST", path: `${endpoint(id)}/enable`, timeoutMs: write(o), retry: "idempotent" })) as WebhookEndpoint,
+        (await this.#json({ method: "POST", path: `${endpoint(id)}/enable`, ...write(o), retry: "idempotent" })) as WebhookEndpoint,
       messages: async (id, filter = {}, o) =>
-        ((await this.#json({ method: "GET", path: `${endpoint(id)}/messages`, query: filter, timeoutMs: write(o), retry: "idempotent" })) as { messages: WebhookMessageRecord[] }).messages,
+        ((await this.#json({ method: "GET", path: `${endpoint(id)}/messages`, query: filter, ...write(o), retry: "idempotent" })) as { messages: WebhookMessageRecord[] }).messages,
       resend: async (id, messageId, o) => {
         const path = `${endpoint(id)}/messages/${segment(messageId, "messageId")}/resend`;
-        await this.#json({ method: "POST", path, timeoutMs: write(o), retry: "idempotent" });
+        await this.#json({ method: "POST", path, ...write(o), retry: "idempotent" });
       },
     };
   }
@@ -220,7 +228,7 @@ export class UsageGate {
       method: "GET",
       path: `/v1/customers/${segment(customerId, "customerId")}/check`,
       query: { cost: options.cost },
-      timeoutMs: options.timeoutMs ?? this.#timeoutMs,
+      ...this.#deadline(options, this.#timeoutMs),
       retry: "never",
     };
     try {
@@ -240,7 +248,7 @@ export class UsageGate {
       method: "POST",
       path: "/v1/check",
       body: { customers: items },
-      timeoutMs: options.timeoutMs ?? this.#timeoutMs,
+      ...this.#deadline(options, this.#timeoutMs),
       retry: "never",
     };
     try {
@@ -267,7 +275,7 @@ export class UsageGate {
         path: "/v1/events",
         query: { enforce: options.enforce || undefined },
         body,
-        timeoutMs: options.timeoutMs ?? this.#writeTimeoutMs,
+        ...this.#deadline(options, this.#writeTimeoutMs),
         retry: "idempotent",
       });
       const stored = answer.body as { status: "accepted" | "duplicate"; event_id: string; decision?: Decision | null };
@@ -289,7 +297,7 @@ export class UsageGate {
       path: "/v1/events/batch",
       query: { enforce: options.enforce || undefined },
       body: { events: events.map(withEventId) },
-      timeoutMs: options.timeoutMs ?? this.#writeTimeoutMs,
+      ...this.#deadline(options, this.#writeTimeoutMs),
       retry: "idempotent",
     })) as EventBatchAnswer;
   }
@@ -307,7 +315,7 @@ export class UsageGate {
         path: `/v1/customers/${segment(customerId, "customerId")}/reservations`,
         body: hold,
         headers: { "idempotency-key": options.idempotencyKey ?? globalThis.crypto.randomUUID() },
-        timeoutMs: options.timeoutMs ?? this.#writeTimeoutMs,
+        ...this.#deadline(options, this.#writeTimeoutMs),
         retry: "idempotent",
       })) as Granted;
       return { status: "granted", ...granted };
@@ -330,7 +338,7 @@ export class UsageGate {
         method: "POST",
         path: `/v1/reservations/${segment(reservationId, "reservationId")}/commit`,
         body: { events: sent },
-        timeoutMs: options.timeoutMs ?? this.#writeTimeoutMs,
+        ...this.#deadline(options, this.#writeTimeoutMs),
         retry: "idempotent",
       });
       return answer.body as CommitAnswer;
@@ -354,7 +362,7 @@ export class UsageGate {
       await this.#send({
         method: "DELETE",
         path: `/v1/reservations/${segment(reservationId, "reservationId")}`,
-        timeoutMs: options.timeoutMs ?? this.#writeTimeoutMs,
+        ...this.#deadline(options, this.#writeTimeoutMs),
         retry: "idempotent",
       });
     } catch (error) {
@@ -366,7 +374,9 @@ export class UsageGate {
   /**
    * Holds, runs `work`, commits the events it reports and returns its value; if `work` throws,
    * releases the hold and rethrows. A refused hold does not run `work`. Events without
-   * `customer` or `subscription` are the hold's customer's.
+   * `customer` or `subscription` are the hold's customer's. `options.signal` covers the hold
+   * only: once the work has run, its usage is committed (or its hold released) whatever the
+   * signal says, so that what happened is recorded.
    */
   async withReservation<T>(
     customerId: string,
@@ -376,6 +386,7 @@ export class UsageGate {
   ): Promise<WithReservationResult<T>> {
     const held = await this.reserve(customerId, hold, options);
     if (held.status === "refused") return held;
+    const settle: CallOptions = { timeoutMs: options.timeoutMs };
     const { status: _granted, ...reservation } = held;
     let done: WorkDone<T>;
     try {
@@ -383,18 +394,18 @@ export class UsageGate {
     } catch (error) {
       // The work's own error is the one the caller needs; a failed release only delays the
       // room's return until the hold's ttl.
-      await this.release(reservation.id, options).catch(() => undefined);
+      await this.release(reservation.id, settle).catch(() => undefined);
       throw error;
     }
     const events = done.events.map((e) => (e.customer || e.subscription ? e : { ...e, customer: customerId }));
-    const commit = await this.commit(reservation.id, events, options);
+    const commit = await this.commit(reservation.id, events, settle);
     return { status: "committed", value: done.value, reservation, commit };
   }
 
   /** The customer's open holds (scope `admin`). */
   async reservations(customerId: string, options: CallOptions = {}): Promise<Reservation[]> {
     const path = `/v1/customers/${segment(customerId, "customerId")}/reservations`;
-    const body = (await this.#json({ method: "GET", path, timeoutMs: options.timeoutMs ?? this.#writeTimeoutMs, retry: "idempotent" })) as { reservations: Reservation[] };
+    const body = (await this.#json({ method: "GET", path, ...this.#deadline(options, this.#writeTimeoutMs), retry: "idempotent" })) as { reservations: Reservation[] };
     return body.reservations;
   }
 
@@ -415,7 +426,7 @@ export class UsageGate {
           limit: filter.pageSize,
           cursor,
         },
-        timeoutMs: options.timeoutMs ?? this.#writeTimeoutMs,
+        ...this.#deadline(options, this.#writeTimeoutMs),
         retry: "idempotent",
       })) as AuditPage;
       yield* page.records;
@@ -425,7 +436,12 @@ export class UsageGate {
 
   /** The calling key's name and scopes. */
   async whoami(options: CallOptions = {}): Promise<WhoAmI> {
-    return (await this.#json({ method: "GET", path: "/v1/whoami", timeoutMs: options.timeoutMs ?? this.#writeTimeoutMs, retry: "idempotent" })) as WhoAmI;
+    return (await this.#json({ method: "GET", path: "/v1/whoami", ...this.#deadline(options, this.#writeTimeoutMs), retry: "idempotent" })) as WhoAmI;
+  }
+
+  /** A call's deadline per attempt and the caller's signal. */
+  #deadline(options: CallOptions | undefined, timeoutMs: number): { timeoutMs: number; signal: AbortSignal | undefined } {
+    return { timeoutMs: options?.timeoutMs ?? timeoutMs, signal: options?.signal };
   }
 
   #fallback<T>(error: unknown, mode: OnUnavailable | undefined, decide: () => T): T {
@@ -462,7 +478,9 @@ export class UsageGate {
           method: request.method,
           headers,
           body: payload,
-          signal: AbortSignal.timeout(request.timeoutMs),
+          signal: request.signal
+            ? AbortSignal.any([request.signal, AbortSignal.timeout(request.timeoutMs)])
+            : AbortSignal.timeout(request.timeoutMs),
           redirect: "error",
         });
         const answer = await read(response, attempt);
@@ -476,12 +494,13 @@ export class UsageGate {
         wait = retryAfter(response.headers.get("retry-after"));
       } catch (error) {
         if (error instanceof UsageGateError || error instanceof RetriedError) throw error;
+        if (request.signal?.aborted) throw request.signal.reason;
         failure = networkError(request, error);
         if (request.retry === "unsent" && !NOT_SENT.has(errorCode(error) ?? "")) throw failure;
       }
       if (attempt + 1 >= attempts) throw failure;
       const backoff = Math.random() * Math.min(this.#retryMaxMs, this.#retryBaseMs * 2 ** attempt);
-      await sleep(Math.min(this.#retryMaxMs, Math.max(wait ?? 0, backoff)));
+      await sleep(Math.min(this.#retryMaxMs, Math.max(wait ?? 0, backoff)), request.signal);
     }
   }
 }
@@ -595,6 +614,18 @@ function fallbackMode(mode: OnUnavailable): OnUnavailable {
   return mode;
 }
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
+/** Waits `ms`, or rejects with the signal's reason as soon as it aborts. */
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  if (signal?.aborted) return Promise.reject(signal.reason);
+  return new Promise((resolve, reject) => {
+    const aborted = () => {
+      clearTimeout(timer);
+      reject(signal?.reason);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener("abort", aborted);
+      resolve();
+    }, ms);
+    signal?.addEventListener("abort", aborted, { once: true });
+  });
 }

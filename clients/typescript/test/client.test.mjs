@@ -294,3 +294,34 @@ test("when usage-gate is slow or gone, checks answer as the caller chose and eve
   await assert.rejects(gone("throw").check(CUSTOMERS.acme), (e) => e instanceof UsageGateUnavailableError && /ECONNREFUSED/.test(e.message));
   await assert.rejects(gone("allow").sendEvent({ customer: CUSTOMERS.acme, code: "api_calls", value: 1 }), UsageGateUnavailableError);
 });
+
+test("a caller's AbortSignal ends a call at once: no retry, no fallback, the signal's reason", async () => {
+  const aborted = (error) => error?.name === "AbortError";
+  const hanging = await faulty(["hang", "hang", "hang", "hang"], { onUnavailable: "allow" });
+  try {
+    let started = Date.now();
+    await assert.rejects(hanging.client.check(CUSTOMERS.acme, { signal: AbortSignal.timeout(100), timeoutMs: 5_000 }), (e) => e?.name === "TimeoutError");
+    assert.ok(Date.now() - started < 1_000, "the check stopped when its caller's signal fired");
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 100);
+    started = Date.now();
+    await assert.rejects(hanging.client.sendEvent({ customer: CUSTOMERS.acme, code: "api_calls", value: 1 }, { signal: controller.signal, timeoutMs: 5_000 }), aborted);
+    assert.ok(Date.now() - started < 1_000);
+    const sent = hanging.proxy.log.filter((c) => c.sent).length;
+    assert.equal(sent, 2, "one attempt each: an aborted call is not retried");
+  } finally {
+    await hanging.proxy.close();
+  }
+  // Waiting out a Retry-After (1 s) ends at the abort too.
+  const refused = await faulty(["reply-503"]);
+  try {
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 200);
+    const started = Date.now();
+    await assert.rejects(refused.client.sendEvent({ customer: CUSTOMERS.acme, code: "api_calls", value: 1 }, { signal: controller.signal }), aborted);
+    assert.ok(Date.now() - started < 900, `stopped waiting after ${Date.now() - started} ms`);
+    assert.equal(refused.proxy.log.filter((c) => c.sent).length, 1);
+  } finally {
+    await refused.proxy.close();
+  }
+});

@@ -17,7 +17,11 @@ export async function faultProxy(upstreamPort, plan) {
     sockets.add(client);
     client.on("close", () => sockets.delete(client));
     const fault = plan.shift() ?? "pass";
-    log.push({ fault, at: Date.now() });
+    // `sent`: whether a request arrived on it (the platform's fetch may open a connection it
+    // never uses, e.g. after an aborted one).
+    const entry = { fault, at: Date.now(), sent: false };
+    log.push(entry);
+    client.on("data", () => (entry.sent = true));
     client.on("error", () => {});
     if (fault === "hang") return;
     if (fault === "reply-503") {
