@@ -234,9 +234,24 @@ pub struct Message {
     /// The body as sent.
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
-    /// Oldest first: `{attempted_at, status_code, error, duration_ms}`.
-    #[schema(value_type = Vec<Object>)]
+    /// Oldest first.
+    #[schema(value_type = Vec<MessageAttempt>)]
     pub attempts: serde_json::Value,
+}
+
+// `messages` builds the attempts in SQL; this type is their schema in the OpenAPI document.
+/// One delivery attempt of a message.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct MessageAttempt {
+    #[schema(value_type = String, format = DateTime)]
+    pub attempted_at: DateTime<Utc>,
+    /// The receiver's status; null when none came (refused, timed out, not allowed).
+    #[schema(required = true)]
+    pub status_code: Option<i16>,
+    /// Why it failed; null when it did not.
+    #[schema(required = true)]
+    pub error: Option<String>,
+    pub duration_ms: i32,
 }
 
 /// The endpoint's messages, newest first, of one status when given.

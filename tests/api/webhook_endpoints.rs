@@ -232,6 +232,19 @@ async fn a_receiver_answering_500_then_204_gets_the_same_webhook_id_twice_and_no
         delivered[0]["attempts"].as_array().unwrap().iter().map(|a| a["status_code"].as_i64()).collect();
     assert_eq!(attempts, [Some(500), Some(204)]);
     assert!(delivered[0]["attempts"][0]["error"].as_str().unwrap().starts_with("HTTP 500"));
+    // Each attempt has exactly the fields the OpenAPI document's MessageAttempt lists, and all of
+    // them (built in SQL, so nothing else holds the two together).
+    let document: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let schema = &document["components"]["schemas"]["MessageAttempt"];
+    let listed: std::collections::BTreeSet<&str> =
+        schema["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+    let required: std::collections::BTreeSet<&str> =
+        schema["required"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+    for attempt in delivered[0]["attempts"].as_array().unwrap() {
+        let sent: std::collections::BTreeSet<&str> =
+            attempt.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!((&sent, &sent), (&listed, &required), "{attempt}");
+    }
     // Delivered is recorded after the 204 came: any further request would have come before.
     let received = receiver.received();
     assert_eq!(received.len(), 2);

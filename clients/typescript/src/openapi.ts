@@ -857,8 +857,8 @@ export interface components {
         };
         /** @description A message with its attempts, as operators see it. */
         Message: {
-            /** @description Oldest first: `{attempted_at, status_code, error, duration_ms}`. */
-            attempts: Record<string, never>[];
+            /** @description Oldest first. */
+            attempts: components["schemas"]["MessageAttempt"][];
             /** Format: date-time */
             created_at: string;
             /** Format: uuid */
@@ -874,6 +874,20 @@ export interface components {
             payload: Record<string, never>;
             /** @description `pending`, `delivered` or `failed` (the schedule ran out, or the receiver answered 410). */
             status: string;
+        };
+        /** @description One delivery attempt of a message. */
+        MessageAttempt: {
+            /** Format: date-time */
+            attempted_at: string;
+            /** Format: int32 */
+            duration_ms: number;
+            /** @description Why it failed; null when it did not. */
+            error: string | null;
+            /**
+             * Format: int32
+             * @description The receiver's status; null when none came (refused, timed out, not allowed).
+             */
+            status_code: number | null;
         };
         MessageList: {
             /** @description Newest first. */

@@ -32,6 +32,7 @@ export type WebhookEndpoint = Schemas["Endpoint"];
 export type CreatedWebhookEndpoint = Schemas["Created"];
 export type Rotated = Schemas["Rotated"];
 export type WebhookMessageRecord = Schemas["Message"];
+export type WebhookMessageAttempt = Schemas["MessageAttempt"];
 export type AuditRecord = Schemas["AuditRecord"];
 export type AuditPage = Schemas["AuditPage"];
 export type Problem = Schemas["Problem"];

@@ -231,13 +231,20 @@ class Rotated(TypedDict):
     secret: str
 
 
+class MessageAttempt(TypedDict):
+    attempted_at: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+
+
 class Message(TypedDict):
     id: str
     event_type: str
     status: str
     created_at: str
     payload: dict[str, Any]
-    attempts: list[dict[str, Any]]
+    attempts: list[MessageAttempt]
     customer_id: NotRequired[str | None]
     delivered_at: NotRequired[str | None]
     next_attempt_at: NotRequired[str | None]
@@ -369,6 +376,7 @@ SCHEMAS: dict[str, type] = {
         Created,
         EndpointList,
         Rotated,
+        MessageAttempt,
         Message,
         MessageList,
         AuditRecord,
