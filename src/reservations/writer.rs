@@ -181,14 +181,15 @@ impl Writing {
     }
 }
 
-/// The outcomes `usage_gate_reservations_total` counts here (expiry counts `expired`).
-pub(super) const OUTCOMES: [&str; 4] = ["granted", "refused", "committed", "released"];
+/// The outcomes `usage_gate_reservations_total` counts here (expiry counts `expired`);
+/// `replayed`: a hold answered by the one its idempotency key made (a client's retry).
+pub(super) const OUTCOMES: [&str; 5] = ["granted", "refused", "committed", "released", "replayed"];
 
 fn count(written: &[Done]) {
-    let mut counts = [0u64; 4];
+    let mut counts = [0u64; 5];
     for done in written {
         match done {
-            Done::Hold(created) if created.replayed => {}
+            Done::Hold(created) if created.replayed => counts[4] += 1,
             Done::Hold(created) if created.reservation.is_some() => counts[0] += 1,
             Done::Hold(_) => counts[1] += 1,
             Done::Commit(Committed::Done { .. }) => counts[2] += 1,

@@ -31,6 +31,13 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `usage_gate_reservations_total{outcome="replayed"}`.
+    pub async fn replays_counted(&self) -> u64 {
+        let metrics = self.get("/metrics", None).await.text().await.unwrap();
+        let line = "usage_gate_reservations_total{outcome=\"replayed\"} ";
+        metrics.lines().find_map(|l| l.strip_prefix(line)).map_or(0, |n| n.parse().unwrap())
+    }
+
     /// The customer's holds made with this key: (id, closed_as).
     pub async fn held_with_key(&self, customer: &str, key: &str) -> Vec<(uuid::Uuid, Option<String>)> {
         sqlx::query_as(
@@ -414,6 +421,7 @@ async fn a_hold_asked_again_with_its_idempotency_key_is_the_same_hold_held_once(
     let app = TestApp::spawn().await;
     let (customer, _) = app.sim.add_usage_customer(20.0, json!([{"amount": 100, "action": "DISABLE"}])).await;
     let ask = json!({"amount": 30, "ttl_ms": 600_000});
+    let replays_before = app.replays_counted().await;
     let (id, replayed, reserved, amount) =
         granted_answer(app.hold_with_key(&customer, "job-1", ask.clone()).await).await;
     assert_eq!((replayed, reserved, amount), (false, Some(30), Some(50)));
@@ -426,6 +434,9 @@ async fn a_hold_asked_again_with_its_idempotency_key_is_the_same_hold_held_once(
     assert_eq!(app.held_with_key(&customer, "job-1").await.len(), 1);
     assert_eq!(app.reserved(&customer).await, 30);
     assert_eq!(app.hold_audit(&id).await, [("reservation.create".into(), "ingester".into())], "audited once");
+    // The metrics are the test process's, shared with tests running beside this one: the
+    // replays counted since the first hold, at least.
+    assert!(app.replays_counted().await >= replays_before + 2);
 
     // The key asked for something else: 422 naming it, nothing held.
     let body = assert_problem(
