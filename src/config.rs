@@ -493,9 +493,8 @@ impl RawSettings {
                 },
             },
         };
-        // Every pruner runs on retention.interval_s; the retention chore prunes the webhooks'
-        // and the console's rows by their own sections' windows.
-        settings.outbox.prune_every = settings.retention.interval;
+        // The retention chore prunes the webhooks' and the console's rows by their own sections'
+        // windows.
         settings.retention.webhook_messages = Some(settings.outbound_webhooks.retention);
         settings.retention.console_sessions = Some(settings.console.session_idle);
         settings.retention.usage_samples = Some(settings.console.history);
@@ -669,29 +668,28 @@ fn validate_outbox(v: &mut Validator, raw: &RawOutbox) -> OutboxSettings {
         max_attempts: v.range("outbox.max_attempts", raw.max_attempts.into(), 1, 1_000_000) as u32,
         max_age: Duration::from_secs(v.range("outbox.max_age_s", raw.max_age_s, 60, 365 * 86_400)),
         retention: days(v, "outbox.retention_days", raw.retention_days),
-        prune_every: DEFAULT_PRUNE_EVERY,
     }
 }
 
-/// How often pruners run unless `retention.interval_s` says otherwise (it does in `validate`).
-const DEFAULT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// A window in days, fractions allowed (so that a test or a soak can shorten it), at most 10
+/// years; where `keep` allows it, 0 keeps every row (None).
+fn window(v: &mut Validator, key: &str, days: f64, keep: bool) -> Option<Duration> {
+    let keeps = keep && days == 0.0;
+    let valid = days.is_finite() && days <= 3650.0 && (days > 0.0 || keeps);
+    v.check(key, valid, || match keep {
+        true => format!("must be a number of days from 0 (keep every row) to 3650, got {days}"),
+        false => format!("must be a number of days above 0 and at most 3650, got {days}"),
+    });
+    (valid && !keeps).then(|| Duration::from_secs_f64(days * 86_400.0))
+}
 
-/// A window in days: more than 0 (fractions allowed, so that a test or a soak can shorten it)
-/// and at most 10 years.
+/// A window in days that must end (more than 0).
 fn days(v: &mut Validator, key: &str, days: f64) -> Duration {
-    let valid = days.is_finite() && days > 0.0 && days <= 3650.0;
-    v.check(key, valid, || format!("must be a number of days above 0 and at most 3650, got {days}"));
-    Duration::from_secs_f64(if valid { days } else { 1.0 } * 86_400.0)
+    window(v, key, days, false).unwrap_or(Duration::from_secs(86_400))
 }
 
 fn validate_retention(v: &mut Validator, raw: &RawRetention) -> RetentionSettings {
-    // Days, fractions allowed (a soak or a test shortens them); 0 keeps every row.
-    let mut window = |key: &str, days: f64| {
-        v.check(key, days.is_finite() && (0.0..=3650.0).contains(&days), || {
-            format!("must be a number of days from 0 (keep every row) to 3650, got {days}")
-        });
-        (days.is_finite() && days > 0.0 && days <= 3650.0).then(|| Duration::from_secs_f64(days * 86_400.0))
-    };
+    let mut window = |key: &str, days: f64| window(v, key, days, true);
     RetentionSettings {
         reservations: window("retention.reservations_days", raw.reservations_days),
         overrides: window("retention.overrides_days", raw.overrides_days),
@@ -1036,8 +1034,6 @@ pub struct OutboxSettings {
     /// ...or this long after its attempts began, whichever comes first.
     pub max_age: Duration,
     pub retention: Duration,
-    /// How often delivered events past `retention` are looked for.
-    pub prune_every: Duration,
 }
 
 #[derive(Debug, Clone)]

@@ -200,6 +200,51 @@ pub async fn vacuum_busy(pool: &PgPool, tables: &[&str]) -> Result<Vec<String>, 
     Ok(busy)
 }
 
+/// Runs `work` on one connection while it holds the session advisory lock `lock`: None at once
+/// when another session holds it (another replica is doing this work now). The lock is given
+/// back before the connection returns to the pool (if that fails, closing the connection
+/// releases it).
+pub async fn with_session_lock<T>(
+    pool: &PgPool,
+    lock: i64,
+    work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
+) -> Result<Option<T>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let locked: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lock).fetch_one(&mut *conn).await?;
+    if !locked {
+        return Ok(None);
+    }
+    let result = work(&mut conn).await;
+    if sqlx::query("SELECT pg_advisory_unlock($1)").bind(lock).execute(&mut *conn).await.is_err() {
+        conn.close_on_drop();
+    }
+    result.map(Some)
+}
+
+/// Runs `delete` (rows older than `$1` seconds, at most `$2` of them) until a round removes
+/// fewer than `chunk`, so that no statement holds many row locks or runs long; the rows removed.
+/// `delete` is built from the caller's constants.
+pub async fn delete_in_chunks(
+    conn: &mut sqlx::PgConnection,
+    delete: &str,
+    window: std::time::Duration,
+    chunk: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut removed = 0;
+    loop {
+        let done = sqlx::query(sqlx::AssertSqlSafe(delete))
+            .bind(window.as_secs_f64())
+            .bind(chunk)
+            .execute(&mut *conn)
+            .await?;
+        removed += done.rows_affected();
+        if done.rows_affected() < chunk as u64 {
+            return Ok(removed);
+        }
+    }
+}
+
 /// Dead rows that make a busy table worth vacuuming: a fraction of a second of a busy
 /// customer's writes, and none at all while nothing is written.
 const VACUUM_AT: i64 = 1_000;

@@ -31,7 +31,8 @@ struct Rule {
 }
 
 impl Rule {
-    /// The statement: rows past the window `$1` (seconds), `$2` at a time.
+    /// The statement: rows past the window `$1` (seconds), `$2` at a time (for
+    /// [`db::delete_in_chunks`]).
     fn delete(&self) -> String {
         let Rule { table, age, also } = self;
         format!(
@@ -116,48 +117,24 @@ pub async fn prune(
     pool: &PgPool,
     settings: &RetentionSettings,
 ) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK).fetch_one(&mut *conn).await?;
-    if !locked {
-        return Ok(Vec::new());
-    }
-    let mut removed = Vec::new();
-    let mut result = Ok(());
-    'rules: for (rule, window) in rules(settings) {
-        let Some(window) = window else { continue };
-        let mut rows = 0;
-        loop {
-            // Built from the constants above only.
-            let statement = sqlx::AssertSqlSafe(rule.delete());
-            match sqlx::query(statement).bind(window.as_secs_f64()).bind(CHUNK).execute(&mut *conn).await {
-                Ok(done) => {
-                    rows += done.rows_affected();
-                    if done.rows_affected() < CHUNK as u64 {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break 'rules;
-                }
+    let removed = db::with_session_lock(pool, LOCK, async |conn| {
+        let mut removed = Vec::new();
+        for (rule, window) in rules(settings) {
+            let Some(window) = window else { continue };
+            let rows = db::delete_in_chunks(conn, &rule.delete(), window, CHUNK).await?;
+            pruned(rule.table, rows);
+            if rows > 0 {
+                tracing::info!(table = rule.table, rows, "retention: pruned rows past their window");
             }
+            removed.push((rule.table, rows));
         }
-        pruned(rule.table, rows);
-        if rows > 0 {
-            tracing::info!(table = rule.table, rows, "retention: pruned rows past their window");
+        if settings.vacuum {
+            vacuum(conn).await?;
         }
-        removed.push((rule.table, rows));
-    }
-    if result.is_ok() && settings.vacuum {
-        result = vacuum(&mut conn).await;
-    }
-    // A session lock outlives the statement: give it back before the connection returns to the
-    // pool (if this fails, closing the connection releases it).
-    if sqlx::query("SELECT pg_advisory_unlock($1)").bind(LOCK).execute(&mut *conn).await.is_err() {
-        conn.close_on_drop();
-    }
-    result.map(|()| removed)
+        Ok(removed)
+    })
+    .await?;
+    Ok(removed.unwrap_or_default())
 }
 
 /// The tables whose rows are updated or deleted as usage-gate works (the audit log only grows

@@ -26,7 +26,7 @@ struct Key {
 
 impl Key {
     fn new(bytes: &[u8; 32]) -> Self {
-        let id = hex(&Sha256::digest(bytes)[..4]);
+        let id = hex::encode(&Sha256::digest(bytes)[..4]);
         let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, bytes).expect("a 32-byte AES-256 key"));
         Self { id, key }
     }
@@ -126,10 +126,6 @@ impl Sealer {
             (None, _) => false,
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

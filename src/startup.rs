@@ -299,6 +299,7 @@ impl Running {
             pool.clone(),
             &billabear,
             settings.outbox.clone(),
+            settings.retention.interval,
             subscriptions.clone(),
             Some(cache.clone()),
         );

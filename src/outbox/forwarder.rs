@@ -98,16 +98,18 @@ impl ForwarderHandle {
     }
 }
 
-/// Starts the forwarder and the pruner on the current tokio runtime.
+/// Starts the forwarder and the pruner (every `prune_every`: `retention.interval_s`) on the
+/// current tokio runtime.
 pub fn spawn(
     pool: PgPool,
     client: &BillaBearClient,
     settings: OutboxSettings,
+    prune_every: Duration,
     subscriptions: Subscriptions,
     snapshots: Option<SnapshotCache>,
 ) -> ForwarderHandle {
     let (stop, stopped) = watch::channel(false);
-    let pruner = tokio::spawn(prune(pool.clone(), settings.retention, settings.prune_every, stopped.clone()));
+    let pruner = tokio::spawn(prune(pool.clone(), settings.retention, prune_every, stopped.clone()));
     let forwarder = Arc::new(Forwarder {
         pool,
         client: client.with_timeout(settings.timeout),

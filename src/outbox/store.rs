@@ -485,39 +485,14 @@ const PRUNE_LOCK: i64 = 0x7573_6167_6570_726e; // "usageprn"
 /// runs long, on one replica at a time (another replica pruning now: returns 0 at once).
 /// Returns how many.
 pub async fn prune(pool: &PgPool, retention: Duration, chunk: i64) -> Result<u64, sqlx::Error> {
-    let mut conn = pool.acquire().await?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(PRUNE_LOCK).fetch_one(&mut *conn).await?;
-    if !locked {
-        return Ok(0);
-    }
-    let mut pruned = 0;
-    let result = loop {
-        let deleted = sqlx::query(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox
-                 WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
-                 LIMIT $2
-                 FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(retention.as_secs_f64())
-        .bind(chunk)
-        .execute(&mut *conn)
-        .await;
-        match deleted {
-            Ok(done) => {
-                pruned += done.rows_affected();
-                if done.rows_affected() < chunk as u64 {
-                    break Ok(pruned);
-                }
-            }
-            Err(e) => break Err(e),
-        }
-    };
-    // A session lock outlives the statement: give it back before the connection returns to the
-    // pool (if this fails, closing the connection releases it).
-    if sqlx::query("SELECT pg_advisory_unlock($1)").bind(PRUNE_LOCK).execute(&mut *conn).await.is_err() {
-        conn.close_on_drop();
-    }
-    result
+    const DELETE: &str = "DELETE FROM outbox WHERE id IN (
+                              SELECT id FROM outbox
+                              WHERE status = 'delivered' AND delivered_at < now() - make_interval(secs => $1)
+                              LIMIT $2
+                              FOR UPDATE SKIP LOCKED)";
+    let pruned = crate::db::with_session_lock(pool, PRUNE_LOCK, async |conn| {
+        crate::db::delete_in_chunks(conn, DELETE, retention, chunk).await
+    })
+    .await?;
+    Ok(pruned.unwrap_or(0))
 }
