@@ -26,7 +26,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default).
-    Serve,
+    Serve {
+        /// Start even with a placeholder or demo secret this project ships (`change-me…`, an
+        /// all-zero `secrets.key`): for a laptop's docker-compose, never a shared deployment.
+        #[arg(long)]
+        allow_placeholder_secrets: bool,
+    },
     /// Run the service against an in-process BillaBear simulator with demo customers.
     Demo {
         /// Where the simulator listens.
@@ -79,7 +84,7 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 }
 
 async fn execute(cli: Cli) -> ExitCode {
-    let command = cli.command.unwrap_or(Command::Serve);
+    let command = cli.command.unwrap_or(Command::Serve { allow_placeholder_secrets: false });
     if let Command::Healthcheck { url } = &command {
         return healthcheck(url).await;
     }
@@ -104,6 +109,14 @@ async fn execute(cli: Cli) -> ExitCode {
         Ok(settings) => settings,
         Err(e) => return config_failure(e),
     };
+    let placeholders_allowed = matches!(command, Command::Serve { allow_placeholder_secrets: true });
+    match raw.refuse_placeholders() {
+        Err(e) if !placeholders_allowed => return config_failure(e),
+        Err(e) => {
+            eprintln!("usage-gate: starting with placeholder secrets (--allow-placeholder-secrets): {e}")
+        }
+        Ok(()) => {}
+    }
     match command {
         Command::Config => {
             print!("{}", raw.to_redacted_toml());

@@ -317,6 +317,37 @@ impl RawSettings {
         Ok(builder.build()?.try_deserialize()?)
     }
 
+    /// Refuses every secret that is a placeholder or demo value this project ships (in
+    /// `deploy/`, `config/`, the demo): copied as they are, they would let anyone who has read
+    /// this repository in. `usage-gate demo` does not ask; `serve --allow-placeholder-secrets`
+    /// (the laptop's docker-compose) skips it.
+    pub fn refuse_placeholders(&self) -> Result<(), ConfigError> {
+        let mut v = Validator::default();
+        let mut judge = |key: String, secret: &SecretString| {
+            if let Some(why) = placeholder(secret.expose_secret()) {
+                v.problem(key, format!("{why}: replace it with a secret of your own"));
+            }
+        };
+        judge("billabear.api_key".into(), &self.billabear.api_key);
+        judge("webhooks.secret".into(), &self.webhooks.secret);
+        for (i, key) in self.auth.keys.iter().enumerate() {
+            if let Some(secret) = &key.key {
+                judge(format!("auth.keys[{i}].key"), secret);
+            }
+        }
+        for (name, key) in
+            [("secrets.key", &self.secrets.key), ("secrets.previous_key", &self.secrets.previous_key)]
+        {
+            let weak = crate::seal::parse_key(key.expose_secret())
+                .is_ok_and(|bytes| bytes.iter().all(|b| *b == bytes[0]));
+            v.check(name, !weak, || {
+                "is one byte repeated (the placeholder is 32 zero bytes): use `openssl rand -base64 32`"
+                    .into()
+            });
+        }
+        if v.problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(v.problems)) }
+    }
+
     /// Checks every value; on failure lists every problem with its key.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let mut v = Validator::default();
@@ -702,6 +733,20 @@ fn validate_retention(v: &mut Validator, raw: &RawRetention) -> RetentionSetting
         usage_samples: None,
         interval: Duration::from_secs(v.range("retention.interval_s", raw.interval_s, 1, 86_400)),
         vacuum: raw.vacuum,
+    }
+}
+
+/// Why `secret` is a value this project ships as a placeholder or for its demo, if it is one.
+/// The message never holds the value.
+fn placeholder(secret: &str) -> Option<&'static str> {
+    // Values the demo and the simulator's examples use that do not say "change-me".
+    const DEMO: [&str; 3] = ["demo-webhook-secret", "demo-billabear-key", "compose-billabear-key"];
+    if secret.to_ascii_lowercase().contains("change-me") {
+        Some("is a placeholder this project ships (it says \"change-me\")")
+    } else if DEMO.contains(&secret) {
+        Some("is a demo value this project ships")
+    } else {
+        None
     }
 }
 
@@ -1159,6 +1204,29 @@ mod tests {
             found.iter().any(|p| p.key == key && p.message.contains(contains)),
             "expected {key}: ..{contains}.. in {found:?}"
         );
+    }
+
+    #[test]
+    fn placeholders_this_project_ships_are_refused_by_key_and_never_echoed() {
+        let zero = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+        let toml = format!(
+            "[billabear]\napi_key = \"change-me-billabear-api-key\"\n[webhooks]\nsecret = \"demo-webhook-secret\"\n\
+             [secrets]\nkey = \"{zero}\"\n[[auth.keys]]\nname = \"a\"\nkey = \"fine-key-0123456789\"\nscopes = [\"check\"]\n\
+             [[auth.keys]]\nname = \"b\"\nkey = \"demo-key-change-me\"\nscopes = [\"admin\"]\n"
+        );
+        let file = write(&toml);
+        let raw = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
+        raw.validate().expect("valid, placeholders aside");
+        let problems = raw.refuse_placeholders().unwrap_err().problems().to_vec();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["billabear.api_key", "webhooks.secret", "auth.keys[1].key", "secrets.key"]);
+        let text = format!("{problems:?}");
+        assert!(!text.contains("demo-key-change-me") && !text.contains(zero), "{text}");
+
+        let own = valid(&format!("[secrets]\nkey = \"{}\"", "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="));
+        let file = write(&own);
+        let raw = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
+        raw.refuse_placeholders().expect("secrets of one's own pass");
     }
 
     #[test]

@@ -402,7 +402,7 @@ async fn overview(
         outbox::store::stats(pool),
         outbox::store::delivery_lag(pool),
         audit::list(pool, &transitions, None, 20),
-        health.readiness(),
+        health.readiness(false),
     );
     let page = views::Overview {
         counts: counts.map_err(ApiError::from)?,

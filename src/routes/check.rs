@@ -25,7 +25,7 @@ fn parse_cost(raw: &str) -> Result<i64, ApiError> {
 pub struct CheckQuery {
     /// Minor units the caller is about to spend: blocked if it would take the estimate over a
     /// DISABLE limit.
-    #[param(value_type = Option<i64>, minimum = 0)]
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub cost: Option<String>,
 }
 

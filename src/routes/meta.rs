@@ -65,9 +65,10 @@ pub async fn metrics(exposition: web::Data<Exposition>) -> HttpResponse {
         metrics::gauge!("usage_gate_webhook_endpoints", "state" => "enabled").set(counts.enabled as f64);
         metrics::gauge!("usage_gate_webhook_endpoints", "state" => "disabled").set(counts.disabled as f64);
     }
-    // Readiness as `/readyz` answers it (reused for a couple of seconds, as there).
-    let readiness = exposition.health.readiness().await;
-    metrics::gauge!("usage_gate_ready").set(if readiness.status == "ready" { 1.0 } else { 0.0 });
+    // Readiness as `/readyz` answers it (reused for a couple of seconds, as there): ready while
+    // it answers checks, degraded included; which dependency failed is the per-check gauge.
+    let readiness = exposition.health.readiness(false).await;
+    metrics::gauge!("usage_gate_ready").set(if readiness.status.serving() { 1.0 } else { 0.0 });
     let checks = &readiness.checks;
     for (check, ok) in [
         ("postgres", checks.postgres.ok),

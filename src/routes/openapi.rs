@@ -264,8 +264,9 @@ fn request_schemas() -> [(&'static str, serde_json::Value); 5] {
         "required": ["url"],
         "properties": {
             "url": {"type": "string", "format": "uri", "maxLength": 2048, "description": "An absolute http or https URL"},
-            "event_types": {"type": "array", "minItems": 1, "items": {"type": "string", "enum": event_types}, "description": "Absent: all"},
-            "description": {"type": "string", "maxLength": 500, "pattern": "^[^\\u0000]*$"},
+            // null is taken as absent, as many clients send an unset field.
+            "event_types": {"type": ["array", "null"], "minItems": 1, "items": {"type": "string", "enum": event_types}, "description": "Absent or null: all"},
+            "description": {"type": ["string", "null"], "maxLength": 500, "pattern": "^[^\\u0000]*$", "description": "Absent or null: none"},
         },
     });
     let usage_limit = json!({

@@ -335,6 +335,21 @@ async fn a_malformed_batch_is_a_400_naming_the_field() {
 }
 
 #[tokio::test]
+async fn a_cost_is_taken_up_to_the_documents_maximum_and_refused_past_it() {
+    let app = TestApp::spawn().await;
+    let document: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let parameters =
+        document["paths"]["/v1/customers/{customer_id}/check"]["get"]["parameters"].as_array().unwrap();
+    let cost = &parameters.iter().find(|p| p["name"] == "cost").unwrap()["schema"];
+    assert_eq!((cost["minimum"].as_i64(), cost["maximum"].as_i64()), (Some(0), Some(i64::MAX)), "{cost}");
+    let at_most = app.check_query(ACME, &format!("?cost={}", i64::MAX)).await;
+    assert_eq!(at_most["allowed"], false, "the largest cost is judged: {at_most}");
+    let past =
+        app.get(&format!("/v1/customers/{ACME}/check?cost={}", i64::MAX as u64 + 1), Some(CHECK_KEY)).await;
+    assert_eq!(assert_problem(past, 400, "invalid_request").await["errors"][0]["field"], "cost");
+}
+
+#[tokio::test]
 async fn bad_check_input_is_a_400_naming_the_field() {
     let app = TestApp::spawn().await;
     let cases = [

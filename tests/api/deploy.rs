@@ -232,8 +232,9 @@ fn the_kubernetes_base_renders_validates_and_names_only_what_usage_gate_has() {
     if !have_tool("kubectl", &["version", "--client"]) || !have_tool("kubernetes-validate", &["--version"]) {
         return;
     }
-    let base = deploy("kubernetes");
+    let base = base_with_secrets(&own_secrets(), "postgres://usage_gate:s3cret@postgres:5432/usage_gate");
     let rendered = run("kubectl", &["kustomize", base.to_str().unwrap()]);
+    std::fs::remove_dir_all(&base).unwrap();
     let file = std::env::temp_dir().join(format!("usage-gate-k8s-{}.yaml", uuid::Uuid::new_v4()));
     std::fs::write(&file, &rendered).unwrap();
     // Every object against Kubernetes 1.31's schemas, unknown fields refused.
@@ -387,6 +388,84 @@ fn the_kubernetes_base_renders_validates_and_names_only_what_usage_gate_has() {
         settings.cache.max_customers
     );
     assert_eq!(container["resources"]["requests"]["memory"], limit, "memory request = limit");
+}
+
+/// A copy of deploy/kubernetes as a checkout has it (without files git ignores), plus the two
+/// secret files an operator writes, if given.
+fn kubernetes_base(secrets: Option<(&str, &str)>) -> PathBuf {
+    let copy = std::env::temp_dir().join(format!("usage-gate-k8s-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&copy).unwrap();
+    for entry in std::fs::read_dir(deploy("kubernetes")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        if path.is_file() && !["secrets.toml", "database-url"].contains(&name.as_str()) {
+            std::fs::copy(&path, copy.join(name)).unwrap();
+        }
+    }
+    if let Some((secrets, database_url)) = secrets {
+        std::fs::write(copy.join("secrets.toml"), secrets).unwrap();
+        std::fs::write(copy.join("database-url"), database_url).unwrap();
+    }
+    copy
+}
+
+fn base_with_secrets(secrets: &str, database_url: &str) -> PathBuf {
+    kubernetes_base(Some((secrets, database_url)))
+}
+
+/// secrets.example.toml with every placeholder replaced, as its comments ask.
+fn own_secrets() -> String {
+    use base64::Engine;
+    let example = read(&deploy("kubernetes/secrets.example.toml"));
+    let key = base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::new_v4().as_bytes().repeat(2));
+    let filled = regex::Regex::new(r#""change-me[^"]*""#)
+        .unwrap()
+        .replace_all(&example, |_: &regex::Captures| format!("\"{}\"", uuid::Uuid::new_v4().simple()));
+    let filled = filled.replace("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &key);
+    assert_ne!(filled, example);
+    filled
+}
+
+#[test]
+fn the_kubernetes_base_renders_no_secret_until_the_operator_writes_one() {
+    if !have_tool("kubectl", &["version", "--client"]) {
+        return;
+    }
+    // Without the operator's files, nothing renders: no Secret with values from this repository.
+    let bare = kubernetes_base(None);
+    let output =
+        std::process::Command::new("kubectl").args(["kustomize", bare.to_str().unwrap()]).output().unwrap();
+    std::fs::remove_dir_all(&bare).unwrap();
+    assert!(!output.status.success(), "rendered without secrets.toml");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("secrets.toml"), "names the missing file");
+
+    // The example copied as it is renders, and usage-gate refuses each placeholder by its key.
+    let example = read(&deploy("kubernetes/secrets.example.toml"));
+    let database_url = "postgres://usage_gate:s3cret@postgres:5432/usage_gate";
+    let copied = base_with_secrets(&example, database_url);
+    let rendered = run("kubectl", &["kustomize", copied.to_str().unwrap()]);
+    std::fs::remove_dir_all(&copied).unwrap();
+    let secret = yaml_documents(&rendered).into_iter().find(|o| o["kind"] == "Secret").unwrap();
+    assert!(secret["data"]["secrets.toml"].is_string() && secret["data"]["database-url"].is_string());
+    let settings = deploy("kubernetes/usage-gate.toml");
+    let secrets = std::env::temp_dir().join(format!("usage-gate-example-{}.toml", uuid::Uuid::new_v4()));
+    std::fs::write(&secrets, &example).unwrap();
+    for command in ["config", "serve"] {
+        let output = usage_gate()
+            .args(["--config", settings.to_str().unwrap(), "--config", secrets.to_str().unwrap(), command])
+            .env("DATABASE_URL", database_url)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command} refuses placeholders: {stderr}");
+        for key in
+            ["billabear.api_key", "webhooks.secret", "auth.keys[0].key", "auth.keys[2].key", "secrets.key"]
+        {
+            assert!(stderr.contains(&format!("{key}: ")), "{command} names {key}: {stderr}");
+        }
+        assert!(!stderr.contains("change-me-admin-key"), "never echoes a secret: {stderr}");
+    }
+    std::fs::remove_file(&secrets).unwrap();
 }
 
 /// One YAML file's documents, as JSON.

@@ -512,3 +512,54 @@ impl Drop for Child {
         let _ = self.0.wait();
     }
 }
+
+/// A TCP relay to the machine's Postgres that a test can close and open again: closed, it cuts
+/// every connection through it and refuses new ones, as a Postgres stopped or failing over does,
+/// for the one replica whose `database.url` points here (the other tests' Postgres stays up).
+pub struct PostgresGate {
+    pub port: u16,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl PostgresGate {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let upstream = url::Url::parse(&base_database_url()).unwrap();
+        let upstream = format!("{}:{}", upstream.host_str().unwrap(), upstream.port().unwrap_or(5432));
+        let (open, _) = tokio::sync::watch::channel(true);
+        let gate = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut state = gate.subscribe();
+                if !*state.borrow_and_update() {
+                    continue; // dropped: the connection is closed at once
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = state.wait_for(|open| !*open) => {}
+                    }
+                });
+            }
+        });
+        Self { port, open }
+    }
+
+    /// `url` (a database on the machine's Postgres) as reached through this gate.
+    pub fn url(&self, url: &str) -> String {
+        let mut url = url::Url::parse(url).unwrap();
+        url.set_port(Some(self.port)).unwrap();
+        url.to_string()
+    }
+
+    pub fn close(&self) {
+        self.open.send_replace(false);
+    }
+
+    pub fn open(&self) {
+        self.open.send_replace(true);
+    }
+}

@@ -84,8 +84,8 @@ async fn send(
     (status, headers, body)
 }
 
-/// What every proxy must do while usage-gate runs.
-async fn behaves_in_front_of_the_application(base: &str, proxy: &str) {
+/// What every proxy must do while usage-gate runs, `blocked` its `gate.blocked_status`.
+async fn behaves_in_front_of_the_application(base: &str, proxy: &str, blocked: u16) {
     // Allowed: the application answers; the decision's status reaches the client (nginx) or
     // the application (Caddy's copy_headers).
     let (status, headers, body) = send(base, Some(&token(ACME)), None).await;
@@ -98,8 +98,9 @@ async fn behaves_in_front_of_the_application(base: &str, proxy: &str) {
     let (status, _, body) = send(base, Some(&token(ACME)), Some(HOOLI_DISABLED)).await;
     assert_eq!(status, 200, "{proxy}");
     assert!(body["x_customer_id"].is_null() || body["x_customer_id"] == "", "{proxy}: the app saw {body}");
-    let (status, headers, _) = send(base, Some(&token(HOOLI_DISABLED)), Some(ACME)).await;
-    assert_eq!(status, 403, "{proxy}: a blocked customer's token is blocked whatever the header says");
+    let (status, headers, body) = send(base, Some(&token(HOOLI_DISABLED)), Some(ACME)).await;
+    assert_eq!(status, blocked, "{proxy}: a blocked customer's token is blocked whatever the header says");
+    assert_ne!(body["app"], true, "{proxy}: blocked never reaches the application");
     assert_eq!(
         headers.get("x-usage-status").map(|v| v.to_str().unwrap()),
         Some("blocked"),
@@ -122,11 +123,17 @@ struct Setup {
     dir: PathBuf,
 }
 
-async fn setup(tool: &str, version: &str, file: &str, name: &str) -> Option<Setup> {
+async fn setup(tool: &str, version: &str, file: &str, name: &str, blocked: u16) -> Option<Setup> {
     if !have_tool(tool, &[version]) {
         return None;
     }
-    let gate = spawn_with_jwt(|jwt| jwt.hs256_secret = SECRET.to_owned().into()).await;
+    let gate = TestApp::spawn_with(|raw| {
+        raw.gate.jwt.hs256_secret = SECRET.to_owned().into();
+        raw.gate.jwt.issuer = JWT_ISSUER.into();
+        raw.gate.jwt.audience = JWT_AUDIENCE.into();
+        raw.gate.blocked_status = blocked;
+    })
+    .await;
     let app = application().await;
     let proxy = format!("127.0.0.1:{}", free_port());
     let dir = std::env::temp_dir().join(format!("usage-gate-proxy-{}", uuid::Uuid::new_v4()));
@@ -141,12 +148,28 @@ fn spawn(command: &mut std::process::Command) -> Child {
 }
 
 #[tokio::test]
-async fn nginx_in_front_enforces_and_fails_open_when_usage_gate_is_down() {
-    let Some(Setup { mut gate, proxy, dir }) =
-        setup("nginx", "-v", "nginx/usage-gate.conf", "usage-gate.conf").await
-    else {
-        return;
-    };
+async fn nginx_in_front_blocks_with_each_blocked_status_and_fails_open_when_usage_gate_is_down() {
+    // auth_request turns any answer but 2xx, 401 and 403 into a 500, which the file's fail-open
+    // path must not take for a blocked customer's 402 or 429.
+    for blocked in [402, 403, 429] {
+        let Some(Setup { mut gate, proxy, dir }) =
+            setup("nginx", "-v", "nginx/usage-gate.conf", "usage-gate.conf", blocked).await
+        else {
+            return;
+        };
+        let _nginx = nginx(&dir);
+        // usage-gate down: the documented choice for nginx is to fail open (even a blocked
+        // customer's request goes on unchecked).
+        let (status, body) =
+            through(&proxy, &format!("nginx (blocked_status {blocked})"), &mut gate, blocked).await;
+        assert_eq!(status, 200, "nginx fails open: {body}");
+        assert_eq!(body["app"], true);
+    }
+}
+
+/// nginx on the rendered file in `dir`, in the foreground as one process (no master, no
+/// workers to outlive the test).
+fn nginx(dir: &Path) -> Child {
     let d = dir.display();
     std::fs::write(
         dir.join("nginx.conf"),
@@ -161,32 +184,28 @@ async fn nginx_in_front_enforces_and_fails_open_when_usage_gate_is_down() {
     let conf = dir.join("nginx.conf");
     let conf = conf.to_str().unwrap();
     let prefix = format!("{d}/");
+    let error_log = format!("{d}/error.log");
     let test = std::process::Command::new("nginx")
-        .args(["-t", "-p", &prefix, "-e", &format!("{d}/error.log"), "-c", conf])
+        .args(["-t", "-p", &prefix, "-e", &error_log, "-c", conf])
         .output()
         .unwrap();
     assert!(test.status.success(), "nginx -t: {}", String::from_utf8_lossy(&test.stderr));
-    let _nginx = spawn(std::process::Command::new("nginx").args([
+    spawn(std::process::Command::new("nginx").args([
         "-p",
         &prefix,
         "-e",
-        &format!("{d}/error.log"),
+        &error_log,
         "-c",
         conf,
         "-g",
-        "daemon off;",
-    ]));
-    // usage-gate down: the documented choice for nginx is to fail open (even a blocked
-    // customer's request goes on unchecked).
-    let (status, body) = through(&proxy, "nginx", &mut gate).await;
-    assert_eq!(status, 200, "nginx fails open: {body}");
-    assert_eq!(body["app"], true);
+        "daemon off; master_process off;",
+    ]))
 }
 
 #[tokio::test]
 async fn caddy_in_front_enforces_and_fails_closed_when_usage_gate_is_down() {
     let Some(Setup { mut gate, proxy, dir }) =
-        setup("caddy", "version", "caddy/Caddyfile", "Caddyfile").await
+        setup("caddy", "version", "caddy/Caddyfile", "Caddyfile", 403).await
     else {
         return;
     };
@@ -199,16 +218,16 @@ async fn caddy_in_front_enforces_and_fails_closed_when_usage_gate_is_down() {
             .env("XDG_CONFIG_HOME", &dir),
     );
     // usage-gate down: the documented choice for Caddy is to fail closed (502).
-    let (status, body) = through(&proxy, "Caddy", &mut gate).await;
+    let (status, body) = through(&proxy, "Caddy", &mut gate, 403).await;
     assert_eq!(status, 502, "Caddy fails closed: {body}");
 }
 
 /// Once the proxy listens: what it must do while usage-gate runs, then usage-gate stopped and
 /// what a blocked customer's request gets.
-async fn through(proxy: &str, name: &str, gate: &mut TestApp) -> (u16, Value) {
+async fn through(proxy: &str, name: &str, gate: &mut TestApp, blocked: u16) -> (u16, Value) {
     let base = format!("http://{proxy}");
     wait_until_listening(&base).await;
-    behaves_in_front_of_the_application(&base, name).await;
+    behaves_in_front_of_the_application(&base, name, blocked).await;
     gate.shut_down().await;
     let (status, _, body) = send(&base, Some(&token(HOOLI_DISABLED)), None).await;
     (status, body)

@@ -1,5 +1,7 @@
 //! The service skeleton: health, readiness, docs, metrics, request ids, problem bodies.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 
 use crate::helpers::*;
@@ -50,6 +52,57 @@ async fn readyz_is_503_and_names_postgres_when_it_is_unreachable() {
     assert_eq!(body["status"], "not_ready");
     assert_eq!(body["checks"]["postgres"]["ok"], false);
     assert!(body["checks"]["postgres"]["detail"].as_str().unwrap().starts_with("unreachable"), "{body}");
+}
+
+#[tokio::test]
+async fn with_postgres_gone_after_start_readyz_stays_200_degraded_and_checks_answer() {
+    let gate = PostgresGate::start().await;
+    let app = TestApp::spawn_with(|raw| {
+        let direct = secrecy::ExposeSecret::expose_secret(&raw.database.url).to_owned();
+        raw.database.url = secrecy::SecretString::from(gate.url(&direct));
+        raw.database.acquire_timeout_ms = 300;
+    })
+    .await;
+    assert_eq!(app.check(ACME).await["allowed"], true, "a cached customer");
+    let ready: Value = app.get("/readyz", None).await.json().await.unwrap();
+    assert_eq!(ready["status"], "ready", "{ready}");
+
+    // As in a Postgres restart or failover: every connection cut, none taken.
+    gate.close();
+    let degraded = eventually(Duration::from_secs(10), "readyz to report Postgres unreachable", || async {
+        let response = app.get("/readyz", None).await;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        (body["checks"]["postgres"]["ok"] == false).then_some((status, body))
+    })
+    .await;
+    assert_eq!(degraded.0, 200, "still answering checks: {}", degraded.1);
+    assert_eq!(degraded.1["status"], "degraded");
+    assert_eq!(degraded.1["checks"]["postgres"]["required"], false);
+    let strict = app.get("/readyz?strict=true", None).await;
+    assert_eq!(strict.status(), 503, "the strict answer requires Postgres");
+    assert_eq!(strict.json::<Value>().await.unwrap()["status"], "not_ready");
+    assert_eq!(app.check(ACME).await["allowed"], true, "the cached customer's check answers");
+    let event =
+        json!({"event_id": "while-down", "subscription": ACME_SUBSCRIPTION, "code": "api_calls", "value": 1});
+    let response =
+        app.http.post(app.url("/v1/events")).bearer_auth(EVENTS_KEY).json(&event).send().await.unwrap();
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, 503, "storage_unavailable").await;
+
+    gate.open();
+    eventually(Duration::from_secs(10), "readyz ready again", || async {
+        let body: Value = app.get("/readyz?strict=true", None).await.json().await.unwrap();
+        (body["status"] == "ready").then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn readyz_rejects_a_strict_that_is_not_a_boolean() {
+    let app = TestApp::spawn().await;
+    let body = assert_problem(app.get("/readyz?strict=maybe", None).await, 400, "invalid_request").await;
+    assert_eq!(body["errors"][0]["field"], "strict", "{body}");
 }
 
 #[tokio::test]

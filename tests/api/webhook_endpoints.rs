@@ -218,6 +218,26 @@ async fn every_message_is_signed_with_the_endpoints_secret_and_tells_the_transit
 }
 
 #[tokio::test]
+async fn null_event_types_and_description_are_taken_as_absent_as_the_document_says() {
+    let app = TestApp::spawn().await;
+    let endpoint = app
+        .webhook_endpoint(
+            json!({"url": "http://127.0.0.1:9/hooks", "event_types": null, "description": null}),
+        )
+        .await;
+    assert_eq!(endpoint["event_types"], Value::Null, "all types: {endpoint}");
+    assert_eq!(endpoint["description"], Value::Null, "{endpoint}");
+    let document: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let fields = &document["components"]["schemas"]["NewWebhookEndpoint"]["properties"];
+    for field in ["event_types", "description"] {
+        assert!(
+            fields[field]["type"].as_array().is_some_and(|t| t.contains(&json!("null"))),
+            "{field}: {fields}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_receiver_answering_500_then_204_gets_the_same_webhook_id_twice_and_nothing_more() {
     let app = TestApp::spawn().await;
     let receiver = Receiver::start(&[500]);
