@@ -114,7 +114,9 @@ class FaultProxy:
     """Each new connection takes the next fault from the plan, then passes traffic through:
     ``pass``; ``drop-response`` (the request reaches usage-gate, which handles it, and the
     connection is cut as its answer starts); ``reply-503`` (503 with ``Retry-After: 1``,
-    usage-gate not reached); ``hang`` (accepted, never answered)."""
+    usage-gate not reached) and ``reply-500`` (500, likewise); ``hang`` (accepted, never
+    answered); ``drip`` (usage-gate's answer passed on a byte every 100 ms: each read is
+    quick, the whole answer slow)."""
 
     def __init__(self, upstream_port: int, plan: list[str]) -> None:
         self.plan = list(plan)
@@ -140,15 +142,22 @@ class FaultProxy:
     def _serve(self, client: socket.socket, fault: str) -> None:
         if fault == "hang":
             return
-        if fault == "reply-503":
+        if fault in ("reply-503", "reply-500"):
             client.recv(65536)
-            body = (
-                b'{"type":"urn:usage-gate:problem:storage_unavailable","title":"Service Unavailable",'
-                b'"status":503,"detail":"injected","code":"storage_unavailable"}'
+            status = int(fault.removeprefix("reply-"))
+            title, code, extra = {
+                503: (b"Service Unavailable", b"storage_unavailable", b"Retry-After: 1\r\n"),
+                500: (b"Internal Server Error", b"internal", b""),
+            }[status]
+            body = b'{"type":"urn:usage-gate:problem:%s","title":"%s","status":%d,"detail":"injected","code":"%s"}' % (
+                code,
+                title,
+                status,
+                code,
             )
             client.sendall(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\n"
-                b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                b"HTTP/1.1 %d %s\r\nContent-Type: application/problem+json\r\n%sConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (status, title, extra, len(body), body)
             )
             client.close()
             return
@@ -159,6 +168,15 @@ class FaultProxy:
             upstream.recv(1)
             _shut(client)
             _shut(upstream)
+        elif fault == "drip":
+            try:
+                while chunk := upstream.recv(65536):
+                    for byte in chunk:
+                        client.sendall(bytes([byte]))
+                        time.sleep(0.1)
+            except OSError:
+                pass
+            _shut(client)
         else:
             self._pipe(upstream, client)
 

@@ -78,3 +78,17 @@ def test_a_stopped_service_gets_the_chosen_fallback():
                 await ug.send_event({"customer": ACME, "code": "api_calls", "value": 1})
 
     run(scenario())
+
+
+def test_a_timeout_is_one_deadline_for_the_whole_attempt(service, faults):
+    dripping = faults(["drip"])
+
+    async def scenario():
+        async with AsyncUsageGate(base_url=dripping.url, api_key=service.api_key, timeout=0.3) as ug:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            late = await ug.check(ACME, on_unavailable="allow")
+            assert (late["allowed"], late["client_fallback"]) == (True, True)
+            assert loop.time() - started < 0.6, "answered past its deadline"
+
+    run(scenario())

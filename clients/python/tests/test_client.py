@@ -5,6 +5,7 @@ import datetime
 import http.server
 import os
 import threading
+import time
 import uuid
 from typing import ClassVar
 
@@ -153,9 +154,9 @@ def test_the_reservation_block_commits_what_it_recorded_and_releases_on_an_excep
 def test_admin_limits_overrides_and_the_audit_log_as_an_iterator(ug):
     limit = ug.limits.create(STARK, amount=5000, action="WARNING")
     assert limit["action"] == "WARNING"
-    assert limit["id"] in [l["id"] for l in ug.limits.list(STARK)]
+    assert limit["id"] in [listed["id"] for listed in ug.limits.list(STARK)]
     ug.limits.delete(STARK, limit["id"])
-    assert limit["id"] not in [l["id"] for l in ug.limits.list(STARK)]
+    assert limit["id"] not in [listed["id"] for listed in ug.limits.list(STARK)]
     with pytest.raises(UsageGateError) as caught:
         ug.limits.create(STARK, amount=-1, action="WARNING")
     assert caught.value.status == 422 and caught.value.errors[0]["field"] == "amount"
@@ -231,6 +232,27 @@ def test_a_webhook_from_a_real_delivery_verifies_with_either_secret_after_a_rota
         ]
     finally:
         receiver.shutdown()
+
+
+def test_a_500_falls_back_for_a_check_and_an_event_is_not_sent_again(service, faults):
+    broken = faults(["reply-500", "reply-500"])
+    allowed = through(broken, service, on_unavailable="allow").check(ACME)
+    assert (allowed["allowed"], allowed["client_fallback"]) == (True, True)
+    assert "HTTP 500" in allowed["error"] or "internal" in allowed["error"], allowed["error"]
+    with pytest.raises(UsageGateUnavailableError) as raised:
+        through(broken, service).send_event({"customer": ACME, "code": "api_calls", "value": 1})
+    assert raised.value.status == 500
+    assert len(broken.log) == 2, "one request each: a 500 is not retried"
+
+
+def test_a_timeout_is_one_deadline_for_the_whole_attempt(service, faults):
+    dripping = faults(["drip"])
+    started = time.monotonic()
+    late = through(dripping, service, timeout=0.3, on_unavailable="deny").check(ACME)
+    elapsed = time.monotonic() - started
+    assert (late["allowed"], late["client_fallback"]) == (False, True)
+    assert "no answer within 0.3 s" in late["error"]
+    assert elapsed < 0.6, f"answered after {elapsed:.2f} s, past its 0.3 s deadline"
 
 
 def test_when_usage_gate_is_slow_or_stopped_checks_answer_as_chosen_and_events_fail_after_retrying(service, faults):

@@ -25,6 +25,7 @@ NOT_WRAPPED = {
     "OutboxEvent",
     "OutboxPage",
     "Readiness",
+    "ReadinessStatus",
     "Retried",
     "ReservationCommit",
     "Stats",

@@ -114,8 +114,9 @@ interface Answer {
 
 /** The client's version: usage-gate's, whose API it speaks (test/types.test.mjs holds the two together). */
 export const VERSION = "0.1.0";
-/** Statuses that say "not now" rather than "no": a proxy's, or usage-gate's Postgres down. */
-const UNAVAILABLE = new Set([502, 503, 504]);
+/** Statuses retried: "not now" rather than "no" (a proxy's, or usage-gate's Postgres down). Any
+ * 5xx makes usage-gate unavailable to a check (`onUnavailable`); only these are sent again. */
+const RETRIED = new Set([502, 503, 504]);
 /** Failures before anything was sent: the request surely did nothing. */
 const NOT_SENT = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "UND_ERR_CONNECT_TIMEOUT"]);
 
@@ -486,7 +487,7 @@ export class UsageGate {
         const answer = await read(response, attempt);
         if (response.ok) return answer;
         failure = problemError(request, answer);
-        if (!UNAVAILABLE.has(response.status)) {
+        if (!RETRIED.has(response.status)) {
           throw attempt > 0 ? new RetriedError(failure) : failure;
         }
         const unsent = response.status === 503;
@@ -544,7 +545,7 @@ function problemError(request: Request, answer: Answer): UsageGateError {
   const what = problem ? `${problem.code}: ${problem.detail}` : `HTTP ${answer.status}`;
   const message = `usage-gate ${request.method} ${request.path}: ${what}`;
   const init = { status: answer.status, problem, requestId: answer.requestId };
-  return UNAVAILABLE.has(answer.status) ? new UsageGateUnavailableError(message, init) : new UsageGateError(message, init);
+  return answer.status >= 500 ? new UsageGateUnavailableError(message, init) : new UsageGateError(message, init);
 }
 
 function networkError(request: Request, error: unknown): UsageGateUnavailableError {

@@ -636,7 +636,7 @@ export interface components {
         Check: {
             detail: string;
             ok: boolean;
-            /** @description Whether a failure makes the service not ready. */
+            /** @description Whether its failure makes the service not ready, in this answer. */
             required: boolean;
         };
         CheckBatchAnswer: components["schemas"]["Decision"] | components["schemas"]["CheckItemError"];
@@ -956,9 +956,10 @@ export interface components {
             value?: number;
         } & (unknown | unknown);
         NewWebhookEndpoint: {
-            description?: string;
-            /** @description Absent: all */
-            event_types?: ("customer.usage.near_limit" | "customer.usage.warning" | "customer.usage.blocked" | "customer.usage.recovered" | "customer.override.expired" | "event.dead")[];
+            /** @description Absent or null: none */
+            description?: string | null;
+            /** @description Absent or null: all */
+            event_types?: ("customer.usage.near_limit" | "customer.usage.warning" | "customer.usage.blocked" | "customer.usage.recovered" | "customer.override.expired" | "event.dead")[] | null;
             /**
              * Format: uri
              * @description An absolute http or https URL
@@ -1082,9 +1083,14 @@ export interface components {
         };
         Readiness: {
             checks: components["schemas"]["Checks"];
-            /** @description `ready` or `not_ready`. */
-            status: string;
+            /**
+             * @description `ready`; `degraded` (answering checks from the cache, writes refused: a dependency it
+             *     had reached is gone); or `not_ready`.
+             */
+            status: components["schemas"]["ReadinessStatus"];
         };
+        /** @enum {string} */
+        ReadinessStatus: "ready" | "degraded" | "not_ready";
         /** @description One reservation as stored. */
         Reservation: {
             /**
@@ -1290,14 +1296,20 @@ export interface operations {
     };
     readyz: {
         parameters: {
-            query?: never;
+            query?: {
+                /**
+                 * @description `true`: require Postgres now, not only before it was first reached (503 while it is
+                 *     unreachable).
+                 */
+                strict?: boolean;
+            };
             header?: never;
             path?: never;
             cookie?: never;
         };
         requestBody?: never;
         responses: {
-            /** @description Postgres reachable and migrated */
+            /** @description Answering checks: `ready`, or `degraded` (Postgres, reached before, is unreachable now: checks answer from the cache, writes answer 503) */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -1306,7 +1318,16 @@ export interface operations {
                     "application/json": components["schemas"]["Readiness"];
                 };
             };
-            /** @description A required dependency failed; `checks` says which */
+            /** @description strict is not true or false */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Not ready: Postgres never reached since start-up (or unreachable, with `strict=true`), or its migrations missing; `checks` says which */
             503: {
                 headers: {
                     [name: string]: unknown;

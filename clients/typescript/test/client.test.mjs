@@ -269,6 +269,31 @@ test("a webhook from a real delivery verifies, also with either secret after a r
   }
 });
 
+test("a 500 falls back for a check, and an event answered 500 is not sent again", async () => {
+  const broken = await faulty(["reply-500", "reply-500"], { onUnavailable: "allow" });
+  try {
+    const allowed = await broken.client.check(CUSTOMERS.acme);
+    assert.equal(allowed.allowed, true);
+    assert.equal(allowed.client_fallback, true);
+    await assert.rejects(broken.client.sendEvent({ customer: CUSTOMERS.acme, code: "api_calls", value: 1 }), (e) => e instanceof UsageGateUnavailableError && e.status === 500);
+    assert.equal(broken.proxy.log.length, 2, "one request each: a 500 is not retried");
+  } finally {
+    await broken.proxy.close();
+  }
+});
+
+test("a timeout is one deadline for the whole attempt", async () => {
+  const dripping = await faulty(["drip"], { timeoutMs: 300, onUnavailable: "deny" });
+  try {
+    const started = Date.now();
+    const late = await dripping.client.check(CUSTOMERS.acme);
+    assert.equal(late.client_fallback, true);
+    assert.ok(Date.now() - started < 600, `answered after ${Date.now() - started} ms`);
+  } finally {
+    await dripping.proxy.close();
+  }
+});
+
 // Last: it stops the service.
 test("when usage-gate is slow or gone, checks answer as the caller chose and events fail after retrying", async () => {
   const slow = await faulty(["hang"], { timeoutMs: 200, onUnavailable: "deny" });

@@ -2,6 +2,7 @@
 Both build their requests and read their answers with ``Core``; only the sending differs."""
 
 import asyncio
+import concurrent.futures
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from types import TracebackType
@@ -42,6 +43,15 @@ from .types import (
 
 Event = Mapping[str, Any]
 
+#: Threads a sync client sends its attempts on (made as needed): httpx's timeouts bound each
+#: phase of a request (connect, send, every read), so only a wait on another thread holds an
+#: attempt to one deadline in all, as the TypeScript client's does.
+ATTEMPT_THREADS = 64
+
+
+def _timed_out(call: Call) -> httpx.TimeoutException:
+    return httpx.TimeoutException(f"no answer within {call.timeout:g} s")
+
 
 class UsageGate:
     """usage-gate's client. Calls raise ``UsageGateError`` (``UsageGateUnavailableError`` when
@@ -53,9 +63,11 @@ class UsageGate:
         retries); ``http_client`` for your own (proxies, TLS), used as it is."""
         self._core = Core(**options)
         self._http = http_client or httpx.Client(follow_redirects=False)
+        self._attempts = concurrent.futures.ThreadPoolExecutor(ATTEMPT_THREADS, thread_name_prefix="usage-gate")
         self.limits, self.overrides, self.webhook_endpoints = _admin.namespaces(self, self._core)
 
     def close(self) -> None:
+        self._attempts.shutdown(wait=False, cancel_futures=True)
         self._http.close()
 
     def __enter__(self) -> Self:
@@ -215,23 +227,31 @@ class UsageGate:
         steps = self._core.attempts(call)
         next(steps)
         while True:
-            outcome: Outcome
             try:
-                outcome = self._http.request(
-                    call.method,
-                    self._core.base_url + call.path,
-                    params=call.params(),
-                    json=call.body,
-                    headers={**self._core.headers, **call.headers},
-                    timeout=call.timeout,
-                )
-            except httpx.TransportError as error:
-                outcome = error
-            try:
-                time.sleep(steps.send(outcome))
+                time.sleep(steps.send(self._attempt(call)))
             except StopIteration as done:
                 return done.value
             next(steps)
+
+    def _attempt(self, call: Call) -> Outcome:
+        """One attempt, answered within ``call.timeout``; past it, the request is left to end
+        on its thread by httpx's own (per-phase) timeouts."""
+        attempt = self._attempts.submit(
+            self._http.request,
+            call.method,
+            self._core.base_url + call.path,
+            params=call.params(),
+            json=call.body,
+            headers={**self._core.headers, **call.headers},
+            timeout=call.timeout,
+        )
+        try:
+            return attempt.result(timeout=call.timeout)
+        except httpx.TransportError as error:
+            return error
+        except concurrent.futures.TimeoutError:
+            attempt.cancel()
+            return _timed_out(call)
 
 
 class AsyncUsageGate:
@@ -384,16 +404,22 @@ class AsyncUsageGate:
         while True:
             outcome: Outcome
             try:
-                outcome = await self._http.request(
-                    call.method,
-                    self._core.base_url + call.path,
-                    params=call.params(),
-                    json=call.body,
-                    headers={**self._core.headers, **call.headers},
-                    timeout=call.timeout,
+                # httpx's timeout bounds each phase; the attempt as a whole gets one deadline.
+                outcome = await asyncio.wait_for(
+                    self._http.request(
+                        call.method,
+                        self._core.base_url + call.path,
+                        params=call.params(),
+                        json=call.body,
+                        headers={**self._core.headers, **call.headers},
+                        timeout=call.timeout,
+                    ),
+                    call.timeout,
                 )
             except httpx.TransportError as error:
                 outcome = error
+            except asyncio.TimeoutError:
+                outcome = _timed_out(call)
             try:
                 await asyncio.sleep(steps.send(outcome))
             except StopIteration as done:

@@ -27,7 +27,9 @@ __version__ = "0.1.0"
 Retry = Literal["idempotent", "unsent", "never"]
 
 #: Statuses that say "not now" rather than "no": a proxy's, or usage-gate's Postgres down.
-UNAVAILABLE = frozenset({502, 503, 504})
+#: Statuses retried: "not now" rather than "no" (a proxy's, or usage-gate's Postgres down). Any
+#: 5xx makes usage-gate unavailable to a check (``on_unavailable``); only these are sent again.
+RETRIED = frozenset({502, 503, 504})
 
 #: What an attempt came to: an answer, or a failure to get one.
 Outcome = httpx.Response | httpx.TransportError
@@ -149,7 +151,7 @@ class Core:
                 if outcome.is_success:
                     return answer
                 failure = self.failure(call, answer)
-                if answer.status not in UNAVAILABLE:
+                if answer.status not in RETRIED:
                     raise RetriedError(failure) if attempt else failure
                 delay = self.delay(
                     call,
@@ -181,7 +183,7 @@ class Core:
     def failure(self, call: Call, answer: Answer) -> UsageGateError:
         problem = _problem(answer.body)
         what = f"{problem['code']}: {problem['detail']}" if problem else f"HTTP {answer.status}"
-        cls = UsageGateUnavailableError if answer.status in UNAVAILABLE else UsageGateError
+        cls = UsageGateUnavailableError if answer.status >= 500 else UsageGateError
         return cls(
             f"usage-gate {call.method} {call.path}: {what}",
             status=answer.status,

@@ -8,7 +8,9 @@ import { connect, createServer } from "node:net";
  * - "drop-response": the request reaches usage-gate, which handles it, and the connection is
  *   cut as its answer starts (the client never sees it);
  * - "reply-503": answered 503 with `Retry-After: 1` without reaching usage-gate;
- * - "hang": accepted, never answered.
+ * - "reply-500": answered 500 without reaching usage-gate;
+ * - "hang": accepted, never answered;
+ * - "drip": usage-gate's answer passed on a byte every 100 ms (each read quick, the whole slow).
  */
 export async function faultProxy(upstreamPort, plan) {
   const log = [];
@@ -24,11 +26,16 @@ export async function faultProxy(upstreamPort, plan) {
     client.on("data", () => (entry.sent = true));
     client.on("error", () => {});
     if (fault === "hang") return;
-    if (fault === "reply-503") {
+    const replies = {
+      "reply-503": [503, "Service Unavailable", "storage_unavailable", "Retry-After: 1\r\n"],
+      "reply-500": [500, "Internal Server Error", "internal", ""],
+    };
+    if (fault in replies) {
+      const [status, title, code, extra] = replies[fault];
       client.once("data", () => {
-        const body = JSON.stringify({ type: "urn:usage-gate:problem:storage_unavailable", title: "Service Unavailable", status: 503, detail: "injected", code: "storage_unavailable" });
+        const body = JSON.stringify({ type: `urn:usage-gate:problem:${code}`, title, status, detail: "injected", code });
         client.end(
-          `HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/problem+json\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+          `HTTP/1.1 ${status} ${title}\r\nContent-Type: application/problem+json\r\n${extra}Connection: close\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
         );
       });
       return;
@@ -43,6 +50,16 @@ export async function faultProxy(upstreamPort, plan) {
         client.destroy();
         upstream.destroy();
       });
+    } else if (fault === "drip") {
+      const bytes = [];
+      let timer;
+      upstream.on("data", (chunk) => {
+        bytes.push(...chunk);
+        timer ??= setInterval(() => {
+          if (bytes.length) client.write(Buffer.from([bytes.shift()]));
+        }, 100);
+      });
+      client.on("close", () => clearInterval(timer));
     } else {
       upstream.pipe(client);
     }
