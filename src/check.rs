@@ -78,7 +78,7 @@ pub struct Estimate {
     /// What the customer's open reservations (holds) set aside.
     pub reserved: i64,
     /// `pending` is priced approximately (a tiered price, a metric aggregated by max, latest or
-    /// unique_count, or tax BillaBear's figures do not show yet): see the README.
+    /// unique_count, or tax BillaBear's figures do not show yet): see docs/enforcement.md.
     pub approximate: bool,
     /// When BillaBear gave its figure (RFC 3339, UTC).
     #[schema(value_type = String, format = DateTime)]

@@ -1021,7 +1021,7 @@ impl std::fmt::Debug for SecretsSettings {
     }
 }
 
-/// The operator console (README, "Operator console").
+/// The operator console (docs/console.md).
 #[derive(Debug, Clone)]
 pub struct ConsoleSettings {
     /// Whether `/console/` is served.
@@ -1032,7 +1032,7 @@ pub struct ConsoleSettings {
     pub history: Duration,
 }
 
-/// usage-gate's own webhooks (README, "Outbound webhooks").
+/// usage-gate's own webhooks (docs/webhooks.md).
 #[derive(Debug, Clone)]
 pub struct OutboundWebhookSettings {
     /// The wait before each retry: after the first failed attempt, the first entry, and so on;

@@ -1,4 +1,4 @@
-//! The operator console under `/console/` (README, "Operator console"): server-rendered pages
+//! The operator console under `/console/` (docs/console.md): server-rendered pages
 //! for the people who run limits, embedded in the binary, loading nothing from another host.
 //!
 //! An operator signs in with an API key that has the `admin` scope and gets a session (see

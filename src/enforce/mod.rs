@@ -1,6 +1,6 @@
 //! Enforcement at the point of use: an enforced event is stored, and a hold granted, only if it
 //! fits under the customer's lowest DISABLE limit, judged so that concurrent requests on any
-//! replica are judged one after the other (README, "Enforcement at the point of use").
+//! replica are judged one after the other (docs/enforcement.md, "Enforcement at the point of use").
 //!
 //! - **One customer at a time, in Postgres.** An enforced write takes the customer's
 //!   transaction-scoped advisory lock, reads what the customer's figure is made of in that same

@@ -1,5 +1,5 @@
 //! Overrides: an operator's bounded exception to a customer's decision, `allow`, `block` or
-//! `raise` (the DISABLE threshold), until `expires_at` (README, "Overrides").
+//! `raise` (the DISABLE threshold), until `expires_at` (docs/enforcement.md, "Overrides").
 //!
 //! - **Postgres holds them** (`store`): a customer has at most one open override (a new one
 //!   supersedes it); created, ended and expired are each audited once, in the transaction that

@@ -1,5 +1,5 @@
 //! Reservations (holds): money set aside under a customer's DISABLE limit for work whose cost
-//! comes later (README, "Enforcement at the point of use").
+//! comes later (docs/enforcement.md, "Enforcement at the point of use").
 //!
 //! - **Postgres holds them** (`store`): granted under the customer's lock like enforced events
 //!   (`enforce`), committed (the real usage stored and the hold closed in one transaction),

@@ -1,4 +1,4 @@
-//! usage-gate's own outbound webhooks (README, "Outbound webhooks"): signed by the Standard
+//! usage-gate's own outbound webhooks (docs/webhooks.md): signed by the Standard
 //! Webhooks spec, queued in Postgres in the transaction that makes the change they tell of,
 //! and delivered at least once, with retries, by every replica (`delivery`).
 //!

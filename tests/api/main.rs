@@ -9,6 +9,7 @@ mod cli;
 mod console;
 mod crash;
 mod deploy;
+mod docs;
 mod enforce;
 mod events;
 mod gate_jwt;
