@@ -37,7 +37,8 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
     let checked = promtool(&["check", "rules", "alerts.yml"]);
     let rules = read(&deploy("prometheus/alerts.yml"));
     let names = alert_names(&rules);
-    assert!(checked.contains(&format!("{} rules found", names.len())), "{checked}");
+    let records = rules.lines().filter(|l| l.trim().starts_with("- record: ")).count();
+    assert!(checked.contains(&format!("{} rules found", names.len() + records)), "{checked}");
     let tested = promtool(&["test", "rules", "alerts_test.yml"]);
     assert!(tested.contains("SUCCESS"), "{tested}");
 
@@ -60,31 +61,163 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
 }
 
 #[test]
-fn every_alert_says_what_happened_and_links_a_runbook_that_exists() {
+fn every_alert_says_what_happened_and_links_a_runbook_under_one_absolute_base() {
     let rules = read(&deploy("prometheus/alerts.yml"));
-    let readme = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"));
-    let anchors: BTreeSet<String> = readme
-        .lines()
-        .filter_map(|l| l.strip_prefix("### Runbook: "))
-        .map(|title| format!("runbook-{}", title.trim().to_lowercase().replace(' ', "-")))
-        .collect();
+    let runbooks =
+        crate::docs::anchors(&read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/runbooks.md")));
     let blocks: Vec<&str> = rules.split("- alert: ").skip(1).collect();
     assert_eq!(blocks.len(), alert_names(&rules).len());
+    let mut bases = BTreeSet::new();
     for block in blocks {
         let name = block.lines().next().unwrap();
-        for field in ["summary:", "description:", "runbook:", "severity:"] {
+        for field in ["summary:", "description:", "runbook_url:", "severity:"] {
             assert!(block.contains(field), "{name} has no {field}");
         }
-        let runbook = block
+        let url = block
             .lines()
-            .find_map(|l| l.trim().strip_prefix("runbook: \"README.md#"))
-            .unwrap_or_else(|| panic!("{name}: runbook must be \"README.md#...\""))
+            .find_map(|l| l.trim().strip_prefix("runbook_url: \""))
+            .unwrap()
             .trim_end_matches('"');
+        let (base, anchor) = url.split_once('#').unwrap_or_else(|| panic!("{name}: {url} names no section"));
         assert!(
-            anchors.contains(runbook),
-            "{name}: no README heading \"### Runbook: ...\" for #{runbook} ({anchors:?})"
+            base.starts_with("https://") && base.ends_with("/runbooks.md"),
+            "{name}: {url} is not absolute"
+        );
+        assert!(runbooks.contains(anchor), "{name}: docs/runbooks.md has no section #{anchor}");
+        bases.insert(base.to_owned());
+    }
+    assert_eq!(
+        bases.len(),
+        1,
+        "one base for every runbook_url (deploy/prometheus/sync.py --runbook-base): {bases:?}"
+    );
+}
+
+#[test]
+fn which_targets_are_usage_gate_is_said_once_and_their_absence_pages() {
+    let rules = read(&deploy("prometheus/alerts.yml"));
+    let exprs: Vec<&str> = rules.lines().filter_map(|l| l.trim().strip_prefix("expr: ")).collect();
+    let naming_targets: Vec<&&str> =
+        exprs.iter().filter(|e| e.contains("up{") || e.contains("job=")).collect();
+    assert_eq!(
+        naming_targets,
+        [&"up{job=\"usage-gate\"} or up{app_kubernetes_io_name=\"usage-gate\"}"],
+        "only usage_gate:up names a job"
+    );
+    let down = rules.split("- alert: UsageGateReplicaDown").nth(1).unwrap();
+    assert!(down.contains("absent(usage_gate:up)"), "no replica scraped at all fires too");
+}
+
+/// deploy/kubernetes with the operator's secret files and the prometheus-operator component, as
+/// an overlay uses them, rendered.
+fn rendered_with_the_operator_component() -> Vec<Value> {
+    let base = base_with_secrets(&own_secrets(), "postgres://usage_gate:s3cret@postgres:5432/usage_gate");
+    let overlay = base.parent().unwrap().join("overlay");
+    std::fs::create_dir(&overlay).unwrap();
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - ../base\n\
+         components:\n  - ../base/components/prometheus-operator\n",
+    )
+    .unwrap();
+    let rendered = run("kubectl", &["kustomize", overlay.to_str().unwrap()]);
+    remove_scratch(&base);
+    yaml_documents(&rendered)
+}
+
+#[test]
+fn the_prometheus_operator_component_scrapes_every_replica_as_usage_gate_with_the_alert_file() {
+    if !have_tool("kubectl", &["version", "--client"]) {
+        return;
+    }
+    let objects = rendered_with_the_operator_component();
+    let one = |kind: &str| -> &Value {
+        let found: Vec<&Value> = objects.iter().filter(|o| o["kind"] == kind).collect();
+        assert_eq!(found.len(), 1, "one {kind}");
+        found[0]
+    };
+    let (monitor, rule, deployment) = (one("ServiceMonitor"), one("PrometheusRule"), one("Deployment"));
+    let pod = &deployment["spec"]["template"];
+    assert!(
+        pod["metadata"]["annotations"]
+            .as_object()
+            .is_none_or(|a| !a.keys().any(|k| k.starts_with("prometheus.io/"))),
+        "no pod-discovery annotations beside the ServiceMonitor: {}",
+        pod["metadata"]
+    );
+    // The ServiceMonitor's Service, and that Service's pods and port.
+    let services: Vec<&Value> = objects
+        .iter()
+        .filter(|o| {
+            o["kind"] == "Service"
+                && selects(&monitor["spec"]["selector"]["matchLabels"], &o["metadata"]["labels"])
+        })
+        .collect();
+    assert_eq!(services.len(), 1, "the ServiceMonitor selects one Service");
+    let service = services[0];
+    assert!(selects(&service["spec"]["selector"], &pod["metadata"]["labels"]), "it selects the pods");
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    let port =
+        service["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == endpoint["port"]).unwrap();
+    let container_ports = pod["spec"]["containers"][0]["ports"].as_array().unwrap();
+    assert!(
+        container_ports.iter().any(|p| p["name"] == port["targetPort"]),
+        "the metrics port is the container's"
+    );
+    assert_eq!(endpoint["path"], "/metrics");
+    // The job Prometheus gives it is the one usage_gate:up selects.
+    let job = &service["metadata"]["labels"][monitor["spec"]["jobLabel"].as_str().unwrap()];
+    let rules = read(&deploy("prometheus/alerts.yml"));
+    assert!(rules.contains(&format!("up{{job={job}}}")), "usage_gate:up selects job {job}");
+
+    // The PrometheusRule is alerts.yml's groups, as they are.
+    let file = yaml_documents(&rules).remove(0);
+    assert!(
+        rule["spec"]["groups"] == file["groups"],
+        "the PrometheusRule differs from alerts.yml: run `python3 deploy/prometheus/sync.py`"
+    );
+}
+
+#[test]
+fn one_command_points_every_runbook_url_at_another_base() {
+    if !have_tool("promtool", &["--version"]) {
+        return;
+    }
+    let scratch = std::env::temp_dir().join(format!("usage-gate-runbooks-{}", uuid::Uuid::new_v4()));
+    let (prometheus, component) =
+        (scratch.join("prometheus"), scratch.join("kubernetes/components/prometheus-operator"));
+    for (from, to) in [
+        (deploy("prometheus"), &prometheus),
+        (deploy("kubernetes/components/prometheus-operator"), &component),
+    ] {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let base = "https://wiki.example.com/usage-gate/runbooks.md";
+    run("python3", &[prometheus.join("sync.py").to_str().unwrap(), "--runbook-base", base]);
+    for file in [
+        prometheus.join("alerts.yml"),
+        prometheus.join("alerts_test.yml"),
+        component.join("prometheusrule.yaml"),
+    ] {
+        let text = read(&file);
+        let urls: Vec<&str> = text.lines().filter_map(|l| l.trim().strip_prefix("runbook_url: \"")).collect();
+        assert!(
+            !urls.is_empty() && urls.iter().all(|u| u.starts_with(&format!("{base}#"))),
+            "{}: {urls:?}",
+            file.display()
         );
     }
+    let tested = std::process::Command::new("promtool")
+        .args(["test", "rules", "alerts_test.yml"])
+        .current_dir(&prometheus)
+        .output()
+        .unwrap();
+    assert!(tested.status.success(), "{}", String::from_utf8_lossy(&tested.stdout));
+    std::fs::remove_dir_all(&scratch).unwrap();
 }
 
 /// The metric names `text` mentions: usage-gate's own prefixes, and HTTP's and BillaBear's (a
@@ -234,7 +367,7 @@ fn the_kubernetes_base_renders_validates_and_names_only_what_usage_gate_has() {
     }
     let base = base_with_secrets(&own_secrets(), "postgres://usage_gate:s3cret@postgres:5432/usage_gate");
     let rendered = run("kubectl", &["kustomize", base.to_str().unwrap()]);
-    std::fs::remove_dir_all(&base).unwrap();
+    remove_scratch(&base);
     let file = std::env::temp_dir().join(format!("usage-gate-k8s-{}.yaml", uuid::Uuid::new_v4()));
     std::fs::write(&file, &rendered).unwrap();
     // Every object against Kubernetes 1.31's schemas, unknown fields refused.
@@ -390,23 +523,33 @@ fn the_kubernetes_base_renders_validates_and_names_only_what_usage_gate_has() {
     assert_eq!(container["resources"]["requests"]["memory"], limit, "memory request = limit");
 }
 
-/// A copy of deploy/kubernetes as a checkout has it (without files git ignores), plus the two
-/// secret files an operator writes, if given.
+/// A copy of deploy/kubernetes as a checkout has it (without the files git ignores) in a folder
+/// `base` of a scratch folder, plus the two secret files an operator writes, if given. Remove it
+/// with [`remove_scratch`].
 fn kubernetes_base(secrets: Option<(&str, &str)>) -> PathBuf {
-    let copy = std::env::temp_dir().join(format!("usage-gate-k8s-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir(&copy).unwrap();
-    for entry in std::fs::read_dir(deploy("kubernetes")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        if path.is_file() && !["secrets.toml", "database-url"].contains(&name.as_str()) {
-            std::fs::copy(&path, copy.join(name)).unwrap();
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap();
+            if path.is_dir() {
+                copy(&path, &to.join(name));
+            } else if !["secrets.toml", "database-url"].contains(&name.to_str().unwrap()) {
+                std::fs::copy(&path, to.join(name)).unwrap();
+            }
         }
     }
+    let base = std::env::temp_dir().join(format!("usage-gate-k8s-{}", uuid::Uuid::new_v4())).join("base");
+    copy(&deploy("kubernetes"), &base);
     if let Some((secrets, database_url)) = secrets {
-        std::fs::write(copy.join("secrets.toml"), secrets).unwrap();
-        std::fs::write(copy.join("database-url"), database_url).unwrap();
+        std::fs::write(base.join("secrets.toml"), secrets).unwrap();
+        std::fs::write(base.join("database-url"), database_url).unwrap();
     }
-    copy
+    base
+}
+
+fn remove_scratch(base: &Path) {
+    std::fs::remove_dir_all(base.parent().unwrap()).unwrap();
 }
 
 fn base_with_secrets(secrets: &str, database_url: &str) -> PathBuf {
@@ -435,7 +578,7 @@ fn the_kubernetes_base_renders_no_secret_until_the_operator_writes_one() {
     let bare = kubernetes_base(None);
     let output =
         std::process::Command::new("kubectl").args(["kustomize", bare.to_str().unwrap()]).output().unwrap();
-    std::fs::remove_dir_all(&bare).unwrap();
+    remove_scratch(&bare);
     assert!(!output.status.success(), "rendered without secrets.toml");
     assert!(String::from_utf8_lossy(&output.stderr).contains("secrets.toml"), "names the missing file");
 
@@ -444,7 +587,7 @@ fn the_kubernetes_base_renders_no_secret_until_the_operator_writes_one() {
     let database_url = "postgres://usage_gate:s3cret@postgres:5432/usage_gate";
     let copied = base_with_secrets(&example, database_url);
     let rendered = run("kubectl", &["kustomize", copied.to_str().unwrap()]);
-    std::fs::remove_dir_all(&copied).unwrap();
+    remove_scratch(&copied);
     let secret = yaml_documents(&rendered).into_iter().find(|o| o["kind"] == "Secret").unwrap();
     assert!(secret["data"]["secrets.toml"].is_string() && secret["data"]["database-url"].is_string());
     let settings = deploy("kubernetes/usage-gate.toml");

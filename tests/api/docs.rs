@@ -119,7 +119,7 @@ fn every_configuration_key_the_docs_name_exists_and_every_key_is_documented() {
 
 /// GitHub's anchor for a heading: lower case, only letters, digits, spaces, `-` and `_`, spaces
 /// as `-`; a repeated one gets `-1`, `-2`, ….
-fn anchors(text: &str) -> BTreeSet<String> {
+pub fn anchors(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let explicit = regex::Regex::new(r#"<a (?:id|name)="([^"]+)""#).unwrap();
     for line in prose(text) {

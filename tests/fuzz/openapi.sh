@@ -5,14 +5,15 @@
 # input refused and valid input taken, 405 with Allow for undeclared methods.
 #
 # Usage: tests/fuzz/openapi.sh [SECONDS]   (default 120; needs Postgres as for `cargo test`)
-# It runs usage-gate (release build) against the BillaBear simulator on free ports and a
+# It runs usage-gate (a release build, or USAGE_GATE_BIN) against the BillaBear simulator on free ports and a
 # throwaway database, and exits non-zero if schemathesis found anything.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-120}"
 command -v st >/dev/null || pip install --quiet 'schemathesis>=4.32,<5'
-cargo build --release --quiet --bin usage-gate
-bin=target/release/usage-gate
+# USAGE_GATE_BIN: a binary already built (e.g. target/debug/usage-gate); else a release build.
+bin=${USAGE_GATE_BIN:-target/release/usage-gate}
+[[ -n ${USAGE_GATE_BIN:-} ]] || cargo build --release --quiet --bin usage-gate
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 app_port=$(free_port); sim_port=$(free_port)
