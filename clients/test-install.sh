@@ -42,20 +42,26 @@ install_block "$repo/clients/typescript/README.md" | bash -euo pipefail > "$work
 cat > check.mjs <<'JS'
 import { UsageGate } from "@usage-gate/client";
 const ug = new UsageGate({ baseUrl: process.env.USAGE_GATE_URL, apiKey: process.env.USAGE_GATE_KEY });
-const decision = await ug.check(process.env.BLOCKED);
+// With a caller's signal: AbortSignal.any, the newest platform API the client uses.
+const decision = await ug.check(process.env.BLOCKED, { signal: AbortSignal.timeout(5000) });
 if (decision.allowed !== false || decision.status !== "blocked") throw new Error(JSON.stringify(decision));
-console.log("  import: blocked, as it should be");
+console.log(`  import (Node ${process.version}): blocked, as it should be`);
 JS
 cat > check.cjs <<'JS'
 const { UsageGate } = require("@usage-gate/client");
 const ug = new UsageGate({ baseUrl: process.env.USAGE_GATE_URL, apiKey: process.env.USAGE_GATE_KEY });
-ug.check(process.env.BLOCKED).then((decision) => {
+ug.check(process.env.BLOCKED, { signal: AbortSignal.timeout(5000) }).then((decision) => {
   if (decision.allowed !== false) throw new Error(JSON.stringify(decision));
-  console.log("  require: blocked, as it should be");
+  console.log(`  require (Node ${process.version}): blocked, as it should be`);
 });
 JS
 node check.mjs
 node check.cjs
+# And on the lowest Node the package's `engines` names (Node itself, from the npm registry).
+lowest=$(node -p 'require("./node_modules/@usage-gate/client/package.json").engines.node.replace(/^>=/, "")')
+mkdir "$work/node" && (cd "$work/node" && npm init -y > /dev/null && npm install --no-audit --no-fund --loglevel=error "node@$lowest" > /dev/null)
+"$work/node/node_modules/.bin/node" check.mjs
+"$work/node/node_modules/.bin/node" check.cjs
 # Both module kinds type-check against the installed declarations (strict, Node's resolution).
 cat > typed.mts <<'TS'
 import { UsageGate, type CheckDecision } from "@usage-gate/client";

@@ -367,9 +367,34 @@ impl Currency {
     }
 }
 
+/// An integer read from a JSON body, also when spelled with a zero fraction (`5000.0`, which
+/// JSON Schema counts as an integer too).
+pub fn whole_number(value: &serde_json::Value) -> Option<i64> {
+    value.as_i64().or_else(|| {
+        let f = value.as_f64()?;
+        // Within 2^53, where every integer is exactly a double.
+        (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i64)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_number_may_be_spelled_with_a_zero_fraction() {
+        use serde_json::json;
+        for (value, want) in [
+            (json!(5000), Some(5000)),
+            (json!(5000.0), Some(5000)),
+            (json!(-2.0), Some(-2)),
+            (json!(0.5), None),
+            (json!(1e300), None),
+            (json!("5"), None),
+        ] {
+            assert_eq!(whole_number(&value), want, "{value}");
+        }
+    }
 
     #[test]
     fn currency_round_trips_and_empty_stays_empty() {

@@ -257,7 +257,7 @@ pub fn parse_new_limit(body: &Value) -> Result<NewUsageLimit, Vec<FieldError>> {
             errors.push(FieldError::new("amount", "required: a positive integer, minor units"));
             None
         }
-        Some(value) => match whole_number(value).filter(|a| *a > 0) {
+        Some(value) => match crate::domain::whole_number(value).filter(|a| *a > 0) {
             Some(amount) => Some(amount),
             None => {
                 errors.push(FieldError::new(
@@ -285,16 +285,6 @@ pub fn parse_new_limit(body: &Value) -> Result<NewUsageLimit, Vec<FieldError>> {
         (Some(amount), Some(action)) if errors.is_empty() => Ok(NewUsageLimit { amount, action }),
         _ => Err(errors),
     }
-}
-
-/// An integer, also when spelled with a zero fraction (`5000.0`, which JSON Schema counts as an
-/// integer too); BillaBear is sent the integer.
-fn whole_number(value: &Value) -> Option<i64> {
-    value.as_i64().or_else(|| {
-        let f = value.as_f64()?;
-        // Within 2^53, where every integer is exactly a double.
-        (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i64)
-    })
 }
 
 #[cfg(test)]

@@ -178,7 +178,7 @@ pub fn parse_new(body: &Value, now: DateTime<Utc>) -> Result<NewOverride, Vec<Fi
     let field = |name: &str| object.get(name).filter(|v| !v.is_null());
     let amount = match field("amount") {
         None => None,
-        Some(amount) => match amount.as_i64().filter(|a| *a >= 0) {
+        Some(amount) => match crate::domain::whole_number(amount).filter(|a| *a >= 0) {
             Some(amount) => Some(amount),
             None => {
                 errors.push(FieldError::new("amount", "must be a whole number of minor units, 0 or more"));

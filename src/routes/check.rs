@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::{batch_items, customer_id};
 use crate::check::{Checker, Decision};
 use crate::config::Settings;
-use crate::domain::{CustomerId, FieldError};
+use crate::domain::{CustomerId, FieldError, whole_number};
 use crate::error::ApiError;
 use crate::jwt::{TokenError, Verifier};
 
@@ -142,8 +142,8 @@ fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>), C
     };
     let cost = match object.get("cost") {
         None | Some(Value::Null) => None,
-        Some(Value::Number(n)) => {
-            Some(n.as_i64().filter(|c| *c >= 0).ok_or_else(|| invalid("cost", COST_RULE))?)
+        Some(number @ Value::Number(_)) => {
+            Some(whole_number(number).filter(|c| *c >= 0).ok_or_else(|| invalid("cost", COST_RULE))?)
         }
         Some(_) => return Err(invalid("cost", COST_RULE)),
     };
@@ -197,7 +197,7 @@ static X_USAGE_REASONS: HeaderName = HeaderName::from_static("x-usage-reasons");
 /// user's verified token in `Authorization` (the key then in `X-Usage-Gate-Key`).
 #[utoipa::path(get, path = "/v1/gate", tag = "check", security(("bearer" = [])),
     params(
-        ("X-Customer-Id" = Option<uuid::Uuid>, Header, description = "Without [gate.jwt]: the customer id (header name set by gate.customer_header); it must come from the proxy's own authentication. Ignored with [gate.jwt]"),
+        ("X-Customer-Id" = uuid::Uuid, Header, description = "Required without [gate.jwt] (the default): the customer id (header name set by gate.customer_header); it must come from the proxy's own authentication. Ignored with [gate.jwt]"),
         ("X-Usage-Gate-Key" = Option<String>, Header, description = "usage-gate's API key (scope check) when Authorization carries the end user's token ([gate.jwt])"),
     ),
     responses(

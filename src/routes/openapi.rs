@@ -228,17 +228,19 @@ fn event_schemas() -> [(&'static str, serde_json::Value); 4] {
 /// as BillaBear answers it, so that clients can take every request's type from the document.
 fn request_schemas() -> [(&'static str, serde_json::Value); 5] {
     let minor_units = json!({"type": "integer", "format": "int64", "minimum": 0, "description": "Minor units of the customer's currency"});
+    // null is taken as absent, so "present" in the two forms means present and not null.
+    let given = |field: &str| json!({"required": [field], "properties": {field: {"not": {"type": "null"}}}});
     let reservation = json!({
         "type": "object",
-        "description": "A hold of `amount`, or of what an event of `code` and `value` would cost now",
+        "description": "A hold of `amount`, or of what an event of `code` and `value` would cost now (a field that is null counts as absent)",
         "properties": {
-            "amount": minor_units,
-            "code": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[a-z0-9_]+$", "description": "BillaBear metric code (with value)"},
-            "value": {"type": "number", "minimum": 0, "description": "Units (with code)"},
-            "ttl_ms": {"type": "integer", "format": "int64", "minimum": 1, "maximum": 86_400_000, "description": "Default 60000"},
+            "amount": {"type": ["integer", "null"], "format": "int64", "minimum": 0, "description": "Minor units"},
+            "code": {"type": ["string", "null"], "minLength": 1, "maxLength": 255, "pattern": "^[a-z0-9_]+$", "description": "BillaBear metric code (with value)"},
+            "value": {"type": ["number", "null"], "minimum": 0, "description": "Units (with code)"},
+            "ttl_ms": {"type": ["integer", "null"], "format": "int64", "minimum": 1, "maximum": 86_400_000, "description": "Default 60000"},
         },
-        "oneOf": [{"required": ["amount"], "not": {"anyOf": [{"required": ["code"]}, {"required": ["value"]}]}},
-                  {"required": ["code", "value"], "not": {"required": ["amount"]}}],
+        "oneOf": [{"allOf": [given("amount")], "not": {"anyOf": [given("code"), given("value")]}},
+                  {"allOf": [given("code"), given("value")], "not": given("amount")}],
     });
     let commit = json!({
         "type": "object",

@@ -40,6 +40,7 @@ pub struct ListQuery {
     /// Only those in force now.
     pub active: Option<bool>,
     /// 1 to 500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

@@ -13,7 +13,7 @@ use super::{actor, customer_id};
 use crate::admission::{Admission, Held};
 use crate::auth::{Caller, Scope};
 use crate::check::Decision;
-use crate::domain::{CustomerId, FieldError, MetricCode, Target};
+use crate::domain::{CustomerId, FieldError, MetricCode, Target, whole_number};
 use crate::error::ApiError;
 use crate::outbox::IncomingEvent;
 use crate::reservations::store::{self, Ask, Committed, Reservation};
@@ -57,7 +57,7 @@ fn parse_hold(body: &Value) -> Result<HoldRequest, Vec<FieldError>> {
     let code = object.get("code").filter(|v| !v.is_null());
     let value = object.get("value").filter(|v| !v.is_null());
     let ask = match (amount, code, value) {
-        (Some(amount), None, None) => match amount.as_i64().filter(|a| *a >= 0) {
+        (Some(amount), None, None) => match whole_number(amount).filter(|a| *a >= 0) {
             Some(amount) => Some(Ask::Amount(amount)),
             None => {
                 errors.push(FieldError::new("amount", "must be a whole number of minor units, 0 or more"));
@@ -93,7 +93,11 @@ fn parse_hold(body: &Value) -> Result<HoldRequest, Vec<FieldError>> {
     let ttl = match object.get("ttl_ms").filter(|v| !v.is_null()) {
         None => Some(DEFAULT_TTL),
         Some(ttl) => {
-            let ttl = ttl.as_u64().filter(|ms| *ms >= 1).map(Duration::from_millis).filter(|t| *t <= MAX_TTL);
+            let ttl = whole_number(ttl)
+                .and_then(|ms| u64::try_from(ms).ok())
+                .filter(|ms| *ms >= 1)
+                .map(Duration::from_millis)
+                .filter(|t| *t <= MAX_TTL);
             if ttl.is_none() {
                 errors.push(FieldError::new(
                     "ttl_ms",
@@ -137,7 +141,7 @@ fn require(caller: &Caller, scope: Scope) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/v1/customers/{customer_id}/reservations", tag = "reservations", operation_id = "create_reservation", security(("bearer" = [])),
     params(
         ("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)"),
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters (a UUID, say), unique per hold: a request with a key that made one of the customer's open holds is answered with that hold, nothing new held. Kept as long as the hold's row (retention.reservations_days after it closes)"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 257, pattern = "^(\"[!-~]{1,255}\"|[!-~]|[!#-~][!-~]{1,254}|\"[!#-~]|\"[!-~]{2,254})$", description = "1 to 255 visible ASCII characters (a UUID, say), unique per hold: a request with a key that made one of the customer's open holds is answered with that hold, nothing new held. Kept as long as the hold's row (retention.reservations_days after it closes)"),
     ),
     request_body(content = Value, description = "{\"amount\": minor units} or {\"code\", \"value\"} (priced like an event), and ttl_ms (optional, default 60000, at most 86400000)"),
     responses(

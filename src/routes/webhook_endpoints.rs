@@ -220,9 +220,11 @@ pub async fn enable(
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct MessagesQuery {
-    /// `pending`, `delivered` or `failed`; all when absent.
+    /// `pending`, `delivered` or `failed`; all when absent (or empty).
+    #[param(pattern = "^(pending|delivered|failed)?$")]
     pub status: Option<String>,
     /// 1 to 500, default 100.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 

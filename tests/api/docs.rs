@@ -207,3 +207,24 @@ fn the_readme_is_a_front_page_and_every_docs_page_lists_its_sections() {
         }
     }
 }
+
+#[test]
+fn the_service_and_both_clients_carry_one_license_with_its_text_at_the_root() {
+    let text = read(&root().join("LICENSE"));
+    assert!(
+        text.contains("Apache License") && text.contains("Version 2.0, January 2004"),
+        "LICENSE is Apache-2.0's text"
+    );
+    let cargo: toml::Table = read(&root().join("Cargo.toml")).parse().unwrap();
+    let python: toml::Table = read(&root().join("clients/python/pyproject.toml")).parse().unwrap();
+    let node: serde_json::Value =
+        serde_json::from_str(&read(&root().join("clients/typescript/package.json"))).unwrap();
+    let declared = [
+        ("Cargo.toml", cargo["package"]["license"].as_str()),
+        ("clients/python/pyproject.toml", python["project"]["license"]["text"].as_str()),
+        ("clients/typescript/package.json", node["license"].as_str()),
+    ];
+    for (file, license) in declared {
+        assert_eq!(license, Some("Apache-2.0"), "{file}");
+    }
+}

@@ -508,3 +508,23 @@ async fn one_key_asked_for_at_once_on_two_replicas_holds_once_judged_or_by_the_f
     }
     assert_eq!(a.reserved(&known).await, 30);
 }
+
+#[tokio::test]
+async fn a_hold_takes_a_whole_number_with_a_zero_fraction_and_a_null_field_as_absent_as_documented() {
+    let app = TestApp::spawn().await;
+    let body = json!({"amount": 30.0, "code": null, "value": null, "ttl_ms": 60000.0});
+    let response = app.hold(ACME, body).await;
+    assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+    assert_eq!(app.reserved(ACME).await, 30);
+    let half = app.hold(ACME, json!({"amount": 30.5})).await;
+    assert_eq!(assert_problem(half, 400, "invalid_request").await["errors"][0]["field"], "amount");
+
+    let document: Value = app.get("/openapi.json", None).await.json().await.unwrap();
+    let fields = &document["components"]["schemas"]["NewReservation"]["properties"];
+    for field in ["amount", "code", "value", "ttl_ms"] {
+        assert!(
+            fields[field]["type"].as_array().is_some_and(|t| t.contains(&json!("null"))),
+            "{field}: {fields}"
+        );
+    }
+}

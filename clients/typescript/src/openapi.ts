@@ -768,7 +768,7 @@ export interface components {
             amount: number;
             /**
              * @description `pending` is priced approximately (a tiered price, a metric aggregated by max, latest or
-             *     unique_count, or tax BillaBear's figures do not show yet): see the README.
+             *     unique_count, or tax BillaBear's figures do not show yet): see docs/enforcement.md.
              */
             approximate: boolean;
             /**
@@ -938,23 +938,29 @@ export interface components {
             expires_at: string;
             reason: string;
         };
-        /** @description A hold of `amount`, or of what an event of `code` and `value` would cost now */
+        /** @description A hold of `amount`, or of what an event of `code` and `value` would cost now (a field that is null counts as absent) */
         NewReservation: {
             /**
              * Format: int64
-             * @description Minor units of the customer's currency
+             * @description Minor units
              */
-            amount?: number;
+            amount?: number | null;
             /** @description BillaBear metric code (with value) */
-            code?: string;
+            code?: string | null;
             /**
              * Format: int64
              * @description Default 60000
              */
-            ttl_ms?: number;
+            ttl_ms?: number | null;
             /** @description Units (with code) */
-            value?: number;
-        } & (unknown | unknown);
+            value?: number | null;
+        } & ({
+            amount: unknown;
+        } | ({
+            code: unknown;
+        } & {
+            value: unknown;
+        }));
         NewWebhookEndpoint: {
             /** @description Absent or null: none */
             description?: string | null;
@@ -2458,9 +2464,9 @@ export interface operations {
     gate: {
         parameters: {
             query?: never;
-            header?: {
-                /** @description Without [gate.jwt]: the customer id (header name set by gate.customer_header); it must come from the proxy's own authentication. Ignored with [gate.jwt] */
-                "X-Customer-Id"?: string | null;
+            header: {
+                /** @description Required without [gate.jwt] (the default): the customer id (header name set by gate.customer_header); it must come from the proxy's own authentication. Ignored with [gate.jwt] */
+                "X-Customer-Id": string;
                 /** @description usage-gate's API key (scope check) when Authorization carries the end user's token ([gate.jwt]) */
                 "X-Usage-Gate-Key"?: string | null;
             };
@@ -3231,7 +3237,7 @@ export interface operations {
             query?: {
                 /** @description 1 to 500, default 100. */
                 limit?: number | null;
-                /** @description `pending`, `delivered` or `failed`; all when absent. */
+                /** @description `pending`, `delivered` or `failed`; all when absent (or empty). */
                 status?: string | null;
             };
             header?: never;
