@@ -50,27 +50,17 @@ TOML
 # Requests the document holds valid but a rule it cannot express refuses, per route: a customer
 # over its limit (402), a subscription usage-gate has not seen with enforce=true, an override
 # that ends in the past (422). Every other route keeps the default: valid means accepted.
-business='["2xx", "3xx", "401", "403", "404", "409", "429", "5xx", "402", "422"]'
-cat >"$work/schemathesis.toml" <<TOML
-# A wrongly typed \`cost\` (a list, an object) reaches the query string as nothing, so the tool's
+# A wrongly typed `cost` (a list, an object) reaches the query string as nothing, so the tool's
 # "invalid cost accepted" is a request without one, which is valid: cost is given a value of its
-# type here, and tests/api/check.rs holds its bounds.
-[[operations]]
-include-name = "GET /v1/customers/{customer_id}/check"
-parameters = { cost = 100 }
-[[operations]]
-include-name = "POST /v1/events"
-checks.positive_data_acceptance.expected-statuses = $business
-[[operations]]
-include-name = "POST /v1/events/batch"
-checks.positive_data_acceptance.expected-statuses = $business
-[[operations]]
-include-name = "POST /v1/customers/{customer_id}/reservations"
-checks.positive_data_acceptance.expected-statuses = $business
-[[operations]]
-include-name = "POST /v1/customers/{customer_id}/overrides"
-checks.positive_data_acceptance.expected-statuses = $business
-TOML
+# type, and tests/api/check.rs holds its bounds.
+{
+  printf '[[operations]]\ninclude-name = "GET /v1/customers/{customer_id}/check"\nparameters = { cost = 100 }\n'
+  for operation in "POST /v1/events" "POST /v1/events/batch" "POST /v1/customers/{customer_id}/reservations" \
+    "POST /v1/customers/{customer_id}/overrides"; do
+    printf '[[operations]]\ninclude-name = "%s"\n' "$operation"
+    printf 'checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx", "402", "422"]\n'
+  done
+} >"$work/schemathesis.toml"
 
 "$bin" sim --address "127.0.0.1:$sim_port" --api-key fuzz-sim-key >"$work/sim.log" 2>&1 &
 sim_pid=$!

@@ -236,15 +236,7 @@ class UsageGate:
     def _attempt(self, call: Call) -> Outcome:
         """One attempt, answered within ``call.timeout``; past it, the request is left to end
         on its thread by httpx's own (per-phase) timeouts."""
-        attempt = self._attempts.submit(
-            self._http.request,
-            call.method,
-            self._core.base_url + call.path,
-            params=call.params(),
-            json=call.body,
-            headers={**self._core.headers, **call.headers},
-            timeout=call.timeout,
-        )
+        attempt = self._attempts.submit(self._http.send, self._core.request(self._http, call))
         try:
             return attempt.result(timeout=call.timeout)
         except httpx.TransportError as error:
@@ -405,17 +397,7 @@ class AsyncUsageGate:
             outcome: Outcome
             try:
                 # httpx's timeout bounds each phase; the attempt as a whole gets one deadline.
-                outcome = await asyncio.wait_for(
-                    self._http.request(
-                        call.method,
-                        self._core.base_url + call.path,
-                        params=call.params(),
-                        json=call.body,
-                        headers={**self._core.headers, **call.headers},
-                        timeout=call.timeout,
-                    ),
-                    call.timeout,
-                )
+                outcome = await asyncio.wait_for(self._http.send(self._core.request(self._http, call)), call.timeout)
             except httpx.TransportError as error:
                 outcome = error
             except asyncio.TimeoutError:

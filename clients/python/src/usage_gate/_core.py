@@ -164,6 +164,17 @@ class Core:
             yield delay
             attempt += 1
 
+    def request(self, http: httpx.Client | httpx.AsyncClient, call: Call) -> httpx.Request:
+        """One attempt's request, as either client sends it."""
+        return http.build_request(
+            call.method,
+            self.base_url + call.path,
+            params=call.params(),
+            json=call.body,
+            headers={**self.headers, **call.headers},
+            timeout=call.timeout,
+        )
+
     # What a failed attempt means.
 
     def delay(self, call: Call, attempt: int, *, unsent: bool, retry_after: float | None = None) -> float | None:
