@@ -201,25 +201,25 @@ pub async fn vacuum_busy(pool: &PgPool, tables: &[&str]) -> Result<Vec<String>, 
 }
 
 /// Runs `work` on one connection while it holds the session advisory lock `lock`: None at once
-/// when another session holds it (another replica is doing this work now). The lock is given
-/// back before the connection returns to the pool (if that fails, closing the connection
-/// releases it).
+/// when another session holds it (another replica is doing this work now). The connection is
+/// closed afterwards, never returned to the pool, which is what releases the lock: also when
+/// this future is dropped half-way (a shutdown aborting the round), where an unlock statement
+/// would never run and a pooled connection would keep the lock, so no replica sharing the
+/// database would do this work again (seen in tests/api/retention.rs). A connection per round:
+/// these rounds run minutes apart.
 pub async fn with_session_lock<T>(
     pool: &PgPool,
     lock: i64,
     work: impl AsyncFnOnce(&mut sqlx::PgConnection) -> Result<T, sqlx::Error>,
 ) -> Result<Option<T>, sqlx::Error> {
     let mut conn = pool.acquire().await?;
+    conn.close_on_drop();
     let locked: bool =
         sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(lock).fetch_one(&mut *conn).await?;
     if !locked {
         return Ok(None);
     }
-    let result = work(&mut conn).await;
-    if sqlx::query("SELECT pg_advisory_unlock($1)").bind(lock).execute(&mut *conn).await.is_err() {
-        conn.close_on_drop();
-    }
-    result.map(Some)
+    work(&mut conn).await.map(Some)
 }
 
 /// Runs `delete` (rows older than `$1` seconds, at most `$2` of them) until a round removes

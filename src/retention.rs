@@ -20,7 +20,7 @@ use crate::db;
 /// Rows per statement.
 const CHUNK: i64 = 1000;
 /// Any constant: the advisory lock that lets one replica at a time prune these tables.
-const LOCK: i64 = 0x7573_6167_6572_6574; // "usageret"
+pub const LOCK: i64 = 0x7573_6167_6572_6574; // "usageret"
 
 /// One table's rule: its rows whose `age` column is older than the window go (`also`: a
 /// further condition), found by their `ctid`.

@@ -37,15 +37,36 @@ impl Rule {
     }
 }
 
-/// The rule an address falls under, if any (IPv4-mapped IPv6 addresses judged as the IPv4
-/// address they carry).
+/// The rule an address falls under, if any. An IPv6 address that carries an IPv4 address
+/// (see [`embedded_v4`]) is judged as that IPv4 address, which is where it leads on networks
+/// that route it.
 pub fn rule(ip: IpAddr) -> Option<Rule> {
     match ip {
         IpAddr::V4(v4) => rule_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        IpAddr::V6(v6) => match embedded_v4(v6) {
             Some(v4) => rule_v4(v4),
             None => rule_v6(v6),
         },
+    }
+}
+
+/// The IPv4 address an IPv6 address carries: IPv4-mapped (`::ffff:a.b.c.d`), IPv4-compatible
+/// (`::a.b.c.d`, deprecated but still routed by some stacks), NAT64's well-known prefix
+/// (`64:ff9b::/96`, RFC 6052), 6to4 (`2002::/16`, RFC 3056: bits 16 to 47) and Teredo
+/// (`2001::/32`, RFC 4380: the client's address, inverted, in the last 32 bits). std's
+/// `Ipv6Addr` names only the first two, and takes `::1` for an IPv4 address; ipnet none.
+pub fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = ip.segments();
+    let low = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] => Some(low(hi, lo)),
+        // `::` and `::1` are IPv6's own unspecified and loopback addresses.
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
+        [0, 0, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),
+        [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Some(low(hi, lo)),
+        [0x2002, hi, lo, ..] => Some(low(hi, lo)),
+        [0x2001, 0, .., hi, lo] => Some(low(!hi, !lo)),
+        _ => None,
     }
 }
 
@@ -119,12 +140,12 @@ impl Destinations {
         Self { allowed: allowed.into() }
     }
 
-    /// Ok when the address is public, or in an allowed subnet (either as it is or, for an
-    /// IPv4-mapped IPv6 address, as the IPv4 address it carries).
+    /// Ok when the address is public, or in an allowed subnet (either as it is or, for an IPv6
+    /// address that carries an IPv4 address, as that address).
     pub fn judge(&self, ip: IpAddr) -> Result<(), Refused> {
         let Some(rule) = rule(ip) else { return Ok(()) };
         let mapped = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4),
+            IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4),
             IpAddr::V4(_) => None,
         };
         let opened =
@@ -229,6 +250,25 @@ mod tests {
             ("100.128.0.1", None),
             ("2606:4700::1111", None),
             ("::ffff:8.8.8.8", None),
+            // IPv6 forms that carry an IPv4 address, judged as that address.
+            ("::127.0.0.1", Some(Rule::Loopback)),
+            ("::a9fe:a9fe", Some(Rule::LinkLocal)),
+            ("::10.0.0.1", Some(Rule::Private)),
+            ("::8.8.8.8", None),
+            ("64:ff9b::a9fe:a9fe", Some(Rule::LinkLocal)),
+            ("64:ff9b::127.0.0.1", Some(Rule::Loopback)),
+            ("64:ff9b::192.168.0.1", Some(Rule::Private)),
+            ("64:ff9b::8.8.8.8", None),
+            ("2002:7f00:1::1", Some(Rule::Loopback)),
+            ("2002:a9fe:a9fe::", Some(Rule::LinkLocal)),
+            ("2002:0a00:0001:1::", Some(Rule::Private)),
+            ("2002:808:808::1", None),
+            // Teredo: the client 127.0.0.1 is 80ff:fffe inverted; 10.0.0.1, f5ff:fffe.
+            ("2001:0:4136:e378:8000:63bf:80ff:fffe", Some(Rule::Loopback)),
+            ("2001:0:4136:e378:8000:63bf:f5ff:fffe", Some(Rule::Private)),
+            ("2001:0:4136:e378:8000:63bf:f7f7:f7f7", None),
+            // Not these prefixes: 2001:db8::/32 is documentation, 2001:4860:: a public network.
+            ("2001:4860:4860::8888", None),
         ] {
             assert_eq!(rule(ip(address)), expected, "{address}");
         }
@@ -240,6 +280,8 @@ mod tests {
             Destinations::new(vec!["127.0.0.0/8".parse().unwrap(), "10.2.0.0/16".parse().unwrap()]);
         assert!(destinations.judge(ip("127.0.0.1")).is_ok());
         assert!(destinations.judge(ip("::ffff:127.0.0.1")).is_ok(), "mapped, judged as the IPv4 it carries");
+        assert!(destinations.judge(ip("64:ff9b::10.2.0.7")).is_ok(), "NAT64, likewise");
+        assert_eq!(destinations.judge(ip("2002:a9fe:a9fe::")).unwrap_err().rule, Rule::LinkLocal);
         assert!(destinations.judge(ip("10.2.9.9")).is_ok());
         assert_eq!(
             destinations.judge(ip("10.3.0.1")),

@@ -139,8 +139,14 @@ async fn every_bad_token_is_a_401_before_any_check() {
         let body = assert_problem(response, 401, code).await;
         assert!(body["detail"].as_str().unwrap().contains("token"), "{what}: {body}");
     }
-    // No check was made for any of them.
-    assert_eq!(app.sim.route_count(&format!("GET /api/v1/customer/{ACME}")).await, 0);
+    // No check was made for any of them: BillaBear was never asked for the customer, as it is
+    // for a valid token.
+    let path = format!("GET /api/v1/customer/{ACME}");
+    let fetches = || app.sim.path_count(&path);
+    assert_eq!(fetches().await, 0);
+    let valid = gate(&app, Some(&hs256(&claims(ACME, |_| {}), SECRET)), Some(CHECK_KEY), None).await;
+    assert_eq!(valid.status(), 204);
+    assert_eq!(fetches().await, 1, "the count sees a check's fetch");
 
     // usage-gate's own key must come in X-Usage-Gate-Key: the bearer is the end user's.
     let token = hs256(&claims(ACME, |_| {}), SECRET);

@@ -178,9 +178,19 @@ impl Sim {
         self.control(reqwest::Method::GET, "/requests", None).await
     }
 
-    /// How many times "BillaBear" received requests on `route` ("GET /api/v1/customer/{id}/costs").
+    /// How many times "BillaBear" received requests on `route` ("GET /api/v1/customer/{id}/costs":
+    /// the simulator files every id under `{id}`, so a route naming one would always count 0).
     pub async fn route_count(&self, route: &str) -> u64 {
+        assert!(
+            !route.split('/').any(|segment| uuid::Uuid::try_parse(segment).is_ok()),
+            "{route}: routes name ids as {{id}}; path_count counts one customer's"
+        );
         self.requests().await["by_route"][route].as_u64().unwrap_or(0)
+    }
+
+    /// How many times "BillaBear" received requests on exactly `path` ("GET /api/v1/customer/ID").
+    pub async fn path_count(&self, path: &str) -> u64 {
+        self.requests().await["by_path"][path].as_u64().unwrap_or(0)
     }
 
     /// How many times an event with this id was stored.
@@ -496,18 +506,39 @@ pub async fn serve_process(config: &std::path::Path, database: &str) -> (Child, 
     (child, base)
 }
 
-/// A child process that is sent SIGTERM (and reaped) when dropped.
+/// A child process that is sent SIGTERM when dropped, given [`Child::GRACE`] to exit, then
+/// SIGKILL, and reaped: nothing a test starts outlives it.
 pub struct Child(pub std::process::Child);
 
 impl Child {
+    pub const GRACE: Duration = Duration::from_secs(5);
+
+    /// SIGTERM, then waits for the exit (no deadline: the caller asserts how it ended).
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = std::process::Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        self.signal("TERM");
         self.0.wait().unwrap()
+    }
+
+    fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.0.id().to_string()])
+            .status();
     }
 }
 
 impl Drop for Child {
     fn drop(&mut self) {
+        if let Ok(Some(_)) = self.0.try_wait() {
+            return;
+        }
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + Self::GRACE;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

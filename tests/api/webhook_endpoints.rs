@@ -467,6 +467,12 @@ async fn endpoints_may_not_reach_inside_unless_a_subnet_is_opened() {
         ("http://[fd00::1]/hooks", "private"),
         ("http://10.8.0.1/hooks", "private"),
         ("http://0.0.0.0:9/", "unspecified"),
+        // IPv6 forms that carry an IPv4 address: IPv4-compatible, NAT64, 6to4, Teredo.
+        ("http://[::127.0.0.1]/hooks", "loopback"),
+        ("http://[::a9fe:a9fe]/latest/meta-data/", "link_local"),
+        ("http://[64:ff9b::a9fe:a9fe]/latest/meta-data/", "link_local"),
+        ("http://[2002:a00:1::1]/hooks", "private"),
+        ("http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/hooks", "loopback"),
     ] {
         let response =
             app.admin(reqwest::Method::POST, "/v1/webhook-endpoints", Some(json!({"url": url}))).await;
@@ -477,7 +483,7 @@ async fn endpoints_may_not_reach_inside_unless_a_subnet_is_opened() {
         assert!(message.contains("outbound_webhooks.allowed_subnets"), "{message}");
     }
     // An opened subnet, and a public address, are taken.
-    for url in ["http://10.9.1.2/hooks", "https://203.0.113.9/hooks"] {
+    for url in ["http://10.9.1.2/hooks", "https://203.0.113.9/hooks", "http://[64:ff9b::10.9.3.4]/hooks"] {
         let response =
             app.admin(reqwest::Method::POST, "/v1/webhook-endpoints", Some(json!({"url": url}))).await;
         assert_eq!(response.status(), 201, "{url}");
@@ -611,4 +617,120 @@ async fn signing_secrets_are_sealed_at_rest_and_a_key_rotation_seals_them_again(
     // The previous key is no longer needed.
     let mut after = moved.second_instance_with(|raw| raw.secrets.key = key(2)).await;
     after.shut_down().await;
+}
+
+/// A listener that counts the connections made to it and answers none.
+fn counting_listener(
+    address: &str,
+) -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind(address).unwrap();
+    let bound = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(stream);
+        }
+    });
+    (bound, count)
+}
+
+#[tokio::test]
+async fn a_redirect_to_an_inside_address_is_not_followed_the_attempt_fails() {
+    // Only 127.0.0.1 is opened; 127.0.0.2 (loopback too) stands for what must not be reached.
+    let app =
+        TestApp::spawn_with(|raw| raw.outbound_webhooks.allowed_subnets = vec!["127.0.0.1/32".into()]).await;
+    let (inside, reached) = counting_listener("127.0.0.2:0");
+    let redirecting = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hooks", redirecting.local_addr().unwrap());
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in redirecting.incoming().flatten() {
+            let _ = stream.read(&mut [0u8; 65536]);
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nLocation: http://{inside}/latest/meta-data/\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    let endpoint = app.webhook_endpoint(json!({"url": url})).await;
+    let id = endpoint["id"].as_str().unwrap();
+    app.check(ACME).await;
+    app.block(ACME).await;
+    let attempts = eventually(Duration::from_secs(10), "an attempt answered 302", || async {
+        let messages = app.webhook_messages(id, "").await;
+        let attempts = messages.first()?["attempts"].as_array()?.clone();
+        (!attempts.is_empty()).then_some(attempts)
+    })
+    .await;
+    assert_eq!(attempts[0]["status_code"], 302, "a failed attempt: {attempts:?}");
+    let message = &app.webhook_messages(id, "").await[0];
+    assert_ne!(message["status"], "delivered", "{message}");
+    assert_eq!(reached.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing reached the redirect's target");
+}
+
+#[tokio::test]
+async fn deliveries_ignore_the_environments_proxy() {
+    // A process of its own: its environment names a proxy, which deliveries must not use.
+    let (proxy, proxied) = counting_listener("127.0.0.1:0");
+    let sim = start_sim(usage_gate::sim::Seed::built_in());
+    // BillaBear's client may use the environment's proxy (an egress proxy to BillaBear's cloud):
+    // it is reached as localhost, which NO_PROXY exempts; the receiver is 127.0.0.1, which
+    // nothing exempts.
+    let billabear = sim.base_url().replace("127.0.0.1", "localhost");
+    let config = write_config(&format!(
+        "[billabear]\nbase_url = \"{billabear}\"\napi_key = \"{SIM_KEY}\"\n\
+         [outbound_webhooks]\nallowed_subnets = [\"127.0.0.0/8\"]\nretry_schedule_ms = [100]\npoll_interval_ms = 20\n\
+         [[auth.keys]]\nname = \"operator\"\nkey = \"{ALL_KEY}\"\nscopes = [\"admin\", \"check\"]\n"
+    ));
+    let database = fresh_database_url().await;
+    let port = free_port();
+    let proxy_url = format!("http://{proxy}");
+    let _service = Child(
+        usage_gate()
+            .args(["--config", config.to_str().unwrap(), "serve"])
+            .env("DATABASE_URL", &database)
+            .env("USAGE_GATE__SERVER__ADDRESS", format!("127.0.0.1:{port}"))
+            .envs(
+                ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
+                    .map(|v| (v, &proxy_url)),
+            )
+            .env("NO_PROXY", "localhost")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    eventually(Duration::from_secs(30), "the service", || async {
+        http.get(format!("{base}/healthz")).send().await.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    let receiver = Receiver::start(&[]);
+    let created = http
+        .post(format!("{base}/v1/webhook-endpoints"))
+        .bearer_auth(ALL_KEY)
+        .json(&json!({"url": receiver.url}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let checked =
+        http.get(format!("{base}/v1/customers/{ACME}/check")).bearer_auth(ALL_KEY).send().await.unwrap();
+    assert_eq!(checked.status(), 200);
+    let body = json!({"effect": "block", "reason": "test", "expires_at": in_(Duration::from_secs(3600))});
+    let blocked = http
+        .post(format!("{base}/v1/customers/{ACME}/overrides"))
+        .bearer_auth(ALL_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(blocked.status(), 201);
+    eventually(Duration::from_secs(10), "the message at the receiver", || async {
+        (!receiver.received().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(proxied.load(std::sync::atomic::Ordering::SeqCst), 0, "the proxy saw nothing");
 }

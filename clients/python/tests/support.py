@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
@@ -22,16 +23,20 @@ UMBRELLA = "44444444-4444-4444-8444-444444444444"  # 15000: over
 STARK = "66666666-6666-4666-8666-666666666666"  # flat plan, no usage
 
 
-def binary() -> str:
-    """USAGE_GATE_BIN, else the release build, else the debug one (``cargo test`` builds it)."""
-    for path in (
-        os.environ.get("USAGE_GATE_BIN"),
-        ROOT / "target/release/usage-gate",
-        ROOT / "target/debug/usage-gate",
-    ):
-        if path and Path(path).exists():
-            return str(path)
-    raise RuntimeError("no usage-gate binary: run `cargo build` at the repository's root, or set USAGE_GATE_BIN")
+def binary(root: Path = ROOT, env: "dict[str, str] | os._Environ[str]" = os.environ) -> str:
+    """USAGE_GATE_BIN, else the newest of the tree's release and debug builds (an older one would
+    test code that is no longer there), named on stderr."""
+    chosen = env.get("USAGE_GATE_BIN")
+    if chosen:
+        if not Path(chosen).exists():
+            raise RuntimeError(f"USAGE_GATE_BIN={chosen} does not exist")
+        return chosen
+    builds = [path for path in (root / "target/release/usage-gate", root / "target/debug/usage-gate") if path.exists()]
+    if not builds:
+        raise RuntimeError("no usage-gate binary: run `cargo build` at the repository's root, or set USAGE_GATE_BIN")
+    newest = max(builds, key=lambda path: path.stat().st_mtime)
+    print(f"testing {newest} (the newest build; USAGE_GATE_BIN to choose)", file=sys.stderr)
+    return str(newest)
 
 
 def free_port() -> int:
@@ -121,6 +126,10 @@ class FaultProxy:
     def __init__(self, upstream_port: int, plan: list[str]) -> None:
         self.plan = list(plan)
         self.log: list[tuple] = []
+        #: Every HTTP request clients sent, on any connection, as (method, path, fault, time):
+        #: clients keep connections alive, so a retry on the same connection is a request, not a
+        #: connection.
+        self.requests: list[tuple] = []
         self._upstream = upstream_port
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
@@ -140,10 +149,12 @@ class FaultProxy:
             threading.Thread(target=self._serve, args=(client, fault), daemon=True).start()
 
     def _serve(self, client: socket.socket, fault: str) -> None:
+        seen = _RequestParser(lambda method, path: self.requests.append((method, path, fault, time.monotonic())))
         if fault == "hang":
+            self._drain(client, seen)
             return
         if fault in ("reply-503", "reply-500"):
-            client.recv(65536)
+            seen.feed(client.recv(65536))
             status = int(fault.removeprefix("reply-"))
             title, code, extra = {
                 503: (b"Service Unavailable", b"storage_unavailable", b"Retry-After: 1\r\n"),
@@ -163,7 +174,7 @@ class FaultProxy:
             return
         upstream = socket.create_connection(("127.0.0.1", self._upstream))
         self._sockets.append(upstream)
-        threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(client, upstream, seen), daemon=True).start()
         if fault == "drop-response":
             upstream.recv(1)
             _shut(client)
@@ -181,9 +192,19 @@ class FaultProxy:
             self._pipe(upstream, client)
 
     @staticmethod
-    def _pipe(source: socket.socket, target: socket.socket) -> None:
+    def _drain(client: socket.socket, seen: "_RequestParser") -> None:
+        try:
+            while chunk := client.recv(65536):
+                seen.feed(chunk)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _pipe(source: socket.socket, target: socket.socket, seen: "_RequestParser | None" = None) -> None:
         try:
             while chunk := source.recv(65536):
+                if seen:
+                    seen.feed(chunk)
                 target.sendall(chunk)
         except OSError:
             pass
@@ -202,3 +223,29 @@ def _shut(s: socket.socket) -> None:
     except OSError:
         pass
     s.close()
+
+
+class _RequestParser:
+    """Calls ``seen(method, path)`` for each HTTP/1.1 request in a connection's bytes, fed in
+    chunks (a request's body, sized by Content-Length, is skipped)."""
+
+    def __init__(self, seen: Callable[[str, str], None]) -> None:
+        self._seen, self._buffer, self._body = seen, b"", 0
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        while True:
+            if self._body:
+                skipped = min(self._body, len(self._buffer))
+                self._buffer, self._body = self._buffer[skipped:], self._body - skipped
+                if self._body:
+                    return
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self._buffer[:end].decode("latin-1").split("\r\n")
+            self._buffer = self._buffer[end + 4 :]
+            method, path = head[0].split(" ")[:2]
+            lengths = [line.split(":", 1)[1] for line in head[1:] if line.lower().startswith("content-length:")]
+            self._body = int(lengths[0]) if lengths else 0
+            self._seen(method, path)

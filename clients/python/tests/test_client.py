@@ -56,7 +56,7 @@ def test_a_bad_request_is_an_error_with_the_problems_fields_and_is_not_retried(s
     assert not isinstance(error, UsageGateUnavailableError)
     assert (error.status, error.code, [e["field"] for e in error.errors]) == (400, "invalid_request", ["code"])
     assert len(error.request_id) == 36
-    assert len(proxy.log) == 1, "one attempt"
+    assert len(proxy.requests) == 1, "one request: a 400 is not retried"
     with pytest.raises(ValueError):
         through(proxy, service).check("../v1/audit")
 
@@ -89,7 +89,7 @@ def test_a_connection_dropped_mid_request_is_retried_with_the_same_event_id(serv
     proxy = faults(["drop-response"])
     result = through(proxy, service).send_event({"customer": ACME, "code": "api_calls", "value": 3})
     assert result["status"] == "duplicate", "stored by the first attempt, whose answer was lost"
-    assert len(proxy.log) == 2
+    assert len(proxy.requests) == 2
     assert len(service.stored(result["event_id"])) == 1
     batch = faults(["drop-response"])
     results = through(batch, service).send_events([{"customer": ACME, "code": "api_calls", "value": 4}])["results"]
@@ -102,14 +102,14 @@ def test_a_503_is_retried_after_retry_after_and_a_lost_holds_retry_gets_the_same
     assert (
         through(proxy, service).send_event({"customer": ACME, "code": "api_calls", "value": 5})["status"] == "accepted"
     )
-    assert len(proxy.log) == 2
-    waited = proxy.log[1][1] - proxy.log[0][1]
+    assert len(proxy.requests) == 2
+    waited = proxy.requests[1][3] - proxy.requests[0][3]
     assert waited >= 1.0, f"retried after {waited:.3f} s, before Retry-After"
     before = len(ug.reservations(STARK))
     dropped = faults(["drop-response"])
     held = through(dropped, service).reserve(STARK, amount=1)
     assert held["status"] == "granted"
-    assert len(dropped.log) == 2, "asked again after the lost answer"
+    assert len(dropped.requests) == 2, "asked again after the lost answer"
     open_holds = ug.reservations(STARK)
     assert len(open_holds) == before + 1, "held once"
     assert held["id"] in [h["id"] for h in open_holds]
@@ -242,7 +242,7 @@ def test_a_500_falls_back_for_a_check_and_an_event_is_not_sent_again(service, fa
     with pytest.raises(UsageGateUnavailableError) as raised:
         through(broken, service).send_event({"customer": ACME, "code": "api_calls", "value": 1})
     assert raised.value.status == 500
-    assert len(broken.log) == 2, "one request each: a 500 is not retried"
+    assert len(broken.requests) == 2, "one request each: a 500 is not retried"
 
 
 def test_a_timeout_is_one_deadline_for_the_whole_attempt(service, faults):

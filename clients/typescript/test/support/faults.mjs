@@ -14,16 +14,17 @@ import { connect, createServer } from "node:net";
  */
 export async function faultProxy(upstreamPort, plan) {
   const log = [];
+  // Every HTTP request clients sent, on any connection: clients keep connections alive, so a
+  // retry on the same connection is a request, not a connection.
+  const requests = [];
   const sockets = new Set();
   const server = createServer((client) => {
     sockets.add(client);
     client.on("close", () => sockets.delete(client));
     const fault = plan.shift() ?? "pass";
-    // `sent`: whether a request arrived on it (the platform's fetch may open a connection it
-    // never uses, e.g. after an aborted one).
-    const entry = { fault, at: Date.now(), sent: false };
-    log.push(entry);
-    client.on("data", () => (entry.sent = true));
+    log.push({ fault, at: Date.now() });
+    const parse = requestParser((method, path) => requests.push({ method, path, fault, at: Date.now() }));
+    client.on("data", parse);
     client.on("error", () => {});
     if (fault === "hang") return;
     const replies = {
@@ -69,10 +70,37 @@ export async function faultProxy(upstreamPort, plan) {
   return {
     url: `http://127.0.0.1:${server.address().port}`,
     log,
+    requests,
     close: () =>
       new Promise((resolve) => {
         for (const socket of sockets) socket.destroy();
         server.close(resolve);
       }),
+  };
+}
+
+/** Calls `seen(method, path)` for each HTTP/1.1 request in a connection's bytes, fed in chunks
+ * (a request's body, sized by Content-Length, is skipped). */
+function requestParser(seen) {
+  let buffer = Buffer.alloc(0);
+  let body = 0;
+  return (chunk) => {
+    buffer = Buffer.concat([buffer, chunk]);
+    for (;;) {
+      if (body > 0) {
+        const skipped = Math.min(body, buffer.length);
+        buffer = buffer.subarray(skipped);
+        body -= skipped;
+        if (body > 0) return;
+      }
+      const end = buffer.indexOf("\r\n\r\n");
+      if (end < 0) return;
+      const head = buffer.subarray(0, end).toString("latin1").split("\r\n");
+      buffer = buffer.subarray(end + 4);
+      const [method, path] = head[0].split(" ");
+      const length = head.find((line) => /^content-length:/i.test(line));
+      body = length ? Number(length.split(":")[1].trim()) : 0;
+      seen(method, path);
+    }
   };
 }

@@ -1,7 +1,7 @@
 // A real usage-gate for the tests: `usage-gate demo` (the service with its built-in BillaBear
 // simulator and demo customers) on free ports, with a database of its own, dropped after.
 import { spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, statSync } from "node:fs";
 import { createServer } from "node:net";
 import { fileURLToPath } from "node:url";
 
@@ -14,12 +14,18 @@ export const CUSTOMERS = {
   stark: "66666666-6666-4666-8666-666666666666", // flat plan, no usage
 };
 
-/** The binary: USAGE_GATE_BIN, else the release build, else the debug one (`cargo test` builds it). */
-function binary() {
-  const candidates = [process.env.USAGE_GATE_BIN, `${ROOT}target/release/usage-gate`, `${ROOT}target/debug/usage-gate`];
-  const found = candidates.find((path) => path && existsSync(path));
-  if (!found) throw new Error("no usage-gate binary: run `cargo build` at the repository's root, or set USAGE_GATE_BIN");
-  return found;
+/** The binary: USAGE_GATE_BIN, else the newest of the tree's release and debug builds (an older
+ * one would test code that is no longer there), named on stderr. */
+export function binary(root = ROOT, env = process.env) {
+  if (env.USAGE_GATE_BIN) {
+    if (!existsSync(env.USAGE_GATE_BIN)) throw new Error(`USAGE_GATE_BIN=${env.USAGE_GATE_BIN} does not exist`);
+    return env.USAGE_GATE_BIN;
+  }
+  const builds = [`${root}target/release/usage-gate`, `${root}target/debug/usage-gate`].filter((path) => existsSync(path));
+  if (!builds.length) throw new Error("no usage-gate binary: run `cargo build` at the repository's root, or set USAGE_GATE_BIN");
+  const newest = builds.sort((a, b) => statSync(b).mtimeMs - statSync(a).mtimeMs)[0];
+  process.stderr.write(`testing ${newest} (the newest build; USAGE_GATE_BIN to choose)\n`);
+  return newest;
 }
 
 export function freePort() {
