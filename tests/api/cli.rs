@@ -199,32 +199,27 @@ async fn a_callers_mistakes_are_answered_not_logged_as_warnings() {
 async fn docker_composes_placeholder_keys_start_only_with_the_flag_that_says_so() {
     let compose = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/docker.toml");
     let database = fresh_database_url().await;
-    let port = free_port();
-    let serve = |flag: Option<&str>| {
-        let mut command = usage_gate();
+    // docker-compose.yml's environment.
+    let compose_env = |command: &mut std::process::Command| {
         command
-            .args(["--config", compose.to_str().unwrap(), "serve"])
-            .args(flag)
-            .env("DATABASE_URL", &database)
-            .env("USAGE_GATE__SERVER__ADDRESS", format!("127.0.0.1:{port}"))
             .env("USAGE_GATE__BILLABEAR__BASE_URL", "http://127.0.0.1:1/api/v1")
             .env("USAGE_GATE__BILLABEAR__API_KEY", "compose-billabear-key")
             .env("USAGE_GATE__WEBHOOKS__SECRET", "compose-webhook-secret-change-me");
-        command
     };
-    let refused = serve(None).output().unwrap();
+    let mut refused = usage_gate();
+    refused.args(["--config", compose.to_str().unwrap(), "serve"]).env("DATABASE_URL", &database);
+    compose_env(&mut refused);
+    let refused = refused.output().unwrap();
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(2), "{stderr}");
     for key in ["auth.keys[0].key", "webhooks.secret", "billabear.api_key"] {
         assert!(stderr.contains(&format!("{key}: ")), "names {key}: {stderr}");
     }
 
-    let _running = Child(
-        serve(Some("--allow-placeholder-secrets")).stderr(std::process::Stdio::null()).spawn().unwrap(),
-    );
-    let http = reqwest::Client::new();
-    eventually(std::time::Duration::from_secs(30), "the compose configuration to serve", || async {
-        http.get(format!("http://127.0.0.1:{port}/healthz")).send().await.ok().filter(|r| r.status() == 200)
+    // With the flag it serves (serve_process_with waits for /healthz).
+    let _running = serve_process_with(&compose, &database, |command| {
+        command.arg("--allow-placeholder-secrets");
+        compose_env(command);
     })
     .await;
 }

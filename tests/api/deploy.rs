@@ -186,16 +186,8 @@ fn one_command_points_every_runbook_url_at_another_base() {
     let scratch = std::env::temp_dir().join(format!("usage-gate-runbooks-{}", uuid::Uuid::new_v4()));
     let (prometheus, component) =
         (scratch.join("prometheus"), scratch.join("kubernetes/components/prometheus-operator"));
-    for (from, to) in [
-        (deploy("prometheus"), &prometheus),
-        (deploy("kubernetes/components/prometheus-operator"), &component),
-    ] {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    copy_tree(&deploy("prometheus"), &prometheus, &[]);
+    copy_tree(&deploy("kubernetes/components/prometheus-operator"), &component, &[]);
     let base = "https://wiki.example.com/usage-gate/runbooks.md";
     run("python3", &[prometheus.join("sync.py").to_str().unwrap(), "--runbook-base", base]);
     for file in [
@@ -523,24 +515,26 @@ fn the_kubernetes_base_renders_validates_and_names_only_what_usage_gate_has() {
     assert_eq!(container["resources"]["requests"]["memory"], limit, "memory request = limit");
 }
 
+/// `from`'s files and folders copied into `to`, but for files named in `skip`.
+fn copy_tree(from: &Path, to: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap();
+        if path.is_dir() {
+            copy_tree(&path, &to.join(name), skip);
+        } else if !skip.contains(&name.to_str().unwrap()) {
+            std::fs::copy(&path, to.join(name)).unwrap();
+        }
+    }
+}
+
 /// A copy of deploy/kubernetes as a checkout has it (without the files git ignores) in a folder
 /// `base` of a scratch folder, plus the two secret files an operator writes, if given. Remove it
 /// with [`remove_scratch`].
 fn kubernetes_base(secrets: Option<(&str, &str)>) -> PathBuf {
-    fn copy(from: &Path, to: &Path) {
-        std::fs::create_dir_all(to).unwrap();
-        for entry in std::fs::read_dir(from).unwrap() {
-            let path = entry.unwrap().path();
-            let name = path.file_name().unwrap();
-            if path.is_dir() {
-                copy(&path, &to.join(name));
-            } else if !["secrets.toml", "database-url"].contains(&name.to_str().unwrap()) {
-                std::fs::copy(&path, to.join(name)).unwrap();
-            }
-        }
-    }
     let base = std::env::temp_dir().join(format!("usage-gate-k8s-{}", uuid::Uuid::new_v4())).join("base");
-    copy(&deploy("kubernetes"), &base);
+    copy_tree(&deploy("kubernetes"), &base, &["secrets.toml", "database-url"]);
     if let Some((secrets, database_url)) = secrets {
         std::fs::write(base.join("secrets.toml"), secrets).unwrap();
         std::fs::write(base.join("database-url"), database_url).unwrap();

@@ -486,19 +486,28 @@ pub fn free_port() -> u16 {
 /// Starts the binary's `serve` with `config` on a free port and waits until it answers; its
 /// base URL.
 pub async fn serve_process(config: &std::path::Path, database: &str) -> (Child, String) {
+    serve_process_with(config, database, |_| {}).await
+}
+
+/// [`serve_process`], its command first changed by `adjust` (more arguments after `serve`, an
+/// environment of its own).
+pub async fn serve_process_with(
+    config: &std::path::Path,
+    database: &str,
+    adjust: impl FnOnce(&mut std::process::Command),
+) -> (Child, String) {
     let port = free_port();
-    let child = Child(
-        usage_gate()
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("DATABASE_URL", database)
-            .env("USAGE_GATE__SERVER__ADDRESS", format!("127.0.0.1:{port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut command = usage_gate();
+    command
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env("DATABASE_URL", database)
+        .env("USAGE_GATE__SERVER__ADDRESS", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    adjust(&mut command);
+    let child = Child(command.spawn().unwrap());
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     eventually(Duration::from_secs(30), "the service to answer /healthz", || async {
         http.get(format!("{base}/healthz")).send().await.ok().filter(|r| r.status() == 200)
     })

@@ -684,29 +684,17 @@ async fn deliveries_ignore_the_environments_proxy() {
          [outbound_webhooks]\nallowed_subnets = [\"127.0.0.0/8\"]\nretry_schedule_ms = [100]\npoll_interval_ms = 20\n\
          [[auth.keys]]\nname = \"operator\"\nkey = \"{ALL_KEY}\"\nscopes = [\"admin\", \"check\"]\n"
     ));
-    let database = fresh_database_url().await;
-    let port = free_port();
     let proxy_url = format!("http://{proxy}");
-    let _service = Child(
-        usage_gate()
-            .args(["--config", config.to_str().unwrap(), "serve"])
-            .env("DATABASE_URL", &database)
-            .env("USAGE_GATE__SERVER__ADDRESS", format!("127.0.0.1:{port}"))
+    let (_service, base) = serve_process_with(&config, &fresh_database_url().await, |command| {
+        command
             .envs(
                 ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
                     .map(|v| (v, &proxy_url)),
             )
-            .env("NO_PROXY", "localhost")
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    eventually(Duration::from_secs(30), "the service", || async {
-        http.get(format!("{base}/healthz")).send().await.ok().filter(|r| r.status() == 200)
+            .env("NO_PROXY", "localhost");
     })
     .await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let receiver = Receiver::start(&[]);
     let created = http
         .post(format!("{base}/v1/webhook-endpoints"))
