@@ -121,12 +121,80 @@ pub(crate) async fn lock_inserts(conn: &mut sqlx::PgConnection) -> Result<(), sq
     Ok(())
 }
 
-/// Inserts one record; returns its id.
-pub async fn record(pool: &PgPool, entry: &Entry) -> Result<i64, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let id = record_in(&mut tx, entry).await?;
-    tx.commit().await?;
-    Ok(id)
+/// The audit log's one door for what is not part of another change's transaction: recording
+/// on its own, concluding, listing. Cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    pool: PgPool,
+}
+
+impl Audit {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// Inserts one record; returns its id.
+    pub async fn record(&self, entry: &Entry) -> Result<i64, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        let id = record_in(&mut tx, entry).await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Gives a pending record its outcome; `details` are merged into what it holds.
+    pub async fn conclude(
+        &self,
+        id: i64,
+        outcome: Outcome,
+        upstream_status: Option<u16>,
+        target: Option<&str>,
+        details: serde_json::Value,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE audit_log SET outcome = $2, upstream_status = $3, target_id = coalesce($4, target_id),
+                    details = details || $5
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(outcome.as_str())
+        .bind(upstream_status.map(|s| s as i16))
+        .bind(target.map(storable))
+        .bind(storable_json(&details))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Newest first: up to `limit` records with ids below `before` (all when none).
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        before: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>, sqlx::Error> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            "SELECT id, occurred_at, actor, action, customer_id, target_id, outcome, upstream_status, request_id, details
+             FROM audit_log
+             WHERE ($1::uuid IS NULL OR customer_id = $1)
+               AND ($2::text IS NULL OR action = $2)
+               AND ($3::text IS NULL OR actor = $3)
+               AND ($4::timestamptz IS NULL OR occurred_at >= $4)
+               AND ($5::timestamptz IS NULL OR occurred_at < $5)
+               AND ($6::bigint IS NULL OR id < $6)
+             ORDER BY id DESC
+             LIMIT $7",
+        )
+        .bind(filter.customer.map(|c| c.as_uuid()))
+        .bind(&filter.action)
+        .bind(&filter.actor)
+        .bind(filter.since)
+        .bind(filter.until)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(AuditRecord::from).collect())
+    }
 }
 
 /// Inserts one record in the caller's transaction, so it commits with the change it records.
@@ -189,32 +257,52 @@ pub async fn record_all_in(conn: &mut sqlx::PgConnection, entries: &[Entry]) -> 
     Ok(())
 }
 
-/// Gives a pending record its outcome; `details` are merged into what it holds.
-pub async fn conclude(
-    pool: &PgPool,
+/// A row of `audit_log` as read.
+#[derive(sqlx::FromRow)]
+struct AuditRow {
     id: i64,
-    outcome: Outcome,
-    upstream_status: Option<u16>,
-    target: Option<&str>,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    actor: String,
+    action: String,
+    customer_id: Option<Uuid>,
+    target_id: Option<String>,
+    outcome: String,
+    upstream_status: Option<i16>,
+    request_id: Option<String>,
     details: serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE audit_log SET outcome = $2, upstream_status = $3, target_id = coalesce($4, target_id),
-                details = details || $5
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(outcome.as_str())
-    .bind(upstream_status.map(|s| s as i16))
-    .bind(target.map(storable))
-    .bind(storable_json(&details))
-    .execute(pool)
-    .await?;
-    Ok(())
+}
+
+impl From<AuditRow> for AuditRecord {
+    fn from(row: AuditRow) -> Self {
+        let AuditRow {
+            id,
+            occurred_at,
+            actor,
+            action,
+            customer_id,
+            target_id,
+            outcome,
+            upstream_status,
+            request_id,
+            details,
+        } = row;
+        Self {
+            id,
+            occurred_at,
+            actor,
+            action,
+            customer_id,
+            target_id,
+            outcome,
+            upstream_status,
+            request_id,
+            details,
+        }
+    }
 }
 
 /// One record as operators see it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditRecord {
     pub id: i64,
     #[schema(value_type = String, format = DateTime)]
@@ -238,36 +326,6 @@ pub struct Filter {
     pub actor: Option<String>,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     pub until: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// Newest first: up to `limit` records with ids below `before` (all when none).
-pub async fn list(
-    pool: &PgPool,
-    filter: &Filter,
-    before: Option<i64>,
-    limit: i64,
-) -> Result<Vec<AuditRecord>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, occurred_at, actor, action, customer_id, target_id, outcome, upstream_status, request_id, details
-         FROM audit_log
-         WHERE ($1::uuid IS NULL OR customer_id = $1)
-           AND ($2::text IS NULL OR action = $2)
-           AND ($3::text IS NULL OR actor = $3)
-           AND ($4::timestamptz IS NULL OR occurred_at >= $4)
-           AND ($5::timestamptz IS NULL OR occurred_at < $5)
-           AND ($6::bigint IS NULL OR id < $6)
-         ORDER BY id DESC
-         LIMIT $7",
-    )
-    .bind(filter.customer.map(|c| c.as_uuid()))
-    .bind(&filter.action)
-    .bind(&filter.actor)
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(before)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
 }
 
 #[cfg(test)]

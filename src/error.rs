@@ -16,11 +16,13 @@ use crate::billabear::BillaBearError;
 use crate::check::Decision;
 use crate::db::{FailureKind, StorageError};
 use crate::domain::{CustomerId, FieldError};
+use crate::inbound::InboundError;
 use crate::limits::LimitError;
 use crate::outbox::RetryError;
 use crate::overrides::OverrideError;
 use crate::reservations::IDEMPOTENCY_KEY;
 use crate::reservations::store::Reuse;
+use crate::webhooks::endpoints::EndpointError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -121,6 +123,29 @@ impl From<RetryError> for ApiError {
         match e {
             e @ RetryError::NotDead(_) => ApiError::NotFound(e.to_string()),
             RetryError::Storage(e) => ApiError::Storage(e),
+        }
+    }
+}
+
+impl From<EndpointError> for ApiError {
+    fn from(e: EndpointError) -> Self {
+        match e {
+            EndpointError::Invalid(errors) => ApiError::unprocessable(errors),
+            e @ (EndpointError::NoEndpoint(_) | EndpointError::NoMessage { .. }) => {
+                ApiError::NotFound(e.to_string())
+            }
+            e @ EndpointError::Secret(_) => ApiError::Internal(anyhow::anyhow!(e.to_string())),
+            EndpointError::Storage(e) => ApiError::Storage(e),
+        }
+    }
+}
+
+impl From<InboundError> for ApiError {
+    fn from(e: InboundError) -> Self {
+        match e {
+            e @ InboundError::UnknownSecret => ApiError::NotFound(e.to_string()),
+            InboundError::Invalid(error) => ApiError::invalid_field(error.field, error.message),
+            InboundError::Storage(e) => ApiError::Storage(e),
         }
     }
 }

@@ -3,14 +3,65 @@
 //! came is settled by looking at BillaBear afterwards. Then the customer is refetched here and
 //! dropped by the other replicas.
 
+use serde::Serialize;
 use serde_json::{Value, json};
-use sqlx::PgPool;
 
-use crate::audit::{self, Actor, Entry, Outcome};
+use crate::audit::{Actor, Audit, Entry, Outcome};
 use crate::billabear::{BillaBearClient, BillaBearError, NewUsageLimit, UsageLimit};
 use crate::db::StorageError;
 use crate::domain::{CustomerId, FieldError, LimitAction, LimitId};
 use crate::invalidation::Invalidation;
+
+/// A usage limit as usage-gate's API and console show it. BillaBear's wire type stays
+/// BillaBear's: a field it adds does not become ours.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Limit {
+    pub id: LimitId,
+    /// Minor units of the customer's estimate currency.
+    pub amount: i64,
+    pub action: LimitAction,
+}
+
+impl From<UsageLimit> for Limit {
+    fn from(UsageLimit { id, amount, action }: UsageLimit) -> Self {
+        Self { id, amount, action }
+    }
+}
+
+/// A usage limit to create, parsed from the API's body or the console's form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewLimit {
+    pub amount: i64,
+    pub action: LimitAction,
+}
+
+/// A new limit that was refused before BillaBear was asked: what was given (for the audit log)
+/// and every invalid field.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub given: Value,
+    pub errors: Vec<FieldError>,
+}
+
+impl NewLimit {
+    /// A `POST .../usage-limits` body: every invalid field is named.
+    pub fn from_json(body: &Value) -> Result<Self, Refused> {
+        let (amount, action) = (body.get("amount"), body.get("action"));
+        parse_new_limit(amount, action)
+            .map_err(|errors| Refused { given: json!({"amount": amount, "action": action}), errors })
+    }
+
+    /// The console's form, as typed: an amount that is not a whole number is named as typed.
+    pub fn from_form(amount: &str, action: &str) -> Result<Self, Refused> {
+        let amount = match amount {
+            "" => Value::Null,
+            raw => raw.parse::<i64>().map_or_else(|_| json!(raw), |n| json!(n)),
+        };
+        let action = json!(action);
+        parse_new_limit(Some(&amount), Some(&action))
+            .map_err(|errors| Refused { given: json!({"amount": amount, "action": action}), errors })
+    }
+}
 
 /// Why a usage-limit change was not made (or not known to be made).
 #[derive(Debug, thiserror::Error)]
@@ -42,20 +93,42 @@ impl From<sqlx::Error> for LimitError {
 /// The usage-limit service: BillaBear with the operators' timeout, the audit log, and telling
 /// the replicas.
 pub struct Limits {
-    pool: PgPool,
+    audit: Audit,
     /// With `billabear.admin_timeout`.
     billabear: BillaBearClient,
     invalidation: Invalidation,
 }
 
 impl Limits {
-    pub fn new(pool: PgPool, billabear: BillaBearClient, invalidation: Invalidation) -> Self {
-        Self { pool, billabear, invalidation }
+    pub fn new(audit: Audit, billabear: BillaBearClient, invalidation: Invalidation) -> Self {
+        Self { audit, billabear, invalidation }
     }
 
     /// The customer's limits as BillaBear has them now.
-    pub async fn list(&self, customer: CustomerId) -> Result<Vec<UsageLimit>, LimitError> {
-        self.billabear.list_usage_limits(customer).await.map_err(|e| upstream(e, customer))
+    pub async fn list(&self, customer: CustomerId) -> Result<Vec<Limit>, LimitError> {
+        let limits = self.billabear.list_usage_limits(customer).await.map_err(|e| upstream(e, customer))?;
+        Ok(limits.into_iter().map(Limit::from).collect())
+    }
+
+    /// Audits a new limit refused before BillaBear was asked, and returns the refusal. Nothing
+    /// was changed, so if Postgres fails the refusal is still the answer.
+    pub async fn refuse(&self, actor: &Actor, customer: CustomerId, refused: Refused) -> LimitError {
+        let Refused { mut given, errors } = refused;
+        given["errors"] = json!(errors);
+        let entry = Entry {
+            actor: actor.name.clone(),
+            action: "usage_limit.create".into(),
+            customer: Some(customer),
+            target: None,
+            outcome: Outcome::Rejected,
+            upstream_status: None,
+            request_id: actor.request_id.clone(),
+            details: given,
+        };
+        if let Err(e) = self.audit.record(&entry).await {
+            tracing::error!(action = %entry.action, error = %e, "audit: cannot record a rejected request");
+        }
+        LimitError::Invalid(errors)
     }
 
     /// Creates a usage limit in BillaBear for `actor`: audited before BillaBear is asked and
@@ -64,9 +137,10 @@ impl Limits {
         &self,
         actor: &Actor,
         customer: CustomerId,
-        body: &Value,
-    ) -> Result<UsageLimit, LimitError> {
-        let mut entry = Entry {
+        new: NewLimit,
+    ) -> Result<Limit, LimitError> {
+        let limit = NewUsageLimit { amount: new.amount, action: new.action };
+        let entry = Entry {
             actor: actor.name.clone(),
             action: "usage_limit.create".into(),
             customer: Some(customer),
@@ -74,20 +148,10 @@ impl Limits {
             outcome: Outcome::Pending,
             upstream_status: None,
             request_id: actor.request_id.clone(),
-            details: json!({"amount": body.get("amount"), "action": body.get("action")}),
+            details: json!({"amount": limit.amount, "action": limit.action.as_str()}),
         };
-        let limit = match parse_new_limit(body) {
-            Ok(limit) => limit,
-            Err(errors) => {
-                entry.outcome = Outcome::Rejected;
-                entry.details["errors"] = json!(errors);
-                self.audit_rejection(&entry).await;
-                return Err(LimitError::Invalid(errors));
-            }
-        };
-        entry.details = json!({"amount": limit.amount, "action": limit.action.as_str()});
         // Recorded before BillaBear is asked: without Postgres, nothing is done (503).
-        let record = audit::record(&self.pool, &entry).await?;
+        let record = self.audit.record(&entry).await?;
         // What exists already, so that if BillaBear's answer never comes the new limit can be told
         // from an identical older one (if this fails, any identical limit counts as the new one).
         let before = self.billabear.list_usage_limits(customer).await.ok();
@@ -108,7 +172,7 @@ impl Limits {
             Err(e) => return Err(self.failed(record, e, customer).await),
         };
         self.invalidation.customer_changed(customer).await;
-        Ok(created)
+        Ok(created.into())
     }
 
     /// Deletes one of the customer's usage limits in BillaBear for `actor`, audited as
@@ -129,7 +193,7 @@ impl Limits {
             request_id: actor.request_id.clone(),
             details: json!({}),
         };
-        let record = audit::record(&self.pool, &entry).await?;
+        let record = self.audit.record(&entry).await?;
         // BillaBear deletes any limit by id, whoever's it is: check that it is this customer's.
         let limits = match self.billabear.list_usage_limits(customer).await {
             Ok(limits) => limits,
@@ -224,16 +288,8 @@ impl Limits {
         target: Option<&str>,
         details: Value,
     ) {
-        if let Err(e) = audit::conclude(&self.pool, record, outcome, upstream_status, target, details).await {
+        if let Err(e) = self.audit.conclude(record, outcome, upstream_status, target, details).await {
             tracing::error!(record, outcome = outcome.as_str(), error = %e, "audit: cannot record an outcome; the record stays pending");
-        }
-    }
-
-    /// Audits a request refused before BillaBear was asked. Nothing was changed, so if Postgres
-    /// fails the refusal is still the answer.
-    async fn audit_rejection(&self, entry: &Entry) {
-        if let Err(e) = audit::record(&self.pool, entry).await {
-            tracing::error!(action = %entry.action, error = %e, "audit: cannot record a rejected request");
         }
     }
 }
@@ -249,10 +305,10 @@ fn upstream(e: BillaBearError, customer: CustomerId) -> LimitError {
     }
 }
 
-/// A `POST .../usage-limits` body: every invalid field is named.
-pub fn parse_new_limit(body: &Value) -> Result<NewUsageLimit, Vec<FieldError>> {
+/// A new limit's `amount` and `action` as given: every invalid field is named.
+fn parse_new_limit(amount: Option<&Value>, action: Option<&Value>) -> Result<NewLimit, Vec<FieldError>> {
     let mut errors = vec![];
-    let amount = match body.get("amount") {
+    let amount = match amount {
         None | Some(Value::Null) => {
             errors.push(FieldError::new("amount", "required: a positive integer, minor units"));
             None
@@ -268,7 +324,7 @@ pub fn parse_new_limit(body: &Value) -> Result<NewUsageLimit, Vec<FieldError>> {
             }
         },
     };
-    let action = match body.get("action") {
+    let action = match action {
         None | Some(Value::Null) => {
             errors.push(FieldError::new("action", "required: WARNING or DISABLE"));
             None
@@ -282,7 +338,7 @@ pub fn parse_new_limit(body: &Value) -> Result<NewUsageLimit, Vec<FieldError>> {
         },
     };
     match (amount, action) {
-        (Some(amount), Some(action)) if errors.is_empty() => Ok(NewUsageLimit { amount, action }),
+        (Some(amount), Some(action)) if errors.is_empty() => Ok(NewLimit { amount, action }),
         _ => Err(errors),
     }
 }
@@ -309,19 +365,19 @@ mod tests {
     #[test]
     fn a_new_limit_needs_a_positive_integer_amount_and_a_known_action_in_any_case() {
         assert_eq!(
-            parse_new_limit(&json!({"amount": 5000, "action": "disable"})),
-            Ok(NewUsageLimit { amount: 5000, action: LimitAction::Disable })
+            NewLimit::from_json(&json!({"amount": 5000, "action": "disable"})),
+            Ok(NewLimit { amount: 5000, action: LimitAction::Disable })
         );
         assert_eq!(
-            parse_new_limit(&json!({"amount": 1, "action": "WARNING", "extra": true})),
-            Ok(NewUsageLimit { amount: 1, action: LimitAction::Warning })
+            NewLimit::from_json(&json!({"amount": 1, "action": "WARNING", "extra": true})),
+            Ok(NewLimit { amount: 1, action: LimitAction::Warning })
         );
         assert_eq!(
-            parse_new_limit(&json!({"amount": 3957299944604836.0, "action": "diSablE"})),
-            Ok(NewUsageLimit { amount: 3957299944604836, action: LimitAction::Disable })
+            NewLimit::from_json(&json!({"amount": 3957299944604836.0, "action": "diSablE"})),
+            Ok(NewLimit { amount: 3957299944604836, action: LimitAction::Disable })
         );
         let fields = |body: Value| -> Vec<String> {
-            parse_new_limit(&body).unwrap_err().into_iter().map(|e| e.field).collect()
+            NewLimit::from_json(&body).unwrap_err().errors.into_iter().map(|e| e.field).collect()
         };
         assert_eq!(fields(json!({})), ["amount", "action"]);
         for amount in [json!(0), json!(-5), json!(20.5), json!("2000"), json!(1e30)] {
@@ -330,5 +386,9 @@ mod tests {
         for action in [json!("WARN"), json!(1), json!("")] {
             assert_eq!(fields(json!({"amount": 5, "action": action})), ["action"], "{action}");
         }
+        assert_eq!(NewLimit::from_form("5000", "warning").unwrap().amount, 5000);
+        let refused = NewLimit::from_form("5e3", "").unwrap_err();
+        assert_eq!(refused.given, json!({"amount": "5e3", "action": ""}));
+        assert_eq!(refused.errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), ["amount", "action"]);
     }
 }

@@ -11,24 +11,31 @@ use sqlx::PgPool;
 
 use crate::admission::Admission;
 use crate::admission::ingest::Ingest;
+use crate::audit::Audit;
 use crate::billabear::BillaBearClient;
 use crate::cache::SnapshotCache;
 use crate::check::Checker;
 use crate::config::{SecretsSettings, Settings};
 use crate::error::{self, ApiError};
 use crate::health::Health;
+use crate::inbound::Inbound;
 use crate::invalidation::Invalidation;
 use crate::jwt::Verifier;
 use crate::limits::Limits;
 use crate::mirror::Started;
+use crate::outbox::Outbox;
 use crate::outbox::forwarder::{self, ForwarderHandle};
 use crate::overrides::Overrides;
 use crate::pending::{LedgerFetch, Pending};
 use crate::reservations::Holds;
 use crate::routes::meta::Exposition;
 use crate::seal::Sealer;
+use crate::sessions::Sessions;
 use crate::subscriptions::Subscriptions;
+use crate::transitions::recorded::Recorded;
 use crate::transitions::{self, Transitions, Watch};
+use crate::webhooks::destination::Destinations;
+use crate::webhooks::endpoints::Endpoints;
 use crate::{console, db, routes, shutdown, telemetry, webhooks};
 
 /// How many fetched snapshots may wait for the transition watcher; beyond it they are dropped
@@ -194,12 +201,14 @@ struct Handlers {
     invalidation: web::Data<Invalidation>,
     health: web::Data<Health>,
     exposition: web::Data<Exposition>,
-    /// For the stores the routes read directly (listings).
-    pool: web::Data<PgPool>,
+    audit: web::Data<Audit>,
+    outbox: web::Data<Outbox>,
+    endpoints: web::Data<Endpoints>,
+    inbound: web::Data<Inbound>,
+    sessions: web::Data<Sessions>,
+    recorded: web::Data<Recorded>,
     /// For the settings a handler reads (the gate's header, a batch's concurrency, …).
     settings: web::Data<Settings>,
-    /// Secrets at rest (webhook endpoints' signing secrets).
-    sealer: web::Data<Sealer>,
     /// The gate's end-user tokens, with `[gate.jwt]`.
     verifier: Option<web::Data<Verifier>>,
 }
@@ -215,9 +224,13 @@ impl Handlers {
             .app_data(self.invalidation.clone())
             .app_data(self.health.clone())
             .app_data(self.exposition.clone())
-            .app_data(self.pool.clone())
-            .app_data(self.settings.clone())
-            .app_data(self.sealer.clone());
+            .app_data(self.audit.clone())
+            .app_data(self.outbox.clone())
+            .app_data(self.endpoints.clone())
+            .app_data(self.inbound.clone())
+            .app_data(self.sessions.clone())
+            .app_data(self.recorded.clone())
+            .app_data(self.settings.clone());
         if let Some(verifier) = &self.verifier {
             cfg.app_data(verifier.clone());
         }
@@ -308,23 +321,38 @@ impl Running {
         let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
         let health =
             web::Data::new(Health::new(pool.clone(), billabear.with_timeout(settings.billabear.timeout)));
+        let audit = Audit::new(pool.clone());
+        let outbox = Outbox::new(pool.clone());
+        let destinations = Destinations::new(settings.outbound_webhooks.allowed_subnets.clone());
+        let endpoints = Endpoints::new(pool.clone(), sealer.into_inner(), destinations);
+        let inbound = Inbound::new(
+            settings.webhooks.secret.as_ref(),
+            audit.clone(),
+            outbox.clone(),
+            invalidation.clone(),
+            subscriptions.clone(),
+        );
         let handlers = Handlers {
             admission: web::Data::new(Admission::new(checker.clone(), ingest, subscriptions.clone())),
             limits: web::Data::new(Limits::new(
-                pool.clone(),
+                audit.clone(),
                 billabear.with_timeout(settings.billabear.admin_timeout),
                 invalidation.clone(),
             )),
             health: health.clone(),
-            exposition: web::Data::new(Exposition::new(metrics, pool.clone(), health)),
+            exposition: web::Data::new(Exposition::new(metrics, outbox.clone(), endpoints.clone(), health)),
             checker: web::Data::from(checker),
             overrides: web::Data::new(overrides),
             holds: web::Data::new(holds),
             subscriptions: web::Data::new(subscriptions),
             invalidation: web::Data::new(invalidation),
-            pool: web::Data::new(pool),
+            audit: web::Data::new(audit),
+            outbox: web::Data::new(outbox),
+            endpoints: web::Data::new(endpoints),
+            inbound: web::Data::new(inbound),
+            sessions: web::Data::new(Sessions::new(pool.clone())),
+            recorded: web::Data::new(Recorded::new(pool)),
             settings: web::Data::new(settings),
-            sealer,
             verifier,
         };
         Ok(Self { handlers, forwarder, background, listening })

@@ -20,7 +20,8 @@ use crate::enforce::Gate;
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::Accepted;
 use crate::projection::Projection;
-use crate::reservations::store::{Ask, Reservation, Reuse};
+use crate::reservations::Ask;
+use crate::reservations::store::{ReservationRow, Reuse};
 use crate::reservations::{HoldError, Judgement};
 use crate::subscriptions::Subscriptions;
 use ingest::Ingest;
@@ -55,7 +56,7 @@ impl From<HoldError> for AdmissionError {
 /// with the same idempotency key (nothing new held).
 #[derive(Debug)]
 pub struct Held {
-    pub reservation: Reservation,
+    pub reservation: ReservationRow,
     pub decision: Decision,
     pub replayed: bool,
 }

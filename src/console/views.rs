@@ -5,13 +5,13 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
 use super::session::Flash;
-use super::store::CustomerRow;
 use crate::audit::AuditRecord;
-use crate::billabear::UsageLimit;
 use crate::check::Decision;
 use crate::health::Readiness;
-use crate::outbox::store::{OutboxEvent, Stats};
-use crate::overrides::store::OverrideRecord;
+use crate::limits::Limit;
+use crate::outbox::{OutboxEvent, Stats};
+use crate::overrides::OverrideRecord;
+use crate::transitions::recorded::CustomerRow;
 
 /// What every signed-in page shows around its content.
 pub struct Shell<'a> {
@@ -294,7 +294,7 @@ pub struct CustomerPage {
     pub decision: Decision,
     pub recorded: Option<CustomerRow>,
     /// BillaBear's list, or why it could not be had.
-    pub limits: Result<Vec<UsageLimit>, String>,
+    pub limits: Result<Vec<Limit>, String>,
     pub overrides: Vec<OverrideRecord>,
     pub events: Vec<OutboxEvent>,
     pub audit: Vec<AuditRecord>,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use super::Stats;
 use super::event::IncomingEvent;
 use crate::audit::{self, Actor};
 use crate::domain::Target;
@@ -314,9 +315,9 @@ pub async fn mark_dead(
     Ok(dead == 1)
 }
 
-/// An outbox row as operators see it.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct OutboxEvent {
+/// An outbox row as listed.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OutboxRow {
     pub id: i64,
     pub event_id: String,
     pub subscription_id: Option<Uuid>,
@@ -324,7 +325,6 @@ pub struct OutboxEvent {
     pub code: String,
     pub value: f64,
     pub properties: serde_json::Value,
-    /// pending, delivered or dead.
     pub status: String,
     pub attempts: i32,
     pub next_attempt_at: chrono::DateTime<chrono::Utc>,
@@ -334,7 +334,7 @@ pub struct OutboxEvent {
     pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// The `SELECT … FROM outbox` of an [`OutboxEvent`] (a macro so `concat!` can build each
+/// The `SELECT … FROM outbox` of an [`OutboxRow`] (a macro so `concat!` can build each
 /// listing's static query from it).
 macro_rules! listed_event {
     () => {
@@ -351,7 +351,7 @@ pub async fn list(
     customer: Option<Uuid>,
     after: Option<i64>,
     limit: i64,
-) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(concat!(
         listed_event!(),
         " WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR customer_id = $2) AND id > $3
@@ -373,7 +373,7 @@ pub async fn undelivered_of(
     customer: CustomerId,
     subscriptions: &[SubscriptionId],
     limit: i64,
-) -> Result<Vec<OutboxEvent>, sqlx::Error> {
+) -> Result<Vec<OutboxRow>, sqlx::Error> {
     let subscriptions: Vec<Uuid> = subscriptions.iter().map(|s| s.as_uuid()).collect();
     sqlx::query_as(concat!(
         listed_event!(),
@@ -404,6 +404,24 @@ pub async fn undelivered_counts(
     .bind(customer.as_uuid())
     .bind(&subscriptions)
     .fetch_one(pool)
+    .await
+}
+
+/// The customer id and subscription id of events delivered within `within`, at most `limit`
+/// distinct pairs.
+pub async fn delivered_within(
+    pool: &PgPool,
+    within: Duration,
+    limit: i64,
+) -> Result<Vec<(Option<Uuid>, Option<Uuid>)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT DISTINCT customer_id, subscription_id FROM outbox
+         WHERE status = 'delivered' AND delivered_at > now() - make_interval(secs => $1)
+         LIMIT $2",
+    )
+    .bind(within.as_secs_f64())
+    .bind(limit)
+    .fetch_all(pool)
     .await
 }
 
@@ -449,15 +467,6 @@ pub async fn retry_dead(
 }
 
 /// Counts by status and the age of the oldest pending event.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
-pub struct Stats {
-    pub pending: i64,
-    pub delivered: i64,
-    pub dead: i64,
-    /// Seconds since the oldest pending event was accepted; 0 when none is pending.
-    pub oldest_pending_age_seconds: f64,
-}
-
 pub async fn stats(pool: &PgPool) -> Result<Stats, sqlx::Error> {
     let row = sqlx::query(
         "SELECT count(*) FILTER (WHERE status = 'pending') AS pending,

@@ -27,7 +27,7 @@ use crate::db::{self, StorageError};
 use crate::domain::{CustomerId, FieldError, Timestamp};
 use crate::mirror::{self, Mirror, Started};
 use crate::policy::Effect;
-use store::{NewOverride, OverrideRecord};
+use store::OverrideRow;
 
 /// How often overrides past their `expires_at` are closed in Postgres (and audited).
 pub const EXPIRE_EVERY: Duration = Duration::from_millis(250);
@@ -73,6 +73,106 @@ pub struct OverrideView {
     pub amount: Option<i64>,
     #[schema(value_type = String, format = DateTime)]
     pub expires_at: Timestamp,
+}
+
+/// One override as stored and listed.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OverrideRecord {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    /// `allow`, `block` or `raise`.
+    pub effect: String,
+    /// For `raise`: the DISABLE threshold judged instead (minor units).
+    pub amount: Option<i64>,
+    pub reason: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    /// The API key's name.
+    pub created_by: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: DateTime<Utc>,
+    /// In force now: not ended and not past `expires_at`.
+    pub active: bool,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// `ended` (by an operator), `superseded` (by a newer override) or `expired`; null while open.
+    pub ended_as: Option<String>,
+    pub ended_by: Option<String>,
+    pub end_reason: Option<String>,
+}
+
+impl From<OverrideRow> for OverrideRecord {
+    fn from(row: OverrideRow) -> Self {
+        let OverrideRow {
+            id,
+            customer_id,
+            effect,
+            amount,
+            reason,
+            created_at,
+            created_by,
+            expires_at,
+            active,
+            ended_at,
+            ended_as,
+            ended_by,
+            end_reason,
+        } = row;
+        Self {
+            id,
+            customer_id,
+            effect,
+            amount,
+            reason,
+            created_at,
+            created_by,
+            expires_at,
+            active,
+            ended_at,
+            ended_as,
+            ended_by,
+            end_reason,
+        }
+    }
+}
+
+/// A new override, parsed from the API's body or the console's form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewOverride {
+    pub effect: Effect,
+    pub reason: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+impl NewOverride {
+    /// Reads `{"effect", "amount" (raise only), "reason", "expires_at"}` as of `now`; every
+    /// invalid field is named.
+    pub fn from_json(body: &Value, now: DateTime<Utc>) -> Result<Self, Vec<FieldError>> {
+        parse_new(body, now)
+    }
+
+    /// The console's form: an effect, an amount as typed (empty: none), a reason, and how many
+    /// hours from `now` it ends (1 to 2160); named as the API's fields are.
+    pub fn from_form(
+        effect: &str,
+        amount: &str,
+        reason: &str,
+        expires_in_hours: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Self, Vec<FieldError>> {
+        let expires_at = match expires_in_hours.parse::<i64>() {
+            Ok(hours) if (1..=2160).contains(&hours) => {
+                serde_json::json!((now + chrono::TimeDelta::hours(hours)).to_rfc3339())
+            }
+            _ => Value::Null,
+        };
+        let mut body = serde_json::json!({"effect": effect, "reason": reason, "expires_at": expires_at});
+        // The form always has an amount box: an empty one is no amount (only `raise` takes one).
+        if !amount.is_empty() {
+            body["amount"] = amount.parse::<i64>().map_or_else(|_| serde_json::json!(amount), |n| n.into());
+        }
+        parse_new(&body, now)
+    }
 }
 
 /// A customer's open override changed in this replica's copy.
@@ -132,18 +232,29 @@ impl Overrides {
         self.open.reload(customer).await
     }
 
-    /// Creates an override for `actor` from a request's body (every invalid field named); the
-    /// customer's open one, if any, ends (`superseded`), and this replica applies it at once.
+    /// Creates an override for `actor`; the customer's open one, if any, ends (`superseded`),
+    /// and this replica applies it at once.
     pub async fn create(
         &self,
         actor: &Actor,
         customer: CustomerId,
-        body: &Value,
+        new: &NewOverride,
     ) -> Result<OverrideRecord, OverrideError> {
-        let new = parse_new(body, Utc::now()).map_err(OverrideError::Invalid)?;
-        let created = store::create(&self.pool, customer, &new, actor).await?;
+        let created = store::create(&self.pool, customer, new, actor).await?;
         self.reload(customer).await;
-        Ok(created)
+        Ok(created.into())
+    }
+
+    /// Newest first: the customer's overrides (all customers' when None), only those in force
+    /// when `active_only`, at most `limit`.
+    pub async fn list(
+        &self,
+        customer: Option<CustomerId>,
+        active_only: bool,
+        limit: i64,
+    ) -> Result<Vec<OverrideRecord>, StorageError> {
+        let rows = store::list(&self.pool, customer, active_only, limit).await?;
+        Ok(rows.into_iter().map(OverrideRecord::from).collect())
     }
 
     /// Ends the override `id` in force for `actor`, or says it is not in force.
@@ -168,9 +279,7 @@ impl Overrides {
 const MAX_AHEAD: chrono::TimeDelta = chrono::TimeDelta::days(90);
 const MAX_REASON_CHARS: usize = 500;
 
-/// Reads `{"effect", "amount" (raise only), "reason", "expires_at"}` as of `now`; every invalid
-/// field is named.
-pub fn parse_new(body: &Value, now: DateTime<Utc>) -> Result<NewOverride, Vec<FieldError>> {
+fn parse_new(body: &Value, now: DateTime<Utc>) -> Result<NewOverride, Vec<FieldError>> {
     let Some(object) = body.as_object() else {
         return Err(vec![FieldError::new("body", "must be a JSON object")]);
     };

@@ -4,11 +4,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::Override;
+use super::{NewOverride, Override};
 use crate::audit::{self, Actor};
 use crate::domain::CustomerId;
 use crate::policy::Effect;
@@ -20,48 +19,26 @@ pub const NOTIFY_CHANNEL: &str = "usage_gate_overrides";
 /// (two-key locks never collide with the one-key locks taken elsewhere).
 const CREATE_LOCK_CLASS: i32 = 0x7567_6f76; // "ugov"
 
-/// One override as stored and listed.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct OverrideRecord {
+/// A row of `overrides` as read (with `active` computed).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OverrideRow {
     pub id: Uuid,
     pub customer_id: Uuid,
-    /// `allow`, `block` or `raise`.
     pub effect: String,
-    /// For `raise`: the DISABLE threshold judged instead (minor units).
     pub amount: Option<i64>,
     pub reason: String,
-    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
-    /// The API key's name.
     pub created_by: String,
-    #[schema(value_type = String, format = DateTime)]
     pub expires_at: DateTime<Utc>,
-    /// In force now: not ended and not past `expires_at`.
     pub active: bool,
-    #[schema(value_type = Option<String>, format = DateTime)]
     pub ended_at: Option<DateTime<Utc>>,
-    /// `ended` (by an operator), `superseded` (by a newer override) or `expired`; null while open.
     pub ended_as: Option<String>,
     pub ended_by: Option<String>,
     pub end_reason: Option<String>,
 }
 
-impl OverrideRecord {
-    pub fn customer(&self) -> CustomerId {
-        CustomerId::from(self.customer_id)
-    }
-}
-
 const COLUMNS: &str = "id, customer_id, effect, amount, reason, created_at, created_by, expires_at,
      (ended_at IS NULL AND expires_at > now()) AS active, ended_at, ended_as, ended_by, end_reason";
-
-/// A new override, as asked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewOverride {
-    pub effect: Effect,
-    pub reason: String,
-    pub expires_at: DateTime<Utc>,
-}
 
 fn effect_columns(effect: Effect) -> (&'static str, Option<i64>) {
     match effect {
@@ -77,7 +54,7 @@ pub async fn create(
     customer: CustomerId,
     new: &NewOverride,
     actor: &Actor,
-) -> Result<OverrideRecord, sqlx::Error> {
+) -> Result<OverrideRow, sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2::text))")
         .bind(CREATE_LOCK_CLASS)
@@ -85,7 +62,7 @@ pub async fn create(
         .execute(&mut *tx)
         .await?;
     let id = Uuid::new_v4();
-    let superseded: Vec<OverrideRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let superseded: Vec<OverrideRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE overrides SET ended_at = now(), ended_as = 'superseded', ended_by = $2, end_reason = $3
          WHERE customer_id = $1 AND ended_at IS NULL RETURNING {COLUMNS}"
     )))
@@ -95,7 +72,7 @@ pub async fn create(
     .fetch_all(&mut *tx)
     .await?;
     let (effect, amount) = effect_columns(new.effect);
-    let created: OverrideRecord = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let created: OverrideRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO overrides (id, customer_id, effect, amount, reason, created_by, expires_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
     )))
@@ -125,9 +102,9 @@ pub async fn end(
     id: Uuid,
     actor: &Actor,
     end_reason: Option<&str>,
-) -> Result<Option<OverrideRecord>, sqlx::Error> {
+) -> Result<Option<OverrideRow>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let ended: Option<OverrideRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let ended: Option<OverrideRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE overrides SET ended_at = now(), ended_as = 'ended', ended_by = $3, end_reason = $4
          WHERE id = $1 AND customer_id = $2 AND ended_at IS NULL AND expires_at > now()
          RETURNING {COLUMNS}"
@@ -148,9 +125,9 @@ pub async fn end(
 /// Closes every open override past its `expires_at`, each audited and told
 /// (`customer.override.expired`) once: a replica that finds one another is closing waits, then
 /// skips it. Returns what was closed.
-pub async fn expire(pool: &PgPool) -> Result<Vec<OverrideRecord>, sqlx::Error> {
+pub async fn expire(pool: &PgPool) -> Result<Vec<OverrideRow>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let expired: Vec<OverrideRecord> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let expired: Vec<OverrideRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE overrides SET ended_at = now(), ended_as = 'expired', ended_by = 'usage-gate'
          WHERE ended_at IS NULL AND expires_at <= now() RETURNING {COLUMNS}"
     )))
@@ -183,12 +160,12 @@ pub async fn expire(pool: &PgPool) -> Result<Vec<OverrideRecord>, sqlx::Error> {
 async fn record(
     tx: &mut PgConnection,
     action: &str,
-    record: &OverrideRecord,
+    record: &OverrideRow,
     actor: &Actor,
 ) -> Result<(), sqlx::Error> {
     let entry = actor.entry(
         action,
-        Some(record.customer()),
+        Some(CustomerId::from(record.customer_id)),
         record.id.to_string(),
         serde_json::json!({
             "effect": record.effect,
@@ -209,7 +186,7 @@ pub async fn list(
     customer: Option<CustomerId>,
     active_only: bool,
     limit: i64,
-) -> Result<Vec<OverrideRecord>, sqlx::Error> {
+) -> Result<Vec<OverrideRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM overrides
          WHERE ($1::uuid IS NULL OR customer_id = $1)

@@ -16,17 +16,21 @@ mod writer;
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
+use serde::Serialize;
+use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::audit::Actor;
 use crate::db::{self, StorageError};
-use crate::domain::CustomerId;
+use crate::domain::{CustomerId, FieldError, MetricCode, whole_number};
 use crate::enforce::{Gate, Judged};
 use crate::mirror::{self, Mirror, Started};
 use crate::outbox::IncomingEvent;
 use crate::policy::PolicySettings;
-use store::{Ask, Change, Committed, Created, Done, Reservation, Reuse};
+pub use store::Committed;
+use store::{Change, Created, Done, ReservationRow, Reuse};
 use uuid::Uuid;
 
 /// The header a hold is asked for again with (the name its errors give as the field).
@@ -46,6 +50,151 @@ pub fn register_metrics() {
     }
 }
 
+/// What a hold is asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ask {
+    /// Minor units.
+    Amount(i64),
+    /// What an event with this code and value would cost now.
+    Event { code: String, value: f64 },
+}
+
+/// A hold's default lifetime, and the longest one may ask for.
+const DEFAULT_TTL: Duration = Duration::from_secs(60);
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// A new hold, parsed from the API's body: what it asks for and how long it holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewHold {
+    pub ask: Ask,
+    pub ttl: Duration,
+}
+
+impl NewHold {
+    /// Reads `{"amount"}` or `{"code", "value"}`, and `ttl_ms`; every invalid field is named.
+    pub fn from_json(body: &Value) -> Result<Self, Vec<FieldError>> {
+        parse_hold(body)
+    }
+}
+
+/// Reads `{"amount": N}` or `{"code", "value"}`, with an optional `ttl_ms`; every invalid field
+/// is named.
+fn parse_hold(body: &Value) -> Result<NewHold, Vec<FieldError>> {
+    let Some(object) = body.as_object() else {
+        return Err(vec![FieldError::new("body", "must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    let amount = object.get("amount").filter(|v| !v.is_null());
+    let code = object.get("code").filter(|v| !v.is_null());
+    let value = object.get("value").filter(|v| !v.is_null());
+    let ask = match (amount, code, value) {
+        (Some(amount), None, None) => match whole_number(amount).filter(|a| *a >= 0) {
+            Some(amount) => Some(Ask::Amount(amount)),
+            None => {
+                errors.push(FieldError::new("amount", "must be a whole number of minor units, 0 or more"));
+                None
+            }
+        },
+        (None, code, value) if code.is_some() || value.is_some() => {
+            let code = match code.and_then(Value::as_str).map(MetricCode::parse) {
+                Some(Ok(code)) => Some(code),
+                Some(Err(e)) => {
+                    errors.push(FieldError::new("code", e.to_string()));
+                    None
+                }
+                None => {
+                    errors.push(FieldError::new("code", "required with value: the metric code, a string"));
+                    None
+                }
+            };
+            let value = value.and_then(Value::as_f64).filter(|v| v.is_finite() && *v >= 0.0);
+            if value.is_none() {
+                errors.push(FieldError::new("value", "required with code: a finite number, 0 or more"));
+            }
+            code.zip(value).map(|(code, value)| Ask::Event { code: code.as_str().to_owned(), value })
+        }
+        _ => {
+            errors.push(FieldError::new(
+                "amount",
+                "give either amount (minor units) or code and value, not both",
+            ));
+            None
+        }
+    };
+    let ttl = match object.get("ttl_ms").filter(|v| !v.is_null()) {
+        None => Some(DEFAULT_TTL),
+        Some(ttl) => {
+            let ttl = whole_number(ttl)
+                .and_then(|ms| u64::try_from(ms).ok())
+                .filter(|ms| *ms >= 1)
+                .map(Duration::from_millis)
+                .filter(|t| *t <= MAX_TTL);
+            if ttl.is_none() {
+                errors.push(FieldError::new(
+                    "ttl_ms",
+                    "must be a whole number of milliseconds, 1 to 86400000 (24 h)",
+                ));
+            }
+            ttl
+        }
+    };
+    match (ask, ttl) {
+        (Some(ask), Some(ttl)) if errors.is_empty() => Ok(NewHold { ask, ttl }),
+        _ => Err(errors),
+    }
+}
+
+/// One reservation as stored.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Reservation {
+    pub id: Uuid,
+    pub customer_id: Uuid,
+    /// Minor units set aside.
+    pub amount: i64,
+    /// The event's code and value it was priced from, if it was asked for that way.
+    pub code: Option<String>,
+    pub value: Option<f64>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: DateTime<Utc>,
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: DateTime<Utc>,
+    /// The API key's name.
+    pub created_by: String,
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub closed_at: Option<DateTime<Utc>>,
+    /// `committed`, `released` or `expired`; null while open.
+    pub closed_as: Option<String>,
+}
+
+impl From<ReservationRow> for Reservation {
+    fn from(row: ReservationRow) -> Self {
+        let ReservationRow {
+            id,
+            customer_id,
+            amount,
+            code,
+            value,
+            created_at,
+            expires_at,
+            created_by,
+            closed_at,
+            closed_as,
+        } = row;
+        Self {
+            id,
+            customer_id,
+            amount,
+            code,
+            value,
+            created_at,
+            expires_at,
+            created_by,
+            closed_at,
+            closed_as,
+        }
+    }
+}
+
 /// An open hold as a check counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hold {
@@ -58,12 +207,12 @@ pub struct Hold {
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
     #[error("{}", key_reused(*.0, .1))]
-    KeyReused(Reuse, Box<Reservation>),
+    KeyReused(Reuse, Box<ReservationRow>),
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-fn key_reused(why: Reuse, earlier: &Reservation) -> String {
+fn key_reused(why: Reuse, earlier: &ReservationRow) -> String {
     match why {
         Reuse::OtherAsk => format!(
             "this key made hold {} for {} asked for otherwise; a new hold needs a new key",
@@ -84,7 +233,7 @@ fn key_reused(why: Reuse, earlier: &Reservation) -> String {
 /// A request for a hold as judged: granted (`reservation`), or refused with nothing held.
 #[derive(Debug)]
 pub struct Judgement {
-    pub reservation: Option<Reservation>,
+    pub reservation: Option<ReservationRow>,
     pub judged: Judged,
     /// The hold was made by an earlier request with the same idempotency key.
     pub replayed: bool,
@@ -93,6 +242,7 @@ pub struct Judgement {
 /// Cheap to clone; clones share one copy.
 #[derive(Clone)]
 pub struct Holds {
+    pool: PgPool,
     open: Mirror<CustomerId, Box<[Hold]>>,
     writer: writer::Writer,
 }
@@ -109,8 +259,9 @@ impl Holds {
         let (writer, writing) = writer::Writer::start(pool.clone(), connect_timeout, policy, open.clone());
         tasks.extend(writing);
         let vacuum_pool = pool.clone();
+        let expire_pool = pool.clone();
         let expiring = tokio::spawn(db::every(EXPIRE_EVERY, "close expired holds", move || {
-            let pool = pool.clone();
+            let pool = expire_pool.clone();
             async move { store::expire(&pool).await }
         }))
         .abort_handle();
@@ -125,7 +276,7 @@ impl Holds {
         }))
         .abort_handle();
         tasks.push(vacuuming);
-        Started { service: Self { open, writer }, changes: (), tasks, listening }
+        Started { service: Self { pool, open, writer }, changes: (), tasks, listening }
     }
 
     /// What the customer's open holds set aside at `now_ms` (Unix ms).
@@ -174,7 +325,7 @@ impl Holds {
         ttl: Duration,
         actor: Actor,
         key: Option<String>,
-    ) -> Result<(Reservation, bool), HoldError> {
+    ) -> Result<(ReservationRow, bool), HoldError> {
         match self.writer.write(Change::Hold { customer, gate: None, ask, ttl, actor, key }).await? {
             Done::Hold(Created { reservation: Some(reservation), replayed, .. }) => {
                 Ok((reservation, replayed))
@@ -199,8 +350,14 @@ impl Holds {
         }
     }
 
+    /// The customer's open holds, newest first.
+    pub async fn list_open(&self, customer: CustomerId) -> Result<Vec<Reservation>, StorageError> {
+        let rows = store::list_open(&self.pool, customer).await?;
+        Ok(rows.into_iter().map(Reservation::from).collect())
+    }
+
     /// Releases an open hold; None when there is none with this id (unknown, or closed before).
-    pub async fn release(&self, id: Uuid, actor: Actor) -> Result<Option<Reservation>, StorageError> {
+    pub async fn release(&self, id: Uuid, actor: Actor) -> Result<Option<ReservationRow>, StorageError> {
         match self.writer.write(Change::Release { id, actor }).await? {
             Done::Release(released) => Ok(released),
             _ => Err(unanswered()),
@@ -211,4 +368,36 @@ impl Holds {
 /// The writer answers each change with its own kind; another would be a fault of ours.
 fn unanswered() -> StorageError {
     StorageError::from(sqlx::Error::Protocol("reservations: a change was answered as another kind".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn a_hold_asks_for_an_amount_or_an_events_price() {
+        assert_eq!(
+            parse_hold(&json!({"amount": 250})).unwrap(),
+            NewHold { ask: Ask::Amount(250), ttl: DEFAULT_TTL }
+        );
+        assert_eq!(
+            parse_hold(&json!({"code": "tokens", "value": 1.5, "ttl_ms": 5000})).unwrap(),
+            NewHold { ask: Ask::Event { code: "tokens".into(), value: 1.5 }, ttl: Duration::from_secs(5) }
+        );
+        let fields = |body: Value| -> Vec<String> {
+            parse_hold(&body).unwrap_err().into_iter().map(|e| e.field).collect()
+        };
+        assert_eq!(fields(json!({})), ["amount"]);
+        assert_eq!(fields(json!({"amount": 5, "code": "x", "value": 1})), ["amount"]);
+        assert_eq!(fields(json!({"amount": -1})), ["amount"]);
+        assert_eq!(fields(json!({"amount": 1.5})), ["amount"]);
+        assert_eq!(fields(json!({"code": "x"})), ["value"]);
+        assert_eq!(fields(json!({"value": 3})), ["code"]);
+        assert_eq!(fields(json!({"amount": 1, "ttl_ms": 0})), ["ttl_ms"]);
+        assert_eq!(fields(json!({"amount": 1, "ttl_ms": 86_400_001})), ["ttl_ms"]);
+        assert_eq!(fields(json!({"amount": "1", "ttl_ms": "5"})), ["amount", "ttl_ms"]);
+        assert_eq!(fields(json!([1])), ["body"]);
+    }
 }

@@ -5,11 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::{Connection, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::Hold;
+use super::{Ask, Hold};
 use crate::audit::{self, Actor};
 use crate::domain::CustomerId;
 use crate::domain::Target;
@@ -22,34 +21,18 @@ use crate::policy::PolicySettings;
 pub const NOTIFY_CHANNEL: &str = "usage_gate_reservations";
 
 /// One reservation as stored.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Reservation {
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReservationRow {
     pub id: Uuid,
     pub customer_id: Uuid,
-    /// Minor units set aside.
     pub amount: i64,
-    /// The event's code and value it was priced from, if it was asked for that way.
     pub code: Option<String>,
     pub value: Option<f64>,
-    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
-    #[schema(value_type = String, format = DateTime)]
     pub expires_at: DateTime<Utc>,
-    /// The API key's name.
     pub created_by: String,
-    #[schema(value_type = Option<String>, format = DateTime)]
     pub closed_at: Option<DateTime<Utc>>,
-    /// `committed`, `released` or `expired`; null while open.
     pub closed_as: Option<String>,
-}
-
-/// What a hold is asked for.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ask {
-    /// Minor units.
-    Amount(i64),
-    /// What an event with this code and value would cost now.
-    Event { code: String, value: f64 },
 }
 
 /// A change to the holds, as [`write`] takes it.
@@ -88,17 +71,17 @@ pub enum Done {
     Hold(Created),
     /// The hold's idempotency key made another hold, or one that holds nothing any more: nothing
     /// held (that hold is given).
-    KeyReused(Reuse, Reservation),
+    KeyReused(Reuse, ReservationRow),
     Commit(Committed),
     /// None when there was no open hold with this id (unknown, or closed before).
-    Release(Option<Reservation>),
+    Release(Option<ReservationRow>),
 }
 
 /// How a request for a hold was judged: granted (stored) or refused (nothing stored). `judged`
 /// is None for a hold granted without a gate.
 #[derive(Debug)]
 pub struct Created {
-    pub reservation: Option<Reservation>,
+    pub reservation: Option<ReservationRow>,
     pub judged: Option<Judged>,
     /// Made by an earlier request with the same idempotency key: nothing new held (`judged`:
     /// the projection without it, as when it was made).
@@ -116,7 +99,7 @@ pub enum Reuse {
 
 /// What an earlier hold made with the same idempotency key answers to `ask`: that hold, if it
 /// was asked for the same way and still holds.
-fn replay(ask: &Ask, earlier: &Reservation, open: bool, judged: Option<Judged>) -> Done {
+fn replay(ask: &Ask, earlier: &ReservationRow, open: bool, judged: Option<Judged>) -> Done {
     let same = match ask {
         Ask::Amount(amount) => earlier.code.is_none() && earlier.amount == *amount,
         Ask::Event { code, value } => earlier.code.as_deref() == Some(code) && earlier.value == Some(*value),
@@ -133,7 +116,7 @@ fn replay(ask: &Ask, earlier: &Reservation, open: bool, judged: Option<Judged>) 
 pub enum Committed {
     /// The events were stored (or found stored) and the hold closed; `expired`: it had expired.
     Done {
-        reservation: Reservation,
+        reservation: ReservationRow,
         outcomes: Vec<Accepted>,
         expired: bool,
     },
@@ -272,7 +255,7 @@ pub async fn write(
         .iter()
         .filter_map(|c| if let Change::Commit { id, .. } = c { Some(*id) } else { None })
         .collect();
-    let mut found: HashMap<Uuid, (Reservation, bool)> = if ids.is_empty() {
+    let mut found: HashMap<Uuid, (ReservationRow, bool)> = if ids.is_empty() {
         HashMap::new()
     } else {
         // Locked in one order, so two transactions closing the same holds never deadlock.
@@ -372,7 +355,7 @@ fn hold_key(change: &Change) -> Option<(CustomerId, &str)> {
 #[derive(sqlx::FromRow)]
 struct Keyed {
     #[sqlx(flatten)]
-    reservation: Reservation,
+    reservation: ReservationRow,
     idempotency_key: String,
     open: bool,
 }
@@ -382,7 +365,7 @@ struct Keyed {
 async fn held_with(
     tx: &mut PgConnection,
     keys: &[(CustomerId, &str)],
-) -> Result<HashMap<(CustomerId, String), (Reservation, bool)>, sqlx::Error> {
+) -> Result<HashMap<(CustomerId, String), (ReservationRow, bool)>, sqlx::Error> {
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
@@ -449,7 +432,7 @@ impl NewRows {
         id
     }
 
-    async fn insert(self, tx: &mut PgConnection) -> Result<HashMap<Uuid, Reservation>, sqlx::Error> {
+    async fn insert(self, tx: &mut PgConnection) -> Result<HashMap<Uuid, ReservationRow>, sqlx::Error> {
         if self.ids.is_empty() {
             return Ok(HashMap::new());
         }
@@ -460,7 +443,7 @@ impl NewRows {
         } else {
             ""
         };
-        let rows: Vec<Reservation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        let rows: Vec<ReservationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "INSERT INTO reservations (id, customer_id, amount, code, value, expires_at, created_by, idempotency_key)
              SELECT id, customer_id, amount, code, value, now() + make_interval(secs => ttl), created_by, key
              FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::float8[], $6::float8[], $7::text[],
@@ -488,13 +471,13 @@ async fn close(
     tx: &mut PgConnection,
     ids: Vec<Uuid>,
     how: &str,
-) -> Result<HashMap<Uuid, Reservation>, sqlx::Error> {
+) -> Result<HashMap<Uuid, ReservationRow>, sqlx::Error> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
     // A commit (its holds locked and checked) closes one that expired meanwhile too.
     let open = if how == "committed" { "true" } else { "closed_at IS NULL" };
-    let rows: Vec<Reservation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let rows: Vec<ReservationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE reservations SET closed_at = now(), closed_as = $2
          WHERE id = ANY($1) AND {open} RETURNING {COLUMNS}"
     )))
@@ -505,12 +488,17 @@ async fn close(
     Ok(rows.into_iter().map(|r| (r.id, r)).collect())
 }
 
-fn entry(actor: &Actor, action: &str, reservation: &Reservation, details: serde_json::Value) -> audit::Entry {
+fn entry(
+    actor: &Actor,
+    action: &str,
+    reservation: &ReservationRow,
+    details: serde_json::Value,
+) -> audit::Entry {
     actor.entry(action, Some(CustomerId::from(reservation.customer_id)), reservation.id.to_string(), details)
 }
 
 /// The reservation, if there is one with this id.
-pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::Error> {
+pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<ReservationRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM reservations WHERE id = $1")))
         .bind(id)
         .fetch_optional(pool)
@@ -521,7 +509,7 @@ pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<Reservation>, sqlx::
 #[derive(sqlx::FromRow)]
 struct ReservationAnd {
     #[sqlx(flatten)]
-    reservation: Reservation,
+    reservation: ReservationRow,
     lapsed: bool,
 }
 
@@ -529,7 +517,7 @@ struct ReservationAnd {
 /// another is closing waits, then skips it). Returns how many.
 pub async fn expire(pool: &PgPool) -> Result<usize, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let expired: Vec<Reservation> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let expired: Vec<ReservationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE reservations SET closed_at = now(), closed_as = 'expired'
          WHERE closed_at IS NULL AND expires_at <= now() RETURNING {COLUMNS}"
     )))
@@ -556,7 +544,7 @@ pub async fn expire(pool: &PgPool) -> Result<usize, sqlx::Error> {
 }
 
 /// The customer's open holds, newest first.
-pub async fn list_open(pool: &PgPool, customer: CustomerId) -> Result<Vec<Reservation>, sqlx::Error> {
+pub async fn list_open(pool: &PgPool, customer: CustomerId) -> Result<Vec<ReservationRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM reservations
          WHERE customer_id = $1 AND closed_at IS NULL AND expires_at > now()
@@ -603,8 +591,8 @@ pub async fn open_holds(
 mod tests {
     use super::*;
 
-    fn earlier(amount: i64, event: Option<(&str, f64)>) -> Reservation {
-        Reservation {
+    fn earlier(amount: i64, event: Option<(&str, f64)>) -> ReservationRow {
+        ReservationRow {
             id: Uuid::new_v4(),
             customer_id: Uuid::new_v4(),
             amount,

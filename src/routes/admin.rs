@@ -4,16 +4,14 @@
 use actix_web::{HttpResponse, web};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
 
 use super::{actor, customer_id};
 use crate::auth::Caller;
-use crate::billabear::UsageLimit;
 use crate::check::{Checker, Decision};
 use crate::domain::LimitId;
 use crate::error::ApiError;
-use crate::limits::Limits;
-use crate::outbox;
+use crate::limits::{Limit, Limits, NewLimit};
+use crate::outbox::Outbox;
 use crate::subscriptions::Subscriptions;
 use crate::telemetry::RequestId;
 
@@ -43,14 +41,16 @@ pub struct OutboxCounts {
 pub async fn show_customer(
     checker: web::Data<Checker>,
     subscriptions: web::Data<Subscriptions>,
-    pool: web::Data<PgPool>,
+    outbox: web::Data<Outbox>,
     path: web::Path<String>,
 ) -> Result<web::Json<CustomerView>, ApiError> {
     let customer = customer_id(&path, "customer_id")?;
     let decision = checker.check(customer, None).await;
-    let (pending, dead) =
-        outbox::store::undelivered_counts(&pool, customer, &subscriptions.of_customer(customer)).await?;
-    Ok(web::Json(CustomerView { decision, outbox: OutboxCounts { pending, dead } }))
+    let counts = outbox.undelivered_counts(customer, &subscriptions.of_customer(customer)).await?;
+    Ok(web::Json(CustomerView {
+        decision,
+        outbox: OutboxCounts { pending: counts.pending, dead: counts.dead },
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/customers/{customer_id}/usage-limits", tag = "admin", security(("bearer" = [])),
@@ -73,7 +73,7 @@ pub async fn list_limits(
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LimitList {
     #[schema(value_type = Vec<Object>)]
-    pub data: Vec<UsageLimit>,
+    pub data: Vec<Limit>,
 }
 
 #[utoipa::path(post, path = "/v1/customers/{customer_id}/usage-limits", tag = "admin", security(("bearer" = [])),
@@ -95,7 +95,11 @@ pub async fn create_limit(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let customer = customer_id(&path, "customer_id")?;
-    let created = limits.create(&actor(&caller, &request_id), customer, &body).await?;
+    let actor = actor(&caller, &request_id);
+    let created = match NewLimit::from_json(&body) {
+        Ok(new) => limits.create(&actor, customer, new).await?,
+        Err(refused) => return Err(limits.refuse(&actor, customer, refused).await.into()),
+    };
     let id = created.id.to_string();
     Ok(HttpResponse::Created()
         .insert_header(("Location", format!("/v1/customers/{customer}/usage-limits/{id}")))

@@ -2,10 +2,9 @@
 
 use actix_web::web;
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 use super::{customer_id, next_cursor, page_cursor, page_limit, text_param};
-use crate::audit::{self, AuditRecord, Filter};
+use crate::audit::{Audit, AuditRecord, Filter};
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -44,7 +43,7 @@ pub struct AuditPage {
 #[utoipa::path(get, path = "/v1/audit", tag = "admin", security(("bearer" = [])), params(AuditQuery),
     responses((status = 200, body = AuditPage), (status = 400, body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn list(
-    pool: web::Data<PgPool>,
+    audit: web::Data<Audit>,
     query: web::Query<AuditQuery>,
 ) -> Result<web::Json<AuditPage>, ApiError> {
     let time = |raw: &Option<String>, field: &str| {
@@ -65,7 +64,7 @@ pub async fn list(
     };
     let limit = page_limit(query.limit)?;
     let before = page_cursor(query.cursor.as_deref())?;
-    let records = audit::list(pool.get_ref(), &filter, before, limit).await?;
+    let records = audit.list(&filter, before, limit).await?;
     let next_cursor = next_cursor(records.len(), limit, records.last().map(|r| r.id));
     Ok(web::Json(AuditPage { records, next_cursor }))
 }

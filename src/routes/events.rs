@@ -10,8 +10,8 @@ use crate::admission::{Admission, Admitted};
 use crate::check::{Checker, Decision};
 use crate::domain::{FieldError, Target};
 use crate::error::ApiError;
+use crate::outbox::Accepted;
 use crate::outbox::IncomingEvent;
-use crate::outbox::store::Accepted;
 use crate::projection::{Code, PendingUsage};
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

@@ -5,13 +5,12 @@ use std::time::Duration;
 use actix_web::{HttpResponse, web};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
-use sqlx::PgPool;
 
 use crate::auth::{Caller, Scope};
 use crate::health::Health;
 use crate::memo::Memo;
-use crate::outbox::store::{self, Stats};
-use crate::webhooks::store::{self as webhook_store, EndpointCounts};
+use crate::outbox::{Outbox, Stats};
+use crate::webhooks::endpoints::{EndpointCounts, Endpoints};
 
 /// How stale the outbox figures in `/metrics` may be: anyone may scrape, and each answer costs a
 /// count over the outbox.
@@ -21,20 +20,27 @@ pub const OUTBOX_STATS_EVERY: Duration = Duration::from_secs(5);
 /// counts from Postgres; and readiness, so an alert can name a replica that is up but not ready.
 pub struct Exposition {
     handle: PrometheusHandle,
-    pool: PgPool,
+    outbox: Outbox,
+    endpoints: Endpoints,
     health: web::Data<Health>,
     outbox_stats: Memo<Option<Stats>>,
-    endpoints: Memo<Option<EndpointCounts>>,
+    endpoint_counts: Memo<Option<EndpointCounts>>,
 }
 
 impl Exposition {
-    pub fn new(handle: PrometheusHandle, pool: PgPool, health: web::Data<Health>) -> Self {
+    pub fn new(
+        handle: PrometheusHandle,
+        outbox: Outbox,
+        endpoints: Endpoints,
+        health: web::Data<Health>,
+    ) -> Self {
         Self {
             handle,
-            pool,
+            outbox,
+            endpoints,
             health,
             outbox_stats: Memo::new(OUTBOX_STATS_EVERY),
-            endpoints: Memo::new(OUTBOX_STATS_EVERY),
+            endpoint_counts: Memo::new(OUTBOX_STATS_EVERY),
         }
     }
 }
@@ -45,10 +51,8 @@ impl Exposition {
 pub async fn metrics(exposition: web::Data<Exposition>) -> HttpResponse {
     // The queue's size comes from Postgres (shared by every replica), read at most every few
     // seconds however often this is scraped.
-    let stats = exposition
-        .outbox_stats
-        .get(|| async { store::stats(&exposition.pool).await.ok() }, Option::is_some)
-        .await;
+    let stats =
+        exposition.outbox_stats.get(|| async { exposition.outbox.stats().await.ok() }, Option::is_some).await;
     if let Some(stats) = stats {
         for (status, count) in
             [("pending", stats.pending), ("delivered", stats.delivered), ("dead", stats.dead)]
@@ -58,8 +62,8 @@ pub async fn metrics(exposition: web::Data<Exposition>) -> HttpResponse {
         metrics::gauge!("usage_gate_outbox_oldest_pending_age_seconds").set(stats.oldest_pending_age_seconds);
     }
     let endpoints = exposition
-        .endpoints
-        .get(|| async { webhook_store::endpoint_counts(&exposition.pool).await.ok() }, Option::is_some)
+        .endpoint_counts
+        .get(|| async { exposition.endpoints.counts().await.ok() }, Option::is_some)
         .await;
     if let Some(counts) = endpoints {
         metrics::gauge!("usage_gate_webhook_endpoints", "state" => "enabled").set(counts.enabled as f64);

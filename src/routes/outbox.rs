@@ -2,15 +2,12 @@
 
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
 
 use super::{actor, customer_id, next_cursor, page_cursor, page_limit};
 use crate::auth::Caller;
+use crate::domain::CustomerId;
 use crate::error::ApiError;
-use crate::outbox::{
-    self,
-    store::{self, OutboxEvent, Stats},
-};
+use crate::outbox::{Outbox, OutboxEvent, Stats};
 use crate::telemetry::RequestId;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -36,14 +33,14 @@ pub struct OutboxPage {
     pub next_cursor: Option<String>,
 }
 
-fn customer(raw: Option<&str>) -> Result<Option<uuid::Uuid>, ApiError> {
-    raw.map(|c| customer_id(c, "customer").map(|c| c.as_uuid())).transpose()
+fn customer(raw: Option<&str>) -> Result<Option<CustomerId>, ApiError> {
+    raw.map(|c| customer_id(c, "customer")).transpose()
 }
 
 /// Outbox events in the order they were accepted, a page at a time.
 #[utoipa::path(get, path = "/v1/outbox", tag = "admin", operation_id = "list_outbox", security(("bearer" = [])), params(ListQuery),
     responses((status = 200, body = OutboxPage), (status = 400, body = crate::error::Problem, content_type = "application/problem+json")))]
-pub async fn list(pool: web::Data<PgPool>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
+pub async fn list(outbox: web::Data<Outbox>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let status = match query.status.as_deref() {
         None => None,
         Some(s @ ("pending" | "delivered" | "dead")) => Some(s),
@@ -51,8 +48,7 @@ pub async fn list(pool: web::Data<PgPool>, query: web::Query<ListQuery>) -> Resu
     };
     let limit = page_limit(query.limit)?;
     let after = page_cursor(query.cursor.as_deref())?;
-    let events =
-        store::list(pool.get_ref(), status, customer(query.customer.as_deref())?, after, limit).await?;
+    let events = outbox.list(status, customer(query.customer.as_deref())?, after, limit).await?;
     let next_cursor = next_cursor(events.len(), limit, events.last().map(|e| e.id));
     Ok(HttpResponse::Ok().json(OutboxPage { events, next_cursor }))
 }
@@ -68,14 +64,14 @@ pub struct Retried {
     params(("id" = i64, Path, description = "The outbox id (`id` in the list)")),
     responses((status = 200, body = Retried), (status = 404, description = "No dead event with this id", body = crate::error::Problem, content_type = "application/problem+json")))]
 pub async fn retry_one(
-    pool: web::Data<PgPool>,
+    outbox: web::Data<Outbox>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id: i64 =
         path.parse().map_err(|_| ApiError::invalid_field("id", "must be an outbox id (integer)"))?;
-    let retried = outbox::retry_dead(&pool, &actor(&caller, &request_id), Some(id), None).await?;
+    let retried = outbox.retry_dead(&actor(&caller, &request_id), Some(id), None).await?;
     Ok(HttpResponse::Ok().json(Retried { retried }))
 }
 
@@ -90,18 +86,18 @@ pub struct RetryQuery {
 #[utoipa::path(post, path = "/v1/outbox/retry", tag = "admin", security(("bearer" = [])), params(RetryQuery),
     responses((status = 200, body = Retried)))]
 pub async fn retry_all(
-    pool: web::Data<PgPool>,
+    outbox: web::Data<Outbox>,
     caller: Caller,
     request_id: RequestId,
     query: web::Query<RetryQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let customer = query.customer.as_deref().map(|c| customer_id(c, "customer")).transpose()?;
-    let retried = outbox::retry_dead(&pool, &actor(&caller, &request_id), None, customer).await?;
+    let retried = outbox.retry_dead(&actor(&caller, &request_id), None, customer).await?;
     Ok(HttpResponse::Ok().json(Retried { retried }))
 }
 
 /// Counts by status and the age of the oldest pending event.
 #[utoipa::path(get, path = "/v1/outbox/stats", tag = "admin", security(("bearer" = [])), responses((status = 200, body = Stats)))]
-pub async fn stats(pool: web::Data<PgPool>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(store::stats(pool.get_ref()).await?))
+pub async fn stats(outbox: web::Data<Outbox>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(outbox.stats().await?))
 }

@@ -4,14 +4,12 @@
 use actix_web::{HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{actor, customer_id, page_limit, text_param};
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::overrides::Overrides;
-use crate::overrides::store::{self, OverrideRecord};
+use crate::overrides::{NewOverride, OverrideError, OverrideRecord, Overrides};
 use crate::telemetry::RequestId;
 
 /// Creates an override; the customer's open one, if any, ends (`superseded`). Checks,
@@ -31,7 +29,8 @@ pub async fn create(
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let customer = customer_id(&path, "customer_id")?;
-    let created = overrides.create(&actor(&caller, &request_id), customer, &body).await?;
+    let new = NewOverride::from_json(&body, chrono::Utc::now()).map_err(OverrideError::Invalid)?;
+    let created = overrides.create(&actor(&caller, &request_id), customer, &new).await?;
     Ok(HttpResponse::Created().json(created))
 }
 
@@ -55,13 +54,13 @@ pub struct OverrideList {
     params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)"), ListQuery),
     responses((status = 200, body = OverrideList)))]
 pub async fn list_customer(
-    pool: web::Data<PgPool>,
+    overrides: web::Data<Overrides>,
     path: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<OverrideList>, ApiError> {
     let customer = customer_id(&path, "customer_id")?;
     let limit = page_limit(query.limit)?;
-    let overrides = store::list(pool.get_ref(), Some(customer), query.active.unwrap_or(false), limit).await?;
+    let overrides = overrides.list(Some(customer), query.active.unwrap_or(false), limit).await?;
     Ok(web::Json(OverrideList { overrides }))
 }
 
@@ -70,11 +69,11 @@ pub async fn list_customer(
     params(ListQuery),
     responses((status = 200, body = OverrideList)))]
 pub async fn list_all(
-    pool: web::Data<PgPool>,
+    overrides: web::Data<Overrides>,
     query: web::Query<ListQuery>,
 ) -> Result<web::Json<OverrideList>, ApiError> {
     let limit = page_limit(query.limit)?;
-    let overrides = store::list(pool.get_ref(), None, query.active.unwrap_or(false), limit).await?;
+    let overrides = overrides.list(None, query.active.unwrap_or(false), limit).await?;
     Ok(web::Json(OverrideList { overrides }))
 }
 

@@ -1,29 +1,21 @@
 //! Reservations (holds) for work whose cost comes later: create (scope `events`), commit the
 //! real usage, release; list a customer's open holds (scope `admin`).
 
-use std::time::Duration;
-
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{actor, customer_id};
 use crate::admission::{Admission, Held};
 use crate::auth::{Caller, Scope};
 use crate::check::Decision;
-use crate::domain::{CustomerId, FieldError, MetricCode, Target, whole_number};
+use crate::domain::{CustomerId, FieldError, Target};
 use crate::error::ApiError;
 use crate::outbox::IncomingEvent;
-use crate::reservations::store::{self, Ask, Committed, Reservation};
-use crate::reservations::{Holds, IDEMPOTENCY_KEY};
+use crate::reservations::{Committed, Holds, IDEMPOTENCY_KEY, NewHold, Reservation};
 use crate::subscriptions::Subscriptions;
 use crate::telemetry::RequestId;
-
-/// A hold's default lifetime, and the longest one may ask for.
-const DEFAULT_TTL: Duration = Duration::from_secs(60);
-const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Granted {
@@ -37,80 +29,6 @@ pub struct Granted {
     pub expires_at: chrono::DateTime<chrono::Utc>,
     /// The customer's decision with this hold counted (`estimate.reserved` includes it).
     pub decision: Decision,
-}
-
-/// What a request for a hold asks.
-#[derive(Debug, PartialEq)]
-struct HoldRequest {
-    ask: Ask,
-    ttl: Duration,
-}
-
-/// Reads `{"amount": N}` or `{"code", "value"}`, with an optional `ttl_ms`; every invalid field
-/// is named.
-fn parse_hold(body: &Value) -> Result<HoldRequest, Vec<FieldError>> {
-    let Some(object) = body.as_object() else {
-        return Err(vec![FieldError::new("body", "must be a JSON object")]);
-    };
-    let mut errors = Vec::new();
-    let amount = object.get("amount").filter(|v| !v.is_null());
-    let code = object.get("code").filter(|v| !v.is_null());
-    let value = object.get("value").filter(|v| !v.is_null());
-    let ask = match (amount, code, value) {
-        (Some(amount), None, None) => match whole_number(amount).filter(|a| *a >= 0) {
-            Some(amount) => Some(Ask::Amount(amount)),
-            None => {
-                errors.push(FieldError::new("amount", "must be a whole number of minor units, 0 or more"));
-                None
-            }
-        },
-        (None, code, value) if code.is_some() || value.is_some() => {
-            let code = match code.and_then(Value::as_str).map(MetricCode::parse) {
-                Some(Ok(code)) => Some(code),
-                Some(Err(e)) => {
-                    errors.push(FieldError::new("code", e.to_string()));
-                    None
-                }
-                None => {
-                    errors.push(FieldError::new("code", "required with value: the metric code, a string"));
-                    None
-                }
-            };
-            let value = value.and_then(Value::as_f64).filter(|v| v.is_finite() && *v >= 0.0);
-            if value.is_none() {
-                errors.push(FieldError::new("value", "required with code: a finite number, 0 or more"));
-            }
-            code.zip(value).map(|(code, value)| Ask::Event { code: code.as_str().to_owned(), value })
-        }
-        _ => {
-            errors.push(FieldError::new(
-                "amount",
-                "give either amount (minor units) or code and value, not both",
-            ));
-            None
-        }
-    };
-    let ttl = match object.get("ttl_ms").filter(|v| !v.is_null()) {
-        None => Some(DEFAULT_TTL),
-        Some(ttl) => {
-            let ttl = whole_number(ttl)
-                .and_then(|ms| u64::try_from(ms).ok())
-                .filter(|ms| *ms >= 1)
-                .map(Duration::from_millis)
-                .filter(|t| *t <= MAX_TTL);
-            if ttl.is_none() {
-                errors.push(FieldError::new(
-                    "ttl_ms",
-                    "must be a whole number of milliseconds, 1 to 86400000 (24 h)",
-                ));
-            }
-            ttl
-        }
-    };
-    match (ask, ttl) {
-        (Some(ask), Some(ttl)) if errors.is_empty() => Ok(HoldRequest { ask, ttl }),
-        _ => Err(errors),
-    }
 }
 
 /// The longest idempotency key taken (as Stripe's).
@@ -163,7 +81,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     require(&caller, Scope::Events)?;
     let customer = customer_id(&path, "customer_id")?;
-    let HoldRequest { ask, ttl } = parse_hold(&body).map_err(ApiError::invalid_fields)?;
+    let NewHold { ask, ttl } = NewHold::from_json(&body).map_err(ApiError::invalid_fields)?;
     let key = idempotency_key(&request).map_err(|e| ApiError::invalid_fields(vec![e]))?;
     let Held { reservation, decision, replayed } =
         admission.hold(customer, &ask, ttl, &actor(&caller, &request_id), key).await?;
@@ -326,48 +244,18 @@ pub struct ReservationList {
     params(("customer_id" = uuid::Uuid, Path, description = "BillaBear customer id (UUID)")),
     responses((status = 200, body = ReservationList)))]
 pub async fn list(
-    pool: web::Data<PgPool>,
+    holds: web::Data<Holds>,
     caller: Caller,
     path: web::Path<String>,
 ) -> Result<web::Json<ReservationList>, ApiError> {
     require(&caller, Scope::Admin)?;
     let customer = customer_id(&path, "customer_id")?;
-    Ok(web::Json(ReservationList { reservations: store::list_open(pool.get_ref(), customer).await? }))
+    Ok(web::Json(ReservationList { reservations: holds.list_open(customer).await? }))
 }
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    #[test]
-    fn a_hold_asks_for_an_amount_or_an_events_price() {
-        assert_eq!(
-            parse_hold(&json!({"amount": 250})).unwrap(),
-            HoldRequest { ask: Ask::Amount(250), ttl: DEFAULT_TTL }
-        );
-        assert_eq!(
-            parse_hold(&json!({"code": "tokens", "value": 1.5, "ttl_ms": 5000})).unwrap(),
-            HoldRequest {
-                ask: Ask::Event { code: "tokens".into(), value: 1.5 },
-                ttl: Duration::from_secs(5)
-            }
-        );
-        let fields = |body: Value| -> Vec<String> {
-            parse_hold(&body).unwrap_err().into_iter().map(|e| e.field).collect()
-        };
-        assert_eq!(fields(json!({})), ["amount"]);
-        assert_eq!(fields(json!({"amount": 5, "code": "x", "value": 1})), ["amount"]);
-        assert_eq!(fields(json!({"amount": -1})), ["amount"]);
-        assert_eq!(fields(json!({"amount": 1.5})), ["amount"]);
-        assert_eq!(fields(json!({"code": "x"})), ["value"]);
-        assert_eq!(fields(json!({"value": 3})), ["code"]);
-        assert_eq!(fields(json!({"amount": 1, "ttl_ms": 0})), ["ttl_ms"]);
-        assert_eq!(fields(json!({"amount": 1, "ttl_ms": 86_400_001})), ["ttl_ms"]);
-        assert_eq!(fields(json!({"amount": "1", "ttl_ms": "5"})), ["amount", "ttl_ms"]);
-        assert_eq!(fields(json!([1])), ["body"]);
-    }
 
     #[test]
     fn an_idempotency_key_is_visible_ascii_up_to_255_characters_quoted_or_not() {

@@ -3,10 +3,12 @@
 //! and delivered at least once, with retries, by every replica (`delivery`).
 //!
 //! This module holds the pure parts: event types, which type a decision transition is, secrets,
-//! signatures and the retry schedule. `store` is the endpoints and messages in Postgres.
+//! signatures and the retry schedule. `store` is the endpoints and messages in Postgres,
+//! `endpoints` the service operators reach them through.
 
 pub mod delivery;
 pub mod destination;
+pub mod endpoints;
 pub mod store;
 
 use std::time::Duration;
@@ -72,6 +74,21 @@ impl EventType {
             Status::Unknown => None,
         }
     }
+}
+
+/// How many endpoints are enabled and how many disabled (for `/metrics`).
+#[derive(Debug, Clone, Copy)]
+pub struct EndpointCounts {
+    pub enabled: i64,
+    pub disabled: i64,
+}
+
+/// A new endpoint, parsed from the API's body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEndpoint {
+    pub url: String,
+    pub event_types: Option<Vec<EventType>>,
+    pub description: Option<String>,
 }
 
 /// A new signing secret: `whsec_` and the base64 of 32 bytes from the operating system's

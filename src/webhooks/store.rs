@@ -5,33 +5,27 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Attempted, EventType};
+use super::Attempted;
+use super::{EndpointCounts, NewEndpoint};
 use crate::audit::{self, Actor};
 use crate::seal::{SealError, Sealer};
 
 /// How long a rotated-out secret keeps signing beside the new one.
 pub const ROTATION_OVERLAP: Duration = Duration::from_secs(24 * 3600);
 
-/// An endpoint as operators see it (never its secret).
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Endpoint {
+/// A row of `webhook_endpoints` as read (never its secret).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EndpointRow {
     pub id: Uuid,
     pub url: String,
-    /// The types sent; null: every type.
     pub event_types: Option<Vec<String>>,
     pub description: Option<String>,
-    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     pub created_by: String,
-    /// Until then, the secret rotated out signs too.
-    #[schema(value_type = Option<String>, format = DateTime)]
     pub previous_secret_until: Option<DateTime<Utc>>,
-    /// Set when the receiver answered 410 Gone: nothing is queued or sent until it is enabled.
-    #[schema(value_type = Option<String>, format = DateTime)]
     pub disabled_at: Option<DateTime<Utc>>,
     pub disabled_reason: Option<String>,
 }
@@ -40,15 +34,7 @@ const ENDPOINT_COLUMNS: &str = "id, url, event_types, description, created_at, c
      CASE WHEN previous_secret_until > now() THEN previous_secret_until END AS previous_secret_until,
      disabled_at, disabled_reason";
 
-/// A new endpoint, as asked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEndpoint {
-    pub url: String,
-    pub event_types: Option<Vec<EventType>>,
-    pub description: Option<String>,
-}
-
-fn endpoint_entry(actor: &Actor, action: &str, endpoint: &Endpoint) -> audit::Entry {
+fn endpoint_entry(actor: &Actor, action: &str, endpoint: &EndpointRow) -> audit::Entry {
     actor.entry(
         action,
         None,
@@ -64,11 +50,11 @@ pub async fn create(
     new: &NewEndpoint,
     secret: &str,
     actor: &Actor,
-) -> Result<Endpoint, sqlx::Error> {
+) -> Result<EndpointRow, sqlx::Error> {
     let types: Option<Vec<&str>> = new.event_types.as_ref().map(|t| t.iter().map(|t| t.as_str()).collect());
     let id = Uuid::new_v4();
     let mut tx = pool.begin().await?;
-    let endpoint: Endpoint = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let endpoint: EndpointRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO webhook_endpoints (id, url, event_types, description, secret, created_by)
          VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ENDPOINT_COLUMNS}"
     )))
@@ -86,7 +72,7 @@ pub async fn create(
 }
 
 /// Every endpoint, oldest first.
-pub async fn list(pool: &PgPool) -> Result<Vec<Endpoint>, sqlx::Error> {
+pub async fn list(pool: &PgPool) -> Result<Vec<EndpointRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints ORDER BY created_at, id"
     )))
@@ -105,13 +91,7 @@ pub async fn endpoint_counts(pool: &PgPool) -> Result<EndpointCounts, sqlx::Erro
     Ok(EndpointCounts { enabled, disabled })
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct EndpointCounts {
-    pub enabled: i64,
-    pub disabled: i64,
-}
-
-pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<Endpoint>, sqlx::Error> {
+pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<EndpointRow>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1"
     )))
@@ -129,9 +109,9 @@ async fn change(
     value: Option<String>,
     action: &str,
     actor: &Actor,
-) -> Result<Option<Endpoint>, sqlx::Error> {
+) -> Result<Option<EndpointRow>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let changed: Option<Endpoint> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let changed: Option<EndpointRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE webhook_endpoints SET {set} WHERE id = $1 RETURNING {ENDPOINT_COLUMNS}"
     )))
     .bind(id)
@@ -152,7 +132,7 @@ pub async fn rotate(
     id: Uuid,
     secret: &str,
     actor: &Actor,
-) -> Result<Option<Endpoint>, sqlx::Error> {
+) -> Result<Option<EndpointRow>, sqlx::Error> {
     let set = "previous_secret = secret, previous_secret_until = now() + interval '24 hours', secret = $2";
     change(pool, id, set, Some(sealer.seal(id, secret)), "webhook_endpoint.rotate_secret", actor).await
 }
@@ -196,7 +176,7 @@ pub async fn reseal(pool: &PgPool, sealer: &Sealer) -> Result<u64, ResealError> 
 }
 
 /// Sends to a disabled endpoint again (its pending messages too).
-pub async fn enable(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<Endpoint>, sqlx::Error> {
+pub async fn enable(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<EndpointRow>, sqlx::Error> {
     let set = "disabled_at = NULL, disabled_reason = $2";
     change(pool, id, set, None, "webhook_endpoint.enable", actor).await
 }
@@ -204,7 +184,7 @@ pub async fn enable(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<End
 /// Deletes the endpoint and its messages; false when there is no such endpoint.
 pub async fn delete(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let deleted: Option<Endpoint> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+    let deleted: Option<EndpointRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "DELETE FROM webhook_endpoints WHERE id = $1 RETURNING {ENDPOINT_COLUMNS}"
     )))
     .bind(id)
@@ -216,42 +196,18 @@ pub async fn delete(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<bool, sqlx
     Ok(true)
 }
 
-/// A message with its attempts, as operators see it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct Message {
-    /// The `webhook-id` header.
+/// A row of `webhook_messages` with its attempts (a JSON list built by the query).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MessageRow {
     pub id: String,
     pub event_type: String,
     pub customer_id: Option<Uuid>,
-    /// `pending`, `delivered` or `failed` (the schedule ran out, or the receiver answered 410).
     pub status: String,
-    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
-    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_attempt_at: Option<DateTime<Utc>>,
-    #[schema(value_type = Option<String>, format = DateTime)]
     pub delivered_at: Option<DateTime<Utc>>,
-    /// The body as sent.
-    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
-    /// Oldest first.
-    #[schema(value_type = Vec<MessageAttempt>)]
     pub attempts: serde_json::Value,
-}
-
-// `messages` builds the attempts in SQL; this type is their schema in the OpenAPI document.
-/// One delivery attempt of a message.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct MessageAttempt {
-    #[schema(value_type = String, format = DateTime)]
-    pub attempted_at: DateTime<Utc>,
-    /// The receiver's status; null when none came (refused, timed out, not allowed).
-    #[schema(required = true)]
-    pub status_code: Option<i16>,
-    /// Why it failed; null when it did not.
-    #[schema(required = true)]
-    pub error: Option<String>,
-    pub duration_ms: i32,
 }
 
 /// The endpoint's messages, newest first, of one status when given.
@@ -260,7 +216,7 @@ pub async fn messages(
     endpoint: Uuid,
     status: Option<&str>,
     limit: i64,
-) -> Result<Vec<Message>, sqlx::Error> {
+) -> Result<Vec<MessageRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT m.id, m.event_type, m.customer_id, m.status, m.created_at,
                 CASE WHEN m.status = 'pending' THEN m.next_attempt_at END AS next_attempt_at,

@@ -359,7 +359,7 @@ async fn audit_pages_have_no_duplicates_or_gaps_while_records_are_added() {
         details: json!({}),
     };
     for n in 0..40 {
-        usage_gate::audit::record(&app.pool, &entry(n)).await.unwrap();
+        usage_gate::audit::Audit::new(app.pool.clone()).record(&entry(n)).await.unwrap();
     }
     // Writers keep adding while a reader pages through, 7 at a time.
     let writers: Vec<_> = (0..4)
@@ -367,7 +367,10 @@ async fn audit_pages_have_no_duplicates_or_gaps_while_records_are_added() {
             let pool = app.pool.clone();
             tokio::spawn(async move {
                 for n in 0..25 {
-                    usage_gate::audit::record(&pool, &entry(1000 + w * 100 + n)).await.unwrap();
+                    usage_gate::audit::Audit::new(pool.clone())
+                        .record(&entry(1000 + w * 100 + n))
+                        .await
+                        .unwrap();
                 }
             })
         })

@@ -18,6 +18,7 @@ const LAYERS: [(&str, &[&str]); 4] = [
             "db",
             "jwt",
             "seal",
+            "sessions",
             "memo",
             "mirror",
             "shutdown",
@@ -33,6 +34,7 @@ const LAYERS: [(&str, &[&str]); 4] = [
             "check",
             "enforce",
             "health",
+            "inbound",
             "invalidation",
             "limits",
             "outbox",
@@ -146,6 +148,34 @@ fn every_module_uses_only_its_own_layer_and_the_ones_below() {
     unplaced.dedup();
     assert!(unplaced.is_empty(), "modules in no layer (add them to LAYERS and src/lib.rs): {unplaced:?}");
     assert!(upward.is_empty(), "imports that point up a layer:\n{}", upward.join("\n"));
+}
+
+/// What a handler may not name: the tables' own doors. Routes and the console call services,
+/// which own their tables' reads and writes.
+const NOT_FOR_HANDLERS: [&str; 4] = ["::store", "sqlx", "PgPool", "PgConnection"];
+
+#[test]
+fn routes_and_the_console_reach_tables_only_through_services() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    for dir in ["routes", "console"] {
+        modules(&src.join(dir), &mut files);
+    }
+    let mut found = Vec::new();
+    for (file, text) in &files {
+        let code = code(text);
+        for (n, line) in code.lines().enumerate() {
+            if NOT_FOR_HANDLERS.iter().any(|name| line.contains(name)) {
+                found.push(format!("{file} (line {} without comments and tests): {}", n + 1, line.trim()));
+            }
+        }
+    }
+    assert!(files.len() > 10, "read only {} files", files.len());
+    assert!(
+        found.is_empty(),
+        "handlers that reach a table directly (call a service instead):\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]

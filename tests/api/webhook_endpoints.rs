@@ -12,7 +12,8 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use serde_json::{Value, json};
 use usage_gate::audit::Actor;
 use usage_gate::seal::Sealer;
-use usage_gate::webhooks::store::{self, NewEndpoint};
+use usage_gate::webhooks::endpoints::NewEndpoint;
+use usage_gate::webhooks::store;
 use uuid::Uuid;
 
 use crate::helpers::*;

@@ -5,6 +5,8 @@
 //! decision before and after, and the writer ([`Transitions`]) records each change once across
 //! replicas, with its audit record, its usage sample and its outbound webhook, in one statement.
 
+pub mod recorded;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,5 @@
-//! What the console reads of the fleet: each customer's last recorded decision
-//! (`customer_decisions`, written by `transitions::Transitions`) and its history (`usage_samples`).
+//! What transitions recorded, for the console: each customer's last recorded decision
+//! (`customer_decisions`, written by [`super::Transitions`]) and its history (`usage_samples`).
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::domain::CustomerId;
 
-/// A customer as its last recorded observation left it.
+/// A customer as its last recorded observation left it (the console shows it; not an API body).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct CustomerRow {
     pub customer_id: Uuid,
@@ -23,7 +23,7 @@ pub struct CustomerRow {
 }
 
 /// How many customers have each status.
-pub async fn status_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+async fn status_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT status, count(*) FROM customer_decisions GROUP BY status").fetch_all(pool).await
 }
 
@@ -38,7 +38,7 @@ pub struct CustomerFilter {
 
 /// A page of customers, closest to (or furthest over) its lowest DISABLE limit first. A page
 /// scans the table (about 0.1 to 0.3 s at a million customers); a whole id is looked up by key.
-pub async fn customers(
+async fn customers(
     pool: &PgPool,
     filter: &CustomerFilter,
     offset: i64,
@@ -65,7 +65,7 @@ pub async fn customers(
 }
 
 /// One customer's row, if usage-gate has recorded a decision for it.
-pub async fn customer(pool: &PgPool, customer: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
+async fn customer(pool: &PgPool, customer: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT customer_id, status, estimate, currency, disable_limit, reasons, changed_at, observed_at
          FROM customer_decisions WHERE customer_id = $1",
@@ -87,7 +87,7 @@ pub struct Sample {
 
 /// The customer's observations since `since`, oldest first (at most 2,000: about a hundred
 /// periods of bands).
-pub async fn samples(
+async fn samples(
     pool: &PgPool,
     customer: CustomerId,
     since: DateTime<Utc>,
@@ -102,4 +102,41 @@ pub async fn samples(
     .bind(since)
     .fetch_all(pool)
     .await
+}
+
+/// The one door for reading what transitions recorded. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorded {
+    pool: PgPool,
+}
+
+impl Recorded {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// How many customers have each status.
+    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        status_counts(&self.pool).await
+    }
+
+    /// A page of customers, closest to (or furthest over) its lowest DISABLE limit first.
+    pub async fn customers(
+        &self,
+        filter: &CustomerFilter,
+        offset: i64,
+        limit: i64,
+    ) -> Result<Vec<CustomerRow>, sqlx::Error> {
+        customers(&self.pool, filter, offset, limit).await
+    }
+
+    /// One customer's row, if usage-gate has recorded a decision for it.
+    pub async fn customer(&self, id: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
+        customer(&self.pool, id).await
+    }
+
+    /// The customer's observations since `since`, oldest first (at most 2,000).
+    pub async fn samples(&self, id: CustomerId, since: DateTime<Utc>) -> Result<Vec<Sample>, sqlx::Error> {
+        samples(&self.pool, id, since).await
+    }
 }
