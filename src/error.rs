@@ -92,6 +92,7 @@ impl From<AdmissionError> for ApiError {
             }
             AdmissionError::KeyReused { why: Reuse::Closed, message } => ApiError::Conflict(message),
             AdmissionError::Storage(e) => ApiError::Storage(e),
+            e @ AdmissionError::Impossible(_) => ApiError::Internal(anyhow::anyhow!(e.to_string())),
         }
     }
 }
@@ -452,7 +453,12 @@ mod tests {
                 404,
             ),
             (ApiError::from(RetryError::NotDead(7)), 404),
-            (ApiError::from(AdmissionError::Unresolved(field)), 422),
+            (ApiError::from(AdmissionError::Unresolved(field.clone())), 422),
+            // A state that cannot happen is usage-gate's fault, never the caller's conflict.
+            (ApiError::from(AdmissionError::Impossible("an event handed in was not answered")), 500),
+            (ApiError::from(EndpointError::Invalid(vec![field])), 422),
+            (ApiError::from(EndpointError::NoEndpoint(uuid::Uuid::nil())), 404),
+            (ApiError::from(InboundError::UnknownSecret), 404),
         ];
         for (error, status) in cases {
             assert_eq!(error.status_code().as_u16(), status, "{error:?}");

@@ -6,13 +6,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::batch_items;
-use crate::admission::{Admission, Admitted};
-use crate::check::{Checker, Decision};
-use crate::domain::{FieldError, Target};
+use crate::admission::{Admission, Admitted, EventAdmitted, Stored};
+use crate::check::Decision;
+use crate::domain::FieldError;
 use crate::error::ApiError;
-use crate::outbox::Accepted;
 use crate::outbox::IncomingEvent;
-use crate::projection::{Code, PendingUsage};
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub struct EventQuery {
@@ -50,51 +48,22 @@ pub struct EventAnswer {
     ))]
 pub async fn post_event(
     admission: web::Data<Admission>,
-    checker: web::Data<Checker>,
     query: web::Query<EventQuery>,
     body: web::Json<Value>,
 ) -> Result<HttpResponse, ApiError> {
     let event = IncomingEvent::parse(&body, "").map_err(ApiError::invalid_fields)?;
-    let (event_id, target) = (event.event_id.to_string(), event.target);
-    // The customer's pending usage as this replica knew it before the commit, and this event:
-    // the answer's decision counts it, so a caller that reads it to decide whether to go on is
-    // not told "allowed" by the estimate from before it. (This replica's copy learns of the
-    // commit a moment later; reading Postgres instead cost by-customer ingest 80% of its rate,
-    // `bench/events.py`.) A code no price lists is priced by nothing: not counted, and not
-    // interned (clients' codes must not grow the table). Events by subscription carry no decision.
-    let before = match target {
-        Target::Customer(customer) => {
-            let this = Code::known(event.code.as_str()).map(|code| PendingUsage {
-                code,
-                units: event.value,
-                events: 1,
-            });
-            Some((customer, checker.pending.entries(target), this))
-        }
-        Target::Subscription(_) => None,
-    };
-    let accepted = admission.event(event, query.enforce).await?;
-    let decision = match before {
-        Some((customer, mut pending, this)) => {
-            match accepted {
-                Accepted::New => pending.extend(this),
-                // A retry (rare): whether the copy holds the first one yet, Postgres knows.
-                _ => pending = checker.pending.current(target).await.unwrap_or(pending),
-            }
-            checker.decision_with_pending(customer, &pending)
-        }
-        None => None,
-    };
-    match accepted {
-        Accepted::New => {
+    let event_id = event.event_id.to_string();
+    let EventAdmitted { stored, decision } = admission.event(event, query.enforce).await?;
+    match stored {
+        Stored::New => {
             Ok(HttpResponse::Accepted().json(EventAnswer { status: "accepted", event_id, decision }))
         }
-        Accepted::Duplicate => {
+        Stored::Duplicate => {
             Ok(HttpResponse::Ok().json(EventAnswer { status: "duplicate", event_id, decision }))
         }
-        Accepted::Dead => Err(dead(&event_id)),
-        Accepted::Refused => Err(ApiError::invalid_field("body", REFUSED)),
-        Accepted::Conflict | Accepted::OverLimit => Err(conflict(&event_id)),
+        Stored::Dead => Err(dead(&event_id)),
+        Stored::Invalid => Err(ApiError::invalid_field("body", REFUSED)),
+        Stored::Conflict => Err(conflict(&event_id)),
     }
 }
 
@@ -204,7 +173,7 @@ pub async fn post_batch(
         let event_id = items[i].get("event_id").cloned();
         results[i] = Some(match admitted {
             Admitted::Refused(decision) => BatchItemResult::refused(event_id, *decision),
-            Admitted::Stored(Accepted::Refused) => BatchItemResult::new(
+            Admitted::Stored(Stored::Invalid) => BatchItemResult::new(
                 event_id,
                 "invalid",
                 vec![FieldError::new(format!("events[{i}]"), REFUSED)],
@@ -214,8 +183,10 @@ pub async fn post_batch(
     }
     let results = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| BatchItemResult::new(None, Accepted::Conflict.as_str(), vec![])))
-        .collect();
+        .map(|r| {
+            r.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("events: a batch item was not answered")))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(HttpResponse::Ok().json(EventBatchAnswer { results }))
 }
 
@@ -259,11 +230,11 @@ pub async fn post_billabear_event(
         Err(errors) => return Ok(billabear_errors(errors)),
     };
     let event_id = event.event_id.to_string();
-    match admission.event(event, false).await? {
-        Accepted::New | Accepted::Duplicate => Ok(HttpResponse::Created().finish()),
-        Accepted::Dead => Err(dead(&event_id)),
-        Accepted::Refused => Ok(billabear_errors(vec![FieldError::new("body", REFUSED)])),
-        Accepted::Conflict | Accepted::OverLimit => Err(conflict(&event_id)),
+    match admission.event(event, false).await?.stored {
+        Stored::New | Stored::Duplicate => Ok(HttpResponse::Created().finish()),
+        Stored::Dead => Err(dead(&event_id)),
+        Stored::Invalid => Ok(billabear_errors(vec![FieldError::new("body", REFUSED)])),
+        Stored::Conflict => Err(conflict(&event_id)),
     }
 }
 
