@@ -130,9 +130,10 @@ impl Ingest {
 
     /// Stores the events (in a transaction shared with other requests on this thread) and
     /// answers for each, in order, once committed.
+    /// (Without a gate nothing is refused for the limit: every event has the outbox's answer.)
     pub async fn accept(&self, events: Vec<IncomingEvent>) -> Result<Vec<Accepted>, StorageError> {
         let outcomes = self.commit(events, vec![]).await?;
-        Ok(outcomes.into_iter().map(|o| o.accepted).collect())
+        Ok(outcomes.into_iter().filter_map(|o| o.accepted).collect())
     }
 
     /// As [`Ingest::accept`], storing each event with a gate only if it fits under its
@@ -165,7 +166,10 @@ impl Ingest {
             // No writer here (not a worker thread, or its writer has stopped): one commit per call.
             let mut conn = self.pool.acquire().await?;
             let accepted = store::accept(&mut conn, &job.events).await?;
-            return Ok(accepted.into_iter().map(|accepted| Outcome { accepted, judged: None }).collect());
+            return Ok(accepted
+                .into_iter()
+                .map(|accepted| Outcome { accepted: Some(accepted), judged: None })
+                .collect());
         };
         writer.push(job);
         answer.await.map_err(|_| closed())?
@@ -194,7 +198,7 @@ async fn commit_batch(
         return enforce::accept(conn, batch.events, batch.gates, batch.requests, policy).await;
     }
     let accepted = store::accept(conn, batch.events).await?;
-    Ok(accepted.into_iter().map(|accepted| Outcome { accepted, judged: None }).collect())
+    Ok(accepted.into_iter().map(|accepted| Outcome { accepted: Some(accepted), judged: None }).collect())
 }
 
 /// One thread's writer: its queue and the tasks that commit it.
@@ -382,7 +386,7 @@ impl Committer<'_> {
                 Ok(outcome) => outcomes.extend(outcome),
                 Err(e) if e.kind == FailureKind::Data && batch.len() > 1 => {
                     tracing::warn!(event_id = %batch.event_id(i), error = %e, "ingest: Postgres refused an event");
-                    outcomes.push(Outcome { accepted: Accepted::Refused, judged: None });
+                    outcomes.push(Outcome { accepted: Some(Accepted::Refused), judged: None });
                 }
                 Err(e) => return Err(e),
             }

@@ -2,7 +2,7 @@
 //! and holds are judged here: events sent plainly are stored as they are; enforced ones, and
 //! holds, are admitted only if they fit under the customer's lowest DISABLE limit, judged under
 //! the customer's lock (`enforce`), and a refusal is explained with the decision it was judged
-//! by. `POST /v1/events`, its batch and `POST …/reservations` all go through here.
+//! by. `POST /v1/events`, its batch, and holds (made, committed, released) all go through here.
 //!
 //! `ingest` commits concurrent requests' events together (group commit).
 
@@ -16,15 +16,17 @@ use crate::audit::Actor;
 use crate::check::{Checker, Decision, Enforcement};
 use crate::db::StorageError;
 use crate::domain::{CustomerId, FieldError, Target};
-use crate::enforce::Gate;
+use crate::enforce::{Gate, Judged};
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::Accepted;
 use crate::projection::{Code, PendingUsage, Projection};
 use crate::reservations::Ask;
 use crate::reservations::store::{ReservationRow, Reuse};
-use crate::reservations::{HoldError, Judgement};
+use crate::reservations::{Committed, HoldError, Judgement};
+use crate::snapshot::Lookup;
 use crate::subscriptions::Subscriptions;
 use ingest::Ingest;
+use uuid::Uuid;
 
 /// Why an event or a hold was not admitted.
 #[derive(Debug, thiserror::Error)]
@@ -87,16 +89,16 @@ pub enum Stored {
 }
 
 impl Stored {
-    fn from_outbox(accepted: Accepted) -> Result<Self, AdmissionError> {
+    /// The outbox's answer; none (refused for the limit) is an error here: only an event
+    /// judged against its customer's gate is refused, and that is answered before this.
+    fn from_outbox(accepted: Option<Accepted>) -> Result<Self, AdmissionError> {
         Ok(match accepted {
-            Accepted::New => Stored::New,
-            Accepted::Duplicate => Stored::Duplicate,
-            Accepted::Conflict => Stored::Conflict,
-            Accepted::Dead => Stored::Dead,
-            Accepted::Refused => Stored::Invalid,
-            Accepted::OverLimit => {
-                return Err(AdmissionError::Impossible("an event refused without a judgement"));
-            }
+            Some(Accepted::New) => Stored::New,
+            Some(Accepted::Duplicate) => Stored::Duplicate,
+            Some(Accepted::Conflict) => Stored::Conflict,
+            Some(Accepted::Dead) => Stored::Dead,
+            Some(Accepted::Refused) => Stored::Invalid,
+            None => return Err(AdmissionError::Impossible("an event refused without a judgement")),
         })
     }
 
@@ -120,6 +122,17 @@ pub enum Admitted {
     /// Enforced and over the limit: not stored. The decision it was judged by.
     Refused(Box<Decision>),
 }
+
+/// An event judged against its customer's gate: the lookup the gate came from and the
+/// judgement made under the customer's lock.
+#[derive(Debug, Clone)]
+struct For {
+    customer: CustomerId,
+    lookup: Lookup,
+    judged: Judged,
+}
+
+const UNANSWERED: &str = "an event handed in was not answered";
 
 /// One event admitted: what became of it, and the customer's decision counting it (when it
 /// names a customer whose snapshot is cached; never fetched for this answer).
@@ -161,23 +174,22 @@ impl Admission {
     }
 
     /// One event: stored, with the customer's decision counting it, or (enforced) refused
-    /// with the decision it was judged by.
+    /// with the decision it was judged by. Events by subscription carry no decision.
     pub async fn event(&self, event: IncomingEvent, enforce: bool) -> Result<EventAdmitted, AdmissionError> {
+        let target = event.target;
         let customers = if enforce {
             vec![Some(self.owner(&event, "").map_err(AdmissionError::Unresolved)?)]
         } else {
             vec![None]
         };
-        let target = event.target;
-        // The customer's pending usage as this replica knew it before the commit, and this
-        // event: the decision counts it, so a caller that reads it to decide whether to go on is
-        // not told "allowed" by the estimate from before it. (This replica's copy learns of the
-        // commit a moment later; reading Postgres instead cost by-customer ingest 80% of its
-        // rate, `bench/events.py`.) A code no price lists is priced by nothing: not counted, and
-        // not interned (clients' codes must not grow the table). Events by subscription carry no
-        // decision.
+        // Not enforced: the customer's pending usage as this replica's copy holds it before the
+        // commit, and this event, so a caller that reads the decision to decide whether to go on
+        // is not told "allowed" by the estimate from before it. (The copy learns of the commit
+        // a moment later; reading Postgres instead cost by-customer ingest 80% of its rate,
+        // `bench/events.py`.) A code no price lists is priced by nothing: not counted, and not
+        // interned (clients' codes must not grow the table).
         let before = match target {
-            Target::Customer(customer) => {
+            Target::Customer(customer) if !enforce => {
                 let this = Code::known(event.code.as_str()).map(|code| PendingUsage {
                     code,
                     units: event.value,
@@ -185,23 +197,35 @@ impl Admission {
                 });
                 Some((customer, self.checker.pending.entries(target), this))
             }
-            Target::Subscription(_) => None,
+            _ => None,
         };
-        let stored = match self.events(vec![event], customers).await?.pop() {
-            Some(Admitted::Stored(stored)) => stored,
-            Some(Admitted::Refused(decision)) => return Err(AdmissionError::OverLimit(decision)),
-            None => return Err(AdmissionError::Impossible("an event handed in was not answered")),
+        let (admitted, judged) =
+            self.admit(vec![event], customers).await?.pop().ok_or(AdmissionError::Impossible(UNANSWERED))?;
+        let stored = match admitted {
+            Admitted::Stored(stored) => stored,
+            Admitted::Refused(decision) => return Err(AdmissionError::OverLimit(decision)),
         };
-        let decision = match before {
-            Some((customer, mut pending, this)) => {
+        let decision = match (judged, before) {
+            // Enforced: what was judged under the customer's lock is the truth, a retry's included
+            // (its first copy is in the projection); this event is added if it was stored now.
+            (Some(For { customer, lookup, judged }), _) if matches!(target, Target::Customer(_)) => {
+                let mut projection = judged.projection;
+                if stored == Stored::New {
+                    projection.pending = projection.pending.saturating_add(judged.cost);
+                    projection.pending_events += 1;
+                }
+                Some(self.checker.explain_with(customer, None, lookup, projection))
+            }
+            // Not enforced, nothing was judged: a retry (rare) may come before this replica's
+            // copy holds its first copy, so Postgres says what is pending.
+            (None, Some((customer, mut pending, this))) => {
                 match stored {
                     Stored::New => pending.extend(this),
-                    // A retry (rare): whether the copy holds the first one yet, Postgres knows.
                     _ => pending = self.checker.pending.current(target).await.unwrap_or(pending),
                 }
                 self.checker.decision_with_pending(customer, &pending)
             }
-            None => None,
+            _ => None,
         };
         Ok(EventAdmitted { stored, decision })
     }
@@ -215,10 +239,27 @@ impl Admission {
         events: Vec<IncomingEvent>,
         customers: Vec<Option<CustomerId>>,
     ) -> Result<Vec<Admitted>, AdmissionError> {
+        Ok(self.admit(events, customers).await?.into_iter().map(|(admitted, _)| admitted).collect())
+    }
+
+    /// As [`Admission::events`], each stored event judged against its customer's gate with
+    /// what it was judged on.
+    async fn admit(
+        &self,
+        events: Vec<IncomingEvent>,
+        customers: Vec<Option<CustomerId>>,
+    ) -> Result<Vec<(Admitted, Option<For>)>, AdmissionError> {
         debug_assert_eq!(events.len(), customers.len());
         if customers.iter().all(Option::is_none) {
+            let count = events.len();
             let accepted = self.ingest.accept(events).await?;
-            return accepted.into_iter().map(|a| Stored::from_outbox(a).map(Admitted::Stored)).collect();
+            if accepted.len() != count {
+                return Err(AdmissionError::Impossible(UNANSWERED));
+            }
+            return accepted
+                .into_iter()
+                .map(|a| Ok((Admitted::Stored(Stored::from_outbox(Some(a))?), None)))
+                .collect();
         }
         // One lookup per customer; a fallback decision refuses or admits all its events. foldhash,
         // as for the other maps on a request's path.
@@ -228,7 +269,7 @@ impl Admission {
                 decided.insert(*customer, self.checker.enforcement(*customer).await);
             }
         }
-        let mut answers: Vec<Option<Admitted>> = vec![None; events.len()];
+        let mut answers: Vec<Option<(Admitted, Option<For>)>> = vec![None; events.len()];
         let mut kept = Vec::with_capacity(events.len());
         let mut gates: Vec<Option<Gate>> = Vec::with_capacity(events.len());
         for (i, (event, customer)) in events.into_iter().zip(&customers).enumerate() {
@@ -238,7 +279,7 @@ impl Admission {
                     kept.push((i, event));
                 }
                 Some(Enforcement::Decided(decision)) if !decision.allowed => {
-                    answers[i] = Some(Admitted::Refused(Box::new(decision.clone())));
+                    answers[i] = Some((Admitted::Refused(Box::new(decision.clone())), None));
                 }
                 _ => {
                     gates.push(None);
@@ -255,16 +296,18 @@ impl Admission {
             });
             answers[i] = Some(match (outcome.accepted, outcome.judged, gate) {
                 // Only an event judged against its customer's gate is refused for the limit.
-                (Accepted::OverLimit, Some(judged), Some((customer, lookup))) => Admitted::Refused(Box::new(
-                    self.checker.explain_judged(customer, lookup.clone(), &judged),
-                )),
-                (accepted, ..) => Admitted::Stored(Stored::from_outbox(accepted)?),
+                (None, Some(judged), Some((customer, lookup))) => {
+                    let decision = self.checker.explain_judged(customer, lookup.clone(), &judged);
+                    (Admitted::Refused(Box::new(decision)), None)
+                }
+                (accepted, Some(judged), Some((customer, lookup))) => {
+                    let judged = For { customer, lookup: lookup.clone(), judged };
+                    (Admitted::Stored(Stored::from_outbox(accepted)?), Some(judged))
+                }
+                (accepted, ..) => (Admitted::Stored(Stored::from_outbox(accepted)?), None),
             });
         }
-        answers
-            .into_iter()
-            .map(|a| a.ok_or(AdmissionError::Impossible("an event handed in was not answered")))
-            .collect()
+        answers.into_iter().map(|a| a.ok_or(AdmissionError::Impossible(UNANSWERED))).collect()
     }
 
     /// A hold of `ask` for the customer, for `ttl`: granted if it fits under its lowest DISABLE
@@ -307,6 +350,26 @@ impl Admission {
             }
         }
     }
+
+    /// A hold's real usage: stored, and the hold closed, in one transaction (see
+    /// `reservations::store::write`). Each event must be the reservation's customer's, as far as
+    /// usage-gate can tell (a subscription's owner as a listing showed it).
+    pub async fn commit(
+        &self,
+        id: Uuid,
+        events: Vec<IncomingEvent>,
+        actor: Actor,
+    ) -> Result<Committed, AdmissionError> {
+        let owners =
+            events.iter().map(|event| event.target.customer(|s| self.subscriptions.owner(s))).collect();
+        Ok(self.checker.holds.commit(id, events, owners, actor).await?)
+    }
+
+    /// Releases an open hold: true, or false when there is none with this id (unknown, or
+    /// closed before).
+    pub async fn release(&self, id: Uuid, actor: Actor) -> Result<bool, AdmissionError> {
+        Ok(self.checker.holds.release(id, actor).await?.is_some())
+    }
 }
 
 #[cfg(test)]
@@ -315,10 +378,10 @@ mod tests {
 
     #[test]
     fn a_refusal_without_its_judgement_is_an_error_not_a_stored_outcome() {
-        assert!(matches!(Stored::from_outbox(Accepted::OverLimit), Err(AdmissionError::Impossible(_))));
+        assert!(matches!(Stored::from_outbox(None), Err(AdmissionError::Impossible(_))));
         let statuses =
             [Accepted::New, Accepted::Duplicate, Accepted::Conflict, Accepted::Dead, Accepted::Refused]
-                .map(|a| Stored::from_outbox(a).map(Stored::as_str).unwrap());
+                .map(|a| Stored::from_outbox(Some(a)).map(Stored::as_str).unwrap());
         assert_eq!(statuses, ["accepted", "duplicate", "conflict", "dead", "invalid"]);
     }
 }

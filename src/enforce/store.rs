@@ -108,11 +108,11 @@ pub async fn lock_and_load(conn: &mut PgConnection, gates: &[&Gate]) -> Result<L
     Ok(ledger)
 }
 
-/// What became of one event handed to [`accept`]: its outcome, and how it was judged if it was
-/// enforced.
+/// What became of one event handed to [`accept`]: the outbox's answer, none when it was refused
+/// for the limit (not stored); and how it was judged if it was enforced.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
-    pub accepted: Accepted,
+    pub accepted: Option<Accepted>,
     pub judged: Option<Judged>,
 }
 
@@ -168,14 +168,14 @@ pub async fn accept(
         .iter()
         .zip(judged)
         .map(|(event, judged)| {
+            // A refused event already stored is answered as the repeat it is.
             let accepted = if refused(&judged) {
                 outbox::repeat(repeats.get(event.event_id.as_str()), &event.fingerprint())
-                    .unwrap_or(Accepted::OverLimit)
             } else {
-                stored.next().unwrap_or(Accepted::Conflict)
+                stored.next()
             };
             if judged.is_some() {
-                let outcome = if accepted == Accepted::OverLimit { "refused" } else { "admitted" };
+                let outcome = if accepted.is_none() { "refused" } else { "admitted" };
                 metrics::counter!("usage_gate_enforced_events_total", "outcome" => outcome).increment(1);
             }
             Outcome { accepted, judged }

@@ -32,8 +32,6 @@ pub enum Accepted {
     /// Postgres refused a value in it (one validation let through): nothing of it was stored.
     /// Given by `ingest`, which commits the rest of a batch without it.
     Refused,
-    /// Enforced, and over the customer's limit: not stored (`enforce`).
-    OverLimit,
 }
 
 impl Accepted {
@@ -44,7 +42,6 @@ impl Accepted {
             Accepted::Conflict => "conflict",
             Accepted::Dead => "dead",
             Accepted::Refused => "invalid",
-            Accepted::OverLimit => "refused",
         }
     }
 }

@@ -14,7 +14,6 @@ use crate::domain::{CustomerId, FieldError, Target};
 use crate::error::ApiError;
 use crate::outbox::IncomingEvent;
 use crate::reservations::{Committed, Holds, IDEMPOTENCY_KEY, NewHold, Reservation};
-use crate::subscriptions::Subscriptions;
 use crate::telemetry::RequestId;
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -135,8 +134,7 @@ pub struct CommitResult {
         (status = 422, description = "An event is for another customer than the reservation's: nothing stored", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn commit(
-    holds: web::Data<Holds>,
-    subscriptions: web::Data<Subscriptions>,
+    admission: web::Data<Admission>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
@@ -164,10 +162,7 @@ pub async fn commit(
         return Err(ApiError::invalid_fields(errors));
     }
     let not_found = || ApiError::NotFound(format!("no open or expired reservation {id}"));
-    let owners: Vec<Option<CustomerId>> =
-        events.iter().map(|event| event.target.customer(|s| subscriptions.owner(s))).collect();
-    let actor = actor(&caller, &request_id);
-    match holds.commit(id, events.clone(), owners, actor).await? {
+    match admission.commit(id, events.clone(), actor(&caller, &request_id)).await? {
         Committed::Done { reservation, outcomes, expired } => Ok(HttpResponse::Ok().json(CommitAnswer {
             reservation_id: reservation.id,
             customer_id: reservation.customer_id,
@@ -221,15 +216,15 @@ fn foreign_events(events: &[IncomingEvent], foreign: &[usize], owner: CustomerId
         (status = 404, description = "No open reservation with this id", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
 pub async fn release(
-    holds: web::Data<Holds>,
+    admission: web::Data<Admission>,
     caller: Caller,
     request_id: RequestId,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = reservation_id(&path)?;
-    match holds.release(id, actor(&caller, &request_id)).await? {
-        Some(_) => Ok(HttpResponse::NoContent().finish()),
-        None => Err(ApiError::NotFound(format!("no open reservation {id} (unknown, or already closed)"))),
+    match admission.release(id, actor(&caller, &request_id)).await? {
+        true => Ok(HttpResponse::NoContent().finish()),
+        false => Err(ApiError::NotFound(format!("no open reservation {id} (unknown, or already closed)"))),
     }
 }
 

@@ -260,3 +260,35 @@ async fn usage_another_replica_saw_counted_still_counts_for_a_replica_with_an_ol
         assert_problem(a.post_enforced(&call("late", &customer)).await, 402, "usage_limit_exceeded").await;
     assert_eq!(body["decision"]["estimate"]["amount"], 3);
 }
+
+#[tokio::test]
+async fn an_enforced_events_answer_is_the_judgement_counting_it_even_for_a_retry_on_another_replica() {
+    let a = TestApp::spawn().await;
+    let b = a.second_instance().await;
+    let (customer, _) =
+        a.sim.add_usage_customer(1200.0, json!([{"amount": 10000, "action": "DISABLE"}])).await;
+    b.check(&customer).await;
+    let event = json!({"event_id": "judged-1", "customer": customer, "code": "api_calls", "value": 9500});
+    let response = a.post_enforced(&event).await;
+    let body = assert_problem(response, 402, "usage_limit_exceeded").await;
+    assert_eq!(body["decision"]["estimate"]["pending"], 0, "refused: nothing counted {body}");
+
+    let fits = json!({"event_id": "judged-2", "customer": customer, "code": "api_calls", "value": 8000});
+    let response = a.post_enforced(&fits).await;
+    assert_eq!(response.status(), 202);
+    let answer: Value = response.json().await.unwrap();
+    let estimate = |answer: &Value| {
+        let e = &answer["decision"]["estimate"];
+        (e["amount"].as_i64().unwrap(), e["pending"].as_i64().unwrap(), e["pending_events"].as_u64().unwrap())
+    };
+    assert_eq!(estimate(&answer), (9200, 8000, 1), "the event counted once: {answer}");
+    assert_eq!(answer["decision"]["allowed"], true, "{answer}");
+
+    // At once, on the other replica, before its copy of the pending usage can hold it: the
+    // judgement under the customer's lock counts the first copy, once.
+    let response = b.post_enforced(&fits).await;
+    assert_eq!(response.status(), 200, "a duplicate");
+    let again: Value = response.json().await.unwrap();
+    assert_eq!(again["status"], "duplicate");
+    assert_eq!(estimate(&again), (9200, 8000, 1), "{again}");
+}
