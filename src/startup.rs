@@ -318,7 +318,9 @@ impl Running {
         );
         let checker =
             Arc::new(Checker::new(cache, pending, holds.clone(), overrides.clone(), settings.policy.clone()));
-        let ingest = Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
+        let (ingest, enforced_writer) =
+            Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
+        own_thread("enforced-writer", enforced_writer.run())?;
         let health =
             web::Data::new(Health::new(pool.clone(), billabear.with_timeout(settings.billabear.timeout)));
         let audit = Audit::new(pool.clone());
@@ -357,6 +359,20 @@ impl Running {
         };
         Ok(Self { handlers, forwarder, background, listening })
     }
+}
+
+/// Runs `task` on a thread of its own, with a runtime of its own (the enforced events' writer:
+/// see `Ingest::new`). It ends when the task does.
+fn own_thread(name: &str, task: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the {name} thread's runtime: {e}"))?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || runtime.block_on(task))
+        .map_err(|e| anyhow::anyhow!("cannot start the {name} thread: {e}"))?;
+    Ok(())
 }
 
 /// A one-worker server for `/metrics` alone.

@@ -10,8 +10,10 @@
 //! previous commit. Workers commit independently, so their commits overlap; within a worker a
 //! second commit overlaps the first only when a large backlog waits (see `COMMITTERS`).
 //!
-//! Requests with enforced events (`enforce`) go to one more writer, on a thread of its own (see
-//! [`Ingest::new`]): its commits judge them under their customers' locks.
+//! Requests with enforced events (`enforce`) go to one more writer, on a thread of its own that
+//! `startup` starts (see [`Ingest::new`]): its commits judge them under their customers' locks.
+//! Both kinds write through `db::group` (the connection, time limit, retries, and each request
+//! alone when a shared commit fails).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -20,9 +22,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::{Notify, mpsc, oneshot};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::{Notify, oneshot};
 
+use crate::db::group::{self, Committing, Dedicated, Group, GroupCommit};
 use crate::db::{FailureKind, StorageError};
 use crate::enforce::Gate;
 use crate::enforce::store::{self as enforce, Outcome};
@@ -30,40 +33,11 @@ use crate::outbox::IncomingEvent;
 use crate::outbox::store::{self, Accepted};
 use crate::policy::PolicySettings;
 
-type Reply = oneshot::Sender<Result<Vec<Outcome>, StorageError>>;
-
-struct Job {
+/// One request's events, with their gates: one per event when any is enforced (`None`: stored
+/// as it is), empty when none is.
+pub struct Submitted {
     events: Vec<IncomingEvent>,
-    /// One per event when any is enforced (`None`: stored as it is); empty when none is.
     gates: Vec<Option<Gate>>,
-    reply: Reply,
-}
-
-/// Events to commit together, with their gates (empty when none is enforced) and the request
-/// each came in (`enforce::store::accept` keeps a request's refusals in order).
-#[derive(Clone, Copy)]
-struct Batch<'a> {
-    events: &'a [IncomingEvent],
-    gates: &'a [Option<Gate>],
-    requests: &'a [u64],
-}
-
-impl<'a> Batch<'a> {
-    fn len(&self) -> usize {
-        self.events.len()
-    }
-
-    fn range(&self, range: std::ops::Range<usize>) -> Batch<'a> {
-        Batch {
-            events: &self.events[range.clone()],
-            gates: if self.gates.is_empty() { &[] } else { &self.gates[range.clone()] },
-            requests: &self.requests[range],
-        }
-    }
-
-    fn event_id(&self, i: usize) -> &str {
-        self.events[i].event_id.as_str()
-    }
 }
 
 /// Events one transaction holds at most.
@@ -79,6 +53,96 @@ thread_local! {
     static WRITERS: RefCell<HashMap<u64, Rc<Writer>>> = RefCell::new(HashMap::new());
 }
 
+/// Events written together: through `enforce` when any is enforced, else one plain statement.
+pub struct Ingesting {
+    policy: Arc<PolicySettings>,
+}
+
+impl Group for Ingesting {
+    type Request = Submitted;
+    type Answer = Vec<Outcome>;
+
+    fn weight(request: &Submitted) -> usize {
+        request.events.len()
+    }
+
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        requests: &[Submitted],
+    ) -> Result<Vec<Vec<Outcome>>, sqlx::Error> {
+        let events: Vec<&IncomingEvent> = requests.iter().flat_map(|r| &r.events).collect();
+        metrics::histogram!("usage_gate_ingest_commit_events").record(events.len() as f64);
+        let outcomes = if requests.iter().any(|r| !r.gates.is_empty()) {
+            // Each event numbered by its request: `enforce` keeps a request's refusals in order.
+            let mut gates = Vec::with_capacity(events.len());
+            let mut numbers = Vec::with_capacity(events.len());
+            for (number, request) in requests.iter().enumerate() {
+                numbers.extend(std::iter::repeat_n(number as u64, request.events.len()));
+                if request.gates.is_empty() {
+                    gates.extend(std::iter::repeat_n(None, request.events.len()));
+                } else {
+                    gates.extend(request.gates.iter().cloned());
+                }
+            }
+            enforce::accept(conn, &events, &gates, &numbers, &self.policy).await?
+        } else {
+            let accepted = store::accept(conn, &events).await?;
+            accepted.into_iter().map(|accepted| Outcome { accepted: Some(accepted), judged: None }).collect()
+        };
+        let mut outcomes = outcomes.into_iter();
+        Ok(requests.iter().map(|r| outcomes.by_ref().take(r.events.len()).collect()).collect())
+    }
+
+    /// A request alone; if Postgres refuses a value in it, each of its events alone (see
+    /// [`Ingesting::write_each`]). A request that was alone already goes straight to that.
+    async fn write_alone(
+        &self,
+        db: &mut Dedicated,
+        request: &Submitted,
+        failed: &StorageError,
+        shared: usize,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        if shared == 1 && failed.kind == FailureKind::Data {
+            return self.write_each(db, request).await;
+        }
+        match group::write(self, db, std::slice::from_ref(request)).await {
+            Err(e) if e.kind == FailureKind::Data && request.events.len() > 1 => {
+                self.write_each(db, request).await
+            }
+            other => other.map(|mut answers| answers.pop().unwrap_or_default()),
+        }
+    }
+}
+
+impl Ingesting {
+    /// Writes each event alone and answers `Refused` for those Postgres refuses, so the rest of
+    /// a request is stored. Events stored before another kind of failure stay stored: the
+    /// client's retry finds them as duplicates, the safe side.
+    async fn write_each(
+        &self,
+        db: &mut Dedicated,
+        request: &Submitted,
+    ) -> Result<Vec<Outcome>, StorageError> {
+        let mut outcomes = Vec::with_capacity(request.events.len());
+        for (i, event) in request.events.iter().enumerate() {
+            let one = Submitted {
+                events: vec![event.clone()],
+                gates: request.gates.get(i).cloned().into_iter().collect(),
+            };
+            match group::write(self, db, std::slice::from_ref(&one)).await {
+                Ok(mut answers) => outcomes.extend(answers.pop().unwrap_or_default()),
+                Err(e) if e.kind == FailureKind::Data && request.events.len() > 1 => {
+                    tracing::warn!(event_id = %event.event_id.as_str(), error = %e, "ingest: Postgres refused an event");
+                    outcomes.push(Outcome { accepted: Some(Accepted::Refused), judged: None });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
 /// The handle requests use; cheap to clone.
 #[derive(Clone)]
 pub struct Ingest {
@@ -88,34 +152,30 @@ pub struct Ingest {
     /// What enforced events are judged by.
     policy: Arc<PolicySettings>,
     /// The enforced writer's queue (see [`Ingest::new`]).
-    enforced: mpsc::UnboundedSender<Job>,
+    enforced: GroupCommit<Ingesting>,
 }
 
 impl Ingest {
     /// Writers connect with the pool's options, waiting at most `connect_timeout`.
     ///
-    /// Requests with enforced events go to one writer of their own, on a thread of its own.
-    /// An enforced commit holds its customers' locks across its round trips to Postgres, and on
-    /// an HTTP worker each reply waited for the worker to finish the requests ahead of it: the
-    /// next commit for the customer waited 1.7 ms on average for the lock (one customer,
-    /// `bench/enforce.py`), and enforced events ran at 34% of plain ones. On its own thread the
-    /// writer reads each reply as it comes, and one writer per replica never waits on itself.
-    pub fn new(pool: PgPool, connect_timeout: Duration, policy: PolicySettings) -> Self {
+    /// Requests with enforced events go to one writer of their own, returned to be run on a
+    /// thread of its own. An enforced commit holds its customers' locks across its round trips
+    /// to Postgres, and on an HTTP worker each reply waited for the worker to finish the
+    /// requests ahead of it: the next commit for the customer waited 1.7 ms on average for the
+    /// lock (one customer, `bench/enforce.py`), and enforced events ran at 34% of plain ones. On
+    /// its own thread the writer reads each reply as it comes, and one writer per replica never
+    /// waits on itself.
+    pub fn new(
+        pool: PgPool,
+        connect_timeout: Duration,
+        policy: PolicySettings,
+    ) -> (Self, Committing<Ingesting>) {
         let policy = Arc::new(policy);
-        let (enforced, queue) = mpsc::unbounded_channel();
-        let writer = (pool.clone(), connect_timeout, policy.clone());
-        let started = std::thread::Builder::new().name("enforced-writer".into()).spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(runtime) => runtime,
-                Err(e) => return tracing::error!(error = %e, "ingest: cannot start the enforced writer"),
-            };
-            tokio::task::LocalSet::new().block_on(&runtime, enforced_writer(writer, queue));
-        });
-        if let Err(e) = started {
-            // Enforced requests then get 503 (their replies are dropped with the queue).
-            tracing::error!(error = %e, "ingest: cannot start the enforced writer's thread");
-        }
-        Self { id: NEXT_ID.fetch_add(1, Ordering::Relaxed), pool, connect_timeout, policy, enforced }
+        let db = Dedicated::new(pool.clone(), connect_timeout, COMMIT_TIMEOUT);
+        let (enforced, committing) =
+            GroupCommit::new(Ingesting { policy: policy.clone() }, db, MAX_EVENTS_PER_COMMIT);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        (Self { id, pool, connect_timeout, policy, enforced }, committing)
     }
 
     /// Starts this thread's writer. Call on each HTTP worker thread as it starts (the app
@@ -132,7 +192,7 @@ impl Ingest {
     /// answers for each, in order, once committed.
     /// (Without a gate nothing is refused for the limit: every event has the outbox's answer.)
     pub async fn accept(&self, events: Vec<IncomingEvent>) -> Result<Vec<Accepted>, StorageError> {
-        let outcomes = self.commit(events, vec![]).await?;
+        let outcomes = self.commit(Submitted { events, gates: vec![] }).await?;
         Ok(outcomes.into_iter().filter_map(|o| o.accepted).collect())
     }
 
@@ -146,62 +206,37 @@ impl Ingest {
     ) -> Result<Vec<Outcome>, StorageError> {
         debug_assert_eq!(events.len(), gates.len());
         let gates = if gates.iter().any(Option::is_some) { gates } else { vec![] };
-        self.commit(events, gates).await
+        self.commit(Submitted { events, gates }).await
     }
 
-    async fn commit(
-        &self,
-        events: Vec<IncomingEvent>,
-        gates: Vec<Option<Gate>>,
-    ) -> Result<Vec<Outcome>, StorageError> {
-        let closed = || StorageError::from(sqlx::Error::PoolClosed);
-        let (reply, answer) = oneshot::channel();
-        let job = Job { events, gates, reply };
-        if !job.gates.is_empty() {
-            self.enforced.send(job).map_err(|_| closed())?;
-            return answer.await.map_err(|_| closed())?;
+    async fn commit(&self, request: Submitted) -> Result<Vec<Outcome>, StorageError> {
+        if !request.gates.is_empty() {
+            return self.enforced.submit(request).await;
         }
         let writer = WRITERS.with_borrow(|writers| writers.get(&self.id).filter(|w| w.alive()).cloned());
         let Some(writer) = writer else {
-            // No writer here (not a worker thread, or its writer has stopped): one commit per call.
+            // No writer here (not a worker thread, or its writer has stopped): one commit per call,
+            // on a connection from the pool.
             let mut conn = self.pool.acquire().await?;
-            let accepted = store::accept(&mut conn, &job.events).await?;
-            return Ok(accepted
-                .into_iter()
-                .map(|accepted| Outcome { accepted: Some(accepted), judged: None })
-                .collect());
+            let ingesting = Ingesting { policy: self.policy.clone() };
+            let mut answers = ingesting.write(&mut conn, std::slice::from_ref(&request)).await?;
+            return Ok(answers.pop().unwrap_or_default());
         };
-        writer.push(job);
-        answer.await.map_err(|_| closed())?
+        let (reply, answer) = oneshot::channel();
+        writer.push(Job { request, reply });
+        answer.await.map_err(|_| StorageError::from(sqlx::Error::PoolClosed))?
     }
 }
 
-/// The enforced writer: a [`Writer`] on its own thread, fed from every HTTP worker. It stops
-/// when every `Ingest` handle is gone.
-async fn enforced_writer(
-    (pool, connect_timeout, policy): (PgPool, Duration, Arc<PolicySettings>),
-    mut queue: mpsc::UnboundedReceiver<Job>,
-) {
-    let writer = Writer::start(pool, connect_timeout, policy);
-    while let Some(job) = queue.recv().await {
-        writer.push(job);
-    }
+struct Job {
+    request: Submitted,
+    reply: oneshot::Sender<Result<Vec<Outcome>, StorageError>>,
 }
 
-/// Commits a batch: through `enforce` when any event is enforced, else one plain statement.
-async fn commit_batch(
-    conn: &mut PgConnection,
-    batch: Batch<'_>,
-    policy: &PolicySettings,
-) -> Result<Vec<Outcome>, sqlx::Error> {
-    if batch.gates.iter().any(Option::is_some) {
-        return enforce::accept(conn, batch.events, batch.gates, batch.requests, policy).await;
-    }
-    let accepted = store::accept(conn, batch.events).await?;
-    Ok(accepted.into_iter().map(|accepted| Outcome { accepted: Some(accepted), judged: None }).collect())
-}
-
-/// One thread's writer: its queue and the tasks that commit it.
+/// One HTTP worker's writer: its queue and the tasks that commit it. (Not a `GroupCommit`: a
+/// request, its writer and the connections' sockets are all driven by the worker's runtime, and
+/// the queue is the worker's own, so handing an event in costs no atomic or thread switch;
+/// going through a shared writer cost about a fifth of the CPU per event.)
 struct Writer {
     queue: RefCell<Vec<Job>>,
     /// Events in `queue`.
@@ -243,7 +278,8 @@ impl Writer {
             tasks: Cell::new(COMMITTERS),
         });
         for _ in 0..COMMITTERS {
-            actix_rt::spawn(writer.clone().run(pool.clone(), connect_timeout, policy.clone()));
+            let db = Dedicated::new(pool.clone(), connect_timeout, COMMIT_TIMEOUT);
+            actix_rt::spawn(writer.clone().run(db, Ingesting { policy: policy.clone() }));
         }
         writer
     }
@@ -253,15 +289,13 @@ impl Writer {
     }
 
     fn push(&self, job: Job) {
-        self.queued.set(self.queued.get() + job.events.len());
+        self.queued.set(self.queued.get() + job.request.events.len());
         self.queue.borrow_mut().push(job);
         self.wake.notify_one();
     }
 
-    async fn run(self: Rc<Self>, pool: PgPool, connect_timeout: Duration, policy: Arc<PolicySettings>) {
+    async fn run(self: Rc<Self>, mut db: Dedicated, ingesting: Ingesting) {
         let _ended = Ended(self.clone());
-        let mut conn: Option<PgConnection> = None;
-        let committer = Committer { pool: &pool, connect_timeout, policy: &policy };
         loop {
             let may_commit = self.in_flight.get() == 0 || self.queued.get() >= SECOND_COMMIT_MIN_EVENTS;
             let jobs = if may_commit { self.take() } else { vec![] };
@@ -270,59 +304,11 @@ impl Writer {
                 continue;
             }
             self.in_flight.set(self.in_flight.get() + 1);
-            let mut sizes = Vec::with_capacity(jobs.len());
-            let mut replies = Vec::with_capacity(jobs.len());
-            let mut events = Vec::new();
-            let mut gates = Vec::new();
-            let mut requests = Vec::new();
-            let enforced = jobs.iter().any(|job| !job.gates.is_empty());
-            for (request, job) in jobs.into_iter().enumerate() {
-                sizes.push(job.events.len());
-                requests.extend(std::iter::repeat_n(request as u64, job.events.len()));
-                if enforced {
-                    if job.gates.is_empty() {
-                        gates.extend(std::iter::repeat_n(None, job.events.len()));
-                    } else {
-                        gates.extend(job.gates);
-                    }
-                }
-                replies.push(job.reply);
-                events.extend(job.events);
-            }
-            metrics::histogram!("usage_gate_ingest_commit_events").record(events.len() as f64);
-            let all = Batch { events: &events, gates: &gates, requests: &requests };
-            let result = committer.commit(&mut conn, all).await;
-            match result {
-                Ok(outcomes) => {
-                    let mut outcomes = outcomes.into_iter();
-                    for (size, reply) in sizes.into_iter().zip(replies) {
-                        let _ = reply.send(Ok(outcomes.by_ref().take(size).collect()));
-                    }
-                }
-                Err(error) if events.len() > 1 && error.kind != FailureKind::Unavailable => {
-                    // One event failed the shared statement (or it lost a race): commit each
-                    // request alone, and within a request each event, so a failure stays with
-                    // the event that caused it.
-                    tracing::warn!(error = %error, requests = sizes.len(), "ingest: a shared commit failed; committing its requests one by one");
-                    let alone = sizes.len() == 1;
-                    let mut start = 0;
-                    for (size, reply) in sizes.into_iter().zip(replies) {
-                        let own = all.range(start..start + size);
-                        start += size;
-                        let answer = if alone && error.kind == FailureKind::Data {
-                            // That was this request's own commit: go straight to its events.
-                            committer.commit_each(&mut conn, own).await
-                        } else {
-                            committer.commit_isolating(&mut conn, own).await
-                        };
-                        let _ = reply.send(answer);
-                    }
-                }
-                Err(error) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
+            let (requests, replies): (Vec<Submitted>, Vec<_>) =
+                jobs.into_iter().map(|j| (j.request, j.reply)).unzip();
+            let answers = group::commit(&ingesting, &mut db, &requests).await;
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(answer);
             }
             self.in_flight.set(self.in_flight.get() - 1);
             // The other task may be waiting for this commit to end.
@@ -336,10 +322,10 @@ impl Writer {
         let mut count = 0;
         let mut taken = 0;
         for job in queue.iter() {
-            if taken > 0 && count + job.events.len() > MAX_EVENTS_PER_COMMIT {
+            if taken > 0 && count + job.request.events.len() > MAX_EVENTS_PER_COMMIT {
                 break;
             }
-            count += job.events.len();
+            count += job.request.events.len();
             taken += 1;
         }
         if taken < queue.len() {
@@ -350,94 +336,3 @@ impl Writer {
         queue.drain(..taken).collect()
     }
 }
-
-/// What a writer's commits need besides the connection.
-struct Committer<'a> {
-    pool: &'a PgPool,
-    connect_timeout: Duration,
-    policy: &'a PolicySettings,
-}
-
-impl Committer<'_> {
-    /// Commits one request's events; if Postgres refuses a value in them, see
-    /// [`Committer::commit_each`].
-    async fn commit_isolating(
-        &self,
-        conn: &mut Option<PgConnection>,
-        batch: Batch<'_>,
-    ) -> Result<Vec<Outcome>, StorageError> {
-        match self.commit(conn, batch).await {
-            Err(e) if e.kind == FailureKind::Data && batch.len() > 1 => self.commit_each(conn, batch).await,
-            other => other,
-        }
-    }
-
-    /// Commits each event alone and answers `Refused` for those Postgres refuses, so the rest
-    /// of a batch is stored. Events stored before another kind of failure stay stored: the
-    /// client's retry finds them as duplicates, the safe side.
-    async fn commit_each(
-        &self,
-        conn: &mut Option<PgConnection>,
-        batch: Batch<'_>,
-    ) -> Result<Vec<Outcome>, StorageError> {
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for i in 0..batch.len() {
-            match self.commit(conn, batch.range(i..i + 1)).await {
-                Ok(outcome) => outcomes.extend(outcome),
-                Err(e) if e.kind == FailureKind::Data && batch.len() > 1 => {
-                    tracing::warn!(event_id = %batch.event_id(i), error = %e, "ingest: Postgres refused an event");
-                    outcomes.push(Outcome { accepted: Some(Accepted::Refused), judged: None });
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(outcomes)
-    }
-
-    /// Commits the batch on this writer's connection (made first if there is none). After a
-    /// failure other than a refused value the connection is dropped: its state is unknown (a
-    /// timeout may have left a statement running), so the next commit starts over.
-    async fn commit(
-        &self,
-        conn: &mut Option<PgConnection>,
-        batch: Batch<'_>,
-    ) -> Result<Vec<Outcome>, StorageError> {
-        let mut attempt = 0;
-        loop {
-            let result = self.commit_once(conn, batch).await;
-            match &result {
-                Err(e) if e.kind != FailureKind::Data => *conn = None,
-                _ => {}
-            }
-            match result {
-                Err(e) if e.kind == FailureKind::Contention && attempt < CONTENTION_RETRIES => attempt += 1,
-                other => return other,
-            }
-        }
-    }
-
-    async fn commit_once(
-        &self,
-        conn: &mut Option<PgConnection>,
-        batch: Batch<'_>,
-    ) -> Result<Vec<Outcome>, StorageError> {
-        let conn = match conn {
-            Some(conn) => conn,
-            None => {
-                let options = self.pool.connect_options();
-                let connecting = PgConnection::connect_with(&options);
-                conn.insert(
-                    tokio::time::timeout(self.connect_timeout, connecting)
-                        .await
-                        .map_err(|_| StorageError::timed_out())??,
-                )
-            }
-        };
-        Ok(tokio::time::timeout(COMMIT_TIMEOUT, commit_batch(conn, batch, self.policy))
-            .await
-            .map_err(|_| StorageError::timed_out())??)
-    }
-}
-
-/// How often a commit that lost a race (deadlock, serialization failure) is tried again.
-const CONTENTION_RETRIES: usize = 3;

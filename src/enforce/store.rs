@@ -1,6 +1,7 @@
 //! Enforcement in Postgres: the customers' locks, what their figures are made of, and enforced
 //! events judged and stored in one transaction.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 
 use sqlx::{Connection, PgConnection, Row};
@@ -121,13 +122,14 @@ pub struct Outcome {
 /// one of a request's events for a customer is refused, its later ones for that customer are
 /// too, so a request's events are never stored out of order. A refused event already stored
 /// answers as the repeat it is (duplicate, dead or conflict), not as refused.
-pub async fn accept(
+pub async fn accept<E: Borrow<IncomingEvent>>(
     conn: &mut PgConnection,
-    events: &[IncomingEvent],
+    events: &[E],
     gates: &[Option<Gate>],
     requests: &[u64],
     policy: &PolicySettings,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
+    let events: Vec<&IncomingEvent> = events.iter().map(Borrow::borrow).collect();
     let mut tx = conn.begin().await?;
     let gated: Vec<&Gate> = gates.iter().flatten().collect();
     let mut ledger = lock_and_load(&mut tx, &gated).await?;
@@ -152,11 +154,11 @@ pub async fn accept(
     }
     let refused = |j: &Option<Judged>| j.is_some_and(|j| !j.admitted);
     let stored = if judged.iter().any(refused) {
-        let admitted: Vec<IncomingEvent> =
-            events.iter().zip(&judged).filter(|(_, j)| !refused(j)).map(|(e, _)| e.clone()).collect();
+        let admitted: Vec<&IncomingEvent> =
+            events.iter().zip(&judged).filter(|(_, j)| !refused(j)).map(|(e, _)| *e).collect();
         outbox::accept(&mut tx, &admitted).await?
     } else {
-        outbox::accept(&mut tx, events).await?
+        outbox::accept(&mut tx, &events).await?
     };
     let refused_ids: Vec<&str> =
         events.iter().zip(&judged).filter(|(_, j)| refused(j)).map(|(e, _)| e.event_id.as_str()).collect();

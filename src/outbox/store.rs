@@ -2,6 +2,7 @@
 //! holds (so concurrent requests can share one, see `ingest`); claiming uses `FOR UPDATE SKIP LOCKED` and
 //! a lease, so several replicas can share the table and a dead replica's claims are taken over.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -57,8 +58,12 @@ pub fn register_metrics() {
 /// Stores the events with one statement (atomic: all or none) and answers for each, in order.
 /// An `event_id` already stored, or repeated earlier in `events`, is a duplicate or a conflict.
 /// Nothing is acknowledged unless the commit succeeded.
-pub async fn accept(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
-    let outcomes = insert(conn, events).await?;
+pub async fn accept<E: Borrow<IncomingEvent>>(
+    conn: &mut PgConnection,
+    events: &[E],
+) -> Result<Vec<Accepted>, sqlx::Error> {
+    let events: Vec<&IncomingEvent> = events.iter().map(Borrow::borrow).collect();
+    let outcomes = insert(conn, &events).await?;
     for kind in [Accepted::New, Accepted::Duplicate, Accepted::Conflict, Accepted::Dead] {
         let count = outcomes.iter().filter(|o| **o == kind).count() as u64;
         if count > 0 {
@@ -69,7 +74,7 @@ pub async fn accept(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result
 }
 
 /// [`accept`] without the counting, so an event inserted again (see below) counts once.
-async fn insert(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
+async fn insert(conn: &mut PgConnection, events: &[&IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
     if events.is_empty() {
         return Ok(vec![]);
     }
@@ -153,7 +158,7 @@ async fn insert(conn: &mut PgConnection, events: &[IncomingEvent]) -> Result<Vec
         outcomes.push(outcome);
     }
     if !vanished.is_empty() {
-        let again: Vec<IncomingEvent> = vanished.iter().map(|&i| events[i].clone()).collect();
+        let again: Vec<&IncomingEvent> = vanished.iter().map(|&i| events[i]).collect();
         // Pruning deletes only old delivered rows, so the second try inserts the event or
         // finds the row another request just stored.
         let retried = Box::pin(insert(conn, &again)).await?;

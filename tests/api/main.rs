@@ -13,6 +13,7 @@ mod docs;
 mod enforce;
 mod events;
 mod gate_jwt;
+mod group_commit;
 mod harness;
 mod helpers;
 mod layers;

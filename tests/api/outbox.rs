@@ -186,7 +186,7 @@ async fn pruning_deletes_only_delivered_events_past_retention() {
 #[actix_rt::test]
 async fn group_commit_answers_each_request_with_its_own_outcomes() {
     let (_, pool) = fresh_database().await;
-    let ingest =
+    let (ingest, _) =
         usage_gate::admission::ingest::Ingest::new(pool.clone(), Duration::from_secs(5), Default::default());
     ingest.attach_worker();
     // 100 concurrent requests of two events each: its own, and one that all of them share.
@@ -209,7 +209,7 @@ async fn group_commit_answers_each_request_with_its_own_outcomes() {
 #[actix_rt::test]
 async fn a_backlog_is_split_over_overlapping_commits_and_nothing_is_lost() {
     let (_, pool) = fresh_database().await;
-    let ingest =
+    let (ingest, _) =
         usage_gate::admission::ingest::Ingest::new(pool.clone(), Duration::from_secs(5), Default::default());
     ingest.attach_worker();
     let requests = (0..60).map(|r| {

@@ -1,5 +1,7 @@
 //! Postgres: the pool, creating the database when it is missing, and the embedded migrations.
 
+pub mod group;
+
 use std::collections::HashSet;
 use std::str::FromStr;
 
