@@ -1,7 +1,7 @@
 //! usage-gate: enforces BillaBear usage limits. See README.md for what it does and how to run it,
 //! and its "How the code is laid out" for where to start on a change.
 //!
-//! The modules stand in four layers. A module uses modules of its own layer or the ones below,
+//! The modules stand in six layers. A module uses modules of its own layer or the ones below,
 //! never above (`tests/api/layers.rs` holds the code to this; within a layer no two modules
 //! use each other, which `../shared/scripts/module-cycles` checks in CI).
 //!
@@ -9,20 +9,27 @@
 //!    `domain` (values built by parsing), `policy` (the decision), `projection` (pricing usage
 //!    BillaBear has not counted), `snapshot` (what a decision is made from, and the clock).
 //! 2. **Edges**: configuration, keys, Postgres and BillaBear.
-//!    `config`, `auth` (API keys), `db`, `audit` (the audit log), `mirror` (per-customer copies
+//!    `config`, `auth` (API keys), `db` (the pool, migrations, and `db::group`, group commit),
+//!    `audit` (the audit log), `sessions` (the console's sessions), `mirror` (per-customer copies
 //!    of Postgres tables), `memo`, `telemetry`, `billabear` (the client, and a customer's answers
 //!    turned into a snapshot), `subscriptions` (which customer owns which subscription),
-//!    `seal` (secrets encrypted at rest), `shutdown`.
-//! 3. **Services**: what usage-gate does, each over its own stores.
-//!    `cache` (snapshots, fetched at most once at a time), `pending` (usage not yet counted),
-//!    `overrides`, `reservations` (holds), `enforce` (judging under a customer's lock),
-//!    `outbox` (events to BillaBear), `check` (the answer and its explanation), `admission`
-//!    (what comes in and may be refused: events, batches, holds), `limits` (usage limits in
-//!    BillaBear), `transitions` (decision changes: audited, sampled, told), `retention` (rows
-//!    past their window), `webhooks`
-//!    (outbound, signed), `invalidation` (telling replicas a customer changed), `health`.
-//! 4. **HTTP and the process**: `error` (every error to problem+json, the one place), `routes`,
-//!    `console`, `startup` (wiring), `sim` (the BillaBear simulator), `demo`, `cli`.
+//!    `seal` (secrets encrypted at rest), `jwt`, `shutdown`.
+//!
+//! The services, each the one door to its tables, in three layers:
+//!
+//! 3. **State**, what is kept: `cache` (snapshots, fetched at most once at a time), `pending`
+//!    (usage not yet counted), `overrides`, `outbox` (events to BillaBear), `webhooks`
+//!    (outbound, signed), `invalidation` (telling replicas a customer changed), `retention`
+//!    (rows past their window), `health`.
+//! 4. **Judging**: `fetch` (BillaBear's answers settled against the pending ledger), `enforce`
+//!    (judging under a customer's lock), `reservations` (holds), `check` (the answer and its
+//!    explanation).
+//! 5. **Intake**: `admission` (everything that comes in and may be refused: events, batches,
+//!    holds, their commits and releases), `limits` (usage limits in BillaBear), `inbound`
+//!    (BillaBear's webhooks), `transitions` (decision changes: audited, sampled, told).
+//! 6. **HTTP and the process**: `error` (every error to problem+json, the one place), `routes`,
+//!    `console` (both call services only), `startup` (wiring), `sim` (the BillaBear simulator),
+//!    `demo`, `cli`.
 
 pub mod admission;
 pub mod audit;
@@ -38,6 +45,7 @@ pub mod demo;
 pub mod domain;
 pub mod enforce;
 pub mod error;
+pub mod fetch;
 pub mod health;
 pub mod inbound;
 pub mod invalidation;

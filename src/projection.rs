@@ -65,15 +65,19 @@ static CODES: LazyLock<Mutex<HashMap<Box<str>, Code>>> = LazyLock::new(Default::
 impl Code {
     /// The code of a price BillaBear listed (BillaBear's metrics: few).
     pub fn intern(code: &str) -> Code {
-        let mut codes = CODES.lock().unwrap_or_else(PoisonError::into_inner);
-        let next = Code(codes.len() as u32);
-        *codes.entry(code.into()).or_insert(next)
+        Code::intern_telling(code).0
     }
 
-    /// How many codes are interned: a fetch that makes it grow has met a code whose pending
-    /// usage the ledger's copy did not keep until now.
-    pub fn interned() -> usize {
-        CODES.lock().unwrap_or_else(PoisonError::into_inner).len()
+    /// As [`Code::intern`], and whether this call interned it: a fetch that does has met a code
+    /// whose pending usage the ledger's copy did not keep until now.
+    pub fn intern_telling(code: &str) -> (Code, bool) {
+        let mut codes = CODES.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = codes.get(code) {
+            return (*known, false);
+        }
+        let next = Code(codes.len() as u32);
+        codes.insert(code.into(), next);
+        (next, true)
     }
 
     /// The code, if some price listed it: an event's code that none did is priced by no
@@ -274,6 +278,8 @@ pub struct Found<'a> {
     pub code: &'a str,
     /// `code`, interned as it is found, so pending usage with it is kept from then on.
     pub interned: Code,
+    /// Whether finding it interned `code` (see [`Code::intern_telling`]).
+    pub new_code: bool,
     pub aggregation: Aggregation,
     /// `price.amount`: minor units per unit, or None (tiers).
     pub unit_price: Option<i64>,
@@ -355,11 +361,21 @@ pub fn counted(delivered: &[(i64, f64)], grew: f64) -> (Vec<i64>, f64) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn interning_tells_the_one_call_that_added_a_code() {
+        let code = format!("telling-{}", uuid::Uuid::new_v4());
+        let (first, new) = Code::intern_telling(&code);
+        assert!(new, "the first call interns it");
+        assert_eq!(Code::intern_telling(&code), (first, false), "later calls find it");
+        assert_eq!(Code::known(&code), Some(first));
+    }
+
     fn metered(rate: Rate, aggregation: Aggregation, usage: f64, amount: i64) -> Metered {
         let found = Found {
             subscription: SubscriptionId::new_v4(),
             code: "api_calls",
             interned: Code::intern("api_calls"),
+            new_code: false,
             aggregation,
             unit_price: None,
             including_tax: true,

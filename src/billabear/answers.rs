@@ -83,10 +83,12 @@ fn usage_subscriptions<'a>(subscriptions: &'a [Subscription], costs: &[MetricCos
             }
             None => Figures { usage: 0.0, amount: 0 },
         };
+        let (interned, new_code) = Code::intern_telling(&metric.code);
         found.push(Found {
             subscription: subscription.id,
             code: &metric.code,
-            interned: Code::intern(&metric.code),
+            interned,
+            new_code,
             aggregation: Aggregation::parse(metric.aggregation_method.as_deref()),
             unit_price: price.amount,
             including_tax: price.including_tax,

@@ -220,6 +220,7 @@ mod tests {
             subscription,
             code: "enforce_test_calls",
             interned: Code::intern("enforce_test_calls"),
+            new_code: false,
             aggregation: Aggregation::Sum,
             unit_price: Some(10),
             including_tax: false,

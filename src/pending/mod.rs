@@ -11,7 +11,7 @@
 //!   customer's targets whenever it is fetched.
 //! - **Fetches retire.** Before a fetched snapshot is cached, the growth of each subscription's
 //!   counter since the last figure any replica recorded retires that much of the oldest events
-//!   delivered to it ([`LedgerFetch`]); old delivered events no growth matched expire after
+//!   delivered to it (`fetch`, [`Pending::settle`]); old delivered events no growth matched expire after
 //!   `pending.max_age`.
 
 pub mod store;
@@ -22,19 +22,15 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::billabear::{self, BillaBearClient, BillaBearError};
-use crate::cache::Fetch;
 use crate::config::PendingSettings;
 use crate::db;
 use crate::domain::{CustomerId, SubscriptionId, Target};
 use crate::mirror::{self, Mirror, Started};
-use crate::projection::{self, Code, Figures, Found, Metered, PendingUsage, Projection};
-use crate::snapshot::{Known, SnapshotData};
-use crate::subscriptions::Subscriptions;
+use crate::projection::{self, Figures, Found, Metered, PendingUsage, Projection};
+use crate::snapshot::Known;
 use store::Observation;
 
 /// The units and events pending for one of `customer`'s usage subscriptions: those sent to it,
@@ -175,13 +171,14 @@ impl Pending {
     /// `pending.settle_timeout` (Postgres slow or down): the fetch is used anyway, and the
     /// retirement happens at a later fetch. Returns the last different figures recorded per
     /// subscription.
-    async fn settle(
+    pub async fn settle(
         &self,
         customer: CustomerId,
-        observations: Vec<Observation>,
+        found: &[Found<'_>],
         started: chrono::DateTime<Utc>,
         new_code: bool,
     ) -> HashMap<SubscriptionId, Figures> {
+        let observations = observations(customer, found);
         let inner = &self.inner;
         let settling = async {
             let observed = self.observe(&observations, started).await?;
@@ -317,35 +314,6 @@ async fn upkeep(inner: Arc<Inner>) {
             }
             Err(e) => tracing::warn!(error = %e, "pending: cannot expire old delivered events"),
         }
-    }
-}
-
-/// Snapshots from BillaBear, settled against the pending ledger before they are used, and the
-/// customer's subscriptions taught to `subscriptions` (events sent by subscription find their
-/// customer).
-pub struct LedgerFetch {
-    pub client: BillaBearClient,
-    pub pending: Pending,
-    pub subscriptions: Subscriptions,
-}
-
-impl Fetch for LedgerFetch {
-    fn fetch(&self, id: CustomerId) -> BoxFuture<'static, Result<SnapshotData, BillaBearError>> {
-        let (client, pending, subscriptions) =
-            (self.client.clone(), self.pending.clone(), self.subscriptions.clone());
-        async move {
-            let started = Utc::now();
-            let Some(answers) = billabear::fetch(&client, id).await? else {
-                return Ok(SnapshotData::NotFound);
-            };
-            subscriptions.remember(id, &answers.subscriptions);
-            let codes = Code::interned();
-            let found = answers.usage_subscriptions();
-            let new_code = Code::interned() > codes;
-            let previous = pending.settle(id, observations(id, &found), started, new_code).await;
-            Ok(SnapshotData::Known(answers.known(&found, |s| previous.get(&s).copied())))
-        }
-        .boxed()
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The layers, lowest first (`src/lib.rs` says what each holds).
-const LAYERS: [(&str, &[&str]); 4] = [
+const LAYERS: [(&str, &[&str]); 6] = [
     ("core", &["domain", "policy", "projection", "snapshot"]),
     (
         "edges",
@@ -26,26 +26,14 @@ const LAYERS: [(&str, &[&str]); 4] = [
             "telemetry",
         ],
     ),
+    // The services in three layers: what is kept (copies of Postgres and BillaBear, and the
+    // tables they stand for), what judges on it, and what takes requests in and tells of changes.
     (
-        "services",
-        &[
-            "admission",
-            "cache",
-            "check",
-            "enforce",
-            "health",
-            "inbound",
-            "invalidation",
-            "limits",
-            "outbox",
-            "overrides",
-            "pending",
-            "reservations",
-            "retention",
-            "transitions",
-            "webhooks",
-        ],
+        "state",
+        &["cache", "health", "invalidation", "outbox", "overrides", "pending", "retention", "webhooks"],
     ),
+    ("judging", &["check", "enforce", "fetch", "reservations"]),
+    ("intake", &["admission", "inbound", "limits", "transitions"]),
     ("http", &["cli", "console", "demo", "error", "routes", "sim", "startup"]),
 ];
 
