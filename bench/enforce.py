@@ -8,12 +8,15 @@
   4. reservation create -> commit round trips (one 1-cent hold, then its commit with one event),
      on one customer and spread over 100 (`--only-holds` runs these alone); and on one customer
      with every hold asked with an `Idempotency-Key` (a new one each), round by round beside the
-     first.
+     first. With every usage-gate run done and usage-gate stopped, the floor under the hold runs:
+     Postgres alone doing the writes a durable hold and its commit cannot do without
+     (`bench/holds_floor.sql` with pgbench, batches of 17, 4 clients), for one customer and for
+     100, so each hold figure is printed beside the floor measured in the same run.
 
 The simulator's counter is held and BillaBear "hangs" on /events, so the forwarder does no
 other work during the runs (as in events.py's ingest runs).
 
-Needs Postgres at 127.0.0.1:5432 and wrk.
+Needs Postgres at 127.0.0.1:5432, wrk and pgbench.
 
   python3 bench/enforce.py [--duration 8] [--rounds 3]
 """
@@ -124,13 +127,38 @@ end
     return path
 
 
+FLOOR_DB = "usage_gate_bench_floor"
+FLOOR_BATCH = 17
+
+
+def floor(binary, config, customers, duration):
+    """Hold -> commit pairs a second Postgres alone does (bench/holds_floor.sql) on a fresh
+    database with the migrations applied."""
+    psql("postgres", f"DROP DATABASE IF EXISTS {FLOOR_DB} WITH (FORCE)")
+    psql("postgres", f"CREATE DATABASE {FLOOR_DB}")
+    url = f"postgres://postgres@127.0.0.1:5432/{FLOOR_DB}"
+    subprocess.run([binary, "--config", config, "migrate"], env=dict(os.environ, DATABASE_URL=url), check=True,
+                   capture_output=True)
+    out = subprocess.run(["pgbench", "-h", "127.0.0.1", "-U", "postgres", "-n", "-M", "prepared", "-c", "4",
+                          "-j", "2", "-T", str(duration), "-D", f"customers={customers}", "-D",
+                          f"batch={FLOOR_BATCH}", "-f", os.path.join(ROOT, "bench", "holds_floor.sql"),
+                          FLOOR_DB], capture_output=True, text=True).stdout
+    if "tps = " not in out:
+        sys.exit(f"pgbench failed:\n{out}")
+    # Pairs made: the holds committed (each has its event in the outbox), not tps x batch: a
+    # client that found its customer's open holds all taken by others closed none.
+    committed = int(psql(FLOOR_DB, "SELECT count(*) FROM outbox"))
+    psql("postgres", f"DROP DATABASE IF EXISTS {FLOOR_DB} WITH (FORCE)")
+    return committed / duration
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only-holds", action="store_true", help="skip the event runs")
     args = parser.parse_args()
-    for tool in ("wrk", "psql"):
+    for tool in ("wrk", "psql", "pgbench"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is needed")
     subprocess.run(["cargo", "build", "--release", "--bin", "usage-gate"], cwd=ROOT, check=True)
@@ -171,6 +199,8 @@ def main():
             before = committed()
             wrk("/", hold_script(work, holders, f"spread{r}"), args.duration, 200)
             spread.append((committed() - before) / args.duration)
+    floor_one = [floor(binary, config, 1, args.duration) for _ in range(args.rounds)]
+    floor_spread = [floor(binary, config, 100, args.duration) for _ in range(args.rounds)]
     shutil.rmtree(work, ignore_errors=True)
 
     print()
@@ -183,7 +213,11 @@ def main():
         print(f"enforced events, customer at its limit (402):  median {statistics.median(at_limit_enforced):>8.0f}/s  {[round(x) for x in at_limit_enforced]}")
         print(f"plain events, the customer at its limit:       median {statistics.median(at_limit_plain):>8.0f}/s  {[round(x) for x in at_limit_plain]}")
     print(f"hold -> commit pairs, one customer:            median {statistics.median(round_trips):>8.0f}/s  {[round(x) for x in round_trips]}")
+    print(f"  the floor (Postgres alone), one customer:    median {statistics.median(floor_one):>8.0f}/s  {[round(x) for x in floor_one]}")
+    print(f"  holds / floor:                               median {statistics.median(round_trips) / statistics.median(floor_one):>8.0%}")
     print(f"hold -> commit pairs, 100 customers:           median {statistics.median(spread):>8.0f}/s  {[round(x) for x in spread]}")
+    print(f"  the floor (Postgres alone), 100 customers:   median {statistics.median(floor_spread):>8.0f}/s  {[round(x) for x in floor_spread]}")
+    print(f"  holds / floor:                               median {statistics.median(spread) / statistics.median(floor_spread):>8.0%}")
     ratios = [k / p for k, p in zip(keyed, round_trips)]
     print(f"  with an Idempotency-Key each, one customer:  median {statistics.median(keyed):>8.0f}/s  {[round(x) for x in keyed]}")
     print(f"  keyed / without, round by round:             median {statistics.median(ratios):>8.0%}   {[f'{x:.0%}' for x in ratios]}")

@@ -7,7 +7,8 @@
 --   pgbench -h 127.0.0.1 -U postgres -n -M prepared -c 4 -j 2 -T 10 \
 --     -D customers=100 -D batch=17 -f bench/holds_floor.sql DATABASE
 --
--- pairs a second = tps × batch.
+-- pairs a second = the outbox's rows afterwards / the duration. Clients closing one customer's holds at once each take rows the
+-- others have not (SKIP LOCKED), as usage-gate's commits each close their own holds.
 \set c random(1, :customers)
 BEGIN;
 INSERT INTO reservations (id, customer_id, amount, expires_at, created_by)
@@ -20,7 +21,7 @@ WITH closed AS (
   UPDATE reservations SET closed_at = now(), closed_as = 'committed'
   WHERE id IN (SELECT id FROM reservations
                WHERE customer_id = ('00000000-0000-4000-8000-' || lpad(:c::text, 12, '0'))::uuid
-                 AND closed_at IS NULL LIMIT :batch)
+                 AND closed_at IS NULL LIMIT :batch FOR UPDATE SKIP LOCKED)
   RETURNING id, customer_id)
 INSERT INTO outbox (event_id, customer_id, code, value, fingerprint)
 SELECT 'floor-' || id, customer_id, 'api_calls', 1, '\x00'::bytea FROM closed;
