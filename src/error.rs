@@ -456,6 +456,7 @@ mod tests {
             (ApiError::from(AdmissionError::Unresolved(field.clone())), 422),
             // A state that cannot happen is usage-gate's fault, never the caller's conflict.
             (ApiError::from(AdmissionError::Impossible("an event handed in was not answered")), 500),
+            (ApiError::from(StorageError::impossible("a writer's answer of the wrong kind")), 500),
             (ApiError::from(EndpointError::Invalid(vec![field])), 422),
             (ApiError::from(EndpointError::NoEndpoint(uuid::Uuid::nil())), 404),
             (ApiError::from(InboundError::UnknownSecret), 404),

@@ -296,7 +296,7 @@ impl Admission {
             });
             answers[i] = Some(match (outcome.accepted, outcome.judged, gate) {
                 // Only an event judged against its customer's gate is refused for the limit.
-                (None, Some(judged), Some((customer, lookup))) => {
+                (None, Some(judged), Some((customer, lookup))) if !judged.admitted => {
                     let decision = self.checker.explain_judged(customer, lookup.clone(), &judged);
                     (Admitted::Refused(Box::new(decision)), None)
                 }

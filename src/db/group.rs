@@ -129,7 +129,7 @@ pub async fn write<G: Group>(
 
 /// A write answered fewer requests than it was given: a fault of ours, never a caller's.
 fn unanswered() -> StorageError {
-    StorageError::from(sqlx::Error::Protocol("group commit: a request went unanswered".into()))
+    StorageError::impossible("group commit: a request went unanswered")
 }
 
 /// Writes `requests` together; if that fails while Postgres is reachable, each alone (see

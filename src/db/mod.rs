@@ -124,6 +124,13 @@ impl StorageError {
     pub fn timed_out() -> Self {
         sqlx::Error::PoolTimedOut.into()
     }
+
+    /// A state usage-gate's own code should never reach (a writer's answer missing or of the
+    /// wrong kind): a defect, answered 500 with `what` in the log, never taken for Postgres
+    /// being away.
+    pub fn impossible(what: &'static str) -> Self {
+        Self { kind: FailureKind::Internal, source: std::sync::Arc::new(sqlx::Error::Protocol(what.into())) }
+    }
 }
 
 /// Sorts a sqlx error by what the caller can do about it.

@@ -367,7 +367,7 @@ impl Holds {
 
 /// The writer answers each change with its own kind; another would be a fault of ours.
 fn unanswered() -> StorageError {
-    StorageError::from(sqlx::Error::Protocol("reservations: a change was answered as another kind".into()))
+    StorageError::impossible("reservations: a change was answered as another kind")
 }
 
 #[cfg(test)]
