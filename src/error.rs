@@ -20,8 +20,7 @@ use crate::inbound::InboundError;
 use crate::limits::LimitError;
 use crate::outbox::RetryError;
 use crate::overrides::OverrideError;
-use crate::reservations::IDEMPOTENCY_KEY;
-use crate::reservations::store::Reuse;
+use crate::reservations::{IDEMPOTENCY_KEY, Reuse};
 use crate::webhooks::endpoints::EndpointError;
 
 #[derive(Debug, thiserror::Error)]

@@ -21,8 +21,7 @@ use crate::outbox::IncomingEvent;
 use crate::outbox::store::Accepted;
 use crate::projection::{Code, PendingUsage, Projection};
 use crate::reservations::Ask;
-use crate::reservations::store::{ReservationRow, Reuse};
-use crate::reservations::{Committed, HoldError, Judgement};
+use crate::reservations::{Committed, HoldError, Judgement, Reservation, Reuse};
 use crate::snapshot::Lookup;
 use crate::subscriptions::Subscriptions;
 use ingest::Ingest;
@@ -62,7 +61,7 @@ impl From<HoldError> for AdmissionError {
 /// with the same idempotency key (nothing new held).
 #[derive(Debug)]
 pub struct Held {
-    pub reservation: ReservationRow,
+    pub reservation: Reservation,
     pub decision: Decision,
     pub replayed: bool,
 }
@@ -337,7 +336,7 @@ impl Admission {
                     ..judged.projection
                 };
                 let decision = checker.explain_with(customer, None, lookup, with_hold);
-                Ok(Held { reservation, decision, replayed })
+                Ok(Held { reservation: reservation.into(), decision, replayed })
             }
             Enforcement::Decided(decision) if !decision.allowed => {
                 Err(AdmissionError::OverLimit(Box::new(decision)))
@@ -346,7 +345,7 @@ impl Admission {
             // allows: held as asked (an event's price is unknown: 0), the decision says why.
             Enforcement::Decided(decision) => {
                 let (reservation, replayed) = checker.holds.grant(customer, ask, ttl, actor, key).await?;
-                Ok(Held { reservation, decision, replayed })
+                Ok(Held { reservation: reservation.into(), decision, replayed })
             }
         }
     }

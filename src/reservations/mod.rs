@@ -29,8 +29,8 @@ use crate::enforce::{Gate, Judged};
 use crate::mirror::{self, Mirror, Started};
 use crate::outbox::IncomingEvent;
 use crate::policy::PolicySettings;
-pub use store::Committed;
-use store::{Change, Created, Done, ReservationRow, Reuse};
+use store::{Change, Created, Done, ReservationRow};
+pub use store::{Committed, Reuse};
 use uuid::Uuid;
 
 /// The header a hold is asked for again with (the name its errors give as the field).
