@@ -272,34 +272,10 @@ struct AuditRow {
     details: serde_json::Value,
 }
 
-impl From<AuditRow> for AuditRecord {
-    fn from(row: AuditRow) -> Self {
-        let AuditRow {
-            id,
-            occurred_at,
-            actor,
-            action,
-            customer_id,
-            target_id,
-            outcome,
-            upstream_status,
-            request_id,
-            details,
-        } = row;
-        Self {
-            id,
-            occurred_at,
-            actor,
-            action,
-            customer_id,
-            target_id,
-            outcome,
-            upstream_status,
-            request_id,
-            details,
-        }
-    }
-}
+crate::domain::moved_fields!(AuditRow => AuditRecord {
+    id, occurred_at, actor, action, customer_id, target_id, outcome, upstream_status, request_id,
+    details
+});
 
 /// One record as operators see it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -53,11 +53,7 @@ impl NewLimit {
 
     /// The console's form, as typed: an amount that is not a whole number is named as typed.
     pub fn from_form(amount: &str, action: &str) -> Result<Self, Refused> {
-        let amount = match amount {
-            "" => Value::Null,
-            raw => raw.parse::<i64>().map_or_else(|_| json!(raw), |n| json!(n)),
-        };
-        let action = json!(action);
+        let (amount, action) = (crate::domain::form_number(amount), json!(action));
         parse_new_limit(Some(&amount), Some(&action))
             .map_err(|errors| Refused { given: json!({"amount": amount, "action": action}), errors })
     }
@@ -115,16 +111,7 @@ impl Limits {
     pub async fn refuse(&self, actor: &Actor, customer: CustomerId, refused: Refused) -> LimitError {
         let Refused { mut given, errors } = refused;
         given["errors"] = json!(errors);
-        let entry = Entry {
-            actor: actor.name.clone(),
-            action: "usage_limit.create".into(),
-            customer: Some(customer),
-            target: None,
-            outcome: Outcome::Rejected,
-            upstream_status: None,
-            request_id: actor.request_id.clone(),
-            details: given,
-        };
+        let entry = entry(actor, "usage_limit.create", customer, None, Outcome::Rejected, given);
         if let Err(e) = self.audit.record(&entry).await {
             tracing::error!(action = %entry.action, error = %e, "audit: cannot record a rejected request");
         }
@@ -140,16 +127,8 @@ impl Limits {
         new: NewLimit,
     ) -> Result<Limit, LimitError> {
         let limit = NewUsageLimit { amount: new.amount, action: new.action };
-        let entry = Entry {
-            actor: actor.name.clone(),
-            action: "usage_limit.create".into(),
-            customer: Some(customer),
-            target: None,
-            outcome: Outcome::Pending,
-            upstream_status: None,
-            request_id: actor.request_id.clone(),
-            details: json!({"amount": limit.amount, "action": limit.action.as_str()}),
-        };
+        let details = json!({"amount": limit.amount, "action": limit.action.as_str()});
+        let entry = entry(actor, "usage_limit.create", customer, None, Outcome::Pending, details);
         // Recorded before BillaBear is asked: without Postgres, nothing is done (503).
         let record = self.audit.record(&entry).await?;
         // What exists already, so that if BillaBear's answer never comes the new limit can be told
@@ -183,16 +162,8 @@ impl Limits {
         customer: CustomerId,
         limit: LimitId,
     ) -> Result<(), LimitError> {
-        let entry = Entry {
-            actor: actor.name.clone(),
-            action: "usage_limit.delete".into(),
-            customer: Some(customer),
-            target: Some(limit.to_string()),
-            outcome: Outcome::Pending,
-            upstream_status: None,
-            request_id: actor.request_id.clone(),
-            details: json!({}),
-        };
+        let target = Some(limit.to_string());
+        let entry = entry(actor, "usage_limit.delete", customer, target, Outcome::Pending, json!({}));
         let record = self.audit.record(&entry).await?;
         // BillaBear deletes any limit by id, whoever's it is: check that it is this customer's.
         let limits = match self.billabear.list_usage_limits(customer).await {
@@ -291,6 +262,27 @@ impl Limits {
         if let Err(e) = self.audit.conclude(record, outcome, upstream_status, target, details).await {
             tracing::error!(record, outcome = outcome.as_str(), error = %e, "audit: cannot record an outcome; the record stays pending");
         }
+    }
+}
+
+/// The audit record of `actor`'s change to a customer's limits.
+fn entry(
+    actor: &Actor,
+    action: &str,
+    customer: CustomerId,
+    target: Option<String>,
+    outcome: Outcome,
+    details: Value,
+) -> Entry {
+    Entry {
+        actor: actor.name.clone(),
+        action: action.into(),
+        customer: Some(customer),
+        target,
+        outcome,
+        upstream_status: None,
+        request_id: actor.request_id.clone(),
+        details,
     }
 }
 

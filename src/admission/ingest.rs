@@ -193,7 +193,12 @@ impl Ingest {
     /// (Without a gate nothing is refused for the limit: every event has the outbox's answer.)
     pub async fn accept(&self, events: Vec<IncomingEvent>) -> Result<Vec<Accepted>, StorageError> {
         let outcomes = self.commit(Submitted { events, gates: vec![] }).await?;
-        Ok(outcomes.into_iter().filter_map(|o| o.accepted).collect())
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.accepted.ok_or_else(|| StorageError::impossible("ingest: an event without a gate refused"))
+            })
+            .collect()
     }
 
     /// As [`Ingest::accept`], storing each event with a gate only if it fits under its

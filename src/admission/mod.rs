@@ -72,52 +72,19 @@ impl From<sqlx::Error> for AdmissionError {
     }
 }
 
-/// What became of an event that was not refused for the limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stored {
-    /// Stored now.
-    New,
-    /// Stored before with the same content: nothing was written.
-    Duplicate,
-    /// Stored before with other content under this `event_id`: nothing was written.
-    Conflict,
-    /// Stored before with the same content, and dead (not delivered).
-    Dead,
-    /// Postgres refused a value in it: nothing of it was stored.
-    Invalid,
-}
-
-impl Stored {
-    /// The outbox's answer; none (refused for the limit) is an error here: only an event
-    /// judged against its customer's gate is refused, and that is answered before this.
-    fn from_outbox(accepted: Option<Accepted>) -> Result<Self, AdmissionError> {
-        Ok(match accepted {
-            Some(Accepted::New) => Stored::New,
-            Some(Accepted::Duplicate) => Stored::Duplicate,
-            Some(Accepted::Conflict) => Stored::Conflict,
-            Some(Accepted::Dead) => Stored::Dead,
-            Some(Accepted::Refused) => Stored::Invalid,
-            None => return Err(AdmissionError::Impossible("an event refused without a judgement")),
-        })
-    }
-
-    /// The status a batch's result gives.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stored::New => "accepted",
-            Stored::Duplicate => "duplicate",
-            Stored::Conflict => "conflict",
-            Stored::Dead => "dead",
-            Stored::Invalid => "invalid",
-        }
-    }
+/// The outbox's answer for an event the enforcement passed; none (refused for the limit, not
+/// stored) is an error here: only an event judged against its customer's gate is refused, and
+/// that is answered before this.
+fn answered(accepted: Option<Accepted>) -> Result<Accepted, AdmissionError> {
+    accepted.ok_or(AdmissionError::Impossible("an event refused without a judgement"))
 }
 
 /// What became of one event handed in.
 #[derive(Debug, Clone)]
 pub enum Admitted {
-    /// Stored, or answered as the repeat it is, or refused by Postgres.
-    Stored(Stored),
+    /// Stored, or answered as the repeat it is (duplicate, conflict, dead), or refused by
+    /// Postgres (`Accepted::Refused`).
+    Stored(Accepted),
     /// Enforced and over the limit: not stored. The decision it was judged by.
     Refused(Box<Decision>),
 }
@@ -137,7 +104,7 @@ const UNANSWERED: &str = "an event handed in was not answered";
 /// names a customer whose snapshot is cached; never fetched for this answer).
 #[derive(Debug)]
 pub struct EventAdmitted {
-    pub stored: Stored,
+    pub stored: Accepted,
     pub decision: Option<Decision>,
 }
 
@@ -209,7 +176,7 @@ impl Admission {
             // (its first copy is in the projection); this event is added if it was stored now.
             (Some(For { customer, lookup, judged }), _) if matches!(target, Target::Customer(_)) => {
                 let mut projection = judged.projection;
-                if stored == Stored::New {
+                if stored == Accepted::New {
                     projection.pending = projection.pending.saturating_add(judged.cost);
                     projection.pending_events += 1;
                 }
@@ -219,7 +186,7 @@ impl Admission {
             // copy holds its first copy, so Postgres says what is pending.
             (None, Some((customer, mut pending, this))) => {
                 match stored {
-                    Stored::New => pending.extend(this),
+                    Accepted::New => pending.extend(this),
                     _ => pending = self.checker.pending.current(target).await.unwrap_or(pending),
                 }
                 self.checker.decision_with_pending(customer, &pending)
@@ -255,10 +222,7 @@ impl Admission {
             if accepted.len() != count {
                 return Err(AdmissionError::Impossible(UNANSWERED));
             }
-            return accepted
-                .into_iter()
-                .map(|a| Ok((Admitted::Stored(Stored::from_outbox(Some(a))?), None)))
-                .collect();
+            return Ok(accepted.into_iter().map(|a| (Admitted::Stored(a), None)).collect());
         }
         // One lookup per customer; a fallback decision refuses or admits all its events. foldhash,
         // as for the other maps on a request's path.
@@ -301,9 +265,9 @@ impl Admission {
                 }
                 (accepted, Some(judged), Some((customer, lookup))) => {
                     let judged = For { customer, lookup: lookup.clone(), judged };
-                    (Admitted::Stored(Stored::from_outbox(accepted)?), Some(judged))
+                    (Admitted::Stored(answered(accepted)?), Some(judged))
                 }
-                (accepted, ..) => (Admitted::Stored(Stored::from_outbox(accepted)?), None),
+                (accepted, ..) => (Admitted::Stored(answered(accepted)?), None),
             });
         }
         answers.into_iter().map(|a| a.ok_or(AdmissionError::Impossible(UNANSWERED))).collect()
@@ -377,10 +341,10 @@ mod tests {
 
     #[test]
     fn a_refusal_without_its_judgement_is_an_error_not_a_stored_outcome() {
-        assert!(matches!(Stored::from_outbox(None), Err(AdmissionError::Impossible(_))));
+        assert!(matches!(answered(None), Err(AdmissionError::Impossible(_))));
         let statuses =
             [Accepted::New, Accepted::Duplicate, Accepted::Conflict, Accepted::Dead, Accepted::Refused]
-                .map(|a| Stored::from_outbox(Some(a)).map(Stored::as_str).unwrap());
+                .map(|a| answered(Some(a)).map(Accepted::as_str).unwrap());
         assert_eq!(statuses, ["accepted", "duplicate", "conflict", "dead", "invalid"]);
     }
 }

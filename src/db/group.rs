@@ -91,6 +91,8 @@ impl Dedicated {
                 .map_err(|_| StorageError::timed_out())??;
             self.conn = Some(connected);
         }
+        // Always Some here; matching on `&mut self.conn` and inserting in the None arm is what
+        // the borrow checker refuses.
         self.conn.as_mut().ok_or_else(StorageError::timed_out)
     }
 }

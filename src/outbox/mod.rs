@@ -18,6 +18,7 @@ pub use store::Accepted;
 use std::time::Duration;
 
 use sqlx::PgPool;
+use store::OutboxRow;
 use uuid::Uuid;
 
 use crate::audit::Actor;
@@ -69,42 +70,10 @@ pub struct OutboxEvent {
     pub delivered_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-impl From<store::OutboxRow> for OutboxEvent {
-    fn from(row: store::OutboxRow) -> Self {
-        let store::OutboxRow {
-            id,
-            event_id,
-            subscription_id,
-            customer_id,
-            code,
-            value,
-            properties,
-            status,
-            attempts,
-            next_attempt_at,
-            last_error,
-            upstream_status,
-            received_at,
-            delivered_at,
-        } = row;
-        Self {
-            id,
-            event_id,
-            subscription_id,
-            customer_id,
-            code,
-            value,
-            properties,
-            status,
-            attempts,
-            next_attempt_at,
-            last_error,
-            upstream_status,
-            received_at,
-            delivered_at,
-        }
-    }
-}
+crate::domain::moved_fields!(OutboxRow => OutboxEvent {
+    id, event_id, subscription_id, customer_id, code, value, properties, status, attempts,
+    next_attempt_at, last_error, upstream_status, received_at, delivered_at
+});
 
 /// A customer's events not yet delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -101,40 +101,10 @@ pub struct OverrideRecord {
     pub end_reason: Option<String>,
 }
 
-impl From<OverrideRow> for OverrideRecord {
-    fn from(row: OverrideRow) -> Self {
-        let OverrideRow {
-            id,
-            customer_id,
-            effect,
-            amount,
-            reason,
-            created_at,
-            created_by,
-            expires_at,
-            active,
-            ended_at,
-            ended_as,
-            ended_by,
-            end_reason,
-        } = row;
-        Self {
-            id,
-            customer_id,
-            effect,
-            amount,
-            reason,
-            created_at,
-            created_by,
-            expires_at,
-            active,
-            ended_at,
-            ended_as,
-            ended_by,
-            end_reason,
-        }
-    }
-}
+crate::domain::moved_fields!(OverrideRow => OverrideRecord {
+    id, customer_id, effect, amount, reason, created_at, created_by, expires_at, active, ended_at,
+    ended_as, ended_by, end_reason
+});
 
 /// A new override, parsed from the API's body or the console's form.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,7 +139,7 @@ impl NewOverride {
         let mut body = serde_json::json!({"effect": effect, "reason": reason, "expires_at": expires_at});
         // The form always has an amount box: an empty one is no amount (only `raise` takes one).
         if !amount.is_empty() {
-            body["amount"] = amount.parse::<i64>().map_or_else(|_| serde_json::json!(amount), |n| n.into());
+            body["amount"] = crate::domain::form_number(amount);
         }
         parse_new(&body, now)
     }

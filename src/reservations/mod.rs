@@ -166,34 +166,9 @@ pub struct Reservation {
     pub closed_as: Option<String>,
 }
 
-impl From<ReservationRow> for Reservation {
-    fn from(row: ReservationRow) -> Self {
-        let ReservationRow {
-            id,
-            customer_id,
-            amount,
-            code,
-            value,
-            created_at,
-            expires_at,
-            created_by,
-            closed_at,
-            closed_as,
-        } = row;
-        Self {
-            id,
-            customer_id,
-            amount,
-            code,
-            value,
-            created_at,
-            expires_at,
-            created_by,
-            closed_at,
-            closed_as,
-        }
-    }
-}
+crate::domain::moved_fields!(ReservationRow => Reservation {
+    id, customer_id, amount, code, value, created_at, expires_at, created_by, closed_at, closed_as
+});
 
 /// An open hold as a check counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,11 +6,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::batch_items;
-use crate::admission::{Admission, Admitted, EventAdmitted, Stored};
+use crate::admission::{Admission, Admitted, EventAdmitted};
 use crate::check::Decision;
 use crate::domain::FieldError;
 use crate::error::ApiError;
-use crate::outbox::IncomingEvent;
+use crate::outbox::{Accepted, IncomingEvent};
 
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 pub struct EventQuery {
@@ -55,15 +55,15 @@ pub async fn post_event(
     let event_id = event.event_id.to_string();
     let EventAdmitted { stored, decision } = admission.event(event, query.enforce).await?;
     match stored {
-        Stored::New => {
+        Accepted::New => {
             Ok(HttpResponse::Accepted().json(EventAnswer { status: "accepted", event_id, decision }))
         }
-        Stored::Duplicate => {
+        Accepted::Duplicate => {
             Ok(HttpResponse::Ok().json(EventAnswer { status: "duplicate", event_id, decision }))
         }
-        Stored::Dead => Err(dead(&event_id)),
-        Stored::Invalid => Err(ApiError::invalid_field("body", REFUSED)),
-        Stored::Conflict => Err(conflict(&event_id)),
+        Accepted::Dead => Err(dead(&event_id)),
+        Accepted::Refused => Err(ApiError::invalid_field("body", REFUSED)),
+        Accepted::Conflict => Err(conflict(&event_id)),
     }
 }
 
@@ -173,7 +173,7 @@ pub async fn post_batch(
         let event_id = items[i].get("event_id").cloned();
         results[i] = Some(match admitted {
             Admitted::Refused(decision) => BatchItemResult::refused(event_id, *decision),
-            Admitted::Stored(Stored::Invalid) => BatchItemResult::new(
+            Admitted::Stored(Accepted::Refused) => BatchItemResult::new(
                 event_id,
                 "invalid",
                 vec![FieldError::new(format!("events[{i}]"), REFUSED)],
@@ -231,10 +231,10 @@ pub async fn post_billabear_event(
     };
     let event_id = event.event_id.to_string();
     match admission.event(event, false).await?.stored {
-        Stored::New | Stored::Duplicate => Ok(HttpResponse::Created().finish()),
-        Stored::Dead => Err(dead(&event_id)),
-        Stored::Invalid => Ok(billabear_errors(vec![FieldError::new("body", REFUSED)])),
-        Stored::Conflict => Err(conflict(&event_id)),
+        Accepted::New | Accepted::Duplicate => Ok(HttpResponse::Created().finish()),
+        Accepted::Dead => Err(dead(&event_id)),
+        Accepted::Refused => Ok(billabear_errors(vec![FieldError::new("body", REFUSED)])),
+        Accepted::Conflict => Err(conflict(&event_id)),
     }
 }
 

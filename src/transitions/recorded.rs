@@ -22,11 +22,6 @@ pub struct CustomerRow {
     pub observed_at: DateTime<Utc>,
 }
 
-/// How many customers have each status.
-async fn status_counts(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT status, count(*) FROM customer_decisions GROUP BY status").fetch_all(pool).await
-}
-
 /// Which customers to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CustomerFilter {
@@ -34,45 +29,6 @@ pub struct CustomerFilter {
     pub status: Option<String>,
     /// The start of the customer id (lowercase hex and dashes), or all of it.
     pub id_prefix: Option<String>,
-}
-
-/// A page of customers, closest to (or furthest over) its lowest DISABLE limit first. A page
-/// scans the table (about 0.1 to 0.3 s at a million customers); a whole id is looked up by key.
-async fn customers(
-    pool: &PgPool,
-    filter: &CustomerFilter,
-    offset: i64,
-    limit: i64,
-) -> Result<Vec<CustomerRow>, sqlx::Error> {
-    if let Some(id) = filter.id_prefix.as_deref().and_then(|p| CustomerId::parse(p).ok()) {
-        let found = customer(pool, id).await?;
-        let wanted = |row: &CustomerRow| filter.status.as_deref().is_none_or(|s| row.status == s);
-        return Ok(found.filter(wanted).into_iter().skip(offset as usize).take(limit as usize).collect());
-    }
-    sqlx::query_as(
-        "SELECT customer_id, status, estimate, currency, disable_limit, reasons, changed_at, observed_at
-         FROM customer_decisions
-         WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR customer_id::text LIKE $2 || '%')
-         ORDER BY estimate::float8 / NULLIF(disable_limit, 0) DESC NULLS LAST, changed_at DESC, customer_id
-         OFFSET $3 LIMIT $4",
-    )
-    .bind(&filter.status)
-    .bind(&filter.id_prefix)
-    .bind(offset)
-    .bind(limit)
-    .fetch_all(pool)
-    .await
-}
-
-/// One customer's row, if usage-gate has recorded a decision for it.
-async fn customer(pool: &PgPool, customer: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT customer_id, status, estimate, currency, disable_limit, reasons, changed_at, observed_at
-         FROM customer_decisions WHERE customer_id = $1",
-    )
-    .bind(customer.as_uuid())
-    .fetch_optional(pool)
-    .await
 }
 
 /// One recorded observation of a customer's usage.
@@ -83,25 +39,6 @@ pub struct Sample {
     pub estimate: i64,
     pub currency: String,
     pub disable_limit: Option<i64>,
-}
-
-/// The customer's observations since `since`, oldest first (at most 2,000: about a hundred
-/// periods of bands).
-async fn samples(
-    pool: &PgPool,
-    customer: CustomerId,
-    since: DateTime<Utc>,
-) -> Result<Vec<Sample>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT observed_at, status, estimate, currency, disable_limit FROM (
-             SELECT * FROM usage_samples WHERE customer_id = $1 AND observed_at >= $2
-             ORDER BY observed_at DESC LIMIT 2000) newest
-         ORDER BY observed_at",
-    )
-    .bind(customer.as_uuid())
-    .bind(since)
-    .fetch_all(pool)
-    .await
 }
 
 /// The one door for reading what transitions recorded. Cheap to clone.
@@ -117,26 +54,66 @@ impl Recorded {
 
     /// How many customers have each status.
     pub async fn status_counts(&self) -> Result<Vec<(String, i64)>, sqlx::Error> {
-        status_counts(&self.pool).await
+        sqlx::query_as("SELECT status, count(*) FROM customer_decisions GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
     }
 
-    /// A page of customers, closest to (or furthest over) its lowest DISABLE limit first.
+    /// A page of customers, closest to (or furthest over) its lowest DISABLE limit first. A page
+    /// scans the table (about 0.1 to 0.3 s at a million customers); a whole id is looked up by key.
     pub async fn customers(
         &self,
         filter: &CustomerFilter,
         offset: i64,
         limit: i64,
     ) -> Result<Vec<CustomerRow>, sqlx::Error> {
-        customers(&self.pool, filter, offset, limit).await
+        if let Some(id) = filter.id_prefix.as_deref().and_then(|p| CustomerId::parse(p).ok()) {
+            let found = self.customer(id).await?;
+            let wanted = |row: &CustomerRow| filter.status.as_deref().is_none_or(|s| row.status == s);
+            return Ok(found.filter(wanted).into_iter().skip(offset as usize).take(limit as usize).collect());
+        }
+        sqlx::query_as(
+            "SELECT customer_id, status, estimate, currency, disable_limit, reasons, changed_at, observed_at
+             FROM customer_decisions
+             WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR customer_id::text LIKE $2 || '%')
+             ORDER BY estimate::float8 / NULLIF(disable_limit, 0) DESC NULLS LAST, changed_at DESC, customer_id
+             OFFSET $3 LIMIT $4",
+        )
+        .bind(&filter.status)
+        .bind(&filter.id_prefix)
+        .bind(offset)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
     }
 
     /// One customer's row, if usage-gate has recorded a decision for it.
-    pub async fn customer(&self, id: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
-        customer(&self.pool, id).await
+    pub async fn customer(&self, customer: CustomerId) -> Result<Option<CustomerRow>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT customer_id, status, estimate, currency, disable_limit, reasons, changed_at, observed_at
+             FROM customer_decisions WHERE customer_id = $1",
+        )
+        .bind(customer.as_uuid())
+        .fetch_optional(&self.pool)
+        .await
     }
 
-    /// The customer's observations since `since`, oldest first (at most 2,000).
-    pub async fn samples(&self, id: CustomerId, since: DateTime<Utc>) -> Result<Vec<Sample>, sqlx::Error> {
-        samples(&self.pool, id, since).await
+    /// The customer's observations since `since`, oldest first (at most 2,000: about a hundred
+    /// periods of bands).
+    pub async fn samples(
+        &self,
+        customer: CustomerId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<Sample>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT observed_at, status, estimate, currency, disable_limit FROM (
+                 SELECT * FROM usage_samples WHERE customer_id = $1 AND observed_at >= $2
+                 ORDER BY observed_at DESC LIMIT 2000) newest
+             ORDER BY observed_at",
+        )
+        .bind(customer.as_uuid())
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
     }
 }

@@ -39,32 +39,10 @@ pub struct Endpoint {
     pub disabled_reason: Option<String>,
 }
 
-impl From<EndpointRow> for Endpoint {
-    fn from(row: EndpointRow) -> Self {
-        let EndpointRow {
-            id,
-            url,
-            event_types,
-            description,
-            created_at,
-            created_by,
-            previous_secret_until,
-            disabled_at,
-            disabled_reason,
-        } = row;
-        Self {
-            id,
-            url,
-            event_types,
-            description,
-            created_at,
-            created_by,
-            previous_secret_until,
-            disabled_at,
-            disabled_reason,
-        }
-    }
-}
+crate::domain::moved_fields!(EndpointRow => Endpoint {
+    id, url, event_types, description, created_at, created_by, previous_secret_until, disabled_at,
+    disabled_reason
+});
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Created {
@@ -97,32 +75,10 @@ pub struct Message {
     pub attempts: serde_json::Value,
 }
 
-impl From<MessageRow> for Message {
-    fn from(row: MessageRow) -> Self {
-        let MessageRow {
-            id,
-            event_type,
-            customer_id,
-            status,
-            created_at,
-            next_attempt_at,
-            delivered_at,
-            payload,
-            attempts,
-        } = row;
-        Self {
-            id,
-            event_type,
-            customer_id,
-            status,
-            created_at,
-            next_attempt_at,
-            delivered_at,
-            payload,
-            attempts,
-        }
-    }
-}
+crate::domain::moved_fields!(MessageRow => Message {
+    id, event_type, customer_id, status, created_at, next_attempt_at, delivered_at, payload,
+    attempts
+});
 
 // The query builds the attempts as JSON; this type is their schema in the OpenAPI document.
 /// One delivery attempt of a message.
