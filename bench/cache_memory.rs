@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use secrecy::SecretString;
 use usage_gate::billabear::BillaBearClient;
 use usage_gate::cache::SnapshotCache;
-use usage_gate::config::{RawApiKey, RawSettings};
+use usage_gate::config::{KeySettings, Settings};
 use usage_gate::domain::Currency;
 use usage_gate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, SubscriptionId};
 use usage_gate::policy::Limit;
@@ -64,10 +64,10 @@ fn main() {
 }
 
 fn fill_compact(n: u64) -> u64 {
-    let mut raw = RawSettings::defaults();
+    let mut raw = Settings::defaults();
     raw.billabear.api_key = SecretString::from("unused");
     raw.cache.max_customers = n;
-    raw.auth.keys = vec![RawApiKey {
+    raw.auth.keys = vec![KeySettings {
         name: "bench".into(),
         key: Some(SecretString::from("bench-key-0123456789")),
         sha256: None,

@@ -487,7 +487,7 @@ mod tests {
     #[test]
     fn no_snapshot_or_an_unavailable_marker_is_the_fallback_policy() {
         let id = CustomerId::new_v4();
-        let closed = PolicySettings { fail_mode: FailMode::Closed, ..PolicySettings::default() };
+        let closed = PolicySettings { fail_mode: FailMode::Closed.into(), ..PolicySettings::default() };
         for lookup in [Lookup::fallback(false), lookup(SnapshotData::Unavailable, 10, Source::Cache)] {
             let d = explain(id, Some(5), lookup, counted, None, &closed, NOW);
             assert_eq!(

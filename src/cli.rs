@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{ConfigError, LogFormat, LogSettings, RawSettings};
+use crate::config::{ConfigError, LogFormat, LogSettings, Settings};
 use crate::sim::{Seed, SimConfig, SimServer};
 use crate::startup::Application;
 use crate::{db, demo, telemetry};
@@ -98,7 +98,7 @@ async fn execute(cli: Cli) -> ExitCode {
         };
         return report(run_sim(address, config, seed).await);
     }
-    let raw = match RawSettings::load(&cli.config) {
+    let raw = match Settings::load(&cli.config) {
         Ok(raw) => raw,
         Err(e) => return config_failure(e),
     };
@@ -134,7 +134,7 @@ async fn execute(cli: Cli) -> ExitCode {
         }
         _ => {
             telemetry::init_tracing(&settings.log);
-            let address = settings.server.address;
+            let address = *settings.server.address;
             let result = async {
                 let app = Application::build(settings).await?;
                 tracing::info!(%address, "usage-gate listening");
@@ -158,7 +158,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 /// `config.seed` is replaced by `seed` (a file) or the built-in seed.
 async fn run_sim(address: SocketAddr, mut config: SimConfig, seed: Option<PathBuf>) -> anyhow::Result<()> {
-    telemetry::init_tracing(&LogSettings { format: LogFormat::Auto, level: "info".into() });
+    telemetry::init_tracing(&LogSettings { format: LogFormat::Auto.into(), level: "info".into() });
     if config.api_key.is_empty() {
         anyhow::bail!("--api-key must not be empty");
     }

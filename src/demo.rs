@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{RawApiKey, RawSettings};
+use crate::config::{KeySettings, Settings};
 use crate::sim::{Seed, SimConfig, SimServer};
 use crate::startup::Application;
 use crate::telemetry;
@@ -18,7 +18,7 @@ pub const DEMO_KEY: &str = "demo-key-change-me";
 /// The webhook secret the demo sets when the configuration has none.
 const DEMO_WEBHOOK_SECRET: &str = "demo-webhook-secret";
 
-pub async fn run(mut raw: RawSettings, sim_address: SocketAddr) -> anyhow::Result<()> {
+pub async fn run(mut raw: Settings, sim_address: SocketAddr) -> anyhow::Result<()> {
     let listener = TcpListener::bind(sim_address)
         .map_err(|e| anyhow::anyhow!("cannot start the simulator on {sim_address} (--sim-address): {e}"))?;
     // A 10 s counter tick instead of BillaBear's 60 s, so sent events show up sooner.
@@ -32,11 +32,11 @@ pub async fn run(mut raw: RawSettings, sim_address: SocketAddr) -> anyhow::Resul
             webhook_url: None,
         },
     )?;
-    raw.billabear.base_url = sim.base_url();
+    raw.billabear.base_url = sim.base_url().into();
     raw.billabear.api_key = SecretString::from(SIM_KEY);
     let demo_key = raw.auth.keys.is_empty();
     if demo_key {
-        raw.auth.keys.push(RawApiKey {
+        raw.auth.keys.push(KeySettings {
             name: "demo".into(),
             key: Some(SecretString::from(DEMO_KEY)),
             sha256: None,

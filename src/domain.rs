@@ -4,9 +4,10 @@
 //! a cache holding a million customers.
 
 use std::fmt;
+use std::ops::Deref;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 /// Why a value could not be parsed; the message is shown to callers as the field's error.
@@ -399,6 +400,131 @@ pub fn form_number(raw: &str) -> serde_json::Value {
     match raw {
         "" => serde_json::Value::Null,
         raw => raw.parse::<i64>().map_or_else(|_| raw.into(), Into::into),
+    }
+}
+
+/// A kind of value written as text (in a setting), with what the writer reads when the text is
+/// not one.
+pub trait FromText: Sized {
+    fn from_text(text: &str) -> Result<Self, String>;
+    /// Stands in for text that did not parse; never used, since validation then fails.
+    fn stand_in() -> Self;
+    /// The text this value is written as (for a value set in code).
+    fn to_text(&self) -> String;
+}
+
+/// [`FromText`] for an enum written as one of a few words:
+/// `written_as!(Mode { "enforce" => Enforce, "shadow" => Shadow })` reads "enforce" or "shadow",
+/// and refuses anything else with "must be enforce or shadow, got …".
+#[macro_export]
+macro_rules! written_as {
+    ($ty:ident { $($text:literal => $variant:ident),+ $(,)? }) => {
+        impl $crate::domain::FromText for $ty {
+            fn from_text(s: &str) -> Result<Self, String> {
+                match s {
+                    $($text => Ok($ty::$variant),)+
+                    _ => Err(format!("must be {}, got {s:?}", $crate::domain::one_of(&[$($text),+]))),
+                }
+            }
+            fn stand_in() -> Self {
+                [$($ty::$variant),+][0]
+            }
+            fn to_text(&self) -> String {
+                match self {
+                    $($ty::$variant => $text.to_owned(),)+
+                }
+            }
+        }
+    };
+}
+
+/// "a", "a or b", "a, b or c".
+pub fn one_of(words: &[&str]) -> String {
+    match words {
+        [] => String::new(),
+        [one] => (*one).to_owned(),
+        [rest @ .., last] => format!("{} or {last}", rest.join(", ")),
+    }
+}
+
+/// A value parsed from its text when it is read (a setting, by serde). Text that does not parse
+/// is kept with why, for the reader to report where it was written, beside every other problem:
+/// `config`'s `validate` names the setting's key (a serde error would stop the load at the first).
+#[derive(Clone)]
+pub struct Parsed<T> {
+    value: T,
+    text: String,
+    problem: Option<String>,
+}
+
+impl<T: FromText> Parsed<T> {
+    pub fn new(text: impl Into<String>) -> Self {
+        let text = text.into();
+        match T::from_text(&text) {
+            Ok(value) => Self { value, text, problem: None },
+            Err(problem) => Self { value: T::stand_in(), text, problem: Some(problem) },
+        }
+    }
+}
+
+impl<T> Parsed<T> {
+    /// As written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Why the text is not a value of its kind, if it is not.
+    pub fn problem(&self) -> Option<&str> {
+        self.problem.as_deref()
+    }
+}
+
+impl<T> Deref for Parsed<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: FromText> From<T> for Parsed<T> {
+    fn from(value: T) -> Self {
+        Self { text: value.to_text(), value, problem: None }
+    }
+}
+
+impl<T: FromText> From<&str> for Parsed<T> {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl<T: FromText> From<String> for Parsed<T> {
+    fn from(text: String) -> Self {
+        Self::new(text)
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Parsed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.value.fmt(f)
+    }
+}
+
+impl<T: PartialEq> PartialEq for Parsed<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl<T> Serialize for Parsed<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de, T: FromText> Deserialize<'de> for Parsed<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self::new)
     }
 }
 

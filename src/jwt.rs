@@ -64,6 +64,10 @@ impl TokenError {
 /// Verifies tokens; cheap to share (`Arc`).
 pub struct Verifier {
     settings: JwtSettings,
+    /// Where the keys come from (`settings`' source).
+    source: JwtKeys,
+    /// The algorithms tokens may be signed with.
+    algorithms: Vec<jsonwebtoken::Algorithm>,
     keys: RwLock<Keys>,
     client: reqwest::Client,
     /// When the JWKS was last fetched because of an unknown key id.
@@ -112,7 +116,8 @@ impl Verifier {
     /// fresh in the background. Fails if no key can be loaded.
     pub async fn start(settings: JwtSettings) -> anyhow::Result<Arc<Self>> {
         let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?;
-        let keys = match &settings.keys {
+        let source = settings.keys().ok_or_else(|| anyhow::anyhow!("gate.jwt: no key source"))?;
+        let keys = match &source {
             JwtKeys::Hs(secret) => Keys {
                 unnamed: vec![DecodingKey::from_secret(secret.expose_secret().as_bytes())],
                 ..Keys::default()
@@ -130,12 +135,14 @@ impl Verifier {
         };
         anyhow::ensure!(!keys.by_kid.is_empty() || !keys.unnamed.is_empty(), "gate.jwt: no usable key");
         let verifier = Arc::new(Self {
+            algorithms: settings.accepted(),
             settings,
+            source,
             keys: RwLock::new(keys),
             client,
             refreshed_for_unknown: Mutex::new(None),
         });
-        if let JwtKeys::JwksUrl { every, .. } = &verifier.settings.keys {
+        if let JwtKeys::JwksUrl { every, .. } = &verifier.source {
             let (weak, every) = (Arc::downgrade(&verifier), *every);
             tokio::spawn(async move {
                 loop {
@@ -150,7 +157,7 @@ impl Verifier {
 
     /// Fetches the JWKS again; on failure the keys stay as they were.
     async fn refresh(&self) {
-        let JwtKeys::JwksUrl { url, .. } = &self.settings.keys else { return };
+        let JwtKeys::JwksUrl { url, .. } = &self.source else { return };
         match fetch(&self.client, url).await {
             Ok(set) => *self.keys.write().expect("keys lock") = Keys::from_set(&set),
             Err(e) => tracing::warn!(error = %e, "jwt: cannot refresh the JWKS; keeping the keys it had"),
@@ -160,7 +167,7 @@ impl Verifier {
     /// The customer the token is for, if it verifies.
     pub async fn customer(&self, token: &str) -> Result<CustomerId, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
-        if !self.settings.algorithms.contains(&header.alg) {
+        if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::Algorithm);
         }
         let claims = match self.verify(token, header.alg, header.kid.as_deref()) {
@@ -179,7 +186,7 @@ impl Verifier {
     }
 
     fn may_refresh_for_unknown(&self) -> bool {
-        if !matches!(self.settings.keys, JwtKeys::JwksUrl { .. }) {
+        if !matches!(self.source, JwtKeys::JwksUrl { .. }) {
             return false;
         }
         let mut last = self.refreshed_for_unknown.lock().expect("refresh lock");

@@ -6,9 +6,9 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
-use crate::domain::{LimitAction, LimitId};
+use crate::domain::{LimitAction, LimitId, Parsed};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -30,21 +30,29 @@ pub enum UnknownCustomer {
     Allow,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+// How the policy's words are written (in `[policy]`).
+crate::written_as!(Mode { "enforce" => Enforce, "shadow" => Shadow });
+crate::written_as!(FailMode { "open" => Open, "closed" => Closed });
+crate::written_as!(UnknownCustomer { "deny" => Deny, "allow" => Allow });
+
+/// The `[policy]` section (its words and checks: `config::policy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PolicySettings {
-    pub mode: Mode,
-    pub fail_mode: FailMode,
-    pub unknown_customer: UnknownCustomer,
+    pub mode: Parsed<Mode>,
+    pub fail_mode: Parsed<FailMode>,
+    pub unknown_customer: Parsed<UnknownCustomer>,
     /// `near_limit` from this share of the lowest DISABLE limit.
     pub near_limit_ratio: f64,
 }
 
+/// The same as `config/default.toml`'s (a config test holds them together).
 impl Default for PolicySettings {
     fn default() -> Self {
         Self {
-            mode: Mode::Enforce,
-            fail_mode: FailMode::Open,
-            unknown_customer: UnknownCustomer::Deny,
+            mode: Mode::Enforce.into(),
+            fail_mode: FailMode::Open.into(),
+            unknown_customer: UnknownCustomer::Deny.into(),
             near_limit_ratio: 0.9,
         }
     }
@@ -356,14 +364,14 @@ fn judge(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -> Raw
 
 /// BillaBear answered 404 for the customer.
 pub fn unknown_customer(effect: Option<Effect>, settings: &PolicySettings) -> Verdict {
-    let allowed = settings.unknown_customer == UnknownCustomer::Allow;
+    let allowed = *settings.unknown_customer == UnknownCustomer::Allow;
     let truth = Raw { allowed, status: Status::Unknown, reasons: [Reason::CustomerNotFound].into() };
     settle(truth, effect, None, settings)
 }
 
 /// BillaBear unreachable (or not asked, `why` says) and nothing usable cached.
 pub fn upstream_unavailable(why: Reason, effect: Option<Effect>, settings: &PolicySettings) -> Verdict {
-    let allowed = settings.fail_mode == FailMode::Open;
+    let allowed = *settings.fail_mode == FailMode::Open;
     settle(Raw { allowed, status: Status::Unknown, reasons: [why].into() }, effect, None, settings)
 }
 
@@ -390,7 +398,7 @@ fn settle(truth: Raw, effect: Option<Effect>, raised: Option<Raw>, settings: &Po
 }
 
 fn apply_mode(allowed: bool, status: Status, reasons: Reasons, settings: &PolicySettings) -> Verdict {
-    match settings.mode {
+    match *settings.mode {
         Mode::Enforce => Verdict { allowed, status, reasons, would_block: None },
         Mode::Shadow => Verdict { allowed: true, status, reasons, would_block: Some(!allowed) },
     }
@@ -477,7 +485,7 @@ mod tests {
 
     #[test]
     fn shadow_mode_allows_everything_and_tells_the_truth() {
-        let settings = PolicySettings { mode: Mode::Shadow, ..PolicySettings::default() };
+        let settings = PolicySettings { mode: Mode::Shadow.into(), ..PolicySettings::default() };
         for row in ROWS {
             let limits = limits(row.limits);
             let usage = Usage {
@@ -496,7 +504,7 @@ mod tests {
     #[test]
     fn unknown_customers_follow_the_unknown_customer_setting() {
         let deny = PolicySettings::default();
-        let allow = PolicySettings { unknown_customer: UnknownCustomer::Allow, ..deny };
+        let allow = PolicySettings { unknown_customer: UnknownCustomer::Allow.into(), ..deny.clone() };
         for (settings, allowed) in [(deny, false), (allow, true)] {
             let v = unknown_customer(None, &settings);
             assert_eq!((v.allowed, v.status), (allowed, Status::Unknown));
@@ -507,7 +515,7 @@ mod tests {
     #[test]
     fn fallback_follows_the_fail_mode() {
         let open = PolicySettings::default();
-        let closed = PolicySettings { fail_mode: FailMode::Closed, ..open };
+        let closed = PolicySettings { fail_mode: FailMode::Closed.into(), ..open.clone() };
         for (settings, allowed) in [(open, true), (closed, false)] {
             for why in [UpstreamUnavailable, UpstreamBudgetExhausted] {
                 let v = upstream_unavailable(why, None, &settings);
@@ -515,8 +523,11 @@ mod tests {
                 assert_eq!(v.reasons.iter().collect::<Vec<_>>(), [why]);
             }
         }
-        let shadow =
-            PolicySettings { mode: Mode::Shadow, fail_mode: FailMode::Closed, ..PolicySettings::default() };
+        let shadow = PolicySettings {
+            mode: Mode::Shadow.into(),
+            fail_mode: FailMode::Closed.into(),
+            ..PolicySettings::default()
+        };
         assert_eq!(upstream_unavailable(UpstreamUnavailable, None, &shadow).would_block, Some(true));
         assert!(upstream_unavailable(UpstreamUnavailable, None, &shadow).allowed);
     }

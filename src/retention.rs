@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::config::RetentionSettings;
+use crate::config::{RetentionSettings, Settings};
 use crate::db;
 
 /// Rows per statement.
@@ -82,23 +82,40 @@ pub fn pruned(table: &'static str, rows: u64) {
     metrics::counter!("usage_gate_pruned_rows_total", "table" => table).increment(rows);
 }
 
-/// The rules in force and their windows; a window of None keeps every row.
-fn rules(settings: &RetentionSettings) -> [(&'static Rule, Option<Duration>); 8] {
-    [
-        (&RESERVATIONS, settings.reservations),
-        (&OVERRIDES, settings.overrides),
-        (&COUNTERS, settings.billabear_counters),
-        (&DECISIONS, settings.customer_decisions),
-        (&AUDIT, settings.audit),
-        (&WEBHOOK_MESSAGES, settings.webhook_messages),
-        (&CONSOLE_SESSIONS, settings.console_sessions),
-        (&USAGE_SAMPLES, settings.usage_samples),
-    ]
+/// What a round prunes: the rules in force and their windows (a window of None keeps every
+/// row), from `[retention]` and, for the webhooks' messages and the console's rows, their own
+/// sections.
+#[derive(Clone)]
+pub struct Plan {
+    rules: [(&'static Rule, Option<Duration>); 8],
+    interval: Duration,
+    vacuum: bool,
+}
+
+impl Plan {
+    pub fn new(settings: &Settings) -> Self {
+        let RetentionSettings { interval, vacuum, .. } = settings.retention;
+        let kept = &settings.retention;
+        Self {
+            rules: [
+                (&RESERVATIONS, kept.reservations.window()),
+                (&OVERRIDES, kept.overrides.window()),
+                (&COUNTERS, kept.billabear_counters.window()),
+                (&DECISIONS, kept.customer_decisions.window()),
+                (&AUDIT, kept.audit.window()),
+                (&WEBHOOK_MESSAGES, Some(settings.outbound_webhooks.retention.duration())),
+                (&CONSOLE_SESSIONS, Some(settings.console.session_idle)),
+                (&USAGE_SAMPLES, Some(settings.console.history.duration())),
+            ],
+            interval,
+            vacuum,
+        }
+    }
 }
 
 /// Starts pruning on this replica, the first round one interval after start-up (replicas
 /// started together by a rollout do not all prune and vacuum at once); runs until aborted.
-pub fn spawn(pool: PgPool, settings: RetentionSettings) -> tokio::task::AbortHandle {
+pub fn spawn(pool: PgPool, settings: Plan) -> tokio::task::AbortHandle {
     let period = settings.interval;
     tokio::spawn(async move {
         tokio::time::sleep(period).await;
@@ -113,13 +130,10 @@ pub fn spawn(pool: PgPool, settings: RetentionSettings) -> tokio::task::AbortHan
 
 /// One round: every table's rows past its window, unless another replica is pruning now.
 /// Returns the rows removed per table.
-pub async fn prune(
-    pool: &PgPool,
-    settings: &RetentionSettings,
-) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
+pub async fn prune(pool: &PgPool, settings: &Plan) -> Result<Vec<(&'static str, u64)>, sqlx::Error> {
     let removed = db::with_session_lock(pool, LOCK, async |conn| {
         let mut removed = Vec::new();
-        for (rule, window) in rules(settings) {
+        for (rule, window) in settings.rules {
             let Some(window) = window else { continue };
             let rows = db::delete_in_chunks(conn, &rule.delete(), window, CHUNK).await?;
             pruned(rule.table, rows);

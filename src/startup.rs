@@ -60,8 +60,8 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let pool = db::connect(&settings.database).await?;
         db::migrate(&pool).await?;
-        let listener = TcpListener::bind(settings.server.address).map_err(|e| {
-            anyhow::anyhow!("cannot listen on {} (server.address): {e}", settings.server.address)
+        let listener = TcpListener::bind(*settings.server.address).map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} (server.address): {e}", *settings.server.address)
         })?;
         Self::build_with(settings, pool, listener).await
     }
@@ -74,8 +74,8 @@ impl Application {
         let wait = settings.database.acquire_timeout;
         // The end users' token keys, loaded before serving: a gate that cannot verify would
         // refuse every request.
-        let verifier = match &settings.gate.jwt {
-            Some(jwt) => Some(web::Data::from(Verifier::start(jwt.clone()).await?)),
+        let verifier = match settings.gate.jwt.keys() {
+            Some(_) => Some(web::Data::from(Verifier::start(settings.gate.jwt.clone()).await?)),
             None => None,
         };
         let sealer = seal_secrets(&settings.secrets, &pool).await?;
@@ -99,11 +99,11 @@ impl Application {
         sealer: web::Data<Sealer>,
     ) -> anyhow::Result<Self> {
         let addr = listener.local_addr()?;
-        let keys = web::Data::new(settings.auth.keys.clone());
+        let keys = web::Data::new(settings.auth.api_keys());
         let max_body = settings.server.max_body_bytes;
         let workers = settings.server.workers;
         let shutdown_timeout = settings.server.shutdown_timeout.as_secs();
-        let metrics_address = settings.server.metrics_address;
+        let metrics_address = *settings.server.metrics_address;
         let console_enabled = settings.console.enabled;
         let Running { handlers, forwarder, background, listening } =
             Running::start(settings, pool, verifier, sealer)?;
@@ -308,7 +308,7 @@ impl Running {
             settings.outbound_webhooks.clone(),
             sealer.clone().into_inner(),
         )?);
-        background.push(crate::retention::spawn(pool.clone(), settings.retention.clone()));
+        background.push(crate::retention::spawn(pool.clone(), crate::retention::Plan::new(&settings)));
         let forwarder = forwarder::spawn(
             pool.clone(),
             &billabear,
@@ -326,10 +326,10 @@ impl Running {
             web::Data::new(Health::new(pool.clone(), billabear.with_timeout(settings.billabear.timeout)));
         let audit = Audit::new(pool.clone());
         let outbox = Outbox::new(pool.clone());
-        let destinations = Destinations::new(settings.outbound_webhooks.allowed_subnets.clone());
+        let destinations = Destinations::new(settings.outbound_webhooks.allowed_subnets());
         let endpoints = Endpoints::new(pool.clone(), sealer.into_inner(), destinations);
         let inbound = Inbound::new(
-            settings.webhooks.secret.as_ref(),
+            settings.webhooks.secret(),
             audit.clone(),
             outbox.clone(),
             invalidation.clone(),
@@ -403,7 +403,7 @@ async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError
 /// configured key opens stops the start (its deliveries could not be signed); Postgres
 /// unreachable does not (the next start seals them).
 async fn seal_secrets(settings: &SecretsSettings, pool: &PgPool) -> anyhow::Result<web::Data<Sealer>> {
-    let sealer = Sealer::new(settings.key.as_ref(), settings.previous_key.as_ref());
+    let sealer = Sealer::new(settings.key().as_ref(), settings.previous_key().as_ref());
     if !sealer.sealing() {
         tracing::warn!(
             "secrets.key is not set: webhook signing secrets are stored in Postgres as they are \

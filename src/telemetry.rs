@@ -29,7 +29,7 @@ use crate::config::{LogFormat, LogSettings};
 /// `log.level`.
 pub fn init_tracing(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
-    let json = match settings.format {
+    let json = match *settings.format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
         LogFormat::Auto => !std::io::stdout().is_terminal(),

@@ -88,7 +88,7 @@ impl BillaBearClient {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| BillaBearError::InvalidRequest(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self { http, base: settings.base_url.clone(), timeout: settings.timeout })
+        Ok(Self { http, base: settings.base_url.0.clone(), timeout: settings.timeout })
     }
 
     /// The same client (same connection pool) with another per-request timeout; the event

@@ -1,32 +1,26 @@
-//! The `[console]` section: as written, typed, and the `validate` between them.
+//! The `[console]` section and its `validate`.
 
 use super::*;
 
+/// The operator console (docs/console.md).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawConsole {
-    pub enabled: bool,
-    pub session_idle_minutes: u64,
-    pub history_days: f64,
-}
-
-/// The operator console (docs/console.md).
-#[derive(Debug, Clone)]
 pub struct ConsoleSettings {
     /// Whether `/console/` is served.
     pub enabled: bool,
     /// A session ends after this long without a request.
+    #[serde(rename = "session_idle_minutes", with = "minutes")]
     pub session_idle: Duration,
     /// How long the observations behind the usage plots are kept.
-    pub history: Duration,
+    #[serde(rename = "history_days")]
+    pub history: Days,
 }
 
-pub(super) fn validate(v: &mut Validator, raw: &RawConsole) -> ConsoleSettings {
-    ConsoleSettings {
-        enabled: raw.enabled,
-        session_idle: Duration::from_secs(
-            60 * v.range("console.session_idle_minutes", raw.session_idle_minutes, 1, 7 * 1440),
-        ),
-        history: days(v, "console.history_days", raw.history_days),
+embedded_default!(ConsoleSettings, "console");
+
+impl ConsoleSettings {
+    pub(super) fn validate(&self, v: &mut Validator) {
+        v.range("console.session_idle_minutes", self.session_idle.as_secs() / 60, 1, 7 * 1440);
+        days(v, "console.history_days", self.history);
     }
 }

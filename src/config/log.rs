@@ -1,19 +1,15 @@
-//! The `[log]` section: as written, typed, and the `validate` between them.
+//! The `[log]` section and its `validate`.
 
 use super::*;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawLog {
-    pub format: String,
+pub struct LogSettings {
+    pub format: Parsed<LogFormat>,
     pub level: String,
 }
 
-#[derive(Debug, Clone)]
-pub struct LogSettings {
-    pub format: LogFormat,
-    pub level: String,
-}
+embedded_default!(LogSettings, "log");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -22,22 +18,16 @@ pub enum LogFormat {
     Pretty,
 }
 
-pub(super) fn validate(v: &mut Validator, raw: &RawLog) -> LogSettings {
-    LogSettings {
-        format: v.parse("log.format", &raw.format, LogFormat::Auto, |s| match s {
-            "auto" => Ok(LogFormat::Auto),
-            "json" => Ok(LogFormat::Json),
-            "pretty" => Ok(LogFormat::Pretty),
-            _ => Err(format!("must be auto, json or pretty, got {s:?}")),
-        }),
-        level: {
-            v.check("log.level", tracing_subscriber::EnvFilter::try_new(&raw.level).is_ok(), || {
-                format!(
-                    "is not a tracing filter directive (e.g. info or usage_gate=debug,info), got {:?}",
-                    raw.level
-                )
-            });
-            raw.level.clone()
-        },
+crate::written_as!(LogFormat { "auto" => Auto, "json" => Json, "pretty" => Pretty });
+
+impl LogSettings {
+    pub(super) fn validate(&self, v: &mut Validator) {
+        v.parsed("log.format", &self.format);
+        v.check("log.level", tracing_subscriber::EnvFilter::try_new(&self.level).is_ok(), || {
+            format!(
+                "is not a tracing filter directive (e.g. info or usage_gate=debug,info), got {:?}",
+                self.level
+            )
+        });
     }
 }

@@ -1,10 +1,13 @@
-//! Configuration: layered sources (embedded `config/default.toml`, an optional file, environment
-//! variables, `DATABASE_URL`) deserialized into [`RawSettings`], then validated once into typed
-//! [`Settings`]. Every problem names its key, and all problems are reported together.
+//! Configuration: layered sources (embedded `config/default.toml`, optional files, environment
+//! variables, `DATABASE_URL`) deserialized into [`Settings`], then validated once. Every problem
+//! names its key, and all problems are reported together.
 //!
-//! Each section has a file of its own: the section as written, its typed form, and the
-//! `validate` that turns one into the other. This file holds the layering, the whole settings,
-//! the validator the sections share, and the redaction and placeholder rules.
+//! Each section has a file of its own: its one type (the section as written, with typed values:
+//! durations named by their unit (`units`), text parsed as it is read (`domain::Parsed`)), and
+//! its `validate`.
+//! The defaults are the embedded file's, the one place they are written down (each section's
+//! `Default` reads it). This file holds the layering, the whole settings, the validator the
+//! sections share, and the redaction and placeholder rules.
 
 mod auth;
 mod billabear;
@@ -20,41 +23,67 @@ mod policy;
 mod retention;
 mod secrets;
 mod server;
+mod units;
 mod webhooks;
 
-pub use auth::{AuthSettings, RawApiKey, RawAuth};
-pub use billabear::{BillaBearSettings, RawBillaBear};
-pub use cache::{CacheSettings, RawCache};
-pub use console::{ConsoleSettings, RawConsole};
-pub use database::{DatabaseSettings, RawDatabase};
-pub use gate::{GateSettings, JwtKeys, JwtSettings, RawGate, RawJwt};
-pub use log::{LogFormat, LogSettings, RawLog};
-pub use outbound_webhooks::{OutboundWebhookSettings, RawOutboundWebhooks};
-pub use outbox::{OutboxSettings, RawOutbox};
-pub use pending::{PendingSettings, RawPending};
-pub use policy::RawPolicy;
-pub use retention::{RawRetention, RetentionSettings};
-pub use secrets::{RawSecrets, SecretsSettings};
-pub use server::{RawServer, ServerSettings};
-pub use webhooks::{RawWebhooks, WebhookSettings};
+pub use crate::domain::{FromText, Parsed};
+pub use auth::{AuthSettings, KeySettings};
+pub use billabear::{BaseUrl, BillaBearSettings};
+pub use cache::CacheSettings;
+pub use console::ConsoleSettings;
+pub use database::DatabaseSettings;
+pub use gate::{GateSettings, JwtKeys, JwtSettings};
+pub use log::{LogFormat, LogSettings};
+pub use outbound_webhooks::OutboundWebhookSettings;
+pub use outbox::OutboxSettings;
+pub use pending::PendingSettings;
+pub use retention::RetentionSettings;
+pub use secrets::SecretsSettings;
+pub use server::ServerSettings;
+pub use units::Days;
+pub use webhooks::WebhookSettings;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize, Serializer};
 use url::Url;
 
 use actix_web::http::header::HeaderName;
 
 use crate::auth::{ApiKey, ApiKeys, KeyDigest, Scope, Scopes, digest};
-use crate::policy::{FailMode, Mode, PolicySettings, UnknownCustomer};
+use crate::policy::PolicySettings;
+use units::{minutes, ms, secs};
 
 /// The defaults, embedded so the binary runs from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 pub const ENV_PREFIX: &str = "USAGE_GATE";
+
+/// The embedded defaults' table at `path` (`"gate.jwt"`), as `T`.
+pub fn embedded<T: DeserializeOwned>(path: &str) -> T {
+    let mut value = toml::Value::Table(DEFAULT_TOML.parse().expect("the embedded defaults parse"));
+    for part in path.split('.') {
+        value = value.get(part).cloned().unwrap_or_else(|| panic!("the embedded defaults have [{path}]"));
+    }
+    value.try_into().unwrap_or_else(|e| panic!("the embedded defaults' [{path}]: {e}"))
+}
+
+/// A section's `Default`: its table in the embedded defaults.
+macro_rules! embedded_default {
+    ($section:ty, $path:literal) => {
+        impl Default for $section {
+            fn default() -> Self {
+                super::embedded($path)
+            }
+        }
+    };
+}
+use embedded_default;
 
 /// One thing wrong with the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,27 +120,26 @@ impl ConfigError {
     }
 }
 
-// Raw, as written in the sources. Unknown keys are rejected (in every section) so a typo does
-// not pass silently.
-
+/// The whole configuration. Unknown keys are rejected (in every section) so a typo does not
+/// pass silently; [`Settings::validate`] checks every value.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSettings {
-    pub server: RawServer,
-    pub database: RawDatabase,
-    pub billabear: RawBillaBear,
-    pub cache: RawCache,
-    pub policy: RawPolicy,
-    pub gate: RawGate,
-    pub outbox: RawOutbox,
-    pub pending: RawPending,
-    pub auth: RawAuth,
-    pub webhooks: RawWebhooks,
-    pub outbound_webhooks: RawOutboundWebhooks,
-    pub console: RawConsole,
-    pub secrets: RawSecrets,
-    pub retention: RawRetention,
-    pub log: RawLog,
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub billabear: BillaBearSettings,
+    pub cache: CacheSettings,
+    pub policy: PolicySettings,
+    pub gate: GateSettings,
+    pub outbox: OutboxSettings,
+    pub pending: PendingSettings,
+    pub auth: AuthSettings,
+    pub webhooks: WebhookSettings,
+    pub outbound_webhooks: OutboundWebhookSettings,
+    pub console: ConsoleSettings,
+    pub secrets: SecretsSettings,
+    pub retention: RetentionSettings,
+    pub log: LogSettings,
 }
 
 const REDACTED: &str = "[redacted]";
@@ -144,7 +172,7 @@ pub fn redacted_url(url: &str) -> String {
     }
 }
 
-impl RawSettings {
+impl Settings {
     /// The embedded defaults alone.
     pub fn defaults() -> Self {
         Self::from_layers(None, Some(Default::default()), None).expect("embedded defaults load")
@@ -215,37 +243,26 @@ impl RawSettings {
         if v.problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(v.problems)) }
     }
 
-    /// Checks every value; on failure lists every problem with its key.
+    /// Checks every value; on failure lists every problem with its key. The settings are
+    /// answered as they are (a copy), to be used from here on.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let mut v = Validator::default();
-        let mut settings = Settings {
-            server: server::validate(&mut v, &self.server),
-            database: database::validate(&mut v, &self.database),
-            billabear: billabear::validate(&mut v, &self.billabear),
-            cache: cache::validate(&mut v, &self.cache),
-            policy: policy::validate(&mut v, &self.policy),
-            gate: gate::validate(&mut v, &self.gate),
-            outbox: outbox::validate(&mut v, &self.outbox),
-            pending: pending::validate(&mut v, &self.pending),
-            auth: auth::validate(&mut v, &self.auth),
-            webhooks: webhooks::validate(&mut v, &self.webhooks),
-            outbound_webhooks: outbound_webhooks::validate(&mut v, &self.outbound_webhooks),
-            console: console::validate(&mut v, &self.console),
-            secrets: secrets::validate(&mut v, &self.secrets),
-            retention: retention::validate(&mut v, &self.retention),
-            log: log::validate(&mut v, &self.log),
-        };
-        // The retention chore prunes the webhooks' and the console's rows by their own sections'
-        // windows.
-        settings.retention.webhook_messages = Some(settings.outbound_webhooks.retention);
-        settings.retention.console_sessions = Some(settings.console.session_idle);
-        settings.retention.usage_samples = Some(settings.console.history);
-        v.finish(settings)
-    }
-
-    /// The outbox section alone, validated (for tests of the forwarder's decisions).
-    pub fn outbox_settings(&self) -> OutboxSettings {
-        outbox::validate(&mut Validator::default(), &self.outbox)
+        self.server.validate(&mut v);
+        self.database.validate(&mut v);
+        self.billabear.validate(&mut v);
+        self.cache.validate(&mut v);
+        policy::validate(&self.policy, &mut v);
+        self.gate.validate(&mut v);
+        self.outbox.validate(&mut v);
+        self.pending.validate(&mut v);
+        self.auth.validate(&mut v);
+        self.webhooks.validate(&mut v);
+        self.outbound_webhooks.validate(&mut v);
+        self.console.validate(&mut v);
+        self.secrets.validate(&mut v);
+        self.retention.validate(&mut v);
+        self.log.validate(&mut v);
+        if v.problems.is_empty() { Ok(self.clone()) } else { Err(ConfigError::Invalid(v.problems)) }
     }
 
     /// The effective configuration as TOML, secrets redacted.
@@ -256,19 +273,18 @@ impl RawSettings {
 
 /// A window in days, fractions allowed (so that a test or a soak can shorten it), at most 10
 /// years; where `keep` allows it, 0 keeps every row (None).
-fn window(v: &mut Validator, key: &str, days: f64, keep: bool) -> Option<Duration> {
+fn window(v: &mut Validator, key: &str, Days(days): Days, keep: bool) {
     let keeps = keep && days == 0.0;
     let valid = days.is_finite() && days <= 3650.0 && (days > 0.0 || keeps);
     v.check(key, valid, || match keep {
         true => format!("must be a number of days from 0 (keep every row) to 3650, got {days}"),
         false => format!("must be a number of days above 0 and at most 3650, got {days}"),
     });
-    (valid && !keeps).then(|| Duration::from_secs_f64(days * 86_400.0))
 }
 
 /// A window in days that must end (more than 0).
-fn days(v: &mut Validator, key: &str, days: f64) -> Duration {
-    window(v, key, days, false).unwrap_or(Duration::from_secs(86_400))
+fn days(v: &mut Validator, key: &str, days: Days) {
+    window(v, key, days, false)
 }
 
 /// Why `secret` is a value this project ships as a placeholder or for its demo, if it is one.
@@ -309,45 +325,17 @@ impl Validator {
         value.clamp(min, max)
     }
 
-    /// Parses `raw`; on failure records the problem and returns `fallback` (never used, since
-    /// `finish` then fails), so building can go on and find the other problems.
-    fn parse<T>(
-        &mut self,
-        key: &str,
-        raw: &str,
-        fallback: T,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> T {
-        parse(raw).unwrap_or_else(|message| {
-            self.problem(key, message);
-            fallback
-        })
+    /// Text that is not a value of its kind.
+    fn parsed<T>(&mut self, key: &str, value: &Parsed<T>) {
+        if let Some(problem) = value.problem() {
+            self.problem(key, problem);
+        }
     }
 
-    fn finish(self, settings: Settings) -> Result<Settings, ConfigError> {
-        if self.problems.is_empty() { Ok(settings) } else { Err(ConfigError::Invalid(self.problems)) }
+    /// A duration written in milliseconds, checked as written.
+    fn range_ms(&mut self, key: &str, value: Duration, min: u64, max: u64) -> u64 {
+        self.range(key, u64::try_from(value.as_millis()).unwrap_or(u64::MAX), min, max)
     }
-}
-
-// Typed, validated.
-
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub server: ServerSettings,
-    pub database: DatabaseSettings,
-    pub billabear: BillaBearSettings,
-    pub cache: CacheSettings,
-    pub policy: PolicySettings,
-    pub gate: GateSettings,
-    pub outbox: OutboxSettings,
-    pub pending: PendingSettings,
-    pub auth: AuthSettings,
-    pub webhooks: WebhookSettings,
-    pub outbound_webhooks: OutboundWebhookSettings,
-    pub console: ConsoleSettings,
-    pub secrets: SecretsSettings,
-    pub retention: RetentionSettings,
-    pub log: LogSettings,
 }
 
 #[cfg(test)]
@@ -369,7 +357,7 @@ mod tests {
     fn problems(toml: &str, env: &[(&str, &str)]) -> Vec<Problem> {
         let file = write(toml);
         let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let raw = RawSettings::from_layers(Some(file.path()), Some(env), None).expect("loads");
+        let raw = Settings::from_layers(Some(file.path()), Some(env), None).expect("loads");
         match raw.validate() {
             Ok(_) => vec![],
             Err(e) => e.problems().to_vec(),
@@ -397,7 +385,7 @@ mod tests {
              [[auth.keys]]\nname = \"b\"\nkey = \"demo-key-change-me\"\nscopes = [\"admin\"]\n"
         );
         let file = write(&toml);
-        let raw = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
+        let raw = Settings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
         raw.validate().expect("valid, placeholders aside");
         let problems = raw.refuse_placeholders().unwrap_err().problems().to_vec();
         let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
@@ -407,8 +395,39 @@ mod tests {
 
         let own = valid(&format!("[secrets]\nkey = \"{}\"", "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA="));
         let file = write(&own);
-        let raw = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
+        let raw = Settings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
         raw.refuse_placeholders().expect("secrets of one's own pass");
+    }
+
+    #[test]
+    fn every_value_that_is_not_its_kind_is_reported_with_the_others() {
+        let toml = valid(
+            "[server]\naddress = \"localhost\"\nworkers = 1000\n[log]\nformat = \"xml\"\n\
+             [policy]\nmode = \"audit\"\n[outbound_webhooks]\nallowed_subnets = [\"10.0.0.0/8\", \"x\"]",
+        );
+        let found = problems(&toml, &[]);
+        let keys: Vec<_> = found.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "server.address",
+            "server.workers",
+            "log.format",
+            "policy.mode",
+            "outbound_webhooks.allowed_subnets[1]",
+        ] {
+            assert!(keys.contains(&key), "{key} missing from {found:?}");
+        }
+    }
+
+    #[test]
+    fn each_sections_default_is_the_embedded_files() {
+        let loaded = Settings::defaults();
+        assert_eq!(loaded.policy, PolicySettings::default());
+        assert_eq!(
+            toml::to_string(&loaded.server).unwrap(),
+            toml::to_string(&ServerSettings::default()).unwrap()
+        );
+        assert_eq!(loaded.cache.ttl, CacheSettings::default().ttl);
+        assert_eq!(loaded.gate.jwt.leeway, JwtSettings::default().leeway);
     }
 
     #[test]
@@ -652,11 +671,11 @@ mod tests {
             "[billabear]\napi_key = \"bb\"\n[[auth.keys]]\nname = \"ci\"\nsha256 = \"{}\"\nscopes = [\"events\"]",
             hex::encode(digest(b"the-real-secret-key"))
         ));
-        let settings = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None)
+        let settings = Settings::from_layers(Some(file.path()), Some(Default::default()), None)
             .unwrap()
             .validate()
             .unwrap();
-        let caller = settings.auth.keys.authenticate(b"the-real-secret-key").unwrap();
+        let caller = settings.auth.api_keys().authenticate(b"the-real-secret-key").unwrap();
         assert_eq!(&*caller.name, "ci");
         assert_eq!(caller.scopes.iter().collect::<Vec<_>>(), vec![Scope::Events]);
     }
@@ -671,9 +690,8 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let raw =
-            RawSettings::from_layers(Some(file.path()), Some(env), Some("postgres://override/db".into()))
-                .unwrap();
+        let raw = Settings::from_layers(Some(file.path()), Some(env), Some("postgres://override/db".into()))
+            .unwrap();
         let settings = raw.validate().unwrap();
         assert_eq!(settings.server.address.to_string(), "0.0.0.0:9100");
         assert_eq!(settings.billabear.timeout, Duration::from_millis(400));
@@ -688,14 +706,14 @@ mod tests {
         );
         let secrets_file = write(&format!("[billabear]\napi_key = \"bb-secret\"\n{KEYS}"));
         let files = [settings_file.path(), secrets_file.path()];
-        let raw = RawSettings::from_files(files, Some(Default::default()), None).unwrap();
+        let raw = Settings::from_files(files, Some(Default::default()), None).unwrap();
         let settings = raw.validate().unwrap();
         assert_eq!(settings.server.address.to_string(), "0.0.0.0:9000");
         assert_eq!(settings.server.workers, 2);
         assert_eq!(settings.billabear.api_key.expose_secret(), "bb-secret");
         assert!(!raw.auth.keys.is_empty());
         // Either file alone: the keys are missing, or the settings are the defaults.
-        let alone = RawSettings::from_files([settings_file.path()], Some(Default::default()), None).unwrap();
+        let alone = Settings::from_files([settings_file.path()], Some(Default::default()), None).unwrap();
         assert!(alone.validate().is_err());
     }
 
@@ -704,16 +722,15 @@ mod tests {
         let file = write(&valid(""));
         let env =
             [("USAGE_GATE__DATABASE__MAX_CONNECTIONS".to_string(), "many".to_string())].into_iter().collect();
-        let err = RawSettings::from_layers(Some(file.path()), Some(env), None).unwrap_err().to_string();
+        let err = Settings::from_layers(Some(file.path()), Some(env), None).unwrap_err().to_string();
         assert!(err.contains("database.max_connections"), "{err}");
     }
 
     #[test]
     fn an_unknown_key_is_rejected() {
         let file = write(&format!("[server]\nadress = \"x\"\n{}", valid("")));
-        let err = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None)
-            .unwrap_err()
-            .to_string();
+        let err =
+            Settings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap_err().to_string();
         assert!(err.contains("adress"), "{err}");
     }
 
@@ -723,7 +740,7 @@ mod tests {
             "[database]\nurl = \"postgres://app:hunter2@db/ug\"\n[billabear]\napi_key = \"bb-secret-value\"\n\
              [secrets]\nkey = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n{KEYS}"
         ));
-        let raw = RawSettings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
+        let raw = Settings::from_layers(Some(file.path()), Some(Default::default()), None).unwrap();
         let shown = raw.to_redacted_toml();
         for secret in ["hunter2", "bb-secret-value", "0123456789abcdef", "MDEyMzQ1Njc4OWFiY2RlZjAx"] {
             assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");

@@ -1,49 +1,49 @@
-//! The `[secrets]` section: as written, typed, and the `validate` between them.
+//! The `[secrets]` section and its `validate`.
 
 use super::*;
 
+/// The keys secrets are sealed with at rest (`seal`); empty: stored as they are.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawSecrets {
+pub struct SecretsSettings {
     #[serde(serialize_with = "super::redact")]
     pub key: SecretString,
+    /// The key before a rotation: values under it are read, and sealed again under `key`.
     #[serde(serialize_with = "super::redact")]
     pub previous_key: SecretString,
 }
 
-/// The keys secrets are sealed with at rest (`seal`); none: stored as they are.
-#[derive(Clone, Default)]
-pub struct SecretsSettings {
-    pub key: Option<[u8; 32]>,
-    /// The key before a rotation: values under it are read, and sealed again under `key`.
-    pub previous_key: Option<[u8; 32]>,
+embedded_default!(SecretsSettings, "secrets");
+
+/// The 32 bytes of a key as written (base64); None when empty (or, before validation, invalid).
+fn bytes(secret: &SecretString) -> Option<[u8; 32]> {
+    let text = secret.expose_secret();
+    (!text.is_empty()).then(|| crate::seal::parse_key(text).ok()).flatten()
 }
 
-impl std::fmt::Debug for SecretsSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let shown = |k: &Option<[u8; 32]>| if k.is_some() { REDACTED } else { "" };
-        f.debug_struct("SecretsSettings")
-            .field("key", &shown(&self.key))
-            .field("previous_key", &shown(&self.previous_key))
-            .finish()
+impl SecretsSettings {
+    pub fn key(&self) -> Option<[u8; 32]> {
+        bytes(&self.key)
     }
-}
 
-pub(super) fn validate(v: &mut Validator, raw: &RawSecrets) -> SecretsSettings {
-    let mut key = |name: &str, secret: &SecretString| {
-        let text = secret.expose_secret();
-        if text.is_empty() {
-            return None;
+    pub fn previous_key(&self) -> Option<[u8; 32]> {
+        bytes(&self.previous_key)
+    }
+
+    pub(super) fn validate(&self, v: &mut Validator) {
+        for (name, secret) in [("secrets.key", &self.key), ("secrets.previous_key", &self.previous_key)] {
+            let text = secret.expose_secret();
+            if !text.is_empty() {
+                // The message never holds the value.
+                if let Err(message) = crate::seal::parse_key(text) {
+                    v.problem(name, message);
+                }
+            }
         }
-        // The message never holds the value.
-        crate::seal::parse_key(text).map_err(|message| v.problem(name, message)).ok()
-    };
-    let settings = SecretsSettings {
-        key: key("secrets.key", &raw.key),
-        previous_key: key("secrets.previous_key", &raw.previous_key),
-    };
-    v.check("secrets.previous_key", settings.key.is_some() || settings.previous_key.is_none(), || {
-        "needs secrets.key (the key it is rotated to)".into()
-    });
-    settings
+        v.check(
+            "secrets.previous_key",
+            !self.key.expose_secret().is_empty() || self.previous_key.expose_secret().is_empty(),
+            || "needs secrets.key (the key it is rotated to)".into(),
+        );
+    }
 }

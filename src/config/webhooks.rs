@@ -1,33 +1,32 @@
-//! The `[webhooks]` section: as written, typed, and the `validate` between them.
+//! The `[webhooks]` section (BillaBear's webhooks to usage-gate) and its `validate`.
 
 use super::*;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawWebhooks {
+pub struct WebhookSettings {
+    /// The last path segment of `/v1/webhooks/billabear/{secret}`; empty: webhooks are off.
     #[serde(serialize_with = "super::redact")]
     pub secret: SecretString,
 }
 
-#[derive(Debug, Clone)]
-pub struct WebhookSettings {
-    /// The last path segment of `/v1/webhooks/billabear/{secret}`; None: webhooks are off.
-    pub secret: Option<SecretString>,
-}
+embedded_default!(WebhookSettings, "webhooks");
 
-pub(super) fn validate(v: &mut Validator, raw: &RawWebhooks) -> WebhookSettings {
-    WebhookSettings {
-        secret: {
-            let secret = raw.secret.expose_secret();
-            v.check("webhooks.secret", secret.is_empty() || secret.len() >= 16, || {
-                "must be empty (webhooks off) or at least 16 characters".into()
-            });
-            v.check(
-                "webhooks.secret",
-                secret.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)),
-                || "may hold only letters, digits and -_.~ (it is a URL path segment)".into(),
-            );
-            (!secret.is_empty()).then(|| raw.secret.clone())
-        },
+impl WebhookSettings {
+    /// The secret, when webhooks are on.
+    pub fn secret(&self) -> Option<&SecretString> {
+        (!self.secret.expose_secret().is_empty()).then_some(&self.secret)
+    }
+
+    pub(super) fn validate(&self, v: &mut Validator) {
+        let secret = self.secret.expose_secret();
+        v.check("webhooks.secret", secret.is_empty() || secret.len() >= 16, || {
+            "must be empty (webhooks off) or at least 16 characters".into()
+        });
+        v.check(
+            "webhooks.secret",
+            secret.chars().all(|c| c.is_ascii_alphanumeric() || "-_.~".contains(c)),
+            || "may hold only letters, digits and -_.~ (it is a URL path segment)".into(),
+        );
     }
 }

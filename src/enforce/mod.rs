@@ -300,7 +300,7 @@ mod tests {
 
         let (disabled, _) = customer(0.0, 1.0, 100, CustomerStatus::Disabled);
         assert!(!Ledger::default().judge_hold(&disabled, 0, &policy).admitted);
-        let shadow = PolicySettings { mode: Mode::Shadow, ..PolicySettings::default() };
+        let shadow = PolicySettings { mode: Mode::Shadow.into(), ..PolicySettings::default() };
         assert!(Ledger::default().judge_hold(&disabled, 0, &shadow).admitted, "shadow mode never refuses");
     }
 

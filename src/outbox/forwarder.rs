@@ -109,7 +109,8 @@ pub fn spawn(
     snapshots: Option<SnapshotCache>,
 ) -> ForwarderHandle {
     let (stop, stopped) = watch::channel(false);
-    let pruner = tokio::spawn(prune(pool.clone(), settings.retention, prune_every, stopped.clone()));
+    let pruner =
+        tokio::spawn(prune(pool.clone(), settings.retention.duration(), prune_every, stopped.clone()));
     let forwarder = Arc::new(Forwarder {
         pool,
         client: client.with_timeout(settings.timeout),
@@ -347,9 +348,11 @@ mod tests {
 
     #[test]
     fn a_failing_event_is_given_up_after_max_attempts_or_max_age() {
-        let mut settings = crate::config::RawSettings::defaults().outbox_settings();
-        settings.max_attempts = 5;
-        settings.max_age = Duration::from_secs(3600);
+        let settings = crate::config::OutboxSettings {
+            max_attempts: 5,
+            max_age: Duration::from_secs(3600),
+            ..Default::default()
+        };
         let minutes = chrono::TimeDelta::minutes;
         assert_eq!(give_up(&settings, 4, minutes(59)), None);
         assert!(give_up(&settings, 5, minutes(1)).unwrap().contains("5 attempts"));

@@ -225,7 +225,7 @@ pub async fn gate(
             let header = &settings.gate.customer_header;
             let raw = req
                 .headers()
-                .get(header)
+                .get(&**header)
                 .ok_or_else(|| ApiError::invalid_field(header.as_str(), "required: the customer id (UUID)"))?
                 .to_str()
                 .map_err(|_| ApiError::invalid_field(header.as_str(), "must be a UUID"))?;

@@ -29,7 +29,7 @@ pub fn spawn(
     settings: OutboundWebhookSettings,
     sealer: Arc<Sealer>,
 ) -> anyhow::Result<Vec<tokio::task::AbortHandle>> {
-    let destinations = Destinations::new(settings.allowed_subnets.clone());
+    let destinations = Destinations::new(settings.allowed_subnets());
     let client = reqwest::Client::builder()
         .timeout(settings.timeout)
         // A receiver's redirect is an answer to fix, not to follow: it fails the attempt.
@@ -135,7 +135,9 @@ async fn deliver(deliverer: Arc<Deliverer>, message: Claimed) -> Uuid {
     let attempt = post(&deliverer.client, &deliverer.destinations, &deliverer.sealer, &message).await;
     let outcome = attempted(attempt.status_code);
     let retry = match outcome {
-        Attempted::Failed => retry_after(message.attempts.max(0) as u32, &deliverer.settings.retry_schedule),
+        Attempted::Failed => {
+            retry_after(message.attempts.max(0) as u32, &deliverer.settings.retry_schedule())
+        }
         _ => None,
     };
     let label = match outcome {

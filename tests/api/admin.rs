@@ -117,7 +117,8 @@ async fn invalid_limits_are_422s_naming_the_field_never_sent_and_audited_as_reje
 
 #[tokio::test]
 async fn with_billabear_failing_a_change_is_a_502_or_504_and_audited_as_failed() {
-    let app = TestApp::spawn_with(|raw| raw.billabear.admin_timeout_ms = 400).await;
+    let app =
+        TestApp::spawn_with(|raw| raw.billabear.admin_timeout = std::time::Duration::from_millis(400)).await;
     app.sim.set_faults(json!({"outage": "unavailable", "only": "usage-limit"})).await;
     let response = app.create_limit(ACME, json!({"amount": 500, "action": "DISABLE"})).await;
     assert_problem(response, 502, "upstream_error").await;
@@ -286,7 +287,8 @@ async fn a_billabear_webhook_refreshes_the_customers_decision_and_is_audited() {
 
 #[tokio::test]
 async fn a_usage_warning_webhook_refetches_customers_with_recent_events() {
-    let app = TestApp::spawn_with(|raw| raw.cache.min_refresh_interval_ms = 0).await;
+    let app =
+        TestApp::spawn_with(|raw| raw.cache.min_refresh_interval = std::time::Duration::from_millis(0)).await;
     app.check_status(ACME).await;
     let event = json!({"event_id": "recent-1", "customer": ACME, "code": "api_calls", "value": 1});
     assert_eq!(app.post_event(&event).await.status(), 202);
@@ -464,7 +466,8 @@ async fn an_admin_change_waits_longer_than_a_check_would() {
 
 #[tokio::test]
 async fn a_change_whose_answer_never_came_is_settled_by_looking_at_billabear() {
-    let app = TestApp::spawn_with(|raw| raw.billabear.admin_timeout_ms = 300).await;
+    let app =
+        TestApp::spawn_with(|raw| raw.billabear.admin_timeout = std::time::Duration::from_millis(300)).await;
     // BillaBear creates the limit but answers too late.
     app.sim
         .set_faults(json!({"late_answer_ms": 600, "only": "POST /api/v1/customer/{id}/usage-limits"}))

@@ -52,7 +52,7 @@ async fn no_key_a_wrong_key_or_another_scheme_is_401() {
 async fn a_key_without_the_route_scope_is_403() {
     let settings = test_settings("http://127.0.0.1:1/api/v1", "postgres://unused/db").validate().unwrap();
     let app = actix_test::init_service(
-        App::new().app_data(web::Data::new(settings.auth.keys.clone())).service(
+        App::new().app_data(web::Data::new(settings.auth.api_keys())).service(
             web::resource("/admin-only")
                 .wrap(Authorize { route: "/admin-only", scope: Some(Scope::Admin), gate: false })
                 .route(

@@ -160,9 +160,9 @@ async fn unknown_customers_may_be_allowed_by_policy() {
 #[tokio::test]
 async fn check_serves_stale_decision_while_billabear_is_down_then_falls_back() {
     let app = TestApp::spawn_with(|raw| {
-        raw.cache.ttl_ms = 50;
-        raw.cache.max_stale_ms = 600;
-        raw.cache.min_refresh_interval_ms = 100;
+        raw.cache.ttl = std::time::Duration::from_millis(50);
+        raw.cache.max_stale = std::time::Duration::from_millis(600);
+        raw.cache.min_refresh_interval = std::time::Duration::from_millis(100);
     })
     .await;
     assert_eq!(app.check(UMBRELLA_OVER).await["source"], "upstream");
@@ -201,8 +201,8 @@ async fn check_serves_stale_decision_while_billabear_is_down_then_falls_back() {
 #[tokio::test]
 async fn refreshes_during_an_outage_are_bounded_per_customer() {
     let app = TestApp::spawn_with(|raw| {
-        raw.cache.ttl_ms = 1;
-        raw.cache.min_refresh_interval_ms = 300;
+        raw.cache.ttl = std::time::Duration::from_millis(1);
+        raw.cache.min_refresh_interval = std::time::Duration::from_millis(300);
     })
     .await;
     let costs = "GET /api/v1/customer/{id}/costs";
@@ -240,7 +240,7 @@ async fn fail_closed_denies_when_billabear_is_down_and_nothing_is_cached() {
 
 #[tokio::test]
 async fn a_hanging_billabear_costs_a_check_at_most_the_timeout() {
-    let app = TestApp::spawn_with(|raw| raw.billabear.timeout_ms = 200).await;
+    let app = TestApp::spawn_with(|raw| raw.billabear.timeout = std::time::Duration::from_millis(200)).await;
     app.sim.set_faults(json!({"outage": "hang"})).await;
     let started = std::time::Instant::now();
     let d = app.check(ACME).await;
@@ -503,7 +503,7 @@ async fn decisions_and_cache_lookups_are_counted_in_metrics() {
 
 #[tokio::test]
 async fn a_fetch_that_began_before_a_limit_change_never_overwrites_the_decision_made_after_it() {
-    let app = TestApp::spawn_with(|raw| raw.billabear.timeout_ms = 3000).await;
+    let app = TestApp::spawn_with(|raw| raw.billabear.timeout = std::time::Duration::from_millis(3000)).await;
     // A cold check's fetch: the customer and its limits answer at once, its costs a second late.
     app.sim.set_faults(json!({"latency_ms": 1000, "only": "costs"})).await;
     let slow = {

@@ -445,7 +445,7 @@ fn the_kubernetes_base_renders_validates_and_names_only_what_usage_gate_has() {
     let database_url = decoded(secret, database["key"].as_str().unwrap());
 
     // The files hold only keys usage-gate knows (an unknown key fails to load), with valid values.
-    let raw = usage_gate::config::RawSettings::from_files(
+    let raw = usage_gate::config::Settings::from_files(
         files.iter().map(PathBuf::as_path),
         Some(Default::default()),
         Some(database_url.clone()),
@@ -628,8 +628,8 @@ fn all_of<'a>(value: &'a Value, key: &str, found: &mut Vec<&'a Value>) {
 
 /// The port of usage-gate's default `server.address`.
 fn default_port() -> u16 {
-    let settings = usage_gate::config::RawSettings::defaults();
-    settings.server.address.rsplit(':').next().unwrap().parse().unwrap()
+    let settings = usage_gate::config::Settings::defaults();
+    settings.server.address.port()
 }
 
 #[test]

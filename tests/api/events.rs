@@ -182,7 +182,7 @@ async fn bad_events_are_400s_naming_the_field_and_nothing_is_stored() {
 async fn with_postgres_down_an_event_is_a_503_and_never_acknowledged() {
     let app = TestApp::spawn_with(|raw| {
         raw.database.url = secrecy::SecretString::from("postgres://postgres@127.0.0.1:1/usage_gate");
-        raw.database.acquire_timeout_ms = 300;
+        raw.database.acquire_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     let response = app.post_event(&event("lost?")).await;
@@ -407,7 +407,8 @@ async fn operators_page_through_the_outbox_and_see_its_stats() {
 
 #[tokio::test]
 async fn delivering_a_customers_events_refreshes_its_cached_decision_and_is_measured() {
-    let app = TestApp::spawn_with(|raw| raw.cache.min_refresh_interval_ms = 0).await;
+    let app =
+        TestApp::spawn_with(|raw| raw.cache.min_refresh_interval = std::time::Duration::from_millis(0)).await;
     app.get(&format!("/v1/customers/{ACME}/check"), Some(CHECK_KEY)).await;
     assert_eq!(app.sim.route_count("GET /api/v1/customer/{id}/costs").await, 1);
     let body = json!({"event_id": "refresh-1", "customer": ACME, "code": "api_calls", "value": 1});
@@ -431,7 +432,8 @@ async fn delivering_a_customers_events_refreshes_its_cached_decision_and_is_meas
 
 #[tokio::test]
 async fn delivering_events_sent_by_subscription_refreshes_the_owners_cached_decision() {
-    let app = TestApp::spawn_with(|raw| raw.cache.min_refresh_interval_ms = 0).await;
+    let app =
+        TestApp::spawn_with(|raw| raw.cache.min_refresh_interval = std::time::Duration::from_millis(0)).await;
     app.get(&format!("/v1/customers/{ACME}/check"), Some(CHECK_KEY)).await;
     // BillaBear cannot say whose a subscription is; fetching the customer lists its subscriptions.
     eventually(Duration::from_secs(5), "the customer's subscriptions listed", || async {
@@ -545,7 +547,7 @@ async fn a_value_postgres_refuses_fails_only_its_own_request_in_a_shared_commit(
 
 #[tokio::test]
 async fn an_event_billabear_accepted_is_not_sent_again_when_recording_it_fails_for_a_moment() {
-    let app = TestApp::spawn_with(|raw| raw.outbox.lease_ms = 3500).await;
+    let app = TestApp::spawn_with(|raw| raw.outbox.lease = std::time::Duration::from_millis(3500)).await;
     // A Postgres blip exactly when the delivery is recorded: the first two tries fail.
     for statement in [
         "CREATE SEQUENCE test_blip",
@@ -588,8 +590,8 @@ async fn an_event_that_keeps_failing_is_dead_after_max_attempts_and_a_resend_say
 #[tokio::test]
 async fn a_slow_delivery_holds_back_only_its_own_slot() {
     let app = TestApp::spawn_with(|raw| {
-        raw.outbox.timeout_ms = 5000;
-        raw.outbox.lease_ms = 20_000;
+        raw.outbox.timeout = std::time::Duration::from_millis(5000);
+        raw.outbox.lease = std::time::Duration::from_millis(20_000);
     })
     .await;
     // Resolving a customer's subscription is slow; delivering by subscription is not.
@@ -614,7 +616,8 @@ async fn a_slow_delivery_holds_back_only_its_own_slot() {
 #[tokio::test]
 async fn after_the_listening_connection_is_lost_new_events_still_wake_the_forwarder() {
     // Polling is too slow to deliver within the test: only NOTIFY can.
-    let app = TestApp::spawn_with(|raw| raw.outbox.poll_interval_ms = 60_000).await;
+    let app =
+        TestApp::spawn_with(|raw| raw.outbox.poll_interval = std::time::Duration::from_millis(60_000)).await;
     assert_eq!(app.post_event(&event("first")).await.status(), 202);
     app.delivered("first").await;
     let database: String =

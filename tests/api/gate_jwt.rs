@@ -215,8 +215,8 @@ async fn keys_rotate_through_the_jwks_and_an_hmac_token_never_passes_as_a_public
 
 #[test]
 fn jwt_settings_refuse_what_would_be_unsafe() {
-    use usage_gate::config::RawJwt;
-    type Change = fn(&mut RawJwt);
+    use usage_gate::config::JwtSettings;
+    type Change = fn(&mut JwtSettings);
     // The problems the settings have with `source` set up and then `change` made, as one text.
     let problems = |source: Change, change: Change| -> String {
         let mut raw = test_settings("http://127.0.0.1:1/api/v1", "postgres://postgres@127.0.0.1:5432/none");

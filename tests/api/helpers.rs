@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use usage_gate::billabear::BillaBearClient;
-use usage_gate::config::{RawApiKey, RawSettings, Settings};
+use usage_gate::config::{KeySettings, Settings};
 use usage_gate::sim::{Seed, SimConfig, SimServer};
 use usage_gate::startup::Application;
 
@@ -221,13 +221,13 @@ impl Sim {
     pub fn client_with_key(&self, key: &str) -> BillaBearClient {
         let mut raw = test_settings(&self.base_url(), "postgres://unused/db");
         raw.billabear.api_key = SecretString::from(key);
-        raw.billabear.timeout_ms = 500;
+        raw.billabear.timeout = std::time::Duration::from_millis(500);
         BillaBearClient::new(&raw.validate().unwrap().billabear).unwrap()
     }
 }
 
-fn key(name: &str, key: &str, scopes: &[&str]) -> RawApiKey {
-    RawApiKey {
+fn key(name: &str, key: &str, scopes: &[&str]) -> KeySettings {
+    KeySettings {
         name: name.into(),
         key: Some(SecretString::from(key)),
         sha256: None,
@@ -236,27 +236,27 @@ fn key(name: &str, key: &str, scopes: &[&str]) -> RawApiKey {
 }
 
 /// Settings for a test app: random port, the given upstream and database, the test keys.
-pub fn test_settings(billabear_url: &str, database_url: &str) -> RawSettings {
-    let mut raw = RawSettings::defaults();
+pub fn test_settings(billabear_url: &str, database_url: &str) -> Settings {
+    let mut raw = Settings::defaults();
     raw.server.address = "127.0.0.1:0".into();
     raw.server.workers = 1;
-    raw.server.shutdown_timeout_s = 1;
+    raw.server.shutdown_timeout = std::time::Duration::from_secs(1);
     raw.database.url = SecretString::from(database_url);
     raw.database.max_connections = 10;
     raw.billabear.base_url = billabear_url.into();
     raw.billabear.api_key = SecretString::from(SIM_KEY);
-    raw.billabear.timeout_ms = 500;
+    raw.billabear.timeout = std::time::Duration::from_millis(500);
     // Quick retries, so outage-and-recovery tests finish in a second or two.
-    raw.outbox.retry_base_ms = 20;
-    raw.outbox.retry_max_ms = 200;
-    raw.outbox.poll_interval_ms = 100;
-    raw.outbox.timeout_ms = 1000;
+    raw.outbox.retry_base = std::time::Duration::from_millis(20);
+    raw.outbox.retry_max = std::time::Duration::from_millis(200);
+    raw.outbox.poll_interval = std::time::Duration::from_millis(100);
+    raw.outbox.timeout = std::time::Duration::from_millis(1000);
     // Outbound webhooks retried within a second, looked for every 20 ms.
     raw.outbound_webhooks.retry_schedule_ms = vec![100, 200, 400];
-    raw.outbound_webhooks.poll_interval_ms = 20;
-    raw.outbound_webhooks.timeout_ms = 2000;
+    raw.outbound_webhooks.poll_interval = std::time::Duration::from_millis(20);
+    raw.outbound_webhooks.timeout = std::time::Duration::from_millis(2000);
     // The tests' receivers listen on loopback, which endpoints may not reach by default.
-    raw.outbound_webhooks.allowed_subnets = LOOPBACK.iter().map(|net| net.to_string()).collect();
+    raw.outbound_webhooks.allowed_subnets = LOOPBACK.iter().map(|net| (*net).into()).collect();
     raw.webhooks.secret = SecretString::from(WEBHOOK_SECRET);
     raw.auth.keys = vec![
         key("checker", CHECK_KEY, &["check"]),
@@ -287,7 +287,7 @@ impl TestApp {
     }
 
     /// Spawns with the built-in seed; `adjust` may change the settings first.
-    pub async fn spawn_with(adjust: impl FnOnce(&mut RawSettings)) -> Self {
+    pub async fn spawn_with(adjust: impl FnOnce(&mut Settings)) -> Self {
         let sim = start_sim(Seed::built_in());
         let (url, pool) = fresh_database().await;
         let mut raw = test_settings(&sim.base_url(), &url);
@@ -307,7 +307,7 @@ impl TestApp {
     }
 
     /// A second replica whose settings `adjust` changes first.
-    pub async fn second_instance_with(&self, adjust: impl FnOnce(&mut RawSettings)) -> TestApp {
+    pub async fn second_instance_with(&self, adjust: impl FnOnce(&mut Settings)) -> TestApp {
         let (settings, pool, listener) = self.second_instance_parts(adjust).await;
         let app = Application::build_with(settings, pool.clone(), listener).await.unwrap();
         Self::running(app, pool, self.sim.clone())
@@ -316,7 +316,7 @@ impl TestApp {
     /// What a second replica is built from (a test may expect the build to fail).
     pub async fn second_instance_parts(
         &self,
-        adjust: impl FnOnce(&mut RawSettings),
+        adjust: impl FnOnce(&mut Settings),
     ) -> (Settings, PgPool, TcpListener) {
         let url =
             sqlx::query_scalar::<_, String>("SELECT current_database()").fetch_one(&self.pool).await.unwrap();
@@ -326,12 +326,12 @@ impl TestApp {
         adjust(&mut raw);
         let settings = raw.validate().unwrap();
         let pool = PgPool::connect(database.as_str()).await.unwrap();
-        let listener = TcpListener::bind(settings.server.address).unwrap();
+        let listener = TcpListener::bind(*settings.server.address).unwrap();
         (settings, pool, listener)
     }
 
     async fn start(settings: Settings, pool: PgPool, sim: Sim) -> Self {
-        let listener = TcpListener::bind(settings.server.address).unwrap();
+        let listener = TcpListener::bind(*settings.server.address).unwrap();
         Self::run(settings, pool, listener, std::sync::Arc::new(sim)).await
     }
 
@@ -465,7 +465,7 @@ pub const JWT_AUDIENCE: &str = "usage-gate";
 
 /// A service whose gate verifies end users' tokens with the key source `source` sets
 /// (issuer and audience [`JWT_ISSUER`] and [`JWT_AUDIENCE`]).
-pub async fn spawn_with_jwt(source: impl FnOnce(&mut usage_gate::config::RawJwt)) -> TestApp {
+pub async fn spawn_with_jwt(source: impl FnOnce(&mut usage_gate::config::JwtSettings)) -> TestApp {
     TestApp::spawn_with(|raw| {
         source(&mut raw.gate.jwt);
         raw.gate.jwt.issuer = JWT_ISSUER.into();

@@ -394,7 +394,9 @@ async fn a_replica_vacuums_the_ledger_once_its_dead_rows_pile_up() {
 async fn fetches_settled_together_record_and_retire_each_as_if_alone() {
     // The answers are asserted at once: settling gets all the time it needs (by default a fetch
     // caches its snapshot after 250 ms and retires a moment later, which a loaded machine hits).
-    let app = TestApp::spawn_with(|raw| raw.pending.settle_timeout_ms = 30_000).await;
+    let app =
+        TestApp::spawn_with(|raw| raw.pending.settle_timeout = std::time::Duration::from_millis(30_000))
+            .await;
     // One customer fetched before, whose counter grows, beside a dozen never fetched; half of
     // those had usage delivered and counted by BillaBear before usage-gate first fetched them.
     let (warm, warm_subscription) = taxed_customer(&app, 10.0, 100_000).await;

@@ -48,9 +48,9 @@ async fn rows_past_their_window_are_pruned_and_the_audit_log_is_kept_unless_a_wi
     let audit_before = count(&app, "SELECT count(*) FROM audit_log").await;
     let counted_before = pruned_counts(&app).await;
 
-    let settings =
-        test_settings("http://127.0.0.1:9", "postgres://x@127.0.0.1/x").validate().unwrap().retention;
-    let removed = usage_gate::retention::prune(&app.pool, &settings).await.unwrap();
+    let settings = test_settings("http://127.0.0.1:9", "postgres://x@127.0.0.1/x").validate().unwrap();
+    let removed =
+        usage_gate::retention::prune(&app.pool, &usage_gate::retention::Plan::new(&settings)).await.unwrap();
     assert_eq!(
         removed,
         [
@@ -83,8 +83,11 @@ async fn rows_past_their_window_are_pruned_and_the_audit_log_is_kept_unless_a_wi
     assert_eq!(count(&app, "SELECT count(*) FROM audit_log").await, audit_before);
 
     let mut raw = test_settings("http://127.0.0.1:9", "postgres://x@127.0.0.1/x");
-    raw.retention.audit_days = 365.0;
-    let removed = usage_gate::retention::prune(&app.pool, &raw.validate().unwrap().retention).await.unwrap();
+    raw.retention.audit = usage_gate::config::Days(365.0);
+    let removed =
+        usage_gate::retention::prune(&app.pool, &usage_gate::retention::Plan::new(&raw.validate().unwrap()))
+            .await
+            .unwrap();
     assert!(removed.contains(&("audit_log", 1)), "{removed:?}");
     assert_eq!(
         count(&app, "SELECT count(*) FROM audit_log WHERE action = 'test.old'").await,
@@ -164,8 +167,8 @@ async fn a_replica_prunes_first_one_interval_after_it_starts() {
     let started = std::time::Instant::now();
     let _second = app
         .second_instance_with(|raw| {
-            raw.retention.interval_s = 2;
-            raw.retention.reservations_days = 1.0 / 86_400.0;
+            raw.retention.interval = std::time::Duration::from_secs(2);
+            raw.retention.reservations = usage_gate::config::Days(1.0 / 86_400.0);
         })
         .await;
     eventually(Duration::from_secs(15), "the aged hold pruned", || async {
@@ -181,9 +184,9 @@ async fn a_replica_prunes_first_one_interval_after_it_starts() {
 
 #[tokio::test]
 async fn replicas_prune_one_at_a_time_and_each_on_its_own() {
-    let every_second = |raw: &mut usage_gate::config::RawSettings| {
-        raw.retention.interval_s = 1;
-        raw.retention.reservations_days = 1.0 / 86_400.0;
+    let every_second = |raw: &mut usage_gate::config::Settings| {
+        raw.retention.interval = std::time::Duration::from_secs(1);
+        raw.retention.reservations = usage_gate::config::Days(1.0 / 86_400.0);
     };
     let mut first = TestApp::spawn_with(every_second).await;
     let second = first.second_instance_with(every_second).await;

@@ -43,7 +43,7 @@ async fn readyz_is_503_and_names_postgres_when_it_is_unreachable() {
     // Port 1 on loopback: nothing listens there.
     let app = TestApp::spawn_with(|raw| {
         raw.database.url = secrecy::SecretString::from("postgres://postgres@127.0.0.1:1/usage_gate");
-        raw.database.acquire_timeout_ms = 300;
+        raw.database.acquire_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     let response = app.get("/readyz", None).await;
@@ -60,7 +60,7 @@ async fn with_postgres_gone_after_start_readyz_stays_200_degraded_and_checks_ans
     let app = TestApp::spawn_with(|raw| {
         let direct = secrecy::ExposeSecret::expose_secret(&raw.database.url).to_owned();
         raw.database.url = secrecy::SecretString::from(gate.url(&direct));
-        raw.database.acquire_timeout_ms = 300;
+        raw.database.acquire_timeout = std::time::Duration::from_millis(300);
     })
     .await;
     assert_eq!(app.check(ACME).await["allowed"], true, "a cached customer");

@@ -306,9 +306,9 @@ async fn messages_past_retention_are_pruned_unless_still_pending() {
     .fetch_one(&app.pool)
     .await
     .unwrap();
-    let retention =
-        test_settings("http://127.0.0.1:9", "postgres://x@127.0.0.1/x").validate().unwrap().retention;
-    let removed = usage_gate::retention::prune(&app.pool, &retention).await.unwrap();
+    let retention = test_settings("http://127.0.0.1:9", "postgres://x@127.0.0.1/x").validate().unwrap();
+    let removed =
+        usage_gate::retention::prune(&app.pool, &usage_gate::retention::Plan::new(&retention)).await.unwrap();
     assert!(removed.contains(&("webhook_messages", 1)), "{removed:?}");
     let left: Vec<String> =
         sqlx::query_scalar("SELECT id FROM webhook_messages").fetch_all(&app.pool).await.unwrap();
@@ -385,7 +385,9 @@ async fn a_410_disables_the_endpoint_until_it_is_enabled() {
 
 #[tokio::test]
 async fn a_slow_receiver_does_not_hold_up_another_endpoints_messages() {
-    let app = TestApp::spawn_with(|raw| raw.outbound_webhooks.timeout_ms = 10_000).await;
+    let app =
+        TestApp::spawn_with(|raw| raw.outbound_webhooks.timeout = std::time::Duration::from_millis(10_000))
+            .await;
     let slow = Receiver::start_slow(&[], Duration::from_secs(5));
     let fast = Receiver::start(&[]);
     let slow_endpoint = app.webhook_endpoint(json!({"url": slow.url})).await;
@@ -525,7 +527,7 @@ async fn each_attempt_is_judged_on_the_address_it_connects_to() {
 async fn a_hanging_endpoint_with_a_backlog_takes_a_few_slots_and_not_the_others_turn() {
     let attempt = Duration::from_secs(5);
     let app = TestApp::spawn_with(|raw| {
-        raw.outbound_webhooks.timeout_ms = attempt.as_millis() as u64;
+        raw.outbound_webhooks.timeout = std::time::Duration::from_millis(attempt.as_millis() as u64);
         raw.outbound_webhooks.concurrency = 16;
         raw.outbound_webhooks.max_attempts_per_endpoint = 4;
     })
