@@ -86,6 +86,8 @@ struct Inner<K, V> {
     /// One reload at a time, so a read that began earlier never overwrites a later one.
     reloading: tokio::sync::Mutex<()>,
     changes: Option<mpsc::Sender<Change<K, V>>>,
+    /// This replica's writers that put what they commit in the mirror themselves ([`Mirror::apply`]).
+    writers: db::Backends,
 }
 
 /// How many changes may wait for their reader; beyond it they are dropped (and counted).
@@ -99,7 +101,19 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
         what: &'static str,
         load: Loader<K, V>,
     ) -> Started<Self> {
-        Self::following(pool, channel, what, load, None)
+        Self::following(pool, channel, what, load, None, db::Backends::default())
+    }
+
+    /// As [`Mirror::start`], for keys this replica's `writers` also change: each puts what it
+    /// commits in the mirror itself ([`Mirror::apply`]), so their notifications are not reloaded.
+    pub fn start_beside(
+        pool: PgPool,
+        channel: &'static str,
+        what: &'static str,
+        load: Loader<K, V>,
+        writers: db::Backends,
+    ) -> Started<Self> {
+        Self::following(pool, channel, what, load, None, writers)
     }
 
     /// As [`Mirror::start`], and tells of every change after the first load (dropped, and
@@ -112,7 +126,7 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
     ) -> Started<Self, mpsc::Receiver<Change<K, V>>> {
         let (sender, changes) = mpsc::channel(CHANGES_QUEUE);
         let Started { service, tasks, listening, .. } =
-            Self::following(pool, channel, what, load, Some(sender));
+            Self::following(pool, channel, what, load, Some(sender), db::Backends::default());
         Started { service, changes, tasks, listening }
     }
 
@@ -122,6 +136,7 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
         what: &'static str,
         load: Loader<K, V>,
         changes: Option<mpsc::Sender<Change<K, V>>>,
+        writers: db::Backends,
     ) -> Started<Self> {
         let inner = Arc::new(Inner {
             pool: pool.clone(),
@@ -131,6 +146,7 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
             counts: Default::default(),
             reloading: tokio::sync::Mutex::new(()),
             changes,
+            writers,
         });
         let (ready, listening) = watch::channel(false);
         let task = tokio::spawn(db::follow(pool, channel, inner.clone(), ready)).abort_handle();
@@ -168,6 +184,18 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
     pub async fn reload_keys(&self, keys: &[K]) -> Result<(), sqlx::Error> {
         self.inner.reload(Some(keys), true).await
     }
+
+    /// Edits the keys' entries with a change this replica committed itself, without reading
+    /// Postgres again: `edit` gets each key's entry and answers the new one (None: none). It
+    /// waits for a reload under way, so a read that began before the commit cannot land after
+    /// the edit. Every change is told of.
+    pub async fn apply(&self, keys: &[K], mut edit: impl FnMut(K, Option<&V>) -> Option<V>) {
+        let _one_at_a_time = self.inner.reloading.lock().await;
+        for &key in keys {
+            let after = edit(key, self.inner.entries.get(&key).as_deref());
+            self.inner.set(key, after, true);
+        }
+    }
 }
 
 impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Inner<K, V> {
@@ -187,32 +215,34 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Inner<K, V> {
             }
         };
         for key in concerned {
-            let after = loaded.remove(&key);
-            if after.is_some()
-                && self.entries.get(&key).is_some_and(|current| Some(&*current) == after.as_ref())
-            {
-                continue;
-            }
-            let before = match &after {
-                Some(after) => self.entries.insert(key, after.clone()),
-                None => self.entries.remove(&key).map(|(_, entry)| entry),
-            };
-            let count = &self.counts[key.kind()];
-            match (before.is_some(), after.is_some()) {
-                (false, true) => count.fetch_add(1, Ordering::Relaxed),
-                (true, false) => count.fetch_sub(1, Ordering::Relaxed),
-                _ => 0,
-            };
-            if let Some(changes) = &self.changes
-                && announce
-                && before != after
-                && changes.try_send(Change { key, before, after }).is_err()
-            {
-                metrics::counter!("usage_gate_mirror_changes_dropped_total", "what" => self.what)
-                    .increment(1);
-            }
+            self.set(key, loaded.remove(&key), announce);
         }
         Ok(())
+    }
+
+    /// Makes `after` the key's entry (None: no entry); the caller holds `reloading`.
+    fn set(&self, key: K, after: Option<V>, announce: bool) {
+        if after.is_some() && self.entries.get(&key).is_some_and(|current| Some(&*current) == after.as_ref())
+        {
+            return;
+        }
+        let before = match &after {
+            Some(after) => self.entries.insert(key, after.clone()),
+            None => self.entries.remove(&key).map(|(_, entry)| entry),
+        };
+        let count = &self.counts[key.kind()];
+        match (before.is_some(), after.is_some()) {
+            (false, true) => count.fetch_add(1, Ordering::Relaxed),
+            (true, false) => count.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        if let Some(changes) = &self.changes
+            && announce
+            && before != after
+            && changes.try_send(Change { key, before, after }).is_err()
+        {
+            metrics::counter!("usage_gate_mirror_changes_dropped_total", "what" => self.what).increment(1);
+        }
     }
 }
 
@@ -227,5 +257,9 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> db::Follower for Inne
     fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
         let keys = K::notified(&payloads);
         async move { Inner::reload(self, Some(&keys), true).await }.boxed()
+    }
+
+    fn own(&self, process_id: u32) -> bool {
+        self.writers.contains(process_id)
     }
 }

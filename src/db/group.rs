@@ -72,13 +72,37 @@ pub struct Dedicated {
     /// How long one write may take before its callers get 503. It may still commit; a retry
     /// then finds what it wrote (a duplicate, a committed hold), the safe side.
     timeout: Duration,
-    conn: Option<PgConnection>,
+    conn: Option<Connected>,
+    /// Where the connection's backend is listed while it is open, if anywhere.
+    backends: Option<super::Backends>,
+}
+
+/// The writer's connection and its backend's process id, listed in the writer's
+/// [`super::Backends`] until it is dropped.
+struct Connected {
+    conn: PgConnection,
+    listed: Option<(super::Backends, u32)>,
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        if let Some((backends, pid)) = &self.listed {
+            backends.remove(*pid);
+        }
+    }
 }
 
 impl Dedicated {
     /// Connects with the pool's options when first needed, waiting at most `connect_timeout`.
     pub fn new(pool: PgPool, connect_timeout: Duration, timeout: Duration) -> Self {
-        Self { pool, connect_timeout, timeout, conn: None }
+        Self { pool, connect_timeout, timeout, conn: None, backends: None }
+    }
+
+    /// Lists the connection's backend in `backends` while it is open: a copy that follows
+    /// what this writer writes knows its notifications (see [`super::Follower::own`]).
+    pub fn listed_in(mut self, backends: super::Backends) -> Self {
+        self.backends = Some(backends);
+        self
     }
 
     /// The connection, made first if there is none.
@@ -86,14 +110,24 @@ impl Dedicated {
         if self.conn.is_none() {
             let options = self.pool.connect_options();
             let connecting = PgConnection::connect_with(&options);
-            let connected = tokio::time::timeout(self.connect_timeout, connecting)
+            let mut conn = tokio::time::timeout(self.connect_timeout, connecting)
                 .await
                 .map_err(|_| StorageError::timed_out())??;
-            self.conn = Some(connected);
+            let listed = match &self.backends {
+                Some(backends) => {
+                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
+                    let pid =
+                        u32::try_from(pid).map_err(|_| StorageError::impossible("a negative backend pid"))?;
+                    backends.add(pid);
+                    Some((backends.clone(), pid))
+                }
+                None => None,
+            };
+            self.conn = Some(Connected { conn, listed });
         }
         // Always Some here; matching on `&mut self.conn` and inserting in the None arm is what
         // the borrow checker refuses.
-        self.conn.as_mut().ok_or_else(StorageError::timed_out)
+        self.conn.as_mut().map(|c| &mut c.conn).ok_or_else(StorageError::timed_out)
     }
 }
 

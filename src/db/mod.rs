@@ -174,6 +174,30 @@ pub trait Follower: Send + Sync + 'static {
     fn reload_all(&self, first: bool) -> BoxFuture<'_, Result<(), sqlx::Error>>;
     /// The payloads of the notifications that arrived while the last reload ran.
     fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>>;
+    /// Whether a notification from this backend tells of a change the copy already holds (one
+    /// of this replica's writers, which puts what it commits in the copy itself): not reloaded.
+    fn own(&self, _process_id: u32) -> bool {
+        false
+    }
+}
+
+/// The Postgres backends of this replica's writers that edit a copy themselves (see
+/// [`Follower::own`]); cheap to clone. A writer's connection is listed while it is open.
+#[derive(Clone, Default)]
+pub struct Backends(std::sync::Arc<std::sync::RwLock<Vec<u32>>>);
+
+impl Backends {
+    pub fn contains(&self, process_id: u32) -> bool {
+        self.0.read().expect("backends lock").contains(&process_id)
+    }
+
+    fn add(&self, process_id: u32) {
+        self.0.write().expect("backends lock").push(process_id);
+    }
+
+    fn remove(&self, process_id: u32) {
+        self.0.write().expect("backends lock").retain(|pid| *pid != process_id);
+    }
 }
 
 /// The customers named by notifications whose payloads list customer ids, comma-separated
@@ -312,7 +336,13 @@ pub async fn follow(
         // Ok(None) or an error: the connection was lost, and what was notified meanwhile is
         // missed; listen again and reload all.
         while let Ok(Some(notification)) = listener.try_recv().await {
-            let mut payloads = vec![notification.payload().to_owned()];
+            let mut payloads = Vec::new();
+            let mut take = |n: sqlx::postgres::PgNotification| {
+                if !follower.own(n.process_id()) {
+                    payloads.push(n.payload().to_owned());
+                }
+            };
+            take(notification);
             // Under load every commit notifies: one reload for all that have arrived (while the
             // last reload ran), not one per commit. A zero timeout takes only what is already
             // there; giving up on a `try_recv` loses nothing (sqlx takes a message off the
@@ -320,7 +350,10 @@ pub async fn follow(
             while let Ok(Ok(Some(more))) =
                 tokio::time::timeout(std::time::Duration::ZERO, listener.try_recv()).await
             {
-                payloads.push(more.payload().to_owned());
+                take(more);
+            }
+            if payloads.is_empty() {
+                continue;
             }
             if let Err(e) = follower.reload(payloads).await {
                 tracing::warn!(channel, error = %e, "cannot reload what changed; reloading all");

@@ -173,9 +173,17 @@ crate::domain::moved_fields!(ReservationRow => Reservation {
 /// An open hold as a check counts it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hold {
+    /// The reservation's id: this replica's own writes edit its copy by it (`writer`).
+    pub id: Uuid,
     pub amount: i64,
     /// Unix ms; the hold stops counting then.
     pub expires_at_ms: i64,
+}
+
+impl Hold {
+    pub fn of(id: Uuid, amount: i64, expires_at: DateTime<Utc>) -> Self {
+        Self { id, amount, expires_at_ms: expires_at.timestamp_millis() }
+    }
 }
 
 /// A hold not made because its idempotency key made another, or one that holds nothing now.
@@ -229,9 +237,13 @@ impl Holds {
     pub fn start(pool: PgPool, connect_timeout: Duration, policy: PolicySettings) -> Started<Self> {
         let load: mirror::Loader<CustomerId, Box<[Hold]>> =
             |pool, customers| store::open_holds(pool, customers).boxed();
+        // The writers put what they commit in the copy themselves; the others' changes (other
+        // replicas', expiry) come by notification.
+        let writers = db::Backends::default();
         let Started { service: open, mut tasks, listening, .. } =
-            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "reservations", load);
-        let (writer, writing) = writer::Writer::start(pool.clone(), connect_timeout, policy, open.clone());
+            Mirror::start_beside(pool.clone(), store::NOTIFY_CHANNEL, "reservations", load, writers.clone());
+        let (writer, writing) =
+            writer::Writer::start(pool.clone(), connect_timeout, policy, open.clone(), writers);
         tasks.extend(writing);
         let vacuum_pool = pool.clone();
         let expire_pool = pool.clone();

@@ -560,11 +560,11 @@ pub async fn open_holds(
     pool: &PgPool,
     customers: Option<&[CustomerId]>,
 ) -> Result<HashMap<CustomerId, Box<[Hold]>>, sqlx::Error> {
-    let rows: Vec<(Uuid, i64, DateTime<Utc>)> = match customers {
+    let rows: Vec<(Uuid, Uuid, i64, DateTime<Utc>)> = match customers {
         Some(customers) => {
             let ids: Vec<Uuid> = customers.iter().map(|c| c.as_uuid()).collect();
             sqlx::query_as(
-                "SELECT customer_id, amount, expires_at FROM reservations
+                "SELECT customer_id, id, amount, expires_at FROM reservations
                  WHERE customer_id = ANY($1) AND closed_at IS NULL",
             )
             .bind(ids)
@@ -572,17 +572,16 @@ pub async fn open_holds(
             .await?
         }
         None => {
-            sqlx::query_as("SELECT customer_id, amount, expires_at FROM reservations WHERE closed_at IS NULL")
-                .fetch_all(pool)
-                .await?
+            sqlx::query_as(
+                "SELECT customer_id, id, amount, expires_at FROM reservations WHERE closed_at IS NULL",
+            )
+            .fetch_all(pool)
+            .await?
         }
     };
     let mut holds: HashMap<CustomerId, Vec<Hold>> = HashMap::new();
-    for (customer, amount, expires_at) in rows {
-        holds
-            .entry(CustomerId::from(customer))
-            .or_default()
-            .push(Hold { amount, expires_at_ms: expires_at.timestamp_millis() });
+    for (customer, id, amount, expires_at) in rows {
+        holds.entry(CustomerId::from(customer)).or_default().push(Hold::of(id, amount, expires_at));
     }
     Ok(holds.into_iter().map(|(customer, holds)| (customer, holds.into_boxed_slice())).collect())
 }

@@ -8,17 +8,19 @@
 //! (`bench/enforce.py`), whatever the plan allowed. Written together, a batch takes each lock
 //! once for all of its changes, so the rate grows with the load instead of queueing.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::{PgConnection, PgPool};
 
 use super::Hold;
-use super::store::{self, Change, Committed, Done};
-use crate::db::StorageError;
+use super::store::{self, Change, Committed, Created, Done};
 use crate::db::group::{Dedicated, Group, GroupCommit};
+use crate::db::{Backends, FailureKind, StorageError};
 use crate::domain::CustomerId;
 use crate::mirror::Mirror;
 use crate::policy::PolicySettings;
+use uuid::Uuid;
 
 /// Changes one transaction holds at most (each commit may carry up to 1,000 events).
 const MAX_CHANGES: usize = 256;
@@ -44,10 +46,11 @@ impl Writer {
         connect_timeout: Duration,
         policy: PolicySettings,
         open: Mirror<CustomerId, Box<[Hold]>>,
+        backends: Backends,
     ) -> (Self, [tokio::task::AbortHandle; 2]) {
         let start = || {
             let holding = Holding { policy: policy.clone(), open: open.clone() };
-            let db = Dedicated::new(pool.clone(), connect_timeout, WRITE_TIMEOUT);
+            let db = Dedicated::new(pool.clone(), connect_timeout, WRITE_TIMEOUT).listed_in(backends.clone());
             let (queue, committing) = GroupCommit::new(holding, db, MAX_CHANGES);
             (queue, tokio::spawn(committing.run()).abort_handle())
         };
@@ -80,32 +83,48 @@ impl Group for Holding {
         Ok(written)
     }
 
-    /// Reloads the changed customers' holds, so this replica's next check counts them
-    /// without waiting for the notification (one statement for the batch).
+    /// Puts what the batch committed in this replica's copy of the open holds, so the callers'
+    /// next checks count it without waiting for the notification: the holds it made added, those
+    /// it closed removed, with no read of Postgres.
     async fn written(&self, changes: &[Change], answers: &[Result<Done, StorageError>]) {
-        let mut customers: Vec<CustomerId> = changes
-            .iter()
-            .zip(answers)
-            .filter_map(|(change, answer)| match (change, answer) {
-                (Change::Hold { customer, .. }, Ok(Done::Hold(created)))
-                    if created.reservation.is_some() && !created.replayed =>
-                {
-                    Some(*customer)
+        let mut edits: HashMap<CustomerId, (Vec<Hold>, Vec<Uuid>)> = HashMap::new();
+        for (change, answer) in changes.iter().zip(answers) {
+            match (change, answer) {
+                (
+                    Change::Hold { customer, .. },
+                    Ok(Done::Hold(Created { reservation: Some(made), replayed, .. })),
+                ) if !replayed => {
+                    edits.entry(*customer).or_default().0.push(Hold::of(
+                        made.id,
+                        made.amount,
+                        made.expires_at,
+                    ));
                 }
                 (
                     _,
                     Ok(Done::Commit(Committed::Done { reservation, .. }) | Done::Release(Some(reservation))),
-                ) => Some(CustomerId::from(reservation.customer_id)),
-                _ => None,
-            })
-            .collect();
-        if customers.is_empty() {
-            return;
+                ) => {
+                    edits.entry(CustomerId::from(reservation.customer_id)).or_default().1.push(reservation.id)
+                }
+                _ => {}
+            }
         }
-        customers.sort_unstable();
-        customers.dedup();
-        if let Err(e) = self.open.reload_keys(&customers).await {
-            tracing::warn!(error = %e, "reservations: cannot reload the changed holds; the notification will");
+        let customers: Vec<CustomerId> = edits.keys().copied().collect();
+        self.open
+            .apply(&customers, |customer, holds| {
+                let (made, closed) = &edits[&customer];
+                let kept = holds.into_iter().flatten().filter(|hold| !closed.contains(&hold.id));
+                let after: Box<[Hold]> = kept.chain(made).copied().collect();
+                (!after.is_empty()).then_some(after)
+            })
+            .await;
+        // A write that failed other than on a refused value (a timeout, a lost connection) may
+        // have committed all the same, and its notification been taken for one already in the
+        // copy: read every open hold again (rare, and cheap beside an outage).
+        if answers.iter().any(|a| a.as_ref().is_err_and(|e| e.kind != FailureKind::Data))
+            && let Err(e) = self.open.reload_all().await
+        {
+            tracing::warn!(error = %e, "reservations: cannot reload the holds after a failed write; the next notification will");
         }
     }
 }
