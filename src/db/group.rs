@@ -109,19 +109,28 @@ impl Dedicated {
     async fn connection(&mut self) -> Result<&mut PgConnection, StorageError> {
         if self.conn.is_none() {
             let options = self.pool.connect_options();
-            let connecting = PgConnection::connect_with(&options);
-            let mut conn = tokio::time::timeout(self.connect_timeout, connecting)
+            // Connected, and its backend known when it is to be listed, within the one limit.
+            let connecting = async {
+                let mut conn = PgConnection::connect_with(&options).await?;
+                let pid: Option<i32> = match &self.backends {
+                    Some(_) => {
+                        Some(sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?)
+                    }
+                    None => None,
+                };
+                Ok::<_, sqlx::Error>((conn, pid))
+            };
+            let (conn, pid) = tokio::time::timeout(self.connect_timeout, connecting)
                 .await
                 .map_err(|_| StorageError::timed_out())??;
-            let listed = match &self.backends {
-                Some(backends) => {
-                    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await?;
+            let listed = match (&self.backends, pid) {
+                (Some(backends), Some(pid)) => {
                     let pid =
                         u32::try_from(pid).map_err(|_| StorageError::impossible("a negative backend pid"))?;
                     backends.add(pid);
                     Some((backends.clone(), pid))
                 }
-                None => None,
+                _ => None,
             };
             self.conn = Some(Connected { conn, listed });
         }
