@@ -185,14 +185,17 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
         self.inner.reload(Some(keys), true).await
     }
 
-    /// Edits the keys' entries with a change this replica committed itself, without reading
-    /// Postgres again: `edit` gets each key's entry and answers the new one (None: none). It
-    /// waits for a reload under way, so a read that began before the commit cannot land after
-    /// the edit. Every change is told of.
-    pub async fn apply(&self, keys: &[K], mut edit: impl FnMut(K, Option<&V>) -> Option<V>) {
+    /// Applies changes this replica committed itself, without reading Postgres again: `edit`
+    /// gets a key's entry (None: none) and its change, and answers the new entry. It waits for a
+    /// reload under way, so a read that began before the commit cannot land after the edit
+    /// (nothing to apply: no wait). Every change is told of.
+    pub async fn apply<E>(&self, changes: Vec<(K, E)>, mut edit: impl FnMut(Option<&V>, E) -> Option<V>) {
+        if changes.is_empty() {
+            return;
+        }
         let _one_at_a_time = self.inner.reloading.lock().await;
-        for &key in keys {
-            let after = edit(key, self.inner.entries.get(&key).as_deref());
+        for (key, change) in changes {
+            let after = edit(self.inner.entries.get(&key).as_deref(), change);
             self.inner.set(key, after, true);
         }
     }

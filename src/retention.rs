@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::config::{RetentionSettings, Settings};
+use crate::config::Settings;
 use crate::db;
 
 /// Rows per statement.
@@ -94,7 +94,6 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(settings: &Settings) -> Self {
-        let RetentionSettings { interval, vacuum, .. } = settings.retention;
         let kept = &settings.retention;
         Self {
             rules: [
@@ -107,8 +106,8 @@ impl Plan {
                 (&CONSOLE_SESSIONS, Some(settings.console.session_idle)),
                 (&USAGE_SAMPLES, Some(settings.console.history.duration())),
             ],
-            interval,
-            vacuum,
+            interval: kept.interval,
+            vacuum: kept.vacuum,
         }
     }
 }

@@ -69,13 +69,14 @@ impl AuthSettings {
                     "must be 1 to 64 printable characters (the actor in audit records)",
                 );
             }
+            let digest = k.digest();
             match (&k.key, &k.sha256) {
                 (Some(_), Some(_)) => v.problem(&at, "set either key or sha256, not both"),
                 (None, None) => v.problem(&at, "set key (the secret) or sha256 (its hex SHA-256 digest)"),
-                (Some(_), None) if k.digest().is_none() => {
+                (Some(_), None) if digest.is_none() => {
                     v.problem(format!("{at}.key"), "must be at least 16 characters")
                 }
-                (None, Some(_)) if k.digest().is_none() => {
+                (None, Some(_)) if digest.is_none() => {
                     v.problem(format!("{at}.sha256"), "must be 64 hex characters (the SHA-256 of the key)")
                 }
                 _ => {}
@@ -89,7 +90,7 @@ impl AuthSettings {
                     format!("unknown scope {s:?} (expected check, events or admin)"),
                 );
             }
-            if let Some(d) = k.digest() {
+            if let Some(d) = digest {
                 if let Some((_, first)) = seen.iter().find(|(other, _)| *other == d) {
                     v.problem(&at, format!("same key as auth.keys[{first}]"));
                 }

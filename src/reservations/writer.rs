@@ -109,12 +109,10 @@ impl Group for Holding {
                 _ => {}
             }
         }
-        let customers: Vec<CustomerId> = edits.keys().copied().collect();
         self.open
-            .apply(&customers, |customer, holds| {
-                let (made, closed) = &edits[&customer];
+            .apply(edits.into_iter().collect(), |holds, (made, closed)| {
                 let kept = holds.into_iter().flatten().filter(|hold| !closed.contains(&hold.id));
-                let after: Box<[Hold]> = kept.chain(made).copied().collect();
+                let after: Box<[Hold]> = kept.chain(&made).copied().collect();
                 (!after.is_empty()).then_some(after)
             })
             .await;
