@@ -111,7 +111,12 @@ impl Group for Holding {
         }
         self.open
             .apply(edits.into_iter().collect(), |holds, (made, closed)| {
-                let kept = holds.into_iter().flatten().filter(|hold| !closed.contains(&hold.id));
+                // A reload (another replica's notification) may have read the batch's commit
+                // already: a hold it made is then in the copy once, not twice.
+                let kept = holds
+                    .into_iter()
+                    .flatten()
+                    .filter(|hold| !closed.contains(&hold.id) && !made.iter().any(|m| m.id == hold.id));
                 let after: Box<[Hold]> = kept.chain(&made).copied().collect();
                 (!after.is_empty()).then_some(after)
             })
