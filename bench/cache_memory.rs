@@ -1,8 +1,11 @@
 //! Memory of the snapshot cache with N customers (default 1,000,000), each with a WARNING and a
 //! DISABLE limit, measured as the process's RSS. `--naive` fills a cache of String-keyed,
-//! String-fielded snapshots instead: the baseline, run as a separate process.
+//! String-fielded snapshots instead: the baseline, run as a separate process. `--plan` gives
+//! every customer a plan of 3 features and 2 feature limits (`entitlements::Plan`), to set
+//! beside the run without one.
 //!
 //!   cargo run --release --example cache-memory -- 1000000
+//!   cargo run --release --example cache-memory -- 1000000 --plan
 //!   cargo run --release --example cache-memory -- 1000000 --naive
 
 use std::sync::Arc;
@@ -14,6 +17,7 @@ use usage_gate::cache::SnapshotCache;
 use usage_gate::config::{KeySettings, Settings};
 use usage_gate::domain::Currency;
 use usage_gate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, SubscriptionId};
+use usage_gate::entitlements::Plan;
 use usage_gate::policy::Limit;
 use usage_gate::projection::{Aggregation, Code, Metered};
 use usage_gate::snapshot::{Known, SnapshotData};
@@ -52,10 +56,15 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
     let naive = args.iter().any(|a| a == "--naive");
+    let plan = args.iter().any(|a| a == "--plan");
     let base = rss_mib();
-    let entries = if naive { fill_naive(n) } else { fill_compact(n) };
+    let entries = if naive { fill_naive(n) } else { fill_compact(n, plan) };
     let rss = rss_mib();
-    let kind = if naive { "naive (String keys and fields)" } else { "usage-gate SnapshotCache" };
+    let kind = match (naive, plan) {
+        (true, _) => "naive (String keys and fields)",
+        (false, true) => "usage-gate SnapshotCache, 3 features and 2 feature limits each",
+        (false, false) => "usage-gate SnapshotCache",
+    };
     println!(
         "{kind}: {entries} customers cached, RSS {rss:.0} MiB ({:.0} MiB over the empty process, {:.0} bytes per customer)",
         rss - base,
@@ -63,7 +72,7 @@ fn main() {
     );
 }
 
-fn fill_compact(n: u64) -> u64 {
+fn fill_compact(n: u64, with_plan: bool) -> u64 {
     let mut raw = Settings::defaults();
     raw.billabear.api_key = SecretString::from("unused");
     raw.cache.max_customers = n;
@@ -105,6 +114,12 @@ fn fill_compact(n: u64) -> u64 {
                 approximate: false,
                 takes_customer_events: true,
             }]),
+            // Each customer's own plan, made from BillaBear's lists as a fetch makes it.
+            plan: if with_plan {
+                Plan::new([("projects", 25), ("api_calls", 10_000)], ["sso", "audit_log", "webhooks"], 10)
+            } else {
+                Plan::default()
+            },
         };
         cache.insert(CustomerId::from(Uuid::from_u128(i as u128)), SnapshotData::Known(known));
     }

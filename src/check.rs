@@ -8,9 +8,10 @@ use crate::cache::SnapshotCache;
 use crate::domain::Currency;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Target, Timestamp};
 use crate::enforce::{Gate, Judged};
+use crate::entitlements::{self, EntitlementSettings, PlanAsk};
 use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
-use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
+use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Usage, Verdict};
 use crate::projection::{PendingUsage, Projection};
 use crate::reservations::Holds;
 use crate::snapshot::{Known, Lookup, Snapshot, SnapshotData, Source, now_ms};
@@ -31,7 +32,7 @@ pub struct Decision {
     /// Stable codes: customer_disabled, disable_limit_exceeded, would_exceed_disable_limit,
     /// warning_limit_exceeded, near_limit, customer_not_found, upstream_unavailable,
     /// upstream_budget_exhausted, pending_usage_exceeds_limit, override_allow, override_block,
-    /// override_raise.
+    /// override_raise, feature_not_in_plan, feature_limit_reached, seats_exceeded.
     #[schema(value_type = Vec<String>)]
     pub reasons: Reasons,
     /// The projected cost estimate for the period that every rule judges (minor units, tax
@@ -40,6 +41,13 @@ pub struct Decision {
     /// The `cost` asked about, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<i64>,
+    /// What the plan says of the `feature` asked about (absent when none was, or when the
+    /// customer's plan is not known: unknown customer, fallback).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feature: Option<Box<FeatureView>>,
+    /// The `seats` asked for and the plan's user count (absent as `feature` is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seats: Option<Box<SeatsView>>,
     pub limits: Vec<LimitView>,
     /// BillaBear's customer status (active, disabled, ...); null when unknown.
     #[schema(value_type = Option<String>)]
@@ -97,6 +105,48 @@ pub struct LimitView {
     pub remaining: i64,
 }
 
+/// What the plan says of the feature asked about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct FeatureView {
+    /// The code asked about.
+    pub code: String,
+    /// The plan includes it: listed among its features, or carrying a limit.
+    pub included: bool,
+    /// The plan's limit for it, summed over the customer's active subscriptions; absent for a
+    /// feature without a count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// How many are in use: `in_use` as the caller counted it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub used: Option<u64>,
+    /// `limit - used`, never negative.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remaining: Option<u64>,
+}
+
+/// The seats asked for beside the plan's user count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct SeatsView {
+    pub requested: u64,
+    /// The plan's user count; null when the plan sets none (a count of 0 read as unlimited,
+    /// `entitlements.zero_user_count`).
+    pub limit: Option<u64>,
+}
+
+/// What a check asks besides "may the customer go on": money about to be spent, and what is
+/// asked of the plan (with the settings that read it).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask<'a> {
+    pub cost: Option<i64>,
+    pub plan: Option<(&'a PlanAsk, &'a EntitlementSettings)>,
+}
+
+impl From<Option<i64>> for Ask<'_> {
+    fn from(cost: Option<i64>) -> Self {
+        Ask { cost, plan: None }
+    }
+}
+
 impl Decision {
     /// The lowest DISABLE limit: the one that blocks first.
     pub fn lowest_disable_limit(&self) -> Option<i64> {
@@ -122,7 +172,7 @@ pub enum Enforcement {
 /// Decision counters, registered once so the hot path does no registry lookups.
 struct DecisionMetrics {
     by_status: [Counter; 4],
-    by_reason: [Counter; 12],
+    by_reason: [Counter; Reason::ALL.len()],
     shadow_would_block: Counter,
 }
 
@@ -158,6 +208,7 @@ pub struct Checker {
     /// This replica's copy of the open overrides.
     pub overrides: Overrides,
     policy: PolicySettings,
+    entitlements: EntitlementSettings,
     metrics: DecisionMetrics,
 }
 
@@ -168,8 +219,9 @@ impl Checker {
         holds: Holds,
         overrides: Overrides,
         policy: PolicySettings,
+        entitlements: EntitlementSettings,
     ) -> Self {
-        Self { cache, pending, holds, overrides, policy, metrics: DecisionMetrics::new() }
+        Self { cache, pending, holds, overrides, policy, entitlements, metrics: DecisionMetrics::new() }
     }
 
     pub fn policy(&self) -> &PolicySettings {
@@ -180,6 +232,13 @@ impl Checker {
     pub async fn check(&self, id: CustomerId, cost: Option<i64>) -> Decision {
         let lookup = self.cache.lookup(id).await;
         self.explain(id, cost, lookup)
+    }
+
+    /// [`Checker::check`], asking of the plan too (a feature, seats).
+    pub async fn check_plan(&self, id: CustomerId, cost: Option<i64>, plan: &PlanAsk) -> Decision {
+        let lookup = self.cache.lookup(id).await;
+        let ask = Ask { cost, plan: (!plan.is_empty()).then_some((plan, &self.entitlements)) };
+        self.explain_replacing(id, ask, lookup, None)
     }
 
     /// How the customer's enforced writes are judged: against its snapshot under its lock, or,
@@ -214,10 +273,10 @@ impl Checker {
 
     /// As [`Checker::explain`], with `replaced`'s target read as holding its entries (see
     /// [`Pending::project_replacing`]).
-    fn explain_replacing(
+    fn explain_replacing<'a>(
         &self,
         id: CustomerId,
-        cost: Option<i64>,
+        ask: impl Into<Ask<'a>>,
         lookup: Lookup,
         replaced: Option<(Target, &[PendingUsage])>,
     ) -> Decision {
@@ -226,7 +285,7 @@ impl Checker {
             reserved: self.holds.reserved(id, now),
             ..self.pending.project_replacing(id, known, replaced)
         };
-        self.explain_projected(id, cost, lookup, project, now)
+        self.explain_projected(id, ask, lookup, project, now)
     }
 
     /// The decision an enforced write was judged by: its projection, read under the
@@ -246,16 +305,16 @@ impl Checker {
         self.explain_projected(id, cost, lookup, |_: &Known| projection, now_ms())
     }
 
-    fn explain_projected(
+    fn explain_projected<'a>(
         &self,
         id: CustomerId,
-        cost: Option<i64>,
+        ask: impl Into<Ask<'a>>,
         lookup: Lookup,
         project: impl FnOnce(&Known) -> Projection,
         now: u64,
     ) -> Decision {
         let applied = self.overrides.active(id, now);
-        let decision = explain(id, cost, lookup, project, applied.as_ref(), &self.policy, now);
+        let decision = explain(id, ask, lookup, project, applied.as_ref(), &self.policy, now);
         self.metrics.record(&decision);
         decision
     }
@@ -292,15 +351,16 @@ pub struct Mark {
 /// Builds the explained decision from a lookup, with the estimate `project` makes of a known
 /// customer's snapshot, under the override `applied` (in force at `now`). Pure: `now` is passed
 /// in.
-pub fn explain(
+pub fn explain<'a>(
     id: CustomerId,
-    cost: Option<i64>,
+    ask: impl Into<Ask<'a>>,
     lookup: Lookup,
     project: impl FnOnce(&Known) -> Projection,
     applied: Option<&Override>,
     settings: &PolicySettings,
     now: u64,
 ) -> Decision {
+    let Ask { cost, plan } = ask.into();
     let effect = applied.map(|o| o.effect);
     let empty = |verdict: Verdict, source: Source, snapshot: Option<&Snapshot>| Decision {
         customer_id: id,
@@ -309,6 +369,8 @@ pub fn explain(
         reasons: verdict.reasons,
         estimate: None,
         cost,
+        feature: None,
+        seats: None,
         limits: vec![],
         customer_status: None,
         fallback: source == Source::Fallback,
@@ -341,8 +403,32 @@ pub fn explain(
     };
     let projection = project(known);
     let amount = projection.amount();
-    let verdict = policy::decide_with(&known.usage(&projection), cost, effect, settings);
+    let disabled = known.status.is_disabled();
+    let judged =
+        plan.map(|(asked, settings)| (asked, entitlements::judge(&known.plan, asked, disabled, settings)));
+    let usage = Usage {
+        plan: judged.as_ref().map(|(_, j)| j.reasons).unwrap_or_default(),
+        ..known.usage(&projection)
+    };
+    let verdict = policy::decide_with(&usage, cost, effect, settings);
+    let (feature, seats) = match judged {
+        Some((asked, judgement)) => (
+            asked.feature.as_ref().zip(judgement.feature).map(|(asked, judged)| {
+                Box::new(FeatureView {
+                    code: asked.code.clone(),
+                    included: judged.included,
+                    limit: judged.limit,
+                    used: judged.used,
+                    remaining: judged.remaining(),
+                })
+            }),
+            judgement.seats.map(|s| Box::new(SeatsView { requested: s.requested, limit: s.limit })),
+        ),
+        None => (None, None),
+    };
     Decision {
+        feature,
+        seats,
         limits: known
             .limits
             .iter()
@@ -393,6 +479,7 @@ mod tests {
                 .map(|&(amount, action)| Limit { id: LimitId::new_v4(), amount, action })
                 .collect(),
             metered: Box::new([]),
+            plan: Default::default(),
         })
     }
 

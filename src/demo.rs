@@ -73,8 +73,8 @@ usage-gate demo is running (Ctrl-C stops it).
   API key     {key}  (scopes: check, events, admin)
 
 Demo customers (amounts in USD cents, as BillaBear sends them):
-  11111111-1111-4111-8111-111111111111  Acme      estimate  1200, DISABLE above 10000  (under)
-  22222222-2222-4222-8222-222222222222  Globex    estimate  9500, DISABLE above 10000  (near)
+  11111111-1111-4111-8111-111111111111  Acme      estimate  1200, DISABLE above 10000  (under; plan: sso, 25 projects, 10 users)
+  22222222-2222-4222-8222-222222222222  Globex    estimate  9500, DISABLE above 10000  (near; plan: 3 projects, 2 users)
   33333333-3333-4333-8333-333333333333  Initech   estimate  6000, WARNING above 5000   (over warning)
   44444444-4444-4444-8444-444444444444  Umbrella  estimate 15000, DISABLE above 10000  (over)
   55555555-5555-4555-8555-555555555555  Hooli     status disabled                      (disabled)
@@ -83,6 +83,8 @@ Demo customers (amounts in USD cents, as BillaBear sends them):
 Try:
   curl -s -H 'Authorization: Bearer {key}' {base}/v1/customers/44444444-4444-4444-8444-444444444444/check
   curl -s -H 'Authorization: Bearer {key}' '{base}/v1/customers/11111111-1111-4111-8111-111111111111/check?cost=9000'
+  curl -s -H 'Authorization: Bearer {key}' '{base}/v1/customers/22222222-2222-4222-8222-222222222222/check?feature=sso'
+  curl -s -H 'Authorization: Bearer {key}' '{base}/v1/customers/11111111-1111-4111-8111-111111111111/check?feature=projects&in_use=24&quantity=2'
   curl -si -H 'Authorization: Bearer {key}' -H 'X-Customer-Id: 33333333-3333-4333-8333-333333333333' {base}/v1/gate
   curl -s {base}/readyz
 "#,

@@ -6,7 +6,8 @@
 //! use each other, which `../shared/scripts/module-cycles` checks in CI).
 //!
 //! 1. **Core**, pure: no I/O, no HTTP, schema or client crate.
-//!    `domain` (values built by parsing), `policy` (the decision), `projection` (pricing usage
+//!    `domain` (values built by parsing), `policy` (the decision), `entitlements` (the plan's
+//!    features, feature limits and user count, judged for a check), `projection` (pricing usage
 //!    BillaBear has not counted), `snapshot` (what a decision is made from, and the clock).
 //! 2. **Edges**: configuration, keys, Postgres and BillaBear.
 //!    `config`, `auth` (API keys), `db` (the pool, migrations, and `db::group`, group commit),
@@ -44,6 +45,7 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod enforce;
+pub mod entitlements;
 pub mod error;
 pub mod fetch;
 pub mod health;

@@ -113,10 +113,16 @@ pub enum Reason {
     OverrideBlock,
     /// An operator's `raise` override sets the DISABLE threshold judged.
     OverrideRaise,
+    /// The feature asked about is not in the customer's plan (`entitlements`).
+    FeatureNotInPlan,
+    /// The feature's limit would be passed: what is in use plus the quantity asked for.
+    FeatureLimitReached,
+    /// More seats asked for than the plan's user count.
+    SeatsExceeded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 15] = [
         Reason::CustomerDisabled,
         Reason::DisableLimitExceeded,
         Reason::WouldExceedDisableLimit,
@@ -129,6 +135,9 @@ impl Reason {
         Reason::OverrideAllow,
         Reason::OverrideBlock,
         Reason::OverrideRaise,
+        Reason::FeatureNotInPlan,
+        Reason::FeatureLimitReached,
+        Reason::SeatsExceeded,
     ];
 
     pub fn code(self) -> &'static str {
@@ -145,6 +154,9 @@ impl Reason {
             Reason::OverrideAllow => "override_allow",
             Reason::OverrideBlock => "override_block",
             Reason::OverrideRaise => "override_raise",
+            Reason::FeatureNotInPlan => "feature_not_in_plan",
+            Reason::FeatureLimitReached => "feature_limit_reached",
+            Reason::SeatsExceeded => "seats_exceeded",
         }
     }
 
@@ -155,7 +167,12 @@ impl Reason {
     fn blocks(self) -> bool {
         matches!(
             self,
-            Reason::CustomerDisabled | Reason::DisableLimitExceeded | Reason::WouldExceedDisableLimit
+            Reason::CustomerDisabled
+                | Reason::DisableLimitExceeded
+                | Reason::WouldExceedDisableLimit
+                | Reason::FeatureNotInPlan
+                | Reason::FeatureLimitReached
+                | Reason::SeatsExceeded
         )
     }
 }
@@ -262,6 +279,9 @@ pub struct Usage<'a> {
     /// BillaBear's own estimate alone: tells a block by pending usage apart.
     pub counted: i64,
     pub limits: &'a [Limit],
+    /// What the plan refused of the ask (a feature, seats: `entitlements::judge`); empty when
+    /// nothing was asked of it.
+    pub plan: Reasons,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -327,7 +347,7 @@ struct Raw {
 }
 
 fn judge(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -> Raw {
-    let mut reasons = Reasons::default();
+    let mut reasons = usage.plan;
     if usage.disabled {
         reasons.insert(Reason::CustomerDisabled);
     }
@@ -471,6 +491,7 @@ mod tests {
                 estimate: row.estimate,
                 counted: row.estimate,
                 limits: &limits,
+                plan: Reasons::default(),
             };
             let verdict = decide(&usage, row.cost, &settings);
             let reasons: Vec<Reason> = verdict.reasons.iter().collect();
@@ -484,6 +505,45 @@ mod tests {
     }
 
     #[test]
+    fn what_the_plan_refuses_blocks_beside_every_other_reason_and_an_override_or_shadow_mode_still_rule() {
+        let limits = limits(&[(1000, Disable)]);
+        let usage = |disabled, estimate, plan: &[Reason]| Usage {
+            disabled,
+            estimate,
+            counted: estimate,
+            limits: &limits,
+            plan: plan.iter().fold(Reasons::default(), |mut set, r| {
+                set.insert(*r);
+                set
+            }),
+        };
+        let settings = PolicySettings::default();
+        let verdict = decide(&usage(false, 10, &[FeatureNotInPlan]), None, &settings);
+        assert_eq!((verdict.allowed, verdict.status), (false, Status::Blocked));
+        let both = decide(&usage(true, 2000, &[FeatureNotInPlan]), None, &settings);
+        assert_eq!(
+            both.reasons.iter().collect::<Vec<_>>(),
+            [CustomerDisabled, DisableLimitExceeded, FeatureNotInPlan],
+            "a blocked customer stays blocked, with both reasons"
+        );
+        let near = decide(&usage(false, 950, &[SeatsExceeded]), None, &settings);
+        assert_eq!(
+            (near.status, near.reasons.iter().collect::<Vec<_>>()),
+            (Status::Blocked, vec![NearLimit, SeatsExceeded])
+        );
+        let allowed =
+            decide_with(&usage(false, 10, &[FeatureLimitReached]), None, Some(Effect::Allow), &settings);
+        assert_eq!(
+            (allowed.allowed, allowed.would_block),
+            (true, Some(true)),
+            "an allow override lets it through"
+        );
+        let shadow = PolicySettings { mode: Mode::Shadow.into(), ..PolicySettings::default() };
+        let told = decide(&usage(false, 10, &[FeatureNotInPlan]), None, &shadow);
+        assert_eq!((told.allowed, told.would_block), (true, Some(true)));
+    }
+
+    #[test]
     fn shadow_mode_allows_everything_and_tells_the_truth() {
         let settings = PolicySettings { mode: Mode::Shadow.into(), ..PolicySettings::default() };
         for row in ROWS {
@@ -493,6 +553,7 @@ mod tests {
                 estimate: row.estimate,
                 counted: row.estimate,
                 limits: &limits,
+                plan: Reasons::default(),
             };
             let verdict = decide(&usage, row.cost, &settings);
             assert!(verdict.allowed, "{}", row.name);
@@ -535,7 +596,13 @@ mod tests {
     #[test]
     fn a_block_by_usage_billabear_has_not_counted_says_so() {
         let limits = limits(&[(500, Warning), (1000, Disable)]);
-        let usage = |estimate, counted| Usage { disabled: false, estimate, counted, limits: &limits };
+        let usage = |estimate, counted| Usage {
+            disabled: false,
+            estimate,
+            counted,
+            limits: &limits,
+            plan: Reasons::default(),
+        };
         let settings = PolicySettings::default();
         let pending = decide(&usage(1001, 200), None, &settings);
         assert_eq!((pending.allowed, pending.status), (false, Status::Blocked));
@@ -550,7 +617,13 @@ mod tests {
     #[test]
     fn an_override_decides_and_the_truth_stays_in_would_block() {
         let limits = limits(&[(500, Warning), (1000, Disable)]);
-        let usage = |estimate, disabled| Usage { disabled, estimate, counted: estimate, limits: &limits };
+        let usage = |estimate, disabled| Usage {
+            disabled,
+            estimate,
+            counted: estimate,
+            limits: &limits,
+            plan: Reasons::default(),
+        };
         let settings = PolicySettings::default();
         let codes = |v: Verdict| v.reasons.iter().collect::<Vec<_>>();
         // (usage, effect, cost) -> (allowed, status, would_block, reasons)

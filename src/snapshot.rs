@@ -11,7 +11,8 @@ use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::domain::{Currency, CustomerStatus};
-use crate::policy::{Limit, Usage};
+use crate::entitlements::Plan;
+use crate::policy::{Limit, Reasons, Usage};
 use crate::projection::{Metered, Projection};
 
 /// What BillaBear said about a known customer.
@@ -25,6 +26,8 @@ pub struct Known {
     /// Its usage-priced subscriptions, priced as BillaBear prices them: how pending usage is
     /// projected.
     pub metered: Box<[Metered]>,
+    /// Its plan's features, feature limits and user count.
+    pub plan: Plan,
 }
 
 impl Known {
@@ -35,6 +38,7 @@ impl Known {
             estimate: projection.amount(),
             counted: projection.billabear,
             limits: &self.limits,
+            plan: Reasons::default(),
         }
     }
 }
@@ -139,8 +143,9 @@ mod tests {
     #[test]
     fn snapshots_stay_compact() {
         // The cache holds a million of these; growing them is a decision, not an accident.
-        // 96: the metered subscriptions (a boxed slice) joined the limits for pending usage.
-        assert!(std::mem::size_of::<Snapshot>() <= 96, "{}", std::mem::size_of::<Snapshot>());
+        // 96: the metered subscriptions (a boxed slice) joined the limits for pending usage;
+        // 104: the plan (a pointer to a copy its customers share).
+        assert!(std::mem::size_of::<Snapshot>() <= 104, "{}", std::mem::size_of::<Snapshot>());
         assert_eq!(std::mem::size_of::<Limit>(), 32);
         assert!(std::mem::size_of::<Metered>() <= 40, "{}", std::mem::size_of::<Metered>());
     }

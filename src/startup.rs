@@ -317,8 +317,14 @@ impl Running {
             subscriptions.clone(),
             Some(cache.clone()),
         );
-        let checker =
-            Arc::new(Checker::new(cache, pending, holds.clone(), overrides.clone(), settings.policy.clone()));
+        let checker = Arc::new(Checker::new(
+            cache,
+            pending,
+            holds.clone(),
+            overrides.clone(),
+            settings.policy.clone(),
+            settings.entitlements.clone(),
+        ));
         let (ingest, enforced_writer) =
             Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
         own_thread("enforced-writer", enforced_writer.run())?;

@@ -1,9 +1,13 @@
 //! A customer as BillaBear answers for it, asked in one go (customer, usage limits, cost
-//! estimate, active subscriptions), and turned into the snapshot model a decision is made from:
+//! estimate, active subscriptions, the plan's limits), and turned into the snapshot model a decision is made from:
 //! where BillaBear's wire types end.
 
-use super::{BillaBearClient, BillaBearError, CostEstimate, Customer, MetricCost, Subscription, UsageLimit};
+use super::{
+    BillaBearClient, BillaBearError, CostEstimate, Customer, CustomerLimits, MetricCost, Subscription,
+    UsageLimit,
+};
 use crate::domain::{Currency, CustomerId, SubscriptionId};
+use crate::entitlements::Plan;
 use crate::policy::Limit;
 use crate::projection::{self, Aggregation, Code, Figures, Found};
 use crate::snapshot::Known;
@@ -15,6 +19,8 @@ pub struct Answers {
     pub limits: Vec<UsageLimit>,
     pub estimate: CostEstimate,
     pub subscriptions: Vec<Subscription>,
+    /// The plan's features, feature limits and user count.
+    pub plan: CustomerLimits,
 }
 
 impl Answers {
@@ -41,27 +47,47 @@ impl Answers {
                 .map(|l| Limit { id: l.id, amount: l.amount, action: l.action })
                 .collect(),
             metered: projection::meter(found, previous),
+            plan: Plan::new(
+                self.plan.limits.iter().map(|l| (l.feature.code.as_str(), l.limit)),
+                self.plan.features.iter().map(|f| f.code.as_str()),
+                self.plan.user_count,
+            ),
         }
     }
 }
 
-/// The customer, its usage limits, its cost estimate and its active subscriptions, asked for at
-/// once; None when BillaBear does not know the customer.
+/// The customer, its usage limits, its cost estimate, its active subscriptions and its plan's
+/// limits, asked for at once; None when BillaBear does not know the customer.
 pub async fn fetch(client: &BillaBearClient, id: CustomerId) -> Result<Option<Answers>, BillaBearError> {
-    let answers = tokio::try_join!(
-        client.get_customer(id),
-        client.list_usage_limits(id),
-        client.get_cost_estimate(id),
-        client.list_active_subscriptions(id),
+    let (answers, plan) = tokio::join!(
+        async {
+            tokio::try_join!(
+                client.get_customer(id),
+                client.list_usage_limits(id),
+                client.get_cost_estimate(id),
+                client.list_active_subscriptions(id),
+            )
+        },
+        client.get_customer_limits(id),
     );
-    match answers {
-        Ok((customer, limits, estimate, subscriptions)) => {
-            Ok(Some(Answers { customer, limits, estimate, subscriptions }))
-        }
+    let (customer, limits, estimate, subscriptions) = match answers {
+        Ok(answers) => answers,
         // Any of them may be the first to say the customer does not exist.
-        Err(BillaBearError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
-    }
+        Err(BillaBearError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let plan = match plan {
+        Ok(plan) => plan,
+        // The customer exists, so the route does not (a BillaBear older than its limits
+        // endpoint): the plan includes nothing, and a feature check is refused rather than
+        // every customer read as unknown.
+        Err(BillaBearError::NotFound(_)) => {
+            tracing::warn!(customer = %id, "BillaBear has no plan limits for a customer it knows: its plan is read as empty");
+            CustomerLimits::default()
+        }
+        Err(e) => return Err(e),
+    };
+    Ok(Some(Answers { customer, limits, estimate, subscriptions, plan }))
 }
 
 /// The customer's usage-priced subscriptions with BillaBear's figures for each: `costs` has one

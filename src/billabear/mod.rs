@@ -19,7 +19,8 @@ use url::Url;
 pub use answers::{Answers, fetch};
 pub use error::BillaBearError;
 pub use model::{
-    CostEstimate, Customer, Metric, MetricCost, NewEvent, NewUsageLimit, Price, Subscription, UsageLimit,
+    CostEstimate, Customer, CustomerLimits, Feature, FeatureLimit, Metric, MetricCost, NewEvent,
+    NewUsageLimit, Price, Subscription, UsageLimit,
 };
 
 use crate::config::BillaBearSettings;
@@ -36,6 +37,7 @@ enum Operation {
     CreateEvent,
     GetCustomer,
     ListActiveSubscriptions,
+    GetCustomerLimits,
 }
 
 impl Operation {
@@ -48,6 +50,7 @@ impl Operation {
             Operation::CreateEvent => "create_event",
             Operation::GetCustomer => "get_customer",
             Operation::ListActiveSubscriptions => "list_active_subscriptions",
+            Operation::GetCustomerLimits => "get_customer_limits",
         }
     }
 
@@ -172,6 +175,13 @@ impl BillaBearClient {
             )
             .await?;
         Ok(list.data)
+    }
+
+    /// The plan's features, feature limits and user count (not its usage limits).
+    #[tracing::instrument(level = "debug", skip(self), fields(%customer))]
+    pub async fn get_customer_limits(&self, customer: CustomerId) -> Result<CustomerLimits, BillaBearError> {
+        let id = customer.to_string();
+        self.call(Operation::GetCustomerLimits, Method::GET, &["customer", &id, "limits"], None::<&()>).await
     }
 
     /// Reachability and key check for `/readyz`: asks for a customer that cannot exist, so any
@@ -359,6 +369,25 @@ mod tests {
             parse_body(StatusCode::OK, br#"{"cost":{"amount":250,"currency":"USD"}}"#).unwrap();
         assert_eq!(total.total.amount, 250);
         assert_eq!(cost.total, total.total);
+    }
+
+    #[test]
+    fn customer_limits_read_user_count_as_the_server_writes_it_and_as_the_spec_does() {
+        let server: CustomerLimits = parse_body(
+            StatusCode::OK,
+            br#"{"limits":[{"feature":{"code":"projects","name":"Projects","description":null},"limit":25}],
+                 "features":[{"code":"sso","name":"SSO","description":"Single sign-on"}],"userCount":10}"#,
+        )
+        .unwrap();
+        assert_eq!(server.user_count, 10);
+        assert_eq!((server.limits[0].feature.code.as_str(), server.limits[0].limit), ("projects", 25));
+        assert_eq!(server.features[0].code, "sso");
+        let spec: CustomerLimits =
+            parse_body(StatusCode::OK, br#"{"limits":[],"features":[],"user_count":3}"#).unwrap();
+        assert_eq!(spec.user_count, 3);
+        let disabled: CustomerLimits =
+            parse_body(StatusCode::OK, br#"{"limits":[],"features":[],"userCount":0}"#).unwrap();
+        assert_eq!(disabled, CustomerLimits::default());
     }
 
     #[test]

@@ -109,6 +109,38 @@ pub struct Metric {
     pub aggregation_method: Option<String>,
 }
 
+/// `GET /customer/{id}/limits`: the plan's side of the customer (API.md §6.1), summed by
+/// BillaBear over its active subscriptions; empty lists and 0 for a disabled customer.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+pub struct CustomerLimits {
+    /// Features with a count (`{"feature":{…},"limit":25}`).
+    #[serde(default)]
+    pub limits: Vec<FeatureLimit>,
+    /// Features the plan includes, with or without a count.
+    #[serde(default)]
+    pub features: Vec<Feature>,
+    /// The server's DTO property is `userCount` and its serializer has no name converter, so
+    /// that is the key on the wire; the published spec says `user_count`.
+    #[serde(default, rename = "userCount", alias = "user_count")]
+    pub user_count: i64,
+}
+
+/// A plan feature (`{"code","name","description"}`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Feature {
+    pub code: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct FeatureLimit {
+    pub feature: Feature,
+    pub limit: i64,
+}
+
 /// `{"data":[…],"has_more":…,"last_key":…}`; `last_key` is often left out, `has_more` too.
 #[derive(Debug, Deserialize)]
 pub(crate) struct ListResponse<T> {

@@ -10,7 +10,7 @@
 
 use uuid::Uuid;
 
-use super::{Decision, Estimate, LimitView};
+use super::{Decision, Estimate, FeatureView, LimitView, SeatsView};
 
 impl Decision {
     /// The decision as JSON, byte for byte what `serde_json::to_writer` makes of it.
@@ -42,6 +42,14 @@ impl Decision {
         if let Some(cost) = self.cost {
             out.extend_from_slice(b",\"cost\":");
             number(out, cost);
+        }
+        if let Some(feature) = &self.feature {
+            out.extend_from_slice(b",\"feature\":");
+            write_feature(out, feature);
+        }
+        if let Some(seats) = &self.seats {
+            out.extend_from_slice(b",\"seats\":");
+            write_seats(out, seats);
         }
         out.extend_from_slice(b",\"limits\":[");
         for (i, limit) in self.limits.iter().enumerate() {
@@ -114,6 +122,35 @@ fn write_limit(out: &mut Vec<u8>, limit: &LimitView) {
     boolean(out, limit.exceeded);
     out.extend_from_slice(b",\"remaining\":");
     number(out, limit.remaining);
+    out.push(b'}');
+}
+
+fn write_feature(out: &mut Vec<u8>, feature: &FeatureView) {
+    out.extend_from_slice(b"{\"code\":");
+    string(out, &feature.code);
+    out.extend_from_slice(b",\"included\":");
+    boolean(out, feature.included);
+    for (name, value) in [
+        (&b",\"limit\":"[..], feature.limit),
+        (b",\"used\":", feature.used),
+        (b",\"remaining\":", feature.remaining),
+    ] {
+        if let Some(value) = value {
+            out.extend_from_slice(name);
+            number(out, value);
+        }
+    }
+    out.push(b'}');
+}
+
+fn write_seats(out: &mut Vec<u8>, seats: &SeatsView) {
+    out.extend_from_slice(b"{\"requested\":");
+    number(out, seats.requested);
+    out.extend_from_slice(b",\"limit\":");
+    match seats.limit {
+        Some(limit) => number(out, limit),
+        None => out.extend_from_slice(b"null"),
+    }
     out.push(b'}');
 }
 
@@ -235,6 +272,37 @@ pub(super) mod tests {
                     estimate: [None, Some(estimate("EUR")), Some(estimate("")), Some(estimate("a\"b"))]
                         [n % 4],
                     cost: [None, Some(0), Some(i64::MAX)][n % 3],
+                    feature: [
+                        None,
+                        Some(Box::new(FeatureView {
+                            code: "projects".into(),
+                            included: true,
+                            limit: Some(25),
+                            used: Some(30),
+                            remaining: Some(0),
+                        })),
+                        Some(Box::new(FeatureView {
+                            code: "s\"s\\o\u{1}".into(),
+                            included: false,
+                            limit: None,
+                            used: None,
+                            remaining: None,
+                        })),
+                        Some(Box::new(FeatureView {
+                            code: "sso".into(),
+                            included: true,
+                            limit: Some(u64::MAX),
+                            used: None,
+                            remaining: None,
+                        })),
+                    ][n % 4]
+                        .clone(),
+                    seats: [
+                        None,
+                        Some(Box::new(SeatsView { requested: 3, limit: None })),
+                        Some(Box::new(SeatsView { requested: u64::MAX, limit: Some(10) })),
+                    ][(n / 2) % 3]
+                        .clone(),
                     limits: [
                         vec![],
                         vec![limit(100, LimitAction::Warning, true)],

@@ -14,6 +14,7 @@ mod billabear;
 mod cache;
 mod console;
 mod database;
+mod entitlements;
 mod gate;
 mod log;
 mod outbound_webhooks;
@@ -57,6 +58,7 @@ use url::Url;
 use actix_web::http::header::HeaderName;
 
 use crate::auth::{ApiKey, ApiKeys, KeyDigest, Scope, Scopes, digest};
+use crate::entitlements::EntitlementSettings;
 use crate::policy::PolicySettings;
 use units::{minutes, ms, secs};
 
@@ -130,6 +132,7 @@ pub struct Settings {
     pub billabear: BillaBearSettings,
     pub cache: CacheSettings,
     pub policy: PolicySettings,
+    pub entitlements: EntitlementSettings,
     pub gate: GateSettings,
     pub outbox: OutboxSettings,
     pub pending: PendingSettings,
@@ -252,6 +255,7 @@ impl Settings {
         self.billabear.validate(&mut v);
         self.cache.validate(&mut v);
         policy::validate(&self.policy, &mut v);
+        entitlements::validate(&self.entitlements, &mut v);
         self.gate.validate(&mut v);
         self.outbox.validate(&mut v);
         self.pending.validate(&mut v);
@@ -422,6 +426,7 @@ mod tests {
     fn each_sections_default_is_the_embedded_files() {
         let loaded = Settings::defaults();
         assert_eq!(loaded.policy, PolicySettings::default());
+        assert_eq!(loaded.entitlements, EntitlementSettings::default());
         assert_eq!(
             toml::to_string(&loaded.server).unwrap(),
             toml::to_string(&ServerSettings::default()).unwrap()

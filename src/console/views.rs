@@ -61,6 +61,9 @@ pub fn reason_text(code: &str) -> &'static str {
         "override_allow" => "an operator's override allows it",
         "override_block" => "an operator's override blocks it",
         "override_raise" => "an operator's override raises its DISABLE limit",
+        "feature_not_in_plan" => "the feature asked about is not in the customer's plan",
+        "feature_limit_reached" => "the feature's limit would be passed",
+        "seats_exceeded" => "more seats were asked for than the plan's user count",
         _ => "",
     }
 }

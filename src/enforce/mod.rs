@@ -232,6 +232,7 @@ mod tests {
             currency: Currency::parse("EUR"),
             limits: Box::new([Limit { id: LimitId::new_v4(), amount: limit, action: LimitAction::Disable }]),
             metered: Box::new([Metered::new(&found, Rate::PerUnit { unit_price: 10, tax }, false)]),
+            plan: Default::default(),
         };
         let snapshot = Arc::new(Snapshot::fetched_at(SnapshotData::Known(known), 0));
         (Gate::new(CustomerId::new_v4(), snapshot, None).unwrap(), subscription)

@@ -12,6 +12,7 @@ use super::{batch_items, customer_id};
 use crate::check::{Checker, Decision};
 use crate::config::Settings;
 use crate::domain::{CustomerId, FieldError, whole_number};
+use crate::entitlements::{FeatureAsk, PlanAsk};
 use crate::error::ApiError;
 use crate::jwt::{TokenError, Verifier};
 
@@ -27,6 +28,97 @@ pub struct CheckQuery {
     /// DISABLE limit.
     #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub cost: Option<String>,
+    /// A feature code of the customer's BillaBear plan (1 to 128 bytes, no control
+    /// characters): allowed only if the plan includes it (`feature_not_in_plan`); the answer's
+    /// `feature` says what the plan gives.
+    #[param(min_length = 1, max_length = 128)]
+    pub feature: Option<String>,
+    /// With `feature`: how many more are about to be used (default 1).
+    #[param(value_type = Option<u64>, minimum = 1)]
+    pub quantity: Option<String>,
+    /// With `feature`: how many the caller counts in use now (projects, members); allowed iff
+    /// `in_use + quantity` is within the feature's limit (`feature_limit_reached`).
+    #[param(value_type = Option<u64>, minimum = 0)]
+    pub in_use: Option<String>,
+    /// Seats the customer would have: allowed iff within the plan's user count
+    /// (`seats_exceeded`; a count of 0: `entitlements.zero_user_count`).
+    #[param(value_type = Option<u64>, minimum = 0)]
+    pub seats: Option<String>,
+}
+
+/// A value of the plan's part of a check as sent: query text, or a batch item's JSON.
+#[derive(Clone, Copy)]
+enum Sent<'a> {
+    Text(&'a str),
+    Json(&'a Value),
+}
+
+fn text(value: &Option<String>) -> Option<Sent<'_>> {
+    value.as_deref().map(Sent::Text)
+}
+
+const FEATURE_RULE: &str = "must be a feature code: 1 to 128 bytes, no control characters";
+
+/// The plan's part of a check (`feature`, `quantity`, `in_use`, `seats`), every problem named
+/// by `at(field)`.
+fn plan_ask(
+    feature: Option<Sent<'_>>,
+    quantity: Option<Sent<'_>>,
+    in_use: Option<Sent<'_>>,
+    seats: Option<Sent<'_>>,
+    at: impl Fn(&str) -> String,
+) -> Result<PlanAsk, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    let mut count = |field: &str, sent: Option<Sent<'_>>, min: u64| -> Option<u64> {
+        let rule = if min == 0 { "must be a non-negative integer" } else { "must be a positive integer" };
+        let parsed = match sent? {
+            Sent::Text(text) => text.parse::<u64>().ok(),
+            Sent::Json(Value::Null) => return None,
+            Sent::Json(value) => whole_number(value).and_then(|n| u64::try_from(n).ok()),
+        };
+        let parsed = parsed.filter(|n| *n >= min);
+        if parsed.is_none() {
+            errors.push(FieldError::new(at(field), rule));
+        }
+        parsed
+    };
+    let given = |sent: Option<Sent<'_>>| sent.is_some_and(|s| !matches!(s, Sent::Json(Value::Null)));
+    let (feature_given, quantity_given, in_use_given) = (given(feature), given(quantity), given(in_use));
+    let quantity = count("quantity", quantity, 1);
+    let in_use = count("in_use", in_use, 0);
+    let seats = count("seats", seats, 0);
+    let code = match feature {
+        None | Some(Sent::Json(Value::Null)) => None,
+        Some(Sent::Text(code)) => Some(code),
+        Some(Sent::Json(Value::String(code))) => Some(code.as_str()),
+        Some(Sent::Json(_)) => {
+            errors.push(FieldError::new(at("feature"), FEATURE_RULE));
+            None
+        }
+    };
+    if let Some(code) = code
+        && (code.is_empty() || code.len() > 128 || code.chars().any(char::is_control))
+    {
+        errors.push(FieldError::new(at("feature"), FEATURE_RULE));
+    }
+    if !feature_given {
+        for (given, field) in [(quantity_given, "quantity"), (in_use_given, "in_use")] {
+            if given {
+                errors.push(FieldError::new(at(field), "needs feature: the feature it counts"));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(PlanAsk {
+        feature: code.map(|code| FeatureAsk {
+            code: code.to_owned(),
+            quantity: quantity.unwrap_or(1),
+            in_use,
+        }),
+        seats,
+    })
 }
 
 /// May this customer keep using the product?
@@ -46,12 +138,22 @@ pub async fn check_customer(
     // extractors: their serde and allocations cost a warm check ~650 instructions, and most
     // checks have no query (`bench/check_instructions.py`).
     let id = customer_id(req.match_info().query("customer_id"), "customer_id")?;
-    let cost = match req.query_string() {
-        "" => None,
-        _ => web::Query::<CheckQuery>::extract(&req).await?.cost.as_deref().map(parse_cost).transpose()?,
-    };
     let mut body = Vec::with_capacity(DECISION_BYTES);
-    checker.check(id, cost).await.write_json(&mut body);
+    if req.query_string().is_empty() {
+        checker.check(id, None).await.write_json(&mut body);
+        return Ok(json_body(body));
+    }
+    let query = web::Query::<CheckQuery>::extract(&req).await?;
+    let cost = query.cost.as_deref().map(parse_cost).transpose()?;
+    let plan = plan_ask(
+        text(&query.feature),
+        text(&query.quantity),
+        text(&query.in_use),
+        text(&query.seats),
+        str::to_owned,
+    )
+    .map_err(ApiError::invalid_fields)?;
+    checker.check_plan(id, cost, &plan).await.write_json(&mut body);
     Ok(json_body(body))
 }
 
@@ -70,8 +172,9 @@ fn json_body(body: Vec<u8>) -> HttpResponse {
 /// an invalid item is answered in its place instead of failing the batch).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CheckBatchRequest {
-    /// 1 to 1000 customers, answered in order: `{"id": UUID, "cost": minor units}` each; an
-    /// item of another shape is answered with its own error in its place.
+    /// 1 to 1000 customers, answered in order: `{"id": UUID, "cost": minor units, "feature",
+    /// "quantity", "in_use", "seats"}` each (all but `id` optional, as the single check's
+    /// parameters); an item of another shape is answered with its own error in its place.
     #[schema(min_items = 1, max_items = 1000, value_type = Vec<Value>)]
     pub customers: Vec<CheckBatchItem>,
 }
@@ -82,6 +185,16 @@ pub struct CheckBatchItem {
     pub id: String,
     /// Minor units about to be spent; a negative or fractional one is this item's error.
     pub cost: Option<i64>,
+    /// A feature code of the customer's plan, as `feature` of the single check.
+    #[schema(min_length = 1, max_length = 128)]
+    pub feature: Option<String>,
+    /// With `feature`: how many more (default 1).
+    #[schema(minimum = 1)]
+    pub quantity: Option<u64>,
+    /// With `feature`: how many the caller counts in use now.
+    pub in_use: Option<u64>,
+    /// Seats the customer would have.
+    pub seats: Option<u64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -124,7 +237,7 @@ pub struct CheckItemError {
 }
 
 /// Checks one item of a batch as sent, without failing the others.
-fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>), CheckItemError> {
+fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>, PlanAsk), CheckItemError> {
     let at = |field: &str| format!("customers[{index}].{field}");
     let invalid = |field: &str, message: &str| CheckItemError {
         customer_id: item.get("id").cloned(),
@@ -147,7 +260,11 @@ fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>), C
         }
         Some(_) => return Err(invalid("cost", COST_RULE)),
     };
-    Ok((id, cost))
+    let sent = |field: &str| object.get(field).map(Sent::Json);
+    let plan = plan_ask(sent("feature"), sent("quantity"), sent("in_use"), sent("seats"), at).map_err(
+        |mut errors| CheckItemError { customer_id: item.get("id").cloned(), error: errors.remove(0) },
+    )?;
+    Ok((id, cost, plan))
 }
 
 /// Many customers at once; cold ones are fetched concurrently (`cache.fetch_concurrency`).
@@ -173,7 +290,9 @@ pub async fn check_batch(
             let checker = checker.clone();
             async move {
                 match item {
-                    Ok((id, cost)) => CheckBatchAnswer::Decision(Box::new(checker.check(id, cost).await)),
+                    Ok((id, cost, plan)) => {
+                        CheckBatchAnswer::Decision(Box::new(checker.check_plan(id, cost, &plan).await))
+                    }
                     Err(invalid) => CheckBatchAnswer::Invalid(invalid),
                 }
             }
@@ -199,10 +318,12 @@ static X_USAGE_REASONS: HeaderName = HeaderName::from_static("x-usage-reasons");
     params(
         ("X-Customer-Id" = uuid::Uuid, Header, description = "Required without [gate.jwt] (the default): the customer id (header name set by gate.customer_header); it must come from the proxy's own authentication. Ignored with [gate.jwt]"),
         ("X-Usage-Gate-Key" = Option<String>, Header, description = "usage-gate's API key (scope check) when Authorization carries the end user's token ([gate.jwt])"),
+        ("X-Usage-Feature" = Option<String>, Header, description = "A feature code of the customer's plan the location needs (as the check's `feature`); blocked with feature_not_in_plan when the plan lacks it. The proxy sets it per location"),
+        ("feature" = Option<String>, Query, description = "As X-Usage-Feature (both given: they must be equal)"),
     ),
     responses(
         (status = 204, description = "Allowed. Headers: X-Usage-Status, X-Usage-Estimate, X-Usage-Currency, X-Usage-Limit (lowest DISABLE limit), X-Usage-Reasons"),
-        (status = 400, description = "The customer header is missing or not a UUID", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "The customer header is missing or not a UUID, or the feature is not a feature code (or the header and the query name different ones)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "No or unknown API key (unauthorized); with [gate.jwt], the end user's token missing (token_missing), expired (token_expired) or otherwise refused (token_invalid)", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 403, description = "Blocked (default gate.blocked_status; 402 or 429 if so configured), or the key lacks the check scope", body = crate::error::Problem, content_type = "application/problem+json"),
     ))]
@@ -232,7 +353,8 @@ pub async fn gate(
             customer_id(raw.trim(), header.as_str())?
         }
     };
-    let decision = checker.check(id, None).await;
+    let plan = gate_feature(&req)?;
+    let decision = checker.check_plan(id, None, &plan).await;
     if decision.allowed {
         let mut response = HttpResponse::NoContent().finish();
         set_usage_headers(response.headers_mut(), &decision);
@@ -246,6 +368,45 @@ pub async fn gate(
         set_usage_headers(response.headers_mut(), decision);
     }
     Ok(response)
+}
+
+static X_USAGE_FEATURE: HeaderName = HeaderName::from_static("x-usage-feature");
+
+/// The feature a gated location needs: its `X-Usage-Feature` header or `?feature=`.
+fn gate_feature(req: &HttpRequest) -> Result<PlanAsk, ApiError> {
+    let header = match req.headers().get(&X_USAGE_FEATURE) {
+        Some(value) => Some(
+            value.to_str().map_err(|_| ApiError::invalid_field("X-Usage-Feature", FEATURE_RULE))?.to_owned(),
+        ),
+        None => None,
+    };
+    let query = match req.query_string() {
+        "" => None,
+        _ => {
+            web::Query::<GateQuery>::from_query(req.query_string())
+                .map_err(|e| ApiError::invalid_field("query", e.to_string()))?
+                .into_inner()
+                .feature
+        }
+    };
+    let feature = match (header, query) {
+        (Some(header), Some(query)) if header != query => {
+            return Err(ApiError::invalid_field(
+                "X-Usage-Feature",
+                "differs from the feature query parameter",
+            ));
+        }
+        (Some(feature), _) | (None, Some(feature)) => Some(feature),
+        (None, None) => None,
+    };
+    let field = if req.headers().contains_key(&X_USAGE_FEATURE) { "X-Usage-Feature" } else { "feature" };
+    plan_ask(feature.as_deref().map(Sent::Text), None, None, None, |_| field.to_owned())
+        .map_err(ApiError::invalid_fields)
+}
+
+#[derive(Debug, Deserialize)]
+struct GateQuery {
+    feature: Option<String>,
 }
 
 fn set_usage_headers(headers: &mut actix_web::http::header::HeaderMap, decision: &Decision) {

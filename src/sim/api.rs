@@ -86,6 +86,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route("/customer/{id}/usage-limit/{limit}", web::delete().to(delete_limit))
         .route("/customer/{id}/subscription/active", web::get().to(active_subscriptions))
+        .route("/customer/{id}/limits", web::get().to(customer_limits))
         .route("/customer/{id}/disable", web::post().to(disable))
         .route("/customer/{id}/enable", web::post().to(enable))
         .route("/events", web::post().to(create_event));
@@ -243,6 +244,21 @@ async fn delete_limit(
         .ok_or(Reply::NotFound(NotFoundBody::SuccessFalse))?;
     state.remove_limit(limit);
     Ok(HttpResponse::Ok().finish())
+}
+
+/// The plan's side (API.md §6.1): `userCount`, as the server's serializer writes the DTO's
+/// property (the published spec says `user_count`).
+async fn customer_limits(req: HttpRequest, sim: web::Data<SimShared>, path: web::Path<String>) -> Answer {
+    authenticate(&req, &sim)?;
+    let state = sim.state();
+    let id = customer(&state, &path, NotFoundBody::EmptyArray)?;
+    let plan = state.plan(id);
+    let feature = |code: &str| json!({"code": code, "name": code.replace('_', " "), "description": null});
+    Ok(HttpResponse::Ok().json(json!({
+        "limits": plan.limits.iter().map(|(code, limit)| json!({"feature": feature(code), "limit": limit})).collect::<Vec<_>>(),
+        "features": plan.features.iter().map(|code| feature(code)).collect::<Vec<_>>(),
+        "userCount": plan.user_count,
+    })))
 }
 
 async fn active_subscriptions(

@@ -92,6 +92,22 @@ pub struct SeedSubscription {
     pub usage: Option<f64>,
     #[serde(default = "yes")]
     pub active: bool,
+    /// What the subscription's plan includes (`GET /customer/{id}/limits` sums it over the
+    /// customer's active subscriptions).
+    #[serde(default)]
+    pub plan: SeedPlan,
+}
+
+/// A plan's features (included, no count), feature limits (code → limit) and user count.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeedPlan {
+    #[serde(default)]
+    pub features: Vec<String>,
+    #[serde(default)]
+    pub limits: std::collections::BTreeMap<String, i64>,
+    #[serde(default)]
+    pub user_count: i64,
 }
 
 impl Default for SeedSubscription {
@@ -107,6 +123,7 @@ impl Default for SeedSubscription {
             price_amount: 0,
             usage: None,
             active: true,
+            plan: SeedPlan::default(),
         }
     }
 }

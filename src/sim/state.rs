@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use super::seed::{Aggregation, Seed, SeedCustomer, SeedSubscription, SeedTier};
+use super::seed::{Aggregation, Seed, SeedCustomer, SeedPlan, SeedSubscription, SeedTier};
 use crate::domain::{CustomerId, LimitAction, LimitId, SubscriptionId};
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +41,7 @@ pub struct SimSubscription {
     /// The flat price amount (minor units) shown on the subscription.
     pub price_amount: i64,
     pub active: bool,
+    pub plan: SeedPlan,
 }
 
 impl SimSubscription {
@@ -222,6 +223,7 @@ impl SimState {
                 currency: seed.currency.clone(),
                 price_amount: seed.price_amount,
                 active: seed.active,
+                plan: seed.plan.clone(),
             },
         );
         if let Some(usage) = seed.usage {
@@ -277,6 +279,28 @@ impl SimState {
     }
 
     /// Sets a usage counter directly (the control API's shortcut past events and ticks).
+    /// The customer's plan as `GET /customer/{id}/limits` answers it (BillaBear's
+    /// `LimitsFactory`): each feature limit summed over its active subscriptions, the features
+    /// of all of them, and their user counts summed; nothing for a disabled customer.
+    pub fn plan(&self, customer: CustomerId) -> SeedPlan {
+        let mut plan = SeedPlan::default();
+        if self.customers.get(&customer).is_none_or(|c| c.status == "disabled") {
+            return plan;
+        }
+        for subscription in self.active_subscriptions(customer) {
+            for (code, limit) in &subscription.plan.limits {
+                *plan.limits.entry(code.clone()).or_default() += limit;
+            }
+            for code in &subscription.plan.features {
+                if !plan.features.contains(code) {
+                    plan.features.push(code.clone());
+                }
+            }
+            plan.user_count += subscription.plan.user_count;
+        }
+        plan
+    }
+
     pub fn set_usage(&mut self, subscription: SubscriptionId, value: f64) {
         self.counters.insert(subscription, value);
     }

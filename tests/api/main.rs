@@ -20,6 +20,7 @@ mod layers;
 mod outbox;
 mod overrides;
 mod pending;
+mod plan;
 mod proxies;
 mod reservations;
 mod retention;
