@@ -12,7 +12,10 @@ expiries) can be told from the requests' own cost.
 The warm customer has pending usage, as in bench/check.py: one accepted event, delivered to
 the simulator, whose counter is held.
 
-  python3 bench/check_instructions.py [--requests 5000] [--top 25]
+  python3 bench/check_instructions.py [--requests 5000] [--top 25] [--query '?feature=projects&in_use=3']
+
+`--query` asks every counted check with that query (the warm customer's plan: sso, 25 projects,
+10 users); the bare handler is asked as always.
 
 Needs Postgres at 127.0.0.1:5432 and valgrind. Prints instructions per request for both, the
 ratio, and the functions that cost the check most (inclusive), from callgrind_annotate.
@@ -43,20 +46,21 @@ def seed_file(path):
     seed = {"metrics": [{"code": "api_calls"}], "customers": [{
         "id": CUSTOMER,
         "subscriptions": [{"id": "10000000-0000-4000-8000-000000000007", "metric": "api_calls",
-                           "unit_price": 1.0, "usage": 7}],
+                           "unit_price": 1.0, "usage": 7,
+                           "plan": {"features": ["sso"], "limits": {"projects": 25}, "user_count": 10}}],
         "limits": [{"amount": 5000, "action": "WARNING"}, {"amount": 10000, "action": "DISABLE"}],
     }]}
     with open(path, "w") as f:
         json.dump(seed, f)
 
 
-def hammer(address, n):
+def hammer(address, n, query=""):
     """n GET requests on one keep-alive connection; every answer must be a 200."""
     host, port = address.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=60)
     headers = {"Authorization": f"Bearer {KEY}"}
     for _ in range(n):
-        conn.request("GET", PATH, headers=headers)
+        conn.request("GET", PATH + query, headers=headers)
         answer = conn.getresponse()
         answer.read()
         if answer.status != 200:
@@ -84,7 +88,7 @@ def window(pid, out_dir, label, work):
     sys.exit(f"callgrind wrote no dump for {label}")
 
 
-def measure(procs, cmd, address, n, out_dir, name, env=None, warm=None):
+def measure(procs, cmd, address, n, out_dir, name, env=None, warm=None, query=""):
     """(instructions per request net of idle background work, raw per request, dump file)."""
     os.makedirs(out_dir, exist_ok=True)
     valgrind = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
@@ -94,8 +98,8 @@ def measure(procs, cmd, address, n, out_dir, name, env=None, warm=None):
     if warm:
         warm()
     subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
-    hammer(address, 200)  # the instrumented code's first run, outside the count
-    loaded, seconds, dump = window(proc.pid, out_dir, "load", lambda: hammer(address, n))
+    hammer(address, 200, query)  # the instrumented code's first run, outside the count
+    loaded, seconds, dump = window(proc.pid, out_dir, "load", lambda: hammer(address, n, query))
     idle, idle_seconds, _ = window(proc.pid, out_dir, "idle", lambda: time.sleep(seconds))
     net = loaded - idle * seconds / max(idle_seconds, 1e-9)
     return net / n, loaded / n, dump
@@ -105,6 +109,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--top", type=int, default=25, help="functions listed from the check's profile")
+    parser.add_argument("--query", default="", help="asked with every counted check, e.g. '?feature=sso'")
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "--bin", "usage-gate", "--examples"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="usage-gate-instr-")
@@ -137,12 +142,13 @@ def main():
         bare = measure(procs, [os.path.join(RELEASE, "examples", "bare-actix"), BARE], BARE, args.requests,
                        os.path.join(work, "bare"), "the bare handler")
         check = measure(procs, [os.path.join(RELEASE, "usage-gate"), "--config", config, "serve"], APP,
-                        args.requests, os.path.join(work, "check"), "usage-gate", env=env, warm=warm)
+                        args.requests, os.path.join(work, "check"), "usage-gate", env=env, warm=warm,
+                        query=args.query)
 
     print(f"\ninstructions per request, {args.requests} keep-alive requests on one connection, "
           "net of the same time idle (raw in brackets):")
     print(f"  bare actix-web handler  {bare[0]:>9,.0f}  ({bare[1]:,.0f})")
-    print(f"  warm check              {check[0]:>9,.0f}  ({check[1]:,.0f})")
+    print(f"  warm check{args.query:<14}{check[0]:>9,.0f}  ({check[1]:,.0f})")
     print(f"  check / bare            {check[0] / bare[0]:.2f}x; bare / check {bare[0] / check[0]:.0%}")
     annotate = subprocess.run(["callgrind_annotate", "--inclusive=yes", check[2]],
                               capture_output=True, text=True, check=True).stdout
