@@ -139,6 +139,8 @@ async fn bad_plan_input_is_a_400_naming_the_parameter_and_reaches_nobody() {
         ("?seats=99999999999999999999".to_owned(), "seats"),
         ("?in_use=3".to_owned(), "in_use"),
         ("?quantity=3".to_owned(), "quantity"),
+        ("?feature=sso&feature=projects".to_owned(), "feature"),
+        ("?cost=1&cost=2".to_owned(), "cost"),
     ];
     for (query, field) in cases {
         let path = format!("/v1/customers/{ACME}/check{query}");
