@@ -716,6 +716,19 @@ fn the_envoy_and_traefik_files_name_only_what_usage_gate_has() {
             middlewares[chain[position(&removes_key)]]["headers"]["customRequestHeaders"]["X-Customer-Id"],
             ""
         );
+        if let Some(feature) = chain
+            .iter()
+            .position(|m| middlewares[*m]["headers"]["customRequestHeaders"]["X-Usage-Feature"].is_string())
+        {
+            assert!(feature < forward, "router {name}: the feature is named before ForwardAuth: {chain:?}");
+        }
     }
+    let sso = &dynamic["routers"]["sso"];
+    let named: Vec<&Value> =
+        sso["middlewares"].as_array().unwrap().iter().map(|m| &middlewares[m.as_str().unwrap()]).collect();
+    assert!(
+        named.iter().any(|m| m["headers"]["customRequestHeaders"]["X-Usage-Feature"] == "sso"),
+        "the sso router names its feature"
+    );
     assert!(gate_key.eq_ignore_ascii_case("X-Usage-Gate-Key"));
 }

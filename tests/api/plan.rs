@@ -32,6 +32,14 @@ async fn a_feature_is_allowed_only_when_the_plan_includes_it() {
         "the plan was fetched with the customer's other answers"
     );
 
+    let encoded = app.check_query(ACME, "?fea%74ure=s%73o&cost=1%30").await;
+    assert_eq!(encoded["cost"], 10);
+    assert_eq!(
+        encoded["feature"],
+        json!({"code": "sso", "included": true}),
+        "decoded as a form is: {encoded}"
+    );
+
     let limited = app.check_query(ACME, "?feature=projects").await;
     assert_eq!(limited["allowed"], true);
     assert_eq!(limited["feature"], json!({"code": "projects", "included": true, "limit": 25}));

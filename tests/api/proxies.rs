@@ -71,7 +71,16 @@ async fn send(
     token: Option<&str>,
     forged: Option<&str>,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut request = reqwest::Client::new().get(format!("{base}/api/things"));
+    send_to(base, "/api/things", token, forged).await
+}
+
+async fn send_to(
+    base: &str,
+    path: &str,
+    token: Option<&str>,
+    forged: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = reqwest::Client::new().get(format!("{base}{path}"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -106,6 +115,21 @@ async fn behaves_in_front_of_the_application(base: &str, proxy: &str, blocked: u
         Some("blocked"),
         "{proxy}: {headers:?}"
     );
+
+    // A part of the application that needs a feature of the plan (the file's /sso/): Acme's plan
+    // has it; Globex's does not, so Globex is refused there and nowhere else.
+    let globex = "22222222-2222-4222-8222-222222222222";
+    let (status, _, body) = send_to(base, "/sso/login", Some(&token(ACME)), None).await;
+    assert_eq!((status, &body["app"]), (200, &json!(true)), "{proxy}: {body}");
+    let (status, headers, body) = send_to(base, "/sso/login?next=/", Some(&token(globex)), None).await;
+    assert_eq!(status, blocked, "{proxy}: a plan without the feature is refused there: {body}");
+    assert_ne!(body["app"], true, "{proxy}");
+    let reasons = headers.get("x-usage-reasons").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    assert!(reasons.contains("feature_not_in_plan"), "{proxy}: {headers:?}");
+    let (status, _, _) = send_to(base, "/ssolike", Some(&token(globex)), None).await;
+    assert_eq!(status, 200, "{proxy}: only the feature's own paths need it");
+    let (status, _, _) = send(base, Some(&token(globex)), None).await;
+    assert_eq!(status, 200, "{proxy}: elsewhere Globex is allowed");
 
     // No token, or a bad one: 401, and the application is not reached.
     for bad in [None, Some("not-a-jwt".to_owned()), Some(token("not-a-uuid"))] {

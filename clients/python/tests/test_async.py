@@ -19,6 +19,7 @@ def test_checks_events_and_refusals(service):
             blocked, allowed = await asyncio.gather(ug.check(UMBRELLA), ug.check(ACME))
             assert (blocked["allowed"], allowed["allowed"]) == (False, True)
             assert [d["allowed"] for d in await ug.check_many([ACME, UMBRELLA])] == [True, False]
+            assert (await ug.check(ACME, feature="projects", in_use=25))["reasons"] == ["feature_limit_reached"]
             event = {"event_id": f"py-async-{uuid.uuid4()}", "customer": ACME, "code": "api_calls", "value": 1}
             assert (await ug.send_event(event))["status"] == "accepted"
             assert (await ug.send_events([event]))["results"][0]["status"] == "duplicate"

@@ -48,6 +48,20 @@ def test_a_blocked_customer_is_not_allowed_with_the_services_reasons(ug):
     assert many[2]["error"]["field"] == "customers[2].id"
 
 
+def test_a_check_asks_of_the_plan_a_feature_what_is_in_use_and_seats(ug):
+    # The demo's plans: Acme has sso, 25 projects and 10 users; Globex no sso.
+    sso = ug.check(GLOBEX, feature="sso")
+    assert (sso["allowed"], sso["feature"]) == (False, {"code": "sso", "included": False})
+    assert "feature_not_in_plan" in sso["reasons"]
+    projects = ug.check(ACME, feature="projects", in_use=24, quantity=2)
+    assert projects["reasons"] == ["feature_limit_reached"]
+    assert projects["feature"] == {"code": "projects", "included": True, "limit": 25, "used": 24, "remaining": 1}
+    assert ug.check(ACME, seats=10)["seats"] == {"requested": 10, "limit": 10}
+    many = ug.check_many([{"id": ACME, "seats": 11}, {"id": ACME, "in_use": 1}])
+    assert many[0]["reasons"] == ["seats_exceeded"]
+    assert many[1]["error"]["field"] == "customers[1].in_use"
+
+
 def test_a_bad_request_is_an_error_with_the_problems_fields_and_is_not_retried(service, faults):
     proxy = faults([])
     with pytest.raises(UsageGateError) as caught:

@@ -63,10 +63,28 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
-export interface CheckOptions extends CallOptions {
+/** What a check asks of the customer's plan (BillaBear's features, feature limits and user count). */
+export interface PlanQuestion {
+  /** A feature code: allowed only if the plan includes it (`feature_not_in_plan`). */
+  feature?: string;
+  /** With `feature`: how many more are about to be used (default 1). */
+  quantity?: number;
+  /** With `feature`: how many the caller counts in use now; allowed iff `inUse + quantity` fits the limit. */
+  inUse?: number;
+  /** Seats the customer would have: allowed iff within the plan's user count (`seats_exceeded`). */
+  seats?: number;
+}
+
+export interface CheckOptions extends CallOptions, PlanQuestion {
   /** Minor units the caller is about to spend: may the customer spend that much more? */
   cost?: number;
   onUnavailable?: OnUnavailable;
+}
+
+/** One customer of `checkMany`, with what it asks. */
+export interface CheckItem extends PlanQuestion {
+  id: string;
+  cost?: number;
 }
 
 export interface ReserveOptions extends CallOptions {
@@ -228,7 +246,7 @@ export class UsageGate {
     const request: Request = {
       method: "GET",
       path: `/v1/customers/${segment(customerId, "customerId")}/check`,
-      query: { cost: options.cost },
+      query: { cost: options.cost, feature: options.feature, quantity: options.quantity, in_use: options.inUse, seats: options.seats },
       ...this.#deadline(options, this.#timeoutMs),
       retry: "never",
     };
@@ -241,14 +259,16 @@ export class UsageGate {
 
   /** Up to 1,000 customers in one request, answered in order; an invalid item gets its own error in its place. */
   async checkMany(
-    customers: Array<string | { id: string; cost?: number }>,
-    options: Omit<CheckOptions, "cost"> = {},
+    customers: Array<string | CheckItem>,
+    options: Omit<CheckOptions, "cost" | keyof PlanQuestion> = {},
   ): Promise<Array<CheckDecision | CheckItemError>> {
-    const items = customers.map((c) => (typeof c === "string" ? { id: c } : c));
+    const items: CheckItem[] = customers.map((c) => (typeof c === "string" ? { id: c } : c));
     const request: Request = {
       method: "POST",
       path: "/v1/check",
-      body: { customers: items },
+      body: {
+        customers: items.map(({ inUse, ...item }) => (inUse === undefined ? item : { ...item, in_use: inUse })),
+      },
       ...this.#deadline(options, this.#timeoutMs),
       retry: "never",
     };

@@ -46,6 +46,29 @@ test("a blocked customer is not allowed, with the service's reasons and field na
   assert.equal(many[2].error.field, "customers[2].id");
 });
 
+test("a check asks of the plan: a feature, what the caller has in use, seats", async () => {
+  // The demo's plans: Acme has sso, 25 projects and 10 users; Globex no sso.
+  const sso = await ug.check(CUSTOMERS.globex, { feature: "sso" });
+  assert.equal(sso.allowed, false);
+  assert.ok(sso.reasons.includes("feature_not_in_plan"), sso.reasons.join());
+  assert.deepEqual(sso.feature, { code: "sso", included: false });
+
+  const projects = await ug.check(CUSTOMERS.acme, { feature: "projects", inUse: 24, quantity: 2 });
+  assert.deepEqual(projects.reasons, ["feature_limit_reached"]);
+  assert.deepEqual(projects.feature, { code: "projects", included: true, limit: 25, used: 24, remaining: 1 });
+  const seats = await ug.check(CUSTOMERS.acme, { seats: 10 });
+  assert.deepEqual([seats.allowed, seats.seats], [true, { requested: 10, limit: 10 }]);
+
+  const many = await ug.checkMany([
+    { id: CUSTOMERS.acme, feature: "projects", inUse: 25 },
+    { id: CUSTOMERS.acme, seats: 11 },
+    { id: CUSTOMERS.acme, inUse: 1 },
+  ]);
+  assert.deepEqual(many[0].reasons, ["feature_limit_reached"]);
+  assert.deepEqual(many[1].reasons, ["seats_exceeded"]);
+  assert.equal(many[2].error.field, "customers[2].in_use");
+});
+
 test("a bad request is a UsageGateError with the problem's fields, and is not retried", async () => {
   const { proxy, client } = await faulty([]);
   try {

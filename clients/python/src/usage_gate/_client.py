@@ -81,14 +81,21 @@ class UsageGate:
         customer_id: str,
         *,
         cost: int | None = None,
+        feature: str | None = None,
+        quantity: int | None = None,
+        in_use: int | None = None,
+        seats: int | None = None,
         timeout: float | None = None,
         on_unavailable: OnUnavailable | None = None,
     ) -> CheckDecision:
         """May the customer keep using the product (and, with ``cost`` in minor units, spend
-        that much more)? Never retried: when usage-gate cannot be reached within ``timeout``
-        (or answers 5xx), ``on_unavailable`` decides."""
+        that much more)? With ``feature``: does its plan include it (and, with ``in_use``, is
+        there room for ``quantity`` more)? With ``seats``: are they within its user count?
+        Never retried: when usage-gate cannot be reached within ``timeout`` (or answers 5xx),
+        ``on_unavailable`` decides."""
+        plan = {"feature": feature, "quantity": quantity, "in_use": in_use, "seats": seats}
         try:
-            return self._json(self._core.check_call(customer_id, cost, timeout))
+            return self._json(self._core.check_call(customer_id, cost, timeout, plan))
         except UsageGateUnavailableError as error:
             return self._core.fallback(error, on_unavailable, customer_id, cost)
 
@@ -99,8 +106,9 @@ class UsageGate:
         timeout: float | None = None,
         on_unavailable: OnUnavailable | None = None,
     ) -> list[CheckDecision | CheckItemError]:
-        """Up to 1,000 customers (ids, or ``{"id", "cost"}``), answered in order; an invalid
-        item gets its own error in its place."""
+        """Up to 1,000 customers (ids, or ``{"id", "cost", "feature", "quantity", "in_use",
+        "seats"}``, all but ``id`` optional), answered in order; an invalid item gets its own
+        error in its place."""
         items = check_items(customers)
         try:
             return self._json(self._core.check_many_call(items, timeout))
@@ -271,11 +279,16 @@ class AsyncUsageGate:
         customer_id: str,
         *,
         cost: int | None = None,
+        feature: str | None = None,
+        quantity: int | None = None,
+        in_use: int | None = None,
+        seats: int | None = None,
         timeout: float | None = None,
         on_unavailable: OnUnavailable | None = None,
     ) -> CheckDecision:
+        plan = {"feature": feature, "quantity": quantity, "in_use": in_use, "seats": seats}
         try:
-            return await self._json(self._core.check_call(customer_id, cost, timeout))
+            return await self._json(self._core.check_call(customer_id, cost, timeout, plan))
         except UsageGateUnavailableError as error:
             return self._core.fallback(error, on_unavailable, customer_id, cost)
 

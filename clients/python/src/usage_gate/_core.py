@@ -232,13 +232,15 @@ class Core:
 
     # The calls.
 
-    def check_call(self, customer_id: str, cost: int | None, timeout: float | None) -> Call:
+    def check_call(
+        self, customer_id: str, cost: int | None, timeout: float | None, plan: Mapping[str, Any] | None = None
+    ) -> Call:
         return Call(
             "GET",
             f"/v1/customers/{segment(customer_id, 'customer_id')}/check",
             timeout or self.timeout,
             "never",
-            query={"cost": cost},
+            query={"cost": cost, **(plan or {})},
         )
 
     def check_many_call(self, items: list[dict[str, Any]], timeout: float | None) -> Call:

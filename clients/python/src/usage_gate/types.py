@@ -41,6 +41,23 @@ class OverrideView(TypedDict):
     amount: NotRequired[int | None]
 
 
+class FeatureView(TypedDict):
+    """What the plan says of the feature a check asked about."""
+
+    code: str
+    included: bool
+    limit: NotRequired[int | None]
+    used: NotRequired[int | None]
+    remaining: NotRequired[int | None]
+
+
+class SeatsView(TypedDict):
+    """The seats a check asked for and the plan's user count (None: the plan sets none)."""
+
+    requested: int
+    limit: NotRequired[int | None]
+
+
 class Decision(TypedDict):
     customer_id: str
     allowed: bool
@@ -51,6 +68,8 @@ class Decision(TypedDict):
     source: Source
     estimate: NotRequired[Estimate | None]
     cost: NotRequired[int | None]
+    feature: NotRequired[FeatureView | None]
+    seats: NotRequired[SeatsView | None]
     customer_status: NotRequired[str | None]
     override: NotRequired[OverrideView | None]
     would_block: NotRequired[bool | None]
@@ -348,6 +367,8 @@ SCHEMAS: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         Estimate,
+        FeatureView,
+        SeatsView,
         LimitView,
         OverrideView,
         Decision,
