@@ -646,8 +646,9 @@ export interface components {
          */
         CheckBatchRequest: {
             /**
-             * @description 1 to 1000 customers, answered in order: `{"id": UUID, "cost": minor units}` each; an
-             *     item of another shape is answered with its own error in its place.
+             * @description 1 to 1000 customers, answered in order: `{"id": UUID, "cost": minor units, "feature",
+             *     "quantity", "in_use", "seats"}` each (all but `id` optional, as the single check's
+             *     parameters); an item of another shape is answered with its own error in its place.
              */
             customers: unknown[];
         };
@@ -712,15 +713,17 @@ export interface components {
             estimate?: components["schemas"]["Estimate"] | null;
             /** @description True when BillaBear could not be asked and the fallback policy answered. */
             fallback: boolean;
+            feature?: components["schemas"]["FeatureView"] | null;
             limits: components["schemas"]["LimitView"][];
             override?: components["schemas"]["OverrideView"] | null;
             /**
              * @description Stable codes: customer_disabled, disable_limit_exceeded, would_exceed_disable_limit,
              *     warning_limit_exceeded, near_limit, customer_not_found, upstream_unavailable,
              *     upstream_budget_exhausted, pending_usage_exceeds_limit, override_allow, override_block,
-             *     override_raise.
+             *     override_raise, feature_not_in_plan, feature_limit_reached, seats_exceeded.
              */
             reasons: string[];
+            seats?: components["schemas"]["SeatsView"] | null;
             source: components["schemas"]["Source"];
             status: components["schemas"]["Status"];
             /**
@@ -808,6 +811,29 @@ export interface components {
         EventBatchAnswer: {
             /** @description One per event, in order. */
             results: components["schemas"]["BatchItemResult"][];
+        };
+        /** @description What the plan says of the feature asked about. */
+        FeatureView: {
+            /** @description The code asked about. */
+            code: string;
+            /** @description The plan includes it: listed among its features, or carrying a limit. */
+            included: boolean;
+            /**
+             * Format: int64
+             * @description The plan's limit for it, summed over the customer's active subscriptions; absent for a
+             *     feature without a count.
+             */
+            limit?: number | null;
+            /**
+             * Format: int64
+             * @description `limit - used`, never negative.
+             */
+            remaining?: number | null;
+            /**
+             * Format: int64
+             * @description How many are in use: `in_use` as the caller counted it.
+             */
+            used?: number | null;
         };
         /** @description A field that failed validation, with a message for a human. */
         FieldError: {
@@ -1150,6 +1176,17 @@ export interface components {
          * @enum {string}
          */
         Scope: "check" | "events" | "admin";
+        /** @description The seats asked for beside the plan's user count. */
+        SeatsView: {
+            /**
+             * Format: int64
+             * @description The plan's user count; null when the plan sets none (a count of 0 read as unlimited,
+             *     `entitlements.zero_user_count`).
+             */
+            limit?: number | null;
+            /** Format: int64 */
+            requested: number;
+        };
         /**
          * @description Where an answer's data came from.
          * @enum {string}
@@ -1539,6 +1576,24 @@ export interface operations {
                 cost: number | null;
                 /** @description BillaBear customer id (UUID) */
                 customer_id: string;
+                /**
+                 * @description A feature code of the customer's BillaBear plan (1 to 128 bytes, no control
+                 *     characters): allowed only if the plan includes it (`feature_not_in_plan`); the answer's
+                 *     `feature` says what the plan gives.
+                 */
+                feature: string | null;
+                /**
+                 * @description With `feature`: how many the caller counts in use now (projects, members); allowed iff
+                 *     `in_use + quantity` is within the feature's limit (`feature_limit_reached`).
+                 */
+                in_use: number | null;
+                /** @description With `feature`: how many more are about to be used (default 1). */
+                quantity: number | null;
+                /**
+                 * @description Seats the customer would have: allowed iff within the plan's user count
+                 *     (`seats_exceeded`; a count of 0: `entitlements.zero_user_count`).
+                 */
+                seats: number | null;
             };
             cookie?: never;
         };
@@ -2463,10 +2518,15 @@ export interface operations {
     };
     gate: {
         parameters: {
-            query?: never;
+            query?: {
+                /** @description As X-Usage-Feature (both given: they must be equal) */
+                feature?: string;
+            };
             header: {
                 /** @description Required without [gate.jwt] (the default): the customer id (header name set by gate.customer_header); it must come from the proxy's own authentication. Ignored with [gate.jwt] */
                 "X-Customer-Id": string;
+                /** @description A feature code of the customer's plan the location needs (as the check's `feature`); blocked with feature_not_in_plan when the plan lacks it. The proxy sets it per location */
+                "X-Usage-Feature"?: string | null;
                 /** @description usage-gate's API key (scope check) when Authorization carries the end user's token ([gate.jwt]) */
                 "X-Usage-Gate-Key"?: string | null;
             };
@@ -2482,7 +2542,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description The customer header is missing or not a UUID */
+            /** @description The customer header is missing or not a UUID, or the feature is not a feature code (or the header and the query name different ones) */
             400: {
                 headers: {
                     [name: string]: unknown;
