@@ -241,6 +241,14 @@ impl Checker {
         self.explain_replacing(id, ask, lookup, None)
     }
 
+    /// The customer's plan as the cache holds it (none: not cached, or not a known customer).
+    pub fn plan(&self, id: CustomerId) -> Option<entitlements::Plan> {
+        match &self.cache.cached(id)?.snapshot?.data {
+            SnapshotData::Known(known) => Some(known.plan.clone()),
+            _ => None,
+        }
+    }
+
     /// How the customer's enforced writes are judged: against its snapshot under its lock, or,
     /// when BillaBear does not know it or cannot be asked, by the fallback policy's decision.
     pub async fn enforcement(&self, id: CustomerId) -> Enforcement {

@@ -520,8 +520,10 @@ async fn customer(
                 .unwrap_or_default()
         },
     );
+    let plan = checker.plan(customer);
     let page = views::CustomerPage {
         decision,
+        plan,
         recorded: recorded.map_err(ApiError::from)?,
         limits: limits.map_err(|e| e.to_string()),
         overrides: overrides.map_err(ApiError::from)?,

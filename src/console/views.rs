@@ -7,6 +7,7 @@ use maud::{DOCTYPE, Markup, html};
 use super::session::Flash;
 use crate::audit::AuditRecord;
 use crate::check::Decision;
+use crate::entitlements::Plan;
 use crate::health::Readiness;
 use crate::limits::Limit;
 use crate::outbox::{OutboxEvent, Stats};
@@ -295,6 +296,8 @@ pub fn customers(shell: &Shell, query: &CustomersQuery, rows: &[CustomerRow]) ->
 /// Everything the customer page shows.
 pub struct CustomerPage {
     pub decision: Decision,
+    /// Its BillaBear plan, as the check's cache holds it.
+    pub plan: Option<Plan>,
     pub recorded: Option<CustomerRow>,
     /// BillaBear's list, or why it could not be had.
     pub limits: Result<Vec<Limit>, String>,
@@ -349,6 +352,33 @@ pub fn customer(shell: &Shell, p: &CustomerPage) -> Markup {
         section aria-labelledby="usage" {
             h2 id="usage" { "Usage against the limit" }
             (p.plot)
+        }
+        section aria-labelledby="plan" {
+            h2 id="plan" { "Plan (in BillaBear)" }
+            @match &p.plan {
+                None => p { "Not known: BillaBear could not be asked, or does not know the customer." },
+                Some(plan) => {
+                    dl class="figures" {
+                        dt { "User count" }
+                        dd { @if plan.user_count() == 0 { "none set" } @else { (plan.user_count()) } }
+                    }
+                    @if plan.features().is_empty() {
+                        p { "Its plan includes no features." }
+                    } @else {
+                        table {
+                            thead { tr { th scope="col" { "Feature" } th scope="col" { "Limit" } } }
+                            tbody {
+                                @for feature in plan.features() {
+                                    tr {
+                                        td { code { (feature.code.as_str()) } }
+                                        td { @match feature.limit() { Some(limit) => (limit), None => "included, no count" } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
         section aria-labelledby="limits" {
             h2 id="limits" { "Usage limits (in BillaBear)" }

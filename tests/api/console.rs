@@ -634,3 +634,23 @@ async fn an_override_made_and_ended_in_the_console_decides_the_next_check() {
     let refused = browser.get(&page).await.body;
     assert!(refused.contains("amount: required for effect"), "{refused}");
 }
+
+#[tokio::test]
+async fn a_customers_page_shows_its_plan() {
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(ADMIN_KEY).await;
+    // Acme's plan: sso (no count), 25 projects, 10 users.
+    let page = browser.get(&format!("/console/customers/{ACME}")).await.body;
+    let plan = &page[page.find(r#"id="plan""#).expect("a plan section")..];
+    let plan = &plan[..plan.find("</section>").unwrap()];
+    for shown in [
+        "<code>projects</code></td><td>25</td>",
+        "<code>sso</code></td><td>included, no count</td>",
+        "<dd>10</dd>",
+    ] {
+        assert!(plan.contains(shown), "{shown} in {plan}");
+    }
+    let unknown = browser.get(&format!("/console/customers/{}", uuid::Uuid::new_v4())).await.body;
+    assert!(unknown.contains("Not known: BillaBear could not be asked"), "{unknown}");
+}
