@@ -25,26 +25,27 @@ fn parse_cost(raw: &str) -> Result<i64, ApiError> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct CheckQuery {
     /// Minor units the caller is about to spend: blocked if it would take the estimate over a
     /// DISABLE limit.
     #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub cost: Option<String>,
-    /// A feature code of the customer's BillaBear plan (1 to 128 bytes, no control
-    /// characters): allowed only if the plan includes it (`feature_not_in_plan`); the answer's
-    /// `feature` says what the plan gives.
-    #[param(min_length = 1, max_length = 128)]
+    /// A feature code of the customer's BillaBear plan (1 to 128 visible ASCII characters):
+    /// allowed only if the plan includes it (`feature_not_in_plan`); the answer's `feature`
+    /// says what the plan gives.
+    #[param(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     pub feature: Option<String>,
     /// With `feature`: how many more are about to be used (default 1).
-    #[param(value_type = Option<u64>, minimum = 1)]
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 9_223_372_036_854_775_807_i64)]
     pub quantity: Option<String>,
     /// With `feature`: how many the caller counts in use now (projects, members); allowed iff
     /// `in_use + quantity` is within the feature's limit (`feature_limit_reached`).
-    #[param(value_type = Option<u64>, minimum = 0)]
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub in_use: Option<String>,
     /// Seats the customer would have: allowed iff within the plan's user count
     /// (`seats_exceeded`; a count of 0: `entitlements.zero_user_count`).
-    #[param(value_type = Option<u64>, minimum = 0)]
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub seats: Option<String>,
 }
 
@@ -103,7 +104,7 @@ fn text<'a>(value: &'a Option<Cow<'_, str>>) -> Option<Sent<'a>> {
     value.as_deref().map(Sent::Text)
 }
 
-const FEATURE_RULE: &str = "must be a feature code: 1 to 128 bytes, no control characters";
+const FEATURE_RULE: &str = "must be a feature code: 1 to 128 visible ASCII characters";
 
 /// The plan's part of a check (`feature`, `quantity`, `in_use`, `seats`), every problem named
 /// by `at(field)`.
@@ -117,11 +118,13 @@ fn plan_ask(
     let mut errors = Vec::new();
     let mut count = |field: &str, sent: Option<Sent<'_>>, min: u64| -> Option<u64> {
         let rule = if min == 0 { "must be a non-negative integer" } else { "must be a positive integer" };
+        // Within i64, as the document says (int64): a client's language may hold no more.
         let parsed = match sent? {
-            Sent::Text(text) => text.parse::<u64>().ok(),
+            Sent::Text(text) => text.parse::<i64>().ok(),
             Sent::Json(Value::Null) => return None,
-            Sent::Json(value) => whole_number(value).and_then(|n| u64::try_from(n).ok()),
+            Sent::Json(value) => whole_number(value),
         };
+        let parsed = parsed.and_then(|n| u64::try_from(n).ok());
         let parsed = parsed.filter(|n| *n >= min);
         if parsed.is_none() {
             errors.push(FieldError::new(at(field), rule));
@@ -143,7 +146,7 @@ fn plan_ask(
         }
     };
     if let Some(code) = code
-        && (code.is_empty() || code.len() > 128 || code.chars().any(char::is_control))
+        && (!(1..=128).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_graphic()))
     {
         errors.push(FieldError::new(at("feature"), FEATURE_RULE));
     }
@@ -232,15 +235,17 @@ pub struct CheckBatchItem {
     /// Minor units about to be spent; a negative or fractional one is this item's error.
     pub cost: Option<i64>,
     /// A feature code of the customer's plan, as `feature` of the single check.
-    #[schema(min_length = 1, max_length = 128)]
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$")]
     pub feature: Option<String>,
     /// With `feature`: how many more (default 1).
     #[schema(minimum = 1)]
-    pub quantity: Option<u64>,
+    pub quantity: Option<i64>,
     /// With `feature`: how many the caller counts in use now.
-    pub in_use: Option<u64>,
+    #[schema(minimum = 0)]
+    pub in_use: Option<i64>,
     /// Seats the customer would have.
-    pub seats: Option<u64>,
+    #[schema(minimum = 0)]
+    pub seats: Option<i64>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -364,8 +369,8 @@ static X_USAGE_REASONS: HeaderName = HeaderName::from_static("x-usage-reasons");
     params(
         ("X-Customer-Id" = uuid::Uuid, Header, description = "Required without [gate.jwt] (the default): the customer id (header name set by gate.customer_header); it must come from the proxy's own authentication. Ignored with [gate.jwt]"),
         ("X-Usage-Gate-Key" = Option<String>, Header, description = "usage-gate's API key (scope check) when Authorization carries the end user's token ([gate.jwt])"),
-        ("X-Usage-Feature" = Option<String>, Header, description = "A feature code of the customer's plan the location needs (as the check's `feature`); blocked with feature_not_in_plan when the plan lacks it. The proxy sets it per location"),
-        ("feature" = Option<String>, Query, description = "As X-Usage-Feature (both given: they must be equal)"),
+        ("X-Usage-Feature" = Option<String>, Header, min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$", description = "A feature code of the customer's plan the location needs (as the check's `feature`); blocked with feature_not_in_plan when the plan lacks it. The proxy sets it per location"),
+        ("feature" = Option<String>, Query, min_length = 1, max_length = 128, pattern = "^[!-~]{1,128}$", description = "As X-Usage-Feature (both given: they must be equal)"),
     ),
     responses(
         (status = 204, description = "Allowed. Headers: X-Usage-Status, X-Usage-Estimate, X-Usage-Currency, X-Usage-Limit (lowest DISABLE limit), X-Usage-Reasons"),

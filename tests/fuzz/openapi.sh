@@ -52,9 +52,12 @@ TOML
 # that ends in the past (422). Every other route keeps the default: valid means accepted.
 # A wrongly typed `cost` (a list, an object) reaches the query string as nothing, so the tool's
 # "invalid cost accepted" is a request without one, which is valid: cost is given a value of its
-# type, and tests/api/check.rs holds its bounds.
+# type, and tests/api/check.rs holds its bounds. Rules between parameters the document cannot
+# express either: `quantity` and `in_use` need `feature`, and the gate's `X-Usage-Feature` and
+# `feature` must agree; they are given a feature (tests/api/plan.rs holds both rules).
 {
-  printf '[[operations]]\ninclude-name = "GET /v1/customers/{customer_id}/check"\nparameters = { cost = 100 }\n'
+  printf '[[operations]]\ninclude-name = "GET /v1/customers/{customer_id}/check"\nparameters = { cost = 100, feature = "sso" }\n'
+  printf '[[operations]]\ninclude-name = "GET /v1/gate"\nparameters = { feature = "sso", "X-Usage-Feature" = "sso" }\n'
   for operation in "POST /v1/events" "POST /v1/events/batch" "POST /v1/customers/{customer_id}/reservations" \
     "POST /v1/customers/{customer_id}/overrides"; do
     printf '[[operations]]\ninclude-name = "%s"\n' "$operation"

@@ -1566,34 +1566,35 @@ export interface operations {
     };
     check_customer: {
         parameters: {
-            query?: never;
-            header?: never;
-            path: {
+            query?: {
                 /**
                  * @description Minor units the caller is about to spend: blocked if it would take the estimate over a
                  *     DISABLE limit.
                  */
-                cost: number | null;
-                /** @description BillaBear customer id (UUID) */
-                customer_id: string;
+                cost?: number;
                 /**
-                 * @description A feature code of the customer's BillaBear plan (1 to 128 bytes, no control
-                 *     characters): allowed only if the plan includes it (`feature_not_in_plan`); the answer's
-                 *     `feature` says what the plan gives.
+                 * @description A feature code of the customer's BillaBear plan (1 to 128 visible ASCII characters):
+                 *     allowed only if the plan includes it (`feature_not_in_plan`); the answer's `feature`
+                 *     says what the plan gives.
                  */
-                feature: string | null;
+                feature?: string;
                 /**
                  * @description With `feature`: how many the caller counts in use now (projects, members); allowed iff
                  *     `in_use + quantity` is within the feature's limit (`feature_limit_reached`).
                  */
-                in_use: number | null;
+                in_use?: number;
                 /** @description With `feature`: how many more are about to be used (default 1). */
-                quantity: number | null;
+                quantity?: number;
                 /**
                  * @description Seats the customer would have: allowed iff within the plan's user count
                  *     (`seats_exceeded`; a count of 0: `entitlements.zero_user_count`).
                  */
-                seats: number | null;
+                seats?: number;
+            };
+            header?: never;
+            path: {
+                /** @description BillaBear customer id (UUID) */
+                customer_id: string;
             };
             cookie?: never;
         };
