@@ -3,9 +3,11 @@
 //! Ids are BillaBear's UUIDs; keeping them as `Uuid` (16 bytes) rather than `String` matters for
 //! a cache holding a million customers.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::ops::Deref;
 use std::str::FromStr;
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
@@ -376,6 +378,58 @@ pub fn whole_number(value: &serde_json::Value) -> Option<i64> {
         // Within 2^53, where every integer is exactly a double.
         (f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0).then_some(f as i64)
     })
+}
+
+/// Codes BillaBear lists (metrics, plan features) as small numbers: a million snapshots share a
+/// few codes, and a check compares them as integers. Each code is kept once, for the life of
+/// the process (BillaBear's codes are few); only what BillaBear lists is interned, a caller's
+/// code is looked up ([`Interner::known`]), so callers cannot grow a table.
+pub struct Interner(LazyLock<Mutex<Codes>>);
+
+#[derive(Default)]
+struct Codes {
+    names: Vec<&'static str>,
+    numbers: HashMap<&'static str, u32>,
+}
+
+impl Default for Interner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Interner {
+    pub const fn new() -> Self {
+        Self(LazyLock::new(Default::default))
+    }
+
+    fn codes(&self) -> std::sync::MutexGuard<'_, Codes> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The code's number, and whether this call interned it.
+    pub fn intern_telling(&self, code: &str) -> (u32, bool) {
+        let mut codes = self.codes();
+        if let Some(known) = codes.numbers.get(code) {
+            return (*known, false);
+        }
+        // Leaked once per distinct code, so it reads back as `&'static str` without a lock held.
+        let name: &'static str = Box::leak(code.into());
+        let next = codes.names.len() as u32;
+        codes.names.push(name);
+        codes.numbers.insert(name, next);
+        (next, true)
+    }
+
+    /// The code's number, if it was interned.
+    pub fn known(&self, code: &str) -> Option<u32> {
+        self.codes().numbers.get(code).copied()
+    }
+
+    /// The code numbered `number` (one this table gave).
+    pub fn name(&self, number: u32) -> &'static str {
+        self.codes().names[number as usize]
+    }
 }
 
 /// `From<$row> for $body`, moving each named field. Naming them all keeps a row (a store's) and

@@ -4,52 +4,35 @@
 //! it: is the feature in the plan, is there room for `quantity` more beside what the caller has
 //! in use, do `seats` fit. Pure: no I/O; the cache keeps a [`Plan`] in each snapshot.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::Parsed;
+use crate::domain::{Interner, Parsed};
 use crate::policy::{Reason, Reasons};
 
-/// A feature code of some plan, interned: a million snapshots share a few codes, and a check
-/// compares them as integers. Only codes BillaBear listed are interned (a caller's code that no
-/// plan has is looked up, not added), so callers cannot grow the table.
+/// A feature code of some plan, interned ([`Interner`]): only codes BillaBear listed are
+/// interned; a caller's code that no plan has is looked up, not added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FeatureCode(u32);
 
-/// Codes in order of interning, and each code's number.
-#[derive(Default)]
-struct Table {
-    names: Vec<&'static str>,
-    numbers: HashMap<&'static str, FeatureCode>,
-}
-
-static CODES: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
+/// A separate table from metric codes' (`projection::Code`): a feature is not a priced metric.
+static CODES: Interner = Interner::new();
 
 impl FeatureCode {
     /// The code of a feature BillaBear listed.
     pub fn intern(code: &str) -> FeatureCode {
-        let mut table = CODES.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = table.numbers.get(code) {
-            return *known;
-        }
-        // Leaked once per distinct code BillaBear lists (a plan's features: few), so each
-        // snapshot's copy is 4 bytes and the code reads back without a lock held.
-        let name: &'static str = Box::leak(code.into());
-        let next = FeatureCode(table.names.len() as u32);
-        table.names.push(name);
-        table.numbers.insert(name, next);
-        next
+        FeatureCode(CODES.intern_telling(code).0)
     }
 
     /// The code, if some plan listed it.
     pub fn known(code: &str) -> Option<FeatureCode> {
-        CODES.lock().unwrap_or_else(PoisonError::into_inner).numbers.get(code).copied()
+        CODES.known(code).map(FeatureCode)
     }
 
     pub fn as_str(self) -> &'static str {
-        CODES.lock().unwrap_or_else(PoisonError::into_inner).names[self.0 as usize]
+        CODES.name(self.0)
     }
 }
 

@@ -14,10 +14,7 @@
 //!   `approximate`; so do metrics aggregated otherwise (max, latest, unique_count), which are not
 //!   projected at all.
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, PoisonError};
-
-use crate::domain::SubscriptionId;
+use crate::domain::{Interner, SubscriptionId};
 
 /// How a metric's events become usage (BillaBear's `aggregation_method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +57,7 @@ pub struct Figures {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Code(u32);
 
-static CODES: LazyLock<Mutex<HashMap<Box<str>, Code>>> = LazyLock::new(Default::default);
+static CODES: Interner = Interner::new();
 
 impl Code {
     /// The code of a price BillaBear listed (BillaBear's metrics: few).
@@ -71,19 +68,14 @@ impl Code {
     /// As [`Code::intern`], and whether this call interned it: a fetch that does has met a code
     /// whose pending usage the ledger's copy did not keep until now.
     pub fn intern_telling(code: &str) -> (Code, bool) {
-        let mut codes = CODES.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(known) = codes.get(code) {
-            return (*known, false);
-        }
-        let next = Code(codes.len() as u32);
-        codes.insert(code.into(), next);
-        (next, true)
+        let (number, new) = CODES.intern_telling(code);
+        (Code(number), new)
     }
 
     /// The code, if some price listed it: an event's code that none did is priced by no
     /// subscription (and is not interned, so events cannot grow the table).
     pub fn known(code: &str) -> Option<Code> {
-        CODES.lock().unwrap_or_else(PoisonError::into_inner).get(code).copied()
+        CODES.known(code).map(Code)
     }
 }
 
