@@ -8,7 +8,7 @@ use crate::cache::SnapshotCache;
 use crate::domain::Currency;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Target, Timestamp};
 use crate::enforce::{Gate, Judged};
-use crate::entitlements::{self, EntitlementSettings, PlanAsk};
+use crate::entitlements::{self, EntitlementSettings, PlanAsk, SeatsJudged};
 use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
 use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Usage, Verdict};
@@ -132,6 +132,8 @@ pub struct SeatsView {
     /// `entitlements.zero_user_count`).
     pub limit: Option<u64>,
 }
+
+crate::domain::moved_fields!(SeatsJudged => SeatsView { requested, limit });
 
 /// What a check asks besides "may the customer go on": money about to be spent, and what is
 /// asked of the plan (with the settings that read it).
@@ -430,7 +432,7 @@ pub fn explain<'a>(
                     remaining: judged.remaining(),
                 })
             }),
-            judgement.seats.map(|s| Box::new(SeatsView { requested: s.requested, limit: s.limit })),
+            judgement.seats.map(|seats| Box::new(SeatsView::from(seats))),
         ),
         None => (None, None),
     };

@@ -1,6 +1,6 @@
 //! A customer as BillaBear answers for it, asked in one go (customer, usage limits, cost
-//! estimate, active subscriptions, the plan's limits), and turned into the snapshot model a decision is made from:
-//! where BillaBear's wire types end.
+//! estimate, active subscriptions, the plan's limits), and turned into the snapshot model a
+//! decision is made from: where BillaBear's wire types end.
 
 use super::{
     BillaBearClient, BillaBearError, CostEstimate, Customer, CustomerLimits, MetricCost, Subscription,

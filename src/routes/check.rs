@@ -423,41 +423,28 @@ pub async fn gate(
 
 static X_USAGE_FEATURE: HeaderName = HeaderName::from_static("x-usage-feature");
 
-/// The feature a gated location needs: its `X-Usage-Feature` header or `?feature=`.
+/// The feature a gated location needs: its `X-Usage-Feature` header or `?feature=` (the
+/// query read as the check's is).
 fn gate_feature(req: &HttpRequest) -> Result<PlanAsk, ApiError> {
     let header = match req.headers().get(&X_USAGE_FEATURE) {
-        Some(value) => Some(
-            value.to_str().map_err(|_| ApiError::invalid_field("X-Usage-Feature", FEATURE_RULE))?.to_owned(),
-        ),
+        Some(value) => {
+            Some(value.to_str().map_err(|_| ApiError::invalid_field("X-Usage-Feature", FEATURE_RULE))?)
+        }
         None => None,
     };
-    let query = match req.query_string() {
-        "" => None,
-        _ => {
-            web::Query::<GateQuery>::from_query(req.query_string())
-                .map_err(|e| ApiError::invalid_field("query", e.to_string()))?
-                .into_inner()
-                .feature
-        }
-    };
-    let feature = match (header, query) {
+    let query = QueryValues::parse(req.query_string())?;
+    let (feature, field) = match (header, query.feature.as_deref()) {
         (Some(header), Some(query)) if header != query => {
             return Err(ApiError::invalid_field(
                 "X-Usage-Feature",
                 "differs from the feature query parameter",
             ));
         }
-        (Some(feature), _) | (None, Some(feature)) => Some(feature),
-        (None, None) => None,
+        (Some(header), _) => (Some(header), "X-Usage-Feature"),
+        (None, query) => (query, "feature"),
     };
-    let field = if req.headers().contains_key(&X_USAGE_FEATURE) { "X-Usage-Feature" } else { "feature" };
-    plan_ask(feature.as_deref().map(Sent::Text), None, None, None, |_| field.to_owned())
+    plan_ask(feature.map(Sent::Text), None, None, None, |_| field.to_owned())
         .map_err(ApiError::invalid_fields)
-}
-
-#[derive(Debug, Deserialize)]
-struct GateQuery {
-    feature: Option<String>,
 }
 
 fn set_usage_headers(headers: &mut actix_web::http::header::HeaderMap, decision: &Decision) {
