@@ -17,7 +17,7 @@ use usage_gate::cache::SnapshotCache;
 use usage_gate::config::{KeySettings, Settings};
 use usage_gate::domain::Currency;
 use usage_gate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, SubscriptionId};
-use usage_gate::entitlements::Plan;
+use usage_gate::entitlements::{Period, Plan};
 use usage_gate::policy::Limit;
 use usage_gate::projection::{Aggregation, Code, Metered};
 use usage_gate::snapshot::{Known, SnapshotData};
@@ -132,6 +132,8 @@ fn fill_compact(n: u64, with_plan: bool) -> (u64, Box<dyn std::any::Any>) {
             } else {
                 Plan::default()
             },
+            // Each customer's billing period, as a fetch reads it from its subscriptions.
+            period: with_plan.then_some(Period::new(1_800_000_000 + i as i64, 1_802_592_000 + i as i64)),
         };
         cache.insert(CustomerId::from(Uuid::from_u128(i as u128)), SnapshotData::Known(known));
     }

@@ -8,7 +8,8 @@ use crate::cache::SnapshotCache;
 use crate::domain::Currency;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Target, Timestamp};
 use crate::enforce::{Gate, Judged};
-use crate::entitlements::{self, EntitlementSettings, PlanAsk, SeatsJudged};
+use crate::entitlements::{self, Counted, EntitlementSettings, PlanAsk, PlanFeature, SeatsJudged};
+use crate::feature_counts::FeatureCounts;
 use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
 use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Usage, Verdict};
@@ -116,12 +117,21 @@ pub struct FeatureView {
     /// feature without a count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
-    /// How many are in use: `in_use` as the caller counted it.
+    /// How many are in use: `in_use` as the caller counted it, or else what usage-gate counted
+    /// of the feature's events (and open holds) in its window, rounded up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub used: Option<u64>,
     /// `limit - used`, never negative.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub remaining: Option<u64>,
+    /// The window usage-gate counts it over (`hour`, `day`, `week`, `month`,
+    /// `billing_period`); absent when the caller gave `in_use`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<&'static str>,
+    /// When the window ends and the count restarts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub resets_at: Option<Timestamp>,
 }
 
 /// The seats asked for beside the plan's user count.
@@ -136,11 +146,20 @@ pub struct SeatsView {
 crate::domain::moved_fields!(SeatsJudged => SeatsView { requested, limit });
 
 /// What a check asks besides "may the customer go on": money about to be spent, and what is
-/// asked of the plan (with the settings that read it).
-#[derive(Debug, Clone, Copy, Default)]
+/// asked of the plan.
+#[derive(Clone, Copy, Default)]
 pub struct Ask<'a> {
     pub cost: Option<i64>,
-    pub plan: Option<(&'a PlanAsk, &'a EntitlementSettings)>,
+    pub plan: Option<PlanQuestion<'a>>,
+}
+
+/// What is asked of the plan, the settings that read it, and what usage-gate counted of a
+/// limited feature (for the customer's snapshot; asked only for the feature asked about).
+#[derive(Clone, Copy)]
+pub struct PlanQuestion<'a> {
+    pub ask: &'a PlanAsk,
+    pub settings: &'a EntitlementSettings,
+    pub counted: &'a dyn Fn(&Known, &PlanFeature) -> Counted,
 }
 
 impl From<Option<i64>> for Ask<'_> {
@@ -209,6 +228,8 @@ pub struct Checker {
     pub holds: Holds,
     /// This replica's copy of the open overrides.
     pub overrides: Overrides,
+    /// This replica's copy of the feature limits' counts.
+    pub counts: FeatureCounts,
     policy: PolicySettings,
     entitlements: EntitlementSettings,
     metrics: DecisionMetrics,
@@ -220,10 +241,24 @@ impl Checker {
         pending: Pending,
         holds: Holds,
         overrides: Overrides,
+        counts: FeatureCounts,
         policy: PolicySettings,
         entitlements: EntitlementSettings,
     ) -> Self {
-        Self { cache, pending, holds, overrides, policy, entitlements, metrics: DecisionMetrics::new() }
+        Self {
+            cache,
+            pending,
+            holds,
+            overrides,
+            counts,
+            policy,
+            entitlements,
+            metrics: DecisionMetrics::new(),
+        }
+    }
+
+    pub fn entitlements(&self) -> &EntitlementSettings {
+        &self.entitlements
     }
 
     pub fn policy(&self) -> &PolicySettings {
@@ -239,7 +274,12 @@ impl Checker {
     /// [`Checker::check`], asking of the plan too (a feature, seats).
     pub async fn check_plan(&self, id: CustomerId, cost: Option<i64>, plan: &PlanAsk) -> Decision {
         let lookup = self.cache.lookup(id).await;
-        let ask = Ask { cost, plan: (!plan.is_empty()).then_some((plan, &self.entitlements)) };
+        let now = chrono::Utc::now();
+        let counted = |known: &Known, feature: &PlanFeature| {
+            self.counts.counted(id, known, feature, &self.entitlements, now)
+        };
+        let question = PlanQuestion { ask: plan, settings: &self.entitlements, counted: &counted };
+        let ask = Ask { cost, plan: (!plan.is_empty()).then_some(question) };
         self.explain_replacing(id, ask, lookup, None)
     }
 
@@ -414,8 +454,10 @@ pub fn explain<'a>(
     let projection = project(known);
     let amount = projection.amount();
     let disabled = known.status.is_disabled();
-    let judged =
-        plan.map(|(asked, settings)| (asked, entitlements::judge(&known.plan, asked, disabled, settings)));
+    let judged = plan.map(|q| {
+        let counted = |feature: &PlanFeature| (q.counted)(known, feature);
+        (q.ask, entitlements::judge(&known.plan, q.ask, disabled, q.settings, counted))
+    });
     let usage = Usage {
         plan: judged.as_ref().map(|(_, j)| j.reasons).unwrap_or_default(),
         ..known.usage(&projection)
@@ -430,6 +472,8 @@ pub fn explain<'a>(
                     limit: judged.limit,
                     used: judged.used,
                     remaining: judged.remaining(),
+                    window: judged.window.map(|(window, _)| window.as_str()),
+                    resets_at: judged.window.map(|(_, end)| Timestamp(end.max(0) as u64 * 1000)),
                 })
             }),
             judgement.seats.map(|seats| Box::new(SeatsView::from(seats))),
@@ -490,6 +534,7 @@ mod tests {
                 .collect(),
             metered: Box::new([]),
             plan: Default::default(),
+            period: None,
         })
     }
 

@@ -10,6 +10,7 @@ use futures_util::future::BoxFuture;
 use crate::billabear::{self, BillaBearClient, BillaBearError};
 use crate::cache::Fetch;
 use crate::domain::CustomerId;
+use crate::feature_counts::FeatureCounts;
 use crate::pending::Pending;
 use crate::snapshot::SnapshotData;
 use crate::subscriptions::Subscriptions;
@@ -18,13 +19,14 @@ use crate::subscriptions::Subscriptions;
 pub struct LedgerFetch {
     pub client: BillaBearClient,
     pub pending: Pending,
+    pub counts: FeatureCounts,
     pub subscriptions: Subscriptions,
 }
 
 impl Fetch for LedgerFetch {
     fn fetch(&self, id: CustomerId) -> BoxFuture<'static, Result<SnapshotData, BillaBearError>> {
-        let (client, pending, subscriptions) =
-            (self.client.clone(), self.pending.clone(), self.subscriptions.clone());
+        let (client, pending, counts, subscriptions) =
+            (self.client.clone(), self.pending.clone(), self.counts.clone(), self.subscriptions.clone());
         async move {
             let started = Utc::now();
             let Some(answers) = billabear::fetch(&client, id).await? else {
@@ -35,7 +37,9 @@ impl Fetch for LedgerFetch {
             // A code interned by this fetch: the ledger's copy skipped its pending usage until now.
             let new_code = found.iter().any(|f| f.new_code);
             let previous = pending.settle(id, &found, started, new_code).await;
-            Ok(SnapshotData::Known(answers.known(&found, |s| previous.get(&s).copied())))
+            let known = answers.known(&found, |s| previous.get(&s).copied());
+            counts.record_period(id, &known).await;
+            Ok(SnapshotData::Known(known))
         }
         .boxed()
     }

@@ -19,7 +19,8 @@
 //! The services, each the one door to its tables, in three layers:
 //!
 //! 3. **State**, what is kept: `cache` (snapshots, fetched at most once at a time), `pending`
-//!    (usage not yet counted), `overrides`, `outbox` (events to BillaBear), `webhooks`
+//!    (usage not yet counted), `feature_counts` (feature limits usage-gate counts), `overrides`,
+//!    `outbox` (events to BillaBear), `webhooks`
 //!    (outbound, signed), `invalidation` (telling replicas a customer changed), `retention`
 //!    (rows past their window), `health`.
 //! 4. **Judging**: `fetch` (BillaBear's answers settled against the pending ledger), `enforce`
@@ -47,6 +48,7 @@ pub mod domain;
 pub mod enforce;
 pub mod entitlements;
 pub mod error;
+pub mod feature_counts;
 pub mod fetch;
 pub mod health;
 pub mod inbound;

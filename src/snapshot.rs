@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::domain::{Currency, CustomerStatus};
-use crate::entitlements::Plan;
+use crate::entitlements::{Period, Plan};
 use crate::policy::{Limit, Reasons, Usage};
 use crate::projection::{Metered, Projection};
 
@@ -28,6 +28,8 @@ pub struct Known {
     pub metered: Box<[Metered]>,
     /// Its plan's features, feature limits and user count.
     pub plan: Plan,
+    /// Its billing period (none: no active subscription says when it ends).
+    pub period: Option<Period>,
 }
 
 impl Known {
@@ -144,8 +146,9 @@ mod tests {
     fn snapshots_stay_compact() {
         // The cache holds a million of these; growing them is a decision, not an accident.
         // 96: the metered subscriptions (a boxed slice) joined the limits for pending usage;
-        // 104: the plan (a pointer to a copy its customers share).
-        assert!(std::mem::size_of::<Snapshot>() <= 104, "{}", std::mem::size_of::<Snapshot>());
+        // 104: the plan (a pointer to a copy its customers share); 112: the billing period
+        // feature limits are counted over (two u32, not two i64: 128).
+        assert!(std::mem::size_of::<Snapshot>() <= 112, "{}", std::mem::size_of::<Snapshot>());
         assert_eq!(std::mem::size_of::<Limit>(), 32);
         assert!(std::mem::size_of::<Metered>() <= 40, "{}", std::mem::size_of::<Metered>());
     }

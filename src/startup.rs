@@ -16,7 +16,9 @@ use crate::billabear::BillaBearClient;
 use crate::cache::SnapshotCache;
 use crate::check::Checker;
 use crate::config::{SecretsSettings, Settings};
+use crate::enforce::Rules;
 use crate::error::{self, ApiError};
+use crate::feature_counts::FeatureCounts;
 use crate::fetch::LedgerFetch;
 use crate::health::Health;
 use crate::inbound::Inbound;
@@ -277,14 +279,22 @@ impl Running {
             Overrides::start(pool.clone());
         background.extend(tasks);
         listening.push(overrides_listening);
-        let Started { service: holds, tasks, listening: holds_listening, .. } =
-            Holds::start(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
+        let Started { service: holds, tasks, listening: holds_listening, .. } = Holds::start(
+            pool.clone(),
+            settings.database.acquire_timeout,
+            Rules { policy: settings.policy.clone(), entitlements: settings.entitlements.clone() },
+        );
         background.extend(tasks);
         listening.push(holds_listening);
+        let Started { service: counts, tasks, listening: counts_listening, .. } =
+            FeatureCounts::start(pool.clone());
+        background.extend(tasks);
+        listening.push(counts_listening);
         let (fetched, fetches) = tokio::sync::mpsc::channel(FETCHED_QUEUE);
         let source = LedgerFetch {
             client: billabear.clone(),
             pending: pending.clone(),
+            counts: counts.clone(),
             subscriptions: subscriptions.clone(),
         };
         let cache = SnapshotCache::with_source(Arc::new(source), &settings.cache, Some(fetched));
@@ -322,11 +332,16 @@ impl Running {
             pending,
             holds.clone(),
             overrides.clone(),
+            counts,
             settings.policy.clone(),
             settings.entitlements.clone(),
         ));
-        let (ingest, enforced_writer) =
-            Ingest::new(pool.clone(), settings.database.acquire_timeout, settings.policy.clone());
+        let (ingest, enforced_writer) = Ingest::new(
+            pool.clone(),
+            settings.database.acquire_timeout,
+            settings.policy.clone(),
+            settings.entitlements.clone(),
+        );
         own_thread("enforced-writer", enforced_writer.run())?;
         let health =
             web::Data::new(Health::new(pool.clone(), billabear.with_timeout(settings.billabear.timeout)));

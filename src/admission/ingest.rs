@@ -28,7 +28,9 @@ use tokio::sync::{Notify, oneshot};
 use crate::db::group::{self, Committing, Dedicated, Group, GroupCommit};
 use crate::db::{FailureKind, StorageError};
 use crate::enforce::Gate;
+use crate::enforce::Rules;
 use crate::enforce::store::{self as enforce, Outcome};
+use crate::entitlements::EntitlementSettings;
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::{self, Accepted};
 use crate::policy::PolicySettings;
@@ -55,7 +57,7 @@ thread_local! {
 
 /// Events written together: through `enforce` when any is enforced, else one plain statement.
 pub struct Ingesting {
-    policy: Arc<PolicySettings>,
+    rules: Arc<Rules>,
 }
 
 impl Group for Ingesting {
@@ -85,9 +87,9 @@ impl Group for Ingesting {
                     gates.extend(request.gates.iter().cloned());
                 }
             }
-            enforce::accept(conn, &events, &gates, &numbers, &self.policy).await?
+            enforce::accept(conn, &events, &gates, &numbers, &self.rules).await?
         } else {
-            let accepted = store::accept(conn, &events).await?;
+            let accepted = store::accept(conn, &events, &self.rules.entitlements).await?;
             accepted.into_iter().map(|accepted| Outcome { accepted: Some(accepted), judged: None }).collect()
         };
         let mut outcomes = outcomes.into_iter();
@@ -149,8 +151,8 @@ pub struct Ingest {
     id: u64,
     pool: PgPool,
     connect_timeout: Duration,
-    /// What enforced events are judged by.
-    policy: Arc<PolicySettings>,
+    /// What enforced events are judged by, and what events count towards.
+    rules: Arc<Rules>,
     /// The enforced writer's queue (see [`Ingest::new`]).
     enforced: GroupCommit<Ingesting>,
 }
@@ -169,13 +171,14 @@ impl Ingest {
         pool: PgPool,
         connect_timeout: Duration,
         policy: PolicySettings,
+        entitlements: EntitlementSettings,
     ) -> (Self, Committing<Ingesting>) {
-        let policy = Arc::new(policy);
+        let rules = Arc::new(Rules { policy, entitlements });
         let db = Dedicated::new(pool.clone(), connect_timeout, COMMIT_TIMEOUT);
         let (enforced, committing) =
-            GroupCommit::new(Ingesting { policy: policy.clone() }, db, MAX_EVENTS_PER_COMMIT);
+            GroupCommit::new(Ingesting { rules: rules.clone() }, db, MAX_EVENTS_PER_COMMIT);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        (Self { id, pool, connect_timeout, policy, enforced }, committing)
+        (Self { id, pool, connect_timeout, rules, enforced }, committing)
     }
 
     /// Starts this thread's writer. Call on each HTTP worker thread as it starts (the app
@@ -183,7 +186,7 @@ impl Ingest {
     pub fn attach_worker(&self) {
         WRITERS.with_borrow_mut(|writers| {
             writers.entry(self.id).or_insert_with(|| {
-                Writer::start(self.pool.clone(), self.connect_timeout, self.policy.clone())
+                Writer::start(self.pool.clone(), self.connect_timeout, self.rules.clone())
             });
         });
     }
@@ -223,7 +226,7 @@ impl Ingest {
             // No writer here (not a worker thread, or its writer has stopped): one commit per call,
             // on a connection from the pool.
             let mut conn = self.pool.acquire().await?;
-            let ingesting = Ingesting { policy: self.policy.clone() };
+            let ingesting = Ingesting { rules: self.rules.clone() };
             let mut answers = ingesting.write(&mut conn, std::slice::from_ref(&request)).await?;
             return Ok(answers.pop().unwrap_or_default());
         };
@@ -274,7 +277,7 @@ const COMMITTERS: usize = 2;
 const SECOND_COMMIT_MIN_EVENTS: usize = 1000;
 
 impl Writer {
-    fn start(pool: PgPool, connect_timeout: Duration, policy: Arc<PolicySettings>) -> Rc<Self> {
+    fn start(pool: PgPool, connect_timeout: Duration, rules: Arc<Rules>) -> Rc<Self> {
         let writer = Rc::new(Writer {
             queue: RefCell::new(Vec::new()),
             queued: Cell::new(0),
@@ -284,7 +287,7 @@ impl Writer {
         });
         for _ in 0..COMMITTERS {
             let db = Dedicated::new(pool.clone(), connect_timeout, COMMIT_TIMEOUT);
-            actix_rt::spawn(writer.clone().run(db, Ingesting { policy: policy.clone() }));
+            actix_rt::spawn(writer.clone().run(db, Ingesting { rules: rules.clone() }));
         }
         writer
     }

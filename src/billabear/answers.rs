@@ -7,7 +7,7 @@ use super::{
     UsageLimit,
 };
 use crate::domain::{Currency, CustomerId, SubscriptionId};
-use crate::entitlements::Plan;
+use crate::entitlements::{Period, Plan};
 use crate::policy::Limit;
 use crate::projection::{self, Aggregation, Code, Figures, Found};
 use crate::snapshot::Known;
@@ -51,6 +51,9 @@ impl Answers {
                 self.plan.limits.iter().map(|l| (l.feature.code.as_str(), l.limit)),
                 self.plan.features.iter().map(|f| f.code.as_str()),
                 self.plan.user_count,
+            ),
+            period: Period::of(
+                self.subscriptions.iter().filter_map(|s| Some((s.valid_until()?, s.schedule.as_deref()))),
             ),
         }
     }

@@ -70,9 +70,22 @@ pub struct Subscription {
     pub status: Option<String>,
     #[serde(default)]
     pub price: Option<Price>,
+    /// When the current period ends (ATOM); read as text, so a value that does not parse costs
+    /// the billing period, not the customer.
+    #[serde(default)]
+    pub valid_until: Option<String>,
+    /// `week`, `month` or `year`.
+    #[serde(default)]
+    pub schedule: Option<String>,
 }
 
 impl Subscription {
+    /// When its current period ends, if BillaBear said so readably.
+    pub fn valid_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
+        let text = self.valid_until.as_deref()?;
+        chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&chrono::Utc))
+    }
+
     /// The metric code this subscription bills usage for, if it is usage-priced.
     pub fn usage_metric(&self) -> Option<&str> {
         let price = self.price.as_ref()?;

@@ -140,6 +140,14 @@ fn write_feature(out: &mut Vec<u8>, feature: &FeatureView) {
             number(out, value);
         }
     }
+    if let Some(window) = feature.window {
+        out.extend_from_slice(b",\"window\":");
+        known(out, window);
+    }
+    if let Some(resets_at) = feature.resets_at {
+        out.extend_from_slice(b",\"resets_at\":");
+        timestamp(out, &resets_at.rfc3339());
+    }
     out.push(b'}');
 }
 
@@ -280,6 +288,17 @@ pub(super) mod tests {
                             limit: Some(25),
                             used: Some(30),
                             remaining: Some(0),
+                            window: None,
+                            resets_at: None,
+                        })),
+                        Some(Box::new(FeatureView {
+                            code: "api_calls".into(),
+                            included: true,
+                            limit: Some(10_000),
+                            used: Some(12),
+                            remaining: Some(9_988),
+                            window: Some("billing_period"),
+                            resets_at: Some(Timestamp(1_800_000_000_000)),
                         })),
                         Some(Box::new(FeatureView {
                             code: "s\"s\\o\u{1}".into(),
@@ -287,6 +306,8 @@ pub(super) mod tests {
                             limit: None,
                             used: None,
                             remaining: None,
+                            window: None,
+                            resets_at: None,
                         })),
                         Some(Box::new(FeatureView {
                             code: "sso".into(),
@@ -294,8 +315,10 @@ pub(super) mod tests {
                             limit: Some(u64::MAX),
                             used: None,
                             remaining: None,
+                            window: None,
+                            resets_at: None,
                         })),
-                    ][n % 4]
+                    ][n % 5]
                         .clone(),
                     seats: [
                         None,

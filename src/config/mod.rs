@@ -452,6 +452,25 @@ mod tests {
         let with = |section: &str, line: &str| format!("[{section}]\n{line}\n");
         let cases: Vec<(&str, &str, String)> = vec![
             (
+                "entitlements.time_zone",
+                "an IANA time zone",
+                format!("{}\n{}", with("entitlements", "time_zone = \"Mars/Olympus\""), valid("")),
+            ),
+            (
+                "entitlements.windows.api_calls",
+                "must be billing_period, hour, day, week or month, got \"fortnight\"",
+                format!("{}\n{}", with("entitlements.windows", "api_calls = \"fortnight\""), valid("")),
+            ),
+            (
+                "entitlements.metrics.calls",
+                "named for \"api_calls\" too",
+                format!(
+                    "{}\n{}",
+                    with("entitlements.metrics", "api_calls = \"requests\"\ncalls = \"requests\""),
+                    valid("")
+                ),
+            ),
+            (
                 "retention.overrides_days",
                 "from 0 (keep every row) to 3650, got -1",
                 format!("{}\n{}", with("retention", "overrides_days = -1.0"), valid("")),

@@ -20,11 +20,20 @@ use std::sync::Arc;
 
 use crate::domain::Target;
 use crate::domain::{CustomerId, SubscriptionId};
+use crate::entitlements::EntitlementSettings;
 use crate::overrides::Override;
 use crate::pending;
 use crate::policy::{self, PolicySettings};
 use crate::projection::{self, Code, Metered, PendingUsage, Projection};
 use crate::snapshot::{Known, Snapshot, SnapshotData};
+
+/// What enforced writes are judged by: the policy, and the plan's settings (what events count
+/// towards, over which window).
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    pub policy: PolicySettings,
+    pub entitlements: EntitlementSettings,
+}
 
 /// A customer's cached snapshot an enforced write is judged against, and the operator's
 /// override in force.
@@ -233,6 +242,7 @@ mod tests {
             limits: Box::new([Limit { id: LimitId::new_v4(), amount: limit, action: LimitAction::Disable }]),
             metered: Box::new([Metered::new(&found, Rate::PerUnit { unit_price: 10, tax }, false)]),
             plan: Default::default(),
+            period: None,
         };
         let snapshot = Arc::new(Snapshot::fetched_at(SnapshotData::Known(known), 0));
         (Gate::new(CustomerId::new_v4(), snapshot, None).unwrap(), subscription)

@@ -7,13 +7,12 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
-use super::{Gate, Judged, Ledger};
+use super::{Gate, Judged, Ledger, Rules};
 use crate::domain::Target;
 use crate::domain::{CustomerId, SubscriptionId};
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::{self as outbox, Accepted};
 use crate::pending::store as pending;
-use crate::policy::PolicySettings;
 
 /// Registers `usage_gate_enforced_events_total` for both outcomes, so `/metrics` shows zeros
 /// before the first enforced event.
@@ -127,8 +126,9 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
     events: &[E],
     gates: &[Option<Gate>],
     requests: &[u64],
-    policy: &PolicySettings,
+    rules: &Rules,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
+    let policy = &rules.policy;
     let events: Vec<&IncomingEvent> = events.iter().map(Borrow::borrow).collect();
     let mut tx = conn.begin().await?;
     let gated: Vec<&Gate> = gates.iter().flatten().collect();
@@ -156,9 +156,9 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
     let stored = if judged.iter().any(refused) {
         let admitted: Vec<&IncomingEvent> =
             events.iter().zip(&judged).filter(|(_, j)| !refused(j)).map(|(e, _)| *e).collect();
-        outbox::accept(&mut tx, &admitted).await?
+        outbox::accept(&mut tx, &admitted, &rules.entitlements).await?
     } else {
-        outbox::accept(&mut tx, &events).await?
+        outbox::accept(&mut tx, &events, &rules.entitlements).await?
     };
     let refused_ids: Vec<&str> =
         events.iter().zip(&judged).filter(|(_, j)| refused(j)).map(|(e, _)| e.event_id.as_str()).collect();

@@ -9,11 +9,14 @@ use std::time::Duration;
 use sqlx::{PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use chrono::{DateTime, Utc};
+
 use super::Stats;
 use super::event::IncomingEvent;
 use crate::audit::{self, Actor};
 use crate::domain::Target;
 use crate::domain::{CustomerId, SubscriptionId};
+use crate::entitlements::{EntitlementSettings, Window};
 
 /// Woken on every accepted batch, so forwarders need not poll.
 pub const NOTIFY_CHANNEL: &str = "usage_gate_outbox";
@@ -57,13 +60,15 @@ pub fn register_metrics() {
 
 /// Stores the events with one statement (atomic: all or none) and answers for each, in order.
 /// An `event_id` already stored, or repeated earlier in `events`, is a duplicate or a conflict.
-/// Nothing is acknowledged unless the commit succeeded.
+/// Nothing is acknowledged unless the commit succeeded. The same statement counts the events
+/// stored now towards the feature limits `counting` says they count for (`feature_usage`).
 pub async fn accept<E: Borrow<IncomingEvent>>(
     conn: &mut PgConnection,
     events: &[E],
+    counting: &EntitlementSettings,
 ) -> Result<Vec<Accepted>, sqlx::Error> {
     let events: Vec<&IncomingEvent> = events.iter().map(Borrow::borrow).collect();
-    let outcomes = insert(conn, &events).await?;
+    let outcomes = insert(conn, &events, counting).await?;
     for kind in [Accepted::New, Accepted::Duplicate, Accepted::Conflict, Accepted::Dead] {
         let count = outcomes.iter().filter(|o| **o == kind).count() as u64;
         if count > 0 {
@@ -73,8 +78,83 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
     Ok(outcomes)
 }
 
-/// [`accept`] without the counting, so an event inserted again (see below) counts once.
-async fn insert(conn: &mut PgConnection, events: &[&IncomingEvent]) -> Result<Vec<Accepted>, sqlx::Error> {
+/// Where an event counts towards a feature limit: the feature, and its window's start; none for
+/// the billing period, which the statement reads from `billing_periods` (`month`: the calendar
+/// month's start, where the count is provisional until the target's period is recorded).
+struct Placement {
+    feature: &'static str,
+    start: Option<DateTime<Utc>>,
+    month: DateTime<Utc>,
+}
+
+fn place(event: &IncomingEvent, counting: &EntitlementSettings, now: DateTime<Utc>) -> Option<Placement> {
+    let feature = counting.counted_as(event.code.as_str())?;
+    let at = |seconds: i64| DateTime::from_timestamp(seconds, 0).unwrap_or(now);
+    let month = at(Window::Month.bounds(now, counting.zone(), None).start);
+    let start = match counting.window(feature) {
+        Window::BillingPeriod => None,
+        window => Some(at(window.bounds(now, counting.zone(), None).start)),
+    };
+    Some(Placement { feature: feature.as_str(), start, month })
+}
+
+/// The statement storing events none of which counts towards a feature limit.
+const INSERT: &str = "WITH inserted AS (
+         INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint)
+         SELECT e, s, c, code, v, p::jsonb, f
+         FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::bytea[])
+              WITH ORDINALITY AS t(e, s, c, code, v, p, f, n)
+         ORDER BY e COLLATE \"C\", n
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id)
+     SELECT event_id FROM inserted
+     UNION ALL
+     SELECT NULL::text FROM (SELECT pg_notify($8, '')) AS notified WHERE EXISTS (SELECT 1 FROM inserted)";
+
+/// As [`INSERT`], adding the `value` of each event stored now (the first of an `event_id` given
+/// twice) to its feature's count in its window, and telling every replica which targets' counts
+/// changed (`feature_counts`). A billing-period window is the target's recorded period while it
+/// lasts, then the one after it (`entitlements::Period::current`). The counts are written in
+/// one order, so two commits never wait on each other's rows.
+const INSERT_COUNTING: &str = "WITH input AS MATERIALIZED (
+         SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[],
+                              $7::bytea[], $9::text[], $10::timestamptz[], $11::timestamptz[])
+              WITH ORDINALITY AS t(e, s, c, code, v, p, f, feature, start, month, n)),
+     inserted AS (
+         INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint)
+         SELECT e, s, c, code, v, p::jsonb, f FROM input
+         ORDER BY e COLLATE \"C\", n
+         ON CONFLICT (event_id) DO NOTHING
+         RETURNING event_id),
+     counted AS (
+         INSERT INTO feature_usage AS u (kind, target, code, window_start, provisional, units)
+         SELECT CASE WHEN i.s IS NULL THEN 'c' ELSE 's' END, coalesce(i.s, i.c), i.feature,
+                coalesce(i.start, CASE WHEN b.target IS NULL THEN i.month
+                                       WHEN now() < b.ends_at THEN b.starts_at
+                                       ELSE b.ends_at END),
+                i.start IS NULL AND b.target IS NULL,
+                sum(i.v::numeric)
+         FROM (SELECT DISTINCT ON (e) * FROM input WHERE feature IS NOT NULL ORDER BY e, n) AS i
+         JOIN inserted ON inserted.event_id = i.e
+         LEFT JOIN billing_periods AS b ON b.target = coalesce(i.s, i.c)
+         GROUP BY 1, 2, 3, 4, 5
+         ORDER BY 2, 1, 3, 4, 5
+         ON CONFLICT (target, kind, code, window_start, provisional) DO UPDATE SET units = u.units + EXCLUDED.units
+         RETURNING kind, target)
+     SELECT event_id FROM inserted
+     UNION ALL
+     SELECT NULL::text FROM (SELECT pg_notify($8, '')) AS notified WHERE EXISTS (SELECT 1 FROM inserted)
+     UNION ALL
+     SELECT NULL::text FROM (SELECT feature_usage_notify(array_agg(DISTINCT kind || target::text)) AS sent
+                             FROM counted) AS told
+     WHERE told.sent < 0";
+
+/// [`accept`] without the metrics, so an event inserted again (see below) is counted once.
+async fn insert(
+    conn: &mut PgConnection,
+    events: &[&IncomingEvent],
+    counting: &EntitlementSettings,
+) -> Result<Vec<Accepted>, sqlx::Error> {
     if events.is_empty() {
         return Ok(vec![]);
     }
@@ -99,37 +179,34 @@ async fn insert(conn: &mut PgConnection, events: &[&IncomingEvent]) -> Result<Ve
     let properties: Vec<String> =
         events.iter().map(|e| serde_json::to_string(&e.properties).unwrap_or_else(|_| "{}".into())).collect();
 
-    // One statement, so one round trip and atomic without BEGIN/COMMIT: the insert, and the
-    // NOTIFY that wakes forwarders (delivered when it commits). Rows go in event_id order (the
-    // unique index's own "C" order, cheap to sort), so two commits inserting the same ids wait
-    // for each other instead of deadlocking; within an id,
+    // One statement, so one round trip and atomic without BEGIN/COMMIT: the insert, the feature
+    // counts, and the NOTIFY that wakes forwarders (delivered when it commits). Rows go in
+    // event_id order (the unique index's own "C" order, cheap to sort), so two commits
+    // inserting the same ids wait for each other instead of deadlocking; within an id,
     // WITH ORDINALITY keeps the request's order, so the first of two rows with one event_id wins.
-    let inserted: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
-        "WITH inserted AS (
-             INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint)
-             SELECT e, s, c, code, v, p::jsonb, f
-             FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::bytea[])
-                  WITH ORDINALITY AS t(e, s, c, code, v, p, f, n)
-             ORDER BY e COLLATE \"C\", n
-             ON CONFLICT (event_id) DO NOTHING
-             RETURNING event_id)
-         SELECT event_id FROM inserted
-         UNION ALL
-         SELECT NULL::text FROM (SELECT pg_notify($8, '')) AS notified WHERE EXISTS (SELECT 1 FROM inserted)",
-    )
-    .bind(&ids)
-    .bind(&subscriptions)
-    .bind(&customers)
-    .bind(&codes)
-    .bind(&values)
-    .bind(&properties)
-    .bind(&fingerprints)
-    .bind(NOTIFY_CHANNEL)
-    .fetch_all(&mut *conn)
-    .await?
-    .into_iter()
-    .flatten()
-    .collect();
+    let now = Utc::now();
+    let placements: Vec<Option<Placement>> = events.iter().map(|e| place(e, counting, now)).collect();
+    let counts = placements.iter().any(Option::is_some);
+    let query = sqlx::query_scalar::<_, Option<String>>(if counts { INSERT_COUNTING } else { INSERT })
+        .bind(&ids)
+        .bind(&subscriptions)
+        .bind(&customers)
+        .bind(&codes)
+        .bind(&values)
+        .bind(&properties)
+        .bind(&fingerprints)
+        .bind(NOTIFY_CHANNEL);
+    let query = if counts {
+        let features: Vec<Option<&str>> = placements.iter().map(|p| p.as_ref().map(|p| p.feature)).collect();
+        let starts: Vec<Option<DateTime<Utc>>> =
+            placements.iter().map(|p| p.as_ref().and_then(|p| p.start)).collect();
+        let months: Vec<Option<DateTime<Utc>>> =
+            placements.iter().map(|p| p.as_ref().map(|p| p.month)).collect();
+        query.bind(features).bind(starts).bind(months)
+    } else {
+        query
+    };
+    let inserted: Vec<String> = query.fetch_all(&mut *conn).await?.into_iter().flatten().collect();
     let mut fresh: HashSet<String> = inserted.into_iter().collect();
     let stored = if fresh.len() < events.len() {
         // Rows another request stored: committed by now (ON CONFLICT waited for them).
@@ -161,7 +238,7 @@ async fn insert(conn: &mut PgConnection, events: &[&IncomingEvent]) -> Result<Ve
         let again: Vec<&IncomingEvent> = vanished.iter().map(|&i| events[i]).collect();
         // Pruning deletes only old delivered rows, so the second try inserts the event or
         // finds the row another request just stored.
-        let retried = Box::pin(insert(conn, &again)).await?;
+        let retried = Box::pin(insert(conn, &again, counting)).await?;
         for (i, outcome) in vanished.into_iter().zip(retried) {
             outcomes[i] = outcome;
         }

@@ -25,10 +25,10 @@ use sqlx::PgPool;
 use crate::audit::Actor;
 use crate::db::{self, StorageError};
 use crate::domain::{CustomerId, FieldError, MetricCode, whole_number};
+use crate::enforce::Rules;
 use crate::enforce::{Gate, Judged};
 use crate::mirror::{self, Mirror, Started};
 use crate::outbox::IncomingEvent;
-use crate::policy::PolicySettings;
 use store::{Change, Created, Done, ReservationRow};
 pub use store::{Committed, Reuse};
 use uuid::Uuid;
@@ -232,9 +232,9 @@ pub struct Holds {
 
 impl Holds {
     /// Starts keeping the copy up to date, the writer (which connects with the pool's options,
-    /// waiting at most `connect_timeout`, and judges new holds by `policy`), and expiring holds
+    /// waiting at most `connect_timeout`, and judges new holds by `rules`), and expiring holds
     /// in Postgres.
-    pub fn start(pool: PgPool, connect_timeout: Duration, policy: PolicySettings) -> Started<Self> {
+    pub fn start(pool: PgPool, connect_timeout: Duration, rules: Rules) -> Started<Self> {
         let load: mirror::Loader<CustomerId, Box<[Hold]>> =
             |pool, customers| store::open_holds(pool, customers).boxed();
         // The writers put what they commit in the copy themselves; the others' changes (other
@@ -243,7 +243,7 @@ impl Holds {
         let Started { service: open, mut tasks, listening, .. } =
             Mirror::start_beside(pool.clone(), store::NOTIFY_CHANNEL, "reservations", load, writers.clone());
         let (writer, writing) =
-            writer::Writer::start(pool.clone(), connect_timeout, policy, open.clone(), writers);
+            writer::Writer::start(pool.clone(), connect_timeout, rules, open.clone(), writers);
         tasks.extend(writing);
         let vacuum_pool = pool.clone();
         let expire_pool = pool.clone();

@@ -12,10 +12,10 @@ use super::{Ask, Hold};
 use crate::audit::{self, Actor};
 use crate::domain::CustomerId;
 use crate::domain::Target;
+use crate::enforce::Rules;
 use crate::enforce::{Gate, Judged, store as enforce};
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::{self as outbox, Accepted};
-use crate::policy::PolicySettings;
 
 /// Sent (by the triggers) at the commit of every change; the payload lists the customers.
 pub const NOTIFY_CHANNEL: &str = "usage_gate_reservations";
@@ -156,7 +156,7 @@ const COLUMNS: &str =
 pub async fn write(
     conn: &mut PgConnection,
     changes: &[Change],
-    policy: &PolicySettings,
+    rules: &Rules,
 ) -> Result<Vec<Done>, sqlx::Error> {
     let mut tx = conn.begin().await?;
     let mut answers: Vec<Option<Done>> = changes.iter().map(|_| None).collect();
@@ -195,7 +195,7 @@ pub async fn write(
                         ledger.price_event(gate, Target::Customer(gate.customer), code, *value)
                     }
                 };
-                let judged = ledger.judge_hold(gate, amount, policy);
+                let judged = ledger.judge_hold(gate, amount, &rules.policy);
                 (amount, Some(judged))
             }
             None => (if let Ask::Amount(amount) = ask { *amount } else { 0 }, None),
@@ -295,7 +295,7 @@ pub async fn write(
     }
     let events: Vec<IncomingEvent> =
         committing.iter().flat_map(|(i, ..)| changes[*i].events().iter().cloned()).collect();
-    let mut outcomes = outbox::accept(&mut tx, &events).await?.into_iter();
+    let mut outcomes = outbox::accept(&mut tx, &events, &rules.entitlements).await?.into_iter();
     let closed = close(&mut tx, committing.iter().map(|(_, id, _)| *id).collect(), "committed").await?;
     for (i, id, expired) in committing {
         let Change::Commit { events, actor, .. } = &changes[i] else { continue };

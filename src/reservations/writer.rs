@@ -18,8 +18,8 @@ use super::store::{self, Change, Committed, Created, Done};
 use crate::db::group::{Dedicated, Group, GroupCommit};
 use crate::db::{Backends, FailureKind, StorageError};
 use crate::domain::CustomerId;
+use crate::enforce::Rules;
 use crate::mirror::Mirror;
-use crate::policy::PolicySettings;
 use uuid::Uuid;
 
 /// Changes one transaction holds at most (each commit may carry up to 1,000 events).
@@ -44,12 +44,12 @@ impl Writer {
     pub fn start(
         pool: PgPool,
         connect_timeout: Duration,
-        policy: PolicySettings,
+        rules: Rules,
         open: Mirror<CustomerId, Box<[Hold]>>,
         backends: Backends,
     ) -> (Self, [tokio::task::AbortHandle; 2]) {
         let start = || {
-            let holding = Holding { policy: policy.clone(), open: open.clone() };
+            let holding = Holding { rules: rules.clone(), open: open.clone() };
             let db = Dedicated::new(pool.clone(), connect_timeout, WRITE_TIMEOUT).listed_in(backends.clone());
             let (queue, committing) = GroupCommit::new(holding, db, MAX_CHANGES);
             (queue, tokio::spawn(committing.run()).abort_handle())
@@ -68,7 +68,7 @@ impl Writer {
 
 /// Changes to the holds, written together ([`store::write`]).
 struct Holding {
-    policy: PolicySettings,
+    rules: Rules,
     open: Mirror<CustomerId, Box<[Hold]>>,
 }
 
@@ -78,7 +78,7 @@ impl Group for Holding {
 
     async fn write(&self, conn: &mut PgConnection, changes: &[Change]) -> Result<Vec<Done>, sqlx::Error> {
         metrics::histogram!("usage_gate_reservation_commit_changes").record(changes.len() as f64);
-        let written = store::write(conn, changes, &self.policy).await?;
+        let written = store::write(conn, changes, &self.rules).await?;
         count(&written);
         Ok(written)
     }

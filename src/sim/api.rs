@@ -270,6 +270,7 @@ async fn active_subscriptions(
     let state = sim.state();
     let id = customer(&state, &path, NotFoundBody::EmptyArray)?;
     let now = Utc::now();
+    let (_, valid_until) = state.period();
     let data: Vec<Value> = state
         .active_subscriptions(id)
         .into_iter()
@@ -284,7 +285,7 @@ async fn active_subscriptions(
                 "created_at": now,
                 "updated_at": now,
                 "ended_at": null,
-                "valid_until": now + chrono::Duration::days(30),
+                "valid_until": valid_until,
                 "main_external_reference": null,
                 "child_external_reference": null,
                 "plan": {"id": Uuid::new_v4(), "name": "Simulated plan"},

@@ -3,7 +3,7 @@
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::seed::{SeedCustomer, SeedMetric, SeedSubscription};
 use super::state::Estimate;
@@ -40,8 +40,13 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         )
         .route(
             "/period",
-            web::post().to(|sim: web::Data<SimShared>| async move {
-                sim.state().new_period();
+            // An optional `{"length_ms": N}`: how long the new period lasts (30 days by default).
+            web::post().to(|sim: web::Data<SimShared>, body: web::Bytes| async move {
+                let length = serde_json::from_slice::<Value>(&body)
+                    .ok()
+                    .and_then(|b| b.get("length_ms").and_then(Value::as_i64))
+                    .map(chrono::Duration::milliseconds);
+                sim.state().new_period(length);
                 HttpResponse::NoContent().finish()
             }),
         )

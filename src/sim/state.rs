@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -123,6 +123,9 @@ pub struct SimState {
     counters: HashMap<SubscriptionId, f64>,
     /// Limits that fired in the current period (each fires at most once per period).
     fired: HashSet<LimitId>,
+    /// The current billing period (start, end) every subscription is in, once one was started;
+    /// until then the calendar month (UTC).
+    period: Option<(DateTime<Utc>, DateTime<Utc>)>,
     pub webhooks: Vec<Value>,
 }
 
@@ -405,10 +408,23 @@ impl SimState {
         fired
     }
 
-    /// Starts a new billing period: limits may fire again.
-    pub fn new_period(&mut self) {
+    /// Starts a new billing period now, of `length` (30 days by default): limits may fire again.
+    pub fn new_period(&mut self, length: Option<chrono::Duration>) {
         self.fired.clear();
         self.counters.clear();
+        let now = Utc::now();
+        self.period = Some((now, now + length.unwrap_or(chrono::Duration::days(30))));
+    }
+
+    /// The current billing period: subscriptions are `valid_until` its end.
+    pub fn period(&self) -> (DateTime<Utc>, DateTime<Utc>) {
+        self.period.unwrap_or_else(|| {
+            let now = Utc::now().date_naive();
+            let first = now.with_day(1).unwrap_or(now);
+            let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
+            let at = |d: chrono::NaiveDate| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc();
+            (at(first), at(next))
+        })
     }
 
     /// Received events by `event_id`, with how many times each arrived.
@@ -509,7 +525,7 @@ mod tests {
         state.customers.get_mut(&c).unwrap().status = "active".into();
         state.store_event(event(sub, "b", 1.0));
         assert_eq!(state.tick(), vec![], "re-enabled mid-period is not disabled again");
-        state.new_period();
+        state.new_period(None);
         state.store_event(event(sub, "c", 11.0));
         assert_eq!(state.tick().len(), 1);
     }

@@ -124,6 +124,11 @@ impl Sim {
         if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() }
     }
 
+    /// Starts a new billing period of `length_ms` now (subscriptions are valid until its end).
+    pub async fn new_period(&self, length_ms: u64) {
+        self.control(reqwest::Method::POST, "/period", Some(json!({"length_ms": length_ms}))).await;
+    }
+
     /// Adds a customer (seed shape); returns the control API's view with ids.
     pub async fn add_customer(&self, customer: Value) -> Value {
         self.control(reqwest::Method::POST, "/customers", Some(customer)).await

@@ -30,7 +30,17 @@ const LAYERS: [(&str, &[&str]); 6] = [
     // tables they stand for), what judges on it, and what takes requests in and tells of changes.
     (
         "state",
-        &["cache", "health", "invalidation", "outbox", "overrides", "pending", "retention", "webhooks"],
+        &[
+            "cache",
+            "feature_counts",
+            "health",
+            "invalidation",
+            "outbox",
+            "overrides",
+            "pending",
+            "retention",
+            "webhooks",
+        ],
     ),
     ("judging", &["check", "enforce", "fetch", "reservations"]),
     ("intake", &["admission", "inbound", "limits", "transitions"]),

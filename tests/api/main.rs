@@ -12,6 +12,7 @@ mod deploy;
 mod docs;
 mod enforce;
 mod events;
+mod feature_counts;
 mod gate_jwt;
 mod group_commit;
 mod harness;

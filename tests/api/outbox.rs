@@ -34,14 +34,19 @@ async fn column(pool: &PgPool, event_id: &str, column: &str) -> Value {
 async fn accepted_events_are_stored_and_repeats_are_duplicates_or_conflicts() {
     let (_, pool) = fresh_database().await;
     assert_eq!(
-        store::accept(&mut pool.acquire().await.unwrap(), &[event("e1", 1.0), event("e2", 2.0)])
-            .await
-            .unwrap(),
+        store::accept(
+            &mut pool.acquire().await.unwrap(),
+            &[event("e1", 1.0), event("e2", 2.0)],
+            &Default::default()
+        )
+        .await
+        .unwrap(),
         [Accepted::New, Accepted::New]
     );
     let again = store::accept(
         &mut pool.acquire().await.unwrap(),
         &[event("e1", 1.0), event("e2", 3.0), event("e3", 1.0)],
+        &Default::default(),
     )
     .await
     .unwrap();
@@ -59,6 +64,7 @@ async fn within_one_batch_the_first_of_a_repeated_event_id_wins() {
     let outcome = store::accept(
         &mut pool.acquire().await.unwrap(),
         &[event("same", 1.0), event("same", 1.0), event("same", 9.0)],
+        &Default::default(),
     )
     .await
     .unwrap();
@@ -71,7 +77,9 @@ async fn an_accepted_batch_notifies_forwarders_on_commit() {
     let (url, pool) = fresh_database().await;
     let mut listener = sqlx::postgres::PgListener::connect(&url).await.unwrap();
     listener.listen(store::NOTIFY_CHANNEL).await.unwrap();
-    store::accept(&mut pool.acquire().await.unwrap(), &[event("n1", 1.0)]).await.unwrap();
+    store::accept(&mut pool.acquire().await.unwrap(), &[event("n1", 1.0)], &Default::default())
+        .await
+        .unwrap();
     let notification = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await.unwrap().unwrap();
     assert_eq!(notification.channel(), store::NOTIFY_CHANNEL);
 }
@@ -80,7 +88,7 @@ async fn an_accepted_batch_notifies_forwarders_on_commit() {
 async fn concurrent_claimers_never_share_an_event_and_together_take_all() {
     let (url, pool) = fresh_database().await;
     let events: Vec<_> = (0..200).map(|i| event(&format!("c{i}"), 1.0)).collect();
-    store::accept(&mut pool.acquire().await.unwrap(), &events).await.unwrap();
+    store::accept(&mut pool.acquire().await.unwrap(), &events, &Default::default()).await.unwrap();
     // Two "replicas", each with its own pool, claiming in small batches until nothing is left.
     let replica = |pool: PgPool| async move {
         let mut mine = Vec::new();
@@ -104,7 +112,9 @@ async fn concurrent_claimers_never_share_an_event_and_together_take_all() {
 #[tokio::test]
 async fn an_expired_lease_is_taken_over_and_a_live_one_is_not() {
     let (_, pool) = fresh_database().await;
-    store::accept(&mut pool.acquire().await.unwrap(), &[event("l1", 1.0)]).await.unwrap();
+    store::accept(&mut pool.acquire().await.unwrap(), &[event("l1", 1.0)], &Default::default())
+        .await
+        .unwrap();
     let first = store::claim(&pool, 10, Duration::from_millis(200)).await.unwrap();
     assert_eq!((first.len(), first[0].attempts), (1, 1));
     assert!(store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().is_empty(), "leased");
@@ -120,9 +130,13 @@ async fn an_expired_lease_is_taken_over_and_a_live_one_is_not() {
 #[tokio::test]
 async fn delivered_retried_and_dead_events_leave_the_queue_as_they_should() {
     let (_, pool) = fresh_database().await;
-    store::accept(&mut pool.acquire().await.unwrap(), &[event("d", 1.0), event("r", 1.0), event("x", 1.0)])
-        .await
-        .unwrap();
+    store::accept(
+        &mut pool.acquire().await.unwrap(),
+        &[event("d", 1.0), event("r", 1.0), event("x", 1.0)],
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let claimed = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap();
     let claim = |event_id: &str| claimed.iter().find(|c| c.event_id == event_id).unwrap();
     assert!(store::mark_delivered(&pool, claim("d").id, SubscriptionId::new_v4()).await.unwrap());
@@ -160,6 +174,7 @@ async fn pruning_deletes_only_delivered_events_past_retention() {
     store::accept(
         &mut pool.acquire().await.unwrap(),
         &[event("old", 1.0), event("new", 1.0), event("pending", 1.0)],
+        &Default::default(),
     )
     .await
     .unwrap();
@@ -186,8 +201,12 @@ async fn pruning_deletes_only_delivered_events_past_retention() {
 #[actix_rt::test]
 async fn group_commit_answers_each_request_with_its_own_outcomes() {
     let (_, pool) = fresh_database().await;
-    let (ingest, _) =
-        usage_gate::admission::ingest::Ingest::new(pool.clone(), Duration::from_secs(5), Default::default());
+    let (ingest, _) = usage_gate::admission::ingest::Ingest::new(
+        pool.clone(),
+        Duration::from_secs(5),
+        Default::default(),
+        Default::default(),
+    );
     ingest.attach_worker();
     // 100 concurrent requests of two events each: its own, and one that all of them share.
     let requests = (0..100).map(|i| {
@@ -209,8 +228,12 @@ async fn group_commit_answers_each_request_with_its_own_outcomes() {
 #[actix_rt::test]
 async fn a_backlog_is_split_over_overlapping_commits_and_nothing_is_lost() {
     let (_, pool) = fresh_database().await;
-    let (ingest, _) =
-        usage_gate::admission::ingest::Ingest::new(pool.clone(), Duration::from_secs(5), Default::default());
+    let (ingest, _) = usage_gate::admission::ingest::Ingest::new(
+        pool.clone(),
+        Duration::from_secs(5),
+        Default::default(),
+        Default::default(),
+    );
     ingest.attach_worker();
     let requests = (0..60).map(|r| {
         let ingest = ingest.clone();
@@ -232,7 +255,9 @@ async fn commits_inserting_the_same_ids_in_opposite_orders_never_deadlock() {
         let ids: Vec<IncomingEvent> = (0..5000).map(|i| event(&format!("r{round}-{i:04}"), 1.0)).collect();
         let reversed: Vec<IncomingEvent> = ids.iter().rev().cloned().collect();
         let (mut a, mut b) = (pool.acquire().await.unwrap(), pool.acquire().await.unwrap());
-        let (first, second) = tokio::join!(store::accept(&mut a, &ids), store::accept(&mut b, &reversed));
+        let counting = Default::default();
+        let (first, second) =
+            tokio::join!(store::accept(&mut a, &ids, &counting), store::accept(&mut b, &reversed, &counting));
         let (first, second) = (first.expect("no deadlock"), second.expect("no deadlock"));
         // Each id is new for exactly one of the two, and a duplicate for the other.
         for (i, outcome) in first.iter().enumerate() {
@@ -251,7 +276,9 @@ async fn commits_inserting_the_same_ids_in_opposite_orders_never_deadlock() {
 #[tokio::test]
 async fn a_late_outcome_from_an_expired_claim_changes_nothing() {
     let (_, pool) = fresh_database().await;
-    store::accept(&mut pool.acquire().await.unwrap(), &[event("fenced", 1.0)]).await.unwrap();
+    store::accept(&mut pool.acquire().await.unwrap(), &[event("fenced", 1.0)], &Default::default())
+        .await
+        .unwrap();
     let first = store::claim(&pool, 10, Duration::from_secs(60)).await.unwrap().remove(0);
     // The first replica stalls past its lease; a second one takes the event over.
     sqlx::query("UPDATE outbox SET lease_until = now() - interval '1 second'").execute(&pool).await.unwrap();
@@ -293,7 +320,9 @@ async fn pruning_goes_in_chunks_and_one_replica_at_a_time() {
 #[tokio::test]
 async fn an_event_id_resent_while_its_old_row_is_pruned_is_answered_as_stored() {
     let (_, pool) = fresh_database().await;
-    store::accept(&mut pool.acquire().await.unwrap(), &[event("race", 1.0)]).await.unwrap();
+    store::accept(&mut pool.acquire().await.unwrap(), &[event("race", 1.0)], &Default::default())
+        .await
+        .unwrap();
     sqlx::query("UPDATE outbox SET status = 'delivered', delivered_at = now() - interval '40 days'")
         .execute(&pool)
         .await
@@ -322,7 +351,10 @@ async fn an_event_id_resent_while_its_old_row_is_pruned_is_answered_as_stored() 
     ] {
         sqlx::query(sqlx::AssertSqlSafe(statement)).execute(&pool).await.unwrap();
     }
-    let outcome = store::accept(&mut pool.acquire().await.unwrap(), &[event("race", 1.0)]).await.unwrap();
+    let outcome =
+        store::accept(&mut pool.acquire().await.unwrap(), &[event("race", 1.0)], &Default::default())
+            .await
+            .unwrap();
     let stored: Vec<String> = sqlx::query_scalar("SELECT status FROM outbox WHERE event_id = 'race'")
         .fetch_all(&pool)
         .await

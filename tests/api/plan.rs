@@ -42,7 +42,12 @@ async fn a_feature_is_allowed_only_when_the_plan_includes_it() {
 
     let limited = app.check_query(ACME, "?feature=projects").await;
     assert_eq!(limited["allowed"], true);
-    assert_eq!(limited["feature"], json!({"code": "projects", "included": true, "limit": 25}));
+    let feature = &limited["feature"];
+    assert_eq!(
+        (&feature["limit"], &feature["used"], &feature["remaining"], &feature["window"]),
+        (&json!(25), &json!(0), &json!(25), &json!("billing_period")),
+        "counted by usage-gate without in_use: {feature}"
+    );
 
     let missing = app.check_query(GLOBEX_NEAR, "?feature=sso").await;
     assert_eq!(

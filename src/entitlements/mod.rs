@@ -3,14 +3,22 @@
 //! code, summed by BillaBear) and the user count; and the judgement of a check's ask against
 //! it: is the feature in the plan, is there room for `quantity` more beside what the caller has
 //! in use, do `seats` fit. Pure: no I/O; the cache keeps a [`Plan`] in each snapshot.
+//!
+//! A feature limit whose count the caller does not give (`in_use`) is counted by usage-gate:
+//! the `value` of the events it accepts whose code is the feature's (or the metric
+//! `entitlements.metrics` names for it), within the feature's [`Window`] (`feature_counts`
+//! keeps the counts).
 
-use std::collections::HashSet;
+pub mod window;
+
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Interner, Parsed};
 use crate::policy::{Reason, Reasons};
+pub use window::{Bounds, Period, TimeZone, Window};
 
 /// A feature code of some plan, interned ([`Interner`]): only codes BillaBear listed are
 /// interned; a caller's code that no plan has is looked up, not added.
@@ -172,13 +180,61 @@ crate::written_as!(ZeroUserCount { "unlimited" => Unlimited, "none" => None });
 #[serde(deny_unknown_fields)]
 pub struct EntitlementSettings {
     pub zero_user_count: Parsed<ZeroUserCount>,
+    /// Calendar windows' time zone.
+    pub time_zone: Parsed<TimeZone>,
+    /// A feature's window by its code; the billing period for the others.
+    #[serde(default)]
+    pub windows: BTreeMap<String, Parsed<Window>>,
+    /// The metric whose events count towards a feature, by the feature's code; the feature's
+    /// own code for the others.
+    #[serde(default)]
+    pub metrics: BTreeMap<String, String>,
 }
 
 /// The same as `config/default.toml`'s (a config test holds them together).
 impl Default for EntitlementSettings {
     fn default() -> Self {
-        Self { zero_user_count: ZeroUserCount::Unlimited.into() }
+        Self {
+            zero_user_count: ZeroUserCount::Unlimited.into(),
+            time_zone: TimeZone(chrono_tz::Tz::UTC).into(),
+            windows: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+        }
     }
+}
+
+impl EntitlementSettings {
+    /// The feature an event with `code` counts towards, if it is a feature some plan listed (or
+    /// one `metrics` names it for). A code `metrics` gives another metric counts nothing.
+    pub fn counted_as(&self, code: &str) -> Option<FeatureCode> {
+        if !self.metrics.is_empty() {
+            if let Some((feature, _)) = self.metrics.iter().find(|(_, metric)| *metric == code) {
+                return Some(FeatureCode::intern(feature));
+            }
+            if self.metrics.contains_key(code) {
+                return None;
+            }
+        }
+        FeatureCode::known(code)
+    }
+
+    /// The window `feature` is counted over.
+    pub fn window(&self, feature: FeatureCode) -> Window {
+        self.windows.get(feature.as_str()).map_or(Window::BillingPeriod, |w| **w)
+    }
+
+    pub fn zone(&self) -> chrono_tz::Tz {
+        self.time_zone.0
+    }
+}
+
+/// What usage-gate counted of a feature in its current window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Counted {
+    /// The events' values summed, with open holds' (`feature_counts`).
+    pub used: f64,
+    pub window: Window,
+    pub bounds: Bounds,
 }
 
 /// What the plan says of the feature asked about (the answer's `feature`, with the code).
@@ -188,8 +244,11 @@ pub struct FeatureJudged {
     pub included: bool,
     /// Its limit; none for a feature without a count (or not in the plan).
     pub limit: Option<u64>,
-    /// How many are in use, as the caller counted them (`in_use`), when there is a limit.
+    /// How many are in use when there is a limit: as the caller counted them (`in_use`), or
+    /// as usage-gate counted them in the window (rounded up).
     pub used: Option<u64>,
+    /// The window usage-gate counts it over, and when it restarts (Unix seconds).
+    pub window: Option<(Window, i64)>,
 }
 
 impl FeatureJudged {
@@ -215,24 +274,45 @@ pub struct PlanJudgement {
     pub seats: Option<SeatsJudged>,
 }
 
-/// Judges `ask` against `plan`: a feature must be included, and fit `in_use + quantity` within
-/// its limit when the caller counts what is in use; seats must be within the user count. A
-/// `disabled` customer's count of 0 is none at all (BillaBear lists nothing for it), whatever
-/// `zero_user_count` says of an active customer's.
-pub fn judge(plan: &Plan, ask: &PlanAsk, disabled: bool, settings: &EntitlementSettings) -> PlanJudgement {
+/// Whether `quantity` more fit beside `used` within `limit`.
+pub fn fits(used: f64, quantity: f64, limit: u64) -> bool {
+    used + quantity <= limit as f64
+}
+
+/// Judges `ask` against `plan`: a feature must be included, and fit `quantity` more within its
+/// limit beside what is in use: `in_use` when the caller counts it, else what usage-gate counted
+/// in the feature's window (`counted`, asked only for a limited feature); seats must be within
+/// the user count. A `disabled` customer's count of 0 is none at all (BillaBear lists nothing
+/// for it), whatever `zero_user_count` says of an active customer's.
+pub fn judge(
+    plan: &Plan,
+    ask: &PlanAsk,
+    disabled: bool,
+    settings: &EntitlementSettings,
+    counted: impl FnOnce(&PlanFeature) -> Counted,
+) -> PlanJudgement {
     let mut judgement = PlanJudgement::default();
     if let Some(asked) = &ask.feature {
         let found = plan.feature(&asked.code);
-        let limit = found.and_then(PlanFeature::limit);
-        let used = asked.in_use.filter(|_| limit.is_some());
+        let limited = found.filter(|f| f.limit().is_some());
+        let limit = limited.and_then(PlanFeature::limit);
+        let (used, window) = match (limited, asked.in_use) {
+            (Some(_), Some(in_use)) => (Some(in_use as f64), None),
+            (Some(feature), None) => {
+                let c = counted(feature);
+                (Some(c.used), Some((c.window, c.bounds.end)))
+            }
+            (None, _) => (None, None),
+        };
         if found.is_none() {
             judgement.reasons.insert(Reason::FeatureNotInPlan);
         } else if let (Some(limit), Some(used)) = (limit, used)
-            && used.saturating_add(asked.quantity) > limit
+            && !fits(used, asked.quantity as f64, limit)
         {
             judgement.reasons.insert(Reason::FeatureLimitReached);
         }
-        judgement.feature = Some(FeatureJudged { included: found.is_some(), limit, used });
+        let used = used.map(|u| u.max(0.0).ceil() as u64);
+        judgement.feature = Some(FeatureJudged { included: found.is_some(), limit, used, window });
     }
     if let Some(requested) = ask.seats {
         let limit = match (plan.user_count(), *settings.zero_user_count) {
@@ -261,6 +341,15 @@ mod tests {
 
     fn seats(n: u64) -> PlanAsk {
         PlanAsk { feature: None, seats: Some(n) }
+    }
+
+    /// Nothing counted by usage-gate (the caller gives `in_use`, or nothing was sent).
+    fn nothing(_: &PlanFeature) -> Counted {
+        Counted { used: 0.0, window: Window::BillingPeriod, bounds: Bounds { start: 0, end: 60 } }
+    }
+
+    fn judge(plan: &Plan, ask: &PlanAsk, disabled: bool, settings: &EntitlementSettings) -> PlanJudgement {
+        super::judge(plan, ask, disabled, settings, nothing)
     }
 
     fn reasons(plan: &Plan, ask: &PlanAsk) -> Vec<Reason> {
@@ -314,6 +403,53 @@ mod tests {
     }
 
     #[test]
+    fn without_in_use_what_usage_gate_counted_in_the_window_is_used() {
+        let plan = plan();
+        let settings = EntitlementSettings::default();
+        let counted = |used: f64| {
+            move |f: &PlanFeature| {
+                assert_eq!(f.code.as_str(), "api_calls", "asked only for the feature asked about");
+                Counted { used, window: Window::Day, bounds: Bounds { start: 0, end: 86_400 } }
+            }
+        };
+        let ask = feature("api_calls", None, 1);
+        let at = |used: f64| super::judge(&plan, &ask, false, &settings, counted(used));
+        assert_eq!(at(9_999.0).reasons, Reasons::default(), "9,999 + 1 fits 10,000");
+        assert_eq!(at(10_000.0).reasons.iter().collect::<Vec<_>>(), [Reason::FeatureLimitReached]);
+        let view = at(2.5).feature.unwrap();
+        assert_eq!(
+            (view.used, view.remaining(), view.window),
+            (Some(3), Some(9_997), Some((Window::Day, 86_400)))
+        );
+        let asked_more = feature("api_calls", None, 11);
+        assert!(!super::judge(&plan, &asked_more, false, &settings, counted(9_990.0)).reasons.is_empty());
+        // A feature without a count, or not in the plan, asks nothing of the counts.
+        let unasked = |_: &PlanFeature| -> Counted { panic!("not counted") };
+        assert!(
+            super::judge(&plan, &feature("sso", None, 1), false, &settings, unasked)
+                .feature
+                .unwrap()
+                .window
+                .is_none()
+        );
+        super::judge(&plan, &feature("audit_log", None, 1), false, &settings, unasked);
+    }
+
+    #[test]
+    fn events_count_towards_their_feature_or_the_one_a_metric_is_named_for() {
+        Plan::new([("counted_calls", 10)], [], 0);
+        let mut settings = EntitlementSettings::default();
+        assert_eq!(settings.counted_as("counted_calls").map(FeatureCode::as_str), Some("counted_calls"));
+        assert_eq!(settings.counted_as("a-code-no-plan-has"), None);
+        settings.metrics.insert("counted_calls".into(), "api_requests".into());
+        assert_eq!(settings.counted_as("api_requests").map(FeatureCode::as_str), Some("counted_calls"));
+        assert_eq!(settings.counted_as("counted_calls"), None, "the metric named replaces the code");
+        assert_eq!(settings.window(FeatureCode::intern("counted_calls")), Window::BillingPeriod);
+        settings.windows.insert("counted_calls".into(), Window::Hour.into());
+        assert_eq!(settings.window(FeatureCode::intern("counted_calls")), Window::Hour);
+    }
+
+    #[test]
     fn seats_fit_within_the_user_count_and_a_count_of_zero_is_read_as_configured() {
         let plan = plan();
         assert_eq!(reasons(&plan, &seats(10)), []);
@@ -324,7 +460,8 @@ mod tests {
             judge(&none, &seats(500), false, &Default::default()).seats,
             Some(SeatsJudged { requested: 500, limit: None })
         );
-        let strict = EntitlementSettings { zero_user_count: ZeroUserCount::None.into() };
+        let strict =
+            EntitlementSettings { zero_user_count: ZeroUserCount::None.into(), ..Default::default() };
         assert_eq!(
             judge(&none, &seats(1), false, &strict).reasons.iter().collect::<Vec<_>>(),
             [Reason::SeatsExceeded]

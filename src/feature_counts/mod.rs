@@ -1,0 +1,108 @@
+//! Feature limits usage-gate counts (`entitlements`): the `value` of accepted events summed per
+//! target, feature and window.
+//!
+//! - **Postgres holds the counts** (`feature_usage`), written by the statement that stores the
+//!   events (`outbox::store`), so replicas share them, they survive restarts and a duplicate
+//!   `event_id` counts once. A billing-period window is placed by the customer's period as
+//!   its last fetch recorded it ([`FeatureCounts::record_period`]).
+//! - **Memory holds a copy** per target (a [`Mirror`]: each target's newest window per
+//!   feature), read by the check without I/O and reloaded for the targets each commit names.
+//!   Which window is current is the clock's to say, so a window's end restarts its count on
+//!   every replica as soon as it passes, with no message to wait for.
+
+pub mod store;
+
+use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
+use sqlx::PgPool;
+
+use crate::domain::{CustomerId, Target};
+use crate::entitlements::{Counted, EntitlementSettings, FeatureCode, Period, PlanFeature};
+use crate::mirror::{self, Mirror, Started};
+use crate::snapshot::Known;
+
+/// A target's count of one feature in one window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Count {
+    pub feature: FeatureCode,
+    /// The window's start, Unix seconds.
+    pub start: i64,
+    pub units: f64,
+}
+
+/// Cheap to clone; clones share one copy.
+#[derive(Clone)]
+pub struct FeatureCounts {
+    counts: Mirror<Target, Box<[Count]>>,
+    pool: PgPool,
+}
+
+impl FeatureCounts {
+    /// Starts keeping the copy up to date. Its first load interns every feature code counted
+    /// before (by any replica), so events of a feature this replica has not yet seen in a plan
+    /// count once it is ready.
+    pub fn start(pool: PgPool) -> Started<Self> {
+        let load: mirror::Loader<Target, Box<[Count]>> = |pool, targets| store::load(pool, targets).boxed();
+        let Started { service: counts, tasks, listening, .. } =
+            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "feature counts", load);
+        Started { service: Self { counts, pool }, changes: (), tasks, listening }
+    }
+
+    /// What the customer used of `feature` in its current window at `now`: the counts of its
+    /// targets (itself and its usage subscriptions) in that window.
+    pub fn counted(
+        &self,
+        customer: CustomerId,
+        known: &Known,
+        feature: &PlanFeature,
+        settings: &EntitlementSettings,
+        now: DateTime<Utc>,
+    ) -> Counted {
+        let window = settings.window(feature.code);
+        let bounds = window.bounds(now, settings.zone(), known.period);
+        let used = targets(customer, known)
+            .filter_map(|target| {
+                self.counts.with(target, |counts| in_window(counts, feature.code, bounds.start))
+            })
+            .sum();
+        Counted { used, window, bounds }
+    }
+
+    /// Reads the targets' counts now, after this replica stored events for them: its next
+    /// check sees them without waiting for the notification.
+    pub async fn reload(&self, targets: &[Target]) {
+        if let Err(e) = self.counts.reload_keys(targets).await {
+            tracing::warn!(error = %e, "feature counts: cannot reload; the notification will");
+        }
+    }
+
+    /// Records the customer's billing period under its id and its usage subscriptions', where
+    /// events counted over it are placed (a period unchanged is not written again), and moves
+    /// what was counted before usage-gate knew it into the current period.
+    pub async fn record_period(&self, customer: CustomerId, known: &Known) {
+        let Some(period) = known.period else { return };
+        let targets: Vec<Target> = targets(customer, known).collect();
+        let now = Utc::now();
+        let current = DateTime::from_timestamp(period.current(now.timestamp()).start, 0).unwrap_or(now);
+        if let Err(e) = store::record_period(&self.pool, &targets, period, current).await {
+            tracing::warn!(%customer, error = %e, "feature counts: cannot record the billing period; events are placed by the one recorded before");
+        }
+    }
+}
+
+/// The targets whose events count for the customer: itself and its usage subscriptions.
+pub fn targets(customer: CustomerId, known: &Known) -> impl Iterator<Item = Target> + '_ {
+    std::iter::once(Target::Customer(customer))
+        .chain(known.metered.iter().map(|m| Target::Subscription(m.subscription)))
+}
+
+/// A target's count of `feature` in the window starting at `start`.
+pub fn in_window(counts: &[Count], feature: FeatureCode, start: i64) -> f64 {
+    counts.iter().filter(|c| c.feature == feature && c.start == start).map(|c| c.units).sum()
+}
+
+/// A billing period as Postgres stores it.
+fn period_times(period: Period) -> (DateTime<Utc>, DateTime<Utc>) {
+    let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap_or_default();
+    (at(period.start()), at(period.end()))
+}

@@ -1,0 +1,129 @@
+//! Feature limits usage-gate counts: the `value` of the events it accepts, per feature and
+//! window, in Postgres (shared by replicas, a duplicate counted once) and in each replica's copy
+//! the check reads.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+/// A customer billed for `api_calls` whose plan limits `limits` (feature code → limit).
+async fn customer_with(app: &TestApp, limits: Value) -> String {
+    let view = app
+        .sim
+        .add_customer(json!({"subscriptions": [
+            {"metric": "api_calls", "unit_price": 0.01, "plan": {"limits": limits, "user_count": 3}}]}))
+        .await;
+    view["id"].as_str().unwrap().to_owned()
+}
+
+fn event(id: &str, customer: &str, code: &str, value: f64) -> Value {
+    json!({"event_id": id, "customer": customer, "code": code, "value": value})
+}
+
+/// Polls `app`'s check of `feature` until its count is `used`.
+async fn used_reaches(app: &TestApp, customer: &str, query: &str, used: u64) -> Value {
+    eventually(Duration::from_secs(5), format!("{customer}{query} used {used}"), || async {
+        let d = app.check_query(customer, query).await;
+        (d["feature"]["used"].as_u64() == Some(used)).then_some(d)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn accepted_events_count_towards_their_feature_once_each_and_every_replica_sees_it() {
+    let app = TestApp::spawn().await;
+    let customer = customer_with(&app, json!({"api_calls": 3})).await;
+    let fresh = app.check_query(&customer, "?feature=api_calls").await;
+    assert_eq!(fresh["allowed"], true, "{fresh}");
+    let feature = &fresh["feature"];
+    assert_eq!(
+        (&feature["used"], &feature["remaining"], &feature["limit"], &feature["window"]),
+        (&json!(0), &json!(3), &json!(3), &json!("billing_period")),
+        "{fresh}"
+    );
+    assert!(feature["resets_at"].as_str().unwrap().ends_with('Z'), "{feature}");
+
+    for (id, status) in [("fc-1", 202), ("fc-2", 202), ("fc-1", 200)] {
+        assert_eq!(app.post_event(&event(id, &customer, "api_calls", 1.0)).await.status(), status, "{id}");
+    }
+    let counted = used_reaches(&app, &customer, "?feature=api_calls", 2).await;
+    assert_eq!((counted["allowed"].as_bool(), &counted["feature"]["remaining"]), (Some(true), &json!(1)));
+    let units: f64 = sqlx::query_scalar("SELECT sum(units)::float8 FROM feature_usage WHERE target = $1")
+        .bind(uuid::Uuid::parse_str(&customer).unwrap())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(units, 2.0, "the duplicate fc-1 counted once");
+
+    let two_more = app.check_query(&customer, "?feature=api_calls&quantity=2").await;
+    assert_eq!(two_more["allowed"], false);
+    assert_eq!(two_more["reasons"], json!(["feature_limit_reached"]));
+    // What the caller counts itself still decides alone when given.
+    assert_eq!(app.check_query(&customer, "?feature=api_calls&in_use=0&quantity=3").await["allowed"], true);
+
+    let other = app.second_instance().await;
+    let there = other.check_query(&customer, "?feature=api_calls").await;
+    assert_eq!(there["feature"]["used"], 2, "counts live in Postgres: {there}");
+    // An event the other replica accepts counts here too.
+    assert_eq!(other.post_event(&event("fc-3", &customer, "api_calls", 1.0)).await.status(), 202);
+    let full = used_reaches(&app, &customer, "?feature=api_calls", 3).await;
+    assert_eq!(
+        (full["allowed"].as_bool(), &full["reasons"]),
+        (Some(false), &json!(["feature_limit_reached"]))
+    );
+}
+
+#[tokio::test]
+async fn a_metric_named_for_a_feature_counts_towards_it_over_a_calendar_window() {
+    let app = TestApp::spawn_with(|s| {
+        s.entitlements.windows.insert("calls".into(), "day".into());
+        s.entitlements.metrics.insert("calls".into(), "api_calls".into());
+        s.entitlements.time_zone = "Asia/Tokyo".into();
+    })
+    .await;
+    let customer = customer_with(&app, json!({"calls": 10, "api_calls": 10})).await;
+    for i in 0..4 {
+        let sent = app.post_event(&event(&format!("cal-{i}"), &customer, "api_calls", 1.5)).await;
+        assert_eq!(sent.status(), 202);
+    }
+    let d = used_reaches(&app, &customer, "?feature=calls", 6).await;
+    assert_eq!((&d["feature"]["window"], &d["feature"]["remaining"]), (&json!("day"), &json!(4)), "{d}");
+    // Tokyo's next midnight, 15:00 UTC.
+    let resets = d["feature"]["resets_at"].as_str().unwrap();
+    assert!(resets.ends_with("T15:00:00.000Z"), "{resets}");
+    let api_calls = app.check_query(&customer, "?feature=api_calls").await;
+    assert_eq!(api_calls["feature"]["used"], 0, "the metric counts for the feature it is named for only");
+}
+
+#[tokio::test]
+async fn a_feature_count_restarts_when_its_billing_period_ends_on_every_replica() {
+    let app = TestApp::spawn().await;
+    app.sim.new_period(4_000).await;
+    let customer = customer_with(&app, json!({"api_calls": 2})).await;
+    let other = app.second_instance().await;
+    for id in ["p-1", "p-2"] {
+        assert_eq!(app.post_event(&event(id, &customer, "api_calls", 1.0)).await.status(), 202);
+    }
+    let full = used_reaches(&app, &customer, "?feature=api_calls", 2).await;
+    let resets_at = full["feature"]["resets_at"].as_str().unwrap().to_owned();
+    assert_eq!(full["allowed"], false);
+    assert_eq!(used_reaches(&other, &customer, "?feature=api_calls", 2).await["allowed"], false);
+
+    let end = chrono::DateTime::parse_from_rfc3339(&resets_at).unwrap();
+    // Within a second of the end, both replicas count from zero (no fetch, no message).
+    for replica in [&app, &other] {
+        let d = eventually(Duration::from_secs(8), "the count restarted", || async {
+            let d = replica.check_query(&customer, "?feature=api_calls").await;
+            (d["allowed"] == true).then_some(d)
+        })
+        .await;
+        let late = chrono::Utc::now().signed_duration_since(end);
+        assert!(late < chrono::Duration::milliseconds(1_000), "restarted {late} after the end");
+        assert_eq!((&d["feature"]["used"], &d["feature"]["remaining"]), (&json!(0), &json!(2)), "{d}");
+    }
+    // Events after the end count in the new period.
+    assert_eq!(app.post_event(&event("p-3", &customer, "api_calls", 1.0)).await.status(), 202);
+    used_reaches(&other, &customer, "?feature=api_calls", 1).await;
+}
