@@ -3,7 +3,9 @@
 
   1. plain single events (POST /v1/events) for a customer far from its limit: the baseline;
   2. enforced single events (?enforce=true) for the same customer, interleaved with 1 round by
-     round; the ratio enforced/plain is the figure (target >= 50%);
+     round; the ratio enforced/plain is the figure (target >= 50%); and enforced events of a
+     counted feature: a customer whose plan limits `api_calls` (far from it), so each event is
+     judged under the feature limit too (issue 35: >= 80% of enforced events before it);
   3. one customer at its limit: enforced events (every one refused, 402) and plain events;
   4. reservation create -> commit round trips (one 1-cent hold, then its commit with one event),
      on one customer and spread over 100 (`--only-holds` runs these alone); and on one customer
@@ -44,9 +46,13 @@ def sim(method, path, body=None):
     return request(method, f"http://{SIM}/_sim{path}", body, timeout=10)
 
 
-def customer(usage, limit):
-    """A customer billed 1 cent per api call, `usage` calls counted, a DISABLE limit of `limit`."""
-    view = sim("POST", "/customers", {"subscriptions": [{"metric": "api_calls", "unit_price": 1.0, "usage": usage}],
+def customer(usage, limit, feature_limit=None):
+    """A customer billed 1 cent per api call, `usage` calls counted, a DISABLE limit of `limit`;
+    `feature_limit`: its plan limits the `api_calls` feature to that many."""
+    subscription = {"metric": "api_calls", "unit_price": 1.0, "usage": usage}
+    if feature_limit is not None:
+        subscription["plan"] = {"limits": {"api_calls": feature_limit}}
+    view = sim("POST", "/customers", {"subscriptions": [subscription],
                                       "limits": [{"amount": limit, "action": "DISABLE"}]})
     return view["id"]
 
@@ -157,6 +163,7 @@ def main():
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only-holds", action="store_true", help="skip the event runs")
+    parser.add_argument("--only-events", action="store_true", help="skip the hold runs and the floor")
     args = parser.parse_args()
     for tool in ("wrk", "psql", "pgbench"):
         if not shutil.which(tool):
@@ -167,6 +174,7 @@ def main():
     config = os.path.join(work, "usage-gate.toml")
     write_config(config, APP, SIM, SIM_KEY, KEY, ["events", "check", "admin"])
     plain, enforced, at_limit_enforced, at_limit_plain, round_trips, spread, keyed = [], [], [], [], [], [], []
+    counted = []
     with Processes() as procs:
         binary = os.path.join(RELEASE, "usage-gate")
         procs.start([binary, "sim", "--address", SIM, "--api-key", SIM_KEY, "--workers", "1",
@@ -178,7 +186,8 @@ def main():
         full = customer(100, 100)
         holder = customer(0, 10**15)
         holders = [customer(0, 10**15) for _ in range(100)]
-        for c in (far, full, holder, *holders):
+        limited = customer(0, 10**15, feature_limit=10**12)
+        for c in (far, full, holder, limited, *holders):
             request("GET", f"http://{APP}/v1/customers/{c}/check", headers={"Authorization": f"Bearer {KEY}"})
         sim("PUT", "/faults", {"outage": "hang", "only": "events"})
         committed = lambda: int(psql(DB, "SELECT count(*) FROM reservations WHERE closed_as = 'committed'"))
@@ -187,9 +196,13 @@ def main():
                 plain.append(wrk("/v1/events", event_script(work, f"plain{r}", far, 202), args.duration, 202))
                 enforced.append(wrk("/v1/events?enforce=true", event_script(work, f"enforced{r}", far, 202),
                                     args.duration, 202))
+                counted.append(wrk("/v1/events?enforce=true", event_script(work, f"counted{r}", limited, 202),
+                                   args.duration, 202))
                 at_limit_enforced.append(wrk("/v1/events?enforce=true", event_script(work, f"refused{r}", full, 402),
                                              args.duration, 402))
                 at_limit_plain.append(wrk("/v1/events", event_script(work, f"full{r}", full, 202), args.duration, 202))
+            if args.only_events:
+                continue
             before = committed()
             wrk("/", hold_script(work, [holder], f"hold{r}"), args.duration, 200)
             round_trips.append((committed() - before) / args.duration)
@@ -199,8 +212,8 @@ def main():
             before = committed()
             wrk("/", hold_script(work, holders, f"spread{r}"), args.duration, 200)
             spread.append((committed() - before) / args.duration)
-    floor_one = [floor(binary, config, 1, args.duration) for _ in range(args.rounds)]
-    floor_spread = [floor(binary, config, 100, args.duration) for _ in range(args.rounds)]
+    floor_one = [] if args.only_events else [floor(binary, config, 1, args.duration) for _ in range(args.rounds)]
+    floor_spread = [] if args.only_events else [floor(binary, config, 100, args.duration) for _ in range(args.rounds)]
     shutil.rmtree(work, ignore_errors=True)
 
     print()
@@ -210,8 +223,13 @@ def main():
         print(f"plain events, customer far from its limit:     median {statistics.median(plain):>8.0f}/s  {[round(x) for x in plain]}")
         print(f"enforced events, the same customer:            median {statistics.median(enforced):>8.0f}/s  {[round(x) for x in enforced]}")
         print(f"  enforced / plain, round by round:            median {statistics.median(ratios):>8.0%}   {[f'{x:.0%}' for x in ratios]}")
+        ratios = [c / e for c, e in zip(counted, enforced)]
+        print(f"enforced events of a counted feature:          median {statistics.median(counted):>8.0f}/s  {[round(x) for x in counted]}")
+        print(f"  counted feature / enforced, round by round:  median {statistics.median(ratios):>8.0%}   {[f'{x:.0%}' for x in ratios]}")
         print(f"enforced events, customer at its limit (402):  median {statistics.median(at_limit_enforced):>8.0f}/s  {[round(x) for x in at_limit_enforced]}")
         print(f"plain events, the customer at its limit:       median {statistics.median(at_limit_plain):>8.0f}/s  {[round(x) for x in at_limit_plain]}")
+    if args.only_events:
+        return
     print(f"hold -> commit pairs, one customer:            median {statistics.median(round_trips):>8.0f}/s  {[round(x) for x in round_trips]}")
     print(f"  the floor (Postgres alone), one customer:    median {statistics.median(floor_one):>8.0f}/s  {[round(x) for x in floor_one]}")
     print(f"  holds / floor:                               median {statistics.median(round_trips) / statistics.median(floor_one):>8.0%}")

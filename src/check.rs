@@ -7,6 +7,7 @@ use crate::billabear::BillaBearError;
 use crate::cache::SnapshotCache;
 use crate::domain::Currency;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Target, Timestamp};
+use crate::enforce::limits::{Binding, FeatureBinding};
 use crate::enforce::{Gate, Judged};
 use crate::entitlements::{self, Counted, EntitlementSettings, PlanAsk, PlanFeature, SeatsJudged};
 use crate::feature_counts::FeatureCounts;
@@ -169,6 +170,24 @@ impl From<Option<i64>> for Ask<'_> {
 }
 
 impl Decision {
+    /// Refused by a feature limit (judged under the customer's lock): blocked, with the reason
+    /// and the feature as it was counted then.
+    fn refused_by(&mut self, binding: FeatureBinding) {
+        self.allowed = false;
+        self.status = Status::Blocked;
+        self.reasons.insert(Reason::FeatureLimitReached);
+        let used = binding.used.max(0.0).ceil() as u64;
+        self.feature = Some(Box::new(FeatureView {
+            code: binding.code.as_str().to_owned(),
+            included: true,
+            limit: Some(binding.limit),
+            used: Some(used),
+            remaining: Some(binding.limit.saturating_sub(used)),
+            window: Some(binding.window.as_str()),
+            resets_at: Some(Timestamp(binding.bounds.end.max(0) as u64 * 1000)),
+        }));
+    }
+
     /// The lowest DISABLE limit: the one that blocks first.
     pub fn lowest_disable_limit(&self) -> Option<i64> {
         policy::lowest_disable_limit(self.limits.iter().map(|l| (l.amount, l.action)))
@@ -179,6 +198,14 @@ impl Decision {
         let estimate = self.estimate.as_ref()?;
         Some(Mark { status: self.status, band: policy::band(estimate.amount, self.lowest_disable_limit()) })
     }
+}
+
+/// A customer's plan and what usage-gate counted of it (for the console).
+#[derive(Debug, Clone)]
+pub struct PlanState {
+    pub plan: entitlements::Plan,
+    /// One per `plan.features()`: what was counted in the feature's window, for a limited one.
+    pub counted: Vec<Option<Counted>>,
 }
 
 /// How a customer's enforced writes are judged (see [`Checker::enforcement`]).
@@ -283,12 +310,18 @@ impl Checker {
         self.explain_replacing(id, ask, lookup, None)
     }
 
-    /// The customer's plan as the cache holds it (none: not cached, or not a known customer).
-    pub fn plan(&self, id: CustomerId) -> Option<entitlements::Plan> {
-        match &self.cache.cached(id)?.snapshot?.data {
-            SnapshotData::Known(known) => Some(known.plan.clone()),
-            _ => None,
-        }
+    /// The customer's plan as the cache holds it, with what usage-gate counted of each limited
+    /// feature in its window now (none: not cached, or not a known customer).
+    pub fn plan(&self, id: CustomerId) -> Option<PlanState> {
+        let SnapshotData::Known(known) = &self.cache.cached(id)?.snapshot?.data else { return None };
+        let now = chrono::Utc::now();
+        let counted = known
+            .plan
+            .features()
+            .iter()
+            .map(|f| f.limit().map(|_| self.counts.counted(id, known, f, &self.entitlements, now)))
+            .collect();
+        Some(PlanState { plan: known.plan.clone(), counted })
     }
 
     /// How the customer's enforced writes are judged: against its snapshot under its lock, or,
@@ -339,9 +372,13 @@ impl Checker {
     }
 
     /// The decision an enforced write was judged by: its projection, read under the
-    /// customer's lock, and its price as `cost`.
+    /// customer's lock, its price as `cost`, and the feature limit that refused it if one did.
     pub fn explain_judged(&self, id: CustomerId, lookup: Lookup, judged: &Judged) -> Decision {
-        self.explain_with(id, Some(judged.cost), lookup, judged.projection)
+        let mut decision = self.explain_with(id, Some(judged.cost), lookup, judged.projection);
+        if let Some(Binding::Feature(feature)) = judged.binding {
+            decision.refused_by(feature);
+        }
+        decision
     }
 
     /// The decision on a lookup with a projection made elsewhere (under the customer's lock).

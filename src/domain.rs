@@ -426,6 +426,15 @@ impl Interner {
         self.codes().numbers.get(code).copied()
     }
 
+    /// How many codes are interned.
+    pub fn len(&self) -> usize {
+        self.codes().names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The code numbered `number` (one this table gave).
     pub fn name(&self, number: u32) -> &'static str {
         self.codes().names[number as usize]

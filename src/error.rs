@@ -15,11 +15,12 @@ use crate::auth::Scope;
 use crate::billabear::BillaBearError;
 use crate::check::Decision;
 use crate::db::{FailureKind, StorageError};
-use crate::domain::{CustomerId, FieldError};
+use crate::domain::{CustomerId, FieldError, LimitAction, LimitId, Timestamp};
 use crate::inbound::InboundError;
 use crate::limits::LimitError;
 use crate::outbox::RetryError;
 use crate::overrides::OverrideError;
+use crate::policy::Reason;
 use crate::reservations::{IDEMPOTENCY_KEY, Reuse};
 use crate::webhooks::endpoints::EndpointError;
 
@@ -258,6 +259,10 @@ pub struct Problem {
     /// what it would have added).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Box<Decision>>,
+    /// `usage_limit_exceeded`: the limit that refused it, when one did (a disabled customer is
+    /// refused by its status, named in `decision.reasons`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<RefusedBy>,
     /// `usage_blocked` (the gate): the customer.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = Uuid)]
@@ -268,6 +273,48 @@ pub struct Problem {
     /// `usage_blocked`: the decision's reason codes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasons: Option<Vec<&'static str>>,
+}
+
+/// The limit that refused an enforced event or a hold, by kind.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum RefusedBy {
+    /// A usage limit in BillaBear (the customer's lowest DISABLE limit), in minor units: what
+    /// the estimate was before the write.
+    Usage {
+        #[schema(value_type = String, format = Uuid)]
+        id: LimitId,
+        amount: i64,
+        estimate: i64,
+    },
+    /// A feature limit of the plan, counted by usage-gate in its window.
+    Feature {
+        code: String,
+        limit: u64,
+        /// Used in the window before the write (events and open holds), rounded up.
+        used: u64,
+        window: &'static str,
+        #[schema(value_type = String, format = DateTime)]
+        resets_at: Timestamp,
+    },
+}
+
+impl RefusedBy {
+    /// Read from the decision a write was refused with: the feature when a feature limit
+    /// refused it, else the lowest DISABLE limit the estimate passes with the write.
+    fn of(decision: &Decision) -> Option<RefusedBy> {
+        if decision.reasons.contains(Reason::FeatureLimitReached)
+            && let Some(f) = decision.feature.as_deref()
+            && let (Some(limit), Some(used), Some(window), Some(resets_at)) =
+                (f.limit, f.used, f.window, f.resets_at)
+        {
+            return Some(RefusedBy::Feature { code: f.code.clone(), limit, used, window, resets_at });
+        }
+        let estimate = decision.estimate.as_ref()?.amount;
+        let lowest =
+            decision.limits.iter().filter(|l| l.action == LimitAction::Disable).min_by_key(|l| l.amount)?;
+        Some(RefusedBy::Usage { id: lowest.id, amount: lowest.amount, estimate })
+    }
 }
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -291,6 +338,7 @@ fn problem(status: StatusCode, code: &str, detail: String, errors: Vec<FieldErro
         errors,
         limit_exists: None,
         decision: None,
+        limit: None,
         customer_id: None,
         usage_status: None,
         reasons: None,
@@ -352,6 +400,7 @@ impl ResponseError for ApiError {
             }
             ApiError::UsageLimitExceeded(decision) => {
                 let mut body = problem(status, self.code(), detail, errors);
+                body.limit = RefusedBy::of(decision);
                 body.decision = Some(decision.clone());
                 HttpResponse::build(status).content_type(PROBLEM_JSON).json(body)
             }

@@ -6,8 +6,7 @@ use maud::{DOCTYPE, Markup, html};
 
 use super::session::Flash;
 use crate::audit::AuditRecord;
-use crate::check::Decision;
-use crate::entitlements::Plan;
+use crate::check::{Decision, PlanState};
 use crate::health::Readiness;
 use crate::limits::Limit;
 use crate::outbox::{OutboxEvent, Stats};
@@ -297,7 +296,7 @@ pub fn customers(shell: &Shell, query: &CustomersQuery, rows: &[CustomerRow]) ->
 pub struct CustomerPage {
     pub decision: Decision,
     /// Its BillaBear plan, as the check's cache holds it.
-    pub plan: Option<Plan>,
+    pub plan: Option<PlanState>,
     pub recorded: Option<CustomerRow>,
     /// BillaBear's list, or why it could not be had.
     pub limits: Result<Vec<Limit>, String>,
@@ -357,7 +356,8 @@ pub fn customer(shell: &Shell, p: &CustomerPage) -> Markup {
             h2 id="plan" { "Plan (in BillaBear)" }
             @match &p.plan {
                 None => p { "Not known: BillaBear could not be asked, or does not know the customer." },
-                Some(plan) => {
+                Some(state) => {
+                    @let plan = &state.plan;
                     dl class="figures" {
                         dt { "User count" }
                         dd { @if plan.user_count() == 0 { "none set" } @else { (plan.user_count()) } }
@@ -366,12 +366,23 @@ pub fn customer(shell: &Shell, p: &CustomerPage) -> Markup {
                         p { "Its plan includes no features." }
                     } @else {
                         table {
-                            thead { tr { th scope="col" { "Feature" } th scope="col" { "Limit" } } }
+                            thead { tr {
+                                th scope="col" { "Feature" } th scope="col" { "Limit" } th scope="col" { "Used" }
+                                th scope="col" { "Window" } th scope="col" { "Resets" }
+                            } }
                             tbody {
-                                @for feature in plan.features() {
+                                @for (feature, counted) in plan.features().iter().zip(&state.counted) {
                                     tr {
                                         td { code { (feature.code.as_str()) } }
                                         td { @match feature.limit() { Some(limit) => (limit), None => "included, no count" } }
+                                        @match counted {
+                                            Some(c) => {
+                                                td { (c.used) }
+                                                td { (c.window.as_str().replace('_', " ")) }
+                                                td { @if let Some(at) = DateTime::from_timestamp(c.bounds.end, 0) { (time_element(at)) } }
+                                            }
+                                            None => { td {} td {} td {} }
+                                        }
                                     }
                                 }
                             }

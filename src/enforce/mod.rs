@@ -10,9 +10,12 @@
 //!   BillaBear's counters as last recorded (a replica's cached snapshot may predate a fetch on
 //!   another replica that retired pending usage: the counter's growth since the snapshot is
 //!   added back, so that usage counts once, not zero times), and the open holds.
-//! - **Judging is pure** ([`Ledger::judge_event`], [`Ledger::judge_hold`]): the policy's own
-//!   rule, `policy::decide` with the event's price as `cost`, on the projected estimate.
+//! - **Judging is pure** ([`Ledger::judge_event`], [`Ledger::judge_hold`]): every kind of limit
+//!   in [`limits::KINDS`] (usage limits in money, with the event's price as `cost` on the
+//!   projected estimate; the plan's feature limits, on usage-gate's counts and open holds) must
+//!   allow it, under the policy's mode and the operator's override.
 
+pub mod limits;
 pub mod store;
 
 use std::collections::HashMap;
@@ -20,12 +23,13 @@ use std::sync::Arc;
 
 use crate::domain::Target;
 use crate::domain::{CustomerId, SubscriptionId};
-use crate::entitlements::EntitlementSettings;
+use crate::entitlements::{EntitlementSettings, FeatureCode, Period};
 use crate::overrides::Override;
 use crate::pending;
-use crate::policy::{self, PolicySettings};
+use crate::policy::PolicySettings;
 use crate::projection::{self, Code, Metered, PendingUsage, Projection};
 use crate::snapshot::{Known, Snapshot, SnapshotData};
+use limits::{Binding, Judging, Write};
 
 /// What enforced writes are judged by: the policy, and the plan's settings (what events count
 /// towards, over which window).
@@ -67,13 +71,15 @@ impl Gate {
 }
 
 /// How one enforced write was judged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Judged {
     pub admitted: bool,
     /// The customer's projected estimate before it.
     pub projection: Projection,
     /// What it adds to the estimate (minor units).
     pub cost: i64,
+    /// The limit that refused it (none when admitted).
+    pub binding: Option<Binding>,
 }
 
 /// What customers' figures are made of, read under their locks, plus what was admitted since.
@@ -84,6 +90,12 @@ pub struct Ledger {
     pub counters: HashMap<SubscriptionId, f64>,
     /// The customers' open holds (minor units).
     pub reserved: HashMap<CustomerId, i64>,
+    /// Feature counts per target, feature and window start (Unix seconds).
+    pub features: HashMap<(Target, FeatureCode, i64), f64>,
+    /// The billing periods Postgres places events by, per target.
+    pub periods: HashMap<Target, Period>,
+    /// The units of the customers' open holds asked as events, per feature.
+    pub held: HashMap<(CustomerId, FeatureCode), f64>,
 }
 
 impl Ledger {
@@ -115,6 +127,14 @@ impl Ledger {
         projected
     }
 
+    /// What the gate's customer used of `feature` in the window starting at `start`: its
+    /// targets' counts and its open holds' units.
+    pub fn feature_used(&self, gate: &Gate, feature: FeatureCode, start: i64) -> f64 {
+        let counted =
+            gate.targets().filter_map(|t| self.features.get(&(t, feature, start))).fold(0.0, |s, u| s + u);
+        counted + self.held.get(&(gate.customer, feature)).copied().unwrap_or(0.0)
+    }
+
     fn pending_of(&self, target: Target, code: Code) -> (f64, u64) {
         self.pending.get(&target).map_or((0.0, 0), |entries| projection::pending_of(entries, code))
     }
@@ -133,22 +153,37 @@ impl Ledger {
         }
     }
 
-    /// Judges an event for the gate's customer and, if admitted, counts it.
+    /// Judges an event for the gate's customer under every kind of limit and, if admitted,
+    /// counts it in each.
     pub fn judge_event(
         &mut self,
         gate: &Gate,
         target: Target,
         code: &str,
         value: f64,
-        policy: &PolicySettings,
+        rules: &Rules,
     ) -> Judged {
         let projection = self.project(gate);
         let cost = self.price_after(gate, projection, target, code, value);
-        let judged = judge(gate, projection, cost, policy);
-        if judged.admitted {
-            self.add_event(target, code, value);
+        self.judge_write(gate, rules, projection, cost, Write::Event { target, code, value })
+    }
+
+    fn judge_write(
+        &mut self,
+        gate: &Gate,
+        rules: &Rules,
+        projection: Projection,
+        cost: i64,
+        write: Write,
+    ) -> Judged {
+        let judging = Judging { gate, rules, projection, cost, now: chrono::Utc::now() };
+        let (admitted, binding) = limits::judge(&judging, self, &write);
+        if admitted {
+            for kind in limits::KINDS {
+                kind.count(&judging, self, &write);
+            }
         }
-        judged
+        Judged { admitted, projection, cost, binding }
     }
 
     /// An event refused whatever it costs (an earlier event of its request for the customer
@@ -156,7 +191,7 @@ impl Ledger {
     pub fn refuse_event(&mut self, gate: &Gate, target: Target, code: &str, value: f64) -> Judged {
         let projection = self.project(gate);
         let cost = self.price_after(gate, projection, target, code, value);
-        Judged { admitted: false, projection, cost }
+        Judged { admitted: false, projection, cost, binding: None }
     }
 
     /// What an event would add to the customer's estimate now (priced as BillaBear prices
@@ -190,27 +225,21 @@ impl Ledger {
     pub fn stored_hold(&self, gate: &Gate, amount: i64) -> Judged {
         let mut projection = self.project(gate);
         projection.reserved = projection.reserved.saturating_sub(amount).max(0);
-        Judged { admitted: true, projection, cost: amount }
+        Judged { admitted: true, projection, cost: amount, binding: None }
     }
 
-    /// Judges a hold of `amount` for the gate's customer and, if granted, counts it.
-    pub fn judge_hold(&mut self, gate: &Gate, amount: i64, policy: &PolicySettings) -> Judged {
-        let judged = judge(gate, self.project(gate), amount, policy);
-        if judged.admitted {
-            let reserved = self.reserved.entry(gate.customer).or_default();
-            *reserved = reserved.saturating_add(amount);
-        }
-        judged
+    /// Judges a hold of `amount` for the gate's customer (and of `event`'s units, asked as an
+    /// event) under every kind of limit and, if granted, counts it in each.
+    pub fn judge_hold(
+        &mut self,
+        gate: &Gate,
+        amount: i64,
+        event: Option<(&str, f64)>,
+        rules: &Rules,
+    ) -> Judged {
+        let projection = self.project(gate);
+        self.judge_write(gate, rules, projection, amount, Write::Hold { amount, event })
     }
-}
-
-/// The policy's rule with the write's price as the cost asked about: admitted unless it blocks
-/// (customer disabled, or the estimate, or the estimate plus the cost, over a DISABLE limit),
-/// under the gate's override.
-fn judge(gate: &Gate, projection: Projection, cost: i64, policy: &PolicySettings) -> Judged {
-    let effect = gate.applied.map(|o| o.effect);
-    let verdict = policy::decide_with(&gate.known().usage(&projection), Some(cost), effect, policy);
-    Judged { admitted: verdict.allowed, projection, cost }
 }
 
 #[cfg(test)]
@@ -218,12 +247,23 @@ mod tests {
     use super::*;
     use crate::domain::Currency;
     use crate::domain::{CustomerStatus, LimitAction, LimitId};
+    use crate::entitlements::Plan;
     use crate::policy::{Limit, Mode};
     use crate::projection::{Aggregation, Figures, Found, Rate};
 
     /// A customer at `usage` units of `code` at 10 cents a unit (`tax` on top), limited to
     /// `limit` cents.
     fn customer(usage: f64, tax: f64, limit: i64, status: CustomerStatus) -> (Gate, SubscriptionId) {
+        customer_on(usage, tax, limit, status, Plan::default())
+    }
+
+    fn customer_on(
+        usage: f64,
+        tax: f64,
+        limit: i64,
+        status: CustomerStatus,
+        plan: Plan,
+    ) -> (Gate, SubscriptionId) {
         let subscription = SubscriptionId::new_v4();
         let found = Found {
             subscription,
@@ -241,7 +281,7 @@ mod tests {
             currency: Currency::parse("EUR"),
             limits: Box::new([Limit { id: LimitId::new_v4(), amount: limit, action: LimitAction::Disable }]),
             metered: Box::new([Metered::new(&found, Rate::PerUnit { unit_price: 10, tax }, false)]),
-            plan: Default::default(),
+            plan,
             period: None,
         };
         let snapshot = Arc::new(Snapshot::fetched_at(SnapshotData::Known(known), 0));
@@ -251,22 +291,56 @@ mod tests {
     const CODE: &str = "enforce_test_calls";
 
     #[test]
+    fn a_write_is_admitted_only_under_every_kind_of_limit_and_counted_by_each_then() {
+        let rules = Rules::default();
+        // 35 cents of money at 10 a call, and a feature limit of 2 calls.
+        let (gate, _) = customer_on(0.0, 1.0, 35, CustomerStatus::Active, Plan::new([(CODE, 2)], [], 0));
+        let mut ledger = Ledger::default();
+        let to_customer = Target::Customer(gate.customer);
+        let judged: Vec<(bool, Option<Binding>)> = (0..3)
+            .map(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules))
+            .map(|j| (j.admitted, j.binding))
+            .collect();
+        assert_eq!((judged[0], judged[1].0), ((true, None), true));
+        let Some(Binding::Feature(refused)) = judged[2].1 else { panic!("{judged:?}") };
+        assert_eq!((judged[2].0, refused.code.as_str(), refused.limit, refused.used), (false, CODE, 2, 2.0));
+        assert_eq!(ledger.project(&gate).amount(), 20, "the refused call cost nothing");
+        // A hold of units counts against the feature too; one of money alone does not.
+        let mut ledger = Ledger::default();
+        assert!(ledger.judge_hold(&gate, 10, Some((CODE, 2.0)), &rules).admitted);
+        assert!(!ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules).admitted);
+        assert!(ledger.judge_hold(&gate, 20, None, &rules).admitted);
+        // Over the money limit, the usage limit is named even when the feature would fit.
+        let mut ledger = Ledger::default();
+        assert!(ledger.judge_hold(&gate, 35, None, &rules).admitted);
+        let over = ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules);
+        assert_eq!((over.admitted, over.binding), (false, Some(Binding::Usage)));
+        // Shadow mode refuses nothing.
+        let shadow = Rules {
+            policy: PolicySettings { mode: Mode::Shadow.into(), ..PolicySettings::default() },
+            ..Rules::default()
+        };
+        let mut ledger = Ledger::default();
+        assert!((0..5).all(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &shadow).admitted));
+    }
+
+    #[test]
     fn events_are_admitted_while_the_estimate_with_them_is_not_over_the_limit() {
-        let policy = PolicySettings::default();
+        let rules = Rules::default();
         let (gate, subscription) = customer(0.0, 1.0, 35, CustomerStatus::Active);
         let mut ledger = Ledger::default();
         let to_customer = Target::Customer(gate.customer);
         let judged: Vec<(bool, i64)> = (0..4)
-            .map(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &policy))
+            .map(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules))
             .map(|j| (j.admitted, j.cost))
             .collect();
         assert_eq!(judged, [(true, 10), (true, 10), (true, 10), (false, 10)]);
         assert_eq!(ledger.project(&gate).amount(), 30, "the refused one is not counted");
         // Sent to the subscription, the same usage counts the same.
-        let half = ledger.judge_event(&gate, Target::Subscription(subscription), CODE, 0.5, &policy);
+        let half = ledger.judge_event(&gate, Target::Subscription(subscription), CODE, 0.5, &rules);
         assert_eq!((half.admitted, half.cost, half.projection.amount()), (true, 5, 30));
         // A code no price bills costs nothing, and fits while the estimate is not over the limit.
-        let free = ledger.judge_event(&gate, to_customer, "unbilled", 100.0, &policy);
+        let free = ledger.judge_event(&gate, to_customer, "unbilled", 100.0, &rules);
         assert_eq!((free.admitted, free.cost), (true, 0));
     }
 
@@ -284,7 +358,7 @@ mod tests {
 
     #[test]
     fn a_counter_recorded_after_the_snapshot_counts_what_it_retired() {
-        let policy = PolicySettings::default();
+        let rules = Rules::default();
         let (gate, subscription) = customer(2.0, 1.0, 50, CustomerStatus::Active);
         let mut ledger = Ledger::default();
         assert_eq!(ledger.project(&gate).amount(), 20);
@@ -292,7 +366,7 @@ mod tests {
         ledger.counters.insert(subscription, 5.0);
         let projected = ledger.project(&gate);
         assert_eq!((projected.billabear, projected.pending), (50, 0));
-        assert!(!ledger.judge_event(&gate, Target::Customer(gate.customer), CODE, 0.1, &policy).admitted);
+        assert!(!ledger.judge_event(&gate, Target::Customer(gate.customer), CODE, 0.1, &rules).admitted);
         // An older figure than the snapshot's changes nothing.
         ledger.counters.insert(subscription, 1.0);
         assert_eq!(ledger.project(&gate).amount(), 20);
@@ -300,30 +374,36 @@ mod tests {
 
     #[test]
     fn holds_count_until_the_limit_and_a_disabled_customer_gets_nothing() {
-        let policy = PolicySettings::default();
+        let rules = Rules::default();
         let (gate, _) = customer(0.0, 1.0, 100, CustomerStatus::Active);
         let mut ledger = Ledger::default();
         let granted: Vec<bool> =
-            [60, 40, 1].iter().map(|a| ledger.judge_hold(&gate, *a, &policy).admitted).collect();
+            [60, 40, 1].iter().map(|a| ledger.judge_hold(&gate, *a, None, &rules).admitted).collect();
         assert_eq!(granted, [true, true, false]);
         assert_eq!(ledger.project(&gate).reserved, 100);
-        assert!(!ledger.judge_event(&gate, Target::Customer(gate.customer), CODE, 0.1, &policy).admitted);
+        assert!(!ledger.judge_event(&gate, Target::Customer(gate.customer), CODE, 0.1, &rules).admitted);
 
         let (disabled, _) = customer(0.0, 1.0, 100, CustomerStatus::Disabled);
-        assert!(!Ledger::default().judge_hold(&disabled, 0, &policy).admitted);
-        let shadow = PolicySettings { mode: Mode::Shadow.into(), ..PolicySettings::default() };
-        assert!(Ledger::default().judge_hold(&disabled, 0, &shadow).admitted, "shadow mode never refuses");
+        assert!(!Ledger::default().judge_hold(&disabled, 0, None, &rules).admitted);
+        let shadow = Rules {
+            policy: PolicySettings { mode: Mode::Shadow.into(), ..PolicySettings::default() },
+            ..Rules::default()
+        };
+        assert!(
+            Ledger::default().judge_hold(&disabled, 0, None, &shadow).admitted,
+            "shadow mode never refuses"
+        );
     }
 
     #[test]
     fn a_stored_hold_stands_as_judged_before_it_whatever_the_limit_says_now() {
-        let policy = PolicySettings::default();
+        let rules = Rules::default();
         let (gate, _) = customer(0.0, 1.0, 100, CustomerStatus::Active);
         let mut ledger = Ledger::default();
         ledger.reserved.insert(gate.customer, 100); // this hold (60) and another (40)
         let stored = ledger.stored_hold(&gate, 60);
         assert_eq!((stored.admitted, stored.projection.reserved, stored.cost), (true, 40, 60));
-        assert!(!ledger.judge_hold(&gate, 1, &policy).admitted, "the limit is full all the same");
+        assert!(!ledger.judge_hold(&gate, 1, None, &rules).admitted, "the limit is full all the same");
         assert_eq!(Ledger::default().stored_hold(&gate, 60).projection.reserved, 0, "never below zero");
     }
 }

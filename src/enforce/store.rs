@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{Gate, Judged, Ledger, Rules};
 use crate::domain::Target;
 use crate::domain::{CustomerId, SubscriptionId};
+use crate::entitlements::{EntitlementSettings, FeatureCode, Period};
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::{self as outbox, Accepted};
 use crate::pending::store as pending;
@@ -34,8 +35,13 @@ fn lock_key(customer: CustomerId) -> i32 {
 /// Takes the customers' locks for the rest of the transaction, in one order (so two
 /// transactions never wait on each other), then reads what their figures are made of in one
 /// statement: each round trip while the locks are held lengthens the wait of the customer's
-/// next write.
-pub async fn lock_and_load(conn: &mut PgConnection, gates: &[&Gate]) -> Result<Ledger, sqlx::Error> {
+/// next write. Feature counts, billing periods and open holds' units are read only for customers
+/// whose plan has a feature limit (`counting` maps holds' codes to features).
+pub async fn lock_and_load(
+    conn: &mut PgConnection,
+    gates: &[&Gate],
+    counting: &EntitlementSettings,
+) -> Result<Ledger, sqlx::Error> {
     if gates.is_empty() {
         return Ok(Ledger::default());
     }
@@ -55,6 +61,19 @@ pub async fn lock_and_load(conn: &mut PgConnection, gates: &[&Gate]) -> Result<L
     let customers: Vec<Uuid> = gates.iter().map(|g| g.customer.as_uuid()).collect();
     let subscriptions: Vec<Uuid> =
         gates.iter().flat_map(|g| g.known().metered.iter().map(|m| m.subscription.as_uuid())).collect();
+    // The targets of customers with a feature limit (none: the feature parts read nothing).
+    let limited: Vec<Uuid> = gates
+        .iter()
+        .filter(|g| g.known().plan.features().iter().any(|f| f.limit().is_some()))
+        .flat_map(|g| g.targets())
+        .map(|t| pending::target_key(t).1)
+        .collect();
+    let features: Vec<&str> = gates
+        .iter()
+        .flat_map(|g| {
+            g.known().plan.features().iter().filter(|f| f.limit().is_some()).map(|f| f.code.as_str())
+        })
+        .collect();
     // Folding the targets' deltas keeps what is read a few rows however fast the customer's
     // events come; the read shares the fold's snapshot, so it sums the same rows either way.
     // clock_timestamp(), not now(): the transaction may have waited for the locks.
@@ -76,11 +95,24 @@ pub async fn lock_and_load(conn: &mut PgConnection, gates: &[&Gate]) -> Result<L
          UNION ALL
          SELECT 'r', NULL, customer_id, NULL, NULL, sum(amount)::bigint FROM reservations
          WHERE customer_id = ANY($3) AND closed_at IS NULL AND expires_at > clock_timestamp()
-         GROUP BY customer_id"
+         GROUP BY customer_id
+         UNION ALL
+         SELECT 'f', kind::text, target, code, units::float8, extract(epoch FROM window_start)::int8
+         FROM feature_usage WHERE target = ANY($4) AND code = ANY($5) AND NOT provisional
+           AND window_start > clock_timestamp() - interval '400 days'
+         UNION ALL
+         SELECT 'b', NULL, target, NULL, extract(epoch FROM starts_at)::float8, extract(epoch FROM ends_at)::int8
+         FROM billing_periods WHERE target = ANY($4)
+         UNION ALL
+         SELECT 'h', NULL, customer_id, code, sum(value), NULL FROM reservations
+         WHERE customer_id = ANY($4) AND closed_at IS NULL AND expires_at > clock_timestamp() AND code IS NOT NULL
+         GROUP BY customer_id, code"
     ))
     .bind(&targets)
     .bind(&subscriptions)
     .bind(&customers)
+    .bind(&limited)
+    .bind(&features)
     .fetch_all(&mut *conn)
     .await?;
     let mut ledger = Ledger::default();
@@ -99,6 +131,29 @@ pub async fn lock_and_load(conn: &mut PgConnection, gates: &[&Gate]) -> Result<L
             }
             "s" => {
                 ledger.counters.insert(SubscriptionId::from(id), row.try_get("units")?);
+            }
+            "f" => {
+                let kind: String = row.try_get("kind")?;
+                let code: String = row.try_get("code")?;
+                let Some(target) = pending::parse_targets(&format!("{kind}{id}")).pop() else { continue };
+                let Some(feature) = FeatureCode::known(&code) else { continue };
+                let start: i64 = row.try_get("events")?;
+                ledger.features.insert((target, feature, start), row.try_get("units")?);
+            }
+            "b" => {
+                let (start, end): (f64, i64) = (row.try_get("units")?, row.try_get("events")?);
+                // Recorded under the customer's id and its subscriptions' alike.
+                let customer = gates.iter().find(|g| g.targets().any(|t| pending::target_key(t).1 == id));
+                if let Some(gate) = customer {
+                    ledger.periods.insert(Target::Customer(gate.customer), Period::new(start as i64, end));
+                }
+            }
+            "h" => {
+                let code: String = row.try_get("code")?;
+                if let Some(feature) = counting.counted_as(&code) {
+                    *ledger.held.entry((CustomerId::from(id), feature)).or_default() +=
+                        row.try_get::<f64, _>("units")?;
+                }
             }
             _ => {
                 ledger.reserved.insert(CustomerId::from(id), row.try_get("events")?);
@@ -128,11 +183,10 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
     requests: &[u64],
     rules: &Rules,
 ) -> Result<Vec<Outcome>, sqlx::Error> {
-    let policy = &rules.policy;
     let events: Vec<&IncomingEvent> = events.iter().map(Borrow::borrow).collect();
     let mut tx = conn.begin().await?;
     let gated: Vec<&Gate> = gates.iter().flatten().collect();
-    let mut ledger = lock_and_load(&mut tx, &gated).await?;
+    let mut ledger = lock_and_load(&mut tx, &gated, &rules.entitlements).await?;
     let mut stopped: HashSet<(u64, CustomerId)> = HashSet::new();
     let mut judged = Vec::with_capacity(events.len());
     for ((event, gate), request) in events.iter().zip(gates).zip(requests) {
@@ -145,7 +199,7 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
         let verdict = if stopped.contains(&(*request, gate.customer)) {
             ledger.refuse_event(gate, target, code, value)
         } else {
-            ledger.judge_event(gate, target, code, value, policy)
+            ledger.judge_event(gate, target, code, value, rules)
         };
         if !verdict.admitted {
             stopped.insert((*request, gate.customer));

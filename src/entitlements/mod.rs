@@ -42,6 +42,11 @@ impl FeatureCode {
     pub fn as_str(self) -> &'static str {
         CODES.name(self.0)
     }
+
+    /// How many codes are interned: grows when a plan names a feature no plan named before.
+    pub fn interned() -> usize {
+        CODES.len()
+    }
 }
 
 /// A feature the plan includes, with its limit if it carries one.
@@ -204,23 +209,35 @@ impl Default for EntitlementSettings {
 }
 
 impl EntitlementSettings {
-    /// The feature an event with `code` counts towards, if it is a feature some plan listed (or
-    /// one `metrics` names it for). A code `metrics` gives another metric counts nothing.
-    pub fn counted_as(&self, code: &str) -> Option<FeatureCode> {
+    /// The feature code an event with `code` counts towards: its own, or the feature `metrics`
+    /// names it for; none when `metrics` gives that feature another metric. Every event is
+    /// counted so, whether or not a plan this replica has seen limits the feature: a plan may
+    /// come to limit it, and a replica that never fetched the customer must count it too.
+    pub fn counted_code<'a>(&'a self, code: &'a str) -> Option<&'a str> {
         if !self.metrics.is_empty() {
             if let Some((feature, _)) = self.metrics.iter().find(|(_, metric)| *metric == code) {
-                return Some(FeatureCode::intern(feature));
+                return Some(feature);
             }
             if self.metrics.contains_key(code) {
                 return None;
             }
         }
-        FeatureCode::known(code)
+        Some(code)
+    }
+
+    /// [`EntitlementSettings::counted_code`] for a feature some plan listed.
+    pub fn counted_as(&self, code: &str) -> Option<FeatureCode> {
+        self.counted_code(code).and_then(FeatureCode::known)
+    }
+
+    /// The window a feature is counted over.
+    pub fn window_of(&self, code: &str) -> Window {
+        self.windows.get(code).map_or(Window::BillingPeriod, |w| **w)
     }
 
     /// The window `feature` is counted over.
     pub fn window(&self, feature: FeatureCode) -> Window {
-        self.windows.get(feature.as_str()).map_or(Window::BillingPeriod, |w| **w)
+        self.window_of(feature.as_str())
     }
 
     pub fn zone(&self) -> chrono_tz::Tz {
@@ -441,9 +458,15 @@ mod tests {
         let mut settings = EntitlementSettings::default();
         assert_eq!(settings.counted_as("counted_calls").map(FeatureCode::as_str), Some("counted_calls"));
         assert_eq!(settings.counted_as("a-code-no-plan-has"), None);
+        assert_eq!(
+            settings.counted_code("a-code-no-plan-has"),
+            Some("a-code-no-plan-has"),
+            "counted all the same"
+        );
         settings.metrics.insert("counted_calls".into(), "api_requests".into());
         assert_eq!(settings.counted_as("api_requests").map(FeatureCode::as_str), Some("counted_calls"));
         assert_eq!(settings.counted_as("counted_calls"), None, "the metric named replaces the code");
+        assert_eq!(settings.counted_code("counted_calls"), None);
         assert_eq!(settings.window(FeatureCode::intern("counted_calls")), Window::BillingPeriod);
         settings.windows.insert("counted_calls".into(), Window::Hour.into());
         assert_eq!(settings.window(FeatureCode::intern("counted_calls")), Window::Hour);

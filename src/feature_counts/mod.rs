@@ -6,11 +6,15 @@
 //!   `event_id` counts once. A billing-period window is placed by the customer's period as
 //!   its last fetch recorded it ([`FeatureCounts::record_period`]).
 //! - **Memory holds a copy** per target (a [`Mirror`]: each target's newest window per
-//!   feature), read by the check without I/O and reloaded for the targets each commit names.
+//!   feature some plan names), read by the check without I/O, reloaded for the targets each
+//!   commit names, and in full when a fetch meets a feature no plan named before.
 //!   Which window is current is the clock's to say, so a window's end restarts its count on
 //!   every replica as soon as it passes, with no message to wait for.
 
 pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
@@ -35,6 +39,8 @@ pub struct Count {
 pub struct FeatureCounts {
     counts: Mirror<Target, Box<[Count]>>,
     pool: PgPool,
+    /// Feature codes interned when the copy was last loaded in full.
+    features: Arc<AtomicUsize>,
 }
 
 impl FeatureCounts {
@@ -45,7 +51,8 @@ impl FeatureCounts {
         let load: mirror::Loader<Target, Box<[Count]>> = |pool, targets| store::load(pool, targets).boxed();
         let Started { service: counts, tasks, listening, .. } =
             Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "feature counts", load);
-        Started { service: Self { counts, pool }, changes: (), tasks, listening }
+        let features = Arc::new(AtomicUsize::new(FeatureCode::interned()));
+        Started { service: Self { counts, pool, features }, changes: (), tasks, listening }
     }
 
     /// What the customer used of `feature` in its current window at `now`: the counts of its
@@ -64,7 +71,8 @@ impl FeatureCounts {
             .filter_map(|target| {
                 self.counts.with(target, |counts| in_window(counts, feature.code, bounds.start))
             })
-            .sum();
+            // From 0.0: `sum` of nothing is -0.0, shown as "-0".
+            .fold(0.0, |sum, units| sum + units);
         Counted { used, window, bounds }
     }
 
@@ -80,6 +88,13 @@ impl FeatureCounts {
     /// events counted over it are placed (a period unchanged is not written again), and moves
     /// what was counted before usage-gate knew it into the current period.
     pub async fn record_period(&self, customer: CustomerId, known: &Known) {
+        let interned = FeatureCode::interned();
+        if self.features.swap(interned, Ordering::Relaxed) != interned
+            && let Err(e) = self.counts.reload_all().await
+        {
+            tracing::warn!(error = %e, "feature counts: cannot reload for a new feature; the next fetch will");
+            self.features.store(0, Ordering::Relaxed);
+        }
         let Some(period) = known.period else { return };
         let targets: Vec<Target> = targets(customer, known).collect();
         let now = Utc::now();
@@ -98,7 +113,7 @@ pub fn targets(customer: CustomerId, known: &Known) -> impl Iterator<Item = Targ
 
 /// A target's count of `feature` in the window starting at `start`.
 pub fn in_window(counts: &[Count], feature: FeatureCode, start: i64) -> f64 {
-    counts.iter().filter(|c| c.feature == feature && c.start == start).map(|c| c.units).sum()
+    counts.iter().filter(|c| c.feature == feature && c.start == start).fold(0.0, |sum, c| sum + c.units)
 }
 
 /// A billing period as Postgres stores it.

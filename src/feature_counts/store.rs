@@ -34,9 +34,11 @@ pub async fn load(
         let kind: String = row.try_get("kind")?;
         let id: Uuid = row.try_get("target")?;
         let Some(target) = parse_targets(&format!("{kind}{id}")).pop() else { continue };
+        // Every code is counted; the copy keeps those a plan has limited (see `FeatureCounts`).
         let code: String = row.try_get("code")?;
+        let Some(feature) = FeatureCode::known(&code) else { continue };
         counts.entry(target).or_default().push(Count {
-            feature: FeatureCode::intern(&code),
+            feature,
             start: row.try_get("start")?,
             units: row.try_get("units")?,
         });

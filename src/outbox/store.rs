@@ -81,21 +81,25 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
 /// Where an event counts towards a feature limit: the feature, and its window's start; none for
 /// the billing period, which the statement reads from `billing_periods` (`month`: the calendar
 /// month's start, where the count is provisional until the target's period is recorded).
-struct Placement {
-    feature: &'static str,
+struct Placement<'a> {
+    feature: &'a str,
     start: Option<DateTime<Utc>>,
     month: DateTime<Utc>,
 }
 
-fn place(event: &IncomingEvent, counting: &EntitlementSettings, now: DateTime<Utc>) -> Option<Placement> {
-    let feature = counting.counted_as(event.code.as_str())?;
+fn place<'a>(
+    event: &'a IncomingEvent,
+    counting: &'a EntitlementSettings,
+    now: DateTime<Utc>,
+) -> Option<Placement<'a>> {
+    let feature = counting.counted_code(event.code.as_str())?;
     let at = |seconds: i64| DateTime::from_timestamp(seconds, 0).unwrap_or(now);
     let month = at(Window::Month.bounds(now, counting.zone(), None).start);
-    let start = match counting.window(feature) {
+    let start = match counting.window_of(feature) {
         Window::BillingPeriod => None,
         window => Some(at(window.bounds(now, counting.zone(), None).start)),
     };
-    Some(Placement { feature: feature.as_str(), start, month })
+    Some(Placement { feature, start, month })
 }
 
 /// The statement storing events none of which counts towards a feature limit.

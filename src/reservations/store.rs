@@ -167,7 +167,7 @@ pub async fn write(
         .iter()
         .filter_map(|c| if let Change::Hold { gate, .. } = c { gate.as_ref() } else { None })
         .collect();
-    let mut ledger = enforce::lock_and_load(&mut tx, &gates).await?;
+    let mut ledger = enforce::lock_and_load(&mut tx, &gates, &rules.entitlements).await?;
     let keyed: Vec<(CustomerId, &str)> = changes.iter().filter_map(hold_key).collect();
     let earlier = held_with(&mut tx, &keyed).await?;
     let mut rows = NewRows::default();
@@ -189,13 +189,14 @@ pub async fn write(
         }
         let (amount, judged) = match gate {
             Some(gate) => {
-                let amount = match ask {
-                    Ask::Amount(amount) => *amount,
-                    Ask::Event { code, value } => {
-                        ledger.price_event(gate, Target::Customer(gate.customer), code, *value)
-                    }
+                let (amount, event) = match ask {
+                    Ask::Amount(amount) => (*amount, None),
+                    Ask::Event { code, value } => (
+                        ledger.price_event(gate, Target::Customer(gate.customer), code, *value),
+                        Some((code.as_str(), *value)),
+                    ),
                 };
-                let judged = ledger.judge_hold(gate, amount, &rules.policy);
+                let judged = ledger.judge_hold(gate, amount, event, rules);
                 (amount, Some(judged))
             }
             None => (if let Ask::Amount(amount) = ask { *amount } else { 0 }, None),

@@ -645,11 +645,23 @@ async fn a_customers_page_shows_its_plan() {
     let plan = &page[page.find(r#"id="plan""#).expect("a plan section")..];
     let plan = &plan[..plan.find("</section>").unwrap()];
     for shown in [
-        "<code>projects</code></td><td>25</td>",
-        "<code>sso</code></td><td>included, no count</td>",
+        "<code>projects</code></td><td>25</td><td>0</td><td>billing period</td><td><time",
+        "<code>sso</code></td><td>included, no count</td><td></td>",
         "<dd>10</dd>",
     ] {
         assert!(plan.contains(shown), "{shown} in {plan}");
+    }
+    // What usage-gate counted of a limited feature, in its window.
+    let event = json!({"event_id": "console-projects", "customer": ACME, "code": "projects", "value": 2});
+    assert_eq!(app.post_event(&event).await.status(), 202);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let page = browser.get(&format!("/console/customers/{ACME}")).await.body;
+        if page.contains("<code>projects</code></td><td>25</td><td>2</td>") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the count on the page: {page}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     let unknown = browser.get(&format!("/console/customers/{}", uuid::Uuid::new_v4())).await.body;
     assert!(unknown.contains("Not known: BillaBear could not be asked"), "{unknown}");

@@ -127,3 +127,90 @@ async fn a_feature_count_restarts_when_its_billing_period_ends_on_every_replica(
     assert_eq!(app.post_event(&event("p-3", &customer, "api_calls", 1.0)).await.status(), 202);
     used_reaches(&other, &customer, "?feature=api_calls", 1).await;
 }
+
+#[tokio::test]
+async fn concurrent_enforced_events_on_two_replicas_store_exactly_the_feature_limit() {
+    let a = TestApp::spawn().await;
+    let b = a.second_instance().await;
+    // Money is far from binding (a cent a call, no usage limit): the feature limit is.
+    let customer = customer_with(&a, json!({"api_calls": 100})).await;
+    a.check(&customer).await;
+    b.check(&customer).await;
+    let sends = (0..200).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let body = event(&format!("feat-{i}"), &customer, "api_calls", 1.0);
+        async move { app.post_enforced(&body).await }
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    let stored = statuses.iter().filter(|s| **s == 202).count();
+    assert_eq!((stored, statuses.iter().filter(|s| **s == 402).count()), (100, 100), "{statuses:?}");
+    assert_eq!(a.stored_for(&customer).await, 100);
+    let units: f64 = sqlx::query_scalar("SELECT sum(units)::float8 FROM feature_usage WHERE target = $1")
+        .bind(uuid::Uuid::parse_str(&customer).unwrap())
+        .fetch_one(&a.pool)
+        .await
+        .unwrap();
+    assert_eq!(units, 100.0);
+
+    // A refusal names the limit that refused, beside the decision it was judged by.
+    let refused = assert_problem(
+        a.post_enforced(&event("one-more", &customer, "api_calls", 1.0)).await,
+        402,
+        "usage_limit_exceeded",
+    )
+    .await;
+    let limit = &refused["limit"];
+    assert_eq!(
+        (&limit["kind"], &limit["code"], &limit["limit"], &limit["used"], &limit["window"]),
+        (&json!("feature"), &json!("api_calls"), &json!(100), &json!(100), &json!("billing_period")),
+        "{refused}"
+    );
+    assert!(limit["resets_at"].is_string(), "{limit}");
+    assert_eq!(refused["decision"]["reasons"], json!(["feature_limit_reached"]), "{refused}");
+    assert_eq!(refused["decision"]["feature"]["remaining"], 0);
+    // Not enforced, an event is stored and counted all the same: the limit is for enforced ones.
+    assert_eq!(a.post_event(&event("plain", &customer, "api_calls", 1.0)).await.status(), 202);
+}
+
+#[tokio::test]
+async fn holds_of_feature_units_grant_exactly_what_fits_and_give_their_units_back() {
+    let a = TestApp::spawn().await;
+    let b = a.second_instance().await;
+    let customer = customer_with(&a, json!({"api_calls": 100})).await;
+    a.check(&customer).await;
+    b.check(&customer).await;
+    let asks = (0..50).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let customer = customer.clone();
+        async move {
+            let response = app.hold(&customer, json!({"code": "api_calls", "value": 10})).await;
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let granted: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 201).map(|(_, b)| b).collect();
+    let refused: Vec<&Value> = answers.iter().filter(|(s, _)| *s == 402).map(|(_, b)| b).collect();
+    assert_eq!((granted.len(), refused.len()), (10, 40));
+    assert_eq!(refused[0]["limit"]["kind"], "feature", "{}", refused[0]);
+
+    // A released hold gives its units back.
+    let released = granted[0]["id"].as_str().unwrap();
+    assert_eq!(a.release_hold(released).await.status(), 204);
+    let again = a.hold(&customer, json!({"code": "api_calls", "value": 10})).await;
+    assert_eq!(again.status(), 201, "the released units are free again");
+    let full = a.hold(&customer, json!({"code": "api_calls", "value": 1})).await;
+    assert_eq!(full.status(), 402);
+
+    // A committed hold's events count once: the hold's units become the events'.
+    let committed = granted[1]["id"].as_str().unwrap();
+    let events = json!([{"event_id": "held-1", "customer": customer, "code": "api_calls", "value": 10}]);
+    assert_eq!(a.commit_hold(committed, events).await.status(), 200);
+    assert_eq!(a.hold(&customer, json!({"code": "api_calls", "value": 1})).await.status(), 402, "still full");
+    let third = granted[2]["id"].as_str().unwrap();
+    assert_eq!(b.release_hold(third).await.status(), 204);
+    assert_eq!(a.hold(&customer, json!({"code": "api_calls", "value": 10})).await.status(), 201);
+    let d = used_reaches(&a, &customer, "?feature=api_calls", 10).await;
+    assert_eq!(d["feature"]["limit"], 100, "the check counts the committed events: {d}");
+}
