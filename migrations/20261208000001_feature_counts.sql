@@ -42,3 +42,18 @@ BEGIN
     END LOOP;
     RETURN sent;
 END $$;
+
+-- A counted feature that reached its limit, once per customer, feature and window: the row is
+-- the `feature_limit.reached` webhook's dedupe record across replicas (queued by the statement
+-- that inserts it), and `reset_at` its `feature_limit.reset`, queued once when the window ends.
+CREATE TABLE feature_limit_crossings (
+    customer_id  UUID NOT NULL,
+    code         TEXT NOT NULL,
+    window_start TIMESTAMPTZ NOT NULL,
+    window_end   TIMESTAMPTZ NOT NULL,
+    "limit"      BIGINT NOT NULL,
+    reached_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    reset_at     TIMESTAMPTZ,
+    PRIMARY KEY (customer_id, code, window_start)
+);
+CREATE INDEX feature_limit_crossings_unreset ON feature_limit_crossings (window_end) WHERE reset_at IS NULL;

@@ -19,6 +19,7 @@ use crate::config::{SecretsSettings, Settings};
 use crate::enforce::Rules;
 use crate::error::{self, ApiError};
 use crate::feature_counts::FeatureCounts;
+use crate::feature_counts::crossings::Crossings;
 use crate::fetch::LedgerFetch;
 use crate::health::Health;
 use crate::inbound::Inbound;
@@ -286,7 +287,7 @@ impl Running {
         );
         background.extend(tasks);
         listening.push(holds_listening);
-        let Started { service: counts, tasks, listening: counts_listening, .. } =
+        let Started { service: counts, changes: count_changes, tasks, listening: counts_listening } =
             FeatureCounts::start(pool.clone());
         background.extend(tasks);
         listening.push(counts_listening);
@@ -298,6 +299,14 @@ impl Running {
             subscriptions: subscriptions.clone(),
         };
         let cache = SnapshotCache::with_source(Arc::new(source), &settings.cache, Some(fetched));
+        let crossings = Crossings {
+            pool: pool.clone(),
+            counts: counts.clone(),
+            cache: cache.clone(),
+            subscriptions: subscriptions.clone(),
+            settings: settings.entitlements.clone(),
+        };
+        background.push(tokio::spawn(crossings.watch(count_changes)).abort_handle());
         let (invalidation, task, invalidation_listening) = Invalidation::start(pool.clone(), cache.clone());
         background.push(task);
         listening.push(invalidation_listening);

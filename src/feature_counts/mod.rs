@@ -11,6 +11,7 @@
 //!   Which window is current is the clock's to say, so a window's end restarts its count on
 //!   every replica as soon as it passes, with no message to wait for.
 
+pub mod crossings;
 pub mod store;
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
 use sqlx::PgPool;
+use tokio::sync::mpsc;
 
 use crate::domain::{CustomerId, Target};
 use crate::entitlements::{Counted, EntitlementSettings, FeatureCode, Period, PlanFeature};
@@ -34,6 +36,9 @@ pub struct Count {
     pub units: f64,
 }
 
+/// A target's counts changed in this replica's copy.
+pub type Changed = mirror::Change<Target, Box<[Count]>>;
+
 /// Cheap to clone; clones share one copy.
 #[derive(Clone)]
 pub struct FeatureCounts {
@@ -44,15 +49,14 @@ pub struct FeatureCounts {
 }
 
 impl FeatureCounts {
-    /// Starts keeping the copy up to date. Its first load interns every feature code counted
-    /// before (by any replica), so events of a feature this replica has not yet seen in a plan
-    /// count once it is ready.
-    pub fn start(pool: PgPool) -> Started<Self> {
+    /// Starts keeping the copy up to date; `changes` tells of every change to it (for
+    /// [`crossings`]).
+    pub fn start(pool: PgPool) -> Started<Self, mpsc::Receiver<Changed>> {
         let load: mirror::Loader<Target, Box<[Count]>> = |pool, targets| store::load(pool, targets).boxed();
-        let Started { service: counts, tasks, listening, .. } =
-            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "feature counts", load);
+        let Started { service: counts, changes, tasks, listening } =
+            Mirror::start_telling(pool.clone(), store::NOTIFY_CHANNEL, "feature counts", load);
         let features = Arc::new(AtomicUsize::new(FeatureCode::interned()));
-        Started { service: Self { counts, pool, features }, changes: (), tasks, listening }
+        Started { service: Self { counts, pool, features }, changes, tasks, listening }
     }
 
     /// What the customer used of `feature` in its current window at `now`: the counts of its

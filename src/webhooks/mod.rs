@@ -32,16 +32,22 @@ pub enum EventType {
     OverrideExpired,
     /// An event in the outbox became dead (BillaBear refused it, or its retries ran out).
     EventDead,
+    /// A feature limit usage-gate counts was reached in its window (once per window).
+    FeatureLimitReached,
+    /// The window of a feature limit that was reached ended: the count restarted.
+    FeatureLimitReset,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    pub const ALL: [EventType; 8] = [
         EventType::NearLimit,
         EventType::Warning,
         EventType::Blocked,
         EventType::Recovered,
         EventType::OverrideExpired,
         EventType::EventDead,
+        EventType::FeatureLimitReached,
+        EventType::FeatureLimitReset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +58,8 @@ impl EventType {
             EventType::Recovered => "customer.usage.recovered",
             EventType::OverrideExpired => "customer.override.expired",
             EventType::EventDead => "event.dead",
+            EventType::FeatureLimitReached => "feature_limit.reached",
+            EventType::FeatureLimitReset => "feature_limit.reset",
         }
     }
 

@@ -651,14 +651,47 @@ fn the_envoy_and_traefik_files_name_only_what_usage_gate_has() {
         "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
         "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+        "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+        "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutationPerRoute",
     ];
     assert!(!types.is_empty() && types.iter().all(|t| known.contains(&t.as_str().unwrap())), "{types:?}");
     let mut filters = Vec::new();
     all_of(envoy, "http_filters", &mut filters);
     let names: Vec<&str> =
         filters[0].as_array().unwrap().iter().map(|f| f["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["envoy.filters.http.ext_authz", "envoy.filters.http.router"]);
-    let service = &filters[0][0]["typed_config"]["http_service"];
+    // The client's X-Usage-Feature removed, then the route's set, both before ext_authz.
+    assert_eq!(
+        names,
+        [
+            "usage-gate-feature-strip",
+            "usage-gate-feature",
+            "envoy.filters.http.ext_authz",
+            "envoy.filters.http.router"
+        ]
+    );
+    let strip = &filters[0][0]["typed_config"]["mutations"]["request_mutations"];
+    assert_eq!(strip, &json!([{"remove": "x-usage-feature"}]));
+    let routes = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        ["route_config"]["virtual_hosts"][0]["routes"]
+        .as_array()
+        .unwrap();
+    let sso = routes.iter().find(|r| r["match"]["prefix"] == "/sso/").expect("an /sso/ route, before /");
+    let set =
+        &sso["typed_per_filter_config"]["usage-gate-feature"]["mutations"]["request_mutations"][0]["append"];
+    assert_eq!(set["header"], json!({"key": "x-usage-feature", "value": "sso"}));
+    assert_eq!(set["append_action"], "OVERWRITE_IF_EXISTS_OR_ADD");
+    let gate_parameters = document["paths"]["/v1/gate"]["get"]["parameters"].as_array().unwrap();
+    assert!(
+        gate_parameters.iter().any(|p| p["in"] == "header" && p["name"] == "X-Usage-Feature"),
+        "the header usage-gate reads"
+    );
+    let ext_authz = &filters[0][2]["typed_config"];
+    assert_eq!(
+        ext_authz["http_service"]["authorization_request"]["allowed_headers"]["patterns"],
+        json!([{"exact": "x-usage-feature"}]),
+        "ext_authz passes it on"
+    );
+    let service = &filters[0][2]["typed_config"]["http_service"];
     assert_eq!(service["path_prefix"], "/v1/gate");
     let added = &service["authorization_request"]["headers_to_add"][0];
     assert_eq!(added["key"], gate_key);

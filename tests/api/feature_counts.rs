@@ -214,3 +214,47 @@ async fn holds_of_feature_units_grant_exactly_what_fits_and_give_their_units_bac
     let d = used_reaches(&a, &customer, "?feature=api_calls", 10).await;
     assert_eq!(d["feature"]["limit"], 100, "the check counts the committed events: {d}");
 }
+
+#[tokio::test]
+async fn a_feature_limit_reached_is_told_once_per_window_and_its_reset_once_when_it_ends() {
+    let app = TestApp::spawn().await;
+    let other = app.second_instance().await;
+    let receiver = crate::webhook_endpoints::Receiver::start(&[]);
+    let types = json!(["feature_limit.reached", "feature_limit.reset"]);
+    app.webhook_endpoint(json!({"url": receiver.url, "event_types": types})).await;
+    app.sim.new_period(4_000).await;
+    let customer = customer_with(&app, json!({"api_calls": 2})).await;
+    app.check(&customer).await;
+    other.check(&customer).await;
+    for (i, replica) in [&app, &other, &app, &other].into_iter().enumerate() {
+        let sent = replica.post_event(&event(&format!("hook-{i}"), &customer, "api_calls", 1.0)).await;
+        assert_eq!(sent.status(), 202);
+    }
+    let reached = receiver.await_received(1).await[0].json();
+    assert_eq!(reached["type"], "feature_limit.reached");
+    let data = &reached["data"];
+    assert_eq!(
+        (&data["customer_id"], &data["code"], &data["limit"], &data["window"]),
+        (&json!(customer), &json!("api_calls"), &json!(2), &json!("billing_period")),
+        "{reached}"
+    );
+    assert!(data["used"].as_f64() >= Some(2.0), "{data}");
+
+    let both = receiver.await_received(2).await;
+    let reset = both[1].json();
+    assert_eq!(
+        (&reset["type"], &reset["data"]["code"]),
+        (&json!("feature_limit.reset"), &json!("api_calls"))
+    );
+    let told: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_type, count(*) FROM webhook_messages GROUP BY event_type ORDER BY event_type",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        told,
+        [("feature_limit.reached".into(), 1), ("feature_limit.reset".into(), 1)],
+        "once each, two replicas"
+    );
+}

@@ -27,6 +27,7 @@ NOT_WRAPPED = {
     "Readiness",
     "ReadinessStatus",
     "Retried",
+    "RefusedBy",
     "ReservationCommit",
     "Stats",
     "LimitAction",

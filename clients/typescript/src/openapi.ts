@@ -830,10 +830,21 @@ export interface components {
              */
             remaining?: number | null;
             /**
+             * Format: date-time
+             * @description When the window ends and the count restarts.
+             */
+            resets_at?: string | null;
+            /**
              * Format: int64
-             * @description How many are in use: `in_use` as the caller counted it.
+             * @description How many are in use: `in_use` as the caller counted it, or else what usage-gate counted
+             *     of the feature's events (and open holds) in its window, rounded up.
              */
             used?: number | null;
+            /**
+             * @description The window usage-gate counts it over (`hour`, `day`, `week`, `month`,
+             *     `billing_period`); absent when the caller gave `in_use`.
+             */
+            window?: string | null;
         };
         /** @description A field that failed validation, with a message for a human. */
         FieldError: {
@@ -991,7 +1002,7 @@ export interface components {
             /** @description Absent or null: none */
             description?: string | null;
             /** @description Absent or null: all */
-            event_types?: ("customer.usage.near_limit" | "customer.usage.warning" | "customer.usage.blocked" | "customer.usage.recovered" | "customer.override.expired" | "event.dead")[] | null;
+            event_types?: ("customer.usage.near_limit" | "customer.usage.warning" | "customer.usage.blocked" | "customer.usage.recovered" | "customer.override.expired" | "event.dead" | "feature_limit.reached" | "feature_limit.reset")[] | null;
             /**
              * Format: uri
              * @description An absolute http or https URL
@@ -1099,6 +1110,7 @@ export interface components {
             decision?: components["schemas"]["Decision"] | null;
             detail: string;
             errors?: components["schemas"]["FieldError"][];
+            limit?: components["schemas"]["RefusedBy"] | null;
             /**
              * @description Usage-limit changes whose answer from BillaBear never came: whether the limit exists in
              *     BillaBear now (null: could not be told).
@@ -1123,6 +1135,31 @@ export interface components {
         };
         /** @enum {string} */
         ReadinessStatus: "ready" | "degraded" | "not_ready";
+        /** @description The limit that refused an enforced event or a hold, by kind. */
+        RefusedBy: {
+            /** Format: int64 */
+            amount: number;
+            /** Format: int64 */
+            estimate: number;
+            /** Format: uuid */
+            id: string;
+            /** @enum {string} */
+            kind: "usage";
+        } | {
+            code: string;
+            /** @enum {string} */
+            kind: "feature";
+            /** Format: int64 */
+            limit: number;
+            /** Format: date-time */
+            resets_at: string;
+            /**
+             * Format: int64
+             * @description Used in the window before the write (events and open holds), rounded up.
+             */
+            used: number;
+            window: string;
+        };
         /** @description One reservation as stored. */
         Reservation: {
             /**

@@ -38,6 +38,8 @@ export type WebhookMessageAttempt = Schemas["MessageAttempt"];
 export type AuditRecord = Schemas["AuditRecord"];
 export type AuditPage = Schemas["AuditPage"];
 export type Problem = Schemas["Problem"];
+/** The limit that refused an enforced event or a hold (`Problem.limit`): a usage limit in money or a feature limit. */
+export type RefusedBy = Schemas["RefusedBy"];
 export type FieldError = Schemas["FieldError"];
 export type WhoAmI = Schemas["WhoAmI"];
 

@@ -45,7 +45,27 @@ export interface EventDeadMessage {
   };
 }
 
-export type WebhookMessage = UsageMessage | OverrideExpiredMessage | EventDeadMessage;
+/** A feature limit usage-gate counts: reached in its window (once), or that window ended. */
+export interface FeatureLimitMessage {
+  type: "feature_limit.reached" | "feature_limit.reset";
+  timestamp: string;
+  data: {
+    customer_id: string;
+    code: string;
+    limit: number;
+    /** `feature_limit.reached`: what was counted when it was seen. */
+    used?: number;
+    /** `feature_limit.reached`. */
+    window?: string;
+    window_start: string;
+    /** `feature_limit.reached`: when the window ends. */
+    resets_at?: string;
+    /** `feature_limit.reset`. */
+    window_end?: string;
+  };
+}
+
+export type WebhookMessage = UsageMessage | OverrideExpiredMessage | EventDeadMessage | FeatureLimitMessage;
 
 export type WebhookHeaders = Headers | Record<string, string | string[] | undefined>;
 

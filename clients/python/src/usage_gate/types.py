@@ -49,6 +49,9 @@ class FeatureView(TypedDict):
     limit: NotRequired[int | None]
     used: NotRequired[int | None]
     remaining: NotRequired[int | None]
+    #: The window usage-gate counts the feature over (absent when ``in_use`` was given).
+    window: NotRequired[str | None]
+    resets_at: NotRequired[str | None]
 
 
 class SeatsView(TypedDict):
@@ -91,6 +94,22 @@ class CheckBatchResponse(TypedDict):
     decisions: list[Decision | CheckItemError]
 
 
+class RefusedBy(TypedDict, total=False):
+    """The limit that refused an enforced event or a hold: ``kind`` ``"usage"`` (``id``,
+    ``amount``, ``estimate``) or ``"feature"`` (``code``, ``limit``, ``used``, ``window``,
+    ``resets_at``)."""
+
+    kind: Literal["usage", "feature"]
+    id: str
+    amount: int
+    estimate: int
+    code: str
+    limit: int
+    used: int
+    window: str
+    resets_at: str
+
+
 class Problem(TypedDict):
     type: str
     title: str
@@ -103,6 +122,8 @@ class Problem(TypedDict):
     reasons: NotRequired[list[str] | None]
     usage_status: NotRequired[Status | None]
     limit_exists: NotRequired[bool | None]
+    #: ``usage_limit_exceeded``: the limit that refused it.
+    limit: NotRequired[RefusedBy | None]
 
 
 class NewEvent(TypedDict):
@@ -360,7 +381,17 @@ class EventDeadMessage(TypedDict):
     data: dict[str, Any]
 
 
-WebhookMessage = UsageMessage | OverrideExpiredMessage | EventDeadMessage
+class FeatureLimitMessage(TypedDict):
+    """``feature_limit.reached``: ``data`` is ``{customer_id, code, limit, used, window,
+    window_start, resets_at}``; ``feature_limit.reset``: ``{customer_id, code, limit,
+    window_start, window_end}``."""
+
+    type: Literal["feature_limit.reached", "feature_limit.reset"]
+    timestamp: str
+    data: dict[str, Any]
+
+
+WebhookMessage = UsageMessage | OverrideExpiredMessage | EventDeadMessage | FeatureLimitMessage
 
 #: The classes that are usage-gate's schemas, by the schema's name.
 SCHEMAS: dict[str, type] = {
