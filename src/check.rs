@@ -119,7 +119,8 @@ pub struct FeatureView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u64>,
     /// How many are in use: `in_use` as the caller counted it, or else what usage-gate counted
-    /// of the feature's events (and open holds) in its window, rounded up.
+    /// of the feature's events in its window, rounded up (an enforced write is judged with
+    /// open holds' units too).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub used: Option<u64>,
     /// `limit - used`, never negative.

@@ -1,7 +1,8 @@
 //! What usage-gate keeps, and for how long: closed holds, ended overrides, BillaBear's counters
 //! of subscriptions no longer seen, the last decision of customers no longer seen, webhook
-//! messages no longer pending, idle console sessions, old usage samples and (when operators
-//! choose a window) audit records. The outbox prunes its delivered events itself, under its own
+//! messages no longer pending, idle console sessions, old usage samples, feature counts and
+//! billing periods older than any window (400 days) and (when operators choose a window) audit
+//! records. The outbox prunes its delivered events itself, under its own
 //! lock (its pruning is part of its deduplication contract).
 //!
 //! Every `retention.interval_s`, one replica at a time (a session advisory lock; the others skip
@@ -56,10 +57,19 @@ const WEBHOOK_MESSAGES: Rule =
     Rule { table: "webhook_messages", age: "created_at", also: "AND status <> 'pending'" };
 const CONSOLE_SESSIONS: Rule = Rule { table: "console_sessions", age: "last_seen_at", also: "" };
 const USAGE_SAMPLES: Rule = Rule { table: "usage_samples", age: "observed_at", also: "" };
+/// Feature counts of ended windows, by their start; billing periods of customers no longer
+/// fetched; reached limits whose reset was told, by their window's end.
+const FEATURE_USAGE: Rule = Rule { table: "feature_usage", age: "window_start", also: "" };
+const BILLING_PERIODS: Rule = Rule { table: "billing_periods", age: "recorded_at", also: "" };
+const FEATURE_LIMIT_CROSSINGS: Rule =
+    Rule { table: "feature_limit_crossings", age: "window_end", also: "AND reset_at IS NOT NULL" };
+/// How long the feature tables keep a row: past the longest window (a yearly billing period),
+/// a count or a period can no longer be current.
+const FEATURE_WINDOWS_KEPT: Duration = Duration::from_secs(400 * 24 * 3600);
 
 /// Every table a pruner removes rows from, for `usage_gate_pruned_rows_total` (at zero from
 /// start-up, so that a dashboard has a line before the first prune).
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 12] = [
     "reservations",
     "overrides",
     "billabear_counters",
@@ -69,6 +79,9 @@ pub const TABLES: [&str; 9] = [
     "webhook_messages",
     "console_sessions",
     "usage_samples",
+    "feature_usage",
+    "billing_periods",
+    "feature_limit_crossings",
 ];
 
 pub fn register_metrics() {
@@ -87,7 +100,7 @@ pub fn pruned(table: &'static str, rows: u64) {
 /// sections.
 #[derive(Clone)]
 pub struct Plan {
-    rules: [(&'static Rule, Option<Duration>); 8],
+    rules: [(&'static Rule, Option<Duration>); 11],
     interval: Duration,
     vacuum: bool,
 }
@@ -105,6 +118,9 @@ impl Plan {
                 (&WEBHOOK_MESSAGES, Some(settings.outbound_webhooks.retention.duration())),
                 (&CONSOLE_SESSIONS, Some(settings.console.session_idle)),
                 (&USAGE_SAMPLES, Some(settings.console.history.duration())),
+                (&FEATURE_USAGE, Some(FEATURE_WINDOWS_KEPT)),
+                (&BILLING_PERIODS, Some(FEATURE_WINDOWS_KEPT)),
+                (&FEATURE_LIMIT_CROSSINGS, Some(FEATURE_WINDOWS_KEPT)),
             ],
             interval: kept.interval,
             vacuum: kept.vacuum,
@@ -152,7 +168,7 @@ pub async fn prune(pool: &PgPool, settings: &Plan) -> Result<Vec<(&'static str, 
 
 /// The tables whose rows are updated or deleted as usage-gate works (the audit log only grows
 /// unless pruned, so it is here too).
-const CHURNING: [&str; 13] = [
+const CHURNING: [&str; 16] = [
     "outbox",
     "pending_usage",
     "pending_usage_deltas",
@@ -166,6 +182,9 @@ const CHURNING: [&str; 13] = [
     "console_sessions",
     "audit_log",
     "webhook_endpoints",
+    "feature_usage",
+    "billing_periods",
+    "feature_limit_crossings",
 ];
 
 /// Makes the space of deleted and updated rows reusable, so that tables stay their size where

@@ -13,7 +13,8 @@ async fn count(app: &TestApp, sql: &'static str) -> i64 {
 }
 
 /// One row of each kind `age` ago: a closed hold, an ended override, a counter and a decision
-/// last seen, an audit record, a console session last used, a usage sample.
+/// last seen, an audit record, a console session last used, a usage sample, a feature count, a
+/// billing period and a feature limit reached (its reset told).
 async fn rows_aged(app: &TestApp, age: &str) {
     let statements = [
         "INSERT INTO reservations (id, customer_id, amount, created_at, expires_at, created_by, closed_at, closed_as)
@@ -32,6 +33,12 @@ async fn rows_aged(app: &TestApp, age: &str) {
                  now() - $1::interval, now() - $1::interval)",
         "INSERT INTO usage_samples (customer_id, observed_at, status, estimate, currency)
          VALUES (gen_random_uuid(), now() - $1::interval, 'ok', 1, 'USD')",
+        "INSERT INTO feature_usage (kind, target, code, window_start, units)
+         VALUES ('c', gen_random_uuid(), 'api_calls', now() - $1::interval, 1)",
+        "INSERT INTO billing_periods (target, starts_at, ends_at, recorded_at)
+         VALUES (gen_random_uuid(), now() - $1::interval, now() - $1::interval, now() - $1::interval)",
+        "INSERT INTO feature_limit_crossings (customer_id, code, window_start, window_end, \"limit\", reset_at)
+         VALUES (gen_random_uuid(), 'api_calls', now() - $1::interval, now() - $1::interval, 1, now() - $1::interval)",
     ];
     for statement in statements {
         sqlx::query(statement).bind(age).execute(&app.pool).await.unwrap();
@@ -61,9 +68,13 @@ async fn rows_past_their_window_are_pruned_and_the_audit_log_is_kept_unless_a_wi
             ("webhook_messages", 0),
             ("console_sessions", 1),
             ("usage_samples", 1),
+            ("feature_usage", 1),
+            ("billing_periods", 1),
+            ("feature_limit_crossings", 1),
         ],
         "the default windows: the audit log is kept"
     );
+    assert_eq!(count(&app, "SELECT count(*) FROM feature_usage").await, 1, "the count of an hour ago");
     assert_eq!(
         count(&app, "SELECT count(*) FROM reservations").await,
         2,
