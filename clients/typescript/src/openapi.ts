@@ -837,7 +837,8 @@ export interface components {
             /**
              * Format: int64
              * @description How many are in use: `in_use` as the caller counted it, or else what usage-gate counted
-             *     of the feature's events (and open holds) in its window, rounded up.
+             *     of the feature's events in its window, rounded up (an enforced write is judged with
+             *     open holds' units too).
              */
             used?: number | null;
             /**
