@@ -9,7 +9,9 @@ use crate::domain::Currency;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Target, Timestamp};
 use crate::enforce::limits::{Binding, FeatureBinding};
 use crate::enforce::{Gate, Judged};
-use crate::entitlements::{self, Counted, EntitlementSettings, PlanAsk, PlanFeature, SeatsJudged};
+use crate::entitlements::{
+    self, Counted, EntitlementSettings, FeatureJudged, PlanAsk, PlanFeature, SeatsJudged,
+};
 use crate::feature_counts::FeatureCounts;
 use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
@@ -136,6 +138,21 @@ pub struct FeatureView {
     pub resets_at: Option<Timestamp>,
 }
 
+impl FeatureView {
+    /// The answer's view of what the plan said of feature `code`.
+    fn of(code: String, judged: FeatureJudged) -> Self {
+        FeatureView {
+            code,
+            included: judged.included,
+            limit: judged.limit,
+            used: judged.used,
+            remaining: judged.remaining(),
+            window: judged.window.map(|(window, _)| window.as_str()),
+            resets_at: judged.window.map(|(_, end)| Timestamp(end.max(0) as u64 * 1000)),
+        }
+    }
+}
+
 /// The seats asked for beside the plan's user count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct SeatsView {
@@ -177,16 +194,8 @@ impl Decision {
         self.allowed = false;
         self.status = Status::Blocked;
         self.reasons.insert(Reason::FeatureLimitReached);
-        let used = binding.used.max(0.0).ceil() as u64;
-        self.feature = Some(Box::new(FeatureView {
-            code: binding.code.as_str().to_owned(),
-            included: true,
-            limit: Some(binding.limit),
-            used: Some(used),
-            remaining: Some(binding.limit.saturating_sub(used)),
-            window: Some(binding.window.as_str()),
-            resets_at: Some(Timestamp(binding.bounds.end.max(0) as u64 * 1000)),
-        }));
+        let judged = FeatureJudged::counted(binding.limit, binding.used, binding.window, binding.bounds.end);
+        self.feature = Some(Box::new(FeatureView::of(binding.code.as_str().to_owned(), judged)));
     }
 
     /// The lowest DISABLE limit: the one that blocks first.
@@ -503,17 +512,11 @@ pub fn explain<'a>(
     let verdict = policy::decide_with(&usage, cost, effect, settings);
     let (feature, seats) = match judged {
         Some((asked, judgement)) => (
-            asked.feature.as_ref().zip(judgement.feature).map(|(asked, judged)| {
-                Box::new(FeatureView {
-                    code: asked.code.clone(),
-                    included: judged.included,
-                    limit: judged.limit,
-                    used: judged.used,
-                    remaining: judged.remaining(),
-                    window: judged.window.map(|(window, _)| window.as_str()),
-                    resets_at: judged.window.map(|(_, end)| Timestamp(end.max(0) as u64 * 1000)),
-                })
-            }),
+            asked
+                .feature
+                .as_ref()
+                .zip(judgement.feature)
+                .map(|(asked, judged)| Box::new(FeatureView::of(asked.code.clone(), judged))),
             judgement.seats.map(|seats| Box::new(SeatsView::from(seats))),
         ),
         None => (None, None),

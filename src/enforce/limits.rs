@@ -83,14 +83,19 @@ pub static KINDS: &[&dyn Kind] = &[&UsageInMoney, &FeatureLimit];
 /// The verdict over every kind: admitted, and the limit that refused otherwise.
 pub fn judge(judging: &Judging, ledger: &Ledger, write: &Write) -> (bool, Option<Binding>) {
     let bindings: Vec<Binding> = KINDS.iter().filter_map(|k| k.refuses(judging, ledger, write)).collect();
-    let known = judging.gate.known();
-    let mut usage = known.usage(&judging.projection);
+    let mut usage = judging.gate.known().usage(&judging.projection);
     for reason in bindings.iter().filter_map(Binding::reason) {
         usage.plan.insert(reason);
     }
-    let effect = judging.gate.applied.map(|o| o.effect);
-    let verdict = policy::decide_with(&usage, Some(judging.cost), effect, &judging.rules.policy);
-    (verdict.allowed, if verdict.allowed { None } else { bindings.first().copied().or(Some(Binding::Usage)) })
+    // No kind gave a reason of its own: the money kind's verdict (mode and override applied)
+    // is the whole one, so the policy is not asked twice on the enforced path.
+    let allowed = if usage.plan.is_empty() {
+        bindings.is_empty()
+    } else {
+        let effect = judging.gate.applied.map(|o| o.effect);
+        policy::decide_with(&usage, Some(judging.cost), effect, &judging.rules.policy).allowed
+    };
+    (allowed, if allowed { None } else { bindings.first().copied().or(Some(Binding::Usage)) })
 }
 
 /// BillaBear's usage limits in money, as the policy judges them with the write's price.
@@ -133,7 +138,7 @@ impl FeatureLimit {
         let limit = known.plan.features().iter().find(|f| f.code == feature)?.limit()?;
         let window = settings.window(feature);
         // Placed as the statement storing it places it: by the period Postgres has recorded.
-        let period = ledger.periods.get(&Target::Customer(judging.gate.customer)).copied().or(known.period);
+        let period = ledger.periods.get(&judging.gate.customer).copied().or(known.period);
         let bounds = window.bounds(judging.now, settings.zone(), period);
         Some((feature, limit, window, bounds, units))
     }

@@ -92,8 +92,8 @@ pub struct Ledger {
     pub reserved: HashMap<CustomerId, i64>,
     /// Feature counts per target, feature and window start (Unix seconds).
     pub features: HashMap<(Target, FeatureCode, i64), f64>,
-    /// The billing periods Postgres places events by, per target.
-    pub periods: HashMap<Target, Period>,
+    /// The billing periods Postgres places events by, per customer.
+    pub periods: HashMap<CustomerId, Period>,
     /// The units of the customers' open holds asked as events, per feature.
     pub held: HashMap<(CustomerId, FeatureCode), f64>,
 }

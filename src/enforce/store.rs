@@ -102,7 +102,7 @@ pub async fn lock_and_load(
            AND window_start > clock_timestamp() - interval '400 days'
          UNION ALL
          SELECT 'b', NULL, target, NULL, extract(epoch FROM starts_at)::float8, extract(epoch FROM ends_at)::int8
-         FROM billing_periods WHERE target = ANY($4)
+         FROM billing_periods WHERE target = ANY($4) AND target = ANY($3)
          UNION ALL
          SELECT 'h', NULL, customer_id, code, sum(value), NULL FROM reservations
          WHERE customer_id = ANY($4) AND closed_at IS NULL AND expires_at > clock_timestamp() AND code IS NOT NULL
@@ -135,18 +135,15 @@ pub async fn lock_and_load(
             "f" => {
                 let kind: String = row.try_get("kind")?;
                 let code: String = row.try_get("code")?;
-                let Some(target) = pending::parse_targets(&format!("{kind}{id}")).pop() else { continue };
+                let target = pending::target_of(&kind, id);
                 let Some(feature) = FeatureCode::known(&code) else { continue };
                 let start: i64 = row.try_get("events")?;
                 ledger.features.insert((target, feature, start), row.try_get("units")?);
             }
             "b" => {
+                // Recorded under the customer's id and its subscriptions' alike: read by the customer's.
                 let (start, end): (f64, i64) = (row.try_get("units")?, row.try_get("events")?);
-                // Recorded under the customer's id and its subscriptions' alike.
-                let customer = gates.iter().find(|g| g.targets().any(|t| pending::target_key(t).1 == id));
-                if let Some(gate) = customer {
-                    ledger.periods.insert(Target::Customer(gate.customer), Period::new(start as i64, end));
-                }
+                ledger.periods.insert(CustomerId::from(id), Period::new(start as i64, end));
             }
             "h" => {
                 let code: String = row.try_get("code")?;

@@ -20,6 +20,12 @@ use crate::domain::{Interner, Parsed};
 use crate::policy::{Reason, Reasons};
 pub use window::{Bounds, Period, TimeZone, Window};
 
+/// Whether `code` can be a feature code: 1 to 128 visible ASCII characters (the check's
+/// `feature` and the settings' codes alike).
+pub fn is_feature_code(code: &str) -> bool {
+    (1..=128).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A feature code of some plan, interned ([`Interner`]): only codes BillaBear listed are
 /// interned; a caller's code that no plan has is looked up, not added.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -273,6 +279,12 @@ pub struct FeatureJudged {
 }
 
 impl FeatureJudged {
+    /// A limited feature of the plan as counted in its window (`used` rounded up), ending at
+    /// `end` (Unix seconds).
+    pub fn counted(limit: u64, used: f64, window: Window, end: i64) -> Self {
+        Self { included: true, limit: Some(limit), used: Some(rounded_up(used)), window: Some((window, end)) }
+    }
+
     /// `limit - used`, never negative; none unless both are known.
     pub fn remaining(&self) -> Option<u64> {
         self.limit.zip(self.used).map(|(limit, used)| limit.saturating_sub(used))
@@ -293,6 +305,11 @@ pub struct PlanJudgement {
     pub reasons: Reasons,
     pub feature: Option<FeatureJudged>,
     pub seats: Option<SeatsJudged>,
+}
+
+/// A count as the answer shows it: whole units, rounded up.
+fn rounded_up(used: f64) -> u64 {
+    used.max(0.0).ceil() as u64
 }
 
 /// Whether `quantity` more fit beside `used` within `limit`.
@@ -332,7 +349,7 @@ pub fn judge(
         {
             judgement.reasons.insert(Reason::FeatureLimitReached);
         }
-        let used = used.map(|u| u.max(0.0).ceil() as u64);
+        let used = used.map(rounded_up);
         judgement.feature = Some(FeatureJudged { included: found.is_some(), limit, used, window });
     }
     if let Some(requested) = ask.seats {

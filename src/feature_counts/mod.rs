@@ -23,7 +23,7 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use crate::domain::{CustomerId, Target};
-use crate::entitlements::{Counted, EntitlementSettings, FeatureCode, Period, PlanFeature};
+use crate::entitlements::{Counted, EntitlementSettings, FeatureCode, PlanFeature};
 use crate::mirror::{self, Mirror, Started};
 use crate::snapshot::Known;
 
@@ -118,10 +118,4 @@ pub fn targets(customer: CustomerId, known: &Known) -> impl Iterator<Item = Targ
 /// A target's count of `feature` in the window starting at `start`.
 pub fn in_window(counts: &[Count], feature: FeatureCode, start: i64) -> f64 {
     counts.iter().filter(|c| c.feature == feature && c.start == start).fold(0.0, |sum, c| sum + c.units)
-}
-
-/// A billing period as Postgres stores it.
-fn period_times(period: Period) -> (DateTime<Utc>, DateTime<Utc>) {
-    let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap_or_default();
-    (at(period.start()), at(period.end()))
 }

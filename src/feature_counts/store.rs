@@ -6,10 +6,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{Count, period_times};
+use super::Count;
 use crate::domain::Target;
 use crate::entitlements::{FeatureCode, Period};
-use crate::pending::store::{parse_targets, target_key};
+use crate::pending::store::{target_key, target_of};
 
 /// Named by the statement that counts (`feature_usage_notify`, in the migration).
 pub const NOTIFY_CHANNEL: &str = "usage_gate_feature_usage";
@@ -33,7 +33,7 @@ pub async fn load(
     for row in rows {
         let kind: String = row.try_get("kind")?;
         let id: Uuid = row.try_get("target")?;
-        let Some(target) = parse_targets(&format!("{kind}{id}")).pop() else { continue };
+        let target = target_of(&kind, id);
         // Every code is counted; the copy keeps those a plan has limited (see `FeatureCounts`).
         let code: String = row.try_get("code")?;
         let Some(feature) = FeatureCode::known(&code) else { continue };
@@ -45,6 +45,12 @@ pub async fn load(
     }
     // A target asked about with no counts left is dropped from the copy.
     Ok(counts.into_iter().map(|(target, counts)| (target, counts.into_boxed_slice())).collect())
+}
+
+/// A billing period as Postgres stores it.
+fn period_times(period: Period) -> (DateTime<Utc>, DateTime<Utc>) {
+    let at = |s: i64| DateTime::from_timestamp(s, 0).unwrap_or_default();
+    (at(period.start()), at(period.end()))
 }
 
 /// Records `period` for each target (skipping rows that hold it already), and moves what was

@@ -78,52 +78,45 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
     Ok(outcomes)
 }
 
-/// Where an event counts towards a feature limit: the feature, and its window's start; none for
-/// the billing period, which the statement reads from `billing_periods` (`month`: the calendar
-/// month's start, where the count is provisional until the target's period is recorded).
-struct Placement<'a> {
-    feature: &'a str,
-    start: Option<DateTime<Utc>>,
-    month: DateTime<Utc>,
-}
-
-fn place<'a>(
-    event: &'a IncomingEvent,
+/// Where each event counts towards a feature limit: the feature, and its window's start (none
+/// for the billing period, which the statement reads from `billing_periods`). Each window's
+/// start is computed once per call, not once per event.
+fn placements<'a>(
+    events: &[&'a IncomingEvent],
     counting: &'a EntitlementSettings,
     now: DateTime<Utc>,
-) -> Option<Placement<'a>> {
-    let feature = counting.counted_code(event.code.as_str())?;
-    let at = |seconds: i64| DateTime::from_timestamp(seconds, 0).unwrap_or(now);
-    let month = at(Window::Month.bounds(now, counting.zone(), None).start);
-    let start = match counting.window_of(feature) {
-        Window::BillingPeriod => None,
-        window => Some(at(window.bounds(now, counting.zone(), None).start)),
+) -> (Vec<Option<&'a str>>, Vec<Option<DateTime<Utc>>>) {
+    let mut starts: Vec<(Window, Option<DateTime<Utc>>)> = Vec::new();
+    let mut start_of = |window: Window| {
+        if let Some((_, start)) = starts.iter().find(|(w, _)| *w == window) {
+            return *start;
+        }
+        let start = match window {
+            Window::BillingPeriod => None,
+            window => DateTime::from_timestamp(window.bounds(now, counting.zone(), None).start, 0),
+        };
+        starts.push((window, start));
+        start
     };
-    Some(Placement { feature, start, month })
+    events
+        .iter()
+        .map(|event| match counting.counted_code(event.code.as_str()) {
+            Some(feature) => (Some(feature), start_of(counting.window_of(feature))),
+            None => (None, None),
+        })
+        .unzip()
 }
 
-/// The statement storing events none of which counts towards a feature limit.
-const INSERT: &str = "WITH inserted AS (
-         INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint)
-         SELECT e, s, c, code, v, p::jsonb, f
-         FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[], $7::bytea[])
-              WITH ORDINALITY AS t(e, s, c, code, v, p, f, n)
-         ORDER BY e COLLATE \"C\", n
-         ON CONFLICT (event_id) DO NOTHING
-         RETURNING event_id)
-     SELECT event_id FROM inserted
-     UNION ALL
-     SELECT NULL::text FROM (SELECT pg_notify($8, '')) AS notified WHERE EXISTS (SELECT 1 FROM inserted)";
-
-/// As [`INSERT`], adding the `value` of each event stored now (the first of an `event_id` given
-/// twice) to its feature's count in its window, and telling every replica which targets' counts
+/// Stores the events, adds the `value` of each one stored now (the first of an `event_id` given
+/// twice) to its feature's count in its window, and tells every replica which targets' counts
 /// changed (`feature_counts`). A billing-period window is the target's recorded period while it
-/// lasts, then the one after it (`entitlements::Period::current`). The counts are written in
-/// one order, so two commits never wait on each other's rows.
-const INSERT_COUNTING: &str = "WITH input AS MATERIALIZED (
+/// lasts, then the one after it (`entitlements::Period::current`); a target whose period is not
+/// recorded yet counts provisionally in the calendar month starting at `$11`. The counts are
+/// written in one order, so two commits never wait on each other's rows.
+const INSERT: &str = "WITH input AS MATERIALIZED (
          SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[],
-                              $7::bytea[], $9::text[], $10::timestamptz[], $11::timestamptz[])
-              WITH ORDINALITY AS t(e, s, c, code, v, p, f, feature, start, month, n)),
+                              $7::bytea[], $9::text[], $10::timestamptz[])
+              WITH ORDINALITY AS t(e, s, c, code, v, p, f, feature, start, n)),
      inserted AS (
          INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint)
          SELECT e, s, c, code, v, p::jsonb, f FROM input
@@ -133,7 +126,7 @@ const INSERT_COUNTING: &str = "WITH input AS MATERIALIZED (
      counted AS (
          INSERT INTO feature_usage AS u (kind, target, code, window_start, provisional, units)
          SELECT CASE WHEN i.s IS NULL THEN 'c' ELSE 's' END, coalesce(i.s, i.c), i.feature,
-                coalesce(i.start, CASE WHEN b.target IS NULL THEN i.month
+                coalesce(i.start, CASE WHEN b.target IS NULL THEN $11
                                        WHEN now() < b.ends_at THEN b.starts_at
                                        ELSE b.ends_at END),
                 i.start IS NULL AND b.target IS NULL,
@@ -189,9 +182,9 @@ async fn insert(
     // inserting the same ids wait for each other instead of deadlocking; within an id,
     // WITH ORDINALITY keeps the request's order, so the first of two rows with one event_id wins.
     let now = Utc::now();
-    let placements: Vec<Option<Placement>> = events.iter().map(|e| place(e, counting, now)).collect();
-    let counts = placements.iter().any(Option::is_some);
-    let query = sqlx::query_scalar::<_, Option<String>>(if counts { INSERT_COUNTING } else { INSERT })
+    let (features, starts) = placements(events, counting, now);
+    let month = DateTime::from_timestamp(Window::Month.bounds(now, counting.zone(), None).start, 0);
+    let query = sqlx::query_scalar::<_, Option<String>>(INSERT)
         .bind(&ids)
         .bind(&subscriptions)
         .bind(&customers)
@@ -199,17 +192,10 @@ async fn insert(
         .bind(&values)
         .bind(&properties)
         .bind(&fingerprints)
-        .bind(NOTIFY_CHANNEL);
-    let query = if counts {
-        let features: Vec<Option<&str>> = placements.iter().map(|p| p.as_ref().map(|p| p.feature)).collect();
-        let starts: Vec<Option<DateTime<Utc>>> =
-            placements.iter().map(|p| p.as_ref().and_then(|p| p.start)).collect();
-        let months: Vec<Option<DateTime<Utc>>> =
-            placements.iter().map(|p| p.as_ref().map(|p| p.month)).collect();
-        query.bind(features).bind(starts).bind(months)
-    } else {
-        query
-    };
+        .bind(NOTIFY_CHANNEL)
+        .bind(features)
+        .bind(starts)
+        .bind(month);
     let inserted: Vec<String> = query.fetch_all(&mut *conn).await?.into_iter().flatten().collect();
     let mut fresh: HashSet<String> = inserted.into_iter().collect();
     let stored = if fresh.len() < events.len() {

@@ -91,13 +91,17 @@ pub async fn load<'c>(
 /// no subscription: not kept (a customer fetched later with such a price interns the code,
 /// then reloads its targets).
 pub fn entry(kind: &str, id: Uuid, code: &str, units: f64, events: i64) -> Option<(Target, PendingUsage)> {
-    let target = if kind == "c" {
+    let code = Code::known(code)?;
+    Some((target_of(kind, id), PendingUsage { code, units, events: u64::try_from(events).unwrap_or(0) }))
+}
+
+/// The target a row's `kind` ('c' a customer, 's' a subscription) and id name.
+pub fn target_of(kind: &str, id: Uuid) -> Target {
+    if kind == "c" {
         Target::Customer(CustomerId::from(id))
     } else {
         Target::Subscription(SubscriptionId::from(id))
-    };
-    let code = Code::known(code)?;
-    Some((target, PendingUsage { code, units, events: u64::try_from(events).unwrap_or(0) }))
+    }
 }
 
 /// A subscription's counter as one fetch saw it.

@@ -146,7 +146,7 @@ fn plan_ask(
         }
     };
     if let Some(code) = code
-        && (!(1..=128).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_graphic()))
+        && !crate::entitlements::is_feature_code(code)
     {
         errors.push(FieldError::new(at("feature"), FEATURE_RULE));
     }

@@ -22,6 +22,16 @@ fn event(id: &str, customer: &str, code: &str, value: f64) -> Value {
     json!({"event_id": id, "customer": customer, "code": code, "value": value})
 }
 
+/// Two replicas with a customer on a plan of `limits` cached on both, as in steady state.
+async fn two_replicas_with(limits: Value) -> (TestApp, TestApp, String) {
+    let a = TestApp::spawn().await;
+    let b = a.second_instance().await;
+    let customer = customer_with(&a, limits).await;
+    a.check(&customer).await;
+    b.check(&customer).await;
+    (a, b, customer)
+}
+
 /// Polls `app`'s check of `feature` until its count is `used`.
 async fn used_reaches(app: &TestApp, customer: &str, query: &str, used: u64) -> Value {
     eventually(Duration::from_secs(5), format!("{customer}{query} used {used}"), || async {
@@ -130,12 +140,8 @@ async fn a_feature_count_restarts_when_its_billing_period_ends_on_every_replica(
 
 #[tokio::test]
 async fn concurrent_enforced_events_on_two_replicas_store_exactly_the_feature_limit() {
-    let a = TestApp::spawn().await;
-    let b = a.second_instance().await;
     // Money is far from binding (a cent a call, no usage limit): the feature limit is.
-    let customer = customer_with(&a, json!({"api_calls": 100})).await;
-    a.check(&customer).await;
-    b.check(&customer).await;
+    let (a, b, customer) = two_replicas_with(json!({"api_calls": 100})).await;
     let sends = (0..200).map(|i| {
         let app = if i % 2 == 0 { &a } else { &b };
         let body = event(&format!("feat-{i}"), &customer, "api_calls", 1.0);
@@ -175,11 +181,7 @@ async fn concurrent_enforced_events_on_two_replicas_store_exactly_the_feature_li
 
 #[tokio::test]
 async fn holds_of_feature_units_grant_exactly_what_fits_and_give_their_units_back() {
-    let a = TestApp::spawn().await;
-    let b = a.second_instance().await;
-    let customer = customer_with(&a, json!({"api_calls": 100})).await;
-    a.check(&customer).await;
-    b.check(&customer).await;
+    let (a, b, customer) = two_replicas_with(json!({"api_calls": 100})).await;
     let asks = (0..50).map(|i| {
         let app = if i % 2 == 0 { &a } else { &b };
         let customer = customer.clone();
