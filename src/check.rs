@@ -7,15 +7,13 @@ use crate::billabear::BillaBearError;
 use crate::cache::SnapshotCache;
 use crate::domain::Currency;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Target, Timestamp};
-use crate::enforce::limits::{Binding, FeatureBinding};
 use crate::enforce::{Gate, Judged};
-use crate::entitlements::{
-    self, Counted, EntitlementSettings, FeatureJudged, PlanAsk, PlanFeature, SeatsJudged,
-};
+use crate::entitlements::{self, Counted, EntitlementSettings, PlanAsk};
 use crate::feature_counts::FeatureCounts;
+use crate::judgement::{self, Case, FeatureJudged, Findings, Question, SeatsJudged};
 use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
-use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Usage, Verdict};
+use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
 use crate::projection::{PendingUsage, Projection};
 use crate::reservations::Holds;
 use crate::snapshot::{Known, Lookup, Snapshot, SnapshotData, Source, now_ms};
@@ -140,7 +138,7 @@ pub struct FeatureView {
 
 impl FeatureView {
     /// The answer's view of what the plan said of feature `code`.
-    fn of(code: String, judged: FeatureJudged) -> Self {
+    fn of((code, judged): (String, FeatureJudged)) -> Self {
         FeatureView {
             code,
             included: judged.included,
@@ -164,40 +162,17 @@ pub struct SeatsView {
 
 crate::domain::moved_fields!(SeatsJudged => SeatsView { requested, limit });
 
-/// What a check asks besides "may the customer go on": money about to be spent, and what is
-/// asked of the plan.
-#[derive(Clone, Copy, Default)]
-pub struct Ask<'a> {
-    pub cost: Option<i64>,
-    pub plan: Option<PlanQuestion<'a>>,
-}
+/// What a known customer is judged with: its projected estimate, and what the kinds of limit
+/// besides money found (`judgement`).
+pub type Judging = (Projection, Findings);
 
-/// What is asked of the plan, the settings that read it, and what usage-gate counted of a
-/// limited feature (for the customer's snapshot; asked only for the feature asked about).
-#[derive(Clone, Copy)]
-pub struct PlanQuestion<'a> {
-    pub ask: &'a PlanAsk,
-    pub settings: &'a EntitlementSettings,
-    pub counted: &'a dyn Fn(&Known, &PlanFeature) -> Counted,
-}
-
-impl From<Option<i64>> for Ask<'_> {
-    fn from(cost: Option<i64>) -> Self {
-        Ask { cost, plan: None }
-    }
+/// Judging a known customer on its usage alone, with the estimate `project` makes of it (a
+/// decision that asks nothing of the plan: a transition's, a test's).
+pub fn on_usage(project: impl FnOnce(&Known) -> Projection) -> impl FnOnce(&Known) -> Judging {
+    move |known| (project(known), Findings::default())
 }
 
 impl Decision {
-    /// Refused by a feature limit (judged under the customer's lock): blocked, with the reason
-    /// and the feature as it was counted then.
-    fn refused_by(&mut self, binding: FeatureBinding) {
-        self.allowed = false;
-        self.status = Status::Blocked;
-        self.reasons.insert(Reason::FeatureLimitReached);
-        let judged = FeatureJudged::counted(binding.limit, binding.used, binding.window, binding.bounds.end);
-        self.feature = Some(Box::new(FeatureView::of(binding.code.as_str().to_owned(), judged)));
-    }
-
     /// The lowest DISABLE limit: the one that blocks first.
     pub fn lowest_disable_limit(&self) -> Option<i64> {
         policy::lowest_disable_limit(self.limits.iter().map(|l| (l.amount, l.action)))
@@ -304,20 +279,13 @@ impl Checker {
 
     /// `cost`: minor units the caller is about to spend (not negative).
     pub async fn check(&self, id: CustomerId, cost: Option<i64>) -> Decision {
-        let lookup = self.cache.lookup(id).await;
-        self.explain(id, cost, lookup)
+        self.check_plan(id, cost, &PlanAsk::default()).await
     }
 
     /// [`Checker::check`], asking of the plan too (a feature, seats).
     pub async fn check_plan(&self, id: CustomerId, cost: Option<i64>, plan: &PlanAsk) -> Decision {
         let lookup = self.cache.lookup(id).await;
-        let now = chrono::Utc::now();
-        let counted = |known: &Known, feature: &PlanFeature| {
-            self.counts.counted(id, known, feature, &self.entitlements, now)
-        };
-        let question = PlanQuestion { ask: plan, settings: &self.entitlements, counted: &counted };
-        let ask = Ask { cost, plan: (!plan.is_empty()).then_some(question) };
-        self.explain_replacing(id, ask, lookup, None)
+        self.explain_replacing(id, cost, plan, lookup, None)
     }
 
     /// The customer's plan as the cache holds it, with what usage-gate counted of each limited
@@ -329,7 +297,7 @@ impl Checker {
             .plan
             .features()
             .iter()
-            .map(|f| f.limit().map(|_| self.counts.counted(id, known, f, &self.entitlements, now)))
+            .map(|f| f.limit().map(|_| self.counts.counted(id, known, f.code, &self.entitlements, now)))
             .collect();
         Some(PlanState { plan: known.plan.clone(), counted })
     }
@@ -350,7 +318,8 @@ impl Checker {
     /// count the events it stored (see `routes::events`).
     pub fn decision_with_pending(&self, id: CustomerId, pending: &[PendingUsage]) -> Option<Decision> {
         let lookup = self.cache.cached(id)?;
-        Some(self.explain_replacing(id, None, lookup, Some((Target::Customer(id), pending))))
+        let replaced = Some((Target::Customer(id), pending));
+        Some(self.explain_replacing(id, None, &PlanAsk::default(), lookup, replaced))
     }
 
     /// Refetches the customer from BillaBear now and decides on the new data.
@@ -361,34 +330,45 @@ impl Checker {
 
     /// The decision on a lookup (the cache's answer for the customer).
     pub fn explain(&self, id: CustomerId, cost: Option<i64>, lookup: Lookup) -> Decision {
-        self.explain_replacing(id, cost, lookup, None)
+        self.explain_replacing(id, cost, &PlanAsk::default(), lookup, None)
     }
 
-    /// As [`Checker::explain`], with `replaced`'s target read as holding its entries (see
-    /// [`Pending::project_replacing`]).
-    fn explain_replacing<'a>(
+    /// As [`Checker::explain`], asking `plan` of it, with `replaced`'s target read as holding
+    /// its entries (see [`Pending::project_replacing`]).
+    fn explain_replacing(
         &self,
         id: CustomerId,
-        ask: impl Into<Ask<'a>>,
+        cost: Option<i64>,
+        plan: &PlanAsk,
         lookup: Lookup,
         replaced: Option<(Target, &[PendingUsage])>,
     ) -> Decision {
         let now = now_ms();
-        let project = |known: &Known| Projection {
-            reserved: self.holds.reserved(id, now),
-            ..self.pending.project_replacing(id, known, replaced)
+        let judge = |known: &Known| {
+            let projection = Projection {
+                reserved: self.holds.reserved(id, now),
+                ..self.pending.project_replacing(id, known, replaced)
+            };
+            let case = Case {
+                customer: id,
+                known,
+                projection: &projection,
+                cost,
+                question: Question::Check(plan),
+                settings: &self.entitlements,
+                now_ms: now,
+            };
+            let found = judgement::find(&case, &self.counts);
+            (projection, found)
         };
-        self.explain_projected(id, ask, lookup, project, now)
+        self.explain_judging(id, cost, lookup, judge, now)
     }
 
     /// The decision an enforced write was judged by: its projection, read under the
-    /// customer's lock, its price as `cost`, and the feature limit that refused it if one did.
+    /// customer's lock, its price as `cost`, and what the kinds of limit found then.
     pub fn explain_judged(&self, id: CustomerId, lookup: Lookup, judged: &Judged) -> Decision {
-        let mut decision = self.explain_with(id, Some(judged.cost), lookup, judged.projection);
-        if let Some(Binding::Feature(feature)) = judged.binding {
-            decision.refused_by(feature);
-        }
-        decision
+        let judging = (judged.projection, judged.found.clone());
+        self.explain_judging(id, Some(judged.cost), lookup, |_: &Known| judging, now_ms())
     }
 
     /// The decision on a lookup with a projection made elsewhere (under the customer's lock).
@@ -399,19 +379,19 @@ impl Checker {
         lookup: Lookup,
         projection: Projection,
     ) -> Decision {
-        self.explain_projected(id, cost, lookup, |_: &Known| projection, now_ms())
+        self.explain_judging(id, cost, lookup, on_usage(|_| projection), now_ms())
     }
 
-    fn explain_projected<'a>(
+    fn explain_judging(
         &self,
         id: CustomerId,
-        ask: impl Into<Ask<'a>>,
+        cost: Option<i64>,
         lookup: Lookup,
-        project: impl FnOnce(&Known) -> Projection,
+        judge: impl FnOnce(&Known) -> Judging,
         now: u64,
     ) -> Decision {
         let applied = self.overrides.active(id, now);
-        let decision = explain(id, ask, lookup, project, applied.as_ref(), &self.policy, now);
+        let decision = explain(id, cost, lookup, judge, applied.as_ref(), &self.policy, now);
         self.metrics.record(&decision);
         decision
     }
@@ -445,19 +425,18 @@ pub struct Mark {
     pub band: Option<u8>,
 }
 
-/// Builds the explained decision from a lookup, with the estimate `project` makes of a known
-/// customer's snapshot, under the override `applied` (in force at `now`). Pure: `now` is passed
-/// in.
-pub fn explain<'a>(
+/// Builds the explained decision from a lookup, judging a known customer's snapshot as `judge`
+/// says (its projected estimate, and what the other kinds of limit found) with its money limits,
+/// under the override `applied` (in force at `now`). Pure: `now` is passed in.
+pub fn explain(
     id: CustomerId,
-    ask: impl Into<Ask<'a>>,
+    cost: Option<i64>,
     lookup: Lookup,
-    project: impl FnOnce(&Known) -> Projection,
+    judge: impl FnOnce(&Known) -> Judging,
     applied: Option<&Override>,
     settings: &PolicySettings,
     now: u64,
 ) -> Decision {
-    let Ask { cost, plan } = ask.into();
     let effect = applied.map(|o| o.effect);
     let empty = |verdict: Verdict, source: Source, snapshot: Option<&Snapshot>| Decision {
         customer_id: id,
@@ -498,32 +477,13 @@ pub fn explain<'a>(
             );
         }
     };
-    let projection = project(known);
+    let (projection, found) = judge(known);
     let amount = projection.amount();
-    let disabled = known.status.is_disabled();
-    let judged = plan.map(|q| {
-        let counted = |feature: &PlanFeature| (q.counted)(known, feature);
-        (q.ask, entitlements::judge(&known.plan, q.ask, disabled, q.settings, counted))
-    });
-    let usage = Usage {
-        plan: judged.as_ref().map(|(_, j)| j.reasons).unwrap_or_default(),
-        ..known.usage(&projection)
-    };
+    let usage = policy::Usage { others: found.reasons, ..known.usage(&projection) };
     let verdict = policy::decide_with(&usage, cost, effect, settings);
-    let (feature, seats) = match judged {
-        Some((asked, judgement)) => (
-            asked
-                .feature
-                .as_ref()
-                .zip(judgement.feature)
-                .map(|(asked, judged)| Box::new(FeatureView::of(asked.code.clone(), judged))),
-            judgement.seats.map(|seats| Box::new(SeatsView::from(seats))),
-        ),
-        None => (None, None),
-    };
     Decision {
-        feature,
-        seats,
+        feature: found.feature.map(|f| Box::new(FeatureView::of(f))),
+        seats: found.seats.map(|seats| Box::new(SeatsView::from(seats))),
         limits: known
             .limits
             .iter()
@@ -615,7 +575,7 @@ mod tests {
             CustomerId::new_v4(),
             None,
             lookup(known(60, &[(100, LimitAction::Disable)]), 0, Source::Cache),
-            with_pending(45),
+            on_usage(with_pending(45)),
             None,
             &PolicySettings::default(),
             NOW,
@@ -640,7 +600,7 @@ mod tests {
             id,
             None,
             lookup(known(150, &[(100, LimitAction::Disable)]), 45_000, Source::Stale),
-            counted,
+            on_usage(counted),
             None,
             &PolicySettings::default(),
             NOW,
@@ -672,7 +632,7 @@ mod tests {
         let id = CustomerId::new_v4();
         let closed = PolicySettings { fail_mode: FailMode::Closed.into(), ..PolicySettings::default() };
         for lookup in [Lookup::fallback(false), lookup(SnapshotData::Unavailable, 10, Source::Cache)] {
-            let d = explain(id, Some(5), lookup, counted, None, &closed, NOW);
+            let d = explain(id, Some(5), lookup, on_usage(counted), None, &closed, NOW);
             assert_eq!(
                 (d.allowed, d.status, d.fallback, d.source),
                 (false, Status::Unknown, true, Source::Fallback)
@@ -688,7 +648,7 @@ mod tests {
             CustomerId::new_v4(),
             None,
             Lookup::fallback(true),
-            counted,
+            on_usage(counted),
             None,
             &PolicySettings::default(),
             NOW,
@@ -703,7 +663,7 @@ mod tests {
             CustomerId::new_v4(),
             None,
             lookup(SnapshotData::NotFound, 3, Source::Cache),
-            counted,
+            on_usage(counted),
             None,
             &PolicySettings::default(),
             NOW,

@@ -300,10 +300,17 @@ pub enum RefusedBy {
 }
 
 impl RefusedBy {
-    /// Read from the decision a write was refused with: the feature when a feature limit
-    /// refused it, else the lowest DISABLE limit the estimate passes with the write.
+    /// Read from the decision a write was refused with: the lowest DISABLE limit when the
+    /// money (or the customer's status, or an override) refused it, else the feature limit.
     fn of(decision: &Decision) -> Option<RefusedBy> {
+        let money = [
+            Reason::CustomerDisabled,
+            Reason::DisableLimitExceeded,
+            Reason::WouldExceedDisableLimit,
+            Reason::OverrideBlock,
+        ];
         if decision.reasons.contains(Reason::FeatureLimitReached)
+            && !money.iter().any(|r| decision.reasons.contains(*r))
             && let Some(f) = decision.feature.as_deref()
             && let (Some(limit), Some(used), Some(window), Some(resets_at)) =
                 (f.limit, f.used, f.window, f.resets_at)
@@ -520,5 +527,28 @@ mod tests {
         assert_eq!(serde_field("unknown field `amonut`, expected one of"), Some("amonut".into()));
         assert_eq!(serde_field("unknown variant `warn`, expected one of"), None);
         assert_eq!(serde_field("expected value at line 1 column 1"), None);
+    }
+
+    #[test]
+    fn a_refusal_names_the_money_limit_when_money_refused_and_else_the_feature_limit() {
+        let mut decision = crate::check::every_shape_of_decision()
+            .into_iter()
+            .find(|d| {
+                d.estimate.is_some()
+                    && d.feature.as_ref().is_some_and(|f| f.window.is_some())
+                    && d.limits.iter().any(|l| l.action == LimitAction::Disable)
+            })
+            .expect("a decision with a counted feature and a DISABLE limit");
+        let refused = |decision: &Decision| match RefusedBy::of(decision) {
+            Some(RefusedBy::Feature { .. }) => "feature",
+            Some(RefusedBy::Usage { .. }) => "usage",
+            None => "none",
+        };
+        decision.reasons = [Reason::FeatureLimitReached].into();
+        assert_eq!(refused(&decision), "feature");
+        for money in [Reason::DisableLimitExceeded, Reason::WouldExceedDisableLimit, Reason::CustomerDisabled] {
+            decision.reasons = [Reason::FeatureLimitReached, money].into();
+            assert_eq!(refused(&decision), "usage", "{money:?}");
+        }
     }
 }

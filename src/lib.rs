@@ -6,9 +6,11 @@
 //! use each other, which `../shared/scripts/module-cycles` checks in CI).
 //!
 //! 1. **Core**, pure: no I/O, no HTTP, schema or client crate.
-//!    `domain` (values built by parsing), `policy` (the decision), `entitlements` (the plan's
-//!    features, feature limits and user count, judged for a check), `projection` (pricing usage
-//!    BillaBear has not counted), `snapshot` (what a decision is made from, and the clock).
+//!    `domain` (values built by parsing), `policy` (the decision on money limits, mode and
+//!    override), `entitlements` (the plan's features, feature limits and user count),
+//!    `judgement` (every kind of limit judged at once, for a check and an enforced write),
+//!    `projection` (pricing usage BillaBear has not counted), `snapshot` (what a decision is made
+//!    from, and the clock).
 //! 2. **Edges**: configuration, keys, Postgres and BillaBear.
 //!    `config`, `auth` (API keys), `db` (the pool, migrations, and `db::group`, group commit),
 //!    `audit` (the audit log), `sessions` (the console's sessions), `mirror` (per-customer copies
@@ -53,6 +55,7 @@ pub mod fetch;
 pub mod health;
 pub mod inbound;
 pub mod invalidation;
+pub mod judgement;
 pub mod jwt;
 pub mod limits;
 pub mod memo;

@@ -279,9 +279,9 @@ pub struct Usage<'a> {
     /// BillaBear's own estimate alone: tells a block by pending usage apart.
     pub counted: i64,
     pub limits: &'a [Limit],
-    /// What the plan refused of the ask (a feature, seats: `entitlements::judge`); empty when
-    /// nothing was asked of it.
-    pub plan: Reasons,
+    /// What the other kinds of limit refused (`judgement::KINDS`: the plan's features and
+    /// seats, ...); empty when they allow it.
+    pub others: Reasons,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -347,7 +347,7 @@ struct Raw {
 }
 
 fn judge(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -> Raw {
-    let mut reasons = usage.plan;
+    let mut reasons = usage.others;
     if usage.disabled {
         reasons.insert(Reason::CustomerDisabled);
     }
@@ -491,7 +491,7 @@ mod tests {
                 estimate: row.estimate,
                 counted: row.estimate,
                 limits: &limits,
-                plan: Reasons::default(),
+                others: Reasons::default(),
             };
             let verdict = decide(&usage, row.cost, &settings);
             let reasons: Vec<Reason> = verdict.reasons.iter().collect();
@@ -505,14 +505,14 @@ mod tests {
     }
 
     #[test]
-    fn what_the_plan_refuses_blocks_beside_every_other_reason_and_an_override_or_shadow_mode_still_rule() {
+    fn what_other_kinds_refuse_blocks_beside_every_other_reason_and_an_override_or_shadow_mode_still_rule() {
         let limits = limits(&[(1000, Disable)]);
         let usage = |disabled, estimate, plan: &[Reason]| Usage {
             disabled,
             estimate,
             counted: estimate,
             limits: &limits,
-            plan: plan.iter().fold(Reasons::default(), |mut set, r| {
+            others: plan.iter().fold(Reasons::default(), |mut set, r| {
                 set.insert(*r);
                 set
             }),
@@ -553,7 +553,7 @@ mod tests {
                 estimate: row.estimate,
                 counted: row.estimate,
                 limits: &limits,
-                plan: Reasons::default(),
+                others: Reasons::default(),
             };
             let verdict = decide(&usage, row.cost, &settings);
             assert!(verdict.allowed, "{}", row.name);
@@ -601,7 +601,7 @@ mod tests {
             estimate,
             counted,
             limits: &limits,
-            plan: Reasons::default(),
+            others: Reasons::default(),
         };
         let settings = PolicySettings::default();
         let pending = decide(&usage(1001, 200), None, &settings);
@@ -622,7 +622,7 @@ mod tests {
             estimate,
             counted: estimate,
             limits: &limits,
-            plan: Reasons::default(),
+            others: Reasons::default(),
         };
         let settings = PolicySettings::default();
         let codes = |v: Verdict| v.reasons.iter().collect::<Vec<_>>();

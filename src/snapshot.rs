@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::domain::{Currency, CustomerStatus};
+use crate::domain::{Currency, CustomerId, CustomerStatus, Target};
 use crate::entitlements::{Period, Plan};
 use crate::policy::{Limit, Reasons, Usage};
 use crate::projection::{Metered, Projection};
@@ -40,8 +40,14 @@ impl Known {
             estimate: projection.amount(),
             counted: projection.billabear,
             limits: &self.limits,
-            plan: Reasons::default(),
+            others: Reasons::default(),
         }
+    }
+
+    /// The targets usage of the customer `id` is sent to: itself and its usage subscriptions.
+    pub fn targets(&self, id: CustomerId) -> impl Iterator<Item = Target> + '_ {
+        std::iter::once(Target::Customer(id))
+            .chain(self.metered.iter().map(|m| Target::Subscription(m.subscription)))
     }
 }
 

@@ -11,11 +11,11 @@
 //!   another replica that retired pending usage: the counter's growth since the snapshot is
 //!   added back, so that usage counts once, not zero times), and the open holds.
 //! - **Judging is pure** ([`Ledger::judge_event`], [`Ledger::judge_hold`]): every kind of limit
-//!   in [`limits::KINDS`] (usage limits in money, with the event's price as `cost` on the
+//!   in `judgement::KINDS` (usage limits in money, with the event's price as `cost` on the
 //!   projected estimate; the plan's feature limits, on usage-gate's counts and open holds) must
-//!   allow it, under the policy's mode and the operator's override.
+//!   allow it, under the policy's mode and the operator's override; the ledger is what the
+//!   kinds read ([`Counts`]) and count an admitted write into ([`Tally`]).
 
-pub mod limits;
 pub mod store;
 
 use std::collections::HashMap;
@@ -23,13 +23,13 @@ use std::sync::Arc;
 
 use crate::domain::Target;
 use crate::domain::{CustomerId, SubscriptionId};
-use crate::entitlements::{EntitlementSettings, FeatureCode, Period};
+use crate::entitlements::{Bounds, EntitlementSettings, FeatureCode, Period, Window};
+use crate::judgement::{self, Case, Counts, Findings, Question, Tally, Write};
 use crate::overrides::Override;
 use crate::pending;
 use crate::policy::PolicySettings;
 use crate::projection::{self, Code, Metered, PendingUsage, Projection};
-use crate::snapshot::{Known, Snapshot, SnapshotData};
-use limits::{Binding, Judging, Write};
+use crate::snapshot::{Known, Snapshot, SnapshotData, now_ms};
 
 /// What enforced writes are judged by: the policy, and the plan's settings (what events count
 /// towards, over which window).
@@ -65,21 +65,20 @@ impl Gate {
 
     /// The targets whose pending usage the customer's figure includes.
     pub fn targets(&self) -> impl Iterator<Item = Target> + '_ {
-        std::iter::once(Target::Customer(self.customer))
-            .chain(self.known().metered.iter().map(|m| Target::Subscription(m.subscription)))
+        self.known().targets(self.customer)
     }
 }
 
 /// How one enforced write was judged.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Judged {
     pub admitted: bool,
     /// The customer's projected estimate before it.
     pub projection: Projection,
     /// What it adds to the estimate (minor units).
     pub cost: i64,
-    /// The limit that refused it (none when admitted).
-    pub binding: Option<Binding>,
+    /// What the kinds of limit other than money found (a feature limit that refused it).
+    pub found: Findings,
 }
 
 /// What customers' figures are made of, read under their locks, plus what was admitted since.
@@ -127,14 +126,6 @@ impl Ledger {
         projected
     }
 
-    /// What the gate's customer used of `feature` in the window starting at `start`: its
-    /// targets' counts and its open holds' units.
-    pub fn feature_used(&self, gate: &Gate, feature: FeatureCode, start: i64) -> f64 {
-        let counted =
-            gate.targets().filter_map(|t| self.features.get(&(t, feature, start))).fold(0.0, |s, u| s + u);
-        counted + self.held.get(&(gate.customer, feature)).copied().unwrap_or(0.0)
-    }
-
     fn pending_of(&self, target: Target, code: Code) -> (f64, u64) {
         self.pending.get(&target).map_or((0.0, 0), |entries| projection::pending_of(entries, code))
     }
@@ -176,14 +167,18 @@ impl Ledger {
         cost: i64,
         write: Write,
     ) -> Judged {
-        let judging = Judging { gate, rules, projection, cost, now: chrono::Utc::now() };
-        let (admitted, binding) = limits::judge(&judging, self, &write);
-        if admitted {
-            for kind in limits::KINDS {
-                kind.count(&judging, self, &write);
-            }
-        }
-        Judged { admitted, projection, cost, binding }
+        let case = Case {
+            customer: gate.customer,
+            known: gate.known(),
+            projection: &projection,
+            cost: Some(cost),
+            question: Question::Write(write),
+            settings: &rules.entitlements,
+            now_ms: now_ms(),
+        };
+        let effect = gate.applied.map(|o| o.effect);
+        let (verdict, found) = judgement::judge_write(&case, self, effect, &rules.policy);
+        Judged { admitted: verdict.allowed, projection, cost, found }
     }
 
     /// An event refused whatever it costs (an earlier event of its request for the customer
@@ -191,7 +186,7 @@ impl Ledger {
     pub fn refuse_event(&mut self, gate: &Gate, target: Target, code: &str, value: f64) -> Judged {
         let projection = self.project(gate);
         let cost = self.price_after(gate, projection, target, code, value);
-        Judged { admitted: false, projection, cost, binding: None }
+        Judged { admitted: false, projection, cost, found: Findings::default() }
     }
 
     /// What an event would add to the customer's estimate now (priced as BillaBear prices
@@ -225,7 +220,7 @@ impl Ledger {
     pub fn stored_hold(&self, gate: &Gate, amount: i64) -> Judged {
         let mut projection = self.project(gate);
         projection.reserved = projection.reserved.saturating_sub(amount).max(0);
-        Judged { admitted: true, projection, cost: amount, binding: None }
+        Judged { admitted: true, projection, cost: amount, found: Findings::default() }
     }
 
     /// Judges a hold of `amount` for the gate's customer (and of `event`'s units, asked as an
@@ -242,13 +237,50 @@ impl Ledger {
     }
 }
 
+impl Counts for Ledger {
+    /// Placed as the statement storing events places them: by the billing period Postgres has
+    /// recorded for the customer.
+    fn window(&self, case: &Case, feature: FeatureCode) -> (Window, Bounds) {
+        let window = case.settings.window(feature);
+        let period = self.periods.get(&case.customer).copied().or(case.known.period);
+        (window, window.bounds(judgement::at(case.now_ms), case.settings.zone(), period))
+    }
+
+    /// The customer's targets' counts and its open holds' units.
+    fn used(&self, case: &Case, feature: FeatureCode, start: i64) -> f64 {
+        let counted = (case.known.targets(case.customer))
+            .filter_map(|t| self.features.get(&(t, feature, start)))
+            .fold(0.0, |s, u| s + u);
+        counted + self.held.get(&(case.customer, feature)).copied().unwrap_or(0.0)
+    }
+}
+
+impl Tally for Ledger {
+    fn event(&mut self, target: Target, code: &str, value: f64) {
+        self.add_event(target, code, value);
+    }
+
+    fn reserve(&mut self, customer: CustomerId, amount: i64) {
+        let reserved = self.reserved.entry(customer).or_default();
+        *reserved = reserved.saturating_add(amount);
+    }
+
+    fn feature(&mut self, target: Target, feature: FeatureCode, start: i64, units: f64) {
+        *self.features.entry((target, feature, start)).or_default() += units;
+    }
+
+    fn hold_feature(&mut self, customer: CustomerId, feature: FeatureCode, units: f64) {
+        *self.held.entry((customer, feature)).or_default() += units;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::domain::Currency;
     use crate::domain::{CustomerStatus, LimitAction, LimitId};
     use crate::entitlements::Plan;
-    use crate::policy::{Limit, Mode};
+    use crate::policy::{Limit, Mode, Reason};
     use crate::projection::{Aggregation, Figures, Found, Rate};
 
     /// A customer at `usage` units of `code` at 10 cents a unit (`tax` on top), limited to
@@ -297,13 +329,18 @@ mod tests {
         let (gate, _) = customer_on(0.0, 1.0, 35, CustomerStatus::Active, Plan::new([(CODE, 2)], [], 0));
         let mut ledger = Ledger::default();
         let to_customer = Target::Customer(gate.customer);
-        let judged: Vec<(bool, Option<Binding>)> = (0..3)
-            .map(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules))
-            .map(|j| (j.admitted, j.binding))
-            .collect();
-        assert_eq!((judged[0], judged[1].0), ((true, None), true));
-        let Some(Binding::Feature(refused)) = judged[2].1 else { panic!("{judged:?}") };
-        assert_eq!((judged[2].0, refused.code.as_str(), refused.limit, refused.used), (false, CODE, 2, 2.0));
+        let judged: Vec<Judged> =
+            (0..3).map(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules)).collect();
+        assert_eq!(
+            (judged[0].admitted, &judged[0].found, judged[1].admitted),
+            (true, &Findings::default(), true)
+        );
+        let Some((code, refused)) = &judged[2].found.feature else { panic!("{judged:?}") };
+        assert_eq!(
+            (judged[2].admitted, code.as_str(), refused.limit, refused.used),
+            (false, CODE, Some(2), Some(2))
+        );
+        assert_eq!(judged[2].found.reasons.iter().collect::<Vec<_>>(), [Reason::FeatureLimitReached]);
         assert_eq!(ledger.project(&gate).amount(), 20, "the refused call cost nothing");
         // A hold of units counts against the feature too; one of money alone does not.
         let mut ledger = Ledger::default();
@@ -314,7 +351,7 @@ mod tests {
         let mut ledger = Ledger::default();
         assert!(ledger.judge_hold(&gate, 35, None, &rules).admitted);
         let over = ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules);
-        assert_eq!((over.admitted, over.binding), (false, Some(Binding::Usage)));
+        assert_eq!((over.admitted, over.found), (false, Findings::default()));
         // Shadow mode refuses nothing.
         let shadow = Rules {
             policy: PolicySettings { mode: Mode::Shadow.into(), ..PolicySettings::default() },

@@ -162,7 +162,7 @@ pub async fn lock_and_load(
 
 /// What became of one event handed to [`accept`]: the outbox's answer, none when it was refused
 /// for the limit (not stored); and how it was judged if it was enforced.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub accepted: Option<Accepted>,
     pub judged: Option<Judged>,
@@ -203,7 +203,7 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
         }
         judged.push(Some(verdict));
     }
-    let refused = |j: &Option<Judged>| j.is_some_and(|j| !j.admitted);
+    let refused = |j: &Option<Judged>| j.as_ref().is_some_and(|j| !j.admitted);
     let stored = if judged.iter().any(refused) {
         let admitted: Vec<&IncomingEvent> =
             events.iter().zip(&judged).filter(|(_, j)| !refused(j)).map(|(e, _)| *e).collect();

@@ -1,8 +1,8 @@
 //! The plan's side of a customer, as BillaBear keeps it and enforces none of it: the features
 //! its active subscriptions include, the feature limits they carry (an integer per feature
-//! code, summed by BillaBear) and the user count; and the judgement of a check's ask against
-//! it: is the feature in the plan, is there room for `quantity` more beside what the caller has
-//! in use, do `seats` fit. Pure: no I/O; the cache keeps a [`Plan`] in each snapshot.
+//! code, summed by BillaBear) and the user count, what a check asks of them, and the settings
+//! that read them. Pure: no I/O; the cache keeps a [`Plan`] in each snapshot; `judgement`
+//! judges asks and writes against it.
 //!
 //! A feature limit whose count the caller does not give (`in_use`) is counted by usage-gate:
 //! the `value` of the events it accepts whose code is the feature's (or the metric
@@ -17,7 +17,6 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Interner, Parsed};
-use crate::policy::{Reason, Reasons};
 pub use window::{Bounds, Period, TimeZone, Window};
 
 /// Whether `code` can be a feature code: 1 to 128 visible ASCII characters (the check's
@@ -264,134 +263,12 @@ pub struct Counted {
     pub bounds: Bounds,
 }
 
-/// What the plan says of the feature asked about (the answer's `feature`, with the code).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FeatureJudged {
-    /// The plan includes it (listed as a feature, or carrying a limit).
-    pub included: bool,
-    /// Its limit; none for a feature without a count (or not in the plan).
-    pub limit: Option<u64>,
-    /// How many are in use when there is a limit: as the caller counted them (`in_use`), or
-    /// as usage-gate counted them in the window (rounded up).
-    pub used: Option<u64>,
-    /// The window usage-gate counts it over, and when it restarts (Unix seconds).
-    pub window: Option<(Window, i64)>,
-}
-
-impl FeatureJudged {
-    /// A limited feature of the plan as counted in its window (`used` rounded up), ending at
-    /// `end` (Unix seconds).
-    pub fn counted(limit: u64, used: f64, window: Window, end: i64) -> Self {
-        Self { included: true, limit: Some(limit), used: Some(rounded_up(used)), window: Some((window, end)) }
-    }
-
-    /// `limit - used`, never negative; none unless both are known.
-    pub fn remaining(&self) -> Option<u64> {
-        self.limit.zip(self.used).map(|(limit, used)| limit.saturating_sub(used))
-    }
-}
-
-/// The seats asked for and the plan's user count (none: the plan sets none).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SeatsJudged {
-    pub requested: u64,
-    pub limit: Option<u64>,
-}
-
-/// The plan's judgement of an ask: the reasons that refuse it (empty: the plan allows it), and
-/// what the answer shows of it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct PlanJudgement {
-    pub reasons: Reasons,
-    pub feature: Option<FeatureJudged>,
-    pub seats: Option<SeatsJudged>,
-}
-
-/// A count as the answer shows it: whole units, rounded up.
-fn rounded_up(used: f64) -> u64 {
-    used.max(0.0).ceil() as u64
-}
-
-/// Whether `quantity` more fit beside `used` within `limit`.
-pub fn fits(used: f64, quantity: f64, limit: u64) -> bool {
-    used + quantity <= limit as f64
-}
-
-/// Judges `ask` against `plan`: a feature must be included, and fit `quantity` more within its
-/// limit beside what is in use: `in_use` when the caller counts it, else what usage-gate counted
-/// in the feature's window (`counted`, asked only for a limited feature); seats must be within
-/// the user count. A `disabled` customer's count of 0 is none at all (BillaBear lists nothing
-/// for it), whatever `zero_user_count` says of an active customer's.
-pub fn judge(
-    plan: &Plan,
-    ask: &PlanAsk,
-    disabled: bool,
-    settings: &EntitlementSettings,
-    counted: impl FnOnce(&PlanFeature) -> Counted,
-) -> PlanJudgement {
-    let mut judgement = PlanJudgement::default();
-    if let Some(asked) = &ask.feature {
-        let found = plan.feature(&asked.code);
-        let limited = found.filter(|f| f.limit().is_some());
-        let limit = limited.and_then(PlanFeature::limit);
-        let (used, window) = match (limited, asked.in_use) {
-            (Some(_), Some(in_use)) => (Some(in_use as f64), None),
-            (Some(feature), None) => {
-                let c = counted(feature);
-                (Some(c.used), Some((c.window, c.bounds.end)))
-            }
-            (None, _) => (None, None),
-        };
-        if found.is_none() {
-            judgement.reasons.insert(Reason::FeatureNotInPlan);
-        } else if let (Some(limit), Some(used)) = (limit, used)
-            && !fits(used, asked.quantity as f64, limit)
-        {
-            judgement.reasons.insert(Reason::FeatureLimitReached);
-        }
-        let used = used.map(rounded_up);
-        judgement.feature = Some(FeatureJudged { included: found.is_some(), limit, used, window });
-    }
-    if let Some(requested) = ask.seats {
-        let limit = match (plan.user_count(), *settings.zero_user_count) {
-            (0, ZeroUserCount::Unlimited) if !disabled => None,
-            (count, _) => Some(count),
-        };
-        if limit.is_some_and(|limit| requested > limit) {
-            judgement.reasons.insert(Reason::SeatsExceeded);
-        }
-        judgement.seats = Some(SeatsJudged { requested, limit });
-    }
-    judgement
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn plan() -> Plan {
         Plan::new([("projects", 25), ("api_calls", 10_000)], ["sso", "projects"], 10)
-    }
-
-    fn feature(code: &str, in_use: Option<u64>, quantity: u64) -> PlanAsk {
-        PlanAsk { feature: Some(FeatureAsk { code: code.into(), quantity, in_use }), seats: None }
-    }
-
-    fn seats(n: u64) -> PlanAsk {
-        PlanAsk { feature: None, seats: Some(n) }
-    }
-
-    /// Nothing counted by usage-gate (the caller gives `in_use`, or nothing was sent).
-    fn nothing(_: &PlanFeature) -> Counted {
-        Counted { used: 0.0, window: Window::BillingPeriod, bounds: Bounds { start: 0, end: 60 } }
-    }
-
-    fn judge(plan: &Plan, ask: &PlanAsk, disabled: bool, settings: &EntitlementSettings) -> PlanJudgement {
-        super::judge(plan, ask, disabled, settings, nothing)
-    }
-
-    fn reasons(plan: &Plan, ask: &PlanAsk) -> Vec<Reason> {
-        judge(plan, ask, false, &EntitlementSettings::default()).reasons.iter().collect()
     }
 
     #[test]
@@ -414,66 +291,6 @@ mod tests {
     }
 
     #[test]
-    fn a_feature_not_in_the_plan_is_refused_and_one_in_it_allowed() {
-        let plan = plan();
-        assert_eq!(reasons(&plan, &feature("sso", None, 1)), []);
-        assert_eq!(reasons(&plan, &feature("audit_log", None, 1)), [Reason::FeatureNotInPlan]);
-        let view =
-            judge(&plan, &feature("audit_log", Some(3), 1), false, &Default::default()).feature.unwrap();
-        assert_eq!((view.included, view.limit, view.used, view.remaining()), (false, None, None, None));
-        assert_eq!(reasons(&Plan::default(), &feature("sso", None, 1)), [Reason::FeatureNotInPlan]);
-    }
-
-    #[test]
-    fn what_the_caller_has_in_use_fits_when_it_and_the_quantity_are_within_the_limit() {
-        let plan = plan();
-        assert_eq!(reasons(&plan, &feature("projects", Some(24), 1)), [], "24 + 1 = 25 fits");
-        assert_eq!(reasons(&plan, &feature("projects", Some(25), 1)), [Reason::FeatureLimitReached]);
-        assert_eq!(reasons(&plan, &feature("projects", Some(20), 6)), [Reason::FeatureLimitReached]);
-        assert_eq!(
-            reasons(&plan, &feature("projects", Some(u64::MAX), u64::MAX)),
-            [Reason::FeatureLimitReached]
-        );
-        let view =
-            judge(&plan, &feature("projects", Some(30), 1), false, &Default::default()).feature.unwrap();
-        assert_eq!((view.limit, view.used, view.remaining()), (Some(25), Some(30), Some(0)));
-        assert_eq!(reasons(&plan, &feature("sso", Some(1_000), 5)), [], "no count: nothing to exceed");
-    }
-
-    #[test]
-    fn without_in_use_what_usage_gate_counted_in_the_window_is_used() {
-        let plan = plan();
-        let settings = EntitlementSettings::default();
-        let counted = |used: f64| {
-            move |f: &PlanFeature| {
-                assert_eq!(f.code.as_str(), "api_calls", "asked only for the feature asked about");
-                Counted { used, window: Window::Day, bounds: Bounds { start: 0, end: 86_400 } }
-            }
-        };
-        let ask = feature("api_calls", None, 1);
-        let at = |used: f64| super::judge(&plan, &ask, false, &settings, counted(used));
-        assert_eq!(at(9_999.0).reasons, Reasons::default(), "9,999 + 1 fits 10,000");
-        assert_eq!(at(10_000.0).reasons.iter().collect::<Vec<_>>(), [Reason::FeatureLimitReached]);
-        let view = at(2.5).feature.unwrap();
-        assert_eq!(
-            (view.used, view.remaining(), view.window),
-            (Some(3), Some(9_997), Some((Window::Day, 86_400)))
-        );
-        let asked_more = feature("api_calls", None, 11);
-        assert!(!super::judge(&plan, &asked_more, false, &settings, counted(9_990.0)).reasons.is_empty());
-        // A feature without a count, or not in the plan, asks nothing of the counts.
-        let unasked = |_: &PlanFeature| -> Counted { panic!("not counted") };
-        assert!(
-            super::judge(&plan, &feature("sso", None, 1), false, &settings, unasked)
-                .feature
-                .unwrap()
-                .window
-                .is_none()
-        );
-        super::judge(&plan, &feature("audit_log", None, 1), false, &settings, unasked);
-    }
-
-    #[test]
     fn events_count_towards_their_feature_or_the_one_a_metric_is_named_for() {
         Plan::new([("counted_calls", 10)], [], 0);
         let mut settings = EntitlementSettings::default();
@@ -491,32 +308,6 @@ mod tests {
         assert_eq!(settings.window(FeatureCode::intern("counted_calls")), Window::BillingPeriod);
         settings.windows.insert("counted_calls".into(), Window::Hour.into());
         assert_eq!(settings.window(FeatureCode::intern("counted_calls")), Window::Hour);
-    }
-
-    #[test]
-    fn seats_fit_within_the_user_count_and_a_count_of_zero_is_read_as_configured() {
-        let plan = plan();
-        assert_eq!(reasons(&plan, &seats(10)), []);
-        assert_eq!(reasons(&plan, &seats(11)), [Reason::SeatsExceeded]);
-        let none = Plan::default();
-        assert_eq!(reasons(&none, &seats(500)), [], "0 users: the plan sets none");
-        assert_eq!(
-            judge(&none, &seats(500), false, &Default::default()).seats,
-            Some(SeatsJudged { requested: 500, limit: None })
-        );
-        let strict =
-            EntitlementSettings { zero_user_count: ZeroUserCount::None.into(), ..Default::default() };
-        assert_eq!(
-            judge(&none, &seats(1), false, &strict).reasons.iter().collect::<Vec<_>>(),
-            [Reason::SeatsExceeded]
-        );
-        assert_eq!(judge(&none, &seats(0), false, &strict).reasons, Reasons::default(), "0 seats always fit");
-        let disabled = judge(&none, &seats(1), true, &Default::default());
-        assert_eq!(
-            (disabled.reasons.iter().collect::<Vec<_>>(), disabled.seats.unwrap().limit),
-            (vec![Reason::SeatsExceeded], Some(0)),
-            "a disabled customer's 0 is none"
-        );
     }
 
     #[test]

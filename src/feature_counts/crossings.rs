@@ -58,7 +58,7 @@ impl Crossings {
         let now = Utc::now();
         for feature in known.plan.features() {
             let Some(limit) = feature.limit() else { continue };
-            let counted = self.counts.counted(customer, known, feature, &self.settings, now);
+            let counted = self.counts.counted(customer, known, feature.code, &self.settings, now);
             if counted.used < limit as f64 || !told.insert((customer, feature.code, counted.bounds.start)) {
                 continue;
             }

@@ -23,7 +23,8 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 
 use crate::domain::{CustomerId, Target};
-use crate::entitlements::{Counted, EntitlementSettings, FeatureCode, PlanFeature};
+use crate::entitlements::{Counted, EntitlementSettings, FeatureCode};
+use crate::judgement::{Case, Counts};
 use crate::mirror::{self, Mirror, Started};
 use crate::snapshot::Known;
 
@@ -65,19 +66,22 @@ impl FeatureCounts {
         &self,
         customer: CustomerId,
         known: &Known,
-        feature: &PlanFeature,
+        feature: FeatureCode,
         settings: &EntitlementSettings,
         now: DateTime<Utc>,
     ) -> Counted {
-        let window = settings.window(feature.code);
+        let window = settings.window(feature);
         let bounds = window.bounds(now, settings.zone(), known.period);
-        let used = targets(customer, known)
-            .filter_map(|target| {
-                self.counts.with(target, |counts| in_window(counts, feature.code, bounds.start))
-            })
+        Counted { used: self.used(customer, known, feature, bounds.start), window, bounds }
+    }
+
+    /// What the customer's targets counted of `feature` in the window starting at `start`.
+    fn used(&self, customer: CustomerId, known: &Known, feature: FeatureCode, start: i64) -> f64 {
+        known
+            .targets(customer)
+            .filter_map(|target| self.counts.with(target, |counts| in_window(counts, feature, start)))
             // From 0.0: `sum` of nothing is -0.0, shown as "-0".
-            .fold(0.0, |sum, units| sum + units);
-        Counted { used, window, bounds }
+            .fold(0.0, |sum, units| sum + units)
     }
 
     /// Reads the targets' counts now, after this replica stored events for them: its next
@@ -100,7 +104,7 @@ impl FeatureCounts {
             self.features.store(0, Ordering::Relaxed);
         }
         let Some(period) = known.period else { return };
-        let targets: Vec<Target> = targets(customer, known).collect();
+        let targets: Vec<Target> = known.targets(customer).collect();
         let now = Utc::now();
         let current = DateTime::from_timestamp(period.current(now.timestamp()).start, 0).unwrap_or(now);
         if let Err(e) = store::record_period(&self.pool, &targets, period, current).await {
@@ -109,10 +113,11 @@ impl FeatureCounts {
     }
 }
 
-/// The targets whose events count for the customer: itself and its usage subscriptions.
-pub fn targets(customer: CustomerId, known: &Known) -> impl Iterator<Item = Target> + '_ {
-    std::iter::once(Target::Customer(customer))
-        .chain(known.metered.iter().map(|m| Target::Subscription(m.subscription)))
+/// A check reads this replica's copy.
+impl Counts for FeatureCounts {
+    fn used(&self, case: &Case, feature: FeatureCode, start: i64) -> f64 {
+        FeatureCounts::used(self, case.customer, case.known, feature, start)
+    }
 }
 
 /// A target's count of `feature` in the window starting at `start`.

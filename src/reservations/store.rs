@@ -201,7 +201,7 @@ pub async fn write(
             }
             None => (if let Ask::Amount(amount) = ask { *amount } else { 0 }, None),
         };
-        if judged.is_some_and(|j| !j.admitted) {
+        if judged.as_ref().is_some_and(|j| !j.admitted) {
             answers[i] = Some(Done::Hold(Created { reservation: None, judged, replayed: false }));
             continue;
         }
@@ -246,7 +246,7 @@ pub async fn write(
     for (i, first) in repeats {
         let Change::Hold { ask, .. } = &changes[i] else { continue };
         if let Some(Done::Hold(Created { reservation: Some(reservation), judged, .. })) = &answers[first] {
-            let (reservation, judged) = (reservation.clone(), *judged);
+            let (reservation, judged) = (reservation.clone(), judged.clone());
             answers[i] = Some(replay(ask, &reservation, true, judged));
         }
     }

@@ -142,7 +142,7 @@ impl Watch {
             customer,
             None,
             Lookup::found(snapshot, source),
-            project,
+            check::on_usage(project),
             applied,
             &self.policy,
             now_ms(),

@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// The layers, lowest first (`src/lib.rs` says what each holds).
 const LAYERS: [(&str, &[&str]); 6] = [
-    ("core", &["domain", "entitlements", "policy", "projection", "snapshot"]),
+    ("core", &["domain", "entitlements", "judgement", "policy", "projection", "snapshot"]),
     (
         "edges",
         &[
