@@ -279,7 +279,8 @@ impl Checker {
 
     /// `cost`: minor units the caller is about to spend (not negative).
     pub async fn check(&self, id: CustomerId, cost: Option<i64>) -> Decision {
-        self.check_plan(id, cost, &PlanAsk::default()).await
+        let lookup = self.cache.lookup(id).await;
+        self.explain(id, cost, lookup)
     }
 
     /// [`Checker::check`], asking of the plan too (a feature, seats).

@@ -546,7 +546,8 @@ mod tests {
         };
         decision.reasons = [Reason::FeatureLimitReached].into();
         assert_eq!(refused(&decision), "feature");
-        for money in [Reason::DisableLimitExceeded, Reason::WouldExceedDisableLimit, Reason::CustomerDisabled] {
+        for money in [Reason::DisableLimitExceeded, Reason::WouldExceedDisableLimit, Reason::CustomerDisabled]
+        {
             decision.reasons = [Reason::FeatureLimitReached, money].into();
             assert_eq!(refused(&decision), "usage", "{money:?}");
         }

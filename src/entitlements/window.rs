@@ -125,13 +125,16 @@ impl Window {
     /// The window `now` falls in: calendar windows in `zone` (daylight saving by `chrono-tz`);
     /// the billing period when known, else the calendar month (a customer never fetched).
     pub fn bounds(self, now: DateTime<Utc>, zone: Tz, period: Option<Period>) -> Bounds {
+        // Before the local time is read: the default window, on a counted check's path.
+        if self == Window::BillingPeriod {
+            return match period {
+                Some(period) => period.current(now.timestamp()),
+                None => Window::Month.bounds(now, zone, None),
+            };
+        }
         let local = now.with_timezone(&zone).naive_local();
         let date = local.date();
         let (start, end) = match self {
-            Window::BillingPeriod => match period {
-                Some(period) => return period.current(now.timestamp()),
-                None => return Window::Month.bounds(now, zone, None),
-            },
             Window::Hour => {
                 let start = date.and_hms_opt(local.hour(), 0, 0).unwrap_or(local);
                 (start, start + Duration::hours(1))
@@ -141,7 +144,8 @@ impl Window {
                 let monday = date - Duration::days(date.weekday().num_days_from_monday().into());
                 (midnight(monday), midnight(monday + Duration::days(7)))
             }
-            Window::Month => {
+            // The billing period returned above.
+            Window::Month | Window::BillingPeriod => {
                 let first = date.with_day(1).unwrap_or(date);
                 let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
                 (midnight(first), midnight(next))

@@ -112,7 +112,7 @@ impl Kind for FeatureLimit {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Uncounted;
+    use super::super::tests::Uncounted;
     use super::super::tests::{NOW_MS, case, feature, plan};
     use super::*;
     use crate::domain::CustomerStatus;

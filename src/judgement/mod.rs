@@ -88,15 +88,6 @@ pub trait Tally: Counts {
     fn hold_feature(&mut self, customer: CustomerId, feature: FeatureCode, units: f64);
 }
 
-/// Nothing counted: for decisions on usage alone (a transition's mark asks nothing of the plan).
-pub struct Uncounted;
-
-impl Counts for Uncounted {
-    fn used(&self, _: &Case, _: FeatureCode, _: i64) -> f64 {
-        0.0
-    }
-}
-
 /// The case's time as a date (Unix ms).
 pub fn at(now_ms: u64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(now_ms as i64).unwrap_or_default()
@@ -169,6 +160,15 @@ pub(crate) mod tests {
 
     /// 2027-03-10T12:00:00Z.
     pub const NOW_MS: u64 = 1_805_371_200_000;
+
+    /// Nothing counted.
+    pub struct Uncounted;
+
+    impl Counts for Uncounted {
+        fn used(&self, _: &Case, _: FeatureCode, _: i64) -> f64 {
+            0.0
+        }
+    }
 
     pub fn plan() -> Plan {
         Plan::new([("projects", 25), ("api_calls", 10_000)], ["sso", "projects"], 10)

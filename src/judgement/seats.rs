@@ -42,7 +42,9 @@ mod tests {
     fn judged(plan: Plan, n: u64, status: CustomerStatus, settings: &EntitlementSettings) -> Findings {
         let ask = seats(n);
         let mut found = Findings::default();
-        case(plan, status, &ask, settings, |case| Seats.judge(case, &super::super::Uncounted, &mut found));
+        case(plan, status, &ask, settings, |case| {
+            Seats.judge(case, &super::super::tests::Uncounted, &mut found)
+        });
         found
     }
 
