@@ -27,6 +27,8 @@ pub enum ParseError {
     NotPositive,
     #[error("must not contain the NUL character (\\u0000), which Postgres cannot store")]
     Nul,
+    #[error("must be visible ASCII characters only (no spaces or control characters)")]
+    NotVisible,
 }
 
 /// `TryFrom<String>` through the type's own `parse` (what serde's `try_from = "String"` calls).
@@ -108,7 +110,7 @@ macro_rules! uuid_id {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         pub struct $name(String);
 
@@ -143,6 +145,10 @@ uuid_id!(
     LimitId
 );
 uuid_id!(
+    /// A BillaBear plan id (a subscription's `plan.id`).
+    PlanId
+);
+uuid_id!(
     /// A BillaBear subscription id (what `POST /events` carries).
     SubscriptionId
 );
@@ -161,6 +167,27 @@ impl EventId {
         }
         if s.contains('\0') {
             return Err(ParseError::Nul);
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+
+string_id!(
+    /// Who inside a customer usage is for: a user, a workspace, an API key of the customer's
+    /// (usage-gate's own rules can limit each separately).
+    Subject
+);
+
+impl Subject {
+    pub const MAX_LEN: usize = 128;
+
+    /// 1 to 128 visible ASCII characters.
+    pub fn parse(s: &str) -> Result<Self, ParseError> {
+        if s.is_empty() || s.len() > Self::MAX_LEN {
+            return Err(ParseError::Length { min: 1, max: Self::MAX_LEN });
+        }
+        if !s.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ParseError::NotVisible);
         }
         Ok(Self(s.to_owned()))
     }

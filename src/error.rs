@@ -22,6 +22,7 @@ use crate::outbox::RetryError;
 use crate::overrides::OverrideError;
 use crate::policy::Reason;
 use crate::reservations::{IDEMPOTENCY_KEY, Reuse};
+use crate::rules::RuleError;
 use crate::webhooks::endpoints::EndpointError;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +116,16 @@ impl From<OverrideError> for ApiError {
             OverrideError::Invalid(errors) => ApiError::unprocessable(errors),
             e @ OverrideError::NotInForce { .. } => ApiError::NotFound(e.to_string()),
             OverrideError::Storage(e) => ApiError::Storage(e),
+        }
+    }
+}
+
+impl From<RuleError> for ApiError {
+    fn from(e: RuleError) -> Self {
+        match e {
+            RuleError::Invalid(errors) => ApiError::unprocessable(errors),
+            e @ RuleError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            RuleError::Storage(e) => ApiError::Storage(e),
         }
     }
 }
@@ -508,6 +519,8 @@ mod tests {
                 404,
             ),
             (ApiError::from(RetryError::NotDead(7)), 404),
+            (ApiError::from(RuleError::Invalid(vec![field.clone()])), 422),
+            (ApiError::from(RuleError::NotFound(uuid::Uuid::nil())), 404),
             (ApiError::from(AdmissionError::Unresolved(field.clone())), 422),
             // A state that cannot happen is usage-gate's fault, never the caller's conflict.
             (ApiError::from(AdmissionError::Impossible("an event handed in was not answered")), 500),

@@ -22,7 +22,7 @@
 //!
 //! 3. **State**, what is kept: `cache` (snapshots, fetched at most once at a time), `pending`
 //!    (usage not yet counted), `feature_counts` (feature limits usage-gate counts), `overrides`,
-//!    `outbox` (events to BillaBear), `webhooks`
+//!    `outbox` (events to BillaBear), `rules` (usage-gate's own limit rules), `webhooks`
 //!    (outbound, signed), `invalidation` (telling replicas a customer changed), `retention`
 //!    (rows past their window), `health`.
 //! 4. **Judging**: `fetch` (BillaBear's answers settled against the pending ledger), `enforce`
@@ -68,6 +68,7 @@ pub mod projection;
 pub mod reservations;
 pub mod retention;
 pub mod routes;
+pub mod rules;
 pub mod seal;
 pub mod sessions;
 pub mod shutdown;

@@ -33,6 +33,7 @@ use crate::overrides::Overrides;
 use crate::pending::Pending;
 use crate::reservations::Holds;
 use crate::routes::meta::Exposition;
+use crate::rules::Rulebook;
 use crate::seal::Sealer;
 use crate::sessions::Sessions;
 use crate::subscriptions::Subscriptions;
@@ -200,6 +201,7 @@ struct Handlers {
     admission: web::Data<Admission>,
     limits: web::Data<Limits>,
     overrides: web::Data<Overrides>,
+    rules: web::Data<Rulebook>,
     holds: web::Data<Holds>,
     subscriptions: web::Data<Subscriptions>,
     invalidation: web::Data<Invalidation>,
@@ -223,6 +225,7 @@ impl Handlers {
             .app_data(self.admission.clone())
             .app_data(self.limits.clone())
             .app_data(self.overrides.clone())
+            .app_data(self.rules.clone())
             .app_data(self.holds.clone())
             .app_data(self.subscriptions.clone())
             .app_data(self.invalidation.clone())
@@ -376,6 +379,7 @@ impl Running {
             exposition: web::Data::new(Exposition::new(metrics, outbox.clone(), endpoints.clone(), health)),
             checker: web::Data::from(checker),
             overrides: web::Data::new(overrides),
+            rules: web::Data::new(Rulebook::new(pool.clone())),
             holds: web::Data::new(holds),
             subscriptions: web::Data::new(subscriptions),
             invalidation: web::Data::new(invalidation),

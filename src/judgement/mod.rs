@@ -9,6 +9,7 @@
 //! (docs/architecture.md, "A new limit kind").
 
 mod feature;
+pub mod rule;
 mod seats;
 mod usage;
 

@@ -11,6 +11,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod overrides;
 pub mod reservations;
+pub mod rules;
 mod schema;
 pub mod webhook_endpoints;
 pub mod webhooks;
@@ -92,6 +93,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, metrics: bool) {
         vec![(M::DELETE, web::to(overrides::end))],
     ))
     .service(keyed("/v1/overrides", Some(Scope::Admin), vec![(M::GET, web::to(overrides::list_all))]))
+    .service(keyed(
+        "/v1/rules",
+        Some(Scope::Admin),
+        vec![(M::GET, web::to(rules::list_rules)), (M::POST, web::to(rules::create_rule))],
+    ))
+    .service(keyed(
+        "/v1/rules/{rule_id}",
+        Some(Scope::Admin),
+        vec![
+            (M::GET, web::to(rules::get_rule)),
+            (M::PATCH, web::to(rules::change_rule)),
+            (M::DELETE, web::to(rules::delete_rule)),
+        ],
+    ))
     .service(keyed(
         "/v1/webhook-endpoints",
         Some(Scope::Admin),

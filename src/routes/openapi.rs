@@ -6,7 +6,8 @@ use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
 
 use super::{
-    admin, audit, check, events, health, meta, outbox, overrides, reservations, webhook_endpoints, webhooks,
+    admin, audit, check, events, health, meta, outbox, overrides, reservations, rules, webhook_endpoints,
+    webhooks,
 };
 use crate::domain::FieldError;
 use crate::error::Problem;
@@ -46,6 +47,11 @@ use crate::error::Problem;
         overrides::list_customer,
         overrides::list_all,
         overrides::end,
+        rules::create_rule,
+        rules::list_rules,
+        rules::get_rule,
+        rules::change_rule,
+        rules::delete_rule,
         webhook_endpoints::create,
         webhook_endpoints::list,
         webhook_endpoints::show,
@@ -65,6 +71,7 @@ use crate::error::Problem;
         (name = "reservations", description = "Holds for work whose cost comes later (scope events; listing: admin)"),
         (name = "admin", description = "Operators (scope admin)"),
         (name = "overrides", description = "Bounded exceptions to a customer's decision (scope admin)"),
+        (name = "rules", description = "usage-gate's own limit rules: per window, per plan, per subject (scope admin)"),
         (name = "webhooks", description = "BillaBear's webhooks (the secret is in the URL)"),
         (name = "webhook-endpoints", description = "usage-gate's own signed webhooks: endpoints and messages (scope admin)"),
         (name = "health", description = "Liveness and readiness"),
@@ -157,6 +164,8 @@ fn request_body(method: &str, path: &str) -> Option<serde_json::Value> {
         ("post", "/v1/reservations/{reservation_id}/commit") => "ReservationCommit",
         ("post", "/v1/customers/{customer_id}/overrides") => "NewOverride",
         ("post", "/v1/webhook-endpoints") => "NewWebhookEndpoint",
+        ("post", "/v1/rules") => "NewRule",
+        ("patch", "/v1/rules/{rule_id}") => "RulePatch",
         _ => return None,
     };
     Some(
@@ -226,7 +235,7 @@ fn event_schemas() -> [(&'static str, serde_json::Value); 4] {
 /// What the hold, commit, override and webhook-endpoint routes read (`parse_hold`,
 /// `overrides::parse_new`, `parse_endpoint`; commit's events are `NewEvent`s), and a usage limit
 /// as BillaBear answers it, so that clients can take every request's type from the document.
-fn request_schemas() -> [(&'static str, serde_json::Value); 5] {
+fn request_schemas() -> [(&'static str, serde_json::Value); 7] {
     let minor_units = json!({"type": "integer", "format": "int64", "minimum": 0, "description": "Minor units of the customer's currency"});
     // null is taken as absent, so "present" in the two forms means present and not null.
     let given = |field: &str| json!({"required": [field], "properties": {field: {"not": {"type": "null"}}}});
@@ -277,13 +286,64 @@ fn request_schemas() -> [(&'static str, serde_json::Value); 5] {
         "properties": {"id": {"type": "string", "format": "uuid"}, "amount": minor_units,
                        "action": {"$ref": "#/components/schemas/LimitAction"}},
     });
+    let [new_rule, rule_patch] = rule_schemas();
     [
+        ("NewRule", new_rule),
+        ("RulePatch", rule_patch),
         ("NewReservation", reservation),
         ("ReservationCommit", commit),
         ("NewOverride", new_override),
         ("NewWebhookEndpoint", endpoint),
         ("UsageLimit", usage_limit),
     ]
+}
+
+/// What `rules::NewRule::from_json` and `RulePatch::from_json` accept.
+fn rule_schemas() -> [serde_json::Value; 2] {
+    let uuid = json!({"type": "string", "format": "uuid"});
+    let scope = json!({"oneOf": [
+        {"type": "object", "required": ["customer"], "additionalProperties": false, "properties": {"customer": uuid}},
+        {"type": "object", "required": ["plan"], "additionalProperties": false, "properties": {"plan": uuid}},
+        {"type": "object", "required": ["all"], "additionalProperties": false, "properties": {"all": {"const": true}}},
+    ]});
+    let empty = json!({"type": "object", "maxProperties": 0});
+    let measure = json!({"oneOf": [
+        {"type": "object", "required": ["cost"], "additionalProperties": false, "properties": {"cost": empty}},
+        {"type": "object", "required": ["metric"], "additionalProperties": false,
+         "properties": {"metric": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[a-z0-9_]+$"}}},
+    ]});
+    let window = json!({"oneOf": [
+        {"type": "object", "required": ["calendar"], "additionalProperties": false, "properties": {
+            "calendar": {"type": "string", "enum": ["hour", "day", "week", "month"]},
+            "time_zone": {"type": "string", "description": "IANA, default UTC"}}},
+        {"type": "object", "required": ["rolling_s"], "additionalProperties": false,
+         "properties": {"rolling_s": {"type": "integer", "minimum": 1, "maximum": 2_678_400}}},
+        {"type": "object", "required": ["billing_period"], "additionalProperties": false, "properties": {"billing_period": empty}},
+    ]});
+    let limit = json!({"type": "integer", "format": "int64", "minimum": 1});
+    let subject = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$"});
+    let subject_limits = json!({"type": "object", "propertyNames": subject, "additionalProperties": limit,
+                                "description": "A subject's own limit (per_subject rules only)"});
+    let thresholds = json!({"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 1000},
+                            "description": "Percents of the limit, ascending, each once; default [80, 100]"});
+    let description = json!({"type": ["string", "null"], "maxLength": 500, "pattern": "^[^\\u0000]*$"});
+    let mode = json!({"type": "string", "enum": ["hard", "soft"]});
+    let new_rule = json!({
+        "type": "object",
+        "required": ["scope", "measure", "limit", "window", "mode"],
+        "additionalProperties": false,
+        "properties": {"scope": scope, "measure": measure, "limit": limit, "window": window, "mode": mode,
+                       "per_subject": {"type": "boolean", "description": "Default false"},
+                       "subject_limits": subject_limits, "thresholds": thresholds, "description": description},
+    });
+    let patch = json!({
+        "type": "object",
+        "minProperties": 1,
+        "additionalProperties": false,
+        "properties": {"limit": limit, "mode": mode, "thresholds": thresholds, "subject_limits": subject_limits,
+                       "description": description},
+    });
+    [new_rule, patch]
 }
 
 /// `/openapi.json` and the Swagger UI at `/docs/` (its assets are vendored: no CDN needed).

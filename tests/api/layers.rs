@@ -39,6 +39,7 @@ const LAYERS: [(&str, &[&str]); 6] = [
             "overrides",
             "pending",
             "retention",
+            "rules",
             "webhooks",
         ],
     ),

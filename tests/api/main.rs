@@ -25,6 +25,7 @@ mod plan;
 mod proxies;
 mod reservations;
 mod retention;
+mod rules;
 mod service;
 mod simulator;
 mod webhook_endpoints;

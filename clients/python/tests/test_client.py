@@ -191,6 +191,27 @@ def test_admin_limits_overrides_and_the_audit_log_as_an_iterator(ug):
     assert [r["target_id"] for r in mine] == [raised["id"]]
 
 
+def test_rules_are_created_listed_changed_and_deleted(ug):
+    rule = ug.rules.create(
+        scope={"customer": STARK},
+        measure={"cost": {}},
+        limit=5000,
+        window={"calendar": "day", "time_zone": "Europe/Paris"},
+        mode="hard",
+        description="$50 a day",
+    )
+    assert rule["thresholds"] == [80, 100] and rule["window"]["time_zone"] == "Europe/Paris"
+    assert [r["id"] for r in ug.rules.list(customer_id=STARK)] == [rule["id"]]
+    changed = ug.rules.change(rule["id"], limit=7500, description=None)
+    assert (changed["limit"], changed["description"]) == (7500, None)
+    assert ug.rules.get(rule["id"])["limit"] == 7500
+    with pytest.raises(UsageGateError) as caught:
+        ug.rules.change(rule["id"], thresholds=[100, 80])
+    assert caught.value.status == 422 and caught.value.errors[0]["field"] == "thresholds"
+    ug.rules.delete(rule["id"])
+    assert ug.rules.list(customer_id=STARK) == []
+
+
 class _Receiver(http.server.BaseHTTPRequestHandler):
     deliveries: ClassVar[list] = []
 

@@ -15,6 +15,7 @@ import type {
   NewLimit,
   NewOverride,
   NewReservation,
+  NewRule,
   NewWebhookEndpoint,
   OnUnavailable,
   OverrideRecord,
@@ -22,6 +23,8 @@ import type {
   Reservation,
   ReserveResult,
   Rotated,
+  RulePatch,
+  RuleRecord,
   UsageLimit,
   WebhookEndpoint,
   WebhookMessageRecord,
@@ -111,7 +114,7 @@ export interface EventOptions extends CallOptions {
 type Retry = "idempotent" | "unsent" | "never";
 
 interface Request {
-  method: "GET" | "POST" | "DELETE";
+  method: "GET" | "POST" | "PATCH" | "DELETE";
   path: string;
   query?: Record<string, string | number | boolean | undefined>;
   body?: unknown;
@@ -160,6 +163,14 @@ export class UsageGate {
     create(customerId: string, override: NewOverride, options?: CallOptions): Promise<OverrideRecord>;
     list(filter?: { customerId?: string; active?: boolean; limit?: number }, options?: CallOptions): Promise<OverrideRecord[]>;
     end(customerId: string, overrideId: string, reason?: string, options?: CallOptions): Promise<void>;
+  };
+  /** usage-gate's own limit rules (scope `admin`; every change audited). */
+  readonly rules: {
+    create(rule: NewRule, options?: CallOptions): Promise<RuleRecord>;
+    list(filter?: { customerId?: string; planId?: string; limit?: number }, options?: CallOptions): Promise<RuleRecord[]>;
+    get(ruleId: string, options?: CallOptions): Promise<RuleRecord>;
+    change(ruleId: string, patch: RulePatch, options?: CallOptions): Promise<RuleRecord>;
+    delete(ruleId: string, options?: CallOptions): Promise<void>;
   };
   /** usage-gate's own signed webhooks (scope `admin`). */
   readonly webhookEndpoints: {
@@ -212,6 +223,21 @@ export class UsageGate {
       end: async (customerId, overrideId, reason, o) => {
         const path = `${customer(customerId)}/overrides/${segment(overrideId, "overrideId")}`;
         await this.#json({ method: "DELETE", path, query: { reason }, ...write(o), retry: "unsent" });
+      },
+    };
+    const rule = (id: string) => `/v1/rules/${segment(id, "ruleId")}`;
+    this.rules = {
+      create: async (r, o) =>
+        (await this.#json({ method: "POST", path: "/v1/rules", body: r, ...write(o), retry: "unsent" })) as RuleRecord,
+      list: async (filter = {}, o) => {
+        const query = { customer: filter.customerId, plan: filter.planId, limit: filter.limit };
+        return ((await this.#json({ method: "GET", path: "/v1/rules", query, ...write(o), retry: "idempotent" })) as { rules: RuleRecord[] }).rules;
+      },
+      get: async (id, o) => (await this.#json({ method: "GET", path: rule(id), ...write(o), retry: "idempotent" })) as RuleRecord,
+      change: async (id, patch, o) =>
+        (await this.#json({ method: "PATCH", path: rule(id), body: patch, ...write(o), retry: "unsent" })) as RuleRecord,
+      delete: async (id, o) => {
+        await this.#json({ method: "DELETE", path: rule(id), ...write(o), retry: "unsent" });
       },
     };
     const endpoint = (id: string) => `/v1/webhook-endpoints/${segment(id, "endpointId")}`;

@@ -442,6 +442,43 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/rules": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** The rules, oldest first: every one, or those scoped to `customer` or `plan`. */
+        get: operations["list_rules"];
+        put?: never;
+        /** Creates a rule (docs/api.md, "Rules"). */
+        post: operations["create_rule"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/rules/{rule_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** One rule. */
+        get: operations["get_rule"];
+        put?: never;
+        post?: never;
+        /** Deletes a rule: 204; 404 if there is none. */
+        delete: operations["delete_rule"];
+        options?: never;
+        head?: never;
+        /** Changes a rule's `limit`, `mode`, `thresholds`, `subject_limits` or `description`. */
+        patch: operations["change_rule"];
+        trace?: never;
+    };
     "/v1/webhook-endpoints": {
         parameters: {
             query?: never;
@@ -999,6 +1036,46 @@ export interface components {
         } & {
             value: unknown;
         }));
+        NewRule: {
+            description?: string | null;
+            /** Format: int64 */
+            limit: number;
+            measure: {
+                cost: Record<string, never>;
+            } | {
+                metric: string;
+            };
+            /** @enum {string} */
+            mode: "hard" | "soft";
+            /** @description Default false */
+            per_subject?: boolean;
+            scope: {
+                /** Format: uuid */
+                customer: string;
+            } | {
+                /** Format: uuid */
+                plan: string;
+            } | {
+                /** @constant */
+                all: true;
+            };
+            /** @description A subject's own limit (per_subject rules only) */
+            subject_limits?: {
+                [key: string]: number;
+            };
+            /** @description Percents of the limit, ascending, each once; default [80, 100] */
+            thresholds?: number[];
+            window: {
+                /** @enum {string} */
+                calendar: "hour" | "day" | "week" | "month";
+                /** @description IANA, default UTC */
+                time_zone?: string;
+            } | {
+                rolling_s: number;
+            } | {
+                billing_period: Record<string, never>;
+            };
+        };
         NewWebhookEndpoint: {
             /** @description Absent or null: none */
             description?: string | null;
@@ -1208,6 +1285,57 @@ export interface components {
              *     for 24 hours (the `webhook-signature` header then holds both signatures).
              */
             secret: string;
+        };
+        RuleList: {
+            /** @description Oldest first. */
+            rules: components["schemas"]["RuleRecord"][];
+        };
+        RulePatch: {
+            description?: string | null;
+            /** Format: int64 */
+            limit?: number;
+            /** @enum {string} */
+            mode?: "hard" | "soft";
+            /** @description A subject's own limit (per_subject rules only) */
+            subject_limits?: {
+                [key: string]: number;
+            };
+            /** @description Percents of the limit, ascending, each once; default [80, 100] */
+            thresholds?: number[];
+        };
+        /**
+         * @description A rule as the API and the console show it: the shapes it was written in, and who made and
+         *     last changed it.
+         */
+        RuleRecord: {
+            /** Format: date-time */
+            created_at: string;
+            /** @description The API key's name. */
+            created_by: string;
+            description?: string | null;
+            /** Format: uuid */
+            id: string;
+            /** Format: int64 */
+            limit: number;
+            /** @description `{"cost": {}}` (minor units) or `{"metric": CODE}` (units). */
+            measure: Record<string, never>;
+            /** @description `hard` (refuses) or `soft` (allows, with status `warning`). */
+            mode: string;
+            per_subject: boolean;
+            /** @description `{"customer": ID}`, `{"plan": PLAN_ID}` or `{"all": true}`. */
+            scope: Record<string, never>;
+            /** @description A subject's own limit, replacing the rule's for it. */
+            subject_limits: Record<string, never>;
+            /** @description Percents of the limit, ascending. */
+            thresholds: number[];
+            /** Format: date-time */
+            updated_at: string;
+            updated_by: string;
+            /**
+             * @description `{"calendar": "hour" | "day" | "week" | "month", "time_zone": IANA}`, `{"rolling_s": S}`
+             *     or `{"billing_period": {}}`.
+             */
+            window: Record<string, never>;
         };
         /**
          * @description What a key may do. Health, metrics and docs need none.
@@ -3049,6 +3177,321 @@ export interface operations {
             };
             /** @description Postgres unavailable: nothing was done, retry (Retry-After) */
             503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    list_rules: {
+        parameters: {
+            query?: {
+                /** @description Only the rules scoped to this customer (with `plan`: and those scoped to the plan). */
+                customer?: string | null;
+                /** @description 1 to 500, default 100. */
+                limit?: number | null;
+                /** @description Only the rules scoped to this plan. */
+                plan?: string | null;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleList"];
+                };
+            };
+            /** @description Invalid input: every invalid field or parameter is named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or an unknown one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The API key lacks this route's scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    create_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["NewRule"];
+            };
+        };
+        responses: {
+            /** @description Created */
+            201: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleRecord"];
+                };
+            };
+            /** @description Invalid input: every invalid field or parameter is named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or an unknown one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The API key lacks this route's scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than server.max_body_bytes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid: every invalid field is named */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                rule_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleRecord"];
+                };
+            };
+            /** @description Invalid input: every invalid field or parameter is named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or an unknown one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The API key lacks this route's scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such rule */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    delete_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                rule_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Deleted */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid input: every invalid field or parameter is named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or an unknown one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The API key lacks this route's scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such rule */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    change_rule: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                rule_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["RulePatch"];
+            };
+        };
+        responses: {
+            /** @description Changed */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["RuleRecord"];
+                };
+            };
+            /** @description Invalid input: every invalid field or parameter is named */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No API key, or an unknown one */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The API key lacks this route's scope */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such rule */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The body is larger than server.max_body_bytes */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description Invalid: every invalid field is named */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

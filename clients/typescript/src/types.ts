@@ -28,6 +28,9 @@ export type NewLimit = Schemas["NewLimitBody"];
 export type UsageLimit = Schemas["UsageLimit"];
 export type NewOverride = Schemas["NewOverride"];
 export type OverrideRecord = Schemas["OverrideRecord"];
+export type NewRule = Schemas["NewRule"];
+export type RulePatch = Schemas["RulePatch"];
+export type RuleRecord = Schemas["RuleRecord"];
 export type NewWebhookEndpoint = Schemas["NewWebhookEndpoint"];
 export type WebhookEndpoint = Schemas["Endpoint"];
 /** An endpoint as created: with its signing secret, shown only this once. */

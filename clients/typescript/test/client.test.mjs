@@ -216,6 +216,22 @@ test("withReservation commits what the work reports, releases when it throws, an
   assert.equal(ran, false);
 });
 
+test("rules: created, listed, changed and deleted", async () => {
+  const rule = await ug.rules.create({
+    scope: { customer: CUSTOMERS.stark }, measure: { cost: {} }, limit: 5000,
+    window: { calendar: "day", time_zone: "Europe/Paris" }, mode: "hard", description: "$50 a day",
+  });
+  assert.deepEqual(rule.thresholds, [80, 100]);
+  assert.deepEqual((await ug.rules.list({ customerId: CUSTOMERS.stark })).map((r) => r.id), [rule.id]);
+  const changed = await ug.rules.change(rule.id, { limit: 7500, description: null });
+  assert.equal(changed.limit, 7500);
+  assert.equal(changed.description, null);
+  assert.equal((await ug.rules.get(rule.id)).limit, 7500);
+  await assert.rejects(ug.rules.change(rule.id, { thresholds: [100, 80] }), (e) => e.status === 422 && e.errors[0].field === "thresholds");
+  await ug.rules.delete(rule.id);
+  assert.deepEqual(await ug.rules.list({ customerId: CUSTOMERS.stark }), []);
+});
+
 test("admin: limits, overrides and the audit log paged as an iterator", async () => {
   const limit = await ug.limits.create(CUSTOMERS.stark, { amount: 5000, action: "WARNING" });
   assert.equal(limit.action, "WARNING");

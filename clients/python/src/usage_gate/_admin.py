@@ -10,6 +10,10 @@ def _customer(customer_id: str) -> str:
     return f"/v1/customers/{segment(customer_id, 'customer_id')}"
 
 
+def _rule(rule_id: str) -> str:
+    return f"/v1/rules/{segment(rule_id, 'rule_id')}"
+
+
 def _endpoint(endpoint_id: str) -> str:
     return f"/v1/webhook-endpoints/{segment(endpoint_id, 'endpoint_id')}"
 
@@ -84,6 +88,64 @@ class Overrides:
         )
 
 
+class Rules:
+    """usage-gate's own limit rules (every change audited): ``scope`` ``{"customer": ID}``,
+    ``{"plan": PLAN_ID}`` or ``{"all": True}``; ``measure`` ``{"cost": {}}`` or ``{"metric": CODE}``;
+    ``window`` ``{"calendar": "day", "time_zone": "Europe/Paris"}``, ``{"rolling_s": 3600}`` or
+    ``{"billing_period": {}}``."""
+
+    def __init__(self, client: Any, core: Core) -> None:
+        self._client, self._core = client, core
+
+    def create(
+        self,
+        *,
+        scope: dict[str, Any],
+        measure: dict[str, Any],
+        limit: int,
+        window: dict[str, Any],
+        mode: str,
+        per_subject: bool | None = None,
+        subject_limits: dict[str, int] | None = None,
+        thresholds: list[int] | None = None,
+        description: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """The ``RuleRecord``."""
+        body = {"scope": scope, "measure": measure, "limit": limit, "window": window, "mode": mode}
+        optional = (
+            ("per_subject", per_subject),
+            ("subject_limits", subject_limits),
+            ("thresholds", thresholds),
+            ("description", description),
+        )
+        body.update({k: v for k, v in optional if v is not None})
+        return self._client._json(self._core.change("POST", "/v1/rules", timeout, body))
+
+    def list(
+        self,
+        *,
+        customer_id: str | None = None,
+        plan_id: str | None = None,
+        limit: int | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Oldest first: every rule, or those scoped to the customer or the plan."""
+        query = {"customer": customer_id, "plan": plan_id, "limit": limit}
+        return self._client._json(self._core.read("/v1/rules", timeout, lambda b: b["rules"], query))
+
+    def get(self, rule_id: str, *, timeout: float | None = None) -> Any:
+        return self._client._json(self._core.read(_rule(rule_id), timeout))
+
+    def change(self, rule_id: str, *, timeout: float | None = None, **fields: Any) -> Any:
+        """Sets ``limit``, ``mode``, ``thresholds``, ``subject_limits`` or ``description``
+        (``None`` clears the description): the changed ``RuleRecord``."""
+        return self._client._json(self._core.change("PATCH", _rule(rule_id), timeout, fields))
+
+    def delete(self, rule_id: str, *, timeout: float | None = None) -> Any:
+        return self._client._json(self._core.change("DELETE", _rule(rule_id), timeout, extract=lambda b: None))
+
+
 class WebhookEndpoints:
     """usage-gate's own signed webhooks."""
 
@@ -136,5 +198,5 @@ class WebhookEndpoints:
         return self._client._json(self._core.change("POST", path, timeout, extract=lambda b: None, retry="idempotent"))
 
 
-def namespaces(client: Any, core: Core) -> tuple[Limits, Overrides, WebhookEndpoints]:
-    return Limits(client, core), Overrides(client, core), WebhookEndpoints(client, core)
+def namespaces(client: Any, core: Core) -> tuple[Limits, Overrides, Rules, WebhookEndpoints]:
+    return Limits(client, core), Overrides(client, core), Rules(client, core), WebhookEndpoints(client, core)

@@ -64,7 +64,7 @@ class UsageGate:
         self._core = Core(**options)
         self._http = http_client or httpx.Client(follow_redirects=False)
         self._attempts = concurrent.futures.ThreadPoolExecutor(ATTEMPT_THREADS, thread_name_prefix="usage-gate")
-        self.limits, self.overrides, self.webhook_endpoints = _admin.namespaces(self, self._core)
+        self.limits, self.overrides, self.rules, self.webhook_endpoints = _admin.namespaces(self, self._core)
 
     def close(self) -> None:
         self._attempts.shutdown(wait=False, cancel_futures=True)
@@ -263,7 +263,7 @@ class AsyncUsageGate:
         retries); ``http_client`` for your own (proxies, TLS), used as it is."""
         self._core = Core(**options)
         self._http = http_client or httpx.AsyncClient(follow_redirects=False)
-        self.limits, self.overrides, self.webhook_endpoints = _admin.namespaces(self, self._core)
+        self.limits, self.overrides, self.rules, self.webhook_endpoints = _admin.namespaces(self, self._core)
 
     async def aclose(self) -> None:
         await self._http.aclose()

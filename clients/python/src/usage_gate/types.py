@@ -239,6 +239,47 @@ class OverrideList(TypedDict):
     overrides: list[OverrideRecord]
 
 
+class NewRule(TypedDict):
+    scope: dict[str, Any]
+    measure: dict[str, Any]
+    limit: int
+    window: dict[str, Any]
+    mode: Literal["hard", "soft"]
+    per_subject: NotRequired[bool]
+    subject_limits: NotRequired[dict[str, int]]
+    thresholds: NotRequired[list[int]]
+    description: NotRequired[str | None]
+
+
+class RulePatch(TypedDict, total=False):
+    limit: int
+    mode: Literal["hard", "soft"]
+    thresholds: list[int]
+    subject_limits: dict[str, int]
+    description: str | None
+
+
+class RuleRecord(TypedDict):
+    id: str
+    scope: dict[str, Any]
+    measure: dict[str, Any]
+    limit: int
+    window: dict[str, Any]
+    mode: str
+    per_subject: bool
+    subject_limits: dict[str, int]
+    thresholds: list[int]
+    created_at: str
+    created_by: str
+    updated_at: str
+    updated_by: str
+    description: NotRequired[str | None]
+
+
+class RuleList(TypedDict):
+    rules: list[RuleRecord]
+
+
 class NewWebhookEndpoint(TypedDict):
     url: str
     event_types: NotRequired[list[str]]
@@ -423,6 +464,10 @@ SCHEMAS: dict[str, type] = {
         NewOverride,
         OverrideRecord,
         OverrideList,
+        NewRule,
+        RulePatch,
+        RuleRecord,
+        RuleList,
         NewWebhookEndpoint,
         Endpoint,
         Created,

@@ -1,0 +1,157 @@
+//! usage-gate's own limit rules, as operators manage them (`POST /v1/rules`, the console): each
+//! created, changed and deleted with an audit record in the same transaction
+//! (`judgement::rule` says what a rule is).
+
+mod parse;
+pub mod store;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::audit::Actor;
+use crate::db::StorageError;
+use crate::domain::{CustomerId, FieldError, PlanId};
+pub use parse::{NewRule, RulePatch};
+use store::RuleRow;
+
+/// A rule as the API and the console show it: the shapes it was written in, and who made and
+/// last changed it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct RuleRecord {
+    pub id: Uuid,
+    /// `{"customer": ID}`, `{"plan": PLAN_ID}` or `{"all": true}`.
+    #[schema(value_type = Object)]
+    pub scope: Value,
+    /// `{"cost": {}}` (minor units) or `{"metric": CODE}` (units).
+    #[schema(value_type = Object)]
+    pub measure: Value,
+    pub limit: i64,
+    /// `{"calendar": "hour" | "day" | "week" | "month", "time_zone": IANA}`, `{"rolling_s": S}`
+    /// or `{"billing_period": {}}`.
+    #[schema(value_type = Object)]
+    pub window: Value,
+    /// `hard` (refuses) or `soft` (allows, with status `warning`).
+    pub mode: String,
+    pub per_subject: bool,
+    /// A subject's own limit, replacing the rule's for it.
+    #[schema(value_type = Object)]
+    pub subject_limits: Value,
+    /// Percents of the limit, ascending.
+    pub thresholds: Vec<i16>,
+    pub description: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The API key's name.
+    pub created_by: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub updated_by: String,
+}
+
+impl From<RuleRow> for RuleRecord {
+    fn from(row: RuleRow) -> Self {
+        let scope = match (row.scope_kind.as_str(), row.scope_id) {
+            ("customer", Some(id)) => json!({"customer": id}),
+            ("plan", Some(id)) => json!({"plan": id}),
+            _ => json!({"all": true}),
+        };
+        let measure = match row.metric {
+            Some(code) => json!({"metric": code}),
+            None => json!({"cost": {}}),
+        };
+        let window = match (row.window_kind.as_str(), row.calendar, row.time_zone, row.rolling_s) {
+            ("calendar", Some(unit), Some(zone), _) => json!({"calendar": unit, "time_zone": zone}),
+            ("rolling", _, _, Some(seconds)) => json!({"rolling_s": seconds}),
+            _ => json!({"billing_period": {}}),
+        };
+        RuleRecord {
+            id: row.id,
+            scope,
+            measure,
+            limit: row.limit,
+            window,
+            mode: row.mode,
+            per_subject: row.per_subject,
+            subject_limits: row.subject_limits,
+            thresholds: row.thresholds,
+            description: row.description,
+            created_at: row.created_at,
+            created_by: row.created_by,
+            updated_at: row.updated_at,
+            updated_by: row.updated_by,
+        }
+    }
+}
+
+/// Why a rule was not created, changed or deleted.
+#[derive(Debug, thiserror::Error)]
+pub enum RuleError {
+    #[error("invalid rule")]
+    Invalid(Vec<FieldError>),
+    #[error("no rule {0}")]
+    NotFound(Uuid),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+impl From<sqlx::Error> for RuleError {
+    fn from(e: sqlx::Error) -> Self {
+        RuleError::Storage(e.into())
+    }
+}
+
+/// The operators' rules: the one door to `rules`. Cheap to clone.
+#[derive(Clone)]
+pub struct Rulebook {
+    pool: PgPool,
+}
+
+impl Rulebook {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub async fn create(&self, actor: &Actor, new: &NewRule) -> Result<RuleRecord, RuleError> {
+        let row = store::create(&self.pool, Uuid::new_v4(), new, actor).await?;
+        metrics::counter!("usage_gate_rule_changes_total", "change" => "create").increment(1);
+        Ok(row.into())
+    }
+
+    pub async fn get(&self, id: Uuid) -> Result<RuleRecord, RuleError> {
+        store::get(&self.pool, id).await?.map(RuleRecord::from).ok_or(RuleError::NotFound(id))
+    }
+
+    /// Oldest first, at most `limit`: the rules scoped to the customer and to the plan (every
+    /// rule when neither is given).
+    pub async fn list(
+        &self,
+        customer: Option<CustomerId>,
+        plan: Option<PlanId>,
+        limit: i64,
+    ) -> Result<Vec<RuleRecord>, StorageError> {
+        let rows = store::list(&self.pool, customer, plan, limit).await?;
+        Ok(rows.into_iter().map(RuleRecord::from).collect())
+    }
+
+    /// Changes what `patch` sets; `subject_limits` only on a rule that limits each subject.
+    pub async fn change(&self, actor: &Actor, id: Uuid, patch: &RulePatch) -> Result<RuleRecord, RuleError> {
+        let mut tx = self.pool.begin().await.map_err(StorageError::from)?;
+        let before = store::locked(&mut tx, id).await?.ok_or(RuleError::NotFound(id))?;
+        if patch.subject_limits.is_some() && !before.per_subject {
+            let why = "only on a rule with \"per_subject\": true";
+            return Err(RuleError::Invalid(vec![FieldError::new("subject_limits", why)]));
+        }
+        let row = store::change(&mut tx, &before, patch, actor).await?;
+        tx.commit().await?;
+        metrics::counter!("usage_gate_rule_changes_total", "change" => "change").increment(1);
+        Ok(row.into())
+    }
+
+    pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), RuleError> {
+        store::delete(&self.pool, id, actor).await?.ok_or(RuleError::NotFound(id))?;
+        metrics::counter!("usage_gate_rule_changes_total", "change" => "delete").increment(1);
+        Ok(())
+    }
+}

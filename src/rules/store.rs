@@ -1,0 +1,201 @@
+//! Rules in Postgres: created, changed and deleted, each audited in the transaction that makes
+//! it; the trigger tells every replica.
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{NewRule, RulePatch};
+use crate::audit::{self, Actor};
+use crate::domain::{CustomerId, PlanId};
+use crate::judgement::rule::{Measure, Mode, RuleWindow, Scope};
+
+/// Sent (by the trigger) at the commit of every change.
+pub const NOTIFY_CHANNEL: &str = "usage_gate_rules";
+
+/// A row of `rules`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RuleRow {
+    pub id: Uuid,
+    pub scope_kind: String,
+    pub scope_id: Option<Uuid>,
+    pub measure_kind: String,
+    pub metric: Option<String>,
+    pub limit: i64,
+    pub window_kind: String,
+    pub calendar: Option<String>,
+    pub time_zone: Option<String>,
+    pub rolling_s: Option<i32>,
+    pub mode: String,
+    pub per_subject: bool,
+    pub subject_limits: serde_json::Value,
+    pub thresholds: Vec<i16>,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_at: DateTime<Utc>,
+    pub updated_by: String,
+}
+
+const COLUMNS: &str = r#"id, scope_kind, scope_id, measure_kind, metric, "limit", window_kind, calendar,
+     time_zone, rolling_s, mode, per_subject, subject_limits, thresholds, description, created_at,
+     created_by, updated_at, updated_by"#;
+
+pub async fn create(pool: &PgPool, id: Uuid, new: &NewRule, actor: &Actor) -> Result<RuleRow, sqlx::Error> {
+    let (spec, description) = (&new.spec, &new.description);
+    let (scope_kind, scope_id) = match &spec.scope {
+        Scope::Customer(c) => ("customer", Some(c.as_uuid())),
+        Scope::Plan(p) => ("plan", Some(p.as_uuid())),
+        Scope::All => ("all", None),
+    };
+    let metric = match &spec.measure {
+        Measure::Cost => None,
+        Measure::Metric(code) => Some(code.as_str()),
+    };
+    let (window_kind, calendar, time_zone, rolling_s) = match spec.window {
+        RuleWindow::Calendar { unit, zone } => ("calendar", Some(unit.as_str()), Some(zone.0.name()), None),
+        RuleWindow::Rolling { seconds } => ("rolling", None, None, Some(seconds as i32)),
+        RuleWindow::BillingPeriod => ("billing_period", None, None, None),
+    };
+    let thresholds: Vec<i16> = spec.thresholds.iter().map(|t| *t as i16).collect();
+    let mut tx = pool.begin().await?;
+    let row: RuleRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        r#"INSERT INTO rules (id, scope_kind, scope_id, measure_kind, metric, "limit", window_kind, calendar,
+             time_zone, rolling_s, mode, per_subject, subject_limits, thresholds, description, created_by,
+             updated_by)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)
+         RETURNING {COLUMNS}"#
+    )))
+    .bind(id)
+    .bind(scope_kind)
+    .bind(scope_id)
+    .bind(if metric.is_some() { "metric" } else { "cost" })
+    .bind(metric)
+    .bind(spec.limit)
+    .bind(window_kind)
+    .bind(calendar)
+    .bind(time_zone)
+    .bind(rolling_s)
+    .bind(mode_text(spec.mode))
+    .bind(spec.per_subject)
+    .bind(serde_json::to_value(&spec.subject_limits).unwrap_or_default())
+    .bind(&thresholds)
+    .bind(description)
+    .bind(&actor.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    record(&mut tx, "rule.create", &row, actor).await?;
+    tx.commit().await?;
+    Ok(row)
+}
+
+fn mode_text(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Hard => "hard",
+        Mode::Soft => "soft",
+    }
+}
+
+/// The rule, locked for a change in `tx`.
+pub async fn locked(tx: &mut PgConnection, id: Uuid) -> Result<Option<RuleRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM rules WHERE id = $1 FOR UPDATE")))
+        .bind(id)
+        .fetch_optional(tx)
+        .await
+}
+
+/// Applies `patch` to the rule locked in `tx`, audited with what it was before.
+pub async fn change(
+    tx: &mut PgConnection,
+    before: &RuleRow,
+    patch: &RulePatch,
+    actor: &Actor,
+) -> Result<RuleRow, sqlx::Error> {
+    let thresholds: Option<Vec<i16>> =
+        patch.thresholds.as_ref().map(|t| t.iter().map(|p| *p as i16).collect());
+    let row: RuleRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        r#"UPDATE rules SET
+             "limit" = coalesce($2, "limit"),
+             mode = coalesce($3, mode),
+             thresholds = coalesce($4, thresholds),
+             subject_limits = coalesce($5, subject_limits),
+             description = CASE WHEN $6 THEN $7 ELSE description END,
+             updated_at = now(), updated_by = $8
+         WHERE id = $1 RETURNING {COLUMNS}"#
+    )))
+    .bind(before.id)
+    .bind(patch.limit)
+    .bind(patch.mode.map(mode_text))
+    .bind(thresholds)
+    .bind(patch.subject_limits.as_ref().map(|l| serde_json::to_value(l).unwrap_or_default()))
+    .bind(patch.description.is_some())
+    .bind(patch.description.clone().flatten())
+    .bind(&actor.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    let mut entry = entry("rule.change", &row, actor);
+    entry.details["before"] = details(before);
+    audit::record_in(tx, &entry).await?;
+    Ok(row)
+}
+
+/// Deletes the rule, audited with what it was; None when there is none.
+pub async fn delete(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<RuleRow>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let deleted: Option<RuleRow> =
+        sqlx::query_as(sqlx::AssertSqlSafe(format!("DELETE FROM rules WHERE id = $1 RETURNING {COLUMNS}")))
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some(deleted) = deleted else { return Ok(None) };
+    record(&mut tx, "rule.delete", &deleted, actor).await?;
+    tx.commit().await?;
+    Ok(Some(deleted))
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<RuleRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {COLUMNS} FROM rules WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Oldest first: the rules scoped to `customer` and to `plan` (every rule when both are None).
+pub async fn list(
+    pool: &PgPool,
+    customer: Option<CustomerId>,
+    plan: Option<PlanId>,
+    limit: i64,
+) -> Result<Vec<RuleRow>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM rules
+         WHERE ($1::uuid IS NULL AND $2::uuid IS NULL)
+            OR (scope_kind = 'customer' AND scope_id = $1)
+            OR (scope_kind = 'plan' AND scope_id = $2)
+         ORDER BY created_at, id
+         LIMIT $3"
+    )))
+    .bind(customer.map(|c| c.as_uuid()))
+    .bind(plan.map(|p| p.as_uuid()))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+fn details(row: &RuleRow) -> serde_json::Value {
+    serde_json::to_value(super::RuleRecord::from(row.clone())).unwrap_or_default()
+}
+
+fn entry(action: &str, row: &RuleRow, actor: &Actor) -> audit::Entry {
+    let customer = (row.scope_kind == "customer").then_some(row.scope_id).flatten().map(CustomerId::from);
+    actor.entry(action, customer, row.id.to_string(), details(row))
+}
+
+async fn record(
+    tx: &mut PgConnection,
+    action: &str,
+    row: &RuleRow,
+    actor: &Actor,
+) -> Result<(), sqlx::Error> {
+    audit::record_in(tx, &entry(action, row, actor)).await.map(|_| ())
+}
