@@ -36,6 +36,7 @@ use crate::limits::{Limits, NewLimit};
 use crate::outbox::Outbox;
 use crate::overrides::{NewOverride, OverrideError, Overrides};
 use crate::routes::{customer_id, next_cursor, page_cursor, text_param};
+use crate::rules::{NewRule, RuleError, RuleForm, Rulebook};
 use crate::sessions::Sessions;
 use crate::subscriptions::Subscriptions;
 use crate::telemetry::{self, RequestContext};
@@ -74,6 +75,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/customers/{customer_id}/usage-limits/{limit_id}/delete", web::post().to(delete_limit))
             .route("/customers/{customer_id}/overrides", web::post().to(create_override))
             .route("/customers/{customer_id}/overrides/{override_id}/end", web::post().to(end_override))
+            .route("/rules", web::get().to(rules_page))
+            .route("/rules", web::post().to(create_rule))
+            .route("/rules/{rule_id}/delete", web::post().to(delete_rule))
             .route("/outbox", web::get().to(outbox_page))
             .route("/outbox/retry", web::post().to(retry_all))
             .route("/outbox/{id}/retry", web::post().to(retry_one))
@@ -633,6 +637,58 @@ async fn end_override(
         Ok("Ended the override.".to_owned())
     })
     .await
+}
+
+async fn rules_page(rules: web::Data<Rulebook>, operator: Operator) -> Result<HttpResponse, ConsoleError> {
+    let listed = rules.list(None, None, 500).await.map_err(ApiError::from)?;
+    Ok(html(StatusCode::OK, views::rules(&operator.shell(), &listed)))
+}
+
+async fn create_rule(
+    sessions: web::Data<Sessions>,
+    rules: web::Data<Rulebook>,
+    operator: Operator,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, ConsoleError> {
+    operator.check(&form)?;
+    let typed = RuleForm {
+        scope: field(&form, "scope"),
+        scope_id: field(&form, "scope_id"),
+        measure: field(&form, "measure"),
+        metric: field(&form, "metric"),
+        limit: field(&form, "limit"),
+        window: field(&form, "window"),
+        time_zone: field(&form, "time_zone"),
+        rolling_s: field(&form, "rolling_s"),
+        mode: field(&form, "mode"),
+        per_subject: field(&form, "per_subject") == "on",
+        thresholds: field(&form, "thresholds"),
+        description: field(&form, "description"),
+    };
+    let outcome = match NewRule::from_form(&typed) {
+        Ok(new) => rules.create(&operator.actor, &new).await.map(|r| format!("Created rule {}.", r.id)),
+        Err(errors) => Err(RuleError::Invalid(errors)),
+    };
+    Ok(operator.done(&sessions, outcome.map_err(ApiError::from), "/console/rules").await)
+}
+
+async fn delete_rule(
+    sessions: web::Data<Sessions>,
+    rules: web::Data<Rulebook>,
+    operator: Operator,
+    path: web::Path<String>,
+    form: web::Form<Fields>,
+) -> Result<HttpResponse, ConsoleError> {
+    operator.check(&form)?;
+    let outcome = match uuid::Uuid::parse_str(&path) {
+        Ok(id) => rules
+            .delete(&operator.actor, id)
+            .await
+            .map(|()| format!("Deleted rule {id}."))
+            .map_err(ApiError::from),
+        Err(_) => Err(ApiError::invalid_field("rule_id", "must be a UUID")),
+    };
+    Ok(operator.done(&sessions, outcome, "/console/rules").await)
 }
 
 async fn outbox_page(

@@ -11,6 +11,7 @@ use crate::health::Readiness;
 use crate::limits::Limit;
 use crate::outbox::{OutboxEvent, Stats};
 use crate::overrides::OverrideRecord;
+use crate::rules::RuleRecord;
 use crate::transitions::recorded::CustomerRow;
 
 /// What every signed-in page shows around its content.
@@ -104,6 +105,7 @@ pub fn page(shell: Option<&Shell>, title: &str, content: Markup) -> Markup {
                         nav aria-label="Console" {
                             a href="/console/" { "Overview" }
                             a href="/console/customers" { "Customers" }
+                            a href="/console/rules" { "Rules" }
                             a href="/console/outbox?status=dead" { "Dead letters" }
                             a href="/console/audit" { "Audit" }
                         }
@@ -555,6 +557,90 @@ pub fn outbox(shell: &Shell, status: &str, events: &[OutboxEvent], next: Option<
         }
     };
     page(Some(shell), if status == "dead" { "Dead letters" } else { "Pending events" }, content)
+}
+
+/// A rule's scope, measure or window as written (`{"calendar": "day", …}`), for people.
+fn shape(value: &serde_json::Value) -> String {
+    match value.as_object() {
+        Some(o) => o
+            .iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => format!("{k} {s}"),
+                serde_json::Value::Object(o) if o.is_empty() => k.clone(),
+                v => format!("{k} {v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        None => value.to_string(),
+    }
+}
+
+/// usage-gate's own limit rules: every one, and a form for another.
+pub fn rules(shell: &Shell, rules: &[RuleRecord]) -> Markup {
+    let content = html! {
+        p { "Rules are stored and audited; checks and enforced writes do not judge them yet (docs/api.md, Rules)." }
+        table {
+            thead { tr {
+                th scope="col" { "Scope" } th scope="col" { "Measure" } th scope="col" { "Limit" }
+                th scope="col" { "Window" } th scope="col" { "Mode" } th scope="col" { "Per subject" }
+                th scope="col" { "Thresholds" } th scope="col" { "Description" } th scope="col" { "" }
+            } }
+            tbody {
+                @for r in rules {
+                    tr {
+                        td { (shape(&r.scope)) } td { (shape(&r.measure)) } td { (r.limit) }
+                        td { (shape(&r.window)) } td { (r.mode) }
+                        td { @if r.per_subject { "yes " (shape(&r.subject_limits)) } @else { "no" } }
+                        td { (r.thresholds.iter().map(|t| format!("{t}%")).collect::<Vec<_>>().join(" ")) }
+                        td { (r.description.as_deref().unwrap_or("")) }
+                        td {
+                            form method="post" action={ "/console/rules/" (r.id) "/delete" } {
+                                (csrf_field(shell.csrf))
+                                button type="submit" { "Delete" }
+                            }
+                        }
+                    }
+                }
+                @if rules.is_empty() { tr { td colspan="9" { "No rules." } } }
+            }
+        }
+        h2 id="new-rule" { "New rule" }
+        form class="inline" method="post" action="/console/rules" aria-labelledby="new-rule" {
+            (csrf_field(shell.csrf))
+            label for="rule-scope" { "Scope" }
+            select id="rule-scope" name="scope" {
+                option value="customer" { "customer" } option value="plan" { "plan" } option value="all" { "all customers" }
+            }
+            label for="rule-scope-id" { "Customer or plan id" }
+            input id="rule-scope-id" name="scope_id" type="text" maxlength="36";
+            label for="rule-measure" { "Measure" }
+            select id="rule-measure" name="measure" { option value="cost" { "cost (minor units)" } option value="metric" { "metric (units)" } }
+            label for="rule-metric" { "Metric code" }
+            input id="rule-metric" name="metric" type="text" maxlength="255";
+            label for="rule-limit" { "Limit" }
+            input id="rule-limit" name="limit" type="number" min="1" step="1" required;
+            label for="rule-window" { "Window" }
+            select id="rule-window" name="window" {
+                @for (value, label) in [("day", "day"), ("hour", "hour"), ("week", "week"), ("month", "month"), ("rolling", "rolling (seconds)"), ("billing_period", "billing period")] {
+                    option value=(value) { (label) }
+                }
+            }
+            label for="rule-zone" { "Time zone" }
+            input id="rule-zone" name="time_zone" type="text" placeholder="UTC";
+            label for="rule-rolling" { "Seconds (rolling)" }
+            input id="rule-rolling" name="rolling_s" type="number" min="1" max="2678400" step="1";
+            label for="rule-mode" { "Mode" }
+            select id="rule-mode" name="mode" { option value="hard" { "hard (refuse)" } option value="soft" { "soft (warn)" } }
+            label for="rule-per-subject" { "Per subject" }
+            input id="rule-per-subject" name="per_subject" type="checkbox" value="on";
+            label for="rule-thresholds" { "Thresholds (%)" }
+            input id="rule-thresholds" name="thresholds" type="text" placeholder="80, 100";
+            label for="rule-description" { "Description" }
+            input id="rule-description" name="description" type="text" maxlength="500";
+            button type="submit" { "Create rule" }
+        }
+    };
+    page(Some(shell), "Rules", content)
 }
 
 fn audit_table(records: &[AuditRecord], full: bool) -> Markup {

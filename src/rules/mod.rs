@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::audit::Actor;
 use crate::db::StorageError;
 use crate::domain::{CustomerId, FieldError, PlanId};
-pub use parse::{NewRule, RulePatch};
+pub use parse::{NewRule, RuleForm, RulePatch};
 use store::RuleRow;
 
 /// A rule as the API and the console show it: the shapes it was written in, and who made and

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 
 use crate::domain::{CustomerId, FieldError, FromText, MetricCode, PlanId, Subject, whole_number};
 use crate::entitlements::{TimeZone, Window};
@@ -45,7 +45,56 @@ const FIELDS: [&str; 9] = [
 /// What a change may set; the rest makes another rule (delete this one and create it).
 const CHANGEABLE: [&str; 5] = ["limit", "mode", "thresholds", "subject_limits", "description"];
 
+/// The console's form for a rule, its boxes as typed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuleForm<'a> {
+    /// `customer`, `plan` or `all`, with the customer's or the plan's id.
+    pub scope: &'a str,
+    pub scope_id: &'a str,
+    /// `cost` or `metric`, with the metric's code.
+    pub measure: &'a str,
+    pub metric: &'a str,
+    pub limit: &'a str,
+    /// `hour`, `day`, `week`, `month` (in `time_zone`), `rolling` (`rolling_s`) or `billing_period`.
+    pub window: &'a str,
+    pub time_zone: &'a str,
+    pub rolling_s: &'a str,
+    pub mode: &'a str,
+    pub per_subject: bool,
+    /// Percents, separated by commas; empty: the default ladder.
+    pub thresholds: &'a str,
+    pub description: &'a str,
+}
+
 impl NewRule {
+    /// The console's form, named as the API's fields are.
+    pub fn from_form(form: &RuleForm) -> Result<Self, Vec<FieldError>> {
+        use crate::domain::form_number;
+        let scope = match form.scope {
+            "all" => json!({"all": true}),
+            kind => json!({ kind: form.scope_id }),
+        };
+        let measure = match form.measure {
+            "metric" => json!({"metric": form.metric}),
+            kind => json!({ kind: {} }),
+        };
+        let window = match form.window {
+            "rolling" => json!({"rolling_s": form_number(form.rolling_s)}),
+            "billing_period" => json!({"billing_period": {}}),
+            unit if form.time_zone.is_empty() => json!({"calendar": unit}),
+            unit => json!({"calendar": unit, "time_zone": form.time_zone}),
+        };
+        let mut body = json!({"scope": scope, "measure": measure, "limit": form_number(form.limit),
+                              "window": window, "mode": form.mode, "per_subject": form.per_subject});
+        if !form.thresholds.is_empty() {
+            body["thresholds"] = form.thresholds.split(',').map(|t| form_number(t.trim())).collect();
+        }
+        if !form.description.is_empty() {
+            body["description"] = json!(form.description);
+        }
+        Self::from_json(&body)
+    }
+
     pub fn from_json(body: &Value) -> Result<Self, Vec<FieldError>> {
         let object = as_object(body)?;
         let mut errors = unknown_fields(object, &FIELDS);

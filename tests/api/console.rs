@@ -636,6 +636,58 @@ async fn an_override_made_and_ended_in_the_console_decides_the_next_check() {
 }
 
 #[tokio::test]
+async fn a_rule_made_and_deleted_in_the_console_is_stored_listed_and_audited_with_the_operator() {
+    let app = TestApp::spawn().await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(ADMIN_KEY).await;
+    let csrf = browser.get("/console/rules").await.csrf();
+    let mut fields = vec![
+        ("csrf", csrf.as_str()),
+        ("scope", "customer"),
+        ("scope_id", ACME),
+        ("measure", "cost"),
+        ("metric", ""),
+        ("limit", "5000"),
+        ("window", "day"),
+        ("time_zone", "Europe/Paris"),
+        ("rolling_s", ""),
+        ("mode", "hard"),
+        ("thresholds", "50, 80, 100"),
+        ("description", "fifty a day"),
+    ];
+    let made = browser.post("/console/rules", &fields).await;
+    assert_eq!((made.status, made.location.as_deref()), (303, Some("/console/rules")));
+    let shown = browser.get("/console/rules").await.body;
+    assert!(
+        shown.contains("Created rule") && shown.contains("calendar day, time_zone Europe/Paris"),
+        "{shown}"
+    );
+    let listed: Value = app.admin(reqwest::Method::GET, "/v1/rules", None).await.json().await.unwrap();
+    let rule = &listed["rules"][0];
+    assert_eq!((rule["limit"].as_i64(), rule["thresholds"].clone()), (Some(5000), json!([50, 80, 100])));
+    assert_eq!(rule["created_by"], "operator");
+
+    // A bad box is named on the page, and nothing is stored.
+    fields[5] = ("limit", "0");
+    browser.post("/console/rules", &fields).await;
+    let refused = browser.get("/console/rules").await.body;
+    assert!(refused.contains("limit: must be a whole number more than 0"), "{refused}");
+
+    let id = rule["id"].as_str().unwrap();
+    let deleted = browser.post(&format!("/console/rules/{id}/delete"), &[("csrf", &csrf)]).await;
+    assert_eq!(deleted.status, 303);
+    assert!(browser.get("/console/rules").await.body.contains("No rules."));
+    assert_eq!(
+        audit_actions(&app, "operator")
+            .await
+            .into_iter()
+            .filter(|(a, _)| a.starts_with("rule."))
+            .collect::<Vec<_>>(),
+        [("rule.create".to_owned(), "success".to_owned()), ("rule.delete".to_owned(), "success".to_owned())]
+    );
+}
+
+#[tokio::test]
 async fn a_customers_page_shows_its_plan() {
     let app = TestApp::spawn().await;
     let mut browser = Browser::new(&app);
