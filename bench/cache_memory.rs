@@ -128,7 +128,7 @@ fn fill_compact(n: u64, with_plan: bool) -> (u64, Box<dyn std::any::Any>) {
             }]),
             // Each customer's own plan, made from BillaBear's lists as a fetch makes it.
             plan: if with_plan {
-                Plan::new([("projects", 25), ("api_calls", 10_000)], ["sso", "audit_log", "webhooks"], 10)
+                Plan::new([("projects", 25), ("api_calls", 10_000)], ["sso", "audit_log", "webhooks"], 10, [])
             } else {
                 Plan::default()
             },

@@ -6,7 +6,7 @@ use serde::Serialize;
 use crate::billabear::BillaBearError;
 use crate::cache::SnapshotCache;
 use crate::domain::Currency;
-use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, Target, Timestamp};
+use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, PlanId, Target, Timestamp};
 use crate::enforce::{Gate, Judged};
 use crate::entitlements::{self, Counted, EntitlementSettings, PlanAsk};
 use crate::feature_counts::FeatureCounts;
@@ -301,6 +301,15 @@ impl Checker {
             .map(|f| f.limit().map(|_| self.counts.counted(id, known, f.code, &self.entitlements, now)))
             .collect();
         Some(PlanState { plan: known.plan.clone(), counted })
+    }
+
+    /// The BillaBear plans of the customer's active subscriptions, as the cache holds them (none
+    /// when it is not cached or not a known customer).
+    pub fn plans(&self, id: CustomerId) -> Vec<PlanId> {
+        match self.cache.cached(id).and_then(|l| l.snapshot).as_deref().map(|s| &s.data) {
+            Some(SnapshotData::Known(known)) => known.plan.plans().to_vec(),
+            _ => vec![],
+        }
     }
 
     /// How the customer's enforced writes are judged: against its snapshot under its lock, or,

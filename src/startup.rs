@@ -294,6 +294,9 @@ impl Running {
             FeatureCounts::start(pool.clone());
         background.extend(tasks);
         listening.push(counts_listening);
+        let Started { service: rules, tasks, listening: rules_listening, .. } = Rulebook::start(pool.clone());
+        background.extend(tasks);
+        listening.push(rules_listening);
         let (fetched, fetches) = tokio::sync::mpsc::channel(FETCHED_QUEUE);
         let source = LedgerFetch {
             client: billabear.clone(),
@@ -379,7 +382,7 @@ impl Running {
             exposition: web::Data::new(Exposition::new(metrics, outbox.clone(), endpoints.clone(), health)),
             checker: web::Data::from(checker),
             overrides: web::Data::new(overrides),
-            rules: web::Data::new(Rulebook::new(pool.clone())),
+            rules: web::Data::new(rules),
             holds: web::Data::new(holds),
             subscriptions: web::Data::new(subscriptions),
             invalidation: web::Data::new(invalidation),

@@ -51,6 +51,7 @@ impl Answers {
                 self.plan.limits.iter().map(|l| (l.feature.code.as_str(), l.limit)),
                 self.plan.features.iter().map(|f| f.code.as_str()),
                 self.plan.user_count,
+                self.subscriptions.iter().filter_map(|s| s.plan_id()),
             ),
             period: Period::of(
                 self.subscriptions.iter().filter_map(|s| Some((s.valid_until()?, s.schedule.as_deref()))),

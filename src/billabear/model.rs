@@ -77,6 +77,10 @@ pub struct Subscription {
     /// `week`, `month` or `year`.
     #[serde(default)]
     pub schedule: Option<String>,
+    /// `{"id", "name", …}`: read loosely, so a plan of another shape costs the plan rules, not
+    /// the customer.
+    #[serde(default)]
+    pub plan: Option<serde_json::Value>,
 }
 
 impl Subscription {
@@ -84,6 +88,12 @@ impl Subscription {
     pub fn valid_until(&self) -> Option<chrono::DateTime<chrono::Utc>> {
         let text = self.valid_until.as_deref()?;
         chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&chrono::Utc))
+    }
+
+    /// The BillaBear plan it is on, if BillaBear named one readably.
+    pub fn plan_id(&self) -> Option<crate::domain::PlanId> {
+        let id = self.plan.as_ref()?.get("id")?.as_str()?;
+        crate::domain::PlanId::parse(id).ok()
     }
 
     /// The metric code this subscription bills usage for, if it is usage-priced.

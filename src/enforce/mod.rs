@@ -326,7 +326,7 @@ mod tests {
     fn a_write_is_admitted_only_under_every_kind_of_limit_and_counted_by_each_then() {
         let rules = Rules::default();
         // 35 cents of money at 10 a call, and a feature limit of 2 calls.
-        let (gate, _) = customer_on(0.0, 1.0, 35, CustomerStatus::Active, Plan::new([(CODE, 2)], [], 0));
+        let (gate, _) = customer_on(0.0, 1.0, 35, CustomerStatus::Active, Plan::new([(CODE, 2)], [], 0, []));
         let mut ledger = Ledger::default();
         let to_customer = Target::Customer(gate.customer);
         let judged: Vec<Judged> =

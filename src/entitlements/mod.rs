@@ -16,7 +16,7 @@ use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Interner, Parsed};
+use crate::domain::{Interner, Parsed, PlanId};
 pub use window::{Bounds, Period, TimeZone, Window};
 
 /// Whether `code` can be a feature code: 1 to 128 visible ASCII characters (the check's
@@ -82,6 +82,8 @@ pub struct Plan(Option<Arc<PlanData>>);
 struct PlanData {
     features: Box<[PlanFeature]>,
     user_count: u64,
+    /// The BillaBear plans of the customer's active subscriptions (usage-gate's plan rules).
+    plans: Box<[PlanId]>,
 }
 
 /// Distinct plans shared at most: beyond, a plan is not shared (each snapshot has its own
@@ -100,6 +102,7 @@ impl Plan {
         limits: impl IntoIterator<Item = (&'a str, i64)>,
         features: impl IntoIterator<Item = &'a str>,
         user_count: i64,
+        plans: impl IntoIterator<Item = PlanId>,
     ) -> Plan {
         let mut listed: Vec<PlanFeature> = Vec::new();
         let mut add = |code: &str, limit: u64| {
@@ -119,10 +122,14 @@ impl Plan {
         // One order for one plan, whatever order BillaBear listed it in, so equal plans are shared.
         listed.sort_unstable_by_key(|f| f.code.0);
         let user_count = user_count.max(0) as u64;
-        if listed.is_empty() && user_count == 0 {
+        let mut plans: Vec<PlanId> = plans.into_iter().collect();
+        plans.sort_unstable();
+        plans.dedup();
+        if listed.is_empty() && user_count == 0 && plans.is_empty() {
             return Plan(None);
         }
-        let data = PlanData { features: listed.into_boxed_slice(), user_count };
+        let data =
+            PlanData { features: listed.into_boxed_slice(), user_count, plans: plans.into_boxed_slice() };
         let mut shared = PLANS.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(known) = shared.get(&data) {
             return Plan(Some(known.clone()));
@@ -140,6 +147,11 @@ impl Plan {
 
     pub fn user_count(&self) -> u64 {
         self.0.as_ref().map_or(0, |data| data.user_count)
+    }
+
+    /// The BillaBear plans the customer's active subscriptions are on.
+    pub fn plans(&self) -> &[PlanId] {
+        self.0.as_ref().map_or(&[], |data| &data.plans)
     }
 
     /// The feature, if the plan includes it.
@@ -268,7 +280,7 @@ mod tests {
     use super::*;
 
     fn plan() -> Plan {
-        Plan::new([("projects", 25), ("api_calls", 10_000)], ["sso", "projects"], 10)
+        Plan::new([("projects", 25), ("api_calls", 10_000)], ["sso", "projects"], 10, [])
     }
 
     #[test]
@@ -279,20 +291,20 @@ mod tests {
         assert_eq!(plan.feature("sso").map(PlanFeature::limit), Some(None));
         assert!(plan.feature("audit_log").is_none());
         let projects = FeatureCode::known("projects").unwrap();
-        assert_eq!(Plan::new([("projects", 5)], [], 0).features()[0].code, projects);
+        assert_eq!(Plan::new([("projects", 5)], [], 0, []).features()[0].code, projects);
         assert_eq!(projects.as_str(), "projects");
-        let again = Plan::new([("api_calls", 10_000), ("projects", 25)], ["projects", "sso"], 10);
+        let again = Plan::new([("api_calls", 10_000), ("projects", 25)], ["projects", "sso"], 10, []);
         assert!(
             Arc::ptr_eq(again.0.as_ref().unwrap(), plan.0.as_ref().unwrap()),
             "customers on one plan share its copy, whatever order it was listed in"
         );
-        assert_eq!(Plan::new([], [], 0), Plan::default());
+        assert_eq!(Plan::new([], [], 0, []), Plan::default());
         assert!(FeatureCode::known("never-listed-by-any-plan").is_none(), "asking does not intern");
     }
 
     #[test]
     fn events_count_towards_their_feature_or_the_one_a_metric_is_named_for() {
-        Plan::new([("counted_calls", 10)], [], 0);
+        Plan::new([("counted_calls", 10)], [], 0, []);
         let mut settings = EntitlementSettings::default();
         assert_eq!(settings.counted_as("counted_calls").map(FeatureCode::as_str), Some("counted_calls"));
         assert_eq!(settings.counted_as("a-code-no-plan-has"), None);
@@ -312,7 +324,7 @@ mod tests {
 
     #[test]
     fn negative_figures_from_billabear_read_as_zero() {
-        let plan = Plan::new([("projects", -3)], [], -1);
+        let plan = Plan::new([("projects", -3)], [], -1, []);
         assert_eq!(plan.feature("projects").and_then(PlanFeature::limit), Some(0));
         assert_eq!(plan.user_count(), 0);
     }

@@ -172,7 +172,7 @@ pub(crate) mod tests {
     }
 
     pub fn plan() -> Plan {
-        Plan::new([("projects", 25), ("api_calls", 10_000)], ["sso", "projects"], 10)
+        Plan::new([("projects", 25), ("api_calls", 10_000)], ["sso", "projects"], 10, [])
     }
 
     pub fn feature(code: &str, in_use: Option<u64>, quantity: u64) -> PlanAsk {

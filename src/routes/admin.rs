@@ -12,6 +12,7 @@ use crate::domain::LimitId;
 use crate::error::ApiError;
 use crate::limits::{Limit, Limits, NewLimit};
 use crate::outbox::Outbox;
+use crate::rules::Rulebook;
 use crate::subscriptions::Subscriptions;
 use crate::telemetry::RequestId;
 
@@ -21,6 +22,10 @@ pub struct CustomerView {
     /// The current decision, with BillaBear's status, the estimate, the limits and the cache age.
     pub decision: Decision,
     pub outbox: OutboxCounts,
+    /// The ids of usage-gate's rules that bind the customer, from this replica's copy: its own,
+    /// its plans' and the `all` rules, with precedence applied (docs/api.md, Rules).
+    #[schema(value_type = Vec<String>)]
+    pub rules: Vec<uuid::Uuid>,
 }
 
 /// The customer's events not yet delivered: those sent with `customer`, and those sent with one
@@ -42,6 +47,7 @@ pub async fn show_customer(
     checker: web::Data<Checker>,
     subscriptions: web::Data<Subscriptions>,
     outbox: web::Data<Outbox>,
+    rules: web::Data<Rulebook>,
     path: web::Path<String>,
 ) -> Result<web::Json<CustomerView>, ApiError> {
     let customer = customer_id(&path, "customer_id")?;
@@ -50,6 +56,7 @@ pub async fn show_customer(
     Ok(web::Json(CustomerView {
         decision,
         outbox: OutboxCounts { pending: counts.pending, dead: counts.dead },
+        rules: rules.applicable(customer, &checker.plans(customer)).into_iter().map(|r| r.id).collect(),
     }))
 }
 

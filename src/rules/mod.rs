@@ -5,6 +5,7 @@
 mod parse;
 pub mod store;
 
+use futures_util::FutureExt;
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -13,8 +14,55 @@ use uuid::Uuid;
 use crate::audit::Actor;
 use crate::db::StorageError;
 use crate::domain::{CustomerId, FieldError, PlanId};
+use crate::judgement::rule::{self, Rule, Scope};
+use crate::mirror::{self, Mirror, Started};
 pub use parse::{NewRule, RuleForm, RulePatch};
 use store::RuleRow;
+
+/// What a replica's copy of the rules is keyed by: their scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleKey {
+    Customer(CustomerId),
+    Plan(PlanId),
+    All,
+}
+
+impl RuleKey {
+    pub fn of(scope: &Scope) -> Self {
+        match scope {
+            Scope::Customer(c) => RuleKey::Customer(*c),
+            Scope::Plan(p) => RuleKey::Plan(*p),
+            Scope::All => RuleKey::All,
+        }
+    }
+}
+
+impl mirror::Key for RuleKey {
+    /// Customers' rules apart: a customer without any is one atomic load.
+    fn kind(&self) -> usize {
+        match self {
+            RuleKey::Customer(_) => 0,
+            _ => 1,
+        }
+    }
+
+    /// `c:ID`, `p:ID` or `a`, separated by commas (the trigger's payload).
+    fn notified(payloads: &[String]) -> Vec<Self> {
+        let mut keys: Vec<RuleKey> = payloads
+            .iter()
+            .flat_map(|p| p.split(','))
+            .filter_map(|scope| match scope.split_once(':') {
+                Some(("c", id)) => CustomerId::parse(id).ok().map(RuleKey::Customer),
+                Some(("p", id)) => PlanId::parse(id).ok().map(RuleKey::Plan),
+                None if scope == "a" => Some(RuleKey::All),
+                _ => None,
+            })
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+}
 
 /// A rule as the API and the console show it: the shapes it was written in, and who made and
 /// last changed it.
@@ -102,19 +150,36 @@ impl From<sqlx::Error> for RuleError {
     }
 }
 
-/// The operators' rules: the one door to `rules`. Cheap to clone.
+/// The operators' rules: the one door to `rules`, and this replica's copy of them by scope,
+/// which every change reaches within a second (the trigger names the scopes). Cheap to clone.
 #[derive(Clone)]
 pub struct Rulebook {
     pool: PgPool,
+    copy: Mirror<RuleKey, Box<[Rule]>>,
 }
 
 impl Rulebook {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// Starts keeping the copy up to date.
+    pub fn start(pool: PgPool) -> Started<Self> {
+        let load: mirror::Loader<RuleKey, Box<[Rule]>> = |pool, keys| store::by_scope(pool, keys).boxed();
+        let Started { service: copy, tasks, listening, .. } =
+            Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "rules", load);
+        Started { service: Self { pool, copy }, changes: (), tasks, listening }
+    }
+
+    /// The rules that bind the customer, on `plans` (precedence applied: `rule::applicable`).
+    pub fn applicable(&self, customer: CustomerId, plans: &[PlanId]) -> Vec<Rule> {
+        let keys = [RuleKey::Customer(customer), RuleKey::All]
+            .into_iter()
+            .chain(plans.iter().map(|p| RuleKey::Plan(*p)));
+        let scoped: Vec<Rule> =
+            keys.filter_map(|k| self.copy.with(k, |rules| rules.to_vec())).flatten().collect();
+        rule::applicable(&scoped, customer, plans).into_iter().cloned().collect()
     }
 
     pub async fn create(&self, actor: &Actor, new: &NewRule) -> Result<RuleRecord, RuleError> {
         let row = store::create(&self.pool, Uuid::new_v4(), new, actor).await?;
+        self.copy.reload(RuleKey::of(&new.spec.scope)).await;
         metrics::counter!("usage_gate_rule_changes_total", "change" => "create").increment(1);
         Ok(row.into())
     }
@@ -145,12 +210,18 @@ impl Rulebook {
         }
         let row = store::change(&mut tx, &before, patch, actor).await?;
         tx.commit().await?;
+        if let Some(rule) = row.rule() {
+            self.copy.reload(RuleKey::of(&rule.spec.scope)).await;
+        }
         metrics::counter!("usage_gate_rule_changes_total", "change" => "change").increment(1);
         Ok(row.into())
     }
 
     pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), RuleError> {
-        store::delete(&self.pool, id, actor).await?.ok_or(RuleError::NotFound(id))?;
+        let deleted = store::delete(&self.pool, id, actor).await?.ok_or(RuleError::NotFound(id))?;
+        if let Some(rule) = deleted.rule() {
+            self.copy.reload(RuleKey::of(&rule.spec.scope)).await;
+        }
         metrics::counter!("usage_gate_rule_changes_total", "change" => "delete").increment(1);
         Ok(())
     }

@@ -1,14 +1,17 @@
 //! Rules in Postgres: created, changed and deleted, each audited in the transaction that makes
 //! it; the trigger tells every replica.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{NewRule, RulePatch};
+use super::{NewRule, RuleKey, RulePatch};
 use crate::audit::{self, Actor};
-use crate::domain::{CustomerId, PlanId};
-use crate::judgement::rule::{Measure, Mode, RuleWindow, Scope};
+use crate::domain::{CustomerId, FromText, MetricCode, PlanId, Subject};
+use crate::entitlements::{TimeZone, Window};
+use crate::judgement::rule::{Measure, Mode, Rule, RuleSpec, RuleWindow, Scope};
 
 /// Sent (by the trigger) at the commit of every change.
 pub const NOTIFY_CHANNEL: &str = "usage_gate_rules";
@@ -198,4 +201,81 @@ async fn record(
     actor: &Actor,
 ) -> Result<(), sqlx::Error> {
     audit::record_in(tx, &entry(action, row, actor)).await.map(|_| ())
+}
+
+impl RuleRow {
+    /// The rule as judged; None for a row no valid rule makes (the table's checks keep them
+    /// out; a time zone the library stopped knowing is the one way in).
+    pub fn rule(&self) -> Option<Rule> {
+        let scope = match (self.scope_kind.as_str(), self.scope_id) {
+            ("customer", Some(id)) => Scope::Customer(CustomerId::from(id)),
+            ("plan", Some(id)) => Scope::Plan(PlanId::from(id)),
+            ("all", None) => Scope::All,
+            _ => return None,
+        };
+        let measure = match &self.metric {
+            Some(code) => Measure::Metric(MetricCode::parse(code).ok()?),
+            None => Measure::Cost,
+        };
+        let window = match (self.window_kind.as_str(), &self.calendar, &self.time_zone, self.rolling_s) {
+            ("calendar", Some(unit), Some(zone), _) => RuleWindow::Calendar {
+                unit: Window::from_text(unit).ok()?,
+                zone: TimeZone::from_text(zone).ok()?,
+            },
+            ("rolling", _, _, Some(seconds)) => RuleWindow::Rolling { seconds: u32::try_from(seconds).ok()? },
+            ("billing_period", _, _, _) => RuleWindow::BillingPeriod,
+            _ => return None,
+        };
+        let subject_limits =
+            serde_json::from_value::<std::collections::BTreeMap<Subject, i64>>(self.subject_limits.clone())
+                .ok()?;
+        let spec = RuleSpec {
+            scope,
+            measure,
+            limit: self.limit,
+            window,
+            mode: Mode::from_text(&self.mode).ok()?,
+            per_subject: self.per_subject,
+            subject_limits,
+            thresholds: self.thresholds.iter().map(|t| u16::try_from(*t).ok()).collect::<Option<_>>()?,
+        };
+        Some(Rule { id: self.id, spec })
+    }
+}
+
+/// The rules of each of `scopes` (of every scope that has any when None), oldest first.
+pub async fn by_scope(
+    pool: &PgPool,
+    scopes: Option<&[RuleKey]>,
+) -> Result<HashMap<RuleKey, Box<[Rule]>>, sqlx::Error> {
+    let (mut customers, mut plans, mut all) = (Vec::new(), Vec::new(), false);
+    for key in scopes.unwrap_or_default() {
+        match key {
+            RuleKey::Customer(c) => customers.push(c.as_uuid()),
+            RuleKey::Plan(p) => plans.push(p.as_uuid()),
+            RuleKey::All => all = true,
+        }
+    }
+    let rows: Vec<RuleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM rules
+         WHERE $1 OR (scope_kind = 'customer' AND scope_id = ANY($2))
+            OR (scope_kind = 'plan' AND scope_id = ANY($3)) OR ($4 AND scope_kind = 'all')
+         ORDER BY created_at, id"
+    )))
+    .bind(scopes.is_none())
+    .bind(&customers)
+    .bind(&plans)
+    .bind(all)
+    .fetch_all(pool)
+    .await?;
+    let mut by_scope: HashMap<RuleKey, Vec<Rule>> = HashMap::new();
+    for row in &rows {
+        match row.rule() {
+            Some(rule) => by_scope.entry(RuleKey::of(&rule.spec.scope)).or_default().push(rule),
+            None => {
+                tracing::warn!(rule = %row.id, "rules: a stored rule does not read as one; it is not applied")
+            }
+        }
+    }
+    Ok(by_scope.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect())
 }

@@ -288,7 +288,9 @@ async fn active_subscriptions(
                 "valid_until": valid_until,
                 "main_external_reference": null,
                 "child_external_reference": null,
-                "plan": {"id": Uuid::new_v4(), "name": "Simulated plan"},
+                // A plan of its own, the same on every answer, unless the seed names one.
+                "plan": {"id": s.plan.id.unwrap_or_else(|| Uuid::from_u128(s.id.as_uuid().as_u128().rotate_left(64))),
+                         "name": "Simulated plan"},
                 "price": {
                     "id": Uuid::new_v4(),
                     // A tiered price has no single amount.

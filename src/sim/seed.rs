@@ -102,6 +102,10 @@ pub struct SeedSubscription {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SeedPlan {
+    /// The plan's id in BillaBear (`plan.id` on its subscriptions); one made from the
+    /// subscription's id when not set.
+    #[serde(default)]
+    pub id: Option<uuid::Uuid>,
     #[serde(default)]
     pub features: Vec<String>,
     #[serde(default)]

@@ -2,6 +2,8 @@
 //! changed and deleted under the `admin` scope, each change audited once with its actor; bad
 //! input is a 422 naming the field, and stores nothing.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -11,6 +13,17 @@ const CUSTOMER: &str = "11111111-1111-4111-8111-111111111111";
 const PLAN: &str = "7a7a7a7a-7a7a-4a7a-8a7a-7a7a7a7a7a7a";
 
 impl TestApp {
+    /// The ids of the rules that bind `CUSTOMER`, as this replica's customer view lists them.
+    async fn bound(&self) -> Vec<String> {
+        self.bound_of(CUSTOMER).await
+    }
+
+    async fn bound_of(&self, customer: &str) -> Vec<String> {
+        let view: Value =
+            self.admin(Method::GET, &format!("/v1/customers/{customer}"), None).await.json().await.unwrap();
+        view["rules"].as_array().unwrap().iter().map(|id| id.as_str().unwrap().to_owned()).collect()
+    }
+
     async fn create_rule(&self, body: Value) -> reqwest::Response {
         self.admin(Method::POST, "/v1/rules", Some(body)).await
     }
@@ -158,4 +171,63 @@ async fn rules_need_the_admin_scope() {
     }
     assert_eq!(app.get("/v1/rules", None).await.status(), 401);
     assert_eq!(app.rule_rows().await, 0);
+}
+
+#[tokio::test]
+async fn a_rule_created_or_deleted_binds_or_frees_on_every_replica_within_a_second() {
+    let app = TestApp::spawn().await;
+    let other = app.second_instance().await;
+    let everyone = json!({"scope": {"all": true}, "measure": {"cost": {}}, "limit": 100_000,
+        "window": {"calendar": "day"}, "mode": "hard"});
+    let all: Value = app.create_rule(everyone).await.json().await.unwrap();
+    let all = all["id"].as_str().unwrap().to_owned();
+    let own: Value = app
+        .create_rule(json!({"scope": {"customer": CUSTOMER}, "measure": {"cost": {}}, "limit": 5000,
+        "window": {"calendar": "day"}, "mode": "hard"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let own = own["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        app.bound().await,
+        std::slice::from_ref(&own),
+        "this replica at once: the customer's rule replaces all's"
+    );
+    eventually(Duration::from_secs(1), "the other replica binds the customer's rule", || async {
+        (other.bound().await == [own.clone()]).then_some(())
+    })
+    .await;
+
+    other.admin(Method::DELETE, &format!("/v1/rules/{own}"), None).await;
+    eventually(Duration::from_secs(1), "the first replica falls back to the all rule", || async {
+        (app.bound().await == [all.clone()]).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_plan_rule_binds_the_customers_on_that_plan_in_place_of_the_all_rule() {
+    let app = TestApp::spawn().await;
+    let on_plan =
+        app.sim.add_customer(json!({"subscriptions": [{"price_amount": 1000, "plan": {"id": PLAN}}]})).await;
+    let on_plan = on_plan["id"].as_str().unwrap().to_owned();
+    let day = json!({"calendar": "day"});
+    let id = |created: Value| created["id"].as_str().unwrap().to_owned();
+    let all = id(app
+        .create_rule(json!({"scope": {"all": true}, "measure": {"cost": {}}, "limit": 100_000,
+        "window": day, "mode": "hard"}))
+        .await
+        .json()
+        .await
+        .unwrap());
+    let plan = id(app
+        .create_rule(json!({"scope": {"plan": PLAN}, "measure": {"cost": {}}, "limit": 20_000,
+        "window": day, "mode": "hard"}))
+        .await
+        .json()
+        .await
+        .unwrap());
+    assert_eq!(app.bound_of(&on_plan).await, [plan], "its plan's rule replaces all's");
+    assert_eq!(app.bound().await, [all], "a customer on another plan keeps all's");
 }

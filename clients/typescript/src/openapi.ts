@@ -727,6 +727,11 @@ export interface components {
             /** @description The current decision, with BillaBear's status, the estimate, the limits and the cache age. */
             decision: components["schemas"]["Decision"];
             outbox: components["schemas"]["OutboxCounts"];
+            /**
+             * @description The ids of usage-gate's rules that bind the customer, from this replica's copy: its own,
+             *     its plans' and the `all` rules, with precedence applied (docs/api.md, Rules).
+             */
+            rules: string[];
         };
         /** @description The answer to "may this customer keep using the product?", with what it is based on. */
         Decision: {
