@@ -168,14 +168,24 @@ async fn the_customer_view_shows_the_decision_and_undelivered_events() {
     app.sim.set_faults(json!({"outage": "unavailable", "only": "events"})).await;
     let event = json!({"event_id": "view-1", "customer": ACME, "code": "api_calls", "value": 1});
     assert_eq!(app.post_event(&event).await.status(), 202);
-    let view: Value =
-        app.admin(reqwest::Method::GET, &format!("/v1/customers/{ACME}"), None).await.json().await.unwrap();
+    // The replica's copy of pending usage learns of the commit a moment after the 202 (the
+    // event's own answer counts it at once): the view counts it within a second.
+    let view: Value = eventually(Duration::from_secs(1), "the view to count the event", || async {
+        let view: Value = app
+            .admin(reqwest::Method::GET, &format!("/v1/customers/{ACME}"), None)
+            .await
+            .json()
+            .await
+            .unwrap();
+        (view["decision"]["estimate"]["pending"] == 1).then_some(view)
+    })
+    .await;
     let decision = &view["decision"];
     assert_eq!(
         (decision["status"].as_str(), decision["customer_status"].as_str()),
         (Some("ok"), Some("active"))
     );
-    // The undelivered event counts already: BillaBear's 1200 plus one call at 1 cent.
+    // The undelivered event counts: BillaBear's 1200 plus one call at 1 cent.
     assert_eq!(
         (
             &decision["estimate"]["amount"],
