@@ -301,6 +301,8 @@ fn request_schemas() -> [(&'static str, serde_json::Value); 7] {
 /// What `rules::NewRule::from_json` and `RulePatch::from_json` accept.
 fn rule_schemas() -> [serde_json::Value; 2] {
     let uuid = json!({"type": "string", "format": "uuid"});
+    // Every name the time-zone library knows, and only those.
+    let zones: Vec<&str> = chrono_tz::TZ_VARIANTS.iter().map(|z| z.name()).collect();
     let scope = json!({"oneOf": [
         {"type": "object", "required": ["customer"], "additionalProperties": false, "properties": {"customer": uuid}},
         {"type": "object", "required": ["plan"], "additionalProperties": false, "properties": {"plan": uuid}},
@@ -315,7 +317,7 @@ fn rule_schemas() -> [serde_json::Value; 2] {
     let window = json!({"oneOf": [
         {"type": "object", "required": ["calendar"], "additionalProperties": false, "properties": {
             "calendar": {"type": "string", "enum": ["hour", "day", "week", "month"]},
-            "time_zone": {"type": "string", "description": "IANA, default UTC"}}},
+            "time_zone": {"type": "string", "enum": zones, "description": "IANA, default UTC"}}},
         {"type": "object", "required": ["rolling_s"], "additionalProperties": false,
          "properties": {"rolling_s": {"type": "integer", "minimum": 1, "maximum": 2_678_400}}},
         {"type": "object", "required": ["billing_period"], "additionalProperties": false, "properties": {"billing_period": empty}},
@@ -326,6 +328,8 @@ fn rule_schemas() -> [serde_json::Value; 2] {
                                 "description": "A subject's own limit (per_subject rules only)"});
     let thresholds = json!({"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 1000},
                             "description": "Percents of the limit, ascending, each once; default [80, 100]"});
+    // null counts as absent on a new rule.
+    let or_null = |schema: &serde_json::Value| json!({"anyOf": [schema, {"type": "null"}]});
     let description = json!({"type": ["string", "null"], "maxLength": 500, "pattern": "^[^\\u0000]*$"});
     let mode = json!({"type": "string", "enum": ["hard", "soft"]});
     let new_rule = json!({
@@ -333,8 +337,12 @@ fn rule_schemas() -> [serde_json::Value; 2] {
         "required": ["scope", "measure", "limit", "window", "mode"],
         "additionalProperties": false,
         "properties": {"scope": scope, "measure": measure, "limit": limit, "window": window, "mode": mode,
-                       "per_subject": {"type": "boolean", "description": "Default false"},
-                       "subject_limits": subject_limits, "thresholds": thresholds, "description": description},
+                       "per_subject": {"type": ["boolean", "null"], "description": "Default false"},
+                       "subject_limits": or_null(&subject_limits), "thresholds": or_null(&thresholds),
+                       "description": description},
+        // Limits of subjects only on a rule that limits each subject.
+        "if": {"required": ["subject_limits"], "properties": {"subject_limits": {"type": "object", "minProperties": 1}}},
+        "then": {"required": ["per_subject"], "properties": {"per_subject": {"const": true}}},
     });
     let patch = json!({
         "type": "object",

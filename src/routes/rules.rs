@@ -33,8 +33,10 @@ pub async fn create_rule(
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 pub struct ListQuery {
     /// Only the rules scoped to this customer (with `plan`: and those scoped to the plan).
+    #[param(value_type = Option<String>, format = Uuid)]
     pub customer: Option<String>,
     /// Only the rules scoped to this plan.
+    #[param(value_type = Option<String>, format = Uuid)]
     pub plan: Option<String>,
     /// 1 to 500, default 100.
     #[param(minimum = 1, maximum = 500)]

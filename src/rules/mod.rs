@@ -204,7 +204,7 @@ impl Rulebook {
     pub async fn change(&self, actor: &Actor, id: Uuid, patch: &RulePatch) -> Result<RuleRecord, RuleError> {
         let mut tx = self.pool.begin().await.map_err(StorageError::from)?;
         let before = store::locked(&mut tx, id).await?.ok_or(RuleError::NotFound(id))?;
-        if patch.subject_limits.is_some() && !before.per_subject {
+        if patch.subject_limits.as_ref().is_some_and(|limits| !limits.is_empty()) && !before.per_subject {
             let why = "only on a rule with \"per_subject\": true";
             return Err(RuleError::Invalid(vec![FieldError::new("subject_limits", why)]));
         }

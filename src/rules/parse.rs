@@ -114,12 +114,12 @@ impl NewRule {
         };
         let subject_limits = match field("subject_limits") {
             None => BTreeMap::new(),
-            Some(_) if !per_subject => {
-                errors.push(FieldError::new("subject_limits", "only with \"per_subject\": true"));
-                BTreeMap::new()
-            }
             Some(v) => collect(subject_limits(v), &mut errors).unwrap_or_default(),
         };
+        // An empty map limits no subject: it fits any rule.
+        if !per_subject && !subject_limits.is_empty() {
+            errors.push(FieldError::new("subject_limits", "only with \"per_subject\": true"));
+        }
         let thresholds = match field("thresholds") {
             None => DEFAULT_THRESHOLDS.to_vec(),
             Some(v) => collect(thresholds(v), &mut errors).unwrap_or_default(),
@@ -427,6 +427,10 @@ mod tests {
         let rule = NewRule::from_json(&per_member).unwrap().spec;
         assert_eq!(rule.window, RuleWindow::Rolling { seconds: 60 });
         assert_eq!(rule.subject_limits.get(&Subject::parse("alice").unwrap()), Some(&20));
+        assert!(
+            NewRule::from_json(&with("subject_limits", json!({}))).is_ok(),
+            "no subject limited: any rule"
+        );
         let billing = with("window", json!({"billing_period": {}}));
         assert_eq!(NewRule::from_json(&billing).unwrap().spec.window, RuleWindow::BillingPeriod);
         let utc = with("window", json!({"calendar": "hour"}));

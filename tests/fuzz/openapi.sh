@@ -49,7 +49,9 @@ TOML
 
 # Requests the document holds valid but a rule it cannot express refuses, per route: a customer
 # over its limit (402), a subscription usage-gate has not seen with enforce=true, an override
-# that ends in the past (422). Every other route keeps the default: valid means accepted.
+# that ends in the past (422), a rule's thresholds out of order (422), subject limits set on a
+# rule that does not limit each subject (422: what the stored rule is). Every other route keeps
+# the default: valid means accepted.
 # A wrongly typed `cost` (a list, an object) reaches the query string as nothing, so the tool's
 # "invalid cost accepted" is a request without one, which is valid: cost is given a value of its
 # type, and tests/api/check.rs holds its bounds. Rules between parameters the document cannot
@@ -59,7 +61,7 @@ TOML
   printf '[[operations]]\ninclude-name = "GET /v1/customers/{customer_id}/check"\nparameters = { cost = 100, feature = "sso" }\n'
   printf '[[operations]]\ninclude-name = "GET /v1/gate"\nparameters = { feature = "sso", "X-Usage-Feature" = "sso" }\n'
   for operation in "POST /v1/events" "POST /v1/events/batch" "POST /v1/customers/{customer_id}/reservations" \
-    "POST /v1/customers/{customer_id}/overrides"; do
+    "POST /v1/customers/{customer_id}/overrides" "POST /v1/rules" "PATCH /v1/rules/{rule_id}"; do
     printf '[[operations]]\ninclude-name = "%s"\n' "$operation"
     printf 'checks.positive_data_acceptance.expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "429", "5xx", "402", "422"]\n'
   done
