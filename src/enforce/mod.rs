@@ -241,9 +241,8 @@ impl Counts for Ledger {
     /// Placed as the statement storing events places them: by the billing period Postgres has
     /// recorded for the customer.
     fn window(&self, case: &Case, feature: FeatureCode) -> (Window, Bounds) {
-        let window = case.settings.window(feature);
         let period = self.periods.get(&case.customer).copied().or(case.known.period);
-        (window, window.bounds(judgement::at(case.now_ms), case.settings.zone(), period))
+        case.settings.placed(feature, judgement::at(case.now_ms), period)
     }
 
     /// The customer's targets' counts and its open holds' units.

@@ -261,6 +261,18 @@ impl EntitlementSettings {
         self.window_of(feature.as_str())
     }
 
+    /// The window `feature` is counted over and its bounds at `now`, a billing period placed by
+    /// `period`.
+    pub fn placed(
+        &self,
+        feature: FeatureCode,
+        now: chrono::DateTime<chrono::Utc>,
+        period: Option<Period>,
+    ) -> (Window, Bounds) {
+        let window = self.window(feature);
+        (window, window.bounds(now, self.zone(), period))
+    }
+
     pub fn zone(&self) -> chrono_tz::Tz {
         self.time_zone.0
     }

@@ -70,8 +70,7 @@ impl FeatureCounts {
         settings: &EntitlementSettings,
         now: DateTime<Utc>,
     ) -> Counted {
-        let window = settings.window(feature);
-        let bounds = window.bounds(now, settings.zone(), known.period);
+        let (window, bounds) = settings.placed(feature, now, known.period);
         Counted { used: self.used(customer, known, feature, bounds.start), window, bounds }
     }
 

@@ -61,8 +61,7 @@ pub trait Counts {
     /// The window `feature` is counted over at the case's time, placed by the customer's
     /// billing period as the snapshot has it.
     fn window(&self, case: &Case, feature: FeatureCode) -> (Window, Bounds) {
-        let window = case.settings.window(feature);
-        (window, window.bounds(at(case.now_ms), case.settings.zone(), case.known.period))
+        case.settings.placed(feature, at(case.now_ms), case.known.period)
     }
 
     /// What the customer used of `feature` in the window starting at `start` (Unix s): events,

@@ -33,8 +33,8 @@ pub struct RuleSpec {
     pub thresholds: Vec<u16>,
 }
 
-/// Whom a rule applies to.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// Whom a rule applies to (also what a replica's copy of the rules is keyed by).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Scope {
     Customer(CustomerId),
     /// Every customer with an active subscription on the plan.

@@ -19,42 +19,24 @@ use crate::mirror::{self, Mirror, Started};
 pub use parse::{NewRule, RuleForm, RulePatch};
 use store::RuleRow;
 
-/// What a replica's copy of the rules is keyed by: their scope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RuleKey {
-    Customer(CustomerId),
-    Plan(PlanId),
-    All,
-}
-
-impl RuleKey {
-    pub fn of(scope: &Scope) -> Self {
-        match scope {
-            Scope::Customer(c) => RuleKey::Customer(*c),
-            Scope::Plan(p) => RuleKey::Plan(*p),
-            Scope::All => RuleKey::All,
-        }
-    }
-}
-
-impl mirror::Key for RuleKey {
+impl mirror::Key for Scope {
     /// Customers' rules apart: a customer without any is one atomic load.
     fn kind(&self) -> usize {
         match self {
-            RuleKey::Customer(_) => 0,
+            Scope::Customer(_) => 0,
             _ => 1,
         }
     }
 
     /// `c:ID`, `p:ID` or `a`, separated by commas (the trigger's payload).
     fn notified(payloads: &[String]) -> Vec<Self> {
-        let mut keys: Vec<RuleKey> = payloads
+        let mut keys: Vec<Scope> = payloads
             .iter()
             .flat_map(|p| p.split(','))
             .filter_map(|scope| match scope.split_once(':') {
-                Some(("c", id)) => CustomerId::parse(id).ok().map(RuleKey::Customer),
-                Some(("p", id)) => PlanId::parse(id).ok().map(RuleKey::Plan),
-                None if scope == "a" => Some(RuleKey::All),
+                Some(("c", id)) => CustomerId::parse(id).ok().map(Scope::Customer),
+                Some(("p", id)) => PlanId::parse(id).ok().map(Scope::Plan),
+                None if scope == "a" => Some(Scope::All),
                 _ => None,
             })
             .collect();
@@ -155,13 +137,13 @@ impl From<sqlx::Error> for RuleError {
 #[derive(Clone)]
 pub struct Rulebook {
     pool: PgPool,
-    copy: Mirror<RuleKey, Box<[Rule]>>,
+    copy: Mirror<Scope, Box<[Rule]>>,
 }
 
 impl Rulebook {
     /// Starts keeping the copy up to date.
     pub fn start(pool: PgPool) -> Started<Self> {
-        let load: mirror::Loader<RuleKey, Box<[Rule]>> = |pool, keys| store::by_scope(pool, keys).boxed();
+        let load: mirror::Loader<Scope, Box<[Rule]>> = |pool, keys| store::by_scope(pool, keys).boxed();
         let Started { service: copy, tasks, listening, .. } =
             Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "rules", load);
         Started { service: Self { pool, copy }, changes: (), tasks, listening }
@@ -169,9 +151,8 @@ impl Rulebook {
 
     /// The rules that bind the customer, on `plans` (precedence applied: `rule::applicable`).
     pub fn applicable(&self, customer: CustomerId, plans: &[PlanId]) -> Vec<Rule> {
-        let keys = [RuleKey::Customer(customer), RuleKey::All]
-            .into_iter()
-            .chain(plans.iter().map(|p| RuleKey::Plan(*p)));
+        let keys =
+            [Scope::Customer(customer), Scope::All].into_iter().chain(plans.iter().map(|p| Scope::Plan(*p)));
         let scoped: Vec<Rule> =
             keys.filter_map(|k| self.copy.with(k, |rules| rules.to_vec())).flatten().collect();
         rule::applicable(&scoped, customer, plans).into_iter().cloned().collect()
@@ -179,7 +160,7 @@ impl Rulebook {
 
     pub async fn create(&self, actor: &Actor, new: &NewRule) -> Result<RuleRecord, RuleError> {
         let row = store::create(&self.pool, Uuid::new_v4(), new, actor).await?;
-        self.copy.reload(RuleKey::of(&new.spec.scope)).await;
+        self.copy.reload(new.spec.scope).await;
         metrics::counter!("usage_gate_rule_changes_total", "change" => "create").increment(1);
         Ok(row.into())
     }
@@ -211,7 +192,7 @@ impl Rulebook {
         let row = store::change(&mut tx, &before, patch, actor).await?;
         tx.commit().await?;
         if let Some(rule) = row.rule() {
-            self.copy.reload(RuleKey::of(&rule.spec.scope)).await;
+            self.copy.reload(rule.spec.scope).await;
         }
         metrics::counter!("usage_gate_rule_changes_total", "change" => "change").increment(1);
         Ok(row.into())
@@ -220,7 +201,7 @@ impl Rulebook {
     pub async fn delete(&self, actor: &Actor, id: Uuid) -> Result<(), RuleError> {
         let deleted = store::delete(&self.pool, id, actor).await?.ok_or(RuleError::NotFound(id))?;
         if let Some(rule) = deleted.rule() {
-            self.copy.reload(RuleKey::of(&rule.spec.scope)).await;
+            self.copy.reload(rule.spec.scope).await;
         }
         metrics::counter!("usage_gate_rule_changes_total", "change" => "delete").increment(1);
         Ok(())

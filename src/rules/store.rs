@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{NewRule, RuleKey, RulePatch};
+use super::{NewRule, RulePatch};
 use crate::audit::{self, Actor};
 use crate::domain::{CustomerId, FromText, MetricCode, PlanId, Subject};
 use crate::entitlements::{TimeZone, Window};
@@ -79,7 +79,7 @@ pub async fn create(pool: &PgPool, id: Uuid, new: &NewRule, actor: &Actor) -> Re
     .bind(calendar)
     .bind(time_zone)
     .bind(rolling_s)
-    .bind(mode_text(spec.mode))
+    .bind(spec.mode.to_text())
     .bind(spec.per_subject)
     .bind(serde_json::to_value(&spec.subject_limits).unwrap_or_default())
     .bind(&thresholds)
@@ -90,13 +90,6 @@ pub async fn create(pool: &PgPool, id: Uuid, new: &NewRule, actor: &Actor) -> Re
     record(&mut tx, "rule.create", &row, actor).await?;
     tx.commit().await?;
     Ok(row)
-}
-
-fn mode_text(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Hard => "hard",
-        Mode::Soft => "soft",
-    }
 }
 
 /// The rule, locked for a change in `tx`.
@@ -128,7 +121,7 @@ pub async fn change(
     )))
     .bind(before.id)
     .bind(patch.limit)
-    .bind(patch.mode.map(mode_text))
+    .bind(patch.mode.map(|m| m.to_text()))
     .bind(thresholds)
     .bind(patch.subject_limits.as_ref().map(|l| serde_json::to_value(l).unwrap_or_default()))
     .bind(patch.description.is_some())
@@ -246,14 +239,14 @@ impl RuleRow {
 /// The rules of each of `scopes` (of every scope that has any when None), oldest first.
 pub async fn by_scope(
     pool: &PgPool,
-    scopes: Option<&[RuleKey]>,
-) -> Result<HashMap<RuleKey, Box<[Rule]>>, sqlx::Error> {
+    scopes: Option<&[Scope]>,
+) -> Result<HashMap<Scope, Box<[Rule]>>, sqlx::Error> {
     let (mut customers, mut plans, mut all) = (Vec::new(), Vec::new(), false);
     for key in scopes.unwrap_or_default() {
         match key {
-            RuleKey::Customer(c) => customers.push(c.as_uuid()),
-            RuleKey::Plan(p) => plans.push(p.as_uuid()),
-            RuleKey::All => all = true,
+            Scope::Customer(c) => customers.push(c.as_uuid()),
+            Scope::Plan(p) => plans.push(p.as_uuid()),
+            Scope::All => all = true,
         }
     }
     let rows: Vec<RuleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -268,10 +261,10 @@ pub async fn by_scope(
     .bind(all)
     .fetch_all(pool)
     .await?;
-    let mut by_scope: HashMap<RuleKey, Vec<Rule>> = HashMap::new();
+    let mut by_scope: HashMap<Scope, Vec<Rule>> = HashMap::new();
     for row in &rows {
         match row.rule() {
-            Some(rule) => by_scope.entry(RuleKey::of(&rule.spec.scope)).or_default().push(rule),
+            Some(rule) => by_scope.entry(rule.spec.scope).or_default().push(rule),
             None => {
                 tracing::warn!(rule = %row.id, "rules: a stored rule does not read as one; it is not applied")
             }
