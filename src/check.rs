@@ -6,16 +6,25 @@ use serde::Serialize;
 use crate::billabear::BillaBearError;
 use crate::cache::SnapshotCache;
 use crate::domain::Currency;
+use crate::domain::Subject;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, PlanId, Target, Timestamp};
 use crate::enforce::{Gate, Judged};
+use crate::entitlements::FeatureCode;
 use crate::entitlements::{self, Counted, EntitlementSettings, PlanAsk};
 use crate::feature_counts::FeatureCounts;
-use crate::judgement::{self, Case, FeatureJudged, Findings, Question, SeatsJudged};
+use crate::judgement::RuleTally;
+use crate::judgement::rule::{self, Added, Measure, Mode, RuleWindow};
+use crate::judgement::{
+    self, Case, Counts, FeatureJudged, Findings, Question, Rule, RuleJudged, SeatsJudged,
+};
+use crate::outbox::IncomingEvent;
 use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
 use crate::policy::{self, PolicySettings, Reason, Reasons, Status, Verdict};
 use crate::projection::{PendingUsage, Projection};
 use crate::reservations::Holds;
+use crate::rules::Rulebook;
+use crate::rules::counts::RuleCounts;
 use crate::snapshot::{Known, Lookup, Snapshot, SnapshotData, Source, now_ms};
 
 mod wire;
@@ -34,7 +43,8 @@ pub struct Decision {
     /// Stable codes: customer_disabled, disable_limit_exceeded, would_exceed_disable_limit,
     /// warning_limit_exceeded, near_limit, customer_not_found, upstream_unavailable,
     /// upstream_budget_exhausted, pending_usage_exceeds_limit, override_allow, override_block,
-    /// override_raise, feature_not_in_plan, feature_limit_reached, seats_exceeded.
+    /// override_raise, feature_not_in_plan, feature_limit_reached, seats_exceeded,
+    /// rule_limit_exceeded, would_exceed_rule_limit, soft_limit_exceeded.
     #[schema(value_type = Vec<String>)]
     pub reasons: Reasons,
     /// The projected cost estimate for the period that every rule judges (minor units, tax
@@ -50,6 +60,11 @@ pub struct Decision {
     /// The `seats` asked for and the plan's user count (absent as `feature` is).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seats: Option<Box<SeatsView>>,
+    /// usage-gate's own rules: on a check, every rule that binds the customer (and, per
+    /// subject, the `subject` asked about); on a refused write, the rules that refused it.
+    /// Absent when none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleView>,
     pub limits: Vec<LimitView>,
     /// BillaBear's customer status (active, disabled, ...); null when unknown.
     #[schema(value_type = Option<String>)]
@@ -105,6 +120,72 @@ pub struct LimitView {
     pub exceeded: bool,
     /// How much more may be spent before it is exceeded (0 when it is).
     pub remaining: i64,
+}
+
+/// One of usage-gate's rules as judged for the answer.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct RuleView {
+    pub id: uuid::Uuid,
+    /// `{"cost": {}}` (minor units) or `{"metric": CODE}` (units), as the rule is written.
+    #[schema(value_type = Object)]
+    pub measure: Measure,
+    /// As the rule is written (`{"calendar": ..}`, `{"rolling_s": ..}`, `{"billing_period": {}}`).
+    #[schema(value_type = Object)]
+    pub window: RuleWindow,
+    /// `hard` or `soft`.
+    #[schema(value_type = String)]
+    pub mode: &'static str,
+    /// What it allows in its window (the subject's own limit, for a subject with one).
+    pub limit: i64,
+    /// Used in the window before what is asked (events, and on a write open holds too).
+    #[schema(value_type = f64)]
+    #[serde(serialize_with = "whole_when_whole")]
+    pub used: f64,
+    /// The subject a per-subject rule judged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub subject: Option<Subject>,
+    /// When a calendar or billing window ends and the count restarts (absent for a rolling
+    /// window, which frees usage a sixtieth of its length at a time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub resets_at: Option<Timestamp>,
+    /// Why it refuses (`rule_limit_exceeded`, `would_exceed_rule_limit`) or warns
+    /// (`soft_limit_exceeded`); absent when what is asked fits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub reason: Option<&'static str>,
+}
+
+impl RuleView {
+    fn of(judged: RuleJudged) -> Self {
+        let spec = &judged.rule.spec;
+        RuleView {
+            id: judged.rule.id,
+            measure: spec.measure.clone(),
+            window: spec.window,
+            mode: spec.mode.as_str(),
+            limit: judged.limit,
+            used: judged.used,
+            subject: judged.subject,
+            resets_at: judged.resets_ms.map(|ms| Timestamp(ms.max(0) as u64)),
+            reason: judged.reason.map(Reason::code),
+        }
+    }
+
+    /// Whether it refuses (a hard rule at or past its limit).
+    pub fn refuses(&self) -> bool {
+        self.mode == Mode::Hard.as_str() && self.reason.is_some()
+    }
+
+    pub fn remaining(&self) -> f64 {
+        (self.limit as f64 - self.used).max(0.0)
+    }
+}
+
+/// A count as a whole number when it is one (money always is), else as it is.
+pub fn whole_when_whole<S: serde::Serializer>(n: &f64, s: S) -> Result<S::Ok, S::Error> {
+    if n.fract() == 0.0 && n.abs() < 9.0e15 { s.serialize_i64(*n as i64) } else { s.serialize_f64(*n) }
 }
 
 /// What the plan says of the feature asked about.
@@ -242,18 +323,24 @@ pub struct Checker {
     pub overrides: Overrides,
     /// This replica's copy of the feature limits' counts.
     pub counts: FeatureCounts,
+    /// This replica's copy of usage-gate's rules.
+    pub rules: Rulebook,
+    /// This replica's copy of what the rules counted.
+    pub rule_counts: RuleCounts,
     policy: PolicySettings,
     entitlements: EntitlementSettings,
     metrics: DecisionMetrics,
 }
 
 impl Checker {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cache: SnapshotCache,
         pending: Pending,
         holds: Holds,
         overrides: Overrides,
         counts: FeatureCounts,
+        (rules, rule_counts): (Rulebook, RuleCounts),
         policy: PolicySettings,
         entitlements: EntitlementSettings,
     ) -> Self {
@@ -263,6 +350,8 @@ impl Checker {
             holds,
             overrides,
             counts,
+            rules,
+            rule_counts,
             policy,
             entitlements,
             metrics: DecisionMetrics::new(),
@@ -312,12 +401,31 @@ impl Checker {
         }
     }
 
+    /// What an event of the customer's stored without enforcement adds to the rules that bind
+    /// it, priced on the snapshot this replica has cached (none cached: nothing is counted, and
+    /// BillaBear is not asked for it).
+    pub fn tallies(&self, id: CustomerId, event: &IncomingEvent) -> Vec<RuleTally> {
+        let Some(snapshot) = self.cache.cached(id).and_then(|l| l.snapshot) else { return vec![] };
+        let SnapshotData::Known(known) = &snapshot.data else { return vec![] };
+        let rules = self.rules.applicable(id, known.plan.plans());
+        if rules.is_empty() {
+            return vec![];
+        }
+        let (code, value) = (event.code.as_str(), event.value);
+        let added = Added { cost: known.price(event.target, code, value), units: Some((code, value)) };
+        rule::tallies(&rules, id, event.subject.as_ref(), added, now_ms() as i64, known.period)
+    }
+
     /// How the customer's enforced writes are judged: against its snapshot under its lock, or,
     /// when BillaBear does not know it or cannot be asked, by the fallback policy's decision.
     pub async fn enforcement(&self, id: CustomerId) -> Enforcement {
         let lookup = self.cache.lookup(id).await;
         let applied = self.overrides.active(id, now_ms());
-        match lookup.snapshot.clone().and_then(|snapshot| Gate::new(id, snapshot, applied)) {
+        let rules = match lookup.snapshot.as_deref().map(|s| &s.data) {
+            Some(SnapshotData::Known(known)) => self.rules.applicable(id, known.plan.plans()),
+            _ => vec![],
+        };
+        match lookup.snapshot.clone().and_then(|snapshot| Gate::new(id, snapshot, applied, rules)) {
             Some(gate) => Enforcement::Gate { gate, lookup },
             None => Enforcement::Decided(self.explain(id, None, lookup)),
         }
@@ -355,6 +463,7 @@ impl Checker {
     ) -> Decision {
         let now = now_ms();
         let judge = |known: &Known| {
+            let rules = self.rules.applicable(id, known.plan.plans());
             let projection = Projection {
                 reserved: self.holds.reserved(id, now),
                 ..self.pending.project_replacing(id, known, replaced)
@@ -367,8 +476,10 @@ impl Checker {
                 question: Question::Check(plan),
                 settings: &self.entitlements,
                 now_ms: now,
+                rules: &rules,
+                subject: plan.subject.as_ref(),
             };
-            let found = judgement::find(&case, &self.counts);
+            let found = judgement::find(&case, self);
             (projection, found)
         };
         self.explain_judging(id, cost, lookup, judge, now)
@@ -404,6 +515,17 @@ impl Checker {
         let decision = explain(id, cost, lookup, judge, applied.as_ref(), &self.policy, now);
         self.metrics.record(&decision);
         decision
+    }
+}
+
+/// A check reads this replica's copies.
+impl Counts for Checker {
+    fn used(&self, case: &Case, feature: FeatureCode, start: i64) -> f64 {
+        self.counts.used(case.customer, case.known, feature, start)
+    }
+
+    fn rule_used(&self, case: &Case, rule: &Rule, subject: Option<&Subject>, since_ms: i64) -> f64 {
+        self.rule_counts.used(case.customer, rule.id, subject, since_ms)
     }
 }
 
@@ -457,6 +579,7 @@ pub fn explain(
         cost,
         feature: None,
         seats: None,
+        rules: vec![],
         limits: vec![],
         customer_status: None,
         fallback: source == Source::Fallback,
@@ -494,6 +617,7 @@ pub fn explain(
     Decision {
         feature: found.feature.map(|f| Box::new(FeatureView::of(f))),
         seats: found.seats.map(|seats| Box::new(SeatsView::from(seats))),
+        rules: found.rules.into_iter().map(RuleView::of).collect(),
         limits: known
             .limits
             .iter()

@@ -308,11 +308,15 @@ pub enum RefusedBy {
         #[schema(value_type = String, format = DateTime)]
         resets_at: Timestamp,
     },
+    /// One of usage-gate's own rules: the hard rule with the least room left among those that
+    /// refused (`decision.rules` lists them all).
+    Rule(crate::check::RuleView),
 }
 
 impl RefusedBy {
     /// Read from the decision a write was refused with: the lowest DISABLE limit when the
-    /// money (or the customer's status, or an override) refused it, else the feature limit.
+    /// money (or the customer's status, or an override) refused it, else the feature limit,
+    /// else the binding rule.
     fn of(decision: &Decision) -> Option<RefusedBy> {
         let money = [
             Reason::CustomerDisabled,
@@ -327,6 +331,15 @@ impl RefusedBy {
                 (f.limit, f.used, f.window, f.resets_at)
         {
             return Some(RefusedBy::Feature { code: f.code.clone(), limit, used, window, resets_at });
+        }
+        if !money.iter().any(|r| decision.reasons.contains(*r))
+            && let Some(binding) = decision
+                .rules
+                .iter()
+                .filter(|r| r.refuses())
+                .min_by(|a, b| a.remaining().total_cmp(&b.remaining()))
+        {
+            return Some(RefusedBy::Rule(binding.clone()));
         }
         let estimate = decision.estimate.as_ref()?.amount;
         let lowest =
@@ -555,6 +568,7 @@ mod tests {
         let refused = |decision: &Decision| match RefusedBy::of(decision) {
             Some(RefusedBy::Feature { .. }) => "feature",
             Some(RefusedBy::Usage { .. }) => "usage",
+            Some(RefusedBy::Rule(_)) => "rule",
             None => "none",
         };
         decision.reasons = [Reason::FeatureLimitReached].into();

@@ -119,10 +119,16 @@ pub enum Reason {
     FeatureLimitReached,
     /// More seats asked for than the plan's user count.
     SeatsExceeded,
+    /// A hard rule of usage-gate's own has reached its limit in its window.
+    RuleLimitExceeded,
+    /// What is asked would take a hard rule of usage-gate's own past its limit.
+    WouldExceedRuleLimit,
+    /// A soft rule of usage-gate's own is at or past its limit: allowed, with status `warning`.
+    SoftLimitExceeded,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 18] = [
         Reason::CustomerDisabled,
         Reason::DisableLimitExceeded,
         Reason::WouldExceedDisableLimit,
@@ -138,6 +144,9 @@ impl Reason {
         Reason::FeatureNotInPlan,
         Reason::FeatureLimitReached,
         Reason::SeatsExceeded,
+        Reason::RuleLimitExceeded,
+        Reason::WouldExceedRuleLimit,
+        Reason::SoftLimitExceeded,
     ];
 
     pub fn code(self) -> &'static str {
@@ -157,10 +166,13 @@ impl Reason {
             Reason::FeatureNotInPlan => "feature_not_in_plan",
             Reason::FeatureLimitReached => "feature_limit_reached",
             Reason::SeatsExceeded => "seats_exceeded",
+            Reason::RuleLimitExceeded => "rule_limit_exceeded",
+            Reason::WouldExceedRuleLimit => "would_exceed_rule_limit",
+            Reason::SoftLimitExceeded => "soft_limit_exceeded",
         }
     }
 
-    fn bit(self) -> u16 {
+    fn bit(self) -> u32 {
         1 << (self as u8)
     }
 
@@ -173,6 +185,8 @@ impl Reason {
                 | Reason::FeatureNotInPlan
                 | Reason::FeatureLimitReached
                 | Reason::SeatsExceeded
+                | Reason::RuleLimitExceeded
+                | Reason::WouldExceedRuleLimit
         )
     }
 }
@@ -215,7 +229,7 @@ impl fmt::Display for Reason {
 
 /// A small set of reasons, in the order of [`Reason::ALL`]; serialized as a list of codes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reasons(u16);
+pub struct Reasons(u32);
 
 impl Reasons {
     pub fn insert(&mut self, reason: Reason) {
@@ -374,7 +388,10 @@ fn judge(usage: &Usage<'_>, cost: Option<i64>, settings: &PolicySettings) -> Raw
     }
     let status = if reasons.iter().any(Reason::blocks) {
         Status::Blocked
-    } else if reasons.contains(Reason::WarningLimitExceeded) || reasons.contains(Reason::NearLimit) {
+    } else if [Reason::WarningLimitExceeded, Reason::NearLimit, Reason::SoftLimitExceeded]
+        .iter()
+        .any(|r| reasons.contains(*r))
+    {
         Status::Warning
     } else {
         Status::Ok

@@ -63,13 +63,15 @@ const FEATURE_USAGE: Rule = Rule { table: "feature_usage", age: "window_start", 
 const BILLING_PERIODS: Rule = Rule { table: "billing_periods", age: "recorded_at", also: "" };
 const FEATURE_LIMIT_CROSSINGS: Rule =
     Rule { table: "feature_limit_crossings", age: "window_end", also: "AND reset_at IS NOT NULL" };
+/// Rules' buckets that stopped counting (`rules::counts`), as soon as they have.
+const RULE_USAGE: Rule = Rule { table: "rule_usage", age: "expires_at", also: "" };
 /// How long the feature tables keep a row: past the longest window (a yearly billing period),
 /// a count or a period can no longer be current.
 const FEATURE_WINDOWS_KEPT: Duration = Duration::from_secs(400 * 24 * 3600);
 
 /// Every table a pruner removes rows from, for `usage_gate_pruned_rows_total` (at zero from
 /// start-up, so that a dashboard has a line before the first prune).
-pub const TABLES: [&str; 12] = [
+pub const TABLES: [&str; 13] = [
     "reservations",
     "overrides",
     "billabear_counters",
@@ -82,6 +84,7 @@ pub const TABLES: [&str; 12] = [
     "feature_usage",
     "billing_periods",
     "feature_limit_crossings",
+    "rule_usage",
 ];
 
 pub fn register_metrics() {
@@ -100,7 +103,7 @@ pub fn pruned(table: &'static str, rows: u64) {
 /// sections.
 #[derive(Clone)]
 pub struct Plan {
-    rules: [(&'static Rule, Option<Duration>); 11],
+    rules: [(&'static Rule, Option<Duration>); 12],
     interval: Duration,
     vacuum: bool,
 }
@@ -121,6 +124,7 @@ impl Plan {
                 (&FEATURE_USAGE, Some(FEATURE_WINDOWS_KEPT)),
                 (&BILLING_PERIODS, Some(FEATURE_WINDOWS_KEPT)),
                 (&FEATURE_LIMIT_CROSSINGS, Some(FEATURE_WINDOWS_KEPT)),
+                (&RULE_USAGE, Some(Duration::ZERO)),
             ],
             interval: kept.interval,
             vacuum: kept.vacuum,
@@ -168,7 +172,7 @@ pub async fn prune(pool: &PgPool, settings: &Plan) -> Result<Vec<(&'static str, 
 
 /// The tables whose rows are updated or deleted as usage-gate works (the audit log only grows
 /// unless pruned, so it is here too).
-const CHURNING: [&str; 16] = [
+const CHURNING: [&str; 17] = [
     "outbox",
     "pending_usage",
     "pending_usage_deltas",
@@ -185,6 +189,7 @@ const CHURNING: [&str; 16] = [
     "feature_usage",
     "billing_periods",
     "feature_limit_crossings",
+    "rule_usage",
 ];
 
 /// Makes the space of deleted and updated rows reusable, so that tables stay their size where

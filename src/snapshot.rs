@@ -44,6 +44,24 @@ impl Known {
         }
     }
 
+    /// What an event of `value` units of `code` sent to `target` adds to the figure of the
+    /// subscription it goes to, on BillaBear's counter (not on top of pending usage: see
+    /// `enforce::Ledger::price_event` for that); 0 when no price bills the code.
+    pub fn price(&self, target: Target, code: &str, value: f64) -> i64 {
+        let Some(code) = crate::projection::Code::known(code) else { return 0 };
+        self.metered
+            .iter()
+            .find(|m| {
+                m.code == code
+                    && match target {
+                        Target::Subscription(s) => m.subscription == s,
+                        Target::Customer(_) => m.takes_customer_events,
+                    }
+            })
+            .and_then(|m| Some(m.cost_of(m.usage_of(value, 1)?)))
+            .unwrap_or(0)
+    }
+
     /// The targets usage of the customer `id` is sent to: itself and its usage subscriptions.
     pub fn targets(&self, id: CustomerId) -> impl Iterator<Item = Target> + '_ {
         std::iter::once(Target::Customer(id))

@@ -34,6 +34,7 @@ use crate::pending::Pending;
 use crate::reservations::Holds;
 use crate::routes::meta::Exposition;
 use crate::rules::Rulebook;
+use crate::rules::counts::RuleCounts;
 use crate::seal::Sealer;
 use crate::sessions::Sessions;
 use crate::subscriptions::Subscriptions;
@@ -297,6 +298,10 @@ impl Running {
         let Started { service: rules, tasks, listening: rules_listening, .. } = Rulebook::start(pool.clone());
         background.extend(tasks);
         listening.push(rules_listening);
+        let Started { service: rule_counts, tasks, listening: rule_counts_listening, .. } =
+            RuleCounts::start(pool.clone());
+        background.extend(tasks);
+        listening.push(rule_counts_listening);
         let (fetched, fetches) = tokio::sync::mpsc::channel(FETCHED_QUEUE);
         let source = LedgerFetch {
             client: billabear.clone(),
@@ -348,6 +353,7 @@ impl Running {
             holds.clone(),
             overrides.clone(),
             counts,
+            (rules.clone(), rule_counts),
             settings.policy.clone(),
             settings.entitlements.clone(),
         ));

@@ -216,6 +216,7 @@ impl Admission {
         customers: Vec<Option<CustomerId>>,
     ) -> Result<Vec<(Admitted, Option<For>)>, AdmissionError> {
         debug_assert_eq!(events.len(), customers.len());
+        let events = self.tallied(events);
         if customers.iter().all(Option::is_none) {
             let count = events.len();
             let accepted = self.ingest.accept(events).await?;
@@ -273,6 +274,20 @@ impl Admission {
         answers.into_iter().map(|a| a.ok_or(AdmissionError::Impossible(UNANSWERED))).collect()
     }
 
+    /// The events, each plain one carrying what it adds to the rules that bind its customer
+    /// (an enforced one is counted as it is judged, under the customer's lock).
+    fn tallied(&self, mut events: Vec<IncomingEvent>) -> Vec<IncomingEvent> {
+        if !self.checker.rules.any() {
+            return events;
+        }
+        for event in &mut events {
+            if let Some(customer) = event.target.customer(|s| self.subscriptions.owner(s)) {
+                event.tallies = self.checker.tallies(customer, event);
+            }
+        }
+        events
+    }
+
     /// A hold of `ask` for the customer, for `ttl`: granted if it fits under its lowest DISABLE
     /// limit with its pending usage and open holds (judged under its lock), with the decision
     /// that counts it; refused with the decision it was judged by otherwise. With a `key` that
@@ -323,6 +338,7 @@ impl Admission {
         events: Vec<IncomingEvent>,
         actor: Actor,
     ) -> Result<Committed, AdmissionError> {
+        let events = self.tallied(events);
         let owners =
             events.iter().map(|event| event.target.customer(|s| self.subscriptions.owner(s))).collect();
         Ok(self.checker.holds.commit(id, events, owners, actor).await?)

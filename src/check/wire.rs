@@ -51,6 +51,10 @@ impl Decision {
             out.extend_from_slice(b",\"seats\":");
             write_seats(out, seats);
         }
+        if !self.rules.is_empty() {
+            out.extend_from_slice(b",\"rules\":");
+            serde_json::to_writer(&mut *out, &self.rules).expect("rule views serialize");
+        }
         out.extend_from_slice(b",\"limits\":[");
         for (i, limit) in self.limits.iter().enumerate() {
             if i > 0 {
@@ -208,7 +212,11 @@ fn timestamp(out: &mut Vec<u8>, text: &[u8; 24]) {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::domain::{Currency, CustomerId, CustomerStatus, LimitAction, LimitId, Timestamp};
+    use crate::check::RuleView;
+    use crate::domain::{
+        Currency, CustomerId, CustomerStatus, LimitAction, LimitId, MetricCode, Subject, Timestamp,
+    };
+    use crate::judgement::rule::{Measure, RuleWindow};
     use crate::overrides::OverrideView;
     use crate::policy::{Reason, Reasons, Status};
     use crate::snapshot::Source;
@@ -280,6 +288,20 @@ pub(super) mod tests {
                     estimate: [None, Some(estimate("EUR")), Some(estimate("")), Some(estimate("a\"b"))]
                         [n % 4],
                     cost: [None, Some(0), Some(i64::MAX)][n % 3],
+                    rules: match n % 3 {
+                        0 => vec![],
+                        _ => vec![RuleView {
+                            id: Uuid::new_v4(),
+                            measure: Measure::Metric(MetricCode::parse("api_calls").unwrap()),
+                            window: RuleWindow::Rolling { seconds: 60 },
+                            mode: "hard",
+                            limit: 5,
+                            used: [2.5, 5.0][n % 2],
+                            subject: Subject::parse("alice").ok(),
+                            resets_at: None,
+                            reason: Some("rule_limit_exceeded"),
+                        }],
+                    },
                     feature: [
                         None,
                         Some(Box::new(FeatureView {

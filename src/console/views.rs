@@ -65,6 +65,13 @@ pub fn reason_text(code: &str) -> &'static str {
         "feature_not_in_plan" => "the feature asked about is not in the customer's plan",
         "feature_limit_reached" => "the feature's limit would be passed",
         "seats_exceeded" => "more seats were asked for than the plan's user count",
+        "rule_limit_exceeded" => "one of usage-gate's hard rules is full in its window",
+        "would_exceed_rule_limit" => {
+            "what was asked would take one of usage-gate's hard rules past its limit"
+        }
+        "soft_limit_exceeded" => {
+            "one of usage-gate's soft rules is at or past its limit (allowed, with a warning)"
+        }
         _ => "",
     }
 }
@@ -578,7 +585,7 @@ fn shape(value: &serde_json::Value) -> String {
 /// usage-gate's own limit rules: every one, and a form for another.
 pub fn rules(shell: &Shell, rules: &[RuleRecord]) -> Markup {
     let content = html! {
-        p { "Rules are stored and audited; checks and enforced writes do not judge them yet (docs/api.md, Rules)." }
+        p { "Every rule that binds a customer must allow a check, an enforced event or a hold, with BillaBear's usage limits and the plan's (docs/api.md, Rules)." }
         table {
             thead { tr {
                 th scope="col" { "Scope" } th scope="col" { "Measure" } th scope="col" { "Limit" }

@@ -21,10 +21,13 @@ pub mod store;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use crate::domain::Target;
-use crate::domain::{CustomerId, SubscriptionId};
+use crate::domain::{CustomerId, Subject, SubscriptionId};
 use crate::entitlements::{Bounds, EntitlementSettings, FeatureCode, Period, Window};
-use crate::judgement::{self, Case, Counts, Findings, Question, Tally, Write};
+use crate::judgement::rule::Measure;
+use crate::judgement::{self, Case, Counts, Findings, Question, Rule, RuleTally, Tally, Write};
 use crate::overrides::Override;
 use crate::pending;
 use crate::policy::PolicySettings;
@@ -39,20 +42,36 @@ pub struct Rules {
     pub entitlements: EntitlementSettings,
 }
 
-/// A customer's cached snapshot an enforced write is judged against, and the operator's
-/// override in force.
+/// A customer's cached snapshot an enforced write is judged against, the operator's override
+/// in force, and usage-gate's rules that bind the customer.
 #[derive(Debug, Clone)]
 pub struct Gate {
     pub customer: CustomerId,
     snapshot: Arc<Snapshot>,
     applied: Option<Override>,
+    rules: Arc<[Arc<Rule>]>,
 }
 
 impl Gate {
     /// A gate for a customer BillaBear knows (None for the other snapshots: the policy's
     /// fallbacks decide those without a lock).
-    pub fn new(customer: CustomerId, snapshot: Arc<Snapshot>, applied: Option<Override>) -> Option<Self> {
-        matches!(snapshot.data, SnapshotData::Known(_)).then_some(Self { customer, snapshot, applied })
+    pub fn new(
+        customer: CustomerId,
+        snapshot: Arc<Snapshot>,
+        applied: Option<Override>,
+        rules: Vec<Arc<Rule>>,
+    ) -> Option<Self> {
+        matches!(snapshot.data, SnapshotData::Known(_)).then(|| Self {
+            customer,
+            snapshot,
+            applied,
+            rules: rules.into(),
+        })
+    }
+
+    /// The rules that bind the customer.
+    pub fn rules(&self) -> &[Arc<Rule>] {
+        &self.rules
     }
 
     pub fn known(&self) -> &Known {
@@ -95,6 +114,25 @@ pub struct Ledger {
     pub periods: HashMap<CustomerId, Period>,
     /// The units of the customers' open holds asked as events, per feature.
     pub held: HashMap<(CustomerId, FeatureCode), f64>,
+    /// Rules' counters per customer, rule and subject (none: the whole customer's): each
+    /// bucket's start (Unix ms) and amount.
+    pub rule_counts: HashMap<RuleKey, Vec<(i64, f64)>>,
+    /// The open holds of customers under rules: subject, event code, units, amount.
+    pub rule_holds: HashMap<CustomerId, Vec<RuleHold>>,
+    /// What the writes admitted since the last [`Ledger::take_tallies`] added to rules.
+    tallied: Vec<RuleTally>,
+}
+
+/// A rule's counter: the customer, the rule, and the subject (none: the whole customer's).
+pub type RuleKey = (CustomerId, Uuid, Option<Subject>);
+
+/// Open holds of one customer with one subject and event code, as rules count them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleHold {
+    pub subject: Option<Subject>,
+    pub code: Option<String>,
+    pub units: f64,
+    pub amount: i64,
 }
 
 impl Ledger {
@@ -144,19 +182,25 @@ impl Ledger {
         }
     }
 
-    /// Judges an event for the gate's customer under every kind of limit and, if admitted,
-    /// counts it in each.
+    /// Judges an event for the gate's customer (by `subject`, when named) under every kind of
+    /// limit and, if admitted, counts it in each.
     pub fn judge_event(
         &mut self,
         gate: &Gate,
         target: Target,
-        code: &str,
-        value: f64,
+        (code, value): (&str, f64),
+        subject: Option<&Subject>,
         rules: &Rules,
     ) -> Judged {
         let projection = self.project(gate);
         let cost = self.price_after(gate, projection, target, code, value);
-        self.judge_write(gate, rules, projection, cost, Write::Event { target, code, value })
+        self.judge_write(gate, rules, projection, cost, Write::Event { target, code, value }, subject)
+    }
+
+    /// What the writes admitted since the last call added to rules' counters (stored with
+    /// the events, `outbox::store`).
+    pub fn take_tallies(&mut self) -> Vec<RuleTally> {
+        std::mem::take(&mut self.tallied)
     }
 
     fn judge_write(
@@ -166,6 +210,7 @@ impl Ledger {
         projection: Projection,
         cost: i64,
         write: Write,
+        subject: Option<&Subject>,
     ) -> Judged {
         let case = Case {
             customer: gate.customer,
@@ -175,6 +220,8 @@ impl Ledger {
             question: Question::Write(write),
             settings: &rules.entitlements,
             now_ms: now_ms(),
+            rules: gate.rules(),
+            subject,
         };
         let effect = gate.applied.map(|o| o.effect);
         let (verdict, found) = judgement::judge_write(&case, self, effect, &rules.policy);
@@ -230,10 +277,11 @@ impl Ledger {
         gate: &Gate,
         amount: i64,
         event: Option<(&str, f64)>,
+        subject: Option<&Subject>,
         rules: &Rules,
     ) -> Judged {
         let projection = self.project(gate);
-        self.judge_write(gate, rules, projection, amount, Write::Hold { amount, event })
+        self.judge_write(gate, rules, projection, amount, Write::Hold { amount, event }, subject)
     }
 }
 
@@ -251,6 +299,28 @@ impl Counts for Ledger {
             .filter_map(|t| self.features.get(&(t, feature, start)))
             .fold(0.0, |s, u| s + u);
         counted + self.held.get(&(case.customer, feature)).copied().unwrap_or(0.0)
+    }
+
+    /// The rule's buckets read under the lock plus what was admitted since, and the
+    /// customer's open holds (the subject's, for a per-subject rule): their amount for a cost
+    /// rule, their units of the metric for a metric rule.
+    fn rule_used(&self, case: &Case, rule: &Rule, subject: Option<&Subject>, since_ms: i64) -> f64 {
+        let key = (case.customer, rule.id, subject.cloned());
+        let counted = self.rule_counts.get(&key).map_or(0.0, |buckets| {
+            buckets.iter().filter(|(start, _)| *start >= since_ms).fold(0.0, |sum, (_, a)| sum + a)
+        });
+        let held = self.rule_holds.get(&case.customer).map_or(0.0, |holds| {
+            holds
+                .iter()
+                .filter(|h| subject.is_none() || h.subject.as_ref() == subject)
+                .map(|h| match &rule.spec.measure {
+                    Measure::Cost => h.amount as f64,
+                    Measure::Metric(code) if h.code.as_deref() == Some(code.as_str()) => h.units,
+                    Measure::Metric(_) => 0.0,
+                })
+                .fold(0.0, |sum, a| sum + a)
+        });
+        counted + held
     }
 }
 
@@ -270,6 +340,32 @@ impl Tally for Ledger {
 
     fn hold_feature(&mut self, customer: CustomerId, feature: FeatureCode, units: f64) {
         *self.held.entry((customer, feature)).or_default() += units;
+    }
+
+    fn rule(&mut self, row: RuleTally) {
+        let key = (row.customer, row.rule, row.subject.clone());
+        let buckets = self.rule_counts.entry(key).or_default();
+        match buckets.iter_mut().find(|(start, _)| *start == row.bucket_ms) {
+            Some((_, amount)) => *amount += row.amount,
+            None => buckets.push((row.bucket_ms, row.amount)),
+        }
+        self.tallied.push(row);
+    }
+
+    fn rule_hold(
+        &mut self,
+        customer: CustomerId,
+        subject: Option<&Subject>,
+        amount: i64,
+        event: Option<(&str, f64)>,
+    ) {
+        let hold = RuleHold {
+            subject: subject.cloned(),
+            code: event.map(|(code, _)| code.to_owned()),
+            units: event.map_or(0.0, |(_, units)| units),
+            amount,
+        };
+        self.rule_holds.entry(customer).or_default().push(hold);
     }
 }
 
@@ -316,7 +412,7 @@ mod tests {
             period: None,
         };
         let snapshot = Arc::new(Snapshot::fetched_at(SnapshotData::Known(known), 0));
-        (Gate::new(CustomerId::new_v4(), snapshot, None).unwrap(), subscription)
+        (Gate::new(CustomerId::new_v4(), snapshot, None, vec![]).unwrap(), subscription)
     }
 
     const CODE: &str = "enforce_test_calls";
@@ -329,7 +425,7 @@ mod tests {
         let mut ledger = Ledger::default();
         let to_customer = Target::Customer(gate.customer);
         let judged: Vec<Judged> =
-            (0..3).map(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules)).collect();
+            (0..3).map(|_| ledger.judge_event(&gate, to_customer, (CODE, 1.0), None, &rules)).collect();
         assert_eq!(
             (judged[0].admitted, &judged[0].found, judged[1].admitted),
             (true, &Findings::default(), true)
@@ -343,13 +439,13 @@ mod tests {
         assert_eq!(ledger.project(&gate).amount(), 20, "the refused call cost nothing");
         // A hold of units counts against the feature too; one of money alone does not.
         let mut ledger = Ledger::default();
-        assert!(ledger.judge_hold(&gate, 10, Some((CODE, 2.0)), &rules).admitted);
-        assert!(!ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules).admitted);
-        assert!(ledger.judge_hold(&gate, 20, None, &rules).admitted);
+        assert!(ledger.judge_hold(&gate, 10, Some((CODE, 2.0)), None, &rules).admitted);
+        assert!(!ledger.judge_event(&gate, to_customer, (CODE, 1.0), None, &rules).admitted);
+        assert!(ledger.judge_hold(&gate, 20, None, None, &rules).admitted);
         // Over the money limit, the usage limit is named even when the feature would fit.
         let mut ledger = Ledger::default();
-        assert!(ledger.judge_hold(&gate, 35, None, &rules).admitted);
-        let over = ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules);
+        assert!(ledger.judge_hold(&gate, 35, None, None, &rules).admitted);
+        let over = ledger.judge_event(&gate, to_customer, (CODE, 1.0), None, &rules);
         assert_eq!((over.admitted, over.found), (false, Findings::default()));
         // Shadow mode refuses nothing.
         let shadow = Rules {
@@ -357,7 +453,7 @@ mod tests {
             ..Rules::default()
         };
         let mut ledger = Ledger::default();
-        assert!((0..5).all(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &shadow).admitted));
+        assert!((0..5).all(|_| ledger.judge_event(&gate, to_customer, (CODE, 1.0), None, &shadow).admitted));
     }
 
     #[test]
@@ -367,16 +463,16 @@ mod tests {
         let mut ledger = Ledger::default();
         let to_customer = Target::Customer(gate.customer);
         let judged: Vec<(bool, i64)> = (0..4)
-            .map(|_| ledger.judge_event(&gate, to_customer, CODE, 1.0, &rules))
+            .map(|_| ledger.judge_event(&gate, to_customer, (CODE, 1.0), None, &rules))
             .map(|j| (j.admitted, j.cost))
             .collect();
         assert_eq!(judged, [(true, 10), (true, 10), (true, 10), (false, 10)]);
         assert_eq!(ledger.project(&gate).amount(), 30, "the refused one is not counted");
         // Sent to the subscription, the same usage counts the same.
-        let half = ledger.judge_event(&gate, Target::Subscription(subscription), CODE, 0.5, &rules);
+        let half = ledger.judge_event(&gate, Target::Subscription(subscription), (CODE, 0.5), None, &rules);
         assert_eq!((half.admitted, half.cost, half.projection.amount()), (true, 5, 30));
         // A code no price bills costs nothing, and fits while the estimate is not over the limit.
-        let free = ledger.judge_event(&gate, to_customer, "unbilled", 100.0, &rules);
+        let free = ledger.judge_event(&gate, to_customer, ("unbilled", 100.0), None, &rules);
         assert_eq!((free.admitted, free.cost), (true, 0));
     }
 
@@ -402,7 +498,9 @@ mod tests {
         ledger.counters.insert(subscription, 5.0);
         let projected = ledger.project(&gate);
         assert_eq!((projected.billabear, projected.pending), (50, 0));
-        assert!(!ledger.judge_event(&gate, Target::Customer(gate.customer), CODE, 0.1, &rules).admitted);
+        assert!(
+            !ledger.judge_event(&gate, Target::Customer(gate.customer), (CODE, 0.1), None, &rules).admitted
+        );
         // An older figure than the snapshot's changes nothing.
         ledger.counters.insert(subscription, 1.0);
         assert_eq!(ledger.project(&gate).amount(), 20);
@@ -414,19 +512,21 @@ mod tests {
         let (gate, _) = customer(0.0, 1.0, 100, CustomerStatus::Active);
         let mut ledger = Ledger::default();
         let granted: Vec<bool> =
-            [60, 40, 1].iter().map(|a| ledger.judge_hold(&gate, *a, None, &rules).admitted).collect();
+            [60, 40, 1].iter().map(|a| ledger.judge_hold(&gate, *a, None, None, &rules).admitted).collect();
         assert_eq!(granted, [true, true, false]);
         assert_eq!(ledger.project(&gate).reserved, 100);
-        assert!(!ledger.judge_event(&gate, Target::Customer(gate.customer), CODE, 0.1, &rules).admitted);
+        assert!(
+            !ledger.judge_event(&gate, Target::Customer(gate.customer), (CODE, 0.1), None, &rules).admitted
+        );
 
         let (disabled, _) = customer(0.0, 1.0, 100, CustomerStatus::Disabled);
-        assert!(!Ledger::default().judge_hold(&disabled, 0, None, &rules).admitted);
+        assert!(!Ledger::default().judge_hold(&disabled, 0, None, None, &rules).admitted);
         let shadow = Rules {
             policy: PolicySettings { mode: Mode::Shadow.into(), ..PolicySettings::default() },
             ..Rules::default()
         };
         assert!(
-            Ledger::default().judge_hold(&disabled, 0, None, &shadow).admitted,
+            Ledger::default().judge_hold(&disabled, 0, None, None, &shadow).admitted,
             "shadow mode never refuses"
         );
     }
@@ -439,7 +539,7 @@ mod tests {
         ledger.reserved.insert(gate.customer, 100); // this hold (60) and another (40)
         let stored = ledger.stored_hold(&gate, 60);
         assert_eq!((stored.admitted, stored.projection.reserved, stored.cost), (true, 40, 60));
-        assert!(!ledger.judge_hold(&gate, 1, None, &rules).admitted, "the limit is full all the same");
+        assert!(!ledger.judge_hold(&gate, 1, None, None, &rules).admitted, "the limit is full all the same");
         assert_eq!(Ledger::default().stored_hold(&gate, 60).projection.reserved, 0, "never below zero");
     }
 }

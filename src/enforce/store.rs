@@ -1,15 +1,15 @@
 //! Enforcement in Postgres: the customers' locks, what their figures are made of, and enforced
 //! events judged and stored in one transaction.
 
-use std::borrow::Borrow;
+use std::borrow::{Borrow, Cow};
 use std::collections::{HashMap, HashSet};
 
 use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
-use super::{Gate, Judged, Ledger, Rules};
+use super::{Gate, Judged, Ledger, RuleHold, Rules};
 use crate::domain::Target;
-use crate::domain::{CustomerId, SubscriptionId};
+use crate::domain::{CustomerId, Subject, SubscriptionId};
 use crate::entitlements::{EntitlementSettings, FeatureCode, Period};
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::{self as outbox, Accepted};
@@ -74,6 +74,9 @@ pub async fn lock_and_load(
             g.known().plan.features().iter().filter(|f| f.limit().is_some()).map(|f| f.code.as_str())
         })
         .collect();
+    // Customers under rules (none: the rule parts read nothing).
+    let ruled: Vec<Uuid> =
+        gates.iter().filter(|g| !g.rules().is_empty()).map(|g| g.customer.as_uuid()).collect();
     // Folding the targets' deltas keeps what is read a few rows however fast the customer's
     // events come; the read shares the fold's snapshot, so it sums the same rows either way.
     // clock_timestamp(), not now(): the transaction may have waited for the locks.
@@ -106,13 +109,22 @@ pub async fn lock_and_load(
          UNION ALL
          SELECT 'h', NULL, customer_id, code, sum(value), NULL FROM reservations
          WHERE customer_id = ANY($4) AND closed_at IS NULL AND expires_at > clock_timestamp() AND code IS NOT NULL
-         GROUP BY customer_id, code"
+         GROUP BY customer_id, code
+         UNION ALL
+         SELECT 'u', subject, customer_id, rule_id::text, amount::float8,
+                (extract(epoch FROM bucket_start) * 1000)::int8
+         FROM rule_usage WHERE customer_id = ANY($6) AND expires_at > clock_timestamp()
+         UNION ALL
+         SELECT 'q', subject, customer_id, code, coalesce(sum(value), 0), sum(amount)::bigint FROM reservations
+         WHERE customer_id = ANY($6) AND closed_at IS NULL AND expires_at > clock_timestamp()
+         GROUP BY customer_id, subject, code"
     ))
     .bind(&targets)
     .bind(&subscriptions)
     .bind(&customers)
     .bind(&limited)
     .bind(&features)
+    .bind(&ruled)
     .fetch_all(&mut *conn)
     .await?;
     let mut ledger = Ledger::default();
@@ -152,6 +164,23 @@ pub async fn lock_and_load(
                         row.try_get::<f64, _>("units")?;
                 }
             }
+            "u" => {
+                let subject: String = row.try_get("kind")?;
+                let subject = (!subject.is_empty()).then(|| Subject::parse(&subject).ok()).flatten();
+                let rule: String = row.try_get("code")?;
+                let Ok(rule) = Uuid::parse_str(&rule) else { continue };
+                let bucket = (row.try_get::<i64, _>("events")?, row.try_get::<f64, _>("units")?);
+                ledger.rule_counts.entry((CustomerId::from(id), rule, subject)).or_default().push(bucket);
+            }
+            "q" => {
+                let subject: Option<String> = row.try_get("kind")?;
+                ledger.rule_holds.entry(CustomerId::from(id)).or_default().push(RuleHold {
+                    subject: subject.and_then(|s| Subject::parse(&s).ok()),
+                    code: row.try_get("code")?,
+                    units: row.try_get("units")?,
+                    amount: row.try_get("events")?,
+                });
+            }
             _ => {
                 ledger.reserved.insert(CustomerId::from(id), row.try_get("events")?);
             }
@@ -186,23 +215,33 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
     let mut ledger = lock_and_load(&mut tx, &gated, &rules.entitlements).await?;
     let mut stopped: HashSet<(u64, CustomerId)> = HashSet::new();
     let mut judged = Vec::with_capacity(events.len());
+    // An admitted event carries what it added to rules' counters (stored with it).
+    let mut tallied: Vec<Cow<IncomingEvent>> = Vec::with_capacity(events.len());
     for ((event, gate), request) in events.iter().zip(gates).zip(requests) {
         let Some(gate) = gate else {
             ledger.add_event(event.target, event.code.as_str(), event.value);
             judged.push(None);
+            tallied.push(Cow::Borrowed(*event));
             continue;
         };
         let (target, code, value) = (event.target, event.code.as_str(), event.value);
         let verdict = if stopped.contains(&(*request, gate.customer)) {
             ledger.refuse_event(gate, target, code, value)
         } else {
-            ledger.judge_event(gate, target, code, value, rules)
+            ledger.judge_event(gate, target, (code, value), event.subject.as_ref(), rules)
         };
         if !verdict.admitted {
             stopped.insert((*request, gate.customer));
         }
         judged.push(Some(verdict));
+        let tallies = ledger.take_tallies();
+        tallied.push(if tallies.is_empty() {
+            Cow::Borrowed(*event)
+        } else {
+            Cow::Owned(IncomingEvent { tallies, ..(*event).clone() })
+        });
     }
+    let events: Vec<&IncomingEvent> = tallied.iter().map(|e| e.as_ref()).collect();
     let refused = |j: &Option<Judged>| j.as_ref().is_some_and(|j| !j.admitted);
     let stored = if judged.iter().any(refused) {
         let admitted: Vec<&IncomingEvent> =

@@ -161,17 +161,19 @@ impl Plan {
     }
 }
 
-/// What a check asks of the plan besides money.
+/// What a check asks besides money: of the plan, and for whom inside the customer.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanAsk {
     pub feature: Option<FeatureAsk>,
     /// Seats the caller wants to have: allowed iff within the plan's user count.
     pub seats: Option<u64>,
+    /// Who inside the customer asks (a user, a workspace): judged by per-subject rules.
+    pub subject: Option<crate::domain::Subject>,
 }
 
 impl PlanAsk {
     pub fn is_empty(&self) -> bool {
-        self.feature.is_none() && self.seats.is_none()
+        self.feature.is_none() && self.seats.is_none() && self.subject.is_none()
     }
 }
 

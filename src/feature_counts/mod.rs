@@ -24,7 +24,6 @@ use tokio::sync::mpsc;
 
 use crate::domain::{CustomerId, Target};
 use crate::entitlements::{Counted, EntitlementSettings, FeatureCode};
-use crate::judgement::{Case, Counts};
 use crate::mirror::{self, Mirror, Started};
 use crate::snapshot::Known;
 
@@ -75,7 +74,7 @@ impl FeatureCounts {
     }
 
     /// What the customer's targets counted of `feature` in the window starting at `start`.
-    fn used(&self, customer: CustomerId, known: &Known, feature: FeatureCode, start: i64) -> f64 {
+    pub fn used(&self, customer: CustomerId, known: &Known, feature: FeatureCode, start: i64) -> f64 {
         known
             .targets(customer)
             .filter_map(|target| self.counts.with(target, |counts| in_window(counts, feature, start)))
@@ -109,13 +108,6 @@ impl FeatureCounts {
         if let Err(e) = store::record_period(&self.pool, &targets, period, current).await {
             tracing::warn!(%customer, error = %e, "feature counts: cannot record the billing period; events are placed by the one recorded before");
         }
-    }
-}
-
-/// A check reads this replica's copy.
-impl Counts for FeatureCounts {
-    fn used(&self, case: &Case, feature: FeatureCode, start: i64) -> f64 {
-        FeatureCounts::used(self, case.customer, case.known, feature, start)
     }
 }
 

@@ -116,7 +116,9 @@ mod tests {
     use super::super::tests::{NOW_MS, case, feature, plan};
     use super::*;
     use crate::domain::CustomerStatus;
+    use crate::domain::Subject;
     use crate::entitlements::{EntitlementSettings, Plan, PlanAsk};
+    use crate::judgement::Rule;
     use crate::policy::Reasons;
 
     /// `used` of every feature, in any window.
@@ -126,6 +128,10 @@ mod tests {
         fn used(&self, _: &Case, feature: FeatureCode, _: i64) -> f64 {
             assert_eq!(feature.as_str(), "api_calls", "asked only for the feature asked about");
             self.0
+        }
+
+        fn rule_used(&self, _: &Case, _: &Rule, _: Option<&Subject>, _: i64) -> f64 {
+            0.0
         }
     }
 
@@ -191,6 +197,10 @@ mod tests {
         struct Unasked;
         impl Counts for Unasked {
             fn used(&self, _: &Case, _: FeatureCode, _: i64) -> f64 {
+                panic!("not counted")
+            }
+
+            fn rule_used(&self, _: &Case, _: &Rule, _: Option<&Subject>, _: i64) -> f64 {
                 panic!("not counted")
             }
         }

@@ -13,14 +13,17 @@ pub mod rule;
 mod seats;
 mod usage;
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
-use crate::domain::{CustomerId, Target};
+use crate::domain::{CustomerId, Subject, Target};
 use crate::entitlements::{Bounds, Counted, EntitlementSettings, FeatureCode, PlanAsk, Window};
 use crate::policy::{self, Effect, PolicySettings, Reasons, Verdict};
 use crate::projection::Projection;
 use crate::snapshot::Known;
 pub use feature::FeatureJudged;
+pub use rule::{Rule, RuleJudged, RuleTally};
 pub use seats::SeatsJudged;
 
 /// What is judged: a known customer, what it is asked, and with what.
@@ -36,6 +39,10 @@ pub struct Case<'a> {
     pub settings: &'a EntitlementSettings,
     /// Unix ms: which window is current.
     pub now_ms: u64,
+    /// usage-gate's rules that bind the customer (precedence applied, `rule::applicable`).
+    pub rules: &'a [Arc<Rule>],
+    /// Who inside the customer the usage is for, when the caller said.
+    pub subject: Option<&'a Subject>,
 }
 
 /// What a case asks.
@@ -73,6 +80,10 @@ pub trait Counts {
         let (window, bounds) = self.window(case, feature);
         Counted { used: self.used(case, feature, bounds.start), window, bounds }
     }
+
+    /// What `rule` counted of the customer (of `subject` alone, for a per-subject rule) in its
+    /// buckets from `since_ms` on, with open holds when read under the lock.
+    fn rule_used(&self, case: &Case, rule: &Rule, subject: Option<&Subject>, since_ms: i64) -> f64;
 }
 
 /// What an admitted write adds, as each kind counts it (where it is counted is read as
@@ -86,6 +97,16 @@ pub trait Tally: Counts {
     fn feature(&mut self, target: Target, feature: FeatureCode, start: i64, units: f64);
     /// Units of `feature` a hold of the customer's sets aside.
     fn hold_feature(&mut self, customer: CustomerId, feature: FeatureCode, units: f64);
+    /// What an event adds to a rule's counter.
+    fn rule(&mut self, row: RuleTally);
+    /// A hold of the customer's (by `subject`), as rules count it while it is open.
+    fn rule_hold(
+        &mut self,
+        customer: CustomerId,
+        subject: Option<&Subject>,
+        amount: i64,
+        event: Option<(&str, f64)>,
+    );
 }
 
 /// The case's time as a date (Unix ms).
@@ -103,6 +124,8 @@ pub struct Findings {
     pub feature: Option<(String, FeatureJudged)>,
     /// The seats asked for.
     pub seats: Option<SeatsJudged>,
+    /// usage-gate's rules: a check's every rule, a write's rules that refuse it.
+    pub rules: Vec<RuleJudged>,
 }
 
 /// One kind of limit.
@@ -115,7 +138,8 @@ pub trait Kind: Sync {
 
 /// Every kind. BillaBear's usage limits in money are judged by the policy itself, with what
 /// the others found ([`verdict`]); their entry counts a write's money.
-pub static KINDS: &[&dyn Kind] = &[&usage::UsageInMoney, &feature::FeatureLimit, &seats::Seats];
+pub static KINDS: &[&dyn Kind] =
+    &[&usage::UsageInMoney, &feature::FeatureLimit, &seats::Seats, &rule::RuleLimit];
 
 /// What every kind finds of the case.
 pub fn find(case: &Case, counts: &dyn Counts) -> Findings {
@@ -168,6 +192,10 @@ pub(crate) mod tests {
         fn used(&self, _: &Case, _: FeatureCode, _: i64) -> f64 {
             0.0
         }
+
+        fn rule_used(&self, _: &Case, _: &Rule, _: Option<&Subject>, _: i64) -> f64 {
+            0.0
+        }
     }
 
     pub fn plan() -> Plan {
@@ -175,11 +203,15 @@ pub(crate) mod tests {
     }
 
     pub fn feature(code: &str, in_use: Option<u64>, quantity: u64) -> PlanAsk {
-        PlanAsk { feature: Some(FeatureAsk { code: code.into(), quantity, in_use }), seats: None }
+        PlanAsk {
+            feature: Some(FeatureAsk { code: code.into(), quantity, in_use }),
+            seats: None,
+            subject: None,
+        }
     }
 
     pub fn seats(n: u64) -> PlanAsk {
-        PlanAsk { feature: None, seats: Some(n) }
+        PlanAsk { feature: None, seats: Some(n), subject: None }
     }
 
     /// Runs `f` on a check of a customer on `plan`, with no usage, asking `ask`.
@@ -208,6 +240,8 @@ pub(crate) mod tests {
             question: Question::Check(ask),
             settings,
             now_ms: NOW_MS,
+            rules: &[],
+            subject: None,
         })
     }
 

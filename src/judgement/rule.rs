@@ -4,11 +4,14 @@
 //! hard or soft, with a ladder of thresholds told as they are crossed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use uuid::Uuid;
 
+use super::{Case, Counts, Findings, Kind, Question, Tally, Write, at};
 use crate::domain::{CustomerId, MetricCode, PlanId, Subject};
-use crate::entitlements::{TimeZone, Window};
+use crate::entitlements::{Period, TimeZone, Window};
+use crate::policy::Reason;
 
 /// One rule.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,6 +75,37 @@ pub enum RuleWindow {
     BillingPeriod,
 }
 
+/// As a rule is written: `{"cost": {}}` or `{"metric": CODE}`.
+impl serde::Serialize for Measure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        match self {
+            Measure::Cost => map.serialize_entry("cost", &serde_json::Map::new())?,
+            Measure::Metric(code) => map.serialize_entry("metric", code.as_str())?,
+        }
+        map.end()
+    }
+}
+
+/// As a rule is written: `{"calendar": UNIT, "time_zone": IANA}`, `{"rolling_s": S}` or
+/// `{"billing_period": {}}`.
+impl serde::Serialize for RuleWindow {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(None)?;
+        match self {
+            RuleWindow::Calendar { unit, zone } => {
+                map.serialize_entry("calendar", unit.as_str())?;
+                map.serialize_entry("time_zone", zone.0.name())?;
+            }
+            RuleWindow::Rolling { seconds } => map.serialize_entry("rolling_s", seconds)?,
+            RuleWindow::BillingPeriod => map.serialize_entry("billing_period", &serde_json::Map::new())?,
+        }
+        map.end()
+    }
+}
+
 /// The longest rolling window: 31 days.
 pub const MAX_ROLLING_S: u32 = 31 * 86_400;
 
@@ -85,6 +119,15 @@ pub enum Mode {
 }
 
 crate::written_as!(Mode { "hard" => Hard, "soft" => Soft });
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Hard => "hard",
+            Mode::Soft => "soft",
+        }
+    }
+}
 
 /// The ladder a rule has unless it says otherwise.
 pub const DEFAULT_THRESHOLDS: [u16; 2] = [80, 100];
@@ -128,19 +171,234 @@ impl RuleSpec {
 /// The rules that bind `customer`, on `plans` (its active subscriptions'): of each limit (one
 /// measure, one window, per subject or not), the customer's own rules replace its plans', and a
 /// plan's replace the `all` rules. Every rule left applies: the most restrictive binds.
-pub fn applicable<'a>(rules: &'a [Rule], customer: CustomerId, plans: &[PlanId]) -> Vec<&'a Rule> {
-    let scoped: Vec<&Rule> = rules.iter().filter(|r| r.spec.applies_to(customer, plans)).collect();
+pub fn applicable(rules: &[Arc<Rule>], customer: CustomerId, plans: &[PlanId]) -> Vec<Arc<Rule>> {
+    let scoped: Vec<&Arc<Rule>> = rules.iter().filter(|r| r.spec.applies_to(customer, plans)).collect();
     let replaced = |rule: &Rule| {
         scoped.iter().any(|o| o.spec.same_limit(&rule.spec) && o.spec.rank() > rule.spec.rank())
     };
-    scoped.iter().copied().filter(|rule| !replaced(rule)).collect()
+    scoped.iter().filter(|rule| !replaced(rule)).map(|rule| Arc::clone(rule)).collect()
+}
+
+/// Where a rule's window stands at one instant (Unix ms): the bucket usage is counted in now,
+/// the oldest bucket still counted, and when the window restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    /// The bucket a write now is counted in: the window's start for a calendar or billing
+    /// window, a sixtieth of a rolling window.
+    pub bucket_ms: i64,
+    /// Buckets from this start on are counted.
+    pub since_ms: i64,
+    /// When the bucket stops counting (its row may be pruned after).
+    pub expires_ms: i64,
+    /// When a calendar or billing window ends (none for a rolling one: it slides).
+    pub resets_ms: Option<i64>,
+}
+
+/// A rolling window's buckets: its length in sixtieths, so what it counts is exact to a
+/// sixtieth of it (a bucket leaves whole, up to that much early).
+pub const ROLLING_BUCKETS: i64 = 60;
+
+impl RuleWindow {
+    /// Where the window stands at `now_ms`, by the customer's billing `period` (as the snapshot
+    /// has it; a customer without one counts by the calendar month in UTC).
+    pub fn placed(&self, now_ms: i64, period: Option<Period>) -> Placed {
+        let calendar = |bounds: crate::entitlements::Bounds| {
+            let (start, end) = (bounds.start * 1000, bounds.end * 1000);
+            Placed { bucket_ms: start, since_ms: start, expires_ms: end, resets_ms: Some(end) }
+        };
+        let now = at(now_ms.max(0) as u64);
+        match *self {
+            RuleWindow::Calendar { unit, zone } => calendar(unit.bounds(now, zone.0, None)),
+            RuleWindow::BillingPeriod => {
+                calendar(Window::BillingPeriod.bounds(now, chrono_tz::Tz::UTC, period))
+            }
+            RuleWindow::Rolling { seconds } => {
+                let width = (i64::from(seconds) * 1000 / ROLLING_BUCKETS).max(1);
+                let bucket = now_ms - now_ms.rem_euclid(width);
+                Placed {
+                    bucket_ms: bucket,
+                    since_ms: bucket - (ROLLING_BUCKETS - 1) * width,
+                    expires_ms: bucket + ROLLING_BUCKETS * width,
+                    resets_ms: None,
+                }
+            }
+        }
+    }
+}
+
+/// What a write adds to a rule's measure: its price (minor units), and its units of a metric.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Added<'a> {
+    pub cost: i64,
+    pub units: Option<(&'a str, f64)>,
+}
+
+impl Added<'_> {
+    fn to(&self, measure: &Measure) -> f64 {
+        match measure {
+            Measure::Cost => self.cost as f64,
+            Measure::Metric(code) => match self.units {
+                Some((c, units)) if c == code.as_str() => units,
+                _ => 0.0,
+            },
+        }
+    }
+}
+
+/// What a case adds to each rule's measure: a check's `cost` and the units of the `feature`
+/// asked about (a metric's code); an event's price and value; a hold's amount and units.
+fn added<'a>(case: &Case<'a>) -> Added<'a> {
+    let cost = case.cost.unwrap_or(0).max(0);
+    let units = match case.question {
+        Question::Check(ask) => ask.feature.as_ref().map(|f| (f.code.as_str(), f.quantity as f64)),
+        Question::Write(Write::Event { code, value, .. }) => Some((code, value)),
+        Question::Write(Write::Hold { event, .. }) => event,
+    };
+    Added { cost, units }
+}
+
+/// One row a write adds to a rule's counter: the customer's (and, per subject, the
+/// subject's) bucket of the rule's window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleTally {
+    pub rule: Uuid,
+    pub customer: CustomerId,
+    /// None: the rule counts the whole customer.
+    pub subject: Option<Subject>,
+    pub bucket_ms: i64,
+    pub expires_ms: i64,
+    pub amount: f64,
+}
+
+/// What a write of `added` by `subject` adds to each of `rules` at `now_ms`: every rule whose
+/// measure it adds to, the whole customer's or the subject's (a per-subject rule counts nothing
+/// of a write without a subject).
+pub fn tallies(
+    rules: &[Arc<Rule>],
+    customer: CustomerId,
+    subject: Option<&Subject>,
+    added: Added,
+    now_ms: i64,
+    period: Option<Period>,
+) -> Vec<RuleTally> {
+    rules
+        .iter()
+        .filter_map(|rule| {
+            let amount = added.to(&rule.spec.measure);
+            let subject = if rule.spec.per_subject { Some(subject?.clone()) } else { None };
+            (amount > 0.0).then(|| {
+                let placed = rule.spec.window.placed(now_ms, period);
+                RuleTally {
+                    rule: rule.id,
+                    customer,
+                    subject,
+                    bucket_ms: placed.bucket_ms,
+                    expires_ms: placed.expires_ms,
+                    amount,
+                }
+            })
+        })
+        .collect()
+}
+
+/// A rule as judged for a case: what it allows, what was used in its window before, and
+/// whether it refuses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleJudged {
+    pub rule: Arc<Rule>,
+    /// The subject judged by a per-subject rule.
+    pub subject: Option<Subject>,
+    pub limit: i64,
+    pub used: f64,
+    /// When its window restarts (Unix ms; none for a rolling window).
+    pub resets_ms: Option<i64>,
+    /// Why it refuses (or, soft, warns); none when what is asked fits.
+    pub reason: Option<Reason>,
+}
+
+impl RuleJudged {
+    /// `limit - used`, never negative.
+    pub fn remaining(&self) -> f64 {
+        (self.limit as f64 - self.used).max(0.0)
+    }
+}
+
+/// Why a rule refuses what adds `asked` beside `used` under `limit`: a write fits while the
+/// total stays within the limit; a check asking nothing is refused once the limit is reached
+/// (nothing more fits).
+fn refusal(used: f64, asked: f64, limit: i64, mode: Mode) -> Option<Reason> {
+    let limit = limit as f64;
+    let over = if asked > 0.0 { used + asked > limit } else { used >= limit };
+    match (over, mode) {
+        (false, _) => None,
+        (true, Mode::Soft) => Some(Reason::SoftLimitExceeded),
+        (true, Mode::Hard) if used >= limit => Some(Reason::RuleLimitExceeded),
+        (true, Mode::Hard) => Some(Reason::WouldExceedRuleLimit),
+    }
+}
+
+/// usage-gate's own rules as a kind of limit: every rule that binds the customer must allow
+/// what is asked; an admitted write is counted in each rule it adds to.
+pub struct RuleLimit;
+
+impl Kind for RuleLimit {
+    fn judge(&self, case: &Case, counts: &dyn Counts, found: &mut Findings) {
+        if case.rules.is_empty() {
+            return;
+        }
+        let added = added(case);
+        let now_ms = case.now_ms as i64;
+        // A write is told only of the rules that refuse it; a check of every rule it is under.
+        let write = matches!(case.question, Question::Write(_));
+        for rule in case.rules {
+            let subject = match (rule.spec.per_subject, case.subject) {
+                (false, _) => None,
+                (true, Some(subject)) => Some(subject),
+                // A per-subject rule does not judge usage that names no subject.
+                (true, None) => continue,
+            };
+            let placed = rule.spec.window.placed(now_ms, case.known.period);
+            let used = counts.rule_used(case, rule, subject, placed.since_ms);
+            let limit = rule.spec.limit_for(subject);
+            let reason = refusal(used, added.to(&rule.spec.measure), limit, rule.spec.mode);
+            if let Some(reason) = reason {
+                found.reasons.insert(reason);
+            } else if write {
+                continue;
+            }
+            let judged = RuleJudged {
+                rule: rule.clone(),
+                subject: subject.cloned(),
+                limit,
+                used,
+                resets_ms: placed.resets_ms,
+                reason,
+            };
+            found.rules.push(judged);
+        }
+    }
+
+    fn count(&self, case: &Case, tally: &mut dyn Tally) {
+        if case.rules.is_empty() {
+            return;
+        }
+        // A hold counts while it is open, as the reservation it is: not in a counter.
+        let Question::Write(write) = case.question else { return };
+        if let Write::Hold { amount, event } = write {
+            return tally.rule_hold(case.customer, case.subject, amount, event);
+        }
+        let (now_ms, period) = (case.now_ms as i64, case.known.period);
+        for row in tallies(case.rules, case.customer, case.subject, added(case), now_ms, period) {
+            tally.rule(row);
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn rule(scope: Scope, measure: Measure, window: RuleWindow, per_subject: bool, limit: i64) -> Rule {
+    fn rule(scope: Scope, measure: Measure, window: RuleWindow, per_subject: bool, limit: i64) -> Arc<Rule> {
         let spec = RuleSpec {
             scope,
             measure,
@@ -151,7 +409,7 @@ mod tests {
             subject_limits: BTreeMap::new(),
             thresholds: DEFAULT_THRESHOLDS.to_vec(),
         };
-        Rule { id: Uuid::new_v4(), spec }
+        Arc::new(Rule { id: Uuid::new_v4(), spec })
     }
 
     const DAY: RuleWindow = RuleWindow::Calendar { unit: Window::Day, zone: TimeZone(chrono_tz::Tz::UTC) };
@@ -186,7 +444,7 @@ mod tests {
     #[test]
     fn a_subject_has_its_own_limit_on_a_per_subject_rule_only() {
         let alice = Subject::parse("alice").unwrap();
-        let mut members = rule(Scope::All, Measure::Cost, DAY, true, 500).spec;
+        let mut members = rule(Scope::All, Measure::Cost, DAY, true, 500).spec.clone();
         members.subject_limits.insert(alice.clone(), 2_000);
         assert_eq!(members.limit_for(Some(&alice)), 2_000);
         assert_eq!(members.limit_for(Some(&Subject::parse("bob").unwrap())), 500);
@@ -194,5 +452,52 @@ mod tests {
         let mut total = members.clone();
         total.per_subject = false;
         assert_eq!(total.limit_for(Some(&alice)), 500);
+    }
+
+    #[test]
+    fn a_rolling_window_counts_its_last_sixty_buckets_and_a_calendar_one_restarts_at_its_boundary() {
+        let rolling = RuleWindow::Rolling { seconds: 60 }.placed(10_500, None);
+        assert_eq!(
+            (rolling.bucket_ms, rolling.since_ms, rolling.expires_ms, rolling.resets_ms),
+            (10_000, 10_000 - 59_000, 70_000, None)
+        );
+        let paris = TimeZone("Europe/Paris".parse().unwrap());
+        // 2027-03-10T12:00Z: the Paris day began at 23:00Z the day before.
+        let day = RuleWindow::Calendar { unit: Window::Day, zone: paris }
+            .placed(super::super::tests::NOW_MS as i64, None);
+        assert_eq!((day.bucket_ms, day.since_ms), (1_805_324_400_000, 1_805_324_400_000));
+        assert_eq!((day.expires_ms, day.resets_ms), (1_805_410_800_000, Some(1_805_410_800_000)));
+        let period = Period::new(1_805_000_000, 1_806_000_000);
+        let billing = RuleWindow::BillingPeriod.placed(super::super::tests::NOW_MS as i64, Some(period));
+        assert_eq!((billing.since_ms, billing.resets_ms), (1_805_000_000_000, Some(1_806_000_000_000)));
+    }
+
+    #[test]
+    fn a_rule_refuses_what_would_pass_its_limit_a_bare_check_once_full_and_a_soft_rule_warns() {
+        assert_eq!(refusal(2.0, 1.0, 3, Mode::Hard), None, "up to the limit fits");
+        assert_eq!(refusal(2.9, 0.0, 3, Mode::Hard), None);
+        assert_eq!(refusal(3.0, 0.0, 3, Mode::Hard), Some(Reason::RuleLimitExceeded), "full");
+        assert_eq!(refusal(2.0, 2.0, 3, Mode::Hard), Some(Reason::WouldExceedRuleLimit));
+        assert_eq!(refusal(3.0, 1.0, 3, Mode::Hard), Some(Reason::RuleLimitExceeded));
+        assert_eq!(refusal(3.0, 1.0, 3, Mode::Soft), Some(Reason::SoftLimitExceeded));
+    }
+
+    #[test]
+    fn a_write_counts_in_every_rule_it_adds_to_and_per_subject_only_with_a_subject() {
+        let calls = Measure::Metric(MetricCode::parse("api_calls").unwrap());
+        let rules = [
+            rule(Scope::All, Measure::Cost, DAY, false, 5_000),
+            rule(Scope::All, calls, HOUR, true, 100),
+            rule(Scope::All, Measure::Metric(MetricCode::parse("storage").unwrap()), DAY, false, 9),
+        ];
+        let customer = CustomerId::new_v4();
+        let added = Added { cost: 12, units: Some(("api_calls", 3.0)) };
+        let bob = Subject::parse("bob").unwrap();
+        let rows = tallies(&rules, customer, Some(&bob), added, 1_000_000, None);
+        let seen: Vec<(Uuid, Option<&str>, f64)> =
+            rows.iter().map(|r| (r.rule, r.subject.as_ref().map(|s| s.as_str()), r.amount)).collect();
+        assert_eq!(seen, [(rules[0].id, None, 12.0), (rules[1].id, Some("bob"), 3.0)]);
+        let anonymous = tallies(&rules, customer, None, added, 1_000_000, None);
+        assert_eq!(anonymous.len(), 1, "the per-subject rule counts nothing without a subject");
     }
 }

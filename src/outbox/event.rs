@@ -3,7 +3,8 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::domain::{CustomerId, EventId, FieldError, MetricCode, SubscriptionId, Target};
+use crate::domain::{CustomerId, EventId, FieldError, MetricCode, Subject, SubscriptionId, Target};
+use crate::judgement::RuleTally;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct IncomingEvent {
@@ -13,6 +14,12 @@ pub struct IncomingEvent {
     /// Finite: JSON cannot carry NaN or infinity, and BillaBear rejects a string.
     pub value: f64,
     pub properties: Map<String, Value>,
+    /// Who inside the customer the usage is for (usage-gate's per-subject rules); stored with
+    /// the event, not sent to BillaBear.
+    pub subject: Option<Subject>,
+    /// What the event adds to usage-gate's rules' counters, stored with it (set by admission,
+    /// not read from the request).
+    pub tallies: Vec<RuleTally>,
 }
 
 impl IncomingEvent {
@@ -109,11 +116,19 @@ impl IncomingEvent {
                 None
             }
         };
+        let subject = match object.get("subject") {
+            None => None,
+            Some(Value::String(s)) => Subject::parse(s).map_err(|e| fail("subject", e.to_string())).ok(),
+            Some(_) => {
+                fail("subject", "must be a string: who inside the customer the usage is for".into());
+                None
+            }
+        };
         match (event_id, target, code, value, properties) {
             (Some(event_id), Some(target), Some(code), Some(value), Some(properties))
                 if errors.is_empty() =>
             {
-                Ok(Self { event_id, target, code, value, properties })
+                Ok(Self { event_id, target, code, value, properties, subject, tallies: vec![] })
             }
             _ => Err(errors),
         }
@@ -141,6 +156,12 @@ impl IncomingEvent {
         let mut canonical = Vec::new();
         write_canonical_object(&self.properties, &mut canonical);
         hash.update(&canonical);
+        // After the rest, so an event without a subject keeps the fingerprint it had before
+        // subjects existed.
+        if let Some(subject) = &self.subject {
+            hash.update(b"\0subject\0");
+            hash.update(subject.as_str().as_bytes());
+        }
         hash.finalize().into()
     }
 }

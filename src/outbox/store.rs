@@ -115,11 +115,11 @@ fn placements<'a>(
 /// written in one order, so two commits never wait on each other's rows.
 const INSERT: &str = "WITH input AS MATERIALIZED (
          SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::text[], $5::float8[], $6::text[],
-                              $7::bytea[], $9::text[], $10::timestamptz[])
-              WITH ORDINALITY AS t(e, s, c, code, v, p, f, feature, start, n)),
+                              $7::bytea[], $9::text[], $10::timestamptz[], $12::text[])
+              WITH ORDINALITY AS t(e, s, c, code, v, p, f, feature, start, sub, n)),
      inserted AS (
-         INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint)
-         SELECT e, s, c, code, v, p::jsonb, f FROM input
+         INSERT INTO outbox (event_id, subscription_id, customer_id, code, value, properties, fingerprint, subject)
+         SELECT e, s, c, code, v, p::jsonb, f, sub FROM input
          ORDER BY e COLLATE \"C\", n
          ON CONFLICT (event_id) DO NOTHING
          RETURNING event_id),
@@ -137,14 +137,63 @@ const INSERT: &str = "WITH input AS MATERIALIZED (
          GROUP BY 1, 2, 3, 4, 5
          ORDER BY 2, 1, 3, 4, 5
          ON CONFLICT (target, kind, code, window_start, provisional) DO UPDATE SET units = u.units + EXCLUDED.units
-         RETURNING kind, target)
+         RETURNING kind, target),
+     ruled AS (
+         INSERT INTO rule_usage AS r (customer_id, rule_id, subject, bucket_start, expires_at, amount)
+         SELECT x.c, x.r, x.s, x.b, max(x.x), sum(x.a::numeric)
+         FROM UNNEST($13::int8[], $14::uuid[], $15::uuid[], $16::text[], $17::timestamptz[],
+                     $18::timestamptz[], $19::float8[]) AS x(n, c, r, s, b, x, a)
+         JOIN (SELECT DISTINCT ON (e) e, n FROM input ORDER BY e, n) AS i ON i.n = x.n
+         JOIN inserted ON inserted.event_id = i.e
+         GROUP BY 1, 2, 3, 4
+         ORDER BY 1, 2, 3, 4
+         ON CONFLICT (customer_id, rule_id, subject, bucket_start)
+         DO UPDATE SET amount = r.amount + EXCLUDED.amount, expires_at = greatest(r.expires_at, EXCLUDED.expires_at)
+         RETURNING customer_id)
      SELECT event_id FROM inserted
      UNION ALL
      SELECT NULL::text FROM (SELECT pg_notify($8, '')) AS notified WHERE EXISTS (SELECT 1 FROM inserted)
      UNION ALL
      SELECT NULL::text FROM (SELECT feature_usage_notify(array_agg(DISTINCT kind || target::text)) AS sent
                              FROM counted) AS told
+     WHERE told.sent < 0
+     UNION ALL
+     SELECT NULL::text FROM (SELECT rule_usage_notify(array_agg(DISTINCT customer_id::text)) AS sent
+                             FROM ruled) AS told
      WHERE told.sent < 0";
+
+/// The rows the events add to rules' counters (`rule_usage`), as the statement's arrays: each
+/// with its event's ordinal (from 1), so only an event stored now counts.
+#[derive(Default)]
+struct Tallies {
+    event: Vec<i64>,
+    customer: Vec<Uuid>,
+    rule: Vec<Uuid>,
+    /// "" for a rule that counts the whole customer.
+    subject: Vec<String>,
+    bucket: Vec<DateTime<Utc>>,
+    expires: Vec<DateTime<Utc>>,
+    amount: Vec<f64>,
+}
+
+impl Tallies {
+    fn of(events: &[&IncomingEvent]) -> Self {
+        let mut t = Tallies::default();
+        let at = |ms: i64| DateTime::from_timestamp_millis(ms).unwrap_or_default();
+        for (n, event) in events.iter().enumerate() {
+            for row in &event.tallies {
+                t.event.push(n as i64 + 1);
+                t.customer.push(row.customer.as_uuid());
+                t.rule.push(row.rule);
+                t.subject.push(row.subject.as_ref().map(|s| s.as_str().to_owned()).unwrap_or_default());
+                t.bucket.push(at(row.bucket_ms));
+                t.expires.push(at(row.expires_ms));
+                t.amount.push(row.amount);
+            }
+        }
+        t
+    }
+}
 
 /// [`accept`] without the metrics, so an event inserted again (see below) is counted once.
 async fn insert(
@@ -184,6 +233,8 @@ async fn insert(
     let now = Utc::now();
     let (features, starts) = placements(events, counting, now);
     let month = DateTime::from_timestamp(Window::Month.bounds(now, counting.zone(), None).start, 0);
+    let subjects: Vec<Option<&str>> = events.iter().map(|e| e.subject.as_ref().map(|s| s.as_str())).collect();
+    let tallies = Tallies::of(events);
     let query = sqlx::query_scalar::<_, Option<String>>(INSERT)
         .bind(&ids)
         .bind(&subscriptions)
@@ -195,7 +246,15 @@ async fn insert(
         .bind(NOTIFY_CHANNEL)
         .bind(features)
         .bind(starts)
-        .bind(month);
+        .bind(month)
+        .bind(subjects)
+        .bind(&tallies.event)
+        .bind(&tallies.customer)
+        .bind(&tallies.rule)
+        .bind(&tallies.subject)
+        .bind(&tallies.bucket)
+        .bind(&tallies.expires)
+        .bind(&tallies.amount);
     let inserted: Vec<String> = query.fetch_all(&mut *conn).await?.into_iter().flatten().collect();
     let mut fresh: HashSet<String> = inserted.into_iter().collect();
     let stored = if fresh.len() < events.len() {

@@ -196,7 +196,7 @@ pub async fn write(
                         Some((code.as_str(), *value)),
                     ),
                 };
-                let judged = ledger.judge_hold(gate, amount, event, rules);
+                let judged = ledger.judge_hold(gate, amount, event, None, rules);
                 (amount, Some(judged))
             }
             None => (if let Ask::Amount(amount) = ask { *amount } else { 0 }, None),

@@ -13,7 +13,7 @@ use serde_json::Value;
 use super::{batch_items, customer_id};
 use crate::check::{Checker, Decision};
 use crate::config::Settings;
-use crate::domain::{CustomerId, FieldError, whole_number};
+use crate::domain::{CustomerId, FieldError, Subject, whole_number};
 use crate::entitlements::{FeatureAsk, PlanAsk};
 use crate::error::ApiError;
 use crate::jwt::{TokenError, Verifier};
@@ -47,6 +47,10 @@ pub struct CheckQuery {
     /// (`seats_exceeded`; a count of 0: `entitlements.zero_user_count`).
     #[param(value_type = Option<i64>, minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
     pub seats: Option<String>,
+    /// Who inside the customer asks (a user, a workspace, an API key of the customer's): 1 to
+    /// 128 visible ASCII characters, judged by per-subject rules (`rule_limit_exceeded`).
+    #[param(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub subject: Option<String>,
 }
 
 /// The check's query parameters as sent (`CheckQuery` documents them).
@@ -57,6 +61,7 @@ struct QueryValues<'q> {
     quantity: Option<Cow<'q, str>>,
     in_use: Option<Cow<'q, str>>,
     seats: Option<Cow<'q, str>>,
+    subject: Option<Cow<'q, str>>,
 }
 
 impl<'q> QueryValues<'q> {
@@ -83,6 +88,7 @@ impl<'q> QueryValues<'q> {
                 "quantity" => &mut sent.quantity,
                 "in_use" => &mut sent.in_use,
                 "seats" => &mut sent.seats,
+                "subject" => &mut sent.subject,
                 _ => continue,
             };
             if slot.replace(value).is_some() {
@@ -106,16 +112,30 @@ fn text<'a>(value: &'a Option<Cow<'_, str>>) -> Option<Sent<'a>> {
 
 const FEATURE_RULE: &str = "must be a feature code: 1 to 128 visible ASCII characters";
 
-/// The plan's part of a check (`feature`, `quantity`, `in_use`, `seats`), every problem named
-/// by `at(field)`.
+const SUBJECT_RULE: &str = "must be a subject: 1 to 128 visible ASCII characters";
+
+/// The plan's part of a check (`feature`, `quantity`, `in_use`, `seats`) and its `subject`,
+/// every problem named by `at(field)`.
 fn plan_ask(
-    feature: Option<Sent<'_>>,
-    quantity: Option<Sent<'_>>,
-    in_use: Option<Sent<'_>>,
-    seats: Option<Sent<'_>>,
+    [feature, quantity, in_use, seats, subject]: [Option<Sent<'_>>; 5],
     at: impl Fn(&str) -> String,
 ) -> Result<PlanAsk, Vec<FieldError>> {
     let mut errors = Vec::new();
+    let subject = match subject {
+        None | Some(Sent::Json(Value::Null)) => None,
+        Some(Sent::Text(text)) => Subject::parse(text).ok().or_else(|| {
+            errors.push(FieldError::new(at("subject"), SUBJECT_RULE));
+            None
+        }),
+        Some(Sent::Json(Value::String(text))) => Subject::parse(text).ok().or_else(|| {
+            errors.push(FieldError::new(at("subject"), SUBJECT_RULE));
+            None
+        }),
+        Some(Sent::Json(_)) => {
+            errors.push(FieldError::new(at("subject"), SUBJECT_RULE));
+            None
+        }
+    };
     let mut count = |field: &str, sent: Option<Sent<'_>>, min: u64| -> Option<u64> {
         let rule = if min == 0 { "must be a non-negative integer" } else { "must be a positive integer" };
         // Within i64, as the document says (int64): a client's language may hold no more.
@@ -167,6 +187,7 @@ fn plan_ask(
             in_use,
         }),
         seats,
+        subject,
     })
 }
 
@@ -195,10 +216,7 @@ pub async fn check_customer(
     let query = QueryValues::parse(req.query_string())?;
     let cost = query.cost.as_deref().map(parse_cost).transpose()?;
     let plan = plan_ask(
-        text(&query.feature),
-        text(&query.quantity),
-        text(&query.in_use),
-        text(&query.seats),
+        [&query.feature, &query.quantity, &query.in_use, &query.seats, &query.subject].map(text),
         str::to_owned,
     )
     .map_err(ApiError::invalid_fields)?;
@@ -222,7 +240,7 @@ fn json_body(body: Vec<u8>) -> HttpResponse {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CheckBatchRequest {
     /// 1 to 1000 customers, answered in order: `{"id": UUID, "cost": minor units, "feature",
-    /// "quantity", "in_use", "seats"}` each (all but `id` optional, as the single check's
+    /// "quantity", "in_use", "seats", "subject"}` each (all but `id` optional, as the single check's
     /// parameters); an item of another shape is answered with its own error in its place.
     #[schema(min_items = 1, max_items = 1000, value_type = Vec<Value>)]
     pub customers: Vec<CheckBatchItem>,
@@ -246,6 +264,9 @@ pub struct CheckBatchItem {
     /// Seats the customer would have.
     #[schema(minimum = 0)]
     pub seats: Option<i64>,
+    /// Who inside the customer asks, as `subject` of the single check.
+    #[schema(min_length = 1, max_length = 128, pattern = "^[!-~]+$")]
+    pub subject: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -312,7 +333,7 @@ fn parse_item(index: usize, item: &Value) -> Result<(CustomerId, Option<i64>, Pl
         Some(_) => return Err(invalid("cost", COST_RULE)),
     };
     let sent = |field: &str| object.get(field).map(Sent::Json);
-    let plan = plan_ask(sent("feature"), sent("quantity"), sent("in_use"), sent("seats"), at).map_err(
+    let plan = plan_ask(["feature", "quantity", "in_use", "seats", "subject"].map(sent), at).map_err(
         |mut errors| CheckItemError { customer_id: item.get("id").cloned(), error: errors.remove(0) },
     )?;
     Ok((id, cost, plan))
@@ -443,8 +464,12 @@ fn gate_feature(req: &HttpRequest) -> Result<PlanAsk, ApiError> {
         (Some(header), _) => (Some(header), "X-Usage-Feature"),
         (None, query) => (query, "feature"),
     };
-    plan_ask(feature.map(Sent::Text), None, None, None, |_| field.to_owned())
-        .map_err(ApiError::invalid_fields)
+    let subject = query.subject.as_deref().map(Sent::Text);
+    plan_ask([feature.map(Sent::Text), None, None, None, subject], |name| match name {
+        "subject" => name.to_owned(),
+        _ => field.to_owned(),
+    })
+    .map_err(ApiError::invalid_fields)
 }
 
 fn set_usage_headers(headers: &mut actix_web::http::header::HeaderMap, decision: &Decision) {

@@ -202,11 +202,13 @@ fn event_schemas() -> [(&'static str, serde_json::Value); 4] {
                             "additionalProperties": {"$ref": "#/components/schemas/JsonWithoutNul"},
                             "description": "Metric filters and aggregation properties; no NUL in keys or strings"});
     let id = json!({"type": "string", "format": "uuid"});
+    let subject = json!({"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$",
+                         "description": "Who inside the customer the usage is for (a user, a workspace, an API key): usage-gate's per-subject rules; stored, not sent to BillaBear"});
     let new_event = json!({
         "type": "object",
         "required": ["event_id", "code", "value"],
         "properties": {"event_id": event_id, "code": code, "value": value, "properties": properties,
-                       "subscription": id, "customer": id},
+                       "subscription": id, "customer": id, "subject": subject},
         "oneOf": [{"required": ["subscription"], "not": {"required": ["customer"]}},
                   {"required": ["customer"], "not": {"required": ["subscription"]}}],
     });

@@ -2,8 +2,11 @@
 //! created, changed and deleted with an audit record in the same transaction
 //! (`judgement::rule` says what a rule is).
 
+pub mod counts;
 mod parse;
 pub mod store;
+
+use std::sync::Arc;
 
 use futures_util::FutureExt;
 use serde::Serialize;
@@ -137,25 +140,35 @@ impl From<sqlx::Error> for RuleError {
 #[derive(Clone)]
 pub struct Rulebook {
     pool: PgPool,
-    copy: Mirror<Scope, Box<[Rule]>>,
+    copy: Mirror<Scope, Box<[Arc<Rule>]>>,
 }
 
 impl Rulebook {
     /// Starts keeping the copy up to date.
     pub fn start(pool: PgPool) -> Started<Self> {
-        let load: mirror::Loader<Scope, Box<[Rule]>> = |pool, keys| store::by_scope(pool, keys).boxed();
+        let load: mirror::Loader<Scope, Box<[Arc<Rule>]>> = |pool, keys| store::by_scope(pool, keys).boxed();
         let Started { service: copy, tasks, listening, .. } =
             Mirror::start(pool.clone(), store::NOTIFY_CHANNEL, "rules", load);
         Started { service: Self { pool, copy }, changes: (), tasks, listening }
     }
 
+    /// Whether this replica knows of any rule at all (none: nothing to judge or count).
+    pub fn any(&self) -> bool {
+        self.copy.any(0) || self.copy.any(1)
+    }
+
     /// The rules that bind the customer, on `plans` (precedence applied: `rule::applicable`).
-    pub fn applicable(&self, customer: CustomerId, plans: &[PlanId]) -> Vec<Rule> {
+    pub fn applicable(&self, customer: CustomerId, plans: &[PlanId]) -> Vec<Arc<Rule>> {
         let keys =
             [Scope::Customer(customer), Scope::All].into_iter().chain(plans.iter().map(|p| Scope::Plan(*p)));
-        let scoped: Vec<Rule> =
-            keys.filter_map(|k| self.copy.with(k, |rules| rules.to_vec())).flatten().collect();
-        rule::applicable(&scoped, customer, plans).into_iter().cloned().collect()
+        let mut scoped: Vec<Arc<Rule>> = Vec::new();
+        for key in keys {
+            self.copy.with(key, |rules| scoped.extend(rules.iter().cloned()));
+        }
+        if scoped.len() < 2 {
+            return scoped;
+        }
+        rule::applicable(&scoped, customer, plans)
     }
 
     pub async fn create(&self, actor: &Actor, new: &NewRule) -> Result<RuleRecord, RuleError> {

@@ -2,6 +2,7 @@
 //! it; the trigger tells every replica.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -144,6 +145,8 @@ pub async fn delete(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<Rul
             .fetch_optional(&mut *tx)
             .await?;
     let Some(deleted) = deleted else { return Ok(None) };
+    // What it counted goes with it (a rule created again starts from nothing).
+    sqlx::query("DELETE FROM rule_usage WHERE rule_id = $1").bind(id).execute(&mut *tx).await?;
     record(&mut tx, "rule.delete", &deleted, actor).await?;
     tx.commit().await?;
     Ok(Some(deleted))
@@ -240,7 +243,7 @@ impl RuleRow {
 pub async fn by_scope(
     pool: &PgPool,
     scopes: Option<&[Scope]>,
-) -> Result<HashMap<Scope, Box<[Rule]>>, sqlx::Error> {
+) -> Result<HashMap<Scope, Box<[Arc<Rule>]>>, sqlx::Error> {
     let (mut customers, mut plans, mut all) = (Vec::new(), Vec::new(), false);
     for key in scopes.unwrap_or_default() {
         match key {
@@ -261,10 +264,10 @@ pub async fn by_scope(
     .bind(all)
     .fetch_all(pool)
     .await?;
-    let mut by_scope: HashMap<Scope, Vec<Rule>> = HashMap::new();
+    let mut by_scope: HashMap<Scope, Vec<Arc<Rule>>> = HashMap::new();
     for row in &rows {
         match row.rule() {
-            Some(rule) => by_scope.entry(rule.spec.scope).or_default().push(rule),
+            Some(rule) => by_scope.entry(rule.spec.scope).or_default().push(Arc::new(rule)),
             None => {
                 tracing::warn!(rule = %row.id, "rules: a stored rule does not read as one; it is not applied")
             }

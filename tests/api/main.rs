@@ -25,6 +25,7 @@ mod plan;
 mod proxies;
 mod reservations;
 mod retention;
+mod rule_limits;
 mod rules;
 mod service;
 mod simulator;

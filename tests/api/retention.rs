@@ -39,6 +39,8 @@ async fn rows_aged(app: &TestApp, age: &str) {
          VALUES (gen_random_uuid(), now() - $1::interval, now() - $1::interval, now() - $1::interval)",
         "INSERT INTO feature_limit_crossings (customer_id, code, window_start, window_end, \"limit\", reset_at)
          VALUES (gen_random_uuid(), 'api_calls', now() - $1::interval, now() - $1::interval, 1, now() - $1::interval)",
+        "INSERT INTO rule_usage (customer_id, rule_id, subject, bucket_start, expires_at, amount)
+         VALUES (gen_random_uuid(), gen_random_uuid(), '', now() - $1::interval - interval '1 hour', now() - $1::interval, 1)",
     ];
     for statement in statements {
         sqlx::query(statement).bind(age).execute(&app.pool).await.unwrap();
@@ -50,6 +52,14 @@ async fn rows_past_their_window_are_pruned_and_the_audit_log_is_kept_unless_a_wi
     let app = TestApp::spawn().await;
     rows_aged(&app, "400 days").await;
     rows_aged(&app, "1 hour").await;
+    // A rule's bucket still counting.
+    sqlx::query(
+        "INSERT INTO rule_usage (customer_id, rule_id, subject, bucket_start, expires_at, amount)
+         VALUES (gen_random_uuid(), gen_random_uuid(), 'bob', now(), now() + interval '1 hour', 1)",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let open_hold = app.sim.add_usage_customer(1.0, json!([])).await.0;
     assert_eq!(app.hold(&open_hold, json!({"amount": 1})).await.status(), 201);
     let audit_before = count(&app, "SELECT count(*) FROM audit_log").await;
@@ -71,9 +81,11 @@ async fn rows_past_their_window_are_pruned_and_the_audit_log_is_kept_unless_a_wi
             ("feature_usage", 1),
             ("billing_periods", 1),
             ("feature_limit_crossings", 1),
+            ("rule_usage", 2),
         ],
         "the default windows: the audit log is kept"
     );
+    assert_eq!(count(&app, "SELECT count(*) FROM rule_usage").await, 1, "the bucket still counting");
     assert_eq!(count(&app, "SELECT count(*) FROM feature_usage").await, 1, "the count of an hour ago");
     assert_eq!(
         count(&app, "SELECT count(*) FROM reservations").await,
