@@ -684,7 +684,7 @@ export interface components {
         CheckBatchRequest: {
             /**
              * @description 1 to 1000 customers, answered in order: `{"id": UUID, "cost": minor units, "feature",
-             *     "quantity", "in_use", "seats"}` each (all but `id` optional, as the single check's
+             *     "quantity", "in_use", "seats", "subject"}` each (all but `id` optional, as the single check's
              *     parameters); an item of another shape is answered with its own error in its place.
              */
             customers: unknown[];
@@ -762,9 +762,16 @@ export interface components {
              * @description Stable codes: customer_disabled, disable_limit_exceeded, would_exceed_disable_limit,
              *     warning_limit_exceeded, near_limit, customer_not_found, upstream_unavailable,
              *     upstream_budget_exhausted, pending_usage_exceeds_limit, override_allow, override_block,
-             *     override_raise, feature_not_in_plan, feature_limit_reached, seats_exceeded.
+             *     override_raise, feature_not_in_plan, feature_limit_reached, seats_exceeded,
+             *     rule_limit_exceeded, would_exceed_rule_limit, soft_limit_exceeded.
              */
             reasons: string[];
+            /**
+             * @description usage-gate's own rules: on a check, every rule that binds the customer (and, per
+             *     subject, the `subject` asked about); on a refused write, the rules that refused it.
+             *     Absent when none.
+             */
+            rules?: components["schemas"]["RuleView"][];
             seats?: components["schemas"]["SeatsView"] | null;
             source: components["schemas"]["Source"];
             status: components["schemas"]["Status"];
@@ -984,6 +991,8 @@ export interface components {
             properties?: {
                 [key: string]: components["schemas"]["JsonWithoutNul"];
             } | null;
+            /** @description Who inside the customer the usage is for (a user, a workspace, an API key): usage-gate's per-subject rules; stored, not sent to BillaBear */
+            subject?: string;
             /** Format: uuid */
             subscription?: string;
             /** @description Units used (not a string) */
@@ -1243,7 +1252,10 @@ export interface components {
              */
             used: number;
             window: string;
-        };
+        } | (components["schemas"]["RuleView"] & {
+            /** @enum {string} */
+            kind: "rule";
+        });
         /** @description One reservation as stored. */
         Reservation: {
             /**
@@ -1341,6 +1353,40 @@ export interface components {
              * @description `{"calendar": "hour" | "day" | "week" | "month", "time_zone": IANA}`, `{"rolling_s": S}`
              *     or `{"billing_period": {}}`.
              */
+            window: Record<string, never>;
+        };
+        /** @description One of usage-gate's rules as judged for the answer. */
+        RuleView: {
+            /** Format: uuid */
+            id: string;
+            /**
+             * Format: int64
+             * @description What it allows in its window (the subject's own limit, for a subject with one).
+             */
+            limit: number;
+            /** @description `{"cost": {}}` (minor units) or `{"metric": CODE}` (units), as the rule is written. */
+            measure: Record<string, never>;
+            /** @description `hard` or `soft`. */
+            mode: string;
+            /**
+             * @description Why it refuses (`rule_limit_exceeded`, `would_exceed_rule_limit`) or warns
+             *     (`soft_limit_exceeded`); absent when what is asked fits.
+             */
+            reason?: string | null;
+            /**
+             * Format: date-time
+             * @description When a calendar or billing window ends and the count restarts (absent for a rolling
+             *     window, which frees usage a sixtieth of its length at a time).
+             */
+            resets_at?: string | null;
+            /** @description The subject a per-subject rule judged. */
+            subject?: string | null;
+            /**
+             * Format: double
+             * @description Used in the window before what is asked (events, and on a write open holds too).
+             */
+            used: number;
+            /** @description As the rule is written (`{"calendar": ..}`, `{"rolling_s": ..}`, `{"billing_period": {}}`). */
             window: Record<string, never>;
         };
         /**
@@ -1762,6 +1808,11 @@ export interface operations {
                  *     (`seats_exceeded`; a count of 0: `entitlements.zero_user_count`).
                  */
                 seats?: number;
+                /**
+                 * @description Who inside the customer asks (a user, a workspace, an API key of the customer's): 1 to
+                 *     128 visible ASCII characters, judged by per-subject rules (`rule_limit_exceeded`).
+                 */
+                subject?: string;
             };
             header?: never;
             path: {

@@ -61,6 +61,23 @@ class SeatsView(TypedDict):
     limit: NotRequired[int | None]
 
 
+class RuleView(TypedDict):
+    """One of usage-gate's own rules as a check or a refusal judged it."""
+
+    id: str
+    #: ``{"cost": {}}`` or ``{"metric": CODE}``, as the rule is written.
+    measure: dict[str, Any]
+    #: ``{"calendar": ...}``, ``{"rolling_s": S}`` or ``{"billing_period": {}}``.
+    window: dict[str, Any]
+    mode: str
+    limit: int
+    used: float
+    subject: NotRequired[str | None]
+    resets_at: NotRequired[str | None]
+    #: ``rule_limit_exceeded``, ``would_exceed_rule_limit`` or ``soft_limit_exceeded``.
+    reason: NotRequired[str | None]
+
+
 class Decision(TypedDict):
     customer_id: str
     allowed: bool
@@ -73,6 +90,8 @@ class Decision(TypedDict):
     cost: NotRequired[int | None]
     feature: NotRequired[FeatureView | None]
     seats: NotRequired[SeatsView | None]
+    #: usage-gate's rules that bind the customer (a check), or that refused (a write).
+    rules: NotRequired[list[RuleView]]
     customer_status: NotRequired[str | None]
     override: NotRequired[OverrideView | None]
     would_block: NotRequired[bool | None]
@@ -96,10 +115,10 @@ class CheckBatchResponse(TypedDict):
 
 class RefusedBy(TypedDict, total=False):
     """The limit that refused an enforced event or a hold: ``kind`` ``"usage"`` (``id``,
-    ``amount``, ``estimate``) or ``"feature"`` (``code``, ``limit``, ``used``, ``window``,
-    ``resets_at``)."""
+    ``amount``, ``estimate``), ``"feature"`` (``code``, ``limit``, ``used``, ``window``,
+    ``resets_at``) or ``"rule"`` (a :class:`RuleView`'s fields)."""
 
-    kind: Literal["usage", "feature"]
+    kind: Literal["usage", "feature", "rule"]
     id: str
     amount: int
     estimate: int
@@ -133,6 +152,8 @@ class NewEvent(TypedDict):
     customer: NotRequired[str]
     subscription: NotRequired[str]
     properties: NotRequired[dict[str, Any] | None]
+    #: Who inside the customer the usage is for (usage-gate's per-subject rules).
+    subject: NotRequired[str]
 
 
 class EventAnswer(TypedDict):
@@ -441,6 +462,7 @@ SCHEMAS: dict[str, type] = {
         Estimate,
         FeatureView,
         SeatsView,
+        RuleView,
         LimitView,
         OverrideView,
         Decision,
