@@ -110,6 +110,9 @@ def main():
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--top", type=int, default=25, help="functions listed from the check's profile")
     parser.add_argument("--query", default="", help="asked with every counted check, e.g. '?feature=sso'")
+    parser.add_argument("--rules", action="store_true",
+                        help="the customer under 5 rules of usage-gate's own, 2 of them per subject, with usage "
+                             "counted in each (ask with --query '?subject=alice')")
     args = parser.parse_args()
     subprocess.run(["cargo", "build", "--release", "--bin", "usage-gate", "--examples"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="usage-gate-instr-")
@@ -135,6 +138,35 @@ def main():
             time.sleep(0.5)
         sys.exit("the pending event was not delivered and counted within 120 s")
 
+    def under_rules():
+        customer = {"customer": CUSTOMER}
+        day = {"calendar": "day", "time_zone": "Europe/Paris"}
+        for rule in [
+            {"measure": {"cost": {}}, "limit": 50_000, "window": day},
+            {"measure": {"metric": "api_calls"}, "limit": 100_000, "window": {"calendar": "month"}},
+            {"measure": {"cost": {}}, "limit": 20_000, "window": {"rolling_s": 3600}},
+            {"measure": {"cost": {}}, "limit": 5_000, "window": day, "per_subject": True},
+            {"measure": {"metric": "api_calls"}, "limit": 1_000, "window": {"rolling_s": 600},
+             "per_subject": True, "subject_limits": {"alice": 2_000}},
+        ]:
+            request("POST", f"http://{APP}/v1/rules", dict(rule, scope=customer, mode="hard"), auth)
+        for i, subject in enumerate(["alice", "bob"]):
+            event = {"event_id": f"instr-rules-{i}", "customer": CUSTOMER, "code": "api_calls", "value": 2,
+                     "subject": subject}
+            request("POST", f"http://{APP}/v1/events", event, auth)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            rules = request("GET", f"http://{APP}{PATH}?subject=alice", None, auth).get("rules", [])
+            if len(rules) == 5 and all(rule["used"] > 0 for rule in rules):
+                return
+            time.sleep(0.2)
+        sys.exit("the check did not show 5 rules with usage within 60 s")
+
+    def warmed():
+        warm()
+        if args.rules:
+            under_rules()
+
     with Processes() as procs:
         procs.start([os.path.join(RELEASE, "usage-gate"), "sim", "--address", SIM, "--api-key", SIM_KEY,
                      "--seed", seed, "--workers", "1", "--tick-ms", str(86_400_000)])
@@ -142,7 +174,7 @@ def main():
         bare = measure(procs, [os.path.join(RELEASE, "examples", "bare-actix"), BARE], BARE, args.requests,
                        os.path.join(work, "bare"), "the bare handler")
         check = measure(procs, [os.path.join(RELEASE, "usage-gate"), "--config", config, "serve"], APP,
-                        args.requests, os.path.join(work, "check"), "usage-gate", env=env, warm=warm,
+                        args.requests, os.path.join(work, "check"), "usage-gate", env=env, warm=warmed,
                         query=args.query)
 
     print(f"\ninstructions per request, {args.requests} keep-alive requests on one connection, "

@@ -5,7 +5,9 @@
   2. enforced single events (?enforce=true) for the same customer, interleaved with 1 round by
      round; the ratio enforced/plain is the figure (target >= 50%); and enforced events of a
      counted feature: a customer whose plan limits `api_calls` (far from it), so each event is
-     judged under the feature limit too (issue 35: >= 80% of enforced events before it);
+     judged under the feature limit too (issue 35: >= 80% of enforced events before it); and
+     enforced events of a customer under 3 rules of usage-gate's own, a day, a month and a
+     rolling hour (issue 36: >= 75% of enforced events with none);
   3. one customer at its limit: enforced events (every one refused, 402) and plain events;
   4. reservation create -> commit round trips (one 1-cent hold, then its commit with one event),
      on one customer and spread over 100 (`--only-holds` runs these alone); and on one customer
@@ -174,7 +176,7 @@ def main():
     config = os.path.join(work, "usage-gate.toml")
     write_config(config, APP, SIM, SIM_KEY, KEY, ["events", "check", "admin"])
     plain, enforced, at_limit_enforced, at_limit_plain, round_trips, spread, keyed = [], [], [], [], [], [], []
-    counted = []
+    counted, under_rules = [], []
     with Processes() as procs:
         binary = os.path.join(RELEASE, "usage-gate")
         procs.start([binary, "sim", "--address", SIM, "--api-key", SIM_KEY, "--workers", "1",
@@ -187,7 +189,14 @@ def main():
         holder = customer(0, 10**15)
         holders = [customer(0, 10**15) for _ in range(100)]
         limited = customer(0, 10**15, feature_limit=10**12)
-        for c in (far, full, holder, limited, *holders):
+        ruled = customer(0, 10**15)
+        admin = {"Authorization": f"Bearer {KEY}"}
+        for measure, window in [({"cost": {}}, {"calendar": "day", "time_zone": "Europe/Paris"}),
+                                ({"metric": "api_calls"}, {"calendar": "month"}),
+                                ({"cost": {}}, {"rolling_s": 3600})]:
+            request("POST", f"http://{APP}/v1/rules", {"scope": {"customer": ruled}, "measure": measure,
+                                                       "limit": 10**15, "window": window, "mode": "hard"}, admin)
+        for c in (far, full, holder, limited, ruled, *holders):
             request("GET", f"http://{APP}/v1/customers/{c}/check", headers={"Authorization": f"Bearer {KEY}"})
         sim("PUT", "/faults", {"outage": "hang", "only": "events"})
         committed = lambda: int(psql(DB, "SELECT count(*) FROM reservations WHERE closed_as = 'committed'"))
@@ -198,6 +207,8 @@ def main():
                                     args.duration, 202))
                 counted.append(wrk("/v1/events?enforce=true", event_script(work, f"counted{r}", limited, 202),
                                    args.duration, 202))
+                under_rules.append(wrk("/v1/events?enforce=true", event_script(work, f"ruled{r}", ruled, 202),
+                                       args.duration, 202))
                 at_limit_enforced.append(wrk("/v1/events?enforce=true", event_script(work, f"refused{r}", full, 402),
                                              args.duration, 402))
                 at_limit_plain.append(wrk("/v1/events", event_script(work, f"full{r}", full, 202), args.duration, 202))
@@ -226,6 +237,9 @@ def main():
         ratios = [c / e for c, e in zip(counted, enforced)]
         print(f"enforced events of a counted feature:          median {statistics.median(counted):>8.0f}/s  {[round(x) for x in counted]}")
         print(f"  counted feature / enforced, round by round:  median {statistics.median(ratios):>8.0%}   {[f'{x:.0%}' for x in ratios]}")
+        ratios = [u / e for u, e in zip(under_rules, enforced)]
+        print(f"enforced events under 3 rules:                 median {statistics.median(under_rules):>8.0f}/s  {[round(x) for x in under_rules]}")
+        print(f"  under 3 rules / enforced, round by round:    median {statistics.median(ratios):>8.0%}   {[f'{x:.0%}' for x in ratios]}")
         print(f"enforced events, customer at its limit (402):  median {statistics.median(at_limit_enforced):>8.0f}/s  {[round(x) for x in at_limit_enforced]}")
         print(f"plain events, the customer at its limit:       median {statistics.median(at_limit_plain):>8.0f}/s  {[round(x) for x in at_limit_plain]}")
     if args.only_events:

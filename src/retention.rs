@@ -65,13 +65,16 @@ const FEATURE_LIMIT_CROSSINGS: Rule =
     Rule { table: "feature_limit_crossings", age: "window_end", also: "AND reset_at IS NOT NULL" };
 /// Rules' buckets that stopped counting (`rules::counts`), as soon as they have.
 const RULE_USAGE: Rule = Rule { table: "rule_usage", age: "expires_at", also: "" };
+/// Rules' crossings whose reset was told, by their window's end.
+const RULE_CROSSINGS: Rule =
+    Rule { table: "rule_crossings", age: "window_end", also: "AND reset_at IS NOT NULL" };
 /// How long the feature tables keep a row: past the longest window (a yearly billing period),
 /// a count or a period can no longer be current.
 const FEATURE_WINDOWS_KEPT: Duration = Duration::from_secs(400 * 24 * 3600);
 
 /// Every table a pruner removes rows from, for `usage_gate_pruned_rows_total` (at zero from
 /// start-up, so that a dashboard has a line before the first prune).
-pub const TABLES: [&str; 13] = [
+pub const TABLES: [&str; 14] = [
     "reservations",
     "overrides",
     "billabear_counters",
@@ -85,6 +88,7 @@ pub const TABLES: [&str; 13] = [
     "billing_periods",
     "feature_limit_crossings",
     "rule_usage",
+    "rule_crossings",
 ];
 
 pub fn register_metrics() {
@@ -103,7 +107,7 @@ pub fn pruned(table: &'static str, rows: u64) {
 /// sections.
 #[derive(Clone)]
 pub struct Plan {
-    rules: [(&'static Rule, Option<Duration>); 12],
+    rules: [(&'static Rule, Option<Duration>); 13],
     interval: Duration,
     vacuum: bool,
 }
@@ -125,6 +129,7 @@ impl Plan {
                 (&BILLING_PERIODS, Some(FEATURE_WINDOWS_KEPT)),
                 (&FEATURE_LIMIT_CROSSINGS, Some(FEATURE_WINDOWS_KEPT)),
                 (&RULE_USAGE, Some(Duration::ZERO)),
+                (&RULE_CROSSINGS, Some(FEATURE_WINDOWS_KEPT)),
             ],
             interval: kept.interval,
             vacuum: kept.vacuum,
@@ -172,7 +177,7 @@ pub async fn prune(pool: &PgPool, settings: &Plan) -> Result<Vec<(&'static str, 
 
 /// The tables whose rows are updated or deleted as usage-gate works (the audit log only grows
 /// unless pruned, so it is here too).
-const CHURNING: [&str; 17] = [
+const CHURNING: [&str; 18] = [
     "outbox",
     "pending_usage",
     "pending_usage_deltas",
@@ -190,6 +195,7 @@ const CHURNING: [&str; 17] = [
     "billing_periods",
     "feature_limit_crossings",
     "rule_usage",
+    "rule_crossings",
 ];
 
 /// Makes the space of deleted and updated rows reusable, so that tables stay their size where

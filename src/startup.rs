@@ -318,6 +318,7 @@ impl Running {
             settings: settings.entitlements.clone(),
         };
         background.push(tokio::spawn(crossings.watch(count_changes)).abort_handle());
+        background.push(crate::rules::crossings::spawn(pool.clone()));
         let (invalidation, task, invalidation_listening) = Invalidation::start(pool.clone(), cache.clone());
         background.push(task);
         listening.push(invalidation_listening);

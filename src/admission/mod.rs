@@ -10,7 +10,6 @@ pub mod ingest;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::audit::Actor;
 use crate::check::{Checker, Decision, Enforcement};
@@ -20,7 +19,7 @@ use crate::enforce::{Gate, Judged};
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::Accepted;
 use crate::projection::{Code, PendingUsage, Projection};
-use crate::reservations::Ask;
+use crate::reservations::NewHold;
 use crate::reservations::{Committed, HoldError, Judgement, Reservation, Reuse};
 use crate::snapshot::Lookup;
 use crate::subscriptions::Subscriptions;
@@ -288,24 +287,23 @@ impl Admission {
         events
     }
 
-    /// A hold of `ask` for the customer, for `ttl`: granted if it fits under its lowest DISABLE
+    /// A hold of `hold.ask` for the customer (by `hold.subject`), for `hold.ttl`: granted if it fits under its lowest DISABLE
     /// limit with its pending usage and open holds (judged under its lock), with the decision
     /// that counts it; refused with the decision it was judged by otherwise. With a `key` that
     /// made one of the customer's holds before, that hold (see `reservations::store::write`).
     pub async fn hold(
         &self,
         customer: CustomerId,
-        ask: &Ask,
-        ttl: Duration,
+        hold: &NewHold,
         actor: &Actor,
         key: Option<String>,
     ) -> Result<Held, AdmissionError> {
         let checker = &self.checker;
-        let (ask, actor) = (ask.clone(), actor.clone());
+        let (hold, actor) = (hold.clone(), actor.clone());
         match checker.enforcement(customer).await {
             Enforcement::Gate { gate, lookup } => {
                 let Judgement { reservation, judged, replayed } =
-                    checker.holds.create(gate, ask, ttl, actor, key).await?;
+                    checker.holds.create(gate, hold, actor, key).await?;
                 let Some(reservation) = reservation else {
                     let decision = checker.explain_judged(customer, lookup, &judged);
                     return Err(AdmissionError::OverLimit(Box::new(decision)));
@@ -323,7 +321,7 @@ impl Admission {
             // Unknown to BillaBear, or BillaBear unreachable with nothing cached, and the policy
             // allows: held as asked (an event's price is unknown: 0), the decision says why.
             Enforcement::Decided(decision) => {
-                let (reservation, replayed) = checker.holds.grant(customer, ask, ttl, actor, key).await?;
+                let (reservation, replayed) = checker.holds.grant(customer, hold, actor, key).await?;
                 Ok(Held { reservation: reservation.into(), decision, replayed })
             }
         }

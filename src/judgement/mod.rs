@@ -84,6 +84,13 @@ pub trait Counts {
     /// What `rule` counted of the customer (of `subject` alone, for a per-subject rule) in its
     /// buckets from `since_ms` on, with open holds when read under the lock.
     fn rule_used(&self, case: &Case, rule: &Rule, subject: Option<&Subject>, since_ms: i64) -> f64;
+
+    /// [`Counts::rule_used`] of each ask, into its `used` (a copy read once for them all).
+    fn rules_used(&self, case: &Case, asks: &mut [rule::RuleAsk]) {
+        for ask in asks {
+            ask.used = self.rule_used(case, ask.rule, ask.subject, ask.since_ms);
+        }
+    }
 }
 
 /// What an admitted write adds, as each kind counts it (where it is counted is read as

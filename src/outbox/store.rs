@@ -138,18 +138,38 @@ const INSERT: &str = "WITH input AS MATERIALIZED (
          ORDER BY 2, 1, 3, 4, 5
          ON CONFLICT (target, kind, code, window_start, provisional) DO UPDATE SET units = u.units + EXCLUDED.units
          RETURNING kind, target),
-     ruled AS (
-         INSERT INTO rule_usage AS r (customer_id, rule_id, subject, bucket_start, expires_at, amount)
-         SELECT x.c, x.r, x.s, x.b, max(x.x), sum(x.a::numeric)
+     tallied AS (
+         SELECT x.c, x.r, x.s, x.b, max(x.x) AS x, min(x.since) AS since, sum(x.a::numeric) AS a
          FROM UNNEST($13::int8[], $14::uuid[], $15::uuid[], $16::text[], $17::timestamptz[],
-                     $18::timestamptz[], $19::float8[]) AS x(n, c, r, s, b, x, a)
+                     $18::timestamptz[], $19::float8[], $20::timestamptz[]) AS x(n, c, r, s, b, x, a, since)
          JOIN (SELECT DISTINCT ON (e) e, n FROM input ORDER BY e, n) AS i ON i.n = x.n
          JOIN inserted ON inserted.event_id = i.e
-         GROUP BY 1, 2, 3, 4
+         GROUP BY 1, 2, 3, 4),
+     ruled AS (
+         INSERT INTO rule_usage AS r (customer_id, rule_id, subject, bucket_start, expires_at, amount)
+         SELECT c, r, s, b, x, a FROM tallied
          ORDER BY 1, 2, 3, 4
          ON CONFLICT (customer_id, rule_id, subject, bucket_start)
          DO UPDATE SET amount = r.amount + EXCLUDED.amount, expires_at = greatest(r.expires_at, EXCLUDED.expires_at)
-         RETURNING customer_id)
+         RETURNING customer_id, rule_id, subject, bucket_start, expires_at, amount),
+     crossed AS (
+         INSERT INTO rule_crossings AS k (rule_id, customer_id, subject, window_start, threshold, window_end, used, \"limit\")
+         SELECT u.rule_id, u.customer_id, u.subject, u.bucket_start, th.t, u.expires_at, w.after, w.lim
+         FROM ruled AS u
+         JOIN tallied AS t ON (t.c, t.r, t.s, t.b) = (u.customer_id, u.rule_id, u.subject, u.bucket_start)
+         JOIN rules AS rl ON rl.id = u.rule_id
+         CROSS JOIN LATERAL (
+             SELECT u.amount + coalesce((SELECT sum(o.amount) FROM rule_usage AS o
+                                         WHERE (o.customer_id, o.rule_id, o.subject) = (u.customer_id, u.rule_id, u.subject)
+                                           AND o.bucket_start >= t.since AND o.bucket_start <> u.bucket_start
+                                           AND o.expires_at > now()), 0) AS after,
+                    CASE WHEN u.subject <> '' THEN coalesce((rl.subject_limits ->> u.subject)::bigint, rl.\"limit\")
+                         ELSE rl.\"limit\" END AS lim) AS w
+         CROSS JOIN LATERAL unnest(rl.thresholds) AS th(t)
+         WHERE (w.after - t.a) * 100 < th.t * w.lim AND w.after * 100 >= th.t * w.lim
+         ORDER BY 1, 2, 3, 4, 5
+         ON CONFLICT DO NOTHING
+         RETURNING k.*)
      SELECT event_id FROM inserted
      UNION ALL
      SELECT NULL::text FROM (SELECT pg_notify($8, '')) AS notified WHERE EXISTS (SELECT 1 FROM inserted)
@@ -160,7 +180,18 @@ const INSERT: &str = "WITH input AS MATERIALIZED (
      UNION ALL
      SELECT NULL::text FROM (SELECT rule_usage_notify(array_agg(DISTINCT customer_id::text)) AS sent
                              FROM ruled) AS told
-     WHERE told.sent < 0";
+     WHERE told.sent < 0
+     UNION ALL
+     SELECT NULL::text FROM (
+         SELECT queue_webhooks('limit.threshold_crossed', c.customer_id, jsonb_build_object(
+                    'rule_id', c.rule_id, 'customer_id', c.customer_id, 'subject', nullif(c.subject, ''),
+                    'threshold', c.threshold, 'used', c.used, 'limit', c.\"limit\",
+                    'measure', CASE WHEN rl.metric IS NULL THEN jsonb_build_object('cost', '{}'::jsonb)
+                                    ELSE jsonb_build_object('metric', rl.metric) END,
+                    'window', rule_window_json(rl), 'window_start', c.window_start,
+                    'resets_at', CASE WHEN rl.window_kind = 'rolling' THEN NULL ELSE c.window_end END)) AS queued
+         FROM crossed AS c JOIN rules AS rl ON rl.id = c.rule_id) AS told
+     WHERE told.queued < 0";
 
 /// The rows the events add to rules' counters (`rule_usage`), as the statement's arrays: each
 /// with its event's ordinal (from 1), so only an event stored now counts.
@@ -174,6 +205,7 @@ struct Tallies {
     bucket: Vec<DateTime<Utc>>,
     expires: Vec<DateTime<Utc>>,
     amount: Vec<f64>,
+    since: Vec<DateTime<Utc>>,
 }
 
 impl Tallies {
@@ -189,6 +221,7 @@ impl Tallies {
                 t.bucket.push(at(row.bucket_ms));
                 t.expires.push(at(row.expires_ms));
                 t.amount.push(row.amount);
+                t.since.push(at(row.since_ms));
             }
         }
         t
@@ -254,7 +287,8 @@ async fn insert(
         .bind(&tallies.subject)
         .bind(&tallies.bucket)
         .bind(&tallies.expires)
-        .bind(&tallies.amount);
+        .bind(&tallies.amount)
+        .bind(&tallies.since);
     let inserted: Vec<String> = query.fetch_all(&mut *conn).await?.into_iter().flatten().collect();
     let mut fresh: HashSet<String> = inserted.into_iter().collect();
     let stored = if fresh.len() < events.len() {

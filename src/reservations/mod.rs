@@ -24,7 +24,7 @@ use sqlx::PgPool;
 
 use crate::audit::Actor;
 use crate::db::{self, StorageError};
-use crate::domain::{CustomerId, FieldError, MetricCode, whole_number};
+use crate::domain::{CustomerId, FieldError, MetricCode, Subject, whole_number};
 use crate::enforce::Rules;
 use crate::enforce::{Gate, Judged};
 use crate::mirror::{self, Mirror, Started};
@@ -68,6 +68,8 @@ const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
 pub struct NewHold {
     pub ask: Ask,
     pub ttl: Duration,
+    /// Who inside the customer it is for (usage-gate's per-subject rules).
+    pub subject: Option<Subject>,
 }
 
 impl NewHold {
@@ -138,8 +140,18 @@ fn parse_hold(body: &Value) -> Result<NewHold, Vec<FieldError>> {
             ttl
         }
     };
+    let subject = match object.get("subject").filter(|v| !v.is_null()) {
+        None => None,
+        Some(Value::String(s)) => {
+            Subject::parse(s).map_err(|e| errors.push(FieldError::new("subject", e.to_string()))).ok()
+        }
+        Some(_) => {
+            errors.push(FieldError::new("subject", "must be a string: who inside the customer it is for"));
+            None
+        }
+    };
     match (ask, ttl) {
-        (Some(ask), Some(ttl)) if errors.is_empty() => Ok(NewHold { ask, ttl }),
+        (Some(ask), Some(ttl)) if errors.is_empty() => Ok(NewHold { ask, ttl, subject }),
         _ => Err(errors),
     }
 }
@@ -286,13 +298,12 @@ impl Holds {
     pub async fn create(
         &self,
         gate: Gate,
-        ask: Ask,
-        ttl: Duration,
+        NewHold { ask, ttl, subject }: NewHold,
         actor: Actor,
         key: Option<String>,
     ) -> Result<Judgement, HoldError> {
         let customer = gate.customer;
-        let change = Change::Hold { customer, gate: Some(gate), ask, ttl, actor, key };
+        let change = Change::Hold { customer, gate: Some(gate), ask, ttl, subject, actor, key };
         match self.writer.write(change).await? {
             Done::Hold(Created { reservation, judged: Some(judged), replayed }) => {
                 Ok(Judgement { reservation, judged, replayed })
@@ -308,12 +319,12 @@ impl Holds {
     pub async fn grant(
         &self,
         customer: CustomerId,
-        ask: Ask,
-        ttl: Duration,
+        NewHold { ask, ttl, subject }: NewHold,
         actor: Actor,
         key: Option<String>,
     ) -> Result<(ReservationRow, bool), HoldError> {
-        match self.writer.write(Change::Hold { customer, gate: None, ask, ttl, actor, key }).await? {
+        let change = Change::Hold { customer, gate: None, ask, ttl, subject, actor, key };
+        match self.writer.write(change).await? {
             Done::Hold(Created { reservation: Some(reservation), replayed, .. }) => {
                 Ok((reservation, replayed))
             }
@@ -367,11 +378,15 @@ mod tests {
     fn a_hold_asks_for_an_amount_or_an_events_price() {
         assert_eq!(
             parse_hold(&json!({"amount": 250})).unwrap(),
-            NewHold { ask: Ask::Amount(250), ttl: DEFAULT_TTL }
+            NewHold { ask: Ask::Amount(250), ttl: DEFAULT_TTL, subject: None }
         );
         assert_eq!(
             parse_hold(&json!({"code": "tokens", "value": 1.5, "ttl_ms": 5000})).unwrap(),
-            NewHold { ask: Ask::Event { code: "tokens".into(), value: 1.5 }, ttl: Duration::from_secs(5) }
+            NewHold {
+                ask: Ask::Event { code: "tokens".into(), value: 1.5 },
+                ttl: Duration::from_secs(5),
+                subject: None
+            }
         );
         let fields = |body: Value| -> Vec<String> {
             parse_hold(&body).unwrap_err().into_iter().map(|e| e.field).collect()

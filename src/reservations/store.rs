@@ -10,8 +10,8 @@ use uuid::Uuid;
 
 use super::{Ask, Hold};
 use crate::audit::{self, Actor};
-use crate::domain::CustomerId;
 use crate::domain::Target;
+use crate::domain::{CustomerId, Subject};
 use crate::enforce::Rules;
 use crate::enforce::{Gate, Judged, store as enforce};
 use crate::outbox::IncomingEvent;
@@ -46,6 +46,7 @@ pub enum Change {
         gate: Option<Gate>,
         ask: Ask,
         ttl: Duration,
+        subject: Option<Subject>,
         actor: Actor,
         key: Option<String>,
     },
@@ -175,7 +176,7 @@ pub async fn write(
     let mut granted_keys: HashMap<(CustomerId, &str), usize> = HashMap::new();
     let mut repeats = Vec::new();
     for (i, change) in changes.iter().enumerate() {
-        let Change::Hold { customer, gate, ask, ttl, actor, key } = change else { continue };
+        let Change::Hold { customer, gate, ask, ttl, subject, actor, key } = change else { continue };
         if let Some(key) = key.as_deref() {
             if let Some((reservation, open)) = earlier.get(&(*customer, key.to_owned())) {
                 let judged = gate.as_ref().map(|gate| ledger.stored_hold(gate, reservation.amount));
@@ -196,7 +197,7 @@ pub async fn write(
                         Some((code.as_str(), *value)),
                     ),
                 };
-                let judged = ledger.judge_hold(gate, amount, event, None, rules);
+                let judged = ledger.judge_hold(gate, amount, event, subject.as_ref(), rules);
                 (amount, Some(judged))
             }
             None => (if let Ask::Amount(amount) = ask { *amount } else { 0 }, None),
@@ -208,7 +209,11 @@ pub async fn write(
         if let Some(key) = key.as_deref() {
             granted_keys.insert((*customer, key), i);
         }
-        granted.push((i, rows.push(*customer, amount, ask, *ttl, &actor.name, key.as_deref()), judged));
+        granted.push((
+            i,
+            rows.push(*customer, (amount, ask, subject.as_ref()), *ttl, &actor.name, key.as_deref()),
+            judged,
+        ));
     }
     let mut inserted = rows.insert(&mut tx).await?;
     let mut raced = Vec::new();
@@ -408,14 +413,14 @@ struct NewRows {
     ttls: Vec<f64>,
     created_by: Vec<String>,
     keys: Vec<Option<String>>,
+    subjects: Vec<Option<String>>,
 }
 
 impl NewRows {
     fn push(
         &mut self,
         customer: CustomerId,
-        amount: i64,
-        ask: &Ask,
+        (amount, ask, subject): (i64, &Ask, Option<&Subject>),
         ttl: Duration,
         by: &str,
         key: Option<&str>,
@@ -430,6 +435,7 @@ impl NewRows {
         self.ttls.push(ttl.as_secs_f64());
         self.created_by.push(by.to_owned());
         self.keys.push(key.map(str::to_owned));
+        self.subjects.push(subject.map(|s| s.as_str().to_owned()));
         id
     }
 
@@ -445,11 +451,12 @@ impl NewRows {
             ""
         };
         let rows: Vec<ReservationRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO reservations (id, customer_id, amount, code, value, expires_at, created_by, idempotency_key)
-             SELECT id, customer_id, amount, code, value, now() + make_interval(secs => ttl), created_by, key
+            "INSERT INTO reservations (id, customer_id, amount, code, value, expires_at, created_by, idempotency_key,
+                                       subject)
+             SELECT id, customer_id, amount, code, value, now() + make_interval(secs => ttl), created_by, key, subject
              FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::float8[], $6::float8[], $7::text[],
-                         $8::text[])
-                  AS r(id, customer_id, amount, code, value, ttl, created_by, key)
+                         $8::text[], $9::text[])
+                  AS r(id, customer_id, amount, code, value, ttl, created_by, key, subject)
              {on_conflict}
              RETURNING {COLUMNS}"
         )))
@@ -461,6 +468,7 @@ impl NewRows {
         .bind(self.ttls)
         .bind(self.created_by)
         .bind(self.keys)
+        .bind(self.subjects)
         .fetch_all(&mut *tx)
         .await?;
         Ok(rows.into_iter().map(|r| (r.id, r)).collect())

@@ -249,6 +249,7 @@ fn request_schemas() -> [(&'static str, serde_json::Value); 7] {
             "code": {"type": ["string", "null"], "minLength": 1, "maxLength": 255, "pattern": "^[a-z0-9_]+$", "description": "BillaBear metric code (with value)"},
             "value": {"type": ["number", "null"], "minimum": 0, "description": "Units (with code)"},
             "ttl_ms": {"type": ["integer", "null"], "format": "int64", "minimum": 1, "maximum": 86_400_000, "description": "Default 60000"},
+            "subject": {"type": ["string", "null"], "minLength": 1, "maxLength": 128, "pattern": "^[!-~]+$", "description": "Who inside the customer it is for: usage-gate's per-subject rules"},
         },
         "oneOf": [{"allOf": [given("amount")], "not": {"anyOf": [given("code"), given("value")]}},
                   {"allOf": [given("code"), given("value")], "not": given("amount")}],
@@ -371,5 +372,53 @@ pub fn document() -> serde_json::Value {
     // written as JSON).
     document["components"]["schemas"]["LimitList"]["properties"]["data"]["items"] =
         json!({"$ref": "#/components/schemas/UsageLimit"});
+    document["webhooks"] = webhooks();
     document
+}
+
+/// What usage-gate POSTs to webhook endpoints for its rules' thresholds (docs/webhooks.md): the
+/// body `{"type", "timestamp", "data"}`, signed by the Standard Webhooks spec.
+fn webhooks() -> serde_json::Value {
+    let uuid = json!({"type": "string", "format": "uuid"});
+    let time = json!({"type": "string", "format": "date-time"});
+    let subject = json!({"type": ["string", "null"], "description": "The subject of a per-subject rule; null for the whole customer"});
+    let crossed = json!({
+        "type": "object",
+        "required": ["rule_id", "customer_id", "subject", "threshold", "used", "limit", "measure", "window", "window_start", "resets_at"],
+        "properties": {
+            "rule_id": uuid, "customer_id": uuid, "subject": subject,
+            "threshold": {"type": "integer", "description": "Percent of the limit crossed"},
+            "used": {"type": "number", "description": "Used in the window with the events that crossed it"},
+            "limit": {"type": "integer", "format": "int64"},
+            "measure": {"type": "object", "description": "As the rule is written: {\"cost\": {}} or {\"metric\": CODE}"},
+            "window": {"type": "object", "description": "As the rule is written"},
+            "window_start": time,
+            "resets_at": {"type": ["string", "null"], "format": "date-time", "description": "The window's end; null for a rolling window"},
+        },
+    });
+    let reset = json!({
+        "type": "object",
+        "required": ["rule_id", "customer_id", "subject", "limit", "thresholds", "window_start", "window_end"],
+        "properties": {
+            "rule_id": uuid, "customer_id": uuid, "subject": subject,
+            "limit": {"type": "integer", "format": "int64"},
+            "thresholds": {"type": "array", "items": {"type": "integer"}, "description": "The thresholds the window crossed"},
+            "window_start": time, "window_end": time,
+        },
+    });
+    let hook = |name: &str, summary: &str, data: serde_json::Value| {
+        json!({"post": {
+            "summary": summary,
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object",
+                "required": ["type", "timestamp", "data"],
+                "properties": {"type": {"const": name}, "timestamp": time, "data": data},
+            }}}},
+            "responses": {"2XX": {"description": "Received; anything else is retried"}},
+        }})
+    };
+    json!({
+        "limit.threshold_crossed": hook("limit.threshold_crossed", "A rule's usage crossed one of its thresholds (once per rule, customer, subject, window and threshold)", crossed),
+        "limit.window_reset": hook("limit.window_reset", "The window of a rule that crossed a threshold ended", reset),
+    })
 }

@@ -80,10 +80,10 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     require(&caller, Scope::Events)?;
     let customer = customer_id(&path, "customer_id")?;
-    let NewHold { ask, ttl } = NewHold::from_json(&body).map_err(ApiError::invalid_fields)?;
+    let hold = NewHold::from_json(&body).map_err(ApiError::invalid_fields)?;
     let key = idempotency_key(&request).map_err(|e| ApiError::invalid_fields(vec![e]))?;
     let Held { reservation, decision, replayed } =
-        admission.hold(customer, &ask, ttl, &actor(&caller, &request_id), key).await?;
+        admission.hold(customer, &hold, &actor(&caller, &request_id), key).await?;
     let mut answer = HttpResponse::Created();
     if replayed {
         answer.insert_header(("Idempotent-Replayed", "true"));

@@ -73,3 +73,35 @@ schema!(
         Some("What a key may do. Health, metrics and docs need none.")
     )
 );
+
+/// What `check::RuleView` serializes to (its `Serialize` is written by hand, from the rule).
+#[derive(ToSchema)]
+#[allow(dead_code)] // read by the derive only
+struct RuleViewFields {
+    #[schema(format = Uuid)]
+    id: String,
+    /// `{"cost": {}}` (minor units) or `{"metric": CODE}` (units), as the rule is written.
+    #[schema(value_type = Object)]
+    measure: (),
+    /// As the rule is written (`{"calendar": .., "time_zone": ..}`, `{"rolling_s": ..}`,
+    /// `{"billing_period": {}}`).
+    #[schema(value_type = Object)]
+    window: (),
+    /// `hard` or `soft`.
+    mode: String,
+    /// What it allows in its window (the subject's own limit, for a subject with one).
+    limit: i64,
+    /// Used in the window before what is asked (events, and on a write open holds too).
+    used: f64,
+    /// The subject a per-subject rule judged.
+    subject: Option<String>,
+    /// When a calendar or billing window ends and the count restarts (absent for a rolling
+    /// window, which frees usage a sixtieth of its length at a time).
+    #[schema(format = DateTime)]
+    resets_at: Option<String>,
+    /// Why it refuses (`rule_limit_exceeded`, `would_exceed_rule_limit`) or warns
+    /// (`soft_limit_exceeded`); absent when what is asked fits.
+    reason: Option<String>,
+}
+
+schema!(crate::check::RuleView, "RuleView", RuleViewFields::schema());

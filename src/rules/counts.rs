@@ -13,6 +13,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::{CustomerId, Subject};
+use crate::judgement::rule::RuleAsk;
 use crate::mirror::{self, Mirror, Started};
 
 /// Named by the statement that counts (`rule_usage_notify`, in the migration).
@@ -42,6 +43,22 @@ impl RuleCounts {
         let Started { service: counts, tasks, listening, .. } =
             Mirror::start(pool, NOTIFY_CHANNEL, "rule counts", load);
         Started { service: Self { counts }, changes: (), tasks, listening }
+    }
+
+    /// What each ask's rule counted of the customer, into its `used` (see [`RuleCounts::used`]).
+    pub fn used_all(&self, customer: CustomerId, asks: &mut [RuleAsk]) {
+        self.counts.with(customer, |counts| {
+            for ask in asks.iter_mut() {
+                ask.used = counts
+                    .iter()
+                    .filter(|c| {
+                        c.rule == ask.rule.id
+                            && c.subject.as_ref() == ask.subject
+                            && c.bucket_ms >= ask.since_ms
+                    })
+                    .fold(0.0, |sum, c| sum + c.amount);
+            }
+        });
     }
 
     /// What `rule` counted of the customer (of `subject` alone when given) in buckets from

@@ -147,6 +147,7 @@ pub async fn delete(pool: &PgPool, id: Uuid, actor: &Actor) -> Result<Option<Rul
     let Some(deleted) = deleted else { return Ok(None) };
     // What it counted goes with it (a rule created again starts from nothing).
     sqlx::query("DELETE FROM rule_usage WHERE rule_id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM rule_crossings WHERE rule_id = $1").bind(id).execute(&mut *tx).await?;
     record(&mut tx, "rule.delete", &deleted, actor).await?;
     tx.commit().await?;
     Ok(Some(deleted))
@@ -235,7 +236,7 @@ impl RuleRow {
             subject_limits,
             thresholds: self.thresholds.iter().map(|t| u16::try_from(*t).ok()).collect::<Option<_>>()?,
         };
-        Some(Rule { id: self.id, spec })
+        Some(Rule::new(self.id, spec))
     }
 }
 

@@ -36,10 +36,15 @@ pub enum EventType {
     FeatureLimitReached,
     /// The window of a feature limit that was reached ended: the count restarted.
     FeatureLimitReset,
+    /// A rule's usage crossed one of its thresholds (once per rule, customer, subject, window
+    /// and threshold).
+    LimitThresholdCrossed,
+    /// The window of a rule that crossed a threshold ended.
+    LimitWindowReset,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 10] = [
         EventType::NearLimit,
         EventType::Warning,
         EventType::Blocked,
@@ -48,6 +53,8 @@ impl EventType {
         EventType::EventDead,
         EventType::FeatureLimitReached,
         EventType::FeatureLimitReset,
+        EventType::LimitThresholdCrossed,
+        EventType::LimitWindowReset,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -60,6 +67,8 @@ impl EventType {
             EventType::EventDead => "event.dead",
             EventType::FeatureLimitReached => "feature_limit.reached",
             EventType::FeatureLimitReset => "feature_limit.reset",
+            EventType::LimitThresholdCrossed => "limit.threshold_crossed",
+            EventType::LimitWindowReset => "limit.window_reset",
         }
     }
 

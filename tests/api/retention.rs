@@ -41,6 +41,8 @@ async fn rows_aged(app: &TestApp, age: &str) {
          VALUES (gen_random_uuid(), 'api_calls', now() - $1::interval, now() - $1::interval, 1, now() - $1::interval)",
         "INSERT INTO rule_usage (customer_id, rule_id, subject, bucket_start, expires_at, amount)
          VALUES (gen_random_uuid(), gen_random_uuid(), '', now() - $1::interval - interval '1 hour', now() - $1::interval, 1)",
+        "INSERT INTO rule_crossings (rule_id, customer_id, subject, window_start, threshold, window_end, used, \"limit\", reset_at)
+         VALUES (gen_random_uuid(), gen_random_uuid(), '', now() - $1::interval, 80, now() - $1::interval, 8, 10, now() - $1::interval)",
     ];
     for statement in statements {
         sqlx::query(statement).bind(age).execute(&app.pool).await.unwrap();
@@ -82,6 +84,7 @@ async fn rows_past_their_window_are_pruned_and_the_audit_log_is_kept_unless_a_wi
             ("billing_periods", 1),
             ("feature_limit_crossings", 1),
             ("rule_usage", 2),
+            ("rule_crossings", 1),
         ],
         "the default windows: the audit log is kept"
     );

@@ -250,3 +250,85 @@ async fn a_bad_subject_is_refused_naming_it_and_stores_nothing() {
     assert_eq!(answers["decisions"][0]["error"]["field"], "customers[0].subject", "{answers}");
     assert_eq!(answers["decisions"][1]["allowed"], true, "{answers}");
 }
+
+#[tokio::test]
+async fn a_subjects_open_hold_counts_against_its_rules_and_a_hold_past_them_is_refused() {
+    let app = TestApp::spawn().await;
+    let customer = unlimited(&app).await;
+    // 10 cents a day per member, 15 for the whole customer.
+    app.rule(json!({"scope": {"customer": customer}, "measure": {"cost": {}}, "limit": 10,
+                    "window": {"calendar": "day"}, "mode": "hard", "per_subject": true}))
+        .await;
+    app.rule(json!({"scope": {"customer": customer}, "measure": {"cost": {}}, "limit": 15,
+                    "window": {"calendar": "day"}, "mode": "hard"}))
+        .await;
+    app.bound_rules(&customer, "?subject=bob", 2).await;
+    assert_eq!(app.hold(&customer, json!({"amount": 8, "subject": "bob"})).await.status(), 201);
+    let over = app.hold(&customer, json!({"amount": 3, "subject": "bob"})).await;
+    let body = assert_problem(over, 402, "usage_limit_exceeded").await;
+    assert_eq!(
+        (body["limit"]["kind"].as_str(), body["limit"]["subject"].as_str()),
+        (Some("rule"), Some("bob"))
+    );
+    assert_eq!(body["limit"]["used"], 8, "bob's open hold counts");
+    assert_eq!(app.hold(&customer, json!({"amount": 2, "subject": "bob"})).await.status(), 201);
+    // Alice's own rule has room; the customer's 15 has 5 left.
+    assert_eq!(app.hold(&customer, json!({"amount": 5, "subject": "alice"})).await.status(), 201);
+    assert_eq!(app.hold(&customer, json!({"amount": 1, "subject": "alice"})).await.status(), 402);
+    let subjects: Vec<Option<String>> =
+        sqlx::query_scalar("SELECT subject FROM reservations WHERE customer_id = $1 ORDER BY created_at")
+            .bind(uuid::Uuid::parse_str(&customer).unwrap())
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(subjects, [Some("bob".to_owned()), Some("bob".to_owned()), Some("alice".to_owned())]);
+    let bad = app.hold(&customer, json!({"amount": 1, "subject": ""})).await;
+    let body = assert_problem(bad, 400, "invalid_request").await;
+    assert_eq!(body["errors"][0]["field"], "subject");
+}
+
+#[tokio::test]
+async fn each_threshold_is_told_once_per_window_from_two_replicas_and_the_windows_end_once() {
+    let app = TestApp::spawn().await;
+    let other = app.second_instance().await;
+    let receiver = crate::webhook_endpoints::Receiver::start(&[]);
+    let types = json!(["limit.threshold_crossed", "limit.window_reset"]);
+    app.webhook_endpoint(json!({"url": receiver.url, "event_types": types})).await;
+    let customer = unlimited(&app).await;
+    other.check(&customer).await;
+    // 10 calls per member in a 3-second window: 50% at 5, 100% at 10.
+    let id = app
+        .rule(json!({"scope": {"customer": customer}, "measure": {"metric": "api_calls"}, "limit": 10,
+                     "window": {"rolling_s": 3}, "mode": "soft", "per_subject": true, "thresholds": [50, 100]}))
+        .await;
+    for replica in [&app, &other] {
+        replica.bound_rules(&customer, "?subject=bob", 1).await;
+    }
+    // 12 events of bob's at once, half on each replica: each threshold is crossed once.
+    let sends = (0..12).map(|i| {
+        let replica = if i % 2 == 0 { &app } else { &other };
+        let body = by(&format!("t-{i}"), &customer, "bob");
+        async move { replica.post_event(&body).await.status().as_u16() }
+    });
+    assert!(futures_util::future::join_all(sends).await.iter().all(|s| *s == 202));
+    let crossed: Vec<Value> = receiver.await_received(2).await.iter().map(|m| m.json()).collect();
+    let mut thresholds: Vec<i64> = crossed.iter().map(|m| m["data"]["threshold"].as_i64().unwrap()).collect();
+    thresholds.sort();
+    assert_eq!(thresholds, [50, 100], "{crossed:?}");
+    let data = &crossed[0]["data"];
+    assert_eq!((data["rule_id"].as_str(), data["subject"].as_str()), (Some(id.as_str()), Some("bob")));
+    assert_eq!((data["limit"].as_i64(), &data["window"]), (Some(10), &json!({"rolling_s": 3})));
+    assert!(crossed.iter().all(|m| m["type"] == "limit.threshold_crossed"));
+    // The window that crossed them ends: one reset, naming both thresholds.
+    let all = receiver.await_received(3).await;
+    let reset = all[2].json();
+    assert_eq!(reset["type"], "limit.window_reset", "{reset}");
+    assert_eq!(reset["data"]["thresholds"], json!([50, 100]));
+    let told: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT event_type, count(*) FROM webhook_messages GROUP BY event_type ORDER BY event_type",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(told, [("limit.threshold_crossed".into(), 2), ("limit.window_reset".into(), 1)]);
+}

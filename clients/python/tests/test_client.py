@@ -212,6 +212,28 @@ def test_rules_are_created_listed_changed_and_deleted(ug):
     assert ug.rules.list(customer_id=STARK) == []
 
 
+def test_a_subject_is_judged_by_its_own_rule_on_checks_and_enforced_events(ug):
+    rule = ug.rules.create(
+        scope={"customer": STARK},
+        measure={"metric": "api_calls"},
+        limit=2,
+        window={"rolling_s": 3600},
+        mode="hard",
+        per_subject=True,
+    )
+    try:
+        bob = {"customer": STARK, "code": "api_calls", "value": 1, "subject": "py-bob"}
+        assert [ug.send_event(dict(bob), enforce=True)["status"] for _ in range(2)] == ["accepted"] * 2
+        refused = ug.send_event(dict(bob), enforce=True)
+        assert refused["status"] == "refused"
+        assert (refused["problem"]["limit"]["kind"], refused["problem"]["limit"]["subject"]) == ("rule", "py-bob")
+        decision = poll("the check counts bob's events", lambda: (d := ug.check(STARK, subject="py-bob"))["rules"][0]["used"] == 2 and d)
+        assert decision["allowed"] is False and decision["reasons"] == ["rule_limit_exceeded"]
+        assert ug.check(STARK, subject="py-alice")["allowed"] is True
+    finally:
+        ug.rules.delete(rule["id"])
+
+
 class _Receiver(http.server.BaseHTTPRequestHandler):
     deliveries: ClassVar[list] = []
 

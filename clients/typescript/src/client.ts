@@ -76,6 +76,8 @@ export interface PlanQuestion {
   inUse?: number;
   /** Seats the customer would have: allowed iff within the plan's user count (`seats_exceeded`). */
   seats?: number;
+  /** Who inside the customer asks (a user, a workspace): judged by usage-gate's per-subject rules. */
+  subject?: string;
 }
 
 export interface CheckOptions extends CallOptions, PlanQuestion {
@@ -272,7 +274,7 @@ export class UsageGate {
     const request: Request = {
       method: "GET",
       path: `/v1/customers/${segment(customerId, "customerId")}/check`,
-      query: { cost: options.cost, feature: options.feature, quantity: options.quantity, in_use: options.inUse, seats: options.seats },
+      query: { cost: options.cost, feature: options.feature, quantity: options.quantity, in_use: options.inUse, seats: options.seats, subject: options.subject },
       ...this.#deadline(options, this.#timeoutMs),
       retry: "never",
     };

@@ -614,7 +614,135 @@ export interface paths {
         trace?: never;
     };
 }
-export type webhooks = Record<string, never>;
+export interface webhooks {
+    "limit.threshold_crossed": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** A rule's usage crossed one of its thresholds (once per rule, customer, subject, window and threshold) */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        data: {
+                            /** Format: uuid */
+                            customer_id: string;
+                            /** Format: int64 */
+                            limit: number;
+                            /** @description As the rule is written: {"cost": {}} or {"metric": CODE} */
+                            measure: Record<string, never>;
+                            /**
+                             * Format: date-time
+                             * @description The window's end; null for a rolling window
+                             */
+                            resets_at: string | null;
+                            /** Format: uuid */
+                            rule_id: string;
+                            /** @description The subject of a per-subject rule; null for the whole customer */
+                            subject: string | null;
+                            /** @description Percent of the limit crossed */
+                            threshold: number;
+                            /** @description Used in the window with the events that crossed it */
+                            used: number;
+                            /** @description As the rule is written */
+                            window: Record<string, never>;
+                            /** Format: date-time */
+                            window_start: string;
+                        };
+                        /** Format: date-time */
+                        timestamp: string;
+                        /** @constant */
+                        type: "limit.threshold_crossed";
+                    };
+                };
+            };
+            responses: {
+                /** @description Received; anything else is retried */
+                "2XX": {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "limit.window_reset": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** The window of a rule that crossed a threshold ended */
+        post: {
+            parameters: {
+                query?: never;
+                header?: never;
+                path?: never;
+                cookie?: never;
+            };
+            requestBody: {
+                content: {
+                    "application/json": {
+                        data: {
+                            /** Format: uuid */
+                            customer_id: string;
+                            /** Format: int64 */
+                            limit: number;
+                            /** Format: uuid */
+                            rule_id: string;
+                            /** @description The subject of a per-subject rule; null for the whole customer */
+                            subject: string | null;
+                            /** @description The thresholds the window crossed */
+                            thresholds: number[];
+                            /** Format: date-time */
+                            window_end: string;
+                            /** Format: date-time */
+                            window_start: string;
+                        };
+                        /** Format: date-time */
+                        timestamp: string;
+                        /** @constant */
+                        type: "limit.window_reset";
+                    };
+                };
+            };
+            responses: {
+                /** @description Received; anything else is retried */
+                "2XX": {
+                    headers: {
+                        [name: string]: unknown;
+                    };
+                    content?: never;
+                };
+            };
+        };
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+}
 export interface components {
     schemas: {
         AuditPage: {
@@ -1036,6 +1164,8 @@ export interface components {
             amount?: number | null;
             /** @description BillaBear metric code (with value) */
             code?: string | null;
+            /** @description Who inside the customer it is for: usage-gate's per-subject rules */
+            subject?: string | null;
             /**
              * Format: int64
              * @description Default 60000
@@ -1095,7 +1225,7 @@ export interface components {
             /** @description Absent or null: none */
             description?: string | null;
             /** @description Absent or null: all */
-            event_types?: ("customer.usage.near_limit" | "customer.usage.warning" | "customer.usage.blocked" | "customer.usage.recovered" | "customer.override.expired" | "event.dead" | "feature_limit.reached" | "feature_limit.reset")[] | null;
+            event_types?: ("customer.usage.near_limit" | "customer.usage.warning" | "customer.usage.blocked" | "customer.usage.recovered" | "customer.override.expired" | "event.dead" | "feature_limit.reached" | "feature_limit.reset" | "limit.threshold_crossed" | "limit.window_reset")[] | null;
             /**
              * Format: uri
              * @description An absolute http or https URL
@@ -1355,7 +1485,7 @@ export interface components {
              */
             window: Record<string, never>;
         };
-        /** @description One of usage-gate's rules as judged for the answer. */
+        /** @description What `check::RuleView` serializes to (its `Serialize` is written by hand, from the rule). */
         RuleView: {
             /** Format: uuid */
             id: string;
@@ -1386,7 +1516,10 @@ export interface components {
              * @description Used in the window before what is asked (events, and on a write open holds too).
              */
             used: number;
-            /** @description As the rule is written (`{"calendar": ..}`, `{"rolling_s": ..}`, `{"billing_period": {}}`). */
+            /**
+             * @description As the rule is written (`{"calendar": .., "time_zone": ..}`, `{"rolling_s": ..}`,
+             *     `{"billing_period": {}}`).
+             */
             window: Record<string, never>;
         };
         /**

@@ -232,6 +232,30 @@ test("rules: created, listed, changed and deleted", async () => {
   assert.deepEqual(await ug.rules.list({ customerId: CUSTOMERS.stark }), []);
 });
 
+test("rules: a subject is judged by its own rule on checks and enforced events", async () => {
+  const rule = await ug.rules.create({
+    scope: { customer: CUSTOMERS.stark }, measure: { metric: "api_calls" }, limit: 2,
+    window: { rolling_s: 3600 }, mode: "hard", per_subject: true,
+  });
+  try {
+    const bob = () => ({ customer: CUSTOMERS.stark, code: "api_calls", value: 1, subject: "ts-bob" });
+    for (let i = 0; i < 2; i++) assert.equal((await ug.sendEvent(bob(), { enforce: true })).status, "accepted");
+    const refused = await ug.sendEvent(bob(), { enforce: true });
+    assert.equal(refused.status, "refused");
+    assert.equal(refused.problem.limit.kind, "rule");
+    let decision;
+    for (const deadline = Date.now() + 5000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+      decision = await ug.check(CUSTOMERS.stark, { subject: "ts-bob" });
+      if (decision.rules?.[0]?.used === 2) break;
+    }
+    assert.equal(decision.allowed, false);
+    assert.deepEqual(decision.reasons, ["rule_limit_exceeded"]);
+    assert.equal((await ug.check(CUSTOMERS.stark, { subject: "ts-alice" })).allowed, true);
+  } finally {
+    await ug.rules.delete(rule.id);
+  }
+});
+
 test("admin: limits, overrides and the audit log paged as an iterator", async () => {
   const limit = await ug.limits.create(CUSTOMERS.stark, { amount: 5000, action: "WARNING" });
   assert.equal(limit.action, "WARNING");

@@ -85,15 +85,17 @@ class UsageGate:
         quantity: int | None = None,
         in_use: int | None = None,
         seats: int | None = None,
+        subject: str | None = None,
         timeout: float | None = None,
         on_unavailable: OnUnavailable | None = None,
     ) -> CheckDecision:
         """May the customer keep using the product (and, with ``cost`` in minor units, spend
         that much more)? With ``feature``: does its plan include it (and, with ``in_use``, is
-        there room for ``quantity`` more)? With ``seats``: are they within its user count?
+        there room for ``quantity`` more)? With ``seats``: are they within its user count? With
+        ``subject`` (a user, a workspace): within usage-gate's per-subject rules too?
         Never retried: when usage-gate cannot be reached within ``timeout`` (or answers 5xx),
         ``on_unavailable`` decides."""
-        plan = {"feature": feature, "quantity": quantity, "in_use": in_use, "seats": seats}
+        plan = {"feature": feature, "quantity": quantity, "in_use": in_use, "seats": seats, "subject": subject}
         try:
             return self._json(self._core.check_call(customer_id, cost, timeout, plan))
         except UsageGateUnavailableError as error:
@@ -283,10 +285,11 @@ class AsyncUsageGate:
         quantity: int | None = None,
         in_use: int | None = None,
         seats: int | None = None,
+        subject: str | None = None,
         timeout: float | None = None,
         on_unavailable: OnUnavailable | None = None,
     ) -> CheckDecision:
-        plan = {"feature": feature, "quantity": quantity, "in_use": in_use, "seats": seats}
+        plan = {"feature": feature, "quantity": quantity, "in_use": in_use, "seats": seats, "subject": subject}
         try:
             return await self._json(self._core.check_call(customer_id, cost, timeout, plan))
         except UsageGateUnavailableError as error:

@@ -179,6 +179,7 @@ class NewReservation(TypedDict, total=False):
     code: str
     value: float
     ttl_ms: int
+    subject: str
 
 
 class Granted(TypedDict):
