@@ -29,7 +29,8 @@ use crate::audit::{Actor, Audit, Filter, Outcome};
 use crate::auth::{ApiKeys, Caller, Scope, digest};
 use crate::check::Checker;
 use crate::config::Settings;
-use crate::domain::{CustomerId, LimitId};
+use crate::domain::{CustomerId, LimitId, Subject};
+use crate::entitlements::PlanAsk;
 use crate::error::ApiError;
 use crate::health::Health;
 use crate::limits::{Limits, NewLimit};
@@ -256,6 +257,7 @@ struct Reads {
     audit: web::Data<Audit>,
     outbox: web::Data<Outbox>,
     recorded: web::Data<Recorded>,
+    subscriptions: web::Data<Subscriptions>,
 }
 
 impl FromRequest for Reads {
@@ -267,6 +269,7 @@ impl FromRequest for Reads {
             audit: req.app_data::<web::Data<Audit>>().expect("Audit registered").clone(),
             outbox: req.app_data::<web::Data<Outbox>>().expect("Outbox registered").clone(),
             recorded: req.app_data::<web::Data<Recorded>>().expect("Recorded registered").clone(),
+            subscriptions: req.app_data::<web::Data<Subscriptions>>().expect("Subscriptions registered").clone(),
         }))
     }
 }
@@ -471,17 +474,23 @@ async fn customer(
     overrides: web::Data<Overrides>,
     checker: web::Data<Checker>,
     limits: web::Data<Limits>,
-    subscriptions: web::Data<Subscriptions>,
     operator: Operator,
     path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
 ) -> Result<HttpResponse, ConsoleError> {
     let customer = customer_id(&path, "customer_id")?;
+    // Its rules judged for a subject, when one is asked (per-subject rules need one).
+    let subject = match query.get("subject").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => None,
+        Some(s) => Some(Subject::parse(s).map_err(|e| ApiError::invalid_field("subject", e.to_string()))?),
+    };
+    let ask = PlanAsk { subject: subject.clone(), ..PlanAsk::default() };
     let now = Utc::now();
     let since = now - chrono::TimeDelta::days(PLOT_DAYS);
-    let subscriptions = subscriptions.of_customer(customer);
+    let subscriptions = reads.subscriptions.of_customer(customer);
     let trail = Filter { customer: Some(customer), ..Filter::default() };
     let (decision, limits, recorded, samples, overrides, events, audit) = tokio::join!(
-        checker.check(customer, None),
+        checker.check_plan(customer, None, &ask),
         limits.list(customer),
         reads.recorded.customer(customer),
         reads.recorded.samples(customer, since),
@@ -535,6 +544,7 @@ async fn customer(
         audit: audit.map_err(ApiError::from)?,
         plot,
         week_ago: (now - chrono::TimeDelta::days(7)).format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        subject: subject.map(|s| s.as_str().to_owned()),
     };
     Ok(html(StatusCode::OK, views::customer(&operator.shell(), &page)))
 }

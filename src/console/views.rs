@@ -315,6 +315,8 @@ pub struct CustomerPage {
     pub plot: Markup,
     /// `since` for the link to the last week's audit trail.
     pub week_ago: String,
+    /// The subject its rules were judged for (`?subject=`), if one was asked.
+    pub subject: Option<String>,
 }
 
 pub fn customer(shell: &Shell, p: &CustomerPage) -> Markup {
@@ -394,6 +396,43 @@ pub fn customer(shell: &Shell, p: &CustomerPage) -> Markup {
                                         }
                                     }
                                 }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="rules" {
+            h2 id="rules" { "Rules (usage-gate's own)" }
+            form method="get" action=(base) class="inline" {
+                label for="rules-subject" { "For subject" }
+                input id="rules-subject" name="subject" type="text" maxlength="128" value=[p.subject.as_deref()];
+                button type="submit" { "Show" }
+            }
+            @if d.rules.is_empty() {
+                p {
+                    "No rule binds this customer"
+                    @if p.subject.is_some() { " or this subject" }
+                    ". " a href="/console/rules" { "Rules" }
+                }
+            } @else {
+                table {
+                    thead { tr {
+                        th scope="col" { "Rule" } th scope="col" { "Measure" } th scope="col" { "Window" }
+                        th scope="col" { "Subject" } th scope="col" { "Used / limit" } th scope="col" { "Resets" }
+                        th scope="col" { "State" }
+                    } }
+                    tbody {
+                        @for r in &d.rules {
+                            @let view = serde_json::to_value(r).unwrap_or_default();
+                            tr {
+                                td { code { (r.rule.id) } " " (r.rule.spec.mode.as_str()) }
+                                td { (shape(&view["measure"])) }
+                                td { (shape(&view["window"])) }
+                                td { @if let Some(s) = &r.subject { code { (s.as_str()) } } @else { "whole customer" } }
+                                td { (view["used"]) " / " (r.limit) }
+                                td { @if let Some(at) = r.resets_at.and_then(|t| DateTime::from_timestamp_millis(t.0 as i64)) { (time_element(at)) } @else { "rolling" } }
+                                td { @match r.reason { Some(reason) => code { (reason) }, None => "within" } }
                             }
                         }
                     }

@@ -718,3 +718,42 @@ async fn a_customers_page_shows_its_plan() {
     let unknown = browser.get(&format!("/console/customers/{}", uuid::Uuid::new_v4())).await.body;
     assert!(unknown.contains("Not known: BillaBear could not be asked"), "{unknown}");
 }
+
+#[tokio::test]
+async fn the_customer_page_shows_each_rule_used_of_its_limit_and_per_subject_when_asked() {
+    let app = TestApp::spawn().await;
+    let (customer, _) = app.sim.add_usage_customer(0.0, json!([])).await;
+    app.check(&customer).await;
+    let rule = |body: Value| app.admin(reqwest::Method::POST, "/v1/rules", Some(body));
+    rule(json!({"scope": {"customer": customer}, "measure": {"cost": {}}, "limit": 40,
+                "window": {"calendar": "day"}, "mode": "hard"}))
+    .await;
+    rule(json!({"scope": {"customer": customer}, "measure": {"metric": "api_calls"}, "limit": 7,
+                "window": {"rolling_s": 600}, "mode": "hard", "per_subject": true}))
+    .await;
+    for i in 0..3 {
+        let event = json!({"event_id": format!("console-{i}"), "customer": customer, "code": "api_calls",
+                           "value": 1, "subject": "bob"});
+        assert_eq!(app.post_enforced(&event).await.status(), 202);
+    }
+    let mut browser = Browser::new(&app);
+    browser.sign_in(ADMIN_KEY).await;
+    let page = format!("/console/customers/{customer}");
+    // The replica's copy of the counts learns of the commit a moment after the 202: polled.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let whole = loop {
+        let body = browser.get(&page).await.body;
+        if body.contains("3 / 40") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the page counts the events: {body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(whole.contains("calendar day") && whole.contains("whole customer"), "{whole}");
+    assert!(!whole.contains("rolling_s 600"), "a per-subject rule needs a subject: {whole}");
+    let bob = browser.get(&format!("{page}?subject=bob")).await.body;
+    assert!(
+        bob.contains("rolling_s 600") && bob.contains("3 / 7") && bob.contains("<code>bob</code>"),
+        "{bob}"
+    );
+}
