@@ -7,6 +7,11 @@
 //!   cargo run --release --example cache-memory -- 1000000
 //!   cargo run --release --example cache-memory -- 1000000 --plan
 //!   cargo run --release --example cache-memory -- 1000000 --naive
+//!   cargo run --release --example cache-memory -- 1000000 --rules
+//!
+//! `--rules` also gives every customer one rule of its own ("$50 a day"), held as a replica's
+//! copy of the rules holds them (`rules::Rulebook`: a map from scope to the scope's rules), to
+//! set beside the run without it.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -63,17 +68,20 @@ fn main() {
     let n: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
     let naive = args.iter().any(|a| a == "--naive");
     let plan = args.iter().any(|a| a == "--plan");
+    let rules = args.iter().any(|a| a == "--rules");
     let base = rss_mib();
     let heap = stats_alloc::Region::new(HEAP);
     let (entries, _cache) = if naive { fill_naive(n) } else { fill_compact(n, plan) };
+    let _rules = rules.then(|| fill_rules(n));
     let rss = rss_mib();
     let change = heap.change();
     let held =
         change.bytes_allocated as f64 - change.bytes_deallocated as f64 + change.bytes_reallocated as f64;
-    let kind = match (naive, plan) {
-        (true, _) => "naive (String keys and fields)",
-        (false, true) => "usage-gate SnapshotCache, 3 features and 2 feature limits each",
-        (false, false) => "usage-gate SnapshotCache",
+    let kind = match (naive, plan, rules) {
+        (true, ..) => "naive (String keys and fields)",
+        (false, true, _) => "usage-gate SnapshotCache, 3 features and 2 feature limits each",
+        (false, false, true) => "usage-gate SnapshotCache and one rule each in the rules' copy",
+        (false, false, false) => "usage-gate SnapshotCache",
     };
     println!(
         "{kind}: {entries} customers cached, RSS {rss:.0} MiB ({:.0} MiB over the empty process, {:.0} bytes per customer); heap held {:.0} bytes per customer",
@@ -138,6 +146,31 @@ fn fill_compact(n: u64, with_plan: bool) -> (u64, Box<dyn std::any::Any>) {
         cache.insert(CustomerId::from(Uuid::from_u128(i as u128)), SnapshotData::Known(known));
     }
     (cache.len(), Box::new(cache))
+}
+
+/// One rule per customer, "$50 a day" in Paris, in the shape of the rules' copy.
+fn fill_rules(n: u64) -> Box<dyn std::any::Any> {
+    use usage_gate::entitlements::{TimeZone, Window};
+    use usage_gate::judgement::rule::{DEFAULT_THRESHOLDS, Measure, Mode, Rule, RuleSpec, RuleWindow, Scope};
+    let copy: dashmap::DashMap<Scope, Box<[Arc<Rule>]>, foldhash::fast::RandomState> =
+        dashmap::DashMap::default();
+    let paris = TimeZone("Europe/Paris".parse().unwrap());
+    for i in 0..n {
+        let scope = Scope::Customer(CustomerId::from(Uuid::from_u128(i as u128)));
+        let spec = RuleSpec {
+            scope,
+            measure: Measure::Cost,
+            limit: 5000,
+            window: RuleWindow::Calendar { unit: Window::Day, zone: paris },
+            mode: Mode::Hard,
+            per_subject: false,
+            subject_limits: Default::default(),
+            thresholds: DEFAULT_THRESHOLDS.to_vec(),
+        };
+        let rule = Rule::new(Uuid::from_u128(i as u128 | 4 << 64), spec);
+        copy.insert(scope, Box::new([Arc::new(rule)]));
+    }
+    Box::new(copy)
 }
 
 fn fill_naive(n: u64) -> (u64, Box<dyn std::any::Any>) {

@@ -227,7 +227,10 @@ def test_a_subject_is_judged_by_its_own_rule_on_checks_and_enforced_events(ug):
         refused = ug.send_event(dict(bob), enforce=True)
         assert refused["status"] == "refused"
         assert (refused["problem"]["limit"]["kind"], refused["problem"]["limit"]["subject"]) == ("rule", "py-bob")
-        decision = poll("the check counts bob's events", lambda: (d := ug.check(STARK, subject="py-bob"))["rules"][0]["used"] == 2 and d)
+        decision = poll(
+            "the check counts bob's events",
+            lambda: (d := ug.check(STARK, subject="py-bob"))["rules"][0]["used"] == 2 and d,
+        )
         assert decision["allowed"] is False and decision["reasons"] == ["rule_limit_exceeded"]
         assert ug.check(STARK, subject="py-alice")["allowed"] is True
     finally:
