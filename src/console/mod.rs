@@ -269,7 +269,10 @@ impl FromRequest for Reads {
             audit: req.app_data::<web::Data<Audit>>().expect("Audit registered").clone(),
             outbox: req.app_data::<web::Data<Outbox>>().expect("Outbox registered").clone(),
             recorded: req.app_data::<web::Data<Recorded>>().expect("Recorded registered").clone(),
-            subscriptions: req.app_data::<web::Data<Subscriptions>>().expect("Subscriptions registered").clone(),
+            subscriptions: req
+                .app_data::<web::Data<Subscriptions>>()
+                .expect("Subscriptions registered")
+                .clone(),
         }))
     }
 }
