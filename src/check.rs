@@ -535,10 +535,6 @@ impl Counts for Checker {
         self.counts.used(case.customer, case.known, feature, start)
     }
 
-    fn rule_used(&self, case: &Case, rule: &Rule, subject: Option<&Subject>, since_ms: i64) -> f64 {
-        self.rule_counts.used(case.customer, rule.id, subject, since_ms)
-    }
-
     /// One read of the copy for every rule: five reads cost ~750 instructions a check
     /// (`bench/check_instructions.py --rules`).
     fn rules_used(&self, case: &Case, asks: &mut [RuleAsk]) {

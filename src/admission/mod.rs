@@ -215,7 +215,7 @@ impl Admission {
         customers: Vec<Option<CustomerId>>,
     ) -> Result<Vec<(Admitted, Option<For>)>, AdmissionError> {
         debug_assert_eq!(events.len(), customers.len());
-        let events = self.tallied(events);
+        let events = self.tallied(events, &customers);
         if customers.iter().all(Option::is_none) {
             let count = events.len();
             let accepted = self.ingest.accept(events).await?;
@@ -273,13 +273,17 @@ impl Admission {
         answers.into_iter().map(|a| a.ok_or(AdmissionError::Impossible(UNANSWERED))).collect()
     }
 
-    /// The events, each plain one carrying what it adds to the rules that bind its customer
-    /// (an enforced one is counted as it is judged, under the customer's lock).
-    fn tallied(&self, mut events: Vec<IncomingEvent>) -> Vec<IncomingEvent> {
+    /// The events, each plain one carrying what it adds to the rules that bind its customer.
+    /// An enforced one (a customer in `enforced`, by position) is counted as it is judged,
+    /// under the customer's lock (`enforce::store::accept`), so it is not priced here too.
+    fn tallied(&self, mut events: Vec<IncomingEvent>, enforced: &[Option<CustomerId>]) -> Vec<IncomingEvent> {
         if !self.checker.rules.any() {
             return events;
         }
-        for event in &mut events {
+        for (i, event) in events.iter_mut().enumerate() {
+            if enforced.get(i).is_some_and(Option::is_some) {
+                continue;
+            }
             if let Some(customer) = event.target.customer(|s| self.subscriptions.owner(s)) {
                 event.tallies = self.checker.tallies(customer, event);
             }
@@ -336,7 +340,7 @@ impl Admission {
         events: Vec<IncomingEvent>,
         actor: Actor,
     ) -> Result<Committed, AdmissionError> {
-        let events = self.tallied(events);
+        let events = self.tallied(events, &[]);
         let owners =
             events.iter().map(|event| event.target.customer(|s| self.subscriptions.owner(s))).collect();
         Ok(self.checker.holds.commit(id, events, owners, actor).await?)

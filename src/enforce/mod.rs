@@ -26,7 +26,7 @@ use uuid::Uuid;
 use crate::domain::Target;
 use crate::domain::{CustomerId, Subject, SubscriptionId};
 use crate::entitlements::{Bounds, EntitlementSettings, FeatureCode, Period, Window};
-use crate::judgement::rule::Measure;
+use crate::judgement::rule::{Measure, RuleAsk};
 use crate::judgement::{self, Case, Counts, Findings, Question, Rule, RuleTally, Tally, Write};
 use crate::overrides::Override;
 use crate::pending;
@@ -301,26 +301,28 @@ impl Counts for Ledger {
         counted + self.held.get(&(case.customer, feature)).copied().unwrap_or(0.0)
     }
 
-    /// The rule's buckets read under the lock plus what was admitted since, and the
+    /// Each rule's buckets read under the lock plus what was admitted since, and the
     /// customer's open holds (the subject's, for a per-subject rule): their amount for a cost
     /// rule, their units of the metric for a metric rule.
-    fn rule_used(&self, case: &Case, rule: &Rule, subject: Option<&Subject>, since_ms: i64) -> f64 {
-        let key = (case.customer, rule.id, subject.cloned());
-        let counted = self.rule_counts.get(&key).map_or(0.0, |buckets| {
-            buckets.iter().filter(|(start, _)| *start >= since_ms).fold(0.0, |sum, (_, a)| sum + a)
-        });
-        let held = self.rule_holds.get(&case.customer).map_or(0.0, |holds| {
-            holds
-                .iter()
-                .filter(|h| subject.is_none() || h.subject.as_ref() == subject)
-                .map(|h| match &rule.spec.measure {
-                    Measure::Cost => h.amount as f64,
-                    Measure::Metric(code) if h.code.as_deref() == Some(code.as_str()) => h.units,
-                    Measure::Metric(_) => 0.0,
-                })
-                .fold(0.0, |sum, a| sum + a)
-        });
-        counted + held
+    fn rules_used(&self, case: &Case, asks: &mut [RuleAsk]) {
+        for ask in asks {
+            let key = (case.customer, ask.rule.id, ask.subject.cloned());
+            let counted = self.rule_counts.get(&key).map_or(0.0, |buckets| {
+                buckets.iter().filter(|(start, _)| *start >= ask.since_ms).fold(0.0, |sum, (_, a)| sum + a)
+            });
+            let held = self.rule_holds.get(&case.customer).map_or(0.0, |holds| {
+                holds
+                    .iter()
+                    .filter(|h| ask.subject.is_none() || h.subject.as_ref() == ask.subject)
+                    .map(|h| match &ask.rule.spec.measure {
+                        Measure::Cost => h.amount as f64,
+                        Measure::Metric(code) if h.code.as_deref() == Some(code.as_str()) => h.units,
+                        Measure::Metric(_) => 0.0,
+                    })
+                    .fold(0.0, |sum, a| sum + a)
+            });
+            ask.used = counted + held;
+        }
     }
 }
 

@@ -116,9 +116,8 @@ mod tests {
     use super::super::tests::{NOW_MS, case, feature, plan};
     use super::*;
     use crate::domain::CustomerStatus;
-    use crate::domain::Subject;
     use crate::entitlements::{EntitlementSettings, Plan, PlanAsk};
-    use crate::judgement::Rule;
+    use crate::judgement::rule::RuleAsk;
     use crate::policy::Reasons;
 
     /// `used` of every feature, in any window.
@@ -130,9 +129,7 @@ mod tests {
             self.0
         }
 
-        fn rule_used(&self, _: &Case, _: &Rule, _: Option<&Subject>, _: i64) -> f64 {
-            0.0
-        }
+        fn rules_used(&self, _: &Case, _: &mut [RuleAsk]) {}
     }
 
     fn judged(plan: &Plan, ask: &PlanAsk, counts: &dyn Counts, settings: &EntitlementSettings) -> Findings {
@@ -200,7 +197,7 @@ mod tests {
                 panic!("not counted")
             }
 
-            fn rule_used(&self, _: &Case, _: &Rule, _: Option<&Subject>, _: i64) -> f64 {
+            fn rules_used(&self, _: &Case, _: &mut [RuleAsk]) {
                 panic!("not counted")
             }
         }

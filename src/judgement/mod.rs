@@ -81,16 +81,10 @@ pub trait Counts {
         Counted { used: self.used(case, feature, bounds.start), window, bounds }
     }
 
-    /// What `rule` counted of the customer (of `subject` alone, for a per-subject rule) in its
-    /// buckets from `since_ms` on, with open holds when read under the lock.
-    fn rule_used(&self, case: &Case, rule: &Rule, subject: Option<&Subject>, since_ms: i64) -> f64;
-
-    /// [`Counts::rule_used`] of each ask, into its `used` (a copy read once for them all).
-    fn rules_used(&self, case: &Case, asks: &mut [rule::RuleAsk]) {
-        for ask in asks {
-            ask.used = self.rule_used(case, ask.rule, ask.subject, ask.since_ms);
-        }
-    }
+    /// What each ask's rule counted of the customer (of the ask's subject alone, for a
+    /// per-subject rule) in its buckets from the ask's start on, with open holds when read under
+    /// the lock: into each ask's `used`, all at once (a check reads its copy once for them all).
+    fn rules_used(&self, case: &Case, asks: &mut [rule::RuleAsk]);
 }
 
 /// What an admitted write adds, as each kind counts it (where it is counted is read as
@@ -200,9 +194,7 @@ pub(crate) mod tests {
             0.0
         }
 
-        fn rule_used(&self, _: &Case, _: &Rule, _: Option<&Subject>, _: i64) -> f64 {
-            0.0
-        }
+        fn rules_used(&self, _: &Case, _: &mut [rule::RuleAsk]) {}
     }
 
     pub fn plan() -> Plan {

@@ -170,6 +170,17 @@ impl RuleSpec {
             .unwrap_or(self.limit)
     }
 
+    /// Whose usage the rule judges and counts of usage by `subject`: the subject's for a
+    /// per-subject rule, else the whole customer's (`Some(None)`); none when a per-subject rule
+    /// meets usage that names no subject (it neither judges nor counts it).
+    pub fn judged_subject<'s>(&self, subject: Option<&'s Subject>) -> Option<Option<&'s Subject>> {
+        match (self.per_subject, subject) {
+            (false, _) => Some(None),
+            (true, Some(subject)) => Some(Some(subject)),
+            (true, None) => None,
+        }
+    }
+
     /// Rules that stand for the same limit at different scopes: one measure, one window, per
     /// subject or for the whole customer.
     fn same_limit(&self, other: &RuleSpec) -> bool {
@@ -341,7 +352,7 @@ pub fn tallies(
         .iter()
         .filter_map(|rule| {
             let amount = added.to(&rule.spec.measure);
-            let subject = if rule.spec.per_subject { Some(subject?.clone()) } else { None };
+            let subject = rule.spec.judged_subject(subject)?.cloned();
             (amount > 0.0).then(|| {
                 let placed = rule.spec.window.placed(now_ms, period);
                 RuleTally {
@@ -359,7 +370,8 @@ pub fn tallies(
 }
 
 /// What a rule counted, asked of [`Counts::rules_used`]: of the customer (of `subject` alone,
-/// for a per-subject rule) in the buckets from `since_ms` on; `used` is the answer.
+/// for a per-subject rule) in the buckets from `since_ms` on; `used` is the answer (0 until
+/// answered).
 #[derive(Debug, Clone, Copy)]
 pub struct RuleAsk<'a> {
     pub rule: &'a Arc<Rule>,
@@ -383,13 +395,6 @@ pub struct RuleJudged {
     pub resets_ms: Option<i64>,
     /// Why it refuses (or, soft, warns); none when what is asked fits.
     pub reason: Option<Reason>,
-}
-
-impl RuleJudged {
-    /// `limit - used`, never negative.
-    pub fn remaining(&self) -> f64 {
-        (self.limit as f64 - self.used).max(0.0)
-    }
 }
 
 /// Why a rule refuses what adds `asked` beside `used` under `limit`: a write fits while the
@@ -421,12 +426,7 @@ impl Kind for RuleLimit {
             .rules
             .iter()
             .filter_map(|rule| {
-                let subject = match (rule.spec.per_subject, case.subject) {
-                    (false, _) => None,
-                    (true, Some(subject)) => Some(subject),
-                    // A per-subject rule does not judge usage that names no subject.
-                    (true, None) => return None,
-                };
+                let subject = rule.spec.judged_subject(case.subject)?;
                 let placed = rule.spec.window.placed(now_ms, case.known.period);
                 Some(RuleAsk {
                     rule,

@@ -60,19 +60,6 @@ impl RuleCounts {
             }
         });
     }
-
-    /// What `rule` counted of the customer (of `subject` alone when given) in buckets from
-    /// `since_ms` on.
-    pub fn used(&self, customer: CustomerId, rule: Uuid, subject: Option<&Subject>, since_ms: i64) -> f64 {
-        self.counts
-            .with(customer, |counts| {
-                counts
-                    .iter()
-                    .filter(|c| c.rule == rule && c.subject.as_ref() == subject && c.bucket_ms >= since_ms)
-                    .fold(0.0, |sum, c| sum + c.amount)
-            })
-            .unwrap_or(0.0)
-    }
 }
 
 /// The customers' counts, as the copy holds them.
