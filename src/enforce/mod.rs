@@ -106,19 +106,16 @@ pub struct Ledger {
     pub pending: HashMap<Target, Vec<PendingUsage>>,
     /// BillaBear's counter per subscription (`costs[].usage`) as last recorded by any replica.
     pub counters: HashMap<SubscriptionId, f64>,
-    /// The customers' open holds (minor units).
-    pub reserved: HashMap<CustomerId, i64>,
+    /// The customers' open holds, by subject and the event code asked: every kind of limit
+    /// reads them (their money the estimate, their units the features and metric rules).
+    pub holds: HashMap<CustomerId, Vec<OpenHold>>,
     /// Feature counts per target, feature and window start (Unix seconds).
     pub features: HashMap<(Target, FeatureCode, i64), f64>,
     /// The billing periods Postgres places events by, per customer.
     pub periods: HashMap<CustomerId, Period>,
-    /// The units of the customers' open holds asked as events, per feature.
-    pub held: HashMap<(CustomerId, FeatureCode), f64>,
     /// Rules' counters per customer, rule and subject (none: the whole customer's): each
     /// bucket's start (Unix ms) and amount.
     pub rule_counts: HashMap<RuleKey, Vec<(i64, f64)>>,
-    /// The open holds of customers under rules: subject, event code, units, amount.
-    pub rule_holds: HashMap<CustomerId, Vec<RuleHold>>,
     /// What the writes admitted since the last [`Ledger::take_tallies`] added to rules.
     tallied: Vec<RuleTally>,
 }
@@ -126,9 +123,9 @@ pub struct Ledger {
 /// A rule's counter: the customer, the rule, and the subject (none: the whole customer's).
 pub type RuleKey = (CustomerId, Uuid, Option<Subject>);
 
-/// Open holds of one customer with one subject and event code, as rules count them.
+/// A customer's open holds of one subject (or none) and event code (or none: asked as money).
 #[derive(Debug, Clone, PartialEq)]
-pub struct RuleHold {
+pub struct OpenHold {
     pub subject: Option<Subject>,
     pub code: Option<String>,
     pub units: f64,
@@ -160,8 +157,12 @@ impl Ledger {
         let mut projected = projection::project(billabear, &metered, |m| {
             pending::pending_for(gate.customer, m, |target| self.pending_of(target, m.code))
         });
-        projected.reserved = self.reserved.get(&gate.customer).copied().unwrap_or(0);
+        projected.reserved = self.holds(gate.customer).fold(0i64, |sum, h| sum.saturating_add(h.amount));
         projected
+    }
+
+    fn holds(&self, customer: CustomerId) -> impl Iterator<Item = &OpenHold> {
+        self.holds.get(&customer).into_iter().flatten()
     }
 
     fn pending_of(&self, target: Target, code: Code) -> (f64, u64) {
@@ -298,7 +299,11 @@ impl Counts for Ledger {
         let counted = (case.known.targets(case.customer))
             .filter_map(|t| self.features.get(&(t, feature, start)))
             .fold(0.0, |s, u| s + u);
-        counted + self.held.get(&(case.customer, feature)).copied().unwrap_or(0.0)
+        let held = self
+            .holds(case.customer)
+            .filter(|h| h.code.as_deref().and_then(|code| case.settings.counted_as(code)) == Some(feature))
+            .fold(0.0, |sum, h| sum + h.units);
+        counted + held
     }
 
     /// Each rule's buckets read under the lock plus what was admitted since, and the
@@ -310,17 +315,15 @@ impl Counts for Ledger {
             let counted = self.rule_counts.get(&key).map_or(0.0, |buckets| {
                 buckets.iter().filter(|(start, _)| *start >= ask.since_ms).fold(0.0, |sum, (_, a)| sum + a)
             });
-            let held = self.rule_holds.get(&case.customer).map_or(0.0, |holds| {
-                holds
-                    .iter()
-                    .filter(|h| ask.subject.is_none() || h.subject.as_ref() == ask.subject)
-                    .map(|h| match &ask.rule.spec.measure {
-                        Measure::Cost => h.amount as f64,
-                        Measure::Metric(code) if h.code.as_deref() == Some(code.as_str()) => h.units,
-                        Measure::Metric(_) => 0.0,
-                    })
-                    .fold(0.0, |sum, a| sum + a)
-            });
+            let held = self
+                .holds(case.customer)
+                .filter(|h| ask.subject.is_none() || h.subject.as_ref() == ask.subject)
+                .map(|h| match &ask.rule.spec.measure {
+                    Measure::Cost => h.amount as f64,
+                    Measure::Metric(code) if h.code.as_deref() == Some(code.as_str()) => h.units,
+                    Measure::Metric(_) => 0.0,
+                })
+                .fold(0.0, |sum, a| sum + a);
             ask.used = counted + held;
         }
     }
@@ -331,17 +334,8 @@ impl Tally for Ledger {
         self.add_event(target, code, value);
     }
 
-    fn reserve(&mut self, customer: CustomerId, amount: i64) {
-        let reserved = self.reserved.entry(customer).or_default();
-        *reserved = reserved.saturating_add(amount);
-    }
-
     fn feature(&mut self, target: Target, feature: FeatureCode, start: i64, units: f64) {
         *self.features.entry((target, feature, start)).or_default() += units;
-    }
-
-    fn hold_feature(&mut self, customer: CustomerId, feature: FeatureCode, units: f64) {
-        *self.held.entry((customer, feature)).or_default() += units;
     }
 
     fn rule(&mut self, row: RuleTally) {
@@ -354,20 +348,20 @@ impl Tally for Ledger {
         self.tallied.push(row);
     }
 
-    fn rule_hold(
+    fn hold(
         &mut self,
         customer: CustomerId,
         subject: Option<&Subject>,
         amount: i64,
         event: Option<(&str, f64)>,
     ) {
-        let hold = RuleHold {
+        let hold = OpenHold {
             subject: subject.cloned(),
             code: event.map(|(code, _)| code.to_owned()),
             units: event.map_or(0.0, |(_, units)| units),
             amount,
         };
-        self.rule_holds.entry(customer).or_default().push(hold);
+        self.holds.entry(customer).or_default().push(hold);
     }
 }
 
@@ -538,7 +532,9 @@ mod tests {
         let rules = Rules::default();
         let (gate, _) = customer(0.0, 1.0, 100, CustomerStatus::Active);
         let mut ledger = Ledger::default();
-        ledger.reserved.insert(gate.customer, 100); // this hold (60) and another (40)
+        // This hold (60) and another (40).
+        let open = |amount| OpenHold { subject: None, code: None, units: 0.0, amount };
+        ledger.holds.insert(gate.customer, vec![open(60), open(40)]);
         let stored = ledger.stored_hold(&gate, 60);
         assert_eq!((stored.admitted, stored.projection.reserved, stored.cost), (true, 40, 60));
         assert!(!ledger.judge_hold(&gate, 1, None, None, &rules).admitted, "the limit is full all the same");

@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use sqlx::{Connection, PgConnection, Row};
 use uuid::Uuid;
 
-use super::{Gate, Judged, Ledger, RuleHold, Rules};
+use super::{Gate, Judged, Ledger, OpenHold, Rules};
 use crate::domain::Target;
 use crate::domain::{CustomerId, Subject, SubscriptionId};
-use crate::entitlements::{EntitlementSettings, FeatureCode, Period};
+use crate::entitlements::{FeatureCode, Period};
 use crate::outbox::IncomingEvent;
 use crate::outbox::store::{self as outbox, Accepted};
 use crate::pending::store as pending;
@@ -35,13 +35,10 @@ fn lock_key(customer: CustomerId) -> i32 {
 /// Takes the customers' locks for the rest of the transaction, in one order (so two
 /// transactions never wait on each other), then reads what their figures are made of in one
 /// statement: each round trip while the locks are held lengthens the wait of the customer's
-/// next write. Feature counts, billing periods and open holds' units are read only for customers
-/// whose plan has a feature limit (`counting` maps holds' codes to features).
-pub async fn lock_and_load(
-    conn: &mut PgConnection,
-    gates: &[&Gate],
-    counting: &EntitlementSettings,
-) -> Result<Ledger, sqlx::Error> {
+/// next write. Open holds are read once, by subject and event code, for every kind to read;
+/// feature counts and billing periods only for customers whose plan has a feature limit, rules'
+/// counts only for customers under rules.
+pub async fn lock_and_load(conn: &mut PgConnection, gates: &[&Gate]) -> Result<Ledger, sqlx::Error> {
     if gates.is_empty() {
         return Ok(Ledger::default());
     }
@@ -96,9 +93,9 @@ pub async fn lock_and_load(
          SELECT 's', NULL, subscription_id, NULL, usage, NULL
          FROM billabear_counters WHERE subscription_id = ANY($2)
          UNION ALL
-         SELECT 'r', NULL, customer_id, NULL, NULL, sum(amount)::bigint FROM reservations
+         SELECT 'r', subject, customer_id, code, coalesce(sum(value), 0), sum(amount)::bigint FROM reservations
          WHERE customer_id = ANY($3) AND closed_at IS NULL AND expires_at > clock_timestamp()
-         GROUP BY customer_id
+         GROUP BY customer_id, subject, code
          UNION ALL
          SELECT 'f', kind::text, target, code, units::float8, extract(epoch FROM window_start)::int8
          FROM feature_usage WHERE target = ANY($4) AND code = ANY($5) AND NOT provisional
@@ -106,18 +103,12 @@ pub async fn lock_and_load(
          UNION ALL
          SELECT 'b', NULL, target, NULL, extract(epoch FROM starts_at)::float8, extract(epoch FROM ends_at)::int8
          FROM billing_periods WHERE target = ANY($4) AND target = ANY($3)
-         UNION ALL
-         SELECT 'h', NULL, customer_id, code, sum(value), NULL FROM reservations
-         WHERE customer_id = ANY($4) AND closed_at IS NULL AND expires_at > clock_timestamp() AND code IS NOT NULL
-         GROUP BY customer_id, code
+
          UNION ALL
          SELECT 'u', subject, customer_id, rule_id::text, amount::float8,
                 (extract(epoch FROM bucket_start) * 1000)::int8
          FROM rule_usage WHERE customer_id = ANY($6) AND expires_at > clock_timestamp()
-         UNION ALL
-         SELECT 'q', subject, customer_id, code, coalesce(sum(value), 0), sum(amount)::bigint FROM reservations
-         WHERE customer_id = ANY($6) AND closed_at IS NULL AND expires_at > clock_timestamp()
-         GROUP BY customer_id, subject, code"
+"
     ))
     .bind(&targets)
     .bind(&subscriptions)
@@ -157,13 +148,6 @@ pub async fn lock_and_load(
                 let (start, end): (f64, i64) = (row.try_get("units")?, row.try_get("events")?);
                 ledger.periods.insert(CustomerId::from(id), Period::new(start as i64, end));
             }
-            "h" => {
-                let code: String = row.try_get("code")?;
-                if let Some(feature) = counting.counted_as(&code) {
-                    *ledger.held.entry((CustomerId::from(id), feature)).or_default() +=
-                        row.try_get::<f64, _>("units")?;
-                }
-            }
             "u" => {
                 let subject: String = row.try_get("kind")?;
                 let subject = (!subject.is_empty()).then(|| Subject::parse(&subject).ok()).flatten();
@@ -172,17 +156,14 @@ pub async fn lock_and_load(
                 let bucket = (row.try_get::<i64, _>("events")?, row.try_get::<f64, _>("units")?);
                 ledger.rule_counts.entry((CustomerId::from(id), rule, subject)).or_default().push(bucket);
             }
-            "q" => {
+            _ => {
                 let subject: Option<String> = row.try_get("kind")?;
-                ledger.rule_holds.entry(CustomerId::from(id)).or_default().push(RuleHold {
+                ledger.holds.entry(CustomerId::from(id)).or_default().push(OpenHold {
                     subject: subject.and_then(|s| Subject::parse(&s).ok()),
                     code: row.try_get("code")?,
                     units: row.try_get("units")?,
                     amount: row.try_get("events")?,
                 });
-            }
-            _ => {
-                ledger.reserved.insert(CustomerId::from(id), row.try_get("events")?);
             }
         }
     }
@@ -212,7 +193,7 @@ pub async fn accept<E: Borrow<IncomingEvent>>(
     let events: Vec<&IncomingEvent> = events.iter().map(Borrow::borrow).collect();
     let mut tx = conn.begin().await?;
     let gated: Vec<&Gate> = gates.iter().flatten().collect();
-    let mut ledger = lock_and_load(&mut tx, &gated, &rules.entitlements).await?;
+    let mut ledger = lock_and_load(&mut tx, &gated).await?;
     let mut stopped: HashSet<(u64, CustomerId)> = HashSet::new();
     let mut judged = Vec::with_capacity(events.len());
     // An admitted event carries what it added to rules' counters (stored with it).

@@ -100,12 +100,10 @@ impl Kind for FeatureLimit {
     fn count(&self, case: &Case, tally: &mut dyn Tally) {
         let Question::Write(write) = &case.question else { return };
         let Some((feature, _, units)) = Self::written(case, write) else { return };
-        match *write {
-            Write::Event { target, .. } => {
-                let (_, bounds) = tally.window(case, feature);
-                tally.feature(target, feature, bounds.start, units)
-            }
-            Write::Hold { .. } => tally.hold_feature(case.customer, feature, units),
+        // A hold's units count while it is open, told once by the money's kind (`Tally::hold`).
+        if let Write::Event { target, .. } = *write {
+            let (_, bounds) = tally.window(case, feature);
+            tally.feature(target, feature, bounds.start, units)
         }
     }
 }

@@ -92,22 +92,20 @@ pub trait Counts {
 pub trait Tally: Counts {
     /// An event's usage, pending until BillaBear counts it.
     fn event(&mut self, target: Target, code: &str, value: f64);
-    /// A hold's money.
-    fn reserve(&mut self, customer: CustomerId, amount: i64);
-    /// Units of `feature` in the window starting at `start` (Unix s): an event's, to `target`.
-    fn feature(&mut self, target: Target, feature: FeatureCode, start: i64, units: f64);
-    /// Units of `feature` a hold of the customer's sets aside.
-    fn hold_feature(&mut self, customer: CustomerId, feature: FeatureCode, units: f64);
-    /// What an event adds to a rule's counter.
-    fn rule(&mut self, row: RuleTally);
-    /// A hold of the customer's (by `subject`), as rules count it while it is open.
-    fn rule_hold(
+    /// A hold of the customer's (by `subject`): its money, and an event's units when it was
+    /// asked as one. Open, it counts for every kind that reads holds (the estimate, the
+    /// feature its code counts towards, the rules), so it is told once, not per kind.
+    fn hold(
         &mut self,
         customer: CustomerId,
         subject: Option<&Subject>,
         amount: i64,
         event: Option<(&str, f64)>,
     );
+    /// Units of `feature` in the window starting at `start` (Unix s): an event's, to `target`.
+    fn feature(&mut self, target: Target, feature: FeatureCode, start: i64, units: f64);
+    /// What an event adds to a rule's counter.
+    fn rule(&mut self, row: RuleTally);
 }
 
 /// The case's time as a date (Unix ms).

@@ -465,11 +465,9 @@ impl Kind for RuleLimit {
         if case.rules.is_empty() {
             return;
         }
-        // A hold counts while it is open, as the reservation it is: not in a counter.
-        let Question::Write(write) = case.question else { return };
-        if let Write::Hold { amount, event } = write {
-            return tally.rule_hold(case.customer, case.subject, amount, event);
-        }
+        // A hold counts while it is open, told once by the money's kind (`Tally::hold`), not in
+        // a counter.
+        let Question::Write(Write::Event { .. }) = case.question else { return };
         let (now_ms, period) = (case.now_ms as i64, case.known.period);
         for row in tallies(case.rules, case.customer, case.subject, added(case), now_ms, period) {
             tally.rule(row);

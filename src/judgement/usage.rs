@@ -1,6 +1,6 @@
 //! BillaBear's usage limits in money: the policy judges them (with the customer's status and
 //! every other kind's reasons, [`super::verdict`]); this kind counts what an admitted write
-//! adds to the estimate.
+//! adds to the estimate, and a hold for every kind (see `Tally::hold`).
 
 use super::{Case, Counts, Findings, Kind, Question, Tally, Write};
 
@@ -12,7 +12,9 @@ impl Kind for UsageInMoney {
     fn count(&self, case: &Case, tally: &mut dyn Tally) {
         match case.question {
             Question::Write(Write::Event { target, code, value }) => tally.event(target, code, value),
-            Question::Write(Write::Hold { amount, .. }) => tally.reserve(case.customer, amount),
+            Question::Write(Write::Hold { amount, event }) => {
+                tally.hold(case.customer, case.subject, amount, event)
+            }
             Question::Check(_) => {}
         }
     }

@@ -168,7 +168,7 @@ pub async fn write(
         .iter()
         .filter_map(|c| if let Change::Hold { gate, .. } = c { gate.as_ref() } else { None })
         .collect();
-    let mut ledger = enforce::lock_and_load(&mut tx, &gates, &rules.entitlements).await?;
+    let mut ledger = enforce::lock_and_load(&mut tx, &gates).await?;
     let keyed: Vec<(CustomerId, &str)> = changes.iter().filter_map(hold_key).collect();
     let earlier = held_with(&mut tx, &keyed).await?;
     let mut rows = NewRows::default();
