@@ -10,7 +10,7 @@
 //!   cargo run --release --example cache-memory -- 1000000 --rules
 //!
 //! `--rules` also gives every customer one rule of its own ("$50 a day"), held as a replica's
-//! copy of the rules holds them (`rules::Rulebook`: a map from scope to the scope's rules), to
+//! copy of the rules holds them (`rules::Rulebook`: a map from customer to its own rules), to
 //! set beside the run without it.
 
 use std::sync::Arc;
@@ -152,13 +152,13 @@ fn fill_compact(n: u64, with_plan: bool) -> (u64, Box<dyn std::any::Any>) {
 fn fill_rules(n: u64) -> Box<dyn std::any::Any> {
     use usage_gate::entitlements::{TimeZone, Window};
     use usage_gate::judgement::rule::{DEFAULT_THRESHOLDS, Measure, Mode, Rule, RuleSpec, RuleWindow, Scope};
-    let copy: dashmap::DashMap<Scope, Box<[Arc<Rule>]>, foldhash::fast::RandomState> =
-        dashmap::DashMap::default();
+    use usage_gate::rules::Owner;
+    let copy: dashmap::DashMap<Owner, Box<[Rule]>, foldhash::fast::RandomState> = dashmap::DashMap::default();
     let paris = TimeZone("Europe/Paris".parse().unwrap());
     for i in 0..n {
-        let scope = Scope::Customer(CustomerId::from(Uuid::from_u128(i as u128)));
+        let customer = CustomerId::from(Uuid::from_u128(i as u128));
         let spec = RuleSpec {
-            scope,
+            scope: Scope::Customer(customer),
             measure: Measure::Cost,
             limit: 5000,
             window: RuleWindow::Calendar { unit: Window::Day, zone: paris },
@@ -167,8 +167,8 @@ fn fill_rules(n: u64) -> Box<dyn std::any::Any> {
             subject_limits: Default::default(),
             thresholds: DEFAULT_THRESHOLDS.to_vec(),
         };
-        let rule = Rule::new(Uuid::from_u128(i as u128 | 4 << 64), spec);
-        copy.insert(scope, Box::new([Arc::new(rule)]));
+        let rule = Rule::new(Uuid::from_u128(i as u128 | 4 << 64), &spec);
+        copy.insert(Owner(customer), Box::new([rule]));
     }
     Box::new(copy)
 }

@@ -1,24 +1,19 @@
 //! A check: look the customer up in the cache, let the policy decide, and explain the answer.
 
-use std::sync::Arc;
-
 use metrics::Counter;
 use serde::Serialize;
 
 use crate::billabear::BillaBearError;
 use crate::cache::SnapshotCache;
 use crate::domain::Currency;
-use crate::domain::Subject;
 use crate::domain::{CustomerId, CustomerStatus, LimitAction, LimitId, PlanId, Target, Timestamp};
 use crate::enforce::{Gate, Judged};
 use crate::entitlements::FeatureCode;
 use crate::entitlements::{self, Counted, EntitlementSettings, PlanAsk};
 use crate::feature_counts::FeatureCounts;
 use crate::judgement::RuleTally;
-use crate::judgement::rule::{self, Added, Mode, RuleAsk};
-use crate::judgement::{
-    self, Case, Counts, FeatureJudged, Findings, Question, Rule, RuleJudged, SeatsJudged,
-};
+use crate::judgement::rule::{self, Added, RuleAsk};
+use crate::judgement::{self, Case, Counts, FeatureJudged, Findings, Question, RuleJudged, SeatsJudged};
 use crate::outbox::IncomingEvent;
 use crate::overrides::{Override, OverrideView, Overrides};
 use crate::pending::Pending;
@@ -66,7 +61,7 @@ pub struct Decision {
     /// subject, the `subject` asked about); on a refused write, the rules that refused it.
     /// Absent when none.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub rules: Vec<RuleView>,
+    pub rules: Vec<RuleJudged>,
     pub limits: Vec<LimitView>,
     /// BillaBear's customer status (active, disabled, ...); null when unknown.
     #[schema(value_type = Option<String>)]
@@ -124,47 +119,8 @@ pub struct LimitView {
     pub remaining: i64,
 }
 
-/// One of usage-gate's rules as judged for the answer: the rule (its id, measure, window and
-/// mode are shown as written), and what was judged (its schema: `routes::schema`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct RuleView {
-    pub rule: Arc<Rule>,
-    /// What it allows in its window (the subject's own limit, for a subject with one).
-    pub limit: i64,
-    /// Used in the window before what is asked (events, and on a write open holds too).
-    pub used: f64,
-    /// The subject a per-subject rule judged.
-    pub subject: Option<Subject>,
-    /// When a calendar or billing window ends and the count restarts (none for a rolling one).
-    pub resets_at: Option<Timestamp>,
-    /// Why it refuses or warns; none when what is asked fits.
-    pub reason: Option<&'static str>,
-}
-
-impl RuleView {
-    fn of(judged: RuleJudged) -> Self {
-        RuleView {
-            rule: judged.rule,
-            limit: judged.limit,
-            used: judged.used,
-            subject: judged.subject,
-            resets_at: judged.resets_ms.map(|ms| Timestamp(ms.max(0) as u64)),
-            reason: judged.reason.map(Reason::code),
-        }
-    }
-
-    /// Whether it refuses (a hard rule at or past its limit).
-    pub fn refuses(&self) -> bool {
-        self.rule.spec.mode == Mode::Hard && self.reason.is_some()
-    }
-
-    pub fn remaining(&self) -> f64 {
-        (self.limit as f64 - self.used).max(0.0)
-    }
-}
-
 /// Field by field as `Decision::write_json` writes it (its tests hold the two to one another).
-impl Serialize for RuleView {
+impl Serialize for RuleJudged {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         struct Whole(f64);
@@ -173,12 +129,12 @@ impl Serialize for RuleView {
                 whole_when_whole(&self.0, s)
             }
         }
-        let spec = &self.rule.spec;
+        let shape = self.rule.shape();
         let mut out = s.serialize_struct("RuleView", 9)?;
         out.serialize_field("id", &self.rule.id)?;
-        out.serialize_field("measure", &spec.measure)?;
-        out.serialize_field("window", &spec.window)?;
-        out.serialize_field("mode", spec.mode.as_str())?;
+        out.serialize_field("measure", &shape.measure)?;
+        out.serialize_field("window", &shape.window)?;
+        out.serialize_field("mode", shape.mode.as_str())?;
         out.serialize_field("limit", &self.limit)?;
         out.serialize_field("used", &Whole(self.used))?;
         if let Some(subject) = &self.subject {
@@ -188,7 +144,7 @@ impl Serialize for RuleView {
             out.serialize_field("resets_at", resets_at)?;
         }
         if let Some(reason) = self.reason {
-            out.serialize_field("reason", reason)?;
+            out.serialize_field("reason", reason.code())?;
         }
         out.end()
     }
@@ -630,7 +586,7 @@ pub fn explain(
     Decision {
         feature: found.feature.map(|f| Box::new(FeatureView::of(f))),
         seats: found.seats.map(|seats| Box::new(SeatsView::from(seats))),
-        rules: found.rules.into_iter().map(RuleView::of).collect(),
+        rules: found.rules,
         limits: known
             .limits
             .iter()

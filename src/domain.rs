@@ -172,11 +172,26 @@ impl EventId {
     }
 }
 
-string_id!(
-    /// Who inside a customer usage is for: a user, a workspace, an API key of the customer's
-    /// (usage-gate's own rules can limit each separately).
-    Subject
-);
+/// Who inside a customer usage is for: a user, a workspace, an API key of the customer's
+/// (usage-gate's own rules can limit each separately). Shared, not copied: an answer names it
+/// in each per-subject rule it judged.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Subject(std::sync::Arc<str>);
+
+try_from_string!(Subject);
+
+impl From<Subject> for String {
+    fn from(subject: Subject) -> String {
+        subject.0.to_string()
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl Subject {
     pub const MAX_LEN: usize = 128;
@@ -189,7 +204,11 @@ impl Subject {
         if !s.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ParseError::NotVisible);
         }
-        Ok(Self(s.to_owned()))
+        Ok(Self(s.into()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 

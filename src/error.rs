@@ -310,7 +310,7 @@ pub enum RefusedBy {
     },
     /// One of usage-gate's own rules: the hard rule with the least room left among those that
     /// refused (`decision.rules` lists them all).
-    Rule(crate::check::RuleView),
+    Rule(crate::judgement::RuleJudged),
 }
 
 impl RefusedBy {

@@ -130,6 +130,22 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
         Started { service, changes, tasks, listening }
     }
 
+    /// As [`Mirror::start`], with a second mirror of what the same channel tells of (a table
+    /// whose keys are of two types): one listener, so one of the pool's connections, for both.
+    pub fn start_with<K2: Key, V2: Clone + PartialEq + Send + Sync + 'static>(
+        pool: PgPool,
+        channel: &'static str,
+        (what, load): (&'static str, Loader<K, V>),
+        (other_what, other_load): (&'static str, Loader<K2, V2>),
+    ) -> Started<(Self, Mirror<K2, V2>)> {
+        let first = Self::empty(pool.clone(), what, load, None, db::Backends::default());
+        let second = Mirror::empty(pool.clone(), other_what, other_load, None, db::Backends::default());
+        let both = Arc::new(Pair(first.inner.clone(), second.inner.clone()));
+        let (ready, listening) = watch::channel(false);
+        let task = tokio::spawn(db::follow(pool, channel, both, ready)).abort_handle();
+        Started { service: (first, second), changes: (), tasks: vec![task], listening }
+    }
+
     fn following(
         pool: PgPool,
         channel: &'static str,
@@ -138,8 +154,21 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
         changes: Option<mpsc::Sender<Change<K, V>>>,
         writers: db::Backends,
     ) -> Started<Self> {
+        let mirror = Self::empty(pool.clone(), what, load, changes, writers);
+        let (ready, listening) = watch::channel(false);
+        let task = tokio::spawn(db::follow(pool, channel, mirror.inner.clone(), ready)).abort_handle();
+        Started { service: mirror, changes: (), tasks: vec![task], listening }
+    }
+
+    fn empty(
+        pool: PgPool,
+        what: &'static str,
+        load: Loader<K, V>,
+        changes: Option<mpsc::Sender<Change<K, V>>>,
+        writers: db::Backends,
+    ) -> Self {
         let inner = Arc::new(Inner {
-            pool: pool.clone(),
+            pool,
             load,
             what,
             entries: DashMap::default(),
@@ -148,9 +177,7 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> Mirror<K, V> {
             changes,
             writers,
         });
-        let (ready, listening) = watch::channel(false);
-        let task = tokio::spawn(db::follow(pool, channel, inner.clone(), ready)).abort_handle();
-        Started { service: Self { inner }, changes: (), tasks: vec![task], listening }
+        Self { inner }
     }
 
     /// Whether the mirror holds any key of `kind`.
@@ -264,5 +291,27 @@ impl<K: Key, V: Clone + PartialEq + Send + Sync + 'static> db::Follower for Inne
 
     fn own(&self, process_id: u32) -> bool {
         self.writers.contains(process_id)
+    }
+}
+
+/// Two mirrors following one channel (`Mirror::start_with`): each reads what the notifications
+/// name of its own keys.
+struct Pair<A, B>(Arc<A>, Arc<B>);
+
+impl<A: db::Follower, B: db::Follower> db::Follower for Pair<A, B> {
+    fn reload_all(&self, first: bool) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        async move {
+            self.0.reload_all(first).await?;
+            self.1.reload_all(first).await
+        }
+        .boxed()
+    }
+
+    fn reload(&self, payloads: Vec<String>) -> BoxFuture<'_, Result<(), sqlx::Error>> {
+        async move {
+            self.0.reload(payloads.clone()).await?;
+            self.1.reload(payloads).await
+        }
+        .boxed()
     }
 }

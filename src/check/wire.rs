@@ -10,10 +10,20 @@
 
 use uuid::Uuid;
 
-use super::{Decision, Estimate, FeatureView, LimitView, RuleView, SeatsView};
+use super::{Decision, Estimate, FeatureView, LimitView, SeatsView};
 use crate::domain::Timestamp;
+use crate::judgement::RuleJudged;
 
 impl Decision {
+    /// The decision as JSON ([`Decision::write_json`]), in a buffer with room for it: one with
+    /// two limits is about 600 bytes, a rule about 200 more, and growing the buffer as it is
+    /// written cost 5 rules' check ~400 instructions (`bench/check_instructions.py --rules`).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1024 + self.rules.len() * 240);
+        self.write_json(&mut out);
+        out
+    }
+
     /// The decision as JSON, byte for byte what `serde_json::to_writer` makes of it.
     pub fn write_json(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"customer_id\":");
@@ -166,9 +176,12 @@ fn write_feature(out: &mut Vec<u8>, feature: &FeatureView) {
 
 /// Five rules written by serde cost a check 17,300 instructions of its 62,000
 /// (`bench/check_instructions.py --rules`); the rule's own members are written once
-/// (`Rule::written`).
-fn write_rule(out: &mut Vec<u8>, rule: &RuleView) {
-    out.extend_from_slice(rule.rule.written().as_bytes());
+/// (`Shape::written`).
+fn write_rule(out: &mut Vec<u8>, rule: &RuleJudged) {
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(rule.rule.id_text());
+    out.push(b'"');
+    out.extend_from_slice(rule.rule.shape().written().as_bytes());
     out.extend_from_slice(b",\"limit\":");
     number(out, rule.limit);
     out.extend_from_slice(b",\"used\":");
@@ -183,11 +196,11 @@ fn write_rule(out: &mut Vec<u8>, rule: &RuleView) {
     }
     if let Some(resets_at) = rule.resets_at {
         out.extend_from_slice(b",\"resets_at\":");
-        timestamp(out, &reset_text(resets_at));
+        write_reset(out, resets_at);
     }
     if let Some(reason) = rule.reason {
         out.extend_from_slice(b",\"reason\":");
-        known(out, reason);
+        known(out, reason.code());
     }
     out.push(b'}');
 }
@@ -195,22 +208,21 @@ fn write_rule(out: &mut Vec<u8>, rule: &RuleView) {
 thread_local! {
     /// The windows' ends this thread formatted last: a window's end is the same for every check
     /// until it passes (formatting one is ~320 instructions, `bench/check_instructions.py --rules`).
-    static RESETS: std::cell::Cell<[(Timestamp, [u8; 24]); 4]> =
-        const { std::cell::Cell::new([(Timestamp(u64::MAX), [0; 24]); 4]) };
+    /// Borrowed, not copied out of a `Cell`: copying the four cost ~50 instructions a rule.
+    static RESETS: std::cell::RefCell<[(Timestamp, [u8; 24]); 4]> =
+        const { std::cell::RefCell::new([(Timestamp(u64::MAX), [0; 24]); 4]) };
 }
 
-/// A window's end as RFC 3339 text.
-fn reset_text(at: Timestamp) -> [u8; 24] {
-    RESETS.with(|resets| {
-        let mut kept = resets.get();
+/// A window's end as RFC 3339 text, quoted.
+fn write_reset(out: &mut Vec<u8>, at: Timestamp) {
+    RESETS.with_borrow_mut(|kept| {
         if let Some((_, text)) = kept.iter().find(|(t, _)| *t == at) {
-            return *text;
+            return timestamp(out, text);
         }
         let text = at.rfc3339();
         kept.rotate_right(1);
         kept[0] = (at, text);
-        resets.set(kept);
-        text
+        timestamp(out, &text)
     })
 }
 
@@ -271,7 +283,6 @@ fn timestamp(out: &mut Vec<u8>, text: &[u8; 24]) {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
-    use crate::check::RuleView;
     use crate::domain::{
         Currency, CustomerId, CustomerStatus, LimitAction, LimitId, MetricCode, Subject, Timestamp,
     };
@@ -280,7 +291,6 @@ pub(super) mod tests {
     use crate::overrides::OverrideView;
     use crate::policy::{Reason, Reasons, Status};
     use crate::snapshot::Source;
-    use std::sync::Arc;
 
     fn limit(amount: i64, action: LimitAction, exceeded: bool) -> LimitView {
         LimitView { id: LimitId::new_v4(), amount, action, exceeded, remaining: if exceeded { 0 } else { 7 } }
@@ -301,7 +311,7 @@ pub(super) mod tests {
 
     /// Rule views of every shape: each window and measure, whole and fractional use, with and
     /// without a subject (one that needs escaping), a reset and a reason.
-    fn rule_views(n: usize) -> Vec<RuleView> {
+    fn rule_views(n: usize) -> Vec<RuleJudged> {
         let rule = |measure, window, mode| {
             let spec = RuleSpec {
                 scope: Scope::All,
@@ -313,11 +323,11 @@ pub(super) mod tests {
                 subject_limits: Default::default(),
                 thresholds: vec![80, 100],
             };
-            Arc::new(Rule::new(Uuid::new_v4(), spec))
+            Rule::new(Uuid::new_v4(), &spec)
         };
         let paris = TimeZone("Europe/Paris".parse().unwrap());
         vec![
-            RuleView {
+            RuleJudged {
                 rule: rule(
                     Measure::Metric(MetricCode::parse("api_calls").unwrap()),
                     RuleWindow::Rolling { seconds: 60 },
@@ -327,9 +337,9 @@ pub(super) mod tests {
                 used: [2.5, 5.0][n % 2],
                 subject: Subject::parse("alice").ok(),
                 resets_at: None,
-                reason: Some("rule_limit_exceeded"),
+                reason: Some(Reason::RuleLimitExceeded),
             },
-            RuleView {
+            RuleJudged {
                 rule: rule(
                     Measure::Cost,
                     RuleWindow::Calendar { unit: Window::Day, zone: paris },
@@ -341,13 +351,13 @@ pub(super) mod tests {
                 resets_at: Some(Timestamp(1_800_000_000_000)),
                 reason: None,
             },
-            RuleView {
+            RuleJudged {
                 rule: rule(Measure::Cost, RuleWindow::BillingPeriod, Mode::Hard),
                 limit: 1,
                 used: 1e20,
                 subject: Subject::parse("we\\ird\"").ok(),
                 resets_at: Some(Timestamp(1_800_000_000_000)),
-                reason: Some("soft_limit_exceeded"),
+                reason: Some(Reason::SoftLimitExceeded),
             },
         ]
     }

@@ -426,7 +426,7 @@ pub fn customer(shell: &Shell, p: &CustomerPage) -> Markup {
                         @for r in &d.rules {
                             @let view = serde_json::to_value(r).unwrap_or_default();
                             tr {
-                                td { code { (r.rule.id) } " " (r.rule.spec.mode.as_str()) }
+                                td { code { (r.rule.id) } " " (r.rule.shape().mode.as_str()) }
                                 td { (shape(&view["measure"])) }
                                 td { (shape(&view["window"])) }
                                 td { @if let Some(s) = &r.subject { code { (s.as_str()) } } @else { "whole customer" } }

@@ -49,7 +49,7 @@ pub struct Gate {
     pub customer: CustomerId,
     snapshot: Arc<Snapshot>,
     applied: Option<Override>,
-    rules: Arc<[Arc<Rule>]>,
+    rules: Arc<[Rule]>,
 }
 
 impl Gate {
@@ -59,7 +59,7 @@ impl Gate {
         customer: CustomerId,
         snapshot: Arc<Snapshot>,
         applied: Option<Override>,
-        rules: Vec<Arc<Rule>>,
+        rules: Vec<Rule>,
     ) -> Option<Self> {
         matches!(snapshot.data, SnapshotData::Known(_)).then(|| Self {
             customer,
@@ -70,7 +70,7 @@ impl Gate {
     }
 
     /// The rules that bind the customer.
-    pub fn rules(&self) -> &[Arc<Rule>] {
+    pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
 
@@ -318,7 +318,7 @@ impl Counts for Ledger {
             let held = self
                 .holds(case.customer)
                 .filter(|h| ask.subject.is_none() || h.subject.as_ref() == ask.subject)
-                .map(|h| match &ask.rule.spec.measure {
+                .map(|h| match &ask.rule.shape().measure {
                     Measure::Cost => h.amount as f64,
                     Measure::Metric(code) if h.code.as_deref() == Some(code.as_str()) => h.units,
                     Measure::Metric(_) => 0.0,

@@ -37,7 +37,7 @@ impl Window {
 }
 
 /// An IANA time zone, for calendar windows (`entitlements.time_zone`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TimeZone(pub Tz);
 
 impl FromText for TimeZone {

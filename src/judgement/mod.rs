@@ -13,8 +13,6 @@ pub mod rule;
 mod seats;
 mod usage;
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 
 use crate::domain::{CustomerId, Subject, Target};
@@ -40,7 +38,7 @@ pub struct Case<'a> {
     /// Unix ms: which window is current.
     pub now_ms: u64,
     /// usage-gate's rules that bind the customer (precedence applied, `rule::applicable`).
-    pub rules: &'a [Arc<Rule>],
+    pub rules: &'a [Rule],
     /// Who inside the customer the usage is for, when the caller said.
     pub subject: Option<&'a Subject>,
 }

@@ -4,44 +4,199 @@
 //! hard or soft, with a ladder of thresholds told as they are crossed.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use internment::ArcIntern;
 use uuid::Uuid;
 
+use smallvec::SmallVec;
+
 use super::{Case, Counts, Findings, Kind, Question, Tally, Write, at};
-use crate::domain::{CustomerId, MetricCode, PlanId, Subject};
+use crate::domain::{CustomerId, MetricCode, PlanId, Subject, Timestamp};
 use crate::entitlements::{Period, TimeZone, Window};
 use crate::policy::Reason;
 
-/// One rule.
-#[derive(Debug, Clone, PartialEq)]
+/// One rule as a replica holds it: its id and limit, and the shape it shares with every rule
+/// written alike. 72 bytes: a million customers with a "$50 a day" rule each hold a million ids
+/// and limits and one shape (`cargo run --release --example cache-memory -- 1000000 --rules`).
+#[derive(Clone, PartialEq)]
 pub struct Rule {
     pub id: Uuid,
-    pub spec: RuleSpec,
-    /// `{"id":…,"measure":…,"window":…,"mode":…` as JSON (unclosed): what an answer shows of the
-    /// rule whoever asks, written once. Writing them on every check cost 5 rules ~3,000
+    /// Minor units for `cost`, units for a metric; more than 0.
+    pub limit: i64,
+    shape: ArcIntern<Shape>,
+    /// The id as text, written once: formatting it on every check cost 5 rules ~780
     /// instructions (`bench/check_instructions.py --rules`).
+    id_text: [u8; 36],
+}
+
+impl std::fmt::Debug for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rule")
+            .field("id", &self.id)
+            .field("limit", &self.limit)
+            .field("shape", &*self.shape)
+            .finish()
+    }
+}
+
+/// What rules written alike share: all of a rule but its id, limit and whom it is for.
+#[derive(Debug)]
+pub struct Shape {
+    /// Of whose rule: a customer's replaces a plan's, a plan's an `all` rule (see [`applicable`]).
+    rank: u8,
+    pub measure: Measure,
+    pub window: RuleWindow,
+    pub mode: Mode,
+    /// Each subject is limited separately (to the limit, or its own in `subject_limits`).
+    pub per_subject: bool,
+    pub subject_limits: BTreeMap<Subject, i64>,
+    /// Percent of the limit, ascending, each told once per window when crossed.
+    pub thresholds: Vec<u16>,
+    /// `,"measure":…,"window":…,"mode":…` as JSON: what an answer shows of the rule after its id,
+    /// written once. Writing them on every check cost 5 rules ~3,000 instructions
+    /// (`bench/check_instructions.py --rules`).
     written: Box<str>,
+    /// Where a calendar window was placed last (by any thread).
+    placed: LastPlaced,
+}
+
+impl PartialEq for Shape {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Shape {}
+
+impl std::hash::Hash for Shape {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state)
+    }
+}
+
+type ShapeKey<'a> = (u8, &'a Measure, &'a RuleWindow, Mode, bool, &'a BTreeMap<Subject, i64>, &'a [u16]);
+
+impl Shape {
+    /// What makes two shapes one (what is written of them and where they were placed follow).
+    fn key(&self) -> ShapeKey<'_> {
+        let Shape { rank, measure, window, mode, per_subject, subject_limits, thresholds, .. } = self;
+        (*rank, measure, window, *mode, *per_subject, subject_limits, thresholds)
+    }
+
+    /// The rule's members after its id, as JSON (see `written`), without the closing brace.
+    pub fn written(&self) -> &str {
+        &self.written
+    }
+
+    /// Where the window stands at `now_ms` ([`RuleWindow::placed`]); a calendar window's
+    /// placement is reused while `now_ms` is inside it. Reading the local time cost ~1,300
+    /// instructions a rule, a thread's copy of the placements ~250 (`bench/check_instructions.py
+    /// --rules`).
+    pub fn placed(&self, now_ms: i64, period: Option<Period>) -> Placed {
+        if !matches!(self.window, RuleWindow::Calendar { .. }) {
+            return self.window.placed(now_ms, period);
+        }
+        if let Some(placed) = self.placed.at(now_ms) {
+            return placed;
+        }
+        let placed = self.window.placed(now_ms, period);
+        self.placed.keep(placed);
+        placed
+    }
 }
 
 impl Rule {
-    pub fn new(id: Uuid, spec: RuleSpec) -> Self {
+    pub fn new(id: Uuid, spec: &RuleSpec) -> Self {
         #[derive(serde::Serialize)]
         struct Members<'a> {
-            id: Uuid,
             measure: &'a Measure,
             window: &'a RuleWindow,
             mode: &'static str,
         }
-        let members = Members { id, measure: &spec.measure, window: &spec.window, mode: spec.mode.as_str() };
+        let members = Members { measure: &spec.measure, window: &spec.window, mode: spec.mode.as_str() };
         let mut written = serde_json::to_string(&members).unwrap_or_else(|_| "{}".into());
         written.pop(); // the closing brace: what was judged follows
-        Self { id, spec, written: written.into() }
+        written.replace_range(..1, ","); // the opening one: the id comes first
+        let shape = Shape {
+            rank: spec.scope.rank(),
+            measure: spec.measure.clone(),
+            window: spec.window,
+            mode: spec.mode,
+            per_subject: spec.per_subject,
+            subject_limits: spec.subject_limits.clone(),
+            thresholds: spec.thresholds.clone(),
+            written: written.into(),
+            placed: LastPlaced::default(),
+        };
+        let mut id_text = [0; 36];
+        id.hyphenated().encode_lower(&mut id_text);
+        Self { id, limit: spec.limit, shape: ArcIntern::new(shape), id_text }
     }
 
-    /// The rule's own members as JSON (see `written`), without the closing brace.
-    pub fn written(&self) -> &str {
-        &self.written
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The id, hyphenated.
+    pub fn id_text(&self) -> &[u8; 36] {
+        &self.id_text
+    }
+
+    /// What the rule allows `subject`: its own limit in `subject_limits`, else the rule's.
+    pub fn limit_for(&self, subject: Option<&Subject>) -> i64 {
+        subject
+            .filter(|_| self.shape.per_subject)
+            .and_then(|s| self.shape.subject_limits.get(s))
+            .copied()
+            .unwrap_or(self.limit)
+    }
+
+    /// Whose usage the rule judges and counts of usage by `subject`: the subject's for a
+    /// per-subject rule, else the whole customer's (`Some(None)`); none when a per-subject rule
+    /// meets usage that names no subject (it neither judges nor counts it).
+    pub fn judged_subject<'s>(&self, subject: Option<&'s Subject>) -> Option<Option<&'s Subject>> {
+        match (self.shape.per_subject, subject) {
+            (false, _) => Some(None),
+            (true, Some(subject)) => Some(Some(subject)),
+            (true, None) => None,
+        }
+    }
+
+    /// Rules that stand for the same limit at different scopes: one measure, one window, per
+    /// subject or for the whole customer.
+    fn same_limit(&self, other: &Rule) -> bool {
+        let (a, b) = (&*self.shape, &*other.shape);
+        a.measure == b.measure && a.window == b.window && a.per_subject == b.per_subject
+    }
+}
+
+/// A calendar window's last placement: its start and length in seconds in one word, so a
+/// reader never sees the start of one placement with the length of another.
+#[derive(Debug, Default)]
+struct LastPlaced(AtomicU64);
+
+/// Bits of the length (a month is under 2^22 seconds); the start takes the rest (2^40 seconds).
+const LENGTH_BITS: u32 = 24;
+
+impl LastPlaced {
+    fn at(&self, now_ms: i64) -> Option<Placed> {
+        let word = self.0.load(Ordering::Relaxed);
+        let start = (word >> LENGTH_BITS) as i64 * 1000;
+        let end = start + (word & ((1 << LENGTH_BITS) - 1)) as i64 * 1000;
+        (start <= now_ms && now_ms < end).then_some(Placed {
+            bucket_ms: start,
+            since_ms: start,
+            expires_ms: end,
+            resets_ms: Some(end),
+        })
+    }
+
+    fn keep(&self, placed: Placed) {
+        let (start, length) = (placed.since_ms / 1000, (placed.expires_ms - placed.since_ms) / 1000);
+        if (0..1 << 40).contains(&start) && (1..1 << LENGTH_BITS).contains(&length) {
+            self.0.store((start as u64) << LENGTH_BITS | length as u64, Ordering::Relaxed);
+        }
     }
 }
 
@@ -90,7 +245,7 @@ pub enum Measure {
 }
 
 /// The window a rule counts over.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RuleWindow {
     /// An hour, a day, an ISO week or a month, from its boundary in `zone`.
     Calendar { unit: Window, zone: TimeZone },
@@ -160,59 +315,27 @@ pub const DEFAULT_THRESHOLDS: [u16; 2] = [80, 100];
 /// Thresholds are percents of the limit from 1 to this.
 pub const MAX_THRESHOLD: u16 = 1000;
 
-impl RuleSpec {
-    /// What the rule allows `subject`: its own limit in `subject_limits`, else the rule's.
-    pub fn limit_for(&self, subject: Option<&Subject>) -> i64 {
-        subject
-            .filter(|_| self.per_subject)
-            .and_then(|s| self.subject_limits.get(s))
-            .copied()
-            .unwrap_or(self.limit)
-    }
-
-    /// Whose usage the rule judges and counts of usage by `subject`: the subject's for a
-    /// per-subject rule, else the whole customer's (`Some(None)`); none when a per-subject rule
-    /// meets usage that names no subject (it neither judges nor counts it).
-    pub fn judged_subject<'s>(&self, subject: Option<&'s Subject>) -> Option<Option<&'s Subject>> {
-        match (self.per_subject, subject) {
-            (false, _) => Some(None),
-            (true, Some(subject)) => Some(Some(subject)),
-            (true, None) => None,
-        }
-    }
-
-    /// Rules that stand for the same limit at different scopes: one measure, one window, per
-    /// subject or for the whole customer.
-    fn same_limit(&self, other: &RuleSpec) -> bool {
-        self.measure == other.measure && self.window == other.window && self.per_subject == other.per_subject
-    }
-
+impl Scope {
     fn rank(&self) -> u8 {
-        match self.scope {
+        match self {
             Scope::Customer(_) => 2,
             Scope::Plan(_) => 1,
             Scope::All => 0,
         }
     }
-
-    fn applies_to(&self, customer: CustomerId, plans: &[PlanId]) -> bool {
-        match &self.scope {
-            Scope::Customer(c) => *c == customer,
-            Scope::Plan(p) => plans.contains(p),
-            Scope::All => true,
-        }
-    }
 }
 
-/// The rules that bind `customer`, on `plans` (its active subscriptions'): of each limit (one
-/// measure, one window, per subject or not), the customer's own rules replace its plans', and a
-/// plan's replace the `all` rules. Every rule left applies: the most restrictive binds.
-pub fn applicable(rules: &[Arc<Rule>], customer: CustomerId, plans: &[PlanId]) -> Vec<Arc<Rule>> {
-    let scoped: Vec<&Arc<Rule>> = rules.iter().filter(|r| r.spec.applies_to(customer, plans)).collect();
-    let replaced = |rule: &Rule| {
-        scoped.iter().any(|o| o.spec.same_limit(&rule.spec) && o.spec.rank() > rule.spec.rank())
-    };
-    scoped.iter().filter(|rule| !replaced(rule)).map(|rule| Arc::clone(rule)).collect()
+/// Of `rules` (every rule of a customer's scopes: its own, its plans' and `all`), the ones
+/// that bind it: of each limit (one measure, one window, per subject or not), the customer's own
+/// rules replace its plans', and a plan's replace the `all` rules. Every rule left applies: the
+/// most restrictive binds.
+pub fn applicable(rules: &mut Vec<Rule>) {
+    let replaced: Vec<bool> = rules
+        .iter()
+        .map(|rule| rules.iter().any(|o| o.same_limit(rule) && o.shape.rank > rule.shape.rank))
+        .collect();
+    let mut kept = replaced.iter();
+    rules.retain(|_| !kept.next().is_some_and(|r| *r));
 }
 
 /// Where a rule's window stands at one instant (Unix ms): the bucket usage is counted in now,
@@ -230,11 +353,6 @@ pub struct Placed {
     pub resets_ms: Option<i64>,
 }
 
-thread_local! {
-    /// The calendar windows this thread placed last, each with its placement.
-    static PLACED: std::cell::RefCell<Vec<(RuleWindow, Placed)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// A rolling window's buckets: its length in sixtieths, so what it counts is exact to a
 /// sixtieth of it (a bucket leaves whole, up to that much early).
 pub const ROLLING_BUCKETS: i64 = 60;
@@ -243,29 +361,6 @@ impl RuleWindow {
     /// Where the window stands at `now_ms`, by the customer's billing `period` (as the snapshot
     /// has it; a customer without one counts by the calendar month in UTC).
     pub fn placed(&self, now_ms: i64, period: Option<Period>) -> Placed {
-        // A calendar window stands still until it ends: this thread's last placement of it is
-        // reused while `now_ms` is inside it. Reading the local time cost ~1,300 instructions a
-        // rule (`bench/check_instructions.py --rules`).
-        if let RuleWindow::Calendar { .. } = self {
-            return PLACED.with_borrow_mut(|placed| {
-                if let Some((_, p)) =
-                    placed.iter().find(|(w, p)| w == self && p.since_ms <= now_ms && now_ms < p.expires_ms)
-                {
-                    return *p;
-                }
-                let p = self.place(now_ms, period);
-                placed.retain(|(w, _)| w != self);
-                if placed.len() >= 16 {
-                    placed.remove(0);
-                }
-                placed.push((*self, p));
-                p
-            });
-        }
-        self.place(now_ms, period)
-    }
-
-    fn place(&self, now_ms: i64, period: Option<Period>) -> Placed {
         let calendar = |bounds: crate::entitlements::Bounds| {
             let (start, end) = (bounds.start * 1000, bounds.end * 1000);
             Placed { bucket_ms: start, since_ms: start, expires_ms: end, resets_ms: Some(end) }
@@ -341,7 +436,7 @@ pub struct RuleTally {
 /// measure it adds to, the whole customer's or the subject's (a per-subject rule counts nothing
 /// of a write without a subject).
 pub fn tallies(
-    rules: &[Arc<Rule>],
+    rules: &[Rule],
     customer: CustomerId,
     subject: Option<&Subject>,
     added: Added,
@@ -351,10 +446,10 @@ pub fn tallies(
     rules
         .iter()
         .filter_map(|rule| {
-            let amount = added.to(&rule.spec.measure);
-            let subject = rule.spec.judged_subject(subject)?.cloned();
+            let amount = added.to(&rule.shape.measure);
+            let subject = rule.judged_subject(subject)?.cloned();
             (amount > 0.0).then(|| {
-                let placed = rule.spec.window.placed(now_ms, period);
+                let placed = rule.shape.placed(now_ms, period);
                 RuleTally {
                     rule: rule.id,
                     customer,
@@ -374,7 +469,7 @@ pub fn tallies(
 /// answered).
 #[derive(Debug, Clone, Copy)]
 pub struct RuleAsk<'a> {
-    pub rule: &'a Arc<Rule>,
+    pub rule: &'a Rule,
     pub subject: Option<&'a Subject>,
     pub since_ms: i64,
     /// When the rule's window restarts (for the answer).
@@ -382,19 +477,33 @@ pub struct RuleAsk<'a> {
     pub used: f64,
 }
 
-/// A rule as judged for a case: what it allows, what was used in its window before, and
-/// whether it refuses.
+/// A rule as judged for a case, as an answer shows it (`check::wire` writes it; its schema:
+/// `routes::schema`): the rule (its id, measure, window and mode as written), what it allows,
+/// what was used in its window before, and whether it refuses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleJudged {
-    pub rule: Arc<Rule>,
+    pub rule: Rule,
     /// The subject judged by a per-subject rule.
     pub subject: Option<Subject>,
+    /// What it allows in its window (the subject's own limit, for a subject with one).
     pub limit: i64,
+    /// Used in the window before what is asked (events, and on a write open holds too).
     pub used: f64,
-    /// When its window restarts (Unix ms; none for a rolling window).
-    pub resets_ms: Option<i64>,
+    /// When a calendar or billing window ends and the count restarts (none for a rolling one).
+    pub resets_at: Option<Timestamp>,
     /// Why it refuses (or, soft, warns); none when what is asked fits.
     pub reason: Option<Reason>,
+}
+
+impl RuleJudged {
+    /// Whether it refuses (a hard rule at or past its limit).
+    pub fn refuses(&self) -> bool {
+        self.rule.shape.mode == Mode::Hard && self.reason.is_some()
+    }
+
+    pub fn remaining(&self) -> f64 {
+        (self.limit as f64 - self.used).max(0.0)
+    }
 }
 
 /// Why a rule refuses what adds `asked` beside `used` under `limit`: a write fits while the
@@ -422,12 +531,14 @@ impl Kind for RuleLimit {
         }
         let added = added(case);
         let now_ms = case.now_ms as i64;
-        let mut asks: Vec<RuleAsk> = case
+        // On the stack: a vector of them cost 5 rules ~450 instructions a check
+        // (`bench/check_instructions.py --rules`).
+        let mut asks: SmallVec<[RuleAsk; 8]> = case
             .rules
             .iter()
             .filter_map(|rule| {
-                let subject = rule.spec.judged_subject(case.subject)?;
-                let placed = rule.spec.window.placed(now_ms, case.known.period);
+                let subject = rule.judged_subject(case.subject)?;
+                let placed = rule.shape.placed(now_ms, case.known.period);
                 Some(RuleAsk {
                     rule,
                     subject,
@@ -442,19 +553,19 @@ impl Kind for RuleLimit {
         // A write is told only of the rules that refuse it; a check of every rule it is under.
         let write = matches!(case.question, Question::Write(_));
         for RuleAsk { rule, subject, resets_ms, used, .. } in asks {
-            let limit = rule.spec.limit_for(subject);
-            let reason = refusal(used, added.to(&rule.spec.measure), limit, rule.spec.mode);
+            let limit = rule.limit_for(subject);
+            let reason = refusal(used, added.to(&rule.shape.measure), limit, rule.shape.mode);
             if let Some(reason) = reason {
                 found.reasons.insert(reason);
             } else if write {
                 continue;
             }
             let judged = RuleJudged {
-                rule: Arc::clone(rule),
+                rule: rule.clone(),
                 subject: subject.cloned(),
                 limit,
                 used,
-                resets_ms,
+                resets_at: resets_ms.map(|ms| Timestamp(ms.max(0) as u64)),
                 reason,
             };
             found.rules.push(judged);
@@ -479,8 +590,8 @@ impl Kind for RuleLimit {
 mod tests {
     use super::*;
 
-    fn rule(scope: Scope, measure: Measure, window: RuleWindow, per_subject: bool, limit: i64) -> Arc<Rule> {
-        let spec = RuleSpec {
+    fn spec(scope: Scope, measure: Measure, window: RuleWindow, per_subject: bool, limit: i64) -> RuleSpec {
+        RuleSpec {
             scope,
             measure,
             limit,
@@ -489,8 +600,11 @@ mod tests {
             per_subject,
             subject_limits: BTreeMap::new(),
             thresholds: DEFAULT_THRESHOLDS.to_vec(),
-        };
-        Arc::new(Rule::new(Uuid::new_v4(), spec))
+        }
+    }
+
+    fn rule(scope: Scope, measure: Measure, window: RuleWindow, per_subject: bool, limit: i64) -> Rule {
+        Rule::new(Uuid::new_v4(), &spec(scope, measure, window, per_subject, limit))
     }
 
     const DAY: RuleWindow = RuleWindow::Calendar { unit: Window::Day, zone: TimeZone(chrono_tz::Tz::UTC) };
@@ -502,16 +616,29 @@ mod tests {
         let (pro, free) = (PlanId::new_v4(), PlanId::new_v4());
         let calls = Measure::Metric(MetricCode::parse("api_calls").unwrap());
         let rules = [
-            rule(Scope::All, Measure::Cost, DAY, false, 10_000), // 0
-            rule(Scope::Plan(pro), Measure::Cost, DAY, false, 20_000), // 1
-            rule(Scope::Customer(acme), Measure::Cost, DAY, false, 5_000), // 2
-            rule(Scope::All, Measure::Cost, DAY, true, 500),     // 3: per member
-            rule(Scope::All, calls.clone(), HOUR, false, 1_000), // 4
-            rule(Scope::Plan(free), calls, HOUR, false, 100),    // 5
-            rule(Scope::Customer(globex), Measure::Cost, HOUR, false, 50), // 6
+            (Scope::All, Measure::Cost, DAY, false, 10_000),
+            (Scope::Plan(pro), Measure::Cost, DAY, false, 20_000),
+            (Scope::Customer(acme), Measure::Cost, DAY, false, 5_000),
+            (Scope::All, Measure::Cost, DAY, true, 500), // per member
+            (Scope::All, calls.clone(), HOUR, false, 1_000),
+            (Scope::Plan(free), calls, HOUR, false, 100),
+            (Scope::Customer(globex), Measure::Cost, HOUR, false, 50),
         ];
-        let applied = |customer, plans: &[PlanId]| -> Vec<i64> {
-            applicable(&rules, customer, plans).iter().map(|r| r.spec.limit).collect()
+        // The customer's scopes' rules, as the rules' copy finds them.
+        let applied = |customer: CustomerId, plans: &[PlanId]| -> Vec<i64> {
+            let mut scoped: Vec<Rule> = rules
+                .iter()
+                .filter(|(scope, ..)| match scope {
+                    Scope::Customer(c) => *c == customer,
+                    Scope::Plan(p) => plans.contains(p),
+                    Scope::All => true,
+                })
+                .map(|(scope, measure, window, per_subject, limit)| {
+                    rule(*scope, measure.clone(), *window, *per_subject, *limit)
+                })
+                .collect();
+            applicable(&mut scoped);
+            scoped.iter().map(|r| r.limit).collect()
         };
         assert_eq!(
             applied(acme, &[pro]),
@@ -525,13 +652,14 @@ mod tests {
     #[test]
     fn a_subject_has_its_own_limit_on_a_per_subject_rule_only() {
         let alice = Subject::parse("alice").unwrap();
-        let mut members = rule(Scope::All, Measure::Cost, DAY, true, 500).spec.clone();
+        let mut members = spec(Scope::All, Measure::Cost, DAY, true, 500);
         members.subject_limits.insert(alice.clone(), 2_000);
-        assert_eq!(members.limit_for(Some(&alice)), 2_000);
-        assert_eq!(members.limit_for(Some(&Subject::parse("bob").unwrap())), 500);
-        assert_eq!(members.limit_for(None), 500);
-        let mut total = members.clone();
-        total.per_subject = false;
+        let per_member = Rule::new(Uuid::new_v4(), &members);
+        assert_eq!(per_member.limit_for(Some(&alice)), 2_000);
+        assert_eq!(per_member.limit_for(Some(&Subject::parse("bob").unwrap())), 500);
+        assert_eq!(per_member.limit_for(None), 500);
+        members.per_subject = false;
+        let total = Rule::new(Uuid::new_v4(), &members);
         assert_eq!(total.limit_for(Some(&alice)), 500);
     }
 
@@ -580,5 +708,24 @@ mod tests {
         assert_eq!(seen, [(rules[0].id, None, 12.0), (rules[1].id, Some("bob"), 3.0)]);
         let anonymous = tallies(&rules, customer, None, added, 1_000_000, None);
         assert_eq!(anonymous.len(), 1, "the per-subject rule counts nothing without a subject");
+    }
+
+    #[test]
+    fn rules_written_alike_share_one_shape_which_places_a_calendar_window_again_once_it_ends() {
+        let (a, b) = (
+            rule(Scope::Customer(CustomerId::new_v4()), Measure::Cost, DAY, false, 5_000),
+            rule(Scope::Customer(CustomerId::new_v4()), Measure::Cost, DAY, false, 7_000),
+        );
+        assert!(std::ptr::eq(a.shape(), b.shape()), "one shape");
+        let plan = rule(Scope::Plan(PlanId::new_v4()), Measure::Cost, DAY, false, 5_000);
+        assert!(!std::ptr::eq(a.shape(), plan.shape()), "a plan's rule ranks apart");
+        let day_ms = 86_400_000;
+        let today = a.shape().placed(1_000 * day_ms + 5, None);
+        assert_eq!((today.since_ms, today.resets_ms), (1_000 * day_ms, Some(1_001 * day_ms)));
+        assert_eq!(b.shape().placed(1_001 * day_ms - 1, None), today, "the kept placement, to its last ms");
+        let tomorrow = b.shape().placed(1_001 * day_ms, None);
+        assert_eq!((tomorrow.since_ms, tomorrow.resets_ms), (1_001 * day_ms, Some(1_002 * day_ms)));
+        let yesterday = a.shape().placed(1_000 * day_ms - 1, None);
+        assert_eq!(yesterday.since_ms, 999 * day_ms, "an earlier instant is placed, not given the kept one");
     }
 }

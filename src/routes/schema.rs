@@ -74,7 +74,7 @@ schema!(
     )
 );
 
-/// What `check::RuleView` serializes to (its `Serialize` is written by hand, from the rule).
+/// What `judgement::RuleJudged` serializes to (its `Serialize` is written by hand, from the rule).
 #[derive(ToSchema)]
 #[allow(dead_code)] // read by the derive only
 struct RuleViewFields {
@@ -104,4 +104,4 @@ struct RuleViewFields {
     reason: Option<String>,
 }
 
-schema!(crate::check::RuleView, "RuleView", RuleViewFields::schema());
+schema!(crate::judgement::RuleJudged, "RuleView", RuleViewFields::schema());

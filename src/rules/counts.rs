@@ -19,15 +19,14 @@ use crate::mirror::{self, Mirror, Started};
 /// Named by the statement that counts (`rule_usage_notify`, in the migration).
 pub const NOTIFY_CHANNEL: &str = "usage_gate_rule_usage";
 
-/// A customer's count of one rule (and subject) in one bucket.
+/// What a customer's usage counted in one rule (and subject), by bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleCount {
     pub rule: Uuid,
     /// None: the rule counts the whole customer.
     pub subject: Option<Subject>,
-    /// The bucket's start, Unix ms.
-    pub bucket_ms: i64,
-    pub amount: f64,
+    /// Each bucket's start (Unix ms) and amount.
+    pub buckets: Box<[(i64, f64)]>,
 }
 
 /// This replica's copy of the customers' rule counts. Cheap to clone.
@@ -45,24 +44,25 @@ impl RuleCounts {
         Started { service: Self { counts }, changes: (), tasks, listening }
     }
 
-    /// What each ask's rule counted of the customer, into its `used` (see [`RuleCounts::used`]).
+    /// What each ask's rule counted of the customer (of its subject, for a per-subject rule)
+    /// in the buckets from its `since_ms` on, into its `used`. By rule and subject, not by row:
+    /// a rolling window's 60 buckets are passed over once for its own rule, not once a rule.
     pub fn used_all(&self, customer: CustomerId, asks: &mut [RuleAsk]) {
         self.counts.with(customer, |counts| {
             for ask in asks.iter_mut() {
-                ask.used = counts
-                    .iter()
-                    .filter(|c| {
-                        c.rule == ask.rule.id
-                            && c.subject.as_ref() == ask.subject
-                            && c.bucket_ms >= ask.since_ms
-                    })
-                    .fold(0.0, |sum, c| sum + c.amount);
+                let counted =
+                    counts.iter().find(|c| c.rule == ask.rule.id && c.subject.as_ref() == ask.subject);
+                ask.used = counted.map_or(0.0, |c| {
+                    c.buckets
+                        .iter()
+                        .filter(|(start, _)| *start >= ask.since_ms)
+                        .fold(0.0, |sum, (_, a)| sum + a)
+                });
             }
         });
     }
 }
 
-/// The customers' counts, as the copy holds them.
 type ByCustomer = HashMap<CustomerId, Box<[RuleCount]>>;
 
 /// The unexpired buckets of `customers` (of every customer when None).
@@ -79,19 +79,30 @@ fn load<'a>(
         .bind(ids)
         .fetch_all(pool)
         .await?;
-        let mut counts: HashMap<CustomerId, Vec<RuleCount>> = HashMap::new();
+        type Buckets = HashMap<(Uuid, Option<Subject>), Vec<(i64, f64)>>;
+        let mut counts: HashMap<CustomerId, Buckets> = HashMap::new();
         for row in rows {
             let customer = CustomerId::from(row.try_get::<Uuid, _>("customer_id")?);
             let subject: String = row.try_get("subject")?;
+            let subject = (!subject.is_empty()).then(|| Subject::parse(&subject).ok()).flatten();
             let start: DateTime<Utc> = row.try_get("bucket_start")?;
-            counts.entry(customer).or_default().push(RuleCount {
-                rule: row.try_get("rule_id")?,
-                subject: (!subject.is_empty()).then(|| Subject::parse(&subject).ok()).flatten(),
-                bucket_ms: start.timestamp_millis(),
-                amount: row.try_get("amount")?,
-            });
+            let rule: Uuid = row.try_get("rule_id")?;
+            let bucket = (start.timestamp_millis(), row.try_get("amount")?);
+            counts.entry(customer).or_default().entry((rule, subject)).or_default().push(bucket);
         }
-        Ok(counts.into_iter().map(|(customer, counts)| (customer, counts.into_boxed_slice())).collect())
+        let grouped = |buckets: Buckets| -> Box<[RuleCount]> {
+            let mut counts: Vec<RuleCount> = buckets
+                .into_iter()
+                .map(|((rule, subject), mut buckets)| {
+                    buckets.sort_by_key(|(start, _)| *start);
+                    RuleCount { rule, subject, buckets: buckets.into() }
+                })
+                .collect();
+            // In one order whatever the map's: a reload that changed nothing changes no entry.
+            counts.sort_by(|a, b| (a.rule, &a.subject).cmp(&(b.rule, &b.subject)));
+            counts.into()
+        };
+        Ok(counts.into_iter().map(|(customer, buckets)| (customer, grouped(buckets))).collect())
     }
     .boxed()
 }

@@ -2,13 +2,12 @@
 //! it; the trigger tells every replica.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{NewRule, RulePatch};
+use super::{NewRule, Owner, RulePatch};
 use crate::audit::{self, Actor};
 use crate::domain::{CustomerId, FromText, MetricCode, PlanId, Subject};
 use crate::entitlements::{TimeZone, Window};
@@ -201,15 +200,19 @@ async fn record(
 }
 
 impl RuleRow {
-    /// The rule as judged; None for a row no valid rule makes (the table's checks keep them
+    /// Whom the rule is for; None for a row no valid rule makes.
+    pub fn scope(&self) -> Option<Scope> {
+        match (self.scope_kind.as_str(), self.scope_id) {
+            ("customer", Some(id)) => Some(Scope::Customer(CustomerId::from(id))),
+            ("plan", Some(id)) => Some(Scope::Plan(PlanId::from(id))),
+            ("all", None) => Some(Scope::All),
+            _ => None,
+        }
+    }
+
+    /// The rule as written; None for a row no valid rule makes (the table's checks keep them
     /// out; a time zone the library stopped knowing is the one way in).
-    pub fn rule(&self) -> Option<Rule> {
-        let scope = match (self.scope_kind.as_str(), self.scope_id) {
-            ("customer", Some(id)) => Scope::Customer(CustomerId::from(id)),
-            ("plan", Some(id)) => Scope::Plan(PlanId::from(id)),
-            ("all", None) => Scope::All,
-            _ => return None,
-        };
+    pub fn spec(&self) -> Option<RuleSpec> {
         let measure = match &self.metric {
             Some(code) => Measure::Metric(MetricCode::parse(code).ok()?),
             None => Measure::Cost,
@@ -226,8 +229,8 @@ impl RuleRow {
         let subject_limits =
             serde_json::from_value::<std::collections::BTreeMap<Subject, i64>>(self.subject_limits.clone())
                 .ok()?;
-        let spec = RuleSpec {
-            scope,
+        Some(RuleSpec {
+            scope: self.scope()?,
             measure,
             limit: self.limit,
             window,
@@ -235,16 +238,42 @@ impl RuleRow {
             per_subject: self.per_subject,
             subject_limits,
             thresholds: self.thresholds.iter().map(|t| u16::try_from(*t).ok()).collect::<Option<_>>()?,
-        };
-        Some(Rule::new(self.id, spec))
+        })
     }
 }
 
-/// The rules of each of `scopes` (of every scope that has any when None), oldest first.
-pub async fn by_scope(
+/// Customers' own rules, of each of `owners` (of every customer that has any when None),
+/// oldest first.
+pub async fn of_customers(
+    pool: &PgPool,
+    owners: Option<&[Owner]>,
+) -> Result<HashMap<Owner, Box<[Rule]>>, sqlx::Error> {
+    let scopes: Option<Vec<Scope>> = owners.map(|o| o.iter().map(|Owner(c)| Scope::Customer(*c)).collect());
+    let rules = by_scope(pool, scopes.as_deref(), &["customer"]).await?;
+    Ok(rules
+        .into_iter()
+        .filter_map(|(scope, rules)| match scope {
+            Scope::Customer(customer) => Some((Owner(customer), rules)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Plans' and `all` rules, of each of `scopes` (of every such scope that has any when None),
+/// oldest first.
+pub async fn shared(
     pool: &PgPool,
     scopes: Option<&[Scope]>,
-) -> Result<HashMap<Scope, Box<[Arc<Rule>]>>, sqlx::Error> {
+) -> Result<HashMap<Scope, Box<[Rule]>>, sqlx::Error> {
+    by_scope(pool, scopes, &["plan", "all"]).await
+}
+
+/// The rules of each of `scopes` (of every scope of `kinds` that has any when None), oldest first.
+async fn by_scope(
+    pool: &PgPool,
+    scopes: Option<&[Scope]>,
+    kinds: &[&str],
+) -> Result<HashMap<Scope, Box<[Rule]>>, sqlx::Error> {
     let (mut customers, mut plans, mut all) = (Vec::new(), Vec::new(), false);
     for key in scopes.unwrap_or_default() {
         match key {
@@ -255,7 +284,7 @@ pub async fn by_scope(
     }
     let rows: Vec<RuleRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {COLUMNS} FROM rules
-         WHERE $1 OR (scope_kind = 'customer' AND scope_id = ANY($2))
+         WHERE ($1 AND scope_kind = ANY($5)) OR (scope_kind = 'customer' AND scope_id = ANY($2))
             OR (scope_kind = 'plan' AND scope_id = ANY($3)) OR ($4 AND scope_kind = 'all')
          ORDER BY created_at, id"
     )))
@@ -263,12 +292,13 @@ pub async fn by_scope(
     .bind(&customers)
     .bind(&plans)
     .bind(all)
+    .bind(kinds)
     .fetch_all(pool)
     .await?;
-    let mut by_scope: HashMap<Scope, Vec<Arc<Rule>>> = HashMap::new();
+    let mut by_scope: HashMap<Scope, Vec<Rule>> = HashMap::new();
     for row in &rows {
-        match row.rule() {
-            Some(rule) => by_scope.entry(rule.spec.scope).or_default().push(Arc::new(rule)),
+        match row.spec() {
+            Some(spec) => by_scope.entry(spec.scope).or_default().push(Rule::new(row.id, &spec)),
             None => {
                 tracing::warn!(rule = %row.id, "rules: a stored rule does not read as one; it is not applied")
             }
