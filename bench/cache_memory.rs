@@ -153,7 +153,7 @@ fn fill_rules(n: u64) -> Box<dyn std::any::Any> {
     use usage_gate::entitlements::{TimeZone, Window};
     use usage_gate::judgement::rule::{DEFAULT_THRESHOLDS, Measure, Mode, Rule, RuleSpec, RuleWindow, Scope};
     use usage_gate::rules::Owner;
-    let copy: dashmap::DashMap<Owner, Box<[Rule]>, foldhash::fast::RandomState> = dashmap::DashMap::default();
+    let copy: dashmap::DashMap<Owner, Arc<[Rule]>, foldhash::fast::RandomState> = dashmap::DashMap::default();
     let paris = TimeZone("Europe/Paris".parse().unwrap());
     for i in 0..n {
         let customer = CustomerId::from(Uuid::from_u128(i as u128));
@@ -168,7 +168,7 @@ fn fill_rules(n: u64) -> Box<dyn std::any::Any> {
             thresholds: DEFAULT_THRESHOLDS.to_vec(),
         };
         let rule = Rule::new(Uuid::from_u128(i as u128 | 4 << 64), &spec);
-        copy.insert(Owner(customer), Box::new([rule]));
+        copy.insert(Owner(customer), Arc::new([rule]));
     }
     Box::new(copy)
 }

@@ -390,7 +390,7 @@ impl Checker {
         let applied = self.overrides.active(id, now_ms());
         let rules = match lookup.snapshot.as_deref().map(|s| &s.data) {
             Some(SnapshotData::Known(known)) => self.rules.applicable(id, known.plan.plans()),
-            _ => vec![],
+            _ => Default::default(),
         };
         match lookup.snapshot.clone().and_then(|snapshot| Gate::new(id, snapshot, applied, rules)) {
             Some(gate) => Enforcement::Gate { gate, lookup },

@@ -179,10 +179,9 @@ fn write_feature(out: &mut Vec<u8>, feature: &FeatureView) {
 /// (`Shape::written`).
 fn write_rule(out: &mut Vec<u8>, rule: &RuleJudged) {
     out.extend_from_slice(b"{\"id\":\"");
-    out.extend_from_slice(rule.rule.id_text());
+    out.extend_from_slice(rule.rule.id.text());
     out.push(b'"');
     out.extend_from_slice(rule.rule.shape().written().as_bytes());
-    out.extend_from_slice(b",\"limit\":");
     number(out, rule.limit);
     out.extend_from_slice(b",\"used\":");
     if rule.used.fract() == 0.0 && rule.used.abs() < 9.0e15 {

@@ -32,6 +32,7 @@ use crate::overrides::Override;
 use crate::pending;
 use crate::policy::PolicySettings;
 use crate::projection::{self, Code, Metered, PendingUsage, Projection};
+use crate::rules::Applicable;
 use crate::snapshot::{Known, Snapshot, SnapshotData, now_ms};
 
 /// What enforced writes are judged by: the policy, and the plan's settings (what events count
@@ -49,7 +50,7 @@ pub struct Gate {
     pub customer: CustomerId,
     snapshot: Arc<Snapshot>,
     applied: Option<Override>,
-    rules: Arc<[Rule]>,
+    rules: Applicable,
 }
 
 impl Gate {
@@ -59,14 +60,9 @@ impl Gate {
         customer: CustomerId,
         snapshot: Arc<Snapshot>,
         applied: Option<Override>,
-        rules: Vec<Rule>,
+        rules: Applicable,
     ) -> Option<Self> {
-        matches!(snapshot.data, SnapshotData::Known(_)).then(|| Self {
-            customer,
-            snapshot,
-            applied,
-            rules: rules.into(),
-        })
+        matches!(snapshot.data, SnapshotData::Known(_)).then(|| Self { customer, snapshot, applied, rules })
     }
 
     /// The rules that bind the customer.
@@ -311,7 +307,7 @@ impl Counts for Ledger {
     /// rule, their units of the metric for a metric rule.
     fn rules_used(&self, case: &Case, asks: &mut [RuleAsk]) {
         for ask in asks {
-            let key = (case.customer, ask.rule.id, ask.subject.cloned());
+            let key = (case.customer, ask.rule.id.uuid(), ask.subject.cloned());
             let counted = self.rule_counts.get(&key).map_or(0.0, |buckets| {
                 buckets.iter().filter(|(start, _)| *start >= ask.since_ms).fold(0.0, |sum, (_, a)| sum + a)
             });
@@ -408,7 +404,7 @@ mod tests {
             period: None,
         };
         let snapshot = Arc::new(Snapshot::fetched_at(SnapshotData::Known(known), 0));
-        (Gate::new(CustomerId::new_v4(), snapshot, None, vec![]).unwrap(), subscription)
+        (Gate::new(CustomerId::new_v4(), snapshot, None, Default::default()).unwrap(), subscription)
     }
 
     const CODE: &str = "enforce_test_calls";

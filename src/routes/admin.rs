@@ -56,7 +56,7 @@ pub async fn show_customer(
     Ok(web::Json(CustomerView {
         decision,
         outbox: OutboxCounts { pending: counts.pending, dead: counts.dead },
-        rules: rules.applicable(customer, &checker.plans(customer)).into_iter().map(|r| r.id).collect(),
+        rules: rules.applicable(customer, &checker.plans(customer)).iter().map(|r| r.id.uuid()).collect(),
     }))
 }
 

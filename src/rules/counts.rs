@@ -13,7 +13,7 @@ use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
 use crate::domain::{CustomerId, Subject};
-use crate::judgement::rule::RuleAsk;
+use crate::judgement::rule::{RuleAsk, RuleId};
 use crate::mirror::{self, Mirror, Started};
 
 /// Named by the statement that counts (`rule_usage_notify`, in the migration).
@@ -22,7 +22,7 @@ pub const NOTIFY_CHANNEL: &str = "usage_gate_rule_usage";
 /// What a customer's usage counted in one rule (and subject), by bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleCount {
-    pub rule: Uuid,
+    pub rule: RuleId,
     /// None: the rule counts the whole customer.
     pub subject: Option<Subject>,
     /// Each bucket's start (Unix ms) and amount.
@@ -95,7 +95,7 @@ fn load<'a>(
                 .into_iter()
                 .map(|((rule, subject), mut buckets)| {
                     buckets.sort_by_key(|(start, _)| *start);
-                    RuleCount { rule, subject, buckets: buckets.into() }
+                    RuleCount { rule: rule.into(), subject, buckets: buckets.into() }
                 })
                 .collect();
             // In one order whatever the map's: a reload that changed nothing changes no entry.

@@ -2,6 +2,7 @@
 //! it; the trigger tells every replica.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
@@ -247,7 +248,7 @@ impl RuleRow {
 pub async fn of_customers(
     pool: &PgPool,
     owners: Option<&[Owner]>,
-) -> Result<HashMap<Owner, Box<[Rule]>>, sqlx::Error> {
+) -> Result<HashMap<Owner, Arc<[Rule]>>, sqlx::Error> {
     let scopes: Option<Vec<Scope>> = owners.map(|o| o.iter().map(|Owner(c)| Scope::Customer(*c)).collect());
     let rules = by_scope(pool, scopes.as_deref(), &["customer"]).await?;
     Ok(rules
@@ -264,7 +265,7 @@ pub async fn of_customers(
 pub async fn shared(
     pool: &PgPool,
     scopes: Option<&[Scope]>,
-) -> Result<HashMap<Scope, Box<[Rule]>>, sqlx::Error> {
+) -> Result<HashMap<Scope, Arc<[Rule]>>, sqlx::Error> {
     by_scope(pool, scopes, &["plan", "all"]).await
 }
 
@@ -273,7 +274,7 @@ async fn by_scope(
     pool: &PgPool,
     scopes: Option<&[Scope]>,
     kinds: &[&str],
-) -> Result<HashMap<Scope, Box<[Rule]>>, sqlx::Error> {
+) -> Result<HashMap<Scope, Arc<[Rule]>>, sqlx::Error> {
     let (mut customers, mut plans, mut all) = (Vec::new(), Vec::new(), false);
     for key in scopes.unwrap_or_default() {
         match key {
@@ -304,5 +305,5 @@ async fn by_scope(
             }
         }
     }
-    Ok(by_scope.into_iter().map(|(k, v)| (k, v.into_boxed_slice())).collect())
+    Ok(by_scope.into_iter().map(|(k, v)| (k, v.into())).collect())
 }
