@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 use super::{Decision, Estimate, FeatureView, LimitView, SeatsView};
 use crate::domain::Timestamp;
+use std::ops::Range;
+
+use crate::domain::Subject;
 use crate::judgement::RuleJudged;
 
 impl Decision {
@@ -66,11 +69,13 @@ impl Decision {
             // A rule is about 200 bytes: room for them all at once, not a buffer grown twice.
             out.reserve(self.rules.len() * 240);
             out.extend_from_slice(b",\"rules\":[");
+            // Where the subject the rules share was written: copied from there, not scanned again.
+            let mut subject = None;
             for (i, rule) in self.rules.iter().enumerate() {
                 if i > 0 {
                     out.push(b',');
                 }
-                write_rule(out, rule);
+                write_rule(out, rule, &mut subject);
             }
             out.push(b']');
         }
@@ -177,7 +182,12 @@ fn write_feature(out: &mut Vec<u8>, feature: &FeatureView) {
 /// Five rules written by serde cost a check 17,300 instructions of its 62,000
 /// (`bench/check_instructions.py --rules`); the rule's own members are written once
 /// (`Shape::written`).
-fn write_rule(out: &mut Vec<u8>, rule: &RuleJudged) {
+/// `written`: the subject last written, and where in `out`.
+fn write_rule<'a>(
+    out: &mut Vec<u8>,
+    rule: &'a RuleJudged,
+    written: &mut Option<(&'a Subject, Range<usize>)>,
+) {
     out.extend_from_slice(b"{\"id\":\"");
     out.extend_from_slice(rule.rule.id.text());
     out.push(b'"');
@@ -191,7 +201,14 @@ fn write_rule(out: &mut Vec<u8>, rule: &RuleJudged) {
     }
     if let Some(subject) = &rule.subject {
         out.extend_from_slice(b",\"subject\":");
-        string(out, subject.as_str());
+        match written {
+            Some((same, at)) if *same == subject => out.extend_from_within(at.clone()),
+            _ => {
+                let start = out.len();
+                string(out, subject.as_str());
+                *written = Some((subject, start..out.len()));
+            }
+        }
     }
     if let Some(resets_at) = rule.resets_at {
         out.extend_from_slice(b",\"resets_at\":");
@@ -309,7 +326,7 @@ pub(super) mod tests {
     }
 
     /// Rule views of every shape: each window and measure, whole and fractional use, with and
-    /// without a subject (one that needs escaping), a reset and a reason.
+    /// without a subject (one that needs escaping, one met again), a reset and a reason.
     fn rule_views(n: usize) -> Vec<RuleJudged> {
         let rule = |measure, window, mode| {
             let spec = RuleSpec {
@@ -325,7 +342,7 @@ pub(super) mod tests {
             Rule::new(Uuid::new_v4(), &spec)
         };
         let paris = TimeZone("Europe/Paris".parse().unwrap());
-        vec![
+        let mut views = vec![
             RuleJudged {
                 rule: rule(
                     Measure::Metric(MetricCode::parse("api_calls").unwrap()),
@@ -358,7 +375,10 @@ pub(super) mod tests {
                 resets_at: Some(Timestamp(1_800_000_000_000)),
                 reason: Some(Reason::SoftLimitExceeded),
             },
-        ]
+        ];
+        // The subject just written (copied from where it was), then another.
+        views.extend([views[2].clone(), views[0].clone()]);
+        views
     }
 
     /// Decisions of every shape: each optional field present and absent (`as_of` also equal to the

@@ -74,7 +74,9 @@ schema!(
     )
 );
 
-/// What `judgement::RuleJudged` serializes to (its `Serialize` is written by hand, from the rule).
+// The fields `judgement::RuleJudged` serializes to (its `Serialize` is written by hand).
+/// One of usage-gate's rules as judged for the answer: the rule as written, what it allows, what
+/// was used in its window, and why it refuses or warns.
 #[derive(ToSchema)]
 #[allow(dead_code)] // read by the derive only
 struct RuleViewFields {

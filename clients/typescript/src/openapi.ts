@@ -1485,7 +1485,10 @@ export interface components {
              */
             window: Record<string, never>;
         };
-        /** @description What `check::RuleView` serializes to (its `Serialize` is written by hand, from the rule). */
+        /**
+         * @description One of usage-gate's rules as judged for the answer: the rule as written, what it allows, what
+         *     was used in its window, and why it refuses or warns.
+         */
         RuleView: {
             /** Format: uuid */
             id: string;
