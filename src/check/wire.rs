@@ -194,7 +194,8 @@ fn write_rule<'a>(
     out.extend_from_slice(rule.rule.shape().written().as_bytes());
     number(out, rule.limit);
     out.extend_from_slice(b",\"used\":");
-    if rule.used.fract() == 0.0 && rule.used.abs() < 9.0e15 {
+    // A whole number as `whole_when_whole` tells it, without `fract` (a call into libm).
+    if rule.used.abs() < 9.0e15 && rule.used as i64 as f64 == rule.used {
         number(out, rule.used as i64);
     } else {
         serde_json::to_writer(&mut *out, &rule.used).expect("a number serializes");

@@ -585,7 +585,7 @@ impl Kind for RuleLimit {
         found.rules.reserve(asks.len());
         // A write is told only of the rules that refuse it; a check of every rule it is under.
         let write = matches!(case.question, Question::Write(_));
-        for RuleAsk { rule, subject, resets_ms, used, .. } in asks {
+        for &RuleAsk { rule, subject, resets_ms, used, .. } in &asks {
             let limit = rule.limit_for(subject);
             let reason = refusal(used, added.to(&rule.shape.measure), limit, rule.shape.mode);
             if let Some(reason) = reason {
