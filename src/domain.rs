@@ -105,14 +105,34 @@ macro_rules! uuid_id {
     };
 }
 
+/// What a string id keeps its text in: a `String`, or an `Arc<str>` for one cloned often.
+trait Text: std::ops::Deref<Target = str> {
+    fn into_string(self) -> String;
+}
+
+impl Text for String {
+    fn into_string(self) -> String {
+        self
+    }
+}
+
+impl Text for std::sync::Arc<str> {
+    fn into_string(self) -> String {
+        self.to_string()
+    }
+}
+
 /// A string id that can only be built by its type's own `parse` (which the type defines): the
-/// wrapper, its serde form (parsed on the way in) and its text.
+/// wrapper, its serde form (parsed on the way in) and its text, kept in a `String` unless said.
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident) => {
+        string_id!($(#[$doc])* $name in String);
+    };
+    ($(#[$doc:meta])* $name:ident in $text:ty) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        pub struct $name($text);
 
         impl $name {
             pub fn as_str(&self) -> &str {
@@ -124,7 +144,7 @@ macro_rules! string_id {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                Text::into_string(id.0)
             }
         }
 
@@ -172,26 +192,12 @@ impl EventId {
     }
 }
 
-/// Who inside a customer usage is for: a user, a workspace, an API key of the customer's
-/// (usage-gate's own rules can limit each separately). Shared, not copied: an answer names it
-/// in each per-subject rule it judged.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Subject(std::sync::Arc<str>);
-
-try_from_string!(Subject);
-
-impl From<Subject> for String {
-    fn from(subject: Subject) -> String {
-        subject.0.to_string()
-    }
-}
-
-impl fmt::Display for Subject {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+string_id!(
+    /// Who inside a customer usage is for: a user, a workspace, an API key of the customer's
+    /// (usage-gate's own rules can limit each separately). Shared, not copied: an answer names
+    /// it in each per-subject rule it judged.
+    Subject in std::sync::Arc<str>
+);
 
 impl Subject {
     pub const MAX_LEN: usize = 128;
@@ -205,10 +211,6 @@ impl Subject {
             return Err(ParseError::NotVisible);
         }
         Ok(Self(s.into()))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
     }
 }
 

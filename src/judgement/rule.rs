@@ -7,9 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use internment::ArcIntern;
-use uuid::Uuid;
-
 use smallvec::SmallVec;
+use uuid::Uuid;
 
 use super::{Case, Counts, Findings, Kind, Question, Tally, Write, at};
 use crate::domain::{CustomerId, MetricCode, PlanId, Subject, Timestamp};
@@ -220,12 +219,7 @@ impl LastPlaced {
         let word = self.0.load(Ordering::Relaxed);
         let start = (word >> LENGTH_BITS) as i64 * 1000;
         let end = start + (word & ((1 << LENGTH_BITS) - 1)) as i64 * 1000;
-        (start <= now_ms && now_ms < end).then_some(Placed {
-            bucket_ms: start,
-            since_ms: start,
-            expires_ms: end,
-            resets_ms: Some(end),
-        })
+        (start <= now_ms && now_ms < end).then_some(Placed::whole(start, end))
     }
 
     fn keep(&self, placed: Placed) {
@@ -389,6 +383,13 @@ pub struct Placed {
     pub resets_ms: Option<i64>,
 }
 
+impl Placed {
+    /// A calendar or billing window from `start_ms` to `end_ms`: one bucket, restarting at its end.
+    fn whole(start_ms: i64, end_ms: i64) -> Self {
+        Placed { bucket_ms: start_ms, since_ms: start_ms, expires_ms: end_ms, resets_ms: Some(end_ms) }
+    }
+}
+
 /// A rolling window's buckets: its length in sixtieths, so what it counts is exact to a
 /// sixtieth of it (a bucket leaves whole, up to that much early).
 pub const ROLLING_BUCKETS: i64 = 60;
@@ -397,10 +398,8 @@ impl RuleWindow {
     /// Where the window stands at `now_ms`, by the customer's billing `period` (as the snapshot
     /// has it; a customer without one counts by the calendar month in UTC).
     pub fn placed(&self, now_ms: i64, period: Option<Period>) -> Placed {
-        let calendar = |bounds: crate::entitlements::Bounds| {
-            let (start, end) = (bounds.start * 1000, bounds.end * 1000);
-            Placed { bucket_ms: start, since_ms: start, expires_ms: end, resets_ms: Some(end) }
-        };
+        let calendar =
+            |bounds: crate::entitlements::Bounds| Placed::whole(bounds.start * 1000, bounds.end * 1000);
         let now = at(now_ms.max(0) as u64);
         match *self {
             RuleWindow::Calendar { unit, zone } => calendar(unit.bounds(now, zone.0, None)),

@@ -152,7 +152,7 @@ impl From<sqlx::Error> for RuleError {
 pub struct Rulebook {
     pool: PgPool,
     /// Customers' own rules, keyed by the customer alone: a million customers with a rule each
-    /// hold ~100 bytes apiece (`cargo run --release --example cache-memory -- 1000000 --rules`);
+    /// hold ~110 bytes apiece (`cargo run --release --example cache-memory -- 1000000 --rules`);
     /// keyed by scope, with the rule behind its own pointer, they held 400.
     customers: Mirror<Owner, Arc<[Rule]>>,
     /// Plans' and `all` rules: few, and shared by many customers.
